@@ -1,0 +1,929 @@
+//! peer-tokio: the plaza peer workloads on tokio 1.24 (runtime and tokio::sync),
+//! parking_lot 0.12 and std::sync.
+//!
+//! Usage: peer-tokio <workload|all> [key=value ...]
+//! Prints `system,workload,param,metric,value` CSV lines on stdout; diagnostics on stderr.
+//! Exits non-zero if a workload's own check (counter total, checksum) fails.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------- helpers
+
+fn fail(msg: &str) -> ! {
+    eprintln!("peer-tokio: CHECK FAILED: {msg}");
+    std::process::exit(2);
+}
+
+fn emit(system: &str, workload: &str, param: &str, metric: &str, value: f64) {
+    println!("{system},{workload},{param},{metric},{value:.2}");
+}
+
+/// key=value arguments; every key must be used by the workload (typos are errors).
+struct Params {
+    kv: BTreeMap<String, String>,
+}
+
+impl Params {
+    fn parse(args: &[String]) -> Params {
+        let mut kv = BTreeMap::new();
+        for a in args {
+            match a.split_once('=') {
+                Some((k, v)) => {
+                    kv.insert(k.to_string(), v.to_string());
+                }
+                None => {
+                    eprintln!("peer-tokio: argument '{a}' is not key=value");
+                    std::process::exit(64);
+                }
+            }
+        }
+        Params { kv }
+    }
+    fn u(&self, key: &str, default: u64) -> u64 {
+        match self.kv.get(key) {
+            None => default,
+            Some(v) => v.parse().unwrap_or_else(|_| {
+                eprintln!("peer-tokio: {key}={v} is not a non-negative integer");
+                std::process::exit(64);
+            }),
+        }
+    }
+    fn s(&self, key: &str, default: &str) -> String {
+        self.kv.get(key).cloned().unwrap_or_else(|| default.to_string())
+    }
+    /// Reject keys the workload does not know, before it runs.
+    fn check_keys(&self, workload: &str, allowed: &[&str]) {
+        for k in self.kv.keys() {
+            if !allowed.iter().any(|u| u == k) {
+                eprintln!("peer-tokio: workload {workload} has no parameter '{k}'");
+                std::process::exit(64);
+            }
+        }
+    }
+}
+
+/// The busy loop run outside the lock: `work` steps of xorshift64 (13, 7, 17). Each step
+/// depends on the previous one, it has no closed form a compiler could fold (an LCG does:
+/// LLVM merges unrolled LCG steps), and the result is consumed, so it cannot be removed.
+/// The same loop is used in every peer; the `work` workload calibrates its cost.
+#[inline(always)]
+fn spin_work(work: u64, seed: u64) -> u64 {
+    let mut x = seed | 1;
+    for _ in 0..work {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    x
+}
+
+/// Per-thread pseudo-random stream used to pick reads vs writes (same LCG in every peer).
+struct Lcg(u64);
+impl Lcg {
+    #[inline(always)]
+    fn pct(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % 100
+    }
+}
+
+fn rss_bytes() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let resident: u64 = s.split_whitespace().nth(1).unwrap().parse().unwrap();
+    resident * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64
+}
+
+fn ns_per(d: Duration, ops: u64) -> f64 {
+    d.as_nanos() as f64 / ops as f64
+}
+
+/// A runtime with `workers` worker threads: `1` means tokio's current_thread runtime.
+fn runtime(workers: u64) -> tokio::runtime::Runtime {
+    if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers as usize)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+}
+
+/// Run `body` as a task on the runtime (so the driving task is itself on a worker, as in
+/// the other peers) and return its output.
+fn run_on<F, T>(workers: u64, body: F) -> T
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let rt = runtime(workers);
+    let out = rt.block_on(async move { tokio::spawn(body).await.unwrap() });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    out
+}
+
+fn max_u64(a: &AtomicU64, v: u64) {
+    a.fetch_max(v, Ordering::Relaxed);
+}
+
+// ---------------------------------------------------------------- sync lock abstraction
+
+trait Lock: Send + Sync + 'static {
+    const NAME: &'static str;
+    fn new() -> Self;
+    /// lock; counter += 1; unlock
+    fn inc(&self);
+    /// Same, and return the nanoseconds from `t0` (read just before the lock call) to
+    /// the moment the lock was held.
+    fn inc_timed(&self, t0: Instant) -> u64;
+    fn get(&self) -> u64;
+}
+
+struct Pl(parking_lot::Mutex<u64>);
+impl Lock for Pl {
+    const NAME: &'static str = "parking_lot";
+    fn new() -> Self {
+        Pl(parking_lot::Mutex::new(0))
+    }
+    #[inline(always)]
+    fn inc(&self) {
+        let mut g = self.0.lock();
+        *g += 1;
+    }
+    #[inline(always)]
+    fn inc_timed(&self, t0: Instant) -> u64 {
+        let mut g = self.0.lock();
+        let w = t0.elapsed().as_nanos() as u64;
+        *g += 1;
+        w
+    }
+    fn get(&self) -> u64 {
+        *self.0.lock()
+    }
+}
+
+struct StdM(std::sync::Mutex<u64>);
+impl Lock for StdM {
+    const NAME: &'static str = "std";
+    fn new() -> Self {
+        StdM(std::sync::Mutex::new(0))
+    }
+    #[inline(always)]
+    fn inc(&self) {
+        let mut g = self.0.lock().unwrap();
+        *g += 1;
+    }
+    #[inline(always)]
+    fn inc_timed(&self, t0: Instant) -> u64 {
+        let mut g = self.0.lock().unwrap();
+        let w = t0.elapsed().as_nanos() as u64;
+        *g += 1;
+        w
+    }
+    fn get(&self) -> u64 {
+        *self.0.lock().unwrap()
+    }
+}
+
+/// Small struct read under a read lock; a writer bumps every field, so a reader that sees
+/// unequal fields saw a torn write.
+#[derive(Default, Clone, Copy)]
+struct Quad {
+    a: u64,
+    b: u64,
+    c: u64,
+    d: u64,
+}
+impl Quad {
+    #[inline(always)]
+    fn bump(&mut self) {
+        self.a += 1;
+        self.b += 1;
+        self.c += 1;
+        self.d += 1;
+    }
+    #[inline(always)]
+    fn consistent(&self) -> bool {
+        self.a == self.b && self.b == self.c && self.c == self.d
+    }
+}
+
+trait RwLockQ: Send + Sync + 'static {
+    const NAME: &'static str;
+    fn new() -> Self;
+    fn read(&self) -> Quad;
+    fn write(&self);
+}
+struct PlRw(parking_lot::RwLock<Quad>);
+impl RwLockQ for PlRw {
+    const NAME: &'static str = "parking_lot";
+    fn new() -> Self {
+        PlRw(parking_lot::RwLock::new(Quad::default()))
+    }
+    #[inline(always)]
+    fn read(&self) -> Quad {
+        *self.0.read()
+    }
+    #[inline(always)]
+    fn write(&self) {
+        self.0.write().bump()
+    }
+}
+struct StdRw(std::sync::RwLock<Quad>);
+impl RwLockQ for StdRw {
+    const NAME: &'static str = "std";
+    fn new() -> Self {
+        StdRw(std::sync::RwLock::new(Quad::default()))
+    }
+    #[inline(always)]
+    fn read(&self) -> Quad {
+        *self.0.read().unwrap()
+    }
+    #[inline(always)]
+    fn write(&self) {
+        self.0.write().unwrap().bump()
+    }
+}
+
+/// lock=parking_lot|std|both (default both): which sync locks a sync-lock workload runs.
+fn lock_choice(p: &Params) -> (bool, bool) {
+    match p.s("lock", "both").as_str() {
+        "both" | "all" => (true, true),
+        "parking_lot" => (true, false),
+        "std" => (false, true),
+        other => {
+            eprintln!("peer-tokio: lock={other}: expected parking_lot, std or both");
+            std::process::exit(64);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- runtime workloads
+
+fn w_spawn_join(p: &Params) {
+    let n = p.u("n", 100_000);
+    let workers = p.u("workers", 2);
+    let d = run_on(workers, async move {
+        let t0 = Instant::now();
+        let mut hs = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            hs.push(tokio::spawn(async move { i + 1 }));
+        }
+        for (i, h) in hs.into_iter().enumerate() {
+            if h.await.unwrap() != i as u64 + 1 {
+                fail("spawn_join: wrong result");
+            }
+        }
+        t0.elapsed()
+    });
+    emit("tokio", "spawn_join", &format!("n={n} workers={workers}"), "ns_per_task", ns_per(d, n));
+}
+
+fn w_yield(p: &Params) {
+    let tasks = p.u("tasks", 2);
+    let workers = p.u("workers", 1);
+    let iters = p.u("iters", 1_000_000);
+    let d = run_on(workers, async move {
+        let t0 = Instant::now();
+        let hs: Vec<_> = (0..tasks)
+            .map(|_| {
+                tokio::spawn(async move {
+                    for _ in 0..iters {
+                        tokio::task::yield_now().await;
+                    }
+                    iters
+                })
+            })
+            .collect();
+        for h in hs {
+            if h.await.unwrap() != iters {
+                fail("yield: wrong result");
+            }
+        }
+        t0.elapsed()
+    });
+    emit(
+        "tokio",
+        "yield",
+        &format!("tasks={tasks} workers={workers}"),
+        "ns_per_yield",
+        ns_per(d, tasks * iters),
+    );
+}
+
+fn percentiles_us(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    let p50 = v[(n * 50 / 100).min(n - 1)];
+    let p99 = v[(n * 99 / 100).min(n - 1)];
+    let mean = v.iter().sum::<f64>() / n as f64;
+    (p50, p99, mean)
+}
+
+fn w_sleep(p: &Params) {
+    let n = p.u("n", 2000).max(1);
+    let us = p.u("us", 100);
+    let v = run_on(1, async move {
+        let mut v = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let t0 = Instant::now();
+            tokio::time::sleep(Duration::from_micros(us)).await;
+            v.push(t0.elapsed().as_nanos() as f64 / 1000.0);
+        }
+        v
+    });
+    let (p50, p99, mean) = percentiles_us(v);
+    let param = format!("n={n} us={us}");
+    emit("tokio", "sleep", &param, "p50_us", p50);
+    emit("tokio", "sleep", &param, "p99_us", p99);
+    emit("tokio", "sleep", &param, "mean_us", mean);
+}
+
+fn w_idle_rss(p: &Params) {
+    let n = p.u("n", 100_000).max(1);
+    let workers = p.u("workers", 2);
+    let bytes = run_on(workers, async move {
+        // Each task blocks on acquiring a permit of a zero-permit semaphore; closing the
+        // semaphore at the end releases them all.
+        let sem = Arc::new(tokio::sync::Semaphore::new(0));
+        let parked = Arc::new(AtomicUsize::new(0));
+        let mut hs = Vec::with_capacity(n as usize);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let before = rss_bytes();
+        for i in 0..n {
+            let s = sem.clone();
+            let c = parked.clone();
+            hs.push(tokio::spawn(async move {
+                c.fetch_add(1, Ordering::Relaxed);
+                if s.acquire().await.is_ok() {
+                    fail("idle_rss: acquired a permit");
+                }
+                i + 1
+            }));
+        }
+        while parked.load(Ordering::Relaxed) < n as usize {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let after = rss_bytes();
+        sem.close();
+        for (i, h) in hs.into_iter().enumerate() {
+            if h.await.unwrap() != i as u64 + 1 {
+                fail("idle_rss: wrong result");
+            }
+        }
+        (after as f64 - before as f64) / n as f64
+    });
+    emit("tokio", "idle_rss", &format!("n={n} workers={workers}"), "bytes_per_task", bytes);
+}
+
+// ---------------------------------------------------------------- sync lock workloads
+
+/// Calibration: the cost of one call of the busy loop with `work` steps, no lock.
+fn w_work(p: &Params) {
+    let work = p.u("work", 100);
+    let iters = p.u("iters", 1_000_000).max(1);
+    let mut sink = 1u64;
+    let t0 = Instant::now();
+    for i in 0..iters {
+        sink ^= spin_work(black_box(work), sink.wrapping_add(i));
+    }
+    let d = t0.elapsed();
+    black_box(sink);
+    emit("tokio", "work", &format!("work={work}"), "ns_per_op", ns_per(d, iters));
+}
+
+fn uncontended_one<L: Lock>(iters: u64) {
+    let l = L::new();
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        black_box(&l).inc();
+    }
+    let d = t0.elapsed();
+    if l.get() != iters {
+        fail("uncontended: counter mismatch");
+    }
+    emit(L::NAME, "uncontended", "threads=1", "ns_per_op", ns_per(d, iters));
+}
+
+fn w_uncontended(p: &Params) {
+    let iters = p.u("iters", 10_000_000);
+    let (pl, st) = lock_choice(p);
+    if pl {
+        uncontended_one::<Pl>(iters);
+    }
+    if st {
+        uncontended_one::<StdM>(iters);
+    }
+}
+
+
+/// Iterations per thread/task: `iters=` if given, else `total` ops split over `n` workers.
+fn iters_for(p: &Params, total: u64, n: u64) -> u64 {
+    p.u("iters", (total / n.max(1)).max(1))
+}
+
+/// One thread's (or task's) loop: lock, counter++, unlock, then `work` LCG steps outside
+/// the lock. Every 64th acquisition is timed. Returns (max wait ns, sink).
+#[inline(always)]
+fn lock_loop<L: Lock>(l: &L, iters: u64, work: u64, seed: u64) -> (u64, u64) {
+    let mut sink = seed;
+    let mut max_wait = 0u64;
+    for i in 0..iters {
+        if i & 63 == 0 {
+            let t0 = Instant::now();
+            max_wait = max_wait.max(l.inc_timed(t0));
+        } else {
+            l.inc();
+        }
+        if work != 0 {
+            sink ^= spin_work(work, sink.wrapping_add(i));
+        }
+    }
+    (max_wait, sink)
+}
+
+/// Start `threads` OS threads that wait on a barrier and run `f(thread_index)`; the clock
+/// starts when the barrier opens and stops when the last thread is joined.
+fn timed_threads<F>(threads: u64, f: F) -> Duration
+where
+    F: Fn(u64) + Send + Sync + 'static,
+{
+    let f = Arc::new(f);
+    let barrier = Arc::new(Barrier::new(threads as usize + 1));
+    let hs: Vec<_> = (0..threads)
+        .map(|t| {
+            let f = f.clone();
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                b.wait();
+                f(t)
+            })
+        })
+        .collect();
+    barrier.wait();
+    let t0 = Instant::now();
+    for h in hs {
+        h.join().unwrap();
+    }
+    t0.elapsed()
+}
+
+fn contended_one<L: Lock>(threads: u64, iters: u64, work: u64) {
+    let l = Arc::new(L::new());
+    let mw = Arc::new(AtomicU64::new(0));
+    let (l2, mw2) = (l.clone(), mw.clone());
+    let d = timed_threads(threads, move |t| {
+        let (w, sink) = lock_loop(&*l2, iters, work, t + 1);
+        max_u64(&mw2, w);
+        black_box(sink);
+    });
+    if l.get() != threads * iters {
+        fail("contended: counter mismatch");
+    }
+    let param = format!("threads={threads} work={work}");
+    emit(L::NAME, "contended", &param, "ns_per_op", ns_per(d, threads * iters));
+    emit(L::NAME, "contended", &param, "max_wait_us", mw.load(Ordering::Relaxed) as f64 / 1000.0);
+}
+
+fn w_contended(p: &Params) {
+    let threads = p.u("threads", 2).max(1);
+    let work = p.u("work", 0);
+    let iters = iters_for(p, 4_000_000, threads);
+    let (pl, st) = lock_choice(p);
+    if pl {
+        contended_one::<Pl>(threads, iters, work);
+    }
+    if st {
+        contended_one::<StdM>(threads, iters, work);
+    }
+}
+
+fn tasks_contended_one<L: Lock>(tasks: u64, workers: u64, iters: u64, work: u64) {
+    let l = Arc::new(L::new());
+    let mw = Arc::new(AtomicU64::new(0));
+    let (l2, mw2) = (l.clone(), mw.clone());
+    let d = run_on(workers, async move {
+        let t0 = Instant::now();
+        let hs: Vec<_> = (0..tasks)
+            .map(|t| {
+                let l = l2.clone();
+                let mw = mw2.clone();
+                tokio::spawn(async move {
+                    let (w, sink) = lock_loop(&*l, iters, work, t + 1);
+                    max_u64(&mw, w);
+                    black_box(sink);
+                })
+            })
+            .collect();
+        for h in hs {
+            h.await.unwrap();
+        }
+        t0.elapsed()
+    });
+    if l.get() != tasks * iters {
+        fail("tasks_contended: counter mismatch");
+    }
+    let param = format!("tasks={tasks} workers={workers} work={work}");
+    emit(L::NAME, "tasks_contended", &param, "ns_per_op", ns_per(d, tasks * iters));
+    emit(
+        L::NAME,
+        "tasks_contended",
+        &param,
+        "max_wait_us",
+        mw.load(Ordering::Relaxed) as f64 / 1000.0,
+    );
+}
+
+fn w_tasks_contended(p: &Params) {
+    let tasks = p.u("tasks", 64).max(1);
+    let workers = p.u("workers", 2);
+    let work = p.u("work", 0);
+    let iters = iters_for(p, 4_000_000, tasks);
+    let (pl, st) = lock_choice(p);
+    if pl {
+        tasks_contended_one::<Pl>(tasks, workers, iters, work);
+    }
+    if st {
+        tasks_contended_one::<StdM>(tasks, workers, iters, work);
+    }
+}
+
+fn rwlock_one<R: RwLockQ>(threads: u64, iters: u64, write_pct: u64) {
+    let l = Arc::new(R::new());
+    let writes = Arc::new(AtomicU64::new(0));
+    let (l2, w2) = (l.clone(), writes.clone());
+    let d = timed_threads(threads, move |t| {
+        let mut rng = Lcg(t + 1);
+        let (mut nw, mut sink) = (0u64, 0u64);
+        for _ in 0..iters {
+            if rng.pct() < write_pct {
+                l2.write();
+                nw += 1;
+            } else {
+                let q = l2.read();
+                if !q.consistent() {
+                    fail("rwlock_read_mostly: torn read");
+                }
+                sink = sink.wrapping_add(q.a);
+            }
+        }
+        w2.fetch_add(nw, Ordering::Relaxed);
+        black_box(sink);
+    });
+    let q = l.read();
+    if !q.consistent() || q.a != writes.load(Ordering::Relaxed) {
+        fail("rwlock_read_mostly: write count mismatch");
+    }
+    let param = format!("threads={threads} write_pct={write_pct}");
+    emit(R::NAME, "rwlock_read_mostly", &param, "ns_per_op", ns_per(d, threads * iters));
+}
+
+fn w_rwlock_read_mostly(p: &Params) {
+    let threads = p.u("threads", 8).max(1);
+    let write_pct = p.u("write_pct", 1);
+    let iters = iters_for(p, 4_000_000, threads);
+    let (pl, st) = lock_choice(p);
+    if pl {
+        rwlock_one::<PlRw>(threads, iters, write_pct);
+    }
+    if st {
+        rwlock_one::<StdRw>(threads, iters, write_pct);
+    }
+}
+
+// ---------------------------------------------------------------- async workloads
+
+fn w_async_uncontended(p: &Params) {
+    let iters = p.u("iters", 5_000_000);
+    let d = run_on(1, async move {
+        let m = tokio::sync::Mutex::new(0u64);
+        let t0 = Instant::now();
+        for _ in 0..iters {
+            let mut g = black_box(&m).lock().await;
+            *g += 1;
+        }
+        let d = t0.elapsed();
+        if *m.lock().await != iters {
+            fail("async_uncontended: counter mismatch");
+        }
+        d
+    });
+    emit("tokio", "async_uncontended", "tasks=1", "ns_per_op", ns_per(d, iters));
+}
+
+fn w_async_contended(p: &Params) {
+    let tasks = p.u("tasks", 64).max(1);
+    let workers = p.u("workers", 2);
+    let work = p.u("work", 0);
+    let iters = iters_for(p, 2_000_000, tasks);
+    let m = Arc::new(tokio::sync::Mutex::new(0u64));
+    let mw = Arc::new(AtomicU64::new(0));
+    let (m2, mw2) = (m.clone(), mw.clone());
+    let d = run_on(workers, async move {
+        let t0 = Instant::now();
+        let hs: Vec<_> = (0..tasks)
+            .map(|t| {
+                let m = m2.clone();
+                let mw = mw2.clone();
+                tokio::spawn(async move {
+                    let mut sink = t + 1;
+                    let mut max_wait = 0u64;
+                    for i in 0..iters {
+                        if i & 63 == 0 {
+                            let t0 = Instant::now();
+                            let mut g = m.lock().await;
+                            max_wait = max_wait.max(t0.elapsed().as_nanos() as u64);
+                            *g += 1;
+                        } else {
+                            *m.lock().await += 1;
+                        }
+                        if work != 0 {
+                            sink ^= spin_work(work, sink.wrapping_add(i));
+                        }
+                    }
+                    max_u64(&mw, max_wait);
+                    black_box(sink);
+                })
+            })
+            .collect();
+        for h in hs {
+            h.await.unwrap();
+        }
+        t0.elapsed()
+    });
+    if *m.try_lock().unwrap() != tasks * iters {
+        fail("async_contended: counter mismatch");
+    }
+    let param = format!("tasks={tasks} workers={workers} work={work}");
+    emit("tokio", "async_contended", &param, "ns_per_op", ns_per(d, tasks * iters));
+    emit("tokio", "async_contended", &param, "max_wait_us", mw.load(Ordering::Relaxed) as f64 / 1000.0);
+}
+
+fn w_async_rwlock(p: &Params) {
+    let tasks = p.u("tasks", 64).max(1);
+    let workers = p.u("workers", 2);
+    let write_pct = p.u("write_pct", 10);
+    let iters = iters_for(p, 2_000_000, tasks);
+    let l = Arc::new(tokio::sync::RwLock::new(Quad::default()));
+    let writes = Arc::new(AtomicU64::new(0));
+    let (l2, w2) = (l.clone(), writes.clone());
+    let d = run_on(workers, async move {
+        let t0 = Instant::now();
+        let hs: Vec<_> = (0..tasks)
+            .map(|t| {
+                let l = l2.clone();
+                let w = w2.clone();
+                tokio::spawn(async move {
+                    let mut rng = Lcg(t + 1);
+                    let (mut nw, mut sink) = (0u64, 0u64);
+                    for _ in 0..iters {
+                        if rng.pct() < write_pct {
+                            l.write().await.bump();
+                            nw += 1;
+                        } else {
+                            let q = *l.read().await;
+                            if !q.consistent() {
+                                fail("async_rwlock: torn read");
+                            }
+                            sink = sink.wrapping_add(q.a);
+                        }
+                    }
+                    w.fetch_add(nw, Ordering::Relaxed);
+                    black_box(sink);
+                })
+            })
+            .collect();
+        for h in hs {
+            h.await.unwrap();
+        }
+        t0.elapsed()
+    });
+    let q = *l.try_read().unwrap();
+    if !q.consistent() || q.a != writes.load(Ordering::Relaxed) {
+        fail("async_rwlock: write count mismatch");
+    }
+    let param = format!("tasks={tasks} workers={workers} write_pct={write_pct}");
+    emit("tokio", "async_rwlock", &param, "ns_per_op", ns_per(d, tasks * iters));
+}
+
+fn w_semaphore(p: &Params) {
+    let tasks = p.u("tasks", 64).max(1);
+    let workers = p.u("workers", 2);
+    let permits = p.u("permits", 4).max(1);
+    let iters = iters_for(p, 2_000_000, tasks);
+    let sem = Arc::new(tokio::sync::Semaphore::new(permits as usize));
+    let total = Arc::new(AtomicU64::new(0));
+    let (s2, t2) = (sem.clone(), total.clone());
+    let d = run_on(workers, async move {
+        let t0 = Instant::now();
+        let hs: Vec<_> = (0..tasks)
+            .map(|_| {
+                let s = s2.clone();
+                let tot = t2.clone();
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    for _ in 0..iters {
+                        let permit = s.acquire().await.unwrap();
+                        n += 1;
+                        drop(black_box(permit));
+                    }
+                    tot.fetch_add(n, Ordering::Relaxed);
+                })
+            })
+            .collect();
+        for h in hs {
+            h.await.unwrap();
+        }
+        t0.elapsed()
+    });
+    if total.load(Ordering::Relaxed) != tasks * iters || sem.available_permits() != permits as usize {
+        fail("semaphore: acquisition count or final permits mismatch");
+    }
+    let param = format!("tasks={tasks} workers={workers} permits={permits}");
+    emit("tokio", "semaphore", &param, "ns_per_op", ns_per(d, tasks * iters));
+}
+
+fn w_chan_pingpong(p: &Params) {
+    let iters = p.u("iters", 300_000).max(1);
+    let workers = p.u("workers", 1);
+    let d = run_on(workers, async move {
+        let (atx, mut arx) = tokio::sync::mpsc::channel::<u64>(1);
+        let (btx, mut brx) = tokio::sync::mpsc::channel::<u64>(1);
+        let echo = tokio::spawn(async move {
+            while let Some(v) = arx.recv().await {
+                btx.send(v + 1).await.unwrap();
+            }
+        });
+        let t0 = Instant::now();
+        for i in 0..iters {
+            atx.send(i).await.unwrap();
+            if brx.recv().await.unwrap() != i + 1 {
+                fail("chan_pingpong: wrong reply");
+            }
+        }
+        let d = t0.elapsed();
+        drop(atx);
+        echo.await.unwrap();
+        d
+    });
+    emit("tokio", "chan_pingpong", &format!("workers={workers}"), "ns_per_roundtrip", ns_per(d, iters));
+}
+
+fn w_chan_mpmc(p: &Params) {
+    let producers = p.u("producers", 4).max(1);
+    let consumers_req = p.u("consumers", 1);
+    let workers = p.u("workers", 2);
+    let cap = p.u("cap", 1024).max(1);
+    let items = p.u("items", 1_000_000);
+    if consumers_req != 1 {
+        eprintln!(
+            "peer-tokio: chan_mpmc: tokio::sync::mpsc has a single receiver; \
+             running consumers=1 instead of consumers={consumers_req}"
+        );
+    }
+    let (sum, count, d) = run_on(workers, async move {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(cap as usize);
+        let t0 = Instant::now();
+        let consumer = tokio::spawn(async move {
+            let (mut sum, mut count) = (0u64, 0u64);
+            while let Some(v) = rx.recv().await {
+                sum = sum.wrapping_add(v);
+                count += 1;
+            }
+            (sum, count)
+        });
+        let hs: Vec<_> = (0..producers)
+            .map(|pi| {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut i = pi;
+                    while i < items {
+                        tx.send(i + 1).await.unwrap();
+                        i += producers;
+                    }
+                })
+            })
+            .collect();
+        drop(tx);
+        for h in hs {
+            h.await.unwrap();
+        }
+        let (sum, count) = consumer.await.unwrap();
+        (sum, count, t0.elapsed())
+    });
+    if count != items || sum != items.wrapping_mul(items + 1) / 2 {
+        fail("chan_mpmc: checksum mismatch");
+    }
+    let param = format!("producers={producers} consumers=1 workers={workers} cap={cap}");
+    emit("tokio", "chan_mpmc", &param, "ns_per_item", ns_per(d, items.max(1)));
+}
+
+// ---------------------------------------------------------------- main
+
+type Workload = fn(&Params);
+
+/// name, function, accepted keys
+const WORKLOADS: &[(&str, Workload, &[&str])] = &[
+    ("work", w_work, &["work", "iters"]),
+    ("spawn_join", w_spawn_join, &["n", "workers"]),
+    ("yield", w_yield, &["tasks", "workers", "iters"]),
+    ("sleep", w_sleep, &["n", "us"]),
+    ("idle_rss", w_idle_rss, &["n", "workers"]),
+    ("uncontended", w_uncontended, &["iters", "lock"]),
+    ("contended", w_contended, &["threads", "iters", "work", "lock"]),
+    ("tasks_contended", w_tasks_contended, &["tasks", "workers", "iters", "work", "lock"]),
+    ("rwlock_read_mostly", w_rwlock_read_mostly, &["threads", "iters", "write_pct", "lock"]),
+    ("async_uncontended", w_async_uncontended, &["iters"]),
+    ("async_contended", w_async_contended, &["tasks", "workers", "iters", "work"]),
+    ("async_rwlock", w_async_rwlock, &["tasks", "workers", "iters", "write_pct"]),
+    ("semaphore", w_semaphore, &["tasks", "workers", "permits", "iters"]),
+    ("chan_pingpong", w_chan_pingpong, &["iters", "workers"]),
+    ("chan_mpmc", w_chan_mpmc, &["producers", "consumers", "workers", "cap", "items"]),
+];
+
+/// What `all` runs: each workload once with defaults, plus the rows the spec lists
+/// (contended threads=2|8|64 x work=0|100, tasks_contended work=0|100).
+const ALL: &[(&str, &[&str])] = &[
+    ("work", &[]),
+    ("spawn_join", &[]),
+    ("yield", &[]),
+    ("sleep", &[]),
+    ("idle_rss", &[]),
+    ("uncontended", &[]),
+    ("contended", &["threads=2", "work=0"]),
+    ("contended", &["threads=2", "work=100"]),
+    ("contended", &["threads=8", "work=0"]),
+    ("contended", &["threads=8", "work=100"]),
+    ("contended", &["threads=64", "work=0"]),
+    ("contended", &["threads=64", "work=100"]),
+    ("tasks_contended", &["work=0"]),
+    ("tasks_contended", &["work=100"]),
+    ("rwlock_read_mostly", &[]),
+    ("async_uncontended", &[]),
+    ("async_contended", &[]),
+    ("async_rwlock", &[]),
+    ("semaphore", &[]),
+    ("chan_pingpong", &[]),
+    ("chan_mpmc", &[]),
+];
+
+fn usage() -> ! {
+    eprintln!("usage: peer-tokio <workload|all|list> [key=value ...]");
+    eprintln!("workloads:");
+    for (name, _, keys) in WORKLOADS {
+        eprintln!("  {name} {}", keys.iter().map(|k| format!("[{k}=N]")).collect::<Vec<_>>().join(" "));
+    }
+    std::process::exit(64);
+}
+
+fn find(name: &str) -> (Workload, &'static [&'static str]) {
+    WORKLOADS
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, f, k)| (*f, *k))
+        .unwrap_or_else(|| {
+            eprintln!("peer-tokio: unknown workload '{name}'");
+            usage()
+        })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first() else { usage() };
+    match cmd.as_str() {
+        "list" => {
+            for (name, _, _) in WORKLOADS {
+                println!("{name}");
+            }
+        }
+        "all" => {
+            if args.len() > 1 {
+                eprintln!("peer-tokio: 'all' takes no parameters");
+                std::process::exit(64);
+            }
+            for (name, extra) in ALL {
+                let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+                eprintln!("peer-tokio: {name} {}", extra.join(" "));
+                let p = Params::parse(&extra);
+                let (f, keys) = find(name);
+                p.check_keys(name, keys);
+                f(&p);
+            }
+        }
+        name => {
+            let (f, keys) = find(name);
+            let p = Params::parse(&args[1..]);
+            p.check_keys(name, keys);
+            f(&p);
+        }
+    }
+}
