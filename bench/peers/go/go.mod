@@ -1,0 +1,3 @@
+module plaza/bench/peers/go
+
+go 1.19

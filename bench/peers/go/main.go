@@ -1,0 +1,678 @@
+// peer-go: the plaza peer workloads on the Go runtime (goroutines, sync.Mutex,
+// sync.RWMutex, channels). Standard library only.
+//
+// Usage: peer-go <workload|all|list> [key=value ...]
+// Prints `system,workload,param,metric,value` CSV lines on stdout; diagnostics on stderr.
+// Exits non-zero if a workload's own check (counter total, checksum) fails.
+//
+// Go has no OS-thread API: rows that other peers run on `threads` OS threads run here
+// as `threads` goroutines with GOMAXPROCS=2 (the machine's core count in the figures).
+package main
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ---------------------------------------------------------------- helpers
+
+func fail(msg string) {
+	fmt.Fprintf(os.Stderr, "peer-go: CHECK FAILED: %s\n", msg)
+	os.Exit(2)
+}
+
+func emit(workload, param, metric string, value float64) {
+	fmt.Printf("go,%s,%s,%s,%.2f\n", workload, param, metric, value)
+}
+
+type params map[string]string
+
+func (p params) u(key string, def uint64) uint64 {
+	v, ok := p[key]
+	if !ok {
+		return def
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "peer-go: %s=%s is not a non-negative integer\n", key, v)
+		os.Exit(64)
+	}
+	return n
+}
+
+func maxu(a, b uint64) uint64 {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+// itersFor: iterations per goroutine: iters= if given, else total ops split over n.
+func itersFor(p params, total, n uint64) uint64 {
+	return p.u("iters", maxu(total/maxu(n, 1), 1))
+}
+
+// sink keeps busy-loop results alive.
+var sink uint64
+
+// spinWork is the busy loop run outside the lock: `work` steps of xorshift64 (13, 7, 17),
+// the same loop in every peer; the `work` workload calibrates its cost.
+func spinWork(work, seed uint64) uint64 {
+	x := seed | 1
+	for i := uint64(0); i < work; i++ {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+	}
+	return x
+}
+
+// lcg is the per-goroutine stream that picks reads vs writes (same LCG in every peer).
+type lcg uint64
+
+func (l *lcg) pct() uint64 {
+	*l = lcg(uint64(*l)*6364136223846793005 + 1442695040888963407)
+	return (uint64(*l) >> 33) % 100
+}
+
+func rssBytes() uint64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		fail("read /proc/self/statm")
+	}
+	f := strings.Fields(string(b))
+	pages, _ := strconv.ParseUint(f[1], 10, 64)
+	return pages * uint64(os.Getpagesize())
+}
+
+func nsPer(d time.Duration, ops uint64) float64 {
+	return float64(d.Nanoseconds()) / float64(maxu(ops, 1))
+}
+
+// timedGoroutines starts n goroutines running f(i); they wait on a gate that opens when
+// all have started. The clock runs from opening the gate to the last one finishing.
+func timedGoroutines(n uint64, f func(i uint64)) time.Duration {
+	var ready, done sync.WaitGroup
+	gate := make(chan struct{})
+	ready.Add(int(n))
+	done.Add(int(n))
+	for i := uint64(0); i < n; i++ {
+		go func(i uint64) {
+			defer done.Done()
+			ready.Done()
+			<-gate
+			f(i)
+		}(i)
+	}
+	ready.Wait()
+	t0 := time.Now()
+	close(gate)
+	done.Wait()
+	return time.Since(t0)
+}
+
+// ---------------------------------------------------------------- runtime workloads
+
+func wWork(p params) {
+	runtime.GOMAXPROCS(1)
+	work := p.u("work", 100)
+	iters := maxu(p.u("iters", 1000000), 1)
+	s := uint64(1)
+	t0 := time.Now()
+	for i := uint64(0); i < iters; i++ {
+		s ^= spinWork(work, s+i)
+	}
+	d := time.Since(t0)
+	sink += s
+	emit("work", fmt.Sprintf("work=%d", work), "ns_per_op", nsPer(d, iters))
+}
+
+func wSpawnJoin(p params) {
+	n := p.u("n", 100000)
+	workers := p.u("workers", 2)
+	runtime.GOMAXPROCS(int(workers))
+	// Go has no join handle: each goroutine writes its result to its slot and signals one
+	// WaitGroup; the results are then checked in order.
+	t0 := time.Now()
+	res := make([]uint64, n)
+	var wg sync.WaitGroup
+	wg.Add(int(n))
+	for i := uint64(0); i < n; i++ {
+		go func(i uint64) {
+			res[i] = i + 1
+			wg.Done()
+		}(i)
+	}
+	wg.Wait()
+	for i := uint64(0); i < n; i++ {
+		if res[i] != i+1 {
+			fail("spawn_join: wrong result")
+		}
+	}
+	d := time.Since(t0)
+	emit("spawn_join", fmt.Sprintf("n=%d workers=%d", n, workers), "ns_per_task", nsPer(d, n))
+}
+
+func wYield(p params) {
+	tasks := p.u("tasks", 2)
+	workers := p.u("workers", 1)
+	iters := p.u("iters", 1000000)
+	runtime.GOMAXPROCS(int(workers))
+	var count uint64
+	d := timedGoroutines(tasks, func(uint64) {
+		for i := uint64(0); i < iters; i++ {
+			runtime.Gosched()
+		}
+		atomic.AddUint64(&count, iters)
+	})
+	if count != tasks*iters {
+		fail("yield: count mismatch")
+	}
+	emit("yield", fmt.Sprintf("tasks=%d workers=%d", tasks, workers), "ns_per_yield", nsPer(d, tasks*iters))
+}
+
+func percentiles(v []float64) (p50, p99, mean float64) {
+	sort.Float64s(v)
+	n := len(v)
+	i50, i99 := n*50/100, n*99/100
+	if i99 > n-1 {
+		i99 = n - 1
+	}
+	s := 0.0
+	for _, x := range v {
+		s += x
+	}
+	return v[i50], v[i99], s / float64(n)
+}
+
+func wSleep(p params) {
+	n := maxu(p.u("n", 2000), 1)
+	us := p.u("us", 100)
+	runtime.GOMAXPROCS(1)
+	v := make([]float64, 0, n)
+	done := make(chan struct{})
+	go func() {
+		for i := uint64(0); i < n; i++ {
+			t0 := time.Now()
+			time.Sleep(time.Duration(us) * time.Microsecond)
+			v = append(v, float64(time.Since(t0).Nanoseconds())/1000.0)
+		}
+		close(done)
+	}()
+	<-done
+	p50, p99, mean := percentiles(v)
+	param := fmt.Sprintf("n=%d us=%d", n, us)
+	emit("sleep", param, "p50_us", p50)
+	emit("sleep", param, "p99_us", p99)
+	emit("sleep", param, "mean_us", mean)
+}
+
+func wIdleRss(p params) {
+	n := maxu(p.u("n", 100000), 1)
+	workers := p.u("workers", 2)
+	runtime.GOMAXPROCS(int(workers))
+	// Every goroutine blocks receiving from one channel; closing it releases them all.
+	release := make(chan struct{})
+	res := make([]uint64, n)
+	var parked int64
+	var wg sync.WaitGroup
+	runtime.GC()
+	time.Sleep(20 * time.Millisecond)
+	before := rssBytes()
+	wg.Add(int(n))
+	for i := uint64(0); i < n; i++ {
+		go func(i uint64) {
+			atomic.AddInt64(&parked, 1)
+			<-release
+			res[i] = i + 1
+			wg.Done()
+		}(i)
+	}
+	for atomic.LoadInt64(&parked) < int64(n) {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(20 * time.Millisecond)
+	after := rssBytes()
+	close(release)
+	wg.Wait()
+	for i := uint64(0); i < n; i++ {
+		if res[i] != i+1 {
+			fail("idle_rss: wrong result")
+		}
+	}
+	emit("idle_rss", fmt.Sprintf("n=%d workers=%d", n, workers), "bytes_per_task",
+		(float64(after)-float64(before))/float64(n))
+}
+
+// ---------------------------------------------------------------- mutex workloads
+
+// lockLoop: lock, counter++, unlock, then `work` busy steps outside the lock; every 64th
+// acquisition is timed. Returns the longest timed wait in ns.
+func lockLoop(m *sync.Mutex, counter *uint64, iters, work, seed uint64) uint64 {
+	s := seed
+	var maxWait uint64
+	for i := uint64(0); i < iters; i++ {
+		if i&63 == 0 {
+			t0 := time.Now()
+			m.Lock()
+			w := uint64(time.Since(t0).Nanoseconds())
+			*counter++
+			m.Unlock()
+			if w > maxWait {
+				maxWait = w
+			}
+		} else {
+			m.Lock()
+			*counter++
+			m.Unlock()
+		}
+		if work != 0 {
+			s ^= spinWork(work, s+i)
+		}
+	}
+	atomic.AddUint64(&sink, s)
+	return maxWait
+}
+
+func atomicMax(a *uint64, v uint64) {
+	for {
+		old := atomic.LoadUint64(a)
+		if v <= old || atomic.CompareAndSwapUint64(a, old, v) {
+			return
+		}
+	}
+}
+
+// mutexRun runs n goroutines of lockLoop on GOMAXPROCS=procs; returns ns/op and max wait.
+func mutexRun(n, procs, iters, work uint64) (float64, float64) {
+	runtime.GOMAXPROCS(int(procs))
+	var m sync.Mutex
+	var counter, maxWait uint64
+	d := timedGoroutines(n, func(i uint64) {
+		atomicMax(&maxWait, lockLoop(&m, &counter, iters, work, i+1))
+	})
+	m.Lock()
+	c := counter
+	m.Unlock()
+	if c != n*iters {
+		fail("mutex: counter mismatch")
+	}
+	return nsPer(d, n*iters), float64(maxWait) / 1000.0
+}
+
+// procsNote names GOMAXPROCS in a `threads` row's param when it is not the default 2.
+func procsNote(procs uint64) string {
+	if procs == 2 {
+		return ""
+	}
+	return fmt.Sprintf(" procs=%d", procs)
+}
+
+func wUncontended(p params) {
+	iters := p.u("iters", 10000000)
+	runtime.GOMAXPROCS(1)
+	var m sync.Mutex
+	var counter uint64
+	t0 := time.Now()
+	for i := uint64(0); i < iters; i++ {
+		m.Lock()
+		counter++
+		m.Unlock()
+	}
+	d := time.Since(t0)
+	if counter != iters {
+		fail("uncontended: counter mismatch")
+	}
+	emit("uncontended", "threads=1", "ns_per_op", nsPer(d, iters))
+}
+
+func wContended(p params) {
+	threads := maxu(p.u("threads", 2), 1)
+	work := p.u("work", 0)
+	procs := p.u("procs", 2)
+	iters := itersFor(p, 4000000, threads)
+	ns, mw := mutexRun(threads, procs, iters, work)
+	param := fmt.Sprintf("threads=%d work=%d", threads, work) + procsNote(procs)
+	emit("contended", param, "ns_per_op", ns)
+	emit("contended", param, "max_wait_us", mw)
+}
+
+func wTasksContended(p params) {
+	tasks := maxu(p.u("tasks", 64), 1)
+	workers := p.u("workers", 2)
+	work := p.u("work", 0)
+	iters := itersFor(p, 4000000, tasks)
+	ns, mw := mutexRun(tasks, workers, iters, work)
+	param := fmt.Sprintf("tasks=%d workers=%d work=%d", tasks, workers, work)
+	emit("tasks_contended", param, "ns_per_op", ns)
+	emit("tasks_contended", param, "max_wait_us", mw)
+}
+
+type quad struct{ a, b, c, d uint64 }
+
+func (q *quad) bump()            { q.a++; q.b++; q.c++; q.d++ }
+func (q *quad) consistent() bool { return q.a == q.b && q.b == q.c && q.c == q.d }
+
+// rwRun: n goroutines on GOMAXPROCS=procs, each iters ops on one RWMutex; an op is a
+// write with probability write_pct%.
+func rwRun(n, procs, iters, writePct uint64) float64 {
+	runtime.GOMAXPROCS(int(procs))
+	var l sync.RWMutex
+	var data quad
+	var writes uint64
+	d := timedGoroutines(n, func(t uint64) {
+		rng := lcg(t + 1)
+		var nw, s uint64
+		for i := uint64(0); i < iters; i++ {
+			if rng.pct() < writePct {
+				l.Lock()
+				data.bump()
+				l.Unlock()
+				nw++
+			} else {
+				l.RLock()
+				q := data
+				l.RUnlock()
+				if !q.consistent() {
+					fail("rwlock: torn read")
+				}
+				s += q.a
+			}
+		}
+		atomic.AddUint64(&writes, nw)
+		atomic.AddUint64(&sink, s)
+	})
+	l.RLock()
+	q := data
+	l.RUnlock()
+	if !q.consistent() || q.a != writes {
+		fail("rwlock: write count mismatch")
+	}
+	return nsPer(d, n*iters)
+}
+
+func wRwlockReadMostly(p params) {
+	threads := maxu(p.u("threads", 8), 1)
+	writePct := p.u("write_pct", 1)
+	procs := p.u("procs", 2)
+	iters := itersFor(p, 4000000, threads)
+	ns := rwRun(threads, procs, iters, writePct)
+	emit("rwlock_read_mostly", fmt.Sprintf("threads=%d write_pct=%d", threads, writePct)+procsNote(procs), "ns_per_op", ns)
+}
+
+// ---------------------------------------------------------------- "async" workloads
+// Go has one kind of lock: sync.Mutex parks the goroutine (after spinning), so the
+// async rows use the same primitives as the sync rows.
+
+func wAsyncUncontended(p params) {
+	iters := p.u("iters", 5000000)
+	runtime.GOMAXPROCS(1)
+	var ns float64
+	done := make(chan struct{})
+	go func() {
+		var m sync.Mutex
+		var counter uint64
+		t0 := time.Now()
+		for i := uint64(0); i < iters; i++ {
+			m.Lock()
+			counter++
+			m.Unlock()
+		}
+		ns = nsPer(time.Since(t0), iters)
+		if counter != iters {
+			fail("async_uncontended: counter mismatch")
+		}
+		close(done)
+	}()
+	<-done
+	emit("async_uncontended", "tasks=1", "ns_per_op", ns)
+}
+
+func wAsyncContended(p params) {
+	tasks := maxu(p.u("tasks", 64), 1)
+	workers := p.u("workers", 2)
+	work := p.u("work", 0)
+	iters := itersFor(p, 2000000, tasks)
+	ns, mw := mutexRun(tasks, workers, iters, work)
+	param := fmt.Sprintf("tasks=%d workers=%d work=%d", tasks, workers, work)
+	emit("async_contended", param, "ns_per_op", ns)
+	emit("async_contended", param, "max_wait_us", mw)
+}
+
+func wAsyncRwlock(p params) {
+	tasks := maxu(p.u("tasks", 64), 1)
+	workers := p.u("workers", 2)
+	writePct := p.u("write_pct", 10)
+	iters := itersFor(p, 2000000, tasks)
+	ns := rwRun(tasks, workers, iters, writePct)
+	emit("async_rwlock", fmt.Sprintf("tasks=%d workers=%d write_pct=%d", tasks, workers, writePct), "ns_per_op", ns)
+}
+
+func wSemaphore(p params) {
+	tasks := maxu(p.u("tasks", 64), 1)
+	workers := p.u("workers", 2)
+	permits := maxu(p.u("permits", 4), 1)
+	iters := itersFor(p, 2000000, tasks)
+	runtime.GOMAXPROCS(int(workers))
+	// A buffered channel of capacity `permits` is the semaphore: send acquires, receive
+	// releases.
+	sem := make(chan struct{}, permits)
+	var total uint64
+	d := timedGoroutines(tasks, func(uint64) {
+		var n uint64
+		for i := uint64(0); i < iters; i++ {
+			sem <- struct{}{}
+			n++
+			<-sem
+		}
+		atomic.AddUint64(&total, n)
+	})
+	if total != tasks*iters || len(sem) != 0 {
+		fail("semaphore: acquisition count or final permits mismatch")
+	}
+	emit("semaphore", fmt.Sprintf("tasks=%d workers=%d permits=%d", tasks, workers, permits), "ns_per_op", nsPer(d, tasks*iters))
+}
+
+func wChanPingpong(p params) {
+	iters := maxu(p.u("iters", 300000), 1)
+	workers := p.u("workers", 1)
+	runtime.GOMAXPROCS(int(workers))
+	a := make(chan uint64, 1)
+	b := make(chan uint64, 1)
+	echoDone := make(chan struct{})
+	go func() {
+		for v := range a {
+			b <- v + 1
+		}
+		close(echoDone)
+	}()
+	var d time.Duration
+	done := make(chan struct{})
+	go func() {
+		t0 := time.Now()
+		for i := uint64(0); i < iters; i++ {
+			a <- i
+			if <-b != i+1 {
+				fail("chan_pingpong: wrong reply")
+			}
+		}
+		d = time.Since(t0)
+		close(done)
+	}()
+	<-done
+	close(a)
+	<-echoDone
+	emit("chan_pingpong", fmt.Sprintf("workers=%d", workers), "ns_per_roundtrip", nsPer(d, iters))
+}
+
+func wChanMpmc(p params) {
+	producers := maxu(p.u("producers", 4), 1)
+	consumers := maxu(p.u("consumers", 4), 1)
+	workers := p.u("workers", 2)
+	capacity := p.u("cap", 1024)
+	items := p.u("items", 1000000)
+	runtime.GOMAXPROCS(int(workers))
+	ch := make(chan uint64, capacity)
+	var sum, count uint64
+	var prod, cons sync.WaitGroup
+	t0 := time.Now()
+	cons.Add(int(consumers))
+	for c := uint64(0); c < consumers; c++ {
+		go func() {
+			var s, n uint64
+			for v := range ch {
+				s += v
+				n++
+			}
+			atomic.AddUint64(&sum, s)
+			atomic.AddUint64(&count, n)
+			cons.Done()
+		}()
+	}
+	prod.Add(int(producers))
+	for pi := uint64(0); pi < producers; pi++ {
+		go func(pi uint64) {
+			for i := pi; i < items; i += producers {
+				ch <- i + 1
+			}
+			prod.Done()
+		}(pi)
+	}
+	prod.Wait()
+	close(ch)
+	cons.Wait()
+	d := time.Since(t0)
+	if count != items || sum != items*(items+1)/2 {
+		fail("chan_mpmc: checksum mismatch")
+	}
+	emit("chan_mpmc", fmt.Sprintf("producers=%d consumers=%d workers=%d cap=%d", producers, consumers, workers, capacity),
+		"ns_per_item", nsPer(d, items))
+}
+
+// ---------------------------------------------------------------- main
+
+type workload struct {
+	name string
+	fn   func(params)
+	keys []string
+}
+
+var workloads = []workload{
+	{"work", wWork, []string{"work", "iters"}},
+	{"spawn_join", wSpawnJoin, []string{"n", "workers"}},
+	{"yield", wYield, []string{"tasks", "workers", "iters"}},
+	{"sleep", wSleep, []string{"n", "us"}},
+	{"idle_rss", wIdleRss, []string{"n", "workers"}},
+	{"uncontended", wUncontended, []string{"iters"}},
+	{"contended", wContended, []string{"threads", "iters", "work", "procs"}},
+	{"tasks_contended", wTasksContended, []string{"tasks", "workers", "iters", "work"}},
+	{"rwlock_read_mostly", wRwlockReadMostly, []string{"threads", "iters", "write_pct", "procs"}},
+	{"async_uncontended", wAsyncUncontended, []string{"iters"}},
+	{"async_contended", wAsyncContended, []string{"tasks", "workers", "iters", "work"}},
+	{"async_rwlock", wAsyncRwlock, []string{"tasks", "workers", "iters", "write_pct"}},
+	{"semaphore", wSemaphore, []string{"tasks", "workers", "permits", "iters"}},
+	{"chan_pingpong", wChanPingpong, []string{"iters", "workers"}},
+	{"chan_mpmc", wChanMpmc, []string{"producers", "consumers", "workers", "cap", "items"}},
+}
+
+// allRuns is what `all` runs: each workload once with defaults, plus the rows the spec
+// lists (contended threads=2|8|64 x work=0|100, tasks_contended work=0|100), plus
+// chan_mpmc with consumers=1 to match tokio's single-receiver row.
+var allRuns = [][]string{
+	{"work"},
+	{"spawn_join"},
+	{"yield"},
+	{"sleep"},
+	{"idle_rss"},
+	{"uncontended"},
+	{"contended", "threads=2", "work=0"},
+	{"contended", "threads=2", "work=100"},
+	{"contended", "threads=8", "work=0"},
+	{"contended", "threads=8", "work=100"},
+	{"contended", "threads=64", "work=0"},
+	{"contended", "threads=64", "work=100"},
+	{"tasks_contended", "work=0"},
+	{"tasks_contended", "work=100"},
+	{"rwlock_read_mostly"},
+	{"async_uncontended"},
+	{"async_contended"},
+	{"async_rwlock"},
+	{"semaphore"},
+	{"chan_pingpong"},
+	{"chan_mpmc"},
+	{"chan_mpmc", "consumers=1"},
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: peer-go <workload|all|list> [key=value ...]")
+	fmt.Fprintln(os.Stderr, "workloads:")
+	for _, w := range workloads {
+		ks := make([]string, len(w.keys))
+		for i, k := range w.keys {
+			ks[i] = "[" + k + "=N]"
+		}
+		fmt.Fprintf(os.Stderr, "  %s %s\n", w.name, strings.Join(ks, " "))
+	}
+	os.Exit(64)
+}
+
+func run(args []string) {
+	var w *workload
+	for i := range workloads {
+		if workloads[i].name == args[0] {
+			w = &workloads[i]
+		}
+	}
+	if w == nil {
+		fmt.Fprintf(os.Stderr, "peer-go: unknown workload '%s'\n", args[0])
+		usage()
+	}
+	p := params{}
+	for _, a := range args[1:] {
+		k, v, ok := strings.Cut(a, "=")
+		if !ok {
+			fmt.Fprintf(os.Stderr, "peer-go: argument '%s' is not key=value\n", a)
+			os.Exit(64)
+		}
+		known := false
+		for _, kk := range w.keys {
+			known = known || kk == k
+		}
+		if !known {
+			fmt.Fprintf(os.Stderr, "peer-go: workload %s has no parameter '%s'\n", w.name, k)
+			os.Exit(64)
+		}
+		p[k] = v
+	}
+	w.fn(p)
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+	}
+	switch os.Args[1] {
+	case "list":
+		for _, w := range workloads {
+			fmt.Println(w.name)
+		}
+	case "all":
+		if len(os.Args) > 2 {
+			fmt.Fprintln(os.Stderr, "peer-go: 'all' takes no parameters")
+			os.Exit(64)
+		}
+		for _, r := range allRuns {
+			fmt.Fprintf(os.Stderr, "peer-go: %s\n", strings.Join(r, " "))
+			run(r)
+		}
+	default:
+		run(os.Args[1:])
+	}
+}
