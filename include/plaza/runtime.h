@@ -1,0 +1,109 @@
+/*
+ * plaza runtime: stackful tasks on a work-stealing pool of worker threads.
+ *
+ * Errors are negative errno values (-EINVAL, -ETIMEDOUT, -ECANCELED, ...),
+ * never reported through errno.  Deadlines are absolute pz_now()
+ * nanoseconds; PZ_FOREVER waits without end.
+ */
+#ifndef PLAZA_RUNTIME_H
+#define PLAZA_RUNTIME_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PZ_FOREVER INT64_MAX
+
+typedef void *(*pz_fn)(void *arg);
+typedef struct pz_task pz_task_t;
+
+/* Runtime configuration.  Zero in any field means "the default". */
+typedef struct pz_config {
+    int workers;              /* worker threads; default: one per CPU */
+    size_t stack_size;        /* default task stack size; default 256 KiB */
+    int blocking_threads_max; /* cap of the blocking pool; default 512 */
+    bool no_guard_pages;      /* stacks without a guard page (see docs/stacks.md) */
+} pz_config_t;
+
+/* Options of one spawn.  Zero fields take the runtime's defaults. */
+typedef struct pz_spawn_opts {
+    size_t stack_size;        /* rounded up to whole pages, at least 16 KiB */
+    const char *name;         /* copied; shown in reports (at most 31 bytes kept) */
+} pz_spawn_opts_t;
+
+/* Starts the runtime, runs main(arg) as its first task and returns when that
+ * task returns, storing its result in *result (if result is not NULL).
+ * Tasks still running when main returns are abandoned, never resumed.
+ * One runtime runs at a time in a process: returns -EBUSY if one is running,
+ * -EINVAL for a bad configuration, -ENOMEM/-EAGAIN if threads or memory
+ * cannot be had, else 0. */
+int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result);
+
+/* Creates a task running fn(arg).  Callable from a task or from any thread
+ * while the runtime runs.  Returns NULL (and reports why on stderr) if there
+ * is no runtime or no memory.  The handle stays valid until pz_join returns
+ * 0 for it or pz_detach is called. */
+pz_task_t *pz_spawn(pz_fn fn, void *arg);
+pz_task_t *pz_spawn_with(pz_fn fn, void *arg, const pz_spawn_opts_t *opts);
+
+/* Waits for t to finish and frees it, storing its result in *result.
+ * Returns 0, -ECANCELED if the calling task was cancelled while waiting (t
+ * keeps running and can be joined again), -EDEADLK when a task joins itself,
+ * -EINVAL for a detached task or a task another caller is already joining,
+ * -EPERM when called outside a task of the running runtime. */
+int pz_join(pz_task_t *t, void **result);
+
+/* Lets t run to completion on its own; its resources are freed when it ends.
+ * The handle must not be used afterwards. */
+void pz_detach(pz_task_t *t);
+
+/* Cancels t: the wait it is in now and every later one returns -ECANCELED.
+ * A task that ignores the error runs on; cancelling a finished task does
+ * nothing. */
+void pz_cancel(pz_task_t *t);
+
+/* True if the calling task has been cancelled. */
+bool pz_cancelled(void);
+
+/* Lets other runnable tasks run before the caller continues. */
+void pz_yield(void);
+
+/* The calling task, or NULL on a thread that is not running a task. */
+pz_task_t *pz_self(void);
+
+/* A task's id (unique for the process lifetime, starting at 1) and name. */
+uint64_t pz_task_id(const pz_task_t *t);
+const char *pz_task_name(const pz_task_t *t);
+
+/* Monotonic time in nanoseconds. */
+int64_t pz_now(void);
+
+/* Suspends the calling task until the deadline (or for ns nanoseconds).
+ * Returns 0, or -ECANCELED if the task was cancelled.  Called outside a task
+ * it sleeps the thread. */
+int pz_sleep_until(int64_t deadline);
+int pz_sleep(int64_t ns);
+
+/* Runs fn(arg) on the blocking pool, a set of threads that grows as needed,
+ * while the calling task is suspended, so a blocking call never holds a
+ * worker.  Stores fn's result in *result.  Returns 0, or -ECANCELED if the
+ * task was cancelled before fn started (fn then never runs); once fn runs
+ * the call waits for it.  Outside a task fn runs on the calling thread. */
+int pz_blocking(pz_fn fn, void *arg, void **result);
+
+/* The number of worker threads of the running runtime (0 if none), and the
+ * index of the worker running the caller (-1 on any other thread). */
+int pz_worker_count(void);
+int pz_worker_index(void);
+
+/* A short description of a plaza error code (a negative errno value). */
+const char *pz_strerror(int err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,68 @@
+/*
+ * The platform layer: everything plaza does that depends on the processor or
+ * the kernel is declared here and implemented under src/arch/.  The rest of
+ * the library is portable C11 on top of it.
+ */
+#ifndef PZ_ARCH_H
+#define PZ_ARCH_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Switches from the running context to the one whose stack pointer is
+ * load_sp, storing the running context's stack pointer in *save_sp.  Returns
+ * when some other context switches back to *save_sp. */
+void pz__arch_switch(void **save_sp, void *load_sp);
+
+/* Prepares a fresh stack [lo, hi) so that switching to the returned stack
+ * pointer calls entry(arg) on it.  entry must never return. */
+void *pz__arch_context_init(void *lo, void *hi, void (*entry)(void *), void *arg);
+
+/* A hint to the processor that the caller is spinning. */
+static inline void pz__arch_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#else
+    __asm__ __volatile__("" ::: "memory");
+#endif
+}
+
+/* Futex wrappers (private futexes).  pz__futex_wait sleeps while *addr ==
+ * expected, until woken or until the absolute CLOCK_MONOTONIC deadline in
+ * nanoseconds passes (deadline < 0: no deadline).  Returns 0 when woken (or
+ * spuriously), -EAGAIN when *addr differed, -ETIMEDOUT, -EINTR. */
+int pz__futex_wait(_Atomic uint32_t *addr, uint32_t expected, int64_t deadline);
+int pz__futex_wake(_Atomic uint32_t *addr, int count);
+
+/* Monotonic clock in nanoseconds. */
+int64_t pz__clock_now(void);
+
+/* Sleeps the calling thread until the CLOCK_MONOTONIC deadline (ns);
+ * INT64_MAX sleeps forever. */
+void pz__thread_sleep_until(int64_t deadline);
+
+/* Number of online processors. */
+int pz__cpu_count(void);
+
+/* Memory for task stacks.  pz__stack_map reserves size bytes (a multiple of
+ * the page size) whose lowest guard bytes are inaccessible and returns the
+ * base of the whole mapping, or NULL. */
+size_t pz__page_size(void);
+void *pz__stack_map(size_t size, size_t guard);
+void pz__stack_unmap(void *base, size_t size);
+
+/* Makes the kernel's timer slack of the calling thread as small as it goes,
+ * so a sleep of 100 us is not rounded up by the default 50 us slack. */
+void pz__thread_precise_timers(void);
+
+/* Names the calling thread (visible in top, gdb, perf). */
+void pz__thread_set_name(const char *name);
+
+/* The bounds of the calling thread's own stack. */
+void pz__thread_stack_bounds(void **lo, size_t *size);
+
+#endif

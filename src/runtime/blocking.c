@@ -1,0 +1,201 @@
+/*
+ * The blocking pool: threads that run blocking calls for tasks, so that a
+ * read of a regular file or a DNS lookup never holds a worker.
+ *
+ * Elastic: a job that finds no idle pool thread starts a new one, up to the
+ * configured cap (then it queues); a thread idle for PZ__POOL_KEEPALIVE
+ * exits.  The pool is process-wide and outlives runtimes; each job records
+ * the runtime epoch it was submitted in, so a job that finishes after its
+ * runtime stopped wakes nobody.
+ *
+ * Jobs live on the waiting task's stack.  The pool touches a job only under
+ * the pool lock, and a task leaves pz_blocking only after it has seen, under
+ * the same lock, that the job is either unstarted (and removed) or done.
+ */
+#define _GNU_SOURCE
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define PZ__POOL_KEEPALIVE_S 10
+#define PZ__POOL_DEFAULT_MAX 512
+
+enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE };
+
+typedef struct pz__job {
+    pz_fn fn;
+    void *arg;
+    void *result;
+    pz_task_t *task;
+    uint64_t gen;   /* the park generation to claim when done */
+    uint64_t epoch;
+    int state;
+    struct pz__job *next;
+} pz__job;
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t work;    /* a job was queued, or shutdown */
+    pthread_cond_t exited;  /* a pool thread exited */
+    pz__job *head, *tail;
+    int threads, idle, max;
+    uint64_t epoch;
+    bool draining;
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, 0, 0,
+          PZ__POOL_DEFAULT_MAX, 1, false};
+
+void pz__blocking_configure(int max_threads)
+{
+    pthread_mutex_lock(&pool.lock);
+    pool.max = max_threads > 0 ? max_threads : PZ__POOL_DEFAULT_MAX;
+    pool.draining = false;
+    pthread_mutex_unlock(&pool.lock);
+}
+
+static void *pool_thread(void *unused)
+{
+    (void)unused;
+    pz__thread_set_name("plaza-blocking");
+    pthread_mutex_lock(&pool.lock);
+    for (;;) {
+        while (!pool.head && !pool.draining) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += PZ__POOL_KEEPALIVE_S;
+            pool.idle++;
+            int r = pthread_cond_timedwait(&pool.work, &pool.lock, &until);
+            pool.idle--;
+            if (r == ETIMEDOUT && !pool.head)
+                goto out;
+        }
+        if (!pool.head)
+            break; /* draining and nothing queued */
+        pz__job *job = pool.head;
+        pool.head = job->next;
+        if (!pool.head)
+            pool.tail = NULL;
+        job->state = JOB_RUNNING;
+        pthread_mutex_unlock(&pool.lock);
+
+        void *result = job->fn(job->arg);
+
+        pthread_mutex_lock(&pool.lock);
+        job->result = result;
+        job->state = JOB_DONE;
+        int claim = PZ__CLAIM_LOST;
+        pz_task_t *task = job->task;
+        if (job->epoch == pool.epoch)
+            claim = pz__task_claim(task, job->gen, PZ__WAKE_UNPARK);
+        /* Ready the task under the pool lock: the runtime cannot be torn
+         * down meanwhile, since pz__blocking_shutdown takes this lock. */
+        if (claim == PZ__CLAIM_WON_READY)
+            pz__task_ready(task, false);
+    }
+out:
+    pool.threads--;
+    pthread_cond_broadcast(&pool.exited);
+    pthread_mutex_unlock(&pool.lock);
+    return NULL;
+}
+
+/* Called with the pool lock held. */
+static int submit(pz__job *job)
+{
+    job->next = NULL;
+    if (pool.tail)
+        pool.tail->next = job;
+    else
+        pool.head = job;
+    pool.tail = job;
+    if (pool.idle == 0 && pool.threads < pool.max) {
+        pthread_t th;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int e = pthread_create(&th, &attr, pool_thread, NULL);
+        pthread_attr_destroy(&attr);
+        if (e == 0)
+            pool.threads++;
+        else if (pool.threads == 0)
+            return -e; /* nobody would ever run the job */
+    } else {
+        pthread_cond_signal(&pool.work);
+    }
+    return 0;
+}
+
+static void unqueue(pz__job *job)
+{
+    pz__job **p = &pool.head, *prev = NULL;
+    while (*p && *p != job) {
+        prev = *p;
+        p = &(*p)->next;
+    }
+    if (*p) {
+        *p = job->next;
+        if (pool.tail == job)
+            pool.tail = prev;
+    }
+}
+
+int pz_blocking(pz_fn fn, void *arg, void **result)
+{
+    if (!fn) {
+        pz__report("pz_blocking: fn is NULL");
+        return -EINVAL;
+    }
+    pz_task_t *self = pz__current_task();
+    if (!self) {
+        void *r = fn(arg);
+        if (result)
+            *result = r;
+        return 0;
+    }
+    pz__job job = {.fn = fn, .arg = arg, .task = self, .state = JOB_QUEUED};
+    pthread_mutex_lock(&pool.lock);
+    job.epoch = pool.epoch;
+    job.gen = pz__park_prepare(false);
+    int e = submit(&job);
+    pthread_mutex_unlock(&pool.lock);
+    if (e) {
+        pz__report("pz_blocking: cannot start a pool thread: %s", strerror(-e));
+        pthread_mutex_lock(&pool.lock);
+        unqueue(&job);
+        pthread_mutex_unlock(&pool.lock);
+        return e;
+    }
+    for (;;) {
+        int r = pz__park_commit(NULL, NULL, PZ_FOREVER);
+        pthread_mutex_lock(&pool.lock);
+        if (job.state == JOB_DONE)
+            break;
+        if (r == -ECANCELED && job.state == JOB_QUEUED) {
+            unqueue(&job);
+            pthread_mutex_unlock(&pool.lock);
+            return -ECANCELED;
+        }
+        /* Cancelled while fn runs: wait for it, deaf to cancels now. */
+        job.gen = pz__park_prepare(true);
+        pthread_mutex_unlock(&pool.lock);
+    }
+    pthread_mutex_unlock(&pool.lock);
+    if (result)
+        *result = job.result;
+    return 0;
+}
+
+void pz__blocking_shutdown(void)
+{
+    pthread_mutex_lock(&pool.lock);
+    /* Jobs of this runtime that finish later must wake nobody. */
+    pool.epoch++;
+    pool.head = pool.tail = NULL;
+    /* Idle threads exit now rather than after their keep-alive. */
+    pool.draining = true;
+    pthread_cond_broadcast(&pool.work);
+    while (pool.idle > 0)
+        pthread_cond_wait(&pool.exited, &pool.lock);
+    pthread_mutex_unlock(&pool.lock);
+}

@@ -1,0 +1,35 @@
+/*
+ * The calling thread's worker, read out of line on purpose.  A task may be
+ * suspended on one worker thread and resumed on another; if this accessor
+ * were inlined, the compiler could compute the thread-local address once and
+ * reuse it after the switch (it treats the thread pointer as constant within
+ * a function).  A call into another translation unit cannot be cached.  The
+ * library is never built with link-time optimisation for the same reason.
+ */
+#include "internal.h"
+
+static __thread pz__worker *current_worker;
+
+pz__worker *pz__current_worker(void)
+{
+    return current_worker;
+}
+
+void pz__set_current_worker(pz__worker *w)
+{
+    current_worker = w;
+}
+
+void pz__spin_lock_slow(pz__spin *s)
+{
+    for (unsigned spins = 0;; spins++) {
+        while (atomic_load_explicit(&s->locked, memory_order_relaxed)) {
+            if (spins++ < 64)
+                pz__arch_cpu_relax();
+            else
+                sched_yield();
+        }
+        if (!atomic_exchange_explicit(&s->locked, 1, memory_order_acquire))
+            return;
+    }
+}

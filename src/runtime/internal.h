@@ -1,0 +1,286 @@
+/*
+ * Internal declarations of the runtime layer.  Never installed.
+ *
+ * Threads and ownership:
+ * - A worker (pz__worker) is one OS thread.  Its fields are touched only by
+ *   that thread except where a field is atomic or says otherwise.
+ * - A task runs on one worker at a time and may move between workers each
+ *   time it is suspended.  Code that runs in a task must therefore never keep
+ *   a pointer to the worker (or to any thread-local) across a suspension:
+ *   pz__current_worker() is an out-of-line call the compiler cannot cache.
+ */
+#ifndef PZ_RUNTIME_INTERNAL_H
+#define PZ_RUNTIME_INTERNAL_H
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "plaza/runtime.h"
+#include "../arch/arch.h"
+#include "spin.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define PZ_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define PZ_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_THREAD__)
+#define PZ_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define PZ_TSAN 1
+#endif
+#endif
+
+#define PZ__CACHELINE 64
+#define PZ__DEFAULT_STACK (256u * 1024u)
+#define PZ__MIN_STACK (16u * 1024u)
+#define PZ__MAX_STACK (1024u * 1024u * 1024u)
+
+typedef struct pz__worker pz__worker;
+typedef struct pz__runtime pz__runtime;
+
+/* One execution context: a task, or a worker's own scheduler loop on the
+ * thread's native stack. */
+typedef struct pz__ctx {
+    void *sp;          /* saved stack pointer while not running */
+    void *stack_lo;    /* lowest usable byte of the stack (sanitizers) */
+    size_t stack_size; /* usable bytes above stack_lo (sanitizers) */
+    void *asan_fake;   /* ASan's fake-stack handle while switched out */
+    void *tsan_fiber;  /* TSan's fiber for this context */
+} pz__ctx;
+
+/*
+ * The park word of a task, written by the task when it parks and by exactly
+ * one waker when it is woken:
+ *
+ *   bits 0-1   state: PZ__PS_RUNNING, PZ__PS_PARKING (switching off its stack,
+ *              claimable), PZ__PS_PARKED (off its stack, claimable; the claimer
+ *              must make it runnable), PZ__PS_WOKEN (claimed)
+ *   bit  2     PZ__PS_NOCANCEL: pz_cancel does not claim this park
+ *   bits 4-7   the wake reason the claimer stored (PZ__WAKE_*)
+ *   bits 16-63 the park generation: every park gets a new one, and a waker
+ *              names the generation it means, so a stale timer, cancel or
+ *              unpark can never wake a later park.
+ *
+ * A claim is one CAS from PARKING or PARKED to WOKEN for the named
+ * generation; whoever wins it decides the reason and no one else can.
+ */
+enum {
+    PZ__PS_RUNNING = 0,
+    PZ__PS_PARKING = 1,
+    PZ__PS_PARKED = 2,
+    PZ__PS_WOKEN = 3,
+    PZ__PS_STATE_MASK = 3,
+    PZ__PS_NOCANCEL = 4,
+};
+enum {
+    PZ__WAKE_UNPARK = 0,
+    PZ__WAKE_TIMEOUT = 1,
+    PZ__WAKE_CANCEL = 2,
+    PZ__WAKE_ABORT = 3, /* the park callback declined to sleep */
+};
+#define PZ__PS_GEN_SHIFT 16
+#define PZ__PS_MAKE(gen, flags, reason, st) \
+    (((uint64_t)(gen) << PZ__PS_GEN_SHIFT) | ((uint64_t)(reason) << 4) | (uint64_t)(flags) | (uint64_t)(st))
+#define PZ__PS_GEN(s) ((s) >> PZ__PS_GEN_SHIFT)
+#define PZ__PS_STATE(s) ((unsigned)((s) & PZ__PS_STATE_MASK))
+#define PZ__PS_REASON(s) ((int)(((s) >> 4) & 15))
+
+/* Results of pz__task_claim. */
+enum {
+    PZ__CLAIM_LOST = 0,     /* someone else woke that park, or it is over */
+    PZ__CLAIM_WON = 1,      /* won; the task was still switching off its stack
+                             * and will make itself runnable */
+    PZ__CLAIM_WON_READY = 2 /* won; the caller must call pz__task_ready */
+};
+
+/* Called on the next context after a task has switched off its stack.
+ * Returns false to abort the park (the task resumes at once). */
+typedef bool (*pz__park_fn)(void *arg);
+
+struct pz_task {
+    pz__ctx ctx;
+    struct pz_task *next;     /* link in the injection queue or a local list */
+    pz_fn fn;
+    void *arg;
+    void *result;
+    uint64_t id;
+
+    /* Stack: mapped when the task first runs, returned when it ends. */
+    void *stack_base;         /* whole mapping including the guard */
+    size_t stack_map_size;    /* 0: none mapped yet */
+    size_t stack_size;        /* requested usable size */
+    size_t guard_size;
+
+    int saved_errno;          /* errno of the task while it is switched out */
+
+    _Atomic uint64_t park_state; /* see the park word above */
+    uint64_t park_gen;        /* last generation used; the task's own */
+    pz__park_fn park_cb;      /* the pending park's callback and argument */
+    void *park_cb_arg;
+    _Atomic bool cancelled;
+
+    /* Timer: valid while timer_index >= 0, guarded by the lock of the heap of
+     * worker timer_worker. */
+    int64_t timer_deadline;
+    uint64_t timer_gen;
+    int timer_index;
+    int timer_worker;
+    bool timer_armed;         /* the task's own: it inserted a timer this park */
+
+    /* Join state, guarded by join_lock. */
+    pz__spin join_lock;
+    bool done;
+    bool detached;
+    pz_task_t *joiner;
+    uint64_t joiner_gen;
+
+    char name[32];
+};
+
+/* Bounded single-producer multi-consumer ring of runnable tasks.  Only the
+ * owning worker pushes (writes tail); the owner and stealers pop by CAS on
+ * head.  Slots are atomics so stealers may read them racily and discard what
+ * they read if their CAS fails. */
+#define PZ__RUNQ_CAP 256u
+typedef struct pz__runq {
+    _Alignas(PZ__CACHELINE) _Atomic uint32_t head;
+    _Alignas(PZ__CACHELINE) _Atomic uint32_t tail;
+    _Atomic(pz_task_t *) slots[PZ__RUNQ_CAP];
+} pz__runq;
+
+/* A worker's timers: a binary min-heap of parked tasks by deadline. */
+typedef struct pz__timers {
+    pz__spin lock;
+    pz_task_t **heap;
+    size_t len, cap;
+    _Atomic int64_t next;      /* earliest deadline, PZ_FOREVER if none */
+} pz__timers;
+
+#define PZ__STACK_CACHE 16
+#define PZ__STACK_POOL_MAX 64
+
+struct pz__worker {
+    _Alignas(PZ__CACHELINE) int index;
+    pz__runtime *rt;
+    pz__ctx sched_ctx;         /* the scheduler loop's context */
+    pz_task_t *current;        /* the task running now, NULL in the loop */
+
+    /* What the context switched to must do first: set by the context that
+     * switches away, run by the one that resumes (release after switch). */
+    void (*after_fn)(pz__worker *w, void *arg);
+    void *after_arg;
+
+    pz__runq runq;
+    _Atomic(pz_task_t *) lifo; /* the task woken last by this worker */
+    unsigned lifo_streak;
+    uint32_t tick;
+    uint64_t rng;
+    bool searching;            /* written under the runtime's idle lock */
+
+    pz__timers timers;
+
+    void *stack_cache[PZ__STACK_CACHE];
+    int stack_cache_len;
+
+    _Alignas(PZ__CACHELINE) _Atomic uint32_t sleep_word; /* 1: notified */
+    bool sleeping;             /* in the sleeper list; under the idle lock */
+
+    pthread_t thread;
+    void *altstack;
+};
+
+struct pz__runtime {
+    int nworkers;
+    pz__worker *workers;
+    size_t stack_size;
+    size_t guard_size;
+
+    /* Global injection queue: tasks made runnable off the workers, and the
+     * overflow of full local queues. */
+    _Alignas(PZ__CACHELINE) pz__spin inject_lock;
+    pz_task_t *inject_head, *inject_tail;
+    _Atomic size_t inject_len;
+
+    /* Idle workers.  nsleeping and nsearching are read without the lock to
+     * decide cheaply whether a wake-up is needed. */
+    _Alignas(PZ__CACHELINE) pz__spin idle_lock;
+    int *sleepers;
+    int nsleepers;
+    _Atomic int nsleeping;
+    _Atomic int nsearching;
+
+    _Atomic bool shutdown;
+    _Atomic uint32_t main_done;
+    _Atomic long live_tasks;
+
+    /* Stacks of the default size that no worker cache had room for. */
+    pz__spin stack_pool_lock;
+    int stack_pool_len;
+    void *stack_pool[PZ__STACK_POOL_MAX];
+};
+
+extern _Atomic(pz__runtime *) pz__rt;
+
+/* current.c */
+pz__worker *pz__current_worker(void);
+void pz__set_current_worker(pz__worker *w);
+
+/* runq.c */
+void pz__runq_init(pz__runq *q);
+bool pz__runq_push(pz__runq *q, pz_task_t *t);          /* owner; false when full */
+pz_task_t *pz__runq_pop(pz__runq *q);                    /* owner */
+uint32_t pz__runq_len(pz__runq *q);
+pz_task_t *pz__runq_steal(pz__runq *victim, pz__runq *dst); /* dst's owner */
+size_t pz__runq_take_half(pz__runq *q, pz_task_t **out); /* owner, for overflow */
+void pz__inject_push(pz__runtime *rt, pz_task_t *first, pz_task_t *last, size_t n);
+pz_task_t *pz__inject_pop(pz__runtime *rt, pz__worker *w);
+
+/* sched.c */
+void pz__task_ready(pz_task_t *t, bool lifo);
+void pz__notify_work(pz__runtime *rt);
+void pz__suspend(void (*after)(pz__worker *, void *), void *arg);
+_Noreturn void pz__task_exit_switch(pz_task_t *t);
+void pz__resume(void);
+
+/* task.c: parking a task. */
+uint64_t pz__park_prepare(bool nocancel);
+int pz__park_commit(pz__park_fn cb, void *arg, int64_t deadline);
+int pz__task_claim(pz_task_t *t, uint64_t gen, int reason);
+void pz__task_finish(pz__worker *w, pz_task_t *t);
+void pz__task_free(pz_task_t *t);
+pz_task_t *pz__current_task(void);
+
+/* timer.c */
+void pz__timers_init(pz__timers *tm);
+void pz__timers_destroy(pz__timers *tm);
+void pz__timer_insert(pz__worker *w, pz_task_t *t, int64_t deadline, uint64_t gen);
+void pz__timer_remove(pz__runtime *rt, pz_task_t *t);
+/* Fires the expired timers of heap tm; the tasks they wake are made
+ * runnable on the calling worker. */
+int pz__timers_fire(pz__timers *tm, int64_t now, bool try_only);
+int64_t pz__timers_earliest(pz__runtime *rt);
+
+/* stack.c */
+int pz__stack_acquire(pz__worker *w, pz_task_t *t);
+void pz__stack_release(pz__worker *w, pz_task_t *t);
+void pz__stacks_destroy(pz__runtime *rt);
+void pz__overflow_handler_install(void);
+int pz__altstack_setup(pz__worker *w);
+void pz__altstack_teardown(pz__worker *w);
+
+/* blocking.c */
+void pz__blocking_configure(int max_threads);
+void pz__blocking_shutdown(void);
+
+/* Messages for misuse and failure, one line on stderr prefixed "plaza: ". */
+void pz__report(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif

@@ -1,0 +1,586 @@
+/*
+ * The scheduler: worker threads, context switches, finding work, idling.
+ *
+ * Every worker runs a loop on its thread's own stack (the scheduler
+ * context).  Tasks switch directly to the next runnable task when one is at
+ * hand, and to the scheduler context only when the worker has nothing local
+ * to run; the loop then looks further (injection queue, timers, other
+ * workers) and finally sleeps on a futex.
+ *
+ * Release after switch: a context that switches away leaves an action in
+ * w->after_fn, and the context that resumes runs it first (pz__resume).  So
+ * "put me back on the run queue", "I am parked, let go of the lock" and "I
+ * have exited, free my stack" all happen only once the task is off its
+ * stack, and no other worker can ever resume a task that is still running.
+ *
+ * Wake-ups: a worker that makes work runnable calls pz__notify_work, which
+ * wakes one sleeping worker only if no worker is already searching for
+ * work.  A woken worker is "searching" until it finds a task or goes back to
+ * sleep; when the last searcher finds work it wakes the next sleeper, so
+ * parallelism ramps up one worker at a time instead of in a herd.
+ */
+#define _GNU_SOURCE
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef PZ_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
+#ifdef PZ_TSAN
+#include <sanitizer/tsan_interface.h>
+#endif
+
+_Atomic(pz__runtime *) pz__rt;
+
+/* How often (in scheduling decisions) a busy worker looks at the injection
+ * queue and its timers, so neither starves behind local work. */
+#define PZ__MAINTENANCE_INTERVAL 61
+/* How many times in a row the LIFO slot may be preferred to the queue. */
+#define PZ__LIFO_STREAK_MAX 3
+
+static inline void ctx_switch(pz__ctx *from, pz__ctx *to, bool from_dies)
+{
+#ifdef PZ_ASAN
+    __sanitizer_start_switch_fiber(from_dies ? NULL : &from->asan_fake, to->stack_lo, to->stack_size);
+#else
+    (void)from_dies;
+#endif
+#ifdef PZ_TSAN
+    __tsan_switch_to_fiber(to->tsan_fiber, 0);
+#endif
+    pz__arch_switch(&from->sp, to->sp);
+#ifdef PZ_ASAN
+    __sanitizer_finish_switch_fiber(from->asan_fake, NULL, NULL);
+#endif
+}
+
+/* ---- making tasks runnable ---- */
+
+static void wake_one_sleeper(pz__runtime *rt)
+{
+    pz__worker *target = NULL;
+    pz__spin_lock(&rt->idle_lock);
+    if (rt->nsleepers > 0 && atomic_load(&rt->nsearching) == 0) {
+        target = &rt->workers[rt->sleepers[--rt->nsleepers]];
+        target->sleeping = false;
+        target->searching = true;
+        atomic_fetch_sub(&rt->nsleeping, 1);
+        atomic_fetch_add(&rt->nsearching, 1);
+        atomic_store(&target->sleep_word, 1);
+    }
+    pz__spin_unlock(&rt->idle_lock);
+    if (target)
+        pz__futex_wake(&target->sleep_word, 1);
+}
+
+void pz__notify_work(pz__runtime *rt)
+{
+    /* Pairs with the sleeper's seq_cst increment of nsleeping followed by
+     * its re-check of the queues: either it sees our work or we see it. */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&rt->nsearching, memory_order_relaxed) == 0 &&
+        atomic_load_explicit(&rt->nsleeping, memory_order_relaxed) > 0)
+        wake_one_sleeper(rt);
+}
+
+/* Pushes t on w's local queue, moving half of a full queue to the
+ * injection queue. */
+static void push_local(pz__worker *w, pz_task_t *t)
+{
+    while (!pz__runq_push(&w->runq, t)) {
+        pz_task_t *batch[PZ__RUNQ_CAP / 2 + 1];
+        size_t n = pz__runq_take_half(&w->runq, batch);
+        if (n == 0)
+            continue;
+        batch[n++] = t;
+        for (size_t i = 0; i + 1 < n; i++)
+            batch[i]->next = batch[i + 1];
+        pz__inject_push(w->rt, batch[0], batch[n - 1], n);
+        return;
+    }
+}
+
+void pz__task_ready(pz_task_t *t, bool lifo)
+{
+    pz__runtime *rt = atomic_load_explicit(&pz__rt, memory_order_acquire);
+    pz__worker *w = pz__current_worker();
+    if (w && w->rt == rt) {
+        if (lifo) {
+            /* The task woken last runs next (it is likely to use what its
+             * waker just produced); a task it displaces goes to the queue,
+             * where other workers can take it, so they are told. */
+            pz_task_t *prev = atomic_exchange_explicit(&w->lifo, t, memory_order_acq_rel);
+            if (!prev)
+                return;
+            t = prev;
+        }
+        push_local(w, t);
+    } else {
+        pz__inject_push(rt, t, t, 1);
+    }
+    pz__notify_work(rt);
+}
+
+/* ---- finding work ---- */
+
+static void maintenance(pz__worker *w)
+{
+    if (atomic_load_explicit(&w->timers.next, memory_order_relaxed) != PZ_FOREVER)
+        pz__timers_fire(&w->timers, pz__clock_now(), false);
+}
+
+/* The next task of this worker's own: cheap, called on every switch. */
+static pz_task_t *next_local(pz__worker *w)
+{
+    pz_task_t *t;
+    if (++w->tick % PZ__MAINTENANCE_INTERVAL == 0) {
+        maintenance(w);
+        if ((t = pz__inject_pop(w->rt, w)))
+            return t;
+    }
+    if (w->lifo_streak < PZ__LIFO_STREAK_MAX) {
+        if (atomic_load_explicit(&w->lifo, memory_order_relaxed) &&
+            (t = atomic_exchange_explicit(&w->lifo, NULL, memory_order_acq_rel))) {
+            w->lifo_streak++;
+            return t;
+        }
+    }
+    w->lifo_streak = 0;
+    if ((t = pz__runq_pop(&w->runq)))
+        return t;
+    if (atomic_load_explicit(&w->lifo, memory_order_relaxed))
+        return atomic_exchange_explicit(&w->lifo, NULL, memory_order_acq_rel);
+    return NULL;
+}
+
+static uint64_t next_random(pz__worker *w)
+{
+    uint64_t x = w->rng;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return w->rng = x;
+}
+
+static pz_task_t *steal(pz__worker *w)
+{
+    pz__runtime *rt = w->rt;
+    int n = rt->nworkers;
+    int start = (int)(next_random(w) % (uint64_t)n);
+    for (int i = 0; i < n; i++) {
+        pz__worker *v = &rt->workers[(start + i) % n];
+        if (v == w)
+            continue;
+        pz_task_t *t = pz__runq_steal(&v->runq, &w->runq);
+        if (t)
+            return t;
+        /* A victim busy in one long task would hold its LIFO task forever. */
+        if (atomic_load_explicit(&v->lifo, memory_order_relaxed) &&
+            (t = atomic_exchange_explicit(&v->lifo, NULL, memory_order_acq_rel)))
+            return t;
+    }
+    return NULL;
+}
+
+static pz_task_t *find_work(pz__worker *w)
+{
+    pz_task_t *t;
+    if ((t = next_local(w)))
+        return t;
+    if ((t = pz__inject_pop(w->rt, w)))
+        return t;
+    maintenance(w);
+    if ((t = next_local(w)))
+        return t;
+    return steal(w);
+}
+
+static bool work_visible(pz__runtime *rt)
+{
+    if (atomic_load(&rt->inject_len) > 0)
+        return true;
+    for (int i = 0; i < rt->nworkers; i++)
+        if (pz__runq_len(&rt->workers[i].runq) > 0 || atomic_load(&rt->workers[i].lifo))
+            return true;
+    return false;
+}
+
+static void leave_searching(pz__worker *w)
+{
+    pz__runtime *rt = w->rt;
+    pz__spin_lock(&rt->idle_lock);
+    bool was = w->searching;
+    w->searching = false;
+    pz__spin_unlock(&rt->idle_lock);
+    /* The last searcher to find work wakes another, in case there is more. */
+    if (was && atomic_fetch_sub(&rt->nsearching, 1) == 1)
+        pz__notify_work(rt);
+}
+
+static void idle(pz__worker *w)
+{
+    pz__runtime *rt = w->rt;
+
+    /* A busy worker may not get to its timers for a while: fire theirs. */
+    int64_t now = pz__clock_now();
+    for (int i = 0; i < rt->nworkers; i++)
+        if (i != w->index)
+            pz__timers_fire(&rt->workers[i].timers, now, true);
+    if (pz__runq_len(&w->runq) > 0)
+        return;
+
+    pz__spin_lock(&rt->idle_lock);
+    if (w->searching) {
+        w->searching = false;
+        atomic_fetch_sub(&rt->nsearching, 1);
+    }
+    atomic_store(&w->sleep_word, 0);
+    rt->sleepers[rt->nsleepers++] = w->index;
+    w->sleeping = true;
+    atomic_fetch_add(&rt->nsleeping, 1);
+    pz__spin_unlock(&rt->idle_lock);
+
+    if (!work_visible(rt) && !atomic_load(&rt->shutdown)) {
+        int64_t deadline = pz__timers_earliest(rt);
+        while (atomic_load(&w->sleep_word) == 0 && !atomic_load(&rt->shutdown)) {
+            int r = pz__futex_wait(&w->sleep_word, 0, deadline == PZ_FOREVER ? -1 : deadline);
+            if (r == -ETIMEDOUT)
+                break;
+        }
+    }
+
+    pz__spin_lock(&rt->idle_lock);
+    if (w->sleeping) {
+        for (int i = 0; i < rt->nsleepers; i++) {
+            if (rt->sleepers[i] == w->index) {
+                rt->sleepers[i] = rt->sleepers[--rt->nsleepers];
+                break;
+            }
+        }
+        w->sleeping = false;
+        atomic_fetch_sub(&rt->nsleeping, 1);
+    }
+    pz__spin_unlock(&rt->idle_lock);
+}
+
+/* ---- switching ---- */
+
+static void task_entry(void *arg);
+
+/* Gives t a stack on its first run.  Returns false if none can be had. */
+static bool prepare_run(pz__worker *w, pz_task_t *t)
+{
+    if (t->stack_map_size)
+        return true;
+    if (pz__stack_acquire(w, t) != 0) {
+        pz__report("cannot map a %zu-byte stack for task %llu (%s); it ends without running", t->stack_size,
+                   (unsigned long long)t->id, t->name[0] ? t->name : "unnamed");
+        return false;
+    }
+    t->ctx.sp = pz__arch_context_init(t->ctx.stack_lo, (char *)t->ctx.stack_lo + t->ctx.stack_size, task_entry, t);
+#ifdef PZ_TSAN
+    t->ctx.tsan_fiber = __tsan_create_fiber(0);
+#endif
+    return true;
+}
+
+/* Picks the next task w can run now, dropping tasks that cannot get a
+ * stack; NULL means "go to the scheduler loop". */
+static pz_task_t *next_runnable(pz__worker *w, pz_task_t *t)
+{
+    while (t && !prepare_run(w, t)) {
+        t->result = NULL;
+        pz__task_finish(w, t);
+        t = next_local(w);
+    }
+    return t;
+}
+
+static void switch_from_task(pz__worker *w, pz_task_t *self, bool dies)
+{
+    pz_task_t *next = next_runnable(w, next_local(w));
+    w->current = next;
+    ctx_switch(&self->ctx, next ? &next->ctx : &w->sched_ctx, dies);
+}
+
+__attribute__((noinline)) void pz__resume(void)
+{
+    pz__worker *w = pz__current_worker();
+    void (*fn)(pz__worker *, void *) = w->after_fn;
+    if (fn) {
+        w->after_fn = NULL;
+        fn(w, w->after_arg);
+    }
+    if (w->current)
+        errno = w->current->saved_errno;
+}
+
+void pz__suspend(void (*after)(pz__worker *, void *), void *arg)
+{
+    pz__worker *w = pz__current_worker();
+    pz_task_t *self = w->current;
+    self->saved_errno = errno;
+    w->after_fn = after;
+    w->after_arg = arg;
+    switch_from_task(w, self, false);
+    /* Possibly on another worker now: pz__resume reads it afresh. */
+    pz__resume();
+}
+
+static void exit_after(pz__worker *w, void *arg)
+{
+    pz_task_t *t = arg;
+    pz__stack_release(w, t);
+#ifdef PZ_TSAN
+    __tsan_destroy_fiber(t->ctx.tsan_fiber);
+    t->ctx.tsan_fiber = NULL;
+#endif
+    pz__task_finish(w, t);
+}
+
+_Noreturn void pz__task_exit_switch(pz_task_t *t)
+{
+    pz__worker *w = pz__current_worker();
+    w->after_fn = exit_after;
+    w->after_arg = t;
+    switch_from_task(w, t, true);
+    abort(); /* a finished task is never resumed */
+}
+
+static void task_entry(void *arg)
+{
+#ifdef PZ_ASAN
+    __sanitizer_finish_switch_fiber(NULL, NULL, NULL);
+#endif
+    pz__resume();
+    pz_task_t *t = arg;
+    t->result = t->fn(t->arg);
+    pz__task_exit_switch(t);
+}
+
+static void yield_after(pz__worker *w, void *arg)
+{
+    push_local(w, arg);
+    pz__notify_work(w->rt);
+}
+
+void pz_yield(void)
+{
+    pz__worker *w = pz__current_worker();
+    if (!w || !w->current) {
+        sched_yield();
+        return;
+    }
+    if (++w->tick % PZ__MAINTENANCE_INTERVAL == 0)
+        maintenance(w);
+    /* Nothing else to run here or in the injection queue: carry on. */
+    if (pz__runq_len(&w->runq) == 0 && !atomic_load_explicit(&w->lifo, memory_order_relaxed) &&
+        atomic_load_explicit(&w->rt->inject_len, memory_order_relaxed) == 0)
+        return;
+    pz__suspend(yield_after, w->current);
+}
+
+/* ---- workers ---- */
+
+static void *worker_main(void *arg)
+{
+    pz__worker *w = arg;
+    pz__runtime *rt = w->rt;
+    char name[16];
+    snprintf(name, sizeof name, "plaza-w%d", w->index);
+    pz__thread_set_name(name);
+    pz__thread_precise_timers();
+    pz__set_current_worker(w);
+    pz__altstack_setup(w);
+    pz__thread_stack_bounds(&w->sched_ctx.stack_lo, &w->sched_ctx.stack_size);
+#ifdef PZ_TSAN
+    w->sched_ctx.tsan_fiber = __tsan_get_current_fiber();
+#endif
+    for (;;) {
+        pz__resume();
+        if (atomic_load_explicit(&rt->shutdown, memory_order_acquire))
+            break;
+        pz_task_t *t = next_runnable(w, find_work(w));
+        if (t) {
+            if (w->searching)
+                leave_searching(w);
+            w->current = t;
+            ctx_switch(&w->sched_ctx, &t->ctx, false);
+            continue;
+        }
+        idle(w);
+    }
+    pz__altstack_teardown(w);
+    pz__set_current_worker(NULL);
+    return NULL;
+}
+
+/* ---- the runtime ---- */
+
+struct main_call {
+    pz_fn fn;
+    void *arg;
+    void *result;
+    pz__runtime *rt;
+};
+
+static void *main_task(void *arg)
+{
+    struct main_call *m = arg;
+    m->result = m->fn(m->arg);
+    atomic_store(&m->rt->main_done, 1);
+    pz__futex_wake(&m->rt->main_done, 1);
+    return NULL;
+}
+
+static void free_task_list(pz_task_t *t)
+{
+    while (t) {
+        pz_task_t *next = t->next;
+        pz__task_free(t);
+        t = next;
+    }
+}
+
+/* After the workers stopped: frees the tasks that were still queued or
+ * waiting on a timer.  Tasks parked elsewhere are abandoned. */
+static void drain(pz__runtime *rt)
+{
+    free_task_list(rt->inject_head);
+    rt->inject_head = rt->inject_tail = NULL;
+    for (int i = 0; i < rt->nworkers; i++) {
+        pz__worker *w = &rt->workers[i];
+        pz_task_t *t;
+        while ((t = pz__runq_pop(&w->runq)))
+            pz__task_free(t);
+        if ((t = atomic_exchange(&w->lifo, NULL)))
+            pz__task_free(t);
+        for (size_t k = 0; k < w->timers.len; k++) {
+            w->timers.heap[k]->timer_index = -1;
+            pz__task_free(w->timers.heap[k]);
+        }
+        w->timers.len = 0;
+    }
+}
+
+static void runtime_destroy(pz__runtime *rt)
+{
+    for (int i = 0; i < rt->nworkers; i++)
+        pz__timers_destroy(&rt->workers[i].timers);
+    pz__stacks_destroy(rt);
+    free(rt->sleepers);
+    free(rt->workers);
+    free(rt);
+}
+
+static void stop_workers(pz__runtime *rt, int started)
+{
+    atomic_store(&rt->shutdown, true);
+    pz__spin_lock(&rt->idle_lock);
+    for (int i = 0; i < rt->nworkers; i++) {
+        atomic_store(&rt->workers[i].sleep_word, 1);
+        pz__futex_wake(&rt->workers[i].sleep_word, 1);
+    }
+    pz__spin_unlock(&rt->idle_lock);
+    for (int i = 0; i < started; i++)
+        pthread_join(rt->workers[i].thread, NULL);
+}
+
+int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
+{
+    pz_config_t c = cfg ? *cfg : (pz_config_t){0};
+    if (!main) {
+        pz__report("pz_run: main is NULL");
+        return -EINVAL;
+    }
+    if (c.workers < 0 || c.workers > 4096 || c.stack_size > PZ__MAX_STACK || c.blocking_threads_max < 0) {
+        pz__report("pz_run: invalid configuration (workers %d, stack_size %zu, blocking_threads_max %d)",
+                   c.workers, c.stack_size, c.blocking_threads_max);
+        return -EINVAL;
+    }
+    pz__runtime *rt = calloc(1, sizeof *rt);
+    if (!rt)
+        return -ENOMEM;
+    pz__runtime *none = NULL;
+    if (!atomic_compare_exchange_strong(&pz__rt, &none, rt)) {
+        free(rt);
+        pz__report("pz_run: a runtime is already running in this process");
+        return -EBUSY;
+    }
+    size_t page = pz__page_size();
+    rt->nworkers = c.workers ? c.workers : pz__cpu_count();
+    size_t ss = c.stack_size ? c.stack_size : PZ__DEFAULT_STACK;
+    if (ss < PZ__MIN_STACK)
+        ss = PZ__MIN_STACK;
+    rt->stack_size = (ss + page - 1) / page * page;
+    rt->guard_size = c.no_guard_pages ? 0 : page;
+    pz__blocking_configure(c.blocking_threads_max);
+
+    rt->workers = aligned_alloc(PZ__CACHELINE, sizeof(pz__worker) * (size_t)rt->nworkers);
+    rt->sleepers = calloc((size_t)rt->nworkers, sizeof(int));
+    if (!rt->workers || !rt->sleepers) {
+        atomic_store(&pz__rt, NULL);
+        free(rt->workers);
+        free(rt->sleepers);
+        free(rt);
+        return -ENOMEM;
+    }
+    memset(rt->workers, 0, sizeof(pz__worker) * (size_t)rt->nworkers);
+    for (int i = 0; i < rt->nworkers; i++) {
+        pz__worker *w = &rt->workers[i];
+        w->index = i;
+        w->rt = rt;
+        pz__runq_init(&w->runq);
+        pz__timers_init(&w->timers);
+        w->rng = 0x9E3779B97F4A7C15ull * (uint64_t)(i + 1) | 1;
+    }
+    pz__overflow_handler_install();
+
+    struct main_call m = {main, arg, NULL, rt};
+    pz_task_t *mt = pz_spawn_with(main_task, &m, &(pz_spawn_opts_t){.name = "main"});
+    if (!mt) {
+        atomic_store(&pz__rt, NULL);
+        runtime_destroy(rt);
+        return -ENOMEM;
+    }
+    pz_detach(mt);
+
+    int started = 0, err = 0;
+    for (; started < rt->nworkers; started++) {
+        int e = pthread_create(&rt->workers[started].thread, NULL, worker_main, &rt->workers[started]);
+        if (e) {
+            pz__report("pz_run: cannot start worker thread %d: %s", started, strerror(e));
+            err = -e;
+            break;
+        }
+    }
+    if (!err) {
+        while (atomic_load(&rt->main_done) == 0)
+            pz__futex_wait(&rt->main_done, 0, -1);
+    }
+    stop_workers(rt, started);
+    pz__blocking_shutdown();
+    drain(rt);
+    atomic_store(&pz__rt, NULL);
+    runtime_destroy(rt);
+    if (err)
+        return err;
+    if (result)
+        *result = m.result;
+    return 0;
+}
+
+int pz_worker_count(void)
+{
+    pz__runtime *rt = atomic_load(&pz__rt);
+    return rt ? rt->nworkers : 0;
+}
+
+int pz_worker_index(void)
+{
+    pz__worker *w = pz__current_worker();
+    return w ? w->index : -1;
+}

@@ -1,0 +1,332 @@
+/*
+ * Tasks: spawning, joining, cancelling, and the task park every wait in
+ * plaza is built on.
+ *
+ * Lifetime of a task struct: it lives until both (a) the task has finished
+ * and (b) its handle has been given up by pz_join or pz_detach.  Whichever
+ * comes second frees it; join_lock orders the two.
+ *
+ * Park protocol (see the park word in internal.h):
+ *   1. pz__park_prepare: the task takes a new generation and enters PARKING.
+ *      From here a waker that knows (task, generation) may claim it.
+ *   2. The task publishes itself where a waker will find it (a wait queue,
+ *      a joiner slot, a blocking-pool job), then pz__park_commit arms the
+ *      timer, honours a pending cancel and switches away.
+ *   3. On the next context, park_after runs the caller's callback (release
+ *      after switch), then moves PARKING to PARKED.  If a claim came first,
+ *      the task is made runnable right there instead.
+ *   4. A waker that claims a PARKED task makes it runnable; one that claims
+ *      a PARKING task leaves that to step 3.  Either way exactly one party
+ *      makes the task runnable, exactly once.
+ * A claim touches only the task struct, never the waiter's stack, and a
+ * claimed PARKED task cannot run (or end) until it is made runnable, so the
+ * claimer may still use the struct until then.
+ */
+#define _GNU_SOURCE
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static _Atomic uint64_t next_task_id = 1;
+
+pz_task_t *pz__current_task(void)
+{
+    pz__worker *w = pz__current_worker();
+    return w ? w->current : NULL;
+}
+
+pz_task_t *pz_self(void)
+{
+    return pz__current_task();
+}
+
+bool pz_cancelled(void)
+{
+    pz_task_t *t = pz__current_task();
+    return t && atomic_load(&t->cancelled);
+}
+
+uint64_t pz_task_id(const pz_task_t *t)
+{
+    return t ? t->id : 0;
+}
+
+const char *pz_task_name(const pz_task_t *t)
+{
+    return t ? t->name : "";
+}
+
+pz_task_t *pz_spawn(pz_fn fn, void *arg)
+{
+    return pz_spawn_with(fn, arg, NULL);
+}
+
+pz_task_t *pz_spawn_with(pz_fn fn, void *arg, const pz_spawn_opts_t *opts)
+{
+    pz__runtime *rt = atomic_load_explicit(&pz__rt, memory_order_acquire);
+    if (!rt) {
+        pz__report("pz_spawn: no runtime is running (call it from pz_run's tasks)");
+        return NULL;
+    }
+    if (!fn) {
+        pz__report("pz_spawn: fn is NULL");
+        return NULL;
+    }
+    size_t stack = rt->stack_size;
+    if (opts && opts->stack_size) {
+        if (opts->stack_size > PZ__MAX_STACK) {
+            pz__report("pz_spawn: stack size %zu is over the limit of %u bytes", opts->stack_size, PZ__MAX_STACK);
+            return NULL;
+        }
+        size_t page = pz__page_size();
+        stack = opts->stack_size < PZ__MIN_STACK ? PZ__MIN_STACK : opts->stack_size;
+        stack = (stack + page - 1) / page * page;
+    }
+    pz_task_t *t = calloc(1, sizeof *t);
+    if (!t) {
+        pz__report("pz_spawn: out of memory");
+        return NULL;
+    }
+    t->fn = fn;
+    t->arg = arg;
+    t->id = atomic_fetch_add_explicit(&next_task_id, 1, memory_order_relaxed);
+    t->stack_size = stack;
+    t->timer_index = -1;
+    atomic_init(&t->park_state, 0);
+    atomic_init(&t->cancelled, false);
+    if (opts && opts->name) {
+        strncpy(t->name, opts->name, sizeof t->name - 1);
+        t->name[sizeof t->name - 1] = '\0';
+    }
+    atomic_fetch_add_explicit(&rt->live_tasks, 1, memory_order_relaxed);
+    pz__task_ready(t, false);
+    return t;
+}
+
+void pz__task_free(pz_task_t *t)
+{
+    pz__runtime *rt = atomic_load(&pz__rt);
+    if (t->stack_map_size) {
+        /* Only for tasks abandoned at shutdown: a finished task has already
+         * given its stack back. */
+        pz__stack_unmap(t->stack_base, t->stack_map_size);
+        t->stack_map_size = 0;
+    }
+    if (rt)
+        atomic_fetch_sub_explicit(&rt->live_tasks, 1, memory_order_relaxed);
+    free(t);
+}
+
+void pz__task_finish(pz__worker *w, pz_task_t *t)
+{
+    (void)w;
+    pz__spin_lock(&t->join_lock);
+    t->done = true;
+    bool free_it = t->detached;
+    pz_task_t *joiner = t->joiner;
+    int claim = joiner ? pz__task_claim(joiner, t->joiner_gen, PZ__WAKE_UNPARK) : PZ__CLAIM_LOST;
+    pz__spin_unlock(&t->join_lock);
+    if (claim == PZ__CLAIM_WON_READY)
+        pz__task_ready(joiner, true);
+    if (free_it)
+        pz__task_free(t);
+}
+
+static const char *name_of(const pz_task_t *t)
+{
+    return t->name[0] ? t->name : "unnamed";
+}
+
+int pz_join(pz_task_t *t, void **result)
+{
+    pz_task_t *self = pz__current_task();
+    if (!t) {
+        pz__report("pz_join: task is NULL");
+        return -EINVAL;
+    }
+    if (!self) {
+        pz__report("pz_join: called outside a task (join from a task of the runtime)");
+        return -EPERM;
+    }
+    if (t == self) {
+        pz__report("pz_join: task %llu (%s) joins itself", (unsigned long long)t->id, name_of(t));
+        return -EDEADLK;
+    }
+    pz__spin_lock(&t->join_lock);
+    if (t->detached) {
+        pz__spin_unlock(&t->join_lock);
+        pz__report("pz_join: task %llu (%s) is detached and cannot be joined", (unsigned long long)t->id,
+                   name_of(t));
+        return -EINVAL;
+    }
+    if (t->joiner) {
+        pz__spin_unlock(&t->join_lock);
+        pz__report("pz_join: task %llu (%s) is already being joined by task %llu", (unsigned long long)t->id,
+                   name_of(t), (unsigned long long)t->joiner->id);
+        return -EINVAL;
+    }
+    while (!t->done) {
+        t->joiner_gen = pz__park_prepare(false);
+        t->joiner = self;
+        pz__spin_unlock(&t->join_lock);
+        int r = pz__park_commit(NULL, NULL, PZ_FOREVER);
+        pz__spin_lock(&t->join_lock);
+        t->joiner = NULL;
+        if (r == -ECANCELED && !t->done) {
+            pz__spin_unlock(&t->join_lock);
+            return -ECANCELED;
+        }
+    }
+    pz__spin_unlock(&t->join_lock);
+    if (result)
+        *result = t->result;
+    pz__task_free(t);
+    return 0;
+}
+
+void pz_detach(pz_task_t *t)
+{
+    if (!t)
+        return;
+    pz__spin_lock(&t->join_lock);
+    if (t->detached || t->joiner) {
+        bool twice = t->detached;
+        pz__spin_unlock(&t->join_lock);
+        pz__report("pz_detach: task %llu (%s) is %s; ignored", (unsigned long long)t->id, name_of(t),
+                   twice ? "already detached" : "being joined");
+        return;
+    }
+    t->detached = true;
+    bool done = t->done;
+    pz__spin_unlock(&t->join_lock);
+    if (done)
+        pz__task_free(t);
+}
+
+int pz__task_claim(pz_task_t *t, uint64_t gen, int reason)
+{
+    uint64_t s = atomic_load_explicit(&t->park_state, memory_order_acquire);
+    for (;;) {
+        unsigned st = PZ__PS_STATE(s);
+        if (PZ__PS_GEN(s) != gen || (st != PZ__PS_PARKING && st != PZ__PS_PARKED))
+            return PZ__CLAIM_LOST;
+        if (reason == PZ__WAKE_CANCEL && (s & PZ__PS_NOCANCEL))
+            return PZ__CLAIM_LOST;
+        uint64_t won = PZ__PS_MAKE(gen, s & PZ__PS_NOCANCEL, reason, PZ__PS_WOKEN);
+        if (atomic_compare_exchange_weak_explicit(&t->park_state, &s, won, memory_order_acq_rel,
+                                                  memory_order_acquire))
+            return st == PZ__PS_PARKED ? PZ__CLAIM_WON_READY : PZ__CLAIM_WON;
+    }
+}
+
+void pz_cancel(pz_task_t *t)
+{
+    if (!t)
+        return;
+    /* Dekker pair with pz__park_commit: it enters PARKING, then reads
+     * cancelled; we set cancelled, then read the park word.  With both
+     * sequentially consistent, at least one side sees the other. */
+    atomic_store_explicit(&t->cancelled, true, memory_order_seq_cst);
+    uint64_t s = atomic_load_explicit(&t->park_state, memory_order_seq_cst);
+    unsigned st = PZ__PS_STATE(s);
+    if (st == PZ__PS_PARKING || st == PZ__PS_PARKED) {
+        if (pz__task_claim(t, PZ__PS_GEN(s), PZ__WAKE_CANCEL) == PZ__CLAIM_WON_READY)
+            pz__task_ready(t, false);
+    }
+}
+
+uint64_t pz__park_prepare(bool nocancel)
+{
+    pz_task_t *self = pz__current_task();
+    uint64_t gen = ++self->park_gen;
+    atomic_store_explicit(&self->park_state,
+                          PZ__PS_MAKE(gen, nocancel ? PZ__PS_NOCANCEL : 0, 0, PZ__PS_PARKING),
+                          memory_order_seq_cst);
+    return gen;
+}
+
+static void park_after(pz__worker *w, void *arg)
+{
+    (void)w;
+    pz_task_t *t = arg;
+    uint64_t gen = t->park_gen;
+    if (t->park_cb && !t->park_cb(t->park_cb_arg))
+        pz__task_claim(t, gen, PZ__WAKE_ABORT);
+    uint64_t s = atomic_load_explicit(&t->park_state, memory_order_acquire);
+    for (;;) {
+        if (PZ__PS_STATE(s) == PZ__PS_WOKEN) {
+            pz__task_ready(t, false);
+            return;
+        }
+        uint64_t parked = (s & ~(uint64_t)PZ__PS_STATE_MASK) | PZ__PS_PARKED;
+        if (atomic_compare_exchange_weak_explicit(&t->park_state, &s, parked, memory_order_acq_rel,
+                                                  memory_order_acquire))
+            return;
+    }
+}
+
+int pz__park_commit(pz__park_fn cb, void *arg, int64_t deadline)
+{
+    pz__worker *w = pz__current_worker();
+    pz_task_t *self = w->current;
+    uint64_t gen = self->park_gen;
+    uint64_t s = atomic_load_explicit(&self->park_state, memory_order_relaxed);
+    if (deadline != PZ_FOREVER) {
+        if (deadline <= pz__clock_now()) {
+            pz__task_claim(self, gen, PZ__WAKE_TIMEOUT);
+        } else {
+            pz__timer_insert(w, self, deadline, gen);
+            self->timer_armed = true;
+        }
+    }
+    if (!(s & PZ__PS_NOCANCEL) && atomic_load_explicit(&self->cancelled, memory_order_seq_cst))
+        pz__task_claim(self, gen, PZ__WAKE_CANCEL);
+    self->park_cb = cb;
+    self->park_cb_arg = arg;
+    pz__suspend(park_after, self);
+
+    s = atomic_load_explicit(&self->park_state, memory_order_acquire);
+    int reason = PZ__PS_REASON(s);
+    if (self->timer_armed) {
+        if (reason != PZ__WAKE_TIMEOUT)
+            pz__timer_remove(atomic_load_explicit(&pz__rt, memory_order_relaxed), self);
+        self->timer_armed = false;
+    }
+    atomic_store_explicit(&self->park_state, PZ__PS_MAKE(gen, 0, 0, PZ__PS_RUNNING), memory_order_relaxed);
+    switch (reason) {
+    case PZ__WAKE_UNPARK:
+        return 0;
+    case PZ__WAKE_TIMEOUT:
+        return -ETIMEDOUT;
+    case PZ__WAKE_CANCEL:
+        return -ECANCELED;
+    default:
+        return -EAGAIN;
+    }
+}
+
+int64_t pz_now(void)
+{
+    return pz__clock_now();
+}
+
+int pz_sleep_until(int64_t deadline)
+{
+    if (!pz__current_task()) {
+        pz__thread_sleep_until(deadline);
+        return 0;
+    }
+    pz__park_prepare(false);
+    int r = pz__park_commit(NULL, NULL, deadline);
+    return r == -ECANCELED ? r : 0;
+}
+
+int pz_sleep(int64_t ns)
+{
+    if (ns < 0)
+        ns = 0;
+    int64_t now = pz__clock_now();
+    return pz_sleep_until(ns > PZ_FOREVER - now ? PZ_FOREVER : now + ns);
+}

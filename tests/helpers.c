@@ -1,0 +1,121 @@
+#include "helpers.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+void *run_in_runtime(int workers, pz_fn fn, void *arg)
+{
+    void *result = NULL;
+    pz_config_t cfg = {.workers = workers};
+    int r = pz_run(&cfg, fn, arg, &result);
+    CHECK_EQ(r, 0);
+    return result;
+}
+
+__attribute__((noinline)) int read_errno(void)
+{
+    return errno;
+}
+
+__attribute__((noinline)) void write_errno(int v)
+{
+    errno = v;
+}
+
+int run_child(const char *what, char *buf, size_t cap)
+{
+    int fds[2];
+    CHECK_EQ(pipe(fds), 0);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        dup2(fds[1], STDERR_FILENO);
+        close(fds[0]);
+        close(fds[1]);
+        /* Let plaza's own fault handler see the overflow under ASan. */
+        setenv("ASAN_OPTIONS", "handle_segv=0:handle_abort=0:detect_leaks=0", 1);
+        char exe[4096];
+        ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+        if (n < 0)
+            _exit(127);
+        exe[n] = '\0';
+        execl(exe, exe, "child", what, (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    size_t used = 0;
+    for (;;) {
+        ssize_t n = read(fds[0], buf + used, cap - 1 - used);
+        if (n <= 0)
+            break;
+        used += (size_t)n;
+        if (used == cap - 1)
+            break;
+    }
+    buf[used] = '\0';
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return status;
+}
+
+void dispatch_child(int argc, char **argv, const child_case *cases)
+{
+    if (argc < 3 || strcmp(argv[1], "child") != 0)
+        return;
+    for (const child_case *c = cases; c->name; c++) {
+        if (strcmp(c->name, argv[2]) == 0) {
+            c->fn();
+            exit(0);
+        }
+    }
+    fprintf(stderr, "unknown child case %s\n", argv[2]);
+    exit(2);
+}
+
+static int saved_stderr = -1;
+static FILE *capture_file;
+static char captured[8192];
+
+void capture_stderr_begin(void)
+{
+    fflush(stderr);
+    capture_file = tmpfile();
+    CHECK(capture_file != NULL);
+    saved_stderr = dup(STDERR_FILENO);
+    dup2(fileno(capture_file), STDERR_FILENO);
+}
+
+const char *capture_stderr_end(void)
+{
+    fflush(stderr);
+    dup2(saved_stderr, STDERR_FILENO);
+    close(saved_stderr);
+    saved_stderr = -1;
+    rewind(capture_file);
+    size_t n = fread(captured, 1, sizeof captured - 1, capture_file);
+    captured[n] = '\0';
+    fclose(capture_file);
+    capture_file = NULL;
+    fputs(captured, stderr); /* still show it in the test log */
+    return captured;
+}
+
+void check_failed(const char *what, const char *file, int line)
+{
+    fprintf(stderr, "%s:%d: check failed: %s\n", file, line, what);
+    fflush(stderr);
+    abort();
+}
+
+void check_failed_eq(const char *a, const char *b, long long va, long long vb, const char *file, int line)
+{
+    fprintf(stderr, "%s:%d: check failed: %s == %s (%lld != %lld)\n", file, line, a, b, va, vb);
+    fflush(stderr);
+    abort();
+}

@@ -1,0 +1,88 @@
+/* Shared helpers of the test programs. */
+#ifndef PZ_TEST_HELPERS_H
+#define PZ_TEST_HELPERS_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "plaza.h"
+
+/* Sizes of stress loops are divided by this (emulated builds are slow). */
+#ifndef PLAZA_TEST_SCALE
+#define PLAZA_TEST_SCALE 1
+/* Checks usable from any thread or task (cmocka's asserts jump back to the
+ * test's own stack, which a task on a worker thread must not do): a failed
+ * check prints where and what, then aborts the test program. */
+void check_failed(const char *what, const char *file, int line);
+void check_failed_eq(const char *a, const char *b, long long va, long long vb, const char *file, int line);
+#define CHECK(c)                                   \
+    do {                                           \
+        if (!(c))                                  \
+            check_failed(#c, __FILE__, __LINE__);  \
+    } while (0)
+#define CHECK_EQ(a, b)                                                      \
+    do {                                                                    \
+        long long check_a_ = (long long)(a), check_b_ = (long long)(b);     \
+        if (check_a_ != check_b_)                                           \
+            check_failed_eq(#a, #b, check_a_, check_b_, __FILE__, __LINE__); \
+    } while (0)
+
+#endif
+#define SCALED(n) ((n) / PLAZA_TEST_SCALE > 0 ? (n) / PLAZA_TEST_SCALE : 1)
+
+/* Runs fn(arg) as the main task of a runtime with `workers` workers and
+ * asserts that pz_run succeeded; returns main's result. */
+void *run_in_runtime(int workers, pz_fn fn, void *arg);
+
+/* Re-executes this test program as a child with the given arguments (the
+ * child's main sees argv[1] == "child") and extra environment, captures its
+ * stderr in buf and returns its wait status. */
+int run_child(const char *what, char *buf, size_t cap);
+
+/* If argv asks for a child scenario, runs it from the table and exits. */
+typedef struct child_case {
+    const char *name;
+    void (*fn)(void);
+} child_case;
+void dispatch_child(int argc, char **argv, const child_case *cases);
+
+/* Redirects stderr into a buffer between begin and end (for misuse reports). */
+void capture_stderr_begin(void);
+const char *capture_stderr_end(void);
+
+/* A small fast random generator, one state per caller. */
+static inline uint64_t test_rand(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return *s = x;
+}
+
+/* Reads errno through a call the compiler cannot fold into the caller, so a
+ * task moved to another thread reads its current thread's errno. */
+int read_errno(void);
+void write_errno(int v);
+
+/* Checks usable from any thread or task (cmocka's asserts jump back to the
+ * test's own stack, which a task on a worker thread must not do): a failed
+ * check prints where and what, then aborts the test program. */
+void check_failed(const char *what, const char *file, int line);
+void check_failed_eq(const char *a, const char *b, long long va, long long vb, const char *file, int line);
+#define CHECK(c)                                   \
+    do {                                           \
+        if (!(c))                                  \
+            check_failed(#c, __FILE__, __LINE__);  \
+    } while (0)
+#define CHECK_EQ(a, b)                                                      \
+    do {                                                                    \
+        long long check_a_ = (long long)(a), check_b_ = (long long)(b);     \
+        if (check_a_ != check_b_)                                           \
+            check_failed_eq(#a, #b, check_a_, check_b_, __FILE__, __LINE__); \
+    } while (0)
+
+#endif
