@@ -880,7 +880,14 @@ fn usage() -> ! {
     eprintln!("usage: peer-tokio <workload|all|list> [key=value ...]");
     eprintln!("workloads:");
     for (name, _, keys) in WORKLOADS {
-        eprintln!("  {name} {}", keys.iter().map(|k| format!("[{k}=N]")).collect::<Vec<_>>().join(" "));
+        let ks: Vec<String> = keys
+            .iter()
+            .map(|k| match *k {
+                "lock" => "[lock=parking_lot|std|both]".to_string(),
+                k => format!("[{k}=N]"),
+            })
+            .collect();
+        eprintln!("  {name} {}", ks.join(" "));
     }
     std::process::exit(64);
 }
