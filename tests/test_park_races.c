@@ -120,21 +120,28 @@ static void test_park_callback_after_switch(void **state)
     run_in_runtime(2, callback_main, NULL);
 }
 
-/* Three-way race. */
+/* Three-way race.  One unparker thread serves every round, so its claim
+ * lands at a random moment rather than after a thread start-up. */
 struct race {
     _Atomic(pz_task_t *) task;
     _Atomic uint64_t gen;
     int64_t deadline;
+    int64_t unpark_delay;
+    int64_t published_at;
     int result;
     _Atomic int unpark_won;
+    _Atomic bool unparker_done;
     _Atomic bool cancel_sent;
-    uint64_t seed;
 };
+
+static _Atomic(struct race *) current_race;
+static _Atomic bool races_over;
 
 static void *race_parker(void *arg)
 {
     struct race *r = arg;
     uint64_t gen = pz__park_prepare(false);
+    r->published_at = pz_now();
     atomic_store(&r->gen, gen);
     atomic_store(&r->task, pz_self());
     r->result = pz__park_commit(NULL, NULL, r->deadline);
@@ -150,15 +157,24 @@ static void spin_ns(int64_t ns)
 
 static void *race_unparker(void *arg)
 {
-    struct race *r = arg;
-    pz_task_t *t;
-    while (!(t = atomic_load(&r->task)))
-        pz__arch_cpu_relax();
-    spin_ns((int64_t)(test_rand(&r->seed) % 40000));
-    int c = pz__task_claim(t, atomic_load(&r->gen), PZ__WAKE_UNPARK);
-    atomic_store(&r->unpark_won, c != PZ__CLAIM_LOST);
-    if (c == PZ__CLAIM_WON_READY)
-        pz__task_ready(t, false);
+    (void)arg;
+    while (!atomic_load(&races_over)) {
+        struct race *r = atomic_load(&current_race);
+        pz_task_t *t;
+        if (!r || !(t = atomic_load(&r->task))) {
+            pz__arch_cpu_relax();
+            continue;
+        }
+        spin_ns(r->unpark_delay);
+        /* The parked task cannot be joined (and freed) before
+         * unparker_done is set, so t is valid here. */
+        int c = pz__task_claim(t, atomic_load(&r->gen), PZ__WAKE_UNPARK);
+        atomic_store(&r->unpark_won, c != PZ__CLAIM_LOST);
+        if (c == PZ__CLAIM_WON_READY)
+            pz__task_ready(t, false);
+        atomic_store(&current_race, NULL);
+        atomic_store(&r->unparker_done, true);
+    }
     return NULL;
 }
 
@@ -168,21 +184,49 @@ static void *race_main(void *arg)
     int rounds = SCALED(3000);
     int wins[3] = {0, 0, 0};
     uint64_t seed = 99;
+    atomic_store(&races_over, false);
+    pthread_t th;
+    CHECK_EQ(pthread_create(&th, NULL, race_unparker, NULL), 0);
+    /* Calibrate: how long from spawn to the park being published.  The
+     * race windows are a few times that, so every party can win on a fast
+     * build and under a sanitizer's slowdown alike. */
+    int64_t lat[21];
+    for (int i = 0; i < 21; i++) {
+        struct race r;
+        memset(&r, 0, sizeof r);
+        r.deadline = PZ_FOREVER;
+        atomic_store(&current_race, &r);
+        int64_t start = pz_now();
+        pz_task_t *t = pz_spawn(race_parker, &r);
+        while (!atomic_load(&r.unparker_done))
+            pz_yield();
+        CHECK_EQ(pz_join(t, NULL), 0);
+        CHECK_EQ(r.result, 0);
+        lat[i] = r.published_at - start;
+    }
+    for (int i = 1; i < 21; i++)
+        for (int j = i; j > 0 && lat[j] < lat[j - 1]; j--) {
+            int64_t x = lat[j];
+            lat[j] = lat[j - 1];
+            lat[j - 1] = x;
+        }
+    uint64_t window = (uint64_t)(lat[10] * 4 > 40000 ? lat[10] * 4 : 40000);
+    fprintf(stderr, "race window %llu ns\n", (unsigned long long)window);
     for (int i = 0; i < rounds; i++) {
         struct race r;
         memset(&r, 0, sizeof r);
-        r.seed = test_rand(&seed) | 1;
-        r.deadline = pz_now() + (int64_t)(test_rand(&seed) % 40000);
+        r.deadline = pz_now() + (int64_t)(test_rand(&seed) % window);
+        r.unpark_delay = (int64_t)(test_rand(&seed) % window);
+        atomic_store(&current_race, &r);
         pz_task_t *t = pz_spawn(race_parker, &r);
-        pthread_t th;
-        CHECK_EQ(pthread_create(&th, NULL, race_unparker, &r), 0);
         if (test_rand(&seed) % 2) {
-            pz_sleep((int64_t)(test_rand(&seed) % 40000));
+            spin_ns((int64_t)(test_rand(&seed) % window));
             atomic_store(&r.cancel_sent, true);
             pz_cancel(t);
         }
+        while (!atomic_load(&r.unparker_done))
+            pz_yield();
         CHECK_EQ(pz_join(t, NULL), 0);
-        pthread_join(th, NULL);
         /* Exactly one winner, and the parked task knows which. */
         switch (r.result) {
         case 0:
@@ -202,9 +246,11 @@ static void *race_main(void *arg)
             CHECK(!"unexpected park result");
         }
     }
+    atomic_store(&races_over, true);
+    pthread_join(th, NULL);
     fprintf(stderr, "winners: unpark %d, deadline %d, cancel %d\n", wins[0], wins[1], wins[2]);
     /* Each side won some rounds, so every pairing was exercised. */
-    CHECK(wins[0] > 0 && wins[1] > 0);
+    CHECK(wins[0] > 0 && wins[1] > 0 && wins[2] > 0);
     return NULL;
 }
 

@@ -45,7 +45,7 @@ int pz__stack_acquire(pz__worker *w, pz_task_t *t)
     if (usable == rt->stack_size) {
         if (w->stack_cache_len > 0) {
             base = w->stack_cache[--w->stack_cache_len];
-        } else if (rt->stack_pool_len > 0) {
+        } else {
             pz__spin_lock(&rt->stack_pool_lock);
             if (rt->stack_pool_len > 0)
                 base = rt->stack_pool[--rt->stack_pool_len];
@@ -108,7 +108,7 @@ void pz__stacks_destroy(pz__runtime *rt)
 /* ---- overflow reports ---- */
 
 static struct sigaction previous_segv, previous_bus;
-static _Atomic bool handler_installed;
+static pthread_mutex_t install_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static size_t append(char *buf, size_t at, size_t cap, const char *s)
 {
@@ -166,18 +166,28 @@ static void on_fault(int sig, siginfo_t *si, void *uc)
     signal(sig, SIG_DFL);
 }
 
-void pz__overflow_handler_install(void)
+static void install_for(int sig, struct sigaction *previous)
 {
-    bool expected = false;
-    if (!atomic_compare_exchange_strong(&handler_installed, &expected, true))
+    struct sigaction now;
+    if (sigaction(sig, NULL, &now) == 0 && (now.sa_flags & SA_SIGINFO) && now.sa_sigaction == on_fault)
         return;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = on_fault;
     sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
     sigemptyset(&sa.sa_mask);
-    sigaction(SIGSEGV, &sa, &previous_segv);
-    sigaction(SIGBUS, &sa, &previous_bus);
+    sigaction(sig, &sa, previous);
+}
+
+/* Called by every pz_run: if something replaced plaza's handler since the
+ * last runtime (a test framework, a crash reporter), plaza's goes first
+ * again and passes what is not an overflow on to that one. */
+void pz__overflow_handler_install(void)
+{
+    pthread_mutex_lock(&install_lock);
+    install_for(SIGSEGV, &previous_segv);
+    install_for(SIGBUS, &previous_bus);
+    pthread_mutex_unlock(&install_lock);
 }
 
 int pz__altstack_setup(pz__worker *w)

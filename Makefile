@@ -1,0 +1,67 @@
+# plaza: top-level commands.  Each installs the Debian packages it needs.
+#
+#   make demo      build and run the example program
+#   make test      build and run the whole test suite: gcc, clang,
+#                  ASan+UBSan, TSan, and aarch64 under qemu-user
+#   make bench     build and run the benchmarks beside the peers
+#   make install   install the library (PREFIX=/usr/local by default)
+
+PREFIX ?= /usr/local
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+CTEST = ctest --output-on-failure --no-tests=error -j1
+
+.PHONY: all build demo test test-gcc test-clang test-asan test-tsan test-aarch64 bench install clean deps
+
+all: build
+
+deps:
+	@scripts/install-deps.sh build
+
+build: deps
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS) >/dev/null
+	cmake --build build -j$(JOBS)
+
+demo: build
+	./build/examples/demo
+
+test:
+	@scripts/install-deps.sh test
+	$(MAKE) test-gcc test-clang test-asan test-tsan test-aarch64
+	@echo "plaza: all test builds passed"
+
+test-gcc:
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build build -j$(JOBS)
+	cd build && $(CTEST)
+
+test-clang:
+	CC=clang cmake -S . -B build-clang -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build build-clang -j$(JOBS)
+	cd build-clang && $(CTEST)
+
+test-asan:
+	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPLAZA_SANITIZE=address -DPLAZA_TEST_SCALE=2 -DPLAZA_BENCH=OFF >/dev/null
+	cmake --build build-asan -j$(JOBS)
+	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 $(CTEST)
+
+test-tsan:
+	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPLAZA_SANITIZE=thread -DPLAZA_TEST_SCALE=4 -DPLAZA_BENCH=OFF >/dev/null
+	cmake --build build-tsan -j$(JOBS)
+	cd build-tsan && TSAN_OPTIONS=halt_on_error=1:abort_on_error=1 $(CTEST)
+
+test-aarch64:
+	cmake -S . -B build-aarch64 -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPLAZA_TEST_SCALE=10 -DPLAZA_BENCH=OFF >/dev/null
+	cmake --build build-aarch64 -j$(JOBS)
+	cd build-aarch64 && $(CTEST)
+
+bench: build
+	@scripts/install-deps.sh bench
+	$(MAKE) -C bench/peers
+	bench/run.sh $(if $(QUICK),--quick)
+
+install: build
+	cmake --install build --prefix $(PREFIX)
+
+clean:
+	rm -rf build build-clang build-asan build-tsan build-aarch64

@@ -1,0 +1,40 @@
+/* plaza's benchmark program: the same workloads, parameters and output as
+ * the peers under bench/peers/ (see bench/peers/README.md).  One CSV line per
+ * measurement on stdout: system,workload,param,metric,value. */
+#ifndef PZ_BENCH_H
+#define PZ_BENCH_H
+
+#include <plaza.h>
+
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct bench_args {
+    int n;
+    const char *keys[16];
+    long values[16];
+} bench_args;
+
+/* The value of key, or def if it was not given. */
+long arg_get(const bench_args *a, const char *key, long def);
+
+typedef struct workload {
+    const char *name;
+    const char *keys; /* space-separated keys it accepts */
+    void (*run)(const bench_args *a);
+} workload;
+
+extern const workload runtime_workloads[];
+
+/* Prints one result line. */
+void emit(const char *name, const char *param, const char *metric, double value);
+
+/* Aborts the run with a message when a workload's own check fails. */
+void bench_check(bool ok, const char *what);
+
+/* Runs fn(arg) as the main task of a runtime with `workers` workers. */
+void run_with_workers(int workers, pz_fn fn, void *arg);
+
+long rss_bytes(void);
+
+#endif

@@ -1,0 +1,35 @@
+#!/bin/sh
+# Installs the Debian packages plaza's build, tests and benchmarks need, and
+# only those that are missing.  Usage: scripts/install-deps.sh [build|test|bench]
+set -e
+what=${1:-build}
+
+pkgs="cmake make gcc pkg-config libcmocka-dev"
+case "$what" in
+test)
+    pkgs="$pkgs clang qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
+    ;;
+bench)
+    pkgs="$pkgs golang-go librust-tokio-dev librust-parking-lot-dev libboost-fiber-dev g++ cargo python3-matplotlib"
+    ;;
+esac
+
+missing=""
+for p in $pkgs; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" != 0 ]; then
+    echo "plaza: missing Debian packages:$missing" >&2
+    echo "plaza: run as root, or: sudo apt-get install -y$missing" >&2
+    exit 1
+fi
+echo "plaza: installing$missing" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# cargo comes with the machine's rustup toolchain when it has one.
+if [ "$what" = bench ] && command -v cargo >/dev/null 2>&1; then
+    missing=$(echo "$missing" | sed 's/ cargo//')
+fi
+apt-get install -y -qq --no-install-recommends $missing >/dev/null
