@@ -453,20 +453,37 @@ static void test_blocking_cancel(void **state)
 
 static _Atomic int migrations;
 
+static void *noop(void *arg)
+{
+    return arg;
+}
+
 static void *errno_task(void *arg)
 {
     int mine = (int)(uintptr_t)arg;
     int last_worker = pz_worker_index();
-    for (int i = 0; i < 2000; i++) {
+    int moved = 0;
+    /* Blocking calls resume through the injection queue, where either
+     * worker may pick the task up, so tasks do move; go on until this one
+     * has moved a few times. */
+    for (int i = 0; i < 20000 && (i < 300 || moved < 5); i++) {
         write_errno(mine + i);
-        if (i % 7 == 0)
-            pz_sleep(1000);
-        else
+        switch (i % 3) {
+        case 0:
+            CHECK_EQ(pz_blocking(noop, NULL, NULL), 0);
+            break;
+        case 1:
             pz_yield();
+            break;
+        default:
+            pz_sleep(1000);
+        }
         CHECK_EQ(read_errno(), mine + i);
         int w = pz_worker_index();
-        if (w != last_worker)
+        if (w != last_worker) {
+            moved++;
             atomic_fetch_add(&migrations, 1);
+        }
         last_worker = w;
     }
     return NULL;
