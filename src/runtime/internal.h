@@ -235,10 +235,41 @@ void pz__set_current_worker(pz__worker *w);
 
 /* runq.c */
 void pz__runq_init(pz__runq *q);
-bool pz__runq_push(pz__runq *q, pz_task_t *t);          /* owner; false when full */
-pz_task_t *pz__runq_pop(pz__runq *q);                    /* owner */
-uint32_t pz__runq_len(pz__runq *q);
 pz_task_t *pz__runq_steal(pz__runq *victim, pz__runq *dst); /* dst's owner */
+
+/* Owner only; false when full.  Inline: it is on every switch. */
+static inline bool pz__runq_push(pz__runq *q, pz_task_t *t)
+{
+    uint32_t head = atomic_load_explicit(&q->head, memory_order_acquire);
+    uint32_t tail = atomic_load_explicit(&q->tail, memory_order_relaxed);
+    if (tail - head >= PZ__RUNQ_CAP)
+        return false;
+    atomic_store_explicit(&q->slots[tail % PZ__RUNQ_CAP], t, memory_order_relaxed);
+    atomic_store_explicit(&q->tail, tail + 1, memory_order_release);
+    return true;
+}
+
+/* Owner only. */
+static inline pz_task_t *pz__runq_pop(pz__runq *q)
+{
+    uint32_t head = atomic_load_explicit(&q->head, memory_order_acquire);
+    for (;;) {
+        uint32_t tail = atomic_load_explicit(&q->tail, memory_order_relaxed);
+        if (head == tail)
+            return NULL;
+        pz_task_t *t = atomic_load_explicit(&q->slots[head % PZ__RUNQ_CAP], memory_order_relaxed);
+        if (atomic_compare_exchange_weak_explicit(&q->head, &head, head + 1, memory_order_acq_rel,
+                                                  memory_order_acquire))
+            return t;
+    }
+}
+
+static inline uint32_t pz__runq_len(pz__runq *q)
+{
+    uint32_t tail = atomic_load_explicit(&q->tail, memory_order_acquire);
+    uint32_t head = atomic_load_explicit(&q->head, memory_order_acquire);
+    return tail - head;
+}
 size_t pz__runq_take_half(pz__runq *q, pz_task_t **out); /* owner, for overflow */
 void pz__inject_push(pz__runtime *rt, pz_task_t *first, pz_task_t *last, size_t n);
 pz_task_t *pz__inject_pop(pz__runtime *rt, pz__worker *w);

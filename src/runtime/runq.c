@@ -21,37 +21,8 @@ void pz__runq_init(pz__runq *q)
         atomic_init(&q->slots[i], NULL);
 }
 
-bool pz__runq_push(pz__runq *q, pz_task_t *t)
-{
-    uint32_t head = atomic_load_explicit(&q->head, memory_order_acquire);
-    uint32_t tail = atomic_load_explicit(&q->tail, memory_order_relaxed);
-    if (tail - head >= PZ__RUNQ_CAP)
-        return false;
-    atomic_store_explicit(&q->slots[tail % PZ__RUNQ_CAP], t, memory_order_relaxed);
-    atomic_store_explicit(&q->tail, tail + 1, memory_order_release);
-    return true;
-}
 
-pz_task_t *pz__runq_pop(pz__runq *q)
-{
-    uint32_t head = atomic_load_explicit(&q->head, memory_order_acquire);
-    for (;;) {
-        uint32_t tail = atomic_load_explicit(&q->tail, memory_order_relaxed);
-        if (head == tail)
-            return NULL;
-        pz_task_t *t = atomic_load_explicit(&q->slots[head % PZ__RUNQ_CAP], memory_order_relaxed);
-        if (atomic_compare_exchange_weak_explicit(&q->head, &head, head + 1, memory_order_acq_rel,
-                                                  memory_order_acquire))
-            return t;
-    }
-}
 
-uint32_t pz__runq_len(pz__runq *q)
-{
-    uint32_t tail = atomic_load_explicit(&q->tail, memory_order_acquire);
-    uint32_t head = atomic_load_explicit(&q->head, memory_order_acquire);
-    return tail - head;
-}
 
 size_t pz__runq_take_half(pz__runq *q, pz_task_t **out)
 {

@@ -76,6 +76,17 @@ static void wake_one_sleeper(pz__runtime *rt)
         pz__futex_wake(&target->sleep_word, 1);
 }
 
+/* For a worker that has just put work on its own queue.  No fence: if a
+ * sleeper registers at this very moment and neither side sees the other,
+ * the work is not stranded, because this worker is awake and runs its own
+ * queue; only the extra parallelism comes later, at the next wake-up. */
+static inline void notify_work_local(pz__runtime *rt)
+{
+    if (atomic_load_explicit(&rt->nsleeping, memory_order_relaxed) > 0 &&
+        atomic_load_explicit(&rt->nsearching, memory_order_relaxed) == 0)
+        wake_one_sleeper(rt);
+}
+
 void pz__notify_work(pz__runtime *rt)
 {
     /* Pairs with the sleeper's seq_cst increment of nsleeping followed by
@@ -118,10 +129,13 @@ void pz__task_ready(pz_task_t *t, bool lifo)
             t = prev;
         }
         push_local(w, t);
+        notify_work_local(rt);
     } else {
+        /* No worker of ours will look at the injection queue unless woken,
+         * so this side pays for the fence. */
         pz__inject_push(rt, t, t, 1);
+        pz__notify_work(rt);
     }
-    pz__notify_work(rt);
 }
 
 /* ---- finding work ---- */
@@ -318,9 +332,8 @@ __attribute__((noinline)) void pz__resume(void)
         errno = w->current->saved_errno;
 }
 
-void pz__suspend(void (*after)(pz__worker *, void *), void *arg)
+static inline void suspend_on(pz__worker *w, void (*after)(pz__worker *, void *), void *arg)
 {
-    pz__worker *w = pz__current_worker();
     pz_task_t *self = w->current;
     self->saved_errno = errno;
     w->after_fn = after;
@@ -328,6 +341,11 @@ void pz__suspend(void (*after)(pz__worker *, void *), void *arg)
     switch_from_task(w, self, false);
     /* Possibly on another worker now: pz__resume reads it afresh. */
     pz__resume();
+}
+
+void pz__suspend(void (*after)(pz__worker *, void *), void *arg)
+{
+    suspend_on(pz__current_worker(), after, arg);
 }
 
 static void exit_after(pz__worker *w, void *arg)
@@ -364,7 +382,7 @@ static void task_entry(void *arg)
 static void yield_after(pz__worker *w, void *arg)
 {
     push_local(w, arg);
-    pz__notify_work(w->rt);
+    notify_work_local(w->rt);
 }
 
 void pz_yield(void)
@@ -380,7 +398,7 @@ void pz_yield(void)
     if (pz__runq_len(&w->runq) == 0 && !atomic_load_explicit(&w->lifo, memory_order_relaxed) &&
         atomic_load_explicit(&w->rt->inject_len, memory_order_relaxed) == 0)
         return;
-    pz__suspend(yield_after, w->current);
+    suspend_on(w, yield_after, w->current);
 }
 
 /* ---- workers ---- */
