@@ -24,7 +24,25 @@ typedef struct workload {
     void (*run)(const bench_args *a);
 } workload;
 
+/* Each area's table, ended by a {NULL} entry.  Weak, so an area that is not
+ * built yet is simply absent. */
 extern const workload runtime_workloads[];
+extern const workload sync_workloads[] __attribute__((weak));
+extern const workload async_workloads[] __attribute__((weak));
+extern const workload io_workloads[] __attribute__((weak));
+
+/* The busy loop the peers run outside their locks: w steps of xorshift64
+ * seeded from seed (see bench/peers/README.md). */
+static inline uint64_t bench_work(uint64_t seed, long w)
+{
+    uint64_t x = seed | 1;
+    for (long i = 0; i < w; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    return x;
+}
 
 /* Prints one result line. */
 void emit(const char *name, const char *param, const char *metric, double value);

@@ -6,7 +6,17 @@
 #include <string.h>
 #include <unistd.h>
 
-static const workload *const tables[] = {runtime_workloads, NULL};
+static const workload *tables[5];
+
+static void init_tables(void)
+{
+    int n = 0;
+    const workload *all[] = {runtime_workloads, sync_workloads, async_workloads, io_workloads};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (all[i])
+            tables[n++] = all[i];
+    tables[n] = NULL;
+}
 
 long arg_get(const bench_args *a, const char *key, long def)
 {
@@ -68,6 +78,7 @@ static void usage(void)
 
 int main(int argc, char **argv)
 {
+    init_tables();
     if (argc < 2) {
         usage();
         return 64;

@@ -4,5 +4,7 @@
 #define PLAZA_H
 
 #include "plaza/runtime.h"
+#include "plaza/park.h"
+#include "plaza/sync.h"
 
 #endif

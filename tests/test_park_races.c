@@ -86,7 +86,7 @@ static bool publish_after_switch(void *arg)
     pz_task_t *self = atomic_load(&r->waiting);
     /* We run on the next context: the parked task is not running. */
     CHECK(pz_self() != self);
-    CHECK_EQ(PZ__PS_STATE(atomic_load(&self->park_state)) == PZ__PS_PARKING ||
+    CHECK_EQ(PZ__PS_STATE(atomic_load(&self->park_state)) == PZ__PS_PARKED ||
                  PZ__PS_STATE(atomic_load(&self->park_state)) == PZ__PS_WOKEN,
              1);
     return true;

@@ -142,6 +142,8 @@ struct pz_task {
     pz_task_t *joiner;
     uint64_t joiner_gen;
 
+    unsigned sync_depth;      /* sync locks held while switched out (misuse) */
+
     char name[32];
 };
 
@@ -186,6 +188,12 @@ struct pz__worker {
     bool searching;            /* written under the runtime's idle lock */
 
     pz__timers timers;
+
+    /* Sync locks the running task holds (see src/sync/held.c). */
+    unsigned sync_depth;
+    const void *sync_lock;
+    const char *sync_kind;
+    void *sync_site;
 
     void *stack_cache[PZ__STACK_CACHE];
     int stack_cache_len;
@@ -306,6 +314,9 @@ void pz__stacks_destroy(pz__runtime *rt);
 void pz__overflow_handler_install(void);
 int pz__altstack_setup(pz__worker *w);
 void pz__altstack_teardown(pz__worker *w);
+
+/* src/sync/held.c: a task suspends while it holds a sync lock. */
+void pz__sync_held_at_suspend(pz__worker *w);
 
 /* blocking.c */
 void pz__blocking_configure(int max_threads);

@@ -328,12 +328,22 @@ __attribute__((noinline)) void pz__resume(void)
         w->after_fn = NULL;
         fn(w, w->after_arg);
     }
-    if (w->current)
-        errno = w->current->saved_errno;
+    pz_task_t *t = w->current;
+    if (t) {
+        if (t->sync_depth) {
+            /* It suspended holding sync locks (reported then): the count
+             * follows the task to this worker. */
+            w->sync_depth += t->sync_depth;
+            t->sync_depth = 0;
+        }
+        errno = t->saved_errno;
+    }
 }
 
 static inline void suspend_on(pz__worker *w, void (*after)(pz__worker *, void *), void *arg)
 {
+    if (w->sync_depth)
+        pz__sync_held_at_suspend(w);
     pz_task_t *self = w->current;
     self->saved_errno = errno;
     w->after_fn = after;

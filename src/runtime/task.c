@@ -12,12 +12,19 @@
  *   2. The task publishes itself where a waker will find it (a wait queue,
  *      a joiner slot, a blocking-pool job), then pz__park_commit arms the
  *      timer, honours a pending cancel and switches away.
- *   3. On the next context, park_after runs the caller's callback (release
- *      after switch), then moves PARKING to PARKED.  If a claim came first,
- *      the task is made runnable right there instead.
+ *   3. On the next context, park_after moves PARKING to PARKED, then runs
+ *      the caller's callback (release after switch; Go's gopark orders its
+ *      unlockf the same way).  If a claim came while the task was PARKING,
+ *      the callback runs first and then the task is made runnable.
  *   4. A waker that claims a PARKED task makes it runnable; one that claims
  *      a PARKING task leaves that to step 3.  Either way exactly one party
  *      makes the task runnable, exactly once.
+ * Because the park word is PARKED before the callback releases anything, a
+ * waker that can only find the task after that release (say, under a wait
+ * queue's lock the callback lets go of) always claims a PARKED task, and
+ * the task runs only after that waker has finished with it.  A callback
+ * must therefore not use the task's stack after its own release: a timer or
+ * a cancel may already have made the task runnable.
  * A claim touches only the task struct, never the waiter's stack, and a
  * claimed PARKED task cannot run (or end) until it is made runnable, so the
  * claimer may still use the struct until then.
@@ -251,20 +258,28 @@ static void park_after(pz__worker *w, void *arg)
 {
     (void)w;
     pz_task_t *t = arg;
+    /* Read before the task can be woken and reuse these fields. */
     uint64_t gen = t->park_gen;
-    if (t->park_cb && !t->park_cb(t->park_cb_arg))
-        pz__task_claim(t, gen, PZ__WAKE_ABORT);
+    pz__park_fn cb = t->park_cb;
+    void *cb_arg = t->park_cb_arg;
+    bool claimed_early = false;
     uint64_t s = atomic_load_explicit(&t->park_state, memory_order_acquire);
     for (;;) {
         if (PZ__PS_STATE(s) == PZ__PS_WOKEN) {
-            pz__task_ready(t, false);
-            return;
+            claimed_early = true;
+            break;
         }
         uint64_t parked = (s & ~(uint64_t)PZ__PS_STATE_MASK) | PZ__PS_PARKED;
         if (atomic_compare_exchange_weak_explicit(&t->park_state, &s, parked, memory_order_acq_rel,
                                                   memory_order_acquire))
-            return;
+            break;
     }
+    if (cb && !cb(cb_arg) && !claimed_early) {
+        if (pz__task_claim(t, gen, PZ__WAKE_ABORT) == PZ__CLAIM_WON_READY)
+            pz__task_ready(t, false);
+    }
+    if (claimed_early)
+        pz__task_ready(t, false);
 }
 
 int pz__park_commit(pz__park_fn cb, void *arg, int64_t deadline)

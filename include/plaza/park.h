@@ -1,0 +1,107 @@
+/*
+ * plaza's parking lot: the wait queues every plaza lock is built on, open to
+ * users who build their own primitives.
+ *
+ * A primitive keeps its state in its own small word (a mutex is one byte)
+ * and never has a wait queue of its own.  Waiters park on an address; the
+ * lot keeps one global hash table of queues keyed by address, so a lock
+ * costs no memory for waiters and no initialisation.  The idea is WebKit's
+ * ParkingLot, and Rust's parking_lot made it known; this is plaza's own.
+ *
+ * A waiter is a thread (it sleeps on a futex) or, when pz_park is called from
+ * a task without PZ_PARK_THREAD, a task (it suspends; its worker runs other
+ * tasks).  Callbacks run while the lot holds the lock of the queue's bucket:
+ * they must be short and must not park, unpark or take other plaza locks.
+ */
+#ifndef PLAZA_PARK_H
+#define PLAZA_PARK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* pz_park flags. */
+#define PZ_PARK_THREAD 1u /* block the calling thread even when it runs a task */
+
+/* What an unpark did, passed to its callback and returned. */
+typedef struct pz_unpark_result {
+    int unparked;   /* waiters woken */
+    int requeued;   /* waiters moved to another address (pz_requeue) */
+    bool have_more; /* waiters left on the address after this call */
+    bool be_fair;   /* the lot asks for a fair hand-off now: the woken waiter
+                     * has waited about 1 ms, or a random interval of up to
+                     * 1 ms has passed since the last fair hand-off here */
+} pz_unpark_result_t;
+
+/*
+ * Parks the caller on addr until an unpark picks it, the deadline passes or
+ * (for a task) the task is cancelled.
+ *
+ * Under the bucket lock: validate(ctx) (if not NULL) decides whether to park
+ * at all; false returns -EAGAIN at once.  After the waiter is queued and the
+ * bucket lock released, before_sleep(ctx) runs (a condition variable unlocks
+ * its mutex there).  If the wait ends by deadline or cancel, timed_out(ctx,
+ * was_last) runs under the bucket lock once the waiter has left the queue;
+ * was_last says whether no other waiter remains on addr.
+ *
+ * Returns 0 and stores the unparker's token in *unpark_token (if not NULL),
+ * or -EAGAIN, -ETIMEDOUT, -ECANCELED.  park_token is for pz_unpark_filter.
+ */
+int pz_park(const void *addr, bool (*validate)(void *ctx), void (*before_sleep)(void *ctx),
+            void (*timed_out)(void *ctx, bool was_last), void *ctx, uintptr_t park_token, int64_t deadline,
+            unsigned flags, uintptr_t *unpark_token);
+
+/*
+ * Wakes the first waiter on addr (waiters are served in the order they
+ * parked).  callback(result, ctx), if not NULL, runs under the bucket lock
+ * after the waiter is chosen and before it runs; it returns the token the
+ * waiter receives (a mutex uses it to say "you own the lock now").
+ */
+pz_unpark_result_t pz_unpark_one(const void *addr, uintptr_t (*callback)(pz_unpark_result_t result, void *ctx),
+                                 void *ctx);
+
+/* Wakes every waiter on addr, each receiving unpark_token.  Returns how many. */
+int pz_unpark_all(const void *addr, uintptr_t unpark_token);
+
+/* pz_requeue operations, chosen by its validate callback. */
+typedef enum pz_requeue_op {
+    PZ_REQUEUE_ABORT,                  /* do nothing */
+    PZ_REQUEUE_UNPARK_ONE,             /* wake the first waiter, move none */
+    PZ_REQUEUE_ALL,                    /* move every waiter */
+    PZ_REQUEUE_UNPARK_ONE_REQUEUE_REST /* wake the first, move the rest */
+} pz_requeue_op_t;
+
+/*
+ * Moves waiters from one address to another without waking them (so a
+ * condition variable's notify_all wakes one waiter and queues the rest on
+ * the mutex, instead of waking a herd that fights for it).  validate(ctx)
+ * runs under both bucket locks and picks the operation; callback(op, result,
+ * ctx) runs under them afterwards and returns the woken waiter's token.
+ */
+pz_unpark_result_t pz_requeue(const void *from, const void *to, pz_requeue_op_t (*validate)(void *ctx),
+                              uintptr_t (*callback)(pz_requeue_op_t op, pz_unpark_result_t result, void *ctx),
+                              void *ctx);
+
+/* pz_unpark_filter decisions. */
+typedef enum pz_filter_op {
+    PZ_FILTER_UNPARK, /* wake this waiter and go on */
+    PZ_FILTER_SKIP,   /* leave it parked and go on */
+    PZ_FILTER_STOP    /* leave it and every later one */
+} pz_filter_op_t;
+
+/*
+ * Walks the waiters on addr in order, asking filter(park_token, ctx) about
+ * each (a reader-writer lock wakes readers up to the first writer).
+ * callback(result, ctx) then returns the token every woken waiter receives.
+ */
+pz_unpark_result_t pz_unpark_filter(const void *addr, pz_filter_op_t (*filter)(uintptr_t park_token, void *ctx),
+                                    uintptr_t (*callback)(pz_unpark_result_t result, void *ctx), void *ctx);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
