@@ -6,5 +6,6 @@
 #include "plaza/runtime.h"
 #include "plaza/park.h"
 #include "plaza/sync.h"
+#include "plaza/io.h"
 
 #endif

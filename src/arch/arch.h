@@ -65,4 +65,27 @@ void pz__thread_set_name(const char *name);
 /* The bounds of the calling thread's own stack. */
 void pz__thread_stack_bounds(void **lo, size_t *size);
 
+/* The I/O poller (epoll on Linux), edge-triggered.  Events are reported as
+ * PZ__EV_* bits with the pointer given at registration. */
+enum { PZ__EV_READ = 1, PZ__EV_WRITE = 2, PZ__EV_HUP = 4, PZ__EV_ERR = 8 };
+typedef struct pz__event {
+    void *data;
+    unsigned events;
+} pz__event;
+int pz__poller_create(void);
+/* Registers fd for read and write readiness, edge-triggered.  Returns 0,
+ * -EPERM for a descriptor the poller cannot watch (a regular file), or
+ * another negative errno. */
+int pz__poller_add(int poller, int fd, void *data);
+int pz__poller_del(int poller, int fd);
+/* Waits until an event or the absolute deadline (ns; < 0: none; a past
+ * deadline does not block).  Returns the number of events or -errno. */
+int pz__poller_wait(int poller, pz__event *events, int max, int64_t deadline);
+/* A wake-up descriptor (eventfd) that the poller watches. */
+int pz__waker_create(void);
+void pz__waker_signal(int fd);
+void pz__waker_drain(int fd);
+int pz__set_nonblocking(int fd);
+void pz__close_fd(int fd);
+
 #endif

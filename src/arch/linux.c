@@ -154,3 +154,98 @@ void pz__thread_sleep_until(int64_t deadline)
     while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
     }
 }
+
+/* ---- the poller ---- */
+
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+
+int pz__poller_create(void)
+{
+    int fd = epoll_create1(EPOLL_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+int pz__poller_add(int poller, int fd, void *data)
+{
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = data};
+    if (epoll_ctl(poller, EPOLL_CTL_ADD, fd, &ev) == 0)
+        return 0;
+    return -errno;
+}
+
+int pz__poller_del(int poller, int fd)
+{
+    return epoll_ctl(poller, EPOLL_CTL_DEL, fd, NULL) == 0 ? 0 : -errno;
+}
+
+int pz__poller_wait(int poller, pz__event *events, int max, int64_t deadline)
+{
+    struct epoll_event evs[64];
+    if (max > 64)
+        max = 64;
+    struct timespec ts, *tsp = NULL;
+    if (deadline >= 0) {
+        int64_t left = deadline - pz__clock_now();
+        if (left < 0)
+            left = 0;
+        ts.tv_sec = (time_t)(left / 1000000000);
+        ts.tv_nsec = (long)(left % 1000000000);
+        tsp = &ts;
+    }
+    /* epoll_pwait2 takes a nanosecond timeout; epoll_wait's milliseconds
+     * would round a 100 us sleep up to 1 ms. */
+    int n = epoll_pwait2(poller, evs, max, tsp, NULL);
+    if (n < 0)
+        return -errno;
+    for (int i = 0; i < n; i++) {
+        unsigned e = 0, k = evs[i].events;
+        if (k & (EPOLLIN | EPOLLRDHUP | EPOLLPRI))
+            e |= PZ__EV_READ;
+        if (k & EPOLLOUT)
+            e |= PZ__EV_WRITE;
+        if (k & EPOLLHUP)
+            e |= PZ__EV_HUP | PZ__EV_READ | PZ__EV_WRITE;
+        if (k & EPOLLERR)
+            e |= PZ__EV_ERR | PZ__EV_READ | PZ__EV_WRITE;
+        events[i].data = evs[i].data.ptr;
+        events[i].events = e;
+    }
+    return n;
+}
+
+int pz__waker_create(void)
+{
+    int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+void pz__waker_signal(int fd)
+{
+    uint64_t one = 1;
+    ssize_t r = write(fd, &one, sizeof one);
+    (void)r; /* EAGAIN: the counter is already non-zero, a wake is pending */
+}
+
+void pz__waker_drain(int fd)
+{
+    uint64_t v;
+    ssize_t r = read(fd, &v, sizeof v);
+    (void)r;
+}
+
+int pz__set_nonblocking(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0)
+        return -errno;
+    if (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+        return -errno;
+    return 0;
+}
+
+void pz__close_fd(int fd)
+{
+    close(fd);
+}

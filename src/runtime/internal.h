@@ -184,6 +184,7 @@ struct pz__worker {
     _Atomic(pz_task_t *) lifo; /* the task woken last by this worker */
     unsigned lifo_streak;
     uint32_t tick;
+    bool in_loop;              /* the worker loop is choosing (not a task) */
     uint64_t rng;
     bool searching;            /* written under the runtime's idle lock */
 
@@ -200,6 +201,7 @@ struct pz__worker {
 
     _Alignas(PZ__CACHELINE) _Atomic uint32_t sleep_word; /* 1: notified */
     bool sleeping;             /* in the sleeper list; under the idle lock */
+    bool polling;              /* sleeping in the poller; under the idle lock */
 
     pthread_t thread;
     void *altstack;
@@ -228,6 +230,17 @@ struct pz__runtime {
     _Atomic bool shutdown;
     _Atomic uint32_t main_done;
     _Atomic long live_tasks;
+
+    /* The I/O reactor (src/io/reactor.c).  io_waiters counts tasks and
+     * threads waiting for readiness: while it is zero nobody polls.  One
+     * worker at a time polls (driver_busy); it is then "polling" and is
+     * woken through the waker descriptor instead of its futex. */
+    int poller;
+    int waker;
+    _Atomic long io_waiters;
+    _Atomic bool driver_busy;
+    pz__spin io_table_lock;
+    struct pz__io_source *_Atomic *io_chunks;
 
     /* Stacks of the default size that no worker cache had room for. */
     pz__spin stack_pool_lock;
@@ -317,6 +330,13 @@ void pz__altstack_teardown(pz__worker *w);
 
 /* src/sync/held.c: a task suspends while it holds a sync lock. */
 void pz__sync_held_at_suspend(pz__worker *w);
+
+/* src/io/reactor.c */
+int pz__reactor_init(pz__runtime *rt);
+void pz__reactor_destroy(pz__runtime *rt);
+/* Waits for readiness until deadline (ns, < 0 none, 0 no wait) and wakes
+ * the waiters of every ready descriptor.  Returns the number of events. */
+int pz__reactor_poll(pz__runtime *rt, int64_t deadline);
 
 /* blocking.c */
 void pz__blocking_configure(int max_threads);

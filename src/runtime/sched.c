@@ -71,8 +71,11 @@ static void wake_one_sleeper(pz__runtime *rt)
         atomic_fetch_add(&rt->nsearching, 1);
         atomic_store(&target->sleep_word, 1);
     }
+    bool polling = target && target->polling;
     pz__spin_unlock(&rt->idle_lock);
-    if (target)
+    if (polling)
+        pz__waker_signal(rt->waker); /* it sleeps in the poller */
+    else if (target)
         pz__futex_wake(&target->sleep_word, 1);
 }
 
@@ -146,12 +149,35 @@ static void maintenance(pz__worker *w)
         pz__timers_fire(&w->timers, pz__clock_now(), false);
 }
 
+static inline bool io_waiting(pz__runtime *rt)
+{
+    return atomic_load_explicit(&rt->io_waiters, memory_order_relaxed) > 0;
+}
+
+/* While tasks wait for I/O, a busy worker looks at the poller now and then
+ * (without waiting), unless an idle worker is already in it.  Only from the
+ * worker loop: a task that is switching away may still hold a parking-lot
+ * bucket lock (it lets go in its after-switch action), and waking I/O
+ * waiters takes bucket locks. */
+static void poll_io(pz__worker *w)
+{
+    pz__runtime *rt = w->rt;
+    if (io_waiting(rt) && !atomic_load_explicit(&rt->driver_busy, memory_order_relaxed) &&
+        !atomic_exchange_explicit(&rt->driver_busy, true, memory_order_acquire)) {
+        pz__reactor_poll(rt, 0);
+        atomic_store_explicit(&rt->driver_busy, false, memory_order_release);
+    }
+}
+
 /* The next task of this worker's own: cheap, called on every switch. */
 static pz_task_t *next_local(pz__worker *w)
 {
     pz_task_t *t;
     if (++w->tick % PZ__MAINTENANCE_INTERVAL == 0) {
         maintenance(w);
+        /* Go through the worker loop, which polls for I/O. */
+        if (!w->in_loop && io_waiting(w->rt))
+            return NULL;
         if ((t = pz__inject_pop(w->rt, w)))
             return t;
     }
@@ -202,6 +228,7 @@ static pz_task_t *steal(pz__worker *w)
 static pz_task_t *find_work(pz__worker *w)
 {
     pz_task_t *t;
+    poll_io(w);
     if ((t = next_local(w)))
         return t;
     if ((t = pz__inject_pop(w->rt, w)))
@@ -259,10 +286,24 @@ static void idle(pz__worker *w)
 
     if (!work_visible(rt) && !atomic_load(&rt->shutdown)) {
         int64_t deadline = pz__timers_earliest(rt);
-        while (atomic_load(&w->sleep_word) == 0 && !atomic_load(&rt->shutdown)) {
-            int r = pz__futex_wait(&w->sleep_word, 0, deadline == PZ_FOREVER ? -1 : deadline);
-            if (r == -ETIMEDOUT)
-                break;
+        if (atomic_load(&rt->io_waiters) > 0 && !atomic_exchange(&rt->driver_busy, true)) {
+            /* Sleep in the poller: I/O readiness or the waker ends it. */
+            pz__spin_lock(&rt->idle_lock);
+            w->polling = true;
+            bool notified = atomic_load(&w->sleep_word) != 0;
+            pz__spin_unlock(&rt->idle_lock);
+            if (!notified && !atomic_load(&rt->shutdown))
+                pz__reactor_poll(rt, deadline == PZ_FOREVER ? -1 : deadline);
+            pz__spin_lock(&rt->idle_lock);
+            w->polling = false;
+            pz__spin_unlock(&rt->idle_lock);
+            atomic_store(&rt->driver_busy, false);
+        } else {
+            while (atomic_load(&w->sleep_word) == 0 && !atomic_load(&rt->shutdown)) {
+                int r = pz__futex_wait(&w->sleep_word, 0, deadline == PZ_FOREVER ? -1 : deadline);
+                if (r == -ETIMEDOUT)
+                    break;
+            }
         }
     }
 
@@ -431,7 +472,9 @@ static void *worker_main(void *arg)
         pz__resume();
         if (atomic_load_explicit(&rt->shutdown, memory_order_acquire))
             break;
+        w->in_loop = true;
         pz_task_t *t = next_runnable(w, find_work(w));
+        w->in_loop = false;
         if (t) {
             if (w->searching)
                 leave_searching(w);
@@ -496,6 +539,7 @@ static void drain(pz__runtime *rt)
 
 static void runtime_destroy(pz__runtime *rt)
 {
+    pz__reactor_destroy(rt);
     for (int i = 0; i < rt->nworkers; i++)
         pz__timers_destroy(&rt->workers[i].timers);
     pz__stacks_destroy(rt);
@@ -513,6 +557,7 @@ static void stop_workers(pz__runtime *rt, int started)
         pz__futex_wake(&rt->workers[i].sleep_word, 1);
     }
     pz__spin_unlock(&rt->idle_lock);
+    pz__waker_signal(rt->waker);
     for (int i = 0; i < started; i++)
         pthread_join(rt->workers[i].thread, NULL);
 }
@@ -566,6 +611,13 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
         w->rng = 0x9E3779B97F4A7C15ull * (uint64_t)(i + 1) | 1;
     }
     pz__overflow_handler_install();
+    int rerr = pz__reactor_init(rt);
+    if (rerr < 0) {
+        pz__report("pz_run: cannot create the I/O poller: %s", strerror(-rerr));
+        atomic_store(&pz__rt, NULL);
+        runtime_destroy(rt);
+        return rerr;
+    }
 
     struct main_call m = {main, arg, NULL, rt};
     pz_task_t *mt = pz_spawn_with(main_task, &m, &(pz_spawn_opts_t){.name = "main"});

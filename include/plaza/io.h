@@ -1,0 +1,67 @@
+/*
+ * plaza I/O: socket calls that suspend the calling task until the
+ * descriptor is ready, the deadline passes or the task is cancelled.
+ *
+ * The runtime registers each descriptor once with its poller (epoll,
+ * edge-triggered) the first time a call here uses it, and makes it
+ * non-blocking.  A worker with nothing to run waits in the poller, so
+ * readiness wakes exactly the tasks waiting on that descriptor.  Called
+ * outside a task, the calls block the calling thread (poll).  A descriptor
+ * the poller cannot watch (a regular file) is served by the blocking pool,
+ * transparently.
+ *
+ * Every call returns a negative errno value on failure: -ETIMEDOUT at the
+ * deadline (absolute pz_now() nanoseconds, PZ_FOREVER for none),
+ * -ECANCELED when the task is cancelled, -EBADF if the descriptor is closed
+ * with pz_close while a task waits on it, or the system call's own error.
+ *
+ * Close descriptors that plaza has seen with pz_close: it forgets the
+ * registration first, so a new descriptor that gets the same number starts
+ * clean, and it wakes any task still waiting on it.
+ */
+#ifndef PLAZA_IO_H
+#define PLAZA_IO_H
+
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PZ_READABLE 1
+#define PZ_WRITABLE 2
+
+ssize_t pz_read(int fd, void *buf, size_t n, int64_t deadline);
+ssize_t pz_write(int fd, const void *buf, size_t n, int64_t deadline);
+/* Writes all n bytes unless an error or the deadline stops it; returns n or
+ * a negative error (some bytes may have been written then). */
+ssize_t pz_write_all(int fd, const void *buf, size_t n, int64_t deadline);
+ssize_t pz_readv(int fd, const struct iovec *iov, int iovcnt, int64_t deadline);
+ssize_t pz_writev(int fd, const struct iovec *iov, int iovcnt, int64_t deadline);
+ssize_t pz_recv(int fd, void *buf, size_t n, int flags, int64_t deadline);
+/* Sends never raise SIGPIPE: a closed peer gives -EPIPE. */
+ssize_t pz_send(int fd, const void *buf, size_t n, int flags, int64_t deadline);
+/* Returns the new connection's descriptor (non-blocking, close-on-exec). */
+int pz_accept(int fd, struct sockaddr *addr, socklen_t *addrlen, int64_t deadline);
+int pz_connect(int fd, const struct sockaddr *addr, socklen_t addrlen, int64_t deadline);
+/* Waits until fd is ready for the PZ_READABLE/PZ_WRITABLE events asked;
+ * returns the ready ones. */
+int pz_wait_fd(int fd, int events, int64_t deadline);
+
+/* "host:port", "[v6addr]:port" or ":port" (all addresses).  Returns a
+ * listening TCP socket (SO_REUSEADDR, backlog 1024). */
+int pz_tcp_listen(const char *hostport);
+/* Resolves host (on the blocking pool) and connects to the first address
+ * that answers; TCP_NODELAY is set.  Returns the connected socket. */
+int pz_tcp_dial(const char *hostport, int64_t deadline);
+
+/* Forgets fd's registration, wakes its waiters (-EBADF) and closes it. */
+int pz_close(int fd);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,125 @@
+/*
+ * The reactor: one poller (epoll, edge-triggered) per runtime, driven by
+ * the workers themselves.  There is no I/O thread: a worker with nothing to
+ * run while tasks wait for I/O waits in the poller instead of on its futex,
+ * with the nearest timer as its deadline, and the scheduler wakes it through
+ * an eventfd the poller watches.  Busy workers poll without waiting every
+ * PZ__MAINTENANCE_INTERVAL scheduling decisions while anyone waits for I/O.
+ *
+ * A source (one per descriptor, found by descriptor number in a two-level
+ * table whose chunks never move or go away while the runtime runs) keeps a
+ * readiness word:
+ *
+ *   bit 0 READ, bit 1 WRITE: the poller said ready and no call has seen
+ *         EAGAIN since;
+ *   bit 2 CLOSED: pz_close ran; waiters return -EBADF;
+ *   bits 8-63: a tick, advanced by every event.
+ *
+ * A call snapshots the word, tries the system call, and on EAGAIN clears
+ * its bit only if the tick is unchanged (CAS): an event between the call
+ * and the clear is never lost, the call just tries again.  Waiters park in
+ * the parking lot on the address of the source's read or write key and
+ * validate under the bucket lock that the bit is still clear; an event sets
+ * the bit first and then unparks every waiter of that key.
+ */
+#define _GNU_SOURCE
+#include "io_internal.h"
+
+#include <stdlib.h>
+
+#define PZ__IO_CHUNK 1024
+#define PZ__IO_CHUNKS 1024 /* descriptors below 2^20 */
+
+int pz__reactor_init(pz__runtime *rt)
+{
+    rt->poller = pz__poller_create();
+    if (rt->poller < 0)
+        return rt->poller;
+    rt->waker = pz__waker_create();
+    if (rt->waker < 0) {
+        pz__close_fd(rt->poller);
+        return rt->waker;
+    }
+    int r = pz__poller_add(rt->poller, rt->waker, &rt->waker);
+    rt->io_chunks = calloc(PZ__IO_CHUNKS, sizeof(*rt->io_chunks));
+    if (r < 0 || !rt->io_chunks) {
+        pz__close_fd(rt->waker);
+        pz__close_fd(rt->poller);
+        free(rt->io_chunks);
+        rt->io_chunks = NULL;
+        return r < 0 ? r : -ENOMEM;
+    }
+    return 0;
+}
+
+void pz__reactor_destroy(pz__runtime *rt)
+{
+    if (!rt->io_chunks)
+        return;
+    for (int i = 0; i < PZ__IO_CHUNKS; i++)
+        free(atomic_load(&rt->io_chunks[i]));
+    free(rt->io_chunks);
+    rt->io_chunks = NULL;
+    pz__close_fd(rt->waker);
+    pz__close_fd(rt->poller);
+}
+
+pz__io_source *pz__io_source_of(pz__runtime *rt, int fd)
+{
+    if (fd < 0 || fd >= PZ__IO_CHUNK * PZ__IO_CHUNKS)
+        return NULL;
+    struct pz__io_source *_Atomic *slot = &rt->io_chunks[fd / PZ__IO_CHUNK];
+    pz__io_source *chunk = atomic_load_explicit(slot, memory_order_acquire);
+    if (!chunk) {
+        pz__spin_lock(&rt->io_table_lock);
+        chunk = atomic_load_explicit(slot, memory_order_relaxed);
+        if (!chunk) {
+            chunk = calloc(PZ__IO_CHUNK, sizeof *chunk);
+            if (chunk)
+                atomic_store_explicit(slot, chunk, memory_order_release);
+        }
+        pz__spin_unlock(&rt->io_table_lock);
+        if (!chunk)
+            return NULL;
+    }
+    return &chunk[fd % PZ__IO_CHUNK];
+}
+
+void pz__io_source_signal(pz__io_source *src, unsigned events)
+{
+    uint64_t add = 0;
+    if (events & PZ__EV_READ)
+        add |= PZ__IO_READ;
+    if (events & PZ__EV_WRITE)
+        add |= PZ__IO_WRITE;
+    if (events & PZ__SIG_CLOSED)
+        add |= PZ__IO_CLOSED | PZ__IO_READ | PZ__IO_WRITE;
+    uint64_t s = atomic_load_explicit(&src->readiness, memory_order_relaxed);
+    uint64_t next;
+    do {
+        next = (s + PZ__IO_TICK) | add;
+    } while (!atomic_compare_exchange_weak_explicit(&src->readiness, &s, next, memory_order_acq_rel,
+                                                    memory_order_relaxed));
+    if (add & PZ__IO_READ)
+        pz_unpark_all(&src->read_key, 0);
+    if (add & PZ__IO_WRITE)
+        pz_unpark_all(&src->write_key, 0);
+}
+
+int pz__reactor_poll(pz__runtime *rt, int64_t deadline)
+{
+    pz__event events[64];
+    int n = pz__poller_wait(rt->poller, events, 64, deadline);
+    if (n <= 0)
+        return n;
+    int handled = 0;
+    for (int i = 0; i < n; i++) {
+        if (events[i].data == &rt->waker) {
+            pz__waker_drain(rt->waker);
+            continue;
+        }
+        pz__io_source_signal(events[i].data, events[i].events);
+        handled++;
+    }
+    return handled;
+}
