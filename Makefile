@@ -24,6 +24,7 @@ build: deps
 
 demo: build
 	./build/examples/demo
+	./build/examples/echo both 127.0.0.1:0 64
 
 test:
 	@scripts/install-deps.sh test
