@@ -3,6 +3,7 @@
 #include "arch.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <sys/mman.h>
@@ -195,10 +196,24 @@ int pz__poller_wait(int poller, pz__event *events, int max, int64_t deadline)
         tsp = &ts;
     }
     /* epoll_pwait2 takes a nanosecond timeout; epoll_wait's milliseconds
-     * would round a 100 us sleep up to 1 ms. */
-    int n = epoll_pwait2(poller, evs, max, tsp, NULL);
+     * would round a 100 us sleep up to 1 ms.  Kernels before 5.11 (and
+     * qemu-user 7.2) lack it: then epoll_wait, rounding up. */
+    static _Atomic bool no_pwait2;
+    int n;
+    if (!atomic_load_explicit(&no_pwait2, memory_order_relaxed)) {
+        n = epoll_pwait2(poller, evs, max, tsp, NULL);
+        if (n < 0 && errno == ENOSYS) {
+            atomic_store_explicit(&no_pwait2, true, memory_order_relaxed);
+            return pz__poller_wait(poller, events, max, deadline);
+        }
+    } else {
+        int ms = -1;
+        if (tsp)
+            ms = (int)((tsp->tv_sec * 1000000000LL + tsp->tv_nsec + 999999) / 1000000);
+        n = epoll_wait(poller, evs, max, ms);
+    }
     if (n < 0)
-        return -errno;
+        return errno == EINTR ? 0 : -errno;
     for (int i = 0; i < n; i++) {
         unsigned e = 0, k = evs[i].events;
         if (k & (EPOLLIN | EPOLLRDHUP | EPOLLPRI))
