@@ -59,7 +59,7 @@ test-aarch64:
 bench: build
 	@scripts/install-deps.sh bench
 	$(MAKE) -C bench/peers
-	bench/run.sh $(if $(QUICK),--quick)
+	/usr/bin/python3 bench/run.py $(if $(QUICK),--quick)
 
 install: build
 	cmake --install build --prefix $(PREFIX)

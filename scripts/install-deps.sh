@@ -25,11 +25,12 @@ if [ "$(id -u)" != 0 ]; then
     echo "plaza: run as root, or: sudo apt-get install -y$missing" >&2
     exit 1
 fi
+# cargo may come with the machine's own (rustup) toolchain instead.
+if [ "$what" = bench ] && { command -v cargo || [ -x "$HOME/.cargo/bin/cargo" ]; } >/dev/null 2>&1; then
+    missing=$(echo "$missing" | sed 's/ cargo//')
+    [ -z "$missing" ] && exit 0
+fi
 echo "plaza: installing$missing" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-# cargo comes with the machine's rustup toolchain when it has one.
-if [ "$what" = bench ] && command -v cargo >/dev/null 2>&1; then
-    missing=$(echo "$missing" | sed 's/ cargo//')
-fi
 apt-get install -y -qq --no-install-recommends $missing >/dev/null
