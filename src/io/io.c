@@ -19,6 +19,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#ifdef PZ_TSAN
+#include <sanitizer/tsan_interface.h>
+#endif
+
 /* One system call attempt: returns >= 0 on success or -errno. */
 typedef ssize_t (*io_try_fn)(int fd, void *ctx);
 
@@ -38,6 +42,10 @@ static pz__io_source *source_for(int fd, pz__runtime **rtp)
     if (atomic_load_explicit(&src->kind, memory_order_relaxed) == PZ__SRC_NEW) {
         int kind = PZ__SRC_POLLED;
         atomic_store_explicit(&src->readiness, 0, memory_order_relaxed);
+#ifdef PZ_TSAN
+        /* Pairs with the reactor's acquire: epoll carries this edge. */
+        __tsan_release(src);
+#endif
         if (pz__set_nonblocking(fd) < 0 || pz__poller_add(rt->poller, fd, src) < 0)
             kind = PZ__SRC_BLOCKING; /* a regular file, or not pollable */
         atomic_store_explicit(&src->kind, kind, memory_order_release);

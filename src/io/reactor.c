@@ -27,6 +27,10 @@
 
 #include <stdlib.h>
 
+#ifdef PZ_TSAN
+#include <sanitizer/tsan_interface.h>
+#endif
+
 #define PZ__IO_CHUNK 1024
 #define PZ__IO_CHUNKS 1024 /* descriptors below 2^20 */
 
@@ -118,6 +122,10 @@ int pz__reactor_poll(pz__runtime *rt, int64_t deadline)
             pz__waker_drain(rt->waker);
             continue;
         }
+#ifdef PZ_TSAN
+        /* The kernel orders registration before the event; tell TSan. */
+        __tsan_acquire(events[i].data);
+#endif
         pz__io_source_signal(events[i].data, events[i].events);
         handled++;
     }
