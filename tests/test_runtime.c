@@ -1,6 +1,7 @@
 /* The runtime core: tasks, joins, yields, sleeps, cancels, the blocking
  * pool, errno across migration, idle CPU, stack overflow reports, misuse. */
 #include "helpers.h"
+#include "runtime/internal.h"
 
 #include <errno.h>
 #include <stdatomic.h>
@@ -412,11 +413,19 @@ static void test_blocking_many(void **state)
     CHECK_EQ((uintptr_t)r, 7);
 }
 
+struct slow_job {
+    _Atomic int started;
+    _Atomic int ran;
+    _Atomic int release; /* the job runs until this is set */
+};
+
 static void *blocking_slow(void *arg)
 {
-    _Atomic int *ran = arg;
-    usleep(30000);
-    atomic_fetch_add(ran, 1);
+    struct slow_job *j = arg;
+    atomic_store(&j->started, 1);
+    while (!atomic_load(&j->release))
+        usleep(1000);
+    atomic_fetch_add(&j->ran, 1);
     return (void *)5;
 }
 
@@ -432,21 +441,34 @@ static void *blocking_cancel_main(void *arg)
     (void)arg;
     /* Cancelled while fn runs: the call still waits for fn and returns its
      * result, so the job on the task's stack outlives the pool's use. */
-    _Atomic int ran = 0;
-    pz_task_t *t = pz_spawn(blocking_cancel_caller, &ran);
-    pz_sleep(10000000);
-    pz_cancel(t);
+    struct slow_job running = {0, 0, 0};
+    pz_task_t *t = pz_spawn(blocking_cancel_caller, &running);
+    while (!atomic_load(&running.started))
+        pz_sleep(100000);
+    /* The pool has one thread (see the test) and it is busy now: a second
+     * job queues, and cancelling its task takes it off the queue unrun. */
+    struct slow_job queued = {0, 0, 1};
+    pz_task_t *q = pz_spawn(blocking_cancel_caller, &queued);
+    pz_sleep(5000000);
+    pz_cancel(q);
     void *r;
+    CHECK_EQ(pz_join(q, &r), 0);
+    CHECK_EQ((intptr_t)r, -ECANCELED);
+    pz_cancel(t);
+    pz_sleep(5000000);
+    atomic_store(&running.release, 1);
     CHECK_EQ(pz_join(t, &r), 0);
     CHECK_EQ((intptr_t)r, 5);
-    CHECK_EQ(atomic_load(&ran), 1);
+    CHECK_EQ(atomic_load(&running.ran), 1);
+    CHECK_EQ(atomic_load(&queued.started), 0); /* never ran */
     return NULL;
 }
 
 static void test_blocking_cancel(void **state)
 {
     (void)state;
-    run_in_runtime(2, blocking_cancel_main, NULL);
+    pz_config_t cfg = {.workers = 2, .blocking_threads_max = 1};
+    CHECK_EQ(pz_run(&cfg, blocking_cancel_main, NULL, NULL), 0);
 }
 
 /* ---- errno across migration ---- */
@@ -626,7 +648,14 @@ static void *misuse_main(void *arg)
     /* Two joiners of one task. */
     pz_task_t *target = pz_spawn(sleep_forever, NULL);
     pz_task_t *j1 = pz_spawn(joiner_task, target);
-    pz_sleep(2000000);
+    for (;;) { /* until j1 is registered as the joiner */
+        pz__spin_lock(&target->join_lock);
+        bool joined = target->joiner != NULL;
+        pz__spin_unlock(&target->join_lock);
+        if (joined)
+            break;
+        pz_sleep(1000000);
+    }
     capture_stderr_begin();
     r = pz_join(target, NULL);
     msg = capture_stderr_end();
