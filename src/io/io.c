@@ -173,16 +173,6 @@ static ssize_t try_read(int fd, void *ctx)
     return result_of(read(fd, c->buf, c->n));
 }
 
-static ssize_t try_write(int fd, void *ctx)
-{
-    struct buf_ctx *c = ctx;
-    /* send with MSG_NOSIGNAL so a closed peer is -EPIPE, not SIGPIPE. */
-    ssize_t n = send(fd, c->buf, c->n, MSG_NOSIGNAL);
-    if (n < 0 && errno == ENOTSOCK)
-        n = write(fd, c->buf, c->n);
-    return result_of(n);
-}
-
 static ssize_t try_recv(int fd, void *ctx)
 {
     struct buf_ctx *c = ctx;
@@ -206,6 +196,8 @@ static ssize_t try_readv(int fd, void *ctx)
     return result_of(readv(fd, c->iov, c->cnt));
 }
 
+/* Writes go through sendmsg with MSG_NOSIGNAL, so a closed peer is -EPIPE
+ * rather than SIGPIPE; a descriptor that is not a socket gets writev. */
 static ssize_t try_writev(int fd, void *ctx)
 {
     struct iov_ctx *c = ctx;
@@ -224,8 +216,8 @@ ssize_t pz_read(int fd, void *buf, size_t n, int64_t deadline)
 
 ssize_t pz_write(int fd, const void *buf, size_t n, int64_t deadline)
 {
-    struct buf_ctx c = {(void *)buf, n, 0};
-    return io_loop(fd, PZ__IO_WRITE, try_write, &c, deadline);
+    struct iovec one = {(void *)buf, n};
+    return pz_writev(fd, &one, 1, deadline);
 }
 
 ssize_t pz_write_all(int fd, const void *buf, size_t n, int64_t deadline)
