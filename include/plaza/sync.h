@@ -39,6 +39,10 @@ typedef struct pz_mutex {
 #define PZ_MUTEX_INIT {0}
 #define PZ__MUTEX_LOCKED 1u
 #define PZ__MUTEX_PARKED 2u
+/* The unpark token that tells a waiter on a mutex it now owns it (the
+ * unlocker left LOCKED set for it).  Shared with pz_condvar, whose waiters
+ * are requeued onto the mutex and may be handed it directly. */
+#define PZ__MUTEX_TOKEN_HANDOFF 1u
 
 void pz__mutex_lock_slow(pz_mutex_t *m, int64_t deadline, int *result);
 void pz__mutex_unlock_slow(pz_mutex_t *m, bool fair);
@@ -103,6 +107,335 @@ static inline void pz_mutex_unlock_fair(pz_mutex_t *m)
 static inline bool pz_mutex_is_locked(pz_mutex_t *m)
 {
     return atomic_load_explicit(&m->state, memory_order_relaxed) & PZ__MUTEX_LOCKED;
+}
+
+/*
+ * pz_rwlock: one word; all-zero memory is an unlocked lock; no destroy.
+ *
+ * Word encoding (uintptr_t):
+ *   bit 0 PZ__RW_PARKED         a thread may be parked on the lock's address
+ *                               (readers, writers and upgradable readers
+ *                               waiting to acquire).  Set by a waiter before
+ *                               it parks (validated under the bucket lock),
+ *                               cleared under the bucket lock when the last
+ *                               such waiter leaves.
+ *   bit 1 PZ__RW_WRITER_PARKED  the thread holding WRITER is parked on the
+ *                               lock's address + 1, waiting for the readers
+ *                               to leave; the last reader out wakes it.
+ *   bit 2 PZ__RW_UPGRADABLE     an upgradable reader holds the lock (it also
+ *                               counts as one reader).
+ *   bit 3 PZ__RW_WRITER         a writer holds the lock, or has claimed it
+ *                               and waits for the readers to leave.
+ *   bits 4.. the number of readers (upgradable one included).
+ *
+ * Writers do not starve: a writer sets WRITER as soon as no other writer
+ * or upgradable reader holds the lock, even while readers hold it, and
+ * from then on no new reader gets in; it then waits for the readers
+ * already inside to leave.  Unlocking a write lock with waiters wakes, in
+ * queue order, every reader up to the first writer (and at most one
+ * upgradable reader), or that first writer alone; as with pz_mutex the
+ * woken threads compete with running ones, except that about every
+ * millisecond (or when a woken waiter has waited 1 ms) the lock is handed
+ * to them directly.
+ *
+ * The recursive-read deadlock: a thread that holds a read lock and takes
+ * it again with pz_rwlock_read blocks for ever if a writer has arrived in
+ * between (the writer waits for the first read lock to go, the second read
+ * waits for the writer).  A thread that must re-enter uses
+ * pz_rwlock_read_recursive, which gets in past a waiting writer whenever
+ * readers are still inside (and so can delay that writer without bound).
+ *
+ * Called from a task these block the worker thread (PZ_PARK_THREAD): they
+ * are for data critical sections.  A task must not suspend while holding
+ * one (reported, as for pz_mutex).  Unlocking a lock in a mode it is not
+ * held in is reported ("plaza: ...") and ignored.
+ */
+typedef struct pz_rwlock {
+    _Atomic uintptr_t state;
+} pz_rwlock_t;
+
+#define PZ_RWLOCK_INIT {0}
+#define PZ__RW_PARKED ((uintptr_t)1)
+#define PZ__RW_WRITER_PARKED ((uintptr_t)2)
+#define PZ__RW_UPGRADABLE ((uintptr_t)4)
+#define PZ__RW_WRITER ((uintptr_t)8)
+#define PZ__RW_ONE_READER ((uintptr_t)16)
+#define PZ__RW_READERS (~(uintptr_t)15)
+
+/* Slow paths (src/sync/rwlock.c).  mode: one of the PZ__RW_MODE_*. */
+#define PZ__RW_MODE_READ 0
+#define PZ__RW_MODE_READ_RECURSIVE 1
+#define PZ__RW_MODE_UPGRADABLE 2
+#define PZ__RW_MODE_WRITE 3
+int pz__rwlock_lock_slow(pz_rwlock_t *rw, int mode, int64_t deadline);
+bool pz__rwlock_try_slow(pz_rwlock_t *rw, int mode);
+void pz__rwlock_read_unlock_slow(pz_rwlock_t *rw);
+void pz__rwlock_write_unlock_slow(pz_rwlock_t *rw, bool fair);
+void pz__rwlock_upgradable_unlock_slow(pz_rwlock_t *rw);
+int pz__rwlock_upgrade_slow(pz_rwlock_t *rw, int64_t deadline);
+
+static inline bool pz__rwlock_read_fast(pz_rwlock_t *rw)
+{
+    uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
+    return !(s & PZ__RW_WRITER) &&
+           atomic_compare_exchange_weak_explicit(&rw->state, &s, s + PZ__RW_ONE_READER, memory_order_acquire,
+                                                 memory_order_relaxed);
+}
+
+/* Read lock: shared with other readers and one upgradable reader. */
+static inline void pz_rwlock_read(pz_rwlock_t *rw)
+{
+    if (!pz__rwlock_read_fast(rw))
+        pz__rwlock_lock_slow(rw, PZ__RW_MODE_READ, INT64_MAX);
+    pz__sync_acquired(rw, "pz_rwlock");
+}
+
+/* Returns 0 holding a read lock, or -ETIMEDOUT at the deadline. */
+static inline int pz_rwlock_read_until(pz_rwlock_t *rw, int64_t deadline)
+{
+    int r = 0;
+    if (!pz__rwlock_read_fast(rw))
+        r = pz__rwlock_lock_slow(rw, PZ__RW_MODE_READ, deadline);
+    if (r == 0)
+        pz__sync_acquired(rw, "pz_rwlock");
+    return r;
+}
+
+static inline bool pz_rwlock_try_read(pz_rwlock_t *rw)
+{
+    if (!pz__rwlock_read_fast(rw) && !pz__rwlock_try_slow(rw, PZ__RW_MODE_READ))
+        return false;
+    pz__sync_acquired(rw, "pz_rwlock");
+    return true;
+}
+
+/* A read lock that ignores waiting writers (see the recursive-read
+ * deadlock above): it waits only while a writer actually holds the lock. */
+static inline void pz_rwlock_read_recursive(pz_rwlock_t *rw)
+{
+    if (!pz__rwlock_read_fast(rw))
+        pz__rwlock_lock_slow(rw, PZ__RW_MODE_READ_RECURSIVE, INT64_MAX);
+    pz__sync_acquired(rw, "pz_rwlock");
+}
+
+static inline int pz_rwlock_read_recursive_until(pz_rwlock_t *rw, int64_t deadline)
+{
+    int r = 0;
+    if (!pz__rwlock_read_fast(rw))
+        r = pz__rwlock_lock_slow(rw, PZ__RW_MODE_READ_RECURSIVE, deadline);
+    if (r == 0)
+        pz__sync_acquired(rw, "pz_rwlock");
+    return r;
+}
+
+static inline void pz_rwlock_read_unlock(pz_rwlock_t *rw)
+{
+    uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
+    pz__sync_released(rw);
+    /* The common case in one CAS: another reader stays, or we are the last
+     * and no writer is parked waiting for us.  The slow path handles the
+     * rest and reports an unlock with no plain reader inside. */
+    uintptr_t r = s & PZ__RW_READERS;
+    if ((r > PZ__RW_ONE_READER ||
+         (r == PZ__RW_ONE_READER && !(s & (PZ__RW_UPGRADABLE | PZ__RW_WRITER_PARKED)))) &&
+        atomic_compare_exchange_weak_explicit(&rw->state, &s, s - PZ__RW_ONE_READER, memory_order_release,
+                                              memory_order_relaxed))
+        return;
+    pz__rwlock_read_unlock_slow(rw);
+}
+
+/* Write lock: exclusive. */
+static inline void pz_rwlock_write(pz_rwlock_t *rw)
+{
+    uintptr_t unlocked = 0;
+    if (!atomic_compare_exchange_weak_explicit(&rw->state, &unlocked, PZ__RW_WRITER, memory_order_acquire,
+                                               memory_order_relaxed))
+        pz__rwlock_lock_slow(rw, PZ__RW_MODE_WRITE, INT64_MAX);
+    pz__sync_acquired(rw, "pz_rwlock");
+}
+
+static inline int pz_rwlock_write_until(pz_rwlock_t *rw, int64_t deadline)
+{
+    uintptr_t unlocked = 0;
+    int r = 0;
+    if (!atomic_compare_exchange_weak_explicit(&rw->state, &unlocked, PZ__RW_WRITER, memory_order_acquire,
+                                               memory_order_relaxed))
+        r = pz__rwlock_lock_slow(rw, PZ__RW_MODE_WRITE, deadline);
+    if (r == 0)
+        pz__sync_acquired(rw, "pz_rwlock");
+    return r;
+}
+
+static inline bool pz_rwlock_try_write(pz_rwlock_t *rw)
+{
+    uintptr_t unlocked = 0;
+    if (!atomic_compare_exchange_strong_explicit(&rw->state, &unlocked, PZ__RW_WRITER, memory_order_acquire,
+                                                 memory_order_relaxed) &&
+        !pz__rwlock_try_slow(rw, PZ__RW_MODE_WRITE))
+        return false;
+    pz__sync_acquired(rw, "pz_rwlock");
+    return true;
+}
+
+static inline void pz_rwlock_write_unlock(pz_rwlock_t *rw)
+{
+    uintptr_t locked = PZ__RW_WRITER;
+    pz__sync_released(rw);
+    if (!atomic_compare_exchange_strong_explicit(&rw->state, &locked, 0, memory_order_release, memory_order_relaxed))
+        pz__rwlock_write_unlock_slow(rw, false);
+}
+
+/* Unlocks and hands the lock straight to the waiters it wakes, if any. */
+static inline void pz_rwlock_write_unlock_fair(pz_rwlock_t *rw)
+{
+    uintptr_t locked = PZ__RW_WRITER;
+    pz__sync_released(rw);
+    if (!atomic_compare_exchange_strong_explicit(&rw->state, &locked, 0, memory_order_release, memory_order_relaxed))
+        pz__rwlock_write_unlock_slow(rw, true);
+}
+
+/* Write lock to read lock, atomically: no writer gets in between.  Wakes
+ * the readers waiting for the write lock to go. */
+void pz_rwlock_downgrade(pz_rwlock_t *rw);
+
+/*
+ * Upgradable read lock: shared with plain readers, exclusive with writers
+ * and other upgradable readers, so at most one thread at a time may later
+ * upgrade it to a write lock without releasing it in between.
+ */
+static inline bool pz__rwlock_upgradable_fast(pz_rwlock_t *rw)
+{
+    uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
+    return !(s & (PZ__RW_WRITER | PZ__RW_UPGRADABLE)) &&
+           atomic_compare_exchange_weak_explicit(&rw->state, &s, s + (PZ__RW_ONE_READER | PZ__RW_UPGRADABLE),
+                                                 memory_order_acquire, memory_order_relaxed);
+}
+
+static inline void pz_rwlock_upgradable(pz_rwlock_t *rw)
+{
+    if (!pz__rwlock_upgradable_fast(rw))
+        pz__rwlock_lock_slow(rw, PZ__RW_MODE_UPGRADABLE, INT64_MAX);
+    pz__sync_acquired(rw, "pz_rwlock");
+}
+
+static inline int pz_rwlock_upgradable_until(pz_rwlock_t *rw, int64_t deadline)
+{
+    int r = 0;
+    if (!pz__rwlock_upgradable_fast(rw))
+        r = pz__rwlock_lock_slow(rw, PZ__RW_MODE_UPGRADABLE, deadline);
+    if (r == 0)
+        pz__sync_acquired(rw, "pz_rwlock");
+    return r;
+}
+
+static inline bool pz_rwlock_try_upgradable(pz_rwlock_t *rw)
+{
+    if (!pz__rwlock_upgradable_fast(rw) && !pz__rwlock_try_slow(rw, PZ__RW_MODE_UPGRADABLE))
+        return false;
+    pz__sync_acquired(rw, "pz_rwlock");
+    return true;
+}
+
+static inline void pz_rwlock_upgradable_unlock(pz_rwlock_t *rw)
+{
+    uintptr_t held = PZ__RW_ONE_READER | PZ__RW_UPGRADABLE;
+    pz__sync_released(rw);
+    if (!atomic_compare_exchange_strong_explicit(&rw->state, &held, 0, memory_order_release, memory_order_relaxed))
+        pz__rwlock_upgradable_unlock_slow(rw);
+}
+
+/* Upgradable read lock to write lock: waits for the other readers to
+ * leave (no new reader gets in meanwhile).  The _until form returns
+ * -ETIMEDOUT still holding the upgradable read lock. */
+static inline void pz_rwlock_upgrade(pz_rwlock_t *rw)
+{
+    pz__rwlock_upgrade_slow(rw, INT64_MAX);
+}
+
+static inline int pz_rwlock_upgrade_until(pz_rwlock_t *rw, int64_t deadline)
+{
+    return pz__rwlock_upgrade_slow(rw, deadline);
+}
+
+/* Upgrades only if no other reader holds the lock; never waits. */
+static inline bool pz_rwlock_try_upgrade(pz_rwlock_t *rw)
+{
+    uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
+    while ((s & PZ__RW_UPGRADABLE) && (s & PZ__RW_READERS) == PZ__RW_ONE_READER) {
+        uintptr_t n = (s & ~(PZ__RW_READERS | PZ__RW_UPGRADABLE)) | PZ__RW_WRITER;
+        if (atomic_compare_exchange_weak_explicit(&rw->state, &s, n, memory_order_acquire, memory_order_relaxed))
+            return true;
+    }
+    return false;
+}
+
+/* Upgradable read lock to plain read lock (another thread may then take
+ * the upgradable lock or, once the readers are gone, the write lock). */
+void pz_rwlock_upgradable_downgrade(pz_rwlock_t *rw);
+
+/* Write lock to upgradable read lock, atomically. */
+void pz_rwlock_downgrade_to_upgradable(pz_rwlock_t *rw);
+
+/*
+ * pz_condvar: a condition variable for pz_mutex; all-zero memory is valid;
+ * no destroy.
+ *
+ * Word: the mutex its current waiters wait with (NULL when none wait), set
+ * by a waiter under the parking lot's bucket lock and cleared when the
+ * last waiter leaves.  A wait with another mutex while waiters use the
+ * first one is misuse: reported, and the wait returns -EINVAL at once.
+ *
+ * No spurious wake-ups: pz_condvar_wait returns 0 only after a notify that
+ * targeted this waiter (notify_one picks the longest waiter; notify_all
+ * targets every waiter present when it runs).  A caller should still
+ * re-check its predicate in a loop, because another thread may have taken
+ * the mutex and changed the state between the notify and the return.
+ *
+ * notify_all wakes one waiter and moves the rest onto the mutex's queue
+ * (pz_requeue): each is woken in turn as the mutex is unlocked, instead of
+ * all waking at once to fight over it.  Every wait returns with the mutex
+ * held, whatever its result.
+ */
+typedef struct pz_condvar {
+    _Atomic(pz_mutex_t *) mutex;
+    /* Bumped by every notify_all under the bucket locks, so that a waiter
+     * whose deadline passes can tell whether it had been moved. */
+    _Atomic uint32_t epoch;
+} pz_condvar_t;
+
+#define PZ_CONDVAR_INIT {0, 0}
+
+/* Unlocks m, waits for a notify, relocks m.  0, or -EINVAL on misuse. */
+int pz_condvar_wait(pz_condvar_t *cv, pz_mutex_t *m);
+/* As pz_condvar_wait, or -ETIMEDOUT once the deadline passed without a
+ * notify targeting this waiter; the deadline bounds the wait for the
+ * notify, not the re-acquisition of m afterwards. */
+int pz_condvar_wait_until(pz_condvar_t *cv, pz_mutex_t *m, int64_t deadline);
+/* Wake one waiter / every waiter; return whether any was waiting. */
+bool pz_condvar_notify_one(pz_condvar_t *cv);
+bool pz_condvar_notify_all(pz_condvar_t *cv);
+
+/*
+ * pz_once: runs a function exactly once; all-zero memory (PZ_ONCE_INIT) is
+ * a once that has not run.  Concurrent callers block (the thread) until
+ * the one running fn returns, and then see everything fn wrote.  A call
+ * from inside fn on the same once would wait for itself: it is reported
+ * and returns at once, without fn's effect complete.
+ */
+typedef struct pz_once {
+    _Atomic uint32_t state;
+    _Atomic(const void *) owner; /* who runs fn, while it runs */
+} pz_once_t;
+
+#define PZ_ONCE_INIT {0, NULL}
+#define PZ__ONCE_DONE 1u
+
+void pz__once_slow(pz_once_t *o, void (*fn)(void *), void *arg);
+
+static inline void pz_once(pz_once_t *o, void (*fn)(void *), void *arg)
+{
+    if (!(atomic_load_explicit(&o->state, memory_order_acquire) & PZ__ONCE_DONE))
+        pz__once_slow(o, fn, arg);
 }
 
 #ifdef __cplusplus

@@ -22,7 +22,7 @@
 #include "../runtime/internal.h"
 
 #define TOKEN_NORMAL 0
-#define TOKEN_HANDOFF 1
+#define TOKEN_HANDOFF PZ__MUTEX_TOKEN_HANDOFF
 #define SPIN_LIMIT 10
 
 static bool spin(int *count)

@@ -1,0 +1,388 @@
+/*
+ * pz_rwlock slow paths.  The word encoding is described in sync.h.
+ *
+ * Two wait queues in the parking lot:
+ * - the lock's own address holds every thread waiting to acquire (readers,
+ *   upgradable readers, writers), with PARKED set while any may be there.
+ *   Each parks with a token equal to what its acquisition adds to the word
+ *   (ONE_READER, ONE_READER|UPGRADABLE or WRITER), so a waker can add up
+ *   the tokens of the waiters it picks and, for a direct hand-off, store the
+ *   sum as the new word.
+ * - the address + 1 holds at most one thread: the one that owns WRITER
+ *   (a writer, or an upgrader) and waits for the readers still inside to
+ *   leave.  It sets WRITER_PARKED first; the reader whose unlock takes the
+ *   count to zero while WRITER_PARKED is set wakes it.
+ *
+ * A parker always validates, under the bucket lock, that PARKED (or
+ * WRITER_PARKED) is still set and that what blocks it is still there; a
+ * release that clears a blocking bit while PARKED is set wakes waiters
+ * through the lot, which takes the same bucket lock, so no wake-up is lost.
+ * Releases that clear a blocking bit: write unlock, upgradable unlock,
+ * downgrades, and a writer or upgrader giving up at its deadline.  A plain
+ * reader's unlock never clears one, so it only ever wakes the address + 1.
+ */
+#define _GNU_SOURCE
+#include "plaza/sync.h"
+#include "plaza/park.h"
+
+#include <errno.h>
+#include <sched.h>
+
+#include "../runtime/internal.h"
+
+#define PARKED PZ__RW_PARKED
+#define WRITER_PARKED PZ__RW_WRITER_PARKED
+#define UPGRADABLE PZ__RW_UPGRADABLE
+#define WRITER PZ__RW_WRITER
+#define ONE_READER PZ__RW_ONE_READER
+#define READERS PZ__RW_READERS
+
+/* Unpark tokens: TOKEN_HANDOFF means the waker already added the waiter's
+ * park token to the word: the waiter holds the lock (a writer still waits
+ * for the readers to leave). */
+#define TOKEN_NORMAL 0
+#define TOKEN_HANDOFF 1
+#define SPIN_LIMIT 10
+
+static bool spin(int *count)
+{
+    if (*count >= SPIN_LIMIT)
+        return false;
+    (*count)++;
+    if (*count <= 3) {
+        for (int i = 0; i < (1 << *count); i++)
+            pz__arch_cpu_relax();
+    } else {
+        sched_yield();
+    }
+    return true;
+}
+
+static const void *writer_addr(pz_rwlock_t *rw)
+{
+    return (const char *)rw + 1;
+}
+
+/* Whether word s keeps a thread from acquiring in mode. */
+static bool blocked(int mode, uintptr_t s)
+{
+    switch (mode) {
+    case PZ__RW_MODE_READ:
+        return s & WRITER;
+    case PZ__RW_MODE_READ_RECURSIVE:
+        /* Only a writer that is really inside (no reader left) blocks. */
+        return (s & WRITER) && !(s & READERS);
+    default:
+        return s & (WRITER | UPGRADABLE);
+    }
+}
+
+static uintptr_t mode_token(int mode)
+{
+    switch (mode) {
+    case PZ__RW_MODE_READ:
+    case PZ__RW_MODE_READ_RECURSIVE:
+        return ONE_READER;
+    case PZ__RW_MODE_UPGRADABLE:
+        return ONE_READER | UPGRADABLE;
+    default:
+        return WRITER;
+    }
+}
+
+/* ---- waking the main queue ---- */
+
+struct wake_ctx {
+    pz_rwlock_t *rw;
+    uintptr_t acc;   /* sum of the tokens of the waiters picked so far */
+    bool force_fair; /* write unlock only: hand off whenever possible */
+};
+
+/* Picks, in queue order, every reader and at most one upgradable reader
+ * or writer, stopping after a writer; an upgradable reader or writer
+ * behind an already picked upgradable reader stays parked. */
+static pz_filter_op_t wake_filter(uintptr_t token, void *arg)
+{
+    struct wake_ctx *c = arg;
+    if (c->acc & WRITER)
+        return PZ_FILTER_STOP;
+    if ((token & (WRITER | UPGRADABLE)) && (c->acc & UPGRADABLE))
+        return PZ_FILTER_SKIP;
+    c->acc += token;
+    return PZ_FILTER_UNPARK;
+}
+
+/* Write unlock: the word is WRITER|PARKED and nobody else can change it
+ * (every acquisition is blocked by WRITER, and PARKED changes only under
+ * the bucket lock we hold), so it can be stored outright. */
+static uintptr_t write_unlock_decide(pz_unpark_result_t r, void *arg)
+{
+    struct wake_ctx *c = arg;
+    uintptr_t more = r.have_more ? PARKED : 0;
+    if (r.unparked && (c->force_fair || r.be_fair)) {
+        atomic_store_explicit(&c->rw->state, c->acc | more, memory_order_release);
+        return TOKEN_HANDOFF;
+    }
+    atomic_store_explicit(&c->rw->state, more, memory_order_release);
+    return TOKEN_NORMAL;
+}
+
+/* Any other release: readers may come and go meanwhile, so the woken
+ * waiters only compete again, and PARKED is cleared atomically. */
+static uintptr_t released_decide(pz_unpark_result_t r, void *arg)
+{
+    struct wake_ctx *c = arg;
+    if (!r.have_more)
+        atomic_fetch_and_explicit(&c->rw->state, ~PARKED, memory_order_relaxed);
+    return TOKEN_NORMAL;
+}
+
+/* Wakes the waiters that a release may have let in.  held: the bits the
+ * releasing thread still holds (UPGRADABLE after a downgrade to it), so
+ * that waiters it still blocks are left parked. */
+static void wake_released(pz_rwlock_t *rw, uintptr_t held)
+{
+    struct wake_ctx c = {rw, held, false};
+    pz_unpark_filter(rw, wake_filter, released_decide, &c);
+}
+
+/* ---- acquiring ---- */
+
+struct park_ctx {
+    pz_rwlock_t *rw;
+    int mode;
+};
+
+static bool validate_main(void *arg)
+{
+    struct park_ctx *c = arg;
+    uintptr_t s = atomic_load_explicit(&c->rw->state, memory_order_relaxed);
+    return (s & PARKED) && blocked(c->mode, s);
+}
+
+static void main_timed_out(void *arg, bool was_last)
+{
+    struct park_ctx *c = arg;
+    if (was_last)
+        atomic_fetch_and_explicit(&c->rw->state, ~PARKED, memory_order_relaxed);
+}
+
+static bool validate_writer(void *arg)
+{
+    pz_rwlock_t *rw = arg;
+    uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
+    return (s & WRITER_PARKED) && (s & READERS);
+}
+
+/* Gives up a WRITER that was claimed but never fully held (deadline while
+ * readers were still inside), putting back `restore` (the upgradable read
+ * lock of an upgrader), and wakes the waiters WRITER kept out. */
+static void undo_write(pz_rwlock_t *rw, uintptr_t restore)
+{
+    uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
+    uintptr_t n;
+    do {
+        n = (s & ~(WRITER | WRITER_PARKED)) + restore;
+    } while (!atomic_compare_exchange_weak_explicit(&rw->state, &s, n, memory_order_relaxed, memory_order_relaxed));
+    if (n & PARKED)
+        wake_released(rw, restore & UPGRADABLE);
+}
+
+/* The caller owns WRITER; waits until no reader is inside.  On -ETIMEDOUT
+ * WRITER is given up again (see undo_write). */
+static int wait_for_readers(pz_rwlock_t *rw, int64_t deadline, uintptr_t restore)
+{
+    int spins = 0;
+    uintptr_t s = atomic_load_explicit(&rw->state, memory_order_acquire);
+    while (s & READERS) {
+        if (!(s & WRITER_PARKED) && spin(&spins)) {
+            s = atomic_load_explicit(&rw->state, memory_order_acquire);
+            continue;
+        }
+        if (!(s & WRITER_PARKED) &&
+            !atomic_compare_exchange_weak_explicit(&rw->state, &s, s | WRITER_PARKED, memory_order_acquire,
+                                                   memory_order_acquire))
+            continue;
+        int r = pz_park(writer_addr(rw), validate_writer, NULL, NULL, rw, 0, deadline, PZ_PARK_THREAD, NULL);
+        if (r == -ETIMEDOUT) {
+            undo_write(rw, restore);
+            return -ETIMEDOUT;
+        }
+        s = atomic_load_explicit(&rw->state, memory_order_acquire);
+    }
+    /* WRITER_PARKED may outlive the wait (the last reader clears it in its
+     * wake callback, perhaps after we saw the count reach zero); clear it
+     * so the write unlock's fast path works.  A late callback that clears
+     * it again also wakes whoever is parked then, so that is harmless. */
+    if (s & WRITER_PARKED)
+        atomic_fetch_and_explicit(&rw->state, ~WRITER_PARKED, memory_order_relaxed);
+    return 0;
+}
+
+int pz__rwlock_lock_slow(pz_rwlock_t *rw, int mode, int64_t deadline)
+{
+    int spins = 0;
+    uintptr_t add = mode_token(mode);
+    uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
+    for (;;) {
+        if (!blocked(mode, s)) {
+            if (atomic_compare_exchange_weak_explicit(&rw->state, &s, s + add, memory_order_acquire,
+                                                      memory_order_relaxed))
+                return mode == PZ__RW_MODE_WRITE ? wait_for_readers(rw, deadline, 0) : 0;
+            continue;
+        }
+        if (!(s & PARKED) && spin(&spins)) {
+            s = atomic_load_explicit(&rw->state, memory_order_relaxed);
+            continue;
+        }
+        if (!(s & PARKED) && !atomic_compare_exchange_weak_explicit(&rw->state, &s, s | PARKED,
+                                                                     memory_order_relaxed, memory_order_relaxed))
+            continue;
+        struct park_ctx c = {rw, mode};
+        uintptr_t token = TOKEN_NORMAL;
+        int r = pz_park(rw, validate_main, NULL, main_timed_out, &c, add, deadline, PZ_PARK_THREAD, &token);
+        if (r == 0 && token == TOKEN_HANDOFF) {
+            /* The waker added our token to the word.  Pair with its
+             * release store (the lot's wake also orders it). */
+            (void)atomic_load_explicit(&rw->state, memory_order_acquire);
+            return mode == PZ__RW_MODE_WRITE ? wait_for_readers(rw, deadline, 0) : 0;
+        }
+        if (r == -ETIMEDOUT)
+            return -ETIMEDOUT;
+        spins = 0;
+        s = atomic_load_explicit(&rw->state, memory_order_relaxed);
+    }
+}
+
+bool pz__rwlock_try_slow(pz_rwlock_t *rw, int mode)
+{
+    uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
+    for (;;) {
+        /* A try never waits, so a writer needs the readers gone too. */
+        if (blocked(mode, s) || (mode == PZ__RW_MODE_WRITE && (s & READERS)))
+            return false;
+        if (atomic_compare_exchange_weak_explicit(&rw->state, &s, s + mode_token(mode), memory_order_acquire,
+                                                  memory_order_relaxed))
+            return true;
+    }
+}
+
+/* ---- releasing ---- */
+
+static uintptr_t clear_writer_parked(pz_unpark_result_t r, void *arg)
+{
+    (void)r;
+    pz_rwlock_t *rw = arg;
+    atomic_fetch_and_explicit(&rw->state, ~WRITER_PARKED, memory_order_relaxed);
+    return 0;
+}
+
+void pz__rwlock_read_unlock_slow(pz_rwlock_t *rw)
+{
+    uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
+    for (;;) {
+        uintptr_t readers = s & READERS;
+        if (s & UPGRADABLE)
+            readers -= ONE_READER; /* the upgradable reader is not ours */
+        if (!readers) {
+            pz__report("pz_rwlock_read_unlock: rwlock %p is not read-locked; ignored", (void *)rw);
+            return;
+        }
+        if (atomic_compare_exchange_weak_explicit(&rw->state, &s, s - ONE_READER, memory_order_release,
+                                                  memory_order_relaxed))
+            break;
+    }
+    uintptr_t n = s - ONE_READER;
+    if (!(n & READERS) && (n & WRITER_PARKED))
+        pz_unpark_one(writer_addr(rw), clear_writer_parked, rw);
+}
+
+void pz__rwlock_write_unlock_slow(pz_rwlock_t *rw, bool fair)
+{
+    uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
+    for (;;) {
+        if (!(s & WRITER) || (s & READERS)) {
+            pz__report("pz_rwlock_write_unlock: rwlock %p is not write-locked; ignored", (void *)rw);
+            return;
+        }
+        if (s & PARKED)
+            break;
+        if (atomic_compare_exchange_weak_explicit(&rw->state, &s, s & ~(WRITER | WRITER_PARKED),
+                                                  memory_order_release, memory_order_relaxed))
+            return;
+    }
+    struct wake_ctx c = {rw, 0, fair};
+    pz_unpark_filter(rw, wake_filter, write_unlock_decide, &c);
+}
+
+void pz__rwlock_upgradable_unlock_slow(pz_rwlock_t *rw)
+{
+    uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
+    do {
+        if (!(s & UPGRADABLE)) {
+            pz__report("pz_rwlock_upgradable_unlock: rwlock %p is not upgradable-locked; ignored", (void *)rw);
+            return;
+        }
+    } while (!atomic_compare_exchange_weak_explicit(&rw->state, &s, s - (ONE_READER | UPGRADABLE),
+                                                    memory_order_release, memory_order_relaxed));
+    if (s & PARKED)
+        wake_released(rw, 0);
+}
+
+int pz__rwlock_upgrade_slow(pz_rwlock_t *rw, int64_t deadline)
+{
+    /* While we hold UPGRADABLE nobody else can hold or claim WRITER, so the
+     * claim succeeds at once; new readers are kept out from here on. */
+    uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
+    uintptr_t n;
+    do {
+        if (!(s & UPGRADABLE) || (s & WRITER)) {
+            pz__report("pz_rwlock_upgrade: rwlock %p is not upgradable-locked; ignored", (void *)rw);
+            return -EINVAL;
+        }
+        n = (s - (ONE_READER | UPGRADABLE)) | WRITER;
+    } while (!atomic_compare_exchange_weak_explicit(&rw->state, &s, n, memory_order_acquire, memory_order_relaxed));
+    if (!(n & READERS))
+        return 0;
+    return wait_for_readers(rw, deadline, ONE_READER | UPGRADABLE);
+}
+
+/* Replaces a held WRITER by `to` (a read or upgradable read lock). */
+static void downgrade(pz_rwlock_t *rw, uintptr_t to, const char *what)
+{
+    uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
+    uintptr_t n;
+    do {
+        if (!(s & WRITER) || (s & READERS)) {
+            pz__report("%s: rwlock %p is not write-locked; ignored", what, (void *)rw);
+            return;
+        }
+        n = (s & ~(WRITER | WRITER_PARKED)) + to;
+    } while (!atomic_compare_exchange_weak_explicit(&rw->state, &s, n, memory_order_release, memory_order_relaxed));
+    if (n & PARKED)
+        wake_released(rw, to & UPGRADABLE);
+}
+
+void pz_rwlock_downgrade(pz_rwlock_t *rw)
+{
+    downgrade(rw, ONE_READER, "pz_rwlock_downgrade");
+}
+
+void pz_rwlock_downgrade_to_upgradable(pz_rwlock_t *rw)
+{
+    downgrade(rw, ONE_READER | UPGRADABLE, "pz_rwlock_downgrade_to_upgradable");
+}
+
+void pz_rwlock_upgradable_downgrade(pz_rwlock_t *rw)
+{
+    uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
+    do {
+        if (!(s & UPGRADABLE)) {
+            pz__report("pz_rwlock_upgradable_downgrade: rwlock %p is not upgradable-locked; ignored", (void *)rw);
+            return;
+        }
+    } while (!atomic_compare_exchange_weak_explicit(&rw->state, &s, s - UPGRADABLE, memory_order_release,
+                                                    memory_order_relaxed));
+    if (s & PARKED)
+        wake_released(rw, 0);
+}

@@ -1,0 +1,435 @@
+/* The sync locks, one behaviour at a time: pz_mutex try/timeouts/misuse
+ * reports, pz_rwlock modes, upgrades, downgrades, timeouts and the
+ * recursive read, pz_condvar timeouts, no spurious wake-ups and misuse,
+ * pz_once.  Concurrency at scale is in test_sync_stress.c. */
+#include "helpers.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MS 1000000ll
+
+static void sleep_ms(int ms)
+{
+    usleep((useconds_t)ms * 1000);
+}
+
+/* ---- pz_mutex ---- */
+
+static void test_mutex_trylock(void **state)
+{
+    (void)state;
+    pz_mutex_t m = PZ_MUTEX_INIT;
+    CHECK(pz_mutex_trylock(&m));
+    CHECK(pz_mutex_is_locked(&m));
+    CHECK(!pz_mutex_trylock(&m));
+    pz_mutex_unlock(&m);
+    CHECK(!pz_mutex_is_locked(&m));
+    CHECK(pz_mutex_trylock(&m));
+    pz_mutex_unlock_fair(&m);
+    CHECK_EQ(atomic_load(&m.state), 0);
+}
+
+struct holder {
+    pz_mutex_t *m;
+    int hold_ms;
+    _Atomic int locked;
+};
+
+static void *hold_mutex(void *arg)
+{
+    struct holder *h = arg;
+    pz_mutex_lock(h->m);
+    atomic_store(&h->locked, 1);
+    sleep_ms(h->hold_ms);
+    pz_mutex_unlock(h->m);
+    return NULL;
+}
+
+static void test_mutex_lock_until(void **state)
+{
+    (void)state;
+    pz_mutex_t m = PZ_MUTEX_INIT;
+    struct holder h = {&m, 300, 0};
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, NULL, hold_mutex, &h), 0);
+    while (!atomic_load(&h.locked))
+        sched_yield();
+    /* Expires: the holder keeps it 300 ms. */
+    int64_t start = pz_now();
+    CHECK_EQ(pz_mutex_lock_until(&m, start + 30 * MS), -ETIMEDOUT);
+    CHECK(pz_now() - start >= 30 * MS);
+    CHECK(pz_mutex_is_locked(&m));
+    /* Does not expire: the holder lets go well before the deadline. */
+    CHECK_EQ(pz_mutex_lock_until(&m, pz_now() + 10000 * MS), 0);
+    pz_mutex_unlock(&m);
+    pthread_join(t, NULL);
+    /* A deadline in the past on a free mutex still locks it. */
+    CHECK_EQ(pz_mutex_lock_until(&m, 0), 0);
+    pz_mutex_unlock(&m);
+    CHECK_EQ(atomic_load(&m.state), 0);
+}
+
+static void test_mutex_unlock_unlocked_reported(void **state)
+{
+    (void)state;
+    pz_mutex_t m = PZ_MUTEX_INIT;
+    capture_stderr_begin();
+    pz_mutex_unlock(&m);
+    const char *out = capture_stderr_end();
+    CHECK(strstr(out, "plaza: ") != NULL);
+    CHECK(strstr(out, "not locked") != NULL);
+    CHECK_EQ(atomic_load(&m.state), 0);
+}
+
+static pz_mutex_t suspend_mutex;
+
+static void *suspend_holding(void *arg)
+{
+    (void)arg;
+    pz_mutex_lock(&suspend_mutex);
+    pz_sleep(1000000); /* suspends (a yield with nothing else to run does not) */
+    pz_mutex_unlock(&suspend_mutex);
+    return NULL;
+}
+
+static void test_mutex_held_across_suspend_reported(void **state)
+{
+    (void)state;
+    char addr[32];
+    snprintf(addr, sizeof addr, "%p", (void *)&suspend_mutex);
+    capture_stderr_begin();
+    run_in_runtime(1, suspend_holding, NULL);
+    const char *out = capture_stderr_end();
+    CHECK(strstr(out, "suspends while holding") != NULL);
+    CHECK(strstr(out, "pz_mutex") != NULL);
+    CHECK(strstr(out, addr) != NULL);
+}
+
+/* ---- pz_rwlock ---- */
+
+static void test_rwlock_modes(void **state)
+{
+    (void)state;
+    pz_rwlock_t rw = PZ_RWLOCK_INIT;
+    pz_rwlock_read(&rw);
+    CHECK(pz_rwlock_try_read(&rw));
+    CHECK(!pz_rwlock_try_write(&rw));
+    CHECK(pz_rwlock_try_upgradable(&rw));  /* beside readers */
+    CHECK(!pz_rwlock_try_upgradable(&rw)); /* but only one */
+    CHECK(!pz_rwlock_try_upgrade(&rw));    /* readers inside */
+    pz_rwlock_read_unlock(&rw);
+    pz_rwlock_read_unlock(&rw);
+    CHECK(pz_rwlock_try_upgrade(&rw));
+    CHECK(!pz_rwlock_try_read(&rw));
+    CHECK(!pz_rwlock_try_upgradable(&rw));
+    pz_rwlock_downgrade_to_upgradable(&rw);
+    CHECK(pz_rwlock_try_read(&rw));
+    pz_rwlock_read_unlock(&rw);
+    pz_rwlock_upgrade(&rw);
+    pz_rwlock_downgrade(&rw);
+    CHECK(pz_rwlock_try_read(&rw));
+    CHECK(pz_rwlock_try_upgradable(&rw));
+    pz_rwlock_upgradable_downgrade(&rw);
+    pz_rwlock_read_unlock(&rw);
+    pz_rwlock_read_unlock(&rw);
+    pz_rwlock_read_unlock(&rw);
+    CHECK_EQ(atomic_load(&rw.state), 0);
+    pz_rwlock_write(&rw);
+    CHECK(!pz_rwlock_try_read(&rw));
+    pz_rwlock_write_unlock_fair(&rw);
+    pz_rwlock_upgradable(&rw);
+    pz_rwlock_upgradable_unlock(&rw);
+    CHECK_EQ(atomic_load(&rw.state), 0);
+}
+
+struct rw_waiter {
+    pz_rwlock_t *rw;
+    int mode; /* 0 write, 1 read */
+    _Atomic int state; /* 1 waiting, 2 acquired */
+};
+
+static void *rw_wait(void *arg)
+{
+    struct rw_waiter *w = arg;
+    atomic_store(&w->state, 1);
+    if (w->mode == 0) {
+        pz_rwlock_write(w->rw);
+        atomic_store(&w->state, 2);
+        pz_rwlock_write_unlock(w->rw);
+    } else {
+        pz_rwlock_read(w->rw);
+        atomic_store(&w->state, 2);
+        pz_rwlock_read_unlock(w->rw);
+    }
+    return NULL;
+}
+
+static void test_rwlock_writer_blocks_new_readers(void **state)
+{
+    (void)state;
+    pz_rwlock_t rw = PZ_RWLOCK_INIT;
+    pz_rwlock_read(&rw);
+    struct rw_waiter w = {&rw, 0, 0};
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, NULL, rw_wait, &w), 0);
+    /* Wait until the writer has claimed the lock. */
+    while (!(atomic_load(&rw.state) & PZ__RW_WRITER))
+        sched_yield();
+    /* A new plain reader is kept out (the writer does not starve)... */
+    CHECK(!pz_rwlock_try_read(&rw));
+    CHECK_EQ(pz_rwlock_read_until(&rw, pz_now() + 20 * MS), -ETIMEDOUT);
+    /* ...but a recursive reader gets in past the waiting writer. */
+    pz_rwlock_read_recursive(&rw);
+    CHECK_EQ(atomic_load(&w.state), 1);
+    pz_rwlock_read_unlock(&rw);
+    sleep_ms(10);
+    CHECK_EQ(atomic_load(&w.state), 1);
+    pz_rwlock_read_unlock(&rw);
+    pthread_join(t, NULL);
+    CHECK_EQ(atomic_load(&w.state), 2);
+    CHECK_EQ(atomic_load(&rw.state), 0);
+}
+
+static void test_rwlock_timeouts(void **state)
+{
+    (void)state;
+    pz_rwlock_t rw = PZ_RWLOCK_INIT;
+    /* A write lock that gives up while a reader stays inside lets readers
+     * in again. */
+    pz_rwlock_read(&rw);
+    CHECK_EQ(pz_rwlock_write_until(&rw, pz_now() + 20 * MS), -ETIMEDOUT);
+    CHECK(pz_rwlock_try_read(&rw));
+    pz_rwlock_read_unlock(&rw);
+    /* Upgrade gives up and keeps the upgradable lock. */
+    CHECK_EQ(pz_rwlock_upgradable_until(&rw, pz_now() + 20 * MS), 0);
+    CHECK_EQ(pz_rwlock_upgrade_until(&rw, pz_now() + 20 * MS), -ETIMEDOUT);
+    CHECK(!pz_rwlock_try_upgradable(&rw));
+    CHECK(pz_rwlock_try_read(&rw));
+    pz_rwlock_read_unlock(&rw);
+    pz_rwlock_read_unlock(&rw);
+    CHECK_EQ(pz_rwlock_upgrade_until(&rw, pz_now() + 20 * MS), 0);
+    /* Write held: every mode times out. */
+    CHECK_EQ(pz_rwlock_read_until(&rw, pz_now() + 10 * MS), -ETIMEDOUT);
+    CHECK_EQ(pz_rwlock_read_recursive_until(&rw, pz_now() + 10 * MS), -ETIMEDOUT);
+    CHECK_EQ(pz_rwlock_upgradable_until(&rw, pz_now() + 10 * MS), -ETIMEDOUT);
+    CHECK_EQ(pz_rwlock_write_until(&rw, pz_now() + 10 * MS), -ETIMEDOUT);
+    pz_rwlock_write_unlock(&rw);
+    CHECK_EQ(atomic_load(&rw.state), 0);
+    /* A waiter that does not time out. */
+    pz_rwlock_write(&rw);
+    struct rw_waiter w = {&rw, 1, 0};
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, NULL, rw_wait, &w), 0);
+    sleep_ms(20);
+    CHECK_EQ(atomic_load(&w.state), 1);
+    pz_rwlock_write_unlock(&rw);
+    pthread_join(t, NULL);
+    CHECK_EQ(atomic_load(&w.state), 2);
+    CHECK_EQ(pz_rwlock_read_until(&rw, pz_now() + 10000 * MS), 0);
+    pz_rwlock_read_unlock(&rw);
+    CHECK_EQ(atomic_load(&rw.state), 0);
+}
+
+static void test_rwlock_misuse_reported(void **state)
+{
+    (void)state;
+    pz_rwlock_t rw = PZ_RWLOCK_INIT;
+    capture_stderr_begin();
+    pz_rwlock_read_unlock(&rw);
+    pz_rwlock_write_unlock(&rw);
+    pz_rwlock_upgradable_unlock(&rw);
+    pz_rwlock_upgradable(&rw);
+    pz_rwlock_read_unlock(&rw); /* the upgradable reader is not a plain one */
+    const char *out = capture_stderr_end();
+    CHECK(strstr(out, "plaza: pz_rwlock_read_unlock") != NULL);
+    CHECK(strstr(out, "plaza: pz_rwlock_write_unlock") != NULL);
+    CHECK(strstr(out, "plaza: pz_rwlock_upgradable_unlock") != NULL);
+    CHECK_EQ(atomic_load(&rw.state), PZ__RW_ONE_READER | PZ__RW_UPGRADABLE);
+    pz_rwlock_upgradable_unlock(&rw);
+    CHECK_EQ(atomic_load(&rw.state), 0);
+}
+
+static pz_rwlock_t suspend_rw;
+
+static void *suspend_holding_rw(void *arg)
+{
+    (void)arg;
+    pz_rwlock_read(&suspend_rw);
+    pz_sleep(1000000);
+    pz_rwlock_read_unlock(&suspend_rw);
+    return NULL;
+}
+
+static void test_rwlock_held_across_suspend_reported(void **state)
+{
+    (void)state;
+    char addr[32];
+    snprintf(addr, sizeof addr, "%p", (void *)&suspend_rw);
+    capture_stderr_begin();
+    run_in_runtime(1, suspend_holding_rw, NULL);
+    const char *out = capture_stderr_end();
+    CHECK(strstr(out, "pz_rwlock") != NULL);
+    CHECK(strstr(out, addr) != NULL);
+}
+
+/* ---- pz_condvar ---- */
+
+static void test_condvar_wait_until_times_out(void **state)
+{
+    (void)state;
+    pz_mutex_t m = PZ_MUTEX_INIT;
+    pz_condvar_t cv = PZ_CONDVAR_INIT;
+    CHECK(!pz_condvar_notify_one(&cv));
+    CHECK(!pz_condvar_notify_all(&cv));
+    pz_mutex_lock(&m);
+    int64_t start = pz_now();
+    CHECK_EQ(pz_condvar_wait_until(&cv, &m, start + 30 * MS), -ETIMEDOUT);
+    CHECK(pz_now() - start >= 30 * MS);
+    CHECK(pz_mutex_is_locked(&m)); /* returns with the mutex held */
+    pz_mutex_unlock(&m);
+    CHECK(atomic_load(&cv.mutex) == NULL);
+    CHECK_EQ(atomic_load(&m.state), 0);
+}
+
+struct cv_waiter {
+    pz_mutex_t *m;
+    pz_condvar_t *cv;
+    int64_t deadline;
+    _Atomic int result;
+    _Atomic int done;
+};
+
+static void *cv_wait_thread(void *arg)
+{
+    struct cv_waiter *w = arg;
+    pz_mutex_lock(w->m);
+    int r = pz_condvar_wait_until(w->cv, w->m, w->deadline);
+    CHECK(pz_mutex_is_locked(w->m));
+    pz_mutex_unlock(w->m);
+    atomic_store(&w->result, r);
+    atomic_store(&w->done, 1);
+    return NULL;
+}
+
+/* Waiters only return 0 when notified: with the mutex hammered by other
+ * threads (unlocks, hand-offs) and no notify, every wait times out. */
+static void test_condvar_no_spurious_wakeup(void **state)
+{
+    (void)state;
+    pz_mutex_t m = PZ_MUTEX_INIT;
+    pz_condvar_t cv = PZ_CONDVAR_INIT;
+    enum { N = 4 };
+    struct cv_waiter w[N];
+    pthread_t t[N];
+    int64_t deadline = pz_now() + 100 * MS;
+    for (int i = 0; i < N; i++) {
+        w[i] = (struct cv_waiter){&m, &cv, deadline, 99, 0};
+        CHECK_EQ(pthread_create(&t[i], NULL, cv_wait_thread, &w[i]), 0);
+    }
+    while (pz_now() < deadline + 20 * MS) {
+        pz_mutex_lock(&m);
+        pz_mutex_unlock_fair(&m);
+    }
+    for (int i = 0; i < N; i++) {
+        pthread_join(t[i], NULL);
+        CHECK_EQ(atomic_load(&w[i].result), -ETIMEDOUT);
+    }
+    /* And a notified waiter returns 0 well before its deadline. */
+    struct cv_waiter one = {&m, &cv, pz_now() + 10000 * MS, 99, 0};
+    pthread_t t1;
+    CHECK_EQ(pthread_create(&t1, NULL, cv_wait_thread, &one), 0);
+    while (atomic_load(&cv.mutex) == NULL)
+        sched_yield();
+    pz_mutex_lock(&m); /* the waiter has released it: it is parked */
+    pz_mutex_unlock(&m);
+    CHECK(pz_condvar_notify_one(&cv));
+    pthread_join(t1, NULL);
+    CHECK_EQ(atomic_load(&one.result), 0);
+    CHECK(atomic_load(&cv.mutex) == NULL);
+}
+
+static void test_condvar_two_mutexes_reported(void **state)
+{
+    (void)state;
+    pz_mutex_t m1 = PZ_MUTEX_INIT, m2 = PZ_MUTEX_INIT;
+    pz_condvar_t cv = PZ_CONDVAR_INIT;
+    struct cv_waiter w = {&m1, &cv, pz_now() + 10000 * MS, 99, 0};
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, NULL, cv_wait_thread, &w), 0);
+    while (atomic_load(&cv.mutex) == NULL)
+        sched_yield();
+    pz_mutex_lock(&m2);
+    capture_stderr_begin();
+    int r = pz_condvar_wait(&cv, &m2);
+    const char *out = capture_stderr_end();
+    CHECK_EQ(r, -EINVAL);
+    CHECK(pz_mutex_is_locked(&m2));
+    CHECK(strstr(out, "plaza: pz_condvar_wait") != NULL);
+    pz_mutex_unlock(&m2);
+    pz_mutex_lock(&m1);
+    pz_mutex_unlock(&m1);
+    CHECK(pz_condvar_notify_all(&cv));
+    pthread_join(t, NULL);
+    CHECK_EQ(atomic_load(&w.result), 0);
+}
+
+/* ---- pz_once ---- */
+
+static int once_runs;
+static pz_once_t nested_once = PZ_ONCE_INIT;
+
+static void count_run(void *arg)
+{
+    (void)arg;
+    once_runs++;
+}
+
+static void nested_fn(void *arg)
+{
+    (void)arg;
+    once_runs++;
+    pz_once(&nested_once, nested_fn, NULL);
+}
+
+static void test_once_basic_and_nested(void **state)
+{
+    (void)state;
+    pz_once_t o = PZ_ONCE_INIT;
+    once_runs = 0;
+    pz_once(&o, count_run, NULL);
+    pz_once(&o, count_run, NULL);
+    CHECK_EQ(once_runs, 1);
+    once_runs = 0;
+    capture_stderr_begin();
+    pz_once(&nested_once, nested_fn, NULL);
+    const char *out = capture_stderr_end();
+    CHECK_EQ(once_runs, 1);
+    CHECK(strstr(out, "plaza: pz_once") != NULL);
+    pz_once(&nested_once, nested_fn, NULL);
+    CHECK_EQ(once_runs, 1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_mutex_trylock),
+        cmocka_unit_test(test_mutex_lock_until),
+        cmocka_unit_test(test_mutex_unlock_unlocked_reported),
+        cmocka_unit_test(test_mutex_held_across_suspend_reported),
+        cmocka_unit_test(test_rwlock_modes),
+        cmocka_unit_test(test_rwlock_writer_blocks_new_readers),
+        cmocka_unit_test(test_rwlock_timeouts),
+        cmocka_unit_test(test_rwlock_misuse_reported),
+        cmocka_unit_test(test_rwlock_held_across_suspend_reported),
+        cmocka_unit_test(test_condvar_wait_until_times_out),
+        cmocka_unit_test(test_condvar_no_spurious_wakeup),
+        cmocka_unit_test(test_condvar_two_mutexes_reported),
+        cmocka_unit_test(test_once_basic_and_nested),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
