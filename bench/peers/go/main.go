@@ -11,6 +11,7 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"runtime"
 	"sort"
@@ -558,6 +559,68 @@ func wChanMpmc(p params) {
 
 // ---------------------------------------------------------------- main
 
+// ---------------------------------------------------------------- echo server
+
+// wEchoServer: `echo_server port=N workers=2 seconds=S`, a TCP echo server on
+// 127.0.0.1:port for S seconds with GOMAXPROCS=workers, one goroutine per connection
+// (read, then write what was read, 4 KiB buffer). bench-plaza's `echo` client drives it;
+// this side only reports how many connections it accepted. Without `port` (as in `all`)
+// there is no client: skipped.
+func wEchoServer(p params) {
+	if _, ok := p["port"]; !ok {
+		fmt.Fprintln(os.Stderr, "peer-go: echo_server needs port=N (0: any free port); skipped")
+		return
+	}
+	port := p.u("port", 0)
+	workers := maxu(p.u("workers", 2), 1)
+	seconds := p.u("seconds", 10)
+	if port > 65535 {
+		fmt.Fprintf(os.Stderr, "peer-go: port=%d is not a TCP port\n", port)
+		os.Exit(64)
+	}
+	prev := runtime.GOMAXPROCS(int(workers))
+	defer runtime.GOMAXPROCS(prev)
+	ln, err := net.Listen("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "peer-go: echo_server: %v\n", err)
+		os.Exit(2)
+	}
+	fmt.Fprintf(os.Stderr, "peer-go: echo_server: listening on %s for %d s\n", ln.Addr(), seconds)
+	// Closing the listener at the deadline ends the accept loop; connections still open
+	// then end with the process.
+	timer := time.AfterFunc(time.Duration(seconds)*time.Second, func() { ln.Close() })
+	defer timer.Stop()
+	var accepted uint64
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				continue
+			}
+			break // the listener was closed at the deadline
+		}
+		// net sets TCP_NODELAY on every TCP connection by default, as plaza's and
+		// tokio's servers do explicitly.
+		accepted++
+		go func(c net.Conn) {
+			defer c.Close()
+			buf := make([]byte, 4096)
+			for {
+				n, err := c.Read(buf)
+				if n > 0 {
+					if _, werr := c.Write(buf[:n]); werr != nil {
+						return
+					}
+				}
+				if err != nil {
+					return
+				}
+			}
+		}(c)
+	}
+	emit("echo_server", fmt.Sprintf("workers=%d", workers), "connections", float64(accepted))
+}
+
 type workload struct {
 	name string
 	fn   func(params)
@@ -580,6 +643,7 @@ var workloads = []workload{
 	{"semaphore", wSemaphore, []string{"tasks", "workers", "permits", "iters"}},
 	{"chan_pingpong", wChanPingpong, []string{"iters", "workers"}},
 	{"chan_mpmc", wChanMpmc, []string{"producers", "consumers", "workers", "cap", "items"}},
+	{"echo_server", wEchoServer, []string{"port", "workers", "seconds"}},
 }
 
 // allRuns is what `all` runs: each workload once with defaults, plus the rows the spec

@@ -827,6 +827,84 @@ fn w_chan_mpmc(p: &Params) {
     emit("tokio", "chan_mpmc", &param, "ns_per_item", ns_per(d, items.max(1)));
 }
 
+// ---------------------------------------------------------------- echo server
+
+/// `echo_server port=N workers=2 seconds=S`: a TCP echo server on 127.0.0.1:port for S
+/// seconds, one spawned task per connection (read, then write_all what was read, 4 KiB
+/// buffer). bench-plaza's `echo` client drives it; this side only reports how many
+/// connections it accepted. Without `port` (as in `all`) there is no client: skipped.
+fn w_echo_server(p: &Params) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if !p.kv.contains_key("port") {
+        eprintln!("peer-tokio: echo_server needs port=N (0: any free port); skipped");
+        return;
+    }
+    let port = p.u("port", 0);
+    let workers = p.u("workers", 2).max(1);
+    let seconds = p.u("seconds", 10);
+    if port > 65535 {
+        eprintln!("peer-tokio: port={port} is not a TCP port");
+        std::process::exit(64);
+    }
+    // Always multi_thread, as the spec asks (runtime() would give current_thread for 1).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers as usize)
+        .enable_all()
+        .build()
+        .unwrap();
+    let accepted = rt.block_on(async move {
+        tokio::spawn(async move {
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port as u16))
+                .await
+                .unwrap_or_else(|e| {
+                    eprintln!("peer-tokio: echo_server: bind 127.0.0.1:{port}: {e}");
+                    std::process::exit(2);
+                });
+            let local = listener.local_addr().unwrap();
+            eprintln!("peer-tokio: echo_server: listening on {local} for {seconds} s");
+            let stop = tokio::time::sleep(Duration::from_secs(seconds));
+            tokio::pin!(stop);
+            let mut accepted = 0u64;
+            loop {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    r = listener.accept() => {
+                        let (mut sock, _) = match r {
+                            Ok(c) => c,
+                            Err(e) => {
+                                eprintln!("peer-tokio: echo_server: accept: {e}");
+                                continue;
+                            }
+                        };
+                        // Replies leave at once, as in plaza's and Go's servers.
+                        let _ = sock.set_nodelay(true);
+                        accepted += 1;
+                        tokio::spawn(async move {
+                            let mut buf = [0u8; 4096];
+                            loop {
+                                match sock.read(&mut buf).await {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => {
+                                        if sock.write_all(&buf[..n]).await.is_err() {
+                                            break;
+                                        }
+                                    }
+                                }
+                            }
+                        });
+                    }
+                }
+            }
+            accepted
+        })
+        .await
+        .unwrap()
+    });
+    // Connections still open at the deadline are dropped with the runtime.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    emit("tokio", "echo_server", &format!("workers={workers}"), "connections", accepted as f64);
+}
+
 // ---------------------------------------------------------------- main
 
 type Workload = fn(&Params);
@@ -848,6 +926,7 @@ const WORKLOADS: &[(&str, Workload, &[&str])] = &[
     ("semaphore", w_semaphore, &["tasks", "workers", "permits", "iters"]),
     ("chan_pingpong", w_chan_pingpong, &["iters", "workers"]),
     ("chan_mpmc", w_chan_mpmc, &["producers", "consumers", "workers", "cap", "items"]),
+    ("echo_server", w_echo_server, &["port", "workers", "seconds"]),
 ];
 
 /// What `all` runs: each workload once with defaults, plus the rows the spec lists
