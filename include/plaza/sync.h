@@ -403,7 +403,7 @@ typedef struct pz_condvar {
     _Atomic uint32_t epoch;
 } pz_condvar_t;
 
-#define PZ_CONDVAR_INIT {0, 0}
+#define PZ_CONDVAR_INIT {NULL, 0}
 
 /* Unlocks m, waits for a notify, relocks m.  0, or -EINVAL on misuse. */
 int pz_condvar_wait(pz_condvar_t *cv, pz_mutex_t *m);
