@@ -905,6 +905,373 @@ fn w_echo_server(p: &Params) {
     emit("tokio", "echo_server", &format!("workers={workers}"), "connections", accepted as f64);
 }
 
+// ---------------------------------------------------------------- logic sections
+
+// The logic-section workloads talk to bin/dbserver (bench/dbserver.c): a 16-byte request,
+// the same 16 bytes back after the server's delay. They need `db_port=N`; without it (as
+// in `all`) they are skipped, except `wrong_lock kind=data_behind_async`, which uses no
+// server.
+
+const DB_MSG: usize = 16;
+
+fn db_port(p: &Params, workload: &str) -> Option<u16> {
+    if !p.kv.contains_key("db_port") {
+        eprintln!("peer-tokio: {workload} needs db_port=N (a running bin/dbserver); skipped");
+        return None;
+    }
+    let port = p.u("db_port", 0);
+    if port == 0 || port > 65535 {
+        eprintln!("peer-tokio: db_port={port} is not a TCP port");
+        std::process::exit(64);
+    }
+    Some(port as u16)
+}
+
+fn db_request(seq: u64) -> [u8; DB_MSG] {
+    let mut req = [0u8; DB_MSG];
+    req[..8].copy_from_slice(&seq.to_le_bytes());
+    req
+}
+
+/// One round trip on an async connection; the reply must echo the request.
+async fn db_trip(s: &mut tokio::net::TcpStream, seq: u64) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = db_request(seq);
+    let mut resp = [0u8; DB_MSG];
+    if s.write_all(&req).await.is_err() || s.read_exact(&mut resp).await.is_err() || resp != req {
+        fail("db round trip failed or reply mismatch");
+    }
+}
+
+/// The same on a blocking std connection: the calling thread waits in read().
+fn db_trip_blocking(s: &mut std::net::TcpStream, seq: u64) {
+    use std::io::{Read, Write};
+    let req = db_request(seq);
+    let mut resp = [0u8; DB_MSG];
+    if s.write_all(&req).is_err() || s.read_exact(&mut resp).is_err() || resp != req {
+        fail("db round trip failed or reply mismatch");
+    }
+}
+
+async fn db_connect(port: u16) -> tokio::net::TcpStream {
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap_or_else(|e| fail(&format!("connect 127.0.0.1:{port}: {e}")));
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+fn db_connect_blocking(port: u16) -> std::net::TcpStream {
+    let s = std::net::TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| fail(&format!("connect 127.0.0.1:{port}: {e}")));
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Mean time of one unlocked round trip, in seconds: one task alone, after 10 warm-up
+/// trips, at most 500 trips or 200 ms (whichever comes first).
+async fn db_probe_rtt(port: u16) -> f64 {
+    let mut c = db_connect(port).await;
+    for i in 0..10 {
+        db_trip(&mut c, i).await;
+    }
+    let t0 = Instant::now();
+    let mut n = 0u64;
+    while n < 500 && t0.elapsed() < Duration::from_millis(200) {
+        db_trip(&mut c, n).await;
+        n += 1;
+    }
+    t0.elapsed().as_secs_f64() / n as f64
+}
+
+/// Log-linear latency histogram (nanoseconds): exact below 256, then 128 linear buckets
+/// per power of two, so a bucket's width is at most 1/128 of its values (< 1% error;
+/// the midpoint reported is within 0.4%).
+struct Hist(Vec<u64>);
+impl Hist {
+    const SUB: u64 = 128;
+    fn new() -> Hist {
+        Hist(vec![0; 256 + 56 * 128])
+    }
+    fn index(v: u64) -> usize {
+        if v < 256 {
+            return v as usize;
+        }
+        let e = 63 - v.leading_zeros() as u64;
+        let top = v >> (e - 7);
+        (256 + (e - 8) * Self::SUB + (top - Self::SUB)) as usize
+    }
+    fn value(i: usize) -> u64 {
+        if i < 256 {
+            return i as u64;
+        }
+        let k = (i - 256) as u64;
+        let (e, top) = (k / Self::SUB + 8, k % Self::SUB + Self::SUB);
+        (top << (e - 7)) + (1u64 << (e - 7)) / 2
+    }
+    fn record(&mut self, v: u64) {
+        self.0[Self::index(v)] += 1;
+    }
+    fn merge(&mut self, o: &Hist) {
+        for (a, b) in self.0.iter_mut().zip(o.0.iter()) {
+            *a += b;
+        }
+    }
+    fn count(&self) -> u64 {
+        self.0.iter().sum()
+    }
+    /// The value at sorted index min(n-1, n*pct/100), as the peers' percentiles.
+    fn percentile(&self, pct: u64) -> u64 {
+        let n = self.count();
+        if n == 0 {
+            return 0;
+        }
+        let want = (n * pct / 100).min(n - 1);
+        let mut seen = 0;
+        for (i, c) in self.0.iter().enumerate() {
+            seen += c;
+            if seen > want {
+                return Self::value(i);
+            }
+        }
+        0
+    }
+}
+
+/// `logic`: `tasks` tasks share one tokio::sync::Mutex; each section is one round trip
+/// on the task's own connection. Returns (sections, wall, mean unlocked rtt in s).
+fn w_logic(p: &Params) {
+    let Some(port) = db_port(p, "logic") else { return };
+    let tasks = p.u("tasks", 64).max(1);
+    let workers = p.u("workers", 2);
+    let delay_us = p.u("delay_us", 0);
+    let seconds = p.u("seconds", 2).max(1);
+    let (total, d, rtt) = run_on(workers, async move {
+        let rtt = db_probe_rtt(port).await;
+        let m = Arc::new(tokio::sync::Mutex::new(0u64));
+        let mut conns = Vec::new();
+        for _ in 0..tasks {
+            conns.push(db_connect(port).await);
+        }
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(seconds);
+        let hs: Vec<_> = conns
+            .into_iter()
+            .map(|mut c| {
+                let m = m.clone();
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while Instant::now() < deadline {
+                        let mut g = m.lock().await;
+                        db_trip(&mut c, *g).await;
+                        *g += 1;
+                        drop(g);
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for h in hs {
+            total += h.await.unwrap();
+        }
+        let d = t0.elapsed();
+        if total != *m.lock().await {
+            fail("logic: section count mismatch");
+        }
+        (total, d, rtt)
+    });
+    let sps = total as f64 / d.as_secs_f64();
+    let param = format!("tasks={tasks} workers={workers} delay_us={delay_us}");
+    emit("tokio", "logic", &param, "sections_per_s", sps);
+    emit("tokio", "logic", &param, "utilisation", sps * rtt);
+    emit("tokio", "logic", &param, "rtt_us", rtt * 1e6);
+}
+
+struct ByResult {
+    sections_per_s: f64,
+    bystander_ops_per_s: f64,
+    bystander_p99_us: f64,
+}
+
+/// `tasks` tasks run logic sections (sync: std::sync::Mutex around blocking std::net I/O
+/// inside the async task; async: tokio::sync::Mutex around tokio I/O) while `bystanders`
+/// tasks loop { work(100); yield_now } and record each iteration's latency, counted from
+/// the end of the previous one (the first from the start), so time spent waiting for a
+/// worker is in the figure.
+fn bystanders_run(port: u16, sync: bool, tasks: u64, bystanders: u64, workers: u64, seconds: u64) -> ByResult {
+    let (sections, ops, hist, d) = run_on(workers, async move {
+        let sm = Arc::new(std::sync::Mutex::new(0u64));
+        let am = Arc::new(tokio::sync::Mutex::new(0u64));
+        let mut conns = Vec::new();
+        let mut bconns = Vec::new();
+        for _ in 0..tasks {
+            if sync {
+                bconns.push(db_connect_blocking(port));
+            } else {
+                conns.push(db_connect(port).await);
+            }
+        }
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(seconds);
+        let mut hs = Vec::new();
+        for mut c in bconns {
+            let m = sm.clone();
+            hs.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let mut g = m.lock().unwrap();
+                    db_trip_blocking(&mut c, *g);
+                    *g += 1;
+                    drop(g);
+                    n += 1;
+                }
+                n
+            }));
+        }
+        for mut c in conns {
+            let m = am.clone();
+            hs.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let mut g = m.lock().await;
+                    db_trip(&mut c, *g).await;
+                    *g += 1;
+                    drop(g);
+                    n += 1;
+                }
+                n
+            }));
+        }
+        let bs: Vec<_> = (0..bystanders)
+            .map(|b| {
+                tokio::spawn(async move {
+                    let mut h = Hist::new();
+                    let (mut prev, mut n, mut s) = (t0, 0u64, b + 1);
+                    loop {
+                        s ^= spin_work(100, s.wrapping_add(n));
+                        tokio::task::yield_now().await;
+                        let now = Instant::now();
+                        h.record((now - prev).as_nanos() as u64);
+                        prev = now;
+                        n += 1;
+                        if now >= deadline {
+                            break;
+                        }
+                    }
+                    black_box(s);
+                    (n, h)
+                })
+            })
+            .collect();
+        let mut sections = 0;
+        for h in hs {
+            sections += h.await.unwrap();
+        }
+        let (mut ops, mut hist) = (0u64, Hist::new());
+        for b in bs {
+            let (n, h) = b.await.unwrap();
+            ops += n;
+            hist.merge(&h);
+        }
+        let d = t0.elapsed();
+        let held = if sync { *sm.lock().unwrap() } else { *am.lock().await };
+        if held != sections || hist.count() != ops {
+            fail("bystanders: section or iteration count mismatch");
+        }
+        (sections, ops, hist, d)
+    });
+    ByResult {
+        sections_per_s: sections as f64 / d.as_secs_f64(),
+        bystander_ops_per_s: ops as f64 / d.as_secs_f64(),
+        bystander_p99_us: hist.percentile(99) as f64 / 1000.0,
+    }
+}
+
+fn lock_kind(p: &Params) -> bool {
+    match p.s("lock", "async").as_str() {
+        "sync" => true,
+        "async" => false,
+        other => {
+            eprintln!("peer-tokio: lock={other}: expected sync or async");
+            std::process::exit(64);
+        }
+    }
+}
+
+fn emit_bystanders(workload: &str, param: &str, r: &ByResult) {
+    emit("tokio", workload, param, "bystander_ops_per_s", r.bystander_ops_per_s);
+    emit("tokio", workload, param, "bystander_p99_us", r.bystander_p99_us);
+    emit("tokio", workload, param, "sections_per_s", r.sections_per_s);
+}
+
+fn w_bystanders(p: &Params) {
+    let sync = lock_kind(p);
+    let Some(port) = db_port(p, "bystanders") else { return };
+    let tasks = p.u("tasks", 64).max(1);
+    let bystanders = p.u("bystanders", 64).max(1);
+    let workers = p.u("workers", 2);
+    let delay_us = p.u("delay_us", 1000);
+    let seconds = p.u("seconds", 2).max(1);
+    let r = bystanders_run(port, sync, tasks, bystanders, workers, seconds);
+    let lock = if sync { "sync" } else { "async" };
+    let param = format!("lock={lock} tasks={tasks} bystanders={bystanders} workers={workers} delay_us={delay_us}");
+    emit_bystanders("bystanders", &param, &r);
+}
+
+/// `wrong_lock kind=data_behind_async`: the data section (counter++) behind
+/// tokio::sync::Mutex (compare with `tasks_contended work=0`, the same section behind a
+/// sync lock); `kind=logic_behind_sync`: `bystanders lock=sync` under this name.
+fn w_wrong_lock(p: &Params) {
+    let tasks = p.u("tasks", 64).max(1);
+    let workers = p.u("workers", 2);
+    match p.s("kind", "data_behind_async").as_str() {
+        "data_behind_async" => {
+            let iters = iters_for(p, 2_000_000, tasks);
+            let m = Arc::new(tokio::sync::Mutex::new(0u64));
+            let m2 = m.clone();
+            let d = run_on(workers, async move {
+                let t0 = Instant::now();
+                let hs: Vec<_> = (0..tasks)
+                    .map(|_| {
+                        let m = m2.clone();
+                        tokio::spawn(async move {
+                            for _ in 0..iters {
+                                *m.lock().await += 1;
+                            }
+                        })
+                    })
+                    .collect();
+                for h in hs {
+                    h.await.unwrap();
+                }
+                t0.elapsed()
+            });
+            if *m.try_lock().unwrap() != tasks * iters {
+                fail("wrong_lock: counter mismatch");
+            }
+            let param = format!("kind=data_behind_async tasks={tasks} workers={workers}");
+            emit("tokio", "wrong_lock", &param, "ns_per_op", ns_per(d, tasks * iters));
+        }
+        "logic_behind_sync" => {
+            let Some(port) = db_port(p, "wrong_lock kind=logic_behind_sync") else { return };
+            let bystanders = p.u("bystanders", 64).max(1);
+            let delay_us = p.u("delay_us", 1000);
+            let seconds = p.u("seconds", 2).max(1);
+            let r = bystanders_run(port, true, tasks, bystanders, workers, seconds);
+            let param = format!(
+                "kind=logic_behind_sync tasks={tasks} bystanders={bystanders} workers={workers} delay_us={delay_us}"
+            );
+            emit_bystanders("wrong_lock", &param, &r);
+        }
+        other => {
+            eprintln!("peer-tokio: kind={other}: expected data_behind_async or logic_behind_sync");
+            std::process::exit(64);
+        }
+    }
+}
+
 // ---------------------------------------------------------------- main
 
 type Workload = fn(&Params);
@@ -927,6 +1294,9 @@ const WORKLOADS: &[(&str, Workload, &[&str])] = &[
     ("chan_pingpong", w_chan_pingpong, &["iters", "workers"]),
     ("chan_mpmc", w_chan_mpmc, &["producers", "consumers", "workers", "cap", "items"]),
     ("echo_server", w_echo_server, &["port", "workers", "seconds"]),
+    ("logic", w_logic, &["db_port", "tasks", "workers", "delay_us", "seconds"]),
+    ("bystanders", w_bystanders, &["db_port", "lock", "tasks", "bystanders", "workers", "delay_us", "seconds"]),
+    ("wrong_lock", w_wrong_lock, &["kind", "db_port", "tasks", "bystanders", "workers", "iters", "delay_us", "seconds"]),
 ];
 
 /// What `all` runs: each workload once with defaults, plus the rows the spec lists
@@ -953,6 +1323,12 @@ const ALL: &[(&str, &[&str])] = &[
     ("semaphore", &[]),
     ("chan_pingpong", &[]),
     ("chan_mpmc", &[]),
+    // The logic workloads need db_port=N, which `all` never has: they print a note and
+    // are skipped (bench/run.py runs them against bin/dbserver). The data section
+    // behind an async lock needs no server.
+    ("logic", &[]),
+    ("bystanders", &[]),
+    ("wrong_lock", &["kind=data_behind_async"]),
 ];
 
 fn usage() -> ! {
@@ -961,9 +1337,11 @@ fn usage() -> ! {
     for (name, _, keys) in WORKLOADS {
         let ks: Vec<String> = keys
             .iter()
-            .map(|k| match *k {
-                "lock" => "[lock=parking_lot|std|both]".to_string(),
-                k => format!("[{k}=N]"),
+            .map(|k| match (*name, *k) {
+                ("bystanders", "lock") => "[lock=sync|async]".to_string(),
+                (_, "lock") => "[lock=parking_lot|std|both]".to_string(),
+                (_, "kind") => "[kind=data_behind_async|logic_behind_sync]".to_string(),
+                (_, k) => format!("[{k}=N]"),
             })
             .collect();
         eprintln!("  {name} {}", ks.join(" "));
