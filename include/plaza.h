@@ -6,6 +6,7 @@
 #include "plaza/runtime.h"
 #include "plaza/park.h"
 #include "plaza/sync.h"
+#include "plaza/async.h"
 #include "plaza/io.h"
 
 #endif

@@ -1,0 +1,313 @@
+/*
+ * plaza's async primitives: for logic critical sections, held across I/O.
+ *
+ * Every wait suspends the calling task (its worker runs other tasks in the
+ * meantime) or, called from a thread that is not running a task, blocks
+ * that thread.  Every wait has an _until(deadline) form (absolute pz_now()
+ * nanoseconds, PZ_FOREVER for none) and returns -ECANCELED when the task is
+ * cancelled.  Errors are negative errno values.  Waiter state lives on the
+ * waiter's own stack: no wait allocates.
+ *
+ * Cancel policy, the same for every primitive: a wait that ends by deadline
+ * or cancel leaves its queue and has taken nothing.  If ownership, permits,
+ * a notification or an item reached the waiter at the very instant it gave
+ * up, it keeps what it received and the call returns success (0, or
+ * PZ_BARRIER_LEADER); the cancel is seen by the task's next wait.  So
+ * nothing handed to a waiter is ever lost, and nothing is handed twice.
+ *
+ * docs/async.md describes each word encoding and the fairness choices.
+ */
+#ifndef PLAZA_ASYNC_H
+#define PLAZA_ASYNC_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------
+ * pz_async_mutex
+ *
+ * state: bit 0 PZ__AMUTEX_LOCKED (held), bit 1 PZ__AMUTEX_PARKED (a waiter
+ * may be parked on the mutex's address; set by a waiter under the lot's
+ * bucket lock, cleared under it when the last waiter leaves).
+ * owner: the id of the holder, written by the holder right after it gets
+ * the lock and cleared by it just before it lets go: a task's pz_task_id,
+ * or, for a plain thread, PZ__AMUTEX_THREAD_BIT | a per-thread number.  It
+ * is a second word so that the fast path stays one CAS on state; it is read
+ * only by the holder's own unlock (to report an unlock by another task), so
+ * relaxed accesses suffice.  All-zero memory is an unlocked mutex.
+ *
+ * Fairness: unlocking lets a running task barge in ahead of the woken
+ * waiter, except when the lot asks for a fair hand-off (the woken waiter
+ * has waited about 1 ms, or a random interval of up to 1 ms has passed):
+ * then the lock passes to the waiter still locked.
+ * ------------------------------------------------------------------------ */
+typedef struct pz_async_mutex {
+    _Atomic uintptr_t state;
+    _Atomic uint64_t owner;
+} pz_async_mutex_t;
+
+#define PZ_ASYNC_MUTEX_INIT {0, 0}
+#define PZ__AMUTEX_LOCKED 1u
+#define PZ__AMUTEX_PARKED 2u
+#define PZ__AMUTEX_THREAD_BIT (1ull << 63)
+
+/* The caller's owner id (see owner above). */
+uint64_t pz__async_self_id(void);
+int pz__async_mutex_lock_slow(pz_async_mutex_t *m, int64_t deadline);
+void pz__async_mutex_unlock_slow(pz_async_mutex_t *m);
+int pz__async_mutex_unlock_misuse(pz_async_mutex_t *m, uint64_t self);
+
+/* Returns true with the mutex held, false if it is held by anyone. */
+static inline bool pz_async_mutex_trylock(pz_async_mutex_t *m)
+{
+    uintptr_t s = atomic_load_explicit(&m->state, memory_order_relaxed);
+    while (!(s & PZ__AMUTEX_LOCKED)) {
+        if (atomic_compare_exchange_weak_explicit(&m->state, &s, s | PZ__AMUTEX_LOCKED, memory_order_acquire,
+                                                  memory_order_relaxed)) {
+            atomic_store_explicit(&m->owner, pz__async_self_id(), memory_order_relaxed);
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Returns 0 with the mutex held, -ETIMEDOUT at the deadline or -ECANCELED. */
+static inline int pz_async_mutex_lock_until(pz_async_mutex_t *m, int64_t deadline)
+{
+    uintptr_t unlocked = 0;
+    if (atomic_compare_exchange_weak_explicit(&m->state, &unlocked, PZ__AMUTEX_LOCKED, memory_order_acquire,
+                                              memory_order_relaxed)) {
+        atomic_store_explicit(&m->owner, pz__async_self_id(), memory_order_relaxed);
+        return 0;
+    }
+    return pz__async_mutex_lock_slow(m, deadline);
+}
+
+/* Returns 0 with the mutex held, or -ECANCELED. */
+static inline int pz_async_mutex_lock(pz_async_mutex_t *m)
+{
+    return pz_async_mutex_lock_until(m, INT64_MAX);
+}
+
+/* Returns 0, or -EPERM (reported on stderr, and nothing changes) if the
+ * caller does not hold the mutex. */
+static inline int pz_async_mutex_unlock(pz_async_mutex_t *m)
+{
+    uint64_t self = pz__async_self_id();
+    if (atomic_load_explicit(&m->owner, memory_order_relaxed) != self)
+        return pz__async_mutex_unlock_misuse(m, self);
+    atomic_store_explicit(&m->owner, 0, memory_order_relaxed);
+    uintptr_t locked = PZ__AMUTEX_LOCKED;
+    if (!atomic_compare_exchange_strong_explicit(&m->state, &locked, 0, memory_order_release,
+                                                 memory_order_relaxed))
+        pz__async_mutex_unlock_slow(m);
+    return 0;
+}
+
+static inline bool pz_async_mutex_is_locked(pz_async_mutex_t *m)
+{
+    return atomic_load_explicit(&m->state, memory_order_relaxed) & PZ__AMUTEX_LOCKED;
+}
+
+/* ------------------------------------------------------------------------
+ * pz_async_rwlock: one word; all-zero memory is an unlocked lock.
+ *
+ *   bit 0 PARKED      waiters (readers, writers, upgradable readers) may be
+ *                     parked on the lock's address; while it is set nobody
+ *                     takes the lock without queueing (FIFO, so no writer
+ *                     starves).  Set and cleared under the bucket lock.
+ *   bit 1 UPG_PARKED  the upgradable holder waits on address + 1 for the
+ *                     other readers to leave; new readers queue meanwhile.
+ *   bit 2 UPGRADABLE  an upgradable reader holds the lock (also counted as
+ *                     one reader).
+ *   bit 3 WRITER      a writer holds the lock.
+ *   bits 4..          the number of readers.
+ *
+ * Waiters are served in queue order by direct hand-off: the unlocker
+ * grants the lock to the first waiter, and to the readers that follow it up
+ * to the first writer (with at most one upgradable reader among them).
+ * ------------------------------------------------------------------------ */
+typedef struct pz_async_rwlock {
+    _Atomic uintptr_t state;
+} pz_async_rwlock_t;
+
+#define PZ_ASYNC_RWLOCK_INIT {0}
+
+int pz_async_rwlock_read(pz_async_rwlock_t *l);
+int pz_async_rwlock_read_until(pz_async_rwlock_t *l, int64_t deadline);
+bool pz_async_rwlock_try_read(pz_async_rwlock_t *l);
+int pz_async_rwlock_read_unlock(pz_async_rwlock_t *l);
+
+int pz_async_rwlock_write(pz_async_rwlock_t *l);
+int pz_async_rwlock_write_until(pz_async_rwlock_t *l, int64_t deadline);
+bool pz_async_rwlock_try_write(pz_async_rwlock_t *l);
+int pz_async_rwlock_write_unlock(pz_async_rwlock_t *l);
+
+/* An upgradable read shares the lock with plain readers but excludes
+ * writers and other upgradable readers, so it can become a write lock
+ * without letting go. */
+int pz_async_rwlock_upgradable_read(pz_async_rwlock_t *l);
+int pz_async_rwlock_upgradable_read_until(pz_async_rwlock_t *l, int64_t deadline);
+bool pz_async_rwlock_try_upgradable_read(pz_async_rwlock_t *l);
+int pz_async_rwlock_upgradable_unlock(pz_async_rwlock_t *l);
+
+/* Upgradable read -> write, waiting for the other readers to leave.  On
+ * -ETIMEDOUT or -ECANCELED the caller still holds its upgradable read. */
+int pz_async_rwlock_upgrade(pz_async_rwlock_t *l);
+int pz_async_rwlock_upgrade_until(pz_async_rwlock_t *l, int64_t deadline);
+bool pz_async_rwlock_try_upgrade(pz_async_rwlock_t *l);
+/* Write -> read, write -> upgradable read, upgradable read -> read: never
+ * wait, and let the waiters that can now enter in. */
+int pz_async_rwlock_downgrade(pz_async_rwlock_t *l);
+int pz_async_rwlock_downgrade_to_upgradable(pz_async_rwlock_t *l);
+int pz_async_rwlock_upgradable_downgrade(pz_async_rwlock_t *l);
+
+/* ------------------------------------------------------------------------
+ * pz_semaphore: one word; all-zero memory is a semaphore with no permits.
+ *
+ *   bit 0 WAITERS  acquirers are parked on the semaphore's address; while it
+ *                  is set every acquire queues (FIFO), so a large request at
+ *                  the head is never overtaken by small ones.  Set and
+ *                  cleared under the bucket lock.
+ *   bit 1 CLOSED   pz_semaphore_close was called.
+ *   bits 2..       the permits available.
+ * ------------------------------------------------------------------------ */
+typedef struct pz_semaphore {
+    _Atomic uint64_t state;
+} pz_semaphore_t;
+
+#define PZ__SEM_WAITERS 1u
+#define PZ__SEM_CLOSED 2u
+#define PZ__SEM_SHIFT 2
+#define PZ_SEMAPHORE_MAX_PERMITS (UINT64_MAX >> PZ__SEM_SHIFT)
+#define PZ_SEMAPHORE_INIT(permits) {(uint64_t)(permits) << PZ__SEM_SHIFT}
+
+void pz_semaphore_init(pz_semaphore_t *s, uint64_t permits);
+/* Returns 0 with n permits taken, -EPIPE once closed, -ETIMEDOUT,
+ * -ECANCELED, or -EINVAL if n exceeds PZ_SEMAPHORE_MAX_PERMITS. */
+int pz_semaphore_acquire(pz_semaphore_t *s, uint64_t n);
+int pz_semaphore_acquire_until(pz_semaphore_t *s, uint64_t n, int64_t deadline);
+/* 0, -EAGAIN (not enough permits, or others wait first) or -EPIPE. */
+int pz_semaphore_try_acquire(pz_semaphore_t *s, uint64_t n);
+/* Adds n permits and wakes the waiters they satisfy, in order.  Returns 0,
+ * or -EOVERFLOW (nothing added) past PZ_SEMAPHORE_MAX_PERMITS. */
+int pz_semaphore_release(pz_semaphore_t *s, uint64_t n);
+/* Fails every waiter and every later acquire with -EPIPE.  Releases still
+ * count. */
+void pz_semaphore_close(pz_semaphore_t *s);
+uint64_t pz_semaphore_available(pz_semaphore_t *s);
+
+/* ------------------------------------------------------------------------
+ * pz_notify: one word; all-zero memory is a notify with no permit.
+ *
+ *   bit 0 PERMIT   a notify_one found nobody waiting and left a permit; the
+ *                  next wait consumes it and returns at once.
+ *   bit 1 WAITERS  tasks may be parked on the address (bucket lock).
+ *   bits 2..       the epoch: notify_all adds one.
+ *
+ * Registration without lost wake-ups: take the epoch, check the condition,
+ * and wait since that epoch; a notify_all after the snapshot makes the wait
+ * return at once, and a notify_one leaves its permit:
+ *
+ *     uint64_t e = pz_notify_epoch(n);
+ *     while (!condition()) {
+ *         if ((r = pz_notify_wait_since(n, e, deadline)) < 0) break;
+ *         e = pz_notify_epoch(n);
+ *     }
+ * ------------------------------------------------------------------------ */
+typedef struct pz_notify {
+    _Atomic uint64_t state;
+} pz_notify_t;
+
+#define PZ_NOTIFY_INIT {0}
+
+/* Wakes one waiter, or stores one permit (at most one) if nobody waits. */
+void pz_notify_one(pz_notify_t *n);
+/* Wakes every current waiter and every pz_notify_wait_since whose epoch it
+ * makes stale; stores no permit. */
+void pz_notify_all(pz_notify_t *n);
+uint64_t pz_notify_epoch(pz_notify_t *n);
+/* 0 when notified (or a permit or a newer epoch was there), -ETIMEDOUT,
+ * -ECANCELED. */
+int pz_notify_wait(pz_notify_t *n);
+int pz_notify_wait_until(pz_notify_t *n, int64_t deadline);
+int pz_notify_wait_since(pz_notify_t *n, uint64_t epoch, int64_t deadline);
+
+/* ------------------------------------------------------------------------
+ * pz_barrier: one word after init: bits 0-31 the tasks arrived in this
+ * generation, bits 32-63 the generation.  Waiters park on the address; the
+ * last arrival (the leader) starts the next generation and wakes them.
+ * A waiter that times out or is cancelled before the generation completes
+ * takes its arrival back.
+ * ------------------------------------------------------------------------ */
+typedef struct pz_barrier {
+    _Atomic uint64_t state;
+    uint32_t count;
+} pz_barrier_t;
+
+#define PZ_BARRIER_LEADER 1
+#define PZ_BARRIER_INIT(n) {0, (n)}
+
+/* n >= 1; returns -EINVAL otherwise. */
+int pz_barrier_init(pz_barrier_t *b, uint32_t n);
+/* PZ_BARRIER_LEADER for exactly one caller per generation, 0 for the
+ * others, or -ETIMEDOUT / -ECANCELED. */
+int pz_barrier_wait(pz_barrier_t *b);
+int pz_barrier_wait_until(pz_barrier_t *b, int64_t deadline);
+
+/* ------------------------------------------------------------------------
+ * pz_chan: a bounded multi-producer multi-consumer channel of items of a
+ * fixed size, copied in and out.  Capacity 0 is a rendezvous: a send
+ * completes only when a receiver takes the item.  After close, sends fail
+ * with -EPIPE and receives drain the buffer, then return -EPIPE.
+ *
+ * The channel keeps its own FIFO queues of waiting senders and receivers
+ * (nodes on the waiters' stacks), guarded by a short spin lock: a sender
+ * that finds a receiver waiting copies the item straight into the
+ * receiver's destination, and a receiver that frees a slot moves the first
+ * waiting sender's item into it.  Each waiter parks on its own node.
+ * ------------------------------------------------------------------------ */
+typedef struct pz__chan_waiter pz__chan_waiter;
+
+typedef struct pz_chan {
+    _Atomic unsigned char lock;
+    bool closed;
+    bool owns_buffer;
+    size_t item_size, capacity;
+    size_t head, len;           /* ring buffer of capacity items */
+    unsigned char *buffer;
+    pz__chan_waiter *senders, *senders_tail;
+    pz__chan_waiter *receivers, *receivers_tail;
+} pz_chan_t;
+
+/* buffer holds capacity * item_size bytes (ignored when capacity is 0) and
+ * must outlive the channel.  -EINVAL for item_size 0 or a missing buffer. */
+int pz_chan_init(pz_chan_t *ch, size_t item_size, size_t capacity, void *buffer);
+/* Allocates the channel and its buffer; NULL if out of memory or invalid. */
+pz_chan_t *pz_chan_create(size_t item_size, size_t capacity);
+/* Frees a channel from pz_chan_create.  Nobody may be using it. */
+void pz_chan_destroy(pz_chan_t *ch);
+
+/* 0, -EPIPE (closed), -ETIMEDOUT, -ECANCELED; the _try forms -EAGAIN. */
+int pz_chan_send(pz_chan_t *ch, const void *item);
+int pz_chan_send_until(pz_chan_t *ch, const void *item, int64_t deadline);
+int pz_chan_try_send(pz_chan_t *ch, const void *item);
+int pz_chan_recv(pz_chan_t *ch, void *item);
+int pz_chan_recv_until(pz_chan_t *ch, void *item, int64_t deadline);
+int pz_chan_try_recv(pz_chan_t *ch, void *item);
+/* Wakes every waiter: senders get -EPIPE, receivers -EPIPE (the buffer is
+ * empty whenever receivers wait).  Closing twice does nothing more. */
+void pz_chan_close(pz_chan_t *ch);
+/* Items in the buffer now. */
+size_t pz_chan_len(pz_chan_t *ch);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

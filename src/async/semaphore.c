@@ -1,0 +1,218 @@
+/*
+ * pz_semaphore.  The word is described in include/plaza/async.h.
+ *
+ * Fast paths are one CAS while WAITERS is clear.  Once anyone waits, every
+ * acquire queues behind it and every release goes through the bucket lock,
+ * so the queue is served strictly in order: release hands permits to the
+ * waiters at the head, each as large as its request, and stops at the
+ * first one the permits do not cover (a large request is never overtaken).
+ * While WAITERS is set only code holding the bucket lock changes the
+ * permits, which is what makes the hand-out below consistent.
+ *
+ * A waiter parks with its park token pointing at its own wait record (on
+ * its stack).  The hand-out (dispatch) runs pz_unpark_filter; the filter
+ * marks each waiter it serves as granted in that record, under the bucket
+ * lock, before the lot tries to claim it.  If the claim is lost (the
+ * waiter's deadline or a cancel won at that instant), the waiter still
+ * finds granted set when its timed_out callback runs under the same bucket
+ * lock, so it keeps the permits and returns 0: no permit is lost.  A waiter
+ * that timed out without a grant runs a dispatch itself afterwards, since
+ * the waiters behind it may now be served by the permits it was blocking.
+ */
+#define _GNU_SOURCE
+#include "plaza/async.h"
+#include "plaza/park.h"
+
+#include "../runtime/internal.h"
+
+#define TOKEN_GRANTED 1
+#define TOKEN_CLOSED 2
+#define UNIT ((uint64_t)1 << PZ__SEM_SHIFT)
+
+struct sem_wait {
+    pz_semaphore_t *s;
+    uint64_t n;
+    int result;   /* validate's verdict: 0 acquired, -EPIPE closed, 1 park */
+    bool granted; /* set by a dispatch under the bucket lock */
+};
+
+void pz_semaphore_init(pz_semaphore_t *s, uint64_t permits)
+{
+    if (permits > PZ_SEMAPHORE_MAX_PERMITS)
+        permits = PZ_SEMAPHORE_MAX_PERMITS;
+    atomic_init(&s->state, permits << PZ__SEM_SHIFT);
+}
+
+uint64_t pz_semaphore_available(pz_semaphore_t *s)
+{
+    return atomic_load_explicit(&s->state, memory_order_relaxed) >> PZ__SEM_SHIFT;
+}
+
+int pz_semaphore_try_acquire(pz_semaphore_t *s, uint64_t n)
+{
+    if (n > PZ_SEMAPHORE_MAX_PERMITS)
+        return -EINVAL;
+    uint64_t st = atomic_load_explicit(&s->state, memory_order_relaxed);
+    for (;;) {
+        if (st & PZ__SEM_CLOSED)
+            return -EPIPE;
+        if ((st & PZ__SEM_WAITERS) || (st >> PZ__SEM_SHIFT) < n)
+            return -EAGAIN;
+        if (atomic_compare_exchange_weak_explicit(&s->state, &st, st - n * UNIT, memory_order_acquire,
+                                                  memory_order_relaxed))
+            return 0;
+    }
+}
+
+/* Under the bucket lock: take the permits, fail on close, or mark WAITERS
+ * and park. */
+static bool sem_validate(void *ctx)
+{
+    struct sem_wait *w = ctx;
+    uint64_t st = atomic_load_explicit(&w->s->state, memory_order_relaxed);
+    for (;;) {
+        if (st & PZ__SEM_CLOSED) {
+            w->result = -EPIPE;
+            return false;
+        }
+        if (!(st & PZ__SEM_WAITERS) && (st >> PZ__SEM_SHIFT) >= w->n) {
+            if (atomic_compare_exchange_weak_explicit(&w->s->state, &st, st - w->n * UNIT, memory_order_acquire,
+                                                      memory_order_relaxed)) {
+                w->result = 0;
+                return false;
+            }
+            continue;
+        }
+        if ((st & PZ__SEM_WAITERS) ||
+            atomic_compare_exchange_weak_explicit(&w->s->state, &st, st | PZ__SEM_WAITERS, memory_order_relaxed,
+                                                  memory_order_relaxed)) {
+            w->result = 1;
+            return true;
+        }
+    }
+}
+
+static void sem_timed_out(void *ctx, bool was_last)
+{
+    struct sem_wait *w = ctx;
+    if (was_last)
+        atomic_fetch_and_explicit(&w->s->state, ~(uint64_t)PZ__SEM_WAITERS, memory_order_relaxed);
+}
+
+struct dispatch {
+    pz_semaphore_t *s;
+    uint64_t added;   /* permits this release adds */
+    uint64_t granted; /* permits handed to waiters so far */
+};
+
+/* Permits a dispatch may still hand out.  Read under the bucket lock; the
+ * permits in the word change meanwhile only by a lock-free release after a
+ * close, which adds, so the figure never runs short. */
+static uint64_t dispatch_avail(struct dispatch *d, uint64_t st)
+{
+    return (st >> PZ__SEM_SHIFT) + d->added - d->granted;
+}
+
+static pz_filter_op_t sem_filter(uintptr_t park_token, void *ctx)
+{
+    struct dispatch *d = ctx;
+    struct sem_wait *w = (struct sem_wait *)park_token;
+    uint64_t st = atomic_load_explicit(&d->s->state, memory_order_relaxed);
+    if (st & PZ__SEM_CLOSED)
+        return PZ_FILTER_STOP; /* close wakes them all itself */
+    if (w->n > dispatch_avail(d, st))
+        return PZ_FILTER_STOP;
+    d->granted += w->n;
+    w->granted = true;
+    return PZ_FILTER_UNPARK;
+}
+
+static uintptr_t sem_dispatch_done(pz_unpark_result_t r, void *ctx)
+{
+    struct dispatch *d = ctx;
+    uint64_t st = atomic_load_explicit(&d->s->state, memory_order_relaxed);
+    for (;;) {
+        uint64_t nst = (dispatch_avail(d, st) << PZ__SEM_SHIFT) | (st & PZ__SEM_CLOSED) |
+                       (r.have_more ? PZ__SEM_WAITERS : 0);
+        if (atomic_compare_exchange_weak_explicit(&d->s->state, &st, nst, memory_order_release,
+                                                  memory_order_relaxed))
+            break;
+    }
+    return TOKEN_GRANTED;
+}
+
+static void dispatch(pz_semaphore_t *s, uint64_t added)
+{
+    struct dispatch d = {s, added, 0};
+    pz_unpark_filter(s, sem_filter, sem_dispatch_done, &d);
+}
+
+int pz_semaphore_acquire_until(pz_semaphore_t *s, uint64_t n, int64_t deadline)
+{
+    if (n > PZ_SEMAPHORE_MAX_PERMITS)
+        return -EINVAL;
+    uint64_t st = atomic_load_explicit(&s->state, memory_order_relaxed);
+    while (!(st & (PZ__SEM_WAITERS | PZ__SEM_CLOSED)) && (st >> PZ__SEM_SHIFT) >= n) {
+        if (atomic_compare_exchange_weak_explicit(&s->state, &st, st - n * UNIT, memory_order_acquire,
+                                                  memory_order_relaxed))
+            return 0;
+    }
+    if (st & PZ__SEM_CLOSED)
+        return -EPIPE;
+    for (;;) {
+        struct sem_wait w = {s, n, 1, false};
+        uintptr_t token = 0;
+        int r = pz_park(s, sem_validate, NULL, sem_timed_out, &w, (uintptr_t)&w, deadline, 0, &token);
+        if (r == -EAGAIN) {
+            if (w.result <= 0)
+                return w.result;
+            continue; /* cannot happen: validate parks whenever result is 1 */
+        }
+        if (r == 0) {
+            if (token == TOKEN_CLOSED)
+                return -EPIPE;
+            atomic_thread_fence(memory_order_acquire);
+            return 0;
+        }
+        /* Timed out or cancelled, having left the queue. */
+        if (w.granted) {
+            atomic_thread_fence(memory_order_acquire);
+            return 0; /* the permits reached us at that instant: keep them */
+        }
+        if (atomic_load_explicit(&s->state, memory_order_relaxed) & PZ__SEM_WAITERS)
+            dispatch(s, 0);
+        return r;
+    }
+}
+
+int pz_semaphore_acquire(pz_semaphore_t *s, uint64_t n)
+{
+    return pz_semaphore_acquire_until(s, n, PZ_FOREVER);
+}
+
+int pz_semaphore_release(pz_semaphore_t *s, uint64_t n)
+{
+    if (n == 0)
+        return 0;
+    uint64_t st = atomic_load_explicit(&s->state, memory_order_relaxed);
+    for (;;) {
+        if (PZ_SEMAPHORE_MAX_PERMITS - (st >> PZ__SEM_SHIFT) < n)
+            return -EOVERFLOW;
+        if (st & PZ__SEM_WAITERS)
+            break;
+        if (atomic_compare_exchange_weak_explicit(&s->state, &st, st + n * UNIT, memory_order_release,
+                                                  memory_order_relaxed))
+            return 0;
+    }
+    dispatch(s, n);
+    return 0;
+}
+
+void pz_semaphore_close(pz_semaphore_t *s)
+{
+    atomic_fetch_or_explicit(&s->state, PZ__SEM_CLOSED, memory_order_acq_rel);
+    /* Waiters validated before CLOSED was set are queued; this takes the
+     * same bucket lock after, so it finds every one of them. */
+    pz_unpark_all(s, TOKEN_CLOSED);
+    atomic_fetch_and_explicit(&s->state, ~(uint64_t)PZ__SEM_WAITERS, memory_order_relaxed);
+}

@@ -1,0 +1,633 @@
+/* The async primitives one at a time: pz_async_mutex, pz_semaphore,
+ * pz_notify, pz_barrier, pz_chan, pz_async_rwlock; deadlines, cancels,
+ * misuse reports and calls from plain threads. */
+#include "helpers.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MS 1000000ll
+
+/* ---- pz_async_mutex ---- */
+
+static pz_async_mutex_t am;
+
+static void *hold_for(void *arg)
+{
+    CHECK_EQ(pz_async_mutex_lock(&am), 0);
+    pz_sleep((int64_t)(intptr_t)arg);
+    CHECK_EQ(pz_async_mutex_unlock(&am), 0);
+    return NULL;
+}
+
+static void *lock_then_return(void *arg)
+{
+    int64_t deadline = (int64_t)(intptr_t)arg;
+    return (void *)(intptr_t)pz_async_mutex_lock_until(&am, deadline == 0 ? PZ_FOREVER : pz_now() + deadline);
+}
+
+static void *mutex_basics(void *arg)
+{
+    (void)arg;
+    pz_async_mutex_t m = PZ_ASYNC_MUTEX_INIT;
+    CHECK(!pz_async_mutex_is_locked(&m));
+    CHECK_EQ(pz_async_mutex_lock(&m), 0);
+    CHECK(pz_async_mutex_is_locked(&m));
+    CHECK(!pz_async_mutex_trylock(&m));
+    CHECK_EQ(pz_async_mutex_lock_until(&m, pz_now() + MS), -ETIMEDOUT);
+    CHECK_EQ(pz_async_mutex_unlock(&m), 0);
+    CHECK(pz_async_mutex_trylock(&m));
+    CHECK_EQ(pz_async_mutex_unlock(&m), 0);
+    CHECK_EQ(atomic_load(&m.state), 0);
+
+    /* A waiter suspends while another task holds the lock for 20 ms. */
+    pz_task_t *h = pz_spawn(hold_for, (void *)(intptr_t)(20 * MS));
+    pz_sleep(2 * MS);
+    int64_t t0 = pz_now();
+    CHECK_EQ(pz_async_mutex_lock(&am), 0);
+    CHECK(pz_now() - t0 >= 5 * MS);
+    CHECK_EQ(pz_async_mutex_unlock(&am), 0);
+    CHECK_EQ(pz_join(h, NULL), 0);
+
+    /* Timeout with a holder, then cancel of a waiter. */
+    CHECK_EQ(pz_async_mutex_lock(&am), 0);
+    pz_task_t *w = pz_spawn(lock_then_return, (void *)(intptr_t)(5 * MS));
+    void *r = NULL;
+    CHECK_EQ(pz_join(w, &r), 0);
+    CHECK_EQ((intptr_t)r, -ETIMEDOUT);
+    w = pz_spawn(lock_then_return, (void *)0);
+    pz_sleep(2 * MS);
+    pz_cancel(w);
+    CHECK_EQ(pz_join(w, &r), 0);
+    CHECK_EQ((intptr_t)r, -ECANCELED);
+    /* Nobody is left parked: unlock is the plain one. */
+    CHECK_EQ(atomic_load(&am.state), PZ__AMUTEX_LOCKED);
+    CHECK_EQ(pz_async_mutex_unlock(&am), 0);
+    CHECK_EQ(atomic_load(&am.state), 0);
+    return NULL;
+}
+
+static void test_mutex_basics(void **state)
+{
+    (void)state;
+    run_in_runtime(2, mutex_basics, NULL);
+}
+
+static void *unlock_other(void *arg)
+{
+    return (void *)(intptr_t)pz_async_mutex_unlock(arg);
+}
+
+static void *non_owner_unlock(void *arg)
+{
+    char *out = arg;
+    pz_async_mutex_t m = PZ_ASYNC_MUTEX_INIT;
+    CHECK_EQ(pz_async_mutex_lock(&m), 0);
+    capture_stderr_begin();
+    pz_task_t *t = pz_spawn(unlock_other, &m);
+    uint64_t other = pz_task_id(t);
+    void *r = NULL;
+    CHECK_EQ(pz_join(t, &r), 0);
+    const char *text = capture_stderr_end();
+    CHECK_EQ((intptr_t)r, -EPERM);
+    CHECK(pz_async_mutex_is_locked(&m));
+    snprintf(out, 256, "%s|%llu|%llu", text, (unsigned long long)pz_task_id(pz_self()),
+             (unsigned long long)other);
+    CHECK_EQ(pz_async_mutex_unlock(&m), 0);
+    capture_stderr_begin();
+    CHECK_EQ(pz_async_mutex_unlock(&m), -EPERM);
+    text = capture_stderr_end();
+    CHECK(strstr(text, "not locked") != NULL);
+    return NULL;
+}
+
+static void test_mutex_non_owner_unlock(void **state)
+{
+    (void)state;
+    char out[256];
+    run_in_runtime(2, non_owner_unlock, out);
+    char *bar = strchr(out, '|');
+    CHECK(bar != NULL);
+    *bar = 0;
+    char *ids = bar + 1;
+    char *bar2 = strchr(ids, '|');
+    *bar2 = 0;
+    char owner[64], other[64];
+    snprintf(owner, sizeof owner, "held by task %s,", ids);
+    snprintf(other, sizeof other, "unlocking task %s;", bar2 + 1);
+    CHECK(strstr(out, "plaza: pz_async_mutex_unlock") != NULL);
+    CHECK(strstr(out, owner) != NULL);
+    CHECK(strstr(out, other) != NULL);
+}
+
+/* Plain threads and tasks share one async mutex and a plain counter. */
+static pz_async_mutex_t mixed_m;
+static long mixed_counter;
+static _Atomic int mixed_inside;
+
+static void mixed_section(void)
+{
+    CHECK_EQ(atomic_fetch_add(&mixed_inside, 1), 0);
+    mixed_counter++;
+    atomic_fetch_sub(&mixed_inside, 1);
+}
+
+static void *mixed_thread(void *arg)
+{
+    long n = (long)(intptr_t)arg;
+    for (long i = 0; i < n; i++) {
+        if (i % 7 == 0) {
+            while (pz_async_mutex_lock_until(&mixed_m, pz_now() + 50000) != 0)
+                ;
+        } else {
+            CHECK_EQ(pz_async_mutex_lock(&mixed_m), 0);
+        }
+        mixed_section();
+        CHECK_EQ(pz_async_mutex_unlock(&mixed_m), 0);
+    }
+    return NULL;
+}
+
+static void *mixed_task(void *arg)
+{
+    long n = (long)(intptr_t)arg;
+    for (long i = 0; i < n; i++) {
+        CHECK_EQ(pz_async_mutex_lock(&mixed_m), 0);
+        mixed_section();
+        if (i % 16 == 0)
+            pz_yield();
+        CHECK_EQ(pz_async_mutex_unlock(&mixed_m), 0);
+    }
+    return NULL;
+}
+
+static void *mixed_main(void *arg)
+{
+    (void)arg;
+    long n = SCALED(20000);
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        CHECK_EQ(pthread_create(&th[i], NULL, mixed_thread, (void *)(intptr_t)n), 0);
+    pz_task_t *t[8];
+    for (int i = 0; i < 8; i++)
+        t[i] = pz_spawn(mixed_task, (void *)(intptr_t)n);
+    for (int i = 0; i < 8; i++)
+        CHECK_EQ(pz_join(t[i], NULL), 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    CHECK_EQ(mixed_counter, 10 * n);
+    return NULL;
+}
+
+static void test_mutex_threads_and_tasks(void **state)
+{
+    (void)state;
+    run_in_runtime(2, mixed_main, NULL);
+    /* And with no runtime at all: the calls block the thread. */
+    pz_async_mutex_t m = PZ_ASYNC_MUTEX_INIT;
+    CHECK_EQ(pz_async_mutex_lock(&m), 0);
+    CHECK_EQ(pz_async_mutex_lock_until(&m, pz_now() + MS), -ETIMEDOUT);
+    CHECK_EQ(pz_async_mutex_unlock(&m), 0);
+}
+
+/* ---- pz_semaphore ---- */
+
+static pz_semaphore_t sem;
+static _Atomic int order_log[8];
+static _Atomic int order_len;
+
+static void *sem_acquirer(void *arg)
+{
+    int n = (int)(intptr_t)arg;
+    int r = pz_semaphore_acquire(&sem, (uint64_t)n);
+    if (r == 0)
+        order_log[atomic_fetch_add(&order_len, 1)] = n;
+    return (void *)(intptr_t)r;
+}
+
+static void *semaphore_basics(void *arg)
+{
+    (void)arg;
+    pz_semaphore_t s = PZ_SEMAPHORE_INIT(3);
+    CHECK_EQ(pz_semaphore_available(&s), 3);
+    CHECK_EQ(pz_semaphore_try_acquire(&s, 2), 0);
+    CHECK_EQ(pz_semaphore_try_acquire(&s, 2), -EAGAIN);
+    CHECK_EQ(pz_semaphore_acquire_until(&s, 2, pz_now() + MS), -ETIMEDOUT);
+    CHECK_EQ(pz_semaphore_available(&s), 1);
+    CHECK_EQ(pz_semaphore_release(&s, 1), 0);
+    CHECK_EQ(pz_semaphore_acquire(&s, 2), 0);
+    CHECK_EQ(pz_semaphore_available(&s), 0);
+    CHECK_EQ(pz_semaphore_release(&s, 3), 0);
+    CHECK_EQ(pz_semaphore_acquire(&s, PZ_SEMAPHORE_MAX_PERMITS + 1), -EINVAL);
+
+    /* A large request at the head is not overtaken by small ones. */
+    pz_semaphore_init(&sem, 0);
+    atomic_store(&order_len, 0);
+    pz_task_t *big = pz_spawn(sem_acquirer, (void *)5);
+    pz_sleep(2 * MS);
+    pz_task_t *small = pz_spawn(sem_acquirer, (void *)1);
+    pz_sleep(2 * MS);
+    CHECK_EQ(pz_semaphore_try_acquire(&sem, 0), -EAGAIN); /* others wait first */
+    CHECK_EQ(pz_semaphore_release(&sem, 3), 0);
+    pz_sleep(2 * MS);
+    CHECK_EQ(atomic_load(&order_len), 0); /* 3 permits: neither may go */
+    CHECK_EQ(pz_semaphore_available(&sem), 3);
+    CHECK_EQ(pz_semaphore_release(&sem, 2), 0); /* 5: the head only */
+    CHECK_EQ(pz_join(big, NULL), 0);
+    pz_sleep(2 * MS);
+    CHECK_EQ(atomic_load(&order_len), 1);
+    CHECK_EQ(order_log[0], 5);
+    CHECK_EQ(pz_semaphore_release(&sem, 1), 0);
+    CHECK_EQ(pz_join(small, NULL), 0);
+    CHECK_EQ(atomic_load(&order_len), 2);
+    CHECK_EQ(order_log[1], 1);
+    CHECK_EQ(pz_semaphore_available(&sem), 0);
+
+    /* The head times out: the small request behind it is served. */
+    CHECK_EQ(pz_semaphore_release(&sem, 2), 0);
+    atomic_store(&order_len, 0);
+    big = pz_spawn(sem_acquirer, (void *)5);
+    pz_sleep(2 * MS);
+    small = pz_spawn(sem_acquirer, (void *)2);
+    pz_sleep(2 * MS);
+    CHECK_EQ(atomic_load(&order_len), 0);
+    pz_cancel(big);
+    void *r = NULL;
+    CHECK_EQ(pz_join(big, &r), 0);
+    CHECK_EQ((intptr_t)r, -ECANCELED);
+    CHECK_EQ(pz_join(small, &r), 0);
+    CHECK_EQ((intptr_t)r, 0);
+    CHECK_EQ(pz_semaphore_available(&sem), 0);
+
+    /* Close fails the waiters and later acquires; releases still count. */
+    pz_task_t *w1 = pz_spawn(sem_acquirer, (void *)1);
+    pz_task_t *w2 = pz_spawn(sem_acquirer, (void *)4);
+    pz_sleep(2 * MS);
+    pz_semaphore_close(&sem);
+    CHECK_EQ(pz_join(w1, &r), 0);
+    CHECK_EQ((intptr_t)r, -EPIPE);
+    CHECK_EQ(pz_join(w2, &r), 0);
+    CHECK_EQ((intptr_t)r, -EPIPE);
+    CHECK_EQ(pz_semaphore_acquire(&sem, 0), -EPIPE);
+    CHECK_EQ(pz_semaphore_try_acquire(&sem, 1), -EPIPE);
+    CHECK_EQ(pz_semaphore_release(&sem, 2), 0);
+    CHECK_EQ(pz_semaphore_available(&sem), 2);
+    return NULL;
+}
+
+static void test_semaphore_basics(void **state)
+{
+    (void)state;
+    run_in_runtime(2, semaphore_basics, NULL);
+}
+
+/* ---- pz_notify ---- */
+
+static pz_notify_t note;
+static _Atomic int woken;
+
+static void *note_waiter(void *arg)
+{
+    (void)arg;
+    int r = pz_notify_wait(&note);
+    if (r == 0)
+        atomic_fetch_add(&woken, 1);
+    return (void *)(intptr_t)r;
+}
+
+static void *notify_basics(void *arg)
+{
+    (void)arg;
+    pz_notify_t n = PZ_NOTIFY_INIT;
+    CHECK_EQ(pz_notify_wait_until(&n, pz_now() + MS), -ETIMEDOUT);
+    /* One permit is stored, however many notify_one find nobody. */
+    pz_notify_one(&n);
+    pz_notify_one(&n);
+    CHECK_EQ(pz_notify_wait_until(&n, pz_now() + MS), 0);
+    CHECK_EQ(pz_notify_wait_until(&n, pz_now() + MS), -ETIMEDOUT);
+    /* notify_all stores nothing. */
+    pz_notify_all(&n);
+    CHECK_EQ(pz_notify_wait_until(&n, pz_now() + MS), -ETIMEDOUT);
+    /* ... but a wait since an older epoch returns at once. */
+    uint64_t e = pz_notify_epoch(&n);
+    pz_notify_all(&n);
+    CHECK_EQ(pz_notify_wait_since(&n, e, pz_now() + 100 * MS), 0);
+
+    /* notify_all wakes the current waiters; notify_one one of them. */
+    pz_task_t *t[4];
+    for (int i = 0; i < 4; i++)
+        t[i] = pz_spawn(note_waiter, NULL);
+    pz_sleep(3 * MS);
+    pz_notify_one(&note);
+    pz_sleep(3 * MS);
+    CHECK_EQ(atomic_load(&woken), 1);
+    pz_notify_all(&note);
+    for (int i = 0; i < 4; i++)
+        CHECK_EQ(pz_join(t[i], NULL), 0);
+    CHECK_EQ(atomic_load(&woken), 4);
+    /* No permit was left by them. */
+    CHECK_EQ(pz_notify_wait_until(&note, pz_now() + MS), -ETIMEDOUT);
+
+    /* A cancelled waiter returns -ECANCELED. */
+    pz_task_t *c = pz_spawn(note_waiter, NULL);
+    pz_sleep(2 * MS);
+    pz_cancel(c);
+    void *r;
+    CHECK_EQ(pz_join(c, &r), 0);
+    CHECK_EQ((intptr_t)r, -ECANCELED);
+    return NULL;
+}
+
+static void test_notify_basics(void **state)
+{
+    (void)state;
+    run_in_runtime(2, notify_basics, NULL);
+}
+
+/* ---- pz_barrier ---- */
+
+static pz_barrier_t bar;
+static _Atomic int leaders;
+
+static void *bar_task(void *arg)
+{
+    int rounds = (int)(intptr_t)arg;
+    for (int i = 0; i < rounds; i++) {
+        int r = pz_barrier_wait(&bar);
+        CHECK(r == 0 || r == PZ_BARRIER_LEADER);
+        if (r == PZ_BARRIER_LEADER)
+            atomic_fetch_add(&leaders, 1);
+    }
+    return NULL;
+}
+
+static void *barrier_basics(void *arg)
+{
+    (void)arg;
+    pz_barrier_t b;
+    CHECK_EQ(pz_barrier_init(&b, 0), -EINVAL);
+    CHECK_EQ(pz_barrier_init(&b, 1), 0);
+    CHECK_EQ(pz_barrier_wait(&b), PZ_BARRIER_LEADER);
+    CHECK_EQ(pz_barrier_init(&b, 2), 0);
+    /* A waiter that times out takes its arrival back. */
+    CHECK_EQ(pz_barrier_wait_until(&b, pz_now() + MS), -ETIMEDOUT);
+    CHECK_EQ(pz_barrier_wait_until(&b, pz_now() + MS), -ETIMEDOUT);
+
+    CHECK_EQ(pz_barrier_init(&bar, 5), 0);
+    pz_task_t *t[5];
+    for (int i = 0; i < 5; i++)
+        t[i] = pz_spawn(bar_task, (void *)(intptr_t)50);
+    for (int i = 0; i < 5; i++)
+        CHECK_EQ(pz_join(t[i], NULL), 0);
+    CHECK_EQ(atomic_load(&leaders), 50);
+    return NULL;
+}
+
+static void test_barrier_basics(void **state)
+{
+    (void)state;
+    run_in_runtime(2, barrier_basics, NULL);
+}
+
+/* ---- pz_chan ---- */
+
+static void *chan_recv_one(void *arg)
+{
+    long v = -1;
+    int r = pz_chan_recv(arg, &v);
+    return (void *)(intptr_t)(r == 0 ? v : r);
+}
+
+static void *chan_send_one(void *arg)
+{
+    long v = 77;
+    return (void *)(intptr_t)pz_chan_send(arg, &v);
+}
+
+static void *chan_basics(void *arg)
+{
+    (void)arg;
+    long buf[4], v;
+    pz_chan_t ch;
+    CHECK_EQ(pz_chan_init(&ch, 0, 4, buf), -EINVAL);
+    CHECK_EQ(pz_chan_init(&ch, sizeof(long), 4, NULL), -EINVAL);
+    CHECK_EQ(pz_chan_init(&ch, sizeof(long), 4, buf), 0);
+    for (long i = 0; i < 4; i++)
+        CHECK_EQ(pz_chan_send(&ch, &i), 0);
+    v = 9;
+    CHECK_EQ(pz_chan_try_send(&ch, &v), -EAGAIN);
+    CHECK_EQ(pz_chan_send_until(&ch, &v, pz_now() + MS), -ETIMEDOUT);
+    CHECK_EQ(pz_chan_len(&ch), 4);
+    for (long i = 0; i < 4; i++) {
+        CHECK_EQ(pz_chan_recv(&ch, &v), 0);
+        CHECK_EQ(v, i);
+    }
+    CHECK_EQ(pz_chan_try_recv(&ch, &v), -EAGAIN);
+    CHECK_EQ(pz_chan_recv_until(&ch, &v, pz_now() + MS), -ETIMEDOUT);
+    /* Close: sends fail, receives drain the buffer, then -EPIPE. */
+    v = 1;
+    CHECK_EQ(pz_chan_send(&ch, &v), 0);
+    v = 2;
+    CHECK_EQ(pz_chan_send(&ch, &v), 0);
+    pz_chan_close(&ch);
+    CHECK_EQ(pz_chan_send(&ch, &v), -EPIPE);
+    CHECK_EQ(pz_chan_recv(&ch, &v), 0);
+    CHECK_EQ(v, 1);
+    CHECK_EQ(pz_chan_recv(&ch, &v), 0);
+    CHECK_EQ(v, 2);
+    CHECK_EQ(pz_chan_recv(&ch, &v), -EPIPE);
+    CHECK_EQ(pz_chan_try_recv(&ch, &v), -EPIPE);
+
+    /* Close wakes waiting receivers and waiting senders. */
+    pz_chan_t *c = pz_chan_create(sizeof(long), 1);
+    CHECK(c != NULL);
+    pz_task_t *r1 = pz_spawn(chan_recv_one, c), *r2 = pz_spawn(chan_recv_one, c);
+    pz_sleep(2 * MS);
+    pz_chan_close(c);
+    void *res;
+    CHECK_EQ(pz_join(r1, &res), 0);
+    CHECK_EQ((intptr_t)res, -EPIPE);
+    CHECK_EQ(pz_join(r2, &res), 0);
+    CHECK_EQ((intptr_t)res, -EPIPE);
+    pz_chan_destroy(c);
+    c = pz_chan_create(sizeof(long), 1);
+    v = 5;
+    CHECK_EQ(pz_chan_send(c, &v), 0);
+    pz_task_t *s1 = pz_spawn(chan_send_one, c), *s2 = pz_spawn(chan_send_one, c);
+    pz_sleep(2 * MS);
+    pz_chan_close(c);
+    CHECK_EQ(pz_join(s1, &res), 0);
+    CHECK_EQ((intptr_t)res, -EPIPE);
+    CHECK_EQ(pz_join(s2, &res), 0);
+    CHECK_EQ((intptr_t)res, -EPIPE);
+    CHECK_EQ(pz_chan_recv(c, &v), 0);
+    CHECK_EQ(v, 5);
+    CHECK_EQ(pz_chan_recv(c, &v), -EPIPE);
+    pz_chan_destroy(c);
+
+    /* Rendezvous: a send completes only when a receiver takes the item. */
+    pz_chan_t rv;
+    CHECK_EQ(pz_chan_init(&rv, sizeof(long), 0, NULL), 0);
+    CHECK_EQ(pz_chan_try_send(&rv, &v), -EAGAIN);
+    CHECK_EQ(pz_chan_send_until(&rv, &v, pz_now() + MS), -ETIMEDOUT);
+    CHECK_EQ(pz_chan_try_recv(&rv, &v), -EAGAIN);
+    pz_task_t *rx = pz_spawn(chan_recv_one, &rv);
+    pz_sleep(2 * MS);
+    v = 123;
+    CHECK_EQ(pz_chan_try_send(&rv, &v), 0); /* a receiver waits: it takes it */
+    CHECK_EQ(pz_join(rx, &res), 0);
+    CHECK_EQ((intptr_t)res, 123);
+    pz_task_t *tx = pz_spawn(chan_send_one, &rv);
+    pz_sleep(2 * MS);
+    CHECK_EQ(pz_chan_len(&rv), 0);
+    CHECK_EQ(pz_chan_recv(&rv, &v), 0);
+    CHECK_EQ(v, 77);
+    CHECK_EQ(pz_join(tx, &res), 0);
+    CHECK_EQ((intptr_t)res, 0);
+    return NULL;
+}
+
+static void test_chan_basics(void **state)
+{
+    (void)state;
+    run_in_runtime(2, chan_basics, NULL);
+}
+
+/* A channel between plain threads and no runtime. */
+static void *thread_producer(void *arg)
+{
+    for (long i = 1; i <= 1000; i++)
+        CHECK_EQ(pz_chan_send(arg, &i), 0);
+    pz_chan_close(arg);
+    return NULL;
+}
+
+static void test_chan_threads(void **state)
+{
+    (void)state;
+    pz_chan_t *c = pz_chan_create(sizeof(long), 0);
+    pthread_t th;
+    CHECK_EQ(pthread_create(&th, NULL, thread_producer, c), 0);
+    long v, sum = 0;
+    while (pz_chan_recv(c, &v) == 0)
+        sum += v;
+    pthread_join(th, NULL);
+    CHECK_EQ(sum, 500500);
+    pz_chan_destroy(c);
+}
+
+/* ---- pz_async_rwlock ---- */
+
+static pz_async_rwlock_t rwl;
+
+static void *rw_try_write(void *arg)
+{
+    (void)arg;
+    int r = pz_async_rwlock_write(&rwl);
+    if (r == 0)
+        pz_async_rwlock_write_unlock(&rwl);
+    return (void *)(intptr_t)r;
+}
+
+static _Atomic int read_entered;
+
+static void *rw_reader(void *arg)
+{
+    (void)arg;
+    int r = pz_async_rwlock_read(&rwl);
+    if (r == 0) {
+        atomic_fetch_add(&read_entered, 1);
+        pz_async_rwlock_read_unlock(&rwl);
+    }
+    return (void *)(intptr_t)r;
+}
+
+static void *rwlock_basics(void *arg)
+{
+    (void)arg;
+    pz_async_rwlock_t l = PZ_ASYNC_RWLOCK_INIT;
+    CHECK_EQ(pz_async_rwlock_read(&l), 0);
+    CHECK(pz_async_rwlock_try_read(&l));
+    CHECK(!pz_async_rwlock_try_write(&l));
+    CHECK(pz_async_rwlock_try_upgradable_read(&l));
+    CHECK(!pz_async_rwlock_try_upgradable_read(&l));
+    CHECK(!pz_async_rwlock_try_upgrade(&l));
+    CHECK_EQ(pz_async_rwlock_write_until(&l, pz_now() + MS), -ETIMEDOUT);
+    CHECK_EQ(pz_async_rwlock_upgrade_until(&l, pz_now() + MS), -ETIMEDOUT);
+    CHECK_EQ(pz_async_rwlock_read_unlock(&l), 0);
+    CHECK_EQ(pz_async_rwlock_read_unlock(&l), 0);
+    CHECK(pz_async_rwlock_try_upgrade(&l));
+    CHECK(!pz_async_rwlock_try_read(&l));
+    CHECK_EQ(pz_async_rwlock_downgrade_to_upgradable(&l), 0);
+    CHECK(pz_async_rwlock_try_read(&l));
+    CHECK_EQ(pz_async_rwlock_read_unlock(&l), 0);
+    CHECK_EQ(pz_async_rwlock_upgradable_downgrade(&l), 0);
+    CHECK_EQ(pz_async_rwlock_read_unlock(&l), 0);
+    CHECK_EQ(atomic_load(&l.state), 0);
+    CHECK_EQ(pz_async_rwlock_write(&l), 0);
+    CHECK_EQ(pz_async_rwlock_read_until(&l, pz_now() + MS), -ETIMEDOUT);
+    CHECK_EQ(pz_async_rwlock_downgrade(&l), 0);
+    CHECK_EQ(pz_async_rwlock_read_unlock(&l), 0);
+    CHECK_EQ(atomic_load(&l.state), 0);
+
+    /* A waiting writer keeps new readers out; they follow it. */
+    CHECK_EQ(pz_async_rwlock_read(&rwl), 0);
+    pz_task_t *w = pz_spawn(rw_try_write, NULL);
+    pz_sleep(2 * MS);
+    CHECK(!pz_async_rwlock_try_read(&rwl));
+    pz_task_t *r = pz_spawn(rw_reader, NULL);
+    pz_sleep(2 * MS);
+    CHECK_EQ(atomic_load(&read_entered), 0);
+    CHECK_EQ(pz_async_rwlock_read_unlock(&rwl), 0);
+    CHECK_EQ(pz_join(w, NULL), 0);
+    CHECK_EQ(pz_join(r, NULL), 0);
+    CHECK_EQ(atomic_load(&read_entered), 1);
+
+    /* Upgrade waits for the other reader. */
+    CHECK_EQ(pz_async_rwlock_upgradable_read(&rwl), 0);
+    CHECK_EQ(pz_async_rwlock_read(&rwl), 0);
+    w = pz_spawn(rw_try_write, NULL);
+    pz_sleep(2 * MS);
+    CHECK_EQ(pz_async_rwlock_read_unlock(&rwl), 0);
+    CHECK_EQ(pz_async_rwlock_upgrade(&rwl), 0);
+    CHECK_EQ(pz_async_rwlock_write_unlock(&rwl), 0);
+    CHECK_EQ(pz_join(w, NULL), 0);
+    CHECK_EQ(atomic_load(&rwl.state), 0);
+
+    /* Misuse is reported and ignored. */
+    capture_stderr_begin();
+    CHECK_EQ(pz_async_rwlock_read_unlock(&l), -EPERM);
+    CHECK_EQ(pz_async_rwlock_write_unlock(&l), -EPERM);
+    CHECK_EQ(pz_async_rwlock_upgrade(&l), -EPERM);
+    const char *out = capture_stderr_end();
+    CHECK(strstr(out, "plaza: pz_async_rwlock_read_unlock") != NULL);
+    CHECK(strstr(out, "plaza: pz_async_rwlock_write_unlock") != NULL);
+    CHECK_EQ(atomic_load(&l.state), 0);
+    return NULL;
+}
+
+static void test_rwlock_basics(void **state)
+{
+    (void)state;
+    run_in_runtime(2, rwlock_basics, NULL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_mutex_basics),
+        cmocka_unit_test(test_mutex_non_owner_unlock),
+        cmocka_unit_test(test_mutex_threads_and_tasks),
+        cmocka_unit_test(test_semaphore_basics),
+        cmocka_unit_test(test_notify_basics),
+        cmocka_unit_test(test_barrier_basics),
+        cmocka_unit_test(test_chan_basics),
+        cmocka_unit_test(test_chan_threads),
+        cmocka_unit_test(test_rwlock_basics),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
