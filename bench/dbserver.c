@@ -7,9 +7,9 @@
  * guessing a free port.  For every 16-byte request on a connection it sends
  * the same 16 bytes back D microseconds after the request arrived: the
  * stand-in for a query that takes D µs on a database.  It exits by itself
- * after S seconds and then prints on stderr the delays it actually gave
- * (measured from the moment the request was read to just before the reply
- * is written).
+ * after S seconds, or at SIGTERM/SIGINT, and then prints on stderr the
+ * delays it actually gave (measured from the moment the request was read to
+ * just before the reply is written).
  *
  * It is plain C with one thread per connection, not plaza, so it treats
  * every client (plaza, tokio, Go) alike.  Why one thread per connection:
@@ -35,6 +35,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -62,6 +63,14 @@ static long delay_ns;
 #define OVER_BINS 1001
 static _Atomic uint64_t stat_n, stat_sum_ns, stat_max_ns;
 static _Atomic uint64_t over_hist[OVER_BINS];
+
+static volatile sig_atomic_t stopping;
+
+static void on_stop(int sig)
+{
+    (void)sig;
+    stopping = 1;
+}
 
 static int64_t now_ns(void)
 {
@@ -197,18 +206,33 @@ int main(int argc, char **argv)
     printf("port=%d\n", ntohs(sa.sin_port));
     fflush(stdout);
 
+    /* SIGTERM/SIGINT stay blocked everywhere but in the main thread's ppoll,
+     * so the signal always interrupts the accept loop, which then reports. */
+    struct sigaction sact = {.sa_handler = on_stop};
+    sigemptyset(&sact.sa_mask);
+    sigaction(SIGTERM, &sact, NULL);
+    sigaction(SIGINT, &sact, NULL);
+    sigset_t stop_set, open_set;
+    sigemptyset(&stop_set);
+    sigaddset(&stop_set, SIGTERM);
+    sigaddset(&stop_set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &stop_set, &open_set);
+    sigdelset(&open_set, SIGTERM);
+    sigdelset(&open_set, SIGINT);
+
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&attr, 64 * 1024);
     int64_t end = now_ns() + (int64_t)seconds * 1000000000;
     long conns = 0;
-    for (;;) {
+    while (!stopping) {
         int64_t left = end - now_ns();
         if (left <= 0)
             break;
         struct pollfd p = {lfd, POLLIN, 0};
-        int r = poll(&p, 1, (int)(left / 1000000) + 1);
+        struct timespec ts = {left / 1000000000, left % 1000000000};
+        int r = ppoll(&p, 1, &ts, &open_set);
         if (r <= 0)
             continue;
         int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);

@@ -5,7 +5,11 @@
 
 Runs `bench-plaza all` and each peer's `all` (bench/peers/bin/) N times
 (default 5; --quick: once), interleaved so that a noisy moment hits every
-system alike, and writes
+system alike.  Then the logic-section workloads (logic, bystanders,
+wrong_lock; see bench/peers/README.md), which need a database: it starts
+bench/peers/bin/dbserver once per delay (0, 50, 1000 µs) on a free loopback
+port, runs each workload for plaza, tokio and Go with db_port= (2 s each;
+--quick: 1 s), N times interleaved likewise, and stops the servers.  It writes
 
     bench/results/<date>-<host>.csv   every measurement, with its run index
     bench/RESULTS.md                  medians, min-max, each peer's ratio to plaza
@@ -28,7 +32,56 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SYSTEMS = ["plaza", "tokio", "parking_lot", "std", "go", "boost_fiber", "pthread"]
-HIGHER_IS_BETTER = {"rps"}
+HIGHER_IS_BETTER = {"rps", "sections_per_s", "bystander_ops_per_s", "utilisation", "connections"}
+DB_DELAYS = [0, 50, 1000]
+
+
+def logic_runs(seconds):
+    """The logic-section invocations: (delay_us, [systems' binaries], workload, args).
+    Go has no thread-blocking lock, so no lock=sync or wrong_lock rows (peer-go says so)."""
+    t = f"seconds={seconds}"
+    runs = []
+    for d in DB_DELAYS:
+        runs.append((d, ["plaza", "peer-tokio", "peer-go"], "logic", [f"delay_us={d}", t]))
+    runs.append((1000, ["plaza", "peer-tokio", "peer-go"], "bystanders", ["lock=async", "delay_us=1000", t]))
+    runs.append((1000, ["plaza", "peer-tokio"], "bystanders", ["lock=sync", "delay_us=1000", t]))
+    runs.append((1000, ["plaza", "peer-tokio"], "wrong_lock", ["kind=logic_behind_sync", "delay_us=1000", t]))
+    return runs
+
+
+class DbServer:
+    """bin/dbserver on a free loopback port (it picks one and prints it), for at most
+    `seconds`; stop() ends it and returns what it measured about its own delays."""
+
+    def __init__(self, binary, delay_us, seconds):
+        self.delay_us = delay_us
+        self.proc = subprocess.Popen([binary, "port=0", f"delay_us={delay_us}", f"seconds={seconds}"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("port="):
+            self.proc.kill()
+            raise RuntimeError(f"dbserver delay_us={delay_us} did not start: {line!r}")
+        self.port = int(line.split("=", 1)[1])
+        deadline = time.time() + 5
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    self.proc.kill()
+                    raise RuntimeError(f"dbserver delay_us={delay_us} does not accept on {self.port}")
+                time.sleep(0.05)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            _, err = self.proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        return err.strip()
 
 
 def machine():
@@ -64,10 +117,14 @@ def versions():
     }
 
 
-def run_all(binary, name, quick):
-    args = [binary, "all"]
+def run_all(binary, name, quick, args=None, timeout=None):
+    args = [binary] + (args or ["all"])
     start = time.time()
-    proc = subprocess.run(args, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        sys.stderr.write(f"bench: {name} {' '.join(args[1:])} timed out after {timeout} s\n")
+        return [], time.time() - start
     took = time.time() - start
     if proc.returncode != 0:
         sys.stderr.write(f"bench: {name} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}\n")
@@ -99,12 +156,82 @@ def fmt(v):
     return f"{v:.2f}"
 
 
-def write_results(data, path, stamp, runs, mach, vers, plots_dir):
+METRIC_NOTES = {
+    "sections_per_s": "logic sections completed per second (all section tasks together)",
+    "utilisation": "sections_per_s × the mean time of one unlocked round trip measured first "
+                   "by the same program (1 = one section per round trip, the limit of a lock held "
+                   "across it; above 1 when that program's idle round trip is slower than its busy ones)",
+    "bystander_ops_per_s": "loop iterations (work 100, yield) of all bystander tasks per second",
+    "bystander_p99_us": "99th percentile of one bystander iteration, waiting for a worker included (µs)",
+    "rtt_us": "mean unlocked round trip to the database, measured before the sections (µs)",
+    "rps": "requests per second",
+    "connections": "connections accepted",
+}
+
+
+def metric_legend(data):
+    """One line per metric in the table: which way is better and how to read the ratio."""
+    out = ["Metrics (the ratio after a peer's median is peer/plaza):\n"]
+    for metric in sorted({k[2] for k in data}):
+        note = METRIC_NOTES.get(metric, "")
+        if metric in HIGHER_IS_BETTER:
+            way = "higher is better; a ratio below 1 means plaza is ahead"
+        else:
+            way = "lower is better; a ratio above 1 means plaza is ahead"
+        out.append(f"- `{metric}`: {way}" + (f"; {note}" if note else "") + ".")
+    return out
+
+
+def med(data, key, system):
+    vals = data.get(key, {}).get(system)
+    return statistics.median(vals) if vals else None
+
+
+def logic_summary(data):
+    """The figures docs/choosing-a-lock.md quotes, side by side: the cost of each wrong
+    lock next to the right one, per system."""
+    by = "tasks=64 bystanders=64 workers=2 delay_us=1000"
+    rows = [
+        ("logic section, async lock + async I/O", ("bystanders", "lock=async " + by, "sections_per_s"),
+         ("bystanders", "lock=async " + by, "bystander_ops_per_s"),
+         ("bystanders", "lock=async " + by, "bystander_p99_us")),
+        ("logic section, sync lock + blocking I/O (wrong)", ("bystanders", "lock=sync " + by, "sections_per_s"),
+         ("bystanders", "lock=sync " + by, "bystander_ops_per_s"),
+         ("bystanders", "lock=sync " + by, "bystander_p99_us")),
+    ]
+    out = ["\n## Logic sections: the right lock and the wrong one\n",
+           "64 tasks each hold one lock across a 1 ms database round trip while 64 bystander "
+           "tasks compute and yield, on 2 workers (medians):\n",
+           "| section | system | sections/s | bystander iterations/s | bystander p99 (µs) |",
+           "|---|---|---:|---:|---:|"]
+    for label, ks, ko, kp in rows:
+        for system in ["plaza", "tokio", "go"]:
+            v = [med(data, k, system) for k in (ks, ko, kp)]
+            if all(x is None for x in v):
+                continue
+            out.append(f"| {label} | {system} | " + " | ".join("–" if x is None else fmt(x) for x in v) + " |")
+    out += ["", "A data section (counter++) behind each kind of lock, 64 tasks on 2 workers, ns per "
+            "section (medians):\n",
+            "| system | sync lock (`tasks_contended work=0`) | async lock (`wrong_lock kind=data_behind_async`) | cost of the wrong lock |",
+            "|---|---:|---:|---:|"]
+    for system, sync_sys in [("plaza", "plaza"), ("tokio", "parking_lot"), ("tokio", "std")]:
+        sync_v = med(data, ("tasks_contended", "tasks=64 workers=2 work=0", "ns_per_op"), sync_sys)
+        async_v = med(data, ("wrong_lock", "kind=data_behind_async tasks=64 workers=2", "ns_per_op"), system)
+        if sync_v is None and async_v is None:
+            continue
+        cost = f"×{async_v / sync_v:.1f}" if sync_v and async_v else "–"
+        name = system if system == sync_sys else f"{system} vs {sync_sys}"
+        out.append(f"| {name} | " + ("–" if sync_v is None else fmt(sync_v)) + " | "
+                   + ("–" if async_v is None else fmt(async_v)) + f" | {cost} |")
+    return out
+
+
+def write_results(data, path, stamp, runs, mach, vers, plots_dir, db_notes=()):
     lines = []
     lines.append("# plaza beside tokio, parking_lot, Go, Boost.Fiber and pthreads\n")
     lines.append(f"Taken {stamp} on {mach}; {runs} run(s) of every system, interleaved. "
                  "Each cell: median (min-max); after the peers' medians, the ratio peer/plaza "
-                 "(above 1: plaza is faster, for every metric here but `rps`, where it is the other way).\n")
+                 "(its direction per metric is listed below the table).\n")
     lines.append("Versions: " + "; ".join(f"{k} {v}" for k, v in vers.items()) + ".\n")
     lines.append("Command: `make bench` (or `bench/run.py --runs N`; `make bench QUICK=1` runs once). "
                  "Workloads and how each peer implements them: bench/peers/README.md.\n")
@@ -127,6 +254,12 @@ def write_results(data, path, stamp, runs, mach, vers, plots_dir):
                 cell += f" ×{med / base:.2f}"
             cells.append(cell)
         lines.append(f"| {workload} | {param} | {metric} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += metric_legend(data)
+    lines += logic_summary(data)
+    if db_notes:
+        lines.append("\nThe database (bench/peers/bin/dbserver) measured the delays it gave:\n")
+        lines += [f"- `{n}`" for n in db_notes]
     if plots_dir:
         lines.append("\nPlots: `" + os.path.relpath(plots_dir, HERE) + "/`.\n")
     with open(path, "w") as f:
@@ -162,12 +295,51 @@ def plot(data, plots_dir, mach):
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(labels))])
         ax.set_xticklabels(labels, fontsize=7)
         ax.set_yscale("log")
-        ax.set_title(f"{workload} (medians; lower is better unless rps)\n{mach}", fontsize=8)
+        up = sorted({m for (_, _, m) in keys if m in HIGHER_IS_BETTER})
+        way = f"higher is better for {', '.join(up)}, lower for the rest" if up else "lower is better"
+        ax.set_title(f"{workload} (medians; {way})\n{mach}", fontsize=8)
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(os.path.join(plots_dir, f"{workload}.png"), dpi=90)
         plt.close(fig)
     return plots_dir
+
+
+def run_logic(binaries, runs, seconds, peers_bin):
+    """The logic-section workloads against one dbserver per delay, `runs` times,
+    interleaved like the `all` runs.  Returns (rows, the servers' own delay reports)."""
+    server_bin = os.path.join(peers_bin, "dbserver")
+    if not os.access(server_bin, os.X_OK):
+        sys.stderr.write(f"bench: {server_bin} missing (make -C bench/peers); logic workloads skipped\n")
+        return [], []
+    paths = dict(binaries)
+    plan = logic_runs(seconds)
+    # Each server stops by itself long after the last run could end, should this
+    # script die without stopping it.
+    budget = runs * len(plan) * 3 * (seconds + 10) + 60
+    servers, rows, notes = {}, [], []
+    try:
+        for d in DB_DELAYS:
+            servers[d] = DbServer(server_bin, d, budget)
+        for r in range(1, runs + 1):
+            for delay, systems, workload, args in plan:
+                for name in systems:
+                    path = paths.get(name)
+                    if not path:
+                        continue
+                    full = [workload, f"db_port={servers[delay].port}"] + args
+                    sys.stderr.write(f"bench: run {r}/{runs}: {name} {' '.join(full)} ... ")
+                    sys.stderr.flush()
+                    got, took = run_all(path, name, False, full, timeout=seconds + 60)
+                    sys.stderr.write(f"{len(got)} figures in {took:.1f} s\n")
+                    rows.extend([str(r)] + g for g in got)
+    finally:
+        for d, srv in servers.items():
+            note = srv.stop()
+            if note:
+                notes.append(note)
+                sys.stderr.write(note + "\n")
+    return rows, notes
 
 
 def main():
@@ -197,6 +369,8 @@ def main():
             got, took = run_all(path, name, a.quick)
             sys.stderr.write(f"{len(got)} figures in {took:.1f} s\n")
             rows.extend([str(r)] + g for g in got)
+    logic_rows, db_notes = run_logic(binaries, runs, 1 if a.quick else 2, peers_bin)
+    rows += logic_rows
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     csv_path = os.path.join(HERE, "results", f"{stamp}-{host}.csv")
     with open(csv_path, "w") as f:
@@ -205,7 +379,8 @@ def main():
             f.write(",".join(row) + "\n")
     data = aggregate(rows)
     plots_dir = plot(data, os.path.join(HERE, "results", f"{stamp}-{host}"), mach)
-    write_results(data, os.path.join(HERE, "RESULTS.md"), stamp, runs, mach, versions(), plots_dir)
+    write_results(data, os.path.join(HERE, "RESULTS.md"), stamp, runs, mach, versions(), plots_dir,
+                  db_notes)
     sys.stderr.write(f"bench: wrote {csv_path} and bench/RESULTS.md\n")
 
 
