@@ -30,6 +30,7 @@ extern const workload runtime_workloads[];
 extern const workload sync_workloads[] __attribute__((weak));
 extern const workload async_workloads[] __attribute__((weak));
 extern const workload io_workloads[] __attribute__((weak));
+extern const workload logic_workloads[] __attribute__((weak));
 
 /* The busy loop the peers run outside their locks: w steps of xorshift64
  * seeded from seed (see bench/peers/README.md). */

@@ -6,12 +6,13 @@
 #include <string.h>
 #include <unistd.h>
 
-static const workload *tables[5];
+static const workload *tables[6];
 
 static void init_tables(void)
 {
     int n = 0;
-    const workload *all[] = {runtime_workloads, sync_workloads, async_workloads, io_workloads};
+    const workload *all[] = {runtime_workloads, sync_workloads, async_workloads, io_workloads,
+                             logic_workloads};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (all[i])
             tables[n++] = all[i];
