@@ -34,7 +34,12 @@ extern "C" {
  *
  * state: bit 0 PZ__AMUTEX_LOCKED (held), bit 1 PZ__AMUTEX_PARKED (a waiter
  * may be parked on the mutex's address; set by a waiter under the lot's
- * bucket lock, cleared under it when the last waiter leaves).
+ * bucket lock, cleared under it when the last waiter leaves), bit 2
+ * PZ__AMUTEX_STARVING (starvation mode: set with PARKED by a waiter that
+ * has been trying for 1 ms; while it is set nobody barges and every unlock
+ * hands the lock to the first waiter; cleared by a waiter served in under
+ * 1 ms or when the last waiter leaves).  LOCKED clear implies STARVING
+ * clear.
  * owner: the id of the holder, written by the holder right after it gets
  * the lock and cleared by it just before it lets go: a task's pz_task_id,
  * or, for a plain thread, PZ__AMUTEX_THREAD_BIT | a per-thread number.  It
@@ -44,8 +49,9 @@ extern "C" {
  *
  * Fairness: unlocking lets a running task barge in ahead of the woken
  * waiter, except when the lot asks for a fair hand-off (the woken waiter
- * has waited about 1 ms, or a random interval of up to 1 ms has passed):
- * then the lock passes to the waiter still locked.
+ * has waited about 1 ms, or a random interval of up to 1 ms has passed) or
+ * in starvation mode: then the lock passes to the waiter still locked.
+ * docs/async.md gives the measurements behind this choice.
  * ------------------------------------------------------------------------ */
 typedef struct pz_async_mutex {
     _Atomic uintptr_t state;
@@ -55,6 +61,7 @@ typedef struct pz_async_mutex {
 #define PZ_ASYNC_MUTEX_INIT {0, 0}
 #define PZ__AMUTEX_LOCKED 1u
 #define PZ__AMUTEX_PARKED 2u
+#define PZ__AMUTEX_STARVING 4u
 #define PZ__AMUTEX_THREAD_BIT (1ull << 63)
 
 /* The caller's owner id (see owner above). */

@@ -34,6 +34,8 @@
 #define TOKEN_NORMAL 0
 #define TOKEN_HANDOFF 1
 #define SPIN_LIMIT 4
+/* A waiter trying this long turns on starvation mode. */
+#define STARVE_NS 1000000
 
 static _Atomic uint64_t next_thread_id = 1;
 static __thread uint64_t thread_id;
@@ -51,45 +53,61 @@ uint64_t pz__async_self_id(void)
 static bool still_locked_and_parked(void *ctx)
 {
     pz_async_mutex_t *m = ctx;
-    return atomic_load_explicit(&m->state, memory_order_relaxed) == (PZ__AMUTEX_LOCKED | PZ__AMUTEX_PARKED);
+    uintptr_t s = atomic_load_explicit(&m->state, memory_order_relaxed);
+    return (s & (PZ__AMUTEX_LOCKED | PZ__AMUTEX_PARKED)) == (PZ__AMUTEX_LOCKED | PZ__AMUTEX_PARKED);
 }
 
 static void mutex_timed_out(void *ctx, bool was_last)
 {
     pz_async_mutex_t *m = ctx;
     if (was_last)
-        atomic_fetch_and_explicit(&m->state, ~(uintptr_t)PZ__AMUTEX_PARKED, memory_order_relaxed);
+        atomic_fetch_and_explicit(&m->state, ~(uintptr_t)(PZ__AMUTEX_PARKED | PZ__AMUTEX_STARVING),
+                                  memory_order_relaxed);
 }
 
 int pz__async_mutex_lock_slow(pz_async_mutex_t *m, int64_t deadline)
 {
     int spins = 0;
+    int64_t first_park = 0;
     uintptr_t s = atomic_load_explicit(&m->state, memory_order_relaxed);
     for (;;) {
-        if (!(s & PZ__AMUTEX_LOCKED)) {
+        /* Barge in while the lock is free, except in starvation mode,
+         * where it passes only by hand-off (and is never seen free). */
+        if (!(s & (PZ__AMUTEX_LOCKED | PZ__AMUTEX_STARVING))) {
             if (atomic_compare_exchange_weak_explicit(&m->state, &s, s | PZ__AMUTEX_LOCKED, memory_order_acquire,
                                                       memory_order_relaxed))
                 break;
             continue;
         }
-        if (!(s & PZ__AMUTEX_PARKED) && spins < SPIN_LIMIT) {
+        if (!(s & (PZ__AMUTEX_PARKED | PZ__AMUTEX_STARVING)) && spins < SPIN_LIMIT) {
             spins++;
             for (int i = 0; i < (2 << spins); i++)
                 pz__arch_cpu_relax();
             s = atomic_load_explicit(&m->state, memory_order_relaxed);
             continue;
         }
-        if (!(s & PZ__AMUTEX_PARKED)) {
-            if (!atomic_compare_exchange_weak_explicit(&m->state, &s, s | PZ__AMUTEX_PARKED, memory_order_relaxed,
-                                                       memory_order_relaxed))
-                continue;
-        }
+        /* A waiter that was woken and lost the lock to a running task
+         * parks again at the tail of the queue.  Once it has been trying
+         * for STARVE_NS it turns on starvation mode, so that it cannot
+         * lose again: from then on every unlock hands over in queue
+         * order. */
+        uintptr_t want = s | PZ__AMUTEX_PARKED;
+        if (first_park && pz_now() - first_park >= STARVE_NS)
+            want |= PZ__AMUTEX_STARVING;
+        if (want != s &&
+            !atomic_compare_exchange_weak_explicit(&m->state, &s, want, memory_order_relaxed, memory_order_relaxed))
+            continue;
+        if (!first_park)
+            first_park = pz_now();
         uintptr_t token = TOKEN_NORMAL;
         int r = pz_park(m, still_locked_and_parked, NULL, mutex_timed_out, m, 0, deadline, 0, &token);
         if (r == 0 && token == TOKEN_HANDOFF) {
             /* The unlocker left LOCKED set for us; acquire pairs with its
-             * release of the bucket lock, which follows its section. */
+             * release of the bucket lock, which follows its section.  A
+             * waiter served quickly ends starvation mode. */
             atomic_thread_fence(memory_order_acquire);
+            if (pz_now() - first_park < STARVE_NS)
+                atomic_fetch_and_explicit(&m->state, ~(uintptr_t)PZ__AMUTEX_STARVING, memory_order_relaxed);
             break;
         }
         if (r == -ETIMEDOUT || r == -ECANCELED)
@@ -106,11 +124,15 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, int64_t deadline)
 static uintptr_t unlock_decide(pz_unpark_result_t r, void *arg)
 {
     pz_async_mutex_t *m = arg;
-    if (r.unparked && r.be_fair) {
+    uintptr_t s = atomic_load_explicit(&m->state, memory_order_relaxed);
+    if (r.unparked && (r.be_fair || (s & PZ__AMUTEX_STARVING))) {
+        /* Hand-off: LOCKED stays set for the woken waiter. */
         if (!r.have_more)
             atomic_store_explicit(&m->state, PZ__AMUTEX_LOCKED, memory_order_relaxed);
         return TOKEN_HANDOFF;
     }
+    /* Nobody holds the lock now; the word changes only under the bucket
+     * lock while PARKED is set, so a plain store is enough. */
     atomic_store_explicit(&m->state, r.have_more ? PZ__AMUTEX_PARKED : 0, memory_order_release);
     return TOKEN_NORMAL;
 }

@@ -89,6 +89,10 @@ static pz_filter_op_t rw_filter(uintptr_t park_token, void *ctx)
 {
     struct dispatch *d = ctx;
     struct rw_wait *w = (struct rw_wait *)park_token;
+    /* Granted by an earlier dispatch whose claim it lost: it is leaving
+     * holding the lock and must not be counted twice. */
+    if (w->granted)
+        return PZ_FILTER_SKIP;
     if (d->stop || d->writer)
         return PZ_FILTER_STOP;
     uintptr_t s = atomic_load_explicit(&d->l->state, memory_order_relaxed);

@@ -117,6 +117,10 @@ static pz_filter_op_t sem_filter(uintptr_t park_token, void *ctx)
 {
     struct dispatch *d = ctx;
     struct sem_wait *w = (struct sem_wait *)park_token;
+    /* Granted by an earlier dispatch whose claim it lost: it is leaving
+     * with its permits and must not be served twice. */
+    if (w->granted)
+        return PZ_FILTER_SKIP;
     uint64_t st = atomic_load_explicit(&d->s->state, memory_order_relaxed);
     if (st & PZ__SEM_CLOSED)
         return PZ_FILTER_STOP; /* close wakes them all itself */

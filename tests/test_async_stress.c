@@ -1,0 +1,630 @@
+/* Races of the async primitives: mutual exclusion across 10 000 tasks with
+ * suspensions inside the section, a fairness bound, permits conserved
+ * through storms of timeouts and cancels, no lost notification, every
+ * channel item received exactly once, close against waiters, barrier
+ * generations and reader-writer exclusion with upgrades. */
+#include "helpers.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define US 1000ll
+#define MS 1000000ll
+
+static pz_task_t **spawn_n(int n, pz_fn fn, void *(*argf)(int))
+{
+    pz_task_t **t = malloc((size_t)n * sizeof *t);
+    CHECK(t != NULL);
+    for (int i = 0; i < n; i++) {
+        t[i] = pz_spawn(fn, argf ? argf(i) : NULL);
+        CHECK(t[i] != NULL);
+    }
+    return t;
+}
+
+static void join_n(pz_task_t **t, int n)
+{
+    for (int i = 0; i < n; i++)
+        CHECK_EQ(pz_join(t[i], NULL), 0);
+    free(t);
+}
+
+static void *index_arg(int i)
+{
+    return (void *)(intptr_t)i;
+}
+
+/* ---- mutual exclusion with suspensions inside ---- */
+
+static pz_async_mutex_t ex_m;
+static long ex_counter;
+static bool ex_inside;
+
+static void *ex_task(void *arg)
+{
+    int i = (int)(intptr_t)arg;
+    for (int k = 0; k < 3; k++) {
+        /* A few timed waits (each timeout walks the lot's queue, which
+         * holds up to 10 000 waiters here). */
+        if ((i + k) % 1000 == 0) {
+            int r;
+            while ((r = pz_async_mutex_lock_until(&ex_m, pz_now() + 20 * MS)) == -ETIMEDOUT)
+                ;
+            CHECK_EQ(r, 0);
+        } else {
+            CHECK_EQ(pz_async_mutex_lock(&ex_m), 0);
+        }
+        CHECK(!ex_inside);
+        ex_inside = true;
+        long c = ex_counter;
+        if (i % 16 == 0)
+            pz_yield();
+        if (i % 500 == 0 && k == 0)
+            pz_sleep(20 * US);
+        ex_counter = c + 1;
+        ex_inside = false;
+        CHECK_EQ(pz_async_mutex_unlock(&ex_m), 0);
+        if (i % 3 == 0)
+            pz_yield();
+    }
+    return NULL;
+}
+
+static void *exclusion_main(void *arg)
+{
+    (void)arg;
+    int n = SCALED(10000);
+    join_n(spawn_n(n, ex_task, index_arg), n);
+    CHECK_EQ(ex_counter, 3L * n);
+    CHECK_EQ(atomic_load(&ex_m.state), 0);
+    return NULL;
+}
+
+static void test_mutex_exclusion_10k(void **state)
+{
+    (void)state;
+    run_in_runtime(0, exclusion_main, NULL);
+}
+
+/* ---- fairness: a waiter behind hammering bargers ---- */
+
+static pz_async_mutex_t fair_m;
+static _Atomic bool fair_stop;
+static _Atomic int64_t fair_max_wait;
+
+static void *barger(void *arg)
+{
+    (void)arg;
+    uint64_t x = 1;
+    while (!atomic_load_explicit(&fair_stop, memory_order_relaxed)) {
+        CHECK_EQ(pz_async_mutex_lock(&fair_m), 0);
+        for (int i = 0; i < 20; i++)
+            x = x * 6364136223846793005ull + 1;
+        CHECK_EQ(pz_async_mutex_unlock(&fair_m), 0);
+    }
+    return (void *)(uintptr_t)x;
+}
+
+static void *victim(void *arg)
+{
+    (void)arg;
+    int64_t worst = 0;
+    for (int i = 0; i < SCALED(200); i++) {
+        int64_t t0 = pz_now();
+        CHECK_EQ(pz_async_mutex_lock(&fair_m), 0);
+        int64_t w = pz_now() - t0;
+        if (w > worst)
+            worst = w;
+        CHECK_EQ(pz_async_mutex_unlock(&fair_m), 0);
+        pz_sleep(50 * US);
+    }
+    atomic_store(&fair_max_wait, worst);
+    return NULL;
+}
+
+static void *fairness_main(void *arg)
+{
+    (void)arg;
+    pz_task_t *b[4];
+    for (int i = 0; i < 4; i++)
+        b[i] = pz_spawn(barger, NULL);
+    pz_task_t *v[2] = {pz_spawn(victim, NULL), pz_spawn(victim, NULL)};
+    CHECK_EQ(pz_join(v[0], NULL), 0);
+    int64_t w0 = atomic_load(&fair_max_wait);
+    CHECK_EQ(pz_join(v[1], NULL), 0);
+    int64_t w1 = atomic_load(&fair_max_wait);
+    atomic_store(&fair_stop, true);
+    for (int i = 0; i < 4; i++)
+        CHECK_EQ(pz_join(b[i], NULL), 0);
+    int64_t worst = w0 > w1 ? w0 : w1;
+    fprintf(stderr, "fairness: longest wait behind 4 bargers %.1f us\n", (double)worst / 1000.0);
+    /* Eventual fairness hands over within ~1 ms of waiting; allow for a
+     * loaded or sanitised machine. */
+    CHECK(worst < 200 * MS);
+    return NULL;
+}
+
+static void test_mutex_fairness_bound(void **state)
+{
+    (void)state;
+    run_in_runtime(2, fairness_main, NULL);
+}
+
+/* ---- semaphore: permits conserved through timeouts and cancels ---- */
+
+#define SEM_PERMITS 5
+static pz_semaphore_t st_sem;
+static _Atomic long st_held;
+
+static void *sem_storm_task(void *arg)
+{
+    uint64_t rng = (uint64_t)(intptr_t)arg * 2654435761u + 1;
+    for (int i = 0; i < SCALED(300); i++) {
+        uint64_t n = 1 + test_rand(&rng) % 3;
+        int64_t dl = (test_rand(&rng) & 1) ? PZ_FOREVER : pz_now() + (int64_t)(test_rand(&rng) % 50) * US;
+        int r = pz_semaphore_acquire_until(&st_sem, n, dl);
+        if (r == -ECANCELED)
+            return NULL;
+        if (r != 0) {
+            CHECK_EQ(r, -ETIMEDOUT);
+            continue;
+        }
+        long h = atomic_fetch_add(&st_held, (long)n) + (long)n;
+        CHECK(h <= SEM_PERMITS);
+        if (test_rand(&rng) % 4 == 0)
+            pz_yield();
+        atomic_fetch_sub(&st_held, (long)n);
+        CHECK_EQ(pz_semaphore_release(&st_sem, n), 0);
+    }
+    return NULL;
+}
+
+static void *sem_storm_main(void *arg)
+{
+    (void)arg;
+    pz_semaphore_init(&st_sem, SEM_PERMITS);
+    int n = 64;
+    pz_task_t **t = spawn_n(n, sem_storm_task, index_arg);
+    uint64_t rng = 99;
+    for (int i = 0; i < 40; i++) {
+        pz_sleep((int64_t)(test_rand(&rng) % 300) * US);
+        pz_cancel(t[test_rand(&rng) % (uint64_t)n]);
+    }
+    join_n(t, n);
+    CHECK_EQ(pz_semaphore_available(&st_sem), SEM_PERMITS);
+    CHECK_EQ(atomic_load(&st_sem.state) & PZ__SEM_WAITERS, 0);
+    return NULL;
+}
+
+static void test_semaphore_conservation(void **state)
+{
+    (void)state;
+    for (int round = 0; round < 3; round++)
+        run_in_runtime(2, sem_storm_main, NULL);
+}
+
+/* ---- notify: no lost wake-up ---- */
+
+static pz_notify_t nt;
+static _Atomic long nt_value;
+
+static void *nt_waiter(void *arg)
+{
+    long target = (long)(intptr_t)arg;
+    uint64_t e = pz_notify_epoch(&nt);
+    while (atomic_load(&nt_value) < target) {
+        CHECK_EQ(pz_notify_wait_since(&nt, e, PZ_FOREVER), 0);
+        e = pz_notify_epoch(&nt);
+    }
+    return NULL;
+}
+
+/* Ping-pong through notify_one: a lost notification would hang. */
+static pz_notify_t ping, pong;
+static _Atomic long pp_turn;
+
+static void *pp_peer(void *arg)
+{
+    int me = (int)(intptr_t)arg;
+    long rounds = SCALED(20000);
+    pz_notify_t *mine = me ? &pong : &ping, *theirs = me ? &ping : &pong;
+    for (long i = 0; i < rounds; i++) {
+        while ((atomic_load(&pp_turn) & 1) != me)
+            CHECK_EQ(pz_notify_wait(mine), 0);
+        atomic_fetch_add(&pp_turn, 1);
+        pz_notify_one(theirs);
+    }
+    return NULL;
+}
+
+static void *notify_main(void *arg)
+{
+    (void)arg;
+    for (int round = 0; round < SCALED(300); round++) {
+        atomic_store(&nt_value, 0);
+        pz_task_t *t[8];
+        for (int i = 0; i < 8; i++)
+            t[i] = pz_spawn(nt_waiter, (void *)(intptr_t)(1 + i % 2));
+        if (round & 1)
+            pz_yield();
+        atomic_store(&nt_value, 1);
+        pz_notify_all(&nt);
+        if (round & 2)
+            pz_yield();
+        atomic_store(&nt_value, 2);
+        pz_notify_all(&nt);
+        for (int i = 0; i < 8; i++)
+            CHECK_EQ(pz_join(t[i], NULL), 0);
+    }
+    pz_task_t *a = pz_spawn(pp_peer, (void *)0), *b = pz_spawn(pp_peer, (void *)1);
+    CHECK_EQ(pz_join(a, NULL), 0);
+    CHECK_EQ(pz_join(b, NULL), 0);
+    CHECK_EQ(atomic_load(&pp_turn), 2 * SCALED(20000));
+    return NULL;
+}
+
+static void test_notify_no_lost_wakeup(void **state)
+{
+    (void)state;
+    run_in_runtime(2, notify_main, NULL);
+}
+
+/* ---- channels: exactly once, many producers and consumers ---- */
+
+#define PRODUCERS 6
+#define CONSUMERS 5
+static pz_chan_t *mc;
+static long mc_per;
+static _Atomic uint32_t *mc_seen;
+static _Atomic uint64_t mc_sum;
+static _Atomic long mc_count;
+
+static void *mc_producer(void *arg)
+{
+    long p = (long)(intptr_t)arg;
+    for (long i = 0; i < mc_per; i++) {
+        uint64_t v = (uint64_t)(p * mc_per + i);
+        if (i % 7 == 0) {
+            int r;
+            while ((r = pz_chan_send_until(mc, &v, pz_now() + 20 * US)) == -ETIMEDOUT)
+                ;
+            CHECK_EQ(r, 0);
+        } else if (i % 11 == 0) {
+            while (pz_chan_try_send(mc, &v) == -EAGAIN)
+                pz_yield();
+        } else {
+            CHECK_EQ(pz_chan_send(mc, &v), 0);
+        }
+    }
+    return NULL;
+}
+
+static void *mc_consumer(void *arg)
+{
+    long c = (long)(intptr_t)arg;
+    uint64_t v;
+    for (long k = 0;; k++) {
+        int r;
+        if ((k + c) % 5 == 0)
+            r = pz_chan_recv_until(mc, &v, pz_now() + 20 * US);
+        else
+            r = pz_chan_recv(mc, &v);
+        if (r == -ETIMEDOUT)
+            continue;
+        if (r == -EPIPE)
+            return NULL;
+        CHECK_EQ(r, 0);
+        CHECK(v < (uint64_t)(PRODUCERS * mc_per));
+        CHECK_EQ(atomic_fetch_add(&mc_seen[v], 1), 0);
+        atomic_fetch_add(&mc_sum, v);
+        atomic_fetch_add(&mc_count, 1);
+    }
+}
+
+static void *mpmc_main(void *arg)
+{
+    size_t cap = (size_t)(intptr_t)arg;
+    mc_per = SCALED(40000);
+    long total = PRODUCERS * mc_per;
+    mc_seen = calloc((size_t)total, sizeof *mc_seen);
+    atomic_store(&mc_sum, 0);
+    atomic_store(&mc_count, 0);
+    mc = pz_chan_create(sizeof(uint64_t), cap);
+    CHECK(mc != NULL);
+    pz_task_t **c = spawn_n(CONSUMERS, mc_consumer, index_arg);
+    pz_task_t **p = spawn_n(PRODUCERS, mc_producer, index_arg);
+    join_n(p, PRODUCERS);
+    pz_chan_close(mc);
+    join_n(c, CONSUMERS);
+    CHECK_EQ(atomic_load(&mc_count), total);
+    CHECK_EQ(atomic_load(&mc_sum), (uint64_t)total * (uint64_t)(total - 1) / 2);
+    for (long i = 0; i < total; i++)
+        CHECK_EQ(mc_seen[i], 1);
+    pz_chan_destroy(mc);
+    free(mc_seen);
+    return NULL;
+}
+
+static void test_chan_mpmc_exactly_once(void **state)
+{
+    (void)state;
+    run_in_runtime(2, mpmc_main, (void *)(intptr_t)64);
+    run_in_runtime(2, mpmc_main, (void *)(intptr_t)1);
+    run_in_runtime(2, mpmc_main, (void *)(intptr_t)0); /* rendezvous */
+}
+
+/* Cancel storm on a rendezvous channel: every send that succeeds was
+ * received exactly once, and every receive matches a successful send. */
+static pz_chan_t cs_ch;
+static _Atomic long cs_sent, cs_recv;
+
+static void *cs_sender(void *arg)
+{
+    long id = (long)(intptr_t)arg;
+    for (long i = 0;; i++) {
+        long v = id;
+        int r = pz_chan_send_until(&cs_ch, &v, pz_now() + (i % 3) * 30 * US);
+        if (r == 0)
+            atomic_fetch_add(&cs_sent, 1);
+        else if (r == -ECANCELED || r == -EPIPE)
+            return NULL;
+        else
+            CHECK_EQ(r, -ETIMEDOUT);
+    }
+}
+
+static void *cs_receiver(void *arg)
+{
+    (void)arg;
+    for (long i = 0;; i++) {
+        long v;
+        int r = pz_chan_recv_until(&cs_ch, &v, pz_now() + (i % 4) * 25 * US);
+        if (r == 0)
+            atomic_fetch_add(&cs_recv, 1);
+        else if (r == -ECANCELED || r == -EPIPE)
+            return NULL;
+        else
+            CHECK_EQ(r, -ETIMEDOUT);
+    }
+}
+
+static void *cancel_storm_main(void *arg)
+{
+    (void)arg;
+    CHECK_EQ(pz_chan_init(&cs_ch, sizeof(long), 0, NULL), 0);
+    pz_task_t **s = spawn_n(8, cs_sender, index_arg);
+    pz_task_t **r = spawn_n(8, cs_receiver, index_arg);
+    uint64_t rng = 7;
+    for (int i = 0; i < 12; i++) {
+        pz_sleep(2 * MS);
+        pz_cancel((i & 1) ? s[test_rand(&rng) % 8] : r[test_rand(&rng) % 8]);
+    }
+    pz_chan_close(&cs_ch);
+    join_n(s, 8);
+    join_n(r, 8);
+    CHECK(atomic_load(&cs_sent) > 0);
+    CHECK_EQ(atomic_load(&cs_sent), atomic_load(&cs_recv));
+    return NULL;
+}
+
+static void test_chan_cancel_storm(void **state)
+{
+    (void)state;
+    run_in_runtime(2, cancel_storm_main, NULL);
+}
+
+/* Close wakes every waiter: 100 receivers and 100 senders. */
+static pz_chan_t cw_rx, cw_tx;
+
+static void *cw_recv(void *arg)
+{
+    (void)arg;
+    long v;
+    CHECK_EQ(pz_chan_recv(&cw_rx, &v), -EPIPE);
+    return NULL;
+}
+
+static void *cw_send(void *arg)
+{
+    (void)arg;
+    long v = 1;
+    CHECK_EQ(pz_chan_send(&cw_tx, &v), -EPIPE);
+    return NULL;
+}
+
+static void *close_wakes_main(void *arg)
+{
+    (void)arg;
+    CHECK_EQ(pz_chan_init(&cw_rx, sizeof(long), 0, NULL), 0);
+    CHECK_EQ(pz_chan_init(&cw_tx, sizeof(long), 0, NULL), 0);
+    pz_task_t **r = spawn_n(100, cw_recv, NULL);
+    pz_task_t **s = spawn_n(100, cw_send, NULL);
+    pz_sleep(5 * MS);
+    pz_chan_close(&cw_rx);
+    pz_chan_close(&cw_tx);
+    join_n(r, 100);
+    join_n(s, 100);
+    return NULL;
+}
+
+static void test_chan_close_wakes_all(void **state)
+{
+    (void)state;
+    run_in_runtime(2, close_wakes_main, NULL);
+}
+
+/* Tasks and plain threads on one channel. */
+static void *thread_send(void *arg)
+{
+    (void)arg;
+    for (uint64_t i = 0; i < (uint64_t)mc_per; i++) {
+        uint64_t v = i;
+        CHECK_EQ(pz_chan_send(mc, &v), 0);
+    }
+    return NULL;
+}
+
+static void *mixed_chan_main(void *arg)
+{
+    (void)arg;
+    mc_per = SCALED(20000);
+    mc = pz_chan_create(sizeof(uint64_t), 4);
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        CHECK_EQ(pthread_create(&th[i], NULL, thread_send, NULL), 0);
+    uint64_t sum = 0, v;
+    for (long i = 0; i < 2 * mc_per; i++) {
+        CHECK_EQ(pz_chan_recv(mc, &v), 0);
+        sum += v;
+    }
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    CHECK_EQ(sum, (uint64_t)mc_per * (uint64_t)(mc_per - 1));
+    pz_chan_destroy(mc);
+    return NULL;
+}
+
+static void test_chan_threads_and_tasks(void **state)
+{
+    (void)state;
+    run_in_runtime(2, mixed_chan_main, NULL);
+}
+
+/* ---- barrier generations ---- */
+
+#define BAR_N 12
+static pz_barrier_t gb;
+static _Atomic int gb_phase[BAR_N];
+static _Atomic int gb_leaders;
+
+static void *gb_task(void *arg)
+{
+    int me = (int)(intptr_t)arg;
+    int rounds = SCALED(1000);
+    for (int r = 0; r < rounds; r++) {
+        atomic_store(&gb_phase[me], r);
+        int x = pz_barrier_wait(&gb);
+        CHECK(x == 0 || x == PZ_BARRIER_LEADER);
+        if (x == PZ_BARRIER_LEADER)
+            atomic_fetch_add(&gb_leaders, 1);
+        /* Everyone reached phase r before anyone passed. */
+        for (int i = 0; i < BAR_N; i++)
+            CHECK(atomic_load(&gb_phase[i]) >= r);
+        if (r % 7 == me % 7)
+            pz_yield();
+    }
+    return NULL;
+}
+
+static void *barrier_main(void *arg)
+{
+    (void)arg;
+    CHECK_EQ(pz_barrier_init(&gb, BAR_N), 0);
+    join_n(spawn_n(BAR_N, gb_task, index_arg), BAR_N);
+    CHECK_EQ(atomic_load(&gb_leaders), SCALED(1000));
+    return NULL;
+}
+
+static void test_barrier_generations(void **state)
+{
+    (void)state;
+    run_in_runtime(2, barrier_main, NULL);
+}
+
+/* ---- rwlock: no writer beside readers; upgrades ---- */
+
+static pz_async_rwlock_t rw;
+static _Atomic long rw_readers, rw_writers;
+static long rw_data;
+
+static void *rw_task(void *arg)
+{
+    uint64_t rng = (uint64_t)(intptr_t)arg * 7919 + 3;
+    for (int i = 0; i < SCALED(2000); i++) {
+        unsigned k = (unsigned)(test_rand(&rng) % 10);
+        if (k < 6) {
+            int r = (k == 0) ? pz_async_rwlock_read_until(&rw, pz_now() + 30 * US) : pz_async_rwlock_read(&rw);
+            if (r == -ETIMEDOUT)
+                continue;
+            CHECK_EQ(r, 0);
+            atomic_fetch_add(&rw_readers, 1);
+            CHECK_EQ(atomic_load(&rw_writers), 0);
+            if (k == 1)
+                pz_yield();
+            atomic_fetch_sub(&rw_readers, 1);
+            CHECK_EQ(pz_async_rwlock_read_unlock(&rw), 0);
+        } else if (k < 8) {
+            int r = (k == 6) ? pz_async_rwlock_write_until(&rw, pz_now() + 30 * US) : pz_async_rwlock_write(&rw);
+            if (r == -ETIMEDOUT)
+                continue;
+            CHECK_EQ(r, 0);
+            CHECK_EQ(atomic_fetch_add(&rw_writers, 1), 0);
+            CHECK_EQ(atomic_load(&rw_readers), 0);
+            long d = rw_data;
+            if (k == 7)
+                pz_yield();
+            rw_data = d + 1;
+            atomic_fetch_sub(&rw_writers, 1);
+            if (k == 7) {
+                CHECK_EQ(pz_async_rwlock_downgrade(&rw), 0);
+                CHECK_EQ(pz_async_rwlock_read_unlock(&rw), 0);
+            } else {
+                CHECK_EQ(pz_async_rwlock_write_unlock(&rw), 0);
+            }
+        } else {
+            CHECK_EQ(pz_async_rwlock_upgradable_read(&rw), 0);
+            atomic_fetch_add(&rw_readers, 1);
+            CHECK_EQ(atomic_load(&rw_writers), 0);
+            long d = rw_data;
+            atomic_fetch_sub(&rw_readers, 1);
+            int r = (k == 8) ? pz_async_rwlock_upgrade_until(&rw, pz_now() + 30 * US) : pz_async_rwlock_upgrade(&rw);
+            if (r == -ETIMEDOUT) {
+                CHECK_EQ(pz_async_rwlock_upgradable_unlock(&rw), 0);
+                continue;
+            }
+            CHECK_EQ(r, 0);
+            CHECK_EQ(atomic_fetch_add(&rw_writers, 1), 0);
+            CHECK_EQ(atomic_load(&rw_readers), 0);
+            CHECK_EQ(rw_data, d); /* nobody wrote since the upgradable read */
+            rw_data = d + 1;
+            atomic_fetch_sub(&rw_writers, 1);
+            CHECK_EQ(pz_async_rwlock_write_unlock(&rw), 0);
+        }
+    }
+    return NULL;
+}
+
+static void *rw_main(void *arg)
+{
+    (void)arg;
+    join_n(spawn_n(48, rw_task, index_arg), 48);
+    CHECK_EQ(atomic_load(&rw.state), 0);
+    return NULL;
+}
+
+static void test_rwlock_exclusion(void **state)
+{
+    (void)state;
+    run_in_runtime(2, rw_main, NULL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_mutex_exclusion_10k),
+        cmocka_unit_test(test_mutex_fairness_bound),
+        cmocka_unit_test(test_semaphore_conservation),
+        cmocka_unit_test(test_notify_no_lost_wakeup),
+        cmocka_unit_test(test_chan_mpmc_exactly_once),
+        cmocka_unit_test(test_chan_cancel_storm),
+        cmocka_unit_test(test_chan_close_wakes_all),
+        cmocka_unit_test(test_chan_threads_and_tasks),
+        cmocka_unit_test(test_barrier_generations),
+        cmocka_unit_test(test_rwlock_exclusion),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
