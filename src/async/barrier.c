@@ -94,7 +94,6 @@ int pz_barrier_wait_until(pz_barrier_t *b, int64_t deadline)
             continue;
         }
         if (w.passed) {
-            atomic_thread_fence(memory_order_acquire);
             return 0;
         }
         return r;

@@ -102,10 +102,9 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, int64_t deadline)
         uintptr_t token = TOKEN_NORMAL;
         int r = pz_park(m, still_locked_and_parked, NULL, mutex_timed_out, m, 0, deadline, 0, &token);
         if (r == 0 && token == TOKEN_HANDOFF) {
-            /* The unlocker left LOCKED set for us; acquire pairs with its
-             * release of the bucket lock, which follows its section.  A
-             * waiter served quickly ends starvation mode. */
-            atomic_thread_fence(memory_order_acquire);
+            /* The unlocker left LOCKED set for us; its section happens
+             * before our wake (the lot's bucket lock and the task wake
+             * order it).  A waiter served quickly ends starvation mode. */
             if (pz_now() - first_park < STARVE_NS)
                 atomic_fetch_and_explicit(&m->state, ~(uintptr_t)PZ__AMUTEX_STARVING, memory_order_relaxed);
             break;

@@ -79,8 +79,6 @@ int pz_notify_wait_since(pz_notify_t *n, uint64_t epoch, int64_t deadline)
                 return 0;
             continue;
         }
-        if (r == 0)
-            atomic_thread_fence(memory_order_acquire);
         return r;
     }
 }

@@ -184,7 +184,6 @@ static int acquire_slow(pz_async_rwlock_t *l, int kind, int64_t deadline)
         if (r == 0 || w.granted) {
             /* Granted by a dispatch (if our claim was lost at that instant
              * we keep the grant: the word already counts us). */
-            atomic_thread_fence(memory_order_acquire);
             return 0;
         }
         /* We may have been the waiter that held back the ones behind. */

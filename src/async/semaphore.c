@@ -175,12 +175,10 @@ int pz_semaphore_acquire_until(pz_semaphore_t *s, uint64_t n, int64_t deadline)
         if (r == 0) {
             if (token == TOKEN_CLOSED)
                 return -EPIPE;
-            atomic_thread_fence(memory_order_acquire);
             return 0;
         }
         /* Timed out or cancelled, having left the queue. */
         if (w.granted) {
-            atomic_thread_fence(memory_order_acquire);
             return 0; /* the permits reached us at that instant: keep them */
         }
         if (atomic_load_explicit(&s->state, memory_order_relaxed) & PZ__SEM_WAITERS)
