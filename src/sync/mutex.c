@@ -20,24 +20,10 @@
 #include <sched.h>
 
 #include "../runtime/internal.h"
+#include "spin_wait.h"
 
 #define TOKEN_NORMAL 0
 #define TOKEN_HANDOFF PZ__MUTEX_TOKEN_HANDOFF
-#define SPIN_LIMIT 10
-
-static bool spin(int *count)
-{
-    if (*count >= SPIN_LIMIT)
-        return false;
-    (*count)++;
-    if (*count <= 3) {
-        for (int i = 0; i < (1 << *count); i++)
-            pz__arch_cpu_relax();
-    } else {
-        sched_yield();
-    }
-    return true;
-}
 
 static bool still_locked_and_parked(void *ctx)
 {
@@ -63,7 +49,7 @@ void pz__mutex_lock_slow(pz_mutex_t *m, int64_t deadline, int *result)
                 return;
             continue;
         }
-        if (!(s & PZ__MUTEX_PARKED) && spin(&spins)) {
+        if (!(s & PZ__MUTEX_PARKED) && pz__spin_wait(&spins)) {
             s = atomic_load_explicit(&m->state, memory_order_relaxed);
             continue;
         }

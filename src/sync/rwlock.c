@@ -29,6 +29,7 @@
 #include <sched.h>
 
 #include "../runtime/internal.h"
+#include "spin_wait.h"
 
 #define PARKED PZ__RW_PARKED
 #define WRITER_PARKED PZ__RW_WRITER_PARKED
@@ -42,21 +43,6 @@
  * for the readers to leave). */
 #define TOKEN_NORMAL 0
 #define TOKEN_HANDOFF 1
-#define SPIN_LIMIT 10
-
-static bool spin(int *count)
-{
-    if (*count >= SPIN_LIMIT)
-        return false;
-    (*count)++;
-    if (*count <= 3) {
-        for (int i = 0; i < (1 << *count); i++)
-            pz__arch_cpu_relax();
-    } else {
-        sched_yield();
-    }
-    return true;
-}
 
 static const void *writer_addr(pz_rwlock_t *rw)
 {
@@ -195,7 +181,7 @@ static int wait_for_readers(pz_rwlock_t *rw, int64_t deadline, uintptr_t restore
     int spins = 0;
     uintptr_t s = atomic_load_explicit(&rw->state, memory_order_acquire);
     while (s & READERS) {
-        if (!(s & WRITER_PARKED) && spin(&spins)) {
+        if (!(s & WRITER_PARKED) && pz__spin_wait(&spins)) {
             s = atomic_load_explicit(&rw->state, memory_order_acquire);
             continue;
         }
@@ -231,7 +217,7 @@ int pz__rwlock_lock_slow(pz_rwlock_t *rw, int mode, int64_t deadline)
                 return mode == PZ__RW_MODE_WRITE ? wait_for_readers(rw, deadline, 0) : 0;
             continue;
         }
-        if (!(s & PARKED) && spin(&spins)) {
+        if (!(s & PARKED) && pz__spin_wait(&spins)) {
             s = atomic_load_explicit(&rw->state, memory_order_relaxed);
             continue;
         }

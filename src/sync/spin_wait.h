@@ -1,0 +1,32 @@
+/*
+ * The spin phase shared by the sync locks' slow paths: a holder of a data
+ * critical section lets go within nanoseconds, so a waiter first spins with
+ * exponential back-off (2, 4, 8 cpu_relax), then yields the CPU a few times,
+ * and only then parks, which costs microseconds.
+ */
+#ifndef PZ_SYNC_SPIN_WAIT_H
+#define PZ_SYNC_SPIN_WAIT_H
+
+#include <sched.h>
+#include <stdbool.h>
+
+#include "../arch/arch.h"
+
+#define PZ__SPIN_LIMIT 10
+
+/* One more round of spinning; false once the waiter should park. */
+static inline bool pz__spin_wait(int *count)
+{
+    if (*count >= PZ__SPIN_LIMIT)
+        return false;
+    (*count)++;
+    if (*count <= 3) {
+        for (int i = 0; i < (1 << *count); i++)
+            pz__arch_cpu_relax();
+    } else {
+        sched_yield();
+    }
+    return true;
+}
+
+#endif
