@@ -30,23 +30,6 @@ int plaza_run_tests(const struct CMUnitTest *tests, size_t n);
 /* Sizes of stress loops are divided by this (emulated builds are slow). */
 #ifndef PLAZA_TEST_SCALE
 #define PLAZA_TEST_SCALE 1
-/* Checks usable from any thread or task (cmocka's asserts jump back to the
- * test's own stack, which a task on a worker thread must not do): a failed
- * check prints where and what, then aborts the test program. */
-void check_failed(const char *what, const char *file, int line);
-void check_failed_eq(const char *a, const char *b, long long va, long long vb, const char *file, int line);
-#define CHECK(c)                                   \
-    do {                                           \
-        if (!(c))                                  \
-            check_failed(#c, __FILE__, __LINE__);  \
-    } while (0)
-#define CHECK_EQ(a, b)                                                      \
-    do {                                                                    \
-        long long check_a_ = (long long)(a), check_b_ = (long long)(b);     \
-        if (check_a_ != check_b_)                                           \
-            check_failed_eq(#a, #b, check_a_, check_b_, __FILE__, __LINE__); \
-    } while (0)
-
 #endif
 #define SCALED(n) ((n) / PLAZA_TEST_SCALE > 0 ? (n) / PLAZA_TEST_SCALE : 1)
 
