@@ -134,10 +134,8 @@ static void contended_loop(void *ctx, long index)
     atomic_fetch_add(&sink, s);
 }
 
-static void run_contended(const bench_args *a)
+static void contended_row(const bench_args *a, long tasks, int workers, long work)
 {
-    long tasks = arg_get(a, "tasks", 64), work = arg_get(a, "work", 0);
-    int workers = (int)arg_get(a, "workers", 2);
     static struct contended c;
     c = (struct contended){.iters = iters_for(a, 2000000, tasks), .work = work};
     int64_t d = fan_out(workers, tasks, contended_loop, &c);
@@ -146,6 +144,22 @@ static void run_contended(const bench_args *a)
     snprintf(param, sizeof param, "tasks=%ld workers=%d work=%ld", tasks, workers, work);
     emit("async_contended", param, "ns_per_op", (double)d / ((double)tasks * (double)c.iters));
     emit("async_contended", param, "max_wait_us", (double)atomic_load(&c.max_wait) / 1000.0);
+}
+
+static void run_contended(const bench_args *a)
+{
+    int workers = (int)arg_get(a, "workers", 2);
+    if (a->n == 0) {
+        /* The data-critical grid, as tasks_contended: 2, 64 and 1024 tasks
+         * on 2 workers, with and without work outside the lock. */
+        static const long grid[] = {2, 64, 1024};
+        for (size_t i = 0; i < sizeof grid / sizeof grid[0]; i++) {
+            contended_row(a, grid[i], workers, 0);
+            contended_row(a, grid[i], workers, 100);
+        }
+        return;
+    }
+    contended_row(a, arg_get(a, "tasks", 64), workers, arg_get(a, "work", 0));
 }
 
 /* ---- async_rwlock ---- */

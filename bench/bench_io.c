@@ -12,6 +12,7 @@
  * "external". */
 #define _GNU_SOURCE
 #include "bench.h"
+#include "hist.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -30,67 +31,6 @@
  * wide margin and keeps 2000 tasks (1000 connections, both ends in one
  * process) far from the default's 512 MiB of reserved stacks. */
 #define CONN_STACK (64 * 1024)
-
-/* ---- latency histogram ----
- *
- * Log-linear buckets: values below 2*SUB nanoseconds get a bucket each; above
- * that, every power-of-two range [2^k, 2^(k+1)) is split into SUB equal
- * buckets.  A bucket's width is then at most 1/SUB of its lower bound, and
- * reporting its midpoint is off by at most 1/(2*SUB) = 0.4% of the true
- * value, whatever the magnitude: microsecond round trips and second-long
- * stalls are both resolved well enough for percentiles.  Counts are 32-bit
- * because one histogram serves one connection (at most a few million round
- * trips per run). */
-#define HIST_SUB_BITS 7
-#define HIST_SUB (1 << HIST_SUB_BITS)
-#define HIST_MAX_BITS 40 /* 2^40 ns = 18 minutes: every value is clamped below */
-#define HIST_BUCKETS (2 * HIST_SUB + (HIST_MAX_BITS - HIST_SUB_BITS - 1) * HIST_SUB)
-
-typedef struct hist {
-    uint32_t count[HIST_BUCKETS];
-} hist;
-
-static int hist_index(uint64_t v)
-{
-    if (v >= (1ULL << HIST_MAX_BITS))
-        v = (1ULL << HIST_MAX_BITS) - 1;
-    if (v < 2 * HIST_SUB)
-        return (int)v;
-    int msb = 63 - __builtin_clzll(v);
-    int shift = msb - HIST_SUB_BITS; /* >= 1 here */
-    uint64_t mant = v >> shift;      /* in [SUB, 2*SUB) */
-    return 2 * HIST_SUB + (shift - 1) * HIST_SUB + (int)(mant - HIST_SUB);
-}
-
-/* The midpoint of bucket i, the inverse of hist_index. */
-static double hist_value(int i)
-{
-    if (i < 2 * HIST_SUB)
-        return i;
-    int shift = (i - 2 * HIST_SUB) / HIST_SUB + 1;
-    uint64_t mant = (uint64_t)((i - 2 * HIST_SUB) % HIST_SUB + HIST_SUB);
-    return (double)(mant << shift) + (double)(1ULL << shift) / 2.0;
-}
-
-static void hist_add(hist *h, uint64_t v)
-{
-    h->count[hist_index(v)]++;
-}
-
-/* The value below which a fraction q of the recorded values lie. */
-static double hist_quantile(const uint64_t *count, uint64_t total, double q)
-{
-    uint64_t rank = (uint64_t)(q * (double)total);
-    if (rank >= total)
-        rank = total - 1;
-    uint64_t seen = 0;
-    for (int i = 0; i < HIST_BUCKETS; i++) {
-        seen += count[i];
-        if (seen > rank)
-            return hist_value(i);
-    }
-    return hist_value(HIST_BUCKETS - 1);
-}
 
 /* ---- the server ---- */
 
@@ -392,14 +332,13 @@ static void run_echo(const bench_args *a)
 
     /* Merge the per-connection histograms (one per connection: no sharing
      * between workers while measuring) and report the first failures. */
-    uint64_t *count = calloc(HIST_BUCKETS, sizeof *count);
-    bench_check(count != NULL, "calloc");
+    hist *all = calloc(1, sizeof *all);
+    bench_check(all != NULL, "calloc");
     uint64_t total = 0;
     int failed = 0;
     for (int i = 0; i < cl.conns; i++) {
         struct client_conn *c = &cl.c[i];
-        for (int b = 0; b < HIST_BUCKETS; b++)
-            count[b] += c->h.count[b];
+        hist_merge(all, &c->h);
         total += (uint64_t)c->round_trips;
         if (c->err) {
             if (failed < 5)
@@ -417,9 +356,10 @@ static void run_echo(const bench_args *a)
     char param[96];
     snprintf(param, sizeof param, "conns=%d size=%ld server=%s", cl.conns, cl.size, server);
     emit("echo", param, "rps", (double)total / cl.elapsed_s);
-    emit("echo", param, "p50_us", hist_quantile(count, total, 0.50) / 1000.0);
-    emit("echo", param, "p99_us", hist_quantile(count, total, 0.99) / 1000.0);
-    free(count);
+    emit("echo", param, "p50_us", hist_permille(all, 500) / 1000.0);
+    emit("echo", param, "p99_us", hist_permille(all, 990) / 1000.0);
+    emit("echo", param, "p999_us", hist_permille(all, 999) / 1000.0);
+    free(all);
     free(cl.c);
 }
 

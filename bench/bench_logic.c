@@ -18,6 +18,7 @@
  * them).  The same workloads, names and output are in bench/peers/. */
 #define _GNU_SOURCE
 #include "bench.h"
+#include "hist.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -140,59 +141,6 @@ static double probe_rtt(int port)
     return rtt;
 }
 
-/* ---- latency histogram ----
- * Log-linear, in ns: exact below 256, then 128 linear buckets per power of
- * two, so a bucket is at most 1/128 of its values wide (< 1% error; the
- * midpoint reported is within 0.4%).  The peers use the same layout. */
-#define HIST_SUB 128
-#define HIST_BUCKETS (256 + 56 * HIST_SUB)
-
-typedef struct hist {
-    uint64_t c[HIST_BUCKETS];
-} hist;
-
-static size_t hist_index(uint64_t v)
-{
-    if (v < 256)
-        return (size_t)v;
-    unsigned e = 63u - (unsigned)__builtin_clzll(v);
-    uint64_t top = v >> (e - 7);
-    return (size_t)(256 + (e - 8) * HIST_SUB + (top - HIST_SUB));
-}
-
-static uint64_t hist_value(size_t i)
-{
-    if (i < 256)
-        return i;
-    uint64_t k = i - 256, e = k / HIST_SUB + 8, top = k % HIST_SUB + HIST_SUB;
-    return (top << (e - 7)) + (UINT64_C(1) << (e - 7)) / 2;
-}
-
-static uint64_t hist_count(const hist *h)
-{
-    uint64_t n = 0;
-    for (size_t i = 0; i < HIST_BUCKETS; i++)
-        n += h->c[i];
-    return n;
-}
-
-/* The value at sorted index min(n-1, n*pct/100), as the peers' percentiles. */
-static uint64_t hist_percentile(const hist *h, uint64_t pct)
-{
-    uint64_t n = hist_count(h);
-    if (n == 0)
-        return 0;
-    uint64_t want = n * pct / 100, seen = 0;
-    if (want > n - 1)
-        want = n - 1;
-    for (size_t i = 0; i < HIST_BUCKETS; i++) {
-        seen += h->c[i];
-        if (seen > want)
-            return hist_value(i);
-    }
-    return 0;
-}
-
 /* ---- the shared run: section tasks, optionally bystanders ---- */
 
 struct run {
@@ -256,7 +204,7 @@ static void *bystander_task(void *arg)
         x ^= bench_work(x + n, 100);
         pz_yield();
         int64_t now = pz_now();
-        h->c[hist_index((uint64_t)(now - prev))]++;
+        hist_add(h, (uint64_t)(now - prev));
         prev = now;
         n++;
         if (now >= r->deadline)
@@ -301,7 +249,7 @@ static void *run_main(void *arg)
 }
 
 struct result {
-    double sections_per_s, rtt_ns, bystander_ops_per_s, bystander_p99_us;
+    double sections_per_s, rtt_ns, bystander_ops_per_s, bystander_p50_us, bystander_p99_us, bystander_p999_us;
 };
 
 static struct result run_sections(int port, bool sync, long tasks, long bystanders, int workers, long seconds,
@@ -326,17 +274,18 @@ static struct result run_sections(int port, bool sync, long tasks, long bystande
     hist *all = calloc(1, sizeof *all);
     bench_check(all != NULL, "out of memory");
     for (long b = 0; b < bystanders; b++) {
-        for (size_t i = 0; i < HIST_BUCKETS; i++)
-            all->c[i] += r->hists[b].c[i];
+        hist_merge(all, &r->hists[b]);
         ops += r->ops[b];
     }
-    bench_check(hist_count(all) == ops, "bystander iteration count mismatch");
+    bench_check(hist_total(all) == ops, "bystander iteration count mismatch");
     double secs = (double)r->elapsed / 1e9;
     struct result res = {
         .sections_per_s = (double)sections / secs,
         .rtt_ns = r->rtt_ns,
         .bystander_ops_per_s = (double)ops / secs,
-        .bystander_p99_us = (double)hist_percentile(all, 99) / 1000.0,
+        .bystander_p50_us = hist_permille(all, 500) / 1000.0,
+        .bystander_p99_us = hist_permille(all, 990) / 1000.0,
+        .bystander_p999_us = hist_permille(all, 999) / 1000.0,
     };
     free(all);
     free(r->fds);
@@ -381,7 +330,9 @@ static void bystanders_rows(const char *name, const char *kind, const bench_args
     snprintf(param, sizeof param, "%s tasks=%ld bystanders=%ld workers=%d delay_us=%ld", kind, tasks, bystanders,
              workers, delay_us);
     emit(name, param, "bystander_ops_per_s", res.bystander_ops_per_s);
+    emit(name, param, "bystander_p50_us", res.bystander_p50_us);
     emit(name, param, "bystander_p99_us", res.bystander_p99_us);
+    emit(name, param, "bystander_p999_us", res.bystander_p999_us);
     emit(name, param, "sections_per_s", res.sections_per_s);
 }
 

@@ -1,6 +1,7 @@
 /* Runtime workloads: spawn+join, yield, sleep precision, memory per idle
  * task.  Each is timed inside the runtime, as the peers time theirs. */
 #include "bench.h"
+#include "hist.h"
 
 #include <errno.h>
 #include <stdatomic.h>
@@ -95,11 +96,6 @@ struct sleep_cfg {
     int64_t *durations;
 };
 
-static int cmp_i64(const void *a, const void *b)
-{
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return x < y ? -1 : x > y;
-}
 
 static void *sleep_main(void *arg)
 {
@@ -117,18 +113,21 @@ static void run_sleep(const bench_args *a)
     struct sleep_cfg s = {(int)arg_get(a, "n", 2000), arg_get(a, "us", 100), NULL};
     s.durations = calloc((size_t)s.n, sizeof(int64_t));
     run_with_workers(1, sleep_main, &s);
-    qsort(s.durations, (size_t)s.n, sizeof(int64_t), cmp_i64);
+    hist *h = calloc(1, sizeof *h);
+    bench_check(h != NULL, "calloc");
     double sum = 0;
     for (int i = 0; i < s.n; i++) {
         bench_check(s.durations[i] >= s.us * 1000, "slept at least the asked time");
         sum += (double)s.durations[i];
+        hist_add(h, (uint64_t)s.durations[i]);
     }
     char param[64];
     snprintf(param, sizeof param, "n=%d us=%ld", s.n, s.us);
-    int p99 = s.n * 99 / 100 < s.n - 1 ? s.n * 99 / 100 : s.n - 1;
-    emit("sleep", param, "p50_us", (double)s.durations[s.n * 50 / 100] / 1000.0);
-    emit("sleep", param, "p99_us", (double)s.durations[p99] / 1000.0);
+    emit("sleep", param, "p50_us", hist_permille(h, 500) / 1000.0);
+    emit("sleep", param, "p99_us", hist_permille(h, 990) / 1000.0);
+    emit("sleep", param, "p999_us", hist_permille(h, 999) / 1000.0);
     emit("sleep", param, "mean_us", sum / s.n / 1000.0);
+    free(h);
     free(s.durations);
 }
 

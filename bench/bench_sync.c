@@ -210,8 +210,14 @@ static void run_tasks_contended(const bench_args *a)
     long tasks = arg_get(a, "tasks", 64);
     int workers = (int)arg_get(a, "workers", 2);
     if (a->n == 0) {
-        tasks_contended_row(tasks, workers, 0, iters_for(a, 4000000, tasks));
-        tasks_contended_row(tasks, workers, 100, iters_for(a, 4000000, tasks));
+        /* The data-critical grid: 2, 64 and 1024 tasks on 2 workers, with
+         * and without work outside the lock; the same total of sections
+         * per row. */
+        static const long grid[] = {2, 64, 1024};
+        for (size_t i = 0; i < sizeof grid / sizeof grid[0]; i++) {
+            tasks_contended_row(grid[i], workers, 0, iters_for(a, 4000000, grid[i]));
+            tasks_contended_row(grid[i], workers, 100, iters_for(a, 4000000, grid[i]));
+        }
         return;
     }
     tasks_contended_row(tasks, workers, arg_get(a, "work", 0), iters_for(a, 4000000, tasks));

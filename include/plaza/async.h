@@ -30,56 +30,67 @@ extern "C" {
 #endif
 
 /* ------------------------------------------------------------------------
- * pz_async_mutex
+ * pz_async_mutex: one 64-bit word; all-zero memory is an unlocked mutex.
  *
- * state: bit 0 PZ__AMUTEX_LOCKED (held), bit 1 PZ__AMUTEX_PARKED (a waiter
- * may be parked on the mutex's address; set by a waiter under the lot's
- * bucket lock, cleared under it when the last waiter leaves), bit 2
- * PZ__AMUTEX_STARVING (starvation mode: set with PARKED by a waiter that
- * has been trying for 1 ms; while it is set nobody barges and every unlock
- * hands the lock to the first waiter; cleared by a waiter served in under
- * 1 ms or when the last waiter leaves).  LOCKED clear implies STARVING
- * clear.
- * owner: the id of the holder, written by the holder right after it gets
- * the lock and cleared by it just before it lets go: a task's pz_task_id,
- * or, for a plain thread, PZ__AMUTEX_THREAD_BIT | a per-thread number.  It
- * is a second word so that the fast path stays one CAS on state; it is read
- * only by the holder's own unlock (to report an unlock by another task), so
- * relaxed accesses suffice.  All-zero memory is an unlocked mutex.
+ *   bit 0 LOCKED    held.
+ *   bit 1 PARKED    a waiter may be parked on the mutex's address; set by a
+ *                   waiter (checked again under the lot's bucket lock),
+ *                   cleared under the bucket lock when the last one leaves.
+ *   bit 2 WOKEN     a would-be owner is active outside the queue: a waiter
+ *                   woken by an unlock, or a task spinning on the word.  An
+ *                   unlock that sees it releases the word and wakes nobody,
+ *                   since that task will take the lock.  Whoever set it
+ *                   clears it when it takes the lock or parks.
+ *   bit 3 STARVING  starvation mode: a waiter has been trying for 1 ms; no
+ *                   barging and no spinning, every unlock hands the lock to
+ *                   the first waiter.  Ends when a waiter is served within
+ *                   1 ms of first parking or the queue empties.
+ *   bits 4..63      the holder's id while LOCKED (0 for an instant after a
+ *                   hand-off, until the new holder writes it): a task's
+ *                   pz_task_id, or for a plain thread PZ__AMUTEX_THREAD_BIT
+ *                   | a per-thread number.  Zero while unlocked.
  *
- * Fairness: unlocking lets a running task barge in ahead of the woken
- * waiter, except when the lot asks for a fair hand-off (the woken waiter
- * has waited about 1 ms, or a random interval of up to 1 ms has passed) or
- * in starvation mode: then the lock passes to the waiter still locked.
+ * With the holder in the word, lock is one CAS 0 -> id|LOCKED and unlock is
+ * one CAS id|LOCKED -> 0 that also proves the caller holds the mutex; an
+ * unlock with no waiters touches no other memory.  Any other word sends
+ * unlock to the slow path, which reports an unlock by a non-holder.
+ *
+ * Fairness: running tasks barge (and spin briefly while the holder runs on
+ * another worker) ahead of parked waiters; a waiter that has waited about
+ * 1 ms gets the lock handed to it (the lot's be_fair, or STARVING).
  * docs/async.md gives the measurements behind this choice.
  * ------------------------------------------------------------------------ */
 typedef struct pz_async_mutex {
-    _Atomic uintptr_t state;
-    _Atomic uint64_t owner;
+    _Atomic uint64_t state;
 } pz_async_mutex_t;
 
-#define PZ_ASYNC_MUTEX_INIT {0, 0}
+#define PZ_ASYNC_MUTEX_INIT {0}
 #define PZ__AMUTEX_LOCKED 1u
 #define PZ__AMUTEX_PARKED 2u
-#define PZ__AMUTEX_STARVING 4u
-#define PZ__AMUTEX_THREAD_BIT (1ull << 63)
+#define PZ__AMUTEX_WOKEN 4u
+#define PZ__AMUTEX_STARVING 8u
+#define PZ__AMUTEX_FLAGS 15u
+#define PZ__AMUTEX_OWNER_SHIFT 4
+#define PZ__AMUTEX_THREAD_BIT (1ull << 58)
 
-/* The caller's owner id (see owner above). */
-uint64_t pz__async_self_id(void);
-int pz__async_mutex_lock_slow(pz_async_mutex_t *m, int64_t deadline);
-void pz__async_mutex_unlock_slow(pz_async_mutex_t *m);
-int pz__async_mutex_unlock_misuse(pz_async_mutex_t *m, uint64_t self);
+/* The caller's holder id (see bits 4..63 above), already shifted into
+ * place. */
+uint64_t pz__async_self_bits(void);
+int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadline);
+int pz__async_mutex_unlock_slow(pz_async_mutex_t *m, uint64_t self);
 
-/* Returns true with the mutex held, false if it is held by anyone. */
+/* Returns true with the mutex held, false if it is held by anyone (or in
+ * starvation mode, where it passes only by hand-off). */
 static inline bool pz_async_mutex_trylock(pz_async_mutex_t *m)
 {
-    uintptr_t s = atomic_load_explicit(&m->state, memory_order_relaxed);
-    while (!(s & PZ__AMUTEX_LOCKED)) {
-        if (atomic_compare_exchange_weak_explicit(&m->state, &s, s | PZ__AMUTEX_LOCKED, memory_order_acquire,
-                                                  memory_order_relaxed)) {
-            atomic_store_explicit(&m->owner, pz__async_self_id(), memory_order_relaxed);
+    uint64_t s = atomic_load_explicit(&m->state, memory_order_relaxed);
+    uint64_t self = 0;
+    while (!(s & (PZ__AMUTEX_LOCKED | PZ__AMUTEX_STARVING))) {
+        if (!self)
+            self = pz__async_self_bits();
+        if (atomic_compare_exchange_weak_explicit(&m->state, &s, s | self | PZ__AMUTEX_LOCKED,
+                                                  memory_order_acquire, memory_order_relaxed))
             return true;
-        }
     }
     return false;
 }
@@ -87,13 +98,11 @@ static inline bool pz_async_mutex_trylock(pz_async_mutex_t *m)
 /* Returns 0 with the mutex held, -ETIMEDOUT at the deadline or -ECANCELED. */
 static inline int pz_async_mutex_lock_until(pz_async_mutex_t *m, int64_t deadline)
 {
-    uintptr_t unlocked = 0;
-    if (atomic_compare_exchange_weak_explicit(&m->state, &unlocked, PZ__AMUTEX_LOCKED, memory_order_acquire,
-                                              memory_order_relaxed)) {
-        atomic_store_explicit(&m->owner, pz__async_self_id(), memory_order_relaxed);
+    uint64_t self = pz__async_self_bits(), unlocked = 0;
+    if (atomic_compare_exchange_weak_explicit(&m->state, &unlocked, self | PZ__AMUTEX_LOCKED, memory_order_acquire,
+                                              memory_order_relaxed))
         return 0;
-    }
-    return pz__async_mutex_lock_slow(m, deadline);
+    return pz__async_mutex_lock_slow(m, self, deadline);
 }
 
 /* Returns 0 with the mutex held, or -ECANCELED. */
@@ -106,20 +115,24 @@ static inline int pz_async_mutex_lock(pz_async_mutex_t *m)
  * caller does not hold the mutex. */
 static inline int pz_async_mutex_unlock(pz_async_mutex_t *m)
 {
-    uint64_t self = pz__async_self_id();
-    if (atomic_load_explicit(&m->owner, memory_order_relaxed) != self)
-        return pz__async_mutex_unlock_misuse(m, self);
-    atomic_store_explicit(&m->owner, 0, memory_order_relaxed);
-    uintptr_t locked = PZ__AMUTEX_LOCKED;
-    if (!atomic_compare_exchange_strong_explicit(&m->state, &locked, 0, memory_order_release,
-                                                 memory_order_relaxed))
-        pz__async_mutex_unlock_slow(m);
-    return 0;
+    uint64_t self = pz__async_self_bits(), held = self | PZ__AMUTEX_LOCKED;
+    if (atomic_compare_exchange_strong_explicit(&m->state, &held, 0, memory_order_release, memory_order_relaxed))
+        return 0;
+    return pz__async_mutex_unlock_slow(m, self);
 }
 
 static inline bool pz_async_mutex_is_locked(pz_async_mutex_t *m)
 {
     return atomic_load_explicit(&m->state, memory_order_relaxed) & PZ__AMUTEX_LOCKED;
+}
+
+/* The holder's id: a pz_task_id, or PZ__AMUTEX_THREAD_BIT | n for a plain
+ * thread; 0 if the mutex is free (or being handed over this instant).  A
+ * snapshot, for reports and diagnostics. */
+static inline uint64_t pz_async_mutex_holder(pz_async_mutex_t *m)
+{
+    uint64_t s = atomic_load_explicit(&m->state, memory_order_relaxed);
+    return (s & PZ__AMUTEX_LOCKED) ? s >> PZ__AMUTEX_OWNER_SHIFT : 0;
 }
 
 /* ------------------------------------------------------------------------

@@ -40,6 +40,10 @@ int pz__futex_wake(_Atomic uint32_t *addr, int count);
 
 /* Monotonic clock in nanoseconds. */
 int64_t pz__clock_now(void);
+/* The monotonic clock at the kernel tick's resolution (1-4 ms on Linux),
+ * for decisions that only need "about a millisecond": it costs a quarter
+ * of pz__clock_now. */
+int64_t pz__clock_coarse(void);
 
 /* Sleeps the calling thread until the CLOCK_MONOTONIC deadline (ns);
  * INT64_MAX sleeps forever. */

@@ -7,6 +7,7 @@
  * library is never built with link-time optimisation for the same reason.
  */
 #include "internal.h"
+#include "plaza/async.h"
 
 static __thread pz__worker *current_worker;
 
@@ -32,4 +33,22 @@ void pz__spin_lock_slow(pz__spin *s)
         if (!atomic_exchange_explicit(&s->locked, 1, memory_order_acquire))
             return;
     }
+}
+
+/* The caller's holder id for pz_async_mutex, shifted into place (see the
+ * word in plaza/async.h): the running task's id, or for a thread that runs
+ * no task a per-thread number with PZ__AMUTEX_THREAD_BIT.  It lives here so
+ * that the lock and unlock fast paths pay one out-of-line call. */
+static _Atomic uint64_t next_thread_number = 1;
+static __thread uint64_t thread_bits;
+
+uint64_t pz__async_self_bits(void)
+{
+    pz__worker *w = current_worker;
+    if (w && w->current)
+        return w->current->id << PZ__AMUTEX_OWNER_SHIFT;
+    if (!thread_bits)
+        thread_bits = (PZ__AMUTEX_THREAD_BIT | atomic_fetch_add_explicit(&next_thread_number, 1, memory_order_relaxed))
+                      << PZ__AMUTEX_OWNER_SHIFT;
+    return thread_bits;
 }

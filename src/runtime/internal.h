@@ -183,6 +183,7 @@ struct pz__worker {
     pz__runq runq;
     _Atomic(pz_task_t *) lifo; /* the task woken last by this worker */
     unsigned lifo_streak;
+    unsigned coop_spent;       /* pz__coop_tick calls since the switch-in */
     uint32_t tick;
     bool in_loop;              /* the worker loop is choosing (not a task) */
     uint64_t rng;
@@ -198,6 +199,12 @@ struct pz__worker {
 
     void *stack_cache[PZ__STACK_CACHE];
     int stack_cache_len;
+
+    /* The id of the task running on this worker, 0 while none is: written
+     * only by this worker at every switch, read by lock slow paths of
+     * other workers deciding whether a holder may be running (so it has a
+     * line of its own). */
+    _Alignas(PZ__CACHELINE) _Atomic uint64_t running_id;
 
     _Alignas(PZ__CACHELINE) _Atomic uint32_t sleep_word; /* 1: notified */
     bool sleeping;             /* in the sleeper list; under the idle lock */
@@ -309,6 +316,15 @@ int pz__task_claim(pz_task_t *t, uint64_t gen, int reason);
 void pz__task_finish(pz__worker *w, pz_task_t *t);
 void pz__task_free(pz_task_t *t);
 pz_task_t *pz__current_task(void);
+
+/* sched.c: counts one step of the running task's cooperative budget and
+ * yields when it is spent (see sched.c). */
+#define PZ__COOP_BUDGET 128
+void pz__coop_tick(void);
+
+/* sched.c: true if the task with this id is running on some worker of the
+ * runtime right now (a snapshot; the answer may change at once). */
+bool pz__task_id_running(uint64_t id);
 
 /* timer.c */
 void pz__timers_init(pz__timers *tm);

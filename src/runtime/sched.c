@@ -358,6 +358,8 @@ static void switch_from_task(pz__worker *w, pz_task_t *self, bool dies)
 {
     pz_task_t *next = next_runnable(w, next_local(w));
     w->current = next;
+    w->coop_spent = 0;
+    atomic_store_explicit(&w->running_id, next ? next->id : 0, memory_order_relaxed);
     ctx_switch(&self->ctx, next ? &next->ctx : &w->sched_ctx, dies);
 }
 
@@ -452,6 +454,33 @@ void pz_yield(void)
     suspend_on(w, yield_after, w->current);
 }
 
+/* The cooperative budget.  Tasks are never preempted, so a task whose
+ * waits all succeed without suspending (a lock it keeps winning, a socket
+ * that always has data) would keep its worker from the tasks queued behind
+ * it, including ones whose timers have fired.  Primitives call this on
+ * their slow paths; after PZ__COOP_BUDGET calls since the task was last
+ * switched in, it yields (which returns at once if nothing else is
+ * runnable here). */
+void pz__coop_tick(void)
+{
+    pz__worker *w = pz__current_worker();
+    if (!w || !w->current || ++w->coop_spent < PZ__COOP_BUDGET)
+        return;
+    w->coop_spent = 0;
+    pz_yield();
+}
+
+bool pz__task_id_running(uint64_t id)
+{
+    pz__runtime *rt = atomic_load_explicit(&pz__rt, memory_order_acquire);
+    if (!rt)
+        return false;
+    for (int i = 0; i < rt->nworkers; i++)
+        if (atomic_load_explicit(&rt->workers[i].running_id, memory_order_relaxed) == id)
+            return true;
+    return false;
+}
+
 /* ---- workers ---- */
 
 static void *worker_main(void *arg)
@@ -479,6 +508,8 @@ static void *worker_main(void *arg)
             if (w->searching)
                 leave_searching(w);
             w->current = t;
+            w->coop_spent = 0;
+            atomic_store_explicit(&w->running_id, t->id, memory_order_relaxed);
             ctx_switch(&w->sched_ctx, &t->ctx, false);
             continue;
         }
