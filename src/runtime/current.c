@@ -9,7 +9,9 @@
 #include "internal.h"
 #include "plaza/async.h"
 
-static __thread pz__worker *current_worker;
+/* initial-exec: one %fs-relative load even in libplaza.so (the default
+ * model for position-independent code calls __tls_get_addr on every read). */
+static __thread pz__worker *current_worker __attribute__((tls_model("initial-exec")));
 
 pz__worker *pz__current_worker(void)
 {
@@ -40,7 +42,7 @@ void pz__spin_lock_slow(pz__spin *s)
  * no task a per-thread number with PZ__AMUTEX_THREAD_BIT.  It lives here so
  * that the lock and unlock fast paths pay one out-of-line call. */
 static _Atomic uint64_t next_thread_number = 1;
-static __thread uint64_t thread_bits;
+static __thread uint64_t thread_bits __attribute__((tls_model("initial-exec")));
 
 uint64_t pz__async_self_bits(void)
 {
