@@ -520,6 +520,25 @@ static void test_chan_threads(void **state)
     pthread_join(th, NULL);
     CHECK_EQ(sum, 500500);
     pz_chan_destroy(c);
+
+    /* A thread's timed waits expire, leave nothing queued, and a later
+     * item still reaches the next receiver. */
+    c = pz_chan_create(sizeof(long), 0);
+    int64_t t0 = pz_now();
+    CHECK_EQ(pz_chan_recv_until(c, &v, t0 + 2 * MS), -ETIMEDOUT);
+    CHECK(pz_now() - t0 >= 2 * MS);
+    v = 9;
+    CHECK_EQ(pz_chan_send_until(c, &v, pz_now() + MS), -ETIMEDOUT);
+    CHECK_EQ(pz_chan_try_recv(c, &v), -EAGAIN);
+    CHECK_EQ(pthread_create(&th, NULL, thread_producer, c), 0);
+    CHECK_EQ(pz_chan_recv_until(c, &v, pz_now() + 10000 * MS), 0);
+    CHECK_EQ(v, 1);
+    sum = 1;
+    while (pz_chan_recv(c, &v) == 0)
+        sum += v;
+    pthread_join(th, NULL);
+    CHECK_EQ(sum, 500500);
+    pz_chan_destroy(c);
 }
 
 /* ---- pz_async_rwlock ---- */
