@@ -152,12 +152,17 @@ static inline uint64_t pz_async_mutex_holder(pz_async_mutex_t *m)
  * Waiters are served in queue order by direct hand-off: the unlocker
  * grants the lock to the first waiter, and to the readers that follow it up
  * to the first writer (with at most one upgradable reader among them).
+ *
+ * writer: a hint, not part of the lock: the pz_task_id of the writer while
+ * one holds the lock (UINT64_MAX for a plain thread, 0 when none or not yet
+ * written), so that a waiter spins only while the writer is running.
  * ------------------------------------------------------------------------ */
 typedef struct pz_async_rwlock {
     _Atomic uintptr_t state;
+    _Atomic uint64_t writer;
 } pz_async_rwlock_t;
 
-#define PZ_ASYNC_RWLOCK_INIT {0}
+#define PZ_ASYNC_RWLOCK_INIT {0, 0}
 
 int pz_async_rwlock_read(pz_async_rwlock_t *l);
 int pz_async_rwlock_read_until(pz_async_rwlock_t *l, int64_t deadline);
