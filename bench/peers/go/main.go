@@ -17,7 +17,6 @@ import (
 	"net"
 	"os"
 	"runtime"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -182,40 +181,34 @@ func wYield(p params) {
 	emit("yield", fmt.Sprintf("tasks=%d workers=%d", tasks, workers), "ns_per_yield", nsPer(d, tasks*iters))
 }
 
-func percentiles(v []float64) (p50, p99, mean float64) {
-	sort.Float64s(v)
-	n := len(v)
-	i50, i99 := n*50/100, n*99/100
-	if i99 > n-1 {
-		i99 = n - 1
-	}
-	s := 0.0
-	for _, x := range v {
-		s += x
-	}
-	return v[i50], v[i99], s / float64(n)
-}
-
+// wSleep: one goroutine sleeps `us` µs n times; each actual duration goes into the
+// latency histogram (percentiles) and into an exact sum (mean).
 func wSleep(p params) {
 	n := maxu(p.u("n", 2000), 1)
 	us := p.u("us", 100)
 	runtime.GOMAXPROCS(1)
-	v := make([]float64, 0, n)
+	h := newHist()
+	var sum uint64
 	done := make(chan struct{})
 	go func() {
 		for i := uint64(0); i < n; i++ {
 			t0 := time.Now()
 			time.Sleep(time.Duration(us) * time.Microsecond)
-			v = append(v, float64(time.Since(t0).Nanoseconds())/1000.0)
+			d := uint64(time.Since(t0).Nanoseconds())
+			h.add(d)
+			sum += d
 		}
 		close(done)
 	}()
 	<-done
-	p50, p99, mean := percentiles(v)
+	if h.count() != n {
+		fail("sleep: sample count mismatch")
+	}
 	param := fmt.Sprintf("n=%d us=%d", n, us)
-	emit("sleep", param, "p50_us", p50)
-	emit("sleep", param, "p99_us", p99)
-	emit("sleep", param, "mean_us", mean)
+	emit("sleep", param, "p50_us", h.permille(500)/1000)
+	emit("sleep", param, "p99_us", h.permille(990)/1000)
+	emit("sleep", param, "p999_us", h.permille(999)/1000)
+	emit("sleep", param, "mean_us", float64(sum)/float64(n)/1000)
 }
 
 func wIdleRss(p params) {
@@ -684,29 +677,51 @@ func dbProbeRtt(port int) time.Duration {
 	return time.Since(t0) / time.Duration(n)
 }
 
-// hist is a log-linear latency histogram (ns): exact below 256, then 128 linear buckets
-// per power of two, so a bucket is at most 1/128 of its values wide (< 1% error; the
-// midpoint reported is within 0.4%).
+// hist is the latency histogram of every peer and of plaza's own benchmarks (the same
+// layout in each language): log-linear over nanoseconds, one bucket per value below 256,
+// then every power-of-two range [2^k, 2^(k+1)) split into 128 equal buckets, so a bucket
+// is at most 1/128 of its lower bound wide and its midpoint, the value reported, is
+// within 0.4% of any value in it. Values from 2^40 ns (18 minutes) up share the last
+// bucket.
 type hist []uint64
 
-func newHist() hist { return make(hist, 256+56*128) }
+const (
+	histSubBits = 7
+	histSub     = 1 << histSubBits
+	histMaxBits = 40
+	histBuckets = 2*histSub + (histMaxBits-histSubBits-1)*histSub
+)
+
+func newHist() hist { return make(hist, histBuckets) }
 
 func histIndex(v uint64) int {
-	if v < 256 {
+	if v >= 1<<histMaxBits {
+		v = 1<<histMaxBits - 1
+	}
+	if v < 2*histSub {
 		return int(v)
 	}
-	e := uint64(63 - bits.LeadingZeros64(v))
-	top := v >> (e - 7)
-	return int(256 + (e-8)*128 + (top - 128))
+	shift := uint64(63-bits.LeadingZeros64(v)) - histSubBits // >= 1 here
+	mant := v >> shift                                       // in [histSub, 2*histSub)
+	return int(2*histSub + (shift-1)*histSub + (mant - histSub))
 }
 
-func histValue(i int) uint64 {
-	if i < 256 {
-		return uint64(i)
+// histValue is the midpoint of bucket i, the inverse of histIndex.
+func histValue(i int) float64 {
+	if i < 2*histSub {
+		return float64(i)
 	}
-	k := uint64(i - 256)
-	e, top := k/128+8, k%128+128
-	return top<<(e-7) + (uint64(1)<<(e-7))/2
+	k := uint64(i - 2*histSub)
+	shift, mant := k/histSub+1, k%histSub+histSub
+	return float64(mant<<shift) + float64(uint64(1)<<shift)/2
+}
+
+func (h hist) add(v uint64) { h[histIndex(v)]++ }
+
+func (h hist) merge(o hist) {
+	for i, c := range o {
+		h[i] += c
+	}
 }
 
 func (h hist) count() uint64 {
@@ -717,24 +732,25 @@ func (h hist) count() uint64 {
 	return n
 }
 
-// percentile: the value at sorted index min(n-1, n*pct/100), as the peers' percentiles.
-func (h hist) percentile(pct uint64) uint64 {
+// permille: with n values, the one at sorted index min(n-1, n*permille/1000), reported
+// as its bucket's midpoint (ns); 0 for an empty histogram. The rule of every peer.
+func (h hist) permille(pm uint64) float64 {
 	n := h.count()
 	if n == 0 {
 		return 0
 	}
-	want := n * pct / 100
-	if want > n-1 {
-		want = n - 1
+	rank := n * pm / 1000
+	if rank > n-1 {
+		rank = n - 1
 	}
 	seen := uint64(0)
 	for i, c := range h {
 		seen += c
-		if seen > want {
+		if seen > rank {
 			return histValue(i)
 		}
 	}
-	return 0
+	return histValue(len(h) - 1)
 }
 
 // logicSections runs `tasks` goroutines, each with its own connection, that do
@@ -845,7 +861,7 @@ func wBystanders(p params) {
 				s ^= spinWork(100, s+n)
 				runtime.Gosched()
 				now := time.Now()
-				h[histIndex(uint64(now.Sub(prev).Nanoseconds()))]++
+				h.add(uint64(now.Sub(prev).Nanoseconds()))
 				prev = now
 				n++
 				if !now.Before(deadline) {
@@ -862,9 +878,7 @@ func wBystanders(p params) {
 	closeAll(conns)
 	all, total := newHist(), uint64(0)
 	for b := range hists {
-		for i, c := range hists[b] {
-			all[i] += c
-		}
+		all.merge(hists[b])
 		total += ops[b]
 	}
 	if all.count() != total {
@@ -872,7 +886,9 @@ func wBystanders(p params) {
 	}
 	param := fmt.Sprintf("lock=async tasks=%d bystanders=%d workers=%d delay_us=%d", tasks, bystanders, workers, delayUs)
 	emit("bystanders", param, "bystander_ops_per_s", float64(total)/d.Seconds())
-	emit("bystanders", param, "bystander_p99_us", float64(all.percentile(99))/1000)
+	emit("bystanders", param, "bystander_p50_us", all.permille(500)/1000)
+	emit("bystanders", param, "bystander_p99_us", all.permille(990)/1000)
+	emit("bystanders", param, "bystander_p999_us", all.permille(999)/1000)
 	emit("bystanders", param, "sections_per_s", float64(sections)/d.Seconds())
 }
 
@@ -904,8 +920,9 @@ var workloads = []workload{
 }
 
 // allRuns is what `all` runs: each workload once with defaults, plus the rows the spec
-// lists (contended threads=2|8|64 x work=0|100, tasks_contended work=0|100), plus
-// chan_mpmc with consumers=1 to match tokio's single-receiver row.
+// lists (contended threads=2|8|64 x work=0|100; tasks_contended and async_contended
+// tasks=2|64|1024 x work=0|100, the same total of operations per row), plus chan_mpmc
+// with consumers=1 to match tokio's single-receiver row.
 var allRuns = [][]string{
 	{"work"},
 	{"spawn_join"},
@@ -919,11 +936,20 @@ var allRuns = [][]string{
 	{"contended", "threads=8", "work=100"},
 	{"contended", "threads=64", "work=0"},
 	{"contended", "threads=64", "work=100"},
-	{"tasks_contended", "work=0"},
-	{"tasks_contended", "work=100"},
+	{"tasks_contended", "tasks=2", "work=0"},
+	{"tasks_contended", "tasks=2", "work=100"},
+	{"tasks_contended", "tasks=64", "work=0"},
+	{"tasks_contended", "tasks=64", "work=100"},
+	{"tasks_contended", "tasks=1024", "work=0"},
+	{"tasks_contended", "tasks=1024", "work=100"},
 	{"rwlock_read_mostly"},
 	{"async_uncontended"},
-	{"async_contended"},
+	{"async_contended", "tasks=2", "work=0"},
+	{"async_contended", "tasks=2", "work=100"},
+	{"async_contended", "tasks=64", "work=0"},
+	{"async_contended", "tasks=64", "work=100"},
+	{"async_contended", "tasks=1024", "work=0"},
+	{"async_contended", "tasks=1024", "work=100"},
 	{"async_rwlock"},
 	{"semaphore"},
 	{"chan_pingpong"},

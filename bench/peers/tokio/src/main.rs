@@ -319,32 +319,30 @@ fn w_yield(p: &Params) {
     );
 }
 
-fn percentiles_us(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    let p50 = v[(n * 50 / 100).min(n - 1)];
-    let p99 = v[(n * 99 / 100).min(n - 1)];
-    let mean = v.iter().sum::<f64>() / n as f64;
-    (p50, p99, mean)
-}
-
+/// One task sleeps `us` µs n times; each actual duration goes into the latency
+/// histogram (percentiles) and into an exact sum (mean).
 fn w_sleep(p: &Params) {
     let n = p.u("n", 2000).max(1);
     let us = p.u("us", 100);
-    let v = run_on(1, async move {
-        let mut v = Vec::with_capacity(n as usize);
+    let (h, sum) = run_on(1, async move {
+        let (mut h, mut sum) = (Hist::new(), 0u64);
         for _ in 0..n {
             let t0 = Instant::now();
             tokio::time::sleep(Duration::from_micros(us)).await;
-            v.push(t0.elapsed().as_nanos() as f64 / 1000.0);
+            let d = t0.elapsed().as_nanos() as u64;
+            h.record(d);
+            sum += d;
         }
-        v
+        (h, sum)
     });
-    let (p50, p99, mean) = percentiles_us(v);
+    if h.count() != n {
+        fail("sleep: sample count mismatch");
+    }
     let param = format!("n={n} us={us}");
-    emit("tokio", "sleep", &param, "p50_us", p50);
-    emit("tokio", "sleep", &param, "p99_us", p99);
-    emit("tokio", "sleep", &param, "mean_us", mean);
+    emit("tokio", "sleep", &param, "p50_us", h.permille(500) / 1000.0);
+    emit("tokio", "sleep", &param, "p99_us", h.permille(990) / 1000.0);
+    emit("tokio", "sleep", &param, "p999_us", h.permille(999) / 1000.0);
+    emit("tokio", "sleep", &param, "mean_us", sum as f64 / n as f64 / 1000.0);
 }
 
 fn w_idle_rss(p: &Params) {
@@ -984,30 +982,38 @@ async fn db_probe_rtt(port: u16) -> f64 {
     t0.elapsed().as_secs_f64() / n as f64
 }
 
-/// Log-linear latency histogram (nanoseconds): exact below 256, then 128 linear buckets
-/// per power of two, so a bucket's width is at most 1/128 of its values (< 1% error;
-/// the midpoint reported is within 0.4%).
+/// The latency histogram of every peer and of plaza's own benchmarks (the same layout in
+/// each language): log-linear over nanoseconds, one bucket per value below 256, then every
+/// power-of-two range [2^k, 2^(k+1)) split into 128 equal buckets, so a bucket is at most
+/// 1/128 of its lower bound wide and its midpoint, the value reported, is within 0.4% of
+/// any value in it. Values from 2^40 ns (18 minutes) up share the last bucket.
 struct Hist(Vec<u64>);
 impl Hist {
-    const SUB: u64 = 128;
+    const SUB_BITS: u32 = 7;
+    const SUB: u64 = 1 << Self::SUB_BITS;
+    const MAX_BITS: u32 = 40;
+    const BUCKETS: usize = (2 * Self::SUB + (Self::MAX_BITS - Self::SUB_BITS - 1) as u64 * Self::SUB) as usize;
     fn new() -> Hist {
-        Hist(vec![0; 256 + 56 * 128])
+        Hist(vec![0; Self::BUCKETS])
     }
     fn index(v: u64) -> usize {
-        if v < 256 {
+        let v = v.min((1u64 << Self::MAX_BITS) - 1);
+        if v < 2 * Self::SUB {
             return v as usize;
         }
-        let e = 63 - v.leading_zeros() as u64;
-        let top = v >> (e - 7);
-        (256 + (e - 8) * Self::SUB + (top - Self::SUB)) as usize
+        let shift = 63 - v.leading_zeros() - Self::SUB_BITS; // >= 1 here
+        let mant = v >> shift; // in [SUB, 2*SUB)
+        (2 * Self::SUB + (shift as u64 - 1) * Self::SUB + (mant - Self::SUB)) as usize
     }
-    fn value(i: usize) -> u64 {
-        if i < 256 {
-            return i as u64;
+    /// The midpoint of bucket i, the inverse of `index`.
+    fn value(i: usize) -> f64 {
+        let i = i as u64;
+        if i < 2 * Self::SUB {
+            return i as f64;
         }
-        let k = (i - 256) as u64;
-        let (e, top) = (k / Self::SUB + 8, k % Self::SUB + Self::SUB);
-        (top << (e - 7)) + (1u64 << (e - 7)) / 2
+        let k = i - 2 * Self::SUB;
+        let (shift, mant) = (k / Self::SUB + 1, k % Self::SUB + Self::SUB);
+        (mant << shift) as f64 + (1u64 << shift) as f64 / 2.0
     }
     fn record(&mut self, v: u64) {
         self.0[Self::index(v)] += 1;
@@ -1020,21 +1026,22 @@ impl Hist {
     fn count(&self) -> u64 {
         self.0.iter().sum()
     }
-    /// The value at sorted index min(n-1, n*pct/100), as the peers' percentiles.
-    fn percentile(&self, pct: u64) -> u64 {
+    /// With n values, the one at sorted index min(n-1, n*permille/1000), reported as its
+    /// bucket's midpoint (ns); 0 for an empty histogram. The rule of every peer.
+    fn permille(&self, pm: u64) -> f64 {
         let n = self.count();
         if n == 0 {
-            return 0;
+            return 0.0;
         }
-        let want = (n * pct / 100).min(n - 1);
+        let rank = (n * pm / 1000).min(n - 1);
         let mut seen = 0;
         for (i, c) in self.0.iter().enumerate() {
             seen += c;
-            if seen > want {
+            if seen > rank {
                 return Self::value(i);
             }
         }
-        0
+        Self::value(Self::BUCKETS - 1)
     }
 }
 
@@ -1092,7 +1099,9 @@ fn w_logic(p: &Params) {
 struct ByResult {
     sections_per_s: f64,
     bystander_ops_per_s: f64,
+    bystander_p50_us: f64,
     bystander_p99_us: f64,
+    bystander_p999_us: f64,
 }
 
 /// `tasks` tasks run logic sections (sync: std::sync::Mutex around blocking std::net I/O
@@ -1185,7 +1194,9 @@ fn bystanders_run(port: u16, sync: bool, tasks: u64, bystanders: u64, workers: u
     ByResult {
         sections_per_s: sections as f64 / d.as_secs_f64(),
         bystander_ops_per_s: ops as f64 / d.as_secs_f64(),
-        bystander_p99_us: hist.percentile(99) as f64 / 1000.0,
+        bystander_p50_us: hist.permille(500) / 1000.0,
+        bystander_p99_us: hist.permille(990) / 1000.0,
+        bystander_p999_us: hist.permille(999) / 1000.0,
     }
 }
 
@@ -1202,7 +1213,9 @@ fn lock_kind(p: &Params) -> bool {
 
 fn emit_bystanders(workload: &str, param: &str, r: &ByResult) {
     emit("tokio", workload, param, "bystander_ops_per_s", r.bystander_ops_per_s);
+    emit("tokio", workload, param, "bystander_p50_us", r.bystander_p50_us);
     emit("tokio", workload, param, "bystander_p99_us", r.bystander_p99_us);
+    emit("tokio", workload, param, "bystander_p999_us", r.bystander_p999_us);
     emit("tokio", workload, param, "sections_per_s", r.sections_per_s);
 }
 
@@ -1300,7 +1313,8 @@ const WORKLOADS: &[(&str, Workload, &[&str])] = &[
 ];
 
 /// What `all` runs: each workload once with defaults, plus the rows the spec lists
-/// (contended threads=2|8|64 x work=0|100, tasks_contended work=0|100).
+/// (contended threads=2|8|64 x work=0|100; tasks_contended and async_contended
+/// tasks=2|64|1024 x work=0|100, the same total of operations per row).
 const ALL: &[(&str, &[&str])] = &[
     ("work", &[]),
     ("spawn_join", &[]),
@@ -1314,11 +1328,20 @@ const ALL: &[(&str, &[&str])] = &[
     ("contended", &["threads=8", "work=100"]),
     ("contended", &["threads=64", "work=0"]),
     ("contended", &["threads=64", "work=100"]),
-    ("tasks_contended", &["work=0"]),
-    ("tasks_contended", &["work=100"]),
+    ("tasks_contended", &["tasks=2", "work=0"]),
+    ("tasks_contended", &["tasks=2", "work=100"]),
+    ("tasks_contended", &["tasks=64", "work=0"]),
+    ("tasks_contended", &["tasks=64", "work=100"]),
+    ("tasks_contended", &["tasks=1024", "work=0"]),
+    ("tasks_contended", &["tasks=1024", "work=100"]),
     ("rwlock_read_mostly", &[]),
     ("async_uncontended", &[]),
-    ("async_contended", &[]),
+    ("async_contended", &["tasks=2", "work=0"]),
+    ("async_contended", &["tasks=2", "work=100"]),
+    ("async_contended", &["tasks=64", "work=0"]),
+    ("async_contended", &["tasks=64", "work=100"]),
+    ("async_contended", &["tasks=1024", "work=0"]),
+    ("async_contended", &["tasks=1024", "work=100"]),
     ("async_rwlock", &[]),
     ("semaphore", &[]),
     ("chan_pingpong", &[]),
