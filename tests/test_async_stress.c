@@ -99,6 +99,99 @@ static void test_mutex_exclusion_10k(void **state)
     run_in_runtime(0, exclusion_main, NULL);
 }
 
+/* ---- mutex storm: spinning, hand-offs, timeouts, cancels, threads ----
+ *
+ * Short sections from 64 tasks and 2 plain threads (so waiters spin on a
+ * running holder, park, get woken with WOKEN and get fair hand-offs), with
+ * random deadlines, trylocks and cancels.  Invariants: never two inside;
+ * the counter equals the successful acquisitions; and at the end the word
+ * is 0, so no WOKEN, PARKED or STARVING bit was left behind by a waiter
+ * that timed out or was cancelled. */
+
+static pz_async_mutex_t storm_m;
+static long storm_counter;
+static _Atomic bool storm_inside;
+static _Atomic long storm_acquired;
+
+static void storm_section(uint64_t *rng)
+{
+    CHECK(!atomic_exchange(&storm_inside, true));
+    storm_counter++;
+    if (test_rand(rng) % 64 == 0)
+        pz_yield(); /* a holder that suspends: waiters must park, not spin */
+    atomic_store(&storm_inside, false);
+    atomic_fetch_add(&storm_acquired, 1);
+    CHECK_EQ(pz_async_mutex_unlock(&storm_m), 0);
+}
+
+static void *storm_task(void *arg)
+{
+    uint64_t rng = (uint64_t)(intptr_t)arg * 2654435761u + 7;
+    for (int i = 0; i < SCALED(2000); i++) {
+        int r;
+        switch (test_rand(&rng) % 4) {
+        case 0:
+            r = pz_async_mutex_lock_until(&storm_m, pz_now() + (int64_t)(test_rand(&rng) % 50) * US);
+            break;
+        case 1:
+            r = pz_async_mutex_trylock(&storm_m) ? 0 : -EBUSY;
+            break;
+        default:
+            r = pz_async_mutex_lock(&storm_m);
+            break;
+        }
+        if (r == -ECANCELED)
+            return NULL;
+        if (r == -ETIMEDOUT || r == -EBUSY)
+            continue;
+        CHECK_EQ(r, 0);
+        storm_section(&rng);
+    }
+    return NULL;
+}
+
+static void *storm_thread(void *arg)
+{
+    uint64_t rng = (uint64_t)(intptr_t)arg;
+    for (int i = 0; i < SCALED(2000); i++) {
+        int r = (i & 1) ? pz_async_mutex_lock(&storm_m)
+                        : pz_async_mutex_lock_until(&storm_m, pz_now() + (int64_t)(test_rand(&rng) % 50) * US);
+        if (r == -ETIMEDOUT)
+            continue;
+        CHECK_EQ(r, 0);
+        storm_section(&rng);
+    }
+    return NULL;
+}
+
+static void *storm_main(void *arg)
+{
+    (void)arg;
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        CHECK_EQ(pthread_create(&th[i], NULL, storm_thread, (void *)(intptr_t)(i + 1000)), 0);
+    int n = 64;
+    pz_task_t **t = spawn_n(n, storm_task, index_arg);
+    uint64_t rng = 5;
+    for (int i = 0; i < 20; i++) {
+        pz_sleep((int64_t)(test_rand(&rng) % 200) * US);
+        pz_cancel(t[test_rand(&rng) % (uint64_t)n]);
+    }
+    join_n(t, n);
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    CHECK_EQ(storm_counter, atomic_load(&storm_acquired));
+    CHECK_EQ(atomic_load(&storm_m.state), 0);
+    return NULL;
+}
+
+static void test_mutex_storm(void **state)
+{
+    (void)state;
+    for (int round = 0; round < 3; round++)
+        run_in_runtime(2, storm_main, NULL);
+}
+
 /* ---- fairness: a waiter behind hammering bargers ---- */
 
 static pz_async_mutex_t fair_m;
@@ -625,6 +718,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mutex_exclusion_10k),
+        cmocka_unit_test(test_mutex_storm),
         cmocka_unit_test(test_mutex_fairness_bound),
         cmocka_unit_test(test_semaphore_conservation),
         cmocka_unit_test(test_notify_no_lost_wakeup),
