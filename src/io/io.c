@@ -126,6 +126,8 @@ static ssize_t io_loop(int fd, uint64_t bit, io_try_fn fn, void *ctx, int64_t de
     }
     if (!src)
         pz__set_nonblocking(fd); /* the thread waits in poll, never in the call */
+    else
+        pz__coop_tick(); /* a connection that is always ready must not keep its worker */
     for (;;) {
         uint64_t seen = src ? atomic_load_explicit(&src->readiness, memory_order_acquire) : 0;
         if (seen & PZ__IO_CLOSED)

@@ -110,10 +110,10 @@ void pz__io_source_signal(pz__io_source *src, unsigned events)
         pz_unpark_all(&src->write_key, 0);
 }
 
-int pz__reactor_poll(pz__runtime *rt, int64_t deadline)
+int pz__reactor_poll(pz__runtime *rt, int64_t deadline, int max_events)
 {
     pz__event events[64];
-    int n = pz__poller_wait(rt->poller, events, 64, deadline);
+    int n = pz__poller_wait(rt->poller, events, max_events < 64 ? max_events : 64, deadline);
     if (n <= 0)
         return n;
     int handled = 0;

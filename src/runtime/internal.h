@@ -186,6 +186,7 @@ struct pz__worker {
     unsigned coop_spent;       /* pz__coop_tick calls since the switch-in */
     uint32_t tick;
     bool in_loop;              /* the worker loop is choosing (not a task) */
+    bool waking_io;            /* in worker_poll: wakes go to the queue's tail */
     uint64_t rng;
     bool searching;            /* written under the runtime's idle lock */
 
@@ -352,7 +353,7 @@ int pz__reactor_init(pz__runtime *rt);
 void pz__reactor_destroy(pz__runtime *rt);
 /* Waits for readiness until deadline (ns, < 0 none, 0 no wait) and wakes
  * the waiters of every ready descriptor.  Returns the number of events. */
-int pz__reactor_poll(pz__runtime *rt, int64_t deadline);
+int pz__reactor_poll(pz__runtime *rt, int64_t deadline, int max_events);
 
 /* blocking.c */
 void pz__blocking_configure(int max_threads);

@@ -122,7 +122,7 @@ void pz__task_ready(pz_task_t *t, bool lifo)
     pz__runtime *rt = atomic_load_explicit(&pz__rt, memory_order_acquire);
     pz__worker *w = pz__current_worker();
     if (w && w->rt == rt) {
-        if (lifo) {
+        if (lifo && !w->waking_io) {
             /* The task woken last runs next (it is likely to use what its
              * waker just produced); a task it displaces goes to the queue,
              * where other workers can take it, so they are told. */
@@ -154,6 +154,24 @@ static inline bool io_waiting(pz__runtime *rt)
     return atomic_load_explicit(&rt->io_waiters, memory_order_relaxed) > 0;
 }
 
+/* This worker, holding the driver, takes ready descriptors from the poller
+ * and wakes their waiters into its own run queue, first come first served:
+ * no more events than the queue has room for (the rest stay queued in the
+ * kernel, in readiness order, for the next poll, rather than overflowing
+ * into the injection queue, which is looked at only every 61 decisions),
+ * and at the tail rather than in the LIFO slot, which is for a task woken
+ * by the task running now.  Under a thousand busy connections the LIFO
+ * slot and the overflow let some connections wait tens of milliseconds. */
+static void worker_poll(pz__worker *w, int64_t deadline)
+{
+    uint32_t room = PZ__RUNQ_CAP - pz__runq_len(&w->runq);
+    if (room == 0)
+        return;
+    w->waking_io = true;
+    pz__reactor_poll(w->rt, deadline, room < 64 ? (int)room : 64);
+    w->waking_io = false;
+}
+
 /* While tasks wait for I/O, a busy worker looks at the poller now and then
  * (without waiting), unless an idle worker is already in it.  Only from the
  * worker loop: a task that is switching away may still hold a parking-lot
@@ -164,7 +182,7 @@ static void poll_io(pz__worker *w)
     pz__runtime *rt = w->rt;
     if (io_waiting(rt) && !atomic_load_explicit(&rt->driver_busy, memory_order_relaxed) &&
         !atomic_exchange_explicit(&rt->driver_busy, true, memory_order_acquire)) {
-        pz__reactor_poll(rt, 0);
+        worker_poll(w, 0);
         atomic_store_explicit(&rt->driver_busy, false, memory_order_release);
     }
 }
@@ -293,7 +311,7 @@ static void idle(pz__worker *w)
             bool notified = atomic_load(&w->sleep_word) != 0;
             pz__spin_unlock(&rt->idle_lock);
             if (!notified && !atomic_load(&rt->shutdown))
-                pz__reactor_poll(rt, deadline == PZ_FOREVER ? -1 : deadline);
+                worker_poll(w, deadline == PZ_FOREVER ? -1 : deadline);
             pz__spin_lock(&rt->idle_lock);
             w->polling = false;
             pz__spin_unlock(&rt->idle_lock);
