@@ -156,13 +156,24 @@ def fmt(v):
     return f"{v:.2f}"
 
 
+LATENCY_NOTE = ("Latencies (p50, p99, p99.9) come from a log-linear histogram (exact below 256 ns, "
+                "then 128 buckets per power of two: at most 0.4% off), the same in every program "
+                "(bench/hist.h and its copies in the peers).")
+
 METRIC_NOTES = {
     "sections_per_s": "logic sections completed per second (all section tasks together)",
     "utilisation": "sections_per_s × the mean time of one unlocked round trip measured first "
                    "by the same program (1 = one section per round trip, the limit of a lock held "
                    "across it; above 1 when that program's idle round trip is slower than its busy ones)",
     "bystander_ops_per_s": "loop iterations (work 100, yield) of all bystander tasks per second",
+    "bystander_p50_us": "median of one bystander iteration, waiting for a worker included (µs)",
     "bystander_p99_us": "99th percentile of one bystander iteration, waiting for a worker included (µs)",
+    "bystander_p999_us": "99.9th percentile of one bystander iteration, waiting for a worker included (µs)",
+    "p50_us": "median latency (µs)",
+    "p99_us": "99th percentile latency (µs)",
+    "p999_us": "99.9th percentile latency (µs)",
+    "ns_per_op": "time per lock+section+unlock of all tasks together (ns)",
+    "max_wait_us": "longest wait for the lock that any task saw, sampled every 64th acquisition (µs)",
     "rtt_us": "mean unlocked round trip to the database, measured before the sections (µs)",
     "rps": "requests per second",
     "connections": "connections accepted",
@@ -194,22 +205,29 @@ def logic_summary(data):
     rows = [
         ("logic section, async lock + async I/O", ("bystanders", "lock=async " + by, "sections_per_s"),
          ("bystanders", "lock=async " + by, "bystander_ops_per_s"),
-         ("bystanders", "lock=async " + by, "bystander_p99_us")),
+         ("bystanders", "lock=async " + by, "bystander_p50_us"),
+         ("bystanders", "lock=async " + by, "bystander_p99_us"),
+         ("bystanders", "lock=async " + by, "bystander_p999_us")),
         ("logic section, sync lock + blocking I/O (wrong)", ("bystanders", "lock=sync " + by, "sections_per_s"),
          ("bystanders", "lock=sync " + by, "bystander_ops_per_s"),
-         ("bystanders", "lock=sync " + by, "bystander_p99_us")),
+         ("bystanders", "lock=sync " + by, "bystander_p50_us"),
+         ("bystanders", "lock=sync " + by, "bystander_p99_us"),
+         ("bystanders", "lock=sync " + by, "bystander_p999_us")),
     ]
     out = ["\n## Logic sections: the right lock and the wrong one\n",
            "64 tasks each hold one lock across a 1 ms database round trip while 64 bystander "
            "tasks compute and yield, on 2 workers (medians):\n",
-           "| section | system | sections/s | bystander iterations/s | bystander p99 (µs) |",
+           "| section | system | sections/s | bystander iterations/s | bystander p50 / p99 / p99.9 (µs) |",
            "|---|---|---:|---:|---:|"]
-    for label, ks, ko, kp in rows:
+    for label, ks, ko, k50, k99, k999 in rows:
         for system in ["plaza", "tokio", "go"]:
-            v = [med(data, k, system) for k in (ks, ko, kp)]
-            if all(x is None for x in v):
+            v = [med(data, k, system) for k in (ks, ko)]
+            lat = [med(data, k, system) for k in (k50, k99, k999)]
+            if all(x is None for x in v + lat):
                 continue
-            out.append(f"| {label} | {system} | " + " | ".join("–" if x is None else fmt(x) for x in v) + " |")
+            cells = ["–" if x is None else fmt(x) for x in v]
+            cells.append(" / ".join("–" if x is None else fmt(x) for x in lat))
+            out.append(f"| {label} | {system} | " + " | ".join(cells) + " |")
     out += ["", "A data section (counter++) behind each kind of lock, 64 tasks on 2 workers, ns per "
             "section (medians):\n",
             "| system | sync lock (`tasks_contended work=0`) | async lock (`wrong_lock kind=data_behind_async`) | cost of the wrong lock |",
@@ -223,6 +241,63 @@ def logic_summary(data):
         name = system if system == sync_sys else f"{system} vs {sync_sys}"
         out.append(f"| {name} | " + ("–" if sync_v is None else fmt(sync_v)) + " | "
                    + ("–" if async_v is None else fmt(async_v)) + f" | {cost} |")
+    return out
+
+
+GRID_TASKS = [2, 64, 1024]
+# (label, workload, system) of every lock in the data-critical grid.
+GRID_LOCKS = [
+    ("plaza pz_mutex (sync)", "tasks_contended", "plaza"),
+    ("parking_lot::Mutex in tokio tasks", "tasks_contended", "parking_lot"),
+    ("std::sync::Mutex in tokio tasks", "tasks_contended", "std"),
+    ("Go sync.Mutex", "tasks_contended", "go"),
+    ("Boost.Fiber fibers::mutex", "tasks_contended", "boost_fiber"),
+    ("plaza pz_async_mutex (async)", "async_contended", "plaza"),
+    ("tokio::sync::Mutex", "async_contended", "tokio"),
+    ("Go sync.Mutex (as async)", "async_contended", "go"),
+    ("Boost.Fiber fibers::mutex (as async)", "async_contended", "boost_fiber"),
+]
+
+
+def grid_key(workload, tasks, work, metric="ns_per_op"):
+    return (workload, f"tasks={tasks} workers=2 work={work}", metric)
+
+
+def data_summary(data):
+    """The data-critical grid: a tiny section from 2, 64 and 1024 tasks on 2 workers."""
+    out = ["\n## Data critical sections: 2, 64 and 1024 tasks on 2 workers\n",
+           "counter++ under one lock, ns per section (medians); work=100 adds 100 xorshift steps "
+           "outside the lock. Boost.Fiber's rows are its default (fibers suspend); its "
+           "`suspend=0` rows (spinning) are in the full table.\n",
+           "| lock | " + " | ".join(f"{t} tasks" for t in GRID_TASKS) + " | "
+           + " | ".join(f"{t} tasks, work=100" for t in GRID_TASKS) + " |",
+           "|---|" + "---:|" * (2 * len(GRID_TASKS))]
+    for label, workload, system in GRID_LOCKS:
+        cells = []
+        for work in (0, 100):
+            for t in GRID_TASKS:
+                v = med(data, grid_key(workload, t, work), system)
+                cells.append("–" if v is None else fmt(v))
+        if all(c == "–" for c in cells):
+            continue
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return out
+
+
+def latency_summary(data):
+    out = ["\n## Latencies: p50 / p99 / p99.9\n", LATENCY_NOTE + "\n",
+           "| workload | param | system | p50 | p99 | p99.9 |", "|---|---|---|---:|---:|---:|"]
+    for (workload, param, metric) in sorted(data):
+        if metric not in ("p50_us", "bystander_p50_us"):
+            continue
+        prefix = metric[:-len("p50_us")]
+        for system in SYSTEMS:
+            vals = [med(data, (workload, param, f"{prefix}{p}_us"), system) for p in ("p50", "p99", "p999")]
+            if all(v is None for v in vals):
+                continue
+            out.append(f"| {workload} | {param} | {system} | "
+                       + " | ".join("–" if v is None else fmt(v) for v in vals) + " |")
+    out.append("\n(µs; sleep asks for 100 µs.)")
     return out
 
 
@@ -256,6 +331,8 @@ def write_results(data, path, stamp, runs, mach, vers, plots_dir, db_notes=()):
         lines.append(f"| {workload} | {param} | {metric} | " + " | ".join(cells) + " |")
     lines.append("")
     lines += metric_legend(data)
+    lines += data_summary(data)
+    lines += latency_summary(data)
     lines += logic_summary(data)
     if db_notes:
         lines.append("\nThe database (bench/peers/bin/dbserver) measured the delays it gave:\n")
@@ -302,6 +379,27 @@ def plot(data, plots_dir, mach):
         fig.tight_layout()
         fig.savefig(os.path.join(plots_dir, f"{workload}.png"), dpi=90)
         plt.close(fig)
+    # The data-critical grid as lines: ns per section against the number of tasks.
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for ax, work in zip(axes, (0, 100)):
+        for label, workload, system in GRID_LOCKS:
+            ys = [med(data, grid_key(workload, t, work), system) for t in GRID_TASKS]
+            if any(y is None for y in ys):
+                continue
+            style = "-" if workload == "tasks_contended" else "--"
+            ax.plot(GRID_TASKS, ys, style, marker="o", label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(GRID_TASKS)
+        ax.set_xticklabels([str(t) for t in GRID_TASKS])
+        ax.set_xlabel("tasks on 2 workers")
+        ax.set_title(f"data critical section, work={work} (ns per section, lower is better)", fontsize=8)
+    axes[0].set_ylabel("ns per section (median)")
+    axes[1].legend(fontsize=6)
+    fig.suptitle(mach, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(plots_dir, "data_critical_grid.png"), dpi=90)
+    plt.close(fig)
     return plots_dir
 
 

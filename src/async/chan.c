@@ -53,16 +53,20 @@ struct pz__chan_waiter {
 
 static void chan_lock(pz_chan_t *ch)
 {
-    unsigned spins = 0;
+    unsigned spins = 0, backoff = 1;
     for (;;) {
         if (!atomic_exchange_explicit(&ch->lock, 1, memory_order_acquire))
             return;
-        while (atomic_load_explicit(&ch->lock, memory_order_relaxed)) {
-            if (++spins < 100)
-                pz__arch_cpu_relax();
-            else
+        do {
+            if (++spins < 100) {
+                for (unsigned i = 0; i < backoff; i++)
+                    pz__arch_cpu_relax();
+                if (backoff < 64)
+                    backoff <<= 1;
+            } else {
                 sched_yield();
-        }
+            }
+        } while (atomic_load_explicit(&ch->lock, memory_order_relaxed));
     }
 }
 
