@@ -128,6 +128,7 @@ static void *stress_main(void *arg)
     int n = SCALED(3000);
     struct chaos c = {calloc((size_t)n, sizeof(pz_task_t *)), n, false, PTHREAD_MUTEX_INITIALIZER};
     struct worker_arg *args = calloc((size_t)n, sizeof *args);
+    pz_task_t *monkey = NULL;
     uint64_t seed = 1;
     for (int i = 0; i < n; i++) {
         args[i].seed = test_rand(&seed) | 1;
@@ -137,9 +138,8 @@ static void *stress_main(void *arg)
         c.tasks[i] = t;
         pthread_mutex_unlock(&c.lock);
         if (i == n / 10) {
-            pz_task_t *m = pz_spawn(chaos_monkey, &c);
-            CHECK(m != NULL);
-            pz_detach(m);
+            monkey = pz_spawn(chaos_monkey, &c);
+            CHECK(monkey != NULL);
         }
     }
     long joined = 0;
@@ -153,8 +153,10 @@ static void *stress_main(void *arg)
         CHECK_EQ((uintptr_t)r, args[i].result);
         joined++;
     }
+    /* The monkey reads c, which lives on this task's stack: it must be
+     * gone before we return. */
     atomic_store(&c.stop, true);
-    pz_sleep(1000000);
+    CHECK_EQ(pz_join(monkey, NULL), 0);
     CHECK_EQ(joined, n);
     CHECK_EQ(atomic_load(&ended), n);
     fprintf(stderr, "%d tasks, %ld saw a cancel, %ld blocking calls\n", n, atomic_load(&cancelled_seen),

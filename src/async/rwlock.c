@@ -1,35 +1,58 @@
 /*
  * pz_async_rwlock.  The word is described in include/plaza/async.h.
  *
- * Entry rules (fast path, and again under the bucket lock in validate):
- *   read        no WRITER, nobody queued (PARKED), no upgrade pending
- *   write       the word is 0
+ * The design is the async mutex's, for two kinds of holder: running tasks
+ * take the lock ahead of parked waiters (barging), a waiter spins while the
+ * holders may be running, unlocks wake one waiter at a time (WOKEN), and a
+ * waiter that has waited 1 ms switches the lock to strict queue order
+ * (STARVING).  The earlier strict-FIFO design parked 85% of acquisitions
+ * under 64 tasks with 10% writers: once anyone was queued, everybody queued.
+ *
+ * Entry rules (fast paths, spinners, woken waiters, and validate under the
+ * bucket lock):
+ *   read        no WRITER, no UPG_PARKED, not STARVING, no waiting writer
  *   upgradable  as read, and no UPGRADABLE holder
- * A caller that cannot enter sets PARKED and parks on the lock's address
- * with its park token pointing at its wait record.  While PARKED is set
- * nobody enters without queueing, so readers cannot starve a writer and
- * the queue is served in order.
+ *   write       no WRITER, no UPGRADABLE, no readers, not STARVING; a
+ *               writer that is not yet counted as waiting also needs no
+ *               waiting writer (it does not barge past them)
+ * PARKED and WOKEN never stop an entry.
  *
- * Dispatch (every unlock or downgrade that finds PARKED, and every waiter
- * that gave up): pz_unpark_filter walks the queue under the bucket lock
- * and grants the lock directly: the first waiter if it can enter now given
- * the holders, then the readers (and at most one upgradable reader) that
- * follow it, up to the first writer or waiter that cannot enter.  The
- * callback adds the granted holders to the word and sets PARKED to
- * whether anyone remains queued.  While PARKED is set new holders appear
- * only through dispatch, and existing readers only leave, so a grant
- * decided from a fresh load of the word cannot become wrong: a reader that
- * leaves afterwards runs its own dispatch.
+ * Waiting writers (WW) are counted from a writer's first failed attempt
+ * until it takes the lock or gives up: while any writer waits, new readers
+ * stay out, so the readers inside drain and the writer gets in: no writer
+ * starves behind a stream of readers.
  *
- * The filter marks each granted waiter's record before the lot claims it.
- * A waiter whose claim is lost (deadline or cancel at that instant) finds
- * the mark in its timed_out callback, under the same bucket lock, and
- * keeps the lock it was granted (returns 0): the word counted it already.
+ * Dispatch (an unlock that leaves the lock free enough for a waiter, with
+ * PARKED set and WOKEN clear, or in STARVING mode with WOKEN set too; and a
+ * waiter that gives up):
+ *   normal mode: wake, without granting, the waiter that can use the lock:
+ *     the first queued writer if any writer waits (readers could not enter),
+ *     otherwise the first waiter and, if it is a reader, the readers behind
+ *     it up to the next writer.  WOKEN is set if anyone was woken; the woken
+ *     compete like running tasks and whoever of them takes the lock or parks
+ *     again clears WOKEN.
+ *   STARVING mode: grant in queue order as a strict FIFO lock: the first
+ *     waiter if it can enter beside the holders, then the readers (and at
+ *     most one upgradable reader) behind it up to the first writer.  The
+ *     filter marks each granted waiter's record before the lot claims it; a
+ *     waiter whose claim is lost (deadline or cancel at that instant) finds
+ *     the mark under the same bucket lock and keeps the grant.  STARVING
+ *     ends when the queue empties or a waiter is served within 1 ms.
  *
- * Before any of that, a caller that finds the lock taken while nobody is
- * queued spins (see spin_enter): a data-sized section is over within
- * nanoseconds, and queueing costs a park and a wake-up per waiter, which
- * made 64 tasks on 2 workers (10% writes) cost 130-250 ns/op.
+ * Why no waiter is left parked with nobody to wake it.  A waiter parks only
+ * after validate, under the bucket lock, found that it cannot enter; then
+ * one of these holds, and each ends in a dispatch that sees it (a dispatch
+ * takes the same bucket lock):
+ *   - a holder exists: its last release dispatches (WOKEN clear), or the
+ *     woken waiter that kept WOKEN set takes the lock (and is then a holder)
+ *     or parks again, clearing WOKEN, after its own validate;
+ *   - a writer waits (WW) and nobody holds the lock: that writer is
+ *     spinning or woken and takes the lock (then it is a holder), or gives
+ *     up and dispatches; a parked writer was woken by the dispatch that
+ *     found the lock free (normal mode wakes a writer first when WW > 0);
+ *   - STARVING with nobody holding: STARVING is set only by a waiter that
+ *     parks while the lock is held, and the last release in STARVING mode
+ *     dispatches (grants) whatever WOKEN says.
  *
  * Upgrade: the upgradable holder waits for the other readers on address +
  * 1, having set UPG_PARKED (by CAS on the word, so with the reader count
@@ -45,30 +68,48 @@
 #define UPG_PARKED ((uintptr_t)2)
 #define UPGRADABLE ((uintptr_t)4)
 #define WRITER ((uintptr_t)8)
-#define READER ((uintptr_t)16)
-#define READERS(s) ((s) >> 4)
+#define WOKEN ((uintptr_t)16)
+#define STARVING ((uintptr_t)32)
+#define WW_SHIFT 6
+#define WW_ONE ((uintptr_t)1 << WW_SHIFT)
+#define WW_MASK ((uintptr_t)0xffff << WW_SHIFT)
+#define WW(s) (((s) & WW_MASK) >> WW_SHIFT)
+#define READER_SHIFT 22
+#define READER ((uintptr_t)1 << READER_SHIFT)
+#define READERS(s) ((s) >> READER_SHIFT)
 
+#define TOKEN_NORMAL 0
 #define TOKEN_GRANTED 1
+/* A waiter trying this long turns on STARVING. */
+#define STARVE_NS 1000000
 
 enum kind { K_READ, K_WRITE, K_UPG };
 
 struct rw_wait {
     pz_async_rwlock_t *l;
     int kind;
-    int result;   /* validate's verdict: 0 entered, 1 parked */
-    bool granted; /* set by a dispatch under the bucket lock */
+    bool counted; /* a writer counted in WW */
+    int result;   /* validate's verdict: 0 entered, 1 parked, 2 free but
+                   * closed to us: dispatch first (see rw_validate) */
+    bool granted; /* set by a STARVING dispatch under the bucket lock */
+    int64_t since; /* when this waiter first parked */
 };
 
-/* The word after entering as kind, or 0 if kind may not enter from s. */
-static uintptr_t enter(int kind, uintptr_t s)
+/* The word after entering as kind from s, or 0 if kind may not enter.
+ * counted: the caller is a writer counted in WW (entering uncounts it). */
+static uintptr_t enter(int kind, uintptr_t s, bool counted)
 {
     switch (kind) {
     case K_READ:
-        return (s & (WRITER | PARKED | UPG_PARKED)) ? 0 : s + READER;
+        return (s & (WRITER | UPG_PARKED | STARVING | WW_MASK)) ? 0 : s + READER;
     case K_WRITE:
-        return s == 0 ? WRITER : 0;
+        if ((s & (WRITER | UPGRADABLE | STARVING)) || READERS(s))
+            return 0;
+        if (counted)
+            return (s - WW_ONE) | WRITER;
+        return (s & WW_MASK) ? 0 : s | WRITER;
     default:
-        return (s & (WRITER | PARKED | UPG_PARKED | UPGRADABLE)) ? 0 : s + READER + UPGRADABLE;
+        return (s & (WRITER | UPG_PARKED | UPGRADABLE | STARVING | WW_MASK)) ? 0 : s + READER + UPGRADABLE;
     }
 }
 
@@ -76,7 +117,7 @@ static bool try_enter(pz_async_rwlock_t *l, int kind)
 {
     uintptr_t s = atomic_load_explicit(&l->state, memory_order_relaxed);
     for (;;) {
-        uintptr_t n = enter(kind, s);
+        uintptr_t n = enter(kind, s, false);
         if (!n)
             return false;
         if (atomic_compare_exchange_weak_explicit(&l->state, &s, n, memory_order_acquire, memory_order_relaxed))
@@ -84,11 +125,49 @@ static bool try_enter(pz_async_rwlock_t *l, int kind)
     }
 }
 
+/* ---- dispatch ---- */
+
 struct dispatch {
     pz_async_rwlock_t *l;
-    uintptr_t readers; /* readers granted (the upgradable one included) */
-    bool upgradable, writer, stop;
+    bool started;      /* the mode below is decided at the first waiter */
+    bool grant;        /* STARVING mode: grant in queue order */
+    bool writers_wait; /* normal mode: WW > 0, so wake the first writer */
+    bool granted_any, granted_writer, served_fast, stop, woke_reader;
 };
+
+/* A STARVING grant: enters w into the word by CAS, checking the rules of a
+ * strict queue against the word as it is (holders may leave meanwhile, and
+ * the upgradable holder may upgrade, so each grant is one CAS, never a sum
+ * decided earlier).  Returns false if w must wait. */
+static bool grant_one(struct dispatch *d, struct rw_wait *w)
+{
+    uintptr_t s = atomic_load_explicit(&d->l->state, memory_order_relaxed);
+    for (;;) {
+        uintptr_t n;
+        switch (w->kind) {
+        case K_WRITE:
+            if (d->granted_any || (s & (WRITER | UPGRADABLE | UPG_PARKED)) || READERS(s))
+                return false;
+            n = (s - (w->counted ? WW_ONE : 0)) | WRITER;
+            break;
+        case K_READ:
+            if (s & (WRITER | UPG_PARKED))
+                return false;
+            n = s + READER;
+            break;
+        default:
+            if (s & (WRITER | UPG_PARKED | UPGRADABLE))
+                return false;
+            n = s + READER + UPGRADABLE;
+            break;
+        }
+        /* acq_rel: the grantee's section must come after the sections of
+         * the holders that left before (the dispatcher may be a third
+         * task), and the lot's wake carries this to the grantee. */
+        if (atomic_compare_exchange_weak_explicit(&d->l->state, &s, n, memory_order_acq_rel, memory_order_relaxed))
+            return true;
+    }
+}
 
 static pz_filter_op_t rw_filter(uintptr_t park_token, void *ctx)
 {
@@ -98,32 +177,44 @@ static pz_filter_op_t rw_filter(uintptr_t park_token, void *ctx)
      * holding the lock and must not be counted twice. */
     if (w->granted)
         return PZ_FILTER_SKIP;
-    if (d->stop || d->writer)
+    if (d->stop)
         return PZ_FILTER_STOP;
-    uintptr_t s = atomic_load_explicit(&d->l->state, memory_order_relaxed);
-    bool ok;
-    switch (w->kind) {
-    case K_WRITE:
-        ok = !d->readers && !(s & (WRITER | UPGRADABLE | UPG_PARKED)) && READERS(s) == 0;
-        break;
-    case K_READ:
-        ok = !(s & (WRITER | UPG_PARKED));
-        break;
-    default:
-        ok = !(s & (WRITER | UPG_PARKED | UPGRADABLE)) && !d->upgradable;
-        break;
+    if (!d->started) {
+        /* Under the bucket lock: STARVING is cleared only here (and by the
+         * last waiter leaving), never while a dispatch walks the queue. */
+        uintptr_t s = atomic_load_explicit(&d->l->state, memory_order_relaxed);
+        d->started = true;
+        d->grant = (s & STARVING) != 0;
+        d->writers_wait = WW(s) > 0;
     }
-    if (!ok) {
+    if (!d->grant) {
+        if (d->writers_wait) {
+            /* Readers cannot enter while a writer waits: wake a writer. */
+            if (w->kind != K_WRITE)
+                return PZ_FILTER_SKIP;
+            d->stop = true;
+            return PZ_FILTER_UNPARK;
+        }
+        if (w->kind == K_WRITE) {
+            if (d->woke_reader)
+                return PZ_FILTER_STOP;
+            d->stop = true;
+            return PZ_FILTER_UNPARK;
+        }
+        d->woke_reader = true;
+        return PZ_FILTER_UNPARK;
+    }
+    if (d->granted_writer || !grant_one(d, w)) {
         d->stop = true; /* in order: nobody passes a waiter that must wait */
         return PZ_FILTER_STOP;
     }
+    if (!d->granted_any)
+        d->served_fast = pz__clock_now() - w->since < STARVE_NS;
     w->granted = true;
+    d->granted_any = true;
     if (w->kind == K_WRITE) {
-        d->writer = true;
-    } else {
-        d->readers++;
-        if (w->kind == K_UPG)
-            d->upgradable = true;
+        d->granted_writer = true;
+        d->stop = true;
     }
     return PZ_FILTER_UNPARK;
 }
@@ -133,25 +224,51 @@ static uintptr_t rw_dispatch_done(pz_unpark_result_t r, void *ctx)
     struct dispatch *d = ctx;
     uintptr_t s = atomic_load_explicit(&d->l->state, memory_order_relaxed);
     for (;;) {
-        uintptr_t n = s + d->readers * READER + (d->upgradable ? UPGRADABLE : 0) + (d->writer ? WRITER : 0);
-        n = r.have_more ? (n | PARKED) : (n & ~PARKED);
-        if (atomic_compare_exchange_weak_explicit(&d->l->state, &s, n, memory_order_release, memory_order_relaxed))
-            return TOKEN_GRANTED;
+        uintptr_t n = s;
+        if (d->grant) {
+            /* The grants are in the word already.  Strict order ends when
+             * the queue is empty or its head was served within 1 ms. */
+            if (!r.have_more || d->served_fast)
+                n &= ~STARVING;
+        } else if (r.unparked) {
+            n |= WOKEN;
+        }
+        /* Nobody left in the queue: no strict order to keep. */
+        n = r.have_more ? (n | PARKED) : (n & ~(PARKED | STARVING));
+        if (atomic_compare_exchange_weak_explicit(&d->l->state, &s, n, memory_order_acq_rel, memory_order_relaxed))
+            return d->grant ? TOKEN_GRANTED : TOKEN_NORMAL;
     }
 }
 
-static void dispatch(pz_async_rwlock_t *l)
+/* Returns how many waiters it woke or granted. */
+static int dispatch(pz_async_rwlock_t *l)
 {
-    struct dispatch d = {l, 0, false, false, false};
-    pz_unpark_filter(l, rw_filter, rw_dispatch_done, &d);
+    struct dispatch d = {.l = l};
+    return pz_unpark_filter(l, rw_filter, rw_dispatch_done, &d).unparked;
 }
 
+/* After a release that left s: dispatch if someone parked may now enter and
+ * nobody else is on the way (in STARVING mode, always). */
+static void released(pz_async_rwlock_t *l, uintptr_t s)
+{
+    if ((s & PARKED) && (!(s & WOKEN) || (s & STARVING)))
+        dispatch(l);
+}
+
+/* ---- waiting ---- */
+
+/* Under the bucket lock.  Nobody holding the lock and still no entry means
+ * a waiting writer (WW) or STARVING keeps us out with nobody to release
+ * the lock and dispatch: if the waiting writer is parked, only a dispatch
+ * wakes it, and the release that would have done it may have seen a WOKEN
+ * that we, a woken waiter, have just given up.  So we do not park; the
+ * caller dispatches (it cannot here: dispatch takes this bucket lock). */
 static bool rw_validate(void *ctx)
 {
     struct rw_wait *w = ctx;
     uintptr_t s = atomic_load_explicit(&w->l->state, memory_order_relaxed);
     for (;;) {
-        uintptr_t n = enter(w->kind, s);
+        uintptr_t n = enter(w->kind, s, w->counted);
         if (n) {
             if (atomic_compare_exchange_weak_explicit(&w->l->state, &s, n, memory_order_acquire,
                                                       memory_order_relaxed)) {
@@ -159,6 +276,10 @@ static bool rw_validate(void *ctx)
                 return false;
             }
             continue;
+        }
+        if (!(s & (WRITER | UPGRADABLE)) && READERS(s) == 0) {
+            w->result = 2;
+            return false;
         }
         if ((s & PARKED) ||
             atomic_compare_exchange_weak_explicit(&w->l->state, &s, s | PARKED, memory_order_relaxed,
@@ -173,36 +294,13 @@ static void rw_timed_out(void *ctx, bool was_last)
 {
     struct rw_wait *w = ctx;
     if (was_last)
-        atomic_fetch_and_explicit(&w->l->state, ~PARKED, memory_order_relaxed);
+        atomic_fetch_and_explicit(&w->l->state, ~(PARKED | STARVING), memory_order_relaxed);
 }
 
-static int acquire_slow(pz_async_rwlock_t *l, int kind, int64_t deadline)
-{
-    for (;;) {
-        struct rw_wait w = {l, kind, 1, false};
-        uintptr_t token = 0;
-        int r = pz_park(l, rw_validate, NULL, rw_timed_out, &w, (uintptr_t)&w, deadline, 0, &token);
-        if (r == -EAGAIN && w.result == 0)
-            return 0;
-        if (r == -EAGAIN)
-            continue;
-        if (r == 0 || w.granted) {
-            /* Granted by a dispatch (if our claim was lost at that instant
-             * we keep the grant: the word already counts us). */
-            return 0;
-        }
-        /* We may have been the waiter that held back the ones behind. */
-        if (atomic_load_explicit(&l->state, memory_order_relaxed) & PARKED)
-            dispatch(l);
-        return r;
-    }
-}
-
-/* Spin rounds: while readers hold the lock (their number says nothing of
- * whether they run) a short spin of 2, 4, ... 64 cpu_relax; while a writer
- * that is running holds it, up to READ_SPIN_ROUNDS rounds of up to 256, as
- * pz_async_mutex does.  Never once anyone is queued (PARKED): from then on
- * the queue order decides, so that no writer starves. */
+/* Spin rounds, as pz_async_mutex: 2, 4, ... 256 cpu_relax, then 256 a
+ * round, about 10 us in all, while the holder that keeps us out may be
+ * running; while readers hold (their number says nothing of whether they
+ * run) only the first SHORT_SPIN_ROUNDS (about 1 us). */
 #define SHORT_SPIN_ROUNDS 6
 #define LONG_SPIN_ROUNDS 10
 #define SPIN_MAX_SHIFT 8
@@ -221,22 +319,119 @@ static bool writer_may_run(pz_async_rwlock_t *l)
     return id && pz__task_id_running(id);
 }
 
-static bool spin_enter(pz_async_rwlock_t *l, int kind)
+static bool worth_spinning(pz_async_rwlock_t *l, uintptr_t s, int spins)
 {
-    if (pz__current_task() && pz_worker_count() <= 1)
+    if (s & STARVING)
         return false;
-    for (int spins = 1; spins <= LONG_SPIN_ROUNDS; spins++) {
-        uintptr_t s = atomic_load_explicit(&l->state, memory_order_relaxed);
-        if (s & (PARKED | UPG_PARKED))
-            return false;
-        if ((s & WRITER) ? !writer_may_run(l) : spins > SHORT_SPIN_ROUNDS)
-            return false;
-        for (int i = 0; i < (1 << (spins < SPIN_MAX_SHIFT ? spins : SPIN_MAX_SHIFT)); i++)
-            pz__arch_cpu_relax();
-        if (try_enter(l, kind))
-            return true;
+    if (s & WRITER)
+        return writer_may_run(l);
+    if (READERS(s) || (s & UPGRADABLE))
+        return spins <= SHORT_SPIN_ROUNDS;
+    /* Free, but a waiting writer keeps readers out: it is spinning or on
+     * its way, and will be in and out soon. */
+    return true;
+}
+
+static int acquire_slow(pz_async_rwlock_t *l, int kind, int64_t deadline)
+{
+    const int spin_rounds = (!pz__current_task() || pz_worker_count() > 1) ? LONG_SPIN_ROUNDS : 0;
+    bool counted = false, woken = false;
+    int spins = 0;
+    int64_t first_park = 0;
+    uintptr_t s = atomic_load_explicit(&l->state, memory_order_relaxed);
+    for (;;) {
+        uintptr_t n = enter(kind, s, counted);
+        if (n) {
+            if (woken)
+                n &= ~WOKEN;
+            if (atomic_compare_exchange_weak_explicit(&l->state, &s, n, memory_order_acquire,
+                                                      memory_order_relaxed))
+                return 0;
+            continue;
+        }
+        if (kind == K_WRITE && !counted) {
+            /* Announce: new readers stay out from now on. */
+            if ((s & WW_MASK) == WW_MASK) {
+                /* 65535 writers already wait: wait uncounted (readers may
+                 * then pass this one; the counted ones hold them back). */
+            } else if (atomic_compare_exchange_weak_explicit(&l->state, &s, s + WW_ONE, memory_order_relaxed,
+                                                             memory_order_relaxed)) {
+                counted = true;
+                s += WW_ONE;
+                continue;
+            } else {
+                continue;
+            }
+        }
+        if (spins < spin_rounds && worth_spinning(l, s, spins + 1)) {
+            if (!woken && (s & PARKED) && !(s & WOKEN)) {
+                /* While we spin, releases wake nobody: we will take it. */
+                if (!atomic_compare_exchange_weak_explicit(&l->state, &s, s | WOKEN, memory_order_relaxed,
+                                                           memory_order_relaxed))
+                    continue;
+                woken = true;
+            }
+            spins++;
+            for (int i = 0; i < (1 << (spins < SPIN_MAX_SHIFT ? spins : SPIN_MAX_SHIFT)); i++)
+                pz__arch_cpu_relax();
+            s = atomic_load_explicit(&l->state, memory_order_relaxed);
+            continue;
+        }
+        /* Park, giving up WOKEN.  A waiter that has been trying for
+         * STARVE_NS turns on STARVING, but only while somebody holds the
+         * lock (whose release then dispatches in queue order). */
+        uintptr_t want = (s | PARKED) & ~(woken ? WOKEN : 0);
+        if (first_park && ((s & (WRITER | UPGRADABLE)) || READERS(s)) &&
+            pz__clock_now() - first_park >= STARVE_NS)
+            want |= STARVING;
+        if (want != s &&
+            !atomic_compare_exchange_weak_explicit(&l->state, &s, want, memory_order_relaxed, memory_order_relaxed))
+            continue;
+        /* If a release saw our WOKEN and woke nobody, validate below finds
+         * the lock free and enters instead of parking. */
+        woken = false;
+        if (!first_park)
+            first_park = pz__clock_now();
+        struct rw_wait w = {l, kind, counted, 1, false, first_park};
+        uintptr_t token = TOKEN_NORMAL;
+        int r = pz_park(l, rw_validate, NULL, rw_timed_out, &w, (uintptr_t)&w, deadline, 0, &token);
+        if (r == -EAGAIN && w.result == 0)
+            return 0; /* validate entered (and uncounted us) */
+        if (r == -EAGAIN && w.result == 2) {
+            /* Free but closed to us: wake whoever may enter (a parked
+             * writer, or the head in STARVING mode).  If nobody was
+             * parked to wake, the writer that keeps us out is on its
+             * way, perhaps queued behind us on this worker: let it run. */
+            if (dispatch(l) == 0)
+                pz_yield();
+            if (deadline != PZ_FOREVER && pz_now() >= deadline) {
+                r = -ETIMEDOUT;
+            } else {
+                spins = spin_rounds; /* no more spinning: park next */
+                s = atomic_load_explicit(&l->state, memory_order_relaxed);
+                continue;
+            }
+        }
+        if (w.granted || (r == 0 && token == TOKEN_GRANTED)) {
+            /* Granted by a STARVING dispatch (if our claim was lost at that
+             * instant we keep the grant: the word already counts us). */
+            return 0;
+        }
+        if (r == 0) {
+            woken = true; /* woken without the lock: dispatch set WOKEN */
+            spins = 0;
+        } else if (r != -EAGAIN || (deadline != PZ_FOREVER && pz_now() >= deadline)) {
+            /* Gave up.  Readers that a counted writer held back may enter
+             * now, and we may have been the waiter the others waited
+             * behind: dispatch if anyone is parked. */
+            uintptr_t after = counted ? atomic_fetch_sub_explicit(&l->state, WW_ONE, memory_order_relaxed) - WW_ONE
+                                      : atomic_load_explicit(&l->state, memory_order_relaxed);
+            if (after & PARKED)
+                dispatch(l);
+            return r == -EAGAIN ? -ETIMEDOUT : r;
+        }
+        s = atomic_load_explicit(&l->state, memory_order_relaxed);
     }
-    return false;
 }
 
 static int acquire(pz_async_rwlock_t *l, int kind, int64_t deadline)
@@ -246,8 +441,7 @@ static int acquire(pz_async_rwlock_t *l, int kind, int64_t deadline)
         /* The cooperative budget: a task that keeps winning here without
          * suspending lets the tasks queued behind it run now and then. */
         pz__coop_tick();
-        if (!spin_enter(l, kind))
-            r = acquire_slow(l, kind, deadline);
+        r = acquire_slow(l, kind, deadline);
     }
     if (r == 0 && kind == K_WRITE)
         note_writer(l);
@@ -321,8 +515,8 @@ int pz_async_rwlock_read_unlock(pz_async_rwlock_t *l)
     s -= READER;
     if ((s & UPG_PARKED) && READERS(s) == 1)
         pz_unpark_one((const char *)l + 1, NULL, NULL);
-    else if ((s & PARKED) && READERS(s) == 0)
-        dispatch(l);
+    else if (READERS(s) == 0)
+        released(l, s);
     return 0;
 }
 
@@ -339,9 +533,7 @@ static int change_mode(pz_async_rwlock_t *l, uintptr_t need, uintptr_t sub, uint
                                                   memory_order_relaxed))
             break;
     }
-    s = s - sub + add;
-    if (s & PARKED)
-        dispatch(l);
+    released(l, s - sub + add);
     return 0;
 }
 
@@ -449,8 +641,7 @@ int pz_async_rwlock_upgrade_until(pz_async_rwlock_t *l, int64_t deadline)
         if (r == 0 || r == -EAGAIN)
             continue; /* the last other reader left: validate converts */
         /* Gave up: readers held back by UPG_PARKED may enter again. */
-        if (atomic_load_explicit(&l->state, memory_order_relaxed) & PARKED)
-            dispatch(l);
+        released(l, atomic_load_explicit(&l->state, memory_order_relaxed));
         return r;
     }
 }

@@ -75,6 +75,7 @@ typedef struct pz__bucket {
 } pz__bucket;
 
 typedef struct pz__table {
+    struct pz__table *outgrown; /* the table this one replaced, kept (see above) */
     size_t size; /* a power of two */
     unsigned bits;
     pz__bucket buckets[];
@@ -213,6 +214,7 @@ static void grow(long waiters)
                 }
                 old->buckets[i].head = old->buckets[i].tail = NULL;
             }
+            t->outgrown = old; /* still reachable: parkers may hold its buckets */
             atomic_store_explicit(&lot, t, memory_order_release);
         }
         for (size_t i = 0; i < old->size; i++)

@@ -134,14 +134,17 @@ int pz__timers_fire(pz__timers *tm, int64_t now, bool try_only)
     } else {
         pz__spin_lock(&tm->lock);
     }
-    pz_task_t *ready = NULL;
+    /* Expired tasks are made runnable in deadline order (appended at the
+     * list's tail): two timers that expire together run in that order. */
+    pz_task_t *ready = NULL, **tail = &ready;
     int n = 0;
     while (tm->len && tm->heap[0]->timer_deadline <= now) {
         pz_task_t *t = tm->heap[0];
         remove_at(tm, 0);
         if (pz__task_claim(t, t->timer_gen, PZ__WAKE_TIMEOUT) == PZ__CLAIM_WON_READY) {
-            t->next = ready;
-            ready = t;
+            t->next = NULL;
+            *tail = t;
+            tail = &t->next;
             n++;
         }
     }
