@@ -139,19 +139,27 @@ static inline uint64_t pz_async_mutex_holder(pz_async_mutex_t *m)
  * pz_async_rwlock: one word; all-zero memory is an unlocked lock.
  *
  *   bit 0 PARKED      waiters (readers, writers, upgradable readers) may be
- *                     parked on the lock's address; while it is set nobody
- *                     takes the lock without queueing (FIFO, so no writer
- *                     starves).  Set and cleared under the bucket lock.
+ *                     parked on the lock's address.  Set by a waiter (and
+ *                     checked under the bucket lock), cleared under it when
+ *                     the queue empties.
  *   bit 1 UPG_PARKED  the upgradable holder waits on address + 1 for the
- *                     other readers to leave; new readers queue meanwhile.
+ *                     other readers to leave; new readers wait meanwhile.
  *   bit 2 UPGRADABLE  an upgradable reader holds the lock (also counted as
  *                     one reader).
  *   bit 3 WRITER      a writer holds the lock.
- *   bits 4..          the number of readers.
+ *   bit 4 WOKEN       a woken waiter (or a spinning one) is on its way: a
+ *                     release that sees it wakes nobody.
+ *   bit 5 STARVING    a waiter has waited 1 ms: strict queue order, every
+ *                     release grants the lock to the queue's head (and the
+ *                     readers behind it), nobody else enters.
+ *   bits 6..21        waiting writers: writers that failed to enter and
+ *                     have neither entered nor given up.  While any waits,
+ *                     new readers stay out (no writer starves).
+ *   bits 22..         the number of readers.
  *
- * Waiters are served in queue order by direct hand-off: the unlocker
- * grants the lock to the first waiter, and to the readers that follow it up
- * to the first writer (with at most one upgradable reader among them).
+ * Running tasks enter ahead of parked waiters while the queue is young
+ * (see src/async/rwlock.c for the protocol and why no waiter is left
+ * behind); after 1 ms of waiting the queue order rules.
  *
  * writer: a hint, not part of the lock: the pz_task_id of the writer while
  * one holds the lock (UINT64_MAX for a plain thread, 0 when none or not yet
