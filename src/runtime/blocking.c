@@ -60,6 +60,12 @@ static void *pool_thread(void *unused)
     pz__thread_set_name("plaza-blocking");
     pthread_mutex_lock(&pool.lock);
     for (;;) {
+        /* More threads than the cap: a thread that was still running a
+         * job when the previous runtime drained the pool, and found the
+         * next runtime's (smaller) cap when it came back.  It leaves, so
+         * that the cap holds. */
+        if (pool.threads > pool.max)
+            goto out;
         while (!pool.head && !pool.draining) {
             struct timespec until;
             clock_gettime(CLOCK_REALTIME, &until);
