@@ -566,9 +566,29 @@ static void free_task_list(pz_task_t *t)
 }
 
 /* After the workers stopped: frees the tasks that were still queued or
- * waiting on a timer.  Tasks parked elsewhere are abandoned. */
+ * sleeping.  Tasks parked elsewhere are abandoned.
+ *
+ * The timer heaps go first, and free only tasks in a plain sleep (a park
+ * without a callback, not yet claimed).  A task whose timer is still in a
+ * heap may also be queued already (woken by an unpark; it removes its own
+ * timer when it runs): the queues free it.  And a task that waits with a
+ * deadline in the parking lot, a channel or the reactor has a node on its
+ * stack linked into a queue that outlives this runtime: freeing its stack
+ * would leave that queue pointing at unmapped memory, so it is abandoned
+ * like the other parked tasks. */
 static void drain(pz__runtime *rt)
 {
+    for (int i = 0; i < rt->nworkers; i++) {
+        pz__timers *tm = &rt->workers[i].timers;
+        for (size_t k = 0; k < tm->len; k++) {
+            pz_task_t *t = tm->heap[k];
+            t->timer_index = -1;
+            uint64_t st = atomic_load_explicit(&t->park_state, memory_order_acquire);
+            if (PZ__PS_STATE(st) != PZ__PS_WOKEN && !t->park_cb)
+                pz__task_free(t);
+        }
+        tm->len = 0;
+    }
     free_task_list(rt->inject_head);
     rt->inject_head = rt->inject_tail = NULL;
     for (int i = 0; i < rt->nworkers; i++) {
@@ -578,11 +598,6 @@ static void drain(pz__runtime *rt)
             pz__task_free(t);
         if ((t = atomic_exchange(&w->lifo, NULL)))
             pz__task_free(t);
-        for (size_t k = 0; k < w->timers.len; k++) {
-            w->timers.heap[k]->timer_index = -1;
-            pz__task_free(w->timers.heap[k]);
-        }
-        w->timers.len = 0;
     }
 }
 
