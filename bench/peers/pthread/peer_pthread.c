@@ -159,67 +159,9 @@ static void w_work(const struct params *p)
     emit("work", param, "ns_per_op", (double)d / iters);
 }
 
-/* The latency histogram of every peer and of plaza's own benchmarks (the same layout in
- * each language): log-linear over nanoseconds, one bucket per value below 256, then every
- * power-of-two range [2^k, 2^(k+1)) split into 128 equal buckets, so a bucket is at most
- * 1/128 of its lower bound wide and its midpoint, the value reported, is within 0.4% of
- * any value in it. Values from 2^40 ns (18 minutes) up share the last bucket. */
-#define HIST_SUB_BITS 7
-#define HIST_SUB (1 << HIST_SUB_BITS)
-#define HIST_MAX_BITS 40
-#define HIST_BUCKETS (2 * HIST_SUB + (HIST_MAX_BITS - HIST_SUB_BITS - 1) * HIST_SUB)
-
-struct hist {
-    uint64_t count[HIST_BUCKETS];
-};
-
-static int hist_index(uint64_t v)
-{
-    if (v >= (1ULL << HIST_MAX_BITS))
-        v = (1ULL << HIST_MAX_BITS) - 1;
-    if (v < 2 * HIST_SUB)
-        return (int)v;
-    int shift = 63 - __builtin_clzll(v) - HIST_SUB_BITS; /* >= 1 here */
-    uint64_t mant = v >> shift;                          /* in [SUB, 2*SUB) */
-    return 2 * HIST_SUB + (shift - 1) * HIST_SUB + (int)(mant - HIST_SUB);
-}
-
-/* The midpoint of bucket i, the inverse of hist_index. */
-static double hist_value(int i)
-{
-    if (i < 2 * HIST_SUB)
-        return i;
-    int shift = (i - 2 * HIST_SUB) / HIST_SUB + 1;
-    uint64_t mant = (uint64_t)((i - 2 * HIST_SUB) % HIST_SUB + HIST_SUB);
-    return (double)(mant << shift) + (double)(1ULL << shift) / 2.0;
-}
-
-static uint64_t hist_total(const struct hist *h)
-{
-    uint64_t n = 0;
-    for (int i = 0; i < HIST_BUCKETS; i++)
-        n += h->count[i];
-    return n;
-}
-
-/* With n values, the one at sorted index min(n-1, n*permille/1000), reported as its
- * bucket's midpoint (ns); 0 for an empty histogram. The rule of every peer. */
-static double hist_permille(const struct hist *h, uint64_t permille)
-{
-    uint64_t n = hist_total(h);
-    if (n == 0)
-        return 0;
-    uint64_t rank = n * permille / 1000;
-    if (rank > n - 1)
-        rank = n - 1;
-    uint64_t seen = 0;
-    for (int i = 0; i < HIST_BUCKETS; i++) {
-        seen += h->count[i];
-        if (seen > rank)
-            return hist_value(i);
-    }
-    return hist_value(HIST_BUCKETS - 1);
-}
+/* The latency histogram and percentile rule of plaza's own benchmarks, shared as they
+ * are (bench/hist.h): this peer is C too. */
+#include "../../hist.h"
 
 /* The main thread sleeps `us` µs n times; each actual duration goes into the latency
  * histogram (percentiles) and into an exact sum (mean). */
