@@ -43,17 +43,10 @@
 #include <stdio.h>
 
 #include "../runtime/internal.h"
+#include "spin.h"
 
 #define TOKEN_NORMAL 0
 #define TOKEN_HANDOFF 1
-/* Spin rounds before parking, while the holder is running: 2, 4, ... 256
- * cpu_relax, then 256 a round; about 10 us in all on x86.  Long rounds
- * measured best: while one task backs off, the other worker's task runs
- * the lock uncontended (async_contended, 64 tasks on 2 workers: 31 ns/op
- * with these, 40-50 with rounds capped at 32-64 cpu_relax, 130 with 1 us
- * of spinning in all). */
-#define SPIN_ROUNDS 10
-#define SPIN_MAX_SHIFT 8
 /* A waiter trying this long turns on starvation mode. */
 #define STARVE_NS 1000000
 
@@ -77,14 +70,6 @@ static void mutex_timed_out(void *ctx, bool was_last)
         atomic_fetch_and_explicit(&m->state, ~(uint64_t)(PARKED | STARVING), memory_order_relaxed);
 }
 
-/* Spinning helps only if the holder can be running elsewhere: not when the
- * caller is a task of a one-worker runtime (the holder is then suspended,
- * and spinning would only delay it). */
-static bool may_spin(void)
-{
-    return !pz__current_task() || pz_worker_count() > 1;
-}
-
 /* Whether the holder recorded in s may be running now, so that spinning
  * can see it let go soon.  A task holder suspended in the section (a
  * logic critical section waiting for I/O) will not let go soon: park at
@@ -105,7 +90,7 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadli
     /* A task that keeps winning the lock here never suspends; the budget
      * makes it let the tasks queued behind it run now and then. */
     pz__coop_tick();
-    const int spin_rounds = may_spin() ? SPIN_ROUNDS : 0;
+    const int spin_rounds = pz__async_spin_rounds();
     int spins = 0;
     bool woken = false; /* this caller owns WOKEN */
     int64_t first_park = 0;
@@ -127,9 +112,7 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadli
                     continue;
                 woken = true;
             }
-            spins++;
-            for (int i = 0; i < (1 << (spins < SPIN_MAX_SHIFT ? spins : SPIN_MAX_SHIFT)); i++)
-                pz__arch_cpu_relax();
+            pz__async_backoff(++spins);
             s = atomic_load_explicit(&m->state, memory_order_relaxed);
             continue;
         }

@@ -63,6 +63,7 @@
 #include "plaza/park.h"
 
 #include "../runtime/internal.h"
+#include "spin.h"
 
 #define PARKED ((uintptr_t)1)
 #define UPG_PARKED ((uintptr_t)2)
@@ -297,13 +298,10 @@ static void rw_timed_out(void *ctx, bool was_last)
         atomic_fetch_and_explicit(&w->l->state, ~(PARKED | STARVING), memory_order_relaxed);
 }
 
-/* Spin rounds, as pz_async_mutex: 2, 4, ... 256 cpu_relax, then 256 a
- * round, about 10 us in all, while the holder that keeps us out may be
+/* Spinning (src/async/spin.h) while the holder that keeps us out may be
  * running; while readers hold (their number says nothing of whether they
  * run) only the first SHORT_SPIN_ROUNDS (about 1 us). */
 #define SHORT_SPIN_ROUNDS 6
-#define LONG_SPIN_ROUNDS 10
-#define SPIN_MAX_SHIFT 8
 
 static void note_writer(pz_async_rwlock_t *l)
 {
@@ -334,7 +332,7 @@ static bool worth_spinning(pz_async_rwlock_t *l, uintptr_t s, int spins)
 
 static int acquire_slow(pz_async_rwlock_t *l, int kind, int64_t deadline)
 {
-    const int spin_rounds = (!pz__current_task() || pz_worker_count() > 1) ? LONG_SPIN_ROUNDS : 0;
+    const int spin_rounds = pz__async_spin_rounds();
     bool counted = false, woken = false;
     int spins = 0;
     int64_t first_park = 0;
@@ -371,9 +369,7 @@ static int acquire_slow(pz_async_rwlock_t *l, int kind, int64_t deadline)
                     continue;
                 woken = true;
             }
-            spins++;
-            for (int i = 0; i < (1 << (spins < SPIN_MAX_SHIFT ? spins : SPIN_MAX_SHIFT)); i++)
-                pz__arch_cpu_relax();
+            pz__async_backoff(++spins);
             s = atomic_load_explicit(&l->state, memory_order_relaxed);
             continue;
         }
