@@ -77,4 +77,12 @@ void check_failed_eq(const char *a, const char *b, long long va, long long vb, c
             check_failed_eq(#a, #b, check_a_, check_b_, __FILE__, __LINE__); \
     } while (0)
 
+/* An async rwlock nobody holds or waits for: the word has at most its
+ * hint bits, and no read slot holds it. */
+#define CHECK_RWLOCK_IDLE(l)                                                            \
+    do {                                                                                \
+        CHECK_EQ(atomic_load(&(l)->state) & ~(uintptr_t)PZ__ARW_HINTS, 0);              \
+        CHECK_EQ(pz_async_rwlock_readers(l), 0);                                        \
+    } while (0)
+
 #endif

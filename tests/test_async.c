@@ -588,12 +588,12 @@ static void *rwlock_basics(void *arg)
     CHECK_EQ(pz_async_rwlock_read_unlock(&l), 0);
     CHECK_EQ(pz_async_rwlock_upgradable_downgrade(&l), 0);
     CHECK_EQ(pz_async_rwlock_read_unlock(&l), 0);
-    CHECK_EQ(atomic_load(&l.state), 0);
+    CHECK_RWLOCK_IDLE(&l);
     CHECK_EQ(pz_async_rwlock_write(&l), 0);
     CHECK_EQ(pz_async_rwlock_read_until(&l, pz_now() + MS), -ETIMEDOUT);
     CHECK_EQ(pz_async_rwlock_downgrade(&l), 0);
     CHECK_EQ(pz_async_rwlock_read_unlock(&l), 0);
-    CHECK_EQ(atomic_load(&l.state), 0);
+    CHECK_RWLOCK_IDLE(&l);
 
     /* A waiting writer keeps new readers out; they follow it. */
     CHECK_EQ(pz_async_rwlock_read(&rwl), 0);
@@ -617,7 +617,7 @@ static void *rwlock_basics(void *arg)
     CHECK_EQ(pz_async_rwlock_upgrade(&rwl), 0);
     CHECK_EQ(pz_async_rwlock_write_unlock(&rwl), 0);
     CHECK_EQ(pz_join(w, NULL), 0);
-    CHECK_EQ(atomic_load(&rwl.state), 0);
+    CHECK_RWLOCK_IDLE(&rwl);
 
     /* Misuse is reported and ignored. */
     capture_stderr_begin();
@@ -627,7 +627,7 @@ static void *rwlock_basics(void *arg)
     const char *out = capture_stderr_end();
     CHECK(strstr(out, "plaza: pz_async_rwlock_read_unlock") != NULL);
     CHECK(strstr(out, "plaza: pz_async_rwlock_write_unlock") != NULL);
-    CHECK_EQ(atomic_load(&l.state), 0);
+    CHECK_RWLOCK_IDLE(&l);
     return NULL;
 }
 

@@ -695,7 +695,7 @@ static void *rw_main(void *arg)
 {
     (void)arg;
     join_n(spawn_n(48, rw_task, index_arg), 48);
-    CHECK_EQ(atomic_load(&rw.state), 0);
+    CHECK_RWLOCK_IDLE(&rw);
     return NULL;
 }
 
@@ -803,7 +803,7 @@ static void *rs_main(void *arg)
     join_n(t, n);
     for (int i = 0; i < 2; i++)
         pthread_join(th[i], NULL);
-    CHECK_EQ(atomic_load(&rs.state), 0);
+    CHECK_RWLOCK_IDLE(&rs);
     return NULL;
 }
 
@@ -852,7 +852,7 @@ static void *rh_main(void *arg)
     (void)arg;
     join_n(spawn_n(64, rh_task, index_arg), 64);
     CHECK_EQ(rh_data[0], atomic_load(&rh_writes));
-    CHECK_EQ(atomic_load(&rh.state), 0);
+    CHECK_RWLOCK_IDLE(&rh);
     return NULL;
 }
 
@@ -910,7 +910,7 @@ static void *wf_main(void *arg)
         CHECK_EQ(pz_join(r[i], NULL), 0);
     fprintf(stderr, "rwlock: longest writer wait behind 6 readers %.1f us\n", (double)worst / 1000.0);
     CHECK(worst < 200 * MS);
-    CHECK_EQ(atomic_load(&wf.state), 0);
+    CHECK_RWLOCK_IDLE(&wf);
     return NULL;
 }
 
@@ -918,6 +918,171 @@ static void test_rwlock_writer_not_starved(void **state)
 {
     (void)state;
     run_in_runtime(2, wf_main, NULL);
+}
+
+/* ---- rwlock read slots: holds in the slots and in the word ----
+ * Readers on workers hold a shared lock through their worker's read slots
+ * (src/async/rwlock.c).  Here tasks hold one to three locks at once across
+ * yields and sleeps (so they move between workers while holding, and a
+ * worker can run out of slots), writers revoke the slots, upgradable
+ * readers close them, and plain threads read and write beside the tasks. */
+
+#define SL_LOCKS 3
+static pz_async_rwlock_t sl[SL_LOCKS];
+static _Atomic long sl_readers[SL_LOCKS], sl_writers[SL_LOCKS];
+static long sl_data[SL_LOCKS];
+static _Atomic bool sl_stop;
+
+static void sl_write(int j, bool pause)
+{
+    CHECK_EQ(atomic_fetch_add(&sl_writers[j], 1), 0);
+    CHECK_EQ(atomic_load(&sl_readers[j]), 0);
+    long d = sl_data[j];
+    if (pause)
+        pz_yield();
+    sl_data[j] = d + 1;
+    atomic_fetch_sub(&sl_writers[j], 1);
+}
+
+static void *sl_task(void *arg)
+{
+    uint64_t rng = (uint64_t)(intptr_t)arg * 40503u + 11;
+    for (int i = 0; i < SCALED(3000); i++) {
+        unsigned k = (unsigned)(test_rand(&rng) % 16);
+        if (k < 11) {
+            /* In order, so that readers holding several wait for no cycle. */
+            int n = 1 + (int)(k % SL_LOCKS);
+            for (int j = 0; j < n; j++) {
+                CHECK_EQ(pz_async_rwlock_read(&sl[j]), 0);
+                atomic_fetch_add(&sl_readers[j], 1);
+                CHECK_EQ(atomic_load(&sl_writers[j]), 0);
+            }
+            if (k % 4 == 0)
+                pz_yield();
+            else if (k % 4 == 1)
+                pz_sleep((int64_t)(test_rand(&rng) % 20) * US);
+            for (int j = n - 1; j >= 0; j--) {
+                CHECK_EQ(atomic_load(&sl_writers[j]), 0);
+                atomic_fetch_sub(&sl_readers[j], 1);
+                CHECK_EQ(pz_async_rwlock_read_unlock(&sl[j]), 0);
+            }
+        } else if (k < 14) {
+            int j = (int)(k % SL_LOCKS);
+            if (k == 11) {
+                if (!pz_async_rwlock_try_write(&sl[j]))
+                    continue;
+            } else if (pz_async_rwlock_write_until(&sl[j], pz_now() + 40 * US) != 0) {
+                continue;
+            }
+            sl_write(j, k == 12);
+            CHECK_EQ(pz_async_rwlock_write_unlock(&sl[j]), 0);
+        } else {
+            int j = (int)(k % SL_LOCKS);
+            CHECK_EQ(pz_async_rwlock_upgradable_read(&sl[j]), 0);
+            atomic_fetch_add(&sl_readers[j], 1);
+            CHECK_EQ(atomic_load(&sl_writers[j]), 0);
+            atomic_fetch_sub(&sl_readers[j], 1);
+            CHECK_EQ(pz_async_rwlock_upgrade(&sl[j]), 0);
+            sl_write(j, false);
+            CHECK_EQ(pz_async_rwlock_write_unlock(&sl[j]), 0);
+        }
+    }
+    return NULL;
+}
+
+static void *sl_thread(void *arg)
+{
+    uint64_t rng = (uint64_t)(intptr_t)arg + 77;
+    while (!atomic_load(&sl_stop)) {
+        int j = (int)(test_rand(&rng) % SL_LOCKS);
+        if (test_rand(&rng) % 4 == 0) {
+            CHECK_EQ(pz_async_rwlock_write(&sl[j]), 0);
+            sl_write(j, false);
+            CHECK_EQ(pz_async_rwlock_write_unlock(&sl[j]), 0);
+        } else {
+            CHECK_EQ(pz_async_rwlock_read(&sl[j]), 0);
+            atomic_fetch_add(&sl_readers[j], 1);
+            CHECK_EQ(atomic_load(&sl_writers[j]), 0);
+            atomic_fetch_sub(&sl_readers[j], 1);
+            CHECK_EQ(pz_async_rwlock_read_unlock(&sl[j]), 0);
+        }
+    }
+    return NULL;
+}
+
+static pz_barrier_t sl_held, sl_release;
+
+static void *sl_holder(void *arg)
+{
+    (void)arg;
+    CHECK_EQ(pz_async_rwlock_read(&sl[0]), 0);
+    pz_barrier_wait(&sl_held);
+    pz_barrier_wait(&sl_release);
+    CHECK_EQ(pz_async_rwlock_read_unlock(&sl[0]), 0);
+    return NULL;
+}
+
+static void *sl_main(void *arg)
+{
+    (void)arg;
+    /* Twelve readers hold the lock at once: more than one worker's slots,
+     * so some are in the slots and some in the word, and together they
+     * are all counted. */
+    pz_barrier_init(&sl_held, 13);
+    pz_barrier_init(&sl_release, 13);
+    pz_task_t **h = spawn_n(12, sl_holder, index_arg);
+    pz_barrier_wait(&sl_held);
+    CHECK_EQ(pz_async_rwlock_readers(&sl[0]), 12);
+    uintptr_t word = atomic_load(&sl[0].state);
+    CHECK(word & PZ__ARW_SLOTS);
+    CHECK((word >> PZ__ARW_READER_SHIFT) < 12);
+    CHECK(!pz_async_rwlock_try_write(&sl[0])); /* revokes: all in the word now */
+    CHECK_EQ(atomic_load(&sl[0].state) >> PZ__ARW_READER_SHIFT, 12);
+    CHECK_EQ(pz_async_rwlock_readers(&sl[0]), 12);
+    pz_barrier_wait(&sl_release);
+    join_n(h, 12);
+    CHECK_RWLOCK_IDLE(&sl[0]);
+
+    /* Slots open and empty: the lock is free for a writer. */
+    CHECK_EQ(pz_async_rwlock_read(&sl[0]), 0);
+    CHECK(pz_async_rwlock_try_read(&sl[0]));
+    CHECK(atomic_load(&sl[0].state) & PZ__ARW_SLOTS);
+    CHECK_EQ(pz_async_rwlock_read_unlock(&sl[0]), 0);
+    CHECK_EQ(pz_async_rwlock_read_unlock(&sl[0]), 0);
+    CHECK(pz_async_rwlock_try_write(&sl[0]));
+    CHECK_EQ(pz_async_rwlock_write_unlock(&sl[0]), 0);
+    CHECK_RWLOCK_IDLE(&sl[0]);
+
+    /* An unlock nobody holds, with the slots open: reported, nothing lost. */
+    CHECK_EQ(pz_async_rwlock_read(&sl[0]), 0);
+    CHECK(pz_async_rwlock_try_read(&sl[0]));
+    CHECK_EQ(pz_async_rwlock_read_unlock(&sl[0]), 0);
+    CHECK_EQ(pz_async_rwlock_read_unlock(&sl[0]), 0);
+    capture_stderr_begin();
+    CHECK_EQ(pz_async_rwlock_read_unlock(&sl[0]), -EPERM);
+    CHECK(strstr(capture_stderr_end(), "pz_async_rwlock_read_unlock") != NULL);
+    CHECK_RWLOCK_IDLE(&sl[0]);
+
+    /* The storm. */
+    pthread_t th[2];
+    atomic_store(&sl_stop, false);
+    for (int i = 0; i < 2; i++)
+        CHECK_EQ(pthread_create(&th[i], NULL, sl_thread, (void *)(intptr_t)i), 0);
+    join_n(spawn_n(40, sl_task, index_arg), 40);
+    atomic_store(&sl_stop, true);
+    for (int i = 0; i < 2; i++)
+        CHECK_EQ(pthread_join(th[i], NULL), 0);
+    for (int j = 0; j < SL_LOCKS; j++) {
+        CHECK_RWLOCK_IDLE(&sl[j]);
+        CHECK_EQ(atomic_load(&sl_readers[j]), 0);
+    }
+    return NULL;
+}
+
+static void test_rwlock_read_slots(void **state)
+{
+    (void)state;
+    run_in_runtime(4, sl_main, NULL);
 }
 
 static void test_rwlock_exclusion(void **state)
@@ -943,6 +1108,7 @@ int main(void)
         cmocka_unit_test(test_rwlock_storm),
         cmocka_unit_test(test_rwlock_hammer),
         cmocka_unit_test(test_rwlock_writer_not_starved),
+        cmocka_unit_test(test_rwlock_read_slots),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -136,7 +136,8 @@ static inline uint64_t pz_async_mutex_holder(pz_async_mutex_t *m)
 }
 
 /* ------------------------------------------------------------------------
- * pz_async_rwlock: one word; all-zero memory is an unlocked lock.
+ * pz_async_rwlock: one word, plus read slots kept by the workers; all-zero
+ * memory is an unlocked lock.
  *
  *   bit 0 PARKED      waiters (readers, writers, upgradable readers) may be
  *                     parked on the lock's address.  Set by a waiter (and
@@ -152,19 +153,42 @@ static inline uint64_t pz_async_mutex_holder(pz_async_mutex_t *m)
  *   bit 5 STARVING    a waiter has waited 1 ms: strict queue order, every
  *                     release grants the lock to the queue's head (and the
  *                     readers behind it), nobody else enters.
- *   bits 6..21        waiting writers: writers that failed to enter and
+ *   bit 6 SLOTS       readers running on a worker may hold the lock through
+ *                     a read slot of their worker (the address of the lock
+ *                     in a per-worker cache line) instead of in this word;
+ *                     a writer clears it and moves those holds here first.
+ *   bits 7..9         the sharing score: how many more writers may find the
+ *                     slots empty before readers stop opening them.
+ *   bits 10..25       waiting writers: writers kept out by readers that
  *                     have neither entered nor given up.  While any waits,
  *                     new readers stay out (no writer starves).
- *   bits 22..         the number of readers.
+ *   bits 26..         the number of readers counted in the word.
+ *
+ * SLOTS and the score are hints: a lock whose word has only those bits set
+ * and no read slot holding it is free with nobody waiting.
  *
  * Running tasks enter ahead of parked waiters while the queue is young
  * (see src/async/rwlock.c for the protocol and why no waiter is left
  * behind); after 1 ms of waiting the queue order rules.
  *
  * writer: a hint, not part of the lock: the pz_task_id of the writer while
- * one holds the lock (UINT64_MAX for a plain thread, 0 when none or not yet
+ * one holds the lock (UINT64_MAX for a plain thread, 0 when not yet
  * written), so that a waiter spins only while the writer is running.
  * ------------------------------------------------------------------------ */
+#define PZ__ARW_PARKED 1u
+#define PZ__ARW_UPG_PARKED 2u
+#define PZ__ARW_UPGRADABLE 4u
+#define PZ__ARW_WRITER 8u
+#define PZ__ARW_WOKEN 16u
+#define PZ__ARW_STARVING 32u
+#define PZ__ARW_SLOTS 64u
+#define PZ__ARW_SHARE_SHIFT 7
+#define PZ__ARW_SHARE_MASK (7u << PZ__ARW_SHARE_SHIFT)
+#define PZ__ARW_WW_SHIFT 10
+#define PZ__ARW_READER_SHIFT 26
+/* The bits that say nothing of holders or waiters. */
+#define PZ__ARW_HINTS (PZ__ARW_SLOTS | PZ__ARW_SHARE_MASK)
+
 typedef struct pz_async_rwlock {
     _Atomic uintptr_t state;
     _Atomic uint64_t writer;
@@ -176,6 +200,10 @@ int pz_async_rwlock_read(pz_async_rwlock_t *l);
 int pz_async_rwlock_read_until(pz_async_rwlock_t *l, int64_t deadline);
 bool pz_async_rwlock_try_read(pz_async_rwlock_t *l);
 int pz_async_rwlock_read_unlock(pz_async_rwlock_t *l);
+/* How many readers hold the lock (in the word and in read slots), the
+ * upgradable reader included.  A snapshot, for reports, diagnostics and
+ * tests. */
+uint64_t pz_async_rwlock_readers(pz_async_rwlock_t *l);
 
 int pz_async_rwlock_write(pz_async_rwlock_t *l);
 int pz_async_rwlock_write_until(pz_async_rwlock_t *l, int64_t deadline);

@@ -65,17 +65,20 @@
 #include "../runtime/internal.h"
 #include "spin.h"
 
-#define PARKED ((uintptr_t)1)
-#define UPG_PARKED ((uintptr_t)2)
-#define UPGRADABLE ((uintptr_t)4)
-#define WRITER ((uintptr_t)8)
-#define WOKEN ((uintptr_t)16)
-#define STARVING ((uintptr_t)32)
-#define WW_SHIFT 6
+#define PARKED ((uintptr_t)PZ__ARW_PARKED)
+#define UPG_PARKED ((uintptr_t)PZ__ARW_UPG_PARKED)
+#define UPGRADABLE ((uintptr_t)PZ__ARW_UPGRADABLE)
+#define WRITER ((uintptr_t)PZ__ARW_WRITER)
+#define WOKEN ((uintptr_t)PZ__ARW_WOKEN)
+#define STARVING ((uintptr_t)PZ__ARW_STARVING)
+#define SLOTS ((uintptr_t)PZ__ARW_SLOTS)
+#define SHARE_ONE ((uintptr_t)1 << PZ__ARW_SHARE_SHIFT)
+#define SHARE_MASK ((uintptr_t)PZ__ARW_SHARE_MASK)
+#define WW_SHIFT PZ__ARW_WW_SHIFT
 #define WW_ONE ((uintptr_t)1 << WW_SHIFT)
 #define WW_MASK ((uintptr_t)0xffff << WW_SHIFT)
 #define WW(s) (((s) & WW_MASK) >> WW_SHIFT)
-#define READER_SHIFT 22
+#define READER_SHIFT PZ__ARW_READER_SHIFT
 #define READER ((uintptr_t)1 << READER_SHIFT)
 #define READERS(s) ((s) >> READER_SHIFT)
 
@@ -91,7 +94,10 @@ struct rw_wait {
     int kind;
     bool counted; /* a writer counted in WW */
     int result;   /* validate's verdict: 0 entered, 1 parked, 2 free but
-                   * closed to us: dispatch first (see rw_validate) */
+                   * closed to us: dispatch first (see rw_validate), 3 read
+                   * slots in use: revoke them first */
+    bool revoke;  /* validate entered as upgradable reader and cleared
+                   * SLOTS: the caller revokes the slots */
     bool granted; /* set by a STARVING dispatch under the bucket lock */
     int64_t since; /* when this waiter first parked */
 };
@@ -104,25 +110,183 @@ static uintptr_t enter(int kind, uintptr_t s, bool counted)
     case K_READ:
         return (s & (WRITER | UPG_PARKED | STARVING | WW_MASK)) ? 0 : s + READER;
     case K_WRITE:
-        if ((s & (WRITER | UPGRADABLE | STARVING)) || READERS(s))
+        if ((s & (WRITER | UPGRADABLE | STARVING | SLOTS)) || READERS(s))
             return 0;
         if (counted)
             return (s - WW_ONE) | WRITER;
         return (s & WW_MASK) ? 0 : s | WRITER;
     default:
-        return (s & (WRITER | UPG_PARKED | UPGRADABLE | STARVING | WW_MASK)) ? 0 : s + READER + UPGRADABLE;
+        /* The upgradable reader closes the read slots (the caller revokes
+         * them), so that its upgrade can count the readers in the word. */
+        return (s & (WRITER | UPG_PARKED | UPGRADABLE | STARVING | WW_MASK)) ? 0
+                                                                              : (s + READER + UPGRADABLE) & ~SLOTS;
+    }
+}
+
+/* ---- read slots ----
+ *
+ * Readers on different workers that all add to the word move its cache
+ * line between the cores at every lock and unlock: with 64 tasks reading
+ * on 2 workers that costs about 110 ns an operation against 17 ns on one
+ * worker.  So, once readers are seen sharing the lock, the word's SLOTS
+ * bit lets a reader running on a worker hold the lock through one of its
+ * worker's read slots instead (struct pz__worker, a line per worker):
+ * enter by a CAS of a free slot from 0 to the lock's address, leave by a
+ * CAS back to 0, both on a line only that worker normally writes.
+ *
+ * The holders of the lock for reading are then the readers counted in the
+ * word plus the slots, of any worker, that hold the lock's address.  Read
+ * holds are interchangeable: a reader leaves by releasing a slot of its
+ * worker holding the address if there is one, else by taking one off the
+ * word's count if that counts a plain reader, else by releasing any
+ * worker's slot holding the address.
+ *
+ * Revoking: a writer (or an entering upgradable reader) clears SLOTS and
+ * then moves every slot holding the address into the word: count one
+ * reader more, then CAS the slot to 0 (if the CAS fails, its reader left
+ * meanwhile: count one less).  Entering by slot and revoking are a Dekker
+ * pair in seq_cst: a reader CASes its slot and then loads the word, a
+ * revoker clears SLOTS and then loads the slots, so either the reader sees
+ * SLOTS cleared (it backs out by CASing its slot back to 0; if that CAS
+ * fails, the revoker has moved it into the word and it holds the lock
+ * counted there), or the revoker sees its slot and moves it.
+ *
+ * Invariants that make the word's count exact when it matters:
+ *   - SLOTS is set only by a reader entering beside another reader, in a
+ *     word without WRITER, UPGRADABLE, UPG_PARKED, PARKED, STARVING or
+ *     waiting writers (WW);
+ *   - a writer enters only from a word without SLOTS, and a writer that
+ *     finds SLOTS set clears it in the same CAS that counts it in WW and
+ *     then revokes: while it is counted nobody sets SLOTS again, so its
+ *     entry cannot follow a revocation that missed a later slot;
+ *   - the upgradable reader clears SLOTS on entry and revokes; nobody sets
+ *     it while it holds, so its upgrade sees every reader in the word;
+ *   - nobody parks in a word with SLOTS (a writer revokes first), and
+ *     SLOTS is not set while anyone is parked: a release through a slot
+ *     never has a waiter to dispatch.
+ */
+
+/* Moves every read hold of l kept in a worker's slot into the word.  The
+ * caller has cleared SLOTS in a word that keeps it clear (see above). */
+static void revoke_slots(pz_async_rwlock_t *l)
+{
+    pz__runtime *rt = atomic_load_explicit(&pz__rt, memory_order_acquire);
+    if (!rt)
+        return;
+    bool moved = false;
+    for (int i = 0; i < rt->nworkers; i++) {
+        _Atomic uintptr_t *slots = rt->workers[i].read_slots;
+        for (int j = 0; j < PZ__READ_SLOTS; j++) {
+            if (atomic_load_explicit(&slots[j], memory_order_seq_cst) != (uintptr_t)l)
+                continue;
+            /* Count first: the hold is always somewhere the leaving
+             * reader looks (the slot, or the word). */
+            atomic_fetch_add_explicit(&l->state, READER, memory_order_relaxed);
+            uintptr_t v = (uintptr_t)l;
+            if (atomic_compare_exchange_strong_explicit(&slots[j], &v, 0, memory_order_acq_rel,
+                                                        memory_order_acquire))
+                moved = true;
+            else
+                atomic_fetch_sub_explicit(&l->state, READER, memory_order_relaxed);
+        }
+    }
+    /* The sharing score: full again if readers were in the slots, one
+     * less if the slots were open for nothing. */
+    if (moved) {
+        atomic_fetch_or_explicit(&l->state, SHARE_MASK, memory_order_relaxed);
+        return;
+    }
+    uintptr_t s = atomic_load_explicit(&l->state, memory_order_relaxed);
+    while ((s & SHARE_MASK) &&
+           !atomic_compare_exchange_weak_explicit(&l->state, &s, s - SHARE_ONE, memory_order_relaxed,
+                                                  memory_order_relaxed)) {
+    }
+}
+
+/* Enters for reading through a slot of the worker w, with SLOTS seen set.
+ * False if w's slots are all taken or SLOTS was cleared meanwhile (the
+ * caller then enters through the word). */
+static bool slot_enter(pz__worker *w, pz_async_rwlock_t *l)
+{
+    for (int i = 0; i < PZ__READ_SLOTS; i++) {
+        _Atomic uintptr_t *slot = &w->read_slots[i];
+        uintptr_t v = 0;
+        if (atomic_load_explicit(slot, memory_order_relaxed) != 0 ||
+            !atomic_compare_exchange_strong_explicit(slot, &v, (uintptr_t)l, memory_order_seq_cst,
+                                                     memory_order_relaxed))
+            continue;
+        /* seq_cst, and acquire: the sections of the writers before. */
+        if (atomic_load_explicit(&l->state, memory_order_seq_cst) & SLOTS)
+            return true;
+        /* Revoked meanwhile: back out, unless the revoker has already
+         * moved this hold into the word (then we hold the lock). */
+        v = (uintptr_t)l;
+        return !atomic_compare_exchange_strong_explicit(slot, &v, 0, memory_order_acquire, memory_order_acquire);
+    }
+    return false;
+}
+
+/* Releases one slot of w holding l, if there is one. */
+static bool slot_leave(pz__worker *w, pz_async_rwlock_t *l)
+{
+    for (int i = 0; i < PZ__READ_SLOTS; i++) {
+        uintptr_t v = (uintptr_t)l;
+        if (atomic_load_explicit(&w->read_slots[i], memory_order_relaxed) == v &&
+            atomic_compare_exchange_strong_explicit(&w->read_slots[i], &v, 0, memory_order_release,
+                                                    memory_order_relaxed))
+            return true;
+    }
+    return false;
+}
+
+static bool slot_leave_anywhere(pz_async_rwlock_t *l)
+{
+    pz__runtime *rt = atomic_load_explicit(&pz__rt, memory_order_acquire);
+    if (!rt)
+        return false;
+    for (int i = 0; i < rt->nworkers; i++)
+        if (slot_leave(&rt->workers[i], l))
+            return true;
+    return false;
+}
+
+static bool try_read(pz_async_rwlock_t *l)
+{
+    pz__worker *w = pz__current_worker();
+    uintptr_t s = atomic_load_explicit(&l->state, memory_order_relaxed);
+    for (;;) {
+        if (s & (WRITER | UPG_PARKED | STARVING | WW_MASK))
+            return false;
+        if (w && !(s & (SLOTS | UPGRADABLE | PARKED)) && (READERS(s) || (s & SHARE_MASK))) {
+            /* Readers share the lock now, or did lately: open the slots.
+             * Sharing seen now renews the score. */
+            uintptr_t n = s | SLOTS | (READERS(s) ? SHARE_MASK : 0);
+            if (!atomic_compare_exchange_weak_explicit(&l->state, &s, n, memory_order_relaxed, memory_order_relaxed))
+                continue;
+            s = n;
+        }
+        if (w && (s & SLOTS) && slot_enter(w, l))
+            return true;
+        if (atomic_compare_exchange_weak_explicit(&l->state, &s, s + READER, memory_order_acquire,
+                                                  memory_order_relaxed))
+            return true;
     }
 }
 
 static bool try_enter(pz_async_rwlock_t *l, int kind)
 {
+    if (kind == K_READ)
+        return try_read(l);
     uintptr_t s = atomic_load_explicit(&l->state, memory_order_relaxed);
     for (;;) {
         uintptr_t n = enter(kind, s, false);
         if (!n)
             return false;
-        if (atomic_compare_exchange_weak_explicit(&l->state, &s, n, memory_order_acquire, memory_order_relaxed))
+        if (atomic_compare_exchange_weak_explicit(&l->state, &s, n, memory_order_acquire, memory_order_relaxed)) {
+            if (s & ~n & SLOTS)
+                revoke_slots(l);
             return true;
+        }
     }
 }
 
@@ -147,7 +311,7 @@ static bool grant_one(struct dispatch *d, struct rw_wait *w)
         uintptr_t n;
         switch (w->kind) {
         case K_WRITE:
-            if (d->granted_any || (s & (WRITER | UPGRADABLE | UPG_PARKED)) || READERS(s))
+            if (d->granted_any || (s & (WRITER | UPGRADABLE | UPG_PARKED | SLOTS)) || READERS(s))
                 return false;
             n = (s - (w->counted ? WW_ONE : 0)) | WRITER;
             break;
@@ -258,6 +422,17 @@ static void released(pz_async_rwlock_t *l, uintptr_t s)
 
 /* ---- waiting ---- */
 
+/* A writer (or a reader: counted false) leaves without the lock.  Readers
+ * that a counted writer held back may enter now, and it may have been the
+ * waiter the others waited behind: dispatch if anyone is parked. */
+static void writer_gives_up(pz_async_rwlock_t *l, bool counted)
+{
+    uintptr_t after = counted ? atomic_fetch_sub_explicit(&l->state, WW_ONE, memory_order_relaxed) - WW_ONE
+                              : atomic_load_explicit(&l->state, memory_order_relaxed);
+    if (after & PARKED)
+        dispatch(l);
+}
+
 /* Under the bucket lock.  Nobody holding the lock and still no entry means
  * a waiting writer (WW) or STARVING keeps us out with nobody to release
  * the lock and dispatch: if the waiting writer is parked, only a dispatch
@@ -274,9 +449,16 @@ static bool rw_validate(void *ctx)
             if (atomic_compare_exchange_weak_explicit(&w->l->state, &s, n, memory_order_acquire,
                                                       memory_order_relaxed)) {
                 w->result = 0;
+                w->revoke = (s & ~n & SLOTS) != 0;
                 return false;
             }
             continue;
+        }
+        if (s & SLOTS) {
+            /* Readers hold slots (only a writer gets here: readers enter
+             * beside them): nobody parks in such a word. */
+            w->result = 3;
+            return false;
         }
         if (!(s & (WRITER | UPGRADABLE)) && READERS(s) == 0) {
             w->result = 2;
@@ -314,7 +496,9 @@ static bool writer_may_run(pz_async_rwlock_t *l)
     uint64_t id = atomic_load_explicit(&l->writer, memory_order_relaxed);
     if (id == UINT64_MAX)
         return true;
-    return id && pz__task_id_running(id);
+    /* 0: the writer has entered and not yet written its id, or has just
+     * left: assume it runs. */
+    return !id || pz__task_id_running(id);
 }
 
 static bool worth_spinning(pz_async_rwlock_t *l, uintptr_t s, int spins)
@@ -339,16 +523,43 @@ static int acquire_slow(pz_async_rwlock_t *l, int kind, int64_t deadline)
     uintptr_t s = atomic_load_explicit(&l->state, memory_order_relaxed);
     for (;;) {
         uintptr_t n = enter(kind, s, counted);
+        if (n && kind == K_READ && !woken) {
+            /* A spinning reader enters as on the fast path: through a read
+             * slot if they are open. */
+            if (try_read(l))
+                return 0;
+            s = atomic_load_explicit(&l->state, memory_order_relaxed);
+            continue;
+        }
         if (n) {
             if (woken)
                 n &= ~WOKEN;
             if (atomic_compare_exchange_weak_explicit(&l->state, &s, n, memory_order_acquire,
-                                                      memory_order_relaxed))
+                                                      memory_order_relaxed)) {
+                if (s & ~n & SLOTS)
+                    revoke_slots(l);
                 return 0;
+            }
             continue;
         }
-        if (kind == K_WRITE && !counted) {
-            /* Announce: new readers stay out from now on. */
+        if (kind == K_WRITE && (s & SLOTS)) {
+            /* Readers hold slots: count ourselves as waiting (nobody opens
+             * the slots again meanwhile), close them, and move their holds
+             * into the word.  SLOTS implies no waiting writer, so we are
+             * not counted yet. */
+            if (!atomic_compare_exchange_weak_explicit(&l->state, &s, (s + WW_ONE) & ~SLOTS,
+                                                       memory_order_seq_cst, memory_order_relaxed))
+                continue;
+            counted = true;
+            revoke_slots(l);
+            s = atomic_load_explicit(&l->state, memory_order_relaxed);
+            continue;
+        }
+        if (kind == K_WRITE && !counted && (READERS(s) || (s & UPGRADABLE))) {
+            /* Readers keep us out: announce, so that new readers stay out
+             * from now on.  A writer kept out by another writer does not
+             * announce (readers cannot enter meanwhile anyway), which spares
+             * the word a write per contended write. */
             if ((s & WW_MASK) == WW_MASK) {
                 /* 65535 writers already wait: wait uncounted (readers may
                  * then pass this one; the counted ones hold them back). */
@@ -388,11 +599,19 @@ static int acquire_slow(pz_async_rwlock_t *l, int kind, int64_t deadline)
         woken = false;
         if (!first_park)
             first_park = pz__clock_now();
-        struct rw_wait w = {l, kind, counted, 1, false, first_park};
+        struct rw_wait w = {.l = l, .kind = kind, .counted = counted, .result = 1, .since = first_park};
         uintptr_t token = TOKEN_NORMAL;
         int r = pz_park(l, rw_validate, NULL, rw_timed_out, &w, (uintptr_t)&w, deadline, 0, &token);
-        if (r == -EAGAIN && w.result == 0)
-            return 0; /* validate entered (and uncounted us) */
+        if (r == -EAGAIN && w.result == 0) {
+            /* validate entered (and uncounted us) */
+            if (w.revoke)
+                revoke_slots(l);
+            return 0;
+        }
+        if (r == -EAGAIN && w.result == 3) {
+            s = atomic_load_explicit(&l->state, memory_order_relaxed);
+            continue; /* revoke the slots, above */
+        }
         if (r == -EAGAIN && w.result == 2) {
             /* Free but closed to us: wake whoever may enter (a parked
              * writer, or the head in STARVING mode).  If nobody was
@@ -420,10 +639,7 @@ static int acquire_slow(pz_async_rwlock_t *l, int kind, int64_t deadline)
             /* Gave up.  Readers that a counted writer held back may enter
              * now, and we may have been the waiter the others waited
              * behind: dispatch if anyone is parked. */
-            uintptr_t after = counted ? atomic_fetch_sub_explicit(&l->state, WW_ONE, memory_order_relaxed) - WW_ONE
-                                      : atomic_load_explicit(&l->state, memory_order_relaxed);
-            if (after & PARKED)
-                dispatch(l);
+            writer_gives_up(l, counted);
             return r == -EAGAIN ? -ETIMEDOUT : r;
         }
         s = atomic_load_explicit(&l->state, memory_order_relaxed);
@@ -471,8 +687,29 @@ int pz_async_rwlock_write_until(pz_async_rwlock_t *l, int64_t deadline)
 
 bool pz_async_rwlock_try_write(pz_async_rwlock_t *l)
 {
-    if (!try_enter(l, K_WRITE))
-        return false;
+    if (!try_enter(l, K_WRITE)) {
+        /* Read slots open: the lock may be free with nobody in the slots.
+         * Revoke them as a counted writer and try once more. */
+        uintptr_t s = atomic_load_explicit(&l->state, memory_order_relaxed);
+        for (;;) {
+            if (!(s & SLOTS))
+                return false;
+            if (atomic_compare_exchange_weak_explicit(&l->state, &s, (s + WW_ONE) & ~SLOTS, memory_order_seq_cst,
+                                                      memory_order_relaxed))
+                break;
+        }
+        revoke_slots(l);
+        s = atomic_load_explicit(&l->state, memory_order_relaxed);
+        for (;;) {
+            uintptr_t n = enter(K_WRITE, s, true);
+            if (!n) {
+                writer_gives_up(l, true);
+                return false;
+            }
+            if (atomic_compare_exchange_weak_explicit(&l->state, &s, n, memory_order_acquire, memory_order_relaxed))
+                break;
+        }
+    }
     note_writer(l);
     return true;
 }
@@ -498,12 +735,13 @@ static int misuse(pz_async_rwlock_t *l, const char *call, const char *mode)
     return -EPERM;
 }
 
-int pz_async_rwlock_read_unlock(pz_async_rwlock_t *l)
+/* Takes one plain reader off the word's count, if it counts one. */
+static bool leave_counted(pz_async_rwlock_t *l)
 {
     uintptr_t s = atomic_load_explicit(&l->state, memory_order_relaxed);
     for (;;) {
         if (READERS(s) <= ((s & UPGRADABLE) ? 1u : 0u))
-            return misuse(l, "pz_async_rwlock_read_unlock", "for reading");
+            return false;
         if (atomic_compare_exchange_weak_explicit(&l->state, &s, s - READER, memory_order_release,
                                                   memory_order_relaxed))
             break;
@@ -513,7 +751,32 @@ int pz_async_rwlock_read_unlock(pz_async_rwlock_t *l)
         pz_unpark_one((const char *)l + 1, NULL, NULL);
     else if (READERS(s) == 0)
         released(l, s);
-    return 0;
+    return true;
+}
+
+uint64_t pz_async_rwlock_readers(pz_async_rwlock_t *l)
+{
+    uint64_t n = READERS(atomic_load_explicit(&l->state, memory_order_relaxed));
+    pz__runtime *rt = atomic_load_explicit(&pz__rt, memory_order_acquire);
+    for (int i = 0; rt && i < rt->nworkers; i++)
+        for (int j = 0; j < PZ__READ_SLOTS; j++)
+            n += atomic_load_explicit(&rt->workers[i].read_slots[j], memory_order_relaxed) == (uintptr_t)l;
+    return n;
+}
+
+int pz_async_rwlock_read_unlock(pz_async_rwlock_t *l)
+{
+    /* Read holds are interchangeable (see "read slots"): this worker's
+     * slots, then the word, then any worker's slots.  Twice, because a
+     * revoker counts a hold in the word before it empties the slot: a
+     * reader that found neither the first time finds the count now. */
+    pz__worker *w = pz__current_worker();
+    if (w && slot_leave(w, l))
+        return 0;
+    for (int pass = 0; pass < 2; pass++)
+        if (leave_counted(l) || slot_leave_anywhere(l))
+            return 0;
+    return misuse(l, "pz_async_rwlock_read_unlock", "for reading");
 }
 
 /* Replaces the holder's mode: clears `drop` (which must be set) and adds
@@ -536,9 +799,6 @@ static int change_mode(pz_async_rwlock_t *l, uintptr_t need, uintptr_t sub, uint
 int pz_async_rwlock_write_unlock(pz_async_rwlock_t *l)
 {
     atomic_store_explicit(&l->writer, 0, memory_order_relaxed);
-    uintptr_t w = WRITER;
-    if (atomic_compare_exchange_strong_explicit(&l->state, &w, 0, memory_order_release, memory_order_relaxed))
-        return 0;
     return change_mode(l, WRITER, WRITER, 0, "pz_async_rwlock_write_unlock", "for writing");
 }
 
