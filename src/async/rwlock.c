@@ -179,8 +179,8 @@ static void revoke_slots(pz_async_rwlock_t *l)
         return;
     bool moved = false;
     for (int i = 0; i < rt->nworkers; i++) {
-        _Atomic uintptr_t *slots = rt->workers[i].read_slots;
-        for (int j = 0; j < PZ__READ_SLOTS; j++) {
+        _Atomic uintptr_t *slots = rt->workers[i].slots;
+        for (int j = 0; j < PZ__WORKER_SLOTS; j++) {
             if (atomic_load_explicit(&slots[j], memory_order_seq_cst) != (uintptr_t)l)
                 continue;
             /* Count first: the hold is always somewhere the leaving
@@ -212,8 +212,8 @@ static void revoke_slots(pz_async_rwlock_t *l)
  * caller then enters through the word). */
 static bool slot_enter(pz__worker *w, pz_async_rwlock_t *l)
 {
-    for (int i = 0; i < PZ__READ_SLOTS; i++) {
-        _Atomic uintptr_t *slot = &w->read_slots[i];
+    for (int i = 0; i < PZ__WORKER_SLOTS; i++) {
+        _Atomic uintptr_t *slot = &w->slots[i];
         uintptr_t v = 0;
         if (atomic_load_explicit(slot, memory_order_relaxed) != 0 ||
             !atomic_compare_exchange_strong_explicit(slot, &v, (uintptr_t)l, memory_order_seq_cst,
@@ -233,10 +233,10 @@ static bool slot_enter(pz__worker *w, pz_async_rwlock_t *l)
 /* Releases one slot of w holding l, if there is one. */
 static bool slot_leave(pz__worker *w, pz_async_rwlock_t *l)
 {
-    for (int i = 0; i < PZ__READ_SLOTS; i++) {
+    for (int i = 0; i < PZ__WORKER_SLOTS; i++) {
         uintptr_t v = (uintptr_t)l;
-        if (atomic_load_explicit(&w->read_slots[i], memory_order_relaxed) == v &&
-            atomic_compare_exchange_strong_explicit(&w->read_slots[i], &v, 0, memory_order_release,
+        if (atomic_load_explicit(&w->slots[i], memory_order_relaxed) == v &&
+            atomic_compare_exchange_strong_explicit(&w->slots[i], &v, 0, memory_order_release,
                                                     memory_order_relaxed))
             return true;
     }
@@ -763,8 +763,8 @@ uint64_t pz_async_rwlock_readers(pz_async_rwlock_t *l)
     uint64_t n = READERS(atomic_load_explicit(&l->state, memory_order_relaxed));
     pz__runtime *rt = atomic_load_explicit(&pz__rt, memory_order_acquire);
     for (int i = 0; rt && i < rt->nworkers; i++)
-        for (int j = 0; j < PZ__READ_SLOTS; j++)
-            n += atomic_load_explicit(&rt->workers[i].read_slots[j], memory_order_relaxed) == (uintptr_t)l;
+        for (int j = 0; j < PZ__WORKER_SLOTS; j++)
+            n += atomic_load_explicit(&rt->workers[i].slots[j], memory_order_relaxed) == (uintptr_t)l;
     return n;
 }
 

@@ -167,8 +167,8 @@ typedef struct pz__timers {
 } pz__timers;
 
 #define PZ__STACK_CACHE 16
-/* Read slots per worker: one cache line of lock addresses. */
-#define PZ__READ_SLOTS (PZ__CACHELINE / (int)sizeof(uintptr_t))
+/* Object slots per worker: one cache line of addresses. */
+#define PZ__WORKER_SLOTS (PZ__CACHELINE / (int)sizeof(uintptr_t))
 #define PZ__STACK_POOL_MAX 64
 
 struct pz__worker {
@@ -209,13 +209,14 @@ struct pz__worker {
      * line of its own). */
     _Alignas(PZ__CACHELINE) _Atomic uint64_t running_id;
 
-    /* Read slots of pz_async_rwlock (src/async/rwlock.c): each holds the
-     * address of a lock that one reader holds through it, or 0.  Taken and
-     * released by CAS, mostly by tasks running on this worker (a task that
-     * moved releases its slot where it took it), scanned by the writers
-     * that revoke a lock's slots.  A line of their own, so that readers on
-     * different workers write different lines. */
-    _Alignas(PZ__CACHELINE) _Atomic uintptr_t read_slots[PZ__READ_SLOTS];
+    /* Object slots: each holds the address of a sync object or 0, and
+     * what an address in a slot means is that object's business: a read
+     * hold of a pz_async_rwlock (src/async/rwlock.c), a spare permit of a
+     * pz_semaphore (src/async/semaphore.c).  Taken and released by CAS,
+     * mostly by tasks running on this worker; scanned by others that
+     * revoke or collect an object's slots.  A line of their own, so that
+     * tasks on different workers write different lines. */
+    _Alignas(PZ__CACHELINE) _Atomic uintptr_t slots[PZ__WORKER_SLOTS];
 
     _Alignas(PZ__CACHELINE) _Atomic uint32_t sleep_word; /* 1: notified */
     bool sleeping;             /* in the sleeper list; under the idle lock */
