@@ -66,7 +66,8 @@ static void *mutex_basics(void *arg)
     CHECK_EQ((intptr_t)r, -ECANCELED);
     /* Nobody is left parked: the word holds only LOCKED and our id, so
      * unlock is the plain one. */
-    CHECK_EQ(atomic_load(&am.state) & PZ__AMUTEX_FLAGS, PZ__AMUTEX_LOCKED);
+    CHECK_EQ(atomic_load(&am.waiters) & (PZ__AMUTEX_PARKED | PZ__AMUTEX_WOKEN | PZ__AMUTEX_STARVING), 0);
+    CHECK_EQ(atomic_load(&am.state) & 15, PZ__AMUTEX_LOCKED);
     CHECK_EQ(pz_async_mutex_holder(&am), pz_task_id(pz_self()));
     CHECK_EQ(pz_async_mutex_unlock(&am), 0);
     CHECK_EQ(atomic_load(&am.state), 0);

@@ -7,6 +7,7 @@
 #define PZ_ARCH_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -39,6 +40,17 @@ int pz__futex_wait(_Atomic uint32_t *addr, uint32_t expected, int64_t deadline);
 int pz__futex_wake(_Atomic uint32_t *addr, int count);
 
 /* Monotonic clock in nanoseconds. */
+/* Asymmetric fences (Linux membarrier, private expedited).  After
+ * pz__arch_heavy_fence() returns, every other thread of the process has
+ * executed a full memory barrier at some point since the call began (or is
+ * not running, which implies one): so a thread that pairs its own accesses
+ * with only a compiler barrier is ordered against the caller as if both had
+ * fenced.  pz__arch_heavy_fence_init() registers the process once and
+ * returns false if the kernel (or an emulator, or a sandbox) cannot do it;
+ * then nobody may rely on the pairing. */
+bool pz__arch_heavy_fence_init(void);
+void pz__arch_heavy_fence(void);
+
 int64_t pz__clock_now(void);
 /* The monotonic clock at the kernel tick's resolution (1-4 ms on Linux),
  * for decisions that only need "about a millisecond": it costs a quarter

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <stdbool.h>
 #include <linux/futex.h>
+#include <linux/membarrier.h>
 #include <pthread.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -37,6 +38,29 @@ int pz__futex_wake(_Atomic uint32_t *addr, int count)
 {
     long r = syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAKE | FUTEX_PRIVATE_FLAG, count, NULL, NULL, 0);
     return r < 0 ? -errno : (int)r;
+}
+
+/* ---- asymmetric fences ---- */
+
+bool pz__arch_heavy_fence_init(void)
+{
+#ifdef __NR_membarrier
+    long cmds = syscall(__NR_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+    if (cmds < 0 || !(cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED))
+        return false;
+    return syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+#else
+    return false;
+#endif
+}
+
+void pz__arch_heavy_fence(void)
+{
+#ifdef __NR_membarrier
+    /* Cannot fail once registered; 0.1 us alone, 0.3 us with another
+     * thread running (an IPI), on a 2-vCPU VM. */
+    syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
+#endif
 }
 
 int64_t pz__clock_now(void)

@@ -1,5 +1,6 @@
 /*
- * pz_async_mutex slow paths.  The word is described in include/plaza/async.h.
+ * pz_async_mutex slow paths.  The two words are described in
+ * include/plaza/async.h.
  *
  * Lock: a task that finds the mutex held spins a few rounds (with back-off)
  * when the holder may be running on another worker, even if waiters are
@@ -10,17 +11,38 @@
  * expensive part of a contended async lock).  Then it sets PARKED, drops
  * WOKEN, and parks in the lot, which suspends the task (or blocks a plain
  * thread).  The lot's validate callback checks under the bucket lock that
- * the word is still LOCKED|PARKED, so an unlock in between cannot be
- * missed: an unlocker that sees PARKED goes through the same bucket lock.
+ * the mutex is still locked and PARKED still set.
  *
- * Unlock with PARKED set and WOKEN clear: the lot picks the first waiter
- * and, under the bucket lock, unlock_decide chooses.  A fair hand-off (the
- * lot's be_fair, or STARVING) keeps LOCKED set and gives the waiter
- * TOKEN_HANDOFF: it returns owning the lock and writes its id into the
- * word.  Otherwise the word is released with WOKEN set, and the woken
- * waiter competes with running tasks, owning WOKEN until it takes the lock
- * or parks again.  So at most one woken waiter is on its way at a time,
- * and unlocks while it is on its way cost one CAS.
+ * Why no unlock can be missed.  There are two kinds of release:
+ *   - the plain store (the inline fast path, only while the waiter word
+ *     was 0, that is before anyone ever waited, and only if the process
+ *     has asymmetric fences): store 0, compiler barrier, load the waiter
+ *     word, wake one if PARKED.  A waiter that finds CONTENDED clear sets
+ *     it with PARKED and runs the heavy fence before validate, so validate
+ *     sees the store or the unlock's load sees PARKED.  Then it sets
+ *     FENCED.  A waiter that finds CONTENDED|FENCED skips the fence: the
+ *     fence that set FENCED came after CONTENDED was set, so every unlock
+ *     whose store it did not make visible ran its load after that fence
+ *     and saw the waiter word nonzero (and woke someone if PARKED: this
+ *     path ignores WOKEN); every later unlock sees it nonzero at its first
+ *     load and takes the path below.
+ *   - read-modify-write (every other release, and all of them without
+ *     asymmetric fences): a seq_cst exchange of the lock word, then a
+ *     seq_cst load of the waiter word, against the waiter's seq_cst CAS of
+ *     the waiter word and seq_cst load of the lock word: an ordinary Dekker
+ *     pair, so validate sees the release or the unlock sees the waiter.  An
+ *     unlock that sees PARKED|WOKEN wakes nobody: the WOKEN owner takes the
+ *     lock, or parks again after a CAS of the waiter word that comes after
+ *     that load, so its validate sees the release.
+ *
+ * Unlock with PARKED set and WOKEN clear (or STARVING): the lot picks the
+ * first waiter and, under the bucket lock, unlock_decide chooses.  A fair
+ * hand-off (the lot's be_fair, or STARVING) keeps LOCKED set and gives the
+ * waiter TOKEN_HANDOFF: it returns owning the lock and writes its id into
+ * the lock word.  Otherwise the lock is released with WOKEN set, and the
+ * woken waiter competes with running tasks, owning WOKEN until it takes
+ * the lock or parks again.  So at most one woken waiter is on its way at a
+ * time, and unlocks while it is on its way wake nobody.
  *
  * WOKEN can have two owners for a moment (a spinner sets it just before an
  * unlocker, which saw it clear, wakes a waiter); either clearing it early
@@ -50,24 +72,37 @@
 /* A waiter trying this long turns on starvation mode. */
 #define STARVE_NS 1000000
 
-#define LOCKED PZ__AMUTEX_LOCKED
-#define PARKED PZ__AMUTEX_PARKED
-#define WOKEN PZ__AMUTEX_WOKEN
-#define STARVING PZ__AMUTEX_STARVING
-#define FLAGS ((uint64_t)PZ__AMUTEX_FLAGS)
+#define LOCKED ((uint64_t)PZ__AMUTEX_LOCKED)
+#define PARKED ((uint32_t)PZ__AMUTEX_PARKED)
+#define FENCED ((uint32_t)PZ__AMUTEX_FENCED)
+#define WOKEN ((uint32_t)PZ__AMUTEX_WOKEN)
+#define STARVING ((uint32_t)PZ__AMUTEX_STARVING)
+#define CONTENDED ((uint32_t)PZ__AMUTEX_CONTENDED)
+
+_Atomic bool pz__async_unlock_by_store;
+/* The process is registered for asymmetric fences: waiters run them. */
+static bool heavy_fences;
+
+/* At load time, before any task or thread can use a mutex: a waiter and
+ * an unlocker must agree on whether the plain-store release is in use. */
+__attribute__((constructor)) static void async_mutex_init(void)
+{
+    heavy_fences = pz__arch_heavy_fence_init();
+    atomic_store_explicit(&pz__async_unlock_by_store, heavy_fences, memory_order_relaxed);
+}
 
 static bool still_locked_and_parked(void *ctx)
 {
     pz_async_mutex_t *m = ctx;
-    uint64_t s = atomic_load_explicit(&m->state, memory_order_relaxed);
-    return (s & (LOCKED | PARKED)) == (LOCKED | PARKED);
+    return (atomic_load_explicit(&m->state, memory_order_seq_cst) & LOCKED) &&
+           (atomic_load_explicit(&m->waiters, memory_order_relaxed) & PARKED);
 }
 
 static void mutex_timed_out(void *ctx, bool was_last)
 {
     pz_async_mutex_t *m = ctx;
     if (was_last)
-        atomic_fetch_and_explicit(&m->state, ~(uint64_t)(PARKED | STARVING), memory_order_relaxed);
+        atomic_fetch_and_explicit(&m->waiters, ~(PARKED | STARVING), memory_order_relaxed);
 }
 
 /* Whether the holder recorded in s may be running now, so that spinning
@@ -85,6 +120,23 @@ static bool holder_may_run(uint64_t s)
     return pz__task_id_running(id);
 }
 
+/* Sets PARKED and CONTENDED (and STARVING if asked), giving up WOKEN if we
+ * own it, by a seq_cst CAS (always a read-modify-write: it is our half of
+ * the Dekker pair with a read-modify-write release).  Then the heavy fence,
+ * unless one has run for this mutex already.  False if the waiter word
+ * changed first. */
+static bool announce_parked(pz_async_mutex_t *m, uint32_t *f, bool woken, bool starving)
+{
+    uint32_t want = (*f | PARKED | CONTENDED | (starving ? STARVING : 0)) & ~(woken ? WOKEN : 0);
+    if (!atomic_compare_exchange_weak_explicit(&m->waiters, f, want, memory_order_seq_cst, memory_order_relaxed))
+        return false;
+    if (heavy_fences && !(*f & FENCED)) {
+        pz__arch_heavy_fence();
+        atomic_fetch_or_explicit(&m->waiters, FENCED, memory_order_relaxed);
+    }
+    return true;
+}
+
 int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadline)
 {
     /* A task that keeps winning the lock here never suspends; the budget
@@ -94,26 +146,29 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadli
     int spins = 0;
     bool woken = false; /* this caller owns WOKEN */
     int64_t first_park = 0;
-    uint64_t s = atomic_load_explicit(&m->state, memory_order_relaxed);
     for (;;) {
-        /* Barge in while the lock is free, except in starvation mode,
-         * where it passes only by hand-off (and is never seen free). */
-        if (!(s & (LOCKED | STARVING))) {
-            uint64_t want = (s | self | LOCKED) & ~(uint64_t)(woken ? WOKEN : 0);
-            if (atomic_compare_exchange_weak_explicit(&m->state, &s, want, memory_order_acquire,
-                                                      memory_order_relaxed))
+        /* Barge in while the lock is free.  In starvation mode it passes
+         * only by hand-off and is not seen free (except when an unlock
+         * raced with the waiter turning it on: then anyone may take it). */
+        uint64_t s = atomic_load_explicit(&m->state, memory_order_relaxed);
+        if (s == 0) {
+            if (atomic_compare_exchange_weak_explicit(&m->state, &s, self | LOCKED, memory_order_acquire,
+                                                      memory_order_relaxed)) {
+                if (woken)
+                    atomic_fetch_and_explicit(&m->waiters, ~WOKEN, memory_order_relaxed);
                 return 0;
+            }
             continue;
         }
-        if (!(s & STARVING) && spins < spin_rounds && holder_may_run(s)) {
-            if (!woken && (s & PARKED) && !(s & WOKEN)) {
-                if (!atomic_compare_exchange_weak_explicit(&m->state, &s, s | WOKEN, memory_order_relaxed,
+        uint32_t f = atomic_load_explicit(&m->waiters, memory_order_relaxed);
+        if (!(f & STARVING) && spins < spin_rounds && holder_may_run(s)) {
+            if (!woken && (f & PARKED) && !(f & WOKEN)) {
+                if (!atomic_compare_exchange_weak_explicit(&m->waiters, &f, f | WOKEN, memory_order_relaxed,
                                                            memory_order_relaxed))
                     continue;
                 woken = true;
             }
             pz__async_backoff(++spins);
-            s = atomic_load_explicit(&m->state, memory_order_relaxed);
             continue;
         }
         /* Park, giving up WOKEN.  A waiter that was woken and lost the
@@ -121,11 +176,8 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadli
          * trying for STARVE_NS it turns on starvation mode, so that it
          * cannot lose again: from then on every unlock hands over in queue
          * order. */
-        uint64_t want = (s | PARKED) & ~(uint64_t)(woken ? WOKEN : 0);
-        if (first_park && pz__clock_now() - first_park >= STARVE_NS)
-            want |= STARVING;
-        if (want != s &&
-            !atomic_compare_exchange_weak_explicit(&m->state, &s, want, memory_order_relaxed, memory_order_relaxed))
+        bool starving = first_park && pz__clock_now() - first_park >= STARVE_NS;
+        if (!announce_parked(m, &f, woken, starving))
             continue;
         woken = false;
         if (!first_park)
@@ -133,15 +185,13 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadli
         uintptr_t token = TOKEN_NORMAL;
         int r = pz_park(m, still_locked_and_parked, NULL, mutex_timed_out, m, 0, deadline, 0, &token);
         if (r == 0 && token == TOKEN_HANDOFF) {
-            /* The unlocker left LOCKED set for us with no holder id; its
-             * section happens before our wake (the lot's bucket lock and
-             * the task wake order it).  A waiter served quickly ends
-             * starvation mode. */
-            uint64_t clear = pz__clock_now() - first_park < STARVE_NS ? STARVING : 0;
-            s = atomic_load_explicit(&m->state, memory_order_relaxed);
-            while (!atomic_compare_exchange_weak_explicit(&m->state, &s, (s | self) & ~clear, memory_order_acquire,
-                                                          memory_order_relaxed))
-                ;
+            /* The unlocker left the lock word LOCKED with no holder id,
+             * which nobody else changes; its section happens before our
+             * wake (the lot's bucket lock and the task wake order it).  A
+             * waiter served quickly ends starvation mode. */
+            atomic_store_explicit(&m->state, self | LOCKED, memory_order_relaxed);
+            if (pz__clock_now() - first_park < STARVE_NS)
+                atomic_fetch_and_explicit(&m->waiters, ~STARVING, memory_order_relaxed);
             return 0;
         }
         if (r == 0) {
@@ -150,34 +200,56 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadli
         } else if (r == -ETIMEDOUT || r == -ECANCELED) {
             return r;
         } else if (deadline != PZ_FOREVER && pz_now() >= deadline) {
-            return -ETIMEDOUT; /* -EAGAIN: the word changed before we slept */
+            return -ETIMEDOUT; /* -EAGAIN: the words changed before we slept */
         }
         spins = 0;
-        s = atomic_load_explicit(&m->state, memory_order_relaxed);
     }
 }
 
-/* Under the bucket lock, with r telling whom the lot took. */
+/* The new waiter word after a wake that found r: keeps a spinner's WOKEN,
+ * sets it for the woken waiter, and clears the queue's bits once the
+ * queue is empty. */
+static uint32_t waiters_after(uint32_t f, pz_unpark_result_t r, bool handoff)
+{
+    return (f & (WOKEN | CONTENDED | FENCED)) | (r.have_more ? (f & (PARKED | STARVING)) : 0) |
+           (r.unparked && !handoff ? WOKEN : 0);
+}
+
+/* Under the bucket lock, by the holder, with r telling whom the lot took. */
 static uintptr_t unlock_decide(pz_unpark_result_t r, void *arg)
 {
     pz_async_mutex_t *m = arg;
-    uint64_t s = atomic_load_explicit(&m->state, memory_order_relaxed);
-    for (;;) {
-        uint64_t want;
-        uintptr_t token;
-        if (r.unparked && (r.be_fair || (s & STARVING))) {
-            /* Hand-off: LOCKED stays set, the holder id is cleared for the
-             * woken waiter to write.  Starvation mode lasts while others
-             * wait. */
-            want = LOCKED | (s & WOKEN) | (r.have_more ? PARKED | (s & STARVING) : 0);
-            token = TOKEN_HANDOFF;
-        } else {
-            want = (s & WOKEN) | (r.have_more ? PARKED : 0) | (r.unparked ? WOKEN : 0);
-            token = TOKEN_NORMAL;
-        }
-        if (atomic_compare_exchange_weak_explicit(&m->state, &s, want, memory_order_release, memory_order_relaxed))
-            return token;
+    uint32_t f = atomic_load_explicit(&m->waiters, memory_order_relaxed);
+    bool handoff = r.unparked && (r.be_fair || (f & STARVING));
+    while (!atomic_compare_exchange_weak_explicit(&m->waiters, &f, waiters_after(f, r, handoff),
+                                                  memory_order_seq_cst, memory_order_relaxed)) {
+        handoff = r.unparked && (r.be_fair || (f & STARVING));
     }
+    if (handoff) {
+        /* LOCKED stays set, the holder id is cleared for the woken waiter
+         * to write. */
+        atomic_store_explicit(&m->state, LOCKED, memory_order_release);
+        return TOKEN_HANDOFF;
+    }
+    atomic_exchange_explicit(&m->state, 0, memory_order_seq_cst);
+    return TOKEN_NORMAL;
+}
+
+/* Under the bucket lock, after a release that saw PARKED late. */
+static uintptr_t released_decide(pz_unpark_result_t r, void *arg)
+{
+    pz_async_mutex_t *m = arg;
+    uint32_t f = atomic_load_explicit(&m->waiters, memory_order_relaxed);
+    while (!atomic_compare_exchange_weak_explicit(&m->waiters, &f, waiters_after(f, r, false), memory_order_seq_cst,
+                                                  memory_order_relaxed)) {
+    }
+    return TOKEN_NORMAL;
+}
+
+int pz__async_mutex_wake_released(pz_async_mutex_t *m)
+{
+    pz_unpark_one(m, released_decide, m);
+    return 0;
 }
 
 static int unlock_misuse(pz_async_mutex_t *m, uint64_t s, uint64_t self)
@@ -204,17 +276,26 @@ static int unlock_misuse(pz_async_mutex_t *m, uint64_t s, uint64_t self)
 int pz__async_mutex_unlock_slow(pz_async_mutex_t *m, uint64_t self)
 {
     uint64_t s = atomic_load_explicit(&m->state, memory_order_relaxed);
-    for (;;) {
-        if (!(s & LOCKED) || (s & ~FLAGS) != self)
-            return unlock_misuse(m, s, self);
-        if ((s & STARVING) || (s & (PARKED | WOKEN)) == PARKED)
-            break;
+    if (s != (self | LOCKED))
+        return unlock_misuse(m, s, self);
+    uint32_t f = atomic_load_explicit(&m->waiters, memory_order_relaxed);
+    if ((f & STARVING) || (f & (PARKED | WOKEN)) == PARKED) {
+        pz_unpark_one(m, unlock_decide, m);
+    } else {
         /* Nobody parked, or a woken waiter or spinner is on its way and
-         * will take the lock: release without waking anyone. */
-        if (atomic_compare_exchange_weak_explicit(&m->state, &s, s & (PARKED | WOKEN), memory_order_release,
-                                                  memory_order_relaxed))
-            return 0;
+         * will take the lock: release by read-modify-write and look
+         * again. */
+        atomic_exchange_explicit(&m->state, 0, memory_order_seq_cst);
+        f = atomic_load_explicit(&m->waiters, memory_order_seq_cst);
+        if ((f & (PARKED | WOKEN)) == PARKED)
+            pz__async_mutex_wake_released(m);
     }
-    pz_unpark_one(m, unlock_decide, m);
+    /* Others wait for this lock, and the next lock by this task will
+     * succeed at once if the lock is free: a task that keeps taking it
+     * without suspending must let the woken waiter (queued on this worker)
+     * run now and then.  So releases with waiters about count against the
+     * cooperative budget, as the lock slow path does. */
+    if (f & (PARKED | WOKEN | STARVING))
+        pz__coop_tick();
     return 0;
 }

@@ -76,6 +76,7 @@
 #define WOKEN ((uintptr_t)PZ__ARW_WOKEN)
 #define STARVING ((uintptr_t)PZ__ARW_STARVING)
 #define SLOTS ((uintptr_t)PZ__ARW_SLOTS)
+#define REVOKING ((uintptr_t)PZ__ARW_REVOKING)
 #define SHARE_ONE ((uintptr_t)1 << PZ__ARW_SHARE_SHIFT)
 #define SHARE_MASK ((uintptr_t)PZ__ARW_SHARE_MASK)
 #define WW_SHIFT PZ__ARW_WW_SHIFT
@@ -114,7 +115,7 @@ static uintptr_t enter(int kind, uintptr_t s, bool counted)
     case K_READ:
         return (s & (WRITER | UPG_PARKED | STARVING | WW_MASK)) ? 0 : s + READER;
     case K_WRITE:
-        if ((s & (WRITER | UPGRADABLE | STARVING | SLOTS)) || READERS(s))
+        if ((s & (WRITER | UPGRADABLE | STARVING | SLOTS | REVOKING)) || READERS(s))
             return 0;
         if (counted)
             return (s - WW_ONE) | WRITER;
@@ -122,8 +123,9 @@ static uintptr_t enter(int kind, uintptr_t s, bool counted)
     default:
         /* The upgradable reader closes the read slots (the caller revokes
          * them), so that its upgrade can count the readers in the word. */
-        return (s & (WRITER | UPG_PARKED | UPGRADABLE | STARVING | WW_MASK)) ? 0
-                                                                              : (s + READER + UPGRADABLE) & ~SLOTS;
+        if (s & (WRITER | UPG_PARKED | UPGRADABLE | STARVING | WW_MASK))
+            return 0;
+        return ((s + READER + UPGRADABLE) & ~SLOTS) | ((s & SLOTS) ? REVOKING : 0);
     }
 }
 
@@ -159,26 +161,32 @@ static uintptr_t enter(int kind, uintptr_t s, bool counted)
  *   - SLOTS is set only by a reader entering beside another reader, in a
  *     word without WRITER, UPGRADABLE, UPG_PARKED, PARKED, STARVING or
  *     waiting writers (WW);
- *   - a writer enters only from a word without SLOTS, and a writer that
- *     finds SLOTS set clears it in the same CAS that counts it in WW and
- *     then revokes: while it is counted nobody sets SLOTS again, so its
- *     entry cannot follow a revocation that missed a later slot;
- *   - the upgradable reader clears SLOTS on entry and revokes; nobody sets
- *     it while it holds, so its upgrade sees every reader in the word;
+ *   - a writer that finds SLOTS set clears it and sets REVOKING in the
+ *     same CAS that counts it in WW, then revokes and clears REVOKING:
+ *     while it is counted nobody sets SLOTS again, so no later slot can be
+ *     missed;
+ *   - a writer enters only from a word without SLOTS or REVOKING: not even
+ *     another counted writer may enter while a scan is moving holds into
+ *     the word (the storm test caught that one: WRITER with a reader
+ *     counted beside it);
+ *   - the upgradable reader clears SLOTS (setting REVOKING) on entry and
+ *     revokes; nobody sets SLOTS while it holds, and its upgrade waits for
+ *     REVOKING to clear, so the upgrade sees every reader in the word;
  *   - nobody parks in a word with SLOTS (a writer revokes first), and
  *     SLOTS is not set while anyone is parked: a release through a slot
  *     never has a waiter to dispatch.
  */
 
-/* Moves every read hold of l kept in a worker's slot into the word.  The
- * caller has cleared SLOTS in a word that keeps it clear (see above). */
+/* Moves every read hold of l kept in a worker's slot into the word, then
+ * clears REVOKING.  The caller has cleared SLOTS and set REVOKING in one
+ * CAS of a word that keeps SLOTS clear (see above); while REVOKING is set
+ * no writer enters and no upgrade completes, since the word may not yet
+ * count every reader. */
 static void revoke_slots(pz_async_rwlock_t *l)
 {
     pz__runtime *rt = atomic_load_explicit(&pz__rt, memory_order_acquire);
-    if (!rt)
-        return;
     bool moved = false;
-    for (int i = 0; i < rt->nworkers; i++) {
+    for (int i = 0; rt && i < rt->nworkers; i++) {
         _Atomic uintptr_t *slots = rt->workers[i].slots;
         for (int j = 0; j < PZ__WORKER_SLOTS; j++) {
             if (atomic_load_explicit(&slots[j], memory_order_seq_cst) != (uintptr_t)l)
@@ -194,16 +202,18 @@ static void revoke_slots(pz_async_rwlock_t *l)
                 atomic_fetch_sub_explicit(&l->state, READER, memory_order_relaxed);
         }
     }
-    /* The sharing score: full again if readers were in the slots, one
-     * less if the slots were open for nothing. */
-    if (moved) {
-        atomic_fetch_or_explicit(&l->state, SHARE_MASK, memory_order_relaxed);
-        return;
-    }
+    /* Done, and the sharing score: full again if readers were in the
+     * slots, one less if the slots were open for nothing.  Release: a
+     * writer that enters after this sees the moved counts. */
     uintptr_t s = atomic_load_explicit(&l->state, memory_order_relaxed);
-    while ((s & SHARE_MASK) &&
-           !atomic_compare_exchange_weak_explicit(&l->state, &s, s - SHARE_ONE, memory_order_relaxed,
-                                                  memory_order_relaxed)) {
+    for (;;) {
+        uintptr_t n = s & ~REVOKING;
+        if (moved)
+            n |= SHARE_MASK;
+        else if (n & SHARE_MASK)
+            n -= SHARE_ONE;
+        if (atomic_compare_exchange_weak_explicit(&l->state, &s, n, memory_order_release, memory_order_relaxed))
+            break;
     }
 }
 
@@ -315,7 +325,7 @@ static bool grant_one(struct dispatch *d, struct rw_wait *w)
         uintptr_t n;
         switch (w->kind) {
         case K_WRITE:
-            if (d->granted_any || (s & (WRITER | UPGRADABLE | UPG_PARKED | SLOTS)) || READERS(s))
+            if (d->granted_any || (s & (WRITER | UPGRADABLE | UPG_PARKED | SLOTS | REVOKING)) || READERS(s))
                 return false;
             n = (s - (w->counted ? WW_ONE : 0)) | WRITER;
             break;
@@ -458,9 +468,11 @@ static bool rw_validate(void *ctx)
             }
             continue;
         }
-        if (s & SLOTS) {
-            /* Readers hold slots (only a writer gets here: readers enter
-             * beside them): nobody parks in such a word. */
+        if (s & (SLOTS | REVOKING)) {
+            /* Readers hold slots, or their holds are being moved into the
+             * word (only a writer or an upgradable reader gets here):
+             * nobody parks in such a word, since nothing would wake it
+             * when the scan ends; the caller revokes or spins. */
             w->result = 3;
             return false;
         }
@@ -507,6 +519,8 @@ static bool writer_may_run(pz_async_rwlock_t *l)
 
 static bool worth_spinning(pz_async_rwlock_t *l, uintptr_t s, int spins)
 {
+    if (s & REVOKING)
+        return true; /* a scan of a few lines, never suspended */
     if (s & STARVING)
         return false;
     if (s & WRITER)
@@ -551,7 +565,7 @@ static int acquire_slow(pz_async_rwlock_t *l, int kind, int64_t deadline)
              * the slots again meanwhile), close them, and move their holds
              * into the word.  SLOTS implies no waiting writer, so we are
              * not counted yet. */
-            if (!atomic_compare_exchange_weak_explicit(&l->state, &s, (s + WW_ONE) & ~SLOTS,
+            if (!atomic_compare_exchange_weak_explicit(&l->state, &s, ((s + WW_ONE) & ~SLOTS) | REVOKING,
                                                        memory_order_seq_cst, memory_order_relaxed))
                 continue;
             counted = true;
@@ -613,8 +627,9 @@ static int acquire_slow(pz_async_rwlock_t *l, int kind, int64_t deadline)
             return 0;
         }
         if (r == -EAGAIN && w.result == 3) {
+            pz__arch_cpu_relax();
             s = atomic_load_explicit(&l->state, memory_order_relaxed);
-            continue; /* revoke the slots, above */
+            continue; /* revoke the slots, above, or wait for the scan */
         }
         if (r == -EAGAIN && w.result == 2) {
             /* Free but closed to us: wake whoever may enter (a parked
@@ -698,8 +713,8 @@ bool pz_async_rwlock_try_write(pz_async_rwlock_t *l)
         for (;;) {
             if (!(s & SLOTS))
                 return false;
-            if (atomic_compare_exchange_weak_explicit(&l->state, &s, (s + WW_ONE) & ~SLOTS, memory_order_seq_cst,
-                                                      memory_order_relaxed))
+            if (atomic_compare_exchange_weak_explicit(&l->state, &s, ((s + WW_ONE) & ~SLOTS) | REVOKING,
+                                                      memory_order_seq_cst, memory_order_relaxed))
                 break;
         }
         revoke_slots(l);
@@ -834,7 +849,7 @@ int pz_async_rwlock_upgradable_downgrade(pz_async_rwlock_t *l)
 /* The upgradable holder is the only reader left: become the writer. */
 static bool upgrade_now(pz_async_rwlock_t *l, uintptr_t *s)
 {
-    while (READERS(*s) == 1) {
+    while (READERS(*s) == 1 && !(*s & REVOKING)) {
         uintptr_t n = ((*s - READER - UPGRADABLE) & ~UPG_PARKED) | WRITER;
         if (atomic_compare_exchange_weak_explicit(&l->state, s, n, memory_order_acquire, memory_order_relaxed))
             return true;
