@@ -197,6 +197,24 @@ static void test_mutex_threads_and_tasks(void **state)
     CHECK_EQ(pz_async_mutex_unlock(&m), 0);
 }
 
+/* Where the kernel has no membarrier, every unlock is a read-modify-write:
+ * the same mix of tasks and threads with the plain-store unlock off (it
+ * may be turned off at any time; turning it on is what needs the fence). */
+static void test_mutex_unlock_without_fences(void **state)
+{
+    (void)state;
+    bool was = atomic_load(&pz__async_unlock_by_store);
+    atomic_store(&pz__async_unlock_by_store, false);
+    mixed_counter = 0;
+    run_in_runtime(2, mixed_main, NULL);
+    pz_async_mutex_t m = PZ_ASYNC_MUTEX_INIT;
+    CHECK_EQ(pz_async_mutex_lock(&m), 0);
+    CHECK_EQ(pz_async_mutex_unlock(&m), 0);
+    CHECK_EQ(atomic_load(&m.state), 0);
+    CHECK_EQ(atomic_load(&m.waiters), 0);
+    atomic_store(&pz__async_unlock_by_store, was);
+}
+
 /* ---- pz_semaphore ---- */
 
 static pz_semaphore_t sem;
@@ -644,6 +662,7 @@ int main(void)
         cmocka_unit_test(test_mutex_basics),
         cmocka_unit_test(test_mutex_non_owner_unlock),
         cmocka_unit_test(test_mutex_threads_and_tasks),
+        cmocka_unit_test(test_mutex_unlock_without_fences),
         cmocka_unit_test(test_semaphore_basics),
         cmocka_unit_test(test_notify_basics),
         cmocka_unit_test(test_barrier_basics),
