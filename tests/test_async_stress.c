@@ -1169,6 +1169,5 @@ int main(void)
         cmocka_unit_test(test_rwlock_writer_not_starved),
         cmocka_unit_test(test_rwlock_read_slots),
     };
-    if (getenv("TF")) cmocka_set_test_filter(getenv("TF"));
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
