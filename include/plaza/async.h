@@ -136,7 +136,10 @@ static inline int pz_async_mutex_lock(pz_async_mutex_t *m)
 }
 
 /* Returns 0, or -EPERM (reported on stderr, and nothing changes) if the
- * caller does not hold the mutex. */
+ * caller does not hold the mutex.  When tasks wait for the mutex, a task
+ * that keeps releasing and retaking it yields now and then (the cooperative
+ * budget), as Go's Unlock yields to a starving waiter; never while the
+ * task holds a thread-blocking lock. */
 static inline int pz_async_mutex_unlock(pz_async_mutex_t *m)
 {
     uint64_t self = pz__async_self_bits();
@@ -144,9 +147,13 @@ static inline int pz_async_mutex_unlock(pz_async_mutex_t *m)
         atomic_load_explicit(&m->waiters, memory_order_relaxed) == 0 &&
         atomic_load_explicit(&pz__async_unlock_by_store, memory_order_relaxed)) {
         atomic_store_explicit(&m->state, 0, memory_order_release);
-        /* The hardware half of this Dekker pair is the waiter's fence. */
+        /* The hardware half of this Dekker pair is the waiter's fence.
+         * Anything in the waiter word now (even without PARKED: a waiter
+         * may have come and timed out, and the next one skip the fence)
+         * goes through the bucket lock, which orders this store before any
+         * later waiter's check. */
         atomic_signal_fence(memory_order_seq_cst);
-        if (!(atomic_load_explicit(&m->waiters, memory_order_relaxed) & PZ__AMUTEX_PARKED))
+        if (atomic_load_explicit(&m->waiters, memory_order_relaxed) == 0)
             return 0;
         return pz__async_mutex_wake_released(m);
     }

@@ -24,8 +24,11 @@
  *     fence that set FENCED came after CONTENDED was set, so every unlock
  *     whose store it did not make visible ran its load after that fence
  *     and saw the waiter word nonzero (and woke someone if PARKED: this
- *     path ignores WOKEN); every later unlock sees it nonzero at its first
- *     load and takes the path below.
+ *     path ignores WOKEN, and goes through the bucket lock whenever the
+ *     second load finds the word nonzero: a waiter may have come, fenced,
+ *     and timed out, clearing PARKED, before another skipped the fence);
+ *     every later unlock sees it nonzero at its first load and takes the
+ *     path below.
  *   - read-modify-write (every other release, and all of them without
  *     asymmetric fences): a seq_cst exchange of the lock word, then a
  *     seq_cst load of the waiter word, against the waiter's seq_cst CAS of
@@ -295,7 +298,12 @@ int pz__async_mutex_unlock_slow(pz_async_mutex_t *m, uint64_t self)
      * without suspending must let the woken waiter (queued on this worker)
      * run now and then.  So releases with waiters about count against the
      * cooperative budget, as the lock slow path does. */
-    if (f & (PARKED | WOKEN | STARVING))
-        pz__coop_tick();
+    if (f & (PARKED | WOKEN | STARVING)) {
+        /* Not inside a thread-blocking section, though: a yield there
+         * would suspend its holder (docs/sync.md). */
+        pz__worker *w = pz__current_worker();
+        if (w && w->sync_depth == 0)
+            pz__coop_tick();
+    }
     return 0;
 }

@@ -158,9 +158,10 @@ static uintptr_t enter(int kind, uintptr_t s, bool counted)
  * counted there), or the revoker sees its slot and moves it.
  *
  * Invariants that make the word's count exact when it matters:
- *   - SLOTS is set only by a reader entering beside another reader, in a
- *     word without WRITER, UPGRADABLE, UPG_PARKED, PARKED, STARVING or
- *     waiting writers (WW);
+ *   - SLOTS is set only by a reader on a worker, beside another reader or
+ *     while the sharing score is above 0, in a word without WRITER,
+ *     UPGRADABLE, UPG_PARKED, PARKED, STARVING, REVOKING or waiting
+ *     writers (WW);
  *   - a writer that finds SLOTS set clears it and sets REVOKING in the
  *     same CAS that counts it in WW, then revokes and clears REVOKING:
  *     while it is counted nobody sets SLOTS again, so no later slot can be
@@ -184,6 +185,9 @@ static uintptr_t enter(int kind, uintptr_t s, bool counted)
  * count every reader. */
 static void revoke_slots(pz_async_rwlock_t *l)
 {
+    /* The caller's CAS that cleared SLOTS is our half of the Dekker pair;
+     * an upgradable reader's entry CAS is only acquire, so fence here. */
+    atomic_thread_fence(memory_order_seq_cst);
     pz__runtime *rt = atomic_load_explicit(&pz__rt, memory_order_acquire);
     bool moved = false;
     for (int i = 0; rt && i < rt->nworkers; i++) {
@@ -245,9 +249,12 @@ static bool slot_leave(pz__worker *w, pz_async_rwlock_t *l)
 {
     for (int i = 0; i < PZ__WORKER_SLOTS; i++) {
         uintptr_t v = (uintptr_t)l;
-        if (atomic_load_explicit(&w->slots[i], memory_order_relaxed) == v &&
+        /* Acquire: a slot found emptied by a revoker (which counted the
+         * hold in the word first) makes that count visible to the look at
+         * the word that follows. */
+        if (atomic_load_explicit(&w->slots[i], memory_order_acquire) == v &&
             atomic_compare_exchange_strong_explicit(&w->slots[i], &v, 0, memory_order_release,
-                                                    memory_order_relaxed))
+                                                    memory_order_acquire))
             return true;
     }
     return false;
@@ -469,10 +476,11 @@ static bool rw_validate(void *ctx)
             continue;
         }
         if (s & (SLOTS | REVOKING)) {
-            /* Readers hold slots, or their holds are being moved into the
-             * word (only a writer or an upgradable reader gets here):
-             * nobody parks in such a word, since nothing would wake it
-             * when the scan ends; the caller revokes or spins. */
+            /* Readers hold slots (only a writer or an upgradable reader
+             * gets here then), or their holds are being moved into the
+             * word (anyone may: a reader kept out by the revoking writer
+             * too): nobody parks in such a word, since nothing would wake
+             * it when the scan ends; the caller revokes or spins. */
             w->result = 3;
             return false;
         }
@@ -754,6 +762,10 @@ static int misuse(pz_async_rwlock_t *l, const char *call, const char *mode)
     return -EPERM;
 }
 
+/* How many times read_unlock looks for a hold before it calls the unlock a
+ * misuse (a few milliseconds of pauses in all). */
+#define READ_UNLOCK_PASSES 64
+
 /* Takes one plain reader off the word's count, if it counts one. */
 static bool leave_counted(pz_async_rwlock_t *l)
 {
@@ -792,9 +804,17 @@ int pz_async_rwlock_read_unlock(pz_async_rwlock_t *l)
     pz__worker *w = pz__current_worker();
     if (w && slot_leave(w, l))
         return 0;
-    for (int pass = 0; pass < 2; pass++)
+    /* A hold moves only from a slot into the word, but holds are also
+     * swapped (another reader may leave by ours and leave us its own),
+     * so while revocations run, a look can miss the hold it is after.
+     * Each miss needs a revocation inside the look; after many misses in
+     * a row, with pauses between, nobody holds it: misuse. */
+    for (int pass = 0; pass < READ_UNLOCK_PASSES; pass++) {
         if (leave_counted(l) || slot_leave_anywhere(l))
             return 0;
+        for (int i = 0; i < (1 << (pass < 10 ? pass : 10)); i++)
+            pz__arch_cpu_relax();
+    }
     return misuse(l, "pz_async_rwlock_read_unlock", "for reading");
 }
 
