@@ -1143,6 +1143,59 @@ static void test_rwlock_read_slots(void **state)
     run_in_runtime(4, sl_main, NULL);
 }
 
+/* ---- a plain thread walks the workers while runtimes come and go ----
+ * Writers that revoke read slots, pz_async_rwlock_readers and spinners
+ * that ask whether a holder runs all walk the running runtime's workers,
+ * from any thread.  A plain thread does that here in a loop while the
+ * main thread starts and ends short runtimes; the runtime must not be
+ * freed under the walk (ASan reports it if it is). */
+
+static pz_async_rwlock_t pin_l;
+static _Atomic bool pin_stop;
+
+static void *pin_thread(void *arg)
+{
+    (void)arg;
+    long n = 0;
+    while (!atomic_load_explicit(&pin_stop, memory_order_relaxed)) {
+        CHECK_EQ(pz_async_rwlock_write(&pin_l), 0);
+        CHECK_EQ(pz_async_rwlock_write_unlock(&pin_l), 0);
+        n += (long)pz_async_rwlock_readers(&pin_l);
+    }
+    return (void *)n;
+}
+
+static void *pin_reader(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 50; i++) {
+        CHECK_EQ(pz_async_rwlock_read(&pin_l), 0);
+        pz_yield();
+        CHECK_EQ(pz_async_rwlock_read_unlock(&pin_l), 0);
+    }
+    return NULL;
+}
+
+static void *pin_main(void *arg)
+{
+    (void)arg;
+    join_n(spawn_n(4, pin_reader, index_arg), 4);
+    return NULL;
+}
+
+static void test_runtime_pinned_while_walked(void **state)
+{
+    (void)state;
+    pthread_t th;
+    atomic_store(&pin_stop, false);
+    CHECK_EQ(pthread_create(&th, NULL, pin_thread, NULL), 0);
+    for (int round = 0; round < SCALED(200); round++)
+        run_in_runtime(2, pin_main, NULL);
+    atomic_store(&pin_stop, true);
+    CHECK_EQ(pthread_join(th, NULL), 0);
+    CHECK_RWLOCK_IDLE(&pin_l);
+}
+
 static void test_rwlock_exclusion(void **state)
 {
     (void)state;
@@ -1168,6 +1221,7 @@ int main(void)
         cmocka_unit_test(test_rwlock_hammer),
         cmocka_unit_test(test_rwlock_writer_not_starved),
         cmocka_unit_test(test_rwlock_read_slots),
+        cmocka_unit_test(test_runtime_pinned_while_walked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -188,7 +188,7 @@ static void revoke_slots(pz_async_rwlock_t *l)
     /* The caller's CAS that cleared SLOTS is our half of the Dekker pair;
      * an upgradable reader's entry CAS is only acquire, so fence here. */
     atomic_thread_fence(memory_order_seq_cst);
-    pz__runtime *rt = atomic_load_explicit(&pz__rt, memory_order_acquire);
+    pz__runtime *rt = pz__rt_pin();
     bool moved = false;
     for (int i = 0; rt && i < rt->nworkers; i++) {
         _Atomic uintptr_t *slots = rt->workers[i].slots;
@@ -206,6 +206,7 @@ static void revoke_slots(pz_async_rwlock_t *l)
                 atomic_fetch_sub_explicit(&l->state, READER, memory_order_relaxed);
         }
     }
+    pz__rt_unpin(rt);
     /* Done, and the sharing score: full again if readers were in the
      * slots, one less if the slots were open for nothing.  Release: a
      * writer that enters after this sees the moved counts. */
@@ -262,13 +263,12 @@ static bool slot_leave(pz__worker *w, pz_async_rwlock_t *l)
 
 static bool slot_leave_anywhere(pz_async_rwlock_t *l)
 {
-    pz__runtime *rt = atomic_load_explicit(&pz__rt, memory_order_acquire);
-    if (!rt)
-        return false;
-    for (int i = 0; i < rt->nworkers; i++)
-        if (slot_leave(&rt->workers[i], l))
-            return true;
-    return false;
+    pz__runtime *rt = pz__rt_pin();
+    bool left = false;
+    for (int i = 0; rt && i < rt->nworkers && !left; i++)
+        left = slot_leave(&rt->workers[i], l);
+    pz__rt_unpin(rt);
+    return left;
 }
 
 static bool try_read(pz_async_rwlock_t *l)
@@ -788,10 +788,11 @@ static bool leave_counted(pz_async_rwlock_t *l)
 uint64_t pz_async_rwlock_readers(pz_async_rwlock_t *l)
 {
     uint64_t n = READERS(atomic_load_explicit(&l->state, memory_order_relaxed));
-    pz__runtime *rt = atomic_load_explicit(&pz__rt, memory_order_acquire);
+    pz__runtime *rt = pz__rt_pin();
     for (int i = 0; rt && i < rt->nworkers; i++)
         for (int j = 0; j < PZ__WORKER_SLOTS; j++)
             n += atomic_load_explicit(&rt->workers[i].slots[j], memory_order_relaxed) == (uintptr_t)l;
+    pz__rt_unpin(rt);
     return n;
 }
 

@@ -269,6 +269,14 @@ struct pz__runtime {
 
 extern _Atomic(pz__runtime *) pz__rt;
 
+/* The running runtime, kept alive until pz__rt_unpin: for code that walks
+ * its workers from any thread (lock slow paths).  A worker needs no pin
+ * (workers stop before the runtime is freed); a plain thread is counted,
+ * and pz_run waits for the count to drop after it clears pz__rt.  Hold a
+ * pin only for a short walk, never across a wait.  NULL: no runtime. */
+pz__runtime *pz__rt_pin(void);
+void pz__rt_unpin(pz__runtime *rt);
+
 /* current.c */
 pz__worker *pz__current_worker(void);
 void pz__set_current_worker(pz__worker *w);

@@ -488,15 +488,55 @@ void pz__coop_tick(void)
     pz_yield();
 }
 
+/* Plain threads inside a pinned walk of the runtime. */
+static _Atomic long rt_pins;
+
+pz__runtime *pz__rt_pin(void)
+{
+    pz__worker *w = pz__current_worker();
+    if (w)
+        return w->rt;
+    /* Count, then look: a Dekker pair with pz_run, which clears pz__rt
+     * and then waits for the count, both in seq_cst.  Either we see NULL,
+     * or pz_run sees us and keeps the runtime until we leave. */
+    atomic_fetch_add_explicit(&rt_pins, 1, memory_order_seq_cst);
+    pz__runtime *rt = atomic_load_explicit(&pz__rt, memory_order_seq_cst);
+    if (!rt)
+        atomic_fetch_sub_explicit(&rt_pins, 1, memory_order_release);
+    return rt;
+}
+
+void pz__rt_unpin(pz__runtime *rt)
+{
+    if (rt && !pz__current_worker())
+        atomic_fetch_sub_explicit(&rt_pins, 1, memory_order_release);
+}
+
+/* One runtime at a time: claimed before pz__rt is published, released
+ * after it is freed. */
+static _Atomic bool runtime_claimed;
+
+static void runtime_destroy(pz__runtime *rt);
+
+/* Unpublishes rt, waits for the plain threads still walking it, frees it,
+ * and lets the next pz_run start. */
+static void retire(pz__runtime *rt)
+{
+    atomic_store_explicit(&pz__rt, NULL, memory_order_seq_cst);
+    while (atomic_load_explicit(&rt_pins, memory_order_seq_cst) != 0)
+        sched_yield();
+    runtime_destroy(rt);
+    atomic_store(&runtime_claimed, false);
+}
+
 bool pz__task_id_running(uint64_t id)
 {
-    pz__runtime *rt = atomic_load_explicit(&pz__rt, memory_order_acquire);
-    if (!rt)
-        return false;
-    for (int i = 0; i < rt->nworkers; i++)
-        if (atomic_load_explicit(&rt->workers[i].running_id, memory_order_relaxed) == id)
-            return true;
-    return false;
+    pz__runtime *rt = pz__rt_pin();
+    bool running = false;
+    for (int i = 0; rt && i < rt->nworkers && !running; i++)
+        running = atomic_load_explicit(&rt->workers[i].running_id, memory_order_relaxed) == id;
+    pz__rt_unpin(rt);
+    return running;
 }
 
 /* ---- workers ---- */
@@ -638,14 +678,15 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
                    c.workers, c.stack_size, c.blocking_threads_max);
         return -EINVAL;
     }
-    pz__runtime *rt = calloc(1, sizeof *rt);
-    if (!rt)
-        return -ENOMEM;
-    pz__runtime *none = NULL;
-    if (!atomic_compare_exchange_strong(&pz__rt, &none, rt)) {
-        free(rt);
+    bool unclaimed = false;
+    if (!atomic_compare_exchange_strong(&runtime_claimed, &unclaimed, true)) {
         pz__report("pz_run: a runtime is already running in this process");
         return -EBUSY;
+    }
+    pz__runtime *rt = calloc(1, sizeof *rt);
+    if (!rt) {
+        atomic_store(&runtime_claimed, false);
+        return -ENOMEM;
     }
     size_t page = pz__page_size();
     rt->nworkers = c.workers ? c.workers : pz__cpu_count();
@@ -659,10 +700,10 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
     rt->workers = aligned_alloc(PZ__CACHELINE, sizeof(pz__worker) * (size_t)rt->nworkers);
     rt->sleepers = calloc((size_t)rt->nworkers, sizeof(int));
     if (!rt->workers || !rt->sleepers) {
-        atomic_store(&pz__rt, NULL);
         free(rt->workers);
         free(rt->sleepers);
         free(rt);
+        atomic_store(&runtime_claimed, false);
         return -ENOMEM;
     }
     memset(rt->workers, 0, sizeof(pz__worker) * (size_t)rt->nworkers);
@@ -674,20 +715,21 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
         pz__timers_init(&w->timers);
         w->rng = 0x9E3779B97F4A7C15ull * (uint64_t)(i + 1) | 1;
     }
+    /* Published once its workers can be walked (lock slow paths on other
+     * threads read them through pz__rt). */
+    atomic_store_explicit(&pz__rt, rt, memory_order_release);
     pz__overflow_handler_install();
     int rerr = pz__reactor_init(rt);
     if (rerr < 0) {
         pz__report("pz_run: cannot create the I/O poller: %s", strerror(-rerr));
-        atomic_store(&pz__rt, NULL);
-        runtime_destroy(rt);
+        retire(rt);
         return rerr;
     }
 
     struct main_call m = {main, arg, NULL, rt};
     pz_task_t *mt = pz_spawn_with(main_task, &m, &(pz_spawn_opts_t){.name = "main"});
     if (!mt) {
-        atomic_store(&pz__rt, NULL);
-        runtime_destroy(rt);
+        retire(rt);
         return -ENOMEM;
     }
     pz_detach(mt);
@@ -708,8 +750,7 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
     stop_workers(rt, started);
     pz__blocking_shutdown();
     drain(rt);
-    atomic_store(&pz__rt, NULL);
-    runtime_destroy(rt);
+    retire(rt);
     if (err)
         return err;
     if (result)
