@@ -341,6 +341,10 @@ pz_task_t *pz__current_task(void);
  * yields when it is spent (see sched.c). */
 #define PZ__COOP_BUDGET 128
 void pz__coop_tick(void);
+/* The same at the release of a contended lock, counting `weight` steps;
+ * never inside a thread-blocking section (a yield there would suspend
+ * its holder). */
+void pz__coop_tick_release(unsigned weight);
 
 /* sched.c: true if the task with this id is running on some worker of the
  * runtime right now (a snapshot; the answer may change at once). */

@@ -479,6 +479,18 @@ void pz_yield(void)
  * their slow paths; after PZ__COOP_BUDGET calls since the task was last
  * switched in, it yields (which returns at once if nothing else is
  * runnable here). */
+void pz__coop_tick_release(unsigned weight)
+{
+    pz__worker *w = pz__current_worker();
+    if (!w || !w->current || w->sync_depth)
+        return;
+    w->coop_spent += weight;
+    if (w->coop_spent < PZ__COOP_BUDGET)
+        return;
+    w->coop_spent = 0;
+    pz_yield();
+}
+
 void pz__coop_tick(void)
 {
     pz__worker *w = pz__current_worker();
