@@ -78,6 +78,7 @@ static void test_unpark_before_park_completes(void **state)
 struct ring {
     _Atomic(pz_task_t *) waiting;
     _Atomic uint64_t gen;
+    _Atomic uint64_t checked; /* the generation the callback has finished */
 };
 
 static bool publish_after_switch(void *arg)
@@ -92,7 +93,11 @@ static bool publish_after_switch(void *arg)
      * while this callback still runs; then the word shows RUNNING or a
      * later park.) */
     uint64_t s = atomic_load(&self->park_state);
-    CHECK(!(PZ__PS_GEN(s) == atomic_load(&r->gen) && PZ__PS_STATE(s) == PZ__PS_PARKING));
+    uint64_t gen = atomic_load(&r->gen);
+    CHECK(!(PZ__PS_GEN(s) == gen && PZ__PS_STATE(s) == PZ__PS_PARKING));
+    /* Last touch of r and the task: the task waits for this before it
+     * parks again or returns (both may free what we read). */
+    atomic_store(&r->checked, gen);
     return true;
 }
 
@@ -107,10 +112,16 @@ static void *callback_main(void *arg)
     (void)arg;
     struct ring r;
     atomic_store(&r.waiting, pz_self());
+    atomic_store(&r.checked, 0);
     for (int i = 0; i < 1000; i++) {
-        atomic_store(&r.gen, pz__park_prepare(false));
-        /* A deadline wakes it; the callback checks it ran off-stack. */
+        uint64_t gen = pz__park_prepare(false);
+        atomic_store(&r.gen, gen);
+        /* A deadline wakes it; the callback checks it ran off-stack.  The
+         * deadline may resume us on another worker while the callback
+         * still runs: wait for it to be done with r and with us. */
         CHECK_EQ(pz__park_commit(publish_after_switch, &r, pz_now() + 1000), -ETIMEDOUT);
+        while (atomic_load(&r.checked) != gen)
+            pz__arch_cpu_relax();
         pz__park_prepare(false);
         CHECK_EQ(pz__park_commit(decline, NULL, PZ_FOREVER), -EAGAIN);
     }
