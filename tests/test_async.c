@@ -9,6 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/membarrier.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #define MS 1000000ll
 
@@ -200,6 +204,30 @@ static void test_mutex_threads_and_tasks(void **state)
 /* Where the kernel has no membarrier, every unlock is a read-modify-write:
  * the same mix of tasks and threads with the plain-store unlock off (it
  * may be turned off at any time; turning it on is what needs the fence). */
+/* The plain-store unlock relies on the process being registered for
+ * asymmetric fences.  A forked child keeps the registration (its memory
+ * map is a copy of the parent's): checked in a child, a fence must work
+ * there whenever the flag is on. */
+static void test_mutex_fences_after_fork(void **state)
+{
+    (void)state;
+    bool parent = atomic_load(&pz__async_unlock_by_store);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        bool child = atomic_load(&pz__async_unlock_by_store);
+        int ok = child == parent &&
+                 (!child || syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0);
+        pz_async_mutex_t m = PZ_ASYNC_MUTEX_INIT;
+        ok = ok && pz_async_mutex_lock(&m) == 0 && pz_async_mutex_unlock(&m) == 0;
+        _exit(ok ? 0 : 1);
+    }
+    int status = 0;
+    CHECK_EQ(waitpid(pid, &status, 0), pid);
+    CHECK(WIFEXITED(status));
+    CHECK_EQ(WEXITSTATUS(status), 0);
+}
+
 static void test_mutex_unlock_without_fences(void **state)
 {
     (void)state;
@@ -663,6 +691,7 @@ int main(void)
         cmocka_unit_test(test_mutex_non_owner_unlock),
         cmocka_unit_test(test_mutex_threads_and_tasks),
         cmocka_unit_test(test_mutex_unlock_without_fences),
+        cmocka_unit_test(test_mutex_fences_after_fork),
         cmocka_unit_test(test_semaphore_basics),
         cmocka_unit_test(test_notify_basics),
         cmocka_unit_test(test_barrier_basics),

@@ -87,7 +87,10 @@ _Atomic bool pz__async_unlock_by_store;
 static bool heavy_fences;
 
 /* At load time, before any task or thread can use a mutex: a waiter and
- * an unlocker must agree on whether the plain-store release is in use. */
+ * an unlocker must agree on whether the plain-store release is in use.
+ * The registration survives fork (the child's memory map is a copy;
+ * test_mutex_fences_after_fork checks it), and exec starts a new image
+ * whose constructors run again. */
 __attribute__((constructor)) static void async_mutex_init(void)
 {
     heavy_fences = pz__arch_heavy_fence_init();
