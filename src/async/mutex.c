@@ -305,6 +305,6 @@ int pz__async_mutex_unlock_slow(pz_async_mutex_t *m, uint64_t self)
      * 0.3-0.5 ms with this (and 27-28 ns/op against 19-28, once the step
      * was one call: pz__coop_tick_release skips sync sections itself). */
     if (f)
-        pz__coop_tick_release(1);
+        pz__coop_tick_release();
     return 0;
 }

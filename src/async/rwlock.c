@@ -100,7 +100,7 @@ struct rw_wait {
     bool counted; /* a writer counted in WW */
     int result;   /* validate's verdict: 0 entered, 1 parked, 2 free but
                    * closed to us: dispatch first (see rw_validate), 3 read
-                   * slots in use: revoke them first */
+                   * slots open or being revoked: revoke them, or spin */
     bool revoke;  /* validate entered as upgradable reader and cleared
                    * SLOTS: the caller revokes the slots */
     bool granted; /* set by a STARVING dispatch under the bucket lock */
@@ -220,6 +220,23 @@ static void revoke_slots(pz_async_rwlock_t *l)
         if (atomic_compare_exchange_weak_explicit(&l->state, &s, n, memory_order_release, memory_order_relaxed))
             break;
     }
+}
+
+/* A writer that finds SLOTS set counts itself as waiting (so nobody opens
+ * the slots again meanwhile: SLOTS implies no waiting writer, so it was
+ * not counted yet), closes them, and moves their holds into the word.
+ * False if the word had no SLOTS by then. */
+static bool close_slots(pz_async_rwlock_t *l)
+{
+    uintptr_t s = atomic_load_explicit(&l->state, memory_order_relaxed);
+    while (s & SLOTS) {
+        if (atomic_compare_exchange_weak_explicit(&l->state, &s, ((s + WW_ONE) & ~SLOTS) | REVOKING,
+                                                  memory_order_seq_cst, memory_order_relaxed)) {
+            revoke_slots(l);
+            return true;
+        }
+    }
+    return false;
 }
 
 /* Enters for reading through a slot of the worker w, with SLOTS seen set.
@@ -569,15 +586,8 @@ static int acquire_slow(pz_async_rwlock_t *l, int kind, int64_t deadline)
             continue;
         }
         if (kind == K_WRITE && (s & SLOTS)) {
-            /* Readers hold slots: count ourselves as waiting (nobody opens
-             * the slots again meanwhile), close them, and move their holds
-             * into the word.  SLOTS implies no waiting writer, so we are
-             * not counted yet. */
-            if (!atomic_compare_exchange_weak_explicit(&l->state, &s, ((s + WW_ONE) & ~SLOTS) | REVOKING,
-                                                       memory_order_seq_cst, memory_order_relaxed))
-                continue;
-            counted = true;
-            revoke_slots(l);
+            if (close_slots(l))
+                counted = true;
             s = atomic_load_explicit(&l->state, memory_order_relaxed);
             continue;
         }
@@ -717,16 +727,9 @@ bool pz_async_rwlock_try_write(pz_async_rwlock_t *l)
     if (!try_enter(l, K_WRITE)) {
         /* Read slots open: the lock may be free with nobody in the slots.
          * Revoke them as a counted writer and try once more. */
+        if (!close_slots(l))
+            return false;
         uintptr_t s = atomic_load_explicit(&l->state, memory_order_relaxed);
-        for (;;) {
-            if (!(s & SLOTS))
-                return false;
-            if (atomic_compare_exchange_weak_explicit(&l->state, &s, ((s + WW_ONE) & ~SLOTS) | REVOKING,
-                                                      memory_order_seq_cst, memory_order_relaxed))
-                break;
-        }
-        revoke_slots(l);
-        s = atomic_load_explicit(&l->state, memory_order_relaxed);
         for (;;) {
             uintptr_t n = enter(K_WRITE, s, true);
             if (!n) {
@@ -799,17 +802,15 @@ uint64_t pz_async_rwlock_readers(pz_async_rwlock_t *l)
 int pz_async_rwlock_read_unlock(pz_async_rwlock_t *l)
 {
     /* Read holds are interchangeable (see "read slots"): this worker's
-     * slots, then the word, then any worker's slots.  Twice, because a
-     * revoker counts a hold in the word before it empties the slot: a
-     * reader that found neither the first time finds the count now. */
+     * slots, then the word, then any worker's slots.  A hold moves only
+     * from a slot into the word, but holds are also swapped (another
+     * reader may leave by ours and leave us its own), so while revocations
+     * run, a look can miss the hold it is after.  Each miss needs a
+     * revocation inside the look; after many misses in a row, with pauses
+     * between, nobody holds it: misuse. */
     pz__worker *w = pz__current_worker();
     if (w && slot_leave(w, l))
         return 0;
-    /* A hold moves only from a slot into the word, but holds are also
-     * swapped (another reader may leave by ours and leave us its own),
-     * so while revocations run, a look can miss the hold it is after.
-     * Each miss needs a revocation inside the look; after many misses in
-     * a row, with pauses between, nobody holds it: misuse. */
     for (int pass = 0; pass < READ_UNLOCK_PASSES; pass++) {
         if (leave_counted(l) || slot_leave_anywhere(l))
             return 0;

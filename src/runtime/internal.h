@@ -210,12 +210,12 @@ struct pz__worker {
     _Alignas(PZ__CACHELINE) _Atomic uint64_t running_id;
 
     /* Object slots: each holds the address of a sync object or 0, and
-     * what an address in a slot means is that object's business: a read
-     * hold of a pz_async_rwlock (src/async/rwlock.c), a spare permit of a
-     * pz_semaphore (src/async/semaphore.c).  Taken and released by CAS,
-     * mostly by tasks running on this worker; scanned by others that
-     * revoke or collect an object's slots.  A line of their own, so that
-     * tasks on different workers write different lines. */
+     * what an address in a slot means is that object's business (today:
+     * a read hold of a pz_async_rwlock, src/async/rwlock.c).  Only for
+     * objects that cannot be freed while their address is in a slot.
+     * Taken and released by CAS, mostly by tasks running on this worker;
+     * scanned by others that revoke an object's slots.  A line of their
+     * own, so that tasks on different workers write different lines. */
     _Alignas(PZ__CACHELINE) _Atomic uintptr_t slots[PZ__WORKER_SLOTS];
 
     _Alignas(PZ__CACHELINE) _Atomic uint32_t sleep_word; /* 1: notified */
@@ -341,10 +341,9 @@ pz_task_t *pz__current_task(void);
  * yields when it is spent (see sched.c). */
 #define PZ__COOP_BUDGET 128
 void pz__coop_tick(void);
-/* The same at the release of a contended lock, counting `weight` steps;
- * never inside a thread-blocking section (a yield there would suspend
- * its holder). */
-void pz__coop_tick_release(unsigned weight);
+/* The same at the release of a contended lock; never inside a
+ * thread-blocking section (a yield there would suspend its holder). */
+void pz__coop_tick_release(void);
 
 /* sched.c: true if the task with this id is running on some worker of the
  * runtime right now (a snapshot; the answer may change at once). */

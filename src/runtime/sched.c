@@ -479,13 +479,10 @@ void pz_yield(void)
  * their slow paths; after PZ__COOP_BUDGET calls since the task was last
  * switched in, it yields (which returns at once if nothing else is
  * runnable here). */
-void pz__coop_tick_release(unsigned weight)
+
+static void coop_step(pz__worker *w)
 {
-    pz__worker *w = pz__current_worker();
-    if (!w || !w->current || w->sync_depth)
-        return;
-    w->coop_spent += weight;
-    if (w->coop_spent < PZ__COOP_BUDGET)
+    if (!w || !w->current || ++w->coop_spent < PZ__COOP_BUDGET)
         return;
     w->coop_spent = 0;
     pz_yield();
@@ -493,11 +490,14 @@ void pz__coop_tick_release(unsigned weight)
 
 void pz__coop_tick(void)
 {
+    coop_step(pz__current_worker());
+}
+
+void pz__coop_tick_release(void)
+{
     pz__worker *w = pz__current_worker();
-    if (!w || !w->current || ++w->coop_spent < PZ__COOP_BUDGET)
-        return;
-    w->coop_spent = 0;
-    pz_yield();
+    if (w && !w->sync_depth)
+        coop_step(w);
 }
 
 /* Plain threads inside a pinned walk of the runtime. */
