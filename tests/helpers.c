@@ -77,6 +77,13 @@ void capture_stderr_begin(void)
 
 const char *capture_stderr_end(void)
 {
+    capture_stderr_end_quiet();
+    fputs(captured, stderr); /* still show it in the test log */
+    return captured;
+}
+
+const char *capture_stderr_end_quiet(void)
+{
     fflush(stderr);
     dup2(saved_stderr, STDERR_FILENO);
     close(saved_stderr);
@@ -86,21 +93,33 @@ const char *capture_stderr_end(void)
     captured[n] = '\0';
     fclose(capture_file);
     capture_file = NULL;
-    fputs(captured, stderr); /* still show it in the test log */
     return captured;
+}
+
+/* A failure while stderr is captured goes to the real stderr as well, or
+ * it would vanish with the capture file. */
+static void failure_message(const char *msg)
+{
+    fputs(msg, stderr);
+    fflush(stderr);
+    int fd = saved_stderr;
+    if (fd >= 0 && write(fd, msg, strlen(msg)) < 0)
+        fd = -1;
 }
 
 void check_failed(const char *what, const char *file, int line)
 {
-    fprintf(stderr, "%s:%d: check failed: %s\n", file, line, what);
-    fflush(stderr);
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s:%d: check failed: %s\n", file, line, what);
+    failure_message(msg);
     abort();
 }
 
 void check_failed_eq(const char *a, const char *b, long long va, long long vb, const char *file, int line)
 {
-    fprintf(stderr, "%s:%d: check failed: %s == %s (%lld != %lld)\n", file, line, a, b, va, vb);
-    fflush(stderr);
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s:%d: check failed: %s == %s (%lld != %lld)\n", file, line, a, b, va, vb);
+    failure_message(msg);
     abort();
 }
 

@@ -44,6 +44,9 @@ int run_child(void (*fn)(void), char *buf, size_t cap);
 /* Redirects stderr into a buffer between begin and end (for misuse reports). */
 void capture_stderr_begin(void);
 const char *capture_stderr_end(void);
+/* The same, without copying what was captured to the log (for many reports
+ * of the same kind); returns its first 8 KiB. */
+const char *capture_stderr_end_quiet(void);
 
 /* A small fast random generator, one state per caller. */
 static inline uint64_t test_rand(uint64_t *s)

@@ -41,6 +41,11 @@ static void *mutex_basics(void *arg)
     CHECK(!pz_async_mutex_is_locked(&m));
     CHECK_EQ(pz_async_mutex_lock(&m), 0);
     CHECK(pz_async_mutex_is_locked(&m));
+    /* A mutex that never had a waiter keeps a copy of the id in the
+     * holder word. */
+    CHECK_EQ(atomic_load(&m.state), (pz_task_id(pz_self()) << PZ__AMUTEX_OWNER_SHIFT) | PZ__AMUTEX_LOCKED);
+    CHECK_EQ(atomic_load(&m.holder), pz_task_id(pz_self()) << PZ__AMUTEX_OWNER_SHIFT);
+    CHECK_EQ(pz_async_mutex_holder(&m), pz_task_id(pz_self()));
     CHECK(!pz_async_mutex_trylock(&m));
     CHECK_EQ(pz_async_mutex_lock_until(&m, pz_now() + MS), -ETIMEDOUT);
     CHECK_EQ(pz_async_mutex_unlock(&m), 0);
@@ -68,13 +73,15 @@ static void *mutex_basics(void *arg)
     pz_cancel(w);
     CHECK_EQ(pz_join(w, &r), 0);
     CHECK_EQ((intptr_t)r, -ECANCELED);
-    /* Nobody is left parked: the word holds only LOCKED and our id, so
-     * unlock is the plain one. */
+    /* Nobody is left parked.  The mutex has had waiters, so the holder
+     * word is not kept. */
     CHECK_EQ(atomic_load(&am.waiters) & (PZ__AMUTEX_PARKED | PZ__AMUTEX_WOKEN | PZ__AMUTEX_STARVING), 0);
-    CHECK_EQ(atomic_load(&am.state) & 15, PZ__AMUTEX_LOCKED);
+    CHECK_EQ(atomic_load(&am.state), (pz_task_id(pz_self()) << PZ__AMUTEX_OWNER_SHIFT) | PZ__AMUTEX_LOCKED);
+    CHECK_EQ(atomic_load(&am.holder), 0);
     CHECK_EQ(pz_async_mutex_holder(&am), pz_task_id(pz_self()));
     CHECK_EQ(pz_async_mutex_unlock(&am), 0);
     CHECK_EQ(atomic_load(&am.state), 0);
+    CHECK_EQ(pz_async_mutex_holder(&am), 0);
     return NULL;
 }
 

@@ -247,6 +247,113 @@ static void test_mutex_fairness_bound(void **state)
     run_in_runtime(2, fairness_main, NULL);
 }
 
+/* ---- unlocks by callers that do not hold the mutex, against holders ----
+ * The unlock's ownership check reads the holder word while the mutex is
+ * quiet and the lock word once it has had waiters (include/plaza/async.h
+ * argues both are exact).  Here tasks and a plain thread that never lock
+ * call unlock without pause (and now and then hold it properly, so that
+ * their own ids have been in both words) while holders take and release
+ * the mutex: first one holder (the mutex is mostly quiet), then 16 that
+ * park.  Every stray unlock must return -EPERM and change nothing; one
+ * that got through would let two holders in at once, or end with a count
+ * short. */
+
+static pz_async_mutex_t su_m;
+static _Atomic bool su_stop;
+static _Atomic long su_rejected;
+static long su_counter;
+static _Atomic int su_inside;
+
+static _Atomic long su_stray_holds;
+
+/* Holds the mutex now and then itself, so that its own id has been in the
+ * holder word and the lock word before its stray unlocks. */
+static void *su_stray(void *arg)
+{
+    (void)arg;
+    long n = 0;
+    while (!atomic_load_explicit(&su_stop, memory_order_relaxed)) {
+        if (n % 256 == 0) {
+            CHECK_EQ(pz_async_mutex_lock(&su_m), 0);
+            CHECK_EQ(atomic_fetch_add(&su_inside, 1), 0);
+            su_counter++;
+            CHECK_EQ(atomic_fetch_sub(&su_inside, 1), 1);
+            CHECK_EQ(pz_async_mutex_unlock(&su_m), 0);
+            atomic_fetch_add(&su_stray_holds, 1);
+        }
+        CHECK_EQ(pz_async_mutex_unlock(&su_m), -EPERM);
+        n++;
+        if (n % 64 == 0 && pz_self())
+            pz_yield();
+    }
+    atomic_fetch_add(&su_rejected, n);
+    return NULL;
+}
+
+static void *su_holder(void *arg)
+{
+    long rounds = (long)(intptr_t)arg;
+    for (long k = 0; k < rounds; k++) {
+        if (k % 3 == 0) {
+            while (!pz_async_mutex_trylock(&su_m))
+                pz_yield();
+        } else {
+            CHECK_EQ(pz_async_mutex_lock(&su_m), 0);
+        }
+        CHECK_EQ(atomic_fetch_add(&su_inside, 1), 0);
+        su_counter++;
+        if (k % 7 == 0)
+            pz_yield();
+        CHECK_EQ(atomic_fetch_sub(&su_inside, 1), 1);
+        CHECK_EQ(pz_async_mutex_unlock(&su_m), 0);
+    }
+    return NULL;
+}
+
+static void *su_main(void *arg)
+{
+    int holders = (int)(intptr_t)arg;
+    long rounds = SCALED(20000) / holders;
+    memset(&su_m, 0, sizeof su_m);
+    su_counter = 0;
+    atomic_store(&su_stop, false);
+    atomic_store(&su_rejected, 0);
+    atomic_store(&su_stray_holds, 0);
+    pthread_t th;
+    CHECK_EQ(pthread_create(&th, NULL, su_stray, NULL), 0);
+    pz_task_t *stray[3];
+    for (int i = 0; i < 3; i++)
+        stray[i] = pz_spawn(su_stray, NULL);
+    pz_task_t **h = malloc((size_t)holders * sizeof *h);
+    CHECK(h != NULL);
+    for (int i = 0; i < holders; i++)
+        h[i] = pz_spawn(su_holder, (void *)(intptr_t)rounds);
+    for (int i = 0; i < holders; i++)
+        CHECK_EQ(pz_join(h[i], NULL), 0);
+    free(h);
+    atomic_store(&su_stop, true);
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ(pz_join(stray[i], NULL), 0);
+    CHECK_EQ(pthread_join(th, NULL), 0);
+    CHECK_EQ(su_counter, rounds * holders + atomic_load(&su_stray_holds));
+    CHECK(atomic_load(&su_rejected) > 0);
+    CHECK_EQ(atomic_load(&su_m.state), 0);
+    CHECK_EQ(atomic_load(&su_m.holder), 0);
+    CHECK_EQ(atomic_load(&su_m.waiters) & (PZ__AMUTEX_PARKED | PZ__AMUTEX_WOKEN), 0);
+    return NULL;
+}
+
+static void test_mutex_stray_unlocks(void **state)
+{
+    (void)state;
+    /* Each rejected unlock prints a report: keep them out of the log. */
+    capture_stderr_begin();
+    run_in_runtime(0, su_main, (void *)(intptr_t)1);
+    run_in_runtime(0, su_main, (void *)(intptr_t)16);
+    const char *text = capture_stderr_end_quiet();
+    CHECK(strstr(text, "not by the unlocking") != NULL);
+}
+
 /* ---- the first waiter of a mutex against an unlock by plain store ----
  * Until a mutex first has a waiter, unlock releases it with a plain store
  * and looks at the waiter word after; the first waiter pairs that with an
@@ -277,6 +384,7 @@ static void *fw_holder(void *arg)
             ;
         atomic_store(&fw_m.state, 0);
         atomic_store(&fw_m.waiters, 0);
+        atomic_store(&fw_m.holder, 0);
         CHECK_EQ(pz_async_mutex_lock(&fw_m), 0);
         atomic_store(&fw_round, r);
         fw_busy(test_rand(&rng) % 40000);
@@ -1209,6 +1317,7 @@ int main(void)
         cmocka_unit_test(test_mutex_storm),
         cmocka_unit_test(test_mutex_fairness_bound),
         cmocka_unit_test(test_mutex_first_waiter),
+        cmocka_unit_test(test_mutex_stray_unlocks),
         cmocka_unit_test(test_semaphore_conservation),
         cmocka_unit_test(test_notify_no_lost_wakeup),
         cmocka_unit_test(test_chan_mpmc_exactly_once),

@@ -30,8 +30,8 @@ extern "C" {
 #endif
 
 /* ------------------------------------------------------------------------
- * pz_async_mutex: a lock word and a waiter word; all-zero memory is an
- * unlocked mutex.
+ * pz_async_mutex: a lock word, a waiter word and a holder word; all-zero
+ * memory is an unlocked mutex.
  *
  * state (64 bits):
  *   bit 0 LOCKED    held.
@@ -59,23 +59,40 @@ extern "C" {
  *                   waiter (so the lock word is never 0 for bargers).  Ends
  *                   when a waiter is served within 1 ms of first parking or
  *                   the queue empties.
- *   bit 4 CONTENDED the mutex has had a waiter.  Never cleared: from then
- *                   on unlock is a read-modify-write.
+ *   bit 4 CONTENDED the mutex has had a waiter.  Set with the first bit
+ *                   ever set and never cleared, so the word is 0 exactly
+ *                   until the mutex first has a waiter.
  *
- * Lock is one CAS of state 0 -> id|LOCKED.  Unlock, while the waiter word
- * is 0, is no read-modify-write at all: it checks that state holds its own
- * id (so an unlock by anyone else is reported), stores 0, and loads the
- * waiter word again.  The first waiter sets CONTENDED and runs an
- * asymmetric fence (membarrier) before it checks the lock word under the
- * bucket lock, so either that check sees the store of 0 or the unlock's
- * second load sees the waiter and wakes someone: no wake-up is lost.
- * From then on the waiter word is never 0, so unlocks take the slow path
- * (one exchange, an ordinary Dekker pair with the waiters' CAS) and no
- * waiter fences again: a fence interrupts every other core of the process,
- * and fencing at every park made the cores slower to release, so more
- * tasks parked (300 000 parks where 1 800 sufficed, in the fairness test).
- * Where the kernel has no membarrier, pz__async_unlock_by_store stays false
- * and unlock is always the slow path.
+ * holder (64 bits): a copy of the holder's id (as in state, shifted), kept
+ * while the mutex is quiet (its waiter word is 0), else 0.  Only the
+ * holder writes it: its id just after taking the lock, if it then sees the
+ * waiter word 0, and 0 before it releases.  So it is always 0 or the id of
+ * whoever holds the lock now, and a caller that finds its own id there
+ * holds the lock: what a caller that does not hold it last wrote there is
+ * 0, and every later write is another holder's.  It exists so that the
+ * quiet unlock can check ownership without loading the lock word: a load
+ * right after the locking CAS of the same address waits for the locked
+ * store to reach the cache (about 2 ns per lock and unlock on x86), where
+ * a load of another word is served at once.  A contended mutex does not
+ * write it: a second store to a line other cores are fighting over can
+ * cost a cache miss inside the section.
+ *
+ * Lock is one CAS of state 0 -> id|LOCKED (and, while quiet, a store of
+ * the holder word).  Unlock, while the waiter word is 0, is no
+ * read-modify-write at all: it checks that the holder word holds its own
+ * id (so an unlock by anyone else is reported), stores 0 there and into
+ * state, and loads the waiter word again.  The first waiter sets
+ * CONTENDED and runs an asymmetric fence (membarrier) before it checks the
+ * lock word under the bucket lock, so either that check sees the store of
+ * 0 or the unlock's second load sees the waiter and wakes someone: no
+ * wake-up is lost.  From then on the waiter word is never 0, so unlocks
+ * take the slow path (one exchange, an ordinary Dekker pair with the
+ * waiters' CAS) and no waiter fences again: a fence interrupts every other
+ * core of the process, and fencing at every park made the cores slower to
+ * release, so more tasks parked (300 000 parks where 1 800 sufficed, in
+ * the fairness test).  Where the kernel has no membarrier,
+ * pz__async_unlock_by_store stays false and unlock is always the slow
+ * path.
  *
  * Fairness: running tasks barge (and spin briefly while the holder runs on
  * another worker) ahead of parked waiters; a waiter that has waited about
@@ -85,9 +102,10 @@ extern "C" {
 typedef struct pz_async_mutex {
     _Atomic uint64_t state;
     _Atomic uint32_t waiters;
+    _Atomic uint64_t holder;
 } pz_async_mutex_t;
 
-#define PZ_ASYNC_MUTEX_INIT {0, 0}
+#define PZ_ASYNC_MUTEX_INIT {0, 0, 0}
 #define PZ__AMUTEX_LOCKED 1u
 #define PZ__AMUTEX_OWNER_SHIFT 4
 #define PZ__AMUTEX_THREAD_BIT (1ull << 58)
@@ -101,30 +119,48 @@ typedef struct pz_async_mutex {
  * with a plain store (see above). */
 extern _Atomic bool pz__async_unlock_by_store;
 
-/* The caller's holder id (see bits 4..63 above), already shifted into
- * place. */
-uint64_t pz__async_self_bits(void);
+/* The caller's id, shifted into place (see above).  Declared const
+ * although it reads thread-local state: within one activation of a
+ * function the caller is always the same task (a task that moves to
+ * another worker keeps its id) or the same plain thread, so the compiler
+ * may compute it once per function, and out of a loop.  What it must not
+ * do is keep a thread-local address across a switch, and as the call is
+ * out of line, it cannot. */
+uint64_t pz__async_self_bits(void) __attribute__((const));
 int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadline);
 int pz__async_mutex_unlock_slow(pz_async_mutex_t *m, uint64_t self);
 int pz__async_mutex_wake_released(pz_async_mutex_t *m);
+
+/* One attempt to take a free mutex.  The waiter word is read after the
+ * CAS, when the line is ours: a load before it would fetch the line shared
+ * and the CAS fetch it again. */
+static inline bool pz__async_mutex_take(pz_async_mutex_t *m, uint64_t self)
+{
+    uint64_t unlocked = 0;
+    if (!atomic_compare_exchange_weak_explicit(&m->state, &unlocked, self | PZ__AMUTEX_LOCKED, memory_order_acquire,
+                                               memory_order_relaxed))
+        return false;
+    if (atomic_load_explicit(&m->waiters, memory_order_relaxed) == 0)
+        atomic_store_explicit(&m->holder, self, memory_order_relaxed);
+    return true;
+}
 
 /* Returns true with the mutex held, false if it is held by anyone (or
  * being handed to a waiter). */
 static inline bool pz_async_mutex_trylock(pz_async_mutex_t *m)
 {
-    uint64_t unlocked = 0;
-    if (atomic_load_explicit(&m->state, memory_order_relaxed) != 0)
-        return false;
-    return atomic_compare_exchange_strong_explicit(&m->state, &unlocked, pz__async_self_bits() | PZ__AMUTEX_LOCKED,
-                                                   memory_order_acquire, memory_order_relaxed);
+    while (atomic_load_explicit(&m->state, memory_order_relaxed) == 0) {
+        if (pz__async_mutex_take(m, pz__async_self_bits()))
+            return true;
+    }
+    return false;
 }
 
 /* Returns 0 with the mutex held, -ETIMEDOUT at the deadline or -ECANCELED. */
 static inline int pz_async_mutex_lock_until(pz_async_mutex_t *m, int64_t deadline)
 {
-    uint64_t self = pz__async_self_bits(), unlocked = 0;
-    if (atomic_compare_exchange_weak_explicit(&m->state, &unlocked, self | PZ__AMUTEX_LOCKED, memory_order_acquire,
-                                              memory_order_relaxed))
+    uint64_t self = pz__async_self_bits();
+    if (pz__async_mutex_take(m, self))
         return 0;
     return pz__async_mutex_lock_slow(m, self, deadline);
 }
@@ -143,9 +179,10 @@ static inline int pz_async_mutex_lock(pz_async_mutex_t *m)
 static inline int pz_async_mutex_unlock(pz_async_mutex_t *m)
 {
     uint64_t self = pz__async_self_bits();
-    if (atomic_load_explicit(&m->state, memory_order_relaxed) == (self | PZ__AMUTEX_LOCKED) &&
+    if (atomic_load_explicit(&m->holder, memory_order_relaxed) == self &&
         atomic_load_explicit(&m->waiters, memory_order_relaxed) == 0 &&
         atomic_load_explicit(&pz__async_unlock_by_store, memory_order_relaxed)) {
+        atomic_store_explicit(&m->holder, 0, memory_order_relaxed);
         atomic_store_explicit(&m->state, 0, memory_order_release);
         /* The hardware half of this Dekker pair is the waiter's fence.
          * Anything in the waiter word now (even without PARKED: a waiter
@@ -167,7 +204,7 @@ static inline bool pz_async_mutex_is_locked(pz_async_mutex_t *m)
 
 /* The pz_task_id of the task holding the mutex, or PZ__AMUTEX_THREAD_BIT |
  * n for the n-th plain thread that has used an async mutex as its holder
- * thread; 0 if the mutex is free (or being handed over this instant).  A
+ * thread; 0 if the mutex is free (or at the instant it changes hands).  A
  * snapshot, for reports and diagnostics. */
 static inline uint64_t pz_async_mutex_holder(pz_async_mutex_t *m)
 {

@@ -158,8 +158,7 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadli
          * raced with the waiter turning it on: then anyone may take it). */
         uint64_t s = atomic_load_explicit(&m->state, memory_order_relaxed);
         if (s == 0) {
-            if (atomic_compare_exchange_weak_explicit(&m->state, &s, self | LOCKED, memory_order_acquire,
-                                                      memory_order_relaxed)) {
+            if (pz__async_mutex_take(m, self)) {
                 if (woken)
                     atomic_fetch_and_explicit(&m->waiters, ~WOKEN, memory_order_relaxed);
                 return 0;
@@ -284,6 +283,9 @@ int pz__async_mutex_unlock_slow(pz_async_mutex_t *m, uint64_t self)
     uint64_t s = atomic_load_explicit(&m->state, memory_order_relaxed);
     if (s != (self | LOCKED))
         return unlock_misuse(m, s, self);
+    /* The holder word is 0 or ours (it was quiet when we took the lock). */
+    if (atomic_load_explicit(&m->holder, memory_order_relaxed))
+        atomic_store_explicit(&m->holder, 0, memory_order_relaxed);
     uint32_t f = atomic_load_explicit(&m->waiters, memory_order_relaxed);
     if ((f & STARVING) || (f & (PARKED | WOKEN)) == PARKED) {
         pz_unpark_one(m, unlock_decide, m);

@@ -37,10 +37,11 @@ void pz__spin_lock_slow(pz__spin *s)
     }
 }
 
-/* The caller's holder id for pz_async_mutex, shifted into place (see the
- * word in plaza/async.h): the running task's id, or for a thread that runs
- * no task a per-thread number with PZ__AMUTEX_THREAD_BIT.  It lives here so
- * that the lock and unlock fast paths pay one out-of-line call. */
+/* The caller's id for pz_async_mutex, shifted into place (see the words
+ * in plaza/async.h): the running task's id, or for a thread that runs no
+ * task a per-thread number with PZ__AMUTEX_THREAD_BIT.  It lives here, out
+ * of line, so that no caller can keep the thread-local address across a
+ * task switch. */
 static _Atomic uint64_t next_thread_number = 1;
 static __thread uint64_t thread_bits __attribute__((tls_model("initial-exec")));
 
