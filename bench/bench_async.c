@@ -260,7 +260,7 @@ static void run_semaphore(const bench_args *a)
 
 struct pp {
     pz_chan_t to, back;
-    uint64_t buf_to, buf_back;
+    uint64_t buf_to[PZ_CHAN_BUFFER_SIZE(sizeof(uint64_t), 1) / 8], buf_back[PZ_CHAN_BUFFER_SIZE(sizeof(uint64_t), 1) / 8];
     long iters;
     int64_t elapsed;
 };
@@ -280,8 +280,9 @@ static void *pp_echo(void *arg)
 static void *pp_main(void *arg)
 {
     struct pp *p = arg;
-    pz_chan_init(&p->to, sizeof(uint64_t), 1, &p->buf_to);
-    pz_chan_init(&p->back, sizeof(uint64_t), 1, &p->buf_back);
+    bench_check(pz_chan_init(&p->to, sizeof(uint64_t), 1, p->buf_to, sizeof p->buf_to) == 0, "chan_pingpong: init");
+    bench_check(pz_chan_init(&p->back, sizeof(uint64_t), 1, p->buf_back, sizeof p->buf_back) == 0,
+                "chan_pingpong: init");
     int64_t t0 = pz_now();
     pz_task_t *t = pz_spawn(pp_echo, p);
     uint64_t v = 0;

@@ -467,11 +467,19 @@ static void *chan_send_one(void *arg)
 static void *chan_basics(void *arg)
 {
     (void)arg;
-    long buf[4], v;
+    uint64_t buf[PZ_CHAN_BUFFER_SIZE(sizeof(long), 4) / 8 + 1];
+    long v;
     pz_chan_t ch;
-    CHECK_EQ(pz_chan_init(&ch, 0, 4, buf), -EINVAL);
-    CHECK_EQ(pz_chan_init(&ch, sizeof(long), 4, NULL), -EINVAL);
-    CHECK_EQ(pz_chan_init(&ch, sizeof(long), 4, buf), 0);
+    CHECK_EQ(PZ_CHAN_BUFFER_SIZE(sizeof(long), 4), 64);
+    CHECK_EQ(PZ_CHAN_BUFFER_SIZE(3, 5), 80);
+    CHECK_EQ(pz_chan_init(&ch, 0, 4, buf, sizeof buf), -EINVAL);
+    CHECK_EQ(pz_chan_init(&ch, sizeof(long), 4, NULL, sizeof buf), -EINVAL);
+    CHECK_EQ(pz_chan_init(&ch, sizeof(long), 4, buf, 63), -EINVAL);                  /* short */
+    CHECK_EQ(pz_chan_init(&ch, sizeof(long), 4, (char *)buf + 4, 64), -EINVAL);        /* misaligned */
+    CHECK_EQ(pz_chan_init(&ch, sizeof(long), (size_t)1 << 41, buf, SIZE_MAX), -EINVAL); /* too many */
+    CHECK(pz_chan_create(0, 4) == NULL);
+    CHECK(pz_chan_create(16, SIZE_MAX / 8) == NULL);
+    CHECK_EQ(pz_chan_init(&ch, sizeof(long), 4, buf, sizeof buf), 0);
     for (long i = 0; i < 4; i++)
         CHECK_EQ(pz_chan_send(&ch, &i), 0);
     v = 9;
@@ -527,7 +535,7 @@ static void *chan_basics(void *arg)
 
     /* Rendezvous: a send completes only when a receiver takes the item. */
     pz_chan_t rv;
-    CHECK_EQ(pz_chan_init(&rv, sizeof(long), 0, NULL), 0);
+    CHECK_EQ(pz_chan_init(&rv, sizeof(long), 0, NULL, 0), 0);
     CHECK_EQ(pz_chan_try_send(&rv, &v), -EAGAIN);
     CHECK_EQ(pz_chan_send_until(&rv, &v, pz_now() + MS), -ETIMEDOUT);
     CHECK_EQ(pz_chan_try_recv(&rv, &v), -EAGAIN);

@@ -1,34 +1,59 @@
 /*
  * pz_chan.  Layout in include/plaza/async.h.
  *
- * Everything in the channel (ring, closed flag, both waiter queues) is
- * guarded by its spin lock, held for a copy and a few pointer moves, never
- * across a wait.  Invariants while the lock is free:
- *   - receivers wait only while the buffer is empty (len == 0);
- *   - senders wait only while the buffer is full (len == capacity; always
- *     so for a rendezvous channel, capacity 0);
- *   - nobody waits on a closed channel.
+ * The ring (buffered channels).  A position is lap | index: index counts
+ * cells from 0 to capacity - 1, and lap is a multiple of one_lap (the
+ * smallest power of two above capacity), so moving past the last cell
+ * adds one_lap and clears the index.  tail is the position the next send
+ * fills, head the one the next receive empties.  Each cell's stamp says
+ * whose turn it is:
+ *   stamp == p           empty, for the send at position p;
+ *   stamp == p + 1       full, for the receive at position p;
+ * A send at tail t CASes tail to the next position, copies the item in and
+ * stores stamp t + 1 (release); a receive at head h CASes head, copies the
+ * item out and stores stamp h + one_lap, the position that fills the cell
+ * one lap later.  A CAS claims a cell, the stamp publishes it, so a sender
+ * and a receiver never touch one cell at the same time.  Full: the cell at
+ * tail still holds the previous lap's item and head + one_lap == tail.
+ * Empty: the cell at head is not filled yet and tail == head (if tail has
+ * moved, a sender has claimed the cell and is copying: wait for it).
+ * Close sets PZ__CHAN_CLOSED in tail, which fails every later CAS of a
+ * send: a send either claimed its cell before the close or fails.
  *
- * A waiter is a pz__chan_waiter on its own stack, linked in the channel's
- * queue.  It does not go through the parking lot: the channel lock already
- * orders everything, so a task waiter parks with the runtime's task park
- * directly (its park callback releases the channel lock once the task is
- * off its stack and marked PARKED), and a thread waiter sleeps on a futex
- * in its node.  Whoever completes a waiter (a matching sender or receiver,
- * or close) does so under the channel lock: it unlinks the node, copies
- * the item, stores the result, and claims the task's park (or, for a
- * thread, clears the futex word and wakes it) before releasing the lock; a
- * claimed task is made runnable after the lock is released, and the node
- * is not touched after that.  So a node is only ever completed while its
- * waiter is still inside this file.  (Through the lot, each wait and wake
- * also took a bucket lock and read the clock: a task ping-pong cost about
- * 230 ns a round trip that way.)
+ * Waiting.  A send that finds the ring full, or a receive that finds it
+ * empty, takes the channel's spin lock, sets its side's bit in the waiting
+ * word by a seq_cst read-modify-write, and tries once more; only then does
+ * it queue a node on its stack and park.  A send that filled a cell loads
+ * the waiting word after its seq_cst CAS of tail; a receiver's last try
+ * loads tail after a seq_cst fence.  That is a Dekker pair: either the
+ * sender sees the receivers' bit and serves the first waiting receiver, or
+ * the receiver's try sees tail moved and does not park.  The same holds
+ * with the sides swapped (head, the senders' bit).  Serving is done under
+ * the lock: take one item out of the ring (or put the sender's item in),
+ * unlink the node, store the result, claim the task's park.  The bits are
+ * set and cleared under the lock only, and cleared when a queue empties;
+ * a stale bit costs a look under the lock, never a lost wake-up.
+ *
+ * Everything else (both waiter queues, the whole of a rendezvous channel)
+ * is guarded by the lock, held for a copy and a few pointer moves, never
+ * across a wait.  A waiter does not go through the parking lot: the lock
+ * already orders everything, so a task waiter parks with the runtime's
+ * task park directly (its park callback releases the channel lock once the
+ * task is off its stack and marked PARKED), and a thread waiter sleeps on
+ * a futex in its node.  Whoever completes a waiter (a matching sender or
+ * receiver, or close) does so under the channel lock: it unlinks the node,
+ * copies the item, stores the result, and claims the task's park (or, for
+ * a thread, clears the futex word and wakes it) before releasing the lock;
+ * a claimed task is made runnable after the lock is released, and the
+ * node is not touched after that.  So a node is only ever completed while
+ * its waiter is still inside this file.
  *
  * Cancel-safety: a waiter whose park ended by deadline or cancel takes the
  * channel lock and looks at its node.  Still queued: it unlinks itself and
  * fails, having sent or received nothing.  Already completed (its item was
- * taken, or an item was copied into its destination, at that instant): it
- * keeps the outcome and returns it (0), so no item is lost or duplicated.
+ * put in the ring or handed over, or an item was copied into its
+ * destination, at that instant): it keeps the outcome and returns it (0),
+ * so no item is lost or duplicated.
  */
 #define _GNU_SOURCE
 #include "plaza/async.h"
@@ -41,6 +66,10 @@
 #include "../runtime/internal.h"
 
 #define PENDING 1 /* a node's result while it is queued */
+#define CLOSED PZ__CHAN_CLOSED
+#define SENDERS_WAIT PZ__CHAN_SENDERS_WAIT
+#define RECEIVERS_WAIT PZ__CHAN_RECEIVERS_WAIT
+#define STAMP_SIZE 8
 
 struct pz__chan_waiter {
     pz__chan_waiter *next, *prev;
@@ -82,30 +111,69 @@ static bool unlock_after_park(void *ctx)
     return true;
 }
 
-int pz_chan_init(pz_chan_t *ch, size_t item_size, size_t capacity, void *buffer)
+/* Items are copied with their size known at run time; the common small
+ * sizes get a fixed-size copy instead of a call. */
+static inline void copy_item(void *dst, const void *src, size_t n)
 {
-    if (!ch || item_size == 0 || (capacity && !buffer) || (capacity && item_size > SIZE_MAX / capacity))
+    switch (n) {
+    case 4:
+        memcpy(dst, src, 4);
+        break;
+    case 8:
+        memcpy(dst, src, 8);
+        break;
+    case 16:
+        memcpy(dst, src, 16);
+        break;
+    default:
+        memcpy(dst, src, n);
+    }
+}
+
+static inline size_t cell_size_for(size_t item_size)
+{
+    return STAMP_SIZE + ((item_size + 7) & ~(size_t)7);
+}
+
+int pz_chan_init(pz_chan_t *ch, size_t item_size, size_t capacity, void *buffer, size_t buffer_size)
+{
+    if (!ch || item_size == 0 || item_size > SIZE_MAX / 2)
         return -EINVAL;
+    size_t cell = cell_size_for(item_size);
+    if (capacity) {
+        if (!buffer || ((uintptr_t)buffer & 7) || capacity > (1ull << 40) || capacity > SIZE_MAX / cell ||
+            buffer_size < capacity * cell)
+            return -EINVAL;
+    }
     memset(ch, 0, sizeof *ch);
-    atomic_init(&ch->lock, 0);
     ch->item_size = item_size;
+    ch->cell_size = cell;
     ch->capacity = capacity;
-    ch->buffer = buffer;
+    ch->cells = buffer;
+    ch->one_lap = 1;
+    while (ch->one_lap <= capacity)
+        ch->one_lap <<= 1;
+    for (size_t i = 0; i < capacity; i++)
+        atomic_init((_Atomic uint64_t *)(ch->cells + i * cell), (uint64_t)i);
+    atomic_init(&ch->tail, 0);
+    atomic_init(&ch->head, 0);
+    atomic_init(&ch->waiting, 0);
+    atomic_init(&ch->lock, 0);
     return 0;
 }
 
 pz_chan_t *pz_chan_create(size_t item_size, size_t capacity)
 {
-    if (item_size == 0 || (capacity && item_size > SIZE_MAX / capacity))
+    if (item_size == 0 || item_size > SIZE_MAX / 2 || (capacity && capacity > SIZE_MAX / cell_size_for(item_size)))
         return NULL;
+    size_t bytes = capacity * cell_size_for(item_size);
     pz_chan_t *ch = malloc(sizeof *ch);
-    void *buf = capacity ? malloc(item_size * capacity) : NULL;
-    if (!ch || (capacity && !buf)) {
+    void *buf = capacity ? malloc(bytes) : NULL;
+    if (!ch || (capacity && !buf) || pz_chan_init(ch, item_size, capacity, buf, bytes) != 0) {
         free(ch);
         free(buf);
         return NULL;
     }
-    pz_chan_init(ch, item_size, capacity, buf);
     ch->owns_buffer = true;
     return ch;
 }
@@ -115,16 +183,108 @@ void pz_chan_destroy(pz_chan_t *ch)
     if (!ch)
         return;
     if (ch->owns_buffer)
-        free(ch->buffer);
+        free(ch->cells);
     free(ch);
+}
+
+static inline _Atomic uint64_t *cell_stamp(pz_chan_t *ch, uint64_t pos)
+{
+    return (_Atomic uint64_t *)(ch->cells + (pos & (ch->one_lap - 1)) * ch->cell_size);
+}
+
+static inline unsigned char *cell_item(pz_chan_t *ch, uint64_t pos)
+{
+    return ch->cells + (pos & (ch->one_lap - 1)) * ch->cell_size + STAMP_SIZE;
+}
+
+/* The position after pos. */
+static inline uint64_t next_pos(pz_chan_t *ch, uint64_t pos)
+{
+    uint64_t index = pos & (ch->one_lap - 1);
+    return index + 1 < ch->capacity ? pos + 1 : (pos & ~(ch->one_lap - 1)) + ch->one_lap;
+}
+
+/* One send into the ring: 0, -EAGAIN (full) or -EPIPE (closed).  Full is
+ * decided by a seq_cst load of head when exact (the last try before
+ * parking, after the seq_cst read-modify-write of the waiting word: a
+ * Dekker pair with a receive's CAS of head and load of the waiting word),
+ * by a relaxed one otherwise: a send that races with a receive may then
+ * fail where it could have succeeded, as if it had come a moment
+ * earlier. */
+static int ring_push(pz_chan_t *ch, const void *item, bool exact)
+{
+    uint64_t tail = atomic_load_explicit(&ch->tail, memory_order_relaxed);
+    for (;;) {
+        if (tail & CLOSED)
+            return -EPIPE;
+        _Atomic uint64_t *stamp = cell_stamp(ch, tail);
+        uint64_t st = atomic_load_explicit(stamp, memory_order_acquire);
+        if (st == tail) {
+            if (atomic_compare_exchange_weak_explicit(&ch->tail, &tail, next_pos(ch, tail), memory_order_seq_cst,
+                                                      memory_order_relaxed)) {
+                copy_item(cell_item(ch, tail), item, ch->item_size);
+                atomic_store_explicit(stamp, tail + 1, memory_order_release);
+                return 0;
+            }
+            continue; /* tail holds the new value */
+        }
+        if (st + ch->one_lap == tail + 1) {
+            /* The cell holds the previous lap's item: full, unless a
+             * receiver has claimed it and is copying it out. */
+            uint64_t head = atomic_load_explicit(&ch->head, exact ? memory_order_seq_cst : memory_order_relaxed);
+            if (head + ch->one_lap == tail)
+                return -EAGAIN;
+        }
+        pz__arch_cpu_relax();
+        tail = atomic_load_explicit(&ch->tail, memory_order_relaxed);
+    }
+}
+
+/* One receive from the ring: 0, -EAGAIN (empty) or -EPIPE (empty and
+ * closed); exact as for ring_push. */
+static int ring_pop(pz_chan_t *ch, void *item, bool exact)
+{
+    uint64_t head = atomic_load_explicit(&ch->head, memory_order_relaxed);
+    for (;;) {
+        _Atomic uint64_t *stamp = cell_stamp(ch, head);
+        uint64_t st = atomic_load_explicit(stamp, memory_order_acquire);
+        if (st == head + 1) {
+            if (atomic_compare_exchange_weak_explicit(&ch->head, &head, next_pos(ch, head), memory_order_seq_cst,
+                                                      memory_order_relaxed)) {
+                copy_item(item, cell_item(ch, head), ch->item_size);
+                atomic_store_explicit(stamp, head + ch->one_lap, memory_order_release);
+                return 0;
+            }
+            continue;
+        }
+        if (st == head) {
+            /* Not filled in this lap: empty, unless a sender has claimed
+             * the cell and is copying its item in. */
+            uint64_t tail = atomic_load_explicit(&ch->tail, exact ? memory_order_seq_cst : memory_order_relaxed);
+            if ((tail & ~CLOSED) == head)
+                return (tail & CLOSED) ? -EPIPE : -EAGAIN;
+        }
+        pz__arch_cpu_relax();
+        head = atomic_load_explicit(&ch->head, memory_order_relaxed);
+    }
 }
 
 size_t pz_chan_len(pz_chan_t *ch)
 {
-    chan_lock(ch);
-    size_t n = ch->len;
-    chan_unlock(ch);
-    return n;
+    if (!ch->capacity)
+        return 0;
+    for (;;) {
+        uint64_t tail = atomic_load_explicit(&ch->tail, memory_order_seq_cst) & ~CLOSED;
+        uint64_t head = atomic_load_explicit(&ch->head, memory_order_seq_cst);
+        if ((atomic_load_explicit(&ch->tail, memory_order_seq_cst) & ~CLOSED) != tail)
+            continue;
+        uint64_t hi = head & (ch->one_lap - 1), ti = tail & (ch->one_lap - 1);
+        if (hi < ti)
+            return ti - hi;
+        if (hi > ti)
+            return ch->capacity - hi + ti;
+        return tail == head ? 0 : ch->capacity;
+    }
 }
 
 static void push_back(pz__chan_waiter **head, pz__chan_waiter **tail, pz__chan_waiter *w)
@@ -177,17 +337,21 @@ static void ready(pz_task_t *t)
         pz__task_ready(t, true);
 }
 
-static inline unsigned char *slot(pz_chan_t *ch, size_t i)
+/* Under the lock: clears a side's waiting bit if its queue is empty.  A
+ * bit is set before its side queues anyone and cleared only here, so it
+ * is set whenever someone waits.  A bit left set with nobody queued costs
+ * the next operation of the other side one look under the lock, which
+ * clears it; so serving the last waiter leaves the bit alone (a
+ * ping-pong's receiver would set it again at once). */
+static void clear_bit_if_empty(pz_chan_t *ch, pz__chan_waiter *queue, uint32_t bit)
 {
-    size_t k = ch->head + i;
-    if (k >= ch->capacity)
-        k -= ch->capacity;
-    return ch->buffer + k * ch->item_size;
+    if (!queue && (atomic_load_explicit(&ch->waiting, memory_order_relaxed) & bit))
+        atomic_fetch_and_explicit(&ch->waiting, ~bit, memory_order_relaxed);
 }
 
 /* Parks w (already queued) with the lock held; returns the outcome with the
  * lock released. */
-static int wait_node(pz_chan_t *ch, pz__chan_waiter *w, pz__chan_waiter **head, pz__chan_waiter **tail,
+static int wait_node(pz_chan_t *ch, pz__chan_waiter *w, pz__chan_waiter **head, pz__chan_waiter **tail, uint32_t bit,
                      int64_t deadline)
 {
     int r;
@@ -221,6 +385,7 @@ static int wait_node(pz_chan_t *ch, pz__chan_waiter *w, pz__chan_waiter **head, 
     chan_lock(ch);
     if (w->result == PENDING) {
         unlink_node(head, tail, w);
+        clear_bit_if_empty(ch, *head, bit);
         chan_unlock(ch);
         return r;
     }
@@ -229,26 +394,129 @@ static int wait_node(pz_chan_t *ch, pz__chan_waiter *w, pz__chan_waiter **head, 
     return r;
 }
 
-static int send_impl(pz_chan_t *ch, const void *item, int64_t deadline, bool try_only)
+/* After a send filled a cell and saw receivers waiting: hands the oldest
+ * item to the first of them (unless other receivers took it first). */
+static void serve_receiver(pz_chan_t *ch)
+{
+    pz_task_t *t = NULL;
+    chan_lock(ch);
+    pz__chan_waiter *rx = ch->receivers;
+    if (rx) {
+        int r = ring_pop(ch, rx->item, true);
+        if (r != -EAGAIN) {
+            unlink_node(&ch->receivers, &ch->receivers_tail, rx);
+            t = complete(rx, r);
+        }
+    } else {
+        clear_bit_if_empty(ch, rx, RECEIVERS_WAIT);
+    }
+    chan_unlock(ch);
+    ready(t);
+}
+
+/* After a receive emptied a cell and saw senders waiting: puts the first
+ * waiting sender's item into the ring (unless other senders filled it
+ * first). */
+static void serve_sender(pz_chan_t *ch)
+{
+    pz_task_t *t = NULL;
+    chan_lock(ch);
+    pz__chan_waiter *tx = ch->senders;
+    if (tx) {
+        int r = ring_push(ch, tx->item, true);
+        if (r != -EAGAIN) {
+            unlink_node(&ch->senders, &ch->senders_tail, tx);
+            t = complete(tx, r);
+        }
+    } else {
+        clear_bit_if_empty(ch, tx, SENDERS_WAIT);
+    }
+    chan_unlock(ch);
+    ready(t);
+}
+
+/* Under the lock: whether the ring is empty, so that a send may hand its
+ * item straight to a queued receiver without passing an item already in
+ * the ring. */
+static bool ring_empty(pz_chan_t *ch)
+{
+    return (atomic_load_explicit(&ch->tail, memory_order_seq_cst) & ~CLOSED) ==
+           atomic_load_explicit(&ch->head, memory_order_relaxed);
+}
+
+static int ring_send(pz_chan_t *ch, const void *item, int64_t deadline, bool try_only)
+{
+    if (atomic_load_explicit(&ch->waiting, memory_order_relaxed) & RECEIVERS_WAIT) {
+        /* Receivers are waiting: give the item to the first one directly,
+         * as a rendezvous does, rather than through the ring. */
+        chan_lock(ch);
+        pz__chan_waiter *rx = ch->receivers;
+        if (!rx) {
+            clear_bit_if_empty(ch, rx, RECEIVERS_WAIT);
+        } else if (ring_empty(ch) && !(atomic_load_explicit(&ch->tail, memory_order_relaxed) & CLOSED)) {
+            unlink_node(&ch->receivers, &ch->receivers_tail, rx);
+            copy_item(rx->item, item, ch->item_size);
+            pz_task_t *t = complete(rx, 0);
+            chan_unlock(ch);
+            ready(t);
+            return 0;
+        }
+        chan_unlock(ch);
+    }
+    int r = ring_push(ch, item, false);
+    if (r == -EAGAIN && !try_only) {
+        chan_lock(ch);
+        atomic_fetch_or_explicit(&ch->waiting, SENDERS_WAIT, memory_order_seq_cst);
+        r = ring_push(ch, item, true);
+        if (r == -EAGAIN) {
+            pz__chan_waiter w = {.item = (void *)(uintptr_t)item, .result = PENDING};
+            push_back(&ch->senders, &ch->senders_tail, &w);
+            return wait_node(ch, &w, &ch->senders, &ch->senders_tail, SENDERS_WAIT, deadline);
+        }
+        clear_bit_if_empty(ch, ch->senders, SENDERS_WAIT);
+        chan_unlock(ch);
+    }
+    if (r == 0 && (atomic_load_explicit(&ch->waiting, memory_order_seq_cst) & RECEIVERS_WAIT))
+        serve_receiver(ch);
+    return r;
+}
+
+static int ring_recv(pz_chan_t *ch, void *item, int64_t deadline, bool try_only)
+{
+    int r = ring_pop(ch, item, false);
+    if (r == -EAGAIN && !try_only) {
+        chan_lock(ch);
+        atomic_fetch_or_explicit(&ch->waiting, RECEIVERS_WAIT, memory_order_seq_cst);
+        r = ring_pop(ch, item, true);
+        if (r == -EAGAIN) {
+            pz__chan_waiter w = {.item = item, .result = PENDING};
+            push_back(&ch->receivers, &ch->receivers_tail, &w);
+            return wait_node(ch, &w, &ch->receivers, &ch->receivers_tail, RECEIVERS_WAIT, deadline);
+        }
+        clear_bit_if_empty(ch, ch->receivers, RECEIVERS_WAIT);
+        chan_unlock(ch);
+    }
+    if (r == 0 && (atomic_load_explicit(&ch->waiting, memory_order_seq_cst) & SENDERS_WAIT))
+        serve_sender(ch);
+    return r;
+}
+
+/* Rendezvous: everything under the lock; closed is tail's CLOSED bit,
+ * written under the lock too. */
+static int rendezvous_send(pz_chan_t *ch, const void *item, int64_t deadline, bool try_only)
 {
     chan_lock(ch);
-    if (ch->closed) {
+    if (atomic_load_explicit(&ch->tail, memory_order_relaxed) & CLOSED) {
         chan_unlock(ch);
         return -EPIPE;
     }
     pz__chan_waiter *rx = ch->receivers;
     if (rx) {
         unlink_node(&ch->receivers, &ch->receivers_tail, rx);
-        memcpy(rx->item, item, ch->item_size);
+        copy_item(rx->item, item, ch->item_size);
         pz_task_t *t = complete(rx, 0);
         chan_unlock(ch);
         ready(t);
-        return 0;
-    }
-    if (ch->len < ch->capacity) {
-        memcpy(slot(ch, ch->len), item, ch->item_size);
-        ch->len++;
-        chan_unlock(ch);
         return 0;
     }
     if (try_only) {
@@ -257,41 +525,22 @@ static int send_impl(pz_chan_t *ch, const void *item, int64_t deadline, bool try
     }
     pz__chan_waiter w = {.item = (void *)(uintptr_t)item, .result = PENDING};
     push_back(&ch->senders, &ch->senders_tail, &w);
-    return wait_node(ch, &w, &ch->senders, &ch->senders_tail, deadline);
+    return wait_node(ch, &w, &ch->senders, &ch->senders_tail, 0, deadline);
 }
 
-static int recv_impl(pz_chan_t *ch, void *item, int64_t deadline, bool try_only)
+static int rendezvous_recv(pz_chan_t *ch, void *item, int64_t deadline, bool try_only)
 {
     chan_lock(ch);
-    if (ch->len) {
-        memcpy(item, slot(ch, 0), ch->item_size);
-        ch->head = ch->head + 1 == ch->capacity ? 0 : ch->head + 1;
-        ch->len--;
-        pz__chan_waiter *tx = ch->senders;
-        pz_task_t *t = NULL;
-        if (tx) {
-            /* The buffer was full: the first waiting sender's item takes
-             * the freed slot, keeping the order of sends. */
-            unlink_node(&ch->senders, &ch->senders_tail, tx);
-            memcpy(slot(ch, ch->len), tx->item, ch->item_size);
-            ch->len++;
-            t = complete(tx, 0);
-        }
-        chan_unlock(ch);
-        ready(t);
-        return 0;
-    }
     pz__chan_waiter *tx = ch->senders;
     if (tx) {
-        /* Rendezvous: take the item straight from the sender. */
         unlink_node(&ch->senders, &ch->senders_tail, tx);
-        memcpy(item, tx->item, ch->item_size);
+        copy_item(item, tx->item, ch->item_size);
         pz_task_t *t = complete(tx, 0);
         chan_unlock(ch);
         ready(t);
         return 0;
     }
-    if (ch->closed) {
+    if (atomic_load_explicit(&ch->tail, memory_order_relaxed) & CLOSED) {
         chan_unlock(ch);
         return -EPIPE;
     }
@@ -301,7 +550,17 @@ static int recv_impl(pz_chan_t *ch, void *item, int64_t deadline, bool try_only)
     }
     pz__chan_waiter w = {.item = item, .result = PENDING};
     push_back(&ch->receivers, &ch->receivers_tail, &w);
-    return wait_node(ch, &w, &ch->receivers, &ch->receivers_tail, deadline);
+    return wait_node(ch, &w, &ch->receivers, &ch->receivers_tail, 0, deadline);
+}
+
+static int send_impl(pz_chan_t *ch, const void *item, int64_t deadline, bool try_only)
+{
+    return ch->capacity ? ring_send(ch, item, deadline, try_only) : rendezvous_send(ch, item, deadline, try_only);
+}
+
+static int recv_impl(pz_chan_t *ch, void *item, int64_t deadline, bool try_only)
+{
+    return ch->capacity ? ring_recv(ch, item, deadline, try_only) : rendezvous_recv(ch, item, deadline, try_only);
 }
 
 int pz_chan_send_until(pz_chan_t *ch, const void *item, int64_t deadline)
@@ -338,21 +597,27 @@ void pz_chan_close(pz_chan_t *ch)
 {
     /* Claimed tasks are collected through their nodes' next links (a
      * claimed task does not run, so its node stays valid until it is made
-     * runnable) and made runnable once the lock is released. */
+     * runnable) and made runnable once the lock is released.  Waiting
+     * senders fail (their items never entered the ring); each waiting
+     * receiver gets an item still in the ring, or -EPIPE. */
     pz__chan_waiter *claimed = NULL;
     chan_lock(ch);
-    ch->closed = true;
+    atomic_fetch_or_explicit(&ch->tail, CLOSED, memory_order_seq_cst);
     pz__chan_waiter **queues[2][2] = {{&ch->senders, &ch->senders_tail}, {&ch->receivers, &ch->receivers_tail}};
     for (int q = 0; q < 2; q++) {
         while (*queues[q][0]) {
             pz__chan_waiter *w = *queues[q][0];
             unlink_node(queues[q][0], queues[q][1], w);
-            if (complete(w, -EPIPE)) {
+            int r = -EPIPE;
+            if (q == 1 && ch->capacity && ring_pop(ch, w->item, true) == 0)
+                r = 0;
+            if (complete(w, r)) {
                 w->next = claimed;
                 claimed = w;
             }
         }
     }
+    atomic_store_explicit(&ch->waiting, 0, memory_order_relaxed);
     chan_unlock(ch);
     while (claimed) {
         pz__chan_waiter *next = claimed->next;
