@@ -279,6 +279,18 @@ static void *semaphore_basics(void *arg)
     CHECK_EQ(pz_semaphore_available(&s), 0);
     CHECK_EQ(pz_semaphore_release(&s, 3), 0);
     CHECK_EQ(pz_semaphore_acquire(&s, PZ_SEMAPHORE_MAX_PERMITS + 1), -EINVAL);
+    CHECK_EQ(pz_semaphore_try_acquire(&s, PZ_SEMAPHORE_MAX_PERMITS + 1), -EINVAL);
+    /* A release past the maximum adds nothing. */
+    pz_semaphore_init(&s, PZ_SEMAPHORE_MAX_PERMITS - 1);
+    CHECK_EQ(pz_semaphore_release(&s, 2), -EOVERFLOW);
+    CHECK_EQ(pz_semaphore_available(&s), PZ_SEMAPHORE_MAX_PERMITS - 1);
+    CHECK_EQ(pz_semaphore_release(&s, PZ_SEMAPHORE_MAX_PERMITS + 1), -EOVERFLOW);
+    CHECK_EQ(pz_semaphore_release(&s, 1), 0);
+    CHECK_EQ(pz_semaphore_available(&s), PZ_SEMAPHORE_MAX_PERMITS);
+    CHECK_EQ(pz_semaphore_acquire(&s, PZ_SEMAPHORE_MAX_PERMITS), 0);
+    CHECK_EQ(pz_semaphore_available(&s), 0);
+    CHECK_EQ(pz_semaphore_try_acquire(&s, 1), -EAGAIN);
+    CHECK_EQ(pz_semaphore_available(&s), 0); /* the failed try took nothing */
 
     /* A large request at the head is not overtaken by small ones. */
     pz_semaphore_init(&sem, 0);

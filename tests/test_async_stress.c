@@ -467,6 +467,70 @@ static void test_semaphore_conservation(void **state)
         run_in_runtime(2, sem_storm_main, NULL);
 }
 
+/* ---- semaphore: fast paths against waiters, few permits ----
+ * Acquire subtracts before it looks and adds back when it finds too few
+ * permits or others waiting; the count reads low meanwhile, and waiters
+ * that saw it low are served by whoever adds back (src/async/semaphore.c).
+ * Tasks and plain threads take 1-3 of 3 permits by try, by a wait that
+ * must succeed (2 s is forever here: a lost wake-up shows as a timeout)
+ * and by short waits that may time out. */
+#define SF_PERMITS 3
+static pz_semaphore_t sf_sem;
+static _Atomic long sf_held, sf_taken;
+
+static void *sf_worker(void *arg)
+{
+    uint64_t rng = (uint64_t)(intptr_t)arg * 7919u + 3;
+    for (int i = 0; i < SCALED(3000); i++) {
+        uint64_t n = 1 + test_rand(&rng) % SF_PERMITS;
+        int kind = (int)(test_rand(&rng) % 3), r;
+        if (kind == 0) {
+            for (long k = 1; (r = pz_semaphore_try_acquire(&sf_sem, n)) == -EAGAIN; k++) {
+                if (pz_self())
+                    pz_yield();
+                else if (k % 16 == 0)
+                    sched_yield();
+            }
+            CHECK_EQ(r, 0);
+        } else if (kind == 1) {
+            CHECK_EQ(pz_semaphore_acquire_until(&sf_sem, n, pz_now() + 2000 * MS), 0);
+        } else {
+            r = pz_semaphore_acquire_until(&sf_sem, n, pz_now() + (int64_t)(test_rand(&rng) % 30) * US);
+            if (r == -ETIMEDOUT)
+                continue;
+            CHECK_EQ(r, 0);
+        }
+        CHECK(atomic_fetch_add(&sf_held, (long)n) + (long)n <= SF_PERMITS);
+        atomic_fetch_add(&sf_taken, 1);
+        atomic_fetch_sub(&sf_held, (long)n);
+        CHECK_EQ(pz_semaphore_release(&sf_sem, n), 0);
+    }
+    return NULL;
+}
+
+static void *sem_fast_main(void *arg)
+{
+    (void)arg;
+    pz_semaphore_init(&sf_sem, SF_PERMITS);
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        CHECK_EQ(pthread_create(&th[i], NULL, sf_worker, (void *)(intptr_t)(100 + i)), 0);
+    pz_task_t **t = spawn_n(16, sf_worker, index_arg);
+    join_n(t, 16);
+    for (int i = 0; i < 2; i++)
+        CHECK_EQ(pthread_join(th[i], NULL), 0);
+    CHECK(atomic_load(&sf_taken) > 0);
+    CHECK_EQ(pz_semaphore_available(&sf_sem), SF_PERMITS);
+    CHECK_EQ(atomic_load(&sf_sem.state), (uint64_t)SF_PERMITS << PZ__SEM_SHIFT);
+    return NULL;
+}
+
+static void test_semaphore_fast_paths(void **state)
+{
+    (void)state;
+    run_in_runtime(2, sem_fast_main, NULL);
+}
+
 /* ---- notify: no lost wake-up ---- */
 
 static pz_notify_t nt;
@@ -1536,6 +1600,7 @@ int main(void)
         cmocka_unit_test(test_mutex_first_waiter),
         cmocka_unit_test(test_mutex_stray_unlocks),
         cmocka_unit_test(test_semaphore_conservation),
+        cmocka_unit_test(test_semaphore_fast_paths),
         cmocka_unit_test(test_notify_no_lost_wakeup),
         cmocka_unit_test(test_chan_mpmc_exactly_once),
         cmocka_unit_test(test_chan_cancel_storm),
