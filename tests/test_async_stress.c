@@ -877,6 +877,68 @@ static void test_chan_no_lost_wakeup(void **state)
     run_in_runtime(2, lost_wakeup_main, (void *)1); /* the other side a thread */
 }
 
+/* ---- both queues at once ----
+ * A channel of capacity 1 holds one item and three senders wait on it;
+ * then four receivers start together and each takes one item.  There is an
+ * item for every one of them, but while a receiver pops and serves the
+ * queued senders, another can find the ring empty and queue: the waiters
+ * of both sides are queued at once, and serving one side must look at the
+ * other again.  A receiver left waiting beside an item shows as a
+ * timeout.  Plain threads, so that preemption opens the windows. */
+#define BQ_SENDERS 3
+static pz_chan_t *bq_ch;
+static _Atomic int bq_go;
+
+static void *bq_sender(void *arg)
+{
+    (void)arg;
+    long v = 2;
+    CHECK_EQ(pz_chan_send_until(bq_ch, &v, pz_now() + 2000 * MS), 0);
+    return NULL;
+}
+
+static void *bq_receiver(void *arg)
+{
+    (void)arg;
+    long v;
+    while (!atomic_load(&bq_go))
+        ;
+    CHECK_EQ(pz_chan_recv_until(bq_ch, &v, pz_now() + 2000 * MS), 0);
+    return NULL;
+}
+
+static void *both_queues_main(void *arg)
+{
+    (void)arg;
+    for (int round = 0; round < SCALED(600); round++) {
+        bq_ch = pz_chan_create(sizeof(long), 1);
+        CHECK(bq_ch != NULL);
+        long x = 1;
+        CHECK_EQ(pz_chan_send(bq_ch, &x), 0);
+        atomic_store(&bq_go, 0);
+        pthread_t s[BQ_SENDERS], r[BQ_SENDERS + 1];
+        for (int i = 0; i < BQ_SENDERS; i++)
+            CHECK_EQ(pthread_create(&s[i], NULL, bq_sender, NULL), 0);
+        pz_sleep(300 * US); /* the senders queue */
+        for (int i = 0; i <= BQ_SENDERS; i++)
+            CHECK_EQ(pthread_create(&r[i], NULL, bq_receiver, NULL), 0);
+        atomic_store(&bq_go, 1);
+        for (int i = 0; i <= BQ_SENDERS; i++)
+            CHECK_EQ(pthread_join(r[i], NULL), 0);
+        for (int i = 0; i < BQ_SENDERS; i++)
+            CHECK_EQ(pthread_join(s[i], NULL), 0);
+        CHECK_EQ(pz_chan_len(bq_ch), 0);
+        pz_chan_destroy(bq_ch);
+    }
+    return NULL;
+}
+
+static void test_chan_both_queues(void **state)
+{
+    (void)state;
+    run_in_runtime(2, both_queues_main, NULL);
+}
+
 /* ---- close against running senders and receivers ----
  * Senders and receivers (tasks and threads) run flat out on a small
  * buffered channel when it is closed.  Every send that returned 0 must be
@@ -1607,6 +1669,7 @@ int main(void)
         cmocka_unit_test(test_chan_close_wakes_all),
         cmocka_unit_test(test_chan_close_race),
         cmocka_unit_test(test_chan_no_lost_wakeup),
+        cmocka_unit_test(test_chan_both_queues),
         cmocka_unit_test(test_chan_threads_and_tasks),
         cmocka_unit_test(test_barrier_generations),
         cmocka_unit_test(test_rwlock_exclusion),

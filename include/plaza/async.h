@@ -428,11 +428,12 @@ int pz_barrier_wait_until(pz_barrier_t *b, int64_t deadline);
  * by both ends spent 80% of a 4-producer, 1-consumer benchmark spinning).
  * Only a send that finds the ring full, a receive that finds it empty, and
  * close take the channel's spin lock: it guards the FIFO queues of waiting
- * senders and receivers (nodes on the waiters' stacks).  A receiver that
- * frees a cell while senders wait moves the first waiting sender's item
- * into the ring for it; a sender that fills a cell while receivers wait
- * takes the oldest item out for the first waiting receiver.  Each waiter
- * parks on its own node.  A rendezvous channel has no ring: every
+ * senders and receivers (nodes on the waiters' stacks).  An operation that
+ * changes the ring while the other side waits serves the queues: it moves
+ * the first waiting sender's item into the ring and the oldest item out to
+ * the first waiting receiver, until neither can move.  Each waiter parks
+ * on its own node.  Queued waiters have no priority over operations that
+ * find the ring ready.  A rendezvous channel has no ring: every
  * operation takes the lock and pairs a sender with a receiver directly.
  * ------------------------------------------------------------------------ */
 typedef struct pz__chan_waiter pz__chan_waiter;

@@ -25,12 +25,15 @@
  * word by a seq_cst read-modify-write, and tries once more; only then does
  * it queue a node on its stack and park.  A send that filled a cell loads
  * the waiting word after its seq_cst CAS of tail; a receiver's last try
- * loads tail after a seq_cst fence.  That is a Dekker pair: either the
- * sender sees the receivers' bit and serves the first waiting receiver, or
- * the receiver's try sees tail moved and does not park.  The same holds
- * with the sides swapped (head, the senders' bit).  Serving is done under
- * the lock: take one item out of the ring (or put the sender's item in),
- * unlink the node, store the result, claim the task's park.  The bits are
+ * loads tail with a seq_cst load.  That is a Dekker pair: either the
+ * sender sees the receivers' bit and serves the queues, or the receiver's
+ * try sees tail moved and does not park.  The same holds with the sides
+ * swapped (head, the senders' bit).  Serving is done under the lock: take
+ * an item out of the ring for the first queued receiver, put the first
+ * queued sender's item in, and again, until neither moves (a move on one
+ * side changes the ring for the other, and is followed by no load of the
+ * waiting word); each served node is unlinked, its result stored and its
+ * task's park claimed.  The bits are
  * set and cleared under the lock only, and cleared when a queue empties;
  * a stale bit costs a look under the lock, never a lost wake-up.
  *
@@ -204,6 +207,18 @@ static inline uint64_t next_pos(pz_chan_t *ch, uint64_t pos)
     return index + 1 < ch->capacity ? pos + 1 : (pos & ~(ch->one_lap - 1)) + ch->one_lap;
 }
 
+/* Waits for a cell that another thread has claimed and is copying (or for
+ * a CAS that lost to it).  That takes nanoseconds unless the thread was
+ * preempted between its CAS and its stamp store: then give the processor
+ * up, or the wait could last a time slice. */
+static inline void spin_wait(unsigned *spins)
+{
+    if (++*spins < 128)
+        pz__arch_cpu_relax();
+    else
+        sched_yield();
+}
+
 /* One send into the ring: 0, -EAGAIN (full) or -EPIPE (closed).  Full is
  * decided by a seq_cst load of head when exact (the last try before
  * parking, after the seq_cst read-modify-write of the waiting word: a
@@ -213,6 +228,7 @@ static inline uint64_t next_pos(pz_chan_t *ch, uint64_t pos)
  * earlier. */
 static int ring_push(pz_chan_t *ch, const void *item, bool exact)
 {
+    unsigned spins = 0;
     uint64_t tail = atomic_load_explicit(&ch->tail, memory_order_relaxed);
     for (;;) {
         if (tail & CLOSED)
@@ -235,7 +251,7 @@ static int ring_push(pz_chan_t *ch, const void *item, bool exact)
             if (head + ch->one_lap == tail)
                 return -EAGAIN;
         }
-        pz__arch_cpu_relax();
+        spin_wait(&spins);
         tail = atomic_load_explicit(&ch->tail, memory_order_relaxed);
     }
 }
@@ -244,6 +260,7 @@ static int ring_push(pz_chan_t *ch, const void *item, bool exact)
  * closed); exact as for ring_push. */
 static int ring_pop(pz_chan_t *ch, void *item, bool exact)
 {
+    unsigned spins = 0;
     uint64_t head = atomic_load_explicit(&ch->head, memory_order_relaxed);
     for (;;) {
         _Atomic uint64_t *stamp = cell_stamp(ch, head);
@@ -264,7 +281,7 @@ static int ring_pop(pz_chan_t *ch, void *item, bool exact)
             if ((tail & ~CLOSED) == head)
                 return (tail & CLOSED) ? -EPIPE : -EAGAIN;
         }
-        pz__arch_cpu_relax();
+        spin_wait(&spins);
         head = atomic_load_explicit(&ch->head, memory_order_relaxed);
     }
 }
@@ -394,45 +411,59 @@ static int wait_node(pz_chan_t *ch, pz__chan_waiter *w, pz__chan_waiter **head, 
     return r;
 }
 
-/* After a send filled a cell and saw receivers waiting: hands the oldest
- * item to the first of them (unless other receivers took it first). */
-static void serve_receiver(pz_chan_t *ch)
+/* After an operation changed the ring and saw the other side's bit: under
+ * the lock, gives queued receivers items from the ring and puts queued
+ * senders' items into it, until neither moves.  Both queues can hold
+ * waiters at once (a receiver that found the ring empty a moment before
+ * a queued sender's item went in), and serving one side changes the ring
+ * for the other, so both are looked at again after every move: a ring
+ * change made here is followed by no load of the waiting word, so nobody
+ * else would.  A bit is cleared only if its queue was empty on arrival
+ * (see clear_bit_if_empty).  Claimed tasks are linked through their nodes
+ * (a claimed task does not run, so its node stays valid) and made
+ * runnable once the lock is released. */
+static void serve(pz_chan_t *ch)
 {
-    pz_task_t *t = NULL;
+    pz__chan_waiter *claimed = NULL;
     chan_lock(ch);
-    pz__chan_waiter *rx = ch->receivers;
-    if (rx) {
-        int r = ring_pop(ch, rx->item, true);
-        if (r != -EAGAIN) {
-            unlink_node(&ch->receivers, &ch->receivers_tail, rx);
-            t = complete(rx, r);
+    bool rx_seen = ch->receivers != NULL, tx_seen = ch->senders != NULL;
+    for (bool moved = true; moved;) {
+        moved = false;
+        pz__chan_waiter *rx = ch->receivers;
+        if (rx) {
+            int r = ring_pop(ch, rx->item, true);
+            if (r != -EAGAIN) {
+                unlink_node(&ch->receivers, &ch->receivers_tail, rx);
+                if (complete(rx, r)) {
+                    rx->next = claimed;
+                    claimed = rx;
+                }
+                moved = true;
+            }
         }
-    } else {
-        clear_bit_if_empty(ch, rx, RECEIVERS_WAIT);
-    }
-    chan_unlock(ch);
-    ready(t);
-}
-
-/* After a receive emptied a cell and saw senders waiting: puts the first
- * waiting sender's item into the ring (unless other senders filled it
- * first). */
-static void serve_sender(pz_chan_t *ch)
-{
-    pz_task_t *t = NULL;
-    chan_lock(ch);
-    pz__chan_waiter *tx = ch->senders;
-    if (tx) {
-        int r = ring_push(ch, tx->item, true);
-        if (r != -EAGAIN) {
-            unlink_node(&ch->senders, &ch->senders_tail, tx);
-            t = complete(tx, r);
+        pz__chan_waiter *tx = ch->senders;
+        if (tx) {
+            int r = ring_push(ch, tx->item, true);
+            if (r != -EAGAIN) {
+                unlink_node(&ch->senders, &ch->senders_tail, tx);
+                if (complete(tx, r)) {
+                    tx->next = claimed;
+                    claimed = tx;
+                }
+                moved = true;
+            }
         }
-    } else {
-        clear_bit_if_empty(ch, tx, SENDERS_WAIT);
     }
+    if (!rx_seen)
+        clear_bit_if_empty(ch, ch->receivers, RECEIVERS_WAIT);
+    if (!tx_seen)
+        clear_bit_if_empty(ch, ch->senders, SENDERS_WAIT);
     chan_unlock(ch);
-    ready(t);
+    while (claimed) {
+        pz__chan_waiter *next = claimed->next;
+        ready(claimed->task);
+        claimed = next;
+    }
 }
 
 /* Under the lock: whether the ring is empty, so that a send may hand its
@@ -477,7 +508,7 @@ static int ring_send(pz_chan_t *ch, const void *item, int64_t deadline, bool try
         chan_unlock(ch);
     }
     if (r == 0 && (atomic_load_explicit(&ch->waiting, memory_order_seq_cst) & RECEIVERS_WAIT))
-        serve_receiver(ch);
+        serve(ch);
     return r;
 }
 
@@ -497,7 +528,7 @@ static int ring_recv(pz_chan_t *ch, void *item, int64_t deadline, bool try_only)
         chan_unlock(ch);
     }
     if (r == 0 && (atomic_load_explicit(&ch->waiting, memory_order_seq_cst) & SENDERS_WAIT))
-        serve_sender(ch);
+        serve(ch);
     return r;
 }
 
