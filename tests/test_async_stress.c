@@ -248,6 +248,69 @@ static void test_mutex_fairness_bound(void **state)
     run_in_runtime(2, fairness_main, NULL);
 }
 
+/* ---- the budget when nobody ever parks ----
+ * 64 tasks on 2 workers take a short section with some work between, so
+ * that a task that finds the mutex held wins it by spinning and nobody
+ * parks.  Each time a task enters the lock's slow path it counts against
+ * its budget and may yield; the tasks that keep winning by the fast path
+ * must count too (at their unlock), or the one that yielded waits until
+ * each of them has finished (12-25% of the run in most rounds, before the
+ * first caller to find the mutex held marked it CONTENDED; 1.5-3% now).
+ * The longest wait must stay under an eighth of the run.  The iterations
+ * are not scaled down for slow builds: the budget's share of a task's run
+ * is what keeps the fixed figure low. */
+#define NB_ITERS 8000
+static pz_async_mutex_t nb_m;
+static _Atomic int64_t nb_max_wait;
+static long nb_counter;
+
+static void *nb_task(void *arg)
+{
+    uint64_t x = (uint64_t)(intptr_t)arg + 1;
+    int64_t worst = 0;
+    for (int i = 0; i < NB_ITERS; i++) {
+        int64_t t0 = (i & 15) == 0 ? pz_now() : 0;
+        CHECK_EQ(pz_async_mutex_lock(&nb_m), 0);
+        nb_counter++;
+        CHECK_EQ(pz_async_mutex_unlock(&nb_m), 0);
+        if (t0 && pz_now() - t0 > worst)
+            worst = pz_now() - t0;
+        for (int k = 0; k < 100; k++) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+        }
+    }
+    int64_t cur = atomic_load(&nb_max_wait);
+    while (worst > cur && !atomic_compare_exchange_weak(&nb_max_wait, &cur, worst))
+        ;
+    return (void *)(uintptr_t)x;
+}
+
+static void *no_parks_main(void *arg)
+{
+    (void)arg;
+    for (int round = 0; round < 4; round++) {
+        memset(&nb_m, 0, sizeof nb_m);
+        nb_counter = 0;
+        atomic_store(&nb_max_wait, 0);
+        int64_t t0 = pz_now();
+        join_n(spawn_n(64, nb_task, index_arg), 64);
+        int64_t run = pz_now() - t0;
+        CHECK_EQ(nb_counter, 64L * NB_ITERS);
+        fprintf(stderr, "no parks: longest wait %.1f us of a %.1f ms run\n", (double)atomic_load(&nb_max_wait) / 1e3,
+                (double)run / 1e6);
+        CHECK(atomic_load(&nb_max_wait) < run / 8);
+    }
+    return NULL;
+}
+
+static void test_mutex_budget_without_parks(void **state)
+{
+    (void)state;
+    run_in_runtime(2, no_parks_main, NULL);
+}
+
 /* ---- unlocks by callers that do not hold the mutex, against holders ----
  * The unlock's ownership check reads the holder word while the mutex is
  * quiet and the lock word once it has had waiters (include/plaza/async.h
@@ -1659,6 +1722,7 @@ int main(void)
         cmocka_unit_test(test_mutex_exclusion_10k),
         cmocka_unit_test(test_mutex_storm),
         cmocka_unit_test(test_mutex_fairness_bound),
+        cmocka_unit_test(test_mutex_budget_without_parks),
         cmocka_unit_test(test_mutex_first_waiter),
         cmocka_unit_test(test_mutex_stray_unlocks),
         cmocka_unit_test(test_semaphore_conservation),

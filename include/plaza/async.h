@@ -59,9 +59,10 @@ extern "C" {
  *                   waiter (so the lock word is never 0 for bargers).  Ends
  *                   when a waiter is served within 1 ms of first parking or
  *                   the queue empties.
- *   bit 4 CONTENDED the mutex has had a waiter.  Set with the first bit
- *                   ever set and never cleared, so the word is 0 exactly
- *                   until the mutex first has a waiter.
+ *   bit 4 CONTENDED somebody has found the mutex held (set at the lock's
+ *                   slow path, or with the first PARKED).  Set with the
+ *                   first bit ever set and never cleared, so the word is 0
+ *                   exactly until then.
  *
  * holder (64 bits): a copy of the holder's id (as in state, shifted), kept
  * while the mutex is quiet (its waiter word is 0), else 0.  Only the
@@ -81,11 +82,11 @@ extern "C" {
  * the holder word).  Unlock, while the waiter word is 0, is no
  * read-modify-write at all: it checks that the holder word holds its own
  * id (so an unlock by anyone else is reported), stores 0 there and into
- * state, and loads the waiter word again.  The first waiter sets
- * CONTENDED and runs an asymmetric fence (membarrier) before it checks the
- * lock word under the bucket lock, so either that check sees the store of
- * 0 or the unlock's second load sees the waiter and wakes someone: no
- * wake-up is lost.  From then on the waiter word is never 0, so unlocks
+ * state, and loads the waiter word again.  The first caller to find the
+ * mutex held sets CONTENDED; the first waiter to park runs an asymmetric
+ * fence (membarrier) before it checks the lock word under the bucket
+ * lock, so either that check sees the store of 0 or the unlock's second
+ * load sees the waiter and wakes someone: no wake-up is lost.  From then on the waiter word is never 0, so unlocks
  * take the slow path (one exchange, an ordinary Dekker pair with the
  * waiters' CAS) and no waiter fences again: a fence interrupts every other
  * core of the process, and fencing at every park made the cores slower to

@@ -15,12 +15,13 @@
  *
  * Why no unlock can be missed.  There are two kinds of release:
  *   - the plain store (the inline fast path, only while the waiter word
- *     was 0, that is before anyone ever waited, and only if the process
- *     has asymmetric fences): store 0, compiler barrier, load the waiter
- *     word, wake one if PARKED.  A waiter that finds CONTENDED clear sets
- *     it with PARKED and runs the heavy fence before validate, so validate
- *     sees the store or the unlock's load sees PARKED.  Then it sets
- *     FENCED.  A waiter that finds CONTENDED|FENCED skips the fence: the
+ *     was 0, that is before anyone ever found the mutex held, and only if
+ *     the process has asymmetric fences): store 0, compiler barrier, load
+ *     the waiter word, wake one if PARKED.  A waiter that finds FENCED
+ *     clear sets PARKED (and CONTENDED, if the lock's slow path has not
+ *     set it already) and runs the heavy fence before validate, so
+ *     validate sees the store or the unlock's load sees PARKED.  Then it
+ *     sets FENCED.  A waiter that finds FENCED skips the fence: the
  *     fence that set FENCED came after CONTENDED was set, so every unlock
  *     whose store it did not make visible ran its load after that fence
  *     and saw the waiter word nonzero (and woke someone if PARKED: this
@@ -148,6 +149,17 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadli
     /* A task that keeps winning the lock here never suspends; the budget
      * makes it let the tasks queued behind it run now and then. */
     pz__coop_tick();
+    /* The first caller to find the mutex held marks it CONTENDED, so
+     * that from now on every unlock goes through the slow path and counts
+     * against the budget.  Marking only at the first park was not enough:
+     * where spinners always win before they park (short sections, work
+     * between them), unlocks stayed plain stores, tasks that kept taking
+     * the lock by the fast path never yielded, and a task that did yield
+     * here waited for each of them to finish (90 ms of a 180 ms run of
+     * async_contended, 64 tasks, work=100).  The fence is not tied to
+     * this: the first waiter to park still runs it, as FENCED is clear. */
+    if (!(atomic_load_explicit(&m->waiters, memory_order_relaxed) & CONTENDED))
+        atomic_fetch_or_explicit(&m->waiters, CONTENDED, memory_order_relaxed);
     const int spin_rounds = pz__async_spin_rounds();
     int spins = 0;
     bool woken = false; /* this caller owns WOKEN */
