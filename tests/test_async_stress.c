@@ -257,8 +257,8 @@ static void test_mutex_fairness_bound(void **state)
  * each of them has finished (12-25% of the run in most rounds, before the
  * first caller to find the mutex held marked it CONTENDED; 1.5-3% now).
  * The longest wait must stay under an eighth of the run.  The iterations
- * are not scaled down for slow builds: the budget's share of a task's run
- * is what keeps the fixed figure low. */
+ * are not scaled down for slow builds (the budget's share of a task's run
+ * is what keeps the fixed figure low); the rounds are. */
 #define NB_ITERS 8000
 static pz_async_mutex_t nb_m;
 static _Atomic int64_t nb_max_wait;
@@ -290,7 +290,7 @@ static void *nb_task(void *arg)
 static void *no_parks_main(void *arg)
 {
     (void)arg;
-    for (int round = 0; round < 4; round++) {
+    for (int round = 0; round < SCALED(4); round++) {
         memset(&nb_m, 0, sizeof nb_m);
         nb_counter = 0;
         atomic_store(&nb_max_wait, 0);
