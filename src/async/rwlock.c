@@ -809,11 +809,15 @@ int pz_async_rwlock_read_unlock(pz_async_rwlock_t *l)
      * revocation inside the look; after many misses in a row, with pauses
      * between, nobody holds it: misuse. */
     pz__worker *w = pz__current_worker();
-    if (w && slot_leave(w, l))
+    if (w && slot_leave(w, l)) {
+        pz__coop_tick_release();
         return 0;
+    }
     for (int pass = 0; pass < READ_UNLOCK_PASSES; pass++) {
-        if (leave_counted(l) || slot_leave_anywhere(l))
+        if (leave_counted(l) || slot_leave_anywhere(l)) {
+            pz__coop_tick_release();
             return 0;
+        }
         for (int i = 0; i < (1 << (pass < 10 ? pass : 10)); i++)
             pz__arch_cpu_relax();
     }
@@ -834,6 +838,7 @@ static int change_mode(pz_async_rwlock_t *l, uintptr_t need, uintptr_t sub, uint
             break;
     }
     released(l, s - sub + add);
+    pz__coop_tick_release();
     return 0;
 }
 
