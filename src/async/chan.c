@@ -354,6 +354,29 @@ static void ready(pz_task_t *t)
         pz__task_ready(t, true);
 }
 
+/* Under the lock: unlinks the first waiter of a queue and completes it
+ * with result; a claimed task's node is linked into *claimed (a claimed
+ * task does not run, so its node stays valid until ready_all). */
+static void finish_first(pz__chan_waiter **head, pz__chan_waiter **tail, int result, pz__chan_waiter **claimed)
+{
+    pz__chan_waiter *w = *head;
+    unlink_node(head, tail, w);
+    if (complete(w, result)) {
+        w->next = *claimed;
+        *claimed = w;
+    }
+}
+
+/* After the lock is released: makes the collected tasks runnable. */
+static void ready_all(pz__chan_waiter *claimed)
+{
+    while (claimed) {
+        pz__chan_waiter *next = claimed->next;
+        ready(claimed->task);
+        claimed = next;
+    }
+}
+
 /* Under the lock: clears a side's waiting bit if its queue is empty.  A
  * bit is set before its side queues anyone and cleared only here, so it
  * is set whenever someone waits.  A bit left set with nobody queued costs
@@ -429,29 +452,14 @@ static void serve(pz_chan_t *ch)
     bool rx_seen = ch->receivers != NULL, tx_seen = ch->senders != NULL;
     for (bool moved = true; moved;) {
         moved = false;
-        pz__chan_waiter *rx = ch->receivers;
-        if (rx) {
-            int r = ring_pop(ch, rx->item, true);
-            if (r != -EAGAIN) {
-                unlink_node(&ch->receivers, &ch->receivers_tail, rx);
-                if (complete(rx, r)) {
-                    rx->next = claimed;
-                    claimed = rx;
-                }
-                moved = true;
-            }
+        int r;
+        if (ch->receivers && (r = ring_pop(ch, ch->receivers->item, true)) != -EAGAIN) {
+            finish_first(&ch->receivers, &ch->receivers_tail, r, &claimed);
+            moved = true;
         }
-        pz__chan_waiter *tx = ch->senders;
-        if (tx) {
-            int r = ring_push(ch, tx->item, true);
-            if (r != -EAGAIN) {
-                unlink_node(&ch->senders, &ch->senders_tail, tx);
-                if (complete(tx, r)) {
-                    tx->next = claimed;
-                    claimed = tx;
-                }
-                moved = true;
-            }
+        if (ch->senders && (r = ring_push(ch, ch->senders->item, true)) != -EAGAIN) {
+            finish_first(&ch->senders, &ch->senders_tail, r, &claimed);
+            moved = true;
         }
     }
     if (!rx_seen)
@@ -459,11 +467,7 @@ static void serve(pz_chan_t *ch)
     if (!tx_seen)
         clear_bit_if_empty(ch, ch->senders, SENDERS_WAIT);
     chan_unlock(ch);
-    while (claimed) {
-        pz__chan_waiter *next = claimed->next;
-        ready(claimed->task);
-        claimed = next;
-    }
+    ready_all(claimed);
 }
 
 /* Under the lock: whether the ring is empty, so that a send may hand its
@@ -626,33 +630,18 @@ int pz_chan_try_recv(pz_chan_t *ch, void *item)
 
 void pz_chan_close(pz_chan_t *ch)
 {
-    /* Claimed tasks are collected through their nodes' next links (a
-     * claimed task does not run, so its node stays valid until it is made
-     * runnable) and made runnable once the lock is released.  Waiting
-     * senders fail (their items never entered the ring); each waiting
-     * receiver gets an item still in the ring, or -EPIPE. */
+    /* Waiting senders fail (their items never entered the ring); each
+     * waiting receiver gets an item still in the ring, or -EPIPE. */
     pz__chan_waiter *claimed = NULL;
     chan_lock(ch);
     atomic_fetch_or_explicit(&ch->tail, CLOSED, memory_order_seq_cst);
-    pz__chan_waiter **queues[2][2] = {{&ch->senders, &ch->senders_tail}, {&ch->receivers, &ch->receivers_tail}};
-    for (int q = 0; q < 2; q++) {
-        while (*queues[q][0]) {
-            pz__chan_waiter *w = *queues[q][0];
-            unlink_node(queues[q][0], queues[q][1], w);
-            int r = -EPIPE;
-            if (q == 1 && ch->capacity && ring_pop(ch, w->item, true) == 0)
-                r = 0;
-            if (complete(w, r)) {
-                w->next = claimed;
-                claimed = w;
-            }
-        }
+    while (ch->senders)
+        finish_first(&ch->senders, &ch->senders_tail, -EPIPE, &claimed);
+    while (ch->receivers) {
+        int r = ch->capacity && ring_pop(ch, ch->receivers->item, true) == 0 ? 0 : -EPIPE;
+        finish_first(&ch->receivers, &ch->receivers_tail, r, &claimed);
     }
     atomic_store_explicit(&ch->waiting, 0, memory_order_relaxed);
     chan_unlock(ch);
-    while (claimed) {
-        pz__chan_waiter *next = claimed->next;
-        ready(claimed->task);
-        claimed = next;
-    }
+    ready_all(claimed);
 }
