@@ -618,12 +618,11 @@ static void test_semaphore_conservation(void **state)
 }
 
 /* ---- semaphore: fast paths against waiters, few permits ----
- * Acquire subtracts before it looks and adds back when it finds too few
- * permits or others waiting; the count reads low meanwhile, and waiters
- * that saw it low are served by whoever adds back (src/async/semaphore.c).
  * Tasks and plain threads take 1-3 of 3 permits by try, by a wait that
  * must succeed (2 s is forever here: a lost wake-up shows as a timeout)
- * and by short waits that may time out. */
+ * and by short waits that may time out, so that fast-path acquires and
+ * releases meet parked waiters, the hand-out and timeouts in every order.
+ * At the end every permit is back and the word holds nothing else. */
 #define SF_PERMITS 3
 static pz_semaphore_t sf_sem;
 static _Atomic long sf_held, sf_taken;

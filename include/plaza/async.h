@@ -323,18 +323,7 @@ int pz_async_rwlock_upgradable_downgrade(pz_async_rwlock_t *l);
  *                  the head is never overtaken by small ones.  Set and
  *                  cleared under the bucket lock.
  *   bit 1 CLOSED   pz_semaphore_close was called.
- *   bits 2..63     the permit count, a signed number.
- *
- * Acquire subtracts and release adds without looking first (one
- * read-modify-write each: a load before a CAS costs a second transfer of
- * the line when two cores take turns at it).  An acquire that finds it
- * took too much, or came while others wait or after close, adds its
- * request back; until then the count reads low (even below zero) and
- * others may wrongly find too few permits and queue.  Whoever adds permits
- * back or releases them while WAITERS is set serves the queue, so nobody
- * stays queued behind permits that came back.  A release that would carry
- * the count past PZ_SEMAPHORE_MAX_PERMITS takes its permits back out; a
- * count above the maximum is never handed to anyone.
+ *   bits 2..       the permits available.
  * ------------------------------------------------------------------------ */
 typedef struct pz_semaphore {
     _Atomic uint64_t state;
@@ -343,7 +332,7 @@ typedef struct pz_semaphore {
 #define PZ__SEM_WAITERS 1u
 #define PZ__SEM_CLOSED 2u
 #define PZ__SEM_SHIFT 2
-#define PZ_SEMAPHORE_MAX_PERMITS ((UINT64_C(1) << 60) - 1)
+#define PZ_SEMAPHORE_MAX_PERMITS (UINT64_MAX >> PZ__SEM_SHIFT)
 #define PZ_SEMAPHORE_INIT(permits) {(uint64_t)(permits) << PZ__SEM_SHIFT}
 
 void pz_semaphore_init(pz_semaphore_t *s, uint64_t permits);

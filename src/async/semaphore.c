@@ -1,26 +1,13 @@
 /*
  * pz_semaphore.  The word is described in include/plaza/async.h.
  *
- * Fast paths are one read-modify-write: acquire subtracts its request and
- * looks at what the word held before; release adds.  Once anyone waits,
- * every acquire queues behind it (adding back what it subtracted) and
- * every release serves the queue under the bucket lock, strictly in order:
- * the hand-out (dispatch) gives permits to the waiters at the head, each as
- * large as its request, and stops at the first one the permits do not
- * cover (a large request is never overtaken).
- *
- * The count in the word may read low for an instant: an acquire that
- * failed has subtracted and not yet added back.  A dispatch or a waiter's
- * validate that reads it then finds too few permits and leaves a waiter
- * queued; the one that adds back sees WAITERS in the value its
- * read-modify-write returns (the waiter set it under the bucket lock
- * before parking, and read-modify-writes of one word are totally ordered,
- * so either the validate read the restored count or the add-back comes
- * after WAITERS) and dispatches.  So nobody stays queued behind permits
- * that are there.  The count may also read high for an instant, above
- * PZ_SEMAPHORE_MAX_PERMITS, while a release that overflowed takes its
- * permits back out; nobody hands out a count above the maximum, so those
- * permits are never taken.
+ * Fast paths are one CAS while WAITERS is clear.  Once anyone waits, every
+ * acquire queues behind it and every release goes through the bucket lock,
+ * so the queue is served strictly in order: release hands permits to the
+ * waiters at the head, each as large as its request, and stops at the
+ * first one the permits do not cover (a large request is never overtaken).
+ * While WAITERS is set only code holding the bucket lock changes the
+ * permits, which is what makes the hand-out below consistent.
  *
  * A waiter parks with its park token pointing at its own wait record (on
  * its stack).  The hand-out (dispatch) runs pz_unpark_filter; the filter
@@ -41,20 +28,6 @@
 #define TOKEN_GRANTED 1
 #define TOKEN_CLOSED 2
 #define UNIT ((uint64_t)1 << PZ__SEM_SHIFT)
-#define MAX ((int64_t)PZ_SEMAPHORE_MAX_PERMITS)
-
-/* The signed count in a word (bits 2..63; an arithmetic shift). */
-static inline int64_t count_of(uint64_t st)
-{
-    return (int64_t)st >> PZ__SEM_SHIFT;
-}
-
-/* Whether a count may be handed out: not inflated by an overflowing
- * release, and at least n. */
-static inline bool count_covers(int64_t count, uint64_t n)
-{
-    return count <= MAX && count >= (int64_t)n;
-}
 
 struct sem_wait {
     pz_semaphore_t *s;
@@ -72,30 +45,23 @@ void pz_semaphore_init(pz_semaphore_t *s, uint64_t permits)
 
 uint64_t pz_semaphore_available(pz_semaphore_t *s)
 {
-    int64_t c = count_of(atomic_load_explicit(&s->state, memory_order_relaxed));
-    return c < 0 ? 0 : c > MAX ? (uint64_t)MAX : (uint64_t)c;
-}
-
-static void dispatch(pz_semaphore_t *s);
-
-/* One attempt without waiting: subtract n, and keep it if the word had n
- * permits, no waiters and no close; otherwise add it back (serving the
- * queue if there is one, see above).  Returns 0, -EAGAIN or -EPIPE. */
-static int take(pz_semaphore_t *s, uint64_t n)
-{
-    uint64_t st = atomic_fetch_sub_explicit(&s->state, n * UNIT, memory_order_acquire);
-    if (!(st & (PZ__SEM_WAITERS | PZ__SEM_CLOSED)) && count_covers(count_of(st), n))
-        return 0;
-    if (n && (atomic_fetch_add_explicit(&s->state, n * UNIT, memory_order_release) & PZ__SEM_WAITERS))
-        dispatch(s);
-    return (st & PZ__SEM_CLOSED) ? -EPIPE : -EAGAIN;
+    return atomic_load_explicit(&s->state, memory_order_relaxed) >> PZ__SEM_SHIFT;
 }
 
 int pz_semaphore_try_acquire(pz_semaphore_t *s, uint64_t n)
 {
     if (n > PZ_SEMAPHORE_MAX_PERMITS)
         return -EINVAL;
-    return take(s, n);
+    uint64_t st = atomic_load_explicit(&s->state, memory_order_relaxed);
+    for (;;) {
+        if (st & PZ__SEM_CLOSED)
+            return -EPIPE;
+        if ((st & PZ__SEM_WAITERS) || (st >> PZ__SEM_SHIFT) < n)
+            return -EAGAIN;
+        if (atomic_compare_exchange_weak_explicit(&s->state, &st, st - n * UNIT, memory_order_acquire,
+                                                  memory_order_relaxed))
+            return 0;
+    }
 }
 
 /* Under the bucket lock: take the permits, fail on close, or mark WAITERS
@@ -109,7 +75,7 @@ static bool sem_validate(void *ctx)
             w->result = -EPIPE;
             return false;
         }
-        if (!(st & PZ__SEM_WAITERS) && count_covers(count_of(st), w->n)) {
+        if (!(st & PZ__SEM_WAITERS) && (st >> PZ__SEM_SHIFT) >= w->n) {
             if (atomic_compare_exchange_weak_explicit(&w->s->state, &st, st - w->n * UNIT, memory_order_acquire,
                                                       memory_order_relaxed)) {
                 w->result = 0;
@@ -135,17 +101,16 @@ static void sem_timed_out(void *ctx, bool was_last)
 
 struct dispatch {
     pz_semaphore_t *s;
+    uint64_t added;   /* permits this release adds */
     uint64_t granted; /* permits handed to waiters so far */
 };
 
-/* The count a dispatch leaves, for the word st: the grants come off it
- * when the dispatch ends.  Other threads change the word meanwhile only by
- * adding (releases) or by subtracting what they add back at once (failed
- * acquires), so a figure read low only delays a grant, to the dispatch the
- * add-back runs. */
-static int64_t dispatch_left(struct dispatch *d, uint64_t st)
+/* Permits a dispatch may still hand out.  Read under the bucket lock; the
+ * permits in the word change meanwhile only by a lock-free release after a
+ * close, which adds, so the figure never runs short. */
+static uint64_t dispatch_avail(struct dispatch *d, uint64_t st)
 {
-    return count_of(st) - (int64_t)d->granted;
+    return (st >> PZ__SEM_SHIFT) + d->added - d->granted;
 }
 
 static pz_filter_op_t sem_filter(uintptr_t park_token, void *ctx)
@@ -159,7 +124,7 @@ static pz_filter_op_t sem_filter(uintptr_t park_token, void *ctx)
     uint64_t st = atomic_load_explicit(&d->s->state, memory_order_relaxed);
     if (st & PZ__SEM_CLOSED)
         return PZ_FILTER_STOP; /* close wakes them all itself */
-    if (!count_covers(dispatch_left(d, st), w->n))
+    if (w->n > dispatch_avail(d, st))
         return PZ_FILTER_STOP;
     d->granted += w->n;
     w->granted = true;
@@ -171,7 +136,7 @@ static uintptr_t sem_dispatch_done(pz_unpark_result_t r, void *ctx)
     struct dispatch *d = ctx;
     uint64_t st = atomic_load_explicit(&d->s->state, memory_order_relaxed);
     for (;;) {
-        uint64_t nst = ((uint64_t)dispatch_left(d, st) << PZ__SEM_SHIFT) | (st & PZ__SEM_CLOSED) |
+        uint64_t nst = (dispatch_avail(d, st) << PZ__SEM_SHIFT) | (st & PZ__SEM_CLOSED) |
                        (r.have_more ? PZ__SEM_WAITERS : 0);
         if (atomic_compare_exchange_weak_explicit(&d->s->state, &st, nst, memory_order_release,
                                                   memory_order_relaxed))
@@ -180,10 +145,9 @@ static uintptr_t sem_dispatch_done(pz_unpark_result_t r, void *ctx)
     return TOKEN_GRANTED;
 }
 
-/* Serves the queue from the permits in the word. */
-static void dispatch(pz_semaphore_t *s)
+static void dispatch(pz_semaphore_t *s, uint64_t added)
 {
-    struct dispatch d = {s, 0};
+    struct dispatch d = {s, added, 0};
     pz_unpark_filter(s, sem_filter, sem_dispatch_done, &d);
 }
 
@@ -191,9 +155,14 @@ int pz_semaphore_acquire_until(pz_semaphore_t *s, uint64_t n, int64_t deadline)
 {
     if (n > PZ_SEMAPHORE_MAX_PERMITS)
         return -EINVAL;
-    int r0 = take(s, n);
-    if (r0 != -EAGAIN)
-        return r0;
+    uint64_t st = atomic_load_explicit(&s->state, memory_order_relaxed);
+    while (!(st & (PZ__SEM_WAITERS | PZ__SEM_CLOSED)) && (st >> PZ__SEM_SHIFT) >= n) {
+        if (atomic_compare_exchange_weak_explicit(&s->state, &st, st - n * UNIT, memory_order_acquire,
+                                                  memory_order_relaxed))
+            return 0;
+    }
+    if (st & PZ__SEM_CLOSED)
+        return -EPIPE;
     for (;;) {
         struct sem_wait w = {s, n, 1, false};
         uintptr_t token = 0;
@@ -213,7 +182,7 @@ int pz_semaphore_acquire_until(pz_semaphore_t *s, uint64_t n, int64_t deadline)
             return 0; /* the permits reached us at that instant: keep them */
         }
         if (atomic_load_explicit(&s->state, memory_order_relaxed) & PZ__SEM_WAITERS)
-            dispatch(s);
+            dispatch(s, 0);
         return r;
     }
 }
@@ -227,20 +196,17 @@ int pz_semaphore_release(pz_semaphore_t *s, uint64_t n)
 {
     if (n == 0)
         return 0;
-    if (n > PZ_SEMAPHORE_MAX_PERMITS)
-        return -EOVERFLOW;
-    /* The count cannot wrap: it is at most MAX plus the releases in flight
-     * that are about to take theirs back, each at most MAX. */
-    uint64_t st = atomic_fetch_add_explicit(&s->state, n * UNIT, memory_order_release);
-    if (count_of(st) > MAX - (int64_t)n) {
-        /* While the count read above the maximum, dispatches held back:
-         * serve the queue now that it is down again. */
-        if (atomic_fetch_sub_explicit(&s->state, n * UNIT, memory_order_relaxed) & PZ__SEM_WAITERS)
-            dispatch(s);
-        return -EOVERFLOW;
+    uint64_t st = atomic_load_explicit(&s->state, memory_order_relaxed);
+    for (;;) {
+        if (PZ_SEMAPHORE_MAX_PERMITS - (st >> PZ__SEM_SHIFT) < n)
+            return -EOVERFLOW;
+        if (st & PZ__SEM_WAITERS)
+            break;
+        if (atomic_compare_exchange_weak_explicit(&s->state, &st, st + n * UNIT, memory_order_release,
+                                                  memory_order_relaxed))
+            return 0;
     }
-    if (st & PZ__SEM_WAITERS)
-        dispatch(s);
+    dispatch(s, n);
     return 0;
 }
 
