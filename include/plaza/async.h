@@ -278,10 +278,10 @@ typedef struct pz_async_rwlock {
 
 #define PZ_ASYNC_RWLOCK_INIT {0, 0}
 
-/* Every unlock (and the slow path of every lock) counts one step of the
- * cooperative budget, so a task that keeps taking the lock without ever
- * waiting yields now and then; never while it holds a thread-blocking
- * lock. */
+/* Every unlock and downgrade (and the slow path of every lock) counts one
+ * step of the cooperative budget, so a task that keeps taking the lock
+ * without ever waiting yields now and then; never while it holds a
+ * thread-blocking lock. */
 int pz_async_rwlock_read(pz_async_rwlock_t *l);
 int pz_async_rwlock_read_until(pz_async_rwlock_t *l, int64_t deadline);
 bool pz_async_rwlock_try_read(pz_async_rwlock_t *l);
