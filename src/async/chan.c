@@ -479,6 +479,35 @@ static bool ring_empty(pz_chan_t *ch)
            atomic_load_explicit(&ch->head, memory_order_relaxed);
 }
 
+/* One send or receive through the ring, waiting if it is full or empty:
+ * try; if that fails, under the lock set this side's bit (seq_cst, the
+ * Dekker half) and try once more; then queue and park.  A transfer that
+ * went through serves the other side if its bit is set.  Inlined into
+ * both callers, so that each keeps only its own side. */
+static inline __attribute__((always_inline)) int ring_transfer(pz_chan_t *ch, void *item, bool send, int64_t deadline,
+                                                               bool try_only)
+{
+    uint32_t mine = send ? SENDERS_WAIT : RECEIVERS_WAIT, theirs = send ? RECEIVERS_WAIT : SENDERS_WAIT;
+    pz__chan_waiter **head = send ? &ch->senders : &ch->receivers;
+    pz__chan_waiter **tail = send ? &ch->senders_tail : &ch->receivers_tail;
+    int r = send ? ring_push(ch, item, false) : ring_pop(ch, item, false);
+    if (r == -EAGAIN && !try_only) {
+        chan_lock(ch);
+        atomic_fetch_or_explicit(&ch->waiting, mine, memory_order_seq_cst);
+        r = send ? ring_push(ch, item, true) : ring_pop(ch, item, true);
+        if (r == -EAGAIN) {
+            pz__chan_waiter w = {.item = item, .result = PENDING};
+            push_back(head, tail, &w);
+            return wait_node(ch, &w, head, tail, mine, deadline);
+        }
+        clear_bit_if_empty(ch, *head, mine);
+        chan_unlock(ch);
+    }
+    if (r == 0 && (atomic_load_explicit(&ch->waiting, memory_order_seq_cst) & theirs))
+        serve(ch);
+    return r;
+}
+
 static int ring_send(pz_chan_t *ch, const void *item, int64_t deadline, bool try_only)
 {
     if (atomic_load_explicit(&ch->waiting, memory_order_relaxed) & RECEIVERS_WAIT) {
@@ -498,42 +527,12 @@ static int ring_send(pz_chan_t *ch, const void *item, int64_t deadline, bool try
         }
         chan_unlock(ch);
     }
-    int r = ring_push(ch, item, false);
-    if (r == -EAGAIN && !try_only) {
-        chan_lock(ch);
-        atomic_fetch_or_explicit(&ch->waiting, SENDERS_WAIT, memory_order_seq_cst);
-        r = ring_push(ch, item, true);
-        if (r == -EAGAIN) {
-            pz__chan_waiter w = {.item = (void *)(uintptr_t)item, .result = PENDING};
-            push_back(&ch->senders, &ch->senders_tail, &w);
-            return wait_node(ch, &w, &ch->senders, &ch->senders_tail, SENDERS_WAIT, deadline);
-        }
-        clear_bit_if_empty(ch, ch->senders, SENDERS_WAIT);
-        chan_unlock(ch);
-    }
-    if (r == 0 && (atomic_load_explicit(&ch->waiting, memory_order_seq_cst) & RECEIVERS_WAIT))
-        serve(ch);
-    return r;
+    return ring_transfer(ch, (void *)(uintptr_t)item, true, deadline, try_only);
 }
 
 static int ring_recv(pz_chan_t *ch, void *item, int64_t deadline, bool try_only)
 {
-    int r = ring_pop(ch, item, false);
-    if (r == -EAGAIN && !try_only) {
-        chan_lock(ch);
-        atomic_fetch_or_explicit(&ch->waiting, RECEIVERS_WAIT, memory_order_seq_cst);
-        r = ring_pop(ch, item, true);
-        if (r == -EAGAIN) {
-            pz__chan_waiter w = {.item = item, .result = PENDING};
-            push_back(&ch->receivers, &ch->receivers_tail, &w);
-            return wait_node(ch, &w, &ch->receivers, &ch->receivers_tail, RECEIVERS_WAIT, deadline);
-        }
-        clear_bit_if_empty(ch, ch->receivers, RECEIVERS_WAIT);
-        chan_unlock(ch);
-    }
-    if (r == 0 && (atomic_load_explicit(&ch->waiting, memory_order_seq_cst) & SENDERS_WAIT))
-        serve(ch);
-    return r;
+    return ring_transfer(ch, item, false, deadline, try_only);
 }
 
 /* Rendezvous: everything under the lock; closed is tail's CLOSED bit,
