@@ -8,5 +8,6 @@
 #include "plaza/sync.h"
 #include "plaza/async.h"
 #include "plaza/io.h"
+#include "plaza/signal.h"
 
 #endif
