@@ -9,5 +9,6 @@
 #include "plaza/async.h"
 #include "plaza/io.h"
 #include "plaza/signal.h"
+#include "plaza/bufio.h"
 
 #endif
