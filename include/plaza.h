@@ -10,5 +10,6 @@
 #include "plaza/io.h"
 #include "plaza/signal.h"
 #include "plaza/bufio.h"
+#include "plaza/task.h"
 
 #endif

@@ -22,6 +22,7 @@
 #include "io_internal.h"
 #include "plaza/signal.h"
 #include "plaza/sync.h"
+#include "plaza/task.h"
 
 #include "../arch/arch_signal.h"
 #include "../runtime/kit.h"
@@ -102,8 +103,9 @@ static void stop_watcher(void)
     pz_mutex_unlock(&sd_lock);
     if (w) {
         pz_cancel(w);
-        while (pz_join(w, NULL) == -ECANCELED)
-            pz_yield(); /* main itself was cancelled: the watcher ends soon anyway */
+        pz_shield_begin(); /* main may itself be cancelled */
+        pz_join(w, NULL);
+        pz_shield_end();
     }
     atomic_store(&requested, 0);
     atomic_store(&stop_signal, 0);

@@ -449,6 +449,7 @@ static void task_entry(void *arg)
     pz__resume();
     pz_task_t *t = arg;
     t->result = t->fn(t->arg);
+    pz__task_end(t);
     pz__task_exit_switch(t);
 }
 
@@ -605,6 +606,7 @@ static void *main_task(void *arg)
 {
     struct main_call *m = arg;
     m->result = m->fn(m->arg);
+    pz__task_end(pz__current_task()); /* main's groups and task-locals, before the runtime stops */
     pz__main_exit_hooks_run();
     atomic_store(&m->rt->main_done, 1);
     pz__futex_wake(&m->rt->main_done, 1);

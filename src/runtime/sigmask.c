@@ -62,10 +62,15 @@ int pz__sigmask_register(const sigset_t *set)
     pz__runtime *rt = atomic_load_explicit(&pz__rt, memory_order_acquire);
     if (!rt || !pz__current_task())
         return 0;
+    /* Shielded: a cancelled task still finishes registering (its sleeps
+     * would otherwise return at once, and this loop spin). */
+    pz_task_t *self = pz__current_task();
+    self->shield++;
     while (atomic_load(&applied) < gen && !atomic_load(&rt->main_done)) {
         pz__futex_wake(&rt->main_done, 1);
         pz_sleep(100000);
     }
+    self->shield--;
     return 0;
 }
 
