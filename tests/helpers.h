@@ -83,6 +83,7 @@ void check_failed_eq(const char *a, const char *b, long long va, long long vb, c
 
 #define US 1000ll
 #define MS 1000000ll
+#define SEC 1000000000ll
 
 /* Spawns n tasks running fn(argf(i)) (or fn(NULL)); join_n joins them,
  * checks that each returned 0 from pz_join, and frees the array. */
