@@ -80,9 +80,16 @@ void pg_private_stop(const char *state)
     script("stop", state);
 }
 
+static void quiet(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+}
+
 static PGresult *admin_exec(const char *url, const char *sql)
 {
     PGconn *c = PQconnectdb(url);
+    PQsetNoticeProcessor(c, quiet, NULL);
     if (PQstatus(c) != CONNECTION_OK) {
         fprintf(stderr, "admin connect: %s", PQerrorMessage(c));
         check_failed("admin connect", __FILE__, __LINE__);

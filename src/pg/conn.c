@@ -312,11 +312,16 @@ int pz__pg_next_result(pz_pg_conn_t *c, int64_t deadline, PGresult **out)
         int r = pz__pg_wait_readable(c, deadline);
         if (r < 0)
             return r;
-        if (PQconsumeInput(c->pg) == 0)
-            return lost_or(c, -ECONNRESET);
+        if (PQconsumeInput(c->pg) == 0) {
+            pz__pg_lost(c);
+            return -ECONNRESET;
+        }
     }
     *out = PQgetResult(c->pg);
-    if (PQstatus(c->pg) == CONNECTION_BAD) {
+    /* A FATAL error (backend terminated, server shutting down) ends the
+     * session: the server closes it right after. */
+    const char *sev = *out ? PQresultErrorField(*out, PG_DIAG_SEVERITY_NONLOCALIZED) : NULL;
+    if (PQstatus(c->pg) == CONNECTION_BAD || (sev && (!strcmp(sev, "FATAL") || !strcmp(sev, "PANIC")))) {
         sync_fd(c, false);
         pz__pg_break(c);
         PQclear(*out);
