@@ -1,6 +1,6 @@
 # plaza: top-level commands.  Each installs the Debian packages it needs.
 #
-#   make demo      build and run the example program
+#   make demo      build and run the weather service demo and the examples
 #   make test      build and run the whole test suite: gcc, clang,
 #                  ASan+UBSan, TSan, and aarch64 under qemu-user
 #   make bench     build and run the benchmarks beside the peers
@@ -25,6 +25,7 @@ build: deps
 	cmake --build build -j$(JOBS)
 
 demo: build
+	./build/apps/weather/plaza-weather demo
 	./build/examples/demo
 	./build/examples/echo both 127.0.0.1:0 64
 
