@@ -348,9 +348,16 @@ static bool prepare_run(pz__worker *w, pz_task_t *t)
 {
     if (t->stack_map_size)
         return true;
-    if (pz__stack_acquire(w, t) != 0) {
-        pz__report("cannot map a %zu-byte stack for task %llu (%s); it ends without running", t->stack_size,
-                   (unsigned long long)t->id, t->name[0] ? t->name : "unnamed");
+    int err = pz__stack_acquire(w, t);
+    if (err < 0) {
+        /* Said once per runtime: a burst can fail by the thousand, and each
+         * joiner learns it from pz_join's result. */
+        if (!atomic_exchange_explicit(&w->rt->stack_failure_reported, true, memory_order_relaxed))
+            pz__report("cannot map a %zu-byte stack for task %llu (%s): %s; it ends without running and "
+                       "pz_join returns %d (further failures of this runtime are not reported)",
+                       t->stack_size, (unsigned long long)t->id, t->name[0] ? t->name : "unnamed", strerror(-err),
+                       err);
+        t->start_error = err;
         return false;
     }
     t->ctx.sp = pz__arch_context_init(t->ctx.stack_lo, (char *)t->ctx.stack_lo + t->ctx.stack_size, task_entry, t);
@@ -422,7 +429,7 @@ void pz__suspend(void (*after)(pz__worker *, void *), void *arg)
 static void exit_after(pz__worker *w, void *arg)
 {
     pz_task_t *t = arg;
-    pz__stack_release(w, t);
+    pz__stack_release(w->rt, w, t);
 #ifdef PZ_TSAN
     __tsan_destroy_fiber(t->ctx.tsan_fiber);
     t->ctx.tsan_fiber = NULL;
@@ -707,6 +714,7 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
         ss = PZ__MIN_STACK;
     rt->stack_size = (ss + page - 1) / page * page;
     rt->guard_size = c.no_guard_pages ? 0 : page;
+    rt->guard_kind = pz__stack_guard_kind();
     pz__blocking_configure(c.blocking_threads_max);
 
     rt->workers = aligned_alloc(PZ__CACHELINE, sizeof(pz__worker) * (size_t)rt->nworkers);
