@@ -392,6 +392,8 @@ int pz__reactor_poll(pz__runtime *rt, int64_t deadline, int max_events);
 /* blocking.c */
 void pz__blocking_configure(int max_threads);
 void pz__blocking_shutdown(void);
+/* In the child of a fork: forget the parent's pool threads. */
+void pz__blocking_after_fork(void);
 
 /* Messages for misuse and failure, one line on stderr prefixed "plaza: ". */
 void pz__report(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

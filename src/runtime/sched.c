@@ -685,8 +685,33 @@ static void stop_workers(pz__runtime *rt, int started)
         pthread_join(rt->workers[i].thread, NULL);
 }
 
+/*
+ * fork: only the forking thread exists in the child, so a runtime of the
+ * parent (its workers, its tasks) does not.  The child forgets it: the
+ * runtime is unpublished and unclaimed (its memory is left alone, since
+ * the forking thread may be running on one of its task stacks), the
+ * forking thread is no worker any more, and the blocking pool forgets its
+ * threads.  The child may then start a runtime of its own with pz_run.
+ */
+static void after_fork_child(void)
+{
+    atomic_store_explicit(&pz__rt, NULL, memory_order_relaxed);
+    atomic_store_explicit(&rt_pins, 0, memory_order_relaxed);
+    atomic_store_explicit(&runtime_claimed, false, memory_order_relaxed);
+    pz__set_current_worker(NULL);
+    pz__blocking_after_fork();
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void atfork_register(void)
+{
+    pthread_atfork(NULL, NULL, after_fork_child);
+}
+
 int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
 {
+    pthread_once(&atfork_once, atfork_register);
     pz_config_t c = cfg ? *cfg : (pz_config_t){0};
     if (!main) {
         pz__report("pz_run: main is NULL");
