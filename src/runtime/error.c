@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "internal.h"
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -30,7 +31,8 @@ const char *pz_strerror(int err)
     case -EPIPE:
         return "closed";
     default:
-        return err < 0 ? strerror(-err) : "not an error code";
+        /* INT_MIN has no positive counterpart (negating it is undefined). */
+        return err < 0 && err != INT_MIN ? strerror(-err) : "not an error code";
     }
 }
 
