@@ -102,7 +102,16 @@ int pz_blocking(pz_fn fn, void *arg, void **result);
 int pz_worker_count(void);
 int pz_worker_index(void);
 
-/* A short description of a plaza error code (a negative errno value). */
+/* Error codes of plaza's own, apart from every errno value: name
+ * resolution failures (pz_tcp_dial, pz_tcp_listen). */
+#define PZ_EDNS_NONAME (-4001) /* the host (or service) is not known */
+#define PZ_EDNS_AGAIN (-4002)  /* temporary failure in name resolution */
+#define PZ_EDNS_FAIL (-4003)   /* the resolver failed for good */
+#define PZ_EDNS_NODATA (-4004) /* the name has no address of a usable family */
+#define PZ_EDNS_OTHER (-4005)  /* another resolver failure */
+
+/* A short description of a plaza error code (a negative errno value, or
+ * one of the PZ_E* codes above). */
 const char *pz_strerror(int err);
 
 #ifdef __cplusplus
