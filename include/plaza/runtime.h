@@ -54,12 +54,21 @@ pz_task_t *pz_spawn_with(pz_fn fn, void *arg, const pz_spawn_opts_t *opts);
  * Returns 0, -ECANCELED if the calling task was cancelled while waiting (t
  * keeps running and can be joined again), -EDEADLK when a task joins itself,
  * -EINVAL for a detached task or a task another caller is already joining,
- * -EPERM when called outside a task of the running runtime. */
+ * -EPERM when called outside a task of the running runtime.
+ *
+ * Handles detect reuse: a handle carries the generation of the task it
+ * names, so joining, detaching or cancelling a task whose handle was
+ * already given up (joined, or detached and ended) is reported and fails
+ * with -EINVAL (pz_cancel ignores it), even after the memory went to a new
+ * task; pz_task_id of such a handle is 0.  Compare handles with
+ * pz_task_id, not ==: pz_self()'s handle for a task differs from the one
+ * pz_spawn returned for it. */
 int pz_join(pz_task_t *t, void **result);
 
 /* Lets t run to completion on its own; its resources are freed when it ends.
- * The handle must not be used afterwards. */
-void pz_detach(pz_task_t *t);
+ * Returns 0, or -EINVAL (reported) for a task already detached or being
+ * joined, or a stale handle.  The handle must not be used afterwards. */
+int pz_detach(pz_task_t *t);
 
 /* Cancels t: the wait it is in now and every later wait that would
  * suspend it return -ECANCELED; a call that completes without suspending
