@@ -27,6 +27,10 @@ void pz__task_end(pz_task_t *t);
 void pz__groups_close_all(pz_task_t *t);
 void pz__locals_destroy(pz_task_t *t);
 
+/* local.c: the registry of named tasks, for pz_task_name_of. */
+void pz__task_name_register(pz_task_t *t);
+void pz__task_name_forget(pz_task_t *t);
+
 /* handle.c: type-stable task structs and generation-tagged handles. */
 pz_task_t *pz__task_alloc(void);
 void pz__task_recycle(pz_task_t *t);

@@ -109,6 +109,7 @@ pz_task_t *pz_spawn_with(pz_fn fn, void *arg, const pz_spawn_opts_t *opts)
     if (opts && opts->name) {
         strncpy(t->name, opts->name, sizeof t->name - 1);
         t->name[sizeof t->name - 1] = '\0';
+        pz__task_name_register(t);
     }
     atomic_fetch_add_explicit(&rt->live_tasks, 1, memory_order_relaxed);
     pz_task_t *handle = pz__task_handle(t); /* before t can run, end and be freed */
@@ -127,6 +128,7 @@ void pz__task_free(pz_task_t *t)
     }
     if (rt)
         atomic_fetch_sub_explicit(&rt->live_tasks, 1, memory_order_relaxed);
+    pz__task_name_forget(t);
     pz__task_recycle(t);
 }
 
