@@ -9,6 +9,7 @@
  */
 #define _GNU_SOURCE
 #include "io_internal.h"
+#include "kit_io.h"
 
 #include <netdb.h>
 #include <netinet/in.h>
@@ -454,7 +455,7 @@ static int split_hostport(const char *hp, char *host, size_t hostcap, char *port
     if (strlen(colon + 1) == 0 || strlen(colon + 1) >= portcap)
         return -EINVAL;
     strcpy(port, colon + 1);
-    return 0;
+    return pz__port_check(port);
 }
 
 struct resolve {
@@ -478,7 +479,8 @@ static int resolve(const char *hostport, int passive, struct addrinfo **out)
 {
     char host[256], port[32];
     if (split_hostport(hostport, host, sizeof host, port, sizeof port) < 0) {
-        pz__report("cannot parse address \"%s\" (want host:port, [v6]:port or :port)", hostport ? hostport : "(null)");
+        pz__report("cannot parse address \"%s\" (want host:port, [v6]:port or :port, port 0-65535)",
+                   hostport ? hostport : "(null)");
         return -EINVAL;
     }
     struct resolve r = {host, port, passive, NULL, 0};
@@ -487,14 +489,18 @@ static int resolve(const char *hostport, int passive, struct addrinfo **out)
     if (e < 0)
         return e;
     if (r.err) {
-        pz__report("cannot resolve \"%s\": %s", hostport, gai_strerror(r.err));
-        return r.err == EAI_SYSTEM ? -errno : -EADDRNOTAVAIL;
+        return pz__dns_error(r.err, errno);
     }
     *out = r.res;
     return 0;
 }
 
 int pz_tcp_listen(const char *hostport)
+{
+    return pz_tcp_listen_addr(hostport, NULL, NULL);
+}
+
+int pz_tcp_listen_addr(const char *hostport, struct sockaddr *addr, socklen_t *addrlen)
 {
     struct addrinfo *res;
     int e = resolve(hostport, 1, &res);
@@ -511,6 +517,11 @@ int pz_tcp_listen(const char *hostport)
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
         if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 1024) == 0) {
             freeaddrinfo(res);
+            if (addr && addrlen && getsockname(fd, addr, addrlen) < 0) {
+                err = -errno;
+                close(fd);
+                return err;
+            }
             return fd;
         }
         err = -errno;

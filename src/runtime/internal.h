@@ -161,6 +161,7 @@ struct pz_task {
     unsigned shield;           /* pz_shield_begin depth: waits are not cancelled */
     struct pz_group *groups;   /* groups it opened and has not waited for */
     struct pz__local *locals;  /* its task-local values */
+    _Atomic uint16_t handle_gen; /* src/runtime/handle.c */
 };
 
 /* Bounded single-producer multi-consumer ring of runnable tasks.  Only the
