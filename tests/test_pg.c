@@ -53,6 +53,19 @@ static void *basics_main(void *arg)
     CHECK_EQ(pz_pg_exec(c, "SELECT * FROM t_basics", 0, NULL, in_ms(10000)), 17);
     CHECK_EQ(pz_pg_exec(c, "DROP TABLE t_basics", 0, NULL, in_ms(10000)), 0);
 
+    /* Prepared statements. */
+    CHECK_EQ(pz_pg_prepare(c, "twice", "SELECT $1::int * 2", 1, in_ms(10000)), 0);
+    for (int i = 0; i < 5; i++) {
+        char a[8];
+        snprintf(a, sizeof a, "%d", i);
+        CHECK_EQ(pz_pg_query_prepared(c, "twice", 1, (const char *[]){a}, in_ms(10000), &r), 0);
+        CHECK_EQ(pz_pg_result_int64(r, 0, 0, &v), 0);
+        CHECK_EQ(v, 2 * i);
+        pz_pg_result_free(r);
+    }
+    CHECK_EQ(pz_pg_prepare(c, "twice", "SELECT 1", 0, in_ms(10000)), -EREMOTEIO); /* the name is taken */
+    CHECK_EQ(pz_pg_query_prepared(c, "nobody", 0, NULL, in_ms(10000), NULL), -EREMOTEIO);
+
     /* Bad input. */
     CHECK_EQ(pz_pg_query(c, NULL, 0, NULL, in_ms(1000), NULL), -EINVAL);
     CHECK_EQ(pz_pg_query(c, "SELECT $1", 1, NULL, in_ms(1000), NULL), -EINVAL);

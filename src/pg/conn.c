@@ -425,21 +425,35 @@ static int give_up(pz_pg_conn_t *c, int r)
     return r;
 }
 
-int pz_pg_query(pz_pg_conn_t *c, const char *sql, int nparams, const char *const *params, int64_t deadline,
-                pz_pg_result_t **res)
+enum send_kind { SEND_QUERY, SEND_PREPARE, SEND_PREPARED };
+
+/* One command: send it, then read its results until libpq says they are
+ * over; the last result is kept (the first error, if one failed). */
+static int command(pz_pg_conn_t *c, enum send_kind kind, const char *name, const char *sql, int nparams,
+                   const char *const *params, int64_t deadline, pz_pg_result_t **res)
 {
     if (res)
         *res = NULL;
-    if (!c || !sql || nparams < 0 || (nparams > 0 && !params))
+    if (!c || !sql || nparams < 0 || (nparams > 0 && !params && kind != SEND_PREPARE))
         return -EINVAL;
     int r = pz__pg_enter(c, deadline);
     if (r < 0)
         return r;
-    /* Without parameters the simple protocol runs several statements
-     * separated by semicolons; the last result is returned (the first
-     * error, if one failed). */
-    int sent = nparams > 0 ? PQsendQueryParams(c->pg, sql, nparams, NULL, params, NULL, NULL, 0)
+    int sent;
+    switch (kind) {
+    case SEND_PREPARE:
+        sent = PQsendPrepare(c->pg, name, sql, nparams, NULL);
+        break;
+    case SEND_PREPARED:
+        sent = PQsendQueryPrepared(c->pg, sql, nparams, params, NULL, NULL, 0);
+        break;
+    default:
+        /* Without parameters the simple protocol runs several statements
+         * separated by semicolons. */
+        sent = nparams > 0 ? PQsendQueryParams(c->pg, sql, nparams, NULL, params, NULL, NULL, 0)
                            : PQsendQuery(c->pg, sql);
+        break;
+    }
     if (!sent) {
         r = lost_or(c, -EINVAL);
         if (r == -EINVAL && debug_enabled())
@@ -483,6 +497,25 @@ int pz_pg_query(pz_pg_conn_t *c, const char *sql, int nparams, const char *const
     else
         PQclear(keep);
     return r;
+}
+
+int pz_pg_query(pz_pg_conn_t *c, const char *sql, int nparams, const char *const *params, int64_t deadline,
+                pz_pg_result_t **res)
+{
+    return command(c, SEND_QUERY, NULL, sql, nparams, params, deadline, res);
+}
+
+int pz_pg_prepare(pz_pg_conn_t *c, const char *name, const char *sql, int nparams, int64_t deadline)
+{
+    if (!name)
+        return -EINVAL;
+    return command(c, SEND_PREPARE, name, sql, nparams, NULL, deadline, NULL);
+}
+
+int pz_pg_query_prepared(pz_pg_conn_t *c, const char *name, int nparams, const char *const *params, int64_t deadline,
+                         pz_pg_result_t **res)
+{
+    return command(c, SEND_PREPARED, NULL, name, nparams, params, deadline, res);
 }
 
 int64_t pz_pg_exec(pz_pg_conn_t *c, const char *sql, int nparams, const char *const *params, int64_t deadline)
