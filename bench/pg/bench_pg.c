@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 static const char *url;
 static int64_t secs = 3;
@@ -265,6 +266,16 @@ static void *lock_main(void *a)
     return NULL;
 }
 
+/* The process's CPU time (user + system) in microseconds: what the client
+ * side spends per query, less sensitive to a busy machine than the rate. */
+static double cpu_us(void)
+{
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return (double)u.ru_utime.tv_sec * 1e6 + (double)u.ru_utime.tv_usec + (double)u.ru_stime.tv_sec * 1e6 +
+           (double)u.ru_stime.tv_usec;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
@@ -277,11 +288,13 @@ int main(int argc, char **argv)
     sql_name = arg_str(argc, argv, "sql", "select1");
     setup_table();
     char param[128];
+    double cpu0 = cpu_us();
     if (!strcmp(w, "blocking")) {
         int threads = (int)arg(argc, argv, "threads", 1);
         double q = run_blocking(threads);
         snprintf(param, sizeof param, "sql=%s threads=%d", sql_name, threads);
         printf("libpq_blocking,pg_%s,%s,qps,%.0f\n", sql_name, param, q);
+        printf("libpq_blocking,pg_%s,%s,cpu_us_per_query,%.2f\n", sql_name, param, (cpu_us() - cpu0) / (q * (double)secs));
     } else if (!strcmp(w, "plaza")) {
         struct plaza_args A = {(int)arg(argc, argv, "conns", 1), (int)arg(argc, argv, "pipeline", 1), 0};
         int workers = (int)arg(argc, argv, "workers", 1);
@@ -290,6 +303,7 @@ int main(int argc, char **argv)
         snprintf(param, sizeof param, "sql=%s workers=%d conns=%d pipeline=%d", sql_name, workers, A.conns,
                  A.pipeline);
         printf("plaza,pg_%s,%s,qps,%.0f\n", sql_name, param, A.result);
+        printf("plaza,pg_%s,%s,cpu_us_per_query,%.2f\n", sql_name, param, (cpu_us() - cpu0) / (A.result * (double)secs));
     } else if (!strcmp(w, "lock_sql")) {
         printf("libpq_blocking,pg_lock,bare_sql,pairs_per_s,%.0f\n", run_lock_sql_blocking());
     } else if (!strcmp(w, "lock_sql_plaza")) {

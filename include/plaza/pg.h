@@ -232,7 +232,9 @@ int pz_pg_lock_unlock(pz_pg_lock_t *l);
 int pz_pg_lock_check(pz_pg_lock_t *l, int64_t deadline);
 /* Waits, without a round trip, until the session is lost (-ENOLCK), the
  * deadline (-ETIMEDOUT) or a cancel.  Meant for a watchdog task beside the
- * holder that cancels its work when the lock is lost. */
+ * holder that cancels its work when the lock is lost; call it only while
+ * the lock is held, and let it return (cancel it) before the holder
+ * unlocks. */
 int pz_pg_lock_wait_lost(pz_pg_lock_t *l, int64_t deadline);
 /* The token of the current acquisition (0 if not held). */
 uint64_t pz_pg_lock_token(pz_pg_lock_t *l);

@@ -149,6 +149,22 @@ static int wait_writable(pz_pg_conn_t *c, int64_t deadline)
     return 0;
 }
 
+/* Waits until the socket is writable for real: PQconnectPoll must not be
+ * called before (it would take a connect in progress for a finished one).
+ * In slices, like wait_writable. */
+static int wait_connected(pz_pg_conn_t *c, int64_t deadline)
+{
+    for (;;) {
+        if (c->watch_fd < 0)
+            return -ECONNRESET;
+        int64_t slice = pz_now() + PZ_PG_WRITE_SLICE_NS;
+        int r = pz_wait_fd(c->watch_fd, PZ_WRITABLE, slice < deadline ? slice : deadline);
+        if (r == -ETIMEDOUT && pz_now() < deadline)
+            continue;
+        return r < 0 ? r : 0;
+    }
+}
+
 void pz__pg_break(pz_pg_conn_t *c)
 {
     atomic_store_explicit(&c->broken, true, memory_order_release);
@@ -223,7 +239,7 @@ int pz_pg_connect(const char *conninfo, int64_t deadline, pz_pg_conn_t **out)
             r = -ECONNREFUSED;
             goto fail;
         }
-        r = st == PGRES_POLLING_READING ? pz__pg_wait_readable(c, deadline) : wait_writable(c, deadline);
+        r = st == PGRES_POLLING_READING ? pz__pg_wait_readable(c, deadline) : wait_connected(c, deadline);
         if (r < 0)
             goto fail;
         st = PQconnectPoll(c->pg);

@@ -166,6 +166,10 @@ static int parse_token(pz_pg_result_t *res, uint64_t *token)
  * (try: only if free) and the next token. */
 static int acquire_remote(pz_pg_lock_t *l, bool try, int64_t deadline, uint64_t *token)
 {
+    /* A session that died while nobody held the lock (a server restart, an
+     * idle timeout) is found by this statement: nothing was held, so one
+     * more try on a new session is safe. */
+    bool fresh = !(l->conn && pz_pg_conn_ok(l->conn));
     int r = ensure_session(l, deadline);
     if (r < 0)
         return r;
@@ -181,6 +185,8 @@ static int acquire_remote(pz_pg_lock_t *l, bool try, int64_t deadline, uint64_t 
     pz_pg_result_free(res);
     if (r < 0 && r != -EBUSY)
         drop_session(l); /* whatever the session may hold goes with it */
+    if ((r == -ECONNRESET || r == -ENOTCONN) && !fresh)
+        return acquire_remote(l, try, deadline, token);
     return r;
 }
 
