@@ -31,7 +31,10 @@
  * hands it, with a reference, to a drain task (pz__pg_abandon) that runs
  * PQcancel on the blocking pool, reads and drops every remaining result
  * (and pipeline sync), then releases the permit; if that fails within
- * PZ_PG_DRAIN_NS the connection is marked broken.  The caller returns at
+ * PZ_PG_DRAIN_NS the connection is marked broken.  An owner that must undo
+ * what an abandoned command may have done on the session (the distributed
+ * lock: a lock granted as it was abandoned) sets drain_sql, which the drain
+ * runs on the idle session before giving the permit back.  The caller returns at
  * once: a cancelled task cannot wait for anything, and a timed-out one
  * should not wait for the server either.  The next call on the connection
  * waits for the permit within its own deadline.
@@ -61,12 +64,15 @@
 
 static bool debug_enabled(void)
 {
-    static int on = -1;
-    if (on < 0) {
+    /* Racing first readers compute the same value. */
+    static _Atomic int on = -1;
+    int v = atomic_load_explicit(&on, memory_order_relaxed);
+    if (v < 0) {
         const char *e = getenv("PLAZA_PG_DEBUG");
-        on = e && *e && strcmp(e, "0") != 0;
+        v = e && *e && strcmp(e, "0") != 0;
+        atomic_store_explicit(&on, v, memory_order_relaxed);
     }
-    return on;
+    return v;
 }
 
 static void debug_report(const char *what, PGconn *pg)
@@ -347,6 +353,8 @@ int pz__pg_next_result(pz_pg_conn_t *c, int64_t deadline, PGresult **out)
     return 0;
 }
 
+static int status_error(PGresult *res);
+
 /* ------------------------------------------------------------------ drain */
 
 static void *cancel_fn(void *arg)
@@ -386,6 +394,25 @@ static int drain_results(pz_pg_conn_t *c, int64_t deadline)
     }
 }
 
+/* The owner's clean-up statement (drain_sql), on the idle session. */
+static int drain_cleanup(pz_pg_conn_t *c, int64_t deadline)
+{
+    if (!c->drain_sql)
+        return 0;
+    if (!PQsendQuery(c->pg, c->drain_sql))
+        return lost_or(c, -EPROTO);
+    int r = pz__pg_flush(c, deadline);
+    int failed = 0;
+    while (r == 0) {
+        PGresult *res;
+        if ((r = pz__pg_next_result(c, deadline, &res)) < 0 || !res)
+            break;
+        failed |= status_error(res) < 0;
+        PQclear(res);
+    }
+    return r < 0 ? r : failed ? -EREMOTEIO : 0;
+}
+
 static void *drain_task(void *arg)
 {
     pz_pg_conn_t *c = arg;
@@ -393,7 +420,10 @@ static void *drain_task(void *arg)
     /* The server stops the command; its error result then ends it. */
     if (pz_blocking(cancel_fn, c, &sent) < 0 || !sent)
         debug_report("cancel", c->pg);
-    int r = drain_results(c, pz_now() + PZ_PG_DRAIN_NS);
+    int64_t deadline = pz_now() + PZ_PG_DRAIN_NS;
+    int r = drain_results(c, deadline);
+    if (r == 0)
+        r = drain_cleanup(c, deadline);
     if (r < 0) {
         debug_report("drain", c->pg);
         pz__pg_break(c);

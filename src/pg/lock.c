@@ -19,10 +19,12 @@
  *
  * Giving up.  A lock attempt that times out or is cancelled may have been
  * granted on the server at the very moment it was abandoned, and the grant
- * would outlive the aborted batch.  So the session is dropped: the
- * connection's drain cancels the statement, and closing the connection ends
- * the session, which releases anything it held.  The next attempt
- * reconnects.
+ * would outlive the statement.  The connection's drain, which cancels the
+ * statement and reads its end, then runs pg_advisory_unlock_all() on the
+ * idle session (drain_sql) before anyone can use the session again; if the
+ * drain fails the connection is broken and dropped, and the session's end
+ * releases everything.  So the session is kept (no reconnect after a
+ * timeout), and nothing stays held.
  *
  * Loss.  If the session dies (connection lost, backend terminated) the
  * server has released the lock and another process may hold it.  The
@@ -125,6 +127,10 @@ static int ensure_session(pz_pg_lock_t *l, int64_t deadline)
         pz_pg_close(c);
         return r;
     }
+    /* An abandoned lock statement may have been granted as it was given
+     * up: the drain releases whatever the session holds before anyone can
+     * use it again (this session holds no other advisory lock). */
+    c->drain_sql = "SELECT pg_advisory_unlock_all()";
     int fd = PQsocket(pz_pg_raw(c));
     l->watch = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
     l->conn = c;
@@ -183,8 +189,11 @@ static int acquire_remote(pz_pg_lock_t *l, bool try, int64_t deadline, uint64_t 
             r = parse_token(res, token);
     }
     pz_pg_result_free(res);
-    if (r < 0 && r != -EBUSY)
-        drop_session(l); /* whatever the session may hold goes with it */
+    /* A statement abandoned at its deadline or by a cancel is undone by the
+     * connection's drain (drain_sql); any other failure leaves a session we
+     * are unsure of, and whatever it may hold goes with it. */
+    if (r < 0 && r != -EBUSY && r != -ETIMEDOUT && r != -ECANCELED)
+        drop_session(l);
     if ((r == -ECONNRESET || r == -ENOTCONN) && !fresh)
         return acquire_remote(l, try, deadline, token);
     return r;

@@ -18,6 +18,7 @@ struct pz_pg_conn {
     _Atomic bool broken;
     PGcancel *cancel;   /* made once connected; used only by the drain */
     int pending_syncs;  /* pipeline syncs sent and not yet read back */
+    const char *drain_sql; /* run by a drain once the session is idle again, or NULL */
     int64_t idle_since; /* for the pool: when it was last released */
     struct pz_pg_conn *next_idle;
 };
