@@ -245,6 +245,12 @@ int pz_pg_connect(const char *conninfo, int64_t deadline, pz_pg_conn_t **out)
             r = -ECONNREFUSED;
             goto fail;
         }
+        /* A wait that returns at once every time (a socket at end of file)
+         * must not make this loop outlive its deadline. */
+        if (pz_now() >= deadline) {
+            r = -ETIMEDOUT;
+            goto fail;
+        }
         r = st == PGRES_POLLING_READING ? pz__pg_wait_readable(c, deadline) : wait_connected(c, deadline);
         if (r < 0)
             goto fail;
