@@ -223,12 +223,13 @@ int pz_pg_lock_lock_until(pz_pg_lock_t *l, int64_t deadline, uint64_t *token);
 int pz_pg_lock_trylock(pz_pg_lock_t *l, int64_t deadline, uint64_t *token);
 /* Releases the lock.  0, or -ENOLCK if the session was lost while held
  * (then the lock had already been released by the server: another holder
- * may have had it); -EPERM if the caller is not the holder.  The local
- * lock is released in every case. */
+ * may have had it); either way the caller no longer holds it.  -EPERM (and
+ * a report on stderr) if the calling task is not the holder. */
 int pz_pg_lock_unlock(pz_pg_lock_t *l);
 /* Asks the server (one round trip) whether the holder's session is still
  * alive and so still holds the lock: 0 if it does, -ENOLCK if it was lost,
- * -ETIMEDOUT if the server did not answer in time (assume lost). */
+ * -ETIMEDOUT if the server did not answer in time (assume lost), -EPERM if
+ * the calling task is not the holder. */
 int pz_pg_lock_check(pz_pg_lock_t *l, int64_t deadline);
 /* Waits, without a round trip, until the session is lost (-ENOLCK), the
  * deadline (-ETIMEDOUT) or a cancel.  Meant for a watchdog task beside the

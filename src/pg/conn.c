@@ -31,10 +31,11 @@
  * hands it, with a reference, to a drain task (pz__pg_abandon) that runs
  * PQcancel on the blocking pool, reads and drops every remaining result
  * (and pipeline sync), then releases the permit; if that fails within
- * PZ_PG_DRAIN_NS the connection is marked broken.  An owner that must undo
- * what an abandoned command may have done on the session (the distributed
- * lock: a lock granted as it was abandoned) sets drain_sql, which the drain
- * runs on the idle session before giving the permit back.  The caller returns at
+ * PZ_PG_DRAIN_NS the connection is marked broken.  A command that must be
+ * undone if abandoned (the distributed lock's: a lock granted as it was
+ * given up) carries its undo statement (drain_sql, set and cleared under the
+ * turn, so it belongs to that one command), which the drain runs on the
+ * idle session before giving the permit back.  The caller returns at
  * once: a cancelled task cannot wait for anything, and a timed-out one
  * should not wait for the server either.  The next call on the connection
  * waits for the permit within its own deadline.
@@ -310,6 +311,7 @@ int pz__pg_enter(pz_pg_conn_t *c, int64_t deadline)
 
 void pz__pg_leave(pz_pg_conn_t *c)
 {
+    c->drain_sql = NULL; /* it belongs to one command, under the turn */
     pz_semaphore_release(&c->use, 1);
 }
 
@@ -482,7 +484,7 @@ enum send_kind { SEND_QUERY, SEND_PREPARE, SEND_PREPARED };
 /* One command: send it, then read its results until libpq says they are
  * over; the last result is kept (the first error, if one failed). */
 static int command(pz_pg_conn_t *c, enum send_kind kind, const char *name, const char *sql, int nparams,
-                   const char *const *params, int64_t deadline, pz_pg_result_t **res)
+                   const char *const *params, int64_t deadline, pz_pg_result_t **res, const char *undo)
 {
     if (res)
         *res = NULL;
@@ -491,6 +493,7 @@ static int command(pz_pg_conn_t *c, enum send_kind kind, const char *name, const
     int r = pz__pg_enter(c, deadline);
     if (r < 0)
         return r;
+    c->drain_sql = undo; /* for a drain, should this command be abandoned */
     int sent;
     switch (kind) {
     case SEND_PREPARE:
@@ -554,20 +557,26 @@ static int command(pz_pg_conn_t *c, enum send_kind kind, const char *name, const
 int pz_pg_query(pz_pg_conn_t *c, const char *sql, int nparams, const char *const *params, int64_t deadline,
                 pz_pg_result_t **res)
 {
-    return command(c, SEND_QUERY, NULL, sql, nparams, params, deadline, res);
+    return command(c, SEND_QUERY, NULL, sql, nparams, params, deadline, res, NULL);
 }
 
 int pz_pg_prepare(pz_pg_conn_t *c, const char *name, const char *sql, int nparams, int64_t deadline)
 {
     if (!name)
         return -EINVAL;
-    return command(c, SEND_PREPARE, name, sql, nparams, NULL, deadline, NULL);
+    return command(c, SEND_PREPARE, name, sql, nparams, NULL, deadline, NULL, NULL);
 }
 
 int pz_pg_query_prepared(pz_pg_conn_t *c, const char *name, int nparams, const char *const *params, int64_t deadline,
                          pz_pg_result_t **res)
 {
-    return command(c, SEND_PREPARED, NULL, name, nparams, params, deadline, res);
+    return command(c, SEND_PREPARED, NULL, name, nparams, params, deadline, res, NULL);
+}
+
+int pz__pg_query_prepared_undo(pz_pg_conn_t *c, const char *name, int nparams, const char *const *params,
+                               int64_t deadline, pz_pg_result_t **res, const char *undo)
+{
+    return command(c, SEND_PREPARED, NULL, name, nparams, params, deadline, res, undo);
 }
 
 int64_t pz_pg_exec(pz_pg_conn_t *c, const char *sql, int nparams, const char *const *params, int64_t deadline)

@@ -21,7 +21,9 @@
  * granted on the server at the very moment it was abandoned, and the grant
  * would outlive the statement.  The connection's drain, which cancels the
  * statement and reads its end, then runs pg_advisory_unlock_all() on the
- * idle session (drain_sql) before anyone can use the session again; if the
+ * idle session (the lock statement's undo; no other statement of the
+ * session has one, so a holder's timed-out check never releases the lock)
+ * before anyone can use the session again; if the
  * drain fails the connection is broken and dropped, and the session's end
  * releases everything.  So the session is kept (no reconnect after a
  * timeout), and nothing stays held.
@@ -127,10 +129,6 @@ static int ensure_session(pz_pg_lock_t *l, int64_t deadline)
         pz_pg_close(c);
         return r;
     }
-    /* An abandoned lock statement may have been granted as it was given
-     * up: the drain releases whatever the session holds before anyone can
-     * use it again (this session holds no other advisory lock). */
-    c->drain_sql = "SELECT pg_advisory_unlock_all()";
     int fd = PQsocket(pz_pg_raw(c));
     l->watch = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
     l->conn = c;
@@ -181,7 +179,11 @@ static int acquire_remote(pz_pg_lock_t *l, bool try, int64_t deadline, uint64_t 
         return r;
     const char *params[1] = {l->key};
     pz_pg_result_t *res;
-    r = pz_pg_query_prepared(l->conn, try ? "plaza_trylock" : "plaza_lock", 1, params, deadline, &res);
+    /* An abandoned lock statement may have been granted as it was given
+     * up: its drain releases whatever the session holds before anyone can
+     * use the session again (it holds no other advisory lock). */
+    r = pz__pg_query_prepared_undo(l->conn, try ? "plaza_trylock" : "plaza_lock", 1, params, deadline, &res,
+                                   "SELECT pg_advisory_unlock_all()");
     if (r == 0) {
         if (try && pz_pg_result_value(res, 0, 0) == NULL)
             r = -EBUSY;
