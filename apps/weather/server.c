@@ -589,7 +589,8 @@ static void *serve_conn(void *arg)
             if (st < 0)
                 break;
             count_status(s, st);
-            if (pz_write_all(fd, out.p, out.len, pz_now() + s->o.request_timeout_ns) < 0 || close)
+            if (pz_write_all(fd, out.p, out.len, pz_now() + s->o.request_timeout_ns) < 0 || close ||
+                wx_status_closes(st))
                 break;
             wx_parser_next(&ps);
             sent_continue = false;
