@@ -3,6 +3,8 @@
  * for each (today SQLite; PostgreSQL joins behind the same interface).
  *
  *   test_weather_storage sqlite
+ *   test_weather_storage pg      (PLAZA_PG_URL, or the state file named by
+ *                                 PLAZA_PG_STATE of the test server fixture)
  *
  * Seeding follows the protocol exactly and only once; a batch is stored
  * whole; recent() returns the newest first and at most what was asked;
@@ -23,6 +25,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#ifdef WX_HAVE_PG
+#include <plaza/pg.h>
+#endif
+
 static int failures;
 #define CHECK(cond, ...)                                                                                             \
     do {                                                                                                             \
@@ -35,6 +41,8 @@ static int failures;
     } while (0)
 
 static char url[4096];
+static char pg_admin[2048]; /* conninfo of the server's own database */
+static char pg_db[64];      /* the test's database, created and dropped here */
 static const int64_t T0 = 1733300000000LL;
 
 typedef struct reader_arg {
@@ -64,11 +72,36 @@ static void *reader(void *p)
     return NULL;
 }
 
+#ifdef WX_HAVE_PG
+static int pg_admin_exec(const char *sql)
+{
+    pz_pg_conn_t *c;
+    int r = pz_pg_connect(pg_admin, pz_now() + 30000000000LL, &c);
+    if (r < 0)
+        return r;
+    int64_t n = pz_pg_exec(c, sql, 0, NULL, pz_now() + 30000000000LL);
+    if (n < 0)
+        fprintf(stderr, "%s: %s\n", sql, pz_pg_error_message(c));
+    pz_pg_close(c);
+    return n < 0 ? (int)n : 0;
+}
+#endif
+
 static void *body(void *arg)
 {
     (void)arg;
     char err[512];
     wx_store *s = NULL;
+#ifdef WX_HAVE_PG
+    if (pg_db[0]) {
+        char sql[128];
+        snprintf(sql, sizeof sql, "CREATE DATABASE %s", pg_db);
+        int c = pg_admin_exec(sql);
+        CHECK(c == 0, "create the test database: %d", c);
+        if (c)
+            return NULL;
+    }
+#endif
     int r = wx_store_open(url, NULL, &s, err, sizeof err);
     CHECK(r == 0, "open %s: %s", url, err);
     if (r)
@@ -132,7 +165,7 @@ static void *body(void *arg)
     wx_store_close(s);
 
     /* Opening something that is not a database fails cleanly. */
-    if (strncmp(url, "postgres", 8) != 0) {
+    if (!pg_db[0]) {
         char bad[4200];
         snprintf(bad, sizeof bad, "%s.bad", url);
         FILE *f = fopen(bad, "w");
@@ -144,6 +177,16 @@ static void *body(void *arg)
         r = wx_store_open("/nonexistent-dir/x.db", NULL, &s, err, sizeof err);
         CHECK(r < 0 && err[0], "a path that cannot be created fails with a message: %d %s", r, err);
     }
+#ifdef WX_HAVE_PG
+    if (pg_db[0]) {
+        err[0] = 0;
+        r = wx_store_open("pg:host=/nonexistent port=1 connect_timeout=2", NULL, &s, err, sizeof err);
+        CHECK(r < 0 && err[0], "an unreachable server fails with a message: %d %s", r, err);
+        char sql[128];
+        snprintf(sql, sizeof sql, "DROP DATABASE %s WITH (FORCE)", pg_db);
+        CHECK(pg_admin_exec(sql) == 0, "drop the test database");
+    }
+#endif
     return NULL;
 }
 
@@ -155,6 +198,36 @@ int main(int argc, char **argv)
         if (!mkdtemp(dir))
             return 1;
         snprintf(url, sizeof url, "%s/w.db", dir);
+    } else if (strcmp(backend, "pg") == 0) {
+#ifdef WX_HAVE_PG
+        const char *e = getenv("PLAZA_PG_URL");
+        const char *state = getenv("PLAZA_PG_STATE");
+        if (e && *e) {
+            snprintf(pg_admin, sizeof pg_admin, "%s", e);
+        } else if (state) {
+            /* A file of KEY='value' lines (scripts/pg-test-server.sh). */
+            FILE *f = fopen(state, "r");
+            char line[2048];
+            while (f && fgets(line, sizeof line, f))
+                if (strncmp(line, "PLAZA_PG_URL='", 14) == 0) {
+                    char *end = strrchr(line + 14, '\'');
+                    if (end)
+                        *end = 0;
+                    snprintf(pg_admin, sizeof pg_admin, "%s", line + 14);
+                }
+            if (f)
+                fclose(f);
+        }
+        if (!pg_admin[0]) {
+            fprintf(stderr, "no PostgreSQL server: set PLAZA_PG_URL or PLAZA_PG_STATE\n");
+            return 1;
+        }
+        snprintf(pg_db, sizeof pg_db, "plaza_weather_test_%d", (int)getpid());
+        snprintf(url, sizeof url, "pg:%s dbname=%s", pg_admin, pg_db);
+#else
+        fprintf(stderr, "this build has no PostgreSQL back end\n");
+        return 1;
+#endif
     } else {
         fprintf(stderr, "unknown back end %s\n", backend);
         return 2;
