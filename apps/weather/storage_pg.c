@@ -41,8 +41,8 @@ typedef struct pg_store {
 
 static const char *const schema[] = {
     "CREATE TABLE IF NOT EXISTS cities(name TEXT PRIMARY KEY, base DOUBLE PRECISION NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS readings(id BIGSERIAL PRIMARY KEY, city TEXT NOT NULL,"
-    " temperature DOUBLE PRECISION NOT NULL, time BIGINT NOT NULL)",
+    ("CREATE TABLE IF NOT EXISTS readings(id BIGSERIAL PRIMARY KEY, city TEXT NOT NULL,"
+     " temperature DOUBLE PRECISION NOT NULL, time BIGINT NOT NULL)"),
     "CREATE INDEX IF NOT EXISTS readings_city_time ON readings(city, time)",
 };
 
