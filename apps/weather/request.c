@@ -418,8 +418,11 @@ int wx_respond(wx_buf *out, int status, const char *body, size_t body_len, bool 
     return wx_buf_append(out, body, body_len);
 }
 
+bool wx_status_closes(int status) { return status == 400 || status == 408 || status == 413 || status == 431; }
+
 int wx_respond_error(wx_buf *out, int status, const char *reason, bool close, const char *allow)
 {
+    close = close || wx_status_closes(status);
     json_t *o = json_pack("{s:s}", "error", reason ? reason : wx_status_text(status));
     if (!o) /* a reason quoting the client's bytes that are not UTF-8 */
         o = json_pack("{s:s}", "error", wx_status_text(status));

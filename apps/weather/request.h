@@ -132,7 +132,12 @@ const char *wx_status_text(int status);
 /* Appends a whole response with a JSON body; close adds Connection: close;
  * allow (or NULL) adds an Allow header.  0 or -ENOMEM. */
 int wx_respond(wx_buf *out, int status, const char *body, size_t body_len, bool close, const char *allow);
-/* Appends {"error":reason} with the status. */
+/* True for the statuses after which the connection is closed (400, 408,
+ * 413, 431): the rest of what the client sent cannot be trusted to start a
+ * request. */
+bool wx_status_closes(int status);
+/* Appends {"error":reason} with the status (and Connection: close when
+ * wx_status_closes says so). */
 int wx_respond_error(wx_buf *out, int status, const char *reason, bool close, const char *allow);
 
 #endif

@@ -6,8 +6,9 @@
  * handles and answers its requests one after another, so a slow client
  * suspends only its own task); one writer task that commits readings in
  * groups; one refresher that recomputes every city's forecast on a timer;
- * one task waiting for SIGINT/SIGTERM.  The storage calls run on the
- * blocking pool (storage_sqlite.c), so no worker ever waits for the disk.
+ * plaza's shutdown helper (pz_shutdown_*) watches SIGINT/SIGTERM.  The
+ * storage calls never hold a worker: SQLite's run on the blocking pool
+ * (storage_sqlite.c), PostgreSQL's wait on the reactor (storage_pg.c).
  *
  * The two critical sections of a city, and their locks:
  *  - data: `current` (the last reading) is only copied in and out while
@@ -44,7 +45,8 @@
  * finishes it and answers with Connection: close), waits for the
  * connections to end, stops the refresher, closes the writer's channel
  * (the writer commits what is queued, then ends), closes the database and
- * exits 0.  A second signal exits at once (status 1).
+ * exits 0.  A second signal ends the process at once (the signal's default
+ * action: status 130 or 143 in a shell).
  */
 #define _GNU_SOURCE
 #include "request.h"
@@ -65,7 +67,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -199,7 +200,6 @@ typedef struct service {
     _Atomic int nconns;
     pz_notify_t conns_changed;
     _Atomic bool stopping;
-    pz_notify_t stop;
     int lfd;
 } service;
 
@@ -589,7 +589,8 @@ static void *serve_conn(void *arg)
             if (st < 0)
                 break;
             count_status(s, st);
-            if (pz_write_all(fd, out.p, out.len, pz_now() + s->o.request_timeout_ns) < 0 || close)
+            if (pz_write_all(fd, out.p, out.len, pz_now() + s->o.request_timeout_ns) < 0 || close ||
+                wx_status_closes(st))
                 break;
             wx_parser_next(&ps);
             sent_continue = false;
@@ -677,36 +678,6 @@ static void *accept_loop(void *arg)
             continue;
         }
         pz_detach(t);
-    }
-    return NULL;
-}
-
-/* ---- signals: a private helper until the service kit has one ---- */
-
-typedef struct signal_arg {
-    service *s;
-    int fd;
-} signal_arg;
-
-static void *signal_watch(void *arg)
-{
-    signal_arg *a = arg;
-    int seen = 0;
-    for (;;) {
-        int r = pz_wait_fd(a->fd, PZ_READABLE, PZ_FOREVER);
-        if (r == -ECANCELED)
-            break;
-        struct signalfd_siginfo si;
-        while (read(a->fd, &si, sizeof si) == (ssize_t)sizeof si) {
-            if (++seen == 1) {
-                fprintf(stderr, "plaza-weather: %s: finishing in-flight requests (again to exit at once)\n",
-                        strsignal((int)si.ssi_signo));
-                pz_notify_one(&a->s->stop);
-            } else {
-                fprintf(stderr, "plaza-weather: second signal: exiting now\n");
-                _exit(1);
-            }
-        }
     }
     return NULL;
 }
@@ -801,14 +772,12 @@ static void *serve_task(void *arg)
            s->o.wrong_locks ? "wrong" : "right", pz_worker_count());
     fflush(stdout);
 
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    signal_arg sa = {s, signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC)};
-    pz_task_t *sig = sa.fd >= 0 ? pz_spawn(signal_watch, &sa) : NULL;
-    if (!sig)
-        fprintf(stderr, "plaza-weather: no signal watcher: SIGINT/SIGTERM will not stop the service\n");
+    /* SIGINT/SIGTERM: the first asks for the stop below, a second ends
+     * the process at once (plaza's shutdown helper). */
+    int sr = pz_shutdown_listen();
+    if (sr < 0)
+        fprintf(stderr, "plaza-weather: no signal watcher (%s): SIGINT/SIGTERM will not stop the service gracefully\n",
+                pz_strerror(sr));
 
     pz_task_t *wr = pz_spawn(writer, s);
     pz_task_t *rf = pz_spawn(refresher, s);
@@ -818,8 +787,10 @@ static void *serve_task(void *arg)
         exit(1);
     }
 
-    while (pz_notify_wait(&s->stop) < 0) {
+    while (pz_shutdown_wait(PZ_FOREVER) < 0) {
     }
+    fprintf(stderr, "plaza-weather: %s: finishing in-flight requests (again to exit at once)\n",
+            pz_shutdown_signal() ? strsignal(pz_shutdown_signal()) : "stop requested");
 
     /* 1. No new connections. */
     pz_cancel(ac);
@@ -851,11 +822,6 @@ static void *serve_task(void *arg)
     fprintf(stderr, "plaza-weather: stopped: %llu readings acknowledged in %llu commits, %lld rows stored\n",
             (unsigned long long)atomic_load(&s->acked_readings), (unsigned long long)atomic_load(&s->commits),
             (long long)rows);
-    if (sig) {
-        pz_cancel(sig);
-        pz_join(sig, NULL);
-        close(sa.fd);
-    }
     wx_store_close(s->store);
     run->result = 0;
     return NULL;
@@ -931,13 +897,6 @@ int wx_serve_main(int argc, char **argv)
     if (!s->writes)
         return 1;
 
-    /* Block the stop signals in every thread (the workers inherit this
-     * mask), so they arrive only through the signalfd. */
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     serve_run run = {s, 1};

@@ -77,8 +77,8 @@ static int fail(sqlite3 *db, const char *what, int rc)
     return errno_of(rc);
 }
 
-double wx_seed_base(int i) { return ((i * 7) % 40) - 5.0; }
-double wx_seed_reading(int i, int k) { return wx_seed_base(i) + (((k * 13 + i) % 11) - 5) * 0.1; }
+
+
 
 static int open_conn(const char *path, sqlite3 **out, char *err, size_t errlen)
 {
@@ -403,19 +403,4 @@ int wx_sqlite_open(const char *path, const wx_store_opts *opts, wx_store **out, 
     }
     *out = &s->base;
     return 0;
-}
-
-int wx_store_open(const char *url, const wx_store_opts *opts, wx_store **out, char *err, size_t errlen)
-{
-    if (!url || !*url) {
-        snprintf(err, errlen, "no database given");
-        return -EINVAL;
-    }
-    if (strncmp(url, "postgresql://", 13) == 0 || strncmp(url, "postgres://", 11) == 0) {
-        snprintf(err, errlen, "%s: this build has no PostgreSQL back end", url);
-        return -EINVAL;
-    }
-    if (strncmp(url, "sqlite:", 7) == 0)
-        url += 7;
-    return wx_sqlite_open(url, opts, out, err, errlen);
 }
