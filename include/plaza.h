@@ -8,5 +8,8 @@
 #include "plaza/sync.h"
 #include "plaza/async.h"
 #include "plaza/io.h"
+#include "plaza/signal.h"
+#include "plaza/bufio.h"
+#include "plaza/task.h"
 
 #endif

@@ -61,9 +61,11 @@ int pz_join(pz_task_t *t, void **result);
  * The handle must not be used afterwards. */
 void pz_detach(pz_task_t *t);
 
-/* Cancels t: the wait it is in now and every later one returns -ECANCELED.
- * A task that ignores the error runs on; cancelling a finished task does
- * nothing. */
+/* Cancels t: the wait it is in now and every later wait that would
+ * suspend it return -ECANCELED; a call that completes without suspending
+ * still succeeds, and no wait is cancelled inside pz_shield_begin/_end
+ * (the rule in full: include/plaza/task.h).  A task that ignores the
+ * error runs on; cancelling a finished task does nothing. */
 void pz_cancel(pz_task_t *t);
 
 /* True if the calling task has been cancelled. */

@@ -247,6 +247,7 @@ void pz_cancel(pz_task_t *t)
 uint64_t pz__park_prepare(bool nocancel)
 {
     pz_task_t *self = pz__current_task();
+    nocancel = nocancel || self->shield; /* src/runtime/cancel.c */
     uint64_t gen = ++self->park_gen;
     atomic_store_explicit(&self->park_state,
                           PZ__PS_MAKE(gen, nocancel ? PZ__PS_NOCANCEL : 0, 0, PZ__PS_PARKING),
