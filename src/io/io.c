@@ -226,8 +226,10 @@ static ssize_t try_readv(int fd, void *ctx)
  * comes back (a write to a pipe without reader directs it at the writing
  * thread).  Three system calls more than a plain writev (two when no
  * SIGPIPE came), paid only by pipes; sockets keep one sendmsg with
- * MSG_NOSIGNAL.  A SIGPIPE the thread already had blocked is left alone:
- * whoever blocked it collects it. */
+ * MSG_NOSIGNAL.  A SIGPIPE the thread already had blocked is left alone
+ * (whoever blocked it collects it), except on a worker: workers run with
+ * the asynchronous signals blocked by plaza itself (signal.h), so nobody
+ * else would ever collect it there. */
 static ssize_t writev_nosignal(int fd, const struct iovec *iov, int cnt)
 {
     sigset_t pipe_only, old;
@@ -236,7 +238,7 @@ static ssize_t writev_nosignal(int fd, const struct iovec *iov, int cnt)
     pthread_sigmask(SIG_BLOCK, &pipe_only, &old);
     ssize_t n = writev(fd, iov, cnt);
     int e = errno;
-    if (n < 0 && e == EPIPE && !sigismember(&old, SIGPIPE)) {
+    if (n < 0 && e == EPIPE && (!sigismember(&old, SIGPIPE) || pz__current_worker() != NULL)) {
         struct timespec zero = {0, 0};
         while (sigtimedwait(&pipe_only, NULL, &zero) < 0 && errno == EINTR) {
         }
