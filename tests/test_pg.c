@@ -192,10 +192,10 @@ static void *one_worker_main(void *arg)
     fprintf(stderr, "one worker: the query took %.1f ms while the other task ticked %ld times (1 ms sleeps)\n",
             took / 1e6, ticks);
     CHECK(took >= 490 * MS);
-    /* Had the only worker sat in libpq, the ticker would not have run at
-     * all during the query; 500 ticks are the ideal, a busy machine gives
-     * fewer. */
-    CHECK(ticks >= 50);
+    /* Had the only worker sat in libpq, the ticker could not have run at
+     * all during the query (0 ticks); 500 are the ideal, a busy machine
+     * gives fewer (169 with two other test programs beside it). */
+    CHECK(ticks >= 10);
     pz_pg_close(c);
     return NULL;
 }
