@@ -224,7 +224,9 @@ int pz_pg_lock_trylock(pz_pg_lock_t *l, int64_t deadline, uint64_t *token);
 /* Releases the lock.  0, or -ENOLCK if the session was lost while held
  * (then the lock had already been released by the server: another holder
  * may have had it); either way the caller no longer holds it.  -EPERM (and
- * a report on stderr) if the calling task is not the holder. */
+ * a report on stderr) if the calling task is not the holder.  Waits at most
+ * 5 s for the server; past that (or when cancelled) it ends the session
+ * instead, which releases the lock as surely, and returns 0. */
 int pz_pg_lock_unlock(pz_pg_lock_t *l);
 /* Asks the server (one round trip) whether the holder's session is still
  * alive and so still holds the lock: 0 if it does, -ENOLCK if it was lost,
