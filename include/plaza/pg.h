@@ -187,6 +187,11 @@ int pz_pg_pool_create(const pz_pg_pool_opts_t *opts, pz_pg_pool_t **out);
  * failures.  0 with *out set, -ETIMEDOUT, -ECANCELED; when the deadline
  * passes while the server cannot be reached, the last connect error. */
 int pz_pg_pool_acquire(pz_pg_pool_t *p, int64_t deadline, pz_pg_conn_t **out);
+/* Acquire, pz_pg_query, release in one call, all within deadline: the
+ * simplest way for a task to run one statement.  Returns as pz_pg_query,
+ * or the acquire's error. */
+int pz_pg_pool_query(pz_pg_pool_t *p, const char *sql, int nparams, const char *const *params, int64_t deadline,
+                     pz_pg_result_t **res);
 /* Gives the connection back; a broken one is closed, not kept. */
 void pz_pg_pool_release(pz_pg_pool_t *p, pz_pg_conn_t *c);
 void pz_pg_pool_stats(pz_pg_pool_t *p, pz_pg_pool_stats_t *out);

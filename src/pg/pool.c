@@ -190,6 +190,20 @@ void pz_pg_pool_release(pz_pg_pool_t *p, pz_pg_conn_t *c)
     pz_semaphore_release(&p->slots, 1);
 }
 
+int pz_pg_pool_query(pz_pg_pool_t *p, const char *sql, int nparams, const char *const *params, int64_t deadline,
+                     pz_pg_result_t **res)
+{
+    if (res)
+        *res = NULL;
+    pz_pg_conn_t *c;
+    int r = pz_pg_pool_acquire(p, deadline, &c);
+    if (r < 0)
+        return r;
+    r = pz_pg_query(c, sql, nparams, params, deadline, res);
+    pz_pg_pool_release(p, c);
+    return r;
+}
+
 void pz_pg_pool_stats(pz_pg_pool_t *p, pz_pg_pool_stats_t *out)
 {
     if (!p || !out)
