@@ -11,8 +11,6 @@
 #include "helpers.h"
 #include "pg_helpers.h"
 
-#define MS 1000000LL
-#define SEC 1000000000LL
 
 static const char *url;
 

@@ -10,7 +10,6 @@
 #include "helpers.h"
 #include "pg_helpers.h"
 
-#define MS 1000000LL
 
 static const char *url;
 

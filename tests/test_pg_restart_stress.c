@@ -12,7 +12,6 @@
 #include "helpers.h"
 #include "pg_helpers.h"
 
-#define MS 1000000LL
 
 static char url[1024];
 static char state[1024];
