@@ -58,8 +58,10 @@
 /* How long a drain may take after a cancel before the connection is given
  * up as broken. */
 #define PZ_PG_DRAIN_NS (5 * 1000000000LL)
-/* The longest single wait for writability: pz_wait_fd watches one
- * direction, and a flush blocked on a full send buffer must also read what
+/* The longest single wait for writability.  A single-direction pz_wait_fd
+ * can miss an edge that comes between its poll and its wait (it clears the
+ * ready bit after a simulated failed attempt), so no such wait may be
+ * unbounded; and a flush blocked on a full send buffer must also read what
  * the server sends meanwhile (or both sides wait on each other). */
 #define PZ_PG_WRITE_SLICE_NS (5 * 1000000LL)
 
