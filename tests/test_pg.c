@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <libpq-fe.h>
+
 #include "helpers.h"
 #include "pg_helpers.h"
 
@@ -651,6 +653,15 @@ static void *health_main(void *arg)
     pz_pg_pool_stats(p, &s);
     CHECK_EQ(s.discarded, 2);
     CHECK_EQ(s.idle, 0);
+    /* A connection given back inside a transaction is not lent again. */
+    CHECK_EQ(pz_pg_pool_acquire(p, in_ms(10000), &c), 0);
+    CHECK_EQ(pz_pg_exec(c, "BEGIN", 0, NULL, in_ms(10000)), 0);
+    pz_pg_pool_release(p, c);
+    pz_pg_pool_stats(p, &s);
+    CHECK_EQ(s.discarded, 3);
+    CHECK_EQ(pz_pg_pool_acquire(p, in_ms(10000), &c), 0);
+    CHECK_EQ(PQtransactionStatus(pz_pg_raw(c)), PQTRANS_IDLE);
+    pz_pg_pool_release(p, c);
     /* The bound: two lent, a third acquire waits until its deadline. */
     pz_pg_conn_t *a, *b;
     CHECK_EQ(pz_pg_pool_acquire(p, in_ms(10000), &a), 0);

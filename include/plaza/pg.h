@@ -192,7 +192,8 @@ int pz_pg_pool_acquire(pz_pg_pool_t *p, int64_t deadline, pz_pg_conn_t **out);
  * or the acquire's error. */
 int pz_pg_pool_query(pz_pg_pool_t *p, const char *sql, int nparams, const char *const *params, int64_t deadline,
                      pz_pg_result_t **res);
-/* Gives the connection back; a broken one is closed, not kept. */
+/* Gives the connection back; a broken one, or one left inside a
+ * transaction (no COMMIT or ROLLBACK), is closed, not kept. */
 void pz_pg_pool_release(pz_pg_pool_t *p, pz_pg_conn_t *c);
 void pz_pg_pool_stats(pz_pg_pool_t *p, pz_pg_pool_stats_t *out);
 /* Closes the idle connections and frees the pool.  Every lent connection
