@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <linux/futex.h>
 #include <linux/membarrier.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,9 +113,17 @@ static int probe_guard(void)
     void *p = mmap(NULL, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED)
         return PZ__GUARD_MPROTECT;
-    /* EINVAL on kernels without guard regions (and under emulators that
-     * do not know the advice). */
-    int kind = madvise(p, page, MADV_GUARD_INSTALL) == 0 ? PZ__GUARD_MADVISE : PZ__GUARD_MPROTECT;
+    /* EINVAL on kernels without guard regions.  An emulator (qemu-user)
+     * may accept advice it does not pass on, so the guard is also checked:
+     * the kernel must refuse to read it (EFAULT). */
+    int kind = PZ__GUARD_MPROTECT;
+    int fds[2];
+    if (madvise(p, page, MADV_GUARD_INSTALL) == 0 && pipe2(fds, O_CLOEXEC) == 0) {
+        if (write(fds[1], p, 1) < 0 && errno == EFAULT)
+            kind = PZ__GUARD_MADVISE;
+        close(fds[0]);
+        close(fds[1]);
+    }
     munmap(p, 2 * page);
     return kind;
 }
