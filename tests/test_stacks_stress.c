@@ -288,9 +288,27 @@ static void *no_stack_main(void *arg)
     return NULL;
 }
 
+static void *never_runs(void *arg)
+{
+    (void)arg;
+    fprintf(stderr, "main ran\n");
+    return NULL;
+}
+
 static void child_no_stack(void)
 {
     pz_run(NULL, no_stack_main, NULL, NULL);
+    /* A runtime whose main task cannot get a stack returns the cause
+     * instead of waiting for ever for main to end. */
+    struct rlimit rl;
+    CHECK_EQ(getrlimit(RLIMIT_AS, &rl), 0);
+    struct rlimit low = {.rlim_cur = 256u << 20, .rlim_max = rl.rlim_max};
+    CHECK_EQ(setrlimit(RLIMIT_AS, &low), 0);
+    pz_config_t cfg = {.workers = 1, .stack_size = 512u << 20};
+    int e = pz_run(&cfg, never_runs, NULL, NULL);
+    CHECK_EQ(setrlimit(RLIMIT_AS, &rl), 0);
+    CHECK_EQ(e, -ENOMEM);
+    fprintf(stderr, "pz_run returned %d\n", e);
 }
 
 static void test_join_reports_missing_stack(void **state)
@@ -302,6 +320,8 @@ static void test_join_reports_missing_stack(void **state)
     CHECK(WIFEXITED(status));
     CHECK_EQ(WEXITSTATUS(status), 0);
     CHECK(strstr(out, "cannot map a 536870912-byte stack") != NULL);
+    CHECK(strstr(out, "pz_run returned -12") != NULL);
+    CHECK(strstr(out, "main ran") == NULL);
 }
 #endif
 

@@ -40,7 +40,9 @@ typedef struct pz_spawn_opts {
  * Tasks still running when main returns are abandoned, never resumed.
  * One runtime runs at a time in a process: returns -EBUSY if one is running,
  * -EINVAL for a bad configuration, -ENOMEM/-EAGAIN if threads or memory
- * cannot be had, else 0. */
+ * cannot be had (a worker thread, the poller, main's stack: then main has
+ * not run, or not at all for the threads), -EMFILE if the poller's
+ * descriptors cannot be had, else 0. */
 int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result);
 
 /* Creates a task running fn(arg).  Callable from a task or from any thread
