@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 /* src/sync/held.c: switches the holder check of threads on or off, as
@@ -198,6 +200,62 @@ static void test_once_null_function(void **state)
     CHECK_EQ(once_ran, 5);
 }
 
+/* ---- bad arguments: each documented answer ---- */
+
+static void *noop(void *arg)
+{
+    return arg;
+}
+
+static void *bad_args_main(void *arg)
+{
+    (void)arg;
+    capture_stderr_begin();
+    CHECK(pz_spawn(NULL, NULL) == NULL);
+    CHECK(pz_spawn_with(noop, NULL, &(pz_spawn_opts_t){.stack_size = (size_t)1 << 31}) == NULL);
+    CHECK_EQ(pz_join(NULL, NULL), -EINVAL);
+    pz_detach(NULL);
+    pz_cancel(NULL);
+    CHECK_EQ(pz_blocking(NULL, NULL, NULL), -EINVAL);
+    const char *out = capture_stderr_end();
+    CHECK(strstr(out, "pz_spawn: fn is NULL") != NULL);
+    CHECK_EQ(pz_sleep(-5), 0);
+    CHECK_EQ(pz_sleep_until(-1), 0);
+
+    int sv[2];
+    CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    CHECK_EQ(pz_wait_fd(sv[0], 0, PZ_FOREVER), -EINVAL);
+    CHECK_EQ(pz_wait_fd(sv[0], PZ_READABLE | 8, PZ_FOREVER), -EINVAL);
+    CHECK_EQ(pz_wait_fd(-1, PZ_READABLE, PZ_FOREVER), -EBADF);
+    CHECK_EQ(pz_read(-3, NULL, 1, PZ_FOREVER), -EBADF);
+    /* A deadline that has passed: one try, no wait. */
+    char c;
+    int64_t t0 = pz_now();
+    CHECK_EQ(pz_read(sv[0], &c, 1, -1), -ETIMEDOUT);
+    CHECK_EQ(pz_read(sv[0], &c, 1, INT64_MIN), -ETIMEDOUT);
+    CHECK_EQ(pz_wait_fd(sv[0], PZ_READABLE, -1), -ETIMEDOUT);
+    CHECK(pz_now() - t0 < 1000000000);
+    /* What the system call says about a bad buffer or count. */
+    CHECK_EQ(write(sv[1], "ab", 2), 2);
+    CHECK_EQ(pz_read(sv[0], NULL, 2, PZ_FOREVER), -EFAULT);
+    struct iovec iov = {"x", 1};
+    CHECK_EQ(pz_writev(sv[1], &iov, -1, PZ_FOREVER), -EINVAL);
+    pz_close(sv[0]);
+    pz_close(sv[1]);
+    return NULL;
+}
+
+static void test_bad_arguments(void **state)
+{
+    (void)state;
+    capture_stderr_begin();
+    CHECK_EQ(pz_run(NULL, NULL, NULL, NULL), -EINVAL);
+    CHECK_EQ(pz_run(&(pz_config_t){.workers = -1}, noop, NULL, NULL), -EINVAL);
+    CHECK_EQ(pz_run(&(pz_config_t){.blocking_threads_max = -2}, noop, NULL, NULL), -EINVAL);
+    capture_stderr_end();
+    run_in_runtime(2, bad_args_main, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -205,6 +263,7 @@ int main(void)
         cmocka_unit_test(test_stray_unlock_by_thread_checked),
         cmocka_unit_test(test_stray_unlock_holding_another),
         cmocka_unit_test(test_once_null_function),
+        cmocka_unit_test(test_bad_arguments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #include "io_internal.h"
 
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -296,12 +297,16 @@ ssize_t pz_write_all(int fd, const void *buf, size_t n, int64_t deadline)
 
 ssize_t pz_readv(int fd, const struct iovec *iov, int iovcnt, int64_t deadline)
 {
+    if (iovcnt < 0 || iovcnt > IOV_MAX)
+        return -EINVAL; /* sendmsg would say -EMSGSIZE for a negative count */
     struct iov_ctx c = {iov, iovcnt};
     return io_loop(fd, PZ__IO_READ, try_readv, &c, deadline);
 }
 
 ssize_t pz_writev(int fd, const struct iovec *iov, int iovcnt, int64_t deadline)
 {
+    if (iovcnt < 0 || iovcnt > IOV_MAX)
+        return -EINVAL; /* sendmsg would say -EMSGSIZE for a negative count */
     struct iov_ctx c = {iov, iovcnt};
     return io_loop(fd, PZ__IO_WRITE, try_writev, &c, deadline);
 }
@@ -393,7 +398,9 @@ static int wait_either(int fd, int64_t deadline)
 
 int pz_wait_fd(int fd, int events, int64_t deadline)
 {
-    if (fd < 0 || !(events & (PZ_READABLE | PZ_WRITABLE)))
+    if (fd < 0)
+        return -EBADF;
+    if (!(events & (PZ_READABLE | PZ_WRITABLE)) || (events & ~(PZ_READABLE | PZ_WRITABLE)))
         return -EINVAL;
     struct pollfd p = {.fd = fd, .events = (short)(((events & PZ_READABLE) ? POLLIN : 0) |
                                                    ((events & PZ_WRITABLE) ? POLLOUT : 0))};
