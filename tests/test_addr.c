@@ -10,7 +10,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define SEC 1000000000LL
 
 static void *addr_main(void *arg)
 {

@@ -11,8 +11,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define MS 1000000LL
-#define SEC 1000000000LL
 
 static void pair(int sv[2])
 {

@@ -13,8 +13,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define MS 1000000LL
-#define SEC 1000000000LL
 
 static pz_async_mutex_t lock = PZ_ASYNC_MUTEX_INIT;
 static _Atomic int stage;

@@ -9,8 +9,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#define MS 1000000LL
-#define SEC 1000000000LL
 
 static long live_tasks(void)
 {

@@ -8,7 +8,6 @@
 #include <stdatomic.h>
 #include <stdio.h>
 
-#define MS 1000000LL
 
 static pz_mutex_t m;
 static pz_rwlock_t rw;

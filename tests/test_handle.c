@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#define MS 1000000LL
 
 static void *quick(void *arg)
 {

@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MS 1000000LL
 
 static pz_local_key_t key, again_key;
 static _Atomic long destroyed, again_destroyed;

@@ -12,8 +12,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define MS 1000000LL
-#define SEC 1000000000LL
 
 
 /* ---- a task receives a signal sent by another ---- */

@@ -42,13 +42,14 @@ ssize_t pz_write_all(int fd, const void *buf, size_t n, int64_t deadline);
 ssize_t pz_readv(int fd, const struct iovec *iov, int iovcnt, int64_t deadline);
 ssize_t pz_writev(int fd, const struct iovec *iov, int iovcnt, int64_t deadline);
 ssize_t pz_recv(int fd, void *buf, size_t n, int flags, int64_t deadline);
-/* Sends never raise SIGPIPE: a closed peer gives -EPIPE. */
+/* Sends and writes never raise SIGPIPE: a closed peer, or a pipe without
+ * reader, gives -EPIPE (docs/io.md says how, for pipes). */
 ssize_t pz_send(int fd, const void *buf, size_t n, int flags, int64_t deadline);
 /* Returns the new connection's descriptor (non-blocking, close-on-exec). */
 int pz_accept(int fd, struct sockaddr *addr, socklen_t *addrlen, int64_t deadline);
 int pz_connect(int fd, const struct sockaddr *addr, socklen_t addrlen, int64_t deadline);
-/* Waits until fd is ready for the PZ_READABLE/PZ_WRITABLE events asked;
- * returns the ready ones. */
+/* Waits until fd is ready for any of the PZ_READABLE/PZ_WRITABLE events
+ * asked; returns the ready ones, or -EINVAL if events asks for neither. */
 int pz_wait_fd(int fd, int events, int64_t deadline);
 
 /* "host:port", "[v6addr]:port" or ":port" (all addresses); the port is a

@@ -54,7 +54,9 @@ pz_task_t *pz_spawn_with(pz_fn fn, void *arg, const pz_spawn_opts_t *opts);
  * Returns 0, -ECANCELED if the calling task was cancelled while waiting (t
  * keeps running and can be joined again), -EDEADLK when a task joins itself,
  * -EINVAL for a detached task or a task another caller is already joining,
- * -EPERM when called outside a task of the running runtime.
+ * -EPERM when called outside a task of the running runtime.  A task that
+ * could not get a stack never ran: its join returns the cause (-ENOMEM
+ * usually, see docs/stacks.md) and stores NULL.
  *
  * Handles detect reuse: a handle carries the generation of the task it
  * names, so joining, detaching or cancelling a task whose handle was

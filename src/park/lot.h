@@ -12,7 +12,8 @@
 #include "../runtime/internal.h"
 
 typedef struct pz__waiter {
-    struct pz__waiter *next;
+    struct pz__waiter *next, *prev; /* the bucket's queue, under its lock */
+    bool queued;                /* in a bucket's queue; under its lock */
     _Atomic(const void *) addr; /* changes under both bucket locks on requeue */
     uintptr_t park_token;
     uintptr_t unpark_token;

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "internal.h"
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -40,7 +41,8 @@ const char *pz_strerror(int err)
     case PZ_EDNS_OTHER:
         return "name resolution error";
     default:
-        return err < 0 ? strerror(-err) : "not an error code";
+        /* INT_MIN has no positive counterpart (negating it is undefined). */
+        return err < 0 && err != INT_MIN ? strerror(-err) : "not an error code";
     }
 }
 

@@ -120,11 +120,10 @@ pz_task_t *pz_spawn_with(pz_fn fn, void *arg, const pz_spawn_opts_t *opts)
 void pz__task_free(pz_task_t *t)
 {
     pz__runtime *rt = atomic_load(&pz__rt);
-    if (t->stack_map_size) {
-        /* Only for tasks abandoned at shutdown: a finished task has already
+    if (t->stack_map_size && rt) {
+        /* Only for tasks freed at shutdown: a finished task has already
          * given its stack back. */
-        pz__stack_unmap(t->stack_base, t->stack_map_size);
-        t->stack_map_size = 0;
+        pz__stack_release(rt, NULL, t);
     }
     if (rt)
         atomic_fetch_sub_explicit(&rt->live_tasks, 1, memory_order_relaxed);
@@ -196,10 +195,11 @@ int pz_join(pz_task_t *h, void **result)
         }
     }
     pz__spin_unlock(&t->join_lock);
+    int err = t->start_error;
     if (result)
-        *result = t->result;
+        *result = err < 0 ? NULL : t->result;
     pz__task_free(t);
-    return 0;
+    return err;
 }
 
 int pz_detach(pz_task_t *h)
