@@ -123,6 +123,103 @@ static void test_select_basics(void **state)
     run_in_runtime(2, basics_main, NULL);
 }
 
+/* ---- semaphore cases ---- */
+
+static pz_semaphore_t sem;
+static void *late_release(void *arg)
+{
+    (void)arg;
+    pz_sleep(3 * MS);
+    pz_semaphore_release(&sem, 2);
+    return NULL;
+}
+
+#define SEM_PERMITS 3
+static _Atomic int in_use, max_in_use, sem_rounds;
+static pz_chan_t *sem_ch;
+static pz_semaphore_t racer;
+
+static void *sem_racer(void *arg)
+{
+    uint64_t seed = (uint64_t)(intptr_t)arg * 13 + 5;
+    int got;
+    for (int i = 0; i < SCALED(2000); i++) {
+        pz_sel_t c[] = {PZ_SEL_ACQUIRE(&racer, 1), PZ_SEL_RECV(sem_ch, &got),
+                        PZ_SEL_DEADLINE(pz_now() + (int64_t)(test_rand(&seed) % 30) * 1000)};
+        int k = pz_select(c, 3, PZ_FOREVER);
+        if (k == 0) {
+            CHECK_EQ(c[0].result, 0);
+            int n = atomic_fetch_add(&in_use, 1) + 1;
+            CHECK(n <= SEM_PERMITS);
+            int m = atomic_load(&max_in_use);
+            while (n > m && !atomic_compare_exchange_weak(&max_in_use, &m, n))
+                ;
+            if (test_rand(&seed) % 2)
+                pz_yield();
+            atomic_fetch_sub(&in_use, 1);
+            pz_semaphore_release(&racer, 1);
+            atomic_fetch_add(&sem_rounds, 1);
+        }
+    }
+    return NULL;
+}
+
+static void *pinger(void *arg)
+{
+    (void)arg;
+    /* Channel items that keep firing the other case at the same instant. */
+    for (int i = 0; i < SCALED(4000); i++) {
+        int v = i;
+        if (pz_chan_send_until(sem_ch, &v, pz_now() + 100 * MS) < 0)
+            break;
+    }
+    return NULL;
+}
+
+static void *semaphore_main(void *arg)
+{
+    (void)arg;
+    pz_semaphore_init(&sem, 1);
+    pz_chan_t *a = pz_chan_create(sizeof(int), 1);
+    int got;
+    pz_sel_t c1[] = {PZ_SEL_RECV(a, &got), PZ_SEL_ACQUIRE(&sem, 1)};
+    CHECK_EQ(pz_select(c1, 2, PZ_FOREVER), 1);
+    CHECK_EQ(pz_semaphore_available(&sem), 0);
+    pz_task_t *t = pz_spawn(late_release, NULL);
+    pz_sel_t c2[] = {PZ_SEL_RECV(a, &got), PZ_SEL_ACQUIRE(&sem, 2)};
+    CHECK_EQ(pz_select(c2, 2, pz_now() + 30 * SEC), 1);
+    CHECK_EQ(c2[1].result, 0);
+    CHECK_EQ(pz_semaphore_available(&sem), 0);
+    CHECK_EQ(pz_join(t, NULL), 0);
+    pz_semaphore_close(&sem);
+    CHECK_EQ(pz_select(c2, 2, PZ_FOREVER), 1);
+    CHECK_EQ(c2[1].result, -EPIPE);
+
+    /* Racing: no permit lost or made, however the cases collide. */
+    pz_semaphore_init(&racer, SEM_PERMITS);
+    sem_ch = pz_chan_create(sizeof(int), 0);
+    pz_task_t *r[8];
+    for (intptr_t i = 0; i < 8; i++)
+        r[i] = pz_spawn(sem_racer, (void *)i);
+    pz_task_t *p = pz_spawn(pinger, NULL);
+    for (int i = 0; i < 8; i++)
+        CHECK_EQ(pz_join(r[i], NULL), 0);
+    pz_chan_close(sem_ch);
+    CHECK_EQ(pz_join(p, NULL), 0);
+    CHECK_EQ(pz_semaphore_available(&racer), SEM_PERMITS);
+    CHECK(atomic_load(&max_in_use) <= SEM_PERMITS);
+    CHECK(atomic_load(&sem_rounds) > 0);
+    pz_chan_destroy(sem_ch);
+    pz_chan_destroy(a);
+    return NULL;
+}
+
+static void test_select_semaphore(void **state)
+{
+    (void)state;
+    run_in_runtime(0, semaphore_main, NULL);
+}
+
 /* ---- stress ---- */
 
 #define PRODUCERS 8
@@ -251,6 +348,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_select_basics),
+        cmocka_unit_test(test_select_semaphore),
         cmocka_unit_test(test_select_stress_buffered),
         cmocka_unit_test(test_select_stress_rendezvous),
     };

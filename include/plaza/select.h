@@ -35,9 +35,14 @@
  *   PZ_SEL_JOIN(t, &res)    0: t ended; it is joined (its handle freed)
  *                           and its result stored in *res (if not NULL).
  *   PZ_SEL_DEADLINE(dl)     0: the deadline passed.
+ *   PZ_SEL_ACQUIRE(s, n)    0 with n permits of semaphore s taken; -EPIPE:
+ *                           closed.  (Served in the semaphore's queue order;
+ *                           permits granted to the select as another case
+ *                           fires are given back at once.)
  * At most PZ_SELECT_MAX cases; a channel may appear on one side only.
- * Async locks and semaphores are not select cases (take them after the
- * select, or have a task hand them over through a channel).
+ * The async mutex and rwlock are not select cases (take them after the
+ * select; an async mutex can be a semaphore of 1 permit where it must be
+ * raced against other events).
  */
 #ifndef PLAZA_SELECT_H
 #define PLAZA_SELECT_H
@@ -60,6 +65,7 @@ enum {
     PZ__SEL_NOTIFY,
     PZ__SEL_JOIN,
     PZ__SEL_DEADLINE,
+    PZ__SEL_ACQUIRE,
 };
 
 typedef struct pz_sel {
@@ -67,7 +73,8 @@ typedef struct pz_sel {
     void *obj;        /* the channel, notify or task */
     void *item;       /* RECV: destination; SEND: source; JOIN: void ** */
     int fd, events;
-    uint64_t epoch;
+    uint64_t epoch;   /* NOTIFY */
+    uint64_t n;       /* ACQUIRE: permits */
     int64_t deadline;
     int result;       /* out: the fired case's outcome */
 } pz_sel_t;
@@ -78,6 +85,7 @@ typedef struct pz_sel {
 #define PZ_SEL_NOTIFY(n, e) ((pz_sel_t){.kind = PZ__SEL_NOTIFY, .obj = (n), .epoch = (e)})
 #define PZ_SEL_JOIN(t, res) ((pz_sel_t){.kind = PZ__SEL_JOIN, .obj = (t), .item = (res)})
 #define PZ_SEL_DEADLINE(dl) ((pz_sel_t){.kind = PZ__SEL_DEADLINE, .deadline = (dl)})
+#define PZ_SEL_ACQUIRE(sem, permits) ((pz_sel_t){.kind = PZ__SEL_ACQUIRE, .obj = (sem), .n = (permits)})
 
 int pz_select(pz_sel_t *cases, int n, int64_t deadline);
 

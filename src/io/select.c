@@ -35,6 +35,7 @@
 #include <string.h>
 
 #include "../async/chan_internal.h"
+#include "../async/semaphore_internal.h"
 #include "../park/lot.h"
 #include "../runtime/kit.h"
 
@@ -55,6 +56,7 @@ struct sel_case {
     pz_task_t *task; /* JOIN: the task behind the handle */
     bool joiner;     /* JOIN: we are in its joiner slot */
     bool ready;      /* a validation found it ready */
+    struct pz__sem_wait semw; /* ACQUIRE */
     uint64_t bit;    /* FD validation */
 };
 
@@ -141,6 +143,9 @@ static bool try_case(pz_sel_t *c)
             return false;
         c->result = 0;
         return true;
+    case PZ__SEL_ACQUIRE:
+        r = pz_semaphore_try_acquire(c->obj, c->n);
+        break;
     default:
         return false;
     }
@@ -246,6 +251,12 @@ static void enqueue_case(pz_sel_t *c, struct sel_case *s, int k, pz_task_t *self
         s->queued[0] = pz__lot_enqueue(c->obj, &s->node.lot[0], notify_not_ready, &x);
         break;
     }
+    case PZ__SEL_ACQUIRE:
+        lot_node(&s->node.lot[0], self, gen, fired, k);
+        s->semw.n = c->n;
+        s->queued[0] = pz__sem_sel_enqueue(c->obj, &s->semw, &s->node.lot[0]);
+        s->ready = !s->queued[0];
+        break;
     case PZ__SEL_JOIN: {
         pz_task_t *t = pz__task_peek(c->obj);
         s->task = t;
@@ -270,11 +281,16 @@ static void enqueue_case(pz_sel_t *c, struct sel_case *s, int k, pz_task_t *self
     }
 }
 
-/* Returns the result of a channel node (PENDING if it was still queued). */
-static int leave_case(pz_sel_t *c, struct sel_case *s, pz_task_t *self)
+/* Returns the result of a channel or semaphore node (PENDING if it was
+ * still queued). */
+static int leave_case(pz_sel_t *c, struct sel_case *s, pz_task_t *self, bool fired_here)
 {
     int r = PENDING;
     switch (c->kind) {
+    case PZ__SEL_ACQUIRE:
+        if (s->queued[0])
+            r = pz__sem_sel_leave(&s->semw, &s->node.lot[0], fired_here);
+        break;
     case PZ__SEL_RECV:
     case PZ__SEL_SEND:
         if (s->queued[0])
@@ -319,7 +335,9 @@ int pz_select(pz_sel_t *cases, int n, int64_t deadline)
     for (int k = 0; k < n; k++) {
         pz_sel_t *c = &cases[k];
         c->result = 0;
-        if (c->kind < PZ__SEL_RECV || c->kind > PZ__SEL_DEADLINE)
+        if (c->kind < PZ__SEL_RECV || c->kind > PZ__SEL_ACQUIRE)
+            return -EINVAL;
+        if (c->kind == PZ__SEL_ACQUIRE && (!c->obj || c->n > PZ_SEMAPHORE_MAX_PERMITS))
             return -EINVAL;
         if ((c->kind == PZ__SEL_RECV || c->kind == PZ__SEL_SEND) && !c->obj)
             return -EINVAL;
@@ -379,7 +397,7 @@ int pz_select(pz_sel_t *cases, int n, int64_t deadline)
         int f = atomic_load(&fired);
         int fired_result = PENDING;
         for (int k = 0; k < n; k++) {
-            int lr = leave_case(&cases[k], &st[k], self);
+            int lr = leave_case(&cases[k], &st[k], self, k == f);
             if (k == f)
                 fired_result = lr;
         }
@@ -389,7 +407,8 @@ int pz_select(pz_sel_t *cases, int n, int64_t deadline)
                 c->result = 0; /* woken by a notify: it was ours */
                 return f;
             }
-            if ((c->kind == PZ__SEL_RECV || c->kind == PZ__SEL_SEND) && fired_result != -EAGAIN) {
+            if ((c->kind == PZ__SEL_RECV || c->kind == PZ__SEL_SEND || c->kind == PZ__SEL_ACQUIRE) &&
+                fired_result != -EAGAIN) {
                 c->result = fired_result;
                 return f;
             }
