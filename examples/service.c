@@ -196,9 +196,12 @@ static void *app(void *arg)
     pz_group_t *g = pz_group_new(0);
     pz_group_spawn_with(g, count_events, NULL, &(pz_spawn_opts_t){.name = "stats"});
     uint64_t stop = pz_notify_epoch(pz_shutdown_notify());
+    int k = 0;
     while (!pz_shutdown_requested()) {
         pz_sel_t c[] = {PZ_SEL_FD(lfd, PZ_READABLE), PZ_SEL_NOTIFY(pz_shutdown_notify(), stop)};
-        int k = pz_select(c, 2, PZ_FOREVER);
+        k = pz_select(c, 2, PZ_FOREVER);
+        if (k < 0)
+            fprintf(stderr, "service: select failed: %s\n", pz_strerror(k));
         if (k != 0)
             break;
         int fd = pz_accept(lfd, NULL, NULL, pz_now()); /* ready: does not wait */
@@ -206,7 +209,8 @@ static void *app(void *arg)
             pz_close(fd);
     }
     pz_close(lfd);
-    fprintf(stderr, "service: stopping (%s)\n", pz_shutdown_signal() == SIGINT ? "SIGINT" : "SIGTERM");
+    int sig = pz_shutdown_signal();
+    fprintf(stderr, "service: stopping (%s)\n", sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "requested");
     pz_group_cancel(g);
     int err = pz_group_wait(g);
     printf("stopped: %ld connections, %ld requests%s%s\n", connections, requests, err ? ", error: " : "",
