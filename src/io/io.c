@@ -614,3 +614,8 @@ int pz_close(int fd)
     }
     return close(fd) == 0 ? 0 : -errno;
 }
+
+pz__io_source *pz__io_source_register(int fd, pz__runtime **rtp)
+{
+    return source_for(fd, rtp);
+}
