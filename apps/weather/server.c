@@ -713,7 +713,9 @@ static void *serve_task(void *arg)
     serve_run *run = arg;
     service *s = run->s;
     char err[512];
-    int r = wx_store_open(s->o.db, &s->o.store, &s->store, err, sizeof err);
+    /* The test hook's delay starts once the service is up (the start
+     * reads every city's last reading). */
+    int r = wx_store_open(s->o.db, NULL, &s->store, err, sizeof err);
     if (r < 0) {
         fprintf(stderr, "plaza-weather: cannot open the database: %s\n", err);
         run->result = 1;
@@ -742,6 +744,16 @@ static void *serve_task(void *arg)
         s->city[i].cur_temperature = k == 1 ? p.temperature : s->city_table[i].base;
         s->city[i].cur_time_ms = k == 1 ? p.time_ms : 0;
     }
+    s->store->opts = s->o.store;
+
+    /* SIGINT/SIGTERM: the first asks for the stop below, a second ends
+     * the process at once (plaza's shutdown helper).  Watched before the
+     * address is announced, so a signal sent as soon as it is has its
+     * effect. */
+    int sr = pz_shutdown_listen();
+    if (sr < 0)
+        fprintf(stderr, "plaza-weather: no signal watcher (%s): SIGINT/SIGTERM will not stop the service gracefully\n",
+                pz_strerror(sr));
 
     s->lfd = pz_tcp_listen(s->o.listen);
     if (s->lfd < 0) {
@@ -771,13 +783,6 @@ static void *serve_task(void *arg)
     printf("plaza-weather: listening on %s:%d (%d cities, %s locks, %d workers)\n", host, port, n,
            s->o.wrong_locks ? "wrong" : "right", pz_worker_count());
     fflush(stdout);
-
-    /* SIGINT/SIGTERM: the first asks for the stop below, a second ends
-     * the process at once (plaza's shutdown helper). */
-    int sr = pz_shutdown_listen();
-    if (sr < 0)
-        fprintf(stderr, "plaza-weather: no signal watcher (%s): SIGINT/SIGTERM will not stop the service gracefully\n",
-                pz_strerror(sr));
 
     pz_task_t *wr = pz_spawn(writer, s);
     pz_task_t *rf = pz_spawn(refresher, s);
@@ -902,9 +907,13 @@ int wx_serve_main(int argc, char **argv)
     serve_run run = {s, 1};
     pz_config_t cfg = {.workers = s->o.workers};
     int r = pz_run(&cfg, serve_task, &run, NULL);
-    if (r < 0) {
+    if (r < 0)
         fprintf(stderr, "plaza-weather: cannot start the runtime: %s\n", pz_strerror(r));
-        return 1;
-    }
-    return run.result;
+    /* Every task that used them has ended (the service stopped) or was
+     * never started. */
+    pz_chan_destroy(s->writes);
+    free(s->city);
+    free(s->city_table);
+    free(s);
+    return r < 0 ? 1 : run.result;
 }

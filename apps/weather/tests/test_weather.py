@@ -59,11 +59,14 @@ class Server:
     def stop(self, sig=signal.SIGTERM, timeout=60):
         self.p.send_signal(sig)
         try:
-            return self.p.wait(timeout)
+            status = self.p.wait(timeout)
         except subprocess.TimeoutExpired:
             self.p.kill()
             self.p.wait()
-            return None
+            status = None
+        if status != 0 and sig == signal.SIGTERM:
+            print("the service's log:\n" + self.log_text()[-3000:])
+        return status
 
 
 class Conn:
@@ -454,7 +457,7 @@ def case_shutdown(tmp):
     c.send(b"GET /weather/city00 HTTP/1.1\r\nHost: t\r\n\r\n")
     srv.p.send_signal(signal.SIGTERM)
     deadline = time.time() + 30
-    while "finishing in-flight" not in srv.log_text() and time.time() < deadline:
+    while "finishing in-flight" not in srv.log_text() and srv.p.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     check(srv.p.poll() is None, "the first signal waits for the request in flight")
     t = time.monotonic()
