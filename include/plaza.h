@@ -11,5 +11,6 @@
 #include "plaza/signal.h"
 #include "plaza/bufio.h"
 #include "plaza/task.h"
+#include "plaza/guard.h"
 
 #endif

@@ -1,7 +1,9 @@
 /* The PostgreSQL client against a real server (tests/pg_helpers.h): queries
  * and results, no worker ever blocked in libpq, deadlines and cancels
  * cancelled on the server, pipelining, LISTEN/NOTIFY, the pool. */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +15,45 @@
 static const char *url;
 
 /* ------------------------------------------------------------ queries */
+
+static _Atomic int hung_up;
+
+static size_t put_msg(char *out, char type, const char *body, size_t n)
+{
+    out[0] = type;
+    uint32_t len = htonl((uint32_t)(n + 4));
+    memcpy(out + 1, &len, 4);
+    memcpy(out + 5, body, n);
+    return n + 5;
+}
+
+/* A fake server that lets the client in as a read-only session: a client
+ * asking for target_session_attrs=read-write then closes this connection
+ * and tries its next host, on a new socket. */
+static void *read_only_server_task(void *arg)
+{
+    int lfd = (int)(intptr_t)arg;
+    for (;;) {
+        int fd = pz_accept(lfd, NULL, NULL, PZ_FOREVER);
+        if (fd < 0)
+            return NULL;
+        char b[512];
+        pz_read(fd, b, sizeof b, in_ms(5000)); /* the startup message */
+        char out[512];
+        size_t n = 0;
+        n += put_msg(out + n, 'R', "\0\0\0\0", 4); /* AuthenticationOk */
+        n += put_msg(out + n, 'S', "server_version\0" "15.0\0", 20);
+        n += put_msg(out + n, 'S', "in_hot_standby\0off\0", 19);
+        n += put_msg(out + n, 'S', "default_transaction_read_only\0on\0", 33);
+        n += put_msg(out + n, 'K', "\0\0\0\1\0\0\0\2", 8);
+        n += put_msg(out + n, 'Z', "I", 1);
+        pz_write_all(fd, out, n, in_ms(5000));
+        while (pz_read(fd, b, sizeof b, in_ms(5000)) > 0) {
+        }
+        pz_close(fd);
+        atomic_fetch_add(&hung_up, 1);
+    }
+}
 
 static void *basics_main(void *arg)
 {
@@ -51,11 +92,52 @@ static void *basics_main(void *arg)
     CHECK_EQ(pz_pg_exec(c, "SELECT * FROM t_basics", 0, NULL, in_ms(10000)), 17);
     CHECK_EQ(pz_pg_exec(c, "DROP TABLE t_basics", 0, NULL, in_ms(10000)), 0);
 
+    /* Prepared statements. */
+    CHECK_EQ(pz_pg_prepare(c, "twice", "SELECT $1::int * 2", 1, in_ms(10000)), 0);
+    for (int i = 0; i < 5; i++) {
+        char a[8];
+        snprintf(a, sizeof a, "%d", i);
+        CHECK_EQ(pz_pg_query_prepared(c, "twice", 1, (const char *[]){a}, in_ms(10000), &r), 0);
+        CHECK_EQ(pz_pg_result_int64(r, 0, 0, &v), 0);
+        CHECK_EQ(v, 2 * i);
+        pz_pg_result_free(r);
+    }
+    CHECK_EQ(pz_pg_prepare(c, "twice", "SELECT 1", 0, in_ms(10000)), -EREMOTEIO); /* the name is taken */
+    CHECK_EQ(pz_pg_query_prepared(c, "nobody", 0, NULL, in_ms(10000), NULL), -EREMOTEIO);
+
     /* Bad input. */
     CHECK_EQ(pz_pg_query(c, NULL, 0, NULL, in_ms(1000), NULL), -EINVAL);
     CHECK_EQ(pz_pg_query(c, "SELECT $1", 1, NULL, in_ms(1000), NULL), -EINVAL);
     CHECK_EQ(pz_pg_connect(NULL, in_ms(1000), &c), -EINVAL);
     pz_pg_close(c);
+
+    /* Several hosts, the first one a read-only session where read-write is
+     * asked for: libpq closes that socket and opens another for the next
+     * host, which gets the number just freed.  The client must follow the
+     * new socket (it compares inodes), or it would wait on the dead one. */
+    const char *port = pg_state("PLAZA_PG_PORT");
+    if (port) {
+        int lfd = pz_tcp_listen("127.0.0.1:0");
+        CHECK(lfd >= 0);
+        struct sockaddr_in sa;
+        socklen_t sl = sizeof sa;
+        CHECK_EQ(getsockname(lfd, (struct sockaddr *)&sa, &sl), 0);
+        pz_task_t *h = pz_spawn(read_only_server_task, (void *)(intptr_t)lfd);
+        char multi[256];
+        snprintf(multi, sizeof multi, "host=127.0.0.1,127.0.0.1 port=%d,%s dbname=postgres user=postgres sslmode=disable "
+                 "target_session_attrs=read-write",
+                 ntohs(sa.sin_port), port);
+        for (int i = 0; i < 20; i++) {
+            pz_pg_conn_t *m;
+            CHECK_EQ(pz_pg_connect(multi, in_ms(10000), &m), 0);
+            CHECK_EQ(pz_pg_exec(m, "SELECT 1", 0, NULL, in_ms(10000)), 1);
+            pz_pg_close(m);
+        }
+        CHECK_EQ(atomic_load(&hung_up), 20);
+        pz_cancel(h);
+        pz_join(h, NULL);
+        pz_close(lfd);
+    }
 
     /* Nobody listening there: refused, quickly. */
     pz_pg_conn_t *bad = NULL;

@@ -31,7 +31,11 @@
  * hands it, with a reference, to a drain task (pz__pg_abandon) that runs
  * PQcancel on the blocking pool, reads and drops every remaining result
  * (and pipeline sync), then releases the permit; if that fails within
- * PZ_PG_DRAIN_NS the connection is marked broken.  The caller returns at
+ * PZ_PG_DRAIN_NS the connection is marked broken.  A command that must be
+ * undone if abandoned (the distributed lock's: a lock granted as it was
+ * given up) carries its undo statement (drain_sql, set and cleared under the
+ * turn, so it belongs to that one command), which the drain runs on the
+ * idle session before giving the permit back.  The caller returns at
  * once: a cancelled task cannot wait for anything, and a timed-out one
  * should not wait for the server either.  The next call on the connection
  * waits for the permit within its own deadline.
@@ -61,12 +65,15 @@
 
 static bool debug_enabled(void)
 {
-    static int on = -1;
-    if (on < 0) {
+    /* Racing first readers compute the same value. */
+    static _Atomic int on = -1;
+    int v = atomic_load_explicit(&on, memory_order_relaxed);
+    if (v < 0) {
         const char *e = getenv("PLAZA_PG_DEBUG");
-        on = e && *e && strcmp(e, "0") != 0;
+        v = e && *e && strcmp(e, "0") != 0;
+        atomic_store_explicit(&on, v, memory_order_relaxed);
     }
-    return on;
+    return v;
 }
 
 static void debug_report(const char *what, PGconn *pg)
@@ -149,6 +156,22 @@ static int wait_writable(pz_pg_conn_t *c, int64_t deadline)
     return 0;
 }
 
+/* Waits until the socket is writable for real: PQconnectPoll must not be
+ * called before (it would take a connect in progress for a finished one).
+ * In slices, like wait_writable. */
+static int wait_connected(pz_pg_conn_t *c, int64_t deadline)
+{
+    for (;;) {
+        if (c->watch_fd < 0)
+            return -ECONNRESET;
+        int64_t slice = pz_now() + PZ_PG_WRITE_SLICE_NS;
+        int r = pz_wait_fd(c->watch_fd, PZ_WRITABLE, slice < deadline ? slice : deadline);
+        if (r == -ETIMEDOUT && pz_now() < deadline)
+            continue;
+        return r < 0 ? r : 0;
+    }
+}
+
 void pz__pg_break(pz_pg_conn_t *c)
 {
     atomic_store_explicit(&c->broken, true, memory_order_release);
@@ -223,7 +246,13 @@ int pz_pg_connect(const char *conninfo, int64_t deadline, pz_pg_conn_t **out)
             r = -ECONNREFUSED;
             goto fail;
         }
-        r = st == PGRES_POLLING_READING ? pz__pg_wait_readable(c, deadline) : wait_writable(c, deadline);
+        /* A wait that returns at once every time (a socket at end of file)
+         * must not make this loop outlive its deadline. */
+        if (pz_now() >= deadline) {
+            r = -ETIMEDOUT;
+            goto fail;
+        }
+        r = st == PGRES_POLLING_READING ? pz__pg_wait_readable(c, deadline) : wait_connected(c, deadline);
         if (r < 0)
             goto fail;
         st = PQconnectPoll(c->pg);
@@ -282,6 +311,7 @@ int pz__pg_enter(pz_pg_conn_t *c, int64_t deadline)
 
 void pz__pg_leave(pz_pg_conn_t *c)
 {
+    c->drain_sql = NULL; /* it belongs to one command, under the turn */
     pz_semaphore_release(&c->use, 1);
 }
 
@@ -331,6 +361,8 @@ int pz__pg_next_result(pz_pg_conn_t *c, int64_t deadline, PGresult **out)
     return 0;
 }
 
+static int status_error(PGresult *res);
+
 /* ------------------------------------------------------------------ drain */
 
 static void *cancel_fn(void *arg)
@@ -370,6 +402,25 @@ static int drain_results(pz_pg_conn_t *c, int64_t deadline)
     }
 }
 
+/* The owner's clean-up statement (drain_sql), on the idle session. */
+static int drain_cleanup(pz_pg_conn_t *c, int64_t deadline)
+{
+    if (!c->drain_sql)
+        return 0;
+    if (!PQsendQuery(c->pg, c->drain_sql))
+        return lost_or(c, -EPROTO);
+    int r = pz__pg_flush(c, deadline);
+    int failed = 0;
+    while (r == 0) {
+        PGresult *res;
+        if ((r = pz__pg_next_result(c, deadline, &res)) < 0 || !res)
+            break;
+        failed |= status_error(res) < 0;
+        PQclear(res);
+    }
+    return r < 0 ? r : failed ? -EREMOTEIO : 0;
+}
+
 static void *drain_task(void *arg)
 {
     pz_pg_conn_t *c = arg;
@@ -377,7 +428,10 @@ static void *drain_task(void *arg)
     /* The server stops the command; its error result then ends it. */
     if (pz_blocking(cancel_fn, c, &sent) < 0 || !sent)
         debug_report("cancel", c->pg);
-    int r = drain_results(c, pz_now() + PZ_PG_DRAIN_NS);
+    int64_t deadline = pz_now() + PZ_PG_DRAIN_NS;
+    int r = drain_results(c, deadline);
+    if (r == 0)
+        r = drain_cleanup(c, deadline);
     if (r < 0) {
         debug_report("drain", c->pg);
         pz__pg_break(c);
@@ -425,21 +479,36 @@ static int give_up(pz_pg_conn_t *c, int r)
     return r;
 }
 
-int pz_pg_query(pz_pg_conn_t *c, const char *sql, int nparams, const char *const *params, int64_t deadline,
-                pz_pg_result_t **res)
+enum send_kind { SEND_QUERY, SEND_PREPARE, SEND_PREPARED };
+
+/* One command: send it, then read its results until libpq says they are
+ * over; the last result is kept (the first error, if one failed). */
+static int command(pz_pg_conn_t *c, enum send_kind kind, const char *name, const char *sql, int nparams,
+                   const char *const *params, int64_t deadline, pz_pg_result_t **res, const char *undo)
 {
     if (res)
         *res = NULL;
-    if (!c || !sql || nparams < 0 || (nparams > 0 && !params))
+    if (!c || !sql || nparams < 0 || (nparams > 0 && !params && kind != SEND_PREPARE))
         return -EINVAL;
     int r = pz__pg_enter(c, deadline);
     if (r < 0)
         return r;
-    /* Without parameters the simple protocol runs several statements
-     * separated by semicolons; the last result is returned (the first
-     * error, if one failed). */
-    int sent = nparams > 0 ? PQsendQueryParams(c->pg, sql, nparams, NULL, params, NULL, NULL, 0)
+    c->drain_sql = undo; /* for a drain, should this command be abandoned */
+    int sent;
+    switch (kind) {
+    case SEND_PREPARE:
+        sent = PQsendPrepare(c->pg, name, sql, nparams, NULL);
+        break;
+    case SEND_PREPARED:
+        sent = PQsendQueryPrepared(c->pg, sql, nparams, params, NULL, NULL, 0);
+        break;
+    default:
+        /* Without parameters the simple protocol runs several statements
+         * separated by semicolons. */
+        sent = nparams > 0 ? PQsendQueryParams(c->pg, sql, nparams, NULL, params, NULL, NULL, 0)
                            : PQsendQuery(c->pg, sql);
+        break;
+    }
     if (!sent) {
         r = lost_or(c, -EINVAL);
         if (r == -EINVAL && debug_enabled())
@@ -483,6 +552,31 @@ int pz_pg_query(pz_pg_conn_t *c, const char *sql, int nparams, const char *const
     else
         PQclear(keep);
     return r;
+}
+
+int pz_pg_query(pz_pg_conn_t *c, const char *sql, int nparams, const char *const *params, int64_t deadline,
+                pz_pg_result_t **res)
+{
+    return command(c, SEND_QUERY, NULL, sql, nparams, params, deadline, res, NULL);
+}
+
+int pz_pg_prepare(pz_pg_conn_t *c, const char *name, const char *sql, int nparams, int64_t deadline)
+{
+    if (!name)
+        return -EINVAL;
+    return command(c, SEND_PREPARE, name, sql, nparams, NULL, deadline, NULL, NULL);
+}
+
+int pz_pg_query_prepared(pz_pg_conn_t *c, const char *name, int nparams, const char *const *params, int64_t deadline,
+                         pz_pg_result_t **res)
+{
+    return command(c, SEND_PREPARED, NULL, name, nparams, params, deadline, res, NULL);
+}
+
+int pz__pg_query_prepared_undo(pz_pg_conn_t *c, const char *name, int nparams, const char *const *params,
+                               int64_t deadline, pz_pg_result_t **res, const char *undo)
+{
+    return command(c, SEND_PREPARED, NULL, name, nparams, params, deadline, res, undo);
 }
 
 int64_t pz_pg_exec(pz_pg_conn_t *c, const char *sql, int nparams, const char *const *params, int64_t deadline)

@@ -20,16 +20,26 @@
 //!   the batch was queued) and acknowledges every request of the batch after the commit,
 //!   so a 200 to a POST means its readings are in the database file.
 //!
+//! A header block not complete within 10 s gets 408 and the connection is closed. hyper
+//! 0.14.19 (Debian's) has `http1_header_read_timeout`, but it never fires (the flag that
+//! would start its timer is never set), so the listener hands hyper connections wrapped in
+//! `Guarded`, which does that job (see there). A body not complete within 10 s is the
+//! handler's business (`read_body`).
+//!
 //! Shutdown on SIGTERM or SIGINT: stop accepting, let hyper finish the requests in flight
 //! (idle keep-alive connections are closed), then tell the writer to commit what it holds
 //! and stop, and exit 0.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
+use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
 use std::process::exit;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hyper::body::HttpBody;
@@ -38,6 +48,8 @@ use hyper::service::{make_service_fn, service_fn};
 use hyper::{Body, Method, Request, Response, Server, StatusCode};
 use rusqlite::{params, Connection, TransactionBehavior};
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
 const CITIES: usize = 64;
@@ -726,6 +738,109 @@ async fn handle(app: Arc<App>, req: Request<Body>) -> Result<Response<Body>, Inf
 }
 
 // ---------------------------------------------------------------------------------------
+// Slow header blocks
+
+/// What the connection's service tells its `Guarded` stream: how many requests it has
+/// been handed (a header block is complete each time) and whether one is being handled.
+#[derive(Default)]
+struct ConnState {
+    requests: AtomicU64,
+    busy: AtomicBool,
+}
+
+/// A TCP stream that answers 408 and fails the connection when a header block is not
+/// complete within 10 s of its first bytes. The timer starts when bytes arrive while no
+/// request is being handled, and stops once the service has been handed a new request
+/// (the count moved). An idle keep-alive connection has no timer. The 408 is written
+/// directly to the socket (it is small enough for an empty send buffer), then the read
+/// error makes hyper drop the connection.
+struct Guarded {
+    stream: TcpStream,
+    state: Arc<ConnState>,
+    timer: Option<(Pin<Box<tokio::time::Sleep>>, u64)>,
+}
+
+const RESPONSE_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n\
+    connection: close\r\ncontent-length: 44\r\n\r\n{\"error\":\"request not complete within 10 s\"}";
+
+impl AsyncRead for Guarded {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let requests = this.state.requests.load(Ordering::Acquire);
+        if matches!(&this.timer, Some((_, armed_at)) if *armed_at != requests) {
+            this.timer = None;
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        match polled {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                if this.timer.is_none() && !this.state.busy.load(Ordering::Acquire) {
+                    this.timer = Some((Box::pin(tokio::time::sleep(REQUEST_TIMEOUT)), requests));
+                }
+            }
+            Poll::Pending => {
+                if let Some((sleep, _)) = &mut this.timer {
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        let _ = this.stream.try_write(RESPONSE_408);
+                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "slow header block")));
+                    }
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// The listener as hyper's `Accept`, yielding `Guarded` streams. An accept error (out of
+/// descriptors, say) is reported and retried 10 ms later rather than ending the server.
+struct GuardedListener {
+    listener: TcpListener,
+    backoff: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl hyper::server::accept::Accept for GuardedListener {
+    type Conn = Guarded;
+    type Error = io::Error;
+
+    fn poll_accept(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<io::Result<Guarded>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(sleep) = &mut this.backoff {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.backoff = None;
+            }
+            match this.listener.poll_accept(cx) {
+                Poll::Ready(Ok((stream, _))) => {
+                    let _ = stream.set_nodelay(true);
+                    let state = Arc::new(ConnState::default());
+                    return Poll::Ready(Some(Ok(Guarded { stream, state, timer: None })));
+                }
+                Poll::Ready(Err(e)) => {
+                    eprintln!("weather-rust: accept: {e}");
+                    this.backoff = Some(Box::pin(tokio::time::sleep(Duration::from_millis(10))));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Startup and shutdown
 
 fn load_cities(conn: &Connection) -> rusqlite::Result<Vec<City>> {
@@ -793,23 +908,35 @@ fn main() {
         let writer_task = tokio::spawn(writer(app.clone(), wconn, rx));
         let refresher_task = tokio::spawn(refresher(app.clone(), Duration::from_millis(cfg.refresh_ms)));
 
-        let builder = Server::try_bind(&cfg.listen).unwrap_or_else(|e| fail(&format!("listening on {}", cfg.listen), &e));
+        let listener =
+            TcpListener::bind(cfg.listen).await.unwrap_or_else(|e| fail(&format!("listening on {}", cfg.listen), &e));
+        let local = listener.local_addr().unwrap_or(cfg.listen);
         let make = {
             let app = app.clone();
-            make_service_fn(move |_conn| {
+            make_service_fn(move |conn: &Guarded| {
                 let app = app.clone();
-                async move { Ok::<_, Infallible>(service_fn(move |req| handle(app.clone(), req))) }
+                let state = conn.state.clone();
+                async move {
+                    Ok::<_, Infallible>(service_fn(move |req| {
+                        let (app, state) = (app.clone(), state.clone());
+                        state.requests.fetch_add(1, Ordering::AcqRel);
+                        state.busy.store(true, Ordering::Release);
+                        async move {
+                            let resp = handle(app, req).await;
+                            state.busy.store(false, Ordering::Release);
+                            resp
+                        }
+                    }))
+                }
             })
         };
         // hyper answers a header block larger than its read buffer with 431; 8 KiB is also
         // the smallest buffer it accepts.
-        let server = builder
+        let server = Server::builder(GuardedListener { listener, backoff: None })
             .http1_only(true)
             .http1_max_buf_size(MAX_HEADER_BLOCK)
-            .http1_header_read_timeout(REQUEST_TIMEOUT)
-            .tcp_nodelay(true)
             .serve(make);
-        eprintln!("weather-rust: listening on {} ({} workers, db {})", server.local_addr(), cfg.workers, cfg.db);
+        eprintln!("weather-rust: listening on {local} ({} workers, db {})", cfg.workers, cfg.db);
         if let Err(e) = server.with_graceful_shutdown(shutdown_signal()).await {
             eprintln!("weather-rust: server: {e}");
         }
