@@ -112,10 +112,9 @@ static int lock_take(const lock_role *role, wx_lock *l, int64_t deadline)
     int r = role->is_async ? pz_async_mutex_lock_until(&l->async, deadline) : pz_mutex_lock_until(&l->sync, deadline);
     int64_t t1 = pz_now();
     if (r < 0) {
-        pz_mutex_lock(&role->stats->lock);
+        PZ_GUARD(pz_mutex, g, &role->stats->lock);
         role->stats->timeouts++;
         hist_add(&role->stats->wait, (uint64_t)(t1 - t0));
-        pz_mutex_unlock(&role->stats->lock);
         return r;
     }
     l->taken_at = t1;
@@ -131,10 +130,9 @@ static void lock_give(const lock_role *role, wx_lock *l, int waited_ns)
         pz_async_mutex_unlock(&l->async);
     else
         pz_mutex_unlock(&l->sync);
-    pz_mutex_lock(&role->stats->lock);
+    PZ_GUARD(pz_mutex, g, &role->stats->lock);
     hist_add(&role->stats->wait, (uint64_t)waited_ns);
     hist_add(&role->stats->hold, (uint64_t)held);
-    pz_mutex_unlock(&role->stats->lock);
 }
 
 /* ---- per-city state ---- */
@@ -446,11 +444,10 @@ static json_t *hist_json(hist *h, double unit)
 
 static json_t *lock_json(const char *kind, lock_stats *ls)
 {
-    pz_mutex_lock(&ls->lock);
+    PZ_GUARD(pz_mutex, g, &ls->lock);
     json_t *o = json_pack("{s:s,s:I,s:I,s:o,s:o}", "kind", kind, "acquisitions", (json_int_t)hist_total(&ls->hold),
                           "timeouts", (json_int_t)ls->timeouts, "wait", hist_json(&ls->wait, 1000.0), "hold",
                           hist_json(&ls->hold, 1000.0));
-    pz_mutex_unlock(&ls->lock);
     return o;
 }
 
@@ -462,9 +459,10 @@ static int handle_metrics(service *s, wx_buf *out, bool close)
         hist *h = malloc(sizeof *h);
         if (!h)
             break;
-        pz_mutex_lock(&s->ep[e].lock);
-        memcpy(h, &s->ep[e].h, sizeof *h);
-        pz_mutex_unlock(&s->ep[e].lock);
+        {
+            PZ_GUARD(pz_mutex, g, &s->ep[e].lock);
+            memcpy(h, &s->ep[e].h, sizeof *h);
+        }
         json_object_set_new(root, ep_names[e], hist_json(h, 1000.0));
         free(h);
     }
@@ -514,9 +512,8 @@ static int handle(service *s, wx_request *req, wx_buf *out, bool close, wx_parse
                                                : -1;
     if (ep >= 0 && st > 0) {
         int64_t dt = pz_now() - t0;
-        pz_mutex_lock(&s->ep[ep].lock);
+        PZ_GUARD(pz_mutex, g, &s->ep[ep].lock);
         hist_add(&s->ep[ep].h, (uint64_t)dt);
-        pz_mutex_unlock(&s->ep[ep].lock);
     }
     return st;
 }
@@ -538,14 +535,13 @@ typedef struct conn_arg {
 
 static void conn_unregister(service *s, conn *c)
 {
-    pz_mutex_lock(&s->conns_lock);
+    PZ_GUARD(pz_mutex, g, &s->conns_lock);
     if (c->prev)
         c->prev->next = c->next;
     else
         s->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    pz_mutex_unlock(&s->conns_lock);
 }
 
 static void *serve_conn(void *arg)
@@ -662,12 +658,13 @@ static void *accept_loop(void *arg)
         a->s = s;
         a->c = c;
         atomic_fetch_add(&s->nconns, 1);
-        pz_mutex_lock(&s->conns_lock);
-        c->next = s->conns;
-        if (s->conns)
-            s->conns->prev = c;
-        s->conns = c;
-        pz_mutex_unlock(&s->conns_lock);
+        {
+            PZ_GUARD(pz_mutex, g, &s->conns_lock);
+            c->next = s->conns;
+            if (s->conns)
+                s->conns->prev = c;
+            s->conns = c;
+        }
         pz_task_t *t = pz_spawn_with(serve_conn, a, &(pz_spawn_opts_t){.stack_size = 64 * 1024, .name = "conn"});
         if (!t) {
             conn_unregister(s, c);
@@ -803,10 +800,11 @@ static void *serve_task(void *arg)
     pz_close(s->lfd);
     /* 2. Every connection ends after the request it is in. */
     atomic_store(&s->stopping, true);
-    pz_mutex_lock(&s->conns_lock);
-    for (conn *c = s->conns; c; c = c->next)
-        shutdown(c->fd, SHUT_RD);
-    pz_mutex_unlock(&s->conns_lock);
+    {
+        PZ_GUARD(pz_mutex, g, &s->conns_lock);
+        for (conn *c = s->conns; c; c = c->next)
+            shutdown(c->fd, SHUT_RD);
+    }
     int64_t give_up = pz_now() + 3 * s->o.request_timeout_ns;
     for (;;) {
         uint64_t e = pz_notify_epoch(&s->conns_changed);
