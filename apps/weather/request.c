@@ -164,8 +164,9 @@ static int on_headers_complete(http_parser *hp)
     ps->headers_done = true;
     bool chunked = (hp->flags & F_CHUNKED) != 0;
     bool has_length = (hp->flags & F_CONTENTLENGTH) != 0;
-    if (hp->method == HTTP_POST && !chunked && !has_length)
-        return refuse(ps, 411, "POST needs Content-Length or chunked encoding");
+    /* Without either, the request has no body; the router answers 411 if
+     * its path wants one. */
+    ps->req.no_length = hp->method == HTTP_POST && !chunked && !has_length;
     if (has_length && hp->content_length > WX_MAX_BODY_BYTES)
         return refuse(ps, 413, "body larger than 1 MiB");
     return 0;
@@ -208,6 +209,7 @@ static void reset_request(wx_parser *ps)
     ps->req.path[0] = 0;
     ps->req.body.len = 0;
     ps->req.keep_alive = false;
+    ps->req.no_length = false;
     ps->head_bytes = 0;
     ps->started = ps->headers_done = ps->complete = ps->path_too_long = false;
     ps->expect_continue = ps->in_value = false;
@@ -272,6 +274,9 @@ void wx_route_request(wx_request *req, wx_route *out)
             out->status = 405;
             out->reason = "method not allowed";
             out->allow = "POST";
+        } else if (req->no_length) {
+            out->status = 411;
+            out->reason = "POST needs Content-Length or chunked encoding";
         }
         return;
     }

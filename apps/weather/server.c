@@ -41,8 +41,9 @@
  * word after the wake it delivers).
  *
  * Shutdown.  The first SIGINT/SIGTERM stops the accept loop, shuts the
- * read side of every connection (an idle one ends; one in a request
- * finishes it and answers with Connection: close), waits for the
+ * read side of every idle connection (its task ends), lets every
+ * connection in the middle of a request receive and answer it with
+ * Connection: close (within the request deadline), waits for the
  * connections to end, stops the refresher, closes the writer's channel
  * (the writer commits what is queued, then ends), closes the database and
  * exits 0.  A second signal ends the process at once (the signal's default
@@ -176,6 +177,10 @@ typedef struct write_req {
 
 typedef struct conn {
     int fd;
+    /* A request of this connection has started and is not answered yet:
+     * the shutdown leaves it to finish.  Written by the connection's task,
+     * read by the shutdown's sweep. */
+    _Atomic bool busy;
     struct conn *prev, *next;
 } conn;
 
@@ -257,8 +262,10 @@ static bool forecast_stale(const service *s, const city_state *c)
 static void *refresher(void *arg)
 {
     service *s = arg;
-    int64_t next = pz_now();
-    while (!pz_cancelled()) {
+    /* The first pass comes one period after the start: until then the
+     * GETs compute each forecast when first asked. */
+    int64_t next = pz_now() + s->o.refresh_ns;
+    while (!pz_cancelled() && pz_sleep_until(next) == 0) {
         for (int i = 0; i < s->cities.n && !pz_cancelled(); i++) {
             city_state *c = &s->city[i];
             int w = lock_take(&s->forecast_role, &c->forecast_lock, pz_now() + s->o.lock_timeout_ns);
@@ -270,8 +277,6 @@ static void *refresher(void *arg)
         next += s->o.refresh_ns;
         if (next < pz_now())
             next = pz_now();
-        if (pz_sleep_until(next) < 0)
-            break;
     }
     return NULL;
 }
@@ -600,10 +605,11 @@ static void *serve_conn(void *arg)
             if (pz_write_all(fd, cont, sizeof cont - 1, request_deadline) < 0)
                 break;
         }
-        if (atomic_load(&s->stopping) && !wx_parser_started(&ps))
+        bool started = wx_parser_started(&ps);
+        atomic_store(&c->busy, started);
+        if (atomic_load(&s->stopping) && !started)
             break;
         in_off = in_len = 0;
-        bool started = wx_parser_started(&ps);
         int64_t deadline = started ? request_deadline : pz_now() + s->o.idle_timeout_ns;
         ssize_t n = pz_read(fd, in, IN_BUF, deadline);
         if (n == -ETIMEDOUT && started) {
@@ -615,6 +621,7 @@ static void *serve_conn(void *arg)
         }
         if (n <= 0)
             break; /* closed, idle too long, reset, or shut down */
+        atomic_store(&c->busy, true); /* until the parser says otherwise */
         in_len = (size_t)n;
     }
 done:
@@ -803,7 +810,8 @@ static void *serve_task(void *arg)
     {
         PZ_GUARD(pz_mutex, g, &s->conns_lock);
         for (conn *c = s->conns; c; c = c->next)
-            shutdown(c->fd, SHUT_RD);
+            if (!atomic_load(&c->busy))
+                shutdown(c->fd, SHUT_RD);
     }
     int64_t give_up = pz_now() + 3 * s->o.request_timeout_ns;
     for (;;) {
