@@ -449,6 +449,29 @@ def case_shutdown(tmp):
     check(res["post_readings"]["status"]["5xx"] == 0, "no 503 during the shutdown")
 
     # A second signal exits at once, even with a request still open.
+    # A POST whose body is still arriving at SIGTERM is received and
+    # answered; an idle connection is closed.
+    srv = Server(tmp, db=os.path.join(tmp, "inflight.db"))
+    idle = Conn(srv)
+    st, _, _ = idle.request("GET", "/healthz")
+    c = Conn(srv)
+    body = json.dumps({"readings": [{"city": "city11", "temperature": -11.125, "time": 9}]}).encode()
+    c.send(b"POST /readings HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:10])
+    time.sleep(0.2)
+    srv.p.send_signal(signal.SIGTERM)
+    deadline = time.time() + 30
+    while "finishing in-flight" not in srv.log_text() and srv.p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    check(idle.closed(), "an idle connection is closed at SIGTERM")
+    c.send(body[10:])
+    st, h, b = c.response()
+    check(st == 200 and h.get("connection") == "close", "the POST in flight is answered 200, Connection: close")
+    check(srv.p.wait(30) == 0, "then the service exits 0")
+    d = sqlite3.connect(srv.db)
+    check(d.execute("SELECT count(*) FROM readings WHERE temperature = -11.125").fetchone()[0] == 1,
+          "and its reading is stored")
+    d.close()
+
     # A request stuck behind a 30 s database call keeps the first shutdown
     # waiting.
     srv = Server(tmp, "--db-delay-ms", "30000", "--db-delay-city", "city00", "--lock-timeout-ms", "60000",
