@@ -719,7 +719,8 @@ static void *serve_task(void *arg)
     char err[512];
     /* The test hook's delay starts once the service is up (the start
      * reads every city's last reading). */
-    int r = wx_store_open(s->o.db, NULL, &s->store, err, sizeof err);
+    wx_store_opts first = {.grow_pages = s->o.store.grow_pages};
+    int r = wx_store_open(s->o.db, &first, &s->store, err, sizeof err);
     if (r < 0) {
         fprintf(stderr, "plaza-weather: cannot open the database: %s\n", err);
         run->result = 1;
@@ -850,10 +851,12 @@ int wx_serve_main(int argc, char **argv)
         {"lock-timeout-ms", required_argument, 0, 'L'},
         {"batch-linger-ms", required_argument, 0, 'b'},
         /* Test options, not in the usage: a slow database for one city
-         * (or all), a shorter slow-client timeout. */
+         * (or all), a shorter slow-client timeout, a database that fills
+         * up after N more pages. */
         {"db-delay-ms", required_argument, 0, 'D'},
         {"db-delay-city", required_argument, 0, 'C'},
         {"request-timeout-ms", required_argument, 0, 'R'},
+        {"db-grow-pages", required_argument, 0, 'G'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -892,6 +895,7 @@ int wx_serve_main(int argc, char **argv)
             s->o.store.delay_ms = (int)(ns / WX_MS);
             break;
         case 'C': s->o.store.delay_city = optarg; break;
+        case 'G': s->o.store.grow_pages = atoi(optarg); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }

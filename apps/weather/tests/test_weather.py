@@ -541,6 +541,49 @@ def case_unavailable(tmp):
     check(got == [1.0, 3.0], "the refused reading is not stored, the acknowledged ones are: %r" % got)
 
 
+def case_full(tmp):
+    """A full database: 503 with a log line, no crash, every acknowledged reading kept; a corrupt file refused."""
+    srv = Server(tmp, "--db-grow-pages", "40")
+    c = Conn(srv)
+    acked, refused, t = [], 0, 0
+    for i in range(400):
+        body = {"readings": [{"city": "city%02d" % (k % 64), "temperature": 0.5 + k, "time": 100000 + i}
+                             for k in range(200)]}
+        st, _, b = c.request("POST", "/readings", body)
+        if st == 200:
+            acked.append(i)
+        elif st == 503:
+            refused += 1
+            if refused >= 3:
+                break
+        else:
+            check(False, "unexpected answer %d %r" % (st, b))
+            break
+    check(len(acked) > 0 and refused >= 3, "POSTs acknowledged until the database was full (%d), then 503" %
+          len(acked))
+    st, _, _ = c.request("GET", "/healthz")
+    check(st == 503, "healthz says unavailable")
+    st, _, _ = c.request("GET", "/weather/city01")
+    check(st == 200, "GETs are still answered")
+    check(srv.stop() == 0, "exits 0")
+    check("database or disk is full" in srv.log_text(), "the log names the cause")
+    d = sqlite3.connect(srv.db)
+    times = {t for (t,) in d.execute("SELECT DISTINCT time FROM readings WHERE time BETWEEN 100000 AND 100400")}
+    per = dict(d.execute("SELECT time, count(*) FROM readings WHERE time BETWEEN 100000 AND 100400 GROUP BY time").fetchall())
+    d.close()
+    check(all(100000 + i in times and per[100000 + i] == 200 for i in acked),
+          "every acknowledged batch is stored whole")
+    check(len(times) == len(acked), "and nothing refused is stored (%d batches stored)" % len(times))
+
+    bad = os.path.join(tmp, "garbage.db")
+    with open(bad, "wb") as f:
+        f.write(b"this is not a database" * 100)
+    p = subprocess.run([BIN, "serve", "--listen", "127.0.0.1:0", "--db", bad], capture_output=True, text=True,
+                       timeout=60)
+    check(p.returncode == 1 and "not a database" in p.stderr,
+          "a corrupt file is refused at start with a message: %d %r" % (p.returncode, p.stderr.strip()))
+
+
 CASES = {k[5:]: v for k, v in globals().items() if k.startswith("case_")}
 
 if __name__ == "__main__":
