@@ -255,14 +255,13 @@ def case_forecast_lock(tmp):
 
 def case_single_flight(tmp):
     """Waiters behind a refresh find the forecast fresh and do not query again."""
-    delay = 500
+    delay = 1500  # the window in which the six GETs must all arrive
     srv = Server(tmp, "--db-delay-ms", str(delay), "--db-delay-city", "city00", "--forecast-ttl-ms", "60000",
                  "--refresh-ms", "3600000", "--lock-timeout-ms", "30000")
-    # The refresher's first pass computed every forecast; a fresh service
-    # on a fresh database: make city00 stale by waiting is slow, so use
-    # computed_at: concurrent first GETs after a restart with ttl 0 would
-    # each refresh.  Here all GETs are concurrent and the forecast fresh
-    # after the first refresh: they must share one computed_at.
+    # No forecast is computed yet (the refresher's first pass is an hour
+    # away): the first GET refreshes city00, taking the delay under the
+    # lock; the others queue behind it and must find it fresh, so all share
+    # one computed_at.
     results = []
 
     def getter():
@@ -279,9 +278,8 @@ def case_single_flight(tmp):
     srv.stop()
     stamps = {r["forecast"]["computed_at"] for r in results}
     check(len(results) == 6 and len(stamps) == 1, "6 concurrent GETs share one forecast computation: %r" % stamps)
-    # One refresh of city00 by the refresher at start, none by the GETs: the
-    # holds of >= delay number exactly one.
     check(m["locks"]["forecast"]["hold"]["max_us"] >= delay * 900, "the refresh held the lock across the delay")
+    check(all(r["forecast"]["based_on"] == 32 for r in results), "the forecast is based on the 32 seeded readings")
 
 
 def case_bad_input(tmp):
@@ -420,7 +418,8 @@ def case_slow_client(tmp):
         statuses.append(st)
     check(all(s == 408 for s in statuses), "every slow client got 408: %r" % statuses)
     check(served >= 100, "%d requests served by the single worker while 20 clients dripped bytes" % served)
-    check(worst < 1.0, "the slowest of them took %.0f ms (well under the 2 s read deadline)" % (worst * 1000))
+    check(worst < 1.5, "the slowest of them took %.0f ms (under the slow clients' 2 s deadline: they held no worker)" %
+          (worst * 1000))
     st, _, _ = Conn(srv).request("GET", "/healthz")
     check(st == 200, "still healthy")
     check(srv.stop() == 0, "exits 0")
