@@ -28,6 +28,7 @@
 #define WX_MAX_BODY_BYTES (1 << 20)
 #define WX_MAX_READINGS 1000
 #define WX_PATH_MAX 512
+#define WX_MAX_JSON_DEPTH 16 /* a readings document nests 3 deep */
 
 /* ---- a growable byte buffer ---- */
 typedef struct wx_buf {

@@ -303,11 +303,18 @@ def case_bad_input(tmp):
                        ({"readings": [{"city": 1, "temperature": 1}]}, "a number city"),
                        ({"readings": [{"city": "city01", "temperature": 1, "time": 1.5}]}, "a fractional time"),
                        ({"nothing": 1}, "no readings array"), ([1, 2], "an array body"),
+                       ({"readings": [{"city": "city01", "temperature": 1, "x": [[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]}]},
+                        "a reading nested 20 deep"),
                        ({"readings": [{"city": "city01", "temperature": 1}] * 1001}, "1001 readings")]:
         c = Conn(srv)
         st, _, b = c.request("POST", "/readings", body)
         check(st == 400, "%s: 400 %r" % (what, b[:80]))
         c.close()
+
+    c = Conn(srv)
+    st, _, b = c.request("POST", "/readings", b'{"readings":' + b"[" * 2040 + b"]" * 2040 + b"}")
+    check(st == 400, "JSON nested 2040 deep: 400 before it is parsed %r" % b[:80])
+    c.close()
 
     c = Conn(srv)
     st, _, b = c.request("GET", "/weather/atlantis")
