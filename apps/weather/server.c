@@ -526,6 +526,11 @@ static int handle(service *s, wx_request *req, wx_buf *out, bool close, wx_parse
 /* ---- connections ---- */
 
 #define IN_BUF 16384
+/* A connection's task stack: the handlers keep their buffers small and on
+ * the heap, jansson never nests deeper than WX_MAX_JSON_DEPTH, but the
+ * PostgreSQL back end runs libpq on this stack (SQLite runs on the
+ * blocking pool's threads). */
+#define CONN_STACK (128 * 1024)
 
 static void count_status(service *s, int st)
 {
@@ -672,7 +677,7 @@ static void *accept_loop(void *arg)
                 s->conns->prev = c;
             s->conns = c;
         }
-        pz_task_t *t = pz_spawn_with(serve_conn, a, &(pz_spawn_opts_t){.stack_size = 64 * 1024, .name = "conn"});
+        pz_task_t *t = pz_spawn_with(serve_conn, a, &(pz_spawn_opts_t){.stack_size = CONN_STACK, .name = "conn"});
         if (!t) {
             conn_unregister(s, c);
             atomic_fetch_sub(&s->nconns, 1);
