@@ -5,7 +5,7 @@
 //! staleness, group commit, command line):
 //!
 //!   weather-rust [serve] --listen 127.0.0.1:8080 --db weather.db [--workers N]
-//!                        [--forecast-ttl-ms 1000] [--refresh-ms 1000]
+//!                        [--forecast-ttl-ms 1000] [--refresh-ms 1000] [--batch-linger-ms 0]
 //!
 //! Locks, as the protocol assigns them:
 //! - `current` of a city is behind a parking_lot::Mutex (a data lock): only copies in and
@@ -16,9 +16,10 @@
 //!   (spawn_blocking), so tasks waiting for the forecast park instead of blocking a worker.
 //! - One writer task owns the writing connection. Handlers send it their readings through
 //!   a bounded mpsc channel with a oneshot sender; the writer commits whatever is queued in
-//!   one transaction (at most 1000 readings, or when 5 ms have passed since the first of
-//!   the batch was queued) and acknowledges every request of the batch after the commit,
-//!   so a 200 to a POST means its readings are in the database file.
+//!   one transaction (at most 1000 readings; with --batch-linger-ms it waits that long
+//!   after taking the first for more, as plaza's service does) and acknowledges every
+//!   request of the batch after the commit, so a 200 to a POST means its readings are in
+//!   the database file.
 //!
 //! A header block not complete within 10 s gets 408 and the connection is closed. hyper
 //! 0.14.19 (Debian's) has `http1_header_read_timeout`, but it never fires (the flag that
@@ -57,7 +58,6 @@ const SEED_READINGS: i64 = 32;
 const HORIZON_MS: f64 = 600_000.0; // the forecast looks 10 minutes ahead
 const MAX_POST_READINGS: usize = 1000;
 const BATCH_READINGS: usize = 1000;
-const BATCH_WINDOW: Duration = Duration::from_millis(5);
 const MAX_BODY: usize = 1 << 20;
 const MAX_HEADER_BLOCK: usize = 8 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,13 +85,14 @@ struct Config {
     workers: usize,
     ttl_ms: i64,
     refresh_ms: u64,
+    linger: Duration,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!("weather-rust: {msg}");
     eprintln!(
         "usage: weather-rust [serve] --listen HOST:PORT --db FILE [--workers N] \
-         [--forecast-ttl-ms MS] [--refresh-ms MS]"
+         [--forecast-ttl-ms MS] [--refresh-ms MS] [--batch-linger-ms MS]"
     );
     exit(64);
 }
@@ -116,6 +117,7 @@ fn parse_args() -> Config {
     let mut workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut ttl_ms = 1000i64;
     let mut refresh_ms = 1000u64;
+    let mut linger_ms = 0u64;
     let mut i = 0;
     while i < args.len() {
         // Both `--flag value` and `--flag=value`.
@@ -137,6 +139,7 @@ fn parse_args() -> Config {
             "--workers" => workers = number(&flag, &value, 1usize),
             "--forecast-ttl-ms" => ttl_ms = number(&flag, &value, 0i64),
             "--refresh-ms" => refresh_ms = number(&flag, &value, 1u64),
+            "--batch-linger-ms" => linger_ms = number(&flag, &value, 0u64),
             _ => usage(&format!("unknown option {flag:?}")),
         }
     }
@@ -146,6 +149,7 @@ fn parse_args() -> Config {
         workers,
         ttl_ms,
         refresh_ms,
+        linger: Duration::from_millis(linger_ms),
     }
 }
 
@@ -215,7 +219,6 @@ struct Row {
 /// One POST's readings on their way to the writer; `ack` carries whether they were committed.
 struct Job {
     rows: Vec<Row>,
-    queued: Instant,
     ack: oneshot::Sender<bool>,
 }
 
@@ -522,11 +525,11 @@ fn commit(conn: &mut Connection, app: &App, jobs: &[Job]) -> rusqlite::Result<()
 }
 
 /// The group-commit loop. A batch starts with the first queued job and takes more until it
-/// would pass 1000 readings (the job that does not fit opens the next batch) or until 5 ms
-/// after the first job was queued; jobs already queued when that time has passed are still
-/// taken (the timeout polls the channel first). Every job of the batch is acknowledged with
-/// the commit's outcome.
-async fn writer(app: Arc<App>, mut conn: Connection, mut rx: mpsc::Receiver<WriterMsg>) {
+/// would pass 1000 readings (the job that does not fit opens the next batch) or nothing
+/// more is queued; with a linger it waits until `linger` after it took the first job
+/// instead (jobs already queued by then are still taken: the timeout polls the channel
+/// first). Every job of the batch is acknowledged with the commit's outcome.
+async fn writer(app: Arc<App>, mut conn: Connection, mut rx: mpsc::Receiver<WriterMsg>, linger: Duration) {
     let mut carry: Option<Job> = None;
     let mut stopping = false;
     loop {
@@ -538,12 +541,22 @@ async fn writer(app: Arc<App>, mut conn: Connection, mut rx: mpsc::Receiver<Writ
                 Some(WriterMsg::Stop) | None => break,
             },
         };
-        let deadline = tokio::time::Instant::from_std(first.queued + BATCH_WINDOW);
+        let deadline = tokio::time::Instant::now() + linger;
         let mut readings = first.rows.len();
         let mut jobs = vec![first];
         while !stopping && readings < BATCH_READINGS {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(WriterMsg::Write(job))) => {
+            let next = if linger.is_zero() {
+                rx.try_recv().map_err(|e| e == mpsc::error::TryRecvError::Disconnected)
+            } else {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(msg)) => Ok(msg),
+                    Ok(None) => Err(true),
+                    Err(_) => Err(false),
+                }
+            };
+            // Err(true): the channel is closed; Err(false): nothing more for this batch.
+            match next {
+                Ok(WriterMsg::Write(job)) => {
                     if readings + job.rows.len() > BATCH_READINGS {
                         carry = Some(job);
                         break;
@@ -551,8 +564,8 @@ async fn writer(app: Arc<App>, mut conn: Connection, mut rx: mpsc::Receiver<Writ
                     readings += job.rows.len();
                     jobs.push(job);
                 }
-                Ok(Some(WriterMsg::Stop)) | Ok(None) => stopping = true,
-                Err(_) => break,
+                Ok(WriterMsg::Stop) | Err(true) => stopping = true,
+                Err(false) => break,
             }
         }
         let app2 = app.clone();
@@ -639,7 +652,7 @@ async fn post_readings(app: &Arc<App>, req: Request<Body>, start: Instant) -> Re
     }
     let accepted = rows.len();
     let (ack, acked) = oneshot::channel();
-    let job = Job { rows, queued: Instant::now(), ack };
+    let job = Job { rows, ack };
     if app.writer.send(WriterMsg::Write(job)).await.is_err() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "database unavailable");
     }
@@ -905,7 +918,7 @@ fn main() {
                 status: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
             },
         });
-        let writer_task = tokio::spawn(writer(app.clone(), wconn, rx));
+        let writer_task = tokio::spawn(writer(app.clone(), wconn, rx, cfg.linger));
         let refresher_task = tokio::spawn(refresher(app.clone(), Duration::from_millis(cfg.refresh_ms)));
 
         let listener =
