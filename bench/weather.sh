@@ -19,18 +19,21 @@
 #      seconds: requests/s, p50/p99/p99.9/max per endpoint, errors;
 #   2. the search: from SEARCH_FROM, the rate is multiplied by SEARCH_STEP while a system's
 #      p99 of both endpoints stays at or under P99_MS (no errors, at least 95% of the
-#      offered rate served); it prints the last rate each system passed.
+#      offered rate served) in one of SEARCH_TRIES runs (a burst of other work on a shared
+#      machine should not end the search); it prints the last rate each system passed.
 # The load generator runs on the same 2 cores (LOAD_WORKERS threads): it takes part of them.
+# Every row also says how busy the machine was with other processes during the run (the
+# CPU time of everything but the measured server and the generator, in % of one core).
 #
 # Environment (defaults): SYSTEMS="plaza rust go", PLAZA=build/apps/weather/plaza-weather,
 # RUST=bench/peers/bin/weather-rust, GO=bench/peers/bin/weather-go, RATES="1000 4000 8000",
 # POST_SHARE=0.2, BATCH=10, CONNECTIONS=32, DURATION=5, P99_MS=10, SEARCH_FROM=2000,
-# SEARCH_STEP=1.5, SEARCH_MAX=64000, SEARCH_DURATION=4, LOAD_WORKERS=1,
+# SEARCH_STEP=1.5, SEARCH_MAX=64000, SEARCH_DURATION=4, SEARCH_TRIES=2, LOAD_WORKERS=1,
 # OUT=bench/results/weather-<time>.csv (one line per endpoint per run).
 # With the defaults a run takes about 3-4 minutes.
 cd "$(dirname "$0")/.." || exit 2
 exec python3 - "$@" << 'EOF'
-import json, os, platform, re, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
+import json, os, platform, re, resource, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
 
 env = os.environ.get
 SYSTEMS = env("SYSTEMS", "plaza rust go").split()
@@ -47,6 +50,7 @@ SEARCH_FROM = float(env("SEARCH_FROM", "2000"))
 SEARCH_STEP = float(env("SEARCH_STEP", "1.5"))
 SEARCH_MAX = float(env("SEARCH_MAX", "64000"))
 SEARCH_DURATION = float(env("SEARCH_DURATION", "4"))
+SEARCH_TRIES = int(env("SEARCH_TRIES", "2"))
 LOAD_WORKERS = int(env("LOAD_WORKERS", "1"))
 LOAD = sys.argv[1] if len(sys.argv) > 1 else "build/apps/weather/plaza-weather"
 OUT = env("OUT", time.strftime("bench/results/weather-%Y%m%d-%H%M%S.csv"))
@@ -55,6 +59,25 @@ ENDPOINTS = ["post_readings", "get_weather"]
 
 def say(*a):
     print(*a, file=sys.stderr, flush=True)
+
+
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s():
+    """CPU seconds the whole machine has spent busy (user, nice, system, irq, softirq, steal)."""
+    f = open("/proc/stat").readline().split()
+    return sum(int(f[i]) for i in (1, 2, 3, 6, 7, 8)) / HZ
+
+
+def process_cpu_s(pid):
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / HZ
+
+
+def children_cpu_s():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def free_port():
@@ -161,7 +184,8 @@ print(f"# load: {gen}; {CONNECTIONS} connections, {POST_SHARE:.0%} POSTs of {BAT
       f"the rest GET /weather/<random city>; servers on 2 workers each; the generator shares the cores")
 os.makedirs(os.path.dirname(OUT) or ".", exist_ok=True)
 csv = open(OUT, "w")
-csv.write("phase,system,offered_rps,endpoint,rps,p50_us,p99_us,p999_us,max_us,errors,late_sends\n")
+csv.write("phase,system,offered_rps,endpoint,rps,p50_us,p99_us,p999_us,max_us,errors,late_sends,"
+          "server_cpu_pct,others_cpu_pct\n")
 
 tmp = tempfile.mkdtemp(prefix="weather-bench.")
 servers = {}
@@ -171,18 +195,26 @@ try:
     say(f"weather: servers up: " + ", ".join(f"{s} on {servers[s].port}" for s in SYSTEMS))
 
     def run(phase, s, rate, seconds):
+        pid = servers[s].proc.pid
+        b0, p0, c0, t0 = machine_busy_s(), process_cpu_s(pid), children_cpu_s(), time.time()
         res, late = measure(servers[s].port, rate, seconds)
+        b1, p1, c1, t1 = machine_busy_s(), process_cpu_s(pid), children_cpu_s(), time.time()
+        server_pct = (p1 - p0) / (t1 - t0) * 100
+        others_pct = max(0.0, ((b1 - b0) - (p1 - p0) - (c1 - c0)) / (t1 - t0) * 100)
+        for r in res.values():
+            r["server_cpu"], r["others_cpu"] = server_pct, others_pct
         for e in ENDPOINTS:
             r = res.get(e)
             if r:
                 csv.write(f"{phase},{s},{rate:.0f},{e},{r['rps']:.1f},{r['p50_us']:.1f},{r['p99_us']:.1f},"
-                          f"{r['p999_us']:.1f},{r['max_us']:.1f},{r['errors']},{'' if late is None else late}\n")
+                          f"{r['p999_us']:.1f},{r['max_us']:.1f},{r['errors']},{'' if late is None else late},"
+                          f"{server_pct:.0f},{others_pct:.0f}\n")
         csv.flush()
         return res, late
 
     print("\n## Fixed rates (total offered requests/s; latencies in ms)\n")
-    print("| offered | system | endpoint | req/s | p50 | p99 | p99.9 | max | errors | late sends |")
-    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| offered | system | endpoint | req/s | p50 | p99 | p99.9 | max | errors | late sends | server CPU % | others' CPU % |")
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for rate in RATES:
         for s in SYSTEMS:
             say(f"weather: {s} at {rate:.0f}/s for {DURATION:g} s")
@@ -191,35 +223,41 @@ try:
                 r = res.get(e)
                 if r:
                     print(f"| {rate:.0f} | {s} | {e} | {r['rps']:.0f} | {r['p50_us'] / 1e3:.2f} | {r['p99_us'] / 1e3:.2f} "
-                          f"| {r['p999_us'] / 1e3:.2f} | {r['max_us'] / 1e3:.2f} | {r['errors']} | {'' if late is None else late} |")
+                          f"| {r['p999_us'] / 1e3:.2f} | {r['max_us'] / 1e3:.2f} | {r['errors']} | {'' if late is None else late} "
+                          f"| {r['server_cpu']:.0f} | {r['others_cpu']:.0f} |")
 
-    print(f"\n## Requests/s at p99 <= {P99_MS:g} ms (both endpoints, no errors, >= 95% of the offered rate served)\n")
+    print(f"\n## Requests/s at p99 <= {P99_MS:g} ms (both endpoints, no errors, >= 95% of the offered rate "
+          f"served, best of {SEARCH_TRIES} tries)\n")
     best = {s: None for s in SYSTEMS}
     active = list(SYSTEMS)
     rate = SEARCH_FROM
     while active and rate <= SEARCH_MAX:
         for s in list(active):
-            say(f"weather: search: {s} at {rate:.0f}/s for {SEARCH_DURATION:g} s")
-            res, late = run("search", s, rate, SEARCH_DURATION)
-            p99 = max(res[e]["p99_us"] for e in res) / 1e3
-            served = sum(res[e]["rps"] for e in res)
-            errors = sum(res[e]["errors"] for e in res)
-            ok = p99 <= P99_MS and errors == 0 and served >= 0.95 * rate
-            say(f"weather:   {served:.0f} req/s served, p99 {p99:.2f} ms, {errors} errors: {'pass' if ok else 'stop'}")
-            if ok:
-                best[s] = (rate, served, p99)
+            for attempt in range(1, SEARCH_TRIES + 1):
+                say(f"weather: search: {s} at {rate:.0f}/s for {SEARCH_DURATION:g} s (try {attempt})")
+                res, late = run("search", s, rate, SEARCH_DURATION)
+                p99 = max(res[e]["p99_us"] for e in res) / 1e3
+                served = sum(res[e]["rps"] for e in res)
+                errors = sum(res[e]["errors"] for e in res)
+                ok = p99 <= P99_MS and errors == 0 and served >= 0.95 * rate
+                others = next(iter(res.values()))["others_cpu"]
+                say(f"weather:   {served:.0f} req/s served, p99 {p99:.2f} ms, {errors} errors, "
+                    f"others used {others:.0f}% of a core: {'pass' if ok else 'fail'}")
+                if ok:
+                    best[s] = (rate, served, p99, others)
+                    break
             else:
                 active.remove(s)
         rate *= SEARCH_STEP
-    print("| system | highest passing offered rate | req/s served there | p99 there (ms) |")
-    print("|---|---:|---:|---:|")
+    print("| system | highest passing offered rate | req/s served there | p99 there (ms) | others' CPU % then |")
+    print("|---|---:|---:|---:|---:|")
     for s in SYSTEMS:
         b = best[s]
         if b is None:
-            print(f"| {s} | below {SEARCH_FROM:.0f} | | |")
+            print(f"| {s} | below {SEARCH_FROM:.0f} | | | |")
         else:
             more = " (search ceiling)" if s in active else ""
-            print(f"| {s} | {b[0]:.0f}{more} | {b[1]:.0f} | {b[2]:.2f} |")
+            print(f"| {s} | {b[0]:.0f}{more} | {b[1]:.0f} | {b[2]:.2f} | {b[3]:.0f} |")
 finally:
     for s in servers.values():
         s.stop()

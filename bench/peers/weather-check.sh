@@ -21,7 +21,8 @@
 # Needs curl, python3 and sqlite3. Prints one line per check and exits 1 on any mismatch
 # (2 if the server cannot be started). Lines starting with "note:" are behaviours the
 # protocol leaves open or that a peer's HTTP library fixes (they do not fail the check).
-# Takes about 40 s, most of it waiting for the 10 s request timeout and the 5 s busy timeout.
+# Takes about a minute, a third of it waiting for the 10 s request timeout and the 5 s
+# busy timeout.
 set -u
 if [ $# -lt 1 ]; then
     sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2

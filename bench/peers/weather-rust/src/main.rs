@@ -1,8 +1,8 @@
 //! The weather service of the protocol shared with plaza's apps/weather (bench/peers/README.md,
 //! "Weather service peers") written the way a Rust programmer would write it today: tokio's
 //! multi-thread runtime, hyper 0.14, rusqlite, parking_lot and serde. It is a benchmark peer
-//! of plaza's service and follows the same protocol (endpoints, JSON shapes, status codes, schema, seeding,
-//! staleness, group commit, command line):
+//! of plaza's service and follows the same protocol (endpoints, JSON shapes, status codes,
+//! schema, seeding, staleness, group commit, command line):
 //!
 //!   weather-rust [serve] --listen 127.0.0.1:8080 --db weather.db [--workers N]
 //!                        [--forecast-ttl-ms 1000] [--refresh-ms 1000] [--batch-linger-ms 0]
@@ -73,7 +73,10 @@ const RECENT_SQL: &str = "SELECT temperature, time FROM readings WHERE city = ?1
 const INSERT_SQL: &str = "INSERT INTO readings(city, temperature, time) VALUES (?1, ?2, ?3)";
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -125,7 +128,10 @@ fn parse_args() -> Config {
             Some((f, v)) => (f.to_string(), v.to_string()),
             None => {
                 i += 1;
-                let v = args.get(i).cloned().unwrap_or_else(|| usage(&format!("{} needs a value", args[i - 1])));
+                let v = args
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| usage(&format!("{} needs a value", args[i - 1])));
                 (args[i - 1].clone(), v)
             }
         };
@@ -278,7 +284,10 @@ struct Hist {
 
 impl Hist {
     fn new() -> Hist {
-        Hist { buckets: (0..HIST_BUCKETS).map(|_| AtomicU64::new(0)).collect(), max_ns: AtomicU64::new(0) }
+        Hist {
+            buckets: (0..HIST_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            max_ns: AtomicU64::new(0),
+        }
     }
 
     fn add(&self, ns: u64) {
@@ -398,7 +407,8 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     let body = serde_json::to_vec(value).expect("plain structs serialize");
     let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
@@ -410,7 +420,10 @@ fn error(status: StatusCode, reason: &str) -> Response<Body> {
         error: &'a str,
     }
     let mut resp = json(status, &ErrorOut { error: reason });
-    if matches!(status, StatusCode::BAD_REQUEST | StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE) {
+    if matches!(
+        status,
+        StatusCode::BAD_REQUEST | StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE
+    ) {
         resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
     }
     resp
@@ -640,7 +653,11 @@ async fn post_readings(app: &Arc<App>, req: Request<Body>, start: Instant) -> Re
         let Some(&city) = app.index.get(&r.city) else {
             return error(StatusCode::NOT_FOUND, "unknown city");
         };
-        rows.push(Row { city, temperature: r.temperature, time: r.time.unwrap_or(now) });
+        rows.push(Row {
+            city,
+            temperature: r.temperature,
+            time: r.time.unwrap_or(now),
+        });
     }
     for r in &rows {
         let mut cur = app.cities[r.city].current.lock();
@@ -676,13 +693,25 @@ async fn get_weather(app: &Arc<App>, name: &str) -> Response<Body> {
                 return error(StatusCode::SERVICE_UNAVAILABLE, "database unavailable");
             }
         }
-        ForecastOut { temperature: f.temperature, computed_at: f.computed_at, based_on: f.based_on }
+        ForecastOut {
+            temperature: f.temperature,
+            computed_at: f.computed_at,
+            based_on: f.based_on,
+        }
     };
     let (temperature, updated) = {
         let c = city.current.lock();
         (c.temperature, c.time)
     };
-    json(StatusCode::OK, &WeatherOut { city: &city.name, temperature, updated, forecast })
+    json(
+        StatusCode::OK,
+        &WeatherOut {
+            city: &city.name,
+            temperature,
+            updated,
+            forecast,
+        },
+    )
 }
 
 fn healthz(app: &App) -> Response<Body> {
@@ -707,7 +736,11 @@ fn metrics(app: &App) -> Response<Body> {
             get_weather: m.endpoints[Endpoint::GetWeather as usize].summary(),
             healthz: m.endpoints[Endpoint::Healthz as usize].summary(),
             metrics: m.endpoints[Endpoint::Metrics as usize].summary(),
-            status: StatusCounts { s2xx: status(0), s4xx: status(1), s5xx: status(2) },
+            status: StatusCounts {
+                s2xx: status(0),
+                s4xx: status(1),
+                s5xx: status(2),
+            },
         },
     )
 }
@@ -717,14 +750,36 @@ async fn route(app: &Arc<App>, req: Request<Body>, start: Instant) -> (Option<En
     let method = req.method().clone();
     match path.as_str() {
         "/readings" => {
-            let resp = if method == Method::POST { post_readings(app, req, start).await } else { method_not_allowed("POST") };
+            let resp = if method == Method::POST {
+                post_readings(app, req, start).await
+            } else {
+                method_not_allowed("POST")
+            };
             (Some(Endpoint::PostReadings), resp)
         }
-        "/healthz" => (Some(Endpoint::Healthz), if method == Method::GET { healthz(app) } else { method_not_allowed("GET") }),
-        "/metrics" => (Some(Endpoint::Metrics), if method == Method::GET { metrics(app) } else { method_not_allowed("GET") }),
+        "/healthz" => (
+            Some(Endpoint::Healthz),
+            if method == Method::GET {
+                healthz(app)
+            } else {
+                method_not_allowed("GET")
+            },
+        ),
+        "/metrics" => (
+            Some(Endpoint::Metrics),
+            if method == Method::GET {
+                metrics(app)
+            } else {
+                method_not_allowed("GET")
+            },
+        ),
         p => match p.strip_prefix("/weather/") {
             Some(name) if !name.is_empty() && !name.contains('/') => {
-                let resp = if method == Method::GET { get_weather(app, name).await } else { method_not_allowed("GET") };
+                let resp = if method == Method::GET {
+                    get_weather(app, name).await
+                } else {
+                    method_not_allowed("GET")
+                };
                 (Some(Endpoint::GetWeather), resp)
             }
             _ => (None, error(StatusCode::NOT_FOUND, "unknown path")),
@@ -841,7 +896,11 @@ impl hyper::server::accept::Accept for GuardedListener {
                 Poll::Ready(Ok((stream, _))) => {
                     let _ = stream.set_nodelay(true);
                     let state = Arc::new(ConnState::default());
-                    return Poll::Ready(Some(Ok(Guarded { stream, state, timer: None })));
+                    return Poll::Ready(Some(Ok(Guarded {
+                        stream,
+                        state,
+                        timer: None,
+                    })));
                 }
                 Poll::Ready(Err(e)) => {
                     eprintln!("weather-rust: accept: {e}");
@@ -858,8 +917,11 @@ impl hyper::server::accept::Accept for GuardedListener {
 
 fn load_cities(conn: &Connection) -> rusqlite::Result<Vec<City>> {
     let mut names = conn.prepare("SELECT name FROM cities ORDER BY name")?;
-    let names = names.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut latest = conn.prepare("SELECT temperature, time FROM readings WHERE city = ?1 ORDER BY time DESC LIMIT 1")?;
+    let names = names
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut latest =
+        conn.prepare("SELECT temperature, time FROM readings WHERE city = ?1 ORDER BY time DESC LIMIT 1")?;
     let mut cities = Vec::with_capacity(names.len());
     for name in names {
         let (temperature, time) = match latest.query_row(params![name], |r| Ok((r.get(0)?, r.get(1)?))) {
@@ -869,8 +931,16 @@ fn load_cities(conn: &Connection) -> rusqlite::Result<Vec<City>> {
         };
         cities.push(City {
             name,
-            current: parking_lot::Mutex::new(Current { temperature, time, since_start: 0 }),
-            forecast: tokio::sync::Mutex::new(Forecast { temperature: 0.0, computed_at: 0, based_on: 0 }),
+            current: parking_lot::Mutex::new(Current {
+                temperature,
+                time,
+                since_start: 0,
+            }),
+            forecast: tokio::sync::Mutex::new(Forecast {
+                temperature: 0.0,
+                computed_at: 0,
+                based_on: 0,
+            }),
         });
     }
     Ok(cities)
@@ -921,8 +991,9 @@ fn main() {
         let writer_task = tokio::spawn(writer(app.clone(), wconn, rx, cfg.linger));
         let refresher_task = tokio::spawn(refresher(app.clone(), Duration::from_millis(cfg.refresh_ms)));
 
-        let listener =
-            TcpListener::bind(cfg.listen).await.unwrap_or_else(|e| fail(&format!("listening on {}", cfg.listen), &e));
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .unwrap_or_else(|e| fail(&format!("listening on {}", cfg.listen), &e));
         let local = listener.local_addr().unwrap_or(cfg.listen);
         let make = {
             let app = app.clone();
@@ -945,11 +1016,17 @@ fn main() {
         };
         // hyper answers a header block larger than its read buffer with 431; 8 KiB is also
         // the smallest buffer it accepts.
-        let server = Server::builder(GuardedListener { listener, backoff: None })
-            .http1_only(true)
-            .http1_max_buf_size(MAX_HEADER_BLOCK)
-            .serve(make);
-        eprintln!("weather-rust: listening on {local} ({} workers, db {})", cfg.workers, cfg.db);
+        let server = Server::builder(GuardedListener {
+            listener,
+            backoff: None,
+        })
+        .http1_only(true)
+        .http1_max_buf_size(MAX_HEADER_BLOCK)
+        .serve(make);
+        eprintln!(
+            "weather-rust: listening on {local} ({} workers, db {})",
+            cfg.workers, cfg.db
+        );
         if let Err(e) = server.with_graceful_shutdown(shutdown_signal()).await {
             eprintln!("weather-rust: server: {e}");
         }
