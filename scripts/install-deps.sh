@@ -7,7 +7,7 @@ what=${1:-build}
 pkgs="cmake make gcc pkg-config libcmocka-dev"
 case "$what" in
 test)
-    pkgs="$pkgs clang qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
+    pkgs="$pkgs clang qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross spin"
     ;;
 bench)
     pkgs="$pkgs golang-go librust-tokio-dev librust-parking-lot-dev libboost-fiber-dev g++ cargo python3-matplotlib"
