@@ -1,17 +1,19 @@
 # plaza: top-level commands.  Each installs the Debian packages it needs.
 #
-#   make demo      build and run the example program
+#   make demo      build and run the weather service demo and the examples
 #   make test      build and run the whole test suite: gcc, clang,
 #                  ASan+UBSan, TSan, and aarch64 under qemu-user
 #   make bench     build and run the benchmarks beside the peers
 #   make install   install the library (PREFIX=/usr/local by default)
+#   make test-under-load  the gcc build's tests with one core kept busy
+#                  (LOAD_RUNS=1 times; scripts/test-under-load.sh for others)
 
 PREFIX ?= /usr/local
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 CTEST = ctest --output-on-failure --no-tests=error -j1
 
-.PHONY: all build demo test test-gcc test-clang test-asan test-tsan test-aarch64 bench install clean deps
+.PHONY: all build demo test test-under-load test-gcc test-clang test-asan test-tsan test-aarch64 bench install clean deps
 
 all: build
 
@@ -23,6 +25,7 @@ build: deps
 	cmake --build build -j$(JOBS)
 
 demo: build
+	./build/apps/weather/plaza-weather demo
 	./build/examples/demo
 	./build/examples/echo both 127.0.0.1:0 64
 
@@ -55,6 +58,13 @@ test-aarch64:
 	cmake -S . -B build-aarch64 -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPLAZA_TEST_SCALE=10 -DPLAZA_BENCH=OFF -DPLAZA_MODELS=OFF >/dev/null
 	cmake --build build-aarch64 -j$(JOBS)
 	cd build-aarch64 && $(CTEST)
+
+LOAD_RUNS ?= 1
+test-under-load:
+	@scripts/install-deps.sh test
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build build -j$(JOBS)
+	scripts/test-under-load.sh build $(LOAD_RUNS)
 
 bench: build
 	@scripts/install-deps.sh bench

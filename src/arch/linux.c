@@ -7,6 +7,8 @@
 #include <linux/futex.h>
 #include <linux/membarrier.h>
 #include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -97,19 +99,60 @@ size_t pz__page_size(void)
     return page;
 }
 
-void *pz__stack_map(size_t size, size_t guard)
+#ifndef MADV_GUARD_INSTALL
+#define MADV_GUARD_INSTALL 102
+#endif
+
+/* 0: not probed yet; otherwise the PZ__GUARD_* the kernel supports. */
+static _Atomic int probed_guard;
+
+static int probe_guard(void)
+{
+    size_t page = pz__page_size();
+    void *p = mmap(NULL, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED)
+        return PZ__GUARD_MPROTECT;
+    /* EINVAL on kernels without guard regions (and under emulators that
+     * do not know the advice). */
+    int kind = madvise(p, page, MADV_GUARD_INSTALL) == 0 ? PZ__GUARD_MADVISE : PZ__GUARD_MPROTECT;
+    munmap(p, 2 * page);
+    return kind;
+}
+
+int pz__stack_guard_kind(void)
+{
+    const char *forced = getenv("PLAZA_STACK_GUARD");
+    if (forced && strcmp(forced, "mprotect") == 0)
+        return PZ__GUARD_MPROTECT;
+    int kind = atomic_load_explicit(&probed_guard, memory_order_relaxed);
+    if (!kind) {
+        kind = probe_guard();
+        atomic_store_explicit(&probed_guard, kind, memory_order_relaxed);
+    }
+    return kind;
+}
+
+int pz__stack_map(size_t size, void **base)
 {
     /* MAP_NORESERVE: a stack costs only the pages a task touches, so the
      * commit charge of 100 000 idle tasks stays what they use. */
-    void *base = mmap(NULL, size, PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
-    if (base == MAP_FAILED)
-        return NULL;
-    if (guard && mprotect(base, guard, PROT_NONE) != 0) {
-        munmap(base, size);
-        return NULL;
-    }
-    return base;
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK,
+                   -1, 0);
+    if (p == MAP_FAILED)
+        return -errno;
+    *base = p;
+    return 0;
+}
+
+int pz__stack_guard(void *addr, size_t len, int kind)
+{
+    int r = kind == PZ__GUARD_MADVISE ? madvise(addr, len, MADV_GUARD_INSTALL) : mprotect(addr, len, PROT_NONE);
+    return r == 0 ? 0 : -errno;
+}
+
+void pz__stack_discard(void *addr, size_t len)
+{
+    madvise(addr, len, MADV_DONTNEED);
 }
 
 void pz__stack_unmap(void *base, size_t size)

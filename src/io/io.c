@@ -9,11 +9,14 @@
  */
 #define _GNU_SOURCE
 #include "io_internal.h"
+#include "kit_io.h"
 
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <signal.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,8 +29,10 @@
 /* One system call attempt: returns >= 0 on success or -errno. */
 typedef ssize_t (*io_try_fn)(int fd, void *ctx);
 
-/* Where the caller will wait, or NULL: no runtime or not in a task. */
-static pz__io_source *source_for(int fd, pz__runtime **rtp)
+/* Where the caller will wait, or NULL: no runtime or not in a task, or
+ * *err < 0: fd is no open descriptor (-EBADF), and nothing is recorded
+ * for its number (a descriptor that gets the number later starts clean). */
+static pz__io_source *source_for_err(int fd, pz__runtime **rtp, int *err)
 {
     pz__runtime *rt = atomic_load_explicit(&pz__rt, memory_order_acquire);
     if (!rt || !rt->io_chunks || !pz__current_task())
@@ -46,12 +51,26 @@ static pz__io_source *source_for(int fd, pz__runtime **rtp)
         /* Pairs with the reactor's acquire: epoll carries this edge. */
         __tsan_release(src);
 #endif
-        if (pz__set_nonblocking(fd) < 0 || pz__poller_add(rt->poller, fd, src) < 0)
+        int r = pz__set_nonblocking(fd);
+        if (r == 0)
+            r = pz__poller_add(rt->poller, fd, src);
+        if (r == -EBADF) {
+            pz__spin_unlock(&src->reg_lock);
+            *err = -EBADF;
+            return NULL;
+        }
+        if (r < 0)
             kind = PZ__SRC_BLOCKING; /* a regular file, or not pollable */
         atomic_store_explicit(&src->kind, kind, memory_order_release);
     }
     pz__spin_unlock(&src->reg_lock);
     return src;
+}
+
+static pz__io_source *source_for(int fd, pz__runtime **rtp)
+{
+    int err = 0;
+    return source_for_err(fd, rtp, &err);
 }
 
 struct ready_check {
@@ -117,7 +136,10 @@ static ssize_t io_loop(int fd, uint64_t bit, io_try_fn fn, void *ctx, int64_t de
     if (fd < 0)
         return -EBADF;
     pz__runtime *rt = NULL;
-    pz__io_source *src = source_for(fd, &rt);
+    int err = 0;
+    pz__io_source *src = source_for_err(fd, &rt, &err);
+    if (err < 0)
+        return err;
     if (src && atomic_load_explicit(&src->kind, memory_order_acquire) == PZ__SRC_BLOCKING) {
         struct blocking_call b = {fn, fd, ctx};
         void *res;
@@ -198,15 +220,44 @@ static ssize_t try_readv(int fd, void *ctx)
     return result_of(readv(fd, c->iov, c->cnt));
 }
 
+/* writev on a descriptor that is not a socket (a pipe, a FIFO, a tty)
+ * without SIGPIPE: the signal is blocked on the calling thread around the
+ * call, and one the call raised is taken off the thread before the mask
+ * comes back (a write to a pipe without reader directs it at the writing
+ * thread).  Three system calls more than a plain writev (two when no
+ * SIGPIPE came), paid only by pipes; sockets keep one sendmsg with
+ * MSG_NOSIGNAL.  A SIGPIPE the thread already had blocked is left alone
+ * (whoever blocked it collects it), except on a worker: workers run with
+ * the asynchronous signals blocked by plaza itself (signal.h), so nobody
+ * else would ever collect it there. */
+static ssize_t writev_nosignal(int fd, const struct iovec *iov, int cnt)
+{
+    sigset_t pipe_only, old;
+    sigemptyset(&pipe_only);
+    sigaddset(&pipe_only, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_only, &old);
+    ssize_t n = writev(fd, iov, cnt);
+    int e = errno;
+    if (n < 0 && e == EPIPE && (!sigismember(&old, SIGPIPE) || pz__current_worker() != NULL)) {
+        struct timespec zero = {0, 0};
+        while (sigtimedwait(&pipe_only, NULL, &zero) < 0 && errno == EINTR) {
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    errno = e;
+    return n;
+}
+
 /* Writes go through sendmsg with MSG_NOSIGNAL, so a closed peer is -EPIPE
- * rather than SIGPIPE; a descriptor that is not a socket gets writev. */
+ * rather than SIGPIPE; a descriptor that is not a socket gets writev with
+ * SIGPIPE held off. */
 static ssize_t try_writev(int fd, void *ctx)
 {
     struct iov_ctx *c = ctx;
     struct msghdr m = {.msg_iov = (struct iovec *)c->iov, .msg_iovlen = (size_t)c->cnt};
     ssize_t n = sendmsg(fd, &m, MSG_NOSIGNAL);
     if (n < 0 && errno == ENOTSOCK)
-        n = writev(fd, c->iov, c->cnt);
+        n = writev_nosignal(fd, c->iov, c->cnt);
     return result_of(n);
 }
 
@@ -286,6 +337,49 @@ static ssize_t try_nothing(int fd, void *ctx)
     return 0;
 }
 
+static bool neither_ready(void *ctx)
+{
+    pz__io_source *src = ctx;
+    return !(atomic_load_explicit(&src->readiness, memory_order_seq_cst) &
+             (PZ__IO_READ | PZ__IO_WRITE | PZ__IO_CLOSED));
+}
+
+/* Waits until the poller reports fd readable or writable (the caller has
+ * just seen it neither, with poll).  Parks on the source's either_key,
+ * which pz__io_source_signal wakes for any event while either_waiters is
+ * not zero: we count ourselves in, then validate under the bucket lock;
+ * the signaller sets the bit, then reads the count, both sequentially
+ * consistent, so one of the two sees the other. */
+static int wait_either(int fd, int64_t deadline)
+{
+    pz__runtime *rt = NULL;
+    int err = 0;
+    pz__io_source *src = source_for_err(fd, &rt, &err);
+    if (err < 0)
+        return err;
+    if (!src || atomic_load_explicit(&src->kind, memory_order_acquire) == PZ__SRC_BLOCKING) {
+        return thread_wait(fd, POLLIN | POLLOUT, deadline);
+    }
+    uint64_t seen = atomic_load_explicit(&src->readiness, memory_order_acquire);
+    if (seen & PZ__IO_CLOSED)
+        return -EBADF;
+    /* poll said neither: the bits are stale unless an event came since. */
+    if ((seen & (PZ__IO_READ | PZ__IO_WRITE)) &&
+        !atomic_compare_exchange_strong_explicit(&src->readiness, &seen, seen & ~(uint64_t)(PZ__IO_READ | PZ__IO_WRITE),
+                                                 memory_order_acq_rel, memory_order_acquire))
+        return 0; /* an event came: look again */
+    atomic_fetch_add_explicit(&src->either_waiters, 1, memory_order_seq_cst);
+    atomic_fetch_add_explicit(&rt->io_waiters, 1, memory_order_seq_cst);
+    int r = pz_park(&src->either_key, neither_ready, NULL, NULL, src, 0, deadline, 0, NULL);
+    atomic_fetch_sub_explicit(&rt->io_waiters, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&src->either_waiters, 1, memory_order_relaxed);
+    if (r == -EAGAIN)
+        r = 0;
+    if (r == 0 && (atomic_load_explicit(&src->readiness, memory_order_acquire) & PZ__IO_CLOSED))
+        return -EBADF;
+    return r;
+}
+
 int pz_wait_fd(int fd, int events, int64_t deadline)
 {
     if (fd < 0 || !(events & (PZ_READABLE | PZ_WRITABLE)))
@@ -305,6 +399,12 @@ int pz_wait_fd(int fd, int events, int64_t deadline)
                 return -EBADF;
             if (ready)
                 return ready;
+        }
+        if ((events & (PZ_READABLE | PZ_WRITABLE)) == (PZ_READABLE | PZ_WRITABLE)) {
+            int r = wait_either(fd, deadline);
+            if (r < 0)
+                return r;
+            continue;
         }
         bool first = true;
         ssize_t r = io_loop(fd, (events & PZ_READABLE) ? PZ__IO_READ : PZ__IO_WRITE, try_nothing, &first, deadline);
@@ -357,7 +457,7 @@ static int split_hostport(const char *hp, char *host, size_t hostcap, char *port
     if (strlen(colon + 1) == 0 || strlen(colon + 1) >= portcap)
         return -EINVAL;
     strcpy(port, colon + 1);
-    return 0;
+    return pz__port_check(port);
 }
 
 struct resolve {
@@ -381,7 +481,8 @@ static int resolve(const char *hostport, int passive, struct addrinfo **out)
 {
     char host[256], port[32];
     if (split_hostport(hostport, host, sizeof host, port, sizeof port) < 0) {
-        pz__report("cannot parse address \"%s\" (want host:port, [v6]:port or :port)", hostport ? hostport : "(null)");
+        pz__report("cannot parse address \"%s\" (want host:port, [v6]:port or :port, port 0-65535)",
+                   hostport ? hostport : "(null)");
         return -EINVAL;
     }
     struct resolve r = {host, port, passive, NULL, 0};
@@ -390,14 +491,18 @@ static int resolve(const char *hostport, int passive, struct addrinfo **out)
     if (e < 0)
         return e;
     if (r.err) {
-        pz__report("cannot resolve \"%s\": %s", hostport, gai_strerror(r.err));
-        return r.err == EAI_SYSTEM ? -errno : -EADDRNOTAVAIL;
+        return pz__dns_error(r.err, errno);
     }
     *out = r.res;
     return 0;
 }
 
 int pz_tcp_listen(const char *hostport)
+{
+    return pz_tcp_listen_addr(hostport, NULL, NULL);
+}
+
+int pz_tcp_listen_addr(const char *hostport, struct sockaddr *addr, socklen_t *addrlen)
 {
     struct addrinfo *res;
     int e = resolve(hostport, 1, &res);
@@ -414,6 +519,11 @@ int pz_tcp_listen(const char *hostport)
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
         if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 1024) == 0) {
             freeaddrinfo(res);
+            if (addr && addrlen && getsockname(fd, addr, addrlen) < 0) {
+                err = -errno;
+                close(fd);
+                return err;
+            }
             return fd;
         }
         err = -errno;

@@ -22,6 +22,8 @@ typedef struct pz__io_source {
     /* Parking-lot keys: only their addresses matter. */
     char read_key;
     char write_key;
+    char either_key;            /* pz_wait_fd for both (io.c: wait_either) */
+    _Atomic int either_waiters;
 } pz__io_source;
 
 pz__io_source *pz__io_source_of(pz__runtime *rt, int fd);

@@ -3,7 +3,8 @@
  *
  * Table: an array of cache-line aligned buckets, each a spin lock and a FIFO
  * queue of waiters (intrusive nodes on the waiters' own stacks, so parking
- * allocates nothing).  The table doubles when the number of parked waiters
+ * allocates nothing; doubly linked, so a waiter that times out or is
+ * cancelled leaves in constant time, however long the queue).  The table doubles when the number of parked waiters
  * passes PZ__LOAD_FACTOR per bucket.  Growing locks every bucket of the old
  * table, moves the waiters and publishes the new table; the old one is never
  * freed, because a parker may still hold a pointer to one of its buckets.
@@ -52,7 +53,8 @@
 #define PZ__FAIR_NS 1000000
 
 typedef struct pz__waiter {
-    struct pz__waiter *next;
+    struct pz__waiter *next, *prev; /* the bucket's queue, under its lock */
+    bool queued;                /* in a bucket's queue; under its lock */
     _Atomic(const void *) addr; /* changes under both bucket locks on requeue */
     uintptr_t park_token;
     uintptr_t unpark_token;
@@ -104,11 +106,29 @@ static pz__table *table_new(size_t size)
     return t;
 }
 
+/* In the child of a fork, a bucket lock may have been held by a thread
+ * that did not follow: the child starts a fresh table (the old one is
+ * left as it is) with nobody parked. */
+static void lot_after_fork(void)
+{
+    atomic_store_explicit(&lot, NULL, memory_order_relaxed);
+    atomic_store_explicit(&parked_now, 0, memory_order_relaxed);
+    atomic_store_explicit(&create_lock.locked, 0, memory_order_relaxed);
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void atfork_register(void)
+{
+    pthread_atfork(NULL, NULL, lot_after_fork);
+}
+
 static pz__table *get_table(void)
 {
     pz__table *t = atomic_load_explicit(&lot, memory_order_acquire);
     if (t)
         return t;
+    pthread_once(&atfork_once, atfork_register);
     pz__spin_lock(&create_lock);
     t = atomic_load_explicit(&lot, memory_order_acquire);
     if (!t) {
@@ -179,6 +199,8 @@ static void unlock_pair(pz__bucket *b1, pz__bucket *b2)
         pz__spin_unlock(&b2->lock);
 }
 
+static void enqueue(pz__bucket *b, pz__waiter *w);
+
 static void grow(long waiters)
 {
     for (;;) {
@@ -204,12 +226,7 @@ static void grow(long waiters)
                 while (w) {
                     pz__waiter *next = w->next;
                     pz__bucket *nb = &t->buckets[hash_addr(atomic_load_explicit(&w->addr, memory_order_relaxed), t->bits)];
-                    w->next = NULL;
-                    if (nb->tail)
-                        nb->tail->next = w;
-                    else
-                        nb->head = w;
-                    nb->tail = w;
+                    enqueue(nb, w);
                     w = next;
                 }
                 old->buckets[i].head = old->buckets[i].tail = NULL;
@@ -226,36 +243,40 @@ static void grow(long waiters)
 static void enqueue(pz__bucket *b, pz__waiter *w)
 {
     w->next = NULL;
+    w->prev = b->tail;
     if (b->tail)
         b->tail->next = w;
     else
         b->head = w;
     b->tail = w;
+    w->queued = true;
 }
 
-/* Unlinks w, which follows prev (NULL: w is the head). */
-static void unlink_after(pz__bucket *b, pz__waiter *prev, pz__waiter *w)
+/* Unlinks w from b's queue in constant time (the queue is doubly linked,
+ * so a storm of cancelled waiters leaving one lock costs each of them the
+ * same, whatever the queue's length). */
+static void unlink_waiter(pz__bucket *b, pz__waiter *w)
 {
-    if (prev)
-        prev->next = w->next;
+    if (w->prev)
+        w->prev->next = w->next;
     else
         b->head = w->next;
-    if (b->tail == w)
-        b->tail = prev;
-    w->next = NULL;
+    if (w->next)
+        w->next->prev = w->prev;
+    else
+        b->tail = w->prev;
+    w->next = w->prev = NULL;
+    w->queued = false;
 }
 
-/* Removes w wherever it is in b; returns false if it is not there. */
+/* Removes w from b if it is still queued there; false if an unparker
+ * took it. */
 static bool remove_waiter(pz__bucket *b, pz__waiter *w)
 {
-    pz__waiter *prev = NULL;
-    for (pz__waiter *x = b->head; x; prev = x, x = x->next) {
-        if (x == w) {
-            unlink_after(b, prev, w);
-            return true;
-        }
-    }
-    return false;
+    if (!w->queued)
+        return false;
+    unlink_waiter(b, w);
+    return true;
 }
 
 static bool has_waiter(pz__bucket *b, const void *addr, pz__waiter *from)
@@ -377,10 +398,12 @@ int pz_park(const void *addr, bool (*validate)(void *ctx), void (*before_sleep)(
         if (before_sleep)
             before_sleep(ctx);
         result = 0;
-        int64_t until = deadline == PZ_FOREVER ? -1 : deadline;
+        /* The futex takes a negative deadline as "none"; a negative
+         * deadline here is one that has passed. */
+        int64_t until = deadline == PZ_FOREVER ? -1 : deadline < 0 ? 0 : deadline;
         while (atomic_load_explicit(&w.futex, memory_order_acquire) != 0) {
             int r = pz__futex_wait(&w.futex, 1, until);
-            if (until >= 0 && (r == -ETIMEDOUT || pz__clock_now() >= deadline)) {
+            if (until >= 0 && (r == -ETIMEDOUT || pz__clock_now() >= until)) {
                 b = lock_waiter_bucket(&w);
                 if (remove_waiter(b, &w)) {
                     if (timed_out)
@@ -406,8 +429,8 @@ pz_unpark_result_t pz_unpark_one(const void *addr, uintptr_t (*callback)(pz_unpa
 {
     pz_unpark_result_t res = {0, 0, false, false};
     pz__bucket *b = lock_bucket(addr);
-    pz__waiter *prev = NULL, *chosen = NULL;
-    for (pz__waiter *x = b->head; x; prev = x, x = x->next) {
+    pz__waiter *chosen = NULL;
+    for (pz__waiter *x = b->head; x; x = x->next) {
         if (atomic_load_explicit(&x->addr, memory_order_relaxed) != addr)
             continue;
         if (claim(x)) {
@@ -416,7 +439,7 @@ pz_unpark_result_t pz_unpark_one(const void *addr, uintptr_t (*callback)(pz_unpa
         }
     }
     if (chosen) {
-        unlink_after(b, prev, chosen);
+        unlink_waiter(b, chosen);
         res.unparked = 1;
         res.have_more = has_waiter(b, addr, NULL);
         res.be_fair = fair_now(b, pz__clock_coarse(), chosen);
@@ -437,17 +460,15 @@ int pz_unpark_all(const void *addr, uintptr_t unpark_token)
     pz__bucket *b = lock_bucket(addr);
     pz__waiter *woken = NULL, **tail = &woken;
     int n = 0;
-    pz__waiter *prev = NULL, *x = b->head;
+    pz__waiter *x = b->head;
     while (x) {
         pz__waiter *next = x->next;
         if (atomic_load_explicit(&x->addr, memory_order_relaxed) == addr && claim(x)) {
-            unlink_after(b, prev, x);
+            unlink_waiter(b, x);
             grant(x, unpark_token);
             *tail = x;
             tail = &x->next;
             n++;
-        } else {
-            prev = x;
         }
         x = next;
     }
@@ -469,25 +490,23 @@ pz_unpark_result_t pz_requeue(const void *from, const void *to, pz_requeue_op_t 
         return res;
     }
     pz__waiter *chosen = NULL;
-    pz__waiter *prev = NULL, *x = bf->head;
+    pz__waiter *x = bf->head;
     while (x) {
         pz__waiter *next = x->next;
         if (atomic_load_explicit(&x->addr, memory_order_relaxed) != from) {
-            prev = x;
+            /* another address's waiter: stays */
         } else if (!chosen && op != PZ_REQUEUE_ALL && claim(x)) {
-            unlink_after(bf, prev, x);
+            unlink_waiter(bf, x);
             chosen = x;
         } else if (op == PZ_REQUEUE_ALL || op == PZ_REQUEUE_UNPARK_ONE_REQUEUE_REST) {
             /* Moved even if it is timing out: it finds its bucket through
              * its address, which changes here under both locks. */
-            unlink_after(bf, prev, x);
+            unlink_waiter(bf, x);
             atomic_store_explicit(&x->addr, to, memory_order_release);
             if (x->task)
                 x->bucket = bt;
             enqueue(bt, x);
             res.requeued++;
-        } else {
-            prev = x;
         }
         x = next;
     }
@@ -513,13 +532,12 @@ pz_unpark_result_t pz_unpark_filter(const void *addr, pz_filter_op_t (*filter)(u
     pz_unpark_result_t res = {0, 0, false, false};
     pz__bucket *b = lock_bucket(addr);
     pz__waiter *woken = NULL, **tail = &woken;
-    pz__waiter *prev = NULL, *x = b->head;
+    pz__waiter *x = b->head;
     int64_t now = 0;
     bool fair = false;
     while (x) {
         pz__waiter *next = x->next;
         if (atomic_load_explicit(&x->addr, memory_order_relaxed) != addr) {
-            prev = x;
             x = next;
             continue;
         }
@@ -527,7 +545,7 @@ pz_unpark_result_t pz_unpark_filter(const void *addr, pz_filter_op_t (*filter)(u
         if (op == PZ_FILTER_STOP)
             break;
         if (op == PZ_FILTER_UNPARK && claim(x)) {
-            unlink_after(b, prev, x);
+            unlink_waiter(b, x);
             if (!now)
                 now = pz__clock_coarse();
             if (!fair)
@@ -535,8 +553,6 @@ pz_unpark_result_t pz_unpark_filter(const void *addr, pz_filter_op_t (*filter)(u
             *tail = x;
             tail = &x->next;
             res.unparked++;
-        } else {
-            prev = x;
         }
         x = next;
     }
