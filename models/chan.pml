@@ -278,8 +278,10 @@ proctype op(byte me; bit send; byte v; bit timed)
     res[me] = PENDING;
     item[me] = v;
     r = AGAIN;
+    /* the relaxed load of the waiting word may be stale either way: the
+     * hand-over is tried whatever the receivers' bit says, or not */
     if
-    :: send && (waiting & RECEIVERS_WAIT) ->
+    :: send ->
         /* receivers wait: hand the item to the first one if the ring is
          * empty */
         lock();
@@ -298,10 +300,12 @@ proctype op(byte me; bit send; byte v; bit timed)
     :: r == 0 -> goto finish   /* handed over */
     :: else -> skip
     fi;
-    /* ring_transfer */
+    /* ring_transfer: the first try, whose relaxed loads of head or tail
+     * may be stale, so that it may fail whatever the ring holds */
     if
     :: send -> ring_push(v, r)
-    :: else -> ring_pop(got, r)
+    :: !send -> ring_pop(got, r)
+    :: r = AGAIN
     fi;
     if
     :: r == AGAIN ->

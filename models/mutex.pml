@@ -302,6 +302,15 @@ inline lock_slow() {
            :: else -> skip
            fi
        }
+       /* the relaxed load may be stale: a lock word read as held may
+        * be free by now (with STALE) */
+       if
+#ifdef STALE
+       :: s == 0 -> s = LOCKED
+       :: s == 0 -> skip
+#endif
+       :: else -> skip
+       fi;
        if
        :: s == 0 ->
            /* the load that saw 0 and the CAS: a CAS that fails only

@@ -107,7 +107,7 @@ inline enqueue(w) {
     }
 }
 
-/* remove_waiter: found says whether w was queued */
+/* remove_waiter: found says whether w was still queued (w->queued) */
 inline remove_waiter(w, found) {
     atomic {
         i = 0; found = 0;
