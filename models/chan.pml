@@ -20,6 +20,7 @@
  *   CAP           ring capacity, 1 (default) or 2.
  *   TIMED_RX      receiver 2 has a deadline that may pass while it waits
  *                 (or a cancel come); TIMED_TX the same for sender 2.
+ *   NO_STALE      the first try sees the ring as it is (no stale loads).
  *   BAD_NO_LAST_TRY  a waiter parks right after setting its bit, without
  *                 the one more try (must fail: lost wake-up).
  *   BAD_ONE_SIDE  serving looks only at the queue whose bit was seen
@@ -305,7 +306,9 @@ proctype op(byte me; bit send; byte v; bit timed)
     if
     :: send -> ring_push(v, r)
     :: !send -> ring_pop(got, r)
+#ifndef NO_STALE
     :: r = AGAIN
+#endif
     fi;
     if
     :: r == AGAIN ->

@@ -118,7 +118,7 @@ run pass chan good "" "$safety" "$deep"
 run pass chan good-cap2 "-DCAP=2" "$safety" "$deep"
 run pass chan good-timeouts "-DTIMED_RX -DTIMED_TX" "$safety" "$deep"
 run pass chan good-cap2-timeouts "-DCAP=2 -DTIMED_RX -DTIMED_TX" "$safety" "$deep"
-run fail chan no-last-try "-DBAD_NO_LAST_TRY" "$quick" "$deep"
+run fail chan no-last-try "-DBAD_NO_LAST_TRY -DNO_STALE" "$quick" "$deep"
 run fail chan one-side "-DBAD_ONE_SIDE" "$quick" "$deep"
 
 if [ $n = 0 ]; then
