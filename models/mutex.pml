@@ -25,6 +25,8 @@
  *   R1 R2 R3     rounds of lock/unlock per task; D1 D2 D3: whether the
  *                task's lock calls have a deadline (may time out or be
  *                cancelled).
+ *   REVALIDATE   a proposed validate that sets PARKED (and STARVING) again
+ *                instead of failing when an emptied queue cleared it.
  *   PROGRESS     tasks 1 and 2 lock and unlock forever (no deadline), task
  *                3 locks once without deadline; checked with -a -f against
  *                the never claim of ltl p3_gets_lock.
@@ -221,6 +223,22 @@ inline take() {
 
 /* pz_park(m, still_locked_and_parked, NULL, mutex_timed_out, ...) */
 inline park() {
+#ifdef REVALIDATE
+    /* A proposed validate: under the bucket lock, set PARKED (and
+     * STARVING for a starving waiter) again if an emptied queue cleared
+     * it, by a seq_cst read-modify-write, then load the lock word. */
+    atomic {
+        flush_mine();
+        blk == 0 -> blk = me;
+        waiters = waiters | PARKED | (pstarv -> STARVING : 0)
+    }
+    atomic {
+        if
+        :: (state & LOCKED) == 0 -> r = R_AGAIN; blk = 0
+        :: else -> r = R_OK; q[qn] = me; qn++; pw[me] = 1; blk = 0
+        fi
+    }
+#else
     /* lock the bucket; validate's first load, of the lock word */
     atomic {
         flush_mine();
@@ -242,6 +260,7 @@ inline park() {
         }
     :: else -> skip
     fi;
+#endif
     if
     :: r == R_OK ->
         /* a deadline may be far off: its timer fires or never does */
@@ -361,8 +380,9 @@ inline lock_slow() {
                :: else -> skip
                fi;
 #endif
-               atomic { woken = 0; first = 1; starving = 0; cas = 0 }
+               atomic { woken = 0; first = 1; pstarv = starving; starving = 0; cas = 0 }
                park();
+               pstarv = 0;
                if
                :: r == R_OK && tok[me] == TOKEN_HANDOFF ->
                    tok[me] = 0;
@@ -432,7 +452,7 @@ inline unlock() {
 proctype task(byte me; byte rounds; bit dl)
 {
     byte s, f, h, spins, i, chosen, t, r;
-    bit fire, woken, first, starving, cas, took, ok, unparked, have_more, fair, handoff;
+    bit pstarv, fire, woken, first, starving, cas, took, ok, unparked, have_more, fair, handoff;
     byte n = 0;
     do
     :: rounds == 0 || n < rounds ->
