@@ -40,22 +40,22 @@ test-gcc:
 	cd build && $(CTEST)
 
 test-clang:
-	CC=clang cmake -S . -B build-clang -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	CC=clang cmake -S . -B build-clang -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPLAZA_MODELS=OFF >/dev/null
 	cmake --build build-clang -j$(JOBS)
 	cd build-clang && $(CTEST)
 
 test-asan:
-	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPLAZA_SANITIZE=address -DPLAZA_TEST_SCALE=2 -DPLAZA_BENCH=OFF >/dev/null
+	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPLAZA_SANITIZE=address -DPLAZA_TEST_SCALE=2 -DPLAZA_BENCH=OFF -DPLAZA_MODELS=OFF >/dev/null
 	cmake --build build-asan -j$(JOBS)
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 $(CTEST)
 
 test-tsan:
-	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPLAZA_SANITIZE=thread -DPLAZA_TEST_SCALE=4 -DPLAZA_BENCH=OFF >/dev/null
+	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPLAZA_SANITIZE=thread -DPLAZA_TEST_SCALE=4 -DPLAZA_BENCH=OFF -DPLAZA_MODELS=OFF >/dev/null
 	cmake --build build-tsan -j$(JOBS)
 	cd build-tsan && TSAN_OPTIONS=halt_on_error=1:abort_on_error=1 $(CTEST)
 
 test-aarch64:
-	cmake -S . -B build-aarch64 -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPLAZA_TEST_SCALE=10 -DPLAZA_BENCH=OFF >/dev/null
+	cmake -S . -B build-aarch64 -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPLAZA_TEST_SCALE=10 -DPLAZA_BENCH=OFF -DPLAZA_MODELS=OFF >/dev/null
 	cmake --build build-aarch64 -j$(JOBS)
 	cd build-aarch64 && $(CTEST)
 
