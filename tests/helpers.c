@@ -1,5 +1,7 @@
 #include "helpers.h"
 
+#include "runtime/internal.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
@@ -52,6 +54,56 @@ void wait_until_true(bool (*done)(void *), void *arg, int64_t limit_ns)
         else
             sched_yield();
     }
+}
+
+/* A deadlock guard for the waits below: a minute is far beyond what any
+ * load makes them take. */
+#define WAIT_LIMIT (60000 * MS)
+
+static bool task_parked(void *arg)
+{
+    pz_task_t *t = arg;
+    uint64_t s = atomic_load_explicit(&t->park_state, memory_order_acquire);
+    /* PARKED is stored after the task has switched off its stack, before
+     * the park's callback releases the queue's lock: the waiter is queued
+     * by then (every plaza wait queues itself before it suspends). */
+    return PZ__PS_STATE(s) == PZ__PS_PARKED;
+}
+
+void wait_parked(pz_task_t *t)
+{
+    wait_until_true(task_parked, t, WAIT_LIMIT);
+}
+
+static pz_filter_op_t count_waiter(uintptr_t park_token, void *ctx)
+{
+    (void)park_token;
+    ++*(int *)ctx;
+    return PZ_FILTER_SKIP;
+}
+
+int lot_waiters(const void *addr)
+{
+    int n = 0;
+    pz_unpark_filter(addr, count_waiter, NULL, &n);
+    return n;
+}
+
+struct lot_wait {
+    const void *addr;
+    int n;
+};
+
+static bool lot_has(void *arg)
+{
+    struct lot_wait *w = arg;
+    return lot_waiters(w->addr) >= w->n;
+}
+
+void wait_lot_waiters(const void *addr, int n)
+{
+    struct lot_wait w = {addr, n};
+    wait_until_true(lot_has, &w, WAIT_LIMIT);
 }
 
 /* The budget harness.  64 tasks on 2 workers take a short section with

@@ -14,16 +14,20 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define MS 1000000ll
 
 /* ---- pz_async_mutex ---- */
 
 static pz_async_mutex_t am;
 
-static void *hold_for(void *arg)
+/* Holds am until the task arg is parked waiting for it. */
+static _Atomic bool am_held, am_released;
+
+static void *hold_until_parked(void *arg)
 {
     CHECK_EQ(pz_async_mutex_lock(&am), 0);
-    pz_sleep((int64_t)(intptr_t)arg);
+    atomic_store(&am_held, true);
+    wait_parked(arg);
+    atomic_store(&am_released, true);
     CHECK_EQ(pz_async_mutex_unlock(&am), 0);
     return NULL;
 }
@@ -53,12 +57,13 @@ static void *mutex_basics(void *arg)
     CHECK_EQ(pz_async_mutex_unlock(&m), 0);
     CHECK_EQ(atomic_load(&m.state), 0);
 
-    /* A waiter suspends while another task holds the lock for 20 ms. */
-    pz_task_t *h = pz_spawn(hold_for, (void *)(intptr_t)(20 * MS));
-    pz_sleep(2 * MS);
-    int64_t t0 = pz_now();
+    /* A waiter suspends while another task holds the lock, and gets it
+     * once the holder lets go (the holder waits until it has parked). */
+    pz_task_t *h = pz_spawn(hold_until_parked, pz_self());
+    while (!atomic_load(&am_held))
+        pz_yield();
     CHECK_EQ(pz_async_mutex_lock(&am), 0);
-    CHECK(pz_now() - t0 >= 5 * MS);
+    CHECK(atomic_load(&am_released));
     CHECK_EQ(pz_async_mutex_unlock(&am), 0);
     CHECK_EQ(pz_join(h, NULL), 0);
 
@@ -69,7 +74,7 @@ static void *mutex_basics(void *arg)
     CHECK_EQ(pz_join(w, &r), 0);
     CHECK_EQ((intptr_t)r, -ETIMEDOUT);
     w = pz_spawn(lock_then_return, (void *)0);
-    pz_sleep(2 * MS);
+    wait_parked(w);
     pz_cancel(w);
     CHECK_EQ(pz_join(w, &r), 0);
     CHECK_EQ((intptr_t)r, -ECANCELED);
@@ -296,11 +301,14 @@ static void *semaphore_basics(void *arg)
     pz_semaphore_init(&sem, 0);
     atomic_store(&order_len, 0);
     pz_task_t *big = pz_spawn(sem_acquirer, (void *)5);
-    pz_sleep(2 * MS);
+    wait_parked(big);
     pz_task_t *small = pz_spawn(sem_acquirer, (void *)1);
-    pz_sleep(2 * MS);
+    wait_parked(small);
     CHECK_EQ(pz_semaphore_try_acquire(&sem, 0), -EAGAIN); /* others wait first */
     CHECK_EQ(pz_semaphore_release(&sem, 3), 0);
+    /* A wrong wake-up would have let one go by the time the other worker
+     * has run: a short sleep only gives it the chance (a busy machine
+     * can make this check weaker, never make it fail). */
     pz_sleep(2 * MS);
     CHECK_EQ(atomic_load(&order_len), 0); /* 3 permits: neither may go */
     CHECK_EQ(pz_semaphore_available(&sem), 3);
@@ -319,9 +327,9 @@ static void *semaphore_basics(void *arg)
     CHECK_EQ(pz_semaphore_release(&sem, 2), 0);
     atomic_store(&order_len, 0);
     big = pz_spawn(sem_acquirer, (void *)5);
-    pz_sleep(2 * MS);
+    wait_parked(big);
     small = pz_spawn(sem_acquirer, (void *)2);
-    pz_sleep(2 * MS);
+    wait_parked(small);
     CHECK_EQ(atomic_load(&order_len), 0);
     pz_cancel(big);
     void *r = NULL;
@@ -334,7 +342,8 @@ static void *semaphore_basics(void *arg)
     /* Close fails the waiters and later acquires; releases still count. */
     pz_task_t *w1 = pz_spawn(sem_acquirer, (void *)1);
     pz_task_t *w2 = pz_spawn(sem_acquirer, (void *)4);
-    pz_sleep(2 * MS);
+    wait_parked(w1);
+    wait_parked(w2);
     pz_semaphore_close(&sem);
     CHECK_EQ(pz_join(w1, &r), 0);
     CHECK_EQ((intptr_t)r, -EPIPE);
@@ -389,9 +398,12 @@ static void *notify_basics(void *arg)
     pz_task_t *t[4];
     for (int i = 0; i < 4; i++)
         t[i] = pz_spawn(note_waiter, NULL);
-    pz_sleep(3 * MS);
+    for (int i = 0; i < 4; i++)
+        wait_parked(t[i]);
     pz_notify_one(&note);
-    pz_sleep(3 * MS);
+    while (atomic_load(&woken) == 0)
+        pz_yield();
+    pz_sleep(2 * MS); /* a chance for a second wake-up to show (only) */
     CHECK_EQ(atomic_load(&woken), 1);
     pz_notify_all(&note);
     for (int i = 0; i < 4; i++)
@@ -402,7 +414,7 @@ static void *notify_basics(void *arg)
 
     /* A cancelled waiter returns -ECANCELED. */
     pz_task_t *c = pz_spawn(note_waiter, NULL);
-    pz_sleep(2 * MS);
+    wait_parked(c);
     pz_cancel(c);
     void *r;
     CHECK_EQ(pz_join(c, &r), 0);
@@ -522,7 +534,8 @@ static void *chan_basics(void *arg)
     pz_chan_t *c = pz_chan_create(sizeof(long), 1);
     CHECK(c != NULL);
     pz_task_t *r1 = pz_spawn(chan_recv_one, c), *r2 = pz_spawn(chan_recv_one, c);
-    pz_sleep(2 * MS);
+    wait_parked(r1);
+    wait_parked(r2);
     pz_chan_close(c);
     void *res;
     CHECK_EQ(pz_join(r1, &res), 0);
@@ -534,7 +547,8 @@ static void *chan_basics(void *arg)
     v = 5;
     CHECK_EQ(pz_chan_send(c, &v), 0);
     pz_task_t *s1 = pz_spawn(chan_send_one, c), *s2 = pz_spawn(chan_send_one, c);
-    pz_sleep(2 * MS);
+    wait_parked(s1);
+    wait_parked(s2);
     pz_chan_close(c);
     CHECK_EQ(pz_join(s1, &res), 0);
     CHECK_EQ((intptr_t)res, -EPIPE);
@@ -552,13 +566,13 @@ static void *chan_basics(void *arg)
     CHECK_EQ(pz_chan_send_until(&rv, &v, pz_now() + MS), -ETIMEDOUT);
     CHECK_EQ(pz_chan_try_recv(&rv, &v), -EAGAIN);
     pz_task_t *rx = pz_spawn(chan_recv_one, &rv);
-    pz_sleep(2 * MS);
+    wait_parked(rx);
     v = 123;
     CHECK_EQ(pz_chan_try_send(&rv, &v), 0); /* a receiver waits: it takes it */
     CHECK_EQ(pz_join(rx, &res), 0);
     CHECK_EQ((intptr_t)res, 123);
     pz_task_t *tx = pz_spawn(chan_send_one, &rv);
-    pz_sleep(2 * MS);
+    wait_parked(tx);
     CHECK_EQ(pz_chan_len(&rv), 0);
     CHECK_EQ(pz_chan_recv(&rv, &v), 0);
     CHECK_EQ(v, 77);
@@ -672,10 +686,10 @@ static void *rwlock_basics(void *arg)
     /* A waiting writer keeps new readers out; they follow it. */
     CHECK_EQ(pz_async_rwlock_read(&rwl), 0);
     pz_task_t *w = pz_spawn(rw_try_write, NULL);
-    pz_sleep(2 * MS);
+    wait_parked(w);
     CHECK(!pz_async_rwlock_try_read(&rwl));
     pz_task_t *r = pz_spawn(rw_reader, NULL);
-    pz_sleep(2 * MS);
+    wait_parked(r);
     CHECK_EQ(atomic_load(&read_entered), 0);
     CHECK_EQ(pz_async_rwlock_read_unlock(&rwl), 0);
     CHECK_EQ(pz_join(w, NULL), 0);
@@ -686,7 +700,7 @@ static void *rwlock_basics(void *arg)
     CHECK_EQ(pz_async_rwlock_upgradable_read(&rwl), 0);
     CHECK_EQ(pz_async_rwlock_read(&rwl), 0);
     w = pz_spawn(rw_try_write, NULL);
-    pz_sleep(2 * MS);
+    wait_parked(w);
     CHECK_EQ(pz_async_rwlock_read_unlock(&rwl), 0);
     CHECK_EQ(pz_async_rwlock_upgrade(&rwl), 0);
     CHECK_EQ(pz_async_rwlock_write_unlock(&rwl), 0);
