@@ -111,9 +111,7 @@ void wait_lot_waiters(const void *addr, int n)
  * spinning and nobody parks.  Each time a task enters the lock's slow
  * path it counts against its budget and may yield; the tasks that keep
  * winning by the fast path must count too (at their unlock), or the one
- * that yielded waits until each of them has finished.  The iterations are
- * not scaled down for slow builds: the budget's share of a task's run is
- * what the checks see.  Each task times one operation in 16 (the longest
+ * that yielded waits until each of them has finished.  Each task times one operation in 16 (the longest
  * goes to bc_max_wait) and its run from first operation to last
  * (bc_span). */
 static const struct budget_case *bc;

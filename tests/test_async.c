@@ -240,6 +240,62 @@ static void test_mutex_fences_after_fork(void **state)
     CHECK_EQ(WEXITSTATUS(status), 0);
 }
 
+/* A failed fence turns the plain-store unlock off for good, with a
+ * report; waiters on mutexes that never fenced then poll.  In a child, as
+ * the process keeps the fallback. */
+static void *fences_failed_waiter(void *arg)
+{
+    return (void *)(intptr_t)pz_async_mutex_lock(arg);
+}
+
+static void *fences_failed_main(void *arg)
+{
+    (void)arg;
+    /* A task waits (parked, polling) on a mutex a task holds. */
+    pz_async_mutex_t m = PZ_ASYNC_MUTEX_INIT;
+    CHECK_EQ(pz_async_mutex_lock(&m), 0);
+    pz_task_t *w = pz_spawn(fences_failed_waiter, &m);
+    wait_parked(w);
+    CHECK_EQ(atomic_load(&m.waiters) & PZ__AMUTEX_FENCED, 0);
+    pz_sleep(3 * MS); /* a few polls: it stays queued while the mutex is held */
+    CHECK(pz_async_mutex_is_locked(&m));
+    CHECK_EQ(pz_async_mutex_unlock(&m), 0);
+    void *r = NULL;
+    CHECK_EQ(pz_join(w, &r), 0);
+    CHECK_EQ((intptr_t)r, 0);
+    CHECK_EQ(pz_async_mutex_holder(&m), pz_task_id(w));
+    return NULL;
+}
+
+static void fences_failed_child(void)
+{
+    pz__async_mutex_fences_failed();
+    if (atomic_load(&pz__async_unlock_by_store))
+        _exit(2);
+    pz__async_mutex_fences_failed(); /* reported once */
+    run_in_runtime(2, fences_failed_main, NULL);
+    mixed_counter = 0;
+    run_in_runtime(2, mixed_main, NULL);
+    /* A quiet mutex still unlocks by read-modify-write. */
+    pz_async_mutex_t m = PZ_ASYNC_MUTEX_INIT;
+    CHECK_EQ(pz_async_mutex_lock(&m), 0);
+    CHECK_EQ(pz_async_mutex_unlock(&m), 0);
+    CHECK(!atomic_load(&pz__async_unlock_by_store));
+}
+
+static void test_mutex_fences_failed(void **state)
+{
+    (void)state;
+    char out[4096];
+    int status = run_child(fences_failed_child, out, sizeof out);
+    fprintf(stderr, "child said: %s", out);
+    CHECK(WIFEXITED(status));
+    CHECK_EQ(WEXITSTATUS(status), 0);
+    const char *first = strstr(out, "membarrier) failed");
+    CHECK(first != NULL);
+    CHECK(strstr(first + 1, "membarrier) failed") == NULL);
+}
+
 static void test_mutex_unlock_without_fences(void **state)
 {
     (void)state;
@@ -733,6 +789,7 @@ int main(void)
         cmocka_unit_test(test_mutex_threads_and_tasks),
         cmocka_unit_test(test_mutex_unlock_without_fences),
         cmocka_unit_test(test_mutex_fences_after_fork),
+        cmocka_unit_test(test_mutex_fences_failed),
         cmocka_unit_test(test_semaphore_basics),
         cmocka_unit_test(test_notify_basics),
         cmocka_unit_test(test_barrier_basics),
