@@ -11,6 +11,7 @@
 #include "io_internal.h"
 #include "kit_io.h"
 
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -54,13 +55,15 @@ static pz__io_source *source_for_err(int fd, pz__runtime **rtp, int *err)
         int r = pz__set_nonblocking(fd);
         if (r == 0)
             r = pz__poller_add(rt->poller, fd, src);
-        if (r == -EBADF) {
+        if (r < 0 && r != -EPERM) {
+            /* Not open (-EBADF), or the poller is out of memory: nothing
+             * is recorded, the call fails, a later call tries again. */
             pz__spin_unlock(&src->reg_lock);
-            *err = -EBADF;
+            *err = r;
             return NULL;
         }
         if (r < 0)
-            kind = PZ__SRC_BLOCKING; /* a regular file, or not pollable */
+            kind = PZ__SRC_BLOCKING; /* a regular file: epoll says EPERM */
         atomic_store_explicit(&src->kind, kind, memory_order_release);
     }
     pz__spin_unlock(&src->reg_lock);
@@ -194,19 +197,19 @@ struct buf_ctx {
 static ssize_t try_read(int fd, void *ctx)
 {
     struct buf_ctx *c = ctx;
-    return result_of(read(fd, c->buf, c->n));
+    return result_of(read(fd, c->buf, pz__fault_short(c->n)));
 }
 
 static ssize_t try_recv(int fd, void *ctx)
 {
     struct buf_ctx *c = ctx;
-    return result_of(recv(fd, c->buf, c->n, c->flags));
+    return result_of(recv(fd, c->buf, pz__fault_short(c->n), c->flags));
 }
 
 static ssize_t try_send(int fd, void *ctx)
 {
     struct buf_ctx *c = ctx;
-    return result_of(send(fd, c->buf, c->n, c->flags | MSG_NOSIGNAL));
+    return result_of(send(fd, c->buf, pz__fault_short(c->n), c->flags | MSG_NOSIGNAL));
 }
 
 struct iov_ctx {
@@ -254,10 +257,20 @@ static ssize_t writev_nosignal(int fd, const struct iovec *iov, int cnt)
 static ssize_t try_writev(int fd, void *ctx)
 {
     struct iov_ctx *c = ctx;
-    struct msghdr m = {.msg_iov = (struct iovec *)c->iov, .msg_iovlen = (size_t)c->cnt};
+    struct iovec first;
+    int cnt = c->cnt;
+    const struct iovec *iov = c->iov;
+    if (cnt > 0 && pz__fault_short(2) == 1) {
+        /* A short write: only part of the first buffer. */
+        first = iov[0];
+        first.iov_len = pz__fault_short(first.iov_len);
+        iov = &first;
+        cnt = 1;
+    }
+    struct msghdr m = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)cnt};
     ssize_t n = sendmsg(fd, &m, MSG_NOSIGNAL);
     if (n < 0 && errno == ENOTSOCK)
-        n = writev_nosignal(fd, c->iov, c->cnt);
+        n = writev_nosignal(fd, iov, cnt);
     return result_of(n);
 }
 
@@ -287,12 +300,16 @@ ssize_t pz_write_all(int fd, const void *buf, size_t n, int64_t deadline)
 
 ssize_t pz_readv(int fd, const struct iovec *iov, int iovcnt, int64_t deadline)
 {
+    if (iovcnt < 0 || iovcnt > IOV_MAX)
+        return -EINVAL; /* sendmsg would say -EMSGSIZE for a negative count */
     struct iov_ctx c = {iov, iovcnt};
     return io_loop(fd, PZ__IO_READ, try_readv, &c, deadline);
 }
 
 ssize_t pz_writev(int fd, const struct iovec *iov, int iovcnt, int64_t deadline)
 {
+    if (iovcnt < 0 || iovcnt > IOV_MAX)
+        return -EINVAL; /* sendmsg would say -EMSGSIZE for a negative count */
     struct iov_ctx c = {iov, iovcnt};
     return io_loop(fd, PZ__IO_WRITE, try_writev, &c, deadline);
 }
@@ -317,6 +334,8 @@ struct accept_ctx {
 static ssize_t try_accept(int fd, void *ctx)
 {
     struct accept_ctx *c = ctx;
+    if (pz__fault(PZ__FAULT_ACCEPT))
+        return -EMFILE;
     return result_of(accept4(fd, c->addr, c->len, SOCK_NONBLOCK | SOCK_CLOEXEC));
 }
 
@@ -412,7 +431,9 @@ static int wait_either(int fd, int64_t deadline)
 
 int pz_wait_fd(int fd, int events, int64_t deadline)
 {
-    if (fd < 0 || !(events & (PZ_READABLE | PZ_WRITABLE)))
+    if (fd < 0)
+        return -EBADF;
+    if (!(events & (PZ_READABLE | PZ_WRITABLE)) || (events & ~(PZ_READABLE | PZ_WRITABLE)))
         return -EINVAL;
     events &= PZ_READABLE | PZ_WRITABLE;
     if (events == (PZ_READABLE | PZ_WRITABLE)) {
@@ -592,4 +613,9 @@ int pz_close(int fd)
         }
     }
     return close(fd) == 0 ? 0 : -errno;
+}
+
+pz__io_source *pz__io_source_register(int fd, pz__runtime **rtp)
+{
+    return source_for(fd, rtp);
 }
