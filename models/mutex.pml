@@ -321,15 +321,14 @@ inline lock_slow() {
            :: else -> skip
            fi
        }
-       /* the relaxed load may be stale: a lock word read as held may
-        * be free by now (with STALE) */
-       if
 #ifdef STALE
+       /* the relaxed load may be stale: a free lock word may be read
+        * as still held (read as free when held, the take CAS fails) */
+       if
        :: s == 0 -> s = LOCKED
-       :: s == 0 -> skip
-#endif
-       :: else -> skip
+       :: true -> skip
        fi;
+#endif
        if
        :: s == 0 ->
            /* the load that saw 0 and the CAS: a CAS that fails only
@@ -380,9 +379,14 @@ inline lock_slow() {
                :: else -> skip
                fi;
 #endif
+#ifdef REVALIDATE
                atomic { woken = 0; first = 1; pstarv = starving; starving = 0; cas = 0 }
                park();
                pstarv = 0;
+#else
+               atomic { woken = 0; first = 1; starving = 0; cas = 0 }
+               park();
+#endif
                if
                :: r == R_OK && tok[me] == TOKEN_HANDOFF ->
                    tok[me] = 0;
