@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <libpq-fe.h>
+
 #include "helpers.h"
 #include "pg_helpers.h"
 
@@ -190,10 +192,10 @@ static void *one_worker_main(void *arg)
     fprintf(stderr, "one worker: the query took %.1f ms while the other task ticked %ld times (1 ms sleeps)\n",
             took / 1e6, ticks);
     CHECK(took >= 490 * MS);
-    /* Had the only worker sat in libpq, the ticker would not have run at
-     * all during the query; 500 ticks are the ideal, a busy machine gives
-     * fewer. */
-    CHECK(ticks >= 50);
+    /* Had the only worker sat in libpq, the ticker could not have run at
+     * all during the query (0 ticks); 500 are the ideal, a busy machine
+     * gives fewer (169 with two other test programs beside it). */
+    CHECK(ticks >= 10);
     pz_pg_close(c);
     return NULL;
 }
@@ -260,6 +262,14 @@ static void *load_main(void *arg)
         want += i * 3 + i % 7;
     CHECK_EQ(atomic_load(&L.done), n);
     CHECK_EQ(atomic_load(&L.sum), want);
+    /* The one-call form. */
+    pz_pg_result_t *r;
+    CHECK_EQ(pz_pg_pool_query(L.pool, "SELECT $1::int + 1", 1, (const char *[]){"41"}, in_ms(10000), &r), 0);
+    int64_t v;
+    CHECK_EQ(pz_pg_result_int64(r, 0, 0, &v), 0);
+    CHECK_EQ(v, 42);
+    pz_pg_result_free(r);
+    CHECK_EQ(pz_pg_pool_query(L.pool, "SELECT 1/0", 0, NULL, in_ms(10000), NULL), -EREMOTEIO);
     pz_pg_pool_stats_t s;
     pz_pg_pool_stats(L.pool, &s);
     CHECK(s.open <= 8);
@@ -540,6 +550,20 @@ static void *listener_task(void *arg)
     return NULL;
 }
 
+struct waiter {
+    pz_pg_conn_t *c;
+    int result;
+};
+
+static void *wait_one_task(void *arg)
+{
+    struct waiter *w = arg;
+    pz_pg_notification_t *n = NULL;
+    w->result = pz_pg_wait_notification(w->c, PZ_FOREVER, &n);
+    pz_pg_notification_free(n);
+    return NULL;
+}
+
 static void *notify_main(void *arg)
 {
     (void)arg;
@@ -559,7 +583,26 @@ static void *notify_main(void *arg)
     }
     CHECK_EQ(pz_join(t, NULL), 0);
     CHECK_EQ(L.got, NOTES);
-    /* A cancelled wait gives the connection back untouched. */
+    /* A cancelled wait gives the connection back untouched: the next
+     * notification still arrives. */
+    struct waiter w = {L.c, 0};
+    pz_task_t *wt = pz_spawn(wait_one_task, &w);
+    pz_sleep(10 * MS);
+    pz_cancel(wt);
+    CHECK_EQ(pz_join(wt, NULL), 0);
+    CHECK_EQ(w.result, -ECANCELED);
+    CHECK_EQ(pz_pg_notify(s, "plaza chan", "after", in_ms(10000)), 0);
+    pz_pg_notification_t *n;
+    CHECK_EQ(pz_pg_wait_notification(L.c, in_ms(10000), &n), 0);
+    CHECK(strcmp(n->payload, "after") == 0);
+    pz_pg_notification_free(n);
+    /* The listening session dies: the wait says so. */
+    char pid[16];
+    snprintf(pid, sizeof pid, "%d", pz_pg_backend_pid(L.c));
+    CHECK_EQ(pz_pg_exec(s, "SELECT pg_terminate_backend($1::int)", 1, (const char *[]){pid}, in_ms(10000)), 1);
+    CHECK_EQ(pz_pg_wait_notification(L.c, in_ms(10000), &n), -ECONNRESET);
+    CHECK(!pz_pg_conn_ok(L.c));
+    CHECK_EQ(pz_pg_wait_notification(L.c, in_ms(10000), &n), -ENOTCONN);
     pz_pg_close(L.c);
     pz_pg_close(s);
     return NULL;
@@ -610,6 +653,15 @@ static void *health_main(void *arg)
     pz_pg_pool_stats(p, &s);
     CHECK_EQ(s.discarded, 2);
     CHECK_EQ(s.idle, 0);
+    /* A connection given back inside a transaction is not lent again. */
+    CHECK_EQ(pz_pg_pool_acquire(p, in_ms(10000), &c), 0);
+    CHECK_EQ(pz_pg_exec(c, "BEGIN", 0, NULL, in_ms(10000)), 0);
+    pz_pg_pool_release(p, c);
+    pz_pg_pool_stats(p, &s);
+    CHECK_EQ(s.discarded, 3);
+    CHECK_EQ(pz_pg_pool_acquire(p, in_ms(10000), &c), 0);
+    CHECK_EQ(PQtransactionStatus(pz_pg_raw(c)), PQTRANS_IDLE);
+    pz_pg_pool_release(p, c);
     /* The bound: two lent, a third acquire waits until its deadline. */
     pz_pg_conn_t *a, *b;
     CHECK_EQ(pz_pg_pool_acquire(p, in_ms(10000), &a), 0);

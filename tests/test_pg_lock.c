@@ -301,6 +301,127 @@ static void test_loss(void **state)
     run_in_runtime(2, loss_main, NULL);
 }
 
+/* The same loss with the next holder in another process: the parent holds
+ * the lock, its backend is terminated, it is told; the child (waiting for
+ * that moment through a table) acquires and writes; the parent's stale
+ * write is refused. */
+#define LOSS2_KEY 3033
+
+static int64_t wait_row(pz_pg_conn_t *c, const char *what)
+{
+    int64_t deadline = in_ms(20000), token = -1;
+    while (pz_now() < deadline) {
+        pz_pg_result_t *r;
+        CHECK_EQ(pz_pg_query(c, "SELECT token FROM t_loss_sync WHERE what = $1", 1, (const char *[]){what},
+                             in_ms(10000), &r),
+                 0);
+        bool found = pz_pg_result_rows(r) == 1;
+        if (found)
+            CHECK_EQ(pz_pg_result_int64(r, 0, 0, &token), 0);
+        pz_pg_result_free(r);
+        if (found)
+            return token;
+        pz_sleep(2 * MS);
+    }
+    check_failed("the other process never wrote its row", __FILE__, __LINE__);
+    return -1;
+}
+
+static void post_row(pz_pg_conn_t *c, const char *what, uint64_t token)
+{
+    char t[24];
+    snprintf(t, sizeof t, "%llu", (unsigned long long)token);
+    CHECK_EQ(pz_pg_exec(c, "INSERT INTO t_loss_sync VALUES ($1, $2)", 2, (const char *[]){what, t}, in_ms(10000)), 1);
+}
+
+static int fenced_write(pz_pg_conn_t *store, uint64_t token, const char *who)
+{
+    CHECK_EQ(pz_pg_exec(store, "BEGIN", 0, NULL, in_ms(10000)), 0);
+    int r = pz_pg_fence_admit(store, LOSS2_KEY, token, in_ms(10000));
+    if (r == 0)
+        CHECK_EQ(pz_pg_exec(store, "INSERT INTO t_fenced2 VALUES ($1)", 1, (const char *[]){who}, in_ms(10000)), 1);
+    CHECK_EQ(pz_pg_exec(store, r == 0 ? "COMMIT" : "ROLLBACK", 0, NULL, in_ms(10000)), 0);
+    return r;
+}
+
+static void *loss_child_main(void *arg)
+{
+    (void)arg;
+    pz_pg_lock_t *b;
+    pz_pg_conn_t *store;
+    CHECK_EQ(pz_pg_lock_open(url, LOSS2_KEY, in_ms(10000), &b), 0);
+    CHECK_EQ(pz_pg_connect(url, in_ms(10000), &store), 0);
+    wait_row(store, "terminated");
+    uint64_t tb;
+    CHECK_EQ(pz_pg_lock_lock_until(b, in_ms(10000), &tb), 0);
+    CHECK_EQ(fenced_write(store, tb, "child"), 0);
+    post_row(store, "child", tb);
+    CHECK_EQ(pz_pg_lock_unlock(b), 0);
+    pz_pg_close(store);
+    pz_pg_lock_close(b);
+    return NULL;
+}
+
+static void *loss_parent_main(void *arg)
+{
+    (void)arg;
+    pz_pg_lock_t *a;
+    pz_pg_conn_t *store, *admin;
+    CHECK_EQ(pz_pg_lock_open(url, LOSS2_KEY, in_ms(10000), &a), 0);
+    CHECK_EQ(pz_pg_connect(url, in_ms(10000), &store), 0);
+    CHECK_EQ(pz_pg_connect(url, in_ms(10000), &admin), 0);
+    uint64_t ta;
+    CHECK_EQ(pz_pg_lock_lock(a, &ta), 0);
+    CHECK_EQ(fenced_write(store, ta, "parent"), 0);
+    struct watchdog w = {a, 0, 0};
+    pz_task_t *wt = pz_spawn(watchdog_task, &w);
+    pz_sleep(10 * MS);
+    char pid[16];
+    snprintf(pid, sizeof pid, "%d", pz_pg_lock_backend_pid(a));
+    int64_t killed_at = pz_now();
+    CHECK_EQ(pz_pg_exec(admin, "SELECT pg_terminate_backend($1::int)", 1, (const char *[]){pid}, in_ms(10000)), 1);
+    CHECK_EQ(pz_join(wt, NULL), 0);
+    CHECK_EQ(w.result, -ENOLCK);
+    CHECK(w.at - killed_at < 5000 * MS);
+    fprintf(stderr, "holder told %.2f ms after pg_terminate_backend; the other process takes over\n",
+            (w.at - killed_at) / 1e6);
+    post_row(store, "terminated", ta);
+    /* The other process acquires and writes with a later token... */
+    int64_t tb = wait_row(store, "child");
+    CHECK(tb > (int64_t)ta);
+    /* ... and the stale holder's write is refused. */
+    CHECK_EQ(fenced_write(store, ta, "parent, stale"), -ESTALE);
+    CHECK_EQ(pz_pg_lock_unlock(a), -ENOLCK);
+    pz_pg_result_t *r;
+    CHECK_EQ(pz_pg_query(store, "SELECT string_agg(who, ',' ORDER BY who) FROM t_fenced2", 0, NULL, in_ms(10000), &r),
+             0);
+    CHECK(strcmp(pz_pg_result_value(r, 0, 0), "child,parent") == 0);
+    pz_pg_result_free(r);
+    pz_pg_close(admin);
+    pz_pg_close(store);
+    pz_pg_lock_close(a);
+    return NULL;
+}
+
+static void test_loss_other_process(void **state)
+{
+    (void)state;
+    pg_admin(url, "DROP TABLE IF EXISTS t_loss_sync, t_fenced2;"
+                  "CREATE TABLE t_loss_sync (what text, token bigint);"
+                  "CREATE TABLE t_fenced2 (who text)");
+    fflush(NULL);
+    pid_t child = fork();
+    CHECK(child >= 0);
+    if (child == 0) {
+        run_in_runtime(2, loss_child_main, NULL);
+        _exit(0);
+    }
+    run_in_runtime(2, loss_parent_main, NULL);
+    int st;
+    CHECK_EQ(waitpid(child, &st, 0), child);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
 /* A holder that is cancelled while it waits for the lock holds nothing
  * afterwards, on the server either. */
 static void *waiter_task(void *arg)
@@ -437,6 +558,7 @@ int main(void)
         cmocka_unit_test(test_basics),
         cmocka_unit_test(test_two_processes),
         cmocka_unit_test(test_loss),
+        cmocka_unit_test(test_loss_other_process),
         cmocka_unit_test(test_cancelled_waiter),
         cmocka_unit_test(test_timeout_cancel_storm),
     };

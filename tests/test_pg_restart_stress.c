@@ -147,7 +147,8 @@ int main(void)
     const char *shared = pg_url(); /* skips or fails as the other pg tests do */
     (void)shared;
     const char *base = getenv("PLAZA_PG_STATE");
-    snprintf(state, sizeof state, "%s.restart", base ? base : "/tmp/plaza-pg-restart.env");
+    /* One server per run, even with several runs at once. */
+    snprintf(state, sizeof state, "%s.restart.%d", base ? base : "/tmp/plaza-pg-restart.env", (int)getpid());
     if (pg_private_start(state, url, sizeof url) < 0) {
         fprintf(stderr, "cannot start a private PostgreSQL server\n");
         return 1;

@@ -187,7 +187,13 @@ int pz_pg_pool_create(const pz_pg_pool_opts_t *opts, pz_pg_pool_t **out);
  * failures.  0 with *out set, -ETIMEDOUT, -ECANCELED; when the deadline
  * passes while the server cannot be reached, the last connect error. */
 int pz_pg_pool_acquire(pz_pg_pool_t *p, int64_t deadline, pz_pg_conn_t **out);
-/* Gives the connection back; a broken one is closed, not kept. */
+/* Acquire, pz_pg_query, release in one call, all within deadline: the
+ * simplest way for a task to run one statement.  Returns as pz_pg_query,
+ * or the acquire's error. */
+int pz_pg_pool_query(pz_pg_pool_t *p, const char *sql, int nparams, const char *const *params, int64_t deadline,
+                     pz_pg_result_t **res);
+/* Gives the connection back; a broken one, or one left inside a
+ * transaction (no COMMIT or ROLLBACK), is closed, not kept. */
 void pz_pg_pool_release(pz_pg_pool_t *p, pz_pg_conn_t *c);
 void pz_pg_pool_stats(pz_pg_pool_t *p, pz_pg_pool_stats_t *out);
 /* Closes the idle connections and frees the pool.  Every lent connection
@@ -224,7 +230,9 @@ int pz_pg_lock_trylock(pz_pg_lock_t *l, int64_t deadline, uint64_t *token);
 /* Releases the lock.  0, or -ENOLCK if the session was lost while held
  * (then the lock had already been released by the server: another holder
  * may have had it); either way the caller no longer holds it.  -EPERM (and
- * a report on stderr) if the calling task is not the holder. */
+ * a report on stderr) if the calling task is not the holder.  Waits at most
+ * 5 s for the server; past that (or when cancelled) it ends the session
+ * instead, which releases the lock as surely, and returns 0. */
 int pz_pg_lock_unlock(pz_pg_lock_t *l);
 /* Asks the server (one round trip) whether the holder's session is still
  * alive and so still holds the lock: 0 if it does, -ENOLCK if it was lost,

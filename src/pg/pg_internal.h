@@ -47,6 +47,14 @@ void pz__pg_lost(pz_pg_conn_t *c);
  * idle, before anyone else may use it). */
 int pz__pg_query_prepared_undo(pz_pg_conn_t *c, const char *name, int nparams, const char *const *params,
                                int64_t deadline, pz_pg_result_t **res, const char *undo);
+/* A libpq call failed: -ECONNRESET (and c broken) if the connection is
+ * lost, else err. */
+int pz__pg_lost_or(pz_pg_conn_t *c, int err);
+/* 0 for a result that reports success, -EREMOTEIO for any other. */
+int pz__pg_status_error(const PGresult *res);
+/* PLAZA_PG_DEBUG: libpq's messages on stderr. */
+bool pz__pg_debug_enabled(void);
+void pz__pg_debug_report(const char *what, PGconn *pg);
 /* Marks c broken (the permit stays with the caller). */
 void pz__pg_break(pz_pg_conn_t *c);
 
