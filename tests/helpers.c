@@ -2,6 +2,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +17,108 @@ void *run_in_runtime(int workers, pz_fn fn, void *arg)
     int r = pz_run(&cfg, fn, arg, &result);
     CHECK_EQ(r, 0);
     return result;
+}
+
+pz_task_t **spawn_n(int n, pz_fn fn, void *(*argf)(int))
+{
+    pz_task_t **t = malloc((size_t)n * sizeof *t);
+    CHECK(t != NULL);
+    for (int i = 0; i < n; i++) {
+        t[i] = pz_spawn(fn, argf ? argf(i) : NULL);
+        CHECK(t[i] != NULL);
+    }
+    return t;
+}
+
+void join_n(pz_task_t **t, int n)
+{
+    for (int i = 0; i < n; i++)
+        CHECK_EQ(pz_join(t[i], NULL), 0);
+    free(t);
+}
+
+void *index_arg(int i)
+{
+    return (void *)(intptr_t)i;
+}
+
+void wait_until_true(bool (*done)(void *), void *arg, int64_t limit_ns)
+{
+    int64_t give_up = pz_now() + limit_ns;
+    while (!done(arg)) {
+        CHECK(pz_now() < give_up);
+        if (pz_self())
+            pz_yield();
+        else
+            sched_yield();
+    }
+}
+
+/* The budget harness.  64 tasks on 2 workers take a short section with
+ * some work between, so that a task that finds the lock held wins it by
+ * spinning and nobody parks.  Each time a task enters the lock's slow
+ * path it counts against its budget and may yield; the tasks that keep
+ * winning by the fast path must count too (at their unlock), or the one
+ * that yielded waits until each of them has finished.  The iterations are
+ * not scaled down for slow builds: the budget's share of a task's run is
+ * what the checks see.  Each task times one operation in 16 (the longest
+ * goes to bc_max_wait) and its run from first operation to last
+ * (bc_span). */
+static const struct budget_case *bc;
+static _Atomic int64_t bc_max_wait;
+static int64_t bc_span[NB_TASKS];
+
+static void *budget_task(void *arg)
+{
+    uint64_t x = (uint64_t)(intptr_t)arg + 1;
+    int64_t worst = 0, start = pz_now();
+    for (int i = 0; i < NB_ITERS; i++) {
+        int64_t t0 = (i & 15) == 0 ? pz_now() : 0;
+        bc->op(x);
+        if (t0 && pz_now() - t0 > worst)
+            worst = pz_now() - t0;
+        for (int k = 0; k < 100; k++) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+        }
+    }
+    bc_span[(intptr_t)arg] = pz_now() - start;
+    int64_t cur = atomic_load(&bc_max_wait);
+    while (worst > cur && !atomic_compare_exchange_weak(&bc_max_wait, &cur, worst))
+        ;
+    return (void *)(uintptr_t)x;
+}
+
+void *budget_main(void *arg)
+{
+    bc = arg;
+    int long_rounds = 0;
+    for (int round = 0; round < 3; round++) {
+        bc->reset();
+        atomic_store(&bc_max_wait, 0);
+        int64_t t0 = pz_now();
+        join_n(spawn_n(NB_TASKS, budget_task, index_arg), NB_TASKS);
+        int64_t run = pz_now() - t0;
+        int64_t sorted[NB_TASKS];
+        memcpy(sorted, bc_span, sizeof sorted);
+        for (int i = 1; i < NB_TASKS; i++)
+            for (int j = i; j > 0 && sorted[j - 1] > sorted[j]; j--) {
+                int64_t t = sorted[j];
+                sorted[j] = sorted[j - 1];
+                sorted[j - 1] = t;
+            }
+        fprintf(stderr, "%s: longest operation %.1f us of a %.1f ms round; task runs from %.0f%%, median %.0f%%\n", bc->what,
+                (double)atomic_load(&bc_max_wait) / 1e3, (double)run / 1e6, 100.0 * (double)sorted[0] / (double)run,
+                100.0 * (double)sorted[NB_TASKS / 2] / (double)run);
+        if (bc->check_spans)
+            CHECK(sorted[NB_TASKS / 2] > run / 2);
+        else if (atomic_load(&bc_max_wait) >= run / 8)
+            long_rounds++;
+        bc->check();
+    }
+    CHECK(long_rounds < 2);
+    return NULL;
 }
 
 __attribute__((noinline)) int read_errno(void)

@@ -4,6 +4,7 @@
 
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -79,6 +80,39 @@ void check_failed_eq(const char *a, const char *b, long long va, long long vb, c
         if (check_a_ != check_b_)                                           \
             check_failed_eq(#a, #b, check_a_, check_b_, __FILE__, __LINE__); \
     } while (0)
+
+#define US 1000LL
+#define MS 1000000LL
+#define SEC 1000000000LL
+
+/* Spawns n tasks running fn(argf(i)) (or fn(NULL)); join_n joins them,
+ * checks that each returned 0 from pz_join, and frees the array. */
+pz_task_t **spawn_n(int n, pz_fn fn, void *(*argf)(int));
+void join_n(pz_task_t **t, int n);
+/* i as the argument pointer. */
+void *index_arg(int i);
+
+/* Waits, from a task (yielding) or a plain thread (sched_yield), until
+ * done(arg) is true; fails the test after `limit_ns` (a deadlock guard,
+ * far beyond what any load makes the wait, not a timing assumption). */
+void wait_until_true(bool (*done)(void *), void *arg, int64_t limit_ns);
+
+/* ---- the cooperative budget when nobody parks ----
+ * 64 tasks on 2 workers take a short section of a lock with some work
+ * between, in three rounds; see tests/test_async_mutex_stress.c and
+ * tests/test_async_rwlock_stress.c for what each lock's checks prove. */
+#define NB_ITERS 8000
+#define NB_TASKS 64
+
+struct budget_case {
+    const char *what;
+    void (*op)(uint64_t x); /* takes the lock and lets go */
+    void (*reset)(void);    /* before each round */
+    void (*check)(void);    /* after each round */
+    bool check_spans;       /* else the longest operation */
+};
+/* The main task of the runtime: runs the rounds of the budget_case arg. */
+void *budget_main(void *arg);
 
 /* An async rwlock nobody holds or waits for: the word has at most its
  * hint bits, and no read slot holds it. */

@@ -14,7 +14,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define MS 1000000ll
 
 /* ---- pz_async_mutex ---- */
 

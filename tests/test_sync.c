@@ -11,7 +11,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define MS 1000000ll
 
 static void sleep_ms(int ms)
 {

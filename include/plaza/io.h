@@ -60,11 +60,22 @@ int pz_connect(int fd, const struct sockaddr *addr, socklen_t addrlen, int64_t d
  * has another bit set. */
 int pz_wait_fd(int fd, int events, int64_t deadline);
 
-/* "host:port", "[v6addr]:port" or ":port" (all addresses).  Returns a
- * listening TCP socket (SO_REUSEADDR, backlog 1024). */
+/* "host:port", "[v6addr]:port" or ":port" (all addresses); the port is a
+ * decimal number from 0 to 65535 (else -EINVAL), 0 for one the kernel
+ * picks.  Returns a listening TCP socket (SO_REUSEADDR, backlog 1024), or
+ * a negative error (a PZ_EDNS_* code when the host cannot be resolved). */
 int pz_tcp_listen(const char *hostport);
+/* The same, storing the bound address (with the port the kernel picked)
+ * in *addr, of at most *addrlen bytes, and its length in *addrlen. */
+int pz_tcp_listen_addr(const char *hostport, struct sockaddr *addr, socklen_t *addrlen);
+/* The local port of a TCP or UDP socket (IPv4 or IPv6), or a negative
+ * error. */
+int pz_sock_port(int fd);
 /* Resolves host (on the blocking pool) and connects to the first address
- * that answers; TCP_NODELAY is set.  Returns the connected socket. */
+ * that answers; TCP_NODELAY is set.  Returns the connected socket, -EINVAL
+ * for a malformed address or a port out of 0-65535, a PZ_EDNS_* code
+ * (runtime.h) when the name cannot be resolved, or the connection's
+ * error. */
 int pz_tcp_dial(const char *hostport, int64_t deadline);
 
 /* Forgets fd's registration, wakes its waiters (-EBADF) and closes it. */

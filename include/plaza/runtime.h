@@ -67,16 +67,27 @@ pz_task_t *pz_spawn_with(pz_fn fn, void *arg, const pz_spawn_opts_t *opts);
  * -EINVAL for a detached task or a task another caller is already joining,
  * -EPERM when called outside a task of the running runtime.  A task that
  * could not get a stack never ran: its join returns the cause (-ENOMEM
- * usually, see docs/stacks.md) and stores NULL. */
+ * usually, see docs/stacks.md) and stores NULL.
+ *
+ * Handles detect reuse: a handle carries the generation of the task it
+ * names, so joining, detaching or cancelling a task whose handle was
+ * already given up (joined, or detached and ended) is reported and fails
+ * with -EINVAL (pz_cancel ignores it), even after the memory went to a new
+ * task; pz_task_id of such a handle is 0.  Compare handles with
+ * pz_task_id, not ==: pz_self()'s handle for a task differs from the one
+ * pz_spawn returned for it. */
 int pz_join(pz_task_t *t, void **result);
 
 /* Lets t run to completion on its own; its resources are freed when it ends.
- * The handle must not be used afterwards. */
-void pz_detach(pz_task_t *t);
+ * Returns 0, or -EINVAL (reported) for a task already detached or being
+ * joined, or a stale handle.  The handle must not be used afterwards. */
+int pz_detach(pz_task_t *t);
 
-/* Cancels t: the wait it is in now and every later one returns -ECANCELED.
- * A task that ignores the error runs on; cancelling a finished task does
- * nothing. */
+/* Cancels t: the wait it is in now and every later wait that would
+ * suspend it return -ECANCELED; a call that completes without suspending
+ * still succeeds, and no wait is cancelled inside pz_shield_begin/_end
+ * (the rule in full: include/plaza/task.h).  A task that ignores the
+ * error runs on; cancelling a finished task does nothing. */
 void pz_cancel(pz_task_t *t);
 
 /* True if the calling task has been cancelled. */
@@ -113,7 +124,16 @@ int pz_blocking(pz_fn fn, void *arg, void **result);
 int pz_worker_count(void);
 int pz_worker_index(void);
 
-/* A short description of a plaza error code (a negative errno value). */
+/* Error codes of plaza's own, apart from every errno value: name
+ * resolution failures (pz_tcp_dial, pz_tcp_listen). */
+#define PZ_EDNS_NONAME (-4001) /* the host (or service) is not known */
+#define PZ_EDNS_AGAIN (-4002)  /* temporary failure in name resolution */
+#define PZ_EDNS_FAIL (-4003)   /* the resolver failed for good */
+#define PZ_EDNS_NODATA (-4004) /* the name has no address of a usable family */
+#define PZ_EDNS_OTHER (-4005)  /* another resolver failure */
+
+/* A short description of a plaza error code (a negative errno value, or
+ * one of the PZ_E* codes above). */
 const char *pz_strerror(int err);
 
 #ifdef __cplusplus

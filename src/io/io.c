@@ -9,6 +9,7 @@
  */
 #define _GNU_SOURCE
 #include "io_internal.h"
+#include "kit_io.h"
 
 #include <limits.h>
 #include <netdb.h>
@@ -228,8 +229,10 @@ static ssize_t try_readv(int fd, void *ctx)
  * comes back (a write to a pipe without reader directs it at the writing
  * thread).  Three system calls more than a plain writev (two when no
  * SIGPIPE came), paid only by pipes; sockets keep one sendmsg with
- * MSG_NOSIGNAL.  A SIGPIPE the thread already had blocked is left alone:
- * whoever blocked it collects it. */
+ * MSG_NOSIGNAL.  A SIGPIPE the thread already had blocked is left alone
+ * (whoever blocked it collects it), except on a worker: workers run with
+ * the asynchronous signals blocked by plaza itself (signal.h), so nobody
+ * else would ever collect it there. */
 static ssize_t writev_nosignal(int fd, const struct iovec *iov, int cnt)
 {
     sigset_t pipe_only, old;
@@ -238,7 +241,7 @@ static ssize_t writev_nosignal(int fd, const struct iovec *iov, int cnt)
     pthread_sigmask(SIG_BLOCK, &pipe_only, &old);
     ssize_t n = writev(fd, iov, cnt);
     int e = errno;
-    if (n < 0 && e == EPIPE && !sigismember(&old, SIGPIPE)) {
+    if (n < 0 && e == EPIPE && (!sigismember(&old, SIGPIPE) || pz__current_worker() != NULL)) {
         struct timespec zero = {0, 0};
         while (sigtimedwait(&pipe_only, NULL, &zero) < 0 && errno == EINTR) {
         }
@@ -342,15 +345,35 @@ int pz_accept(int fd, struct sockaddr *addr, socklen_t *addrlen, int64_t deadlin
     return (int)io_loop(fd, PZ__IO_READ, try_accept, &c, deadline);
 }
 
-static ssize_t try_nothing(int fd, void *ctx)
+/* Readiness as poll(2) sees it now: the PZ_* events asked that are ready,
+ * or -EAGAIN.  pz_wait_fd asks it inside io_loop, after io_loop's snapshot
+ * of the source's readiness bits: an edge the poller reports after the
+ * snapshot changes the bits, so io_loop's clearing CAS fails and it asks
+ * again; an edge reported before the snapshot is readiness this poll sees.
+ * (Polling before the snapshot instead loses the edge that falls between
+ * the two: the CAS then clears a bit nobody looked behind.) */
+struct poll_ctx {
+    int events; /* PZ_READABLE | PZ_WRITABLE */
+};
+
+static ssize_t try_poll(int fd, void *ctx)
 {
-    (void)fd;
-    bool *first = ctx;
-    if (*first) {
-        *first = false;
+    struct poll_ctx *c = ctx;
+    struct pollfd p = {.fd = fd, .events = (short)(((c->events & PZ_READABLE) ? POLLIN : 0) |
+                                                   ((c->events & PZ_WRITABLE) ? POLLOUT : 0))};
+    int n = poll(&p, 1, 0);
+    if (n < 0)
+        return -errno;
+    if (n == 0)
         return -EAGAIN;
-    }
-    return 0;
+    if (p.revents & POLLNVAL)
+        return -EBADF;
+    int ready = 0;
+    if (p.revents & (POLLIN | POLLHUP | POLLERR))
+        ready |= c->events & PZ_READABLE;
+    if (p.revents & (POLLOUT | POLLHUP | POLLERR))
+        ready |= c->events & PZ_WRITABLE;
+    return ready ? ready : -EAGAIN;
 }
 
 static bool neither_ready(void *ctx)
@@ -360,25 +383,35 @@ static bool neither_ready(void *ctx)
              (PZ__IO_READ | PZ__IO_WRITE | PZ__IO_CLOSED));
 }
 
-/* Waits until the poller reports fd readable or writable (the caller has
- * just seen it neither, with poll).  Parks on the source's either_key,
- * which pz__io_source_signal wakes for any event while either_waiters is
- * not zero: we count ourselves in, then validate under the bucket lock;
- * the signaller sets the bit, then reads the count, both sequentially
- * consistent, so one of the two sees the other. */
+/* Waits until fd is readable or writable.  Snapshot of the readiness bits
+ * first, then poll: ready now returns what is ready; otherwise the bits
+ * are cleared only if no event came since the snapshot (else look again).
+ * Then parks on the source's either_key, which pz__io_source_signal wakes
+ * for any event while either_waiters is not zero: we count ourselves in,
+ * then validate under the bucket lock; the signaller sets the bit, then
+ * reads the count, both sequentially consistent, so one of the two sees
+ * the other.  Returns the ready events, 0 to look again, or an error. */
 static int wait_either(int fd, int64_t deadline)
 {
+    struct poll_ctx both = {PZ_READABLE | PZ_WRITABLE};
     pz__runtime *rt = NULL;
     int err = 0;
     pz__io_source *src = source_for_err(fd, &rt, &err);
     if (err < 0)
         return err;
     if (!src || atomic_load_explicit(&src->kind, memory_order_acquire) == PZ__SRC_BLOCKING) {
-        return thread_wait(fd, POLLIN | POLLOUT, deadline);
+        ssize_t n = try_poll(fd, &both);
+        if (n != -EAGAIN)
+            return (int)n;
+        int r = thread_wait(fd, POLLIN | POLLOUT, deadline);
+        return r < 0 ? r : 0;
     }
     uint64_t seen = atomic_load_explicit(&src->readiness, memory_order_acquire);
     if (seen & PZ__IO_CLOSED)
         return -EBADF;
+    ssize_t n = try_poll(fd, &both);
+    if (n != -EAGAIN)
+        return n == -EINTR ? 0 : (int)n;
     /* poll said neither: the bits are stale unless an event came since. */
     if ((seen & (PZ__IO_READ | PZ__IO_WRITE)) &&
         !atomic_compare_exchange_strong_explicit(&src->readiness, &seen, seen & ~(uint64_t)(PZ__IO_READ | PZ__IO_WRITE),
@@ -402,33 +435,16 @@ int pz_wait_fd(int fd, int events, int64_t deadline)
         return -EBADF;
     if (!(events & (PZ_READABLE | PZ_WRITABLE)) || (events & ~(PZ_READABLE | PZ_WRITABLE)))
         return -EINVAL;
-    struct pollfd p = {.fd = fd, .events = (short)(((events & PZ_READABLE) ? POLLIN : 0) |
-                                                   ((events & PZ_WRITABLE) ? POLLOUT : 0))};
-    for (;;) {
-        /* Ask the kernel first: readiness that came before any wait. */
-        int n = poll(&p, 1, 0);
-        if (n > 0) {
-            int ready = 0;
-            if (p.revents & (POLLIN | POLLHUP | POLLERR))
-                ready |= events & PZ_READABLE;
-            if (p.revents & (POLLOUT | POLLHUP | POLLERR))
-                ready |= events & PZ_WRITABLE;
-            if (p.revents & POLLNVAL)
-                return -EBADF;
-            if (ready)
-                return ready;
-        }
-        if ((events & (PZ_READABLE | PZ_WRITABLE)) == (PZ_READABLE | PZ_WRITABLE)) {
+    events &= PZ_READABLE | PZ_WRITABLE;
+    if (events == (PZ_READABLE | PZ_WRITABLE)) {
+        for (;;) {
             int r = wait_either(fd, deadline);
-            if (r < 0)
+            if (r != 0)
                 return r;
-            continue;
         }
-        bool first = true;
-        ssize_t r = io_loop(fd, (events & PZ_READABLE) ? PZ__IO_READ : PZ__IO_WRITE, try_nothing, &first, deadline);
-        if (r < 0)
-            return (int)r;
     }
+    struct poll_ctx one = {events};
+    return (int)io_loop(fd, events == PZ_READABLE ? PZ__IO_READ : PZ__IO_WRITE, try_poll, &one, deadline);
 }
 
 int pz_connect(int fd, const struct sockaddr *addr, socklen_t addrlen, int64_t deadline)
@@ -475,7 +491,7 @@ static int split_hostport(const char *hp, char *host, size_t hostcap, char *port
     if (strlen(colon + 1) == 0 || strlen(colon + 1) >= portcap)
         return -EINVAL;
     strcpy(port, colon + 1);
-    return 0;
+    return pz__port_check(port);
 }
 
 struct resolve {
@@ -499,7 +515,8 @@ static int resolve(const char *hostport, int passive, struct addrinfo **out)
 {
     char host[256], port[32];
     if (split_hostport(hostport, host, sizeof host, port, sizeof port) < 0) {
-        pz__report("cannot parse address \"%s\" (want host:port, [v6]:port or :port)", hostport ? hostport : "(null)");
+        pz__report("cannot parse address \"%s\" (want host:port, [v6]:port or :port, port 0-65535)",
+                   hostport ? hostport : "(null)");
         return -EINVAL;
     }
     struct resolve r = {host, port, passive, NULL, 0};
@@ -508,14 +525,18 @@ static int resolve(const char *hostport, int passive, struct addrinfo **out)
     if (e < 0)
         return e;
     if (r.err) {
-        pz__report("cannot resolve \"%s\": %s", hostport, gai_strerror(r.err));
-        return r.err == EAI_SYSTEM ? -errno : -EADDRNOTAVAIL;
+        return pz__dns_error(r.err, errno);
     }
     *out = r.res;
     return 0;
 }
 
 int pz_tcp_listen(const char *hostport)
+{
+    return pz_tcp_listen_addr(hostport, NULL, NULL);
+}
+
+int pz_tcp_listen_addr(const char *hostport, struct sockaddr *addr, socklen_t *addrlen)
 {
     struct addrinfo *res;
     int e = resolve(hostport, 1, &res);
@@ -532,6 +553,11 @@ int pz_tcp_listen(const char *hostport)
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
         if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 1024) == 0) {
             freeaddrinfo(res);
+            if (addr && addrlen && getsockname(fd, addr, addrlen) < 0) {
+                err = -errno;
+                close(fd);
+                return err;
+            }
             return fd;
         }
         err = -errno;
@@ -587,4 +613,9 @@ int pz_close(int fd)
         }
     }
     return close(fd) == 0 ? 0 : -errno;
+}
+
+pz__io_source *pz__io_source_register(int fd, pz__runtime **rtp)
+{
+    return source_for(fd, rtp);
 }

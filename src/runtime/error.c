@@ -30,6 +30,16 @@ const char *pz_strerror(int err)
         return "out of memory";
     case -EPIPE:
         return "closed";
+    case PZ_EDNS_NONAME:
+        return "host not known";
+    case PZ_EDNS_AGAIN:
+        return "temporary failure in name resolution";
+    case PZ_EDNS_FAIL:
+        return "name resolution failed";
+    case PZ_EDNS_NODATA:
+        return "no address for the host";
+    case PZ_EDNS_OTHER:
+        return "name resolution error";
     default:
         /* INT_MIN has no positive counterpart (negating it is undefined). */
         return err < 0 && err != INT_MIN ? strerror(-err) : "not an error code";

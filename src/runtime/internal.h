@@ -155,6 +155,13 @@ struct pz_task {
     unsigned sync_depth;      /* sync locks held while switched out (misuse) */
 
     char name[32];
+
+    /* The service kit (src/runtime/cancel.c, group.c, local.c); the
+     * task's own fields, touched only by the task itself. */
+    unsigned shield;           /* pz_shield_begin depth: waits are not cancelled */
+    struct pz_group *groups;   /* groups it opened and has not waited for */
+    struct pz__local *locals;  /* its task-local values */
+    _Atomic uint16_t handle_gen; /* src/runtime/handle.c */
 };
 
 /* Bounded single-producer multi-consumer ring of runnable tasks.  Only the

@@ -21,6 +21,8 @@
  */
 #define _GNU_SOURCE
 #include "internal.h"
+#include "kit.h"
+#include "../arch/arch_signal.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -460,6 +462,7 @@ static void task_entry(void *arg)
     pz__resume();
     pz_task_t *t = arg;
     t->result = t->fn(t->arg);
+    pz__task_end(t);
     pz__task_exit_switch(t);
 }
 
@@ -620,6 +623,8 @@ static void *main_task(void *arg)
 {
     struct main_call *m = arg;
     m->result = m->fn(m->arg);
+    pz__task_end(pz__current_task()); /* main's groups and task-locals, before the runtime stops */
+    pz__main_exit_hooks_run();
     atomic_store(&m->rt->main_done, 1);
     pz__futex_wake(&m->rt->main_done, 1);
     return NULL;
@@ -791,6 +796,11 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
     pz_detach(mt);
 
     int started = 0, err = 0;
+    /* Workers start with every asynchronous signal blocked (inherited from
+     * this thread for the moment): signals go to pz_run's thread or to
+     * signalfd readers, never to a task's stack (src/runtime/sigmask.c). */
+    sigset_t run_mask;
+    pz__sig_block_async(&run_mask);
     for (; started < rt->nworkers; started++) {
         int e = pz__thread_create(&rt->workers[started].thread, NULL, worker_main, &rt->workers[started]);
         if (e) {
@@ -799,14 +809,18 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
             break;
         }
     }
+    pz__sig_setmask(&run_mask);
     if (err)
         atomic_store(&rt->shutdown, true);
     atomic_store_explicit(&rt->start_gate, 1, memory_order_release);
     pz__futex_wake(&rt->start_gate, INT32_MAX);
     if (!err) {
-        while (atomic_load(&rt->main_done) == 0)
+        while (atomic_load(&rt->main_done) == 0) {
+            pz__sigmask_runner_sync();
             pz__futex_wait(&rt->main_done, 0, -1);
+        }
     }
+    pz__sigmask_runner_restore();
     int rt_main_error = rt->main_error;
     stop_workers(rt, started);
     pz__blocking_shutdown();
