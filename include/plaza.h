@@ -12,5 +12,6 @@
 #include "plaza/bufio.h"
 #include "plaza/task.h"
 #include "plaza/guard.h"
+#include "plaza/advisor.h"
 
 #endif

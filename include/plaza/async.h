@@ -25,6 +25,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "plaza/runtime.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -131,6 +133,12 @@ uint64_t pz__async_self_bits(void) __attribute__((const));
 int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadline);
 int pz__async_mutex_unlock_slow(pz_async_mutex_t *m, uint64_t self);
 int pz__async_mutex_wake_released(pz_async_mutex_t *m);
+/* The observed forms (src/async/observe.c), taken while the advisor is on
+ * (runtime.h): out of line, so that they see their caller's address. */
+int pz__async_mutex_lock_observed(pz_async_mutex_t *m, int64_t deadline);
+bool pz__async_mutex_trylock_observed(pz_async_mutex_t *m);
+void pz__async_mutex_released_observed(pz_async_mutex_t *m);
+#define PZ__ASYNC_OBSERVED() __builtin_expect(atomic_load_explicit(&pz__advisor_on, memory_order_relaxed), 0)
 
 /* One attempt to take a free mutex.  The waiter word is read after the
  * CAS, when the line is ours: a load before it would fetch the line shared
@@ -150,6 +158,8 @@ static inline bool pz__async_mutex_take(pz_async_mutex_t *m, uint64_t self)
  * being handed to a waiter). */
 static inline bool pz_async_mutex_trylock(pz_async_mutex_t *m)
 {
+    if (PZ__ASYNC_OBSERVED())
+        return pz__async_mutex_trylock_observed(m);
     while (atomic_load_explicit(&m->state, memory_order_relaxed) == 0) {
         if (pz__async_mutex_take(m, pz__async_self_bits()))
             return true;
@@ -160,6 +170,8 @@ static inline bool pz_async_mutex_trylock(pz_async_mutex_t *m)
 /* Returns 0 with the mutex held, -ETIMEDOUT at the deadline or -ECANCELED. */
 static inline int pz_async_mutex_lock_until(pz_async_mutex_t *m, int64_t deadline)
 {
+    if (PZ__ASYNC_OBSERVED())
+        return pz__async_mutex_lock_observed(m, deadline);
     uint64_t self = pz__async_self_bits();
     if (pz__async_mutex_take(m, self))
         return 0;
@@ -169,6 +181,8 @@ static inline int pz_async_mutex_lock_until(pz_async_mutex_t *m, int64_t deadlin
 /* Returns 0 with the mutex held, or -ECANCELED. */
 static inline int pz_async_mutex_lock(pz_async_mutex_t *m)
 {
+    if (PZ__ASYNC_OBSERVED())
+        return pz__async_mutex_lock_observed(m, INT64_MAX);
     return pz_async_mutex_lock_until(m, INT64_MAX);
 }
 
@@ -180,6 +194,8 @@ static inline int pz_async_mutex_lock(pz_async_mutex_t *m)
 static inline int pz_async_mutex_unlock(pz_async_mutex_t *m)
 {
     uint64_t self = pz__async_self_bits();
+    if (PZ__ASYNC_OBSERVED())
+        pz__async_mutex_released_observed(m);
     if (atomic_load_explicit(&m->holder, memory_order_relaxed) == self &&
         atomic_load_explicit(&m->waiters, memory_order_relaxed) == 0 &&
         atomic_load_explicit(&pz__async_unlock_by_store, memory_order_relaxed)) {

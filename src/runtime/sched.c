@@ -418,9 +418,13 @@ static inline void suspend_on(pz__worker *w, void (*after)(pz__worker *, void *)
     self->saved_errno = errno;
     w->after_fn = after;
     w->after_arg = arg;
+    /* The advisor's "time suspended so far" (src/runtime/observe.c). */
+    int64_t parked_at = atomic_load_explicit(&pz__advisor_on, memory_order_relaxed) ? pz__clock_now() : 0;
     switch_from_task(w, self, false);
     /* Possibly on another worker now: pz__resume reads it afresh. */
     pz__resume();
+    if (parked_at)
+        self->suspended_ns += pz__clock_now() - parked_at;
 }
 
 void pz__suspend(void (*after)(pz__worker *, void *), void *arg)
