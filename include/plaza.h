@@ -12,6 +12,7 @@
 #include "plaza/bufio.h"
 #include "plaza/task.h"
 #include "plaza/guard.h"
+#include "plaza/select.h"
 #include "plaza/advisor.h"
 
 #endif

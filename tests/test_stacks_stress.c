@@ -120,13 +120,22 @@ static void test_million_parked(void **state)
 #else
     long n = SCALED(1000000);
 #endif
+    /* Without guard regions (an older kernel, qemu-user) every guarded
+     * stack takes two memory areas: stay well under 65530. */
+    bool regions = pz__stack_guard_kind() == PZ__GUARD_MADVISE;
+    if (!regions && n > 10000)
+        n = 10000;
     struct many m = {.n = n};
     run_in_runtime(2, many_main, &m);
     fprintf(stderr, "%ld parked tasks: %.2f KiB resident per task, %d memory areas, cancel+join %.2f s\n", n,
             m.rss_per_task / 1024, m.areas_parked, m.cancel_join_s);
     /* Under the default vm.max_map_count of 65530 with room to spare. */
     CHECK(m.areas_parked < 40000);
-#ifndef SANITIZED
+    if (regions && n >= 64 * 1000)
+        CHECK(m.areas_parked < n / 32); /* one area per chunk of 64 at most */
+#if !defined(SANITIZED) && !defined(PLAZA_TEST_STATIC_RUNNER)
+    /* Native builds only: a sanitizer or an emulator keeps memory of its
+     * own per task or per mapping. */
     CHECK(m.rss_per_task <= 4.5 * 1024);
 #endif
 }
@@ -243,6 +252,15 @@ static void test_overflow_mprotect_guard(void **state)
 
 /* ---- a task that cannot get a stack ---- */
 
+/* The failure is made with RLIMIT_AS, which the sanitizers cannot live
+ * with (they reserve terabytes of shadow) and qemu-user (the static
+ * runner's build) does not apply to its guest: those builds leave this
+ * test out. */
+#if !defined(SANITIZED) && !defined(PLAZA_TEST_STATIC_RUNNER)
+#define TEST_NO_STACK 1
+#endif
+#ifdef TEST_NO_STACK
+
 static void *returns_null(void *arg)
 {
     (void)arg;
@@ -270,30 +288,49 @@ static void *no_stack_main(void *arg)
     return NULL;
 }
 
+static void *never_runs(void *arg)
+{
+    (void)arg;
+    fprintf(stderr, "main ran\n");
+    return NULL;
+}
+
 static void child_no_stack(void)
 {
     pz_run(NULL, no_stack_main, NULL, NULL);
+    /* A runtime whose main task cannot get a stack returns the cause
+     * instead of waiting for ever for main to end. */
+    struct rlimit rl;
+    CHECK_EQ(getrlimit(RLIMIT_AS, &rl), 0);
+    struct rlimit low = {.rlim_cur = 256u << 20, .rlim_max = rl.rlim_max};
+    CHECK_EQ(setrlimit(RLIMIT_AS, &low), 0);
+    pz_config_t cfg = {.workers = 1, .stack_size = 512u << 20};
+    int e = pz_run(&cfg, never_runs, NULL, NULL);
+    CHECK_EQ(setrlimit(RLIMIT_AS, &rl), 0);
+    CHECK_EQ(e, -ENOMEM);
+    fprintf(stderr, "pz_run returned %d\n", e);
 }
 
 static void test_join_reports_missing_stack(void **state)
 {
     (void)state;
-#ifdef SANITIZED
-    /* The sanitizers reserve terabytes of shadow: no RLIMIT_AS for them. */
-    return;
-#endif
     char out[8192];
     int status = run_child(child_no_stack, out, sizeof out);
     fprintf(stderr, "child said: %s", out);
     CHECK(WIFEXITED(status));
     CHECK_EQ(WEXITSTATUS(status), 0);
     CHECK(strstr(out, "cannot map a 536870912-byte stack") != NULL);
+    CHECK(strstr(out, "pz_run returned -12") != NULL);
+    CHECK(strstr(out, "main ran") == NULL);
 }
+#endif
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+#ifdef TEST_NO_STACK
         cmocka_unit_test(test_join_reports_missing_stack),
+#endif
         cmocka_unit_test(test_overflow_madvise_guard),
         cmocka_unit_test(test_overflow_mprotect_guard),
         cmocka_unit_test(test_areas_per_stack),

@@ -359,6 +359,17 @@ static void *demo_task(void *arg)
     json_decref(right.metrics);
     json_decref(wrong.metrics);
     bool ok = r1 == 0 && r2 == 0 && right.ok && wrong.ok;
+    if (ok) {
+        /* The databases and the acknowledgement lists go; the services'
+         * logs stay for a look at plaza's reports. */
+        const char *files[] = {"weather.db", "weather.db-wal", "weather.db-shm", "acked.txt",
+                               "weather-wrong.db", "weather-wrong.db-wal", "weather-wrong.db-shm", "acked-wrong.txt"};
+        for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+            char p[4096];
+            snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+            unlink(p);
+        }
+    }
     printf("\nplaza-weather demo: %s\n", ok ? "both services stopped cleanly; every acknowledged reading is stored"
                                              : "FAILED (see above)");
     d->result = ok ? 0 : 1;

@@ -100,6 +100,10 @@ static void *load_conn(void *arg)
     conn_state *c = arg;
     const wx_load_opts *o = c->o;
     size_t cap = 128 + (size_t)o->batch * 96;
+    struct pending {
+        int city;
+        int tenths;
+    } *pend = NULL;
     char *req = malloc(cap + 256), *body = malloc(cap), *in = malloc(65536);
     if (!req || !body || !in)
         goto out;
@@ -107,10 +111,7 @@ static void *load_conn(void *arg)
     double post_frac = total > 0 ? o->post_rate / total : 0;
     double acc = (double)c->index / o->connections; /* staggers the POSTs across connections */
     int fd = -1;
-    struct pending {
-        int city;
-        int tenths;
-    } *pend = calloc((size_t)o->batch, sizeof *pend);
+    pend = calloc((size_t)o->batch, sizeof *pend);
     if (!pend)
         goto out;
     int64_t now_ms0 = wx_wall_ms(), now0 = pz_now();
@@ -206,6 +207,7 @@ static void *load_conn(void *arg)
     if (fd >= 0)
         pz_close(fd);
 out:
+    free(pend);
     free(req);
     free(body);
     free(in);

@@ -63,6 +63,9 @@ typedef struct wx_store_opts {
      * database were slow. */
     int delay_ms;
     const char *delay_city;
+    /* SQLite only: once seeded, the file may grow by at most this many
+     * pages (PRAGMA max_page_count), so a full disk can be tested. */
+    int grow_pages;
 } wx_store_opts;
 
 typedef struct wx_store wx_store;

@@ -163,6 +163,17 @@ done:
     }
     if (c->result < 0)
         sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    if (c->result == 0 && c->s->base.opts.grow_pages > 0) {
+        /* The test hook: a database that fills up soon. */
+        char sql[96];
+        sqlite3_stmt *pc = NULL;
+        if (sqlite3_prepare_v2(db, "PRAGMA page_count", -1, &pc, NULL) == SQLITE_OK && sqlite3_step(pc) == SQLITE_ROW) {
+            snprintf(sql, sizeof sql, "PRAGMA max_page_count = %lld",
+                     (long long)sqlite3_column_int64(pc, 0) + c->s->base.opts.grow_pages);
+            sqlite3_exec(db, sql, NULL, NULL, NULL);
+        }
+        sqlite3_finalize(pc);
+    }
     return NULL;
 }
 

@@ -15,6 +15,13 @@
  * -ECANCELED when the task is cancelled, -EBADF if the descriptor is closed
  * with pz_close while a task waits on it, or the system call's own error.
  *
+ * Arguments: a negative descriptor gives -EBADF; a NULL buffer or iovec
+ * array, a negative iovcnt, an unknown flag are passed to the system call
+ * and come back as its error (-EFAULT, -EINVAL); pz_wait_fd returns
+ * -EINVAL for events with no known bit or an unknown one.  A deadline in
+ * the past (any value below pz_now(), negative ones too) means "do not
+ * wait": the call tries once and returns -ETIMEDOUT if it would block.
+ *
  * Close descriptors that plaza has seen with pz_close: it forgets the
  * registration first, so a new descriptor that gets the same number starts
  * clean, and it wakes any task still waiting on it.
@@ -49,7 +56,8 @@ ssize_t pz_send(int fd, const void *buf, size_t n, int flags, int64_t deadline);
 int pz_accept(int fd, struct sockaddr *addr, socklen_t *addrlen, int64_t deadline);
 int pz_connect(int fd, const struct sockaddr *addr, socklen_t addrlen, int64_t deadline);
 /* Waits until fd is ready for any of the PZ_READABLE/PZ_WRITABLE events
- * asked; returns the ready ones, or -EINVAL if events asks for neither. */
+ * asked; returns the ready ones, or -EINVAL if events asks for neither or
+ * has another bit set. */
 int pz_wait_fd(int fd, int events, int64_t deadline);
 
 /* "host:port", "[v6addr]:port" or ":port" (all addresses); the port is a

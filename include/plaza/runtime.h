@@ -3,7 +3,16 @@
  *
  * Errors are negative errno values (-EINVAL, -ETIMEDOUT, -ECANCELED, ...),
  * never reported through errno.  Deadlines are absolute pz_now()
- * nanoseconds; PZ_FOREVER waits without end.
+ * nanoseconds; PZ_FOREVER waits without end; a deadline that has passed
+ * (negative ones included) means "do not wait".
+ *
+ * Bad arguments: pz_run with a NULL main or a negative field in its
+ * configuration returns -EINVAL; pz_spawn with a NULL fn, or a stack size
+ * over 1 GiB, returns NULL (reported); pz_join(NULL) returns -EINVAL;
+ * pz_detach(NULL) and pz_cancel(NULL) do nothing; pz_blocking(NULL, ...)
+ * returns -EINVAL; pz_sleep of a negative time returns at once.  A task
+ * handle used after pz_join returned 0 for it, or after pz_detach, is
+ * freed memory: undefined, as for a freed pointer.
  */
 #ifndef PLAZA_RUNTIME_H
 #define PLAZA_RUNTIME_H
@@ -41,7 +50,9 @@ typedef struct pz_spawn_opts {
  * Tasks still running when main returns are abandoned, never resumed.
  * One runtime runs at a time in a process: returns -EBUSY if one is running,
  * -EINVAL for a bad configuration, -ENOMEM/-EAGAIN if threads or memory
- * cannot be had, else 0. */
+ * cannot be had (a worker thread, the poller, main's stack: then main has
+ * not run, or not at all for the threads), -EMFILE if the poller's
+ * descriptors cannot be had, else 0. */
 int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result);
 
 /* Creates a task running fn(arg).  Callable from a task or from any thread

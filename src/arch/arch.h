@@ -6,6 +6,7 @@
 #ifndef PZ_ARCH_H
 #define PZ_ARCH_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -123,6 +124,13 @@ int pz__waker_create(void);
 void pz__waker_signal(int fd);
 void pz__waker_drain(int fd);
 int pz__set_nonblocking(int fd);
+
+/* pthread_create, returning 0 or -errno (a fault site). */
+int pz__thread_create(pthread_t *th, const pthread_attr_t *attr, void *(*fn)(void *), void *arg);
+/* calloc (a fault site). */
+void *pz__calloc(size_t n, size_t size);
 void pz__close_fd(int fd);
+
+#include "fault.h"
 
 #endif

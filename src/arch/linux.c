@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <linux/futex.h>
 #include <linux/membarrier.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,9 +113,17 @@ static int probe_guard(void)
     void *p = mmap(NULL, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED)
         return PZ__GUARD_MPROTECT;
-    /* EINVAL on kernels without guard regions (and under emulators that
-     * do not know the advice). */
-    int kind = madvise(p, page, MADV_GUARD_INSTALL) == 0 ? PZ__GUARD_MADVISE : PZ__GUARD_MPROTECT;
+    /* EINVAL on kernels without guard regions.  An emulator (qemu-user)
+     * may accept advice it does not pass on, so the guard is also checked:
+     * the kernel must refuse to read it (EFAULT). */
+    int kind = PZ__GUARD_MPROTECT;
+    int fds[2];
+    if (madvise(p, page, MADV_GUARD_INSTALL) == 0 && pipe2(fds, O_CLOEXEC) == 0) {
+        if (write(fds[1], p, 1) < 0 && errno == EFAULT)
+            kind = PZ__GUARD_MADVISE;
+        close(fds[0]);
+        close(fds[1]);
+    }
     munmap(p, 2 * page);
     return kind;
 }
@@ -134,6 +143,8 @@ int pz__stack_guard_kind(void)
 
 int pz__stack_map(size_t size, void **base)
 {
+    if (pz__fault(PZ__FAULT_MMAP))
+        return -ENOMEM;
     /* MAP_NORESERVE: a stack costs only the pages a task touches, so the
      * commit charge of 100 000 idle tasks stays what they use. */
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK,
@@ -238,12 +249,16 @@ void pz__thread_sleep_until(int64_t deadline)
 
 int pz__poller_create(void)
 {
+    if (pz__fault(PZ__FAULT_POLLER))
+        return -EMFILE;
     int fd = epoll_create1(EPOLL_CLOEXEC);
     return fd < 0 ? -errno : fd;
 }
 
 int pz__poller_add(int poller, int fd, void *data)
 {
+    if (pz__fault(PZ__FAULT_POLLER))
+        return -ENOMEM;
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = data};
     if (epoll_ctl(poller, EPOLL_CTL_ADD, fd, &ev) == 0)
         return 0;
@@ -306,6 +321,8 @@ int pz__poller_wait(int poller, pz__event *events, int max, int64_t deadline)
 
 int pz__waker_create(void)
 {
+    if (pz__fault(PZ__FAULT_EVENTFD))
+        return -EMFILE;
     int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     return fd < 0 ? -errno : fd;
 }
@@ -332,6 +349,21 @@ int pz__set_nonblocking(int fd)
     if (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
         return -errno;
     return 0;
+}
+
+int pz__thread_create(pthread_t *th, const pthread_attr_t *attr, void *(*fn)(void *), void *arg)
+{
+    if (pz__fault(PZ__FAULT_THREAD))
+        return -EAGAIN;
+    int e = pthread_create(th, attr, fn, arg);
+    return -e;
+}
+
+void *pz__calloc(size_t n, size_t size)
+{
+    if (pz__fault(PZ__FAULT_MALLOC))
+        return NULL;
+    return calloc(n, size);
 }
 
 void pz__close_fd(int fd)

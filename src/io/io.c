@@ -11,6 +11,7 @@
 #include "io_internal.h"
 #include "kit_io.h"
 
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -54,13 +55,15 @@ static pz__io_source *source_for_err(int fd, pz__runtime **rtp, int *err)
         int r = pz__set_nonblocking(fd);
         if (r == 0)
             r = pz__poller_add(rt->poller, fd, src);
-        if (r == -EBADF) {
+        if (r < 0 && r != -EPERM) {
+            /* Not open (-EBADF), or the poller is out of memory: nothing
+             * is recorded, the call fails, a later call tries again. */
             pz__spin_unlock(&src->reg_lock);
-            *err = -EBADF;
+            *err = r;
             return NULL;
         }
         if (r < 0)
-            kind = PZ__SRC_BLOCKING; /* a regular file, or not pollable */
+            kind = PZ__SRC_BLOCKING; /* a regular file: epoll says EPERM */
         atomic_store_explicit(&src->kind, kind, memory_order_release);
     }
     pz__spin_unlock(&src->reg_lock);
@@ -194,19 +197,19 @@ struct buf_ctx {
 static ssize_t try_read(int fd, void *ctx)
 {
     struct buf_ctx *c = ctx;
-    return result_of(read(fd, c->buf, c->n));
+    return result_of(read(fd, c->buf, pz__fault_short(c->n)));
 }
 
 static ssize_t try_recv(int fd, void *ctx)
 {
     struct buf_ctx *c = ctx;
-    return result_of(recv(fd, c->buf, c->n, c->flags));
+    return result_of(recv(fd, c->buf, pz__fault_short(c->n), c->flags));
 }
 
 static ssize_t try_send(int fd, void *ctx)
 {
     struct buf_ctx *c = ctx;
-    return result_of(send(fd, c->buf, c->n, c->flags | MSG_NOSIGNAL));
+    return result_of(send(fd, c->buf, pz__fault_short(c->n), c->flags | MSG_NOSIGNAL));
 }
 
 struct iov_ctx {
@@ -254,10 +257,20 @@ static ssize_t writev_nosignal(int fd, const struct iovec *iov, int cnt)
 static ssize_t try_writev(int fd, void *ctx)
 {
     struct iov_ctx *c = ctx;
-    struct msghdr m = {.msg_iov = (struct iovec *)c->iov, .msg_iovlen = (size_t)c->cnt};
+    struct iovec first;
+    int cnt = c->cnt;
+    const struct iovec *iov = c->iov;
+    if (cnt > 0 && pz__fault_short(2) == 1) {
+        /* A short write: only part of the first buffer. */
+        first = iov[0];
+        first.iov_len = pz__fault_short(first.iov_len);
+        iov = &first;
+        cnt = 1;
+    }
+    struct msghdr m = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)cnt};
     ssize_t n = sendmsg(fd, &m, MSG_NOSIGNAL);
     if (n < 0 && errno == ENOTSOCK)
-        n = writev_nosignal(fd, c->iov, c->cnt);
+        n = writev_nosignal(fd, iov, cnt);
     return result_of(n);
 }
 
@@ -287,12 +300,16 @@ ssize_t pz_write_all(int fd, const void *buf, size_t n, int64_t deadline)
 
 ssize_t pz_readv(int fd, const struct iovec *iov, int iovcnt, int64_t deadline)
 {
+    if (iovcnt < 0 || iovcnt > IOV_MAX)
+        return -EINVAL; /* sendmsg would say -EMSGSIZE for a negative count */
     struct iov_ctx c = {iov, iovcnt};
     return io_loop(fd, PZ__IO_READ, try_readv, &c, deadline);
 }
 
 ssize_t pz_writev(int fd, const struct iovec *iov, int iovcnt, int64_t deadline)
 {
+    if (iovcnt < 0 || iovcnt > IOV_MAX)
+        return -EINVAL; /* sendmsg would say -EMSGSIZE for a negative count */
     struct iov_ctx c = {iov, iovcnt};
     return io_loop(fd, PZ__IO_WRITE, try_writev, &c, deadline);
 }
@@ -317,6 +334,8 @@ struct accept_ctx {
 static ssize_t try_accept(int fd, void *ctx)
 {
     struct accept_ctx *c = ctx;
+    if (pz__fault(PZ__FAULT_ACCEPT))
+        return -EMFILE;
     return result_of(accept4(fd, c->addr, c->len, SOCK_NONBLOCK | SOCK_CLOEXEC));
 }
 
@@ -326,15 +345,35 @@ int pz_accept(int fd, struct sockaddr *addr, socklen_t *addrlen, int64_t deadlin
     return (int)io_loop(fd, PZ__IO_READ, try_accept, &c, deadline);
 }
 
-static ssize_t try_nothing(int fd, void *ctx)
+/* Readiness as poll(2) sees it now: the PZ_* events asked that are ready,
+ * or -EAGAIN.  pz_wait_fd asks it inside io_loop, after io_loop's snapshot
+ * of the source's readiness bits: an edge the poller reports after the
+ * snapshot changes the bits, so io_loop's clearing CAS fails and it asks
+ * again; an edge reported before the snapshot is readiness this poll sees.
+ * (Polling before the snapshot instead loses the edge that falls between
+ * the two: the CAS then clears a bit nobody looked behind.) */
+struct poll_ctx {
+    int events; /* PZ_READABLE | PZ_WRITABLE */
+};
+
+static ssize_t try_poll(int fd, void *ctx)
 {
-    (void)fd;
-    bool *first = ctx;
-    if (*first) {
-        *first = false;
+    struct poll_ctx *c = ctx;
+    struct pollfd p = {.fd = fd, .events = (short)(((c->events & PZ_READABLE) ? POLLIN : 0) |
+                                                   ((c->events & PZ_WRITABLE) ? POLLOUT : 0))};
+    int n = poll(&p, 1, 0);
+    if (n < 0)
+        return -errno;
+    if (n == 0)
         return -EAGAIN;
-    }
-    return 0;
+    if (p.revents & POLLNVAL)
+        return -EBADF;
+    int ready = 0;
+    if (p.revents & (POLLIN | POLLHUP | POLLERR))
+        ready |= c->events & PZ_READABLE;
+    if (p.revents & (POLLOUT | POLLHUP | POLLERR))
+        ready |= c->events & PZ_WRITABLE;
+    return ready ? ready : -EAGAIN;
 }
 
 static bool neither_ready(void *ctx)
@@ -344,25 +383,35 @@ static bool neither_ready(void *ctx)
              (PZ__IO_READ | PZ__IO_WRITE | PZ__IO_CLOSED));
 }
 
-/* Waits until the poller reports fd readable or writable (the caller has
- * just seen it neither, with poll).  Parks on the source's either_key,
- * which pz__io_source_signal wakes for any event while either_waiters is
- * not zero: we count ourselves in, then validate under the bucket lock;
- * the signaller sets the bit, then reads the count, both sequentially
- * consistent, so one of the two sees the other. */
+/* Waits until fd is readable or writable.  Snapshot of the readiness bits
+ * first, then poll: ready now returns what is ready; otherwise the bits
+ * are cleared only if no event came since the snapshot (else look again).
+ * Then parks on the source's either_key, which pz__io_source_signal wakes
+ * for any event while either_waiters is not zero: we count ourselves in,
+ * then validate under the bucket lock; the signaller sets the bit, then
+ * reads the count, both sequentially consistent, so one of the two sees
+ * the other.  Returns the ready events, 0 to look again, or an error. */
 static int wait_either(int fd, int64_t deadline)
 {
+    struct poll_ctx both = {PZ_READABLE | PZ_WRITABLE};
     pz__runtime *rt = NULL;
     int err = 0;
     pz__io_source *src = source_for_err(fd, &rt, &err);
     if (err < 0)
         return err;
     if (!src || atomic_load_explicit(&src->kind, memory_order_acquire) == PZ__SRC_BLOCKING) {
-        return thread_wait(fd, POLLIN | POLLOUT, deadline);
+        ssize_t n = try_poll(fd, &both);
+        if (n != -EAGAIN)
+            return (int)n;
+        int r = thread_wait(fd, POLLIN | POLLOUT, deadline);
+        return r < 0 ? r : 0;
     }
     uint64_t seen = atomic_load_explicit(&src->readiness, memory_order_acquire);
     if (seen & PZ__IO_CLOSED)
         return -EBADF;
+    ssize_t n = try_poll(fd, &both);
+    if (n != -EAGAIN)
+        return n == -EINTR ? 0 : (int)n;
     /* poll said neither: the bits are stale unless an event came since. */
     if ((seen & (PZ__IO_READ | PZ__IO_WRITE)) &&
         !atomic_compare_exchange_strong_explicit(&src->readiness, &seen, seen & ~(uint64_t)(PZ__IO_READ | PZ__IO_WRITE),
@@ -382,35 +431,20 @@ static int wait_either(int fd, int64_t deadline)
 
 int pz_wait_fd(int fd, int events, int64_t deadline)
 {
-    if (fd < 0 || !(events & (PZ_READABLE | PZ_WRITABLE)))
+    if (fd < 0)
+        return -EBADF;
+    if (!(events & (PZ_READABLE | PZ_WRITABLE)) || (events & ~(PZ_READABLE | PZ_WRITABLE)))
         return -EINVAL;
-    struct pollfd p = {.fd = fd, .events = (short)(((events & PZ_READABLE) ? POLLIN : 0) |
-                                                   ((events & PZ_WRITABLE) ? POLLOUT : 0))};
-    for (;;) {
-        /* Ask the kernel first: readiness that came before any wait. */
-        int n = poll(&p, 1, 0);
-        if (n > 0) {
-            int ready = 0;
-            if (p.revents & (POLLIN | POLLHUP | POLLERR))
-                ready |= events & PZ_READABLE;
-            if (p.revents & (POLLOUT | POLLHUP | POLLERR))
-                ready |= events & PZ_WRITABLE;
-            if (p.revents & POLLNVAL)
-                return -EBADF;
-            if (ready)
-                return ready;
-        }
-        if ((events & (PZ_READABLE | PZ_WRITABLE)) == (PZ_READABLE | PZ_WRITABLE)) {
+    events &= PZ_READABLE | PZ_WRITABLE;
+    if (events == (PZ_READABLE | PZ_WRITABLE)) {
+        for (;;) {
             int r = wait_either(fd, deadline);
-            if (r < 0)
+            if (r != 0)
                 return r;
-            continue;
         }
-        bool first = true;
-        ssize_t r = io_loop(fd, (events & PZ_READABLE) ? PZ__IO_READ : PZ__IO_WRITE, try_nothing, &first, deadline);
-        if (r < 0)
-            return (int)r;
     }
+    struct poll_ctx one = {events};
+    return (int)io_loop(fd, events == PZ_READABLE ? PZ__IO_READ : PZ__IO_WRITE, try_poll, &one, deadline);
 }
 
 int pz_connect(int fd, const struct sockaddr *addr, socklen_t addrlen, int64_t deadline)
@@ -579,4 +613,9 @@ int pz_close(int fd)
         }
     }
     return close(fd) == 0 ? 0 : -errno;
+}
+
+pz__io_source *pz__io_source_register(int fd, pz__runtime **rtp)
+{
+    return source_for(fd, rtp);
 }

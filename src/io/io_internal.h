@@ -28,5 +28,8 @@ typedef struct pz__io_source {
 
 pz__io_source *pz__io_source_of(pz__runtime *rt, int fd);
 void pz__io_source_signal(pz__io_source *src, unsigned events);
+/* fd's source, registered with the poller on first use (io.c); NULL
+ * outside a task or without a runtime. */
+pz__io_source *pz__io_source_register(int fd, pz__runtime **rtp);
 
 #endif

@@ -78,7 +78,7 @@ pz__io_source *pz__io_source_of(pz__runtime *rt, int fd)
         pz__spin_lock(&rt->io_table_lock);
         chunk = atomic_load_explicit(slot, memory_order_relaxed);
         if (!chunk) {
-            chunk = calloc(PZ__IO_CHUNK, sizeof *chunk);
+            chunk = pz__calloc(PZ__IO_CHUNK, sizeof *chunk);
             if (chunk)
                 atomic_store_explicit(slot, chunk, memory_order_release);
         }

@@ -37,6 +37,7 @@
 #include <string.h>
 
 #include "../runtime/internal.h"
+#include "lot.h"
 
 #define PZ__LOAD_FACTOR 3
 #define PZ__INITIAL_BUCKETS 256
@@ -52,22 +53,6 @@
  * and nothing else. */
 #define PZ__FAIR_NS 1000000
 
-typedef struct pz__waiter {
-    struct pz__waiter *next, *prev; /* the bucket's queue, under its lock */
-    bool queued;                /* in a bucket's queue; under its lock */
-    _Atomic(const void *) addr; /* changes under both bucket locks on requeue */
-    uintptr_t park_token;
-    uintptr_t unpark_token;
-    int64_t parked_at;
-    pz_task_t *task;            /* NULL for a thread waiter */
-    uint64_t gen;
-    _Atomic uint32_t futex;     /* thread waiter: 1 while parked */
-    _Atomic bool released;      /* task waiter: its park callback is done */
-    /* What the task's park callback needs (it runs off the task's stack). */
-    struct pz__bucket *bucket;
-    void (*before_sleep)(void *ctx);
-    void *ctx;
-} pz__waiter;
 
 typedef struct pz__bucket {
     _Alignas(PZ__CACHELINE) pz__spin lock;
@@ -303,13 +288,31 @@ static bool fair_now(pz__bucket *b, int64_t now, const pz__waiter *w)
 }
 
 /* Claims w for waking, under its bucket lock.  A task that lost its claim is
- * timing out or cancelled and removes itself. */
-static bool claim(pz__waiter *w)
+ * timing out or cancelled and removes itself.  Returns 0 (lost: skip w),
+ * WAKE (won: the unparker wakes it after the unlock) or TAKEN (won, but
+ * the unparker must not wake it nor touch the node after the unlock).
+ *
+ * A waiter of pz_park holds the bucket lock until it is PARKED, so a claim
+ * under the lock always finds it PARKED: WAKE.  A select node (lot.h) is
+ * queued by a task that goes on to queue other nodes before it parks, so
+ * its claim is decided by the select's fired word first (one branch wins
+ * it, for good); the task park is then claimed only to wake the task, and
+ * whoever else claimed it (a timer, a cancel, the task itself) or the
+ * task's own switch makes it runnable. */
+enum { CLAIM_LOST = 0, CLAIM_TAKEN = 1, CLAIM_WAKE = 2 };
+static int claim(pz__waiter *w)
 {
     if (!w->task)
-        return true;
+        return CLAIM_WAKE;
+    if (w->fired) {
+        int none = -1;
+        if (!atomic_compare_exchange_strong_explicit(w->fired, &none, w->branch, memory_order_acq_rel,
+                                                     memory_order_acquire))
+            return CLAIM_LOST;
+        return pz__task_claim(w->task, w->gen, PZ__WAKE_UNPARK) == PZ__CLAIM_WON_READY ? CLAIM_WAKE : CLAIM_TAKEN;
+    }
     int c = pz__task_claim(w->task, w->gen, PZ__WAKE_UNPARK);
-    return c != PZ__CLAIM_LOST;
+    return c == PZ__CLAIM_LOST ? CLAIM_LOST : CLAIM_WAKE;
 }
 
 /* Hands w its token, under the bucket lock. */
@@ -430,10 +433,11 @@ pz_unpark_result_t pz_unpark_one(const void *addr, uintptr_t (*callback)(pz_unpa
     pz_unpark_result_t res = {0, 0, false, false};
     pz__bucket *b = lock_bucket(addr);
     pz__waiter *chosen = NULL;
+    int how = CLAIM_LOST;
     for (pz__waiter *x = b->head; x; x = x->next) {
         if (atomic_load_explicit(&x->addr, memory_order_relaxed) != addr)
             continue;
-        if (claim(x)) {
+        if ((how = claim(x)) != CLAIM_LOST) {
             chosen = x;
             break;
         }
@@ -450,7 +454,7 @@ pz_unpark_result_t pz_unpark_one(const void *addr, uintptr_t (*callback)(pz_unpa
     if (chosen)
         grant(chosen, token);
     pz__spin_unlock(&b->lock);
-    if (chosen)
+    if (chosen && how == CLAIM_WAKE)
         wake_list(chosen);
     return res;
 }
@@ -463,11 +467,14 @@ int pz_unpark_all(const void *addr, uintptr_t unpark_token)
     pz__waiter *x = b->head;
     while (x) {
         pz__waiter *next = x->next;
-        if (atomic_load_explicit(&x->addr, memory_order_relaxed) == addr && claim(x)) {
+        int how;
+        if (atomic_load_explicit(&x->addr, memory_order_relaxed) == addr && (how = claim(x)) != CLAIM_LOST) {
             unlink_waiter(b, x);
             grant(x, unpark_token);
-            *tail = x;
-            tail = &x->next;
+            if (how == CLAIM_WAKE) {
+                *tail = x;
+                tail = &x->next;
+            }
             n++;
         }
         x = next;
@@ -490,12 +497,13 @@ pz_unpark_result_t pz_requeue(const void *from, const void *to, pz_requeue_op_t 
         return res;
     }
     pz__waiter *chosen = NULL;
+    int how = CLAIM_LOST;
     pz__waiter *x = bf->head;
     while (x) {
         pz__waiter *next = x->next;
         if (atomic_load_explicit(&x->addr, memory_order_relaxed) != from) {
             /* another address's waiter: stays */
-        } else if (!chosen && op != PZ_REQUEUE_ALL && claim(x)) {
+        } else if (!chosen && op != PZ_REQUEUE_ALL && (how = claim(x)) != CLAIM_LOST) {
             unlink_waiter(bf, x);
             chosen = x;
         } else if (op == PZ_REQUEUE_ALL || op == PZ_REQUEUE_UNPARK_ONE_REQUEUE_REST) {
@@ -521,7 +529,7 @@ pz_unpark_result_t pz_requeue(const void *from, const void *to, pz_requeue_op_t 
     if (chosen)
         grant(chosen, token);
     unlock_pair(bf, bt);
-    if (chosen)
+    if (chosen && how == CLAIM_WAKE)
         wake_list(chosen);
     return res;
 }
@@ -531,7 +539,7 @@ pz_unpark_result_t pz_unpark_filter(const void *addr, pz_filter_op_t (*filter)(u
 {
     pz_unpark_result_t res = {0, 0, false, false};
     pz__bucket *b = lock_bucket(addr);
-    pz__waiter *woken = NULL, **tail = &woken;
+    pz__waiter *woken = NULL, **tail = &woken, *taken = NULL;
     pz__waiter *x = b->head;
     int64_t now = 0;
     bool fair = false;
@@ -544,14 +552,20 @@ pz_unpark_result_t pz_unpark_filter(const void *addr, pz_filter_op_t (*filter)(u
         pz_filter_op_t op = filter(x->park_token, ctx);
         if (op == PZ_FILTER_STOP)
             break;
-        if (op == PZ_FILTER_UNPARK && claim(x)) {
+        int how;
+        if (op == PZ_FILTER_UNPARK && (how = claim(x)) != CLAIM_LOST) {
             unlink_waiter(b, x);
             if (!now)
                 now = pz__clock_coarse();
             if (!fair)
                 fair = now - x->parked_at >= PZ__FAIR_NS;
-            *tail = x;
-            tail = &x->next;
+            if (how == CLAIM_WAKE) {
+                *tail = x;
+                tail = &x->next;
+            } else {
+                x->next = taken; /* granted below, never woken by us */
+                taken = x;
+            }
             res.unparked++;
         }
         x = next;
@@ -562,7 +576,42 @@ pz_unpark_result_t pz_unpark_filter(const void *addr, pz_filter_op_t (*filter)(u
     uintptr_t token = callback ? callback(res, ctx) : 0;
     for (pz__waiter *w = woken; w; w = w->next)
         grant(w, token);
+    for (pz__waiter *w = taken; w; w = w->next)
+        grant(w, token);
     pz__spin_unlock(&b->lock);
     wake_list(woken);
     return res;
+}
+
+/* ---- select nodes (lot.h) ---- */
+
+bool pz__lot_enqueue(const void *addr, pz__waiter *w, bool (*validate)(void *ctx), void *ctx)
+{
+    long n = atomic_fetch_add_explicit(&parked_now, 1, memory_order_relaxed) + 1;
+    if ((long)get_table()->size * PZ__LOAD_FACTOR < n)
+        grow(n);
+    atomic_store_explicit(&w->addr, addr, memory_order_relaxed);
+    w->next = NULL;
+    w->unpark_token = 0;
+    pz__bucket *b = lock_bucket(addr);
+    if (validate && !validate(ctx)) {
+        pz__spin_unlock(&b->lock);
+        atomic_fetch_sub_explicit(&parked_now, 1, memory_order_relaxed);
+        return false;
+    }
+    w->parked_at = pz__clock_coarse();
+    enqueue(b, w);
+    pz__spin_unlock(&b->lock);
+    return true;
+}
+
+bool pz__lot_leave(pz__waiter *w, void (*left)(void *ctx, bool was_last), void *ctx)
+{
+    pz__bucket *b = lock_waiter_bucket(w);
+    bool queued = remove_waiter(b, w);
+    if (queued && left)
+        left(ctx, !has_waiter(b, atomic_load_explicit(&w->addr, memory_order_relaxed), NULL));
+    pz__spin_unlock(&b->lock);
+    atomic_fetch_sub_explicit(&parked_now, 1, memory_order_relaxed);
+    return queued;
 }

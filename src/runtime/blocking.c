@@ -127,12 +127,12 @@ static int submit(pz__job *job)
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        int e = pthread_create(&th, &attr, pool_thread, NULL);
+        int e = pz__thread_create(&th, &attr, pool_thread, NULL);
         pthread_attr_destroy(&attr);
         if (e == 0)
             pool.threads++;
         else if (pool.threads == 0)
-            return -e; /* nobody would ever run the job */
+            return e; /* nobody would ever run the job */
     } else {
         pthread_cond_signal(&pool.work);
     }

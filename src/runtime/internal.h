@@ -266,6 +266,9 @@ struct pz__runtime {
 
     _Atomic bool shutdown;
     _Atomic uint32_t main_done;
+    pz_task_t *main_task;      /* set before the workers start */
+    _Atomic uint32_t start_gate; /* 1 once every worker thread exists */
+    int main_error;            /* < 0: main never ran (no stack) */
     _Atomic long live_tasks;
 
     /* The I/O reactor (src/io/reactor.c).  io_waiters counts tasks and

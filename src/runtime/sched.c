@@ -356,7 +356,7 @@ static bool prepare_run(pz__worker *w, pz_task_t *t)
          * joiner learns it from pz_join's result. */
         if (!atomic_exchange_explicit(&w->rt->stack_failure_reported, true, memory_order_relaxed))
             pz__report("cannot map a %zu-byte stack for task %llu (%s): %s; it ends without running and "
-                       "pz_join returns %d (further failures of this runtime are not reported)",
+                       "its pz_join (pz_run, for main) returns %d (further failures of this runtime are not reported)",
                        t->stack_size, (unsigned long long)t->id, t->name[0] ? t->name : "unnamed", strerror(-err),
                        err);
         t->start_error = err;
@@ -375,6 +375,12 @@ static pz_task_t *next_runnable(pz__worker *w, pz_task_t *t)
 {
     while (t && !prepare_run(w, t)) {
         t->result = NULL;
+        if (t == w->rt->main_task) {
+            /* pz_run waits for main: it must hear that main never ran. */
+            w->rt->main_error = t->start_error;
+            atomic_store(&w->rt->main_done, 1);
+            pz__futex_wake(&w->rt->main_done, 1);
+        }
         pz__task_finish(w, t);
         t = next_local(w);
     }
@@ -581,6 +587,10 @@ static void *worker_main(void *arg)
 #ifdef PZ_TSAN
     w->sched_ctx.tsan_fiber = __tsan_get_current_fiber();
 #endif
+    /* No task runs before every worker exists: if one cannot be started,
+     * pz_run fails having run nothing. */
+    while (atomic_load_explicit(&rt->start_gate, memory_order_acquire) == 0)
+        pz__futex_wait(&rt->start_gate, 0, -1);
     for (;;) {
         pz__resume();
         if (atomic_load_explicit(&rt->shutdown, memory_order_acquire))
@@ -786,6 +796,7 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
         retire(rt);
         return -ENOMEM;
     }
+    rt->main_task = mt;
     pz_detach(mt);
 
     int started = 0, err = 0;
@@ -795,14 +806,18 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
     sigset_t run_mask;
     pz__sig_block_async(&run_mask);
     for (; started < rt->nworkers; started++) {
-        int e = pthread_create(&rt->workers[started].thread, NULL, worker_main, &rt->workers[started]);
+        int e = pz__thread_create(&rt->workers[started].thread, NULL, worker_main, &rt->workers[started]);
         if (e) {
-            pz__report("pz_run: cannot start worker thread %d: %s", started, strerror(e));
-            err = -e;
+            pz__report("pz_run: cannot start worker thread %d: %s", started, strerror(-e));
+            err = e;
             break;
         }
     }
     pz__sig_setmask(&run_mask);
+    if (err)
+        atomic_store(&rt->shutdown, true);
+    atomic_store_explicit(&rt->start_gate, 1, memory_order_release);
+    pz__futex_wake(&rt->start_gate, INT32_MAX);
     if (!err) {
         while (atomic_load(&rt->main_done) == 0) {
             pz__sigmask_runner_sync();
@@ -810,10 +825,13 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
         }
     }
     pz__sigmask_runner_restore();
+    int rt_main_error = rt->main_error;
     stop_workers(rt, started);
     pz__blocking_shutdown();
     drain(rt);
     retire(rt);
+    if (!err)
+        err = rt_main_error;
     if (err)
         return err;
     if (result)

@@ -70,7 +70,7 @@ static uint64_t all_slots(const pz__stack_chunk *c)
 /* Maps a chunk of nslots stacks of usable bytes each and guards them. */
 static int chunk_new(pz__runtime *rt, size_t usable, unsigned nslots, pz__stack_chunk **out)
 {
-    pz__stack_chunk *c = calloc(1, sizeof *c);
+    pz__stack_chunk *c = pz__calloc(1, sizeof *c);
     if (!c)
         return -ENOMEM;
     c->slot_size = usable + rt->guard_size;

@@ -48,7 +48,7 @@ static void answer(wx_request *req)
     wx_buf out = {0};
     wx_route_request(req, &rt);
     if (rt.status) {
-        REQUIRE(rt.status == 404 || rt.status == 405);
+        REQUIRE(rt.status == 404 || rt.status == 405 || rt.status == 411);
         REQUIRE(wx_respond_error(&out, rt.status, rt.reason, false, rt.allow) == 0);
         check_response(&out, rt.status);
     } else if (rt.kind == WX_ROUTE_POST_READINGS) {
