@@ -173,46 +173,138 @@ static void thread_usage(int64_t *cpu_ns, int64_t *voluntary)
     *voluntary = ru.ru_nvcsw;
 }
 
-static void on_acquired(const void *lock, unsigned kind, const void *site, int64_t wait_ns, unsigned flags)
+/* The per-thread counts.  Every acquisition is counted in a slot of its
+ * thread's cache, keyed by (lock, call site), with a load and a store to a
+ * line no other thread writes: counting all acquisitions then costs no
+ * shared cache line inside the critical section.  A slot taken over by
+ * another pair first adds its count to the shared record.  Caches are
+ * never freed (a report after the thread ended still reads them); a report
+ * taken while a slot changes hands may miss or count twice that slot's
+ * count for that instant. */
+#define TCACHE_SLOTS 128u
+typedef struct tslot {
+    _Atomic(pz__advisor_lock *) rec; /* NULL while the slot changes hands */
+    const void *lock, *site;
+    pz__advisor_site *s;
+    _Atomic uint64_t acquisitions, shared;
+} tslot;
+typedef struct tcache {
+    struct tcache *next;
+    tslot slot[TCACHE_SLOTS];
+} tcache;
+static _Atomic(tcache *) tcaches;
+static _Thread_local tcache *my_tcache;
+
+pz__advisor_count_t pz__advisor_thread_counts(pz__advisor_lock *r, const void *site)
 {
+    pz__advisor_count_t c = {0, 0};
+    for (tcache *t = atomic_load_explicit(&tcaches, memory_order_acquire); t; t = t->next) {
+        for (unsigned i = 0; i < TCACHE_SLOTS; i++) {
+            tslot *sl = &t->slot[i];
+            if (atomic_load_explicit(&sl->rec, memory_order_acquire) != r || (site && sl->site != site))
+                continue;
+            c.acquisitions += atomic_load_explicit(&sl->acquisitions, memory_order_relaxed);
+            c.shared += atomic_load_explicit(&sl->shared, memory_order_relaxed);
+        }
+    }
+    return c;
+}
+
+static __attribute__((noinline)) tslot *slot_refill(tcache *t, tslot *sl, const void *lock, unsigned kind,
+                                                    const void *site)
+{
+    pz__advisor_lock *old = atomic_exchange_explicit(&sl->rec, NULL, memory_order_acq_rel);
+    if (old) {
+        uint64_t a = atomic_load_explicit(&sl->acquisitions, memory_order_relaxed);
+        uint64_t sh = atomic_load_explicit(&sl->shared, memory_order_relaxed);
+        atomic_fetch_add_explicit(&old->acquisitions, a, memory_order_relaxed);
+        atomic_fetch_add_explicit(&old->shared, sh, memory_order_relaxed);
+        if (sl->s)
+            atomic_fetch_add_explicit(&sl->s->acquisitions, a, memory_order_relaxed);
+    }
+    (void)t;
+    atomic_store_explicit(&sl->acquisitions, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->shared, 0, memory_order_relaxed);
     pz__advisor_lock *r = record_of(lock, kind, true);
     if (!r)
+        return NULL;
+    sl->lock = lock;
+    sl->site = site;
+    sl->s = site_of(r, site);
+    atomic_store_explicit(&sl->rec, r, memory_order_release);
+    return sl;
+}
+
+static inline tslot *slot_of_pair(const void *lock, unsigned kind, const void *site)
+{
+    tcache *t = my_tcache;
+    if (__builtin_expect(!t, 0)) {
+        t = calloc(1, sizeof *t);
+        if (!t)
+            return NULL;
+        t->next = atomic_load_explicit(&tcaches, memory_order_relaxed);
+        while (!atomic_compare_exchange_weak_explicit(&tcaches, &t->next, t, memory_order_acq_rel,
+                                                      memory_order_relaxed)) {
+        }
+        my_tcache = t;
+    }
+    uint64_t h = ((uint64_t)(uintptr_t)lock ^ ((uint64_t)(uintptr_t)site << 7)) * 0x9E3779B97F4A7C15ull;
+    tslot *sl = &t->slot[(h >> 50) & (TCACHE_SLOTS - 1)];
+    if (__builtin_expect(sl->lock == lock && sl->site == site &&
+                             atomic_load_explicit(&sl->rec, memory_order_relaxed) != NULL,
+                         1))
+        return sl;
+    return slot_refill(t, sl, lock, kind, site);
+}
+
+static inline void count(_Atomic uint64_t *p)
+{
+    atomic_store_explicit(p, atomic_load_explicit(p, memory_order_relaxed) + 1, memory_order_relaxed);
+}
+
+static void on_acquired(const void *lock, unsigned kind, const void *site, int64_t wait_ns, unsigned flags)
+{
+    tslot *sl = slot_of_pair(lock, kind, site);
+    if (!sl)
         return;
+    pz__advisor_lock *r = atomic_load_explicit(&sl->rec, memory_order_relaxed);
     bool exclusive = !(flags & PZ__LOCK_SHARED);
-    if (!atomic_load_explicit(&r->first_site, memory_order_relaxed))
-        atomic_store_explicit(&r->first_site, site, memory_order_relaxed);
-    atomic_store_explicit(&r->kind, kind, memory_order_relaxed);
-    uint64_t n = atomic_load_explicit(&r->acquisitions, memory_order_relaxed);
-    bump(&r->acquisitions, 1, exclusive);
+    uint64_t n = atomic_load_explicit(&sl->acquisitions, memory_order_relaxed);
+    count(&sl->acquisitions);
     if (!exclusive)
-        bump(&r->shared, 1, false);
-    uint64_t w = wait_ns < 0 ? 0 : (uint64_t)wait_ns;
-    hist_bump(r->wait_hist, w, exclusive);
+        count(&sl->shared);
+    if (__builtin_expect(!atomic_load_explicit(&r->first_site, memory_order_relaxed), 0)) {
+        atomic_store_explicit(&r->kind, kind, memory_order_relaxed);
+        atomic_store_explicit(&r->first_site, site, memory_order_relaxed);
+    }
+    pz__advisor_site *s = sl->s;
     if (wait_ns >= 0) {
-        bump(&r->contended, 1, exclusive);
-        bump(&r->wait_sum, w, exclusive);
+        /* Contended: the slow path already cost far more than this. */
+        uint64_t w = (uint64_t)wait_ns;
+        atomic_store_explicit(&r->kind, kind, memory_order_relaxed);
+        hist_bump(r->wait_hist, w, false);
+        atomic_fetch_add_explicit(&r->contended, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&r->wait_sum, w, memory_order_relaxed);
         bump_max(&r->wait_max, w);
         if ((kind == PZ__LOCK_MUTEX || kind == PZ__LOCK_RWLOCK) && pz_worker_index() >= 0)
-            bump(&r->blocked_worker_ns, w, exclusive);
-    }
-    uint64_t self = pz__async_self_bits();
-    pz__advisor_site *s = site_of(r, site);
-    if (s) {
-        atomic_fetch_add_explicit(&s->acquisitions, 1, memory_order_relaxed);
-        if (wait_ns >= 0) {
+            atomic_fetch_add_explicit(&r->blocked_worker_ns, w, memory_order_relaxed);
+        if (s) {
             atomic_fetch_add_explicit(&s->contended, 1, memory_order_relaxed);
             atomic_fetch_add_explicit(&s->wait_sum, w, memory_order_relaxed);
         }
     }
     if (!exclusive)
         return;
+    uint64_t self = pz__async_self_bits();
     if (atomic_load_explicit(&r->last_owner, memory_order_relaxed) != self) {
         atomic_store_explicit(&r->last_owner, self, memory_order_relaxed);
         bump(&r->owner_changes, 1, true);
     }
-    /* Hold timing, for a sample of the holds. */
+    /* Hold timing, for a sample of the holds: each (thread, site)'s first
+     * SAMPLE_ALL, then one in sample_mask + 1. */
     if (n >= SAMPLE_ALL && (n & sample_mask) != 0) {
-        atomic_store_explicit(&r->hold_t0, 0, memory_order_relaxed);
+        if (atomic_load_explicit(&r->hold_t0, memory_order_relaxed))
+            atomic_store_explicit(&r->hold_t0, 0, memory_order_relaxed);
         return;
     }
     int64_t cpu, vol;

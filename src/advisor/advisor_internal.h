@@ -38,11 +38,17 @@ typedef struct pz__advisor_lock {
     int hold_tid;
     pz__advisor_site *hold_site;
     pz__advisor_site sites[PZ__ADVISOR_SITES];
-    _Atomic uint32_t wait_hist[HIST_BUCKETS]; /* every acquisition: 0 when uncontended */
+    _Atomic uint32_t wait_hist[HIST_BUCKETS]; /* contended acquisitions (the others waited 0) */
     _Atomic uint32_t hold_hist[HIST_BUCKETS]; /* the timed holds */
 } pz__advisor_lock;
 
 const char *pz__advisor_kind_name(unsigned kind);
+/* The acquisitions still counted in the threads' caches (advisor.c) for
+ * lock r (and site, unless NULL). */
+typedef struct pz__advisor_count_t {
+    uint64_t acquisitions, shared;
+} pz__advisor_count_t;
+pz__advisor_count_t pz__advisor_thread_counts(pz__advisor_lock *r, const void *site);
 pz__advisor_lock *pz__advisor_record_at(unsigned i);
 unsigned pz__advisor_table_size(void);
 /* Picoseconds per uncontended lock+unlock on this machine, measured when

@@ -193,15 +193,17 @@ static uint64_t hist_total_atomic(_Atomic uint32_t *h)
 
 /* The percentile rule of hist.h over an atomic histogram, capped by the
  * exact maximum (a bucket's midpoint may lie above it). */
-static uint64_t permille(_Atomic uint32_t *h, uint64_t pm, uint64_t max)
+static uint64_t permille(_Atomic uint32_t *h, uint64_t pm, uint64_t max, uint64_t zeros)
 {
-    uint64_t n = hist_total_atomic(h);
+    uint64_t n = hist_total_atomic(h) + zeros;
     if (n == 0)
         return 0;
     uint64_t rank = n * pm / 1000;
     if (rank > n - 1)
         rank = n - 1;
-    uint64_t seen = 0;
+    uint64_t seen = zeros;
+    if (seen > rank)
+        return 0;
     for (int i = 0; i < HIST_BUCKETS; i++) {
         seen += atomic_load_explicit(&h[i], memory_order_relaxed);
         if (seen > rank) {
@@ -221,9 +223,12 @@ void pz__advisor_figures(pz__advisor_lock *r, pz__advisor_figures_t *f)
 {
     memset(f, 0, sizeof *f);
     f->kind = atomic_load_explicit(&r->kind, memory_order_relaxed);
-    f->acquisitions = ld(&r->acquisitions);
-    f->shared = ld(&r->shared);
+    pz__advisor_count_t c = pz__advisor_thread_counts(r, NULL);
+    f->acquisitions = ld(&r->acquisitions) + c.acquisitions;
+    f->shared = ld(&r->shared) + c.shared;
     f->contended = ld(&r->contended);
+    if (f->contended > f->acquisitions) /* counted while the report ran */
+        f->contended = f->acquisitions;
     f->owner_changes = ld(&r->owner_changes);
     f->blocked_worker_ns = ld(&r->blocked_worker_ns);
     f->timed_holds = ld(&r->timed_holds);
@@ -231,11 +236,12 @@ void pz__advisor_figures(pz__advisor_lock *r, pz__advisor_figures_t *f)
     f->blocked_holds = ld(&r->blocked_holds);
     uint64_t hold_sum = ld(&r->hold_sum), waiting = ld(&r->waiting_sum);
     f->wait_max = ld(&r->wait_max);
-    f->wait_p50 = permille(r->wait_hist, 500, f->wait_max);
-    f->wait_p99 = permille(r->wait_hist, 990, f->wait_max);
+    uint64_t uncontended = f->acquisitions - f->contended;
+    f->wait_p50 = permille(r->wait_hist, 500, f->wait_max, uncontended);
+    f->wait_p99 = permille(r->wait_hist, 990, f->wait_max, uncontended);
     f->hold_max = ld(&r->hold_max);
-    f->hold_p50 = permille(r->hold_hist, 500, f->hold_max);
-    f->hold_p99 = permille(r->hold_hist, 990, f->hold_max);
+    f->hold_p50 = permille(r->hold_hist, 500, f->hold_max, 0);
+    f->hold_p99 = permille(r->hold_hist, 990, f->hold_max, 0);
     f->suspended_share = hold_sum ? (double)waiting / (double)hold_sum : 0;
     f->running_mean_ns = f->timed_holds ? (double)(hold_sum - waiting) / (double)f->timed_holds : 0;
     double waited = f->timed_holds ? (double)(f->suspended_holds + f->blocked_holds) / (double)f->timed_holds : 0;
@@ -353,7 +359,7 @@ static void text_lock(FILE *out, pz__advisor_lock *r, const pz__advisor_figures_
         pz__advisor_resolve(addr, where, sizeof where, func, sizeof func);
         uint64_t th = ld(&s->timed_holds);
         fprintf(out, "  site %s (%s): %" PRIu64 " acquisitions, %" PRIu64 " contended, hold mean %.1f us\n", where,
-                func, ld(&s->acquisitions), ld(&s->contended),
+                func, ld(&s->acquisitions) + pz__advisor_thread_counts(r, addr).acquisitions, ld(&s->contended),
                 th ? (double)ld(&s->hold_sum) / (double)th / 1e3 : 0.0);
     }
 }
@@ -401,7 +407,8 @@ static void json_lock(FILE *out, pz__advisor_lock *r, const pz__advisor_figures_
         json_string(out, func);
         fprintf(out, ", \"acquisitions\": %" PRIu64 ", \"contended\": %" PRIu64 ", \"timed_holds\": %" PRIu64
                      ", \"hold_sum_ns\": %" PRIu64 ", \"waiting_sum_ns\": %" PRIu64 "}",
-                ld(&s->acquisitions), ld(&s->contended), ld(&s->timed_holds), ld(&s->hold_sum),
+                ld(&s->acquisitions) + pz__advisor_thread_counts(r, addr).acquisitions, ld(&s->contended),
+                ld(&s->timed_holds), ld(&s->hold_sum),
                 ld(&s->waiting_sum));
     }
     fprintf(out, "]}");
@@ -425,7 +432,7 @@ int pz_advisor_report(FILE *out, int format)
     unsigned n = pz__advisor_table_size();
     for (unsigned i = 0; i < n; i++) {
         pz__advisor_lock *r = pz__advisor_record_at(i);
-        if (!r || atomic_load_explicit(&r->acquisitions, memory_order_relaxed) == 0)
+        if (!r || !atomic_load_explicit(&r->first_site, memory_order_relaxed))
             continue;
         pz__advisor_figures_t f;
         pz__advisor_figures(r, &f);
