@@ -170,9 +170,11 @@ static inline bool pz_async_mutex_trylock(pz_async_mutex_t *m)
 /* Returns 0 with the mutex held, -ETIMEDOUT at the deadline or -ECANCELED. */
 static inline int pz_async_mutex_lock_until(pz_async_mutex_t *m, int64_t deadline)
 {
+    /* self first: a const call made on every path is hoisted out of a
+     * caller's loop, one made after the branch is not. */
+    uint64_t self = pz__async_self_bits();
     if (PZ__ASYNC_OBSERVED())
         return pz__async_mutex_lock_observed(m, deadline);
-    uint64_t self = pz__async_self_bits();
     if (pz__async_mutex_take(m, self))
         return 0;
     return pz__async_mutex_lock_slow(m, self, deadline);
@@ -181,8 +183,6 @@ static inline int pz_async_mutex_lock_until(pz_async_mutex_t *m, int64_t deadlin
 /* Returns 0 with the mutex held, or -ECANCELED. */
 static inline int pz_async_mutex_lock(pz_async_mutex_t *m)
 {
-    if (PZ__ASYNC_OBSERVED())
-        return pz__async_mutex_lock_observed(m, INT64_MAX);
     return pz_async_mutex_lock_until(m, INT64_MAX);
 }
 

@@ -39,7 +39,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "advisor_internal.h"
@@ -47,6 +46,8 @@
 
 #define TABLE_SIZE 4096u /* a power of two */
 #define SAMPLE_ALL 256u
+/* A hold this long may hide a blocking system call worth reporting. */
+#define LONG_HOLD_NS 20000
 
 static pz__advisor_lock *_Atomic table_rec[TABLE_SIZE];
 static _Atomic uintptr_t table_key[TABLE_SIZE];
@@ -307,13 +308,18 @@ static void on_acquired(const void *lock, unsigned kind, const void *site, int64
             atomic_store_explicit(&r->hold_t0, 0, memory_order_relaxed);
         return;
     }
-    int64_t cpu, vol;
-    thread_usage(&cpu, &vol);
+    /* The thread's CPU time and switches cost a system call at each end:
+     * only for locks whose timed holds have lasted long enough that a
+     * blocking call inside could matter (LONG_HOLD_NS); a data lock never
+     * pays it.  The first long hold of a lock therefore goes unexamined. */
+    int64_t cpu = -1, vol = 0;
+    if (atomic_load_explicit(&r->long_holds, memory_order_relaxed))
+        thread_usage(&cpu, &vol);
     r->hold_site = s;
     r->hold_susp0 = pz__task_suspended_ns();
     r->hold_cpu0 = cpu;
     r->hold_vol0 = vol;
-    r->hold_tid = (int)syscall(SYS_gettid);
+    r->hold_thread = &my_tcache;
     atomic_store_explicit(&r->hold_t0, pz_now(), memory_order_relaxed);
 }
 
@@ -342,7 +348,9 @@ static void on_released(const void *lock, unsigned kind, unsigned flags)
     int64_t s1 = pz__task_suspended_ns();
     if (r->hold_susp0 >= 0 && s1 >= 0)
         susp = s1 - r->hold_susp0;
-    if (susp == 0 && r->hold_tid == (int)syscall(SYS_gettid) && r->hold_cpu0 >= 0) {
+    if (hold >= LONG_HOLD_NS && !atomic_load_explicit(&r->long_holds, memory_order_relaxed))
+        atomic_store_explicit(&r->long_holds, true, memory_order_relaxed);
+    if (susp == 0 && r->hold_thread == &my_tcache && r->hold_cpu0 >= 0) {
         int64_t cpu, vol;
         thread_usage(&cpu, &vol);
         if (cpu >= 0 && vol > r->hold_vol0) {

@@ -35,7 +35,8 @@ typedef struct pz__advisor_lock {
     /* The hold in progress (exclusive holds; written by the holder only). */
     _Atomic int64_t hold_t0; /* 0: this hold is not timed */
     int64_t hold_susp0, hold_cpu0, hold_vol0;
-    int hold_tid;
+    void *hold_thread; /* the holding thread's identity (a thread-local's address) */
+    _Atomic bool long_holds; /* a timed hold lasted LONG_HOLD_NS: examine the thread's usage */
     pz__advisor_site *hold_site;
     pz__advisor_site sites[PZ__ADVISOR_SITES];
     _Atomic uint32_t wait_hist[HIST_BUCKETS]; /* contended acquisitions (the others waited 0) */
