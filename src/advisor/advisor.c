@@ -194,7 +194,9 @@ typedef struct tcache {
     tslot slot[TCACHE_SLOTS];
 } tcache;
 static _Atomic(tcache *) tcaches;
-static _Thread_local tcache *my_tcache;
+/* initial-exec: no __tls_get_addr call per lock in a position-independent
+ * build (the library is linked, never loaded with dlopen). */
+static _Thread_local tcache *my_tcache __attribute__((tls_model("initial-exec")));
 
 pz__advisor_count_t pz__advisor_thread_counts(pz__advisor_lock *r, const void *site)
 {
@@ -313,7 +315,10 @@ static void on_acquired(const void *lock, unsigned kind, const void *site, int64
      * blocking call inside could matter (LONG_HOLD_NS); a data lock never
      * pays it.  The first long hold of a lock therefore goes unexamined. */
     int64_t cpu = -1, vol = 0;
-    if (atomic_load_explicit(&r->long_holds, memory_order_relaxed))
+    /* Long holds are common (more than one timed hold in 64): a preempted
+     * data section now and then does not make every timed hold pay. */
+    uint64_t longs = atomic_load_explicit(&r->long_holds, memory_order_relaxed);
+    if (longs && longs * 64 >= atomic_load_explicit(&r->timed_holds, memory_order_relaxed))
         thread_usage(&cpu, &vol);
     r->hold_site = s;
     r->hold_susp0 = pz__task_suspended_ns();
@@ -348,8 +353,8 @@ static void on_released(const void *lock, unsigned kind, unsigned flags)
     int64_t s1 = pz__task_suspended_ns();
     if (r->hold_susp0 >= 0 && s1 >= 0)
         susp = s1 - r->hold_susp0;
-    if (hold >= LONG_HOLD_NS && !atomic_load_explicit(&r->long_holds, memory_order_relaxed))
-        atomic_store_explicit(&r->long_holds, true, memory_order_relaxed);
+    if (hold >= LONG_HOLD_NS)
+        bump(&r->long_holds, 1, true);
     if (susp == 0 && r->hold_thread == &my_tcache && r->hold_cpu0 >= 0) {
         int64_t cpu, vol;
         thread_usage(&cpu, &vol);

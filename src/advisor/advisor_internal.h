@@ -36,7 +36,7 @@ typedef struct pz__advisor_lock {
     _Atomic int64_t hold_t0; /* 0: this hold is not timed */
     int64_t hold_susp0, hold_cpu0, hold_vol0;
     void *hold_thread; /* the holding thread's identity (a thread-local's address) */
-    _Atomic bool long_holds; /* a timed hold lasted LONG_HOLD_NS: examine the thread's usage */
+    _Atomic uint64_t long_holds; /* timed holds of LONG_HOLD_NS or more */
     pz__advisor_site *hold_site;
     pz__advisor_site sites[PZ__ADVISOR_SITES];
     _Atomic uint32_t wait_hist[HIST_BUCKETS]; /* contended acquisitions (the others waited 0) */
