@@ -139,7 +139,7 @@ static void *logic_task(void *arg)
         round_trip(fd);
         CHECK(pz_async_mutex_unlock(&logic_async) == 0);
     }
-    close(fd);
+    pz_close(fd);
     return NULL;
 }
 
@@ -154,7 +154,7 @@ static void *logic_sync_task(void *arg)
         round_trip(fd);
         pz_mutex_unlock(&logic_sync);
     }
-    close(fd);
+    pz_close(fd);
     return NULL;
 }
 

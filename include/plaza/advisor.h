@@ -12,7 +12,7 @@
  * PLAZA_ADVISOR_SAMPLE=N times one hold in N (a power of two, default 64)
  * after each lock's first 256 acquisitions, which are all timed; every
  * acquisition and every wait is counted and timed whatever N.
- * PLAZA_ADVISOR_HTTP=ADDR:PORT serves the report live (see docs).
+ * PLAZA_ADVISOR_HTTP=ADDR:PORT serves the report live (pz_advisor_http_port).
  */
 #ifndef PLAZA_ADVISOR_H
 #define PLAZA_ADVISOR_H
@@ -41,6 +41,11 @@ int pz_advisor_report(FILE *out, int format);
  * name is copied.  Returns 0, -EINVAL for NULL, -ENOMEM, or -ENOSPC when
  * the advisor's table of locks is full. */
 int pz_lock_name(const void *lock, const char *name);
+/* The TCP port of the live page (PLAZA_ADVISOR_HTTP=ADDR:PORT, read when
+ * the advisor is switched on; its task starts with pz_run), or 0 until it
+ * listens.  GET / is the report as an HTML page that refreshes itself,
+ * GET /advisor.json the JSON report. */
+int pz_advisor_http_port(void);
 
 #ifdef __cplusplus
 }

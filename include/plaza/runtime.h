@@ -157,6 +157,9 @@ typedef struct pz__lock_hooks {
     void (*acquired)(const void *lock, unsigned kind, const void *site, int64_t wait_ns, unsigned flags);
     /* lock is about to be released (its holder still holds it). */
     void (*released)(const void *lock, unsigned kind, unsigned flags);
+    /* pz_run has spawned main and is about to start the workers (may be
+     * NULL): the advisor starts its live page there. */
+    void (*runtime_started)(void);
 } pz__lock_hooks;
 extern _Atomic bool pz__advisor_on;
 extern const pz__lock_hooks *_Atomic pz__lock_hooks_table;

@@ -389,7 +389,7 @@ static void on_released(const void *lock, unsigned kind, unsigned flags)
     }
 }
 
-static const pz__lock_hooks advisor_hooks = {on_acquired, on_released};
+static const pz__lock_hooks advisor_hooks = {on_acquired, on_released, pz__advisor_runtime_started};
 
 /* ---- calibration: what an uncontended acquisition costs here ---------- */
 

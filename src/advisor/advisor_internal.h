@@ -62,5 +62,7 @@ bool pz__advisor_resolve(const void *addr, char *where, size_t where_size, char 
 
 /* src/advisor/http.c: starts the live page if PLAZA_ADVISOR_HTTP is set. */
 void pz__advisor_http_start_from_env(void);
+/* The runtime_started hook: spawns the live page task if asked for. */
+void pz__advisor_runtime_started(void);
 
 #endif
