@@ -133,6 +133,10 @@ uint64_t pz__async_self_bits(void) __attribute__((const));
 int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadline);
 int pz__async_mutex_unlock_slow(pz_async_mutex_t *m, uint64_t self);
 int pz__async_mutex_wake_released(pz_async_mutex_t *m);
+/* Turns the plain-store unlock off for good (a fence failed); waiters on
+ * mutexes that never fenced poll from then on.  Called by the lock's slow
+ * path; tests call it to check the fallback. */
+void pz__async_mutex_fences_failed(void);
 /* The observed forms (src/async/observe.c), taken while the advisor is on
  * (runtime.h): out of line, so that they see their caller's address. */
 int pz__async_mutex_lock_observed(pz_async_mutex_t *m, int64_t deadline);
