@@ -10,8 +10,9 @@
  *   PLAZA_ADVISOR=1 (or text)   the text report on stderr at exit
  *   PLAZA_ADVISOR=json:PATH     the JSON report written to PATH at exit
  * PLAZA_ADVISOR_SAMPLE=N times one hold in N (a power of two, default 64)
- * after each lock's first 256 acquisitions, which are all timed; every
- * acquisition and every wait is counted and timed whatever N.
+ * after the first 256 acquisitions of each thread at each call site, which
+ * are all timed; every acquisition is counted and every contended wait
+ * timed whatever N.
  * PLAZA_ADVISOR_HTTP=ADDR:PORT serves the report live (pz_advisor_http_port).
  */
 #ifndef PLAZA_ADVISOR_H

@@ -21,9 +21,9 @@
  *
  * Sampling: every acquisition, contended acquisition, owner change and
  * wait is counted (a wait is timed whenever the first attempt fails, which
- * is exact); hold times are timed for a lock's first SAMPLE_ALL
- * acquisitions and then one in `sample_every`.  The timed holds are the
- * 1-in-N of the acquisitions (by their order at the lock), so their
+ * is exact); hold times are timed for each thread's first SAMPLE_ALL
+ * acquisitions at each call site and then one in sample_mask + 1.  The
+ * timed holds are 1 in N of the acquisitions (by their order), so their
  * distribution is that of all holds unless holds come in a period that
  * beats with N (docs/advisor.md).
  */
