@@ -796,7 +796,9 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
         retire(rt);
         return -ENOMEM;
     }
-    rt->main_task = mt;
+    /* The struct, not the handle: next_runnable compares it with the tasks
+     * it runs (a handle carries a generation tag, handle.c). */
+    rt->main_task = pz__task_peek(mt);
     pz_detach(mt);
     if (atomic_load_explicit(&pz__advisor_on, memory_order_acquire)) {
         const pz__lock_hooks *h = atomic_load_explicit(&pz__lock_hooks_table, memory_order_acquire);
