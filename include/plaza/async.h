@@ -25,6 +25,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "plaza/runtime.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -135,6 +137,12 @@ int pz__async_mutex_wake_released(pz_async_mutex_t *m);
  * mutexes that never fenced poll from then on.  Called by the lock's slow
  * path; tests call it to check the fallback. */
 void pz__async_mutex_fences_failed(void);
+/* The observed forms (src/async/observe.c), taken while the advisor is on
+ * (runtime.h): out of line, so that they see their caller's address. */
+int pz__async_mutex_lock_observed(pz_async_mutex_t *m, int64_t deadline);
+bool pz__async_mutex_trylock_observed(pz_async_mutex_t *m);
+void pz__async_mutex_released_observed(pz_async_mutex_t *m);
+#define PZ__ASYNC_OBSERVED() __builtin_expect(atomic_load_explicit(&pz__advisor_on, memory_order_relaxed), 0)
 
 /* One attempt to take a free mutex.  The waiter word is read after the
  * CAS, when the line is ours: a load before it would fetch the line shared
@@ -154,6 +162,8 @@ static inline bool pz__async_mutex_take(pz_async_mutex_t *m, uint64_t self)
  * being handed to a waiter). */
 static inline bool pz_async_mutex_trylock(pz_async_mutex_t *m)
 {
+    if (PZ__ASYNC_OBSERVED())
+        return pz__async_mutex_trylock_observed(m);
     while (atomic_load_explicit(&m->state, memory_order_relaxed) == 0) {
         if (pz__async_mutex_take(m, pz__async_self_bits()))
             return true;
@@ -164,7 +174,11 @@ static inline bool pz_async_mutex_trylock(pz_async_mutex_t *m)
 /* Returns 0 with the mutex held, -ETIMEDOUT at the deadline or -ECANCELED. */
 static inline int pz_async_mutex_lock_until(pz_async_mutex_t *m, int64_t deadline)
 {
+    /* self first: a const call made on every path is hoisted out of a
+     * caller's loop, one made after the branch is not. */
     uint64_t self = pz__async_self_bits();
+    if (PZ__ASYNC_OBSERVED())
+        return pz__async_mutex_lock_observed(m, deadline);
     if (pz__async_mutex_take(m, self))
         return 0;
     return pz__async_mutex_lock_slow(m, self, deadline);
@@ -184,6 +198,8 @@ static inline int pz_async_mutex_lock(pz_async_mutex_t *m)
 static inline int pz_async_mutex_unlock(pz_async_mutex_t *m)
 {
     uint64_t self = pz__async_self_bits();
+    if (PZ__ASYNC_OBSERVED())
+        pz__async_mutex_released_observed(m);
     if (atomic_load_explicit(&m->holder, memory_order_relaxed) == self &&
         atomic_load_explicit(&m->waiters, memory_order_relaxed) == 0 &&
         atomic_load_explicit(&pz__async_unlock_by_store, memory_order_relaxed)) {

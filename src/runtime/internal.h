@@ -153,6 +153,7 @@ struct pz_task {
     uint64_t joiner_gen;
 
     unsigned sync_depth;      /* sync locks held while switched out (misuse) */
+    int64_t suspended_ns;     /* time parked while pz__advisor_on (src/runtime/observe.c) */
 
     char name[32];
 

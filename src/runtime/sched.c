@@ -424,9 +424,13 @@ static inline void suspend_on(pz__worker *w, void (*after)(pz__worker *, void *)
     self->saved_errno = errno;
     w->after_fn = after;
     w->after_arg = arg;
+    /* The advisor's "time suspended so far" (src/runtime/observe.c). */
+    int64_t parked_at = atomic_load_explicit(&pz__advisor_on, memory_order_relaxed) ? pz__clock_now() : 0;
     switch_from_task(w, self, false);
     /* Possibly on another worker now: pz__resume reads it afresh. */
     pz__resume();
+    if (parked_at)
+        self->suspended_ns += pz__clock_now() - parked_at;
 }
 
 void pz__suspend(void (*after)(pz__worker *, void *), void *arg)
@@ -796,6 +800,11 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
      * it runs (a handle carries a generation tag, handle.c). */
     rt->main_task = pz__task_peek(mt);
     pz_detach(mt);
+    if (atomic_load_explicit(&pz__advisor_on, memory_order_acquire)) {
+        const pz__lock_hooks *h = atomic_load_explicit(&pz__lock_hooks_table, memory_order_acquire);
+        if (h && h->runtime_started)
+            h->runtime_started();
+    }
 
     int started = 0, err = 0;
     /* Workers start with every asynchronous signal blocked (inherited from
