@@ -5,8 +5,11 @@
  * meantime) or, called from a thread that is not running a task, blocks
  * that thread.  Every wait has an _until(deadline) form (absolute pz_now()
  * nanoseconds, PZ_FOREVER for none) and returns -ECANCELED when the task is
- * cancelled.  Errors are negative errno values.  Waiter state lives on the
- * waiter's own stack: no wait allocates.
+ * cancelled.  A deadline already past, 0 or negative included, means "do
+ * not wait": the call succeeds if it can at once, else returns -ETIMEDOUT
+ * at once, from a task and from a plain thread alike.  Errors are negative
+ * errno values.  Waiter state lives on the waiter's own stack: no wait
+ * allocates.
  *
  * Cancel policy, the same for every primitive: a wait that ends by deadline
  * or cancel leaves its queue and has taken nothing.  If ownership, permits,

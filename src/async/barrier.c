@@ -22,6 +22,7 @@
 #include "plaza/park.h"
 
 #include "../runtime/internal.h"
+#include "deadline.h"
 
 #define ARRIVED_MASK 0xffffffffull
 #define GEN_SHIFT 32
@@ -65,6 +66,7 @@ static void barrier_timed_out(void *ctx, bool was_last)
 
 int pz_barrier_wait_until(pz_barrier_t *b, int64_t deadline)
 {
+    deadline = pz__async_deadline(deadline);
     if (b->count == 0)
         return -EINVAL;
     uint64_t st = atomic_load_explicit(&b->state, memory_order_relaxed);

@@ -67,6 +67,7 @@
 #include <string.h>
 
 #include "../runtime/internal.h"
+#include "deadline.h"
 
 #define PENDING 1 /* a node's result while it is queued */
 #define CLOSED PZ__CHAN_CLOSED
@@ -410,7 +411,7 @@ static int wait_node(pz_chan_t *ch, pz__chan_waiter *w, pz__chan_waiter **head, 
         w->task = NULL;
         atomic_store_explicit(&w->futex, 1, memory_order_relaxed);
         chan_unlock(ch);
-        int64_t until = deadline == PZ_FOREVER ? -1 : deadline;
+        int64_t until = deadline == PZ_FOREVER ? -1 : pz__async_deadline(deadline);
         r = 0;
         while (atomic_load_explicit(&w->futex, memory_order_acquire) != 0) {
             int fr = pz__futex_wait(&w->futex, 1, until);

@@ -22,6 +22,7 @@
 #include "plaza/park.h"
 
 #include "../runtime/internal.h"
+#include "deadline.h"
 
 #define PERMIT 1u
 #define WAITERS 2u
@@ -71,6 +72,7 @@ static void notify_timed_out(void *ctx, bool was_last)
 
 int pz_notify_wait_since(pz_notify_t *n, uint64_t epoch, int64_t deadline)
 {
+    deadline = pz__async_deadline(deadline);
     for (;;) {
         struct notify_wait w = {n, epoch, false};
         int r = pz_park(n, notify_validate, NULL, notify_timed_out, &w, 0, deadline, 0, NULL);

@@ -68,6 +68,7 @@
 
 #include "../runtime/internal.h"
 #include "spin.h"
+#include "deadline.h"
 
 #define PARKED ((uintptr_t)PZ__ARW_PARKED)
 #define UPG_PARKED ((uintptr_t)PZ__ARW_UPG_PARKED)
@@ -559,6 +560,7 @@ static bool worth_spinning(pz_async_rwlock_t *l, uintptr_t s, int spins)
 
 static int acquire_slow(pz_async_rwlock_t *l, int kind, int64_t deadline)
 {
+    deadline = pz__async_deadline(deadline);
     const int spin_rounds = pz__async_spin_rounds();
     bool counted = false, woken = false;
     int spins = 0;
@@ -926,6 +928,7 @@ static void upg_timed_out(void *ctx, bool was_last)
 
 int pz_async_rwlock_upgrade_until(pz_async_rwlock_t *l, int64_t deadline)
 {
+    deadline = pz__async_deadline(deadline);
     uintptr_t s = atomic_load_explicit(&l->state, memory_order_relaxed);
     if (!(s & UPGRADABLE))
         return misuse(l, "pz_async_rwlock_upgrade", "as upgradable reader");

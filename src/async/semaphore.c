@@ -24,6 +24,7 @@
 #include "plaza/park.h"
 
 #include "../runtime/internal.h"
+#include "deadline.h"
 
 #define TOKEN_GRANTED 1
 #define TOKEN_CLOSED 2
@@ -153,6 +154,7 @@ static void dispatch(pz_semaphore_t *s, uint64_t added)
 
 int pz_semaphore_acquire_until(pz_semaphore_t *s, uint64_t n, int64_t deadline)
 {
+    deadline = pz__async_deadline(deadline);
     if (n > PZ_SEMAPHORE_MAX_PERMITS)
         return -EINVAL;
     uint64_t st = atomic_load_explicit(&s->state, memory_order_relaxed);
