@@ -945,6 +945,136 @@ static void test_negative_deadline_on_threads(void **state)
     pz_chan_destroy(nd_buf);
 }
 
+/* ---- write unlocks by a caller that is not the writer ----
+ * The writer word names the writing task (or says "a plain thread"): an
+ * unlock or downgrade of the write side by anyone it certainly is not is
+ * reported and refused, and the writer keeps the lock.  (The read side
+ * cannot tell its holders apart: include/plaza/async.h says why.) */
+static pz_async_rwlock_t sw_l;
+
+static void *sw_stray_write_unlock(void *arg)
+{
+    (void)arg;
+    int a = pz_async_rwlock_write_unlock(&sw_l);
+    int b = pz_async_rwlock_downgrade(&sw_l);
+    int c = pz_async_rwlock_downgrade_to_upgradable(&sw_l);
+    return (void *)(intptr_t)(a == -EPERM && b == -EPERM && c == -EPERM);
+}
+
+static void *stray_write_main(void *arg)
+{
+    (void)arg;
+    CHECK_EQ(pz_async_rwlock_write(&sw_l), 0);
+    capture_stderr_begin();
+    /* Another task. */
+    pz_task_t *t = pz_spawn(sw_stray_write_unlock, NULL);
+    void *r = NULL;
+    CHECK_EQ(pz_join(t, &r), 0);
+    CHECK_EQ((intptr_t)r, 1);
+    /* A plain thread. */
+    pthread_t th;
+    CHECK_EQ(pthread_create(&th, NULL, sw_stray_write_unlock, NULL), 0);
+    CHECK_EQ(pthread_join(th, &r), 0);
+    CHECK_EQ((intptr_t)r, 1);
+    const char *out = capture_stderr_end();
+    CHECK(strstr(out, "pz_async_rwlock_write_unlock: async rwlock") != NULL);
+    CHECK(strstr(out, "held for writing by another task") != NULL);
+    /* Still ours, and nobody got in meanwhile. */
+    CHECK(!pz_async_rwlock_try_read(&sw_l));
+    CHECK_EQ(pz_async_rwlock_downgrade(&sw_l), 0);
+    CHECK_EQ(pz_async_rwlock_read_unlock(&sw_l), 0);
+    CHECK_RWLOCK_IDLE(&sw_l);
+    return NULL;
+}
+
+static void test_rwlock_stray_write_unlock(void **state)
+{
+    (void)state;
+    run_in_runtime(2, stray_write_main, NULL);
+    /* A plain thread writes; a task's unlock is refused. */
+    CHECK_EQ(pz_async_rwlock_write(&sw_l), 0);
+    capture_stderr_begin();
+    void *r = run_in_runtime(1, sw_stray_write_unlock, NULL);
+    const char *out = capture_stderr_end();
+    CHECK_EQ((intptr_t)r, 1);
+    CHECK(strstr(out, "held for writing by another thread") != NULL);
+    CHECK_EQ(pz_async_rwlock_write_unlock(&sw_l), 0);
+    CHECK_RWLOCK_IDLE(&sw_l);
+}
+
+/* ---- bad input (include/plaza/async.h, "Bad input") ---- */
+static void test_bad_input(void **state)
+{
+    (void)state;
+    long v = 1;
+    /* NULL objects. */
+    CHECK_EQ(pz_async_rwlock_read(NULL), -EINVAL);
+    CHECK_EQ(pz_async_rwlock_write_until(NULL, PZ_FOREVER), -EINVAL);
+    CHECK_EQ(pz_async_rwlock_upgradable_read(NULL), -EINVAL);
+    CHECK(!pz_async_rwlock_try_read(NULL));
+    CHECK(!pz_async_rwlock_try_write(NULL));
+    CHECK(!pz_async_rwlock_try_upgradable_read(NULL));
+    CHECK(!pz_async_rwlock_try_upgrade(NULL));
+    CHECK_EQ(pz_async_rwlock_read_unlock(NULL), -EINVAL);
+    CHECK_EQ(pz_async_rwlock_write_unlock(NULL), -EINVAL);
+    CHECK_EQ(pz_async_rwlock_upgradable_unlock(NULL), -EINVAL);
+    CHECK_EQ(pz_async_rwlock_upgrade(NULL), -EINVAL);
+    CHECK_EQ(pz_async_rwlock_downgrade(NULL), -EINVAL);
+    CHECK_EQ(pz_async_rwlock_readers(NULL), 0);
+    pz_semaphore_init(NULL, 3);
+    CHECK_EQ(pz_semaphore_acquire(NULL, 1), -EINVAL);
+    CHECK_EQ(pz_semaphore_try_acquire(NULL, 1), -EINVAL);
+    CHECK_EQ(pz_semaphore_release(NULL, 1), -EINVAL);
+    CHECK_EQ(pz_semaphore_available(NULL), 0);
+    pz_semaphore_close(NULL);
+    CHECK_EQ(pz_notify_wait(NULL), -EINVAL);
+    CHECK_EQ(pz_notify_wait_until(NULL, -1), -EINVAL);
+    CHECK_EQ(pz_notify_epoch(NULL), 0);
+    pz_notify_one(NULL);
+    pz_notify_all(NULL);
+    CHECK_EQ(pz_barrier_init(NULL, 2), -EINVAL);
+    CHECK_EQ(pz_barrier_wait(NULL), -EINVAL);
+    CHECK_EQ(pz_chan_send(NULL, &v), -EINVAL);
+    CHECK_EQ(pz_chan_recv(NULL, &v), -EINVAL);
+    CHECK_EQ(pz_chan_try_send(NULL, &v), -EINVAL);
+    CHECK_EQ(pz_chan_try_recv(NULL, &v), -EINVAL);
+    CHECK_EQ(pz_chan_send_until(NULL, &v, PZ_FOREVER), -EINVAL);
+    CHECK_EQ(pz_chan_len(NULL), 0);
+    pz_chan_close(NULL);
+    pz_chan_destroy(NULL);
+    pz_chan_t *c = pz_chan_create(sizeof v, 2);
+    CHECK(c != NULL);
+    CHECK_EQ(pz_chan_send(c, NULL), -EINVAL);
+    CHECK_EQ(pz_chan_recv_until(c, NULL, -1), -EINVAL);
+    CHECK_EQ(pz_chan_len(c), 0);
+    pz_chan_destroy(c);
+    /* Sizes. */
+    CHECK(pz_chan_create(0, 1) == NULL);
+    CHECK(pz_chan_create(SIZE_MAX, 1) == NULL);
+    CHECK(pz_chan_create(8, SIZE_MAX / 4) == NULL);
+    pz_chan_t ch;
+    CHECK_EQ(pz_chan_init(&ch, 8, 4, NULL, 0), -EINVAL);
+    CHECK_EQ(pz_chan_init(NULL, 8, 0, NULL, 0), -EINVAL);
+    /* All-zero objects: a barrier and a channel are refused; the rest
+     * are valid and idle. */
+    pz_barrier_t zb;
+    memset(&zb, 0, sizeof zb);
+    CHECK_EQ(pz_barrier_wait_until(&zb, -1), -EINVAL);
+    memset(&ch, 0, sizeof ch);
+    CHECK_EQ(pz_chan_try_send(&ch, &v), -EINVAL);
+    CHECK_EQ(pz_chan_recv_until(&ch, &v, -1), -EINVAL);
+    pz_async_mutex_t zm;
+    memset(&zm, 0, sizeof zm);
+    CHECK(pz_async_mutex_trylock(&zm));
+    CHECK_EQ(pz_async_mutex_unlock(&zm), 0);
+    pz_semaphore_t zs;
+    memset(&zs, 0, sizeof zs);
+    CHECK_EQ(pz_semaphore_try_acquire(&zs, 1), -EAGAIN);
+    pz_notify_t zn;
+    memset(&zn, 0, sizeof zn);
+    CHECK_EQ(pz_notify_wait_until(&zn, -1), -ETIMEDOUT);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -960,7 +1090,9 @@ int main(void)
         cmocka_unit_test(test_chan_basics),
         cmocka_unit_test(test_chan_threads),
         cmocka_unit_test(test_rwlock_basics),
+        cmocka_unit_test(test_rwlock_stray_write_unlock),
         cmocka_unit_test(test_negative_deadline_on_threads),
+        cmocka_unit_test(test_bad_input),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

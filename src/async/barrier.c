@@ -29,6 +29,8 @@
 
 int pz_barrier_init(pz_barrier_t *b, uint32_t n)
 {
+    if (!b)
+        return -EINVAL;
     if (n == 0)
         return -EINVAL;
     atomic_init(&b->state, 0);
@@ -66,6 +68,8 @@ static void barrier_timed_out(void *ctx, bool was_last)
 
 int pz_barrier_wait_until(pz_barrier_t *b, int64_t deadline)
 {
+    if (!b)
+        return -EINVAL;
     deadline = pz__async_deadline(deadline);
     if (b->count == 0)
         return -EINVAL;

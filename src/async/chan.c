@@ -289,6 +289,8 @@ static int ring_pop(pz_chan_t *ch, void *item, bool exact)
 
 size_t pz_chan_len(pz_chan_t *ch)
 {
+    if (!ch)
+        return 0;
     if (!ch->capacity)
         return 0;
     for (;;) {
@@ -590,11 +592,15 @@ static int rendezvous_recv(pz_chan_t *ch, void *item, int64_t deadline, bool try
 
 static int send_impl(pz_chan_t *ch, const void *item, int64_t deadline, bool try_only)
 {
+    if (!ch || !item || !ch->item_size)
+        return -EINVAL; /* no channel, no item, or a channel never initialised */
     return ch->capacity ? ring_send(ch, item, deadline, try_only) : rendezvous_send(ch, item, deadline, try_only);
 }
 
 static int recv_impl(pz_chan_t *ch, void *item, int64_t deadline, bool try_only)
 {
+    if (!ch || !item || !ch->item_size)
+        return -EINVAL;
     return ch->capacity ? ring_recv(ch, item, deadline, try_only) : rendezvous_recv(ch, item, deadline, try_only);
 }
 
@@ -630,6 +636,8 @@ int pz_chan_try_recv(pz_chan_t *ch, void *item)
 
 void pz_chan_close(pz_chan_t *ch)
 {
+    if (!ch)
+        return;
     /* Waiting senders fail (their items never entered the ring); each
      * waiting receiver gets an item still in the ring, or -EPIPE. */
     pz__chan_waiter *claimed = NULL;
