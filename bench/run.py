@@ -301,9 +301,10 @@ def latency_summary(data):
     return out
 
 
-def write_results(data, path, stamp, runs, mach, vers, plots_dir, db_notes=()):
+def machine_section(data, stamp, runs, mach, vers, plots_dir, db_notes=()):
+    """This run's figures as one section of RESULTS.md, headed by the machine."""
     lines = []
-    lines.append("# plaza beside tokio, parking_lot, Go, Boost.Fiber and pthreads\n")
+    lines.append(f"## {mach}\n")
     lines.append(f"Taken {stamp} on {mach}; {runs} run(s) of every system, interleaved. "
                  "Each cell: median (min-max); after the peers' medians, the ratio peer/plaza "
                  "(its direction per metric is listed below the table).\n")
@@ -338,9 +339,75 @@ def write_results(data, path, stamp, runs, mach, vers, plots_dir, db_notes=()):
         lines.append("\nThe database (bench/peers/bin/dbserver) measured the delays it gave:\n")
         lines += [f"- `{n}`" for n in db_notes]
     if plots_dir:
-        lines.append("\nPlots: `" + os.path.relpath(plots_dir, HERE) + "/`.\n")
+        rel = os.path.relpath(plots_dir, HERE)
+        lines.append("\nThe plots that carry the argument (every workload has one in `" + rel + "/`):\n")
+        for name in STORY_PLOTS:
+            if os.path.exists(os.path.join(plots_dir, name + ".png")):
+                lines.append(f"![{name}]({rel}/{name}.png)\n")
+    # Sub-sections of a machine's section sit one level below it.
+    return lines[:1] + [re.sub(r"^(\n?)## ", r"\1### ", l) for l in lines[1:]]
+
+
+MACHINE_BEGIN = "<!-- machine: {} -->"
+MACHINE_END = "<!-- /machine -->"
+
+
+def machine_key(mach):
+    """Sections are kept per CPU model and core count, not per kernel or host."""
+    return mach.split(", Linux")[0]
+
+
+def write_results(section, path, mach):
+    """Replaces this machine model's section of RESULTS.md and keeps every other
+    machine's, so a reader finds the figures of a machine like theirs."""
+    sections = collections.OrderedDict()
+    try:
+        text = open(path).read()
+    except OSError:
+        text = ""
+    for m in re.finditer(r"<!-- machine: (.*?) -->\n(.*?)<!-- /machine -->", text, re.S):
+        sections[m.group(1)] = m.group(2)
+    sections[machine_key(mach)] = "\n".join(section) + "\n"
+    out = ["# plaza beside tokio, parking_lot, Go, Boost.Fiber and pthreads\n",
+           "One section per machine model `make bench` has run on; each holds that machine's "
+           "latest run. Figures differ by CPU: compare within a section, as ratios.\n"]
+    out += [f"- {key}" for key in sections]
+    out.append("")
+    for key, body in sections.items():
+        out += [MACHINE_BEGIN.format(key), body.rstrip("\n"), MACHINE_END, ""]
     with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write("\n".join(out))
+
+
+# Every system keeps one colour in every plot, so a reader learns it once.
+COLOURS = {"plaza": "#d62728", "tokio": "#1f77b4", "parking_lot": "#17becf", "std": "#7f7f7f",
+           "go": "#2ca02c", "boost_fiber": "#9467bd", "pthread": "#8c564b"}
+# The unit of each metric, for its axis.
+UNITS = {"ns_per_op": "ns per operation", "ns_per_item": "ns per item", "ns_per_task": "ns per task",
+         "ns_per_yield": "ns per yield", "ns_per_roundtrip": "ns per round trip",
+         "max_wait_us": "longest wait (µs)", "p50_us": "p50 (µs)", "p99_us": "p99 (µs)",
+         "p999_us": "p99.9 (µs)", "mean_us": "mean (µs)", "rps": "requests per second",
+         "sections_per_s": "sections per second", "bystander_ops_per_s": "bystander iterations/s",
+         "bystander_p50_us": "bystander p50 (µs)", "bystander_p99_us": "bystander p99 (µs)",
+         "bystander_p999_us": "bystander p99.9 (µs)", "utilisation": "round trips used (1 = limit)",
+         "rtt_us": "idle round trip (µs)", "bytes_per_task": "bytes per idle task",
+         "cpu_per_wall": "CPU seconds per wall second", "connections": "connections"}
+# The plots RESULTS.md shows inline: the ones that carry the argument.
+STORY_PLOTS = ["data_critical_grid", "logic", "bystanders", "wrong_lock", "sleep"]
+
+
+def natural_key(param):
+    """Orders "tasks=2" before "tasks=64" before "tasks=1024"."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", param)]
+
+
+def short_params(params):
+    """Drops the key=value pairs every param of a workload shares, so the axis shows only
+    what varies; the shared ones go to the title."""
+    split = [p.split() for p in params]
+    common = set(split[0]).intersection(*split[1:]) if split else set()
+    shown = [" ".join(x for x in sp if x not in common) or "-" for sp in split]
+    return shown, " ".join(x for x in split[0] if x in common) if split else ""
 
 
 def plot(data, plots_dir, mach):
@@ -352,32 +419,52 @@ def plot(data, plots_dir, mach):
         sys.stderr.write("bench: python3-matplotlib missing, no plots\n")
         return None
     os.makedirs(plots_dir, exist_ok=True)
-    by_workload = collections.defaultdict(list)
-    for key in data:
-        by_workload[key[0]].append(key)
-    for workload, keys in sorted(by_workload.items()):
-        keys.sort()
-        labels, series = [], collections.defaultdict(list)
-        for (w, param, metric) in keys:
-            labels.append(f"{param}\n{metric}")
-            for s in SYSTEMS:
-                vals = data[(w, param, metric)].get(s)
-                series[s].append(statistics.median(vals) if vals else 0)
-        present = [s for s in SYSTEMS if any(series[s])]
-        fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(labels) * max(1, len(present)) / 3), 4.5))
-        width = 0.8 / max(1, len(present))
-        for i, s in enumerate(present):
-            xs = [j + i * width for j in range(len(labels))]
-            ax.bar(xs, series[s], width, label=s)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(labels))])
-        ax.set_xticklabels(labels, fontsize=7)
-        ax.set_yscale("log")
-        up = sorted({m for (_, _, m) in keys if m in HIGHER_IS_BETTER})
-        way = f"higher is better for {', '.join(up)}, lower for the rest" if up else "lower is better"
-        ax.set_title(f"{workload} (medians; {way})\n{mach}", fontsize=8)
-        ax.legend(fontsize=7)
+    by_workload = collections.defaultdict(lambda: collections.defaultdict(list))
+    for (workload, param, metric) in data:
+        by_workload[workload][metric].append(param)
+    for workload, metrics in sorted(by_workload.items()):
+        # One panel per metric, each with its own unit and direction; parameters on the x
+        # axis, one bar per system in its fixed colour.  cpu_per_wall only describes how
+        # a peer ran (Boost.Fiber's spinning), so it stays in the table.
+        names = [m for m in sorted(metrics) if m != "cpu_per_wall"]
+        if not names:
+            continue
+        ncols = min(3, len(names))
+        nrows = (len(names) + ncols - 1) // ncols
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), squeeze=False)
+        for ax in axes.flat[len(names):]:
+            ax.set_visible(False)
+        for ax, metric in zip(axes.flat, names):
+            # Boost.Fiber's spinning variant (suspend=0) stays in the table: a bar group
+            # of its own for one system would only thin out the plot.
+            params = sorted((p for p in metrics[metric] if "suspend=0" not in p), key=natural_key)
+            if not params:
+                ax.set_visible(False)
+                continue
+            shown, common = short_params(params)
+            present = [s for s in SYSTEMS if any(data[(workload, p, metric)].get(s) for p in params)]
+            width = 0.8 / max(1, len(present))
+            values = []
+            for i, s in enumerate(present):
+                ys = []
+                for p in params:
+                    vals = data[(workload, p, metric)].get(s)
+                    ys.append(statistics.median(vals) if vals else float("nan"))
+                values += [y for y in ys if y == y and y > 0]
+                xs = [j - 0.4 + width * (i + 0.5) for j in range(len(params))]
+                ax.bar(xs, ys, width, label=s, color=COLOURS.get(s))
+            ax.set_xticks(range(len(params)))
+            ax.set_xticklabels(shown, fontsize=7, rotation=30 if len(params) > 3 else 0, ha="right" if len(params) > 3 else "center")
+            if values and max(values) / min(values) > 50:
+                ax.set_yscale("log")
+            way = "higher is better" if metric in HIGHER_IS_BETTER else "lower is better"
+            ax.set_ylabel(UNITS.get(metric, metric), fontsize=8)
+            ax.set_title(f"{metric} ({way})" + (f"\n{common}" if common else ""), fontsize=8)
+            ax.tick_params(axis="y", labelsize=7)
+            ax.legend(fontsize=6)
+        fig.suptitle(f"{workload}: medians; {mach}", fontsize=9)
         fig.tight_layout()
-        fig.savefig(os.path.join(plots_dir, f"{workload}.png"), dpi=90)
+        fig.savefig(os.path.join(plots_dir, f"{workload}.png"), dpi=80)
         plt.close(fig)
     # The data-critical grid as lines: ns per section against the number of tasks.
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
@@ -387,18 +474,19 @@ def plot(data, plots_dir, mach):
             if any(y is None for y in ys):
                 continue
             style = "-" if workload == "tasks_contended" else "--"
-            ax.plot(GRID_TASKS, ys, style, marker="o", label=label)
+            ax.plot(GRID_TASKS, ys, style, marker="o", label=label, color=COLOURS.get(system))
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(GRID_TASKS)
         ax.set_xticklabels([str(t) for t in GRID_TASKS])
         ax.set_xlabel("tasks on 2 workers")
-        ax.set_title(f"data critical section, work={work} (ns per section, lower is better)", fontsize=8)
+        ax.set_title(f"data critical section, work={work} (ns per section, lower is better;\n"
+                     "solid: sync lock, dashed: async lock)", fontsize=8)
     axes[0].set_ylabel("ns per section (median)")
     axes[1].legend(fontsize=6)
     fig.suptitle(mach, fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(plots_dir, "data_critical_grid.png"), dpi=90)
+    fig.savefig(os.path.join(plots_dir, "data_critical_grid.png"), dpi=80)
     plt.close(fig)
     return plots_dir
 
@@ -440,12 +528,32 @@ def run_logic(binaries, runs, seconds, peers_bin):
     return rows, notes
 
 
+def report_from_csv(path):
+    """Rebuilds the plots and this CSV's machine section of RESULTS.md from a CSV that
+    bench/run.py wrote (its first line names the machine)."""
+    with open(path) as f:
+        mach = f.readline().lstrip("# ").strip()
+        rows = [line.strip().split(",") for line in f if line[0].isdigit()]
+    stamp = os.path.basename(path).split("-")
+    stamp = "-".join(stamp[:2])
+    runs = max(int(r[0]) for r in rows)
+    data = aggregate(rows)
+    plots_dir = plot(data, os.path.splitext(path)[0], mach)
+    section = machine_section(data, stamp, runs, mach, versions(), plots_dir)
+    write_results(section, os.path.join(HERE, "RESULTS.md"), mach)
+    sys.stderr.write(f"bench: rewrote bench/RESULTS.md from {path}\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--plaza", default=os.path.join(ROOT, "build", "bench", "bench-plaza"))
+    ap.add_argument("--from-csv", metavar="CSV",
+                    help="run nothing: rewrite RESULTS.md and the plots from a results CSV")
     a = ap.parse_args()
+    if a.from_csv:
+        return report_from_csv(a.from_csv)
     runs = 1 if a.quick else max(1, a.runs)
     peers_bin = os.path.join(HERE, "peers", "bin")
     binaries = [("plaza", a.plaza)]
@@ -477,8 +585,8 @@ def main():
             f.write(",".join(row) + "\n")
     data = aggregate(rows)
     plots_dir = plot(data, os.path.join(HERE, "results", f"{stamp}-{host}"), mach)
-    write_results(data, os.path.join(HERE, "RESULTS.md"), stamp, runs, mach, versions(), plots_dir,
-                  db_notes)
+    section = machine_section(data, stamp, runs, mach, versions(), plots_dir, db_notes)
+    write_results(section, os.path.join(HERE, "RESULTS.md"), mach)
     sys.stderr.write(f"bench: wrote {csv_path} and bench/RESULTS.md\n")
 
 

@@ -8,5 +8,10 @@
 #include "plaza/sync.h"
 #include "plaza/async.h"
 #include "plaza/io.h"
+#include "plaza/signal.h"
+#include "plaza/bufio.h"
+#include "plaza/task.h"
+#include "plaza/guard.h"
+#include "plaza/select.h"
 
 #endif

@@ -4,13 +4,17 @@
 set -e
 what=${1:-build}
 
-pkgs="cmake make gcc pkg-config libcmocka-dev"
+pkgs="cmake make gcc pkg-config libcmocka-dev libsqlite3-dev libjansson-dev libhttp-parser-dev"
 case "$what" in
 test)
-    pkgs="$pkgs clang qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
+    # libpq-dev builds the PostgreSQL component; postgresql-15 is its test server.
+    # spin checks the Promela models (models/).
+    pkgs="$pkgs clang qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross libpq-dev postgresql-15 libclang-rt-14-dev python3 spin"
     ;;
 bench)
     pkgs="$pkgs golang-go librust-tokio-dev librust-parking-lot-dev libboost-fiber-dev g++ cargo python3-matplotlib"
+    # the weather services (bench/peers/weather-*), their check and their load
+    pkgs="$pkgs librust-hyper-dev librust-rusqlite-dev librust-serde-dev librust-serde-derive-dev librust-serde-json-dev golang-github-mattn-go-sqlite3-dev libsqlite3-dev sqlite3 curl wrk"
     ;;
 esac
 

@@ -1,6 +1,7 @@
 #include "helpers.h"
 
 #include "runtime/internal.h"
+#include "runtime/kit.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -62,7 +63,9 @@ void wait_until_true(bool (*done)(void *), void *arg, int64_t limit_ns)
 
 static bool task_parked(void *arg)
 {
-    pz_task_t *t = arg;
+    /* A handle names its task through a generation tag (handle.c). */
+    pz_task_t *t = pz__task_peek(arg);
+    CHECK(t != NULL);
     uint64_t s = atomic_load_explicit(&t->park_state, memory_order_acquire);
     /* PARKED is stored after the task has switched off its stack, before
      * the park's callback releases the queue's lock: the waiter is queued

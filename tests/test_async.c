@@ -255,7 +255,7 @@ static void *fences_failed_main(void *arg)
     pz_async_mutex_t m = PZ_ASYNC_MUTEX_INIT;
     CHECK_EQ(pz_async_mutex_lock(&m), 0);
     pz_task_t *w = pz_spawn(fences_failed_waiter, &m);
-    uint64_t waiter_id = pz_task_id(w);
+    uint64_t w_id = pz_task_id(w); /* a joined handle names no task */
     wait_parked(w);
     CHECK_EQ(atomic_load(&m.waiters) & PZ__AMUTEX_FENCED, 0);
     pz_sleep(3 * MS); /* a few polls: it stays queued while the mutex is held */
@@ -264,7 +264,7 @@ static void *fences_failed_main(void *arg)
     void *r = NULL;
     CHECK_EQ(pz_join(w, &r), 0);
     CHECK_EQ((intptr_t)r, 0);
-    CHECK_EQ(pz_async_mutex_holder(&m), waiter_id);
+    CHECK_EQ(pz_async_mutex_holder(&m), w_id);
     return NULL;
 }
 

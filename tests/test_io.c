@@ -16,7 +16,6 @@
 
 #include "plaza/io.h"
 
-#define SEC 1000000000LL
 
 static int listen_port(int fd)
 {

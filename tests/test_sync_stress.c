@@ -12,7 +12,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define MS 1000000ll
 
 /* ---- pz_mutex: exclusion ---- */
 

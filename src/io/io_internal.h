@@ -22,9 +22,14 @@ typedef struct pz__io_source {
     /* Parking-lot keys: only their addresses matter. */
     char read_key;
     char write_key;
+    char either_key;            /* pz_wait_fd for both (io.c: wait_either) */
+    _Atomic int either_waiters;
 } pz__io_source;
 
 pz__io_source *pz__io_source_of(pz__runtime *rt, int fd);
 void pz__io_source_signal(pz__io_source *src, unsigned events);
+/* fd's source, registered with the poller on first use (io.c); NULL
+ * outside a task or without a runtime. */
+pz__io_source *pz__io_source_register(int fd, pz__runtime **rtp);
 
 #endif

@@ -78,7 +78,7 @@ pz__io_source *pz__io_source_of(pz__runtime *rt, int fd)
         pz__spin_lock(&rt->io_table_lock);
         chunk = atomic_load_explicit(slot, memory_order_relaxed);
         if (!chunk) {
-            chunk = calloc(PZ__IO_CHUNK, sizeof *chunk);
+            chunk = pz__calloc(PZ__IO_CHUNK, sizeof *chunk);
             if (chunk)
                 atomic_store_explicit(slot, chunk, memory_order_release);
         }
@@ -102,12 +102,15 @@ void pz__io_source_signal(pz__io_source *src, unsigned events)
     uint64_t next;
     do {
         next = (s + PZ__IO_TICK) | add;
-    } while (!atomic_compare_exchange_weak_explicit(&src->readiness, &s, next, memory_order_acq_rel,
+    } while (!atomic_compare_exchange_weak_explicit(&src->readiness, &s, next, memory_order_seq_cst,
                                                     memory_order_relaxed));
     if (add & PZ__IO_READ)
         pz_unpark_all(&src->read_key, 0);
     if (add & PZ__IO_WRITE)
         pz_unpark_all(&src->write_key, 0);
+    /* Dekker pair with io.c's wait_either (seq_cst on both sides). */
+    if ((add & (PZ__IO_READ | PZ__IO_WRITE)) && atomic_load_explicit(&src->either_waiters, memory_order_seq_cst))
+        pz_unpark_all(&src->either_key, 0);
 }
 
 int pz__reactor_poll(pz__runtime *rt, int64_t deadline, int max_events)

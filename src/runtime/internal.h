@@ -45,6 +45,14 @@
 
 typedef struct pz__worker pz__worker;
 typedef struct pz__runtime pz__runtime;
+typedef struct pz__stack_chunk pz__stack_chunk;
+
+/* A stack: its lowest byte (the guard's) and the chunk it is cut from
+ * (src/runtime/stack.c). */
+typedef struct pz__stack_slot {
+    void *base;
+    pz__stack_chunk *chunk;
+} pz__stack_slot;
 
 /* One execution context: a task, or a worker's own scheduler loop on the
  * thread's native stack. */
@@ -113,13 +121,15 @@ struct pz_task {
     void *result;
     uint64_t id;
 
-    /* Stack: mapped when the task first runs, returned when it ends. */
-    void *stack_base;         /* whole mapping including the guard */
-    size_t stack_map_size;    /* 0: none mapped yet */
+    /* Stack: taken when the task first runs, returned when it ends. */
+    pz__stack_slot stack;
+    void *stack_base;         /* the stack's lowest byte, its guard's */
+    size_t stack_map_size;    /* guard + usable; 0: no stack */
     size_t stack_size;        /* requested usable size */
     size_t guard_size;
 
     int saved_errno;          /* errno of the task while it is switched out */
+    int start_error;          /* < 0: it never ran (no stack); pz_join returns it */
 
     _Atomic uint64_t park_state; /* see the park word above */
     uint64_t park_gen;        /* last generation used; the task's own */
@@ -145,6 +155,13 @@ struct pz_task {
     unsigned sync_depth;      /* sync locks held while switched out (misuse) */
 
     char name[32];
+
+    /* The service kit (src/runtime/cancel.c, group.c, local.c); the
+     * task's own fields, touched only by the task itself. */
+    unsigned shield;           /* pz_shield_begin depth: waits are not cancelled */
+    struct pz_group *groups;   /* groups it opened and has not waited for */
+    struct pz__local *locals;  /* its task-local values */
+    _Atomic uint16_t handle_gen; /* src/runtime/handle.c */
 };
 
 /* Bounded single-producer multi-consumer ring of runnable tasks.  Only the
@@ -169,7 +186,6 @@ typedef struct pz__timers {
 #define PZ__STACK_CACHE 16
 /* Object slots per worker: one cache line of addresses. */
 #define PZ__WORKER_SLOTS (PZ__CACHELINE / (int)sizeof(uintptr_t))
-#define PZ__STACK_POOL_MAX 64
 
 struct pz__worker {
     _Alignas(PZ__CACHELINE) int index;
@@ -200,7 +216,7 @@ struct pz__worker {
     const char *sync_kind;
     void *sync_site;
 
-    void *stack_cache[PZ__STACK_CACHE];
+    pz__stack_slot stack_cache[PZ__STACK_CACHE];
     int stack_cache_len;
 
     /* The id of the task running on this worker, 0 while none is: written
@@ -231,6 +247,7 @@ struct pz__runtime {
     pz__worker *workers;
     size_t stack_size;
     size_t guard_size;
+    int guard_kind;            /* PZ__GUARD_* */
 
     /* Global injection queue: tasks made runnable off the workers, and the
      * overflow of full local queues. */
@@ -248,6 +265,9 @@ struct pz__runtime {
 
     _Atomic bool shutdown;
     _Atomic uint32_t main_done;
+    pz_task_t *main_task;      /* set before the workers start */
+    _Atomic uint32_t start_gate; /* 1 once every worker thread exists */
+    int main_error;            /* < 0: main never ran (no stack) */
     _Atomic long live_tasks;
 
     /* The I/O reactor (src/io/reactor.c).  io_waiters counts tasks and
@@ -261,10 +281,11 @@ struct pz__runtime {
     pz__spin io_table_lock;
     struct pz__io_source *_Atomic *io_chunks;
 
-    /* Stacks of the default size that no worker cache had room for. */
+    /* Chunks of default-size stacks with a free stack (src/runtime/stack.c). */
     pz__spin stack_pool_lock;
-    int stack_pool_len;
-    void *stack_pool[PZ__STACK_POOL_MAX];
+    pz__stack_chunk *chunks_head, *chunks_tail;
+    int spare_chunks;
+    _Atomic bool stack_failure_reported;
 };
 
 extern _Atomic(pz__runtime *) pz__rt;
@@ -361,7 +382,8 @@ int64_t pz__timers_earliest(pz__runtime *rt);
 
 /* stack.c */
 int pz__stack_acquire(pz__worker *w, pz_task_t *t);
-void pz__stack_release(pz__worker *w, pz_task_t *t);
+/* w: the releasing worker (its cache), or NULL. */
+void pz__stack_release(pz__runtime *rt, pz__worker *w, pz_task_t *t);
 void pz__stacks_destroy(pz__runtime *rt);
 void pz__overflow_handler_install(void);
 int pz__altstack_setup(pz__worker *w);
@@ -380,6 +402,8 @@ int pz__reactor_poll(pz__runtime *rt, int64_t deadline, int max_events);
 /* blocking.c */
 void pz__blocking_configure(int max_threads);
 void pz__blocking_shutdown(void);
+/* In the child of a fork: forget the parent's pool threads. */
+void pz__blocking_after_fork(void);
 
 /* Messages for misuse and failure, one line on stderr prefixed "plaza: ". */
 void pz__report(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -21,6 +21,8 @@
  */
 #define _GNU_SOURCE
 #include "internal.h"
+#include "kit.h"
+#include "../arch/arch_signal.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -348,9 +350,16 @@ static bool prepare_run(pz__worker *w, pz_task_t *t)
 {
     if (t->stack_map_size)
         return true;
-    if (pz__stack_acquire(w, t) != 0) {
-        pz__report("cannot map a %zu-byte stack for task %llu (%s); it ends without running", t->stack_size,
-                   (unsigned long long)t->id, t->name[0] ? t->name : "unnamed");
+    int err = pz__stack_acquire(w, t);
+    if (err < 0) {
+        /* Said once per runtime: a burst can fail by the thousand, and each
+         * joiner learns it from pz_join's result. */
+        if (!atomic_exchange_explicit(&w->rt->stack_failure_reported, true, memory_order_relaxed))
+            pz__report("cannot map a %zu-byte stack for task %llu (%s): %s; it ends without running and "
+                       "its pz_join (pz_run, for main) returns %d (further failures of this runtime are not reported)",
+                       t->stack_size, (unsigned long long)t->id, t->name[0] ? t->name : "unnamed", strerror(-err),
+                       err);
+        t->start_error = err;
         return false;
     }
     t->ctx.sp = pz__arch_context_init(t->ctx.stack_lo, (char *)t->ctx.stack_lo + t->ctx.stack_size, task_entry, t);
@@ -366,6 +375,12 @@ static pz_task_t *next_runnable(pz__worker *w, pz_task_t *t)
 {
     while (t && !prepare_run(w, t)) {
         t->result = NULL;
+        if (t == w->rt->main_task) {
+            /* pz_run waits for main: it must hear that main never ran. */
+            w->rt->main_error = t->start_error;
+            atomic_store(&w->rt->main_done, 1);
+            pz__futex_wake(&w->rt->main_done, 1);
+        }
         pz__task_finish(w, t);
         t = next_local(w);
     }
@@ -422,7 +437,7 @@ void pz__suspend(void (*after)(pz__worker *, void *), void *arg)
 static void exit_after(pz__worker *w, void *arg)
 {
     pz_task_t *t = arg;
-    pz__stack_release(w, t);
+    pz__stack_release(w->rt, w, t);
 #ifdef PZ_TSAN
     __tsan_destroy_fiber(t->ctx.tsan_fiber);
     t->ctx.tsan_fiber = NULL;
@@ -447,6 +462,7 @@ static void task_entry(void *arg)
     pz__resume();
     pz_task_t *t = arg;
     t->result = t->fn(t->arg);
+    pz__task_end(t);
     pz__task_exit_switch(t);
 }
 
@@ -567,6 +583,10 @@ static void *worker_main(void *arg)
 #ifdef PZ_TSAN
     w->sched_ctx.tsan_fiber = __tsan_get_current_fiber();
 #endif
+    /* No task runs before every worker exists: if one cannot be started,
+     * pz_run fails having run nothing. */
+    while (atomic_load_explicit(&rt->start_gate, memory_order_acquire) == 0)
+        pz__futex_wait(&rt->start_gate, 0, -1);
     for (;;) {
         pz__resume();
         if (atomic_load_explicit(&rt->shutdown, memory_order_acquire))
@@ -603,6 +623,8 @@ static void *main_task(void *arg)
 {
     struct main_call *m = arg;
     m->result = m->fn(m->arg);
+    pz__task_end(pz__current_task()); /* main's groups and task-locals, before the runtime stops */
+    pz__main_exit_hooks_run();
     atomic_store(&m->rt->main_done, 1);
     pz__futex_wake(&m->rt->main_done, 1);
     return NULL;
@@ -678,8 +700,33 @@ static void stop_workers(pz__runtime *rt, int started)
         pthread_join(rt->workers[i].thread, NULL);
 }
 
+/*
+ * fork: only the forking thread exists in the child, so a runtime of the
+ * parent (its workers, its tasks) does not.  The child forgets it: the
+ * runtime is unpublished and unclaimed (its memory is left alone, since
+ * the forking thread may be running on one of its task stacks), the
+ * forking thread is no worker any more, and the blocking pool forgets its
+ * threads.  The child may then start a runtime of its own with pz_run.
+ */
+static void after_fork_child(void)
+{
+    atomic_store_explicit(&pz__rt, NULL, memory_order_relaxed);
+    atomic_store_explicit(&rt_pins, 0, memory_order_relaxed);
+    atomic_store_explicit(&runtime_claimed, false, memory_order_relaxed);
+    pz__set_current_worker(NULL);
+    pz__blocking_after_fork();
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void atfork_register(void)
+{
+    pthread_atfork(NULL, NULL, after_fork_child);
+}
+
 int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
 {
+    pthread_once(&atfork_once, atfork_register);
     pz_config_t c = cfg ? *cfg : (pz_config_t){0};
     if (!main) {
         pz__report("pz_run: main is NULL");
@@ -707,6 +754,7 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
         ss = PZ__MIN_STACK;
     rt->stack_size = (ss + page - 1) / page * page;
     rt->guard_size = c.no_guard_pages ? 0 : page;
+    rt->guard_kind = pz__stack_guard_kind();
     pz__blocking_configure(c.blocking_threads_max);
 
     rt->workers = aligned_alloc(PZ__CACHELINE, sizeof(pz__worker) * (size_t)rt->nworkers);
@@ -744,25 +792,42 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
         retire(rt);
         return -ENOMEM;
     }
+    rt->main_task = mt;
     pz_detach(mt);
 
     int started = 0, err = 0;
+    /* Workers start with every asynchronous signal blocked (inherited from
+     * this thread for the moment): signals go to pz_run's thread or to
+     * signalfd readers, never to a task's stack (src/runtime/sigmask.c). */
+    sigset_t run_mask;
+    pz__sig_block_async(&run_mask);
     for (; started < rt->nworkers; started++) {
-        int e = pthread_create(&rt->workers[started].thread, NULL, worker_main, &rt->workers[started]);
+        int e = pz__thread_create(&rt->workers[started].thread, NULL, worker_main, &rt->workers[started]);
         if (e) {
-            pz__report("pz_run: cannot start worker thread %d: %s", started, strerror(e));
-            err = -e;
+            pz__report("pz_run: cannot start worker thread %d: %s", started, strerror(-e));
+            err = e;
             break;
         }
     }
+    pz__sig_setmask(&run_mask);
+    if (err)
+        atomic_store(&rt->shutdown, true);
+    atomic_store_explicit(&rt->start_gate, 1, memory_order_release);
+    pz__futex_wake(&rt->start_gate, INT32_MAX);
     if (!err) {
-        while (atomic_load(&rt->main_done) == 0)
+        while (atomic_load(&rt->main_done) == 0) {
+            pz__sigmask_runner_sync();
             pz__futex_wait(&rt->main_done, 0, -1);
+        }
     }
+    pz__sigmask_runner_restore();
+    int rt_main_error = rt->main_error;
     stop_workers(rt, started);
     pz__blocking_shutdown();
     drain(rt);
     retire(rt);
+    if (!err)
+        err = rt_main_error;
     if (err)
         return err;
     if (result)
