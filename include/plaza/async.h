@@ -5,8 +5,11 @@
  * meantime) or, called from a thread that is not running a task, blocks
  * that thread.  Every wait has an _until(deadline) form (absolute pz_now()
  * nanoseconds, PZ_FOREVER for none) and returns -ECANCELED when the task is
- * cancelled.  Errors are negative errno values.  Waiter state lives on the
- * waiter's own stack: no wait allocates.
+ * cancelled.  A deadline already past, 0 or negative included, means "do
+ * not wait": the call succeeds if it can at once, else returns -ETIMEDOUT
+ * at once, from a task and from a plain thread alike.  Errors are negative
+ * errno values.  Waiter state lives on the waiter's own stack: no wait
+ * allocates.
  *
  * Cancel policy, the same for every primitive: a wait that ends by deadline
  * or cancel leaves its queue and has taken nothing.  If ownership, permits,
@@ -14,6 +17,24 @@
  * up, it keeps what it received and the call returns success (0, or
  * PZ_BARRIER_LEADER); the cancel is seen by the task's next wait.  So
  * nothing handed to a waiter is ever lost, and nothing is handed twice.
+ *
+ * Bad input.  Every call that is not inline here returns -EINVAL for a
+ * NULL object (or NULL item of pz_chan_send/recv), false from a try_ call,
+ * 0 from a query (pz_semaphore_available, pz_notify_epoch, pz_chan_len,
+ * pz_async_rwlock_readers), and does nothing from a void call.  The inline
+ * pz_async_mutex calls (lock, lock_until, trylock, unlock, is_locked,
+ * holder) do not check: they are one CAS or store each, and a NULL test
+ * there would cost every lock a branch, so a NULL mutex faults at once,
+ * at the caller's line.  Sizes are unsigned: pz_chan_init refuses an item
+ * size of 0 or over SIZE_MAX/2, a capacity or buffer that does not fit
+ * (-EINVAL; pz_chan_create returns NULL); pz_semaphore calls refuse counts
+ * over PZ_SEMAPHORE_MAX_PERMITS.  Deadlines: see above; any int64_t is
+ * valid.  No async call takes flags.  Uninitialised objects: all-zero
+ * memory is a valid, unlocked pz_async_mutex and pz_async_rwlock, a
+ * pz_semaphore with no permits and a pz_notify with no permit stored; an
+ * all-zero pz_barrier (count 0) and pz_chan (item size 0) are refused with
+ * -EINVAL; memory that is neither zero nor initialised by the calls here
+ * cannot be told from a live object and is undefined behaviour.
  *
  * docs/async.md describes each word encoding and the fairness choices.
  */
@@ -305,6 +326,18 @@ typedef struct pz_async_rwlock {
 int pz_async_rwlock_read(pz_async_rwlock_t *l);
 int pz_async_rwlock_read_until(pz_async_rwlock_t *l, int64_t deadline);
 bool pz_async_rwlock_try_read(pz_async_rwlock_t *l);
+/* Returns 0, or -EPERM (reported on stderr, nothing changes) when no read
+ * hold is left to release.  What it cannot tell: whether the caller is the
+ * one holding.  Read holds are counted, not named: the word keeps a count
+ * and each worker's read slots keep holds that any reader may leave by
+ * (a reader that moved to another worker leaves by whichever hold it
+ * finds, see docs/async.md), so while anyone holds the lock for reading,
+ * an unlock by a task or thread that holds nothing takes one of their
+ * holds and returns 0, and a writer may then enter while that reader is
+ * still inside.  Naming holders would cost a store to per-task state on
+ * every read lock and unlock, which the read fast path (one slot in the
+ * worker's own cache line) exists to avoid.  Balance read locks and
+ * unlocks in the same task or thread. */
 int pz_async_rwlock_read_unlock(pz_async_rwlock_t *l);
 /* How many readers hold the lock (in the word and in read slots), the
  * upgradable reader included.  A snapshot, for reports, diagnostics and
@@ -314,6 +347,10 @@ uint64_t pz_async_rwlock_readers(pz_async_rwlock_t *l);
 int pz_async_rwlock_write(pz_async_rwlock_t *l);
 int pz_async_rwlock_write_until(pz_async_rwlock_t *l, int64_t deadline);
 bool pz_async_rwlock_try_write(pz_async_rwlock_t *l);
+/* Returns 0, or -EPERM (reported, nothing changes) if the lock is not held
+ * for writing, or is held for writing by another task (or by a plain
+ * thread while a task calls, or the other way round).  Plain threads are
+ * not told apart from each other.  The same for both downgrades. */
 int pz_async_rwlock_write_unlock(pz_async_rwlock_t *l);
 
 /* An upgradable read shares the lock with plain readers but excludes
