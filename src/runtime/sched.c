@@ -792,7 +792,7 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
         retire(rt);
         return -ENOMEM;
     }
-    rt->main_task = mt;
+    rt->main_task = pz__task_peek(mt); /* the task itself, not its handle */
     pz_detach(mt);
 
     int started = 0, err = 0;
