@@ -128,7 +128,7 @@ int main(int argc, char **argv)
     expect(idle, NULL, "");
     close(idle);
     read_line(out[0], line, sizeof line);
-    if (strncmp(line, "stopped: 2 connections, 5 requests", 34) != 0) {
+    if (strncmp(line, "stopped: 2 connections, 6 requests", 34) != 0) {
         fprintf(stderr, "service_check: last words \"%s\"\n", line);
         fail("unexpected last words");
     }
