@@ -294,7 +294,11 @@ static void nb_check(void)
 static void test_mutex_budget_without_parks(void **state)
 {
     (void)state;
-    static const struct budget_case mutex_case = {"mutex, no parks", nb_op, nb_reset, nb_check, false};
+    /* Judged by the tasks' spans, as the rwlock is: the longest single
+     * operation measures the machine more than the lock under emulation
+     * (qemu-user: 1.2-3.3 ms of 11-16 ms rounds in eight rounds of eight,
+     * while every round's median span was 69-87%). */
+    static const struct budget_case mutex_case = {"mutex, no parks", nb_op, nb_reset, nb_check, true};
     run_in_runtime(2, budget_main, (void *)&mutex_case);
 }
 /* ---- unlocks by callers that do not hold the mutex, against holders ----
