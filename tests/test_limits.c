@@ -325,6 +325,14 @@ static void child_pipe(void)
 static void test_pipe_write_without_reader(void **state)
 {
     (void)state;
+#if defined(NO_THREADED_FORK) && !defined(PLAZA_TEST_STATIC_RUNNER)
+    /* TSan: in this process, since a forked child may not start the
+     * runtime's threads once the parent has threads (the blocking pool's
+     * idle ones, from earlier tests).  A SIGPIPE that got through would
+     * end the process, which fails the test as well. */
+    child_pipe();
+    return;
+#endif
     char out[4096];
     int status = run_child(child_pipe, out, sizeof out);
     fprintf(stderr, "child said: %s", out);
