@@ -45,6 +45,25 @@ void *index_arg(int i)
     return (void *)(intptr_t)i;
 }
 
+/* The limit only keeps the compiler from calling the recursion infinite. */
+static volatile int recursion_limit = 1 << 30;
+
+static __attribute__((noinline)) int recurse(volatile char *prev, int depth)
+{
+    volatile char buf[512];
+    buf[0] = (char)depth;
+    buf[511] = prev ? prev[0] : 0;
+    if (depth >= recursion_limit)
+        return buf[0];
+    return recurse(buf, depth + 1) + buf[100];
+}
+
+void *overflow_task(void *arg)
+{
+    (void)arg;
+    return (void *)(intptr_t)recurse(NULL, 0);
+}
+
 void wait_until_true(bool (*done)(void *), void *arg, int64_t limit_ns)
 {
     int64_t give_up = pz_now() + limit_ns;

@@ -92,6 +92,10 @@ void join_n(pz_task_t **t, int n);
 /* i as the argument pointer. */
 void *index_arg(int i);
 
+/* A task body that recurses until it overflows any stack (512 bytes a
+ * frame): the stack overflow tests run it. */
+void *overflow_task(void *arg);
+
 /* Waits, from a task (yielding) or a plain thread (sched_yield), until
  * done(arg) is true; fails the test after `limit_ns` (a deadlock guard,
  * far beyond what any load makes the wait, not a timing assumption). */

@@ -580,26 +580,6 @@ static void test_idle_uses_no_cpu(void **state)
 
 /* ---- stack overflow ---- */
 
-/* Deep enough to overflow any stack; the limit only keeps the compiler
- * from calling the recursion infinite. */
-static volatile int recursion_limit = 1 << 30;
-
-static __attribute__((noinline)) int recurse(volatile char *prev, int depth)
-{
-    volatile char buf[512];
-    buf[0] = (char)depth;
-    buf[511] = prev ? prev[0] : 0;
-    if (depth >= recursion_limit)
-        return buf[0];
-    return recurse(buf, depth + 1) + buf[100];
-}
-
-static void *overflow_task(void *arg)
-{
-    (void)arg;
-    return (void *)(intptr_t)recurse(NULL, 0);
-}
-
 static void *overflow_main(void *arg)
 {
     (void)arg;

@@ -182,24 +182,6 @@ static void test_areas_per_stack(void **state)
 
 /* ---- overflow of a pooled stack, each guard kind ---- */
 
-static volatile int recursion_limit = 1 << 30;
-
-static __attribute__((noinline)) int recurse(volatile char *prev, int depth)
-{
-    volatile char buf[512];
-    buf[0] = (char)depth;
-    buf[511] = prev ? prev[0] : 0;
-    if (depth >= recursion_limit)
-        return buf[0];
-    return recurse(buf, depth + 1) + buf[100];
-}
-
-static void *overflow_task(void *arg)
-{
-    (void)arg;
-    return (void *)(intptr_t)recurse(NULL, 0);
-}
-
 static void *quiet_task(void *arg)
 {
     return arg;
