@@ -25,6 +25,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "runtime.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -109,7 +111,7 @@ typedef struct pz_async_mutex {
 #define PZ_ASYNC_MUTEX_INIT {0, 0, 0}
 #define PZ__AMUTEX_LOCKED 1u
 #define PZ__AMUTEX_OWNER_SHIFT 4
-#define PZ__AMUTEX_THREAD_BIT (1ull << 58)
+#define PZ__AMUTEX_THREAD_BIT PZ__CALLER_THREAD_BIT
 #define PZ__AMUTEX_PARKED 1u
 #define PZ__AMUTEX_FENCED 2u
 #define PZ__AMUTEX_WOKEN 4u
@@ -120,14 +122,17 @@ typedef struct pz_async_mutex {
  * with a plain store (see above). */
 extern _Atomic bool pz__async_unlock_by_store;
 
-/* The caller's id, shifted into place (see above).  Declared const
- * although it reads thread-local state: within one activation of a
- * function the caller is always the same task (a task that moves to
- * another worker keeps its id) or the same plain thread, so the compiler
- * may compute it once per function, and out of a loop.  What it must not
- * do is keep a thread-local address across a switch, and as the call is
- * out of line, it cannot. */
-uint64_t pz__async_self_bits(void) __attribute__((const));
+/* The caller's id (the runtime's pz__caller_id), shifted into place (see
+ * above).  pz__caller_id is declared const although it reads thread-local
+ * state: within one activation of a function the caller is always the
+ * same task (a task that moves to another worker keeps its id) or the same
+ * plain thread, so the compiler may compute it once per function, and out
+ * of a loop.  What it must not do is keep a thread-local address across a
+ * switch, and as the call is out of line, it cannot. */
+static inline uint64_t pz__async_self_bits(void)
+{
+    return pz__caller_id() << PZ__AMUTEX_OWNER_SHIFT;
+}
 int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadline);
 int pz__async_mutex_unlock_slow(pz_async_mutex_t *m, uint64_t self);
 int pz__async_mutex_wake_released(pz_async_mutex_t *m);

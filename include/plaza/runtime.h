@@ -105,6 +105,21 @@ int pz_worker_index(void);
 /* A short description of a plaza error code (a negative errno value). */
 const char *pz_strerror(int err);
 
+/* ---- Internal: the runtime's services to the inline code of the upper
+ * layers' headers.  Not for users; may change in any release. ---- */
+
+/* The caller's id: the running task's pz_task_id, or for a thread that runs
+ * no task PZ__CALLER_THREAD_BIT | a per-thread number (from 1).  Constant
+ * for a task across its suspensions and for a thread. */
+#define PZ__CALLER_THREAD_BIT (1ull << 58)
+uint64_t pz__caller_id(void) __attribute__((const));
+
+/* The held-lock record (src/runtime/held.c): a lock layer reports each
+ * acquisition and release of a lock with a holder, so the runtime can name
+ * the locks a task or thread holds (dumps, the suspend-while-held report). */
+void pz__held_acquired(const void *lock, const char *kind);
+void pz__held_released(const void *lock);
+
 #ifdef __cplusplus
 }
 #endif

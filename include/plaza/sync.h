@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "runtime.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -46,10 +48,8 @@ typedef struct pz_mutex {
 
 void pz__mutex_lock_slow(pz_mutex_t *m, int64_t deadline, int *result);
 void pz__mutex_unlock_slow(pz_mutex_t *m, bool fair);
-/* Bookkeeping of which sync locks the running task holds (for the report
- * of a task that suspends while holding one). */
-void pz__sync_acquired(const void *lock, const char *kind);
-void pz__sync_released(const void *lock);
+/* Which sync locks the running task holds: pz__held_acquired and
+ * pz__held_released, the runtime's record (plaza/runtime.h). */
 
 static inline bool pz_mutex_trylock(pz_mutex_t *m)
 {
@@ -57,7 +57,7 @@ static inline bool pz_mutex_trylock(pz_mutex_t *m)
     while (!(s & PZ__MUTEX_LOCKED)) {
         if (atomic_compare_exchange_weak_explicit(&m->state, &s, (uint8_t)(s | PZ__MUTEX_LOCKED),
                                                   memory_order_acquire, memory_order_relaxed)) {
-            pz__sync_acquired(m, "pz_mutex");
+            pz__held_acquired(m, "pz_mutex");
             return true;
         }
     }
@@ -70,7 +70,7 @@ static inline void pz_mutex_lock(pz_mutex_t *m)
     if (!atomic_compare_exchange_weak_explicit(&m->state, &unlocked, PZ__MUTEX_LOCKED, memory_order_acquire,
                                                memory_order_relaxed))
         pz__mutex_lock_slow(m, INT64_MAX, NULL);
-    pz__sync_acquired(m, "pz_mutex");
+    pz__held_acquired(m, "pz_mutex");
 }
 
 /* Returns 0 with the mutex held, or -ETIMEDOUT at the deadline (pz_now()
@@ -83,14 +83,14 @@ static inline int pz_mutex_lock_until(pz_mutex_t *m, int64_t deadline)
                                                memory_order_relaxed))
         pz__mutex_lock_slow(m, deadline, &r);
     if (r == 0)
-        pz__sync_acquired(m, "pz_mutex");
+        pz__held_acquired(m, "pz_mutex");
     return r;
 }
 
 static inline void pz_mutex_unlock(pz_mutex_t *m)
 {
     uint8_t locked = PZ__MUTEX_LOCKED;
-    pz__sync_released(m);
+    pz__held_released(m);
     if (!atomic_compare_exchange_strong_explicit(&m->state, &locked, 0, memory_order_release, memory_order_relaxed))
         pz__mutex_unlock_slow(m, false);
 }
@@ -99,7 +99,7 @@ static inline void pz_mutex_unlock(pz_mutex_t *m)
 static inline void pz_mutex_unlock_fair(pz_mutex_t *m)
 {
     uint8_t locked = PZ__MUTEX_LOCKED;
-    pz__sync_released(m);
+    pz__held_released(m);
     if (!atomic_compare_exchange_strong_explicit(&m->state, &locked, 0, memory_order_release, memory_order_relaxed))
         pz__mutex_unlock_slow(m, true);
 }
@@ -187,7 +187,7 @@ static inline void pz_rwlock_read(pz_rwlock_t *rw)
 {
     if (!pz__rwlock_read_fast(rw))
         pz__rwlock_lock_slow(rw, PZ__RW_MODE_READ, INT64_MAX);
-    pz__sync_acquired(rw, "pz_rwlock");
+    pz__held_acquired(rw, "pz_rwlock");
 }
 
 /* Returns 0 holding a read lock, or -ETIMEDOUT at the deadline. */
@@ -197,7 +197,7 @@ static inline int pz_rwlock_read_until(pz_rwlock_t *rw, int64_t deadline)
     if (!pz__rwlock_read_fast(rw))
         r = pz__rwlock_lock_slow(rw, PZ__RW_MODE_READ, deadline);
     if (r == 0)
-        pz__sync_acquired(rw, "pz_rwlock");
+        pz__held_acquired(rw, "pz_rwlock");
     return r;
 }
 
@@ -205,7 +205,7 @@ static inline bool pz_rwlock_try_read(pz_rwlock_t *rw)
 {
     if (!pz__rwlock_read_fast(rw) && !pz__rwlock_try_slow(rw, PZ__RW_MODE_READ))
         return false;
-    pz__sync_acquired(rw, "pz_rwlock");
+    pz__held_acquired(rw, "pz_rwlock");
     return true;
 }
 
@@ -215,7 +215,7 @@ static inline void pz_rwlock_read_recursive(pz_rwlock_t *rw)
 {
     if (!pz__rwlock_read_fast(rw))
         pz__rwlock_lock_slow(rw, PZ__RW_MODE_READ_RECURSIVE, INT64_MAX);
-    pz__sync_acquired(rw, "pz_rwlock");
+    pz__held_acquired(rw, "pz_rwlock");
 }
 
 static inline int pz_rwlock_read_recursive_until(pz_rwlock_t *rw, int64_t deadline)
@@ -224,14 +224,14 @@ static inline int pz_rwlock_read_recursive_until(pz_rwlock_t *rw, int64_t deadli
     if (!pz__rwlock_read_fast(rw))
         r = pz__rwlock_lock_slow(rw, PZ__RW_MODE_READ_RECURSIVE, deadline);
     if (r == 0)
-        pz__sync_acquired(rw, "pz_rwlock");
+        pz__held_acquired(rw, "pz_rwlock");
     return r;
 }
 
 static inline void pz_rwlock_read_unlock(pz_rwlock_t *rw)
 {
     uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
-    pz__sync_released(rw);
+    pz__held_released(rw);
     /* The common case in one CAS: another reader stays, or we are the last
      * and no writer is parked waiting for us.  The slow path handles the
      * rest and reports an unlock with no plain reader inside. */
@@ -251,7 +251,7 @@ static inline void pz_rwlock_write(pz_rwlock_t *rw)
     if (!atomic_compare_exchange_weak_explicit(&rw->state, &unlocked, PZ__RW_WRITER, memory_order_acquire,
                                                memory_order_relaxed))
         pz__rwlock_lock_slow(rw, PZ__RW_MODE_WRITE, INT64_MAX);
-    pz__sync_acquired(rw, "pz_rwlock");
+    pz__held_acquired(rw, "pz_rwlock");
 }
 
 static inline int pz_rwlock_write_until(pz_rwlock_t *rw, int64_t deadline)
@@ -262,7 +262,7 @@ static inline int pz_rwlock_write_until(pz_rwlock_t *rw, int64_t deadline)
                                                memory_order_relaxed))
         r = pz__rwlock_lock_slow(rw, PZ__RW_MODE_WRITE, deadline);
     if (r == 0)
-        pz__sync_acquired(rw, "pz_rwlock");
+        pz__held_acquired(rw, "pz_rwlock");
     return r;
 }
 
@@ -273,14 +273,14 @@ static inline bool pz_rwlock_try_write(pz_rwlock_t *rw)
                                                  memory_order_relaxed) &&
         !pz__rwlock_try_slow(rw, PZ__RW_MODE_WRITE))
         return false;
-    pz__sync_acquired(rw, "pz_rwlock");
+    pz__held_acquired(rw, "pz_rwlock");
     return true;
 }
 
 static inline void pz_rwlock_write_unlock(pz_rwlock_t *rw)
 {
     uintptr_t locked = PZ__RW_WRITER;
-    pz__sync_released(rw);
+    pz__held_released(rw);
     if (!atomic_compare_exchange_strong_explicit(&rw->state, &locked, 0, memory_order_release, memory_order_relaxed))
         pz__rwlock_write_unlock_slow(rw, false);
 }
@@ -289,7 +289,7 @@ static inline void pz_rwlock_write_unlock(pz_rwlock_t *rw)
 static inline void pz_rwlock_write_unlock_fair(pz_rwlock_t *rw)
 {
     uintptr_t locked = PZ__RW_WRITER;
-    pz__sync_released(rw);
+    pz__held_released(rw);
     if (!atomic_compare_exchange_strong_explicit(&rw->state, &locked, 0, memory_order_release, memory_order_relaxed))
         pz__rwlock_write_unlock_slow(rw, true);
 }
@@ -315,7 +315,7 @@ static inline void pz_rwlock_upgradable(pz_rwlock_t *rw)
 {
     if (!pz__rwlock_upgradable_fast(rw))
         pz__rwlock_lock_slow(rw, PZ__RW_MODE_UPGRADABLE, INT64_MAX);
-    pz__sync_acquired(rw, "pz_rwlock");
+    pz__held_acquired(rw, "pz_rwlock");
 }
 
 static inline int pz_rwlock_upgradable_until(pz_rwlock_t *rw, int64_t deadline)
@@ -324,7 +324,7 @@ static inline int pz_rwlock_upgradable_until(pz_rwlock_t *rw, int64_t deadline)
     if (!pz__rwlock_upgradable_fast(rw))
         r = pz__rwlock_lock_slow(rw, PZ__RW_MODE_UPGRADABLE, deadline);
     if (r == 0)
-        pz__sync_acquired(rw, "pz_rwlock");
+        pz__held_acquired(rw, "pz_rwlock");
     return r;
 }
 
@@ -332,14 +332,14 @@ static inline bool pz_rwlock_try_upgradable(pz_rwlock_t *rw)
 {
     if (!pz__rwlock_upgradable_fast(rw) && !pz__rwlock_try_slow(rw, PZ__RW_MODE_UPGRADABLE))
         return false;
-    pz__sync_acquired(rw, "pz_rwlock");
+    pz__held_acquired(rw, "pz_rwlock");
     return true;
 }
 
 static inline void pz_rwlock_upgradable_unlock(pz_rwlock_t *rw)
 {
     uintptr_t held = PZ__RW_ONE_READER | PZ__RW_UPGRADABLE;
-    pz__sync_released(rw);
+    pz__held_released(rw);
     if (!atomic_compare_exchange_strong_explicit(&rw->state, &held, 0, memory_order_release, memory_order_relaxed))
         pz__rwlock_upgradable_unlock_slow(rw);
 }

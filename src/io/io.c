@@ -1,5 +1,6 @@
 /*
- * Task-suspending descriptor calls on top of the reactor (reactor.c).
+ * Task-suspending descriptor calls on top of the runtime's poller driver
+ * (src/runtime/driver.c).
  *
  * Every call follows one loop: snapshot the source's readiness word, try
  * the non-blocking system call, and on EAGAIN clear the readiness bit if no
@@ -38,7 +39,7 @@ static pz__io_source *source_for(int fd, pz__runtime **rtp)
     *rtp = rt;
     if (atomic_load_explicit(&src->kind, memory_order_acquire) != PZ__SRC_NEW)
         return src;
-    pz__spin_lock(&src->reg_lock);
+    pz__spin_lock(&src->lock);
     if (atomic_load_explicit(&src->kind, memory_order_relaxed) == PZ__SRC_NEW) {
         int kind = PZ__SRC_POLLED;
         atomic_store_explicit(&src->readiness, 0, memory_order_relaxed);
@@ -50,34 +51,14 @@ static pz__io_source *source_for(int fd, pz__runtime **rtp)
             kind = PZ__SRC_BLOCKING; /* a regular file, or not pollable */
         atomic_store_explicit(&src->kind, kind, memory_order_release);
     }
-    pz__spin_unlock(&src->reg_lock);
+    pz__spin_unlock(&src->lock);
     return src;
-}
-
-struct ready_check {
-    pz__io_source *src;
-    uint64_t bit;
-};
-
-static bool still_not_ready(void *ctx)
-{
-    struct ready_check *c = ctx;
-    return !(atomic_load_explicit(&c->src->readiness, memory_order_acquire) & (c->bit | PZ__IO_CLOSED));
 }
 
 /* Parks until bit is set in src's readiness; 0 or a negative error. */
 static int wait_ready(pz__runtime *rt, pz__io_source *src, uint64_t bit, int64_t deadline)
 {
-    struct ready_check c = {src, bit};
-    atomic_fetch_add_explicit(&rt->io_waiters, 1, memory_order_seq_cst);
-    int r = pz_park(bit == PZ__IO_READ ? (void *)&src->read_key : (void *)&src->write_key, still_not_ready, NULL,
-                    NULL, &c, 0, deadline, 0, NULL);
-    atomic_fetch_sub_explicit(&rt->io_waiters, 1, memory_order_relaxed);
-    if (r == -EAGAIN)
-        r = 0; /* it was ready by the time we looked */
-    if (r == 0 && (atomic_load_explicit(&src->readiness, memory_order_acquire) & PZ__IO_CLOSED))
-        return -EBADF;
-    return r;
+    return pz__driver_wait(rt, src, bit, deadline);
 }
 
 /* The calling thread waits in poll(2) (no task to suspend). */
@@ -459,11 +440,11 @@ int pz_close(int fd)
     if (rt && rt->io_chunks) {
         pz__io_source *src = pz__io_source_of(rt, fd);
         if (src && atomic_load_explicit(&src->kind, memory_order_acquire) != PZ__SRC_NEW) {
-            pz__spin_lock(&src->reg_lock);
+            pz__spin_lock(&src->lock);
             if (atomic_load_explicit(&src->kind, memory_order_relaxed) == PZ__SRC_POLLED)
                 pz__poller_del(rt->poller, fd);
             atomic_store_explicit(&src->kind, PZ__SRC_NEW, memory_order_release);
-            pz__spin_unlock(&src->reg_lock);
+            pz__spin_unlock(&src->lock);
             /* Wake anyone still waiting; they see CLOSED and return -EBADF. */
             pz__io_source_signal(src, PZ__SIG_CLOSED);
         }

@@ -46,6 +46,18 @@
 typedef struct pz__worker pz__worker;
 typedef struct pz__runtime pz__runtime;
 
+/* One lock a task or thread holds (held.c). */
+#define PZ__HELD_MAX 4
+typedef struct pz__held {
+    const void *lock;
+    const char *kind; /* "pz_mutex", "pz_rwlock", ... */
+    void *site;       /* the return address of the acquiring call */
+} pz__held;
+typedef struct pz__holds {
+    unsigned depth;   /* locks held now; the first PZ__HELD_MAX are in rec */
+    pz__held rec[PZ__HELD_MAX];
+} pz__holds;
+
 /* One execution context: a task, or a worker's own scheduler loop on the
  * thread's native stack. */
 typedef struct pz__ctx {
@@ -142,7 +154,7 @@ struct pz_task {
     pz_task_t *joiner;
     uint64_t joiner_gen;
 
-    unsigned sync_depth;      /* sync locks held while switched out (misuse) */
+    pz__holds holds;          /* the plaza locks it holds (held.c) */
 
     char name[32];
 
@@ -200,12 +212,6 @@ struct pz__worker {
 
     pz__timers timers;
 
-    /* Sync locks the running task holds (see src/sync/held.c). */
-    unsigned sync_depth;
-    const void *sync_lock;
-    const char *sync_kind;
-    void *sync_site;
-
     void *stack_cache[PZ__STACK_CACHE];
     int stack_cache_len;
 
@@ -256,7 +262,7 @@ struct pz__runtime {
     _Atomic uint32_t main_done;
     _Atomic long live_tasks;
 
-    /* The I/O reactor (src/io/reactor.c).  io_waiters counts tasks and
+    /* The poller driver (driver.c).  io_waiters counts tasks and
      * threads waiting for readiness: while it is zero nobody polls.  One
      * worker at a time polls (driver_busy); it is then "polling" and is
      * woken through the waker descriptor instead of its futex. */
@@ -334,6 +340,8 @@ void pz__notify_work(pz__runtime *rt);
 void pz__suspend(void (*after)(pz__worker *, void *), void *arg);
 _Noreturn void pz__task_exit_switch(pz_task_t *t);
 void pz__resume(void);
+/* The thread function of a worker (sched.c), started by pz_run. */
+void *pz__worker_main(void *arg);
 
 /* task.c: parking a task. */
 uint64_t pz__park_prepare(bool nocancel);
@@ -373,15 +381,47 @@ void pz__overflow_handler_install(void);
 int pz__altstack_setup(pz__worker *w);
 void pz__altstack_teardown(pz__worker *w);
 
-/* src/sync/held.c: a task suspends while it holds a sync lock. */
-void pz__sync_held_at_suspend(pz__worker *w);
+/* driver.c: the poller driver and the readiness waiters (see there). */
+#define PZ__IO_READ 1u
+#define PZ__IO_WRITE 2u
+#define PZ__IO_CLOSED 4u
+#define PZ__IO_TICK 256u
+/* pz__io_source_signal: the descriptor was closed by pz_close. */
+#define PZ__SIG_CLOSED 0x100u
 
-/* src/io/reactor.c */
-int pz__reactor_init(pz__runtime *rt);
-void pz__reactor_destroy(pz__runtime *rt);
+enum { PZ__SRC_NEW = 0, PZ__SRC_POLLED = 1, PZ__SRC_BLOCKING = 2 };
+
+/* A task waiting for readiness: on its own stack, in its source's list. */
+typedef struct pz__io_waiter {
+    struct pz__io_waiter *next;
+    pz_task_t *task;
+    uint64_t gen;
+    uint64_t bit;  /* PZ__IO_READ or PZ__IO_WRITE */
+    bool linked;   /* in the list; under the source's lock */
+} pz__io_waiter;
+
+typedef struct pz__io_source {
+    _Atomic uint64_t readiness; /* see driver.c */
+    _Atomic int kind;           /* PZ__SRC_*; set under lock */
+    pz__spin lock;              /* registration and the waiter list */
+    pz__io_waiter *waiters;
+} pz__io_source;
+
+int pz__driver_init(pz__runtime *rt);
+void pz__driver_destroy(pz__runtime *rt);
 /* Waits for readiness until deadline (ns, < 0 none, 0 no wait) and wakes
  * the waiters of every ready descriptor.  Returns the number of events. */
-int pz__reactor_poll(pz__runtime *rt, int64_t deadline, int max_events);
+int pz__driver_poll(pz__runtime *rt, int64_t deadline, int max_events);
+pz__io_source *pz__io_source_of(pz__runtime *rt, int fd);
+/* Sets the readiness bits of events (PZ__EV_*, PZ__SIG_CLOSED) and wakes
+ * the waiters they concern. */
+void pz__io_source_signal(pz__io_source *src, unsigned events);
+/* The running task waits until bit (PZ__IO_READ or PZ__IO_WRITE) is set in
+ * src's readiness: 0, -EBADF (closed), -ETIMEDOUT or -ECANCELED. */
+int pz__driver_wait(pz__runtime *rt, pz__io_source *src, uint64_t bit, int64_t deadline);
+
+/* held.c: a task suspends while it holds a sync lock (reported). */
+void pz__held_at_suspend(pz_task_t *t);
 
 /* blocking.c */
 void pz__blocking_configure(int max_threads);

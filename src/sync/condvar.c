@@ -91,7 +91,7 @@ int pz_condvar_wait_until(pz_condvar_t *cv, pz_mutex_t *m, int64_t deadline)
     }
     if (r == 0 && token == PZ__MUTEX_TOKEN_HANDOFF) {
         /* Moved onto the mutex, and its unlocker handed it to us. */
-        pz__sync_acquired(m, "pz_mutex");
+        pz__held_acquired(m, "pz_mutex");
         return 0;
     }
     pz_mutex_lock(m);
