@@ -4,7 +4,7 @@
 set -e
 what=${1:-build}
 
-pkgs="cmake make gcc pkg-config libcmocka-dev libsqlite3-dev libjansson-dev libhttp-parser-dev"
+pkgs="cmake make gcc pkg-config libdw-dev libunwind-dev libcmocka-dev libsqlite3-dev libjansson-dev libhttp-parser-dev"
 case "$what" in
 test)
     # libpq-dev builds the PostgreSQL component; postgresql-15 is its test server.

@@ -156,8 +156,11 @@ static inline bool pz__async_mutex_take(pz_async_mutex_t *m, uint64_t self)
 static inline bool pz_async_mutex_trylock(pz_async_mutex_t *m)
 {
     while (atomic_load_explicit(&m->state, memory_order_relaxed) == 0) {
-        if (pz__async_mutex_take(m, pz__async_self_bits()))
+        if (pz__async_mutex_take(m, pz__async_self_bits())) {
+            if (pz__debug_holds())
+                pz__held_acquired(m, "pz_async_mutex");
             return true;
+        }
     }
     return false;
 }
@@ -166,9 +169,12 @@ static inline bool pz_async_mutex_trylock(pz_async_mutex_t *m)
 static inline int pz_async_mutex_lock_until(pz_async_mutex_t *m, int64_t deadline)
 {
     uint64_t self = pz__async_self_bits();
-    if (pz__async_mutex_take(m, self))
-        return 0;
-    return pz__async_mutex_lock_slow(m, self, deadline);
+    int r = 0;
+    if (!pz__async_mutex_take(m, self))
+        r = pz__async_mutex_lock_slow(m, self, deadline);
+    if (r == 0 && pz__debug_holds())
+        pz__held_acquired(m, "pz_async_mutex");
+    return r;
 }
 
 /* Returns 0 with the mutex held, or -ECANCELED. */
@@ -185,6 +191,8 @@ static inline int pz_async_mutex_lock(pz_async_mutex_t *m)
 static inline int pz_async_mutex_unlock(pz_async_mutex_t *m)
 {
     uint64_t self = pz__async_self_bits();
+    if (pz__debug_holds())
+        pz__held_released(m);
     if (atomic_load_explicit(&m->holder, memory_order_relaxed) == self &&
         atomic_load_explicit(&m->waiters, memory_order_relaxed) == 0 &&
         atomic_load_explicit(&pz__async_unlock_by_store, memory_order_relaxed)) {

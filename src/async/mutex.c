@@ -144,6 +144,20 @@ static bool announce_parked(pz_async_mutex_t *m, uint32_t *f, bool woken, bool s
     return true;
 }
 
+/* For the runtime's reports (dumps, deadlocks): the holder's caller id
+ * is in the lock word.  Registered with the runtime when the program is
+ * loaded, so the runtime never calls up into this layer by name. */
+static uint64_t holder_query(const void *obj)
+{
+    uint64_t s = atomic_load_explicit(&((const pz_async_mutex_t *)obj)->state, memory_order_relaxed);
+    return (s & PZ__AMUTEX_LOCKED) ? s >> PZ__AMUTEX_OWNER_SHIFT : 0;
+}
+
+__attribute__((constructor)) static void register_holder_query(void)
+{
+    pz__holder_query_register(PZ__WAIT_ASYNC_MUTEX, holder_query);
+}
+
 int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadline)
 {
     /* A task that keeps winning the lock here never suspends; the budget
@@ -200,6 +214,7 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadli
         if (!first_park)
             first_park = pz__clock_now();
         uintptr_t token = TOKEN_NORMAL;
+        pz__wait_note(PZ__WAIT_ASYNC_MUTEX, m);
         int r = pz_park(m, still_locked_and_parked, NULL, mutex_timed_out, m, 0, deadline, 0, &token);
         if (r == 0 && token == TOKEN_HANDOFF) {
             /* The unlocker left the lock word LOCKED with no holder id,

@@ -42,6 +42,7 @@ static pz__io_source *source_for(int fd, pz__runtime **rtp)
     pz__spin_lock(&src->lock);
     if (atomic_load_explicit(&src->kind, memory_order_relaxed) == PZ__SRC_NEW) {
         int kind = PZ__SRC_POLLED;
+        src->fd = fd;
         atomic_store_explicit(&src->readiness, 0, memory_order_relaxed);
 #ifdef PZ_TSAN
         /* Pairs with the reactor's acquire: epoll carries this edge. */

@@ -151,6 +151,7 @@ int pz__driver_wait(pz__runtime *rt, pz__io_source *src, uint64_t bit, int64_t d
     pz__spin_lock(&src->lock);
     int r = 0;
     if (!(atomic_load_explicit(&src->readiness, memory_order_acquire) & (bit | PZ__IO_CLOSED))) {
+        pz__wait_note(bit == PZ__IO_READ ? PZ__WAIT_FD_READ : PZ__WAIT_FD_WRITE, (const void *)(intptr_t)src->fd);
         wt.gen = pz__park_prepare(false);
         wt.next = src->waiters;
         wt.linked = true;

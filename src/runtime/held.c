@@ -19,10 +19,6 @@
 #include "internal.h"
 
 #include <execinfo.h>
-#include <stdio.h>
-#include <unistd.h>
-
-static __thread pz__holds thread_holds __attribute__((tls_model("initial-exec")));
 
 static pz__holds *holds_of_caller(void)
 {
@@ -31,7 +27,7 @@ static pz__holds *holds_of_caller(void)
         return &w->current->holds;
     if (w)
         return NULL; /* a worker's own loop takes no plaza locks */
-    return &thread_holds;
+    return &pz__thread_rec_self()->holds;
 }
 
 void pz__held_acquired(const void *lock, const char *kind)
@@ -39,31 +35,47 @@ void pz__held_acquired(const void *lock, const char *kind)
     pz__holds *h = holds_of_caller();
     if (!h)
         return;
-    if (h->depth < PZ__HELD_MAX) {
-        pz__held *e = &h->rec[h->depth];
-        e->lock = lock;
-        e->kind = kind;
-        e->site = __builtin_return_address(0);
+    unsigned d = atomic_load_explicit(&h->depth, memory_order_relaxed);
+    if (d < PZ__HELD_MAX) {
+        pz__held *e = &h->rec[d];
+        atomic_store_explicit(&e->lock, lock, memory_order_relaxed);
+        atomic_store_explicit(&e->kind, kind, memory_order_relaxed);
+        atomic_store_explicit(&e->site, __builtin_return_address(0), memory_order_relaxed);
     }
-    h->depth++;
+    atomic_store_explicit(&h->depth, d + 1, memory_order_relaxed);
 }
 
 void pz__held_released(const void *lock)
 {
     pz__holds *h = holds_of_caller();
-    if (!h || !h->depth)
+    if (!h)
         return;
-    unsigned n = h->depth < PZ__HELD_MAX ? h->depth : PZ__HELD_MAX;
+    unsigned d = atomic_load_explicit(&h->depth, memory_order_relaxed);
+    if (!d)
+        return;
+    unsigned n = d < PZ__HELD_MAX ? d : PZ__HELD_MAX;
     /* Locks are usually released in reverse order: search from the top and
-     * close the gap, so the kept entries stay the oldest holds in order. */
+     * close the gap, so the kept entries stay the oldest holds in order.
+     * A lock not in the record is one of the uncounted deep holds, or one
+     * taken where no record was kept (a worker's loop): only the former
+     * counts down. */
     for (unsigned i = n; i-- > 0;) {
-        if (h->rec[i].lock == lock) {
-            for (unsigned k = i; k + 1 < n; k++)
-                h->rec[k] = h->rec[k + 1];
-            break;
+        if (atomic_load_explicit(&h->rec[i].lock, memory_order_relaxed) == lock) {
+            for (unsigned k = i; k + 1 < n; k++) {
+                pz__held *to = &h->rec[k], *from = &h->rec[k + 1];
+                atomic_store_explicit(&to->lock, atomic_load_explicit(&from->lock, memory_order_relaxed),
+                                      memory_order_relaxed);
+                atomic_store_explicit(&to->kind, atomic_load_explicit(&from->kind, memory_order_relaxed),
+                                      memory_order_relaxed);
+                atomic_store_explicit(&to->site, atomic_load_explicit(&from->site, memory_order_relaxed),
+                                      memory_order_relaxed);
+            }
+            atomic_store_explicit(&h->depth, d - 1, memory_order_relaxed);
+            return;
         }
     }
-    h->depth--;
+    if (d > PZ__HELD_MAX)
+        atomic_store_explicit(&h->depth, d - 1, memory_order_relaxed);
 }
 
 static _Atomic int reports_left = 16;
@@ -72,19 +84,24 @@ void pz__held_at_suspend(pz_task_t *t)
 {
     if (atomic_fetch_sub(&reports_left, 1) <= 0)
         return;
-    const pz__held *last = &t->holds.rec[(t->holds.depth < PZ__HELD_MAX ? t->holds.depth : PZ__HELD_MAX) - 1];
-    fprintf(stderr,
-            "plaza: task %llu (%s) suspends while holding %u sync lock(s), last %s %p; a task must not "
-            "suspend inside a sync lock's critical section (it blocks every waiter's worker and can deadlock "
-            "the runtime): use an async lock for a section that waits\n",
-            (unsigned long long)t->id, t->name[0] ? t->name : "unnamed", t->holds.depth, last->kind, last->lock);
-    fprintf(stderr, "plaza:   the lock was taken at: ");
-    fflush(stderr);
-    void *site = last->site;
-    backtrace_symbols_fd(&site, 1, STDERR_FILENO);
-    fprintf(stderr, "plaza:   the task suspends at:\n");
-    fflush(stderr);
+    pz__held_view v[PZ__HELD_MAX];
+    unsigned depth;
+    unsigned n = pz__holds_read(&t->holds, v, &depth);
+    const pz__held_view *last = &v[n - 1];
+    pz__report("task %llu (%s) suspends while holding %u sync lock(s), last %s %p; a task must not suspend inside "
+               "a sync lock's critical section (it blocks every waiter's worker and can deadlock the runtime): use an "
+               "async lock for a section that waits",
+               (unsigned long long)t->id, t->name[0] ? t->name : "unnamed", depth, last->kind, last->lock);
+    void *syms = pz__arch_symbols_open();
+    char sym[256];
+    pz__arch_symbolize(syms, last->site, true, sym, sizeof sym);
+    pz__report("  the lock was taken at %s", sym);
     void *frames[8];
-    int n = backtrace(frames, 8);
-    backtrace_symbols_fd(frames, n, STDERR_FILENO);
+    int nf = backtrace(frames, 8);
+    /* Frame 0 is this function, frame 1 the switch that reported it. */
+    for (int i = 2; i < nf; i++) {
+        pz__arch_symbolize(syms, frames[i], true, sym, sizeof sym);
+        pz__report("  %s %s", i == 2 ? "the task suspends at" : "  called from", sym);
+    }
+    pz__arch_symbols_close(syms);
 }

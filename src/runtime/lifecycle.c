@@ -20,6 +20,7 @@
 #include <string.h>
 
 _Atomic(pz__runtime *) pz__rt;
+bool pz__debug;
 
 /* Plain threads inside a pinned walk of the runtime. */
 static _Atomic long rt_pins;
@@ -180,6 +181,8 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
     rt->stack_size = (ss + page - 1) / page * page;
     rt->guard_size = c.no_guard_pages ? 0 : page;
     pz__blocking_configure(c.blocking_threads_max);
+    const char *dbg = getenv("PLAZA_DEBUG");
+    pz__debug = c.debug || (dbg && *dbg && strcmp(dbg, "0") != 0);
 
     rt->workers = aligned_alloc(PZ__CACHELINE, sizeof(pz__worker) * (size_t)rt->nworkers);
     rt->sleepers = calloc((size_t)rt->nworkers, sizeof(int));
@@ -232,6 +235,8 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
             break;
         }
     }
+    if (!err)
+        pz__monitor_start(rt, &c); /* with the asynchronous signals blocked too */
     pz__sig_setmask(&run_mask);
     if (!err) {
         while (atomic_load(&rt->main_done) == 0) {
@@ -240,6 +245,7 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
         }
     }
     pz__sigmask_runner_restore();
+    pz__monitor_stop();
     stop_workers(rt, started);
     pz__blocking_shutdown();
     drain(rt);

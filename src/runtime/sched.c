@@ -27,6 +27,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #ifdef PZ_ASAN
 #include <sanitizer/asan_interface.h>
@@ -325,6 +327,7 @@ static void idle(pz__worker *w)
         }
     }
 
+    pz__monitor_poke(); /* the monitor sleeps while every worker does */
     pz__spin_lock(&rt->idle_lock);
     if (w->sleeping) {
         for (int i = 0; i < rt->nsleepers; i++) {
@@ -378,6 +381,8 @@ static void switch_from_task(pz__worker *w, pz_task_t *self, bool dies)
     w->current = next;
     w->coop_spent = 0;
     atomic_store_explicit(&w->running_id, next ? next->id : 0, memory_order_relaxed);
+    atomic_store_explicit(&w->switches, atomic_load_explicit(&w->switches, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
     ctx_switch(&self->ctx, next ? &next->ctx : &w->sched_ctx, dies);
 }
 
@@ -397,7 +402,7 @@ __attribute__((noinline)) void pz__resume(void)
 static inline void suspend_on(pz__worker *w, void (*after)(pz__worker *, void *), void *arg)
 {
     pz_task_t *self = w->current;
-    if (self->holds.depth)
+    if (atomic_load_explicit(&self->holds.depth, memory_order_relaxed))
         pz__held_at_suspend(self);
     self->saved_errno = errno;
     w->after_fn = after;
@@ -441,6 +446,7 @@ static void task_entry(void *arg)
     pz_task_t *t = arg;
     t->result = t->fn(t->arg);
     pz__task_end(t);
+    pz__task_unregister(t); /* reports stop reading its stack now */
     pz__task_exit_switch(t);
 }
 
@@ -490,7 +496,7 @@ void pz__coop_tick(void)
 void pz__coop_tick_release(void)
 {
     pz__worker *w = pz__current_worker();
-    if (w && w->current && !w->current->holds.depth)
+    if (w && w->current && !atomic_load_explicit(&w->current->holds.depth, memory_order_relaxed))
         coop_step(w);
 }
 
@@ -513,6 +519,7 @@ void *pz__worker_main(void *arg)
     char name[16];
     snprintf(name, sizeof name, "plaza-w%d", w->index);
     pz__thread_set_name(name);
+    atomic_store_explicit(&w->tid, (int)syscall(SYS_gettid), memory_order_relaxed);
     pz__thread_precise_timers();
     pz__set_current_worker(w);
     pz__altstack_setup(w);
@@ -533,6 +540,8 @@ void *pz__worker_main(void *arg)
             w->current = t;
             w->coop_spent = 0;
             atomic_store_explicit(&w->running_id, t->id, memory_order_relaxed);
+            atomic_store_explicit(&w->switches, atomic_load_explicit(&w->switches, memory_order_relaxed) + 1,
+                                  memory_order_relaxed);
             ctx_switch(&w->sched_ctx, &t->ctx, false);
             continue;
         }
