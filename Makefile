@@ -13,7 +13,7 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 CTEST = ctest --output-on-failure --no-tests=error -j1
 
-.PHONY: all build demo test test-under-load test-gcc test-clang test-asan test-tsan test-aarch64 bench install clean deps
+.PHONY: all build demo test test-under-load soak test-gcc test-clang test-asan test-tsan test-aarch64 bench install clean deps
 
 all: build
 
@@ -40,22 +40,22 @@ test-gcc:
 	cd build && $(CTEST)
 
 test-clang:
-	CC=clang cmake -S . -B build-clang -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	CC=clang cmake -S . -B build-clang -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPLAZA_MODELS=OFF >/dev/null
 	cmake --build build-clang -j$(JOBS)
 	cd build-clang && $(CTEST)
 
 test-asan:
-	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPLAZA_SANITIZE=address -DPLAZA_TEST_SCALE=2 -DPLAZA_BENCH=OFF >/dev/null
+	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPLAZA_SANITIZE=address -DPLAZA_TEST_SCALE=2 -DPLAZA_BENCH=OFF -DPLAZA_MODELS=OFF >/dev/null
 	cmake --build build-asan -j$(JOBS)
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 $(CTEST)
 
 test-tsan:
-	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPLAZA_SANITIZE=thread -DPLAZA_TEST_SCALE=4 -DPLAZA_BENCH=OFF >/dev/null
+	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPLAZA_SANITIZE=thread -DPLAZA_TEST_SCALE=4 -DPLAZA_BENCH=OFF -DPLAZA_MODELS=OFF >/dev/null
 	cmake --build build-tsan -j$(JOBS)
 	cd build-tsan && TSAN_OPTIONS=halt_on_error=1:abort_on_error=1 $(CTEST)
 
 test-aarch64:
-	cmake -S . -B build-aarch64 -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPLAZA_TEST_SCALE=10 -DPLAZA_BENCH=OFF >/dev/null
+	cmake -S . -B build-aarch64 -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPLAZA_TEST_SCALE=10 -DPLAZA_BENCH=OFF -DPLAZA_MODELS=OFF >/dev/null
 	cmake --build build-aarch64 -j$(JOBS)
 	cd build-aarch64 && $(CTEST)
 
@@ -65,6 +65,14 @@ test-under-load:
 	cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 	cmake --build build -j$(JOBS)
 	scripts/test-under-load.sh build $(LOAD_RUNS)
+
+# A long fault-injection soak (tests/test_faults_soak.c): SOAK_SECONDS, and
+# PLAZA_FAULTS_SEED / PLAZA_FAULTS_RATE from the environment.
+SOAK_SECONDS ?= 600
+soak:
+	cmake -S . -B build-faults -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPLAZA_FAULTS=ON -DPLAZA_SANITIZE=address -DPLAZA_BENCH=OFF >/dev/null
+	cmake --build build-faults -j$(JOBS) --target test_faults_soak
+	PLAZA_SOAK_SECONDS=$(SOAK_SECONDS) ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 ./build-faults/tests/test_faults_soak
 
 bench: build
 	@scripts/install-deps.sh bench

@@ -11,5 +11,7 @@
 #include "plaza/signal.h"
 #include "plaza/bufio.h"
 #include "plaza/task.h"
+#include "plaza/guard.h"
+#include "plaza/select.h"
 
 #endif

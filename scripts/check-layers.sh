@@ -13,7 +13,7 @@ order="arch runtime park sync async io advisor pg"
 
 rank() { # rank of a layer name, or nothing if it is not one
     i=0
-    for l in $order; do
+    for l in $order apps; do
         if [ "$l" = "$1" ]; then echo $i; return; fi
         i=$((i + 1))
     done
@@ -25,8 +25,8 @@ header_layer() {
     runtime | task) echo runtime ;;
     park) echo park ;;
     sync) echo sync ;;
-    async) echo async ;;
-    io | bufio | signal) echo io ;;
+    async | guard) echo async ;;
+    io | bufio | signal | select) echo io ;;
     advisor) echo advisor ;;
     pg) echo pg ;;
     *) echo apps ;; # plaza.h and anything new: the top

@@ -8,7 +8,8 @@ pkgs="cmake make gcc pkg-config libdw-dev libunwind-dev libcmocka-dev libsqlite3
 case "$what" in
 test)
     # libpq-dev builds the PostgreSQL component; postgresql-15 is its test server.
-    pkgs="$pkgs clang qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross libpq-dev postgresql-15 libclang-rt-14-dev python3"
+    # spin checks the Promela models (models/).
+    pkgs="$pkgs clang qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross libpq-dev postgresql-15 libclang-rt-14-dev python3 spin"
     ;;
 bench)
     pkgs="$pkgs golang-go librust-tokio-dev librust-parking-lot-dev libboost-fiber-dev g++ cargo python3-matplotlib"

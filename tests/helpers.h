@@ -81,9 +81,9 @@ void check_failed_eq(const char *a, const char *b, long long va, long long vb, c
             check_failed_eq(#a, #b, check_a_, check_b_, __FILE__, __LINE__); \
     } while (0)
 
-#define US 1000ll
-#define MS 1000000ll
-#define SEC 1000000000ll
+#define US 1000LL
+#define MS 1000000LL
+#define SEC 1000000000LL
 
 /* Spawns n tasks running fn(argf(i)) (or fn(NULL)); join_n joins them,
  * checks that each returned 0 from pz_join, and frees the array. */

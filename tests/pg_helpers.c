@@ -53,6 +53,17 @@ const char *pg_url(void)
     exit(allow && !strcmp(allow, "1") ? 77 : 1);
 }
 
+const char *pg_state(const char *key)
+{
+    static char v[8][1024];
+    static int next;
+    const char *state = getenv("PLAZA_PG_STATE");
+    if (!state || getenv("PLAZA_PG_URL"))
+        return NULL;
+    char *out = v[next++ % 8];
+    return state_value(state, key, out, sizeof v[0]) == 0 ? out : NULL;
+}
+
 static int script(const char *cmd, const char *state)
 {
     const char *s = getenv("PLAZA_PG_SCRIPT");

@@ -13,6 +13,10 @@
  * one it says why and exits: 77 (skip) if PLAZA_PG_ALLOW_SKIP=1, else 1. */
 const char *pg_url(void);
 
+/* Another value of the state file (PLAZA_PG_PORT, PLAZA_PG_TCP_URL), or
+ * NULL (also when the URL came from $PLAZA_PG_URL). */
+const char *pg_state(const char *key);
+
 /* Starts a private server of the test's own (state file path given),
  * restarts it, stops it; the URL of the one started.  0 or -1. */
 int pg_private_start(const char *state, char *url, size_t cap);

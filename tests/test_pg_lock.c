@@ -27,6 +27,11 @@ static void *basics_main(void *arg)
     CHECK(ta > 0);
     CHECK_EQ(pz_pg_lock_token(a), ta);
     CHECK_EQ(pz_pg_lock_check(a, in_ms(10000)), 0);
+    /* A check that times out (its deadline already passed) is abandoned,
+     * but abandoning it does not release the lock. */
+    int rc = pz_pg_lock_check(a, pz_now());
+    CHECK(rc == -ETIMEDOUT || rc == 0);
+    CHECK_EQ(pz_pg_lock_check(a, in_ms(10000)), 0);
     /* Another session: busy, and a bounded wait times out holding nothing. */
     CHECK_EQ(pz_pg_lock_trylock(b, in_ms(10000), &tb), -EBUSY);
     int64_t t0 = pz_now();
@@ -277,10 +282,9 @@ static void *loss_main(void *arg)
     snprintf(pid, sizeof pid, "%d", pz_pg_lock_backend_pid(b));
     CHECK_EQ(pz_pg_exec(admin, "SELECT pg_terminate_backend($1::int)", 1, (const char *[]){pid}, in_ms(10000)), 1);
     pz_sleep(20 * MS);
-    int rr = pz_pg_lock_lock_until(b, in_ms(10000), &tb);
-    if (rr == -ECONNRESET) /* the loss seen by this call; the next one reconnects */
-        rr = pz_pg_lock_lock_until(b, in_ms(10000), &tb);
-    CHECK_EQ(rr, 0);
+    int b_pid = pz_pg_lock_backend_pid(b);
+    CHECK_EQ(pz_pg_lock_lock_until(b, in_ms(10000), &tb), 0);
+    CHECK(pz_pg_lock_backend_pid(b) != b_pid);
     CHECK(tb > ta);
     CHECK_EQ(pz_pg_lock_unlock(b), 0);
 
@@ -295,6 +299,127 @@ static void test_loss(void **state)
 {
     (void)state;
     run_in_runtime(2, loss_main, NULL);
+}
+
+/* The same loss with the next holder in another process: the parent holds
+ * the lock, its backend is terminated, it is told; the child (waiting for
+ * that moment through a table) acquires and writes; the parent's stale
+ * write is refused. */
+#define LOSS2_KEY 3033
+
+static int64_t wait_row(pz_pg_conn_t *c, const char *what)
+{
+    int64_t deadline = in_ms(20000), token = -1;
+    while (pz_now() < deadline) {
+        pz_pg_result_t *r;
+        CHECK_EQ(pz_pg_query(c, "SELECT token FROM t_loss_sync WHERE what = $1", 1, (const char *[]){what},
+                             in_ms(10000), &r),
+                 0);
+        bool found = pz_pg_result_rows(r) == 1;
+        if (found)
+            CHECK_EQ(pz_pg_result_int64(r, 0, 0, &token), 0);
+        pz_pg_result_free(r);
+        if (found)
+            return token;
+        pz_sleep(2 * MS);
+    }
+    check_failed("the other process never wrote its row", __FILE__, __LINE__);
+    return -1;
+}
+
+static void post_row(pz_pg_conn_t *c, const char *what, uint64_t token)
+{
+    char t[24];
+    snprintf(t, sizeof t, "%llu", (unsigned long long)token);
+    CHECK_EQ(pz_pg_exec(c, "INSERT INTO t_loss_sync VALUES ($1, $2)", 2, (const char *[]){what, t}, in_ms(10000)), 1);
+}
+
+static int fenced_write(pz_pg_conn_t *store, uint64_t token, const char *who)
+{
+    CHECK_EQ(pz_pg_exec(store, "BEGIN", 0, NULL, in_ms(10000)), 0);
+    int r = pz_pg_fence_admit(store, LOSS2_KEY, token, in_ms(10000));
+    if (r == 0)
+        CHECK_EQ(pz_pg_exec(store, "INSERT INTO t_fenced2 VALUES ($1)", 1, (const char *[]){who}, in_ms(10000)), 1);
+    CHECK_EQ(pz_pg_exec(store, r == 0 ? "COMMIT" : "ROLLBACK", 0, NULL, in_ms(10000)), 0);
+    return r;
+}
+
+static void *loss_child_main(void *arg)
+{
+    (void)arg;
+    pz_pg_lock_t *b;
+    pz_pg_conn_t *store;
+    CHECK_EQ(pz_pg_lock_open(url, LOSS2_KEY, in_ms(10000), &b), 0);
+    CHECK_EQ(pz_pg_connect(url, in_ms(10000), &store), 0);
+    wait_row(store, "terminated");
+    uint64_t tb;
+    CHECK_EQ(pz_pg_lock_lock_until(b, in_ms(10000), &tb), 0);
+    CHECK_EQ(fenced_write(store, tb, "child"), 0);
+    post_row(store, "child", tb);
+    CHECK_EQ(pz_pg_lock_unlock(b), 0);
+    pz_pg_close(store);
+    pz_pg_lock_close(b);
+    return NULL;
+}
+
+static void *loss_parent_main(void *arg)
+{
+    (void)arg;
+    pz_pg_lock_t *a;
+    pz_pg_conn_t *store, *admin;
+    CHECK_EQ(pz_pg_lock_open(url, LOSS2_KEY, in_ms(10000), &a), 0);
+    CHECK_EQ(pz_pg_connect(url, in_ms(10000), &store), 0);
+    CHECK_EQ(pz_pg_connect(url, in_ms(10000), &admin), 0);
+    uint64_t ta;
+    CHECK_EQ(pz_pg_lock_lock(a, &ta), 0);
+    CHECK_EQ(fenced_write(store, ta, "parent"), 0);
+    struct watchdog w = {a, 0, 0};
+    pz_task_t *wt = pz_spawn(watchdog_task, &w);
+    pz_sleep(10 * MS);
+    char pid[16];
+    snprintf(pid, sizeof pid, "%d", pz_pg_lock_backend_pid(a));
+    int64_t killed_at = pz_now();
+    CHECK_EQ(pz_pg_exec(admin, "SELECT pg_terminate_backend($1::int)", 1, (const char *[]){pid}, in_ms(10000)), 1);
+    CHECK_EQ(pz_join(wt, NULL), 0);
+    CHECK_EQ(w.result, -ENOLCK);
+    CHECK(w.at - killed_at < 5000 * MS);
+    fprintf(stderr, "holder told %.2f ms after pg_terminate_backend; the other process takes over\n",
+            (w.at - killed_at) / 1e6);
+    post_row(store, "terminated", ta);
+    /* The other process acquires and writes with a later token... */
+    int64_t tb = wait_row(store, "child");
+    CHECK(tb > (int64_t)ta);
+    /* ... and the stale holder's write is refused. */
+    CHECK_EQ(fenced_write(store, ta, "parent, stale"), -ESTALE);
+    CHECK_EQ(pz_pg_lock_unlock(a), -ENOLCK);
+    pz_pg_result_t *r;
+    CHECK_EQ(pz_pg_query(store, "SELECT string_agg(who, ',' ORDER BY who) FROM t_fenced2", 0, NULL, in_ms(10000), &r),
+             0);
+    CHECK(strcmp(pz_pg_result_value(r, 0, 0), "child,parent") == 0);
+    pz_pg_result_free(r);
+    pz_pg_close(admin);
+    pz_pg_close(store);
+    pz_pg_lock_close(a);
+    return NULL;
+}
+
+static void test_loss_other_process(void **state)
+{
+    (void)state;
+    pg_admin(url, "DROP TABLE IF EXISTS t_loss_sync, t_fenced2;"
+                  "CREATE TABLE t_loss_sync (what text, token bigint);"
+                  "CREATE TABLE t_fenced2 (who text)");
+    fflush(NULL);
+    pid_t child = fork();
+    CHECK(child >= 0);
+    if (child == 0) {
+        run_in_runtime(2, loss_child_main, NULL);
+        _exit(0);
+    }
+    run_in_runtime(2, loss_parent_main, NULL);
+    int st;
+    CHECK_EQ(waitpid(child, &st, 0), child);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
 /* A holder that is cancelled while it waits for the lock holds nothing
@@ -336,6 +461,96 @@ static void test_cancelled_waiter(void **state)
     run_in_runtime(2, cancel_main, NULL);
 }
 
+/* Two sessions in one process (two lock objects on one key), tasks on both
+ * with random deadlines and random cancels: at most one holder at any
+ * moment, checked in memory, and tokens increasing in acquisition order. */
+struct storm {
+    pz_pg_lock_t *lock[2];
+    _Atomic int holders;
+    _Atomic uint64_t last_token;
+    _Atomic long acquired, timed_out, cancelled;
+};
+
+struct storm_task_arg {
+    struct storm *S;
+    int which;
+    uint64_t seed;
+};
+
+static void *storm_task(void *arg)
+{
+    struct storm_task_arg *A = arg;
+    struct storm *S = A->S;
+    uint64_t rng = A->seed;
+    for (int i = 0; i < SCALED(12); i++) {
+        uint64_t token;
+        int r = pz_pg_lock_lock_until(S->lock[A->which], in_ms(1 + (int64_t)(test_rand(&rng) % 30)), &token);
+        if (r == -ETIMEDOUT) {
+            atomic_fetch_add(&S->timed_out, 1);
+            continue;
+        }
+        if (r == -ECANCELED) {
+            atomic_fetch_add(&S->cancelled, 1);
+            return NULL;
+        }
+        CHECK_EQ(r, 0);
+        CHECK_EQ(atomic_fetch_add(&S->holders, 1), 0);
+        uint64_t last = atomic_load(&S->last_token);
+        CHECK(token > last);
+        atomic_store(&S->last_token, token);
+        atomic_fetch_add(&S->acquired, 1);
+        if (test_rand(&rng) % 2)
+            pz_sleep((int64_t)(test_rand(&rng) % 3) * MS); /* a cancel may land here */
+        CHECK_EQ(atomic_fetch_sub(&S->holders, 1), 1);
+        /* A cancelled holder's unlock ends the session instead: 0 too. */
+        CHECK_EQ(pz_pg_lock_unlock(S->lock[A->which]), 0);
+        if (pz_cancelled())
+            return NULL;
+    }
+    return NULL;
+}
+
+static void *storm_main(void *arg)
+{
+    (void)arg;
+    struct storm S = {0};
+    CHECK_EQ(pz_pg_lock_open(url, 5005, in_ms(10000), &S.lock[0]), 0);
+    CHECK_EQ(pz_pg_lock_open(url, 5005, in_ms(10000), &S.lock[1]), 0);
+    enum { N = 24 };
+    pz_task_t *t[N];
+    struct storm_task_arg a[N];
+    for (int i = 0; i < N; i++) {
+        a[i] = (struct storm_task_arg){&S, i % 2, 0x9e3779b97f4a7c15ull * (uint64_t)(i + 3)};
+        CHECK((t[i] = pz_spawn(storm_task, &a[i])) != NULL);
+    }
+    uint64_t rng = 777;
+    for (int i = 0; i < N / 3; i++) {
+        pz_sleep((int64_t)(test_rand(&rng) % 15) * MS);
+        pz_cancel(t[test_rand(&rng) % N]);
+    }
+    for (int i = 0; i < N; i++)
+        CHECK_EQ(pz_join(t[i], NULL), 0);
+    fprintf(stderr, "lock storm: %ld acquired, %ld timed out, %ld cancelled waiting\n", atomic_load(&S.acquired),
+            atomic_load(&S.timed_out), atomic_load(&S.cancelled));
+    CHECK(atomic_load(&S.acquired) > 0);
+    /* Afterwards both objects work. */
+    uint64_t t0, t1;
+    CHECK_EQ(pz_pg_lock_lock_until(S.lock[0], in_ms(10000), &t0), 0);
+    CHECK_EQ(pz_pg_lock_unlock(S.lock[0]), 0);
+    CHECK_EQ(pz_pg_lock_lock_until(S.lock[1], in_ms(10000), &t1), 0);
+    CHECK(t1 > t0 && t0 > atomic_load(&S.last_token));
+    CHECK_EQ(pz_pg_lock_unlock(S.lock[1]), 0);
+    pz_pg_lock_close(S.lock[0]);
+    pz_pg_lock_close(S.lock[1]);
+    return NULL;
+}
+
+static void test_timeout_cancel_storm(void **state)
+{
+    (void)state;
+    run_in_runtime(2, storm_main, NULL);
+}
+
 int main(void)
 {
     url = pg_url();
@@ -343,7 +558,9 @@ int main(void)
         cmocka_unit_test(test_basics),
         cmocka_unit_test(test_two_processes),
         cmocka_unit_test(test_loss),
+        cmocka_unit_test(test_loss_other_process),
         cmocka_unit_test(test_cancelled_waiter),
+        cmocka_unit_test(test_timeout_cancel_storm),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

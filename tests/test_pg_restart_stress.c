@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "helpers.h"
 #include "pg_helpers.h"
@@ -145,15 +147,24 @@ int main(void)
     const char *shared = pg_url(); /* skips or fails as the other pg tests do */
     (void)shared;
     const char *base = getenv("PLAZA_PG_STATE");
-    snprintf(state, sizeof state, "%s.restart", base ? base : "/tmp/plaza-pg-restart.env");
+    /* One server per run, even with several runs at once. */
+    snprintf(state, sizeof state, "%s.restart.%d", base ? base : "/tmp/plaza-pg-restart.env", (int)getpid());
     if (pg_private_start(state, url, sizeof url) < 0) {
         fprintf(stderr, "cannot start a private PostgreSQL server\n");
         return 1;
     }
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_restart_under_load),
-    };
-    int r = cmocka_run_group_tests(tests, NULL, NULL);
+    /* The tests run in a child, so that the server is stopped however they
+     * end (a failed check aborts). */
+    fflush(NULL);
+    pid_t child = fork();
+    if (child == 0) {
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test(test_restart_under_load),
+        };
+        _exit(cmocka_run_group_tests(tests, NULL, NULL));
+    }
+    int st = 0;
+    int r = child > 0 && waitpid(child, &st, 0) == child && WIFEXITED(st) ? WEXITSTATUS(st) : 1;
     pg_private_stop(state);
     return r;
 }

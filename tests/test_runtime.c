@@ -2,6 +2,7 @@
  * pool, errno across migration, idle CPU, stack overflow reports, misuse. */
 #include "helpers.h"
 #include "runtime/internal.h"
+#include "runtime/kit.h"
 
 #include <errno.h>
 #include <stdatomic.h>
@@ -665,9 +666,10 @@ static void *misuse_main(void *arg)
     pz_task_t *target = pz_spawn(sleep_forever, NULL);
     pz_task_t *j1 = pz_spawn(joiner_task, target);
     for (;;) { /* until j1 is registered as the joiner */
-        pz__spin_lock(&target->join_lock);
-        bool joined = target->joiner != NULL;
-        pz__spin_unlock(&target->join_lock);
+        pz_task_t *tt = pz__task_peek(target); /* the struct behind the handle */
+        pz__spin_lock(&tt->join_lock);
+        bool joined = tt->joiner != NULL;
+        pz__spin_unlock(&tt->join_lock);
         if (joined)
             break;
         pz_sleep(1000000);

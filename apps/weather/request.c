@@ -164,8 +164,9 @@ static int on_headers_complete(http_parser *hp)
     ps->headers_done = true;
     bool chunked = (hp->flags & F_CHUNKED) != 0;
     bool has_length = (hp->flags & F_CONTENTLENGTH) != 0;
-    if (hp->method == HTTP_POST && !chunked && !has_length)
-        return refuse(ps, 411, "POST needs Content-Length or chunked encoding");
+    /* Without either, the request has no body; the router answers 411 if
+     * its path wants one. */
+    ps->req.no_length = hp->method == HTTP_POST && !chunked && !has_length;
     if (has_length && hp->content_length > WX_MAX_BODY_BYTES)
         return refuse(ps, 413, "body larger than 1 MiB");
     return 0;
@@ -208,6 +209,7 @@ static void reset_request(wx_parser *ps)
     ps->req.path[0] = 0;
     ps->req.body.len = 0;
     ps->req.keep_alive = false;
+    ps->req.no_length = false;
     ps->head_bytes = 0;
     ps->started = ps->headers_done = ps->complete = ps->path_too_long = false;
     ps->expect_continue = ps->in_value = false;
@@ -272,6 +274,9 @@ void wx_route_request(wx_request *req, wx_route *out)
             out->status = 405;
             out->reason = "method not allowed";
             out->allow = "POST";
+        } else if (req->no_length) {
+            out->status = 411;
+            out->reason = "POST needs Content-Length or chunked encoding";
         }
         return;
     }
@@ -316,12 +321,43 @@ int wx_city_find(const wx_cities *c, const char *name, size_t len)
     return -1;
 }
 
+/* The deepest nesting of arrays and objects in a JSON text (outside its
+ * strings).  jansson's parser recurses once per level (up to 2048), and a
+ * connection's task has a small stack: a body is refused before it is
+ * parsed when it nests deeper than a readings document ever does. */
+static int json_depth(const char *p, size_t len)
+{
+    int depth = 0, max = 0;
+    bool in_string = false;
+    for (size_t i = 0; i < len; i++) {
+        char ch = p[i];
+        if (in_string) {
+            if (ch == '\\')
+                i++;
+            else if (ch == '"')
+                in_string = false;
+        } else if (ch == '"') {
+            in_string = true;
+        } else if (ch == '[' || ch == '{') {
+            if (++depth > max)
+                max = depth;
+        } else if (ch == ']' || ch == '}') {
+            depth--;
+        }
+    }
+    return max;
+}
+
 int wx_parse_readings(const char *body, size_t len, const wx_cities *cities, int64_t now_ms, wx_parsed_reading *out,
                       size_t *n, char *reason, size_t reason_len)
 {
     json_error_t jerr;
     int status = 0;
     *n = 0;
+    if (json_depth(body, len) > WX_MAX_JSON_DEPTH) {
+        snprintf(reason, reason_len, "malformed JSON: nested deeper than %d levels", WX_MAX_JSON_DEPTH);
+        return 400;
+    }
     json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
         snprintf(reason, reason_len, "malformed JSON: %s", jerr.text);
@@ -418,8 +454,11 @@ int wx_respond(wx_buf *out, int status, const char *body, size_t body_len, bool 
     return wx_buf_append(out, body, body_len);
 }
 
+bool wx_status_closes(int status) { return status == 400 || status == 408 || status == 413 || status == 431; }
+
 int wx_respond_error(wx_buf *out, int status, const char *reason, bool close, const char *allow)
 {
+    close = close || wx_status_closes(status);
     json_t *o = json_pack("{s:s}", "error", reason ? reason : wx_status_text(status));
     if (!o) /* a reason quoting the client's bytes that are not UTF-8 */
         o = json_pack("{s:s}", "error", wx_status_text(status));

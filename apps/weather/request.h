@@ -8,7 +8,8 @@
  * Limits (protocol): the request line and headers together at most
  * WX_MAX_HEADER_BYTES (else 431), a body at most WX_MAX_BODY_BYTES (else
  * 413, decided from Content-Length before any of the body is read when it
- * is given), a POST needs Content-Length or chunked encoding (else 411),
+ * is given), a POST to /readings needs Content-Length or chunked encoding
+ * (else 411: decided by the router, so a POST to a GET-only path is 405),
  * anything the parser rejects is 400.  A request that fails any of these
  * ends the connection after its answer.
  */
@@ -27,6 +28,7 @@
 #define WX_MAX_BODY_BYTES (1 << 20)
 #define WX_MAX_READINGS 1000
 #define WX_PATH_MAX 512
+#define WX_MAX_JSON_DEPTH 16 /* a readings document nests 3 deep */
 
 /* ---- a growable byte buffer ---- */
 typedef struct wx_buf {
@@ -46,6 +48,7 @@ typedef struct wx_request {
     size_t path_len;
     wx_buf body;
     bool keep_alive; /* known once the request is complete */
+    bool no_length;  /* a POST with neither Content-Length nor chunked encoding */
 } wx_request;
 
 typedef enum wx_parse_state {
@@ -95,7 +98,7 @@ typedef enum wx_route_kind {
 
 typedef struct wx_route {
     wx_route_kind kind;
-    int status;         /* 0, or the error to answer: 404, 405 */
+    int status;         /* 0, or the error to answer: 404, 405, 411 */
     const char *reason; /* with an error */
     const char *allow;  /* with 405 */
     const char *city;   /* GET /weather/{city}: the name, in the request's path */
@@ -132,7 +135,12 @@ const char *wx_status_text(int status);
 /* Appends a whole response with a JSON body; close adds Connection: close;
  * allow (or NULL) adds an Allow header.  0 or -ENOMEM. */
 int wx_respond(wx_buf *out, int status, const char *body, size_t body_len, bool close, const char *allow);
-/* Appends {"error":reason} with the status. */
+/* True for the statuses after which the connection is closed (400, 408,
+ * 413, 431): the rest of what the client sent cannot be trusted to start a
+ * request. */
+bool wx_status_closes(int status);
+/* Appends {"error":reason} with the status (and Connection: close when
+ * wx_status_closes says so). */
 int wx_respond_error(wx_buf *out, int status, const char *reason, bool close, const char *allow);
 
 #endif

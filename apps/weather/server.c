@@ -6,8 +6,9 @@
  * handles and answers its requests one after another, so a slow client
  * suspends only its own task); one writer task that commits readings in
  * groups; one refresher that recomputes every city's forecast on a timer;
- * one task waiting for SIGINT/SIGTERM.  The storage calls run on the
- * blocking pool (storage_sqlite.c), so no worker ever waits for the disk.
+ * plaza's shutdown helper (pz_shutdown_*) watches SIGINT/SIGTERM.  The
+ * storage calls never hold a worker: SQLite's run on the blocking pool
+ * (storage_sqlite.c), PostgreSQL's wait on the reactor (storage_pg.c).
  *
  * The two critical sections of a city, and their locks:
  *  - data: `current` (the last reading) is only copied in and out while
@@ -40,11 +41,13 @@
  * word after the wake it delivers).
  *
  * Shutdown.  The first SIGINT/SIGTERM stops the accept loop, shuts the
- * read side of every connection (an idle one ends; one in a request
- * finishes it and answers with Connection: close), waits for the
+ * read side of every idle connection (its task ends), lets every
+ * connection in the middle of a request receive and answer it with
+ * Connection: close (within the request deadline), waits for the
  * connections to end, stops the refresher, closes the writer's channel
  * (the writer commits what is queued, then ends), closes the database and
- * exits 0.  A second signal exits at once (status 1).
+ * exits 0.  A second signal ends the process at once (the signal's default
+ * action: status 130 or 143 in a shell).
  */
 #define _GNU_SOURCE
 #include "request.h"
@@ -65,7 +68,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -111,10 +113,9 @@ static int lock_take(const lock_role *role, wx_lock *l, int64_t deadline)
     int r = role->is_async ? pz_async_mutex_lock_until(&l->async, deadline) : pz_mutex_lock_until(&l->sync, deadline);
     int64_t t1 = pz_now();
     if (r < 0) {
-        pz_mutex_lock(&role->stats->lock);
+        PZ_GUARD(pz_mutex, g, &role->stats->lock);
         role->stats->timeouts++;
         hist_add(&role->stats->wait, (uint64_t)(t1 - t0));
-        pz_mutex_unlock(&role->stats->lock);
         return r;
     }
     l->taken_at = t1;
@@ -130,10 +131,9 @@ static void lock_give(const lock_role *role, wx_lock *l, int waited_ns)
         pz_async_mutex_unlock(&l->async);
     else
         pz_mutex_unlock(&l->sync);
-    pz_mutex_lock(&role->stats->lock);
+    PZ_GUARD(pz_mutex, g, &role->stats->lock);
     hist_add(&role->stats->wait, (uint64_t)waited_ns);
     hist_add(&role->stats->hold, (uint64_t)held);
-    pz_mutex_unlock(&role->stats->lock);
 }
 
 /* ---- per-city state ---- */
@@ -177,6 +177,10 @@ typedef struct write_req {
 
 typedef struct conn {
     int fd;
+    /* A request of this connection has started and is not answered yet:
+     * the shutdown leaves it to finish.  Written by the connection's task,
+     * read by the shutdown's sweep. */
+    _Atomic bool busy;
     struct conn *prev, *next;
 } conn;
 
@@ -199,7 +203,6 @@ typedef struct service {
     _Atomic int nconns;
     pz_notify_t conns_changed;
     _Atomic bool stopping;
-    pz_notify_t stop;
     int lfd;
 } service;
 
@@ -259,8 +262,10 @@ static bool forecast_stale(const service *s, const city_state *c)
 static void *refresher(void *arg)
 {
     service *s = arg;
-    int64_t next = pz_now();
-    while (!pz_cancelled()) {
+    /* The first pass comes one period after the start: until then the
+     * GETs compute each forecast when first asked. */
+    int64_t next = pz_now() + s->o.refresh_ns;
+    while (!pz_cancelled() && pz_sleep_until(next) == 0) {
         for (int i = 0; i < s->cities.n && !pz_cancelled(); i++) {
             city_state *c = &s->city[i];
             int w = lock_take(&s->forecast_role, &c->forecast_lock, pz_now() + s->o.lock_timeout_ns);
@@ -272,8 +277,6 @@ static void *refresher(void *arg)
         next += s->o.refresh_ns;
         if (next < pz_now())
             next = pz_now();
-        if (pz_sleep_until(next) < 0)
-            break;
     }
     return NULL;
 }
@@ -446,11 +449,10 @@ static json_t *hist_json(hist *h, double unit)
 
 static json_t *lock_json(const char *kind, lock_stats *ls)
 {
-    pz_mutex_lock(&ls->lock);
+    PZ_GUARD(pz_mutex, g, &ls->lock);
     json_t *o = json_pack("{s:s,s:I,s:I,s:o,s:o}", "kind", kind, "acquisitions", (json_int_t)hist_total(&ls->hold),
                           "timeouts", (json_int_t)ls->timeouts, "wait", hist_json(&ls->wait, 1000.0), "hold",
                           hist_json(&ls->hold, 1000.0));
-    pz_mutex_unlock(&ls->lock);
     return o;
 }
 
@@ -462,9 +464,10 @@ static int handle_metrics(service *s, wx_buf *out, bool close)
         hist *h = malloc(sizeof *h);
         if (!h)
             break;
-        pz_mutex_lock(&s->ep[e].lock);
-        memcpy(h, &s->ep[e].h, sizeof *h);
-        pz_mutex_unlock(&s->ep[e].lock);
+        {
+            PZ_GUARD(pz_mutex, g, &s->ep[e].lock);
+            memcpy(h, &s->ep[e].h, sizeof *h);
+        }
         json_object_set_new(root, ep_names[e], hist_json(h, 1000.0));
         free(h);
     }
@@ -514,9 +517,8 @@ static int handle(service *s, wx_request *req, wx_buf *out, bool close, wx_parse
                                                : -1;
     if (ep >= 0 && st > 0) {
         int64_t dt = pz_now() - t0;
-        pz_mutex_lock(&s->ep[ep].lock);
+        PZ_GUARD(pz_mutex, g, &s->ep[ep].lock);
         hist_add(&s->ep[ep].h, (uint64_t)dt);
-        pz_mutex_unlock(&s->ep[ep].lock);
     }
     return st;
 }
@@ -524,6 +526,11 @@ static int handle(service *s, wx_request *req, wx_buf *out, bool close, wx_parse
 /* ---- connections ---- */
 
 #define IN_BUF 16384
+/* A connection's task stack: the handlers keep their buffers small and on
+ * the heap, jansson never nests deeper than WX_MAX_JSON_DEPTH, but the
+ * PostgreSQL back end runs libpq on this stack (SQLite runs on the
+ * blocking pool's threads). */
+#define CONN_STACK (128 * 1024)
 
 static void count_status(service *s, int st)
 {
@@ -538,14 +545,13 @@ typedef struct conn_arg {
 
 static void conn_unregister(service *s, conn *c)
 {
-    pz_mutex_lock(&s->conns_lock);
+    PZ_GUARD(pz_mutex, g, &s->conns_lock);
     if (c->prev)
         c->prev->next = c->next;
     else
         s->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    pz_mutex_unlock(&s->conns_lock);
 }
 
 static void *serve_conn(void *arg)
@@ -589,7 +595,8 @@ static void *serve_conn(void *arg)
             if (st < 0)
                 break;
             count_status(s, st);
-            if (pz_write_all(fd, out.p, out.len, pz_now() + s->o.request_timeout_ns) < 0 || close)
+            if (pz_write_all(fd, out.p, out.len, pz_now() + s->o.request_timeout_ns) < 0 || close ||
+                wx_status_closes(st))
                 break;
             wx_parser_next(&ps);
             sent_continue = false;
@@ -603,10 +610,11 @@ static void *serve_conn(void *arg)
             if (pz_write_all(fd, cont, sizeof cont - 1, request_deadline) < 0)
                 break;
         }
-        if (atomic_load(&s->stopping) && !wx_parser_started(&ps))
+        bool started = wx_parser_started(&ps);
+        atomic_store(&c->busy, started);
+        if (atomic_load(&s->stopping) && !started)
             break;
         in_off = in_len = 0;
-        bool started = wx_parser_started(&ps);
         int64_t deadline = started ? request_deadline : pz_now() + s->o.idle_timeout_ns;
         ssize_t n = pz_read(fd, in, IN_BUF, deadline);
         if (n == -ETIMEDOUT && started) {
@@ -618,6 +626,7 @@ static void *serve_conn(void *arg)
         }
         if (n <= 0)
             break; /* closed, idle too long, reset, or shut down */
+        atomic_store(&c->busy, true); /* until the parser says otherwise */
         in_len = (size_t)n;
     }
 done:
@@ -661,13 +670,14 @@ static void *accept_loop(void *arg)
         a->s = s;
         a->c = c;
         atomic_fetch_add(&s->nconns, 1);
-        pz_mutex_lock(&s->conns_lock);
-        c->next = s->conns;
-        if (s->conns)
-            s->conns->prev = c;
-        s->conns = c;
-        pz_mutex_unlock(&s->conns_lock);
-        pz_task_t *t = pz_spawn_with(serve_conn, a, &(pz_spawn_opts_t){.stack_size = 64 * 1024, .name = "conn"});
+        {
+            PZ_GUARD(pz_mutex, g, &s->conns_lock);
+            c->next = s->conns;
+            if (s->conns)
+                s->conns->prev = c;
+            s->conns = c;
+        }
+        pz_task_t *t = pz_spawn_with(serve_conn, a, &(pz_spawn_opts_t){.stack_size = CONN_STACK, .name = "conn"});
         if (!t) {
             conn_unregister(s, c);
             atomic_fetch_sub(&s->nconns, 1);
@@ -677,36 +687,6 @@ static void *accept_loop(void *arg)
             continue;
         }
         pz_detach(t);
-    }
-    return NULL;
-}
-
-/* ---- signals: a private helper until the service kit has one ---- */
-
-typedef struct signal_arg {
-    service *s;
-    int fd;
-} signal_arg;
-
-static void *signal_watch(void *arg)
-{
-    signal_arg *a = arg;
-    int seen = 0;
-    for (;;) {
-        int r = pz_wait_fd(a->fd, PZ_READABLE, PZ_FOREVER);
-        if (r == -ECANCELED)
-            break;
-        struct signalfd_siginfo si;
-        while (read(a->fd, &si, sizeof si) == (ssize_t)sizeof si) {
-            if (++seen == 1) {
-                fprintf(stderr, "plaza-weather: %s: finishing in-flight requests (again to exit at once)\n",
-                        strsignal((int)si.ssi_signo));
-                pz_notify_one(&a->s->stop);
-            } else {
-                fprintf(stderr, "plaza-weather: second signal: exiting now\n");
-                _exit(1);
-            }
-        }
     }
     return NULL;
 }
@@ -742,7 +722,10 @@ static void *serve_task(void *arg)
     serve_run *run = arg;
     service *s = run->s;
     char err[512];
-    int r = wx_store_open(s->o.db, &s->o.store, &s->store, err, sizeof err);
+    /* The test hook's delay starts once the service is up (the start
+     * reads every city's last reading). */
+    wx_store_opts first = {.grow_pages = s->o.store.grow_pages};
+    int r = wx_store_open(s->o.db, &first, &s->store, err, sizeof err);
     if (r < 0) {
         fprintf(stderr, "plaza-weather: cannot open the database: %s\n", err);
         run->result = 1;
@@ -771,6 +754,16 @@ static void *serve_task(void *arg)
         s->city[i].cur_temperature = k == 1 ? p.temperature : s->city_table[i].base;
         s->city[i].cur_time_ms = k == 1 ? p.time_ms : 0;
     }
+    s->store->opts = s->o.store;
+
+    /* SIGINT/SIGTERM: the first asks for the stop below, a second ends
+     * the process at once (plaza's shutdown helper).  Watched before the
+     * address is announced, so a signal sent as soon as it is has its
+     * effect. */
+    int sr = pz_shutdown_listen();
+    if (sr < 0)
+        fprintf(stderr, "plaza-weather: no signal watcher (%s): SIGINT/SIGTERM will not stop the service gracefully\n",
+                pz_strerror(sr));
 
     s->lfd = pz_tcp_listen(s->o.listen);
     if (s->lfd < 0) {
@@ -801,15 +794,6 @@ static void *serve_task(void *arg)
            s->o.wrong_locks ? "wrong" : "right", pz_worker_count());
     fflush(stdout);
 
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    signal_arg sa = {s, signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC)};
-    pz_task_t *sig = sa.fd >= 0 ? pz_spawn(signal_watch, &sa) : NULL;
-    if (!sig)
-        fprintf(stderr, "plaza-weather: no signal watcher: SIGINT/SIGTERM will not stop the service\n");
-
     pz_task_t *wr = pz_spawn(writer, s);
     pz_task_t *rf = pz_spawn(refresher, s);
     pz_task_t *ac = pz_spawn(accept_loop, s);
@@ -818,8 +802,10 @@ static void *serve_task(void *arg)
         exit(1);
     }
 
-    while (pz_notify_wait(&s->stop) < 0) {
+    while (pz_shutdown_wait(PZ_FOREVER) < 0) {
     }
+    fprintf(stderr, "plaza-weather: %s: finishing in-flight requests (again to exit at once)\n",
+            pz_shutdown_signal() ? strsignal(pz_shutdown_signal()) : "stop requested");
 
     /* 1. No new connections. */
     pz_cancel(ac);
@@ -827,10 +813,12 @@ static void *serve_task(void *arg)
     pz_close(s->lfd);
     /* 2. Every connection ends after the request it is in. */
     atomic_store(&s->stopping, true);
-    pz_mutex_lock(&s->conns_lock);
-    for (conn *c = s->conns; c; c = c->next)
-        shutdown(c->fd, SHUT_RD);
-    pz_mutex_unlock(&s->conns_lock);
+    {
+        PZ_GUARD(pz_mutex, g, &s->conns_lock);
+        for (conn *c = s->conns; c; c = c->next)
+            if (!atomic_load(&c->busy))
+                shutdown(c->fd, SHUT_RD);
+    }
     int64_t give_up = pz_now() + 3 * s->o.request_timeout_ns;
     for (;;) {
         uint64_t e = pz_notify_epoch(&s->conns_changed);
@@ -851,11 +839,6 @@ static void *serve_task(void *arg)
     fprintf(stderr, "plaza-weather: stopped: %llu readings acknowledged in %llu commits, %lld rows stored\n",
             (unsigned long long)atomic_load(&s->acked_readings), (unsigned long long)atomic_load(&s->commits),
             (long long)rows);
-    if (sig) {
-        pz_cancel(sig);
-        pz_join(sig, NULL);
-        close(sa.fd);
-    }
     wx_store_close(s->store);
     run->result = 0;
     return NULL;
@@ -873,10 +856,12 @@ int wx_serve_main(int argc, char **argv)
         {"lock-timeout-ms", required_argument, 0, 'L'},
         {"batch-linger-ms", required_argument, 0, 'b'},
         /* Test options, not in the usage: a slow database for one city
-         * (or all), a shorter slow-client timeout. */
+         * (or all), a shorter slow-client timeout, a database that fills
+         * up after N more pages. */
         {"db-delay-ms", required_argument, 0, 'D'},
         {"db-delay-city", required_argument, 0, 'C'},
         {"request-timeout-ms", required_argument, 0, 'R'},
+        {"db-grow-pages", required_argument, 0, 'G'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -915,6 +900,7 @@ int wx_serve_main(int argc, char **argv)
             s->o.store.delay_ms = (int)(ns / WX_MS);
             break;
         case 'C': s->o.store.delay_city = optarg; break;
+        case 'G': s->o.store.grow_pages = atoi(optarg); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -931,21 +917,18 @@ int wx_serve_main(int argc, char **argv)
     if (!s->writes)
         return 1;
 
-    /* Block the stop signals in every thread (the workers inherit this
-     * mask), so they arrive only through the signalfd. */
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     serve_run run = {s, 1};
     pz_config_t cfg = {.workers = s->o.workers};
     int r = pz_run(&cfg, serve_task, &run, NULL);
-    if (r < 0) {
+    if (r < 0)
         fprintf(stderr, "plaza-weather: cannot start the runtime: %s\n", pz_strerror(r));
-        return 1;
-    }
-    return run.result;
+    /* Every task that used them has ended (the service stopped) or was
+     * never started. */
+    pz_chan_destroy(s->writes);
+    free(s->city);
+    free(s->city_table);
+    free(s);
+    return r < 0 ? 1 : run.result;
 }

@@ -31,6 +31,7 @@
 #ifndef WX_STORAGE_H
 #define WX_STORAGE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -62,6 +63,9 @@ typedef struct wx_store_opts {
      * database were slow. */
     int delay_ms;
     const char *delay_city;
+    /* SQLite only: once seeded, the file may grow by at most this many
+     * pages (PRAGMA max_page_count), so a full disk can be tested. */
+    int grow_pages;
 } wx_store_opts;
 
 typedef struct wx_store wx_store;
@@ -84,8 +88,8 @@ struct wx_store {
 };
 
 /* Opens the database named by url: "postgresql://..." or "postgres://..."
- * (when the PostgreSQL back end is built), "sqlite:PATH", or a plain PATH
- * (SQLite).  Creates the schema if it is missing.  Returns 0 and *out, or a
+ * (a libpq URI) or "pg:CONNINFO" (a libpq key=value string), when the
+ * PostgreSQL back end is built; "sqlite:PATH", or a plain PATH (SQLite).  Creates the schema if it is missing.  Returns 0 and *out, or a
  * negative error with a message in err. */
 int wx_store_open(const char *url, const wx_store_opts *opts, wx_store **out, char *err, size_t errlen);
 
@@ -120,5 +124,7 @@ double wx_seed_reading(int i, int k);
 
 /* Back ends. */
 int wx_sqlite_open(const char *path, const wx_store_opts *opts, wx_store **out, char *err, size_t errlen);
+/* conninfo: a libpq connection string or URI. */
+int wx_pg_open(const char *conninfo, const wx_store_opts *opts, wx_store **out, char *err, size_t errlen);
 
 #endif

@@ -77,8 +77,8 @@ static int fail(sqlite3 *db, const char *what, int rc)
     return errno_of(rc);
 }
 
-double wx_seed_base(int i) { return ((i * 7) % 40) - 5.0; }
-double wx_seed_reading(int i, int k) { return wx_seed_base(i) + (((k * 13 + i) % 11) - 5) * 0.1; }
+
+
 
 static int open_conn(const char *path, sqlite3 **out, char *err, size_t errlen)
 {
@@ -163,6 +163,17 @@ done:
     }
     if (c->result < 0)
         sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    if (c->result == 0 && c->s->base.opts.grow_pages > 0) {
+        /* The test hook: a database that fills up soon. */
+        char sql[96];
+        sqlite3_stmt *pc = NULL;
+        if (sqlite3_prepare_v2(db, "PRAGMA page_count", -1, &pc, NULL) == SQLITE_OK && sqlite3_step(pc) == SQLITE_ROW) {
+            snprintf(sql, sizeof sql, "PRAGMA max_page_count = %lld",
+                     (long long)sqlite3_column_int64(pc, 0) + c->s->base.opts.grow_pages);
+            sqlite3_exec(db, sql, NULL, NULL, NULL);
+        }
+        sqlite3_finalize(pc);
+    }
     return NULL;
 }
 
@@ -403,19 +414,4 @@ int wx_sqlite_open(const char *path, const wx_store_opts *opts, wx_store **out, 
     }
     *out = &s->base;
     return 0;
-}
-
-int wx_store_open(const char *url, const wx_store_opts *opts, wx_store **out, char *err, size_t errlen)
-{
-    if (!url || !*url) {
-        snprintf(err, errlen, "no database given");
-        return -EINVAL;
-    }
-    if (strncmp(url, "postgresql://", 13) == 0 || strncmp(url, "postgres://", 11) == 0) {
-        snprintf(err, errlen, "%s: this build has no PostgreSQL back end", url);
-        return -EINVAL;
-    }
-    if (strncmp(url, "sqlite:", 7) == 0)
-        url += 7;
-    return wx_sqlite_open(url, opts, out, err, errlen);
 }

@@ -27,6 +27,7 @@ typedef struct wx_load_opts {
     double duration_s;
     double post_rate, get_rate; /* requests per second, over all connections */
     int batch;                  /* readings per POST */
+    double grace_s;             /* how long after the end answers are awaited (default 10 s) */
     int workers;
     bool json;
     const char *acked_path; /* when set: every acknowledged reading, one line each */
@@ -48,6 +49,7 @@ typedef struct wx_load_result {
     wx_ep_result ep[WX_EP_COUNT];
     uint64_t acked_readings;
     uint64_t late_sends; /* requests sent more than 1 ms after their scheduled instant */
+    uint64_t unsent;     /* requests due before the end that were never sent (connection still busy) */
 } wx_load_result;
 
 /* Runs the load inside an already running plaza runtime (from a task).

@@ -192,7 +192,7 @@ static inline int pz_async_mutex_unlock(pz_async_mutex_t *m)
 {
     uint64_t self = pz__async_self_bits();
     if (pz__debug_holds())
-        pz__held_released(m);
+        pz__held_forget(m);
     if (atomic_load_explicit(&m->holder, memory_order_relaxed) == self &&
         atomic_load_explicit(&m->waiters, memory_order_relaxed) == 0 &&
         atomic_load_explicit(&pz__async_unlock_by_store, memory_order_relaxed)) {

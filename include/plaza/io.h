@@ -15,6 +15,13 @@
  * -ECANCELED when the task is cancelled, -EBADF if the descriptor is closed
  * with pz_close while a task waits on it, or the system call's own error.
  *
+ * Arguments: a negative descriptor gives -EBADF; a NULL buffer or iovec
+ * array, a negative iovcnt, an unknown flag are passed to the system call
+ * and come back as its error (-EFAULT, -EINVAL); pz_wait_fd returns
+ * -EINVAL for events with no known bit or an unknown one.  A deadline in
+ * the past (any value below pz_now(), negative ones too) means "do not
+ * wait": the call tries once and returns -ETIMEDOUT if it would block.
+ *
  * Close descriptors that plaza has seen with pz_close: it forgets the
  * registration first, so a new descriptor that gets the same number starts
  * clean, and it wakes any task still waiting on it.
@@ -42,20 +49,33 @@ ssize_t pz_write_all(int fd, const void *buf, size_t n, int64_t deadline);
 ssize_t pz_readv(int fd, const struct iovec *iov, int iovcnt, int64_t deadline);
 ssize_t pz_writev(int fd, const struct iovec *iov, int iovcnt, int64_t deadline);
 ssize_t pz_recv(int fd, void *buf, size_t n, int flags, int64_t deadline);
-/* Sends never raise SIGPIPE: a closed peer gives -EPIPE. */
+/* Sends and writes never raise SIGPIPE: a closed peer, or a pipe without
+ * reader, gives -EPIPE (docs/io.md says how, for pipes). */
 ssize_t pz_send(int fd, const void *buf, size_t n, int flags, int64_t deadline);
 /* Returns the new connection's descriptor (non-blocking, close-on-exec). */
 int pz_accept(int fd, struct sockaddr *addr, socklen_t *addrlen, int64_t deadline);
 int pz_connect(int fd, const struct sockaddr *addr, socklen_t addrlen, int64_t deadline);
-/* Waits until fd is ready for the PZ_READABLE/PZ_WRITABLE events asked;
- * returns the ready ones. */
+/* Waits until fd is ready for any of the PZ_READABLE/PZ_WRITABLE events
+ * asked; returns the ready ones, or -EINVAL if events asks for neither or
+ * has another bit set. */
 int pz_wait_fd(int fd, int events, int64_t deadline);
 
-/* "host:port", "[v6addr]:port" or ":port" (all addresses).  Returns a
- * listening TCP socket (SO_REUSEADDR, backlog 1024). */
+/* "host:port", "[v6addr]:port" or ":port" (all addresses); the port is a
+ * decimal number from 0 to 65535 (else -EINVAL), 0 for one the kernel
+ * picks.  Returns a listening TCP socket (SO_REUSEADDR, backlog 1024), or
+ * a negative error (a PZ_EDNS_* code when the host cannot be resolved). */
 int pz_tcp_listen(const char *hostport);
+/* The same, storing the bound address (with the port the kernel picked)
+ * in *addr, of at most *addrlen bytes, and its length in *addrlen. */
+int pz_tcp_listen_addr(const char *hostport, struct sockaddr *addr, socklen_t *addrlen);
+/* The local port of a TCP or UDP socket (IPv4 or IPv6), or a negative
+ * error. */
+int pz_sock_port(int fd);
 /* Resolves host (on the blocking pool) and connects to the first address
- * that answers; TCP_NODELAY is set.  Returns the connected socket. */
+ * that answers; TCP_NODELAY is set.  Returns the connected socket, -EINVAL
+ * for a malformed address or a port out of 0-65535, a PZ_EDNS_* code
+ * (runtime.h) when the name cannot be resolved, or the connection's
+ * error. */
 int pz_tcp_dial(const char *hostport, int64_t deadline);
 
 /* Forgets fd's registration, wakes its waiters (-EBADF) and closes it. */

@@ -96,6 +96,15 @@ int pz_pg_query(pz_pg_conn_t *c, const char *sql, int nparams, const char *const
  * statement affected or returned (>= 0), or an error. */
 int64_t pz_pg_exec(pz_pg_conn_t *c, const char *sql, int nparams, const char *const *params, int64_t deadline);
 
+/* Prepared statements: pz_pg_prepare parses and plans sql once on c's
+ * session under name (parameters $1..$nparams, their types inferred);
+ * pz_pg_query_prepared runs it, skipping the parse and plan.  Names live as
+ * long as the session (a pooled connection keeps them; a new one has none).
+ * Returns as pz_pg_query. */
+int pz_pg_prepare(pz_pg_conn_t *c, const char *name, const char *sql, int nparams, int64_t deadline);
+int pz_pg_query_prepared(pz_pg_conn_t *c, const char *name, int nparams, const char *const *params, int64_t deadline,
+                         pz_pg_result_t **res);
+
 /* One statement of a pipeline. */
 typedef struct pz_pg_statement {
     const char *sql;
@@ -178,7 +187,13 @@ int pz_pg_pool_create(const pz_pg_pool_opts_t *opts, pz_pg_pool_t **out);
  * failures.  0 with *out set, -ETIMEDOUT, -ECANCELED; when the deadline
  * passes while the server cannot be reached, the last connect error. */
 int pz_pg_pool_acquire(pz_pg_pool_t *p, int64_t deadline, pz_pg_conn_t **out);
-/* Gives the connection back; a broken one is closed, not kept. */
+/* Acquire, pz_pg_query, release in one call, all within deadline: the
+ * simplest way for a task to run one statement.  Returns as pz_pg_query,
+ * or the acquire's error. */
+int pz_pg_pool_query(pz_pg_pool_t *p, const char *sql, int nparams, const char *const *params, int64_t deadline,
+                     pz_pg_result_t **res);
+/* Gives the connection back; a broken one, or one left inside a
+ * transaction (no COMMIT or ROLLBACK), is closed, not kept. */
 void pz_pg_pool_release(pz_pg_pool_t *p, pz_pg_conn_t *c);
 void pz_pg_pool_stats(pz_pg_pool_t *p, pz_pg_pool_stats_t *out);
 /* Closes the idle connections and frees the pool.  Every lent connection
@@ -192,15 +207,17 @@ void pz_pg_pool_destroy(pz_pg_pool_t *p);
  * processes and, inside a process, across all tasks sharing the object.
  * Built on a session-level advisory lock (pg_advisory_lock(key)) held on a
  * connection the object owns, plus a fencing token: every acquisition gets
- * the next value of a counter row of table plaza_fence, strictly increasing
- * per key across all holders.  Give the token to storage, which rejects a
+ * the next value of the sequence plaza_fence_seq, taken after the lock is
+ * granted in the same statement, so strictly increasing per key across all
+ * holders (not dense: one sequence serves every key).  Give the token to storage, which rejects a
  * write whose token is lower than one it has seen (pz_pg_fence_admit).
  * docs/pg.md states the guarantees and the window in which two holders can
  * both believe they hold the lock. */
 typedef struct pz_pg_lock pz_pg_lock_t;
 
-/* Opens the lock for key on the database conninfo names (creating table
- * plaza_fence if needed).  0 or a connect error. */
+/* Opens the lock for key on the database conninfo names (creating the
+ * sequence plaza_fence_seq and the table plaza_fence_seen if needed).  0 or
+ * a connect error. */
 int pz_pg_lock_open(const char *conninfo, int64_t key, int64_t deadline, pz_pg_lock_t **out);
 /* Acquires the lock; on 0, *token (if not NULL) is this acquisition's
  * fencing token.  -ETIMEDOUT, -ECANCELED (nothing held), or a connection
@@ -212,16 +229,21 @@ int pz_pg_lock_lock_until(pz_pg_lock_t *l, int64_t deadline, uint64_t *token);
 int pz_pg_lock_trylock(pz_pg_lock_t *l, int64_t deadline, uint64_t *token);
 /* Releases the lock.  0, or -ENOLCK if the session was lost while held
  * (then the lock had already been released by the server: another holder
- * may have had it); -EPERM if the caller is not the holder.  The local
- * lock is released in every case. */
+ * may have had it); either way the caller no longer holds it.  -EPERM (and
+ * a report on stderr) if the calling task is not the holder.  Waits at most
+ * 5 s for the server; past that (or when cancelled) it ends the session
+ * instead, which releases the lock as surely, and returns 0. */
 int pz_pg_lock_unlock(pz_pg_lock_t *l);
 /* Asks the server (one round trip) whether the holder's session is still
  * alive and so still holds the lock: 0 if it does, -ENOLCK if it was lost,
- * -ETIMEDOUT if the server did not answer in time (assume lost). */
+ * -ETIMEDOUT if the server did not answer in time (assume lost), -EPERM if
+ * the calling task is not the holder. */
 int pz_pg_lock_check(pz_pg_lock_t *l, int64_t deadline);
 /* Waits, without a round trip, until the session is lost (-ENOLCK), the
  * deadline (-ETIMEDOUT) or a cancel.  Meant for a watchdog task beside the
- * holder that cancels its work when the lock is lost. */
+ * holder that cancels its work when the lock is lost; call it only while
+ * the lock is held, and let it return (cancel it) before the holder
+ * unlocks. */
 int pz_pg_lock_wait_lost(pz_pg_lock_t *l, int64_t deadline);
 /* The token of the current acquisition (0 if not held). */
 uint64_t pz_pg_lock_token(pz_pg_lock_t *l);

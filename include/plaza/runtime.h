@@ -3,7 +3,16 @@
  *
  * Errors are negative errno values (-EINVAL, -ETIMEDOUT, -ECANCELED, ...),
  * never reported through errno.  Deadlines are absolute pz_now()
- * nanoseconds; PZ_FOREVER waits without end.
+ * nanoseconds; PZ_FOREVER waits without end; a deadline that has passed
+ * (negative ones included) means "do not wait".
+ *
+ * Bad arguments: pz_run with a NULL main or a negative field in its
+ * configuration returns -EINVAL; pz_spawn with a NULL fn, or a stack size
+ * over 1 GiB, returns NULL (reported); pz_join(NULL) returns -EINVAL;
+ * pz_detach(NULL) and pz_cancel(NULL) do nothing; pz_blocking(NULL, ...)
+ * returns -EINVAL; pz_sleep of a negative time returns at once.  A task
+ * handle used after pz_join returned 0 for it, or after pz_detach, is
+ * freed memory: undefined, as for a freed pointer.
  */
 #ifndef PLAZA_RUNTIME_H
 #define PLAZA_RUNTIME_H
@@ -47,7 +56,9 @@ typedef struct pz_spawn_opts {
  * Tasks still running when main returns are abandoned, never resumed.
  * One runtime runs at a time in a process: returns -EBUSY if one is running,
  * -EINVAL for a bad configuration, -ENOMEM/-EAGAIN if threads or memory
- * cannot be had, else 0. */
+ * cannot be had (a worker thread, the poller, main's stack: then main has
+ * not run, or not at all for the threads), -EMFILE if the poller's
+ * descriptors cannot be had, else 0. */
 int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result);
 
 /* Creates a task running fn(arg).  Callable from a task or from any thread
@@ -61,12 +72,23 @@ pz_task_t *pz_spawn_with(pz_fn fn, void *arg, const pz_spawn_opts_t *opts);
  * Returns 0, -ECANCELED if the calling task was cancelled while waiting (t
  * keeps running and can be joined again), -EDEADLK when a task joins itself,
  * -EINVAL for a detached task or a task another caller is already joining,
- * -EPERM when called outside a task of the running runtime. */
+ * -EPERM when called outside a task of the running runtime.  A task that
+ * could not get a stack never ran: its join returns the cause (-ENOMEM
+ * usually, see docs/stacks.md) and stores NULL.
+ *
+ * Handles detect reuse: a handle carries the generation of the task it
+ * names, so joining, detaching or cancelling a task whose handle was
+ * already given up (joined, or detached and ended) is reported and fails
+ * with -EINVAL (pz_cancel ignores it), even after the memory went to a new
+ * task; pz_task_id of such a handle is 0.  Compare handles with
+ * pz_task_id, not ==: pz_self()'s handle for a task differs from the one
+ * pz_spawn returned for it. */
 int pz_join(pz_task_t *t, void **result);
 
 /* Lets t run to completion on its own; its resources are freed when it ends.
- * The handle must not be used afterwards. */
-void pz_detach(pz_task_t *t);
+ * Returns 0, or -EINVAL (reported) for a task already detached or being
+ * joined, or a stale handle.  The handle must not be used afterwards. */
+int pz_detach(pz_task_t *t);
 
 /* Cancels t: the wait it is in now and every later wait that would
  * suspend it return -ECANCELED; a call that completes without suspending
@@ -109,7 +131,16 @@ int pz_blocking(pz_fn fn, void *arg, void **result);
 int pz_worker_count(void);
 int pz_worker_index(void);
 
-/* A short description of a plaza error code (a negative errno value). */
+/* Error codes of plaza's own, apart from every errno value: name
+ * resolution failures (pz_tcp_dial, pz_tcp_listen). */
+#define PZ_EDNS_NONAME (-4001) /* the host (or service) is not known */
+#define PZ_EDNS_AGAIN (-4002)  /* temporary failure in name resolution */
+#define PZ_EDNS_FAIL (-4003)   /* the resolver failed for good */
+#define PZ_EDNS_NODATA (-4004) /* the name has no address of a usable family */
+#define PZ_EDNS_OTHER (-4005)  /* another resolver failure */
+
+/* A short description of a plaza error code (a negative errno value, or
+ * one of the PZ_E* codes above). */
 const char *pz_strerror(int err);
 
 /* Prints every task (id, name, spawn site, state, what it waits on and for
@@ -140,7 +171,15 @@ uint64_t pz__caller_id(void) __attribute__((const));
  * acquisition and release of a lock with a holder, so the runtime can name
  * the locks a task or thread holds (dumps, the suspend-while-held report). */
 void pz__held_acquired(const void *lock, const char *kind);
-void pz__held_released(const void *lock);
+/* False (reported): the caller does not hold the lock, and must not
+ * unlock it (src/runtime/held.c says which callers are caught). */
+bool pz__held_released(const void *lock, const char *what);
+/* Drops lock from the record without a check (the async locks check
+ * their holder themselves). */
+void pz__held_forget(const void *lock);
+/* Switches the holder check of threads on or off (PLAZA_SYNC_CHECK=1 at
+ * start); for tests. */
+void pz__sync_check_set(int on);
 /* True while the debug switch is on (PLAZA_DEBUG=1 in the environment, or
  * pz_config_t.debug): then the locks whose fast path would pay for it (the
  * async locks) write the held-lock record too.  Set before the first task

@@ -6,6 +6,12 @@
  * it waits.  A task must never suspend (sleep, yield, join, an async lock,
  * I/O) while it holds one; plaza reports it, naming the lock and where it
  * was taken.  For a section that waits on I/O, use an async lock (async.h).
+ *
+ * An unlock by a caller that does not hold the lock is reported and
+ * ignored when plaza can tell: always for a task that holds no sync lock,
+ * and for any thread or task with PLAZA_SYNC_CHECK=1 in the environment
+ * (docs/sync.md).  The locks take no NULL pointer: passing NULL to any
+ * call here faults, like a NULL pthread_mutex_t *.
  */
 #ifndef PLAZA_SYNC_H
 #define PLAZA_SYNC_H
@@ -48,8 +54,9 @@ typedef struct pz_mutex {
 
 void pz__mutex_lock_slow(pz_mutex_t *m, int64_t deadline, int *result);
 void pz__mutex_unlock_slow(pz_mutex_t *m, bool fair);
-/* Which sync locks the running task holds: pz__held_acquired and
- * pz__held_released, the runtime's record (plaza/runtime.h). */
+/* Which sync locks the caller holds: pz__held_acquired and
+ * pz__held_released, the runtime's held-lock record (plaza/runtime.h;
+ * src/runtime/held.c says which wrong unlocks are caught). */
 
 static inline bool pz_mutex_trylock(pz_mutex_t *m)
 {
@@ -90,7 +97,8 @@ static inline int pz_mutex_lock_until(pz_mutex_t *m, int64_t deadline)
 static inline void pz_mutex_unlock(pz_mutex_t *m)
 {
     uint8_t locked = PZ__MUTEX_LOCKED;
-    pz__held_released(m);
+    if (!pz__held_released(m, "pz_mutex_unlock"))
+        return;
     if (!atomic_compare_exchange_strong_explicit(&m->state, &locked, 0, memory_order_release, memory_order_relaxed))
         pz__mutex_unlock_slow(m, false);
 }
@@ -99,7 +107,8 @@ static inline void pz_mutex_unlock(pz_mutex_t *m)
 static inline void pz_mutex_unlock_fair(pz_mutex_t *m)
 {
     uint8_t locked = PZ__MUTEX_LOCKED;
-    pz__held_released(m);
+    if (!pz__held_released(m, "pz_mutex_unlock_fair"))
+        return;
     if (!atomic_compare_exchange_strong_explicit(&m->state, &locked, 0, memory_order_release, memory_order_relaxed))
         pz__mutex_unlock_slow(m, true);
 }
@@ -230,8 +239,9 @@ static inline int pz_rwlock_read_recursive_until(pz_rwlock_t *rw, int64_t deadli
 
 static inline void pz_rwlock_read_unlock(pz_rwlock_t *rw)
 {
+    if (!pz__held_released(rw, "pz_rwlock_read_unlock"))
+        return;
     uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
-    pz__held_released(rw);
     /* The common case in one CAS: another reader stays, or we are the last
      * and no writer is parked waiting for us.  The slow path handles the
      * rest and reports an unlock with no plain reader inside. */
@@ -280,7 +290,8 @@ static inline bool pz_rwlock_try_write(pz_rwlock_t *rw)
 static inline void pz_rwlock_write_unlock(pz_rwlock_t *rw)
 {
     uintptr_t locked = PZ__RW_WRITER;
-    pz__held_released(rw);
+    if (!pz__held_released(rw, "pz_rwlock_write_unlock"))
+        return;
     if (!atomic_compare_exchange_strong_explicit(&rw->state, &locked, 0, memory_order_release, memory_order_relaxed))
         pz__rwlock_write_unlock_slow(rw, false);
 }
@@ -289,7 +300,8 @@ static inline void pz_rwlock_write_unlock(pz_rwlock_t *rw)
 static inline void pz_rwlock_write_unlock_fair(pz_rwlock_t *rw)
 {
     uintptr_t locked = PZ__RW_WRITER;
-    pz__held_released(rw);
+    if (!pz__held_released(rw, "pz_rwlock_write_unlock_fair"))
+        return;
     if (!atomic_compare_exchange_strong_explicit(&rw->state, &locked, 0, memory_order_release, memory_order_relaxed))
         pz__rwlock_write_unlock_slow(rw, true);
 }
@@ -339,7 +351,8 @@ static inline bool pz_rwlock_try_upgradable(pz_rwlock_t *rw)
 static inline void pz_rwlock_upgradable_unlock(pz_rwlock_t *rw)
 {
     uintptr_t held = PZ__RW_ONE_READER | PZ__RW_UPGRADABLE;
-    pz__held_released(rw);
+    if (!pz__held_released(rw, "pz_rwlock_upgradable_unlock"))
+        return;
     if (!atomic_compare_exchange_strong_explicit(&rw->state, &held, 0, memory_order_release, memory_order_relaxed))
         pz__rwlock_upgradable_unlock_slow(rw);
 }
@@ -421,6 +434,7 @@ bool pz_condvar_notify_all(pz_condvar_t *cv);
  * the one running fn returns, and then see everything fn wrote.  A call
  * from inside fn on the same once would wait for itself: it is reported
  * and returns at once, without fn's effect complete.
+ * A NULL fn is reported and nothing runs (the once stays unrun).
  */
 typedef struct pz_once {
     _Atomic uint32_t state;

@@ -1,6 +1,6 @@
 /*
  * plaza task extras: cancel shields, task groups (structured
- * concurrency), task-local values.
+ * concurrency), task-local values, task names by id.
  *
  * THE CANCELLATION RULE (every wait of plaza: runtime, async, io, bufio,
  * signals, select):
@@ -86,6 +86,28 @@ void pz_group_cancel(pz_group_t *g);
 size_t pz_group_running(pz_group_t *g);
 int pz_group_wait(pz_group_t *g);
 int pz_group_wait_until(pz_group_t *g, int64_t deadline);
+
+/* ------------------------------------------------------------------------
+ * Task-local values: a key made once (per process), a value per task.
+ * At the end of a task every value it set that is not NULL is passed to
+ * its key's destructor (in reverse order of first set; a destructor that
+ * sets values again gets up to four rounds).  Values are the task's own:
+ * get and set touch no lock.  Up to 256 keys per process.
+ * ------------------------------------------------------------------------ */
+typedef unsigned pz_local_key_t;
+
+/* 0, or -ENOSPC when every key is taken. */
+int pz_local_key(pz_local_key_t *key, void (*destructor)(void *value));
+/* 0, -EINVAL (not a key), -EPERM (not in a task), -ENOMEM. */
+int pz_local_set(pz_local_key_t key, void *value);
+/* The calling task's value, NULL if none (or not in a task). */
+void *pz_local_get(pz_local_key_t key);
+
+/* The name of the live task with this id (given with pz_spawn_opts.name),
+ * copied into out (cap bytes, '\0'-terminated): 0, -ESRCH if no live
+ * task with that id has a name, -EINVAL.  For logs and reports that keep
+ * ids rather than handles. */
+int pz_task_name_of(uint64_t id, char *out, size_t cap);
 
 #ifdef __cplusplus
 }

@@ -6,6 +6,7 @@
 #ifndef PZ_ARCH_H
 #define PZ_ARCH_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -64,11 +65,32 @@ void pz__thread_sleep_until(int64_t deadline);
 /* Number of online processors. */
 int pz__cpu_count(void);
 
-/* Memory for task stacks.  pz__stack_map reserves size bytes (a multiple of
- * the page size) whose lowest guard bytes are inaccessible and returns the
- * base of the whole mapping, or NULL. */
+/* Memory for task stacks.
+ *
+ * pz__stack_map reserves size bytes (a multiple of the page size) readable
+ * and writable, committing nothing (pages come when touched), and stores
+ * the base in *base; 0 or -errno (-ENOMEM when memory or the kernel's
+ * mapping count runs out).  pz__stack_guard makes [addr, addr + len)
+ * fault on any access, the way pz__stack_guard_kind chose:
+ *
+ * - PZ__GUARD_MADVISE: madvise(MADV_GUARD_INSTALL) (Linux 6.13): the guard
+ *   lives in the page tables, so the mapping stays one memory area, however
+ *   many guards it holds, and neighbouring mappings may merge;
+ * - PZ__GUARD_MPROTECT: mprotect(PROT_NONE): every guard splits the mapping
+ *   and costs the kernel two more memory areas (vm.max_map_count).
+ *
+ * pz__stack_guard_kind probes the kernel (one page mapped, guarded and
+ * unmapped) the first time, unless the environment variable
+ * PLAZA_STACK_GUARD says "mprotect" or "madvise"; it reads that variable
+ * at every call, so a test can force the fallback.  pz__stack_discard
+ * gives the pages of [addr, addr + len) back (they read as zero again);
+ * guards stay in place. */
+enum { PZ__GUARD_MADVISE = 1, PZ__GUARD_MPROTECT = 2 };
 size_t pz__page_size(void);
-void *pz__stack_map(size_t size, size_t guard);
+int pz__stack_guard_kind(void);
+int pz__stack_map(size_t size, void **base);
+int pz__stack_guard(void *addr, size_t len, int kind);
+void pz__stack_discard(void *addr, size_t len);
 void pz__stack_unmap(void *base, size_t size);
 
 /* Makes the kernel's timer slack of the calling thread as small as it goes,
@@ -102,6 +124,11 @@ int pz__waker_create(void);
 void pz__waker_signal(int fd);
 void pz__waker_drain(int fd);
 int pz__set_nonblocking(int fd);
+
+/* pthread_create, returning 0 or -errno (a fault site). */
+int pz__thread_create(pthread_t *th, const pthread_attr_t *attr, void *(*fn)(void *), void *arg);
+/* calloc (a fault site). */
+void *pz__calloc(size_t n, size_t size);
 void pz__close_fd(int fd);
 
 /* unwind.c: backtraces of suspended contexts and symbols (see there). */
@@ -114,5 +141,7 @@ void pz__arch_symbols_close(void *session);
 /* "symbol (file.c:line)" for addr, or what can be had; is_return: addr is
  * a return address (the call is just before it). */
 void pz__arch_symbolize(void *session, void *addr, bool is_return, char *buf, size_t size);
+
+#include "fault.h"
 
 #endif

@@ -6,7 +6,10 @@
 #include <stdbool.h>
 #include <linux/futex.h>
 #include <linux/membarrier.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -97,19 +100,70 @@ size_t pz__page_size(void)
     return page;
 }
 
-void *pz__stack_map(size_t size, size_t guard)
+#ifndef MADV_GUARD_INSTALL
+#define MADV_GUARD_INSTALL 102
+#endif
+
+/* 0: not probed yet; otherwise the PZ__GUARD_* the kernel supports. */
+static _Atomic int probed_guard;
+
+static int probe_guard(void)
 {
+    size_t page = pz__page_size();
+    void *p = mmap(NULL, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED)
+        return PZ__GUARD_MPROTECT;
+    /* EINVAL on kernels without guard regions.  An emulator (qemu-user)
+     * may accept advice it does not pass on, so the guard is also checked:
+     * the kernel must refuse to read it (EFAULT). */
+    int kind = PZ__GUARD_MPROTECT;
+    int fds[2];
+    if (madvise(p, page, MADV_GUARD_INSTALL) == 0 && pipe2(fds, O_CLOEXEC) == 0) {
+        if (write(fds[1], p, 1) < 0 && errno == EFAULT)
+            kind = PZ__GUARD_MADVISE;
+        close(fds[0]);
+        close(fds[1]);
+    }
+    munmap(p, 2 * page);
+    return kind;
+}
+
+int pz__stack_guard_kind(void)
+{
+    const char *forced = getenv("PLAZA_STACK_GUARD");
+    if (forced && strcmp(forced, "mprotect") == 0)
+        return PZ__GUARD_MPROTECT;
+    int kind = atomic_load_explicit(&probed_guard, memory_order_relaxed);
+    if (!kind) {
+        kind = probe_guard();
+        atomic_store_explicit(&probed_guard, kind, memory_order_relaxed);
+    }
+    return kind;
+}
+
+int pz__stack_map(size_t size, void **base)
+{
+    if (pz__fault(PZ__FAULT_MMAP))
+        return -ENOMEM;
     /* MAP_NORESERVE: a stack costs only the pages a task touches, so the
      * commit charge of 100 000 idle tasks stays what they use. */
-    void *base = mmap(NULL, size, PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
-    if (base == MAP_FAILED)
-        return NULL;
-    if (guard && mprotect(base, guard, PROT_NONE) != 0) {
-        munmap(base, size);
-        return NULL;
-    }
-    return base;
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK,
+                   -1, 0);
+    if (p == MAP_FAILED)
+        return -errno;
+    *base = p;
+    return 0;
+}
+
+int pz__stack_guard(void *addr, size_t len, int kind)
+{
+    int r = kind == PZ__GUARD_MADVISE ? madvise(addr, len, MADV_GUARD_INSTALL) : mprotect(addr, len, PROT_NONE);
+    return r == 0 ? 0 : -errno;
+}
+
+void pz__stack_discard(void *addr, size_t len)
+{
+    madvise(addr, len, MADV_DONTNEED);
 }
 
 void pz__stack_unmap(void *base, size_t size)
@@ -195,12 +249,16 @@ void pz__thread_sleep_until(int64_t deadline)
 
 int pz__poller_create(void)
 {
+    if (pz__fault(PZ__FAULT_POLLER))
+        return -EMFILE;
     int fd = epoll_create1(EPOLL_CLOEXEC);
     return fd < 0 ? -errno : fd;
 }
 
 int pz__poller_add(int poller, int fd, void *data)
 {
+    if (pz__fault(PZ__FAULT_POLLER))
+        return -ENOMEM;
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = data};
     if (epoll_ctl(poller, EPOLL_CTL_ADD, fd, &ev) == 0)
         return 0;
@@ -263,6 +321,8 @@ int pz__poller_wait(int poller, pz__event *events, int max, int64_t deadline)
 
 int pz__waker_create(void)
 {
+    if (pz__fault(PZ__FAULT_EVENTFD))
+        return -EMFILE;
     int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     return fd < 0 ? -errno : fd;
 }
@@ -289,6 +349,21 @@ int pz__set_nonblocking(int fd)
     if (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
         return -errno;
     return 0;
+}
+
+int pz__thread_create(pthread_t *th, const pthread_attr_t *attr, void *(*fn)(void *), void *arg)
+{
+    if (pz__fault(PZ__FAULT_THREAD))
+        return -EAGAIN;
+    int e = pthread_create(th, attr, fn, arg);
+    return -e;
+}
+
+void *pz__calloc(size_t n, size_t size)
+{
+    if (pz__fault(PZ__FAULT_MALLOC))
+        return NULL;
+    return calloc(n, size);
 }
 
 void pz__close_fd(int fd)

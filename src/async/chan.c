@@ -67,21 +67,13 @@
 #include <string.h>
 
 #include "../runtime/internal.h"
+#include "chan_internal.h"
 
-#define PENDING 1 /* a node's result while it is queued */
 #define CLOSED PZ__CHAN_CLOSED
 #define SENDERS_WAIT PZ__CHAN_SENDERS_WAIT
 #define RECEIVERS_WAIT PZ__CHAN_RECEIVERS_WAIT
 #define STAMP_SIZE 8
 
-struct pz__chan_waiter {
-    pz__chan_waiter *next, *prev;
-    void *item;     /* a receiver's destination or a sender's source */
-    int result;     /* PENDING, then 0 or -EPIPE; under the channel lock */
-    pz_task_t *task;          /* the waiting task, NULL for a thread */
-    uint64_t gen;             /* the task's park generation */
-    _Atomic uint32_t futex;   /* a thread waiter sleeps while it is 1 */
-};
 
 static void chan_lock(pz_chan_t *ch)
 {
@@ -377,6 +369,27 @@ static void ready_all(pz__chan_waiter *claimed)
     }
 }
 
+/* Under the lock: the first waiter of a queue that may be served.  A
+ * select node (chan_internal.h) is served only if this call wins its
+ * select's fired word, before anything moves; one whose select has fired
+ * on another branch, timed out or been cancelled is unlinked (LOST) and
+ * the next one is looked at.  A node returned is served by the caller
+ * (completed, with an item or a result) before the lock is released. */
+static pz__chan_waiter *live_first(pz__chan_waiter **head, pz__chan_waiter **tail)
+{
+    for (;;) {
+        pz__chan_waiter *w = *head;
+        if (!w || !w->fired)
+            return w;
+        int none = -1;
+        if (atomic_compare_exchange_strong_explicit(w->fired, &none, w->branch, memory_order_acq_rel,
+                                                    memory_order_acquire))
+            return w;
+        unlink_node(head, tail, w);
+        w->result = PZ__CHAN_LOST;
+    }
+}
+
 /* Under the lock: clears a side's waiting bit if its queue is empty.  A
  * bit is set before its side queues anyone and cleared only here, so it
  * is set whenever someone waits.  A bit left set with nobody queued costs
@@ -456,11 +469,16 @@ static void serve(pz_chan_t *ch)
     for (bool moved = true; moved;) {
         moved = false;
         int r;
-        if (ch->receivers && (r = ring_pop(ch, ch->receivers->item, true)) != -EAGAIN) {
+        pz__chan_waiter *w;
+        /* A select node won by live_first is finished either way: with
+         * what moved, or with -EAGAIN (nothing moved; it tries again). */
+        if ((w = live_first(&ch->receivers, &ch->receivers_tail)) &&
+            ((r = ring_pop(ch, w->item, true)) != -EAGAIN || w->fired)) {
             finish_first(&ch->receivers, &ch->receivers_tail, r, &claimed);
             moved = true;
         }
-        if (ch->senders && (r = ring_push(ch, ch->senders->item, true)) != -EAGAIN) {
+        if ((w = live_first(&ch->senders, &ch->senders_tail)) &&
+            ((r = ring_push(ch, w->item, true)) != -EAGAIN || w->fired)) {
             finish_first(&ch->senders, &ch->senders_tail, r, &claimed);
             moved = true;
         }
@@ -517,10 +535,12 @@ static int ring_send(pz_chan_t *ch, const void *item, int64_t deadline, bool try
         /* Receivers are waiting: give the item to the first one directly,
          * as a rendezvous does, rather than through the ring. */
         chan_lock(ch);
-        pz__chan_waiter *rx = ch->receivers;
+        pz__chan_waiter *rx = NULL;
+        if (ring_empty(ch) && !(atomic_load_explicit(&ch->tail, memory_order_relaxed) & CLOSED))
+            rx = live_first(&ch->receivers, &ch->receivers_tail);
         if (!rx) {
-            clear_bit_if_empty(ch, rx, RECEIVERS_WAIT);
-        } else if (ring_empty(ch) && !(atomic_load_explicit(&ch->tail, memory_order_relaxed) & CLOSED)) {
+            clear_bit_if_empty(ch, ch->receivers, RECEIVERS_WAIT);
+        } else {
             unlink_node(&ch->receivers, &ch->receivers_tail, rx);
             copy_item(rx->item, item, ch->item_size);
             pz_task_t *t = complete(rx, 0);
@@ -547,7 +567,7 @@ static int rendezvous_send(pz_chan_t *ch, const void *item, int64_t deadline, bo
         chan_unlock(ch);
         return -EPIPE;
     }
-    pz__chan_waiter *rx = ch->receivers;
+    pz__chan_waiter *rx = live_first(&ch->receivers, &ch->receivers_tail);
     if (rx) {
         unlink_node(&ch->receivers, &ch->receivers_tail, rx);
         copy_item(rx->item, item, ch->item_size);
@@ -568,7 +588,7 @@ static int rendezvous_send(pz_chan_t *ch, const void *item, int64_t deadline, bo
 static int rendezvous_recv(pz_chan_t *ch, void *item, int64_t deadline, bool try_only)
 {
     chan_lock(ch);
-    pz__chan_waiter *tx = ch->senders;
+    pz__chan_waiter *tx = live_first(&ch->senders, &ch->senders_tail);
     if (tx) {
         unlink_node(&ch->senders, &ch->senders_tail, tx);
         copy_item(item, tx->item, ch->item_size);
@@ -637,13 +657,70 @@ void pz_chan_close(pz_chan_t *ch)
     pz__chan_waiter *claimed = NULL;
     chan_lock(ch);
     atomic_fetch_or_explicit(&ch->tail, CLOSED, memory_order_seq_cst);
-    while (ch->senders)
+    while (live_first(&ch->senders, &ch->senders_tail))
         finish_first(&ch->senders, &ch->senders_tail, -EPIPE, &claimed);
-    while (ch->receivers) {
+    while (live_first(&ch->receivers, &ch->receivers_tail)) {
         int r = ch->capacity && ring_pop(ch, ch->receivers->item, true) == 0 ? 0 : -EPIPE;
         finish_first(&ch->receivers, &ch->receivers_tail, r, &claimed);
     }
     atomic_store_explicit(&ch->waiting, 0, memory_order_relaxed);
     chan_unlock(ch);
     ready_all(claimed);
+}
+
+/* ---- select (src/io/select.c; chan_internal.h) ---- */
+
+void pz__chan_sel_enqueue(pz_chan_t *ch, pz__chan_waiter *w, bool send)
+{
+    w->result = PENDING;
+    chan_lock(ch);
+    if (ch->capacity)
+        atomic_fetch_or_explicit(&ch->waiting, send ? SENDERS_WAIT : RECEIVERS_WAIT, memory_order_seq_cst);
+    if (send)
+        push_back(&ch->senders, &ch->senders_tail, w);
+    else
+        push_back(&ch->receivers, &ch->receivers_tail, w);
+    chan_unlock(ch);
+}
+
+bool pz__chan_sel_ready(pz_chan_t *ch, bool send)
+{
+    bool ready;
+    chan_lock(ch);
+    uint64_t tail = atomic_load_explicit(&ch->tail, memory_order_seq_cst);
+    if (tail & CLOSED) {
+        ready = true;
+    } else if (ch->capacity) {
+        /* After this side's seq_cst bit (pz__chan_sel_enqueue): either
+         * this load sees the other side's change, or that side saw the
+         * bit and serves the queue. */
+        uint64_t head = atomic_load_explicit(&ch->head, memory_order_seq_cst);
+        ready = send ? head + ch->one_lap != tail : head != tail;
+    } else {
+        /* Rendezvous: under the lock, a partner that is not a select
+         * already fired (our own nodes are never partners: a select has
+         * one side per channel). */
+        ready = false;
+        for (pz__chan_waiter *p = send ? ch->receivers : ch->senders; p && !ready; p = p->next)
+            ready = !p->fired || atomic_load_explicit(p->fired, memory_order_acquire) == -1;
+    }
+    chan_unlock(ch);
+    return ready;
+}
+
+int pz__chan_sel_leave(pz_chan_t *ch, pz__chan_waiter *w, bool send)
+{
+    chan_lock(ch);
+    int r = w->result;
+    if (r == PENDING) {
+        if (send) {
+            unlink_node(&ch->senders, &ch->senders_tail, w);
+            clear_bit_if_empty(ch, ch->senders, SENDERS_WAIT);
+        } else {
+            unlink_node(&ch->receivers, &ch->receivers_tail, w);
+            clear_bit_if_empty(ch, ch->receivers, RECEIVERS_WAIT);
+        }
+    }
+    chan_unlock(ch);
+    return r;
 }

@@ -24,17 +24,14 @@
 #include "plaza/park.h"
 
 #include "../runtime/internal.h"
+#include "../park/lot.h"
+#include "semaphore_internal.h"
 
 #define TOKEN_GRANTED 1
 #define TOKEN_CLOSED 2
 #define UNIT ((uint64_t)1 << PZ__SEM_SHIFT)
 
-struct sem_wait {
-    pz_semaphore_t *s;
-    uint64_t n;
-    int result;   /* validate's verdict: 0 acquired, -EPIPE closed, 1 park */
-    bool granted; /* set by a dispatch under the bucket lock */
-};
+/* struct pz__sem_wait: semaphore_internal.h. */
 
 void pz_semaphore_init(pz_semaphore_t *s, uint64_t permits)
 {
@@ -68,7 +65,7 @@ int pz_semaphore_try_acquire(pz_semaphore_t *s, uint64_t n)
  * and park. */
 static bool sem_validate(void *ctx)
 {
-    struct sem_wait *w = ctx;
+    struct pz__sem_wait *w = ctx;
     uint64_t st = atomic_load_explicit(&w->s->state, memory_order_relaxed);
     for (;;) {
         if (st & PZ__SEM_CLOSED) {
@@ -94,7 +91,7 @@ static bool sem_validate(void *ctx)
 
 static void sem_timed_out(void *ctx, bool was_last)
 {
-    struct sem_wait *w = ctx;
+    struct pz__sem_wait *w = ctx;
     if (was_last)
         atomic_fetch_and_explicit(&w->s->state, ~(uint64_t)PZ__SEM_WAITERS, memory_order_relaxed);
 }
@@ -116,7 +113,7 @@ static uint64_t dispatch_avail(struct dispatch *d, uint64_t st)
 static pz_filter_op_t sem_filter(uintptr_t park_token, void *ctx)
 {
     struct dispatch *d = ctx;
-    struct sem_wait *w = (struct sem_wait *)park_token;
+    struct pz__sem_wait *w = (struct pz__sem_wait *)park_token;
     /* Granted by an earlier dispatch whose claim it lost: it is leaving
      * with its permits and must not be served twice. */
     if (w->granted)
@@ -164,7 +161,7 @@ int pz_semaphore_acquire_until(pz_semaphore_t *s, uint64_t n, int64_t deadline)
     if (st & PZ__SEM_CLOSED)
         return -EPIPE;
     for (;;) {
-        struct sem_wait w = {s, n, 1, false};
+        struct pz__sem_wait w = {s, n, 1, false};
         uintptr_t token = 0;
         pz__wait_note(PZ__WAIT_SEMAPHORE, s);
         int r = pz_park(s, sem_validate, NULL, sem_timed_out, &w, (uintptr_t)&w, deadline, 0, &token);
@@ -218,4 +215,51 @@ void pz_semaphore_close(pz_semaphore_t *s)
      * same bucket lock after, so it finds every one of them. */
     pz_unpark_all(s, TOKEN_CLOSED);
     atomic_fetch_and_explicit(&s->state, ~(uint64_t)PZ__SEM_WAITERS, memory_order_relaxed);
+}
+
+/* ---- select (src/io/select.c; semaphore_internal.h) ----
+ *
+ * A select's node waits in the queue like any acquirer, with its wait
+ * record as park token, so a dispatch serves it in order.  A dispatch
+ * marks a waiter granted (and counts its permits out of the word) before
+ * the lot claims it; a select node whose claim fails because its select
+ * fired on another case keeps its grant only until it leaves, and then
+ * gives the permits back (a release), so nothing is kept that the select
+ * does not return. */
+
+static bool sem_sel_validate(void *ctx)
+{
+    struct pz__sem_wait *w = ctx;
+    uint64_t st = atomic_load_explicit(&w->s->state, memory_order_relaxed);
+    for (;;) {
+        if ((st & PZ__SEM_CLOSED) || (!(st & PZ__SEM_WAITERS) && (st >> PZ__SEM_SHIFT) >= w->n)) {
+            w->result = 0; /* ready: the select takes it by trying again */
+            return false;
+        }
+        if ((st & PZ__SEM_WAITERS) ||
+            atomic_compare_exchange_weak_explicit(&w->s->state, &st, st | PZ__SEM_WAITERS, memory_order_relaxed,
+                                                  memory_order_relaxed)) {
+            w->result = 1;
+            return true;
+        }
+    }
+}
+
+bool pz__sem_sel_enqueue(pz_semaphore_t *s, struct pz__sem_wait *w, pz__waiter *node)
+{
+    *w = (struct pz__sem_wait){s, w->n, 1, false};
+    node->park_token = (uintptr_t)w;
+    return pz__lot_enqueue(s, node, sem_sel_validate, w);
+}
+
+int pz__sem_sel_leave(struct pz__sem_wait *w, pz__waiter *node, bool fired_here)
+{
+    pz__lot_leave(node, sem_timed_out, w);
+    if (fired_here)
+        return node->unpark_token == TOKEN_CLOSED ? -EPIPE : 0;
+    if (w->granted)
+        pz_semaphore_release(w->s, w->n); /* granted as the select fired elsewhere: back */
+    else if (atomic_load_explicit(&w->s->state, memory_order_relaxed) & PZ__SEM_WAITERS)
+        dispatch(w->s, 0); /* it may have been blocking the waiters behind it */
+    return 1;
 }

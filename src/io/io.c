@@ -10,11 +10,15 @@
  */
 #define _GNU_SOURCE
 #include "io_internal.h"
+#include "kit_io.h"
 
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <signal.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,8 +31,10 @@
 /* One system call attempt: returns >= 0 on success or -errno. */
 typedef ssize_t (*io_try_fn)(int fd, void *ctx);
 
-/* Where the caller will wait, or NULL: no runtime or not in a task. */
-static pz__io_source *source_for(int fd, pz__runtime **rtp)
+/* Where the caller will wait, or NULL: no runtime or not in a task, or
+ * *err < 0: fd is no open descriptor (-EBADF), and nothing is recorded
+ * for its number (a descriptor that gets the number later starts clean). */
+static pz__io_source *source_for_err(int fd, pz__runtime **rtp, int *err)
 {
     pz__runtime *rt = atomic_load_explicit(&pz__rt, memory_order_acquire);
     if (!rt || !rt->io_chunks || !pz__current_task())
@@ -48,15 +54,32 @@ static pz__io_source *source_for(int fd, pz__runtime **rtp)
         /* Pairs with the reactor's acquire: epoll carries this edge. */
         __tsan_release(src);
 #endif
-        if (pz__set_nonblocking(fd) < 0 || pz__poller_add(rt->poller, fd, src) < 0)
-            kind = PZ__SRC_BLOCKING; /* a regular file, or not pollable */
+        int r = pz__set_nonblocking(fd);
+        if (r == 0)
+            r = pz__poller_add(rt->poller, fd, src);
+        if (r < 0 && r != -EPERM) {
+            /* Not open (-EBADF), or the poller is out of memory: nothing
+             * is recorded, the call fails, a later call tries again. */
+            pz__spin_unlock(&src->lock);
+            *err = r;
+            return NULL;
+        }
+        if (r < 0)
+            kind = PZ__SRC_BLOCKING; /* a regular file: epoll says EPERM */
         atomic_store_explicit(&src->kind, kind, memory_order_release);
     }
     pz__spin_unlock(&src->lock);
     return src;
 }
 
-/* Parks until bit is set in src's readiness; 0 or a negative error. */
+static pz__io_source *source_for(int fd, pz__runtime **rtp)
+{
+    int err = 0;
+    return source_for_err(fd, rtp, &err);
+}
+
+/* Waits in the driver until bit is set in src's readiness; 0 or a
+ * negative error. */
 static int wait_ready(pz__runtime *rt, pz__io_source *src, uint64_t bit, int64_t deadline)
 {
     return pz__driver_wait(rt, src, bit, deadline);
@@ -99,7 +122,10 @@ static ssize_t io_loop(int fd, uint64_t bit, io_try_fn fn, void *ctx, int64_t de
     if (fd < 0)
         return -EBADF;
     pz__runtime *rt = NULL;
-    pz__io_source *src = source_for(fd, &rt);
+    int err = 0;
+    pz__io_source *src = source_for_err(fd, &rt, &err);
+    if (err < 0)
+        return err;
     if (src && atomic_load_explicit(&src->kind, memory_order_acquire) == PZ__SRC_BLOCKING) {
         struct blocking_call b = {fn, fd, ctx};
         void *res;
@@ -154,19 +180,19 @@ struct buf_ctx {
 static ssize_t try_read(int fd, void *ctx)
 {
     struct buf_ctx *c = ctx;
-    return result_of(read(fd, c->buf, c->n));
+    return result_of(read(fd, c->buf, pz__fault_short(c->n)));
 }
 
 static ssize_t try_recv(int fd, void *ctx)
 {
     struct buf_ctx *c = ctx;
-    return result_of(recv(fd, c->buf, c->n, c->flags));
+    return result_of(recv(fd, c->buf, pz__fault_short(c->n), c->flags));
 }
 
 static ssize_t try_send(int fd, void *ctx)
 {
     struct buf_ctx *c = ctx;
-    return result_of(send(fd, c->buf, c->n, c->flags | MSG_NOSIGNAL));
+    return result_of(send(fd, c->buf, pz__fault_short(c->n), c->flags | MSG_NOSIGNAL));
 }
 
 struct iov_ctx {
@@ -180,15 +206,54 @@ static ssize_t try_readv(int fd, void *ctx)
     return result_of(readv(fd, c->iov, c->cnt));
 }
 
+/* writev on a descriptor that is not a socket (a pipe, a FIFO, a tty)
+ * without SIGPIPE: the signal is blocked on the calling thread around the
+ * call, and one the call raised is taken off the thread before the mask
+ * comes back (a write to a pipe without reader directs it at the writing
+ * thread).  Three system calls more than a plain writev (two when no
+ * SIGPIPE came), paid only by pipes; sockets keep one sendmsg with
+ * MSG_NOSIGNAL.  A SIGPIPE the thread already had blocked is left alone
+ * (whoever blocked it collects it), except on a worker: workers run with
+ * the asynchronous signals blocked by plaza itself (signal.h), so nobody
+ * else would ever collect it there. */
+static ssize_t writev_nosignal(int fd, const struct iovec *iov, int cnt)
+{
+    sigset_t pipe_only, old;
+    sigemptyset(&pipe_only);
+    sigaddset(&pipe_only, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_only, &old);
+    ssize_t n = writev(fd, iov, cnt);
+    int e = errno;
+    if (n < 0 && e == EPIPE && (!sigismember(&old, SIGPIPE) || pz__current_worker() != NULL)) {
+        struct timespec zero = {0, 0};
+        while (sigtimedwait(&pipe_only, NULL, &zero) < 0 && errno == EINTR) {
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    errno = e;
+    return n;
+}
+
 /* Writes go through sendmsg with MSG_NOSIGNAL, so a closed peer is -EPIPE
- * rather than SIGPIPE; a descriptor that is not a socket gets writev. */
+ * rather than SIGPIPE; a descriptor that is not a socket gets writev with
+ * SIGPIPE held off. */
 static ssize_t try_writev(int fd, void *ctx)
 {
     struct iov_ctx *c = ctx;
-    struct msghdr m = {.msg_iov = (struct iovec *)c->iov, .msg_iovlen = (size_t)c->cnt};
+    struct iovec first;
+    int cnt = c->cnt;
+    const struct iovec *iov = c->iov;
+    if (cnt > 0 && pz__fault_short(2) == 1) {
+        /* A short write: only part of the first buffer. */
+        first = iov[0];
+        first.iov_len = pz__fault_short(first.iov_len);
+        iov = &first;
+        cnt = 1;
+    }
+    struct msghdr m = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)cnt};
     ssize_t n = sendmsg(fd, &m, MSG_NOSIGNAL);
     if (n < 0 && errno == ENOTSOCK)
-        n = writev(fd, c->iov, c->cnt);
+        n = writev_nosignal(fd, iov, cnt);
     return result_of(n);
 }
 
@@ -218,12 +283,16 @@ ssize_t pz_write_all(int fd, const void *buf, size_t n, int64_t deadline)
 
 ssize_t pz_readv(int fd, const struct iovec *iov, int iovcnt, int64_t deadline)
 {
+    if (iovcnt < 0 || iovcnt > IOV_MAX)
+        return -EINVAL; /* sendmsg would say -EMSGSIZE for a negative count */
     struct iov_ctx c = {iov, iovcnt};
     return io_loop(fd, PZ__IO_READ, try_readv, &c, deadline);
 }
 
 ssize_t pz_writev(int fd, const struct iovec *iov, int iovcnt, int64_t deadline)
 {
+    if (iovcnt < 0 || iovcnt > IOV_MAX)
+        return -EINVAL; /* sendmsg would say -EMSGSIZE for a negative count */
     struct iov_ctx c = {iov, iovcnt};
     return io_loop(fd, PZ__IO_WRITE, try_writev, &c, deadline);
 }
@@ -248,6 +317,8 @@ struct accept_ctx {
 static ssize_t try_accept(int fd, void *ctx)
 {
     struct accept_ctx *c = ctx;
+    if (pz__fault(PZ__FAULT_ACCEPT))
+        return -EMFILE;
     return result_of(accept4(fd, c->addr, c->len, SOCK_NONBLOCK | SOCK_CLOEXEC));
 }
 
@@ -257,42 +328,89 @@ int pz_accept(int fd, struct sockaddr *addr, socklen_t *addrlen, int64_t deadlin
     return (int)io_loop(fd, PZ__IO_READ, try_accept, &c, deadline);
 }
 
-static ssize_t try_nothing(int fd, void *ctx)
+/* Readiness as poll(2) sees it now: the PZ_* events asked that are ready,
+ * or -EAGAIN.  pz_wait_fd asks it inside io_loop, after io_loop's snapshot
+ * of the source's readiness bits: an edge the poller reports after the
+ * snapshot changes the bits, so io_loop's clearing CAS fails and it asks
+ * again; an edge reported before the snapshot is readiness this poll sees.
+ * (Polling before the snapshot instead loses the edge that falls between
+ * the two: the CAS then clears a bit nobody looked behind.) */
+struct poll_ctx {
+    int events; /* PZ_READABLE | PZ_WRITABLE */
+};
+
+static ssize_t try_poll(int fd, void *ctx)
 {
-    (void)fd;
-    bool *first = ctx;
-    if (*first) {
-        *first = false;
+    struct poll_ctx *c = ctx;
+    struct pollfd p = {.fd = fd, .events = (short)(((c->events & PZ_READABLE) ? POLLIN : 0) |
+                                                   ((c->events & PZ_WRITABLE) ? POLLOUT : 0))};
+    int n = poll(&p, 1, 0);
+    if (n < 0)
+        return -errno;
+    if (n == 0)
         return -EAGAIN;
+    if (p.revents & POLLNVAL)
+        return -EBADF;
+    int ready = 0;
+    if (p.revents & (POLLIN | POLLHUP | POLLERR))
+        ready |= c->events & PZ_READABLE;
+    if (p.revents & (POLLOUT | POLLHUP | POLLERR))
+        ready |= c->events & PZ_WRITABLE;
+    return ready ? ready : -EAGAIN;
+}
+
+/* Waits until fd is readable or writable.  Snapshot of the readiness bits
+ * first, then poll: ready now returns what is ready; otherwise the bits
+ * are cleared only if no event came since the snapshot (else look again).
+ * Then waits in the driver for either bit (src/runtime/driver.c: checked
+ * under the source's lock, woken by an event of either direction).
+ * Returns the ready events, 0 to look again, or an error. */
+static int wait_either(int fd, int64_t deadline)
+{
+    struct poll_ctx both = {PZ_READABLE | PZ_WRITABLE};
+    pz__runtime *rt = NULL;
+    int err = 0;
+    pz__io_source *src = source_for_err(fd, &rt, &err);
+    if (err < 0)
+        return err;
+    if (!src || atomic_load_explicit(&src->kind, memory_order_acquire) == PZ__SRC_BLOCKING) {
+        ssize_t n = try_poll(fd, &both);
+        if (n != -EAGAIN)
+            return (int)n;
+        int r = thread_wait(fd, POLLIN | POLLOUT, deadline);
+        return r < 0 ? r : 0;
     }
-    return 0;
+    uint64_t seen = atomic_load_explicit(&src->readiness, memory_order_acquire);
+    if (seen & PZ__IO_CLOSED)
+        return -EBADF;
+    ssize_t n = try_poll(fd, &both);
+    if (n != -EAGAIN)
+        return n == -EINTR ? 0 : (int)n;
+    /* poll said neither: the bits are stale unless an event came since. */
+    if ((seen & (PZ__IO_READ | PZ__IO_WRITE)) &&
+        !atomic_compare_exchange_strong_explicit(&src->readiness, &seen, seen & ~(uint64_t)(PZ__IO_READ | PZ__IO_WRITE),
+                                                 memory_order_acq_rel, memory_order_acquire))
+        return 0; /* an event came: look again */
+    /* A driver waiter for both bits is woken by an event of either. */
+    return pz__driver_wait(rt, src, PZ__IO_READ | PZ__IO_WRITE, deadline);
 }
 
 int pz_wait_fd(int fd, int events, int64_t deadline)
 {
-    if (fd < 0 || !(events & (PZ_READABLE | PZ_WRITABLE)))
+    if (fd < 0)
+        return -EBADF;
+    if (!(events & (PZ_READABLE | PZ_WRITABLE)) || (events & ~(PZ_READABLE | PZ_WRITABLE)))
         return -EINVAL;
-    struct pollfd p = {.fd = fd, .events = (short)(((events & PZ_READABLE) ? POLLIN : 0) |
-                                                   ((events & PZ_WRITABLE) ? POLLOUT : 0))};
-    for (;;) {
-        /* Ask the kernel first: readiness that came before any wait. */
-        int n = poll(&p, 1, 0);
-        if (n > 0) {
-            int ready = 0;
-            if (p.revents & (POLLIN | POLLHUP | POLLERR))
-                ready |= events & PZ_READABLE;
-            if (p.revents & (POLLOUT | POLLHUP | POLLERR))
-                ready |= events & PZ_WRITABLE;
-            if (p.revents & POLLNVAL)
-                return -EBADF;
-            if (ready)
-                return ready;
+    events &= PZ_READABLE | PZ_WRITABLE;
+    if (events == (PZ_READABLE | PZ_WRITABLE)) {
+        for (;;) {
+            int r = wait_either(fd, deadline);
+            if (r != 0)
+                return r;
         }
-        bool first = true;
-        ssize_t r = io_loop(fd, (events & PZ_READABLE) ? PZ__IO_READ : PZ__IO_WRITE, try_nothing, &first, deadline);
-        if (r < 0)
-            return (int)r;
     }
+    struct poll_ctx one = {events};
+    return (int)io_loop(fd, events == PZ_READABLE ? PZ__IO_READ : PZ__IO_WRITE, try_poll, &one, deadline);
 }
 
 int pz_connect(int fd, const struct sockaddr *addr, socklen_t addrlen, int64_t deadline)
@@ -339,7 +457,7 @@ static int split_hostport(const char *hp, char *host, size_t hostcap, char *port
     if (strlen(colon + 1) == 0 || strlen(colon + 1) >= portcap)
         return -EINVAL;
     strcpy(port, colon + 1);
-    return 0;
+    return pz__port_check(port);
 }
 
 struct resolve {
@@ -363,7 +481,8 @@ static int resolve(const char *hostport, int passive, struct addrinfo **out)
 {
     char host[256], port[32];
     if (split_hostport(hostport, host, sizeof host, port, sizeof port) < 0) {
-        pz__report("cannot parse address \"%s\" (want host:port, [v6]:port or :port)", hostport ? hostport : "(null)");
+        pz__report("cannot parse address \"%s\" (want host:port, [v6]:port or :port, port 0-65535)",
+                   hostport ? hostport : "(null)");
         return -EINVAL;
     }
     struct resolve r = {host, port, passive, NULL, 0};
@@ -372,14 +491,18 @@ static int resolve(const char *hostport, int passive, struct addrinfo **out)
     if (e < 0)
         return e;
     if (r.err) {
-        pz__report("cannot resolve \"%s\": %s", hostport, gai_strerror(r.err));
-        return r.err == EAI_SYSTEM ? -errno : -EADDRNOTAVAIL;
+        return pz__dns_error(r.err, errno);
     }
     *out = r.res;
     return 0;
 }
 
 int pz_tcp_listen(const char *hostport)
+{
+    return pz_tcp_listen_addr(hostport, NULL, NULL);
+}
+
+int pz_tcp_listen_addr(const char *hostport, struct sockaddr *addr, socklen_t *addrlen)
 {
     struct addrinfo *res;
     int e = resolve(hostport, 1, &res);
@@ -396,6 +519,11 @@ int pz_tcp_listen(const char *hostport)
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
         if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 1024) == 0) {
             freeaddrinfo(res);
+            if (addr && addrlen && getsockname(fd, addr, addrlen) < 0) {
+                err = -errno;
+                close(fd);
+                return err;
+            }
             return fd;
         }
         err = -errno;
@@ -451,4 +579,9 @@ int pz_close(int fd)
         }
     }
     return close(fd) == 0 ? 0 : -errno;
+}
+
+pz__io_source *pz__io_source_register(int fd, pz__runtime **rtp)
+{
+    return source_for(fd, rtp);
 }

@@ -7,4 +7,8 @@
 #include "plaza/io.h"
 #include "../runtime/internal.h"
 
+/* fd's source, registered with the poller on first use (io.c); NULL
+ * outside a task or without a runtime. */
+pz__io_source *pz__io_source_register(int fd, pz__runtime **rtp);
+
 #endif

@@ -3,7 +3,8 @@
  *
  * Table: an array of cache-line aligned buckets, each a spin lock and a FIFO
  * queue of waiters (intrusive nodes on the waiters' own stacks, so parking
- * allocates nothing).  The table doubles when the number of parked waiters
+ * allocates nothing; doubly linked, so a waiter that times out or is
+ * cancelled leaves in constant time, however long the queue).  The table doubles when the number of parked waiters
  * passes PZ__LOAD_FACTOR per bucket.  Growing locks every bucket of the old
  * table, moves the waiters and publishes the new table; the old one is never
  * freed, because a parker may still hold a pointer to one of its buckets.
@@ -36,6 +37,7 @@
 #include <string.h>
 
 #include "../runtime/internal.h"
+#include "lot.h"
 
 #define PZ__LOAD_FACTOR 3
 #define PZ__INITIAL_BUCKETS 256
@@ -51,21 +53,6 @@
  * and nothing else. */
 #define PZ__FAIR_NS 1000000
 
-typedef struct pz__waiter {
-    struct pz__waiter *next;
-    _Atomic(const void *) addr; /* changes under both bucket locks on requeue */
-    uintptr_t park_token;
-    uintptr_t unpark_token;
-    int64_t parked_at;
-    pz_task_t *task;            /* NULL for a thread waiter */
-    uint64_t gen;
-    _Atomic uint32_t futex;     /* thread waiter: 1 while parked */
-    _Atomic bool released;      /* task waiter: its park callback is done */
-    /* What the task's park callback needs (it runs off the task's stack). */
-    struct pz__bucket *bucket;
-    void (*before_sleep)(void *ctx);
-    void *ctx;
-} pz__waiter;
 
 typedef struct pz__bucket {
     _Alignas(PZ__CACHELINE) pz__spin lock;
@@ -104,11 +91,29 @@ static pz__table *table_new(size_t size)
     return t;
 }
 
+/* In the child of a fork, a bucket lock may have been held by a thread
+ * that did not follow: the child starts a fresh table (the old one is
+ * left as it is) with nobody parked. */
+static void lot_after_fork(void)
+{
+    atomic_store_explicit(&lot, NULL, memory_order_relaxed);
+    atomic_store_explicit(&parked_now, 0, memory_order_relaxed);
+    atomic_store_explicit(&create_lock.locked, 0, memory_order_relaxed);
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void atfork_register(void)
+{
+    pthread_atfork(NULL, NULL, lot_after_fork);
+}
+
 static pz__table *get_table(void)
 {
     pz__table *t = atomic_load_explicit(&lot, memory_order_acquire);
     if (t)
         return t;
+    pthread_once(&atfork_once, atfork_register);
     pz__spin_lock(&create_lock);
     t = atomic_load_explicit(&lot, memory_order_acquire);
     if (!t) {
@@ -179,6 +184,8 @@ static void unlock_pair(pz__bucket *b1, pz__bucket *b2)
         pz__spin_unlock(&b2->lock);
 }
 
+static void enqueue(pz__bucket *b, pz__waiter *w);
+
 static void grow(long waiters)
 {
     for (;;) {
@@ -204,12 +211,7 @@ static void grow(long waiters)
                 while (w) {
                     pz__waiter *next = w->next;
                     pz__bucket *nb = &t->buckets[hash_addr(atomic_load_explicit(&w->addr, memory_order_relaxed), t->bits)];
-                    w->next = NULL;
-                    if (nb->tail)
-                        nb->tail->next = w;
-                    else
-                        nb->head = w;
-                    nb->tail = w;
+                    enqueue(nb, w);
                     w = next;
                 }
                 old->buckets[i].head = old->buckets[i].tail = NULL;
@@ -226,36 +228,40 @@ static void grow(long waiters)
 static void enqueue(pz__bucket *b, pz__waiter *w)
 {
     w->next = NULL;
+    w->prev = b->tail;
     if (b->tail)
         b->tail->next = w;
     else
         b->head = w;
     b->tail = w;
+    w->queued = true;
 }
 
-/* Unlinks w, which follows prev (NULL: w is the head). */
-static void unlink_after(pz__bucket *b, pz__waiter *prev, pz__waiter *w)
+/* Unlinks w from b's queue in constant time (the queue is doubly linked,
+ * so a storm of cancelled waiters leaving one lock costs each of them the
+ * same, whatever the queue's length). */
+static void unlink_waiter(pz__bucket *b, pz__waiter *w)
 {
-    if (prev)
-        prev->next = w->next;
+    if (w->prev)
+        w->prev->next = w->next;
     else
         b->head = w->next;
-    if (b->tail == w)
-        b->tail = prev;
-    w->next = NULL;
+    if (w->next)
+        w->next->prev = w->prev;
+    else
+        b->tail = w->prev;
+    w->next = w->prev = NULL;
+    w->queued = false;
 }
 
-/* Removes w wherever it is in b; returns false if it is not there. */
+/* Removes w from b if it is still queued there; false if an unparker
+ * took it. */
 static bool remove_waiter(pz__bucket *b, pz__waiter *w)
 {
-    pz__waiter *prev = NULL;
-    for (pz__waiter *x = b->head; x; prev = x, x = x->next) {
-        if (x == w) {
-            unlink_after(b, prev, w);
-            return true;
-        }
-    }
-    return false;
+    if (!w->queued)
+        return false;
+    unlink_waiter(b, w);
+    return true;
 }
 
 static bool has_waiter(pz__bucket *b, const void *addr, pz__waiter *from)
@@ -282,13 +288,31 @@ static bool fair_now(pz__bucket *b, int64_t now, const pz__waiter *w)
 }
 
 /* Claims w for waking, under its bucket lock.  A task that lost its claim is
- * timing out or cancelled and removes itself. */
-static bool claim(pz__waiter *w)
+ * timing out or cancelled and removes itself.  Returns 0 (lost: skip w),
+ * WAKE (won: the unparker wakes it after the unlock) or TAKEN (won, but
+ * the unparker must not wake it nor touch the node after the unlock).
+ *
+ * A waiter of pz_park holds the bucket lock until it is PARKED, so a claim
+ * under the lock always finds it PARKED: WAKE.  A select node (lot.h) is
+ * queued by a task that goes on to queue other nodes before it parks, so
+ * its claim is decided by the select's fired word first (one branch wins
+ * it, for good); the task park is then claimed only to wake the task, and
+ * whoever else claimed it (a timer, a cancel, the task itself) or the
+ * task's own switch makes it runnable. */
+enum { CLAIM_LOST = 0, CLAIM_TAKEN = 1, CLAIM_WAKE = 2 };
+static int claim(pz__waiter *w)
 {
     if (!w->task)
-        return true;
+        return CLAIM_WAKE;
+    if (w->fired) {
+        int none = -1;
+        if (!atomic_compare_exchange_strong_explicit(w->fired, &none, w->branch, memory_order_acq_rel,
+                                                     memory_order_acquire))
+            return CLAIM_LOST;
+        return pz__task_claim(w->task, w->gen, PZ__WAKE_UNPARK) == PZ__CLAIM_WON_READY ? CLAIM_WAKE : CLAIM_TAKEN;
+    }
     int c = pz__task_claim(w->task, w->gen, PZ__WAKE_UNPARK);
-    return c != PZ__CLAIM_LOST;
+    return c == PZ__CLAIM_LOST ? CLAIM_LOST : CLAIM_WAKE;
 }
 
 /* Hands w its token, under the bucket lock. */
@@ -380,10 +404,12 @@ int pz_park(const void *addr, bool (*validate)(void *ctx), void (*before_sleep)(
             before_sleep(ctx);
         pz__thread_wait_begin(addr);
         result = 0;
-        int64_t until = deadline == PZ_FOREVER ? -1 : deadline;
+        /* The futex takes a negative deadline as "none"; a negative
+         * deadline here is one that has passed. */
+        int64_t until = deadline == PZ_FOREVER ? -1 : deadline < 0 ? 0 : deadline;
         while (atomic_load_explicit(&w.futex, memory_order_acquire) != 0) {
             int r = pz__futex_wait(&w.futex, 1, until);
-            if (until >= 0 && (r == -ETIMEDOUT || pz__clock_now() >= deadline)) {
+            if (until >= 0 && (r == -ETIMEDOUT || pz__clock_now() >= until)) {
                 b = lock_waiter_bucket(&w);
                 if (remove_waiter(b, &w)) {
                     if (timed_out)
@@ -410,17 +436,18 @@ pz_unpark_result_t pz_unpark_one(const void *addr, uintptr_t (*callback)(pz_unpa
 {
     pz_unpark_result_t res = {0, 0, false, false};
     pz__bucket *b = lock_bucket(addr);
-    pz__waiter *prev = NULL, *chosen = NULL;
-    for (pz__waiter *x = b->head; x; prev = x, x = x->next) {
+    pz__waiter *chosen = NULL;
+    int how = CLAIM_LOST;
+    for (pz__waiter *x = b->head; x; x = x->next) {
         if (atomic_load_explicit(&x->addr, memory_order_relaxed) != addr)
             continue;
-        if (claim(x)) {
+        if ((how = claim(x)) != CLAIM_LOST) {
             chosen = x;
             break;
         }
     }
     if (chosen) {
-        unlink_after(b, prev, chosen);
+        unlink_waiter(b, chosen);
         res.unparked = 1;
         res.have_more = has_waiter(b, addr, NULL);
         res.be_fair = fair_now(b, pz__clock_coarse(), chosen);
@@ -431,7 +458,7 @@ pz_unpark_result_t pz_unpark_one(const void *addr, uintptr_t (*callback)(pz_unpa
     if (chosen)
         grant(chosen, token);
     pz__spin_unlock(&b->lock);
-    if (chosen)
+    if (chosen && how == CLAIM_WAKE)
         wake_list(chosen);
     return res;
 }
@@ -441,17 +468,18 @@ int pz_unpark_all(const void *addr, uintptr_t unpark_token)
     pz__bucket *b = lock_bucket(addr);
     pz__waiter *woken = NULL, **tail = &woken;
     int n = 0;
-    pz__waiter *prev = NULL, *x = b->head;
+    pz__waiter *x = b->head;
     while (x) {
         pz__waiter *next = x->next;
-        if (atomic_load_explicit(&x->addr, memory_order_relaxed) == addr && claim(x)) {
-            unlink_after(b, prev, x);
+        int how;
+        if (atomic_load_explicit(&x->addr, memory_order_relaxed) == addr && (how = claim(x)) != CLAIM_LOST) {
+            unlink_waiter(b, x);
             grant(x, unpark_token);
-            *tail = x;
-            tail = &x->next;
+            if (how == CLAIM_WAKE) {
+                *tail = x;
+                tail = &x->next;
+            }
             n++;
-        } else {
-            prev = x;
         }
         x = next;
     }
@@ -473,25 +501,24 @@ pz_unpark_result_t pz_requeue(const void *from, const void *to, pz_requeue_op_t 
         return res;
     }
     pz__waiter *chosen = NULL;
-    pz__waiter *prev = NULL, *x = bf->head;
+    int how = CLAIM_LOST;
+    pz__waiter *x = bf->head;
     while (x) {
         pz__waiter *next = x->next;
         if (atomic_load_explicit(&x->addr, memory_order_relaxed) != from) {
-            prev = x;
-        } else if (!chosen && op != PZ_REQUEUE_ALL && claim(x)) {
-            unlink_after(bf, prev, x);
+            /* another address's waiter: stays */
+        } else if (!chosen && op != PZ_REQUEUE_ALL && (how = claim(x)) != CLAIM_LOST) {
+            unlink_waiter(bf, x);
             chosen = x;
         } else if (op == PZ_REQUEUE_ALL || op == PZ_REQUEUE_UNPARK_ONE_REQUEUE_REST) {
             /* Moved even if it is timing out: it finds its bucket through
              * its address, which changes here under both locks. */
-            unlink_after(bf, prev, x);
+            unlink_waiter(bf, x);
             atomic_store_explicit(&x->addr, to, memory_order_release);
             if (x->task)
                 x->bucket = bt;
             enqueue(bt, x);
             res.requeued++;
-        } else {
-            prev = x;
         }
         x = next;
     }
@@ -506,7 +533,7 @@ pz_unpark_result_t pz_requeue(const void *from, const void *to, pz_requeue_op_t 
     if (chosen)
         grant(chosen, token);
     unlock_pair(bf, bt);
-    if (chosen)
+    if (chosen && how == CLAIM_WAKE)
         wake_list(chosen);
     return res;
 }
@@ -516,31 +543,34 @@ pz_unpark_result_t pz_unpark_filter(const void *addr, pz_filter_op_t (*filter)(u
 {
     pz_unpark_result_t res = {0, 0, false, false};
     pz__bucket *b = lock_bucket(addr);
-    pz__waiter *woken = NULL, **tail = &woken;
-    pz__waiter *prev = NULL, *x = b->head;
+    pz__waiter *woken = NULL, **tail = &woken, *taken = NULL;
+    pz__waiter *x = b->head;
     int64_t now = 0;
     bool fair = false;
     while (x) {
         pz__waiter *next = x->next;
         if (atomic_load_explicit(&x->addr, memory_order_relaxed) != addr) {
-            prev = x;
             x = next;
             continue;
         }
         pz_filter_op_t op = filter(x->park_token, ctx);
         if (op == PZ_FILTER_STOP)
             break;
-        if (op == PZ_FILTER_UNPARK && claim(x)) {
-            unlink_after(b, prev, x);
+        int how;
+        if (op == PZ_FILTER_UNPARK && (how = claim(x)) != CLAIM_LOST) {
+            unlink_waiter(b, x);
             if (!now)
                 now = pz__clock_coarse();
             if (!fair)
                 fair = now - x->parked_at >= PZ__FAIR_NS;
-            *tail = x;
-            tail = &x->next;
+            if (how == CLAIM_WAKE) {
+                *tail = x;
+                tail = &x->next;
+            } else {
+                x->next = taken; /* granted below, never woken by us */
+                taken = x;
+            }
             res.unparked++;
-        } else {
-            prev = x;
         }
         x = next;
     }
@@ -550,7 +580,42 @@ pz_unpark_result_t pz_unpark_filter(const void *addr, pz_filter_op_t (*filter)(u
     uintptr_t token = callback ? callback(res, ctx) : 0;
     for (pz__waiter *w = woken; w; w = w->next)
         grant(w, token);
+    for (pz__waiter *w = taken; w; w = w->next)
+        grant(w, token);
     pz__spin_unlock(&b->lock);
     wake_list(woken);
     return res;
+}
+
+/* ---- select nodes (lot.h) ---- */
+
+bool pz__lot_enqueue(const void *addr, pz__waiter *w, bool (*validate)(void *ctx), void *ctx)
+{
+    long n = atomic_fetch_add_explicit(&parked_now, 1, memory_order_relaxed) + 1;
+    if ((long)get_table()->size * PZ__LOAD_FACTOR < n)
+        grow(n);
+    atomic_store_explicit(&w->addr, addr, memory_order_relaxed);
+    w->next = NULL;
+    w->unpark_token = 0;
+    pz__bucket *b = lock_bucket(addr);
+    if (validate && !validate(ctx)) {
+        pz__spin_unlock(&b->lock);
+        atomic_fetch_sub_explicit(&parked_now, 1, memory_order_relaxed);
+        return false;
+    }
+    w->parked_at = pz__clock_coarse();
+    enqueue(b, w);
+    pz__spin_unlock(&b->lock);
+    return true;
+}
+
+bool pz__lot_leave(pz__waiter *w, void (*left)(void *ctx, bool was_last), void *ctx)
+{
+    pz__bucket *b = lock_waiter_bucket(w);
+    bool queued = remove_waiter(b, w);
+    if (queued && left)
+        left(ctx, !has_waiter(b, atomic_load_explicit(&w->addr, memory_order_relaxed), NULL));
+    pz__spin_unlock(&b->lock);
+    atomic_fetch_sub_explicit(&parked_now, 1, memory_order_relaxed);
+    return queued;
 }

@@ -31,7 +31,11 @@
  * hands it, with a reference, to a drain task (pz__pg_abandon) that runs
  * PQcancel on the blocking pool, reads and drops every remaining result
  * (and pipeline sync), then releases the permit; if that fails within
- * PZ_PG_DRAIN_NS the connection is marked broken.  The caller returns at
+ * PZ_PG_DRAIN_NS the connection is marked broken.  A command that must be
+ * undone if abandoned (the distributed lock's: a lock granted as it was
+ * given up) carries its undo statement (drain_sql, set and cleared under the
+ * turn, so it belongs to that one command), which the drain runs on the
+ * idle session before giving the permit back.  The caller returns at
  * once: a cancelled task cannot wait for anything, and a timed-out one
  * should not wait for the server either.  The next call on the connection
  * waits for the permit within its own deadline.
@@ -54,24 +58,29 @@
 /* How long a drain may take after a cancel before the connection is given
  * up as broken. */
 #define PZ_PG_DRAIN_NS (5 * 1000000000LL)
-/* The longest single wait for writability: pz_wait_fd watches one
- * direction, and a flush blocked on a full send buffer must also read what
+/* The longest single wait for writability.  A single-direction pz_wait_fd
+ * can miss an edge that comes between its poll and its wait (it clears the
+ * ready bit after a simulated failed attempt), so no such wait may be
+ * unbounded; and a flush blocked on a full send buffer must also read what
  * the server sends meanwhile (or both sides wait on each other). */
 #define PZ_PG_WRITE_SLICE_NS (5 * 1000000LL)
 
-static bool debug_enabled(void)
+bool pz__pg_debug_enabled(void)
 {
-    static int on = -1;
-    if (on < 0) {
+    /* Racing first readers compute the same value. */
+    static _Atomic int on = -1;
+    int v = atomic_load_explicit(&on, memory_order_relaxed);
+    if (v < 0) {
         const char *e = getenv("PLAZA_PG_DEBUG");
-        on = e && *e && strcmp(e, "0") != 0;
+        v = e && *e && strcmp(e, "0") != 0;
+        atomic_store_explicit(&on, v, memory_order_relaxed);
     }
-    return on;
+    return v;
 }
 
-static void debug_report(const char *what, PGconn *pg)
+void pz__pg_debug_report(const char *what, PGconn *pg)
 {
-    if (debug_enabled())
+    if (pz__pg_debug_enabled())
         fprintf(stderr, "plaza: pg: %s: %s", what, pg ? PQerrorMessage(pg) : "out of memory\n");
 }
 
@@ -80,7 +89,7 @@ static void debug_report(const char *what, PGconn *pg)
 static void notice_fn(void *arg, const char *message)
 {
     (void)arg;
-    if (debug_enabled())
+    if (pz__pg_debug_enabled())
         fprintf(stderr, "plaza: pg: %s", message);
 }
 
@@ -149,6 +158,22 @@ static int wait_writable(pz_pg_conn_t *c, int64_t deadline)
     return 0;
 }
 
+/* Waits until the socket is writable for real: PQconnectPoll must not be
+ * called before (it would take a connect in progress for a finished one).
+ * In slices, like wait_writable. */
+static int wait_connected(pz_pg_conn_t *c, int64_t deadline)
+{
+    for (;;) {
+        if (c->watch_fd < 0)
+            return -ECONNRESET;
+        int64_t slice = pz_now() + PZ_PG_WRITE_SLICE_NS;
+        int r = pz_wait_fd(c->watch_fd, PZ_WRITABLE, slice < deadline ? slice : deadline);
+        if (r == -ETIMEDOUT && pz_now() < deadline)
+            continue;
+        return r < 0 ? r : 0;
+    }
+}
+
 void pz__pg_break(pz_pg_conn_t *c)
 {
     atomic_store_explicit(&c->broken, true, memory_order_release);
@@ -161,7 +186,7 @@ void pz__pg_lost(pz_pg_conn_t *c)
 }
 
 /* A libpq call failed: the connection is lost if libpq says so. */
-static int lost_or(pz_pg_conn_t *c, int err)
+int pz__pg_lost_or(pz_pg_conn_t *c, int err)
 {
     sync_fd(c, false);
     if (PQstatus(c->pg) == CONNECTION_BAD) {
@@ -207,7 +232,7 @@ int pz_pg_connect(const char *conninfo, int64_t deadline, pz_pg_conn_t **out)
         goto fail;
     }
     if (PQstatus(c->pg) == CONNECTION_BAD) {
-        debug_report("connect", c->pg);
+        pz__pg_debug_report("connect", c->pg);
         r = -ECONNREFUSED; /* a bad conninfo, or no address */
         goto fail;
     }
@@ -219,11 +244,17 @@ int pz_pg_connect(const char *conninfo, int64_t deadline, pz_pg_conn_t **out)
         if (st == PGRES_POLLING_OK)
             break;
         if (st == PGRES_POLLING_FAILED) {
-            debug_report("connect", c->pg);
+            pz__pg_debug_report("connect", c->pg);
             r = -ECONNREFUSED;
             goto fail;
         }
-        r = st == PGRES_POLLING_READING ? pz__pg_wait_readable(c, deadline) : wait_writable(c, deadline);
+        /* A wait that returns at once every time (a socket at end of file)
+         * must not make this loop outlive its deadline. */
+        if (pz_now() >= deadline) {
+            r = -ETIMEDOUT;
+            goto fail;
+        }
+        r = st == PGRES_POLLING_READING ? pz__pg_wait_readable(c, deadline) : wait_connected(c, deadline);
         if (r < 0)
             goto fail;
         st = PQconnectPoll(c->pg);
@@ -282,6 +313,7 @@ int pz__pg_enter(pz_pg_conn_t *c, int64_t deadline)
 
 void pz__pg_leave(pz_pg_conn_t *c)
 {
+    c->drain_sql = NULL; /* it belongs to one command, under the turn */
     pz_semaphore_release(&c->use, 1);
 }
 
@@ -294,11 +326,11 @@ int pz__pg_flush(pz_pg_conn_t *c, int64_t deadline)
         if (f == 0)
             return 0;
         if (f < 0)
-            return lost_or(c, -ECONNRESET);
+            return pz__pg_lost_or(c, -ECONNRESET);
         /* Output is stuck: read what the server sends meanwhile, so that
          * neither side waits for the other. */
         if (PQconsumeInput(c->pg) == 0)
-            return lost_or(c, -ECONNRESET);
+            return pz__pg_lost_or(c, -ECONNRESET);
         int r = wait_writable(c, deadline);
         if (r < 0)
             return r;
@@ -370,16 +402,38 @@ static int drain_results(pz_pg_conn_t *c, int64_t deadline)
     }
 }
 
+/* The owner's clean-up statement (drain_sql), on the idle session. */
+static int drain_cleanup(pz_pg_conn_t *c, int64_t deadline)
+{
+    if (!c->drain_sql)
+        return 0;
+    if (!PQsendQuery(c->pg, c->drain_sql))
+        return pz__pg_lost_or(c, -EPROTO);
+    int r = pz__pg_flush(c, deadline);
+    int failed = 0;
+    while (r == 0) {
+        PGresult *res;
+        if ((r = pz__pg_next_result(c, deadline, &res)) < 0 || !res)
+            break;
+        failed |= pz__pg_status_error(res) < 0;
+        PQclear(res);
+    }
+    return r < 0 ? r : failed ? -EREMOTEIO : 0;
+}
+
 static void *drain_task(void *arg)
 {
     pz_pg_conn_t *c = arg;
     void *sent = NULL;
     /* The server stops the command; its error result then ends it. */
     if (pz_blocking(cancel_fn, c, &sent) < 0 || !sent)
-        debug_report("cancel", c->pg);
-    int r = drain_results(c, pz_now() + PZ_PG_DRAIN_NS);
+        pz__pg_debug_report("cancel", c->pg);
+    int64_t deadline = pz_now() + PZ_PG_DRAIN_NS;
+    int r = drain_results(c, deadline);
+    if (r == 0)
+        r = drain_cleanup(c, deadline);
     if (r < 0) {
-        debug_report("drain", c->pg);
+        pz__pg_debug_report("drain", c->pg);
         pz__pg_break(c);
     }
     pz__pg_leave(c);
@@ -398,253 +452,4 @@ void pz__pg_abandon(pz_pg_conn_t *c)
         return;
     }
     pz_detach(t);
-}
-
-/* ------------------------------------------------------------------ queries */
-
-static int status_error(PGresult *res)
-{
-    switch (PQresultStatus(res)) {
-    case PGRES_COMMAND_OK:
-    case PGRES_TUPLES_OK:
-    case PGRES_EMPTY_QUERY:
-    case PGRES_SINGLE_TUPLE:
-        return 0;
-    default:
-        return -EREMOTEIO;
-    }
-}
-
-/* A call that gave up with a command in flight leaves through here. */
-static int give_up(pz_pg_conn_t *c, int r)
-{
-    if (r == -ETIMEDOUT || r == -ECANCELED)
-        pz__pg_abandon(c);
-    else
-        pz__pg_leave(c);
-    return r;
-}
-
-int pz_pg_query(pz_pg_conn_t *c, const char *sql, int nparams, const char *const *params, int64_t deadline,
-                pz_pg_result_t **res)
-{
-    if (res)
-        *res = NULL;
-    if (!c || !sql || nparams < 0 || (nparams > 0 && !params))
-        return -EINVAL;
-    int r = pz__pg_enter(c, deadline);
-    if (r < 0)
-        return r;
-    /* Without parameters the simple protocol runs several statements
-     * separated by semicolons; the last result is returned (the first
-     * error, if one failed). */
-    int sent = nparams > 0 ? PQsendQueryParams(c->pg, sql, nparams, NULL, params, NULL, NULL, 0)
-                           : PQsendQuery(c->pg, sql);
-    if (!sent) {
-        r = lost_or(c, -EINVAL);
-        if (r == -EINVAL && debug_enabled())
-            debug_report("send", c->pg);
-        pz__pg_leave(c);
-        return r;
-    }
-    if ((r = pz__pg_flush(c, deadline)) < 0)
-        return give_up(c, r);
-    PGresult *keep = NULL;
-    for (;;) {
-        PGresult *one;
-        if ((r = pz__pg_next_result(c, deadline, &one)) < 0) {
-            PQclear(keep);
-            return give_up(c, r);
-        }
-        if (!one)
-            break;
-        ExecStatusType st = PQresultStatus(one);
-        if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
-            /* COPY is not spoken here: end the exchange by dropping the session. */
-            PQclear(one);
-            PQclear(keep);
-            pz__pg_break(c);
-            pz__pg_leave(c);
-            return -EPROTO;
-        }
-        if (keep && status_error(keep) < 0) {
-            PQclear(one); /* keep the first error */
-        } else {
-            PQclear(keep);
-            keep = one;
-        }
-    }
-    pz__pg_leave(c);
-    if (!keep)
-        return -EPROTO;
-    r = status_error(keep);
-    if (res)
-        *res = keep;
-    else
-        PQclear(keep);
-    return r;
-}
-
-int64_t pz_pg_exec(pz_pg_conn_t *c, const char *sql, int nparams, const char *const *params, int64_t deadline)
-{
-    pz_pg_result_t *res;
-    int r = pz_pg_query(c, sql, nparams, params, deadline, &res);
-    int64_t n = r == 0 ? pz_pg_result_affected(res) : r;
-    pz_pg_result_free(res);
-    return n;
-}
-
-int pz_pg_pipeline(pz_pg_conn_t *c, const pz_pg_statement_t *stmts, int n, int64_t deadline, pz_pg_result_t **res)
-{
-    if (!c || n < 0 || (n > 0 && (!stmts || !res)))
-        return -EINVAL;
-    for (int i = 0; i < n; i++) {
-        res[i] = NULL;
-        if (!stmts[i].sql || stmts[i].nparams < 0 || (stmts[i].nparams > 0 && !stmts[i].params))
-            return -EINVAL;
-    }
-    if (n == 0)
-        return 0;
-    int r = pz__pg_enter(c, deadline);
-    if (r < 0)
-        return r;
-    if (PQenterPipelineMode(c->pg) != 1) {
-        r = lost_or(c, -EPROTO);
-        pz__pg_leave(c);
-        return r;
-    }
-    for (int i = 0; i < n; i++) {
-        if (!PQsendQueryParams(c->pg, stmts[i].sql, stmts[i].nparams, NULL, stmts[i].params, NULL, NULL, 0)) {
-            /* Only a lost connection or no memory make a send fail: give
-             * the session up rather than reason about a half-sent batch. */
-            r = lost_or(c, -ENOMEM);
-            pz__pg_break(c);
-            pz__pg_leave(c);
-            return r;
-        }
-    }
-    if (PQpipelineSync(c->pg) != 1) {
-        r = lost_or(c, -ECONNRESET);
-        pz__pg_break(c);
-        pz__pg_leave(c);
-        return r;
-    }
-    c->pending_syncs++;
-    if ((r = pz__pg_flush(c, deadline)) < 0)
-        return give_up(c, r);
-    int failed = 0;
-    for (int i = 0; i <= n; i++) {
-        PGresult *one;
-        if ((r = pz__pg_next_result(c, deadline, &one)) < 0)
-            goto abandon;
-        if (i == n) {
-            /* After the last statement: the sync's own result. */
-            if (!one || PQresultStatus(one) != PGRES_PIPELINE_SYNC) {
-                PQclear(one);
-                r = -EPROTO;
-                goto abandon;
-            }
-            PQclear(one);
-            c->pending_syncs--;
-            break;
-        }
-        if (!one) {
-            r = -EPROTO;
-            goto abandon;
-        }
-        res[i] = one;
-        if (status_error(one) < 0)
-            failed = 1;
-        /* Each statement's results end with a NULL. */
-        PGresult *end;
-        if ((r = pz__pg_next_result(c, deadline, &end)) < 0)
-            goto abandon;
-        if (end) {
-            PQclear(end);
-            r = -EPROTO;
-            goto abandon;
-        }
-    }
-    if (PQexitPipelineMode(c->pg) != 1) {
-        pz__pg_break(c);
-        pz__pg_leave(c);
-        r = -EPROTO;
-        goto clear;
-    }
-    pz__pg_leave(c);
-    return failed ? -EREMOTEIO : 0;
-abandon:
-    if (r == -ETIMEDOUT || r == -ECANCELED) {
-        pz__pg_abandon(c);
-    } else {
-        pz__pg_break(c);
-        pz__pg_leave(c);
-    }
-clear:
-    for (int i = 0; i < n; i++) {
-        PQclear(res[i]);
-        res[i] = NULL;
-    }
-    return r;
-}
-
-/* ------------------------------------------------------------------ results */
-
-int pz_pg_result_rows(const pz_pg_result_t *r)
-{
-    return r ? PQntuples(r) : 0;
-}
-
-int pz_pg_result_cols(const pz_pg_result_t *r)
-{
-    return r ? PQnfields(r) : 0;
-}
-
-const char *pz_pg_result_value(const pz_pg_result_t *r, int row, int col)
-{
-    if (!r || row < 0 || col < 0 || row >= PQntuples(r) || col >= PQnfields(r) || PQgetisnull(r, row, col))
-        return NULL;
-    return PQgetvalue(r, row, col);
-}
-
-int pz_pg_result_int64(const pz_pg_result_t *r, int row, int col, int64_t *out)
-{
-    const char *v = pz_pg_result_value(r, row, col);
-    if (!v)
-        return -ENOENT;
-    char *end;
-    errno = 0;
-    long long x = strtoll(v, &end, 10);
-    if (errno || end == v || *end)
-        return -EINVAL;
-    if (out)
-        *out = x;
-    return 0;
-}
-
-int64_t pz_pg_result_affected(const pz_pg_result_t *r)
-{
-    if (!r)
-        return 0;
-    const char *t = PQcmdTuples((PGresult *)r);
-    if (t && *t)
-        return strtoll(t, NULL, 10);
-    return PQntuples(r);
-}
-
-const char *pz_pg_result_sqlstate(const pz_pg_result_t *r)
-{
-    const char *s = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
-    return s ? s : "";
-}
-
-const char *pz_pg_result_error(const pz_pg_result_t *r)
-{
-    const char *s = r ? PQresultErrorMessage(r) : NULL;
-    return s ? s : "";
-}
-
-void pz_pg_result_free(pz_pg_result_t *r)
-{
-    PQclear(r);
 }

@@ -9,21 +9,24 @@
  * process, from the moment the advisory lock is granted until
  * pg_advisory_unlock or the session's end.
  *
- * Token.  In the same pipeline batch as the lock, so in one round trip and
- * one implicit transaction that runs after the lock is granted:
- * UPDATE plaza_fence SET token = token + 1 WHERE key = $1 RETURNING token.
- * The previous holder's UPDATE committed before it released the advisory
- * lock, and ours runs after we got it, on the newest row version (READ
- * COMMITTED re-reads a row updated since the snapshot), so tokens strictly
- * increase in acquisition order.  A session-level advisory lock outlives the
- * transaction it was taken in, even one that is rolled back.
+ * Token.  The same statement, so the same round trip, takes the next value
+ * of the sequence plaza_fence_seq once the lock is granted.  The previous
+ * holder took its value before it released the lock, and nextval hands out
+ * strictly increasing values across sessions (CACHE 1, the default; a
+ * sequence with a larger cache would break this), so tokens strictly
+ * increase in acquisition order.  A session-level advisory lock outlives
+ * the statement's transaction, and nextval is not rolled back.
  *
  * Giving up.  A lock attempt that times out or is cancelled may have been
  * granted on the server at the very moment it was abandoned, and the grant
- * would outlive the aborted batch.  So the session is dropped: the
- * connection's drain cancels the statement, and closing the connection ends
- * the session, which releases anything it held.  The next attempt
- * reconnects.
+ * would outlive the statement.  The connection's drain, which cancels the
+ * statement and reads its end, then runs pg_advisory_unlock_all() on the
+ * idle session (the lock statement's undo; no other statement of the
+ * session has one, so a holder's timed-out check never releases the lock)
+ * before anyone can use the session again; if the
+ * drain fails the connection is broken and dropped, and the session's end
+ * releases everything.  So the session is kept (no reconnect after a
+ * timeout), and nothing stays held.
  *
  * Loss.  If the session dies (connection lost, backend terminated) the
  * server has released the lock and another process may hold it.  The
@@ -60,11 +63,26 @@ struct pz_pg_lock {
     pz_task_t *_Atomic holder; /* the local holder, for misuse reports */
 };
 
+/* The tokens come from one sequence for every key: nextval hands out
+ * strictly increasing values across all sessions (a sequence with CACHE 1,
+ * the default), and the holder takes its value after the lock is granted,
+ * the previous holder before releasing it.  So per key the tokens increase
+ * in acquisition order; they are not dense per key, which fencing does not
+ * need. */
 static const char *const SETUP_SQL[] = {
-    "CREATE TABLE IF NOT EXISTS plaza_fence (key bigint PRIMARY KEY, token bigint NOT NULL)",
+    "CREATE SEQUENCE IF NOT EXISTS plaza_fence_seq",
     "CREATE TABLE IF NOT EXISTS plaza_fence_seen (key bigint PRIMARY KEY, token bigint NOT NULL)",
-    "INSERT INTO plaza_fence (key, token) VALUES ($1, 0) ON CONFLICT (key) DO NOTHING",
 };
+#define SETUP_N 2
+
+/* One statement, one round trip: the subquery in FROM (not flattened into
+ * the outer query, its function being volatile) is run first, so nextval
+ * is evaluated only once the lock is granted. */
+static const char LOCK_SQL[] = "SELECT nextval('plaza_fence_seq') FROM (SELECT pg_advisory_lock($1::bigint)) l";
+/* NULL when the lock was not free. */
+static const char TRYLOCK_SQL[] =
+    "SELECT CASE WHEN l.ok THEN nextval('plaza_fence_seq') END FROM (SELECT pg_try_advisory_lock($1::bigint) AS ok) l";
+static const char UNLOCK_SQL[] = "SELECT pg_advisory_unlock($1::bigint)";
 
 static void drop_session(pz_pg_lock_t *l)
 {
@@ -85,18 +103,28 @@ static int ensure_session(pz_pg_lock_t *l, int64_t deadline)
     int r = pz_pg_connect(l->conninfo, deadline, &c);
     if (r < 0)
         return r;
-    const char *params[1] = {l->key};
-    pz_pg_statement_t st[3] = {{SETUP_SQL[0], 0, NULL}, {SETUP_SQL[1], 0, NULL}, {SETUP_SQL[2], 1, params}};
-    pz_pg_result_t *res[3];
-    /* Two sessions creating the tables at once can collide on the catalog
+    pz_pg_statement_t st[SETUP_N] = {{SETUP_SQL[0], 0, NULL}, {SETUP_SQL[1], 0, NULL}};
+    pz_pg_result_t *res[SETUP_N];
+    /* Two sessions creating the objects at once can collide on the catalog
      * (unique_violation); the second attempt finds them made. */
     for (int attempt = 0; attempt < 3; attempt++) {
-        r = pz_pg_pipeline(c, st, 3, deadline, res);
-        for (int i = 0; i < 3; i++)
+        r = pz_pg_pipeline(c, st, SETUP_N, deadline, res);
+        for (int i = 0; i < SETUP_N; i++)
             pz_pg_result_free(res[i]);
         if (r != -EREMOTEIO)
             break;
     }
+    if (r < 0) {
+        pz_pg_close(c);
+        return r;
+    }
+    /* The lock's statements, parsed and planned once per session. */
+    if (r == 0)
+        r = pz_pg_prepare(c, "plaza_lock", LOCK_SQL, 1, deadline);
+    if (r == 0)
+        r = pz_pg_prepare(c, "plaza_trylock", TRYLOCK_SQL, 1, deadline);
+    if (r == 0)
+        r = pz_pg_prepare(c, "plaza_unlock", UNLOCK_SQL, 1, deadline);
     if (r < 0) {
         pz_pg_close(c);
         return r;
@@ -142,38 +170,34 @@ static int parse_token(pz_pg_result_t *res, uint64_t *token)
  * (try: only if free) and the next token. */
 static int acquire_remote(pz_pg_lock_t *l, bool try, int64_t deadline, uint64_t *token)
 {
+    /* A session that died while nobody held the lock (a server restart, an
+     * idle timeout) is found by this statement: nothing was held, so one
+     * more try on a new session is safe. */
+    bool fresh = !(l->conn && pz_pg_conn_ok(l->conn));
     int r = ensure_session(l, deadline);
     if (r < 0)
         return r;
     const char *params[1] = {l->key};
-    pz_pg_result_t *res[2];
-    if (try) {
-        r = pz_pg_query(l->conn, "SELECT pg_try_advisory_lock($1::bigint)", 1, params, deadline, &res[0]);
-        if (r == 0) {
-            const char *v = pz_pg_result_value(res[0], 0, 0);
-            r = v && v[0] == 't' ? 0 : -EBUSY;
-        }
-        pz_pg_result_free(res[0]);
-        if (r == 0) {
-            r = pz_pg_query(l->conn, "UPDATE plaza_fence SET token = token + 1 WHERE key = $1 RETURNING token", 1,
-                            params, deadline, &res[1]);
-            if (r == 0)
-                r = parse_token(res[1], token);
-            pz_pg_result_free(res[1]);
-        }
-    } else {
-        pz_pg_statement_t st[2] = {
-            {"SELECT pg_advisory_lock($1::bigint)", 1, params},
-            {"UPDATE plaza_fence SET token = token + 1 WHERE key = $1 RETURNING token", 1, params},
-        };
-        r = pz_pg_pipeline(l->conn, st, 2, deadline, res);
-        if (r == 0)
-            r = parse_token(res[1], token);
-        pz_pg_result_free(res[0]);
-        pz_pg_result_free(res[1]);
+    pz_pg_result_t *res;
+    /* An abandoned lock statement may have been granted as it was given
+     * up: its drain releases whatever the session holds before anyone can
+     * use the session again (it holds no other advisory lock). */
+    r = pz__pg_query_prepared_undo(l->conn, try ? "plaza_trylock" : "plaza_lock", 1, params, deadline, &res,
+                                   "SELECT pg_advisory_unlock_all()");
+    if (r == 0) {
+        if (try && pz_pg_result_value(res, 0, 0) == NULL)
+            r = -EBUSY;
+        else
+            r = parse_token(res, token);
     }
-    if (r < 0 && r != -EBUSY)
-        drop_session(l); /* whatever the session may hold goes with it */
+    pz_pg_result_free(res);
+    /* A statement abandoned at its deadline or by a cancel is undone by the
+     * connection's drain (drain_sql); any other failure leaves a session we
+     * are unsure of, and whatever it may hold goes with it. */
+    if (r < 0 && r != -EBUSY && r != -ETIMEDOUT && r != -ECANCELED)
+        drop_session(l);
+    if ((r == -ECONNRESET || r == -ENOTCONN) && !fresh)
+        return acquire_remote(l, try, deadline, token);
     return r;
 }
 
@@ -233,8 +257,7 @@ int pz_pg_lock_unlock(pz_pg_lock_t *l)
     }
     const char *params[1] = {l->key};
     pz_pg_result_t *res = NULL;
-    int r = pz_pg_query(l->conn, "SELECT pg_advisory_unlock($1::bigint)", 1, params, pz_now() + PZ_PG_UNLOCK_NS,
-                        &res);
+    int r = pz_pg_query_prepared(l->conn, "plaza_unlock", 1, params, pz_now() + PZ_PG_UNLOCK_NS, &res);
     if (r == 0) {
         const char *v = pz_pg_result_value(res, 0, 0);
         if (!v || v[0] != 't')

@@ -18,6 +18,7 @@ struct pz_pg_conn {
     _Atomic bool broken;
     PGcancel *cancel;   /* made once connected; used only by the drain */
     int pending_syncs;  /* pipeline syncs sent and not yet read back */
+    const char *drain_sql; /* the command in flight's undo, run by its drain; under the turn */
     int64_t idle_since; /* for the pool: when it was last released */
     struct pz_pg_conn *next_idle;
 };
@@ -41,6 +42,19 @@ void pz__pg_abandon(pz_pg_conn_t *c);
 int pz__pg_wait_readable(pz_pg_conn_t *c, int64_t deadline);
 /* libpq found the connection lost: forget its socket, mark c broken. */
 void pz__pg_lost(pz_pg_conn_t *c);
+/* pz_pg_query_prepared whose command, if abandoned at its deadline or by
+ * a cancel, is followed by `undo` (run by the drain once the session is
+ * idle, before anyone else may use it). */
+int pz__pg_query_prepared_undo(pz_pg_conn_t *c, const char *name, int nparams, const char *const *params,
+                               int64_t deadline, pz_pg_result_t **res, const char *undo);
+/* A libpq call failed: -ECONNRESET (and c broken) if the connection is
+ * lost, else err. */
+int pz__pg_lost_or(pz_pg_conn_t *c, int err);
+/* 0 for a result that reports success, -EREMOTEIO for any other. */
+int pz__pg_status_error(const PGresult *res);
+/* PLAZA_PG_DEBUG: libpq's messages on stderr. */
+bool pz__pg_debug_enabled(void);
+void pz__pg_debug_report(const char *what, PGconn *pg);
 /* Marks c broken (the permit stays with the caller). */
 void pz__pg_break(pz_pg_conn_t *c);
 

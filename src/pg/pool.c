@@ -13,8 +13,8 @@
  *
  * Health.  A connection that idled longer than idle_check_ns, or that a
  * background drain still holds (it timed out or was cancelled in a query),
- * is checked with SELECT 1 before it is lent; broken ones are closed, never
- * lent or kept.
+ * is checked with SELECT 1 before it is lent; broken ones, and ones given
+ * back inside a transaction, are closed, never lent or kept.
  *
  * Back-off.  After a failed connect, attempts are spaced by a delay that
  * starts at backoff_min_ns and doubles up to backoff_max_ns, shared by all
@@ -173,11 +173,25 @@ int pz_pg_pool_acquire(pz_pg_pool_t *p, int64_t deadline, pz_pg_conn_t **out)
     return r;
 }
 
+/* A session left inside a transaction (a missing COMMIT, or a statement
+ * of the transaction given up) must not reach the next borrower.  Only
+ * looked at when nobody holds the connection's turn; one a drain still
+ * holds is checked on acquire, where SELECT 1 in an aborted transaction
+ * fails and discards it. */
+static bool left_in_transaction(pz_pg_conn_t *c)
+{
+    if (pz_semaphore_try_acquire(&c->use, 1) != 0)
+        return false;
+    PGTransactionStatusType ts = PQtransactionStatus(c->pg);
+    pz_semaphore_release(&c->use, 1);
+    return ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR;
+}
+
 void pz_pg_pool_release(pz_pg_pool_t *p, pz_pg_conn_t *c)
 {
     if (!p || !c)
         return;
-    if (!pz_pg_conn_ok(c)) {
+    if (!pz_pg_conn_ok(c) || left_in_transaction(c)) {
         discard(p, c);
     } else {
         c->idle_since = pz_now();
@@ -188,6 +202,20 @@ void pz_pg_pool_release(pz_pg_pool_t *p, pz_pg_conn_t *c)
         pz_mutex_unlock(&p->mu);
     }
     pz_semaphore_release(&p->slots, 1);
+}
+
+int pz_pg_pool_query(pz_pg_pool_t *p, const char *sql, int nparams, const char *const *params, int64_t deadline,
+                     pz_pg_result_t **res)
+{
+    if (res)
+        *res = NULL;
+    pz_pg_conn_t *c;
+    int r = pz_pg_pool_acquire(p, deadline, &c);
+    if (r < 0)
+        return r;
+    r = pz_pg_query(c, sql, nparams, params, deadline, res);
+    pz_pg_pool_release(p, c);
+    return r;
 }
 
 void pz_pg_pool_stats(pz_pg_pool_t *p, pz_pg_pool_stats_t *out)

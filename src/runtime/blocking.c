@@ -41,10 +41,11 @@ static struct {
     pthread_cond_t exited;  /* a pool thread exited */
     pz__job *head, *tail;
     int threads, idle, max;
+    int queued;             /* jobs in the queue: more than idle starts a thread */
     uint64_t epoch;
     bool draining;
 } pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, 0, 0,
-          PZ__POOL_DEFAULT_MAX, 1, false};
+          PZ__POOL_DEFAULT_MAX, 0, 1, false};
 
 void pz__blocking_configure(int max_threads)
 {
@@ -79,6 +80,7 @@ static void *pool_thread(void *unused)
         if (!pool.head)
             break; /* draining and nothing queued */
         pz__job *job = pool.head;
+        pool.queued--;
         pool.head = job->next;
         if (!pool.head)
             pool.tail = NULL;
@@ -115,17 +117,22 @@ static int submit(pz__job *job)
     else
         pool.head = job;
     pool.tail = job;
-    if (pool.idle == 0 && pool.threads < pool.max) {
+    pool.queued++;
+    /* An idle thread counts only once: every queued job beyond the idle
+     * threads (which a signal may already have claimed but that have not
+     * woken yet) needs a thread of its own, or a burst arriving while one
+     * thread is idle would queue behind it. */
+    if (pool.queued > pool.idle && pool.threads < pool.max) {
         pthread_t th;
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        int e = pthread_create(&th, &attr, pool_thread, NULL);
+        int e = pz__thread_create(&th, &attr, pool_thread, NULL);
         pthread_attr_destroy(&attr);
         if (e == 0)
             pool.threads++;
         else if (pool.threads == 0)
-            return -e; /* nobody would ever run the job */
+            return e; /* nobody would ever run the job */
     } else {
         pthread_cond_signal(&pool.work);
     }
@@ -140,6 +147,7 @@ static void unqueue(pz__job *job)
         p = &(*p)->next;
     }
     if (*p) {
+        pool.queued--;
         *p = job->next;
         if (pool.tail == job)
             pool.tail = prev;
@@ -200,10 +208,24 @@ void pz__blocking_shutdown(void)
     /* Jobs of this runtime that finish later must wake nobody. */
     pool.epoch++;
     pool.head = pool.tail = NULL;
+    pool.queued = 0;
     /* Idle threads exit now rather than after their keep-alive. */
     pool.draining = true;
     pthread_cond_broadcast(&pool.work);
     while (pool.idle > 0)
         pthread_cond_wait(&pool.exited, &pool.lock);
     pthread_mutex_unlock(&pool.lock);
+}
+
+void pz__blocking_after_fork(void)
+{
+    /* The child has only the forking thread: the pool's threads, their
+     * jobs and any lock one of them held stayed in the parent. */
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_cond_init(&pool.work, NULL);
+    pthread_cond_init(&pool.exited, NULL);
+    pool.head = pool.tail = NULL;
+    pool.threads = pool.idle = pool.queued = 0;
+    pool.epoch++;
+    pool.draining = false;
 }

@@ -257,11 +257,30 @@ static void check_deadlock(struct graph *g, int64_t now)
 static uint64_t asleep_last_sum;
 static bool asleep_armed, asleep_reported;
 
-static void check_asleep(pz__runtime *rt, struct graph *g)
+/* Without walking a task: the sums of the workers' counters. */
+static long sum_waits(pz__runtime *rt, bool blocking)
+{
+    long n = 0;
+    for (int i = 0; i < rt->nworkers; i++)
+        n += atomic_load_explicit(blocking ? &rt->workers[i].blocking_waits : &rt->workers[i].lock_waits,
+                                  memory_order_relaxed);
+    return n;
+}
+
+static uint64_t sum_switches(pz__runtime *rt)
+{
+    uint64_t n = 0;
+    for (int i = 0; i < rt->nworkers; i++)
+        n += atomic_load_explicit(&rt->workers[i].switches, memory_order_relaxed);
+    return n;
+}
+
+static void check_asleep(pz__runtime *rt)
 {
     bool idle = atomic_load_explicit(&rt->nsleeping, memory_order_relaxed) == rt->nworkers &&
                 atomic_load_explicit(&rt->inject_len, memory_order_relaxed) == 0;
-    bool stuck = idle && g->tasks > 0 && g->blocking_waits == 0 && g->thread_waits == 0 &&
+    long tasks = atomic_load_explicit(&rt->live_tasks, memory_order_relaxed);
+    bool stuck = idle && tasks > 0 && sum_waits(rt, true) == 0 && pz__thread_waits() == 0 &&
                  atomic_load_explicit(&rt->io_waiters, memory_order_relaxed) == 0 &&
                  pz__timers_earliest(rt) == PZ_FOREVER;
     if (!stuck) {
@@ -269,18 +288,17 @@ static void check_asleep(pz__runtime *rt, struct graph *g)
         asleep_reported = false;
         return;
     }
-    if (asleep_armed && asleep_last_sum == g->park_sum && !asleep_reported) {
+    uint64_t sw = sum_switches(rt);
+    if (asleep_armed && asleep_last_sum == sw && !asleep_reported) {
         asleep_reported = true;
-        pz__report("all %d task(s) are asleep and nothing can wake them: no runnable task, no timer, no I/O "
+        pz__report("all %ld task(s) are asleep and nothing can wake them: no runnable task, no timer, no I/O "
                    "wait, no blocking call, no thread in a plaza wait (deadlock!)",
-                   g->tasks);
-        pz__introspect_unlock();
+                   tasks);
         pz__dump_to(NULL, "of the sleeping tasks");
-        pz__introspect_lock();
         return;
     }
     asleep_armed = true;
-    asleep_last_sum = g->park_sum;
+    asleep_last_sum = sw;
 }
 
 static bool pz__monitor_asleep_pending(void)
@@ -411,9 +429,12 @@ static void check_stalls(pz__runtime *rt, int64_t now)
             continue;
         s->reported = true;
         struct find_task f = {id, NULL};
+        pz__introspect_lock();
         pz__tasks_walk(find_task, &f);
-        if (!f.t)
+        if (!f.t) {
+            pz__introspect_unlock();
             continue;
+        }
         int kind = atomic_load_explicit(&f.t->wait.kind, memory_order_acquire);
         char waiting[200] = "";
         if (kind != PZ__WAIT_NONE && atomic_load(&f.t->wait_blocks_thread)) {
@@ -439,6 +460,7 @@ static void check_stalls(pz__runtime *rt, int64_t now)
         pz__arch_symbolize(ssyms, f.t->spawn_site, true, site, sizeof site);
         pz__arch_symbols_close(ssyms);
         pz__report("  spawned at %s", site);
+        pz__introspect_unlock();
     }
 }
 
@@ -453,17 +475,23 @@ bool pz__monitor_busy_threads(void)
 
 void pz__monitor_check(pz__runtime *rt, int64_t now)
 {
-    pz__introspect_lock();
-    graph.len = 0;
-    graph.tasks = 0;
-    graph.blocking_waits = 0;
-    graph.thread_waits = 0;
-    graph.park_sum = 0;
-    pz__tasks_walk(add_task, &graph);
-    pz__thread_recs_walk(add_thread, &graph);
-    atomic_store_explicit(&busy_threads_seen, graph.thread_waits, memory_order_relaxed);
-    check_deadlock(&graph, now);
+    long threads = pz__thread_waits();
+    atomic_store_explicit(&busy_threads_seen, (int)threads, memory_order_relaxed);
+    /* The registries are walked only when a cycle is possible: some task
+     * or thread waits for a lock (with a million parked tasks a walk every
+     * period would slow every spawn behind the registry's lock). */
+    if (sum_waits(rt, false) > 0 || threads > 0 || last_seen_len > 0) {
+        pz__introspect_lock();
+        graph.len = 0;
+        graph.tasks = 0;
+        graph.blocking_waits = 0;
+        graph.thread_waits = 0;
+        graph.park_sum = 0;
+        pz__tasks_walk(add_task, &graph);
+        pz__thread_recs_walk(add_thread, &graph);
+        check_deadlock(&graph, now);
+        pz__introspect_unlock();
+    }
     check_stalls(rt, now);
-    check_asleep(rt, &graph);
-    pz__introspect_unlock();
+    check_asleep(rt);
 }

@@ -91,7 +91,7 @@ pz__io_source *pz__io_source_of(pz__runtime *rt, int fd)
         pz__spin_lock(&rt->io_table_lock);
         chunk = atomic_load_explicit(slot, memory_order_relaxed);
         if (!chunk) {
-            chunk = calloc(PZ__IO_CHUNK, sizeof *chunk);
+            chunk = pz__calloc(PZ__IO_CHUNK, sizeof *chunk);
             if (chunk)
                 atomic_store_explicit(slot, chunk, memory_order_release);
         }
@@ -130,6 +130,13 @@ void pz__io_source_signal(pz__io_source *src, unsigned events)
         *pp = wt->next;
         wt->linked = false;
         pz_task_t *t = wt->task;
+        /* A select's node: the select fires once, by whoever closes its
+         * word first (src/io/select.c); a node whose select has already
+         * fired is only unlinked. */
+        int none = -1;
+        if (wt->fired && !atomic_compare_exchange_strong_explicit(wt->fired, &none, wt->branch, memory_order_acq_rel,
+                                                                  memory_order_acquire))
+            continue;
         /* wt may be gone once t runs: nothing reads it after the claim. */
         if (pz__task_claim(t, wt->gen, PZ__WAKE_UNPARK) == PZ__CLAIM_WON_READY)
             pz__task_ready(t, false);
@@ -151,7 +158,7 @@ int pz__driver_wait(pz__runtime *rt, pz__io_source *src, uint64_t bit, int64_t d
     pz__spin_lock(&src->lock);
     int r = 0;
     if (!(atomic_load_explicit(&src->readiness, memory_order_acquire) & (bit | PZ__IO_CLOSED))) {
-        pz__wait_note(bit == PZ__IO_READ ? PZ__WAIT_FD_READ : PZ__WAIT_FD_WRITE, (const void *)(intptr_t)src->fd);
+        pz__wait_note(bit == PZ__IO_WRITE ? PZ__WAIT_FD_WRITE : PZ__WAIT_FD_READ, (const void *)(intptr_t)src->fd);
         wt.gen = pz__park_prepare(false);
         wt.next = src->waiters;
         wt.linked = true;
@@ -174,6 +181,34 @@ int pz__driver_wait(pz__runtime *rt, pz__io_source *src, uint64_t bit, int64_t d
     if (r == 0 && (atomic_load_explicit(&src->readiness, memory_order_acquire) & PZ__IO_CLOSED))
         return -EBADF;
     return r;
+}
+
+bool pz__driver_enqueue(pz__io_source *src, pz__io_waiter *wt)
+{
+    pz__spin_lock(&src->lock);
+    bool queued = !(atomic_load_explicit(&src->readiness, memory_order_acquire) & (wt->bit | PZ__IO_CLOSED));
+    if (queued) {
+        wt->next = src->waiters;
+        wt->linked = true;
+        src->waiters = wt;
+    }
+    pz__spin_unlock(&src->lock);
+    return queued;
+}
+
+bool pz__driver_leave(pz__io_source *src, pz__io_waiter *wt)
+{
+    pz__spin_lock(&src->lock);
+    bool was = wt->linked;
+    if (was) {
+        pz__io_waiter **pp = &src->waiters;
+        while (*pp != wt)
+            pp = &(*pp)->next;
+        *pp = wt->next;
+        wt->linked = false;
+    }
+    pz__spin_unlock(&src->lock);
+    return was;
 }
 
 int pz__driver_poll(pz__runtime *rt, int64_t deadline, int max_events)

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "internal.h"
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -29,8 +30,19 @@ const char *pz_strerror(int err)
         return "out of memory";
     case -EPIPE:
         return "closed";
+    case PZ_EDNS_NONAME:
+        return "host not known";
+    case PZ_EDNS_AGAIN:
+        return "temporary failure in name resolution";
+    case PZ_EDNS_FAIL:
+        return "name resolution failed";
+    case PZ_EDNS_NODATA:
+        return "no address for the host";
+    case PZ_EDNS_OTHER:
+        return "name resolution error";
     default:
-        return err < 0 ? strerror(-err) : "not an error code";
+        /* INT_MIN has no positive counterpart (negating it is undefined). */
+        return err < 0 && err != INT_MIN ? strerror(-err) : "not an error code";
     }
 }
 

@@ -10,6 +10,17 @@
  * reports, racily: a report is a snapshot.  depth counts every hold; the
  * first PZ__HELD_MAX of them are kept with their lock, kind and site.
  *
+ * The holder check: an unlock by a caller that does not hold the lock
+ * would let a third party in while the holder is still inside.  Two checks
+ * refuse it (the unlock is reported and ignored):
+ * - always, for tasks: a task that unlocks while it holds no lock at all
+ *   (depth 0) cannot be the holder.  Free: the record is kept anyway.
+ * - with PLAZA_SYNC_CHECK=1 in the environment (read once), for threads
+ *   and tasks: an unlock of a lock not among the caller's kept entries is
+ *   refused, unless the caller holds more than PZ__HELD_MAX locks (then
+ *   the deeper ones are not known and it is let through).  Off, it costs
+ *   one predictable branch.
+ *
  * Suspending with a sync lock held: on an M:N runtime that can deadlock
  * (the task that would unlock may need the very worker the lock's waiter is
  * blocking), and it always blocks every task that wants the lock for as
@@ -19,6 +30,26 @@
 #include "internal.h"
 
 #include <execinfo.h>
+#include <stdlib.h>
+#include <string.h>
+
+static _Atomic int check_mode = -1; /* -1: not read yet; 0 off; 1 on */
+
+static bool checking(void)
+{
+    int m = atomic_load_explicit(&check_mode, memory_order_relaxed);
+    if (__builtin_expect(m < 0, 0)) {
+        const char *e = getenv("PLAZA_SYNC_CHECK");
+        m = e && e[0] && strcmp(e, "0") != 0;
+        atomic_store_explicit(&check_mode, m, memory_order_relaxed);
+    }
+    return m;
+}
+
+void pz__sync_check_set(int on)
+{
+    atomic_store_explicit(&check_mode, on ? 1 : 0, memory_order_relaxed);
+}
 
 static pz__holds *holds_of_caller(void)
 {
@@ -45,20 +76,12 @@ void pz__held_acquired(const void *lock, const char *kind)
     atomic_store_explicit(&h->depth, d + 1, memory_order_relaxed);
 }
 
-void pz__held_released(const void *lock)
+/* Removes lock from h; false if it is not among the kept entries. */
+static bool drop(pz__holds *h, const void *lock, unsigned d)
 {
-    pz__holds *h = holds_of_caller();
-    if (!h)
-        return;
-    unsigned d = atomic_load_explicit(&h->depth, memory_order_relaxed);
-    if (!d)
-        return;
     unsigned n = d < PZ__HELD_MAX ? d : PZ__HELD_MAX;
     /* Locks are usually released in reverse order: search from the top and
-     * close the gap, so the kept entries stay the oldest holds in order.
-     * A lock not in the record is one of the uncounted deep holds, or one
-     * taken where no record was kept (a worker's loop): only the former
-     * counts down. */
+     * close the gap, so the kept entries stay the oldest holds in order. */
     for (unsigned i = n; i-- > 0;) {
         if (atomic_load_explicit(&h->rec[i].lock, memory_order_relaxed) == lock) {
             for (unsigned k = i; k + 1 < n; k++) {
@@ -71,10 +94,46 @@ void pz__held_released(const void *lock)
                                       memory_order_relaxed);
             }
             atomic_store_explicit(&h->depth, d - 1, memory_order_relaxed);
-            return;
+            return true;
         }
     }
-    if (d > PZ__HELD_MAX)
+    return false;
+}
+
+bool pz__held_released(const void *lock, const char *what)
+{
+    pz__worker *w = pz__current_worker();
+    pz_task_t *t = w ? w->current : NULL;
+    pz__holds *h = holds_of_caller();
+    if (!h)
+        return true;
+    unsigned d = atomic_load_explicit(&h->depth, memory_order_relaxed);
+    if (t && !d) {
+        pz__report("%s: %p is not held by task %llu (%s), which holds no sync lock; ignored", what, lock,
+                   (unsigned long long)t->id, t->name[0] ? t->name : "unnamed");
+        return false;
+    }
+    if (d && drop(h, lock, d))
+        return true;
+    if (__builtin_expect(checking(), 0) && d <= PZ__HELD_MAX) {
+        pz__report("%s: %p is not held by the calling %s (PLAZA_SYNC_CHECK); ignored", what, lock,
+                   t ? "task" : "thread");
+        return false;
+    }
+    /* One of the uncounted deep holds (or, unchecked, a lock the caller
+     * may not hold: counted down all the same, as before the check). */
+    if (d)
+        atomic_store_explicit(&h->depth, d - 1, memory_order_relaxed);
+    return true;
+}
+
+void pz__held_forget(const void *lock)
+{
+    pz__holds *h = holds_of_caller();
+    if (!h)
+        return;
+    unsigned d = atomic_load_explicit(&h->depth, memory_order_relaxed);
+    if (d && !drop(h, lock, d) && d > PZ__HELD_MAX)
         atomic_store_explicit(&h->depth, d - 1, memory_order_relaxed);
 }
 

@@ -46,6 +46,14 @@
 
 typedef struct pz__worker pz__worker;
 typedef struct pz__runtime pz__runtime;
+typedef struct pz__stack_chunk pz__stack_chunk;
+
+/* A stack: its lowest byte (the guard's) and the chunk it is cut from
+ * (src/runtime/stack.c). */
+typedef struct pz__stack_slot {
+    void *base;
+    pz__stack_chunk *chunk;
+} pz__stack_slot;
 
 /* One lock a task or thread holds (held.c). */
 #define PZ__HELD_MAX 4
@@ -185,13 +193,15 @@ struct pz_task {
     void *result;
     uint64_t id;
 
-    /* Stack: mapped when the task first runs, returned when it ends. */
-    void *stack_base;         /* whole mapping including the guard */
-    size_t stack_map_size;    /* 0: none mapped yet */
+    /* Stack: taken when the task first runs, returned when it ends. */
+    pz__stack_slot stack;
+    void *stack_base;         /* the stack's lowest byte, its guard's */
+    size_t stack_map_size;    /* guard + usable; 0: no stack */
     size_t stack_size;        /* requested usable size */
     size_t guard_size;
 
     int saved_errno;          /* errno of the task while it is switched out */
+    int start_error;          /* < 0: it never ran (no stack); pz_join returns it */
 
     _Atomic uint64_t park_state; /* see the park word above */
     uint64_t park_gen;        /* last generation used; the task's own */
@@ -234,6 +244,7 @@ struct pz_task {
     unsigned shield;           /* pz_shield_begin depth: waits are not cancelled */
     struct pz_group *groups;   /* groups it opened and has not waited for */
     struct pz__local *locals;  /* its task-local values */
+    _Atomic uint16_t handle_gen; /* src/runtime/handle.c */
 };
 
 /* Bounded single-producer multi-consumer ring of runnable tasks.  Only the
@@ -258,7 +269,6 @@ typedef struct pz__timers {
 #define PZ__STACK_CACHE 16
 /* Object slots per worker: one cache line of addresses. */
 #define PZ__WORKER_SLOTS (PZ__CACHELINE / (int)sizeof(uintptr_t))
-#define PZ__STACK_POOL_MAX 64
 
 struct pz__worker {
     _Alignas(PZ__CACHELINE) int index;
@@ -283,7 +293,7 @@ struct pz__worker {
 
     pz__timers timers;
 
-    void *stack_cache[PZ__STACK_CACHE];
+    pz__stack_slot stack_cache[PZ__STACK_CACHE];
     int stack_cache_len;
 
     /* The id of the task running on this worker, 0 while none is: written
@@ -296,6 +306,13 @@ struct pz__worker {
      * kernel id (for /proc). */
     _Atomic uint64_t switches;
     _Atomic int tid;
+    /* Tasks in a lock wait and in a blocking-pool wait, counted up by the
+     * worker a task parks on and down by the one it resumes on (each
+     * counter written only by its own worker; only the sum over the
+     * workers means anything).  The monitor walks no task while both sums
+     * are zero. */
+    _Atomic long lock_waits;
+    _Atomic long blocking_waits;
 
     /* Object slots: each holds the address of a sync object or 0, and
      * what an address in a slot means is that object's business (today:
@@ -319,6 +336,7 @@ struct pz__runtime {
     pz__worker *workers;
     size_t stack_size;
     size_t guard_size;
+    int guard_kind;            /* PZ__GUARD_* */
 
     /* Global injection queue: tasks made runnable off the workers, and the
      * overflow of full local queues. */
@@ -336,6 +354,9 @@ struct pz__runtime {
 
     _Atomic bool shutdown;
     _Atomic uint32_t main_done;
+    pz_task_t *main_task;      /* set before the workers start */
+    _Atomic uint32_t start_gate; /* 1 once every worker thread exists */
+    int main_error;            /* < 0: main never ran (no stack) */
     _Atomic long live_tasks;
 
     /* The poller driver (driver.c).  io_waiters counts tasks and
@@ -349,10 +370,11 @@ struct pz__runtime {
     pz__spin io_table_lock;
     struct pz__io_source *_Atomic *io_chunks;
 
-    /* Stacks of the default size that no worker cache had room for. */
+    /* Chunks of default-size stacks with a free stack (src/runtime/stack.c). */
     pz__spin stack_pool_lock;
-    int stack_pool_len;
-    void *stack_pool[PZ__STACK_POOL_MAX];
+    pz__stack_chunk *chunks_head, *chunks_tail;
+    int spare_chunks;
+    _Atomic bool stack_failure_reported;
 };
 
 extern _Atomic(pz__runtime *) pz__rt;
@@ -452,7 +474,8 @@ int64_t pz__timers_earliest(pz__runtime *rt);
 
 /* stack.c */
 int pz__stack_acquire(pz__worker *w, pz_task_t *t);
-void pz__stack_release(pz__worker *w, pz_task_t *t);
+/* w: the releasing worker (its cache), or NULL. */
+void pz__stack_release(pz__runtime *rt, pz__worker *w, pz_task_t *t);
 void pz__stacks_destroy(pz__runtime *rt);
 void pz__overflow_handler_install(void);
 int pz__altstack_setup(pz__worker *w);
@@ -473,8 +496,12 @@ typedef struct pz__io_waiter {
     struct pz__io_waiter *next;
     pz_task_t *task;
     uint64_t gen;
-    uint64_t bit;  /* PZ__IO_READ or PZ__IO_WRITE */
+    uint64_t bit;  /* PZ__IO_READ, PZ__IO_WRITE or both: woken by either */
     bool linked;   /* in the list; under the source's lock */
+    /* A select's node (src/io/select.c): the waker first sets *fired from
+     * -1 to branch and skips the node if that fails; NULL otherwise. */
+    _Atomic int *fired;
+    int branch;
 } pz__io_waiter;
 
 typedef struct pz__io_source {
@@ -497,6 +524,12 @@ void pz__io_source_signal(pz__io_source *src, unsigned events);
 /* The running task waits until bit (PZ__IO_READ or PZ__IO_WRITE) is set in
  * src's readiness: 0, -EBADF (closed), -ETIMEDOUT or -ECANCELED. */
 int pz__driver_wait(pz__runtime *rt, pz__io_source *src, uint64_t bit, int64_t deadline);
+/* For a select, between its pz__park_prepare and pz__park_commit: links wt
+ * (task, gen, bit, fired, branch set) unless bit or CLOSED is set already
+ * (then false); pz__driver_leave unlinks it if an event has not, and says
+ * whether it did. */
+bool pz__driver_enqueue(pz__io_source *src, pz__io_waiter *wt);
+bool pz__driver_leave(pz__io_source *src, pz__io_waiter *wt);
 
 /* wait.c: wait reasons.  pz__wait_note announces the kind and object of
  * the caller's next wait (a task's next park, or a thread's next blocking
@@ -505,6 +538,10 @@ int pz__driver_wait(pz__runtime *rt, pz__io_source *src, uint64_t bit, int64_t d
 void pz__wait_note(int kind, const void *obj);
 void pz__wait_note_default(int kind, const void *obj);
 const char *pz__wait_kind_name(int kind);
+bool pz__wait_kind_is_lock(int kind);
+/* Threads in a plaza wait now (plain threads, and workers blocked by their
+ * task), for the monitor. */
+long pz__thread_waits(void);
 /* The task side, called by pz__park_commit around its switch. */
 void pz__wait_publish(pz_task_t *t);
 void pz__wait_clear(pz_task_t *t);
@@ -535,6 +572,10 @@ void pz__task_registry_lock(void);
 void pz__task_registry_unlock(void);
 void pz__thread_recs_walk(void (*fn)(pz__thread_rec *r, void *arg), void *arg);
 void pz__tasks_walk(void (*fn)(pz_task_t *t, void *arg), void *arg);
+/* In the child of a fork (lifecycle.c's handler). */
+void pz__introspect_after_fork(void);
+void pz__tasks_forget(void);
+void pz__monitor_after_fork(void);
 
 /* dump.c: the report sink, holders and descriptions for reports. */
 void pz__report_line(const char *line);
@@ -568,6 +609,8 @@ void pz__held_at_suspend(pz_task_t *t);
 /* blocking.c */
 void pz__blocking_configure(int max_threads);
 void pz__blocking_shutdown(void);
+/* In the child of a fork: forget the parent's pool threads. */
+void pz__blocking_after_fork(void);
 
 /* Messages for misuse and failure, one line on stderr prefixed "plaza: ". */
 void pz__report(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -27,4 +27,17 @@ void pz__task_end(pz_task_t *t);
 void pz__groups_close_all(pz_task_t *t);
 void pz__locals_destroy(pz_task_t *t);
 
+/* local.c: the registry of named tasks, for pz_task_name_of. */
+void pz__task_name_register(pz_task_t *t);
+void pz__task_name_forget(pz_task_t *t);
+
+/* handle.c: type-stable task structs and generation-tagged handles. */
+pz_task_t *pz__task_alloc(void);
+void pz__task_recycle(pz_task_t *t);
+pz_task_t *pz__task_handle(pz_task_t *t);
+/* The task a handle names, or NULL if it is stale (reported, naming the
+ * call, by pz__task_of; silently by pz__task_peek). */
+pz_task_t *pz__task_of(const pz_task_t *h, const char *call);
+pz_task_t *pz__task_peek(const pz_task_t *h);
+
 #endif

@@ -151,8 +151,34 @@ static void stop_workers(pz__runtime *rt, int started)
         pthread_join(rt->workers[i].thread, NULL);
 }
 
+/*
+ * fork: only the forking thread exists in the child, so a runtime of the
+ * parent (its workers, its tasks) does not.  The child forgets it: the
+ * runtime is unpublished and unclaimed (its memory is left alone, since
+ * the forking thread may be running on one of its task stacks), the
+ * forking thread is no worker any more, and the blocking pool forgets its
+ * threads.  The child may then start a runtime of its own with pz_run.
+ */
+static void after_fork_child(void)
+{
+    atomic_store_explicit(&pz__rt, NULL, memory_order_relaxed);
+    atomic_store_explicit(&rt_pins, 0, memory_order_relaxed);
+    atomic_store_explicit(&runtime_claimed, false, memory_order_relaxed);
+    pz__set_current_worker(NULL);
+    pz__blocking_after_fork();
+    pz__introspect_after_fork();
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void atfork_register(void)
+{
+    pthread_atfork(NULL, NULL, after_fork_child);
+}
+
 int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
 {
+    pthread_once(&atfork_once, atfork_register);
     pz_config_t c = cfg ? *cfg : (pz_config_t){0};
     if (!main) {
         pz__report("pz_run: main is NULL");
@@ -180,6 +206,7 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
         ss = PZ__MIN_STACK;
     rt->stack_size = (ss + page - 1) / page * page;
     rt->guard_size = c.no_guard_pages ? 0 : page;
+    rt->guard_kind = pz__stack_guard_kind();
     pz__blocking_configure(c.blocking_threads_max);
     const char *dbg = getenv("PLAZA_DEBUG");
     pz__debug = c.debug || (dbg && *dbg && strcmp(dbg, "0") != 0);
@@ -219,6 +246,7 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
         retire(rt);
         return -ENOMEM;
     }
+    rt->main_task = pz__task_peek(mt); /* the struct, as next_runnable compares it (mt is a tagged handle) */
     pz_detach(mt);
 
     int started = 0, err = 0;
@@ -228,16 +256,20 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
     sigset_t run_mask;
     pz__sig_block_async(&run_mask);
     for (; started < rt->nworkers; started++) {
-        int e = pthread_create(&rt->workers[started].thread, NULL, pz__worker_main, &rt->workers[started]);
+        int e = pz__thread_create(&rt->workers[started].thread, NULL, pz__worker_main, &rt->workers[started]);
         if (e) {
-            pz__report("pz_run: cannot start worker thread %d: %s", started, strerror(e));
-            err = -e;
+            pz__report("pz_run: cannot start worker thread %d: %s", started, strerror(-e));
+            err = e;
             break;
         }
     }
     if (!err)
         pz__monitor_start(rt, &c); /* with the asynchronous signals blocked too */
     pz__sig_setmask(&run_mask);
+    if (err)
+        atomic_store(&rt->shutdown, true);
+    atomic_store_explicit(&rt->start_gate, 1, memory_order_release);
+    pz__futex_wake(&rt->start_gate, INT32_MAX);
     if (!err) {
         while (atomic_load(&rt->main_done) == 0) {
             pz__sigmask_runner_sync();
@@ -246,10 +278,13 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
     }
     pz__sigmask_runner_restore();
     pz__monitor_stop();
+    int rt_main_error = rt->main_error;
     stop_workers(rt, started);
     pz__blocking_shutdown();
     drain(rt);
     retire(rt);
+    if (!err)
+        err = rt_main_error;
     if (err)
         return err;
     if (result)

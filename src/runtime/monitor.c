@@ -134,3 +134,11 @@ void pz__monitor_stop(void)
     pthread_join(mon_thread, NULL);
     mon_started = false;
 }
+
+void pz__monitor_after_fork(void)
+{
+    /* The monitor thread does not exist in the child. */
+    mon_started = false;
+    atomic_store_explicit(&mon_parked, false, memory_order_relaxed);
+    atomic_store_explicit(&mon_stop, false, memory_order_relaxed);
+}

@@ -351,9 +351,16 @@ static bool prepare_run(pz__worker *w, pz_task_t *t)
 {
     if (t->stack_map_size)
         return true;
-    if (pz__stack_acquire(w, t) != 0) {
-        pz__report("cannot map a %zu-byte stack for task %llu (%s); it ends without running", t->stack_size,
-                   (unsigned long long)t->id, t->name[0] ? t->name : "unnamed");
+    int err = pz__stack_acquire(w, t);
+    if (err < 0) {
+        /* Said once per runtime: a burst can fail by the thousand, and each
+         * joiner learns it from pz_join's result. */
+        if (!atomic_exchange_explicit(&w->rt->stack_failure_reported, true, memory_order_relaxed))
+            pz__report("cannot map a %zu-byte stack for task %llu (%s): %s; it ends without running and "
+                       "its pz_join (pz_run, for main) returns %d (further failures of this runtime are not reported)",
+                       t->stack_size, (unsigned long long)t->id, t->name[0] ? t->name : "unnamed", strerror(-err),
+                       err);
+        t->start_error = err;
         return false;
     }
     t->ctx.sp = pz__arch_context_init(t->ctx.stack_lo, (char *)t->ctx.stack_lo + t->ctx.stack_size, task_entry, t);
@@ -369,6 +376,12 @@ static pz_task_t *next_runnable(pz__worker *w, pz_task_t *t)
 {
     while (t && !prepare_run(w, t)) {
         t->result = NULL;
+        if (t == w->rt->main_task) {
+            /* pz_run waits for main: it must hear that main never ran. */
+            w->rt->main_error = t->start_error;
+            atomic_store(&w->rt->main_done, 1);
+            pz__futex_wake(&w->rt->main_done, 1);
+        }
         pz__task_finish(w, t);
         t = next_local(w);
     }
@@ -420,7 +433,7 @@ void pz__suspend(void (*after)(pz__worker *, void *), void *arg)
 static void exit_after(pz__worker *w, void *arg)
 {
     pz_task_t *t = arg;
-    pz__stack_release(w, t);
+    pz__stack_release(w->rt, w, t);
 #ifdef PZ_TSAN
     __tsan_destroy_fiber(t->ctx.tsan_fiber);
     t->ctx.tsan_fiber = NULL;
@@ -527,6 +540,10 @@ void *pz__worker_main(void *arg)
 #ifdef PZ_TSAN
     w->sched_ctx.tsan_fiber = __tsan_get_current_fiber();
 #endif
+    /* No task runs before every worker exists: if one cannot be started,
+     * pz_run fails having run nothing. */
+    while (atomic_load_explicit(&rt->start_gate, memory_order_acquire) == 0)
+        pz__futex_wait(&rt->start_gate, 0, -1);
     for (;;) {
         pz__resume();
         if (atomic_load_explicit(&rt->shutdown, memory_order_acquire))

@@ -1,18 +1,33 @@
 /*
  * Task stacks.
  *
- * A stack is one private anonymous mapping: a guard page at the bottom
- * (PROT_NONE, so running off the end faults instead of corrupting the
- * neighbour) and the usable stack above it.  Stacks of the runtime's
- * default size are recycled: each worker keeps a few for the tasks it
- * starts, and a shared pool takes the overflow, so spawning does not map
- * memory on the hot path.  Tasks get their stack when they first run, not
- * when spawned, so a burst of spawned-but-not-started tasks costs only their
- * task structs.
+ * A stack is a guard (one page at the bottom that faults on any access, so
+ * running off the end is caught instead of corrupting the neighbour) and
+ * the usable stack above it.  Stacks of the runtime's default size are cut
+ * from chunks: one anonymous mapping holding up to 64 of them side by side,
+ * each with its guard.  A stack of another size is a chunk of its own.
  *
- * A guarded stack costs the kernel two memory areas; Linux limits a process
- * to vm.max_map_count areas (65530 by default), so about 32 000 live guarded
- * stacks.  docs/stacks.md tells what to do about it.
+ * Guards are installed with madvise(MADV_GUARD_INSTALL) where the kernel
+ * has it (Linux 6.13): the guard lives in the page tables and a chunk stays
+ * one memory area, so a million live stacks cost about 16 000 of the
+ * kernel's vm.max_map_count areas (65530 by default).  Elsewhere each guard
+ * is mprotect(PROT_NONE), which splits the mapping: two areas per stack, so
+ * about 32 000 live stacks at the default limit.  The choice is made once
+ * per runtime (pz__stack_guard_kind).
+ *
+ * Reuse: each worker keeps up to PZ__STACK_CACHE stacks for the tasks it
+ * starts, untouched (spawn and join of short tasks maps nothing and makes
+ * no system call).  Beyond that a stack goes back to its chunk, its pages
+ * are given back to the kernel (MADV_DONTNEED; the guard stays), and a
+ * chunk whose stacks are all back is unmapped, except one spare.
+ *
+ * Invariants, under rt->stack_pool_lock: a chunk's free_mask has a bit for
+ * every stack that is neither in a task nor in a worker cache; a chunk is
+ * on the runtime's list exactly when free_mask is not zero; spare_chunks
+ * counts the listed chunks whose stacks are all free.
+ *
+ * Tasks get their stack when they first run, not when spawned, so a burst
+ * of spawned-but-not-started tasks costs only their task structs.
  *
  * Overflow: a SIGSEGV handler on an alternate signal stack looks at the
  * faulting address; if it is in (or just below) the guard of the running
@@ -35,74 +50,223 @@
 /* Faults this far below the guard still count as an overflow: a frame
  * larger than the guard page can jump past it. */
 #define PZ__OVERFLOW_SLACK (64u * 1024u)
+/* Stacks per chunk, and the most bytes a chunk may map. */
+#define PZ__CHUNK_SLOTS 64u
+#define PZ__CHUNK_BYTES (64u * 1024u * 1024u)
+
+struct pz__stack_chunk {
+    struct pz__stack_chunk *prev, *next; /* the runtime's list, while free_mask != 0 */
+    char *base;
+    size_t slot_size;   /* guard + usable */
+    unsigned nslots;
+    uint64_t free_mask;
+};
+
+static uint64_t all_slots(const pz__stack_chunk *c)
+{
+    return c->nslots == 64 ? ~(uint64_t)0 : (((uint64_t)1 << c->nslots) - 1);
+}
+
+/* Maps a chunk of nslots stacks of usable bytes each and guards them. */
+static int chunk_new(pz__runtime *rt, size_t usable, unsigned nslots, pz__stack_chunk **out)
+{
+    pz__stack_chunk *c = pz__calloc(1, sizeof *c);
+    if (!c)
+        return -ENOMEM;
+    c->slot_size = usable + rt->guard_size;
+    c->nslots = nslots;
+    void *base;
+    int r = pz__stack_map(c->slot_size * nslots, &base);
+    if (r < 0) {
+        free(c);
+        return r;
+    }
+    c->base = base;
+    for (unsigned i = 0; i < nslots && rt->guard_size; i++) {
+        r = pz__stack_guard(c->base + i * c->slot_size, rt->guard_size, rt->guard_kind);
+        if (r < 0) {
+            pz__stack_unmap(c->base, c->slot_size * nslots);
+            free(c);
+            return r;
+        }
+    }
+    c->free_mask = all_slots(c);
+    *out = c;
+    return 0;
+}
+
+static void chunk_destroy(pz__stack_chunk *c)
+{
+    pz__stack_unmap(c->base, c->slot_size * c->nslots);
+    free(c);
+}
+
+static void list_insert(pz__runtime *rt, pz__stack_chunk *c, bool at_tail)
+{
+    if (at_tail) {
+        c->next = NULL;
+        c->prev = rt->chunks_tail;
+        if (rt->chunks_tail)
+            rt->chunks_tail->next = c;
+        else
+            rt->chunks_head = c;
+        rt->chunks_tail = c;
+    } else {
+        c->prev = NULL;
+        c->next = rt->chunks_head;
+        if (rt->chunks_head)
+            rt->chunks_head->prev = c;
+        else
+            rt->chunks_tail = c;
+        rt->chunks_head = c;
+    }
+}
+
+static void list_remove(pz__runtime *rt, pz__stack_chunk *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        rt->chunks_head = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    else
+        rt->chunks_tail = c->prev;
+    c->prev = c->next = NULL;
+}
+
+/* Takes a free stack from chunk c, under the pool lock. */
+static pz__stack_slot take_slot(pz__runtime *rt, pz__stack_chunk *c)
+{
+    if (c->free_mask == all_slots(c))
+        rt->spare_chunks--;
+    unsigned i = (unsigned)__builtin_ctzll(c->free_mask);
+    c->free_mask &= ~((uint64_t)1 << i);
+    if (!c->free_mask)
+        list_remove(rt, c);
+    return (pz__stack_slot){c->base + i * c->slot_size, c};
+}
+
+/* Gives a stack back to its chunk; returns the chunk if it must now be
+ * unmapped (by the caller, outside the lock). */
+static pz__stack_chunk *put_slot(pz__runtime *rt, pz__stack_slot s)
+{
+    pz__stack_chunk *c = s.chunk;
+    unsigned i = (unsigned)(((char *)s.base - c->base) / c->slot_size);
+    bool was_full = c->free_mask == 0;
+    c->free_mask |= (uint64_t)1 << i;
+    if (was_full)
+        list_insert(rt, c, false);
+    if (c->free_mask != all_slots(c))
+        return NULL;
+    if (rt->spare_chunks >= 1) {
+        list_remove(rt, c);
+        return c;
+    }
+    /* Kept as the spare, behind the chunks in use so they fill first. */
+    rt->spare_chunks++;
+    list_remove(rt, c);
+    list_insert(rt, c, true);
+    return NULL;
+}
 
 int pz__stack_acquire(pz__worker *w, pz_task_t *t)
 {
     pz__runtime *rt = w->rt;
     size_t usable = t->stack_size;
     size_t guard = rt->guard_size;
-    void *base = NULL;
+    pz__stack_slot s = {NULL, NULL};
     if (usable == rt->stack_size) {
         if (w->stack_cache_len > 0) {
-            base = w->stack_cache[--w->stack_cache_len];
+            s = w->stack_cache[--w->stack_cache_len];
         } else {
             pz__spin_lock(&rt->stack_pool_lock);
-            if (rt->stack_pool_len > 0)
-                base = rt->stack_pool[--rt->stack_pool_len];
+            if (rt->chunks_head)
+                s = take_slot(rt, rt->chunks_head);
             pz__spin_unlock(&rt->stack_pool_lock);
+            if (!s.base) {
+                /* Mapped outside the lock; another worker may map one at
+                 * the same time, and both join the list. */
+                size_t slot = usable + guard;
+                unsigned n = (unsigned)(PZ__CHUNK_BYTES / slot);
+                n = n < 1 ? 1 : n > PZ__CHUNK_SLOTS ? PZ__CHUNK_SLOTS : n;
+                pz__stack_chunk *c;
+                int r = chunk_new(rt, usable, n, &c);
+                if (r < 0)
+                    return r;
+                pz__spin_lock(&rt->stack_pool_lock);
+                rt->spare_chunks++;
+                list_insert(rt, c, false);
+                s = take_slot(rt, c);
+                pz__spin_unlock(&rt->stack_pool_lock);
+            }
         }
+    } else {
+        pz__stack_chunk *c;
+        int r = chunk_new(rt, usable, 1, &c);
+        if (r < 0)
+            return r;
+        c->free_mask = 0;
+        s = (pz__stack_slot){c->base, c};
     }
-    if (!base)
-        base = pz__stack_map(usable + guard, guard);
-    if (!base)
-        return -ENOMEM;
-    t->stack_base = base;
+    t->stack = s;
+    t->stack_base = s.base;
     t->stack_map_size = usable + guard;
     t->guard_size = guard;
-    t->ctx.stack_lo = (char *)base + guard;
+    t->ctx.stack_lo = (char *)s.base + guard;
     t->ctx.stack_size = usable;
     return 0;
 }
 
-void pz__stack_release(pz__worker *w, pz_task_t *t)
+void pz__stack_release(pz__runtime *rt, pz__worker *w, pz_task_t *t)
 {
-    pz__runtime *rt = w->rt;
     if (!t->stack_map_size)
         return;
-    void *base = t->stack_base;
-    size_t map = t->stack_map_size;
+    pz__stack_slot s = t->stack;
     t->stack_map_size = 0;
+    t->stack = (pz__stack_slot){NULL, NULL};
 #ifdef PZ_ASAN
     /* The dead task's frames leave poisoned redzones behind. */
     __asan_unpoison_memory_region(t->ctx.stack_lo, t->ctx.stack_size);
 #endif
-    if (t->ctx.stack_size == rt->stack_size) {
-        if (w->stack_cache_len < PZ__STACK_CACHE) {
-            w->stack_cache[w->stack_cache_len++] = base;
-            return;
-        }
-        pz__spin_lock(&rt->stack_pool_lock);
-        if (rt->stack_pool_len < PZ__STACK_POOL_MAX) {
-            rt->stack_pool[rt->stack_pool_len++] = base;
-            base = NULL;
-        }
-        pz__spin_unlock(&rt->stack_pool_lock);
-        if (!base)
-            return;
+    if (t->ctx.stack_size != rt->stack_size) {
+        chunk_destroy(s.chunk);
+        return;
     }
-    pz__stack_unmap(base, map);
+    if (w && w->stack_cache_len < PZ__STACK_CACHE) {
+        w->stack_cache[w->stack_cache_len++] = s;
+        return;
+    }
+    pz__stack_discard(t->ctx.stack_lo, t->ctx.stack_size);
+    pz__spin_lock(&rt->stack_pool_lock);
+    pz__stack_chunk *unmap = put_slot(rt, s);
+    pz__spin_unlock(&rt->stack_pool_lock);
+    if (unmap)
+        chunk_destroy(unmap);
 }
 
 void pz__stacks_destroy(pz__runtime *rt)
 {
-    size_t map = rt->stack_size + rt->guard_size;
     for (int i = 0; i < rt->nworkers; i++) {
         pz__worker *w = &rt->workers[i];
-        while (w->stack_cache_len > 0)
-            pz__stack_unmap(w->stack_cache[--w->stack_cache_len], map);
+        while (w->stack_cache_len > 0) {
+            pz__stack_chunk *c = put_slot(rt, w->stack_cache[--w->stack_cache_len]);
+            if (c)
+                chunk_destroy(c);
+        }
     }
-    while (rt->stack_pool_len > 0)
-        pz__stack_unmap(rt->stack_pool[--rt->stack_pool_len], map);
+    /* Chunks with a stack still in a task stay mapped: that task was
+     * abandoned parked, and a queue that outlives the runtime may still
+     * point into its stack. */
+    pz__stack_chunk *c = rt->chunks_head;
+    while (c) {
+        pz__stack_chunk *next = c->next;
+        if (c->free_mask == all_slots(c)) {
+            list_remove(rt, c);
+            chunk_destroy(c);
+        }
+        c = next;
+    }
 }
 
 /* ---- overflow reports ---- */

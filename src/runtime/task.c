@@ -31,6 +31,7 @@
  */
 #define _GNU_SOURCE
 #include "internal.h"
+#include "kit.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,6 +72,12 @@ void pz__task_unregister(pz_task_t *t)
     pz__spin_unlock(&registry_lock);
 }
 
+void pz__tasks_forget(void)
+{
+    registry_lock = (pz__spin){0};
+    registry_head = NULL;
+}
+
 void pz__task_registry_lock(void)
 {
     pz__spin_lock(&registry_lock);
@@ -104,13 +111,15 @@ bool pz_cancelled(void)
     return t && atomic_load(&t->cancelled);
 }
 
-uint64_t pz_task_id(const pz_task_t *t)
+uint64_t pz_task_id(const pz_task_t *h)
 {
+    pz_task_t *t = pz__task_peek(h);
     return t ? t->id : 0;
 }
 
-const char *pz_task_name(const pz_task_t *t)
+const char *pz_task_name(const pz_task_t *h)
 {
+    pz_task_t *t = pz__task_peek(h);
     return t ? t->name : "";
 }
 
@@ -147,7 +156,7 @@ static pz_task_t *spawn(pz_fn fn, void *arg, const pz_spawn_opts_t *opts, void *
         stack = opts->stack_size < PZ__MIN_STACK ? PZ__MIN_STACK : opts->stack_size;
         stack = (stack + page - 1) / page * page;
     }
-    pz_task_t *t = calloc(1, sizeof *t);
+    pz_task_t *t = pz__task_alloc();
     if (!t) {
         pz__report("pz_spawn: out of memory");
         return NULL;
@@ -162,27 +171,29 @@ static pz_task_t *spawn(pz_fn fn, void *arg, const pz_spawn_opts_t *opts, void *
     if (opts && opts->name) {
         strncpy(t->name, opts->name, sizeof t->name - 1);
         t->name[sizeof t->name - 1] = '\0';
+        pz__task_name_register(t);
     }
     t->spawn_site = site;
     atomic_fetch_add_explicit(&rt->live_tasks, 1, memory_order_relaxed);
+    pz_task_t *handle = pz__task_handle(t); /* before t can run, end and be freed */
     registry_add(t);
     pz__task_ready(t, false);
-    return t;
+    return handle;
 }
 
 void pz__task_free(pz_task_t *t)
 {
     pz__runtime *rt = atomic_load(&pz__rt);
     pz__task_unregister(t);
-    if (t->stack_map_size) {
-        /* Only for tasks abandoned at shutdown: a finished task has already
+    if (t->stack_map_size && rt) {
+        /* Only for tasks freed at shutdown: a finished task has already
          * given its stack back. */
-        pz__stack_unmap(t->stack_base, t->stack_map_size);
-        t->stack_map_size = 0;
+        pz__stack_release(rt, NULL, t);
     }
     if (rt)
         atomic_fetch_sub_explicit(&rt->live_tasks, 1, memory_order_relaxed);
-    free(t);
+    pz__task_name_forget(t);
+    pz__task_recycle(t);
 }
 
 void pz__task_finish(pz__worker *w, pz_task_t *t)
@@ -206,13 +217,16 @@ static const char *name_of(const pz_task_t *t)
     return t->name[0] ? t->name : "unnamed";
 }
 
-int pz_join(pz_task_t *t, void **result)
+int pz_join(pz_task_t *h, void **result)
 {
     pz_task_t *self = pz__current_task();
-    if (!t) {
+    if (!h) {
         pz__report("pz_join: task is NULL");
         return -EINVAL;
     }
+    pz_task_t *t = pz__task_of(h, "pz_join");
+    if (!t)
+        return -EINVAL;
     if (!self) {
         pz__report("pz_join: called outside a task (join from a task of the runtime)");
         return -EPERM;
@@ -248,29 +262,34 @@ int pz_join(pz_task_t *t, void **result)
         }
     }
     pz__spin_unlock(&t->join_lock);
+    int err = t->start_error;
     if (result)
-        *result = t->result;
+        *result = err < 0 ? NULL : t->result;
     pz__task_free(t);
-    return 0;
+    return err;
 }
 
-void pz_detach(pz_task_t *t)
+int pz_detach(pz_task_t *h)
 {
+    if (!h)
+        return -EINVAL;
+    pz_task_t *t = pz__task_of(h, "pz_detach");
     if (!t)
-        return;
+        return -EINVAL;
     pz__spin_lock(&t->join_lock);
     if (t->detached || t->joiner) {
         bool twice = t->detached;
         pz__spin_unlock(&t->join_lock);
         pz__report("pz_detach: task %llu (%s) is %s; ignored", (unsigned long long)t->id, name_of(t),
                    twice ? "already detached" : "being joined");
-        return;
+        return -EINVAL;
     }
     t->detached = true;
     bool done = t->done;
     pz__spin_unlock(&t->join_lock);
     if (done)
         pz__task_free(t);
+    return 0;
 }
 
 int pz__task_claim(pz_task_t *t, uint64_t gen, int reason)
@@ -289,8 +308,9 @@ int pz__task_claim(pz_task_t *t, uint64_t gen, int reason)
     }
 }
 
-void pz_cancel(pz_task_t *t)
+void pz_cancel(pz_task_t *h)
 {
+    pz_task_t *t = pz__task_of(h, "pz_cancel");
     if (!t)
         return;
     /* Dekker pair with pz__park_commit: it enters PARKING, then reads

@@ -155,9 +155,33 @@ void pz__wait_note_default(int kind, const void *obj)
     }
 }
 
+static _Atomic long thread_waits; /* threads in a plaza wait now */
+
+long pz__thread_waits(void)
+{
+    return atomic_load_explicit(&thread_waits, memory_order_relaxed);
+}
+
+bool pz__wait_kind_is_lock(int kind)
+{
+    return kind == PZ__WAIT_MUTEX || kind == PZ__WAIT_RWLOCK || kind == PZ__WAIT_ASYNC_MUTEX ||
+           kind == PZ__WAIT_ASYNC_RWLOCK;
+}
+
+static void count(int kind, long d)
+{
+    pz__worker *w = pz__current_worker();
+    _Atomic long *c = pz__wait_kind_is_lock(kind) ? &w->lock_waits
+                      : kind == PZ__WAIT_BLOCKING ? &w->blocking_waits
+                                                  : NULL;
+    if (c)
+        atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + d, memory_order_relaxed);
+}
+
 void pz__wait_publish(pz_task_t *t)
 {
     int kind = t->note_kind ? t->note_kind : PZ__WAIT_PARK;
+    count(kind, 1);
     atomic_store_explicit(&t->wait.obj, t->note_obj, memory_order_relaxed);
     atomic_store_explicit(&t->wait.since, pz__clock_now(), memory_order_relaxed);
     atomic_store_explicit(&t->wait.kind, kind, memory_order_release);
@@ -167,6 +191,7 @@ void pz__wait_publish(pz_task_t *t)
 
 void pz__wait_clear(pz_task_t *t)
 {
+    count(atomic_load_explicit(&t->wait.kind, memory_order_relaxed), -1);
     atomic_store_explicit(&t->wait.kind, PZ__WAIT_NONE, memory_order_relaxed);
 }
 
@@ -195,6 +220,7 @@ void pz__thread_wait_begin(const void *addr)
     atomic_store_explicit(&r->wait.since, now, memory_order_relaxed);
     atomic_store_explicit(&r->task, t, memory_order_relaxed);
     atomic_store_explicit(&r->wait.kind, kind, memory_order_release);
+    atomic_fetch_add_explicit(&thread_waits, 1, memory_order_relaxed);
     pz__monitor_poke();
     if (t) {
         /* The task does not suspend: it blocks its worker.  Published on
@@ -210,10 +236,25 @@ void pz__thread_wait_end(void)
 {
     pz__thread_rec *r = &self_rec;
     pz_task_t *t = atomic_load_explicit(&r->task, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&thread_waits, 1, memory_order_relaxed);
     atomic_store_explicit(&r->wait.kind, PZ__WAIT_NONE, memory_order_relaxed);
     atomic_store_explicit(&r->task, NULL, memory_order_relaxed);
     if (t) {
         atomic_store_explicit(&t->wait.kind, PZ__WAIT_NONE, memory_order_relaxed);
         atomic_store_explicit(&t->wait_blocks_thread, false, memory_order_relaxed);
     }
+}
+
+/* In the child of a fork only the forking thread exists: the records of the
+ * others (and the parent's tasks) are forgotten, their memory left alone. */
+void pz__introspect_after_fork(void)
+{
+    pz__tasks_forget();
+    recs_lock = (pz__spin){0};
+    recs_head = NULL;
+    if (self_rec.registered) {
+        self_rec.prev = self_rec.next = NULL;
+        recs_head = &self_rec;
+    }
+    pz__monitor_after_fork();
 }

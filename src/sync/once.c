@@ -42,6 +42,11 @@ static bool still_running(void *arg)
 
 void pz__once_slow(pz_once_t *o, void (*fn)(void *), void *arg)
 {
+    if (!fn) {
+        /* Checked here, off the inline fast path: it costs nothing there. */
+        pz__report("pz_once: once %p is given a NULL function; nothing runs and the once stays unrun", (void *)o);
+        return;
+    }
     int spins = 0;
     uint32_t s = atomic_load_explicit(&o->state, memory_order_acquire);
     for (;;) {

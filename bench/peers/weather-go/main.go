@@ -5,7 +5,7 @@
 // schema, seeding, staleness, group commit, command line):
 //
 //	weather-go [serve] --listen 127.0.0.1:8080 --db weather.db [--workers N]
-//	                   [--forecast-ttl-ms 1000] [--refresh-ms 1000]
+//	                   [--forecast-ttl-ms 1000] [--refresh-ms 1000] [--batch-linger-ms 0]
 //
 // Locks, as the protocol assigns them:
 //   - `current` of a city is behind a sync.Mutex (the data lock): only copies inside.
@@ -16,9 +16,9 @@
 //     thread during it, and the runtime hands the processor to another thread.
 //   - One writer goroutine commits the readings. A handler sends its readings with a done
 //     channel; the writer commits whatever is queued in one transaction (at most 1000
-//     readings, or when 5 ms have passed since the first of the batch was queued) and
-//     answers every done channel of the batch after the commit, so a 200 to a POST means
-//     its readings are in the database file.
+//     readings; with --batch-linger-ms it waits that long after taking the first for
+//     more, as plaza's service does) and answers every done channel of the batch after
+//     the commit, so a 200 to a POST means its readings are in the database file.
 //
 // Shutdown on SIGTERM or SIGINT: http.Server.Shutdown stops accepting, closes idle
 // connections and waits for the requests in flight; then the writer's channel is closed,
@@ -55,7 +55,6 @@ const (
 	horizonMs      = 600000.0 // the forecast looks 10 minutes ahead
 	maxPostReading = 1000
 	batchReadings  = 1000
-	batchWindow    = 5 * time.Millisecond
 	maxBody        = 1 << 20
 	requestTimeout = 10 * time.Second
 	writerQueue    = 1024 // requests, not readings
@@ -107,9 +106,8 @@ type row struct {
 
 // job is one POST's readings on their way to the writer; done receives the commit's error.
 type job struct {
-	rows   []row
-	queued time.Time
-	done   chan error
+	rows []row
+	done chan error
 }
 
 type app struct {
@@ -119,6 +117,7 @@ type app struct {
 	recent  *sql.Stmt
 	insert  *sql.Stmt
 	writes  chan job
+	linger  time.Duration
 	ttlMs   int64
 	readOK  atomic.Bool // outcome of the latest read and the latest commit: /healthz
 	writeOK atomic.Bool
@@ -423,14 +422,33 @@ func (a *app) commit(jobs []job) error {
 
 // writer is the group-commit loop. A batch starts with the first queued job and takes more
 // until it would pass 1000 readings (the job that does not fit opens the next batch) or
-// until 5 ms after the first job was queued. Every job of the batch gets the commit's
-// outcome. It returns once the channel is closed and everything in it is committed.
+// nothing more is queued; with a linger it waits until a.linger after it took the first
+// job instead. Every job of the batch gets the commit's outcome. It returns once the
+// channel is closed and everything in it is committed.
 func (a *app) writer(stopped chan<- struct{}) {
 	defer close(stopped)
 	var carry *job
 	open := true
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
+	// next returns the next job of the batch; more false when the batch is complete (or
+	// the channel closed: open false).
+	next := func() (j job, more bool) {
+		if a.linger == 0 {
+			select {
+			case j, open = <-a.writes:
+				return j, open
+			default:
+				return j, false
+			}
+		}
+		select {
+		case j, open = <-a.writes:
+			return j, open
+		case <-timer.C:
+			return j, false
+		}
+	}
 	for {
 		var first job
 		if carry != nil {
@@ -444,26 +462,22 @@ func (a *app) writer(stopped chan<- struct{}) {
 		}
 		batch := []job{first}
 		readings := len(first.rows)
-		timer.Reset(time.Until(first.queued.Add(batchWindow)))
-	collect:
-		for open && readings < batchReadings {
-			select {
-			case j, ok := <-a.writes:
-				if !ok {
-					open = false
-					break collect
-				}
-				if readings+len(j.rows) > batchReadings {
-					carry = &j
-					break collect
-				}
-				readings += len(j.rows)
-				batch = append(batch, j)
-			case <-timer.C:
-				break collect
-			}
+		if a.linger > 0 {
+			timer.Reset(a.linger)
 		}
-		if !timer.Stop() {
+		for open && readings < batchReadings {
+			j, more := next()
+			if !more {
+				break
+			}
+			if readings+len(j.rows) > batchReadings {
+				carry = &j
+				break
+			}
+			readings += len(j.rows)
+			batch = append(batch, j)
+		}
+		if a.linger > 0 && !timer.Stop() {
 			select { // drain a fire that raced with the stop
 			case <-timer.C:
 			default:
@@ -560,7 +574,7 @@ func (a *app) postReadings(r *http.Request) reply {
 		c.curMu.Unlock()
 	}
 	done := make(chan error, 1)
-	a.writes <- job{rows: rows, queued: time.Now(), done: done}
+	a.writes <- job{rows: rows, done: done}
 	if err := <-done; err != nil {
 		return errorReply(http.StatusServiceUnavailable, "database unavailable")
 	}
@@ -715,10 +729,11 @@ func main() {
 	workers := fs.Int("workers", runtime.NumCPU(), "GOMAXPROCS")
 	ttlMs := fs.Int64("forecast-ttl-ms", 1000, "age in ms after which a forecast is stale")
 	refreshMs := fs.Int64("refresh-ms", 1000, "period in ms of the background refresh")
+	lingerMs := fs.Int64("batch-linger-ms", 0, "how long the writer waits for more after the first of a batch")
 	if err := fs.Parse(args); err != nil || fs.NArg() != 0 || *listen == "" || *dbPath == "" ||
-		*workers < 1 || *ttlMs < 0 || *refreshMs < 1 {
+		*workers < 1 || *ttlMs < 0 || *refreshMs < 1 || *lingerMs < 0 {
 		fmt.Fprintln(os.Stderr, "usage: weather-go [serve] --listen HOST:PORT --db FILE [--workers N] "+
-			"[--forecast-ttl-ms MS] [--refresh-ms MS]")
+			"[--forecast-ttl-ms MS] [--refresh-ms MS] [--batch-linger-ms MS]")
 		os.Exit(64)
 	}
 	runtime.GOMAXPROCS(*workers)
@@ -734,7 +749,8 @@ func main() {
 	if err != nil {
 		log.Fatalf("loading the cities: %v", err)
 	}
-	a := &app{cities: cities, index: map[string]*city{}, db: db, writes: make(chan job, writerQueue), ttlMs: *ttlMs}
+	a := &app{cities: cities, index: map[string]*city{}, db: db, writes: make(chan job, writerQueue),
+		linger: time.Duration(*lingerMs) * time.Millisecond, ttlMs: *ttlMs}
 	for _, c := range cities {
 		a.index[c.name] = c
 	}
@@ -754,8 +770,8 @@ func main() {
 	srv := &http.Server{
 		Handler:           a,
 		ReadHeaderTimeout: requestTimeout,
-		ReadTimeout:       requestTimeout,  // the whole request, from its first byte
-		IdleTimeout:       2 * time.Minute, // otherwise ReadTimeout would close idle keep-alives
+		ReadTimeout:       requestTimeout, // the whole request, from its first byte
+		IdleTimeout:       time.Minute,    // as plaza's; otherwise ReadTimeout would apply
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          log.New(io.Discard, "", 0),
 	}

@@ -1,11 +1,11 @@
 //! The weather service of the protocol shared with plaza's apps/weather (bench/peers/README.md,
 //! "Weather service peers") written the way a Rust programmer would write it today: tokio's
 //! multi-thread runtime, hyper 0.14, rusqlite, parking_lot and serde. It is a benchmark peer
-//! of plaza's service and follows the same protocol (endpoints, JSON shapes, status codes, schema, seeding,
-//! staleness, group commit, command line):
+//! of plaza's service and follows the same protocol (endpoints, JSON shapes, status codes,
+//! schema, seeding, staleness, group commit, command line):
 //!
 //!   weather-rust [serve] --listen 127.0.0.1:8080 --db weather.db [--workers N]
-//!                        [--forecast-ttl-ms 1000] [--refresh-ms 1000]
+//!                        [--forecast-ttl-ms 1000] [--refresh-ms 1000] [--batch-linger-ms 0]
 //!
 //! Locks, as the protocol assigns them:
 //! - `current` of a city is behind a parking_lot::Mutex (a data lock): only copies in and
@@ -16,9 +16,16 @@
 //!   (spawn_blocking), so tasks waiting for the forecast park instead of blocking a worker.
 //! - One writer task owns the writing connection. Handlers send it their readings through
 //!   a bounded mpsc channel with a oneshot sender; the writer commits whatever is queued in
-//!   one transaction (at most 1000 readings, or when 5 ms have passed since the first of
-//!   the batch was queued) and acknowledges every request of the batch after the commit,
-//!   so a 200 to a POST means its readings are in the database file.
+//!   one transaction (at most 1000 readings; with --batch-linger-ms it waits that long
+//!   after taking the first for more, as plaza's service does) and acknowledges every
+//!   request of the batch after the commit, so a 200 to a POST means its readings are in
+//!   the database file.
+//!
+//! A header block not complete within 10 s gets 408 and the connection is closed. hyper
+//! 0.14.19 (Debian's) has `http1_header_read_timeout`, but it never fires (the flag that
+//! would start its timer is never set), so the listener hands hyper connections wrapped in
+//! `Guarded`, which does that job (see there). A body not complete within 10 s is the
+//! handler's business (`read_body`).
 //!
 //! Shutdown on SIGTERM or SIGINT: stop accepting, let hyper finish the requests in flight
 //! (idle keep-alive connections are closed), then tell the writer to commit what it holds
@@ -26,10 +33,14 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
+use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
 use std::process::exit;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hyper::body::HttpBody;
@@ -38,6 +49,8 @@ use hyper::service::{make_service_fn, service_fn};
 use hyper::{Body, Method, Request, Response, Server, StatusCode};
 use rusqlite::{params, Connection, TransactionBehavior};
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
 const CITIES: usize = 64;
@@ -45,7 +58,6 @@ const SEED_READINGS: i64 = 32;
 const HORIZON_MS: f64 = 600_000.0; // the forecast looks 10 minutes ahead
 const MAX_POST_READINGS: usize = 1000;
 const BATCH_READINGS: usize = 1000;
-const BATCH_WINDOW: Duration = Duration::from_millis(5);
 const MAX_BODY: usize = 1 << 20;
 const MAX_HEADER_BLOCK: usize = 8 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,7 +73,10 @@ const RECENT_SQL: &str = "SELECT temperature, time FROM readings WHERE city = ?1
 const INSERT_SQL: &str = "INSERT INTO readings(city, temperature, time) VALUES (?1, ?2, ?3)";
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -73,13 +88,14 @@ struct Config {
     workers: usize,
     ttl_ms: i64,
     refresh_ms: u64,
+    linger: Duration,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!("weather-rust: {msg}");
     eprintln!(
         "usage: weather-rust [serve] --listen HOST:PORT --db FILE [--workers N] \
-         [--forecast-ttl-ms MS] [--refresh-ms MS]"
+         [--forecast-ttl-ms MS] [--refresh-ms MS] [--batch-linger-ms MS]"
     );
     exit(64);
 }
@@ -104,6 +120,7 @@ fn parse_args() -> Config {
     let mut workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut ttl_ms = 1000i64;
     let mut refresh_ms = 1000u64;
+    let mut linger_ms = 0u64;
     let mut i = 0;
     while i < args.len() {
         // Both `--flag value` and `--flag=value`.
@@ -111,7 +128,10 @@ fn parse_args() -> Config {
             Some((f, v)) => (f.to_string(), v.to_string()),
             None => {
                 i += 1;
-                let v = args.get(i).cloned().unwrap_or_else(|| usage(&format!("{} needs a value", args[i - 1])));
+                let v = args
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| usage(&format!("{} needs a value", args[i - 1])));
                 (args[i - 1].clone(), v)
             }
         };
@@ -125,6 +145,7 @@ fn parse_args() -> Config {
             "--workers" => workers = number(&flag, &value, 1usize),
             "--forecast-ttl-ms" => ttl_ms = number(&flag, &value, 0i64),
             "--refresh-ms" => refresh_ms = number(&flag, &value, 1u64),
+            "--batch-linger-ms" => linger_ms = number(&flag, &value, 0u64),
             _ => usage(&format!("unknown option {flag:?}")),
         }
     }
@@ -134,6 +155,7 @@ fn parse_args() -> Config {
         workers,
         ttl_ms,
         refresh_ms,
+        linger: Duration::from_millis(linger_ms),
     }
 }
 
@@ -203,7 +225,6 @@ struct Row {
 /// One POST's readings on their way to the writer; `ack` carries whether they were committed.
 struct Job {
     rows: Vec<Row>,
-    queued: Instant,
     ack: oneshot::Sender<bool>,
 }
 
@@ -263,7 +284,10 @@ struct Hist {
 
 impl Hist {
     fn new() -> Hist {
-        Hist { buckets: (0..HIST_BUCKETS).map(|_| AtomicU64::new(0)).collect(), max_ns: AtomicU64::new(0) }
+        Hist {
+            buckets: (0..HIST_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            max_ns: AtomicU64::new(0),
+        }
     }
 
     fn add(&self, ns: u64) {
@@ -383,7 +407,8 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     let body = serde_json::to_vec(value).expect("plain structs serialize");
     let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
@@ -395,7 +420,10 @@ fn error(status: StatusCode, reason: &str) -> Response<Body> {
         error: &'a str,
     }
     let mut resp = json(status, &ErrorOut { error: reason });
-    if matches!(status, StatusCode::BAD_REQUEST | StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE) {
+    if matches!(
+        status,
+        StatusCode::BAD_REQUEST | StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE
+    ) {
         resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
     }
     resp
@@ -510,11 +538,11 @@ fn commit(conn: &mut Connection, app: &App, jobs: &[Job]) -> rusqlite::Result<()
 }
 
 /// The group-commit loop. A batch starts with the first queued job and takes more until it
-/// would pass 1000 readings (the job that does not fit opens the next batch) or until 5 ms
-/// after the first job was queued; jobs already queued when that time has passed are still
-/// taken (the timeout polls the channel first). Every job of the batch is acknowledged with
-/// the commit's outcome.
-async fn writer(app: Arc<App>, mut conn: Connection, mut rx: mpsc::Receiver<WriterMsg>) {
+/// would pass 1000 readings (the job that does not fit opens the next batch) or nothing
+/// more is queued; with a linger it waits until `linger` after it took the first job
+/// instead (jobs already queued by then are still taken: the timeout polls the channel
+/// first). Every job of the batch is acknowledged with the commit's outcome.
+async fn writer(app: Arc<App>, mut conn: Connection, mut rx: mpsc::Receiver<WriterMsg>, linger: Duration) {
     let mut carry: Option<Job> = None;
     let mut stopping = false;
     loop {
@@ -526,12 +554,22 @@ async fn writer(app: Arc<App>, mut conn: Connection, mut rx: mpsc::Receiver<Writ
                 Some(WriterMsg::Stop) | None => break,
             },
         };
-        let deadline = tokio::time::Instant::from_std(first.queued + BATCH_WINDOW);
+        let deadline = tokio::time::Instant::now() + linger;
         let mut readings = first.rows.len();
         let mut jobs = vec![first];
         while !stopping && readings < BATCH_READINGS {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(WriterMsg::Write(job))) => {
+            let next = if linger.is_zero() {
+                rx.try_recv().map_err(|e| e == mpsc::error::TryRecvError::Disconnected)
+            } else {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(msg)) => Ok(msg),
+                    Ok(None) => Err(true),
+                    Err(_) => Err(false),
+                }
+            };
+            // Err(true): the channel is closed; Err(false): nothing more for this batch.
+            match next {
+                Ok(WriterMsg::Write(job)) => {
                     if readings + job.rows.len() > BATCH_READINGS {
                         carry = Some(job);
                         break;
@@ -539,8 +577,8 @@ async fn writer(app: Arc<App>, mut conn: Connection, mut rx: mpsc::Receiver<Writ
                     readings += job.rows.len();
                     jobs.push(job);
                 }
-                Ok(Some(WriterMsg::Stop)) | Ok(None) => stopping = true,
-                Err(_) => break,
+                Ok(WriterMsg::Stop) | Err(true) => stopping = true,
+                Err(false) => break,
             }
         }
         let app2 = app.clone();
@@ -615,7 +653,11 @@ async fn post_readings(app: &Arc<App>, req: Request<Body>, start: Instant) -> Re
         let Some(&city) = app.index.get(&r.city) else {
             return error(StatusCode::NOT_FOUND, "unknown city");
         };
-        rows.push(Row { city, temperature: r.temperature, time: r.time.unwrap_or(now) });
+        rows.push(Row {
+            city,
+            temperature: r.temperature,
+            time: r.time.unwrap_or(now),
+        });
     }
     for r in &rows {
         let mut cur = app.cities[r.city].current.lock();
@@ -627,7 +669,7 @@ async fn post_readings(app: &Arc<App>, req: Request<Body>, start: Instant) -> Re
     }
     let accepted = rows.len();
     let (ack, acked) = oneshot::channel();
-    let job = Job { rows, queued: Instant::now(), ack };
+    let job = Job { rows, ack };
     if app.writer.send(WriterMsg::Write(job)).await.is_err() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "database unavailable");
     }
@@ -651,13 +693,25 @@ async fn get_weather(app: &Arc<App>, name: &str) -> Response<Body> {
                 return error(StatusCode::SERVICE_UNAVAILABLE, "database unavailable");
             }
         }
-        ForecastOut { temperature: f.temperature, computed_at: f.computed_at, based_on: f.based_on }
+        ForecastOut {
+            temperature: f.temperature,
+            computed_at: f.computed_at,
+            based_on: f.based_on,
+        }
     };
     let (temperature, updated) = {
         let c = city.current.lock();
         (c.temperature, c.time)
     };
-    json(StatusCode::OK, &WeatherOut { city: &city.name, temperature, updated, forecast })
+    json(
+        StatusCode::OK,
+        &WeatherOut {
+            city: &city.name,
+            temperature,
+            updated,
+            forecast,
+        },
+    )
 }
 
 fn healthz(app: &App) -> Response<Body> {
@@ -682,7 +736,11 @@ fn metrics(app: &App) -> Response<Body> {
             get_weather: m.endpoints[Endpoint::GetWeather as usize].summary(),
             healthz: m.endpoints[Endpoint::Healthz as usize].summary(),
             metrics: m.endpoints[Endpoint::Metrics as usize].summary(),
-            status: StatusCounts { s2xx: status(0), s4xx: status(1), s5xx: status(2) },
+            status: StatusCounts {
+                s2xx: status(0),
+                s4xx: status(1),
+                s5xx: status(2),
+            },
         },
     )
 }
@@ -692,14 +750,36 @@ async fn route(app: &Arc<App>, req: Request<Body>, start: Instant) -> (Option<En
     let method = req.method().clone();
     match path.as_str() {
         "/readings" => {
-            let resp = if method == Method::POST { post_readings(app, req, start).await } else { method_not_allowed("POST") };
+            let resp = if method == Method::POST {
+                post_readings(app, req, start).await
+            } else {
+                method_not_allowed("POST")
+            };
             (Some(Endpoint::PostReadings), resp)
         }
-        "/healthz" => (Some(Endpoint::Healthz), if method == Method::GET { healthz(app) } else { method_not_allowed("GET") }),
-        "/metrics" => (Some(Endpoint::Metrics), if method == Method::GET { metrics(app) } else { method_not_allowed("GET") }),
+        "/healthz" => (
+            Some(Endpoint::Healthz),
+            if method == Method::GET {
+                healthz(app)
+            } else {
+                method_not_allowed("GET")
+            },
+        ),
+        "/metrics" => (
+            Some(Endpoint::Metrics),
+            if method == Method::GET {
+                metrics(app)
+            } else {
+                method_not_allowed("GET")
+            },
+        ),
         p => match p.strip_prefix("/weather/") {
             Some(name) if !name.is_empty() && !name.contains('/') => {
-                let resp = if method == Method::GET { get_weather(app, name).await } else { method_not_allowed("GET") };
+                let resp = if method == Method::GET {
+                    get_weather(app, name).await
+                } else {
+                    method_not_allowed("GET")
+                };
                 (Some(Endpoint::GetWeather), resp)
             }
             _ => (None, error(StatusCode::NOT_FOUND, "unknown path")),
@@ -726,12 +806,122 @@ async fn handle(app: Arc<App>, req: Request<Body>) -> Result<Response<Body>, Inf
 }
 
 // ---------------------------------------------------------------------------------------
+// Slow header blocks
+
+/// What the connection's service tells its `Guarded` stream: how many requests it has
+/// been handed (a header block is complete each time) and whether one is being handled.
+#[derive(Default)]
+struct ConnState {
+    requests: AtomicU64,
+    busy: AtomicBool,
+}
+
+/// A TCP stream that answers 408 and fails the connection when a header block is not
+/// complete within 10 s of its first bytes. The timer starts when bytes arrive while no
+/// request is being handled, and stops once the service has been handed a new request
+/// (the count moved). An idle keep-alive connection has no timer. The 408 is written
+/// directly to the socket (it is small enough for an empty send buffer), then the read
+/// error makes hyper drop the connection.
+struct Guarded {
+    stream: TcpStream,
+    state: Arc<ConnState>,
+    timer: Option<(Pin<Box<tokio::time::Sleep>>, u64)>,
+}
+
+const RESPONSE_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n\
+    connection: close\r\ncontent-length: 44\r\n\r\n{\"error\":\"request not complete within 10 s\"}";
+
+impl AsyncRead for Guarded {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let requests = this.state.requests.load(Ordering::Acquire);
+        if matches!(&this.timer, Some((_, armed_at)) if *armed_at != requests) {
+            this.timer = None;
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        match polled {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                if this.timer.is_none() && !this.state.busy.load(Ordering::Acquire) {
+                    this.timer = Some((Box::pin(tokio::time::sleep(REQUEST_TIMEOUT)), requests));
+                }
+            }
+            Poll::Pending => {
+                if let Some((sleep, _)) = &mut this.timer {
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        let _ = this.stream.try_write(RESPONSE_408);
+                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "slow header block")));
+                    }
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// The listener as hyper's `Accept`, yielding `Guarded` streams. An accept error (out of
+/// descriptors, say) is reported and retried 10 ms later rather than ending the server.
+struct GuardedListener {
+    listener: TcpListener,
+    backoff: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl hyper::server::accept::Accept for GuardedListener {
+    type Conn = Guarded;
+    type Error = io::Error;
+
+    fn poll_accept(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<io::Result<Guarded>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(sleep) = &mut this.backoff {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.backoff = None;
+            }
+            match this.listener.poll_accept(cx) {
+                Poll::Ready(Ok((stream, _))) => {
+                    let _ = stream.set_nodelay(true);
+                    let state = Arc::new(ConnState::default());
+                    return Poll::Ready(Some(Ok(Guarded {
+                        stream,
+                        state,
+                        timer: None,
+                    })));
+                }
+                Poll::Ready(Err(e)) => {
+                    eprintln!("weather-rust: accept: {e}");
+                    this.backoff = Some(Box::pin(tokio::time::sleep(Duration::from_millis(10))));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Startup and shutdown
 
 fn load_cities(conn: &Connection) -> rusqlite::Result<Vec<City>> {
     let mut names = conn.prepare("SELECT name FROM cities ORDER BY name")?;
-    let names = names.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut latest = conn.prepare("SELECT temperature, time FROM readings WHERE city = ?1 ORDER BY time DESC LIMIT 1")?;
+    let names = names
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut latest =
+        conn.prepare("SELECT temperature, time FROM readings WHERE city = ?1 ORDER BY time DESC LIMIT 1")?;
     let mut cities = Vec::with_capacity(names.len());
     for name in names {
         let (temperature, time) = match latest.query_row(params![name], |r| Ok((r.get(0)?, r.get(1)?))) {
@@ -741,8 +931,16 @@ fn load_cities(conn: &Connection) -> rusqlite::Result<Vec<City>> {
         };
         cities.push(City {
             name,
-            current: parking_lot::Mutex::new(Current { temperature, time, since_start: 0 }),
-            forecast: tokio::sync::Mutex::new(Forecast { temperature: 0.0, computed_at: 0, based_on: 0 }),
+            current: parking_lot::Mutex::new(Current {
+                temperature,
+                time,
+                since_start: 0,
+            }),
+            forecast: tokio::sync::Mutex::new(Forecast {
+                temperature: 0.0,
+                computed_at: 0,
+                based_on: 0,
+            }),
         });
     }
     Ok(cities)
@@ -790,26 +988,45 @@ fn main() {
                 status: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
             },
         });
-        let writer_task = tokio::spawn(writer(app.clone(), wconn, rx));
+        let writer_task = tokio::spawn(writer(app.clone(), wconn, rx, cfg.linger));
         let refresher_task = tokio::spawn(refresher(app.clone(), Duration::from_millis(cfg.refresh_ms)));
 
-        let builder = Server::try_bind(&cfg.listen).unwrap_or_else(|e| fail(&format!("listening on {}", cfg.listen), &e));
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .unwrap_or_else(|e| fail(&format!("listening on {}", cfg.listen), &e));
+        let local = listener.local_addr().unwrap_or(cfg.listen);
         let make = {
             let app = app.clone();
-            make_service_fn(move |_conn| {
+            make_service_fn(move |conn: &Guarded| {
                 let app = app.clone();
-                async move { Ok::<_, Infallible>(service_fn(move |req| handle(app.clone(), req))) }
+                let state = conn.state.clone();
+                async move {
+                    Ok::<_, Infallible>(service_fn(move |req| {
+                        let (app, state) = (app.clone(), state.clone());
+                        state.requests.fetch_add(1, Ordering::AcqRel);
+                        state.busy.store(true, Ordering::Release);
+                        async move {
+                            let resp = handle(app, req).await;
+                            state.busy.store(false, Ordering::Release);
+                            resp
+                        }
+                    }))
+                }
             })
         };
         // hyper answers a header block larger than its read buffer with 431; 8 KiB is also
         // the smallest buffer it accepts.
-        let server = builder
-            .http1_only(true)
-            .http1_max_buf_size(MAX_HEADER_BLOCK)
-            .http1_header_read_timeout(REQUEST_TIMEOUT)
-            .tcp_nodelay(true)
-            .serve(make);
-        eprintln!("weather-rust: listening on {} ({} workers, db {})", server.local_addr(), cfg.workers, cfg.db);
+        let server = Server::builder(GuardedListener {
+            listener,
+            backoff: None,
+        })
+        .http1_only(true)
+        .http1_max_buf_size(MAX_HEADER_BLOCK)
+        .serve(make);
+        eprintln!(
+            "weather-rust: listening on {local} ({} workers, db {})",
+            cfg.workers, cfg.db
+        );
         if let Err(e) = server.with_graceful_shutdown(shutdown_signal()).await {
             eprintln!("weather-rust: server: {e}");
         }

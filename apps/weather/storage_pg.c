@@ -1,0 +1,363 @@
+/*
+ * The PostgreSQL back end of the weather storage (storage.h), on plaza's
+ * own PostgreSQL client (include/plaza/pg.h).
+ *
+ * The client drives libpq's non-blocking API on the runtime's reactor, so
+ * unlike the SQLite back end nothing here goes to the blocking pool: a
+ * call suspends the calling task until the server answers.
+ *
+ * Connections, one per role as in the SQLite back end: the writer's own
+ * (only the service's writer task uses it; reconnected on the next call
+ * if it broke) and a pool of WX_STORE_READERS for the readers
+ * (pz_pg_pool: reconnects with back-off, checks idle connections).
+ *
+ * Invariant: insert_batch is one statement (an INSERT of unnest() over
+ * three array parameters), so one implicit transaction: a batch is stored
+ * whole or not at all, in one round trip.  The commit is durable when the
+ * statement returns (synchronous_commit on, the server's default).
+ *
+ * Seeding runs in one transaction that first locks the cities table, so
+ * two services starting on one empty database seed it once.
+ */
+#define _GNU_SOURCE
+#include "storage.h"
+
+#include <plaza.h>
+#include <plaza/pg.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PG_TIMEOUT (30 * 1000000000LL)
+
+typedef struct pg_store {
+    wx_store base;
+    char *conninfo;
+    pz_pg_conn_t *writer;
+    pz_pg_pool_t *readers;
+} pg_store;
+
+static const char *const schema[] = {
+    "CREATE TABLE IF NOT EXISTS cities(name TEXT PRIMARY KEY, base DOUBLE PRECISION NOT NULL)",
+    ("CREATE TABLE IF NOT EXISTS readings(id BIGSERIAL PRIMARY KEY, city TEXT NOT NULL,"
+     " temperature DOUBLE PRECISION NOT NULL, time BIGINT NOT NULL)"),
+    "CREATE INDEX IF NOT EXISTS readings_city_time ON readings(city, time)",
+};
+
+static int fail(pz_pg_conn_t *c, const char *what, int r)
+{
+    fprintf(stderr, "plaza-weather: storage: %s: %s (%s)\n", what, c ? pz_pg_error_message(c) : "", pz_strerror(r));
+    return r == -ENOMEM || r == -EINVAL ? r : -EIO;
+}
+
+static int64_t deadline(void) { return pz_now() + PG_TIMEOUT; }
+
+/* The writer's connection, reconnected if it broke. */
+static int writer_conn(pg_store *s, pz_pg_conn_t **out)
+{
+    if (s->writer && !pz_pg_conn_ok(s->writer)) {
+        pz_pg_close(s->writer);
+        s->writer = NULL;
+    }
+    if (!s->writer) {
+        int r = pz_pg_connect(s->conninfo, deadline(), &s->writer);
+        if (r < 0) {
+            s->writer = NULL;
+            return fail(NULL, "connect", r);
+        }
+    }
+    *out = s->writer;
+    return 0;
+}
+
+static int pg_seed(wx_store *base, int64_t now_ms)
+{
+    pg_store *s = (pg_store *)base;
+    pz_pg_conn_t *c;
+    int r = writer_conn(s, &c);
+    if (r < 0)
+        return r;
+    char now[32];
+    snprintf(now, sizeof now, "%lld", (long long)now_ms);
+    const char *params[] = {now};
+    int64_t n;
+    if ((n = pz_pg_exec(c, "BEGIN", 0, NULL, deadline())) < 0 ||
+        (n = pz_pg_exec(c, "LOCK TABLE cities IN EXCLUSIVE MODE", 0, NULL, deadline())) < 0)
+        goto failed;
+    pz_pg_result_t *res = NULL;
+    int64_t count = 0;
+    r = pz_pg_query(c, "SELECT count(*) FROM cities", 0, NULL, deadline(), &res);
+    if (r == 0)
+        r = pz_pg_result_int64(res, 0, 0, &count);
+    pz_pg_result_free(res);
+    if (r < 0) {
+        n = r;
+        goto failed;
+    }
+    if (count == 0) {
+        /* The protocol's values, computed in float8 as the C back end
+         * computes them in double, so both store the same bits. */
+        if ((n = pz_pg_exec(c,
+                            "INSERT INTO cities(name, base) SELECT 'city' || lpad(i::text, 2, '0'),"
+                            " ((i * 7) % 40)::float8 - 5.0::float8 FROM generate_series(0, 63) i",
+                            0, NULL, deadline())) < 0 ||
+            (n = pz_pg_exec(c,
+                            "INSERT INTO readings(city, temperature, time) SELECT 'city' || lpad(i::text, 2, '0'),"
+                            " (((i * 7) % 40)::float8 - 5.0::float8) + (((k * 13 + i) % 11) - 5)::float8 * 0.1::float8,"
+                            " $1::bigint - (31 - k) * 60000 FROM generate_series(0, 63) i, generate_series(0, 31) k"
+                            " ORDER BY i, k",
+                            1, params, deadline())) < 0)
+            goto failed;
+    }
+    if ((n = pz_pg_exec(c, "COMMIT", 0, NULL, deadline())) < 0)
+        goto failed;
+    return 0;
+failed:
+    r = fail(c, "seed", (int)n);
+    if (pz_pg_conn_ok(c))
+        pz_pg_exec(c, "ROLLBACK", 0, NULL, deadline());
+    return r;
+}
+
+/* Runs a reader query on a pooled connection. */
+static int reader_query(pg_store *s, const char *what, const char *sql, int nparams, const char *const *params,
+                        pz_pg_result_t **res)
+{
+    pz_pg_conn_t *c;
+    int r = pz_pg_pool_acquire(s->readers, deadline(), &c);
+    if (r < 0)
+        return fail(NULL, what, r);
+    r = pz_pg_query(c, sql, nparams, params, deadline(), res);
+    if (r < 0) {
+        r = fail(c, what, r);
+        if (*res) {
+            pz_pg_result_free(*res);
+            *res = NULL;
+        }
+    }
+    pz_pg_pool_release(s->readers, c);
+    return r;
+}
+
+static int pg_cities(wx_store *base, wx_city *out, int max)
+{
+    pz_pg_result_t *res = NULL;
+    int r = reader_query((pg_store *)base, "cities", "SELECT name, base FROM cities ORDER BY name", 0, NULL, &res);
+    if (r < 0)
+        return r;
+    int n = pz_pg_result_rows(res);
+    if (n > max)
+        n = max;
+    for (int i = 0; i < n; i++) {
+        snprintf(out[i].name, sizeof out[i].name, "%s", pz_pg_result_value(res, i, 0));
+        out[i].base = strtod(pz_pg_result_value(res, i, 1), NULL);
+    }
+    pz_pg_result_free(res);
+    return n;
+}
+
+/* Appends s to an array literal, quoted (city names are plain, but the
+ * quoting keeps any name a literal). */
+static int append_quoted(char **buf, size_t *len, size_t *cap, const char *s)
+{
+    size_t need = *len + 2 * strlen(s) + 4;
+    if (need > *cap) {
+        size_t ncap = *cap ? *cap : 4096;
+        while (ncap < need)
+            ncap *= 2;
+        char *p = realloc(*buf, ncap);
+        if (!p)
+            return -ENOMEM;
+        *buf = p;
+        *cap = ncap;
+    }
+    char *o = *buf + *len;
+    *o++ = '"';
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            *o++ = '\\';
+        *o++ = *s;
+    }
+    *o++ = '"';
+    *o = 0;
+    *len = (size_t)(o - *buf);
+    return 0;
+}
+
+static int append_text(char **buf, size_t *len, size_t *cap, const char *s)
+{
+    size_t n = strlen(s);
+    if (*len + n + 2 > *cap) {
+        size_t ncap = *cap ? *cap : 4096;
+        while (ncap < *len + n + 2)
+            ncap *= 2;
+        char *p = realloc(*buf, ncap);
+        if (!p)
+            return -ENOMEM;
+        *buf = p;
+        *cap = ncap;
+    }
+    memcpy(*buf + *len, s, n + 1);
+    *len += n;
+    return 0;
+}
+
+static int pg_insert_batch(wx_store *base, const wx_reading *rd, size_t n)
+{
+    pg_store *s = (pg_store *)base;
+    if (n == 0)
+        return 0;
+    char *arr[3] = {0};
+    size_t len[3] = {0}, cap[3] = {0};
+    int r = 0;
+    for (int k = 0; k < 3 && r == 0; k++)
+        r = append_text(&arr[k], &len[k], &cap[k], "{");
+    for (size_t i = 0; i < n && r == 0; i++) {
+        char num[40];
+        if (i) {
+            for (int k = 0; k < 3 && r == 0; k++)
+                r = append_text(&arr[k], &len[k], &cap[k], ",");
+        }
+        if (r == 0)
+            r = append_quoted(&arr[0], &len[0], &cap[0], rd[i].city);
+        snprintf(num, sizeof num, "%.17g", rd[i].temperature);
+        if (r == 0)
+            r = append_text(&arr[1], &len[1], &cap[1], num);
+        snprintf(num, sizeof num, "%lld", (long long)rd[i].time_ms);
+        if (r == 0)
+            r = append_text(&arr[2], &len[2], &cap[2], num);
+    }
+    for (int k = 0; k < 3 && r == 0; k++)
+        r = append_text(&arr[k], &len[k], &cap[k], "}");
+    if (r == 0) {
+        pz_pg_conn_t *c;
+        r = writer_conn(s, &c);
+        if (r == 0) {
+            const char *params[] = {arr[0], arr[1], arr[2]};
+            int64_t m = pz_pg_exec(c,
+                                   "INSERT INTO readings(city, temperature, time)"
+                                   " SELECT * FROM unnest($1::text[], $2::float8[], $3::bigint[])",
+                                   3, params, deadline());
+            if (m < 0)
+                r = fail(c, "insert batch", (int)m);
+            else if ((size_t)m != n)
+                r = fail(c, "insert batch: short insert", -EIO);
+        }
+    }
+    for (int k = 0; k < 3; k++)
+        free(arr[k]);
+    return r;
+}
+
+static int pg_recent(wx_store *base, const char *city, wx_point *out, int max)
+{
+    pg_store *s = (pg_store *)base;
+    if (max <= 0)
+        return -EINVAL;
+    if (s->base.opts.delay_ms > 0 && (!s->base.opts.delay_city || strcmp(s->base.opts.delay_city, city) == 0))
+        pz_sleep((int64_t)s->base.opts.delay_ms * 1000000);
+    char lim[16];
+    snprintf(lim, sizeof lim, "%d", max);
+    const char *params[] = {city, lim};
+    pz_pg_result_t *res = NULL;
+    int r = reader_query(s, "recent readings",
+                         "SELECT temperature, time FROM readings WHERE city = $1 ORDER BY time DESC LIMIT $2::int", 2,
+                         params, &res);
+    if (r < 0)
+        return r;
+    int n = pz_pg_result_rows(res);
+    if (n > max)
+        n = max;
+    for (int i = 0; i < n; i++) {
+        int64_t t = 0;
+        out[i].temperature = strtod(pz_pg_result_value(res, i, 0), NULL);
+        pz_pg_result_int64(res, i, 1, &t);
+        out[i].time_ms = t;
+    }
+    pz_pg_result_free(res);
+    return n;
+}
+
+static int pg_scalar(pg_store *s, const char *what, const char *sql, int64_t *v)
+{
+    pz_pg_result_t *res = NULL;
+    int r = reader_query(s, what, sql, 0, NULL, &res);
+    if (r < 0)
+        return r;
+    r = pz_pg_result_int64(res, 0, 0, v);
+    pz_pg_result_free(res);
+    return r < 0 ? -EIO : 0;
+}
+
+static int pg_count(wx_store *base, int64_t *rows)
+{
+    return pg_scalar((pg_store *)base, "count", "SELECT count(*) FROM readings", rows);
+}
+
+static int pg_health(wx_store *base)
+{
+    int64_t v;
+    return pg_scalar((pg_store *)base, "health", "SELECT count(*) FROM cities", &v);
+}
+
+static void pg_close(wx_store *base)
+{
+    pg_store *s = (pg_store *)base;
+    if (s->writer)
+        pz_pg_close(s->writer);
+    if (s->readers)
+        pz_pg_pool_destroy(s->readers);
+    free(s->conninfo);
+    free(s);
+}
+
+static const wx_store_ops pg_ops = {
+    .name = "postgresql",
+    .seed = pg_seed,
+    .cities = pg_cities,
+    .insert_batch = pg_insert_batch,
+    .recent = pg_recent,
+    .count = pg_count,
+    .health = pg_health,
+    .close = pg_close,
+};
+
+int wx_pg_open(const char *conninfo, const wx_store_opts *opts, wx_store **out, char *err, size_t errlen)
+{
+    pg_store *s = calloc(1, sizeof *s);
+    if (!s || !(s->conninfo = strdup(conninfo))) {
+        free(s);
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    s->base.ops = &pg_ops;
+    if (opts)
+        s->base.opts = *opts;
+    int r = pz_pg_connect(conninfo, deadline(), &s->writer);
+    if (r < 0) {
+        s->writer = NULL;
+        snprintf(err, errlen, "cannot connect to PostgreSQL: %s", pz_strerror(r));
+        pg_close(&s->base);
+        return r;
+    }
+    for (size_t i = 0; i < sizeof schema / sizeof schema[0]; i++) {
+        int64_t m = pz_pg_exec(s->writer, schema[i], 0, NULL, deadline());
+        if (m < 0) {
+            snprintf(err, errlen, "schema: %s", pz_pg_error_message(s->writer));
+            pg_close(&s->base);
+            return -EIO;
+        }
+    }
+    pz_pg_pool_opts_t po = {.conninfo = conninfo, .size = WX_STORE_READERS};
+    r = pz_pg_pool_create(&po, &s->readers);
+    if (r < 0) {
+        s->readers = NULL;
+        snprintf(err, errlen, "reader pool: %s", pz_strerror(r));
+        pg_close(&s->base);
+        return r;
+    }
+    *out = &s->base;
+    return 0;
+}

@@ -1,0 +1,520 @@
+/*
+ * pz_async_mutex: the lock word, the waiter word and their slow paths
+ * (src/async/mutex.c, the inline parts of include/plaza/async.h).
+ * models/mutex.md maps every variable and step to the C code.
+ *
+ * Three tasks lock and unlock one mutex.  The parking lot is reduced to
+ * what the mutex relies on (its own protocol is checked in park.pml): a
+ * bucket lock, a FIFO queue, validate under the bucket lock, unpark_one
+ * with a callback under the bucket lock, a timer that may claim a parked
+ * waiter whose deadline has passed, and the timed-out waiter leaving the
+ * queue under the bucket lock with was_last.
+ *
+ * Memory: sequentially consistent, except the plain-store unlock, whose
+ * store of 0 to the lock word goes through a store buffer: it becomes
+ * visible at a nondeterministic later step, at the unlocker's next
+ * read-modify-write, or at a waiter's heavy fence (membarrier).
+ *
+ * Switches (-D on the spin command line):
+ *   GIVEUP_FIX   0: the -EAGAIN give-up exit of the lock slow path returns
+ *                without passing the wake-up on (the code before the fix);
+ *                1: it wakes a waiter when PARKED is set and WOKEN clear.
+ *   FENCES       1 (default): asymmetric fences available, the plain-store
+ *                unlock in use; 0: every unlock is a read-modify-write.
+ *   BAD_NO_FENCE the first parker skips the heavy fence (must fail).
+ *   R1 R2 R3     rounds of lock/unlock per task; D1 D2 D3: whether the
+ *                task's lock calls have a deadline (may time out or be
+ *                cancelled).
+ *   REVALIDATE   a proposed validate that sets PARKED (and STARVING) again
+ *                instead of failing when an emptied queue cleared it.
+ *   PROGRESS     tasks 1 and 2 lock and unlock forever (no deadline), task
+ *                3 locks once without deadline; checked with -a -f against
+ *                the never claim of ltl p3_gets_lock.
+ */
+
+#ifndef GIVEUP_FIX
+#define GIVEUP_FIX 1
+#endif
+#ifndef FENCES
+#define FENCES 1
+#endif
+#ifndef R1
+#define R1 1
+#endif
+#ifndef R2
+#define R2 1
+#endif
+#ifndef R3
+#define R3 1
+#endif
+#ifndef D1
+#define D1 0
+#endif
+#ifndef D2
+#define D2 1
+#endif
+#ifndef D3
+#define D3 1
+#endif
+#ifndef SPINS
+#define SPINS 1   /* spin rounds before parking (pz__async_spin_rounds) */
+#endif
+
+/* state: LOCKED | id << 1 (id 1..3); LOCKED alone during a hand-off. */
+#define LOCKED 1
+/* waiters */
+#define PARKED 1
+#define FENCED 2
+#define WOKEN 4
+#define STARVING 8
+#define CONTENDED 16
+
+#define TOKEN_NORMAL 0
+#define TOKEN_HANDOFF 1
+
+#define R_OK 0
+#define R_TIMEDOUT 1
+#define R_AGAIN 2
+
+byte state;      /* m->state, as the other cores see it */
+byte waiters;    /* m->waiters */
+byte holder;     /* m->holder (an id, or 0) */
+bit sb_pend;     /* a plain store of 0 to state sits in sb_who's store buffer */
+byte sb_who;
+
+/* the lot, for the mutex's address */
+byte blk;        /* bucket lock: 0 or the holder's id */
+byte q[3];       /* queue of ids, FIFO */
+byte qn;
+/* park word of each task (index id): 0 running, 1 parked, 3 claimed by
+ * the timer or a cancel, 4 claimed by an unparker (not yet runnable),
+ * 2 woken by the unparker (token in tok) */
+byte pw[4];
+byte tok[4];
+
+byte in_cs;      /* tasks in the critical section */
+bit got[4];      /* PROGRESS: the task has had the lock */
+/* Time.  Whether a waiter has tried for STARVE_NS, or waited for the
+ * lot's FAIR_NS, is a free choice (starving, fair, "served quickly")
+ * except once old[id] is set: then it has.  Only PROGRESS runs the clocks
+ * that set old[id] while task id tries to lock (trying[id]); weak fairness
+ * makes each clock move eventually. */
+bit old[4];
+bit trying[4];
+
+/* Makes the caller's buffered store visible: a locked instruction (any
+ * read-modify-write) drains the store buffer first. */
+inline flush_mine() {
+    if
+    :: sb_pend && sb_who == me -> state = 0; sb_pend = 0
+    :: else -> skip
+    fi
+}
+
+/* The heavy fence (membarrier): every core's store buffer is drained. */
+inline heavy_fence() {
+    atomic {
+        if
+        :: sb_pend -> state = 0; sb_pend = 0
+        :: else -> skip
+        fi
+    }
+}
+
+/* Takes the bucket lock (a locked instruction: drains our store buffer). */
+inline lock_bucket() {
+    atomic { flush_mine(); blk == 0 -> blk = me }
+}
+
+/* waiters_after(f, r, handoff), mutex.c */
+inline after(f, unparked, have_more, handoff) {
+    waiters = (f & (WOKEN | CONTENDED | FENCED)) |
+              (have_more -> (f & (PARKED | STARVING)) : 0) |
+              ((unparked && !handoff) -> WOKEN : 0)
+}
+
+/* pz_unpark_one(m, decide, m): decide is unlock_decide (released == 0)
+ * or released_decide (released == 1).  Steps that touch only what the
+ * bucket lock guards (the queue) are folded into the neighbouring step. */
+inline unpark_one(released) {
+    /* lock the bucket; the first waiter whose claim wins (a timed-out
+     * one loses) is unlinked; have_more counts every node left, timed-out
+     * ones still in the queue included (has_waiter) */
+    atomic {
+        flush_mine();
+        blk == 0 -> blk = me;
+        chosen = 0; i = 0;
+        do
+        :: i < qn && pw[q[i]] == 1 -> chosen = q[i]; pw[chosen] = 4; break
+        :: i < qn && pw[q[i]] != 1 -> i++
+        :: i >= qn -> break
+        od;
+        if
+        :: chosen != 0 ->
+            do
+            :: i + 1 < qn -> q[i] = q[i + 1]; i++
+            :: else -> break
+            od;
+            qn--; q[qn] = 0;
+            unparked = 1
+        :: else -> unparked = 0
+        fi;
+        have_more = (qn > 0);
+        i = 0
+    }
+    if
+    :: released == 0 ->
+        /* unlock_decide: the CAS loop is one read-modify-write; be_fair
+         * (the chosen waiter waited long, or the random clock) is free */
+        atomic {
+            if
+            :: unparked -> fair = 1
+            :: !old[chosen] -> fair = 0
+            fi;
+            f = waiters;
+            handoff = unparked && (fair || (f & STARVING));
+            after(f, unparked, have_more, handoff)
+        }
+        if
+        :: handoff -> state = LOCKED; t = TOKEN_HANDOFF
+        :: else -> atomic { flush_mine(); state = 0 }; t = TOKEN_NORMAL
+        fi
+    :: else ->
+        /* released_decide */
+        atomic { f = waiters; after(f, unparked, have_more, 0) }
+        t = TOKEN_NORMAL
+    fi;
+    /* grant the token, release the bucket lock */
+    atomic {
+        if
+        :: chosen != 0 -> tok[chosen] = t
+        :: else -> skip
+        fi;
+        blk = 0
+    }
+    /* wake the chosen one, after the bucket lock is released */
+    atomic {
+        if
+        :: chosen != 0 -> pw[chosen] = 2
+        :: else -> skip
+        fi;
+        /* dead locals back to 0, so that they do not split states */
+        chosen = 0; t = 0; f = 0; unparked = 0; have_more = 0; fair = 0; handoff = 0
+    }
+}
+
+/* pz__async_mutex_take when the lock word reads 0: the CAS, and the
+ * holder word if the waiter word is 0 (its load folded in: a change of
+ * the waiter word in between only sends the unlock to the slow path). */
+inline take() {
+    atomic {
+        flush_mine();
+        if
+        :: state == 0 ->
+            state = LOCKED | (me << 1); took = 1;
+            if
+            :: waiters == 0 -> holder = me
+            :: else -> skip
+            fi
+        :: else -> took = 0
+        fi
+    }
+}
+
+/* pz_park(m, still_locked_and_parked, NULL, mutex_timed_out, ...) */
+inline park() {
+#ifdef REVALIDATE
+    /* A proposed validate: under the bucket lock, set PARKED (and
+     * STARVING for a starving waiter) again if an emptied queue cleared
+     * it, by a seq_cst read-modify-write, then load the lock word. */
+    atomic {
+        flush_mine();
+        blk == 0 -> blk = me;
+        waiters = waiters | PARKED | (pstarv -> STARVING : 0)
+    }
+    atomic {
+        if
+        :: (state & LOCKED) == 0 -> r = R_AGAIN; blk = 0
+        :: else -> r = R_OK; q[qn] = me; qn++; pw[me] = 1; blk = 0
+        fi
+    }
+#else
+    /* lock the bucket; validate's first load, of the lock word */
+    atomic {
+        flush_mine();
+        blk == 0 -> blk = me;
+        if
+        :: (state & LOCKED) == 0 -> r = R_AGAIN; blk = 0
+        :: else -> r = R_OK
+        fi
+    }
+    if
+    :: r == R_OK ->
+        /* validate's second load, of the waiter word; enqueue; the
+         * bucket lock is released once the task is parked */
+        atomic {
+            if
+            :: (waiters & PARKED) == 0 -> r = R_AGAIN; blk = 0
+            :: else -> q[qn] = me; qn++; pw[me] = 1; blk = 0
+            fi
+        }
+    :: else -> skip
+    fi;
+#endif
+    if
+    :: r == R_OK ->
+        /* a deadline may be far off: its timer fires or never does */
+        if
+        :: dl -> fire = 1
+        :: fire = 0
+        fi;
+        atomic {
+            if
+            :: pw[me] == 2 -> pw[me] = 0; fire = 0
+            :: fire && pw[me] == 1 -> pw[me] = 3; fire = 0     /* deadline or cancel */
+            fi
+        }
+        if
+        :: pw[me] == 3 ->
+            /* leave the queue under the bucket lock; timed_out(was_last)
+             * clears PARKED and STARVING if nobody is left */
+            atomic {
+                flush_mine();
+                blk == 0 -> blk = me;
+                i = 0;
+                do
+                :: q[i] == me -> break
+                :: else -> i++; assert(i < qn)
+                od;
+                do
+                :: i + 1 < qn -> q[i] = q[i + 1]; i++
+                :: else -> break
+                od;
+                qn--; q[qn] = 0; i = 0
+            }
+            atomic {
+                if
+                :: qn == 0 -> waiters = waiters & ~(PARKED | STARVING)
+                :: else -> skip
+                fi;
+                blk = 0
+            }
+            atomic { pw[me] = 0; r = R_TIMEDOUT }
+        :: else -> skip
+        fi
+    :: else -> skip
+    fi
+}
+
+/* pz__async_mutex_lock_slow; ok says whether the lock was taken. */
+inline lock_slow() {
+    if
+    :: (waiters & CONTENDED) == 0 -> atomic { flush_mine(); waiters = waiters | CONTENDED }
+    :: else -> skip
+    fi;
+    spins = 0; woken = 0; first = 0;
+    do
+    :: atomic {
+           s = state;
+           if
+           :: sb_pend && sb_who == me -> s = 0   /* store forwarding */
+           :: else -> skip
+           fi
+       }
+       /* the relaxed load may be stale: a lock word read as held may
+        * be free by now (with STALE) */
+       if
+#ifdef STALE
+       :: s == 0 -> s = LOCKED
+       :: s == 0 -> skip
+#endif
+       :: else -> skip
+       fi;
+       if
+       :: s == 0 ->
+           /* the load that saw 0 and the CAS: a CAS that fails only
+            * loops, so they are one step */
+           take();
+           if
+           :: took ->
+               if
+               :: woken -> atomic { flush_mine(); waiters = waiters & ~WOKEN }
+               :: else -> skip
+               fi;
+               ok = 1; break
+           :: else -> skip
+           fi
+       :: else ->
+           /* the load of the waiter word and the CAS that follows it (a
+            * CAS that fails only loops): spin while the holder may run
+            * (a holder id is set), taking WOKEN if a waiter is parked;
+            * or announce_parked */
+           atomic {
+               flush_mine();
+               f = waiters;
+               if
+               :: (f & STARVING) == 0 && spins < SPINS && (s >> 1) != 0 ->
+                   if
+                   :: !woken && (f & PARKED) && (f & WOKEN) == 0 ->
+                       waiters = f | WOKEN; woken = 1
+                   :: else -> skip
+                   fi;
+                   spins++; cas = 0
+               :: true ->
+                   /* starving once it has tried for STARVE_NS */
+                   if
+                   :: first -> starving = 1
+                   :: !(first && old[me]) -> starving = 0
+                   fi;
+                   waiters = (f | PARKED | CONTENDED | (starving -> STARVING : 0)) & ~(woken -> WOKEN : 0);
+                   cas = 1
+               fi
+           }
+           if
+           :: cas ->
+#ifndef BAD_NO_FENCE
+               if
+               :: FENCES && (f & FENCED) == 0 ->
+                   heavy_fence();
+                   atomic { flush_mine(); waiters = waiters | FENCED }
+               :: else -> skip
+               fi;
+#endif
+               atomic { woken = 0; first = 1; pstarv = starving; starving = 0; cas = 0 }
+               park();
+               pstarv = 0;
+               if
+               :: r == R_OK && tok[me] == TOKEN_HANDOFF ->
+                   tok[me] = 0;
+                   assert(state == LOCKED);
+                   state = LOCKED | (me << 1);
+                   if
+                   :: !old[me] -> atomic { flush_mine(); waiters = waiters & ~STARVING }  /* served quickly */
+                   :: skip
+                   fi;
+                   ok = 1; break
+               :: r == R_OK && tok[me] != TOKEN_HANDOFF -> woken = 1
+               :: r == R_TIMEDOUT -> ok = 0; break
+               :: r == R_AGAIN && dl ->
+                   /* the deadline has passed: give up */
+#if GIVEUP_FIX
+                   f = waiters;
+                   if
+                   :: (f & (PARKED | WOKEN)) == PARKED -> unpark_one(1)
+                   :: else -> skip
+                   fi;
+#endif
+                   ok = 0; break
+               :: r == R_AGAIN -> skip
+               fi;
+               atomic { spins = 0; r = 0; f = 0 }
+           :: else -> skip
+           fi
+       fi
+    od
+}
+
+/* pz_async_mutex_unlock and pz__async_mutex_unlock_slow */
+inline unlock() {
+    /* the inline check: holder word, waiter word (the holder word is
+     * written only by holders, so the two loads are one step) */
+    atomic { h = holder; f = waiters }
+    if
+    :: FENCES && h == me && f == 0 ->
+        /* the plain-store release: the store of 0 waits in the buffer */
+        atomic { holder = 0; sb_pend = 1; sb_who = me }
+        f = waiters;   /* may be served before the store is visible */
+        if
+        :: f != 0 -> unpark_one(1)
+        :: else -> skip
+        fi
+    :: else ->
+        atomic {
+            if
+            :: h != 0 -> holder = 0
+            :: else -> skip
+            fi;
+            f = waiters
+        }
+        if
+        :: (f & STARVING) || (f & (PARKED | WOKEN)) == PARKED -> unpark_one(0)
+        :: else ->
+            atomic { flush_mine(); state = 0 }
+            f = waiters;
+            if
+            :: (f & (PARKED | WOKEN)) == PARKED -> unpark_one(1)
+            :: else -> skip
+            fi
+        fi
+    fi
+}
+
+proctype task(byte me; byte rounds; bit dl)
+{
+    byte s, f, h, spins, i, chosen, t, r;
+    bit pstarv, fire, woken, first, starving, cas, took, ok, unparked, have_more, fair, handoff;
+    byte n = 0;
+    do
+    :: rounds == 0 || n < rounds ->
+        take();
+        if
+        :: took -> ok = 1
+        :: else -> trying[me] = 1; lock_slow(); atomic { trying[me] = 0; old[me] = 0 }
+        fi;
+        if
+        :: ok ->
+            atomic { s = 0; f = 0; spins = 0; woken = 0; first = 0; starving = 0; cas = 0; took = 0; r = 0 }
+            in_cs++;
+            assert(in_cs == 1);
+#ifdef PROGRESS
+            got[me] = 1;
+progress_cs:
+#endif
+            in_cs--;
+            unlock()
+        :: else -> atomic { s = 0; f = 0; spins = 0; woken = 0; first = 0; starving = 0; cas = 0; took = 0; r = 0 }
+        fi;
+        atomic { n = (rounds == 0 -> 0 : n + 1); ok = 0; h = 0; f = 0 }
+    :: rounds != 0 && n >= rounds -> break
+    od
+}
+
+/* The store buffer drains on its own, at any moment. */
+active proctype drain()
+{
+end_drain:
+    do
+    :: atomic { sb_pend -> state = 0; sb_pend = 0 }
+    od
+}
+
+#ifdef PROGRESS
+proctype clock(byte id)
+{
+end_clock:
+    do
+    :: atomic { trying[id] && !old[id] -> old[id] = 1 }
+    od
+}
+#endif
+
+init {
+    atomic {
+#ifdef PROGRESS
+        run task(1, 0, 0);
+        run task(2, 0, 0);
+        run task(3, 1, 0);
+        run clock(1);
+        run clock(2);
+        run clock(3);
+#else
+        run task(1, R1, D1);
+        run task(2, R2, D2);
+        run task(3, R3, D3);
+#endif
+    }
+}
+
+#if defined(PROGRESS) && !defined(NP)
+ltl p3_gets_lock { <> (got[3] > 0) }
+#endif

@@ -1,0 +1,132 @@
+#!/bin/sh
+# Checks the Promela models under models/ with spin (docs/models.md).
+#
+# Every good variant must pass an exhaustive search; every known-bad
+# variant (a #define that puts a known bug back) must fail, which shows
+# that the model can see that bug.  Exits non-zero if a good variant fails,
+# a bad one passes, or a search does not complete.  The pan files live in a
+# temporary directory, removed on exit.
+#
+# Usage: scripts/check-models.sh [-v] [model ...]   (model: park, mutex, chan)
+#   -v   print pan's full output
+set -u
+
+verbose=0
+if [ "${1:-}" = -v ]; then
+    verbose=1
+    shift
+fi
+only="$*"
+
+if ! command -v spin >/dev/null 2>&1; then
+    echo "plaza: spin is not installed, so the models cannot be checked (Debian package spin; scripts/install-deps.sh test installs it)" >&2
+    exit 1
+fi
+cc=${CC:-cc}
+if ! command -v "$cc" >/dev/null 2>&1; then
+    echo "plaza: no C compiler ($cc) to build spin's verifiers" >&2
+    exit 1
+fi
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/plaza-models.XXXXXX") || exit 1
+trap 'rm -rf "$tmp"' EXIT INT TERM
+
+failures=0
+n=0
+
+# run EXPECT MODEL NAME "SPIN DEFINES" "CC FLAGS" "PAN FLAGS"
+#   EXPECT: pass (must verify), fail (a known-bad variant: must find an
+#   error), open (a property the code claims that the model refutes: must
+#   find an error; if it starts passing, move it to pass).
+run() {
+    expect=$1 model=$2 name=$3 defs=$4 ccflags=$5 panflags=$6
+    case " $only " in
+    "  " | *" $model "*) ;;
+    *) return 0 ;;
+    esac
+    n=$((n + 1))
+    dir=$tmp/$n
+    mkdir -p "$dir"
+    cp "$root/models/$model.pml" "$dir/"
+    start=$(date +%s)
+    # shellcheck disable=SC2086
+    if ! (cd "$dir" && spin $defs -a "$model.pml" >spin.out 2>&1 &&
+        $cc -w $ccflags -o pan pan.c >cc.out 2>&1); then
+        echo "FAIL  $model $name: the verifier did not build" >&2
+        cat "$dir/spin.out" "$dir/cc.out" >&2
+        failures=$((failures + 1))
+        return 0
+    fi
+    # shellcheck disable=SC2086
+    (cd "$dir" && ./pan $panflags >pan.out 2>&1)
+    secs=$(($(date +%s) - start))
+    out=$dir/pan.out
+    [ $verbose = 1 ] && cat "$out"
+    errors=$(sed -n 's/.*errors: \([0-9][0-9]*\).*/\1/p' "$out" | head -n 1)
+    states=$(sed -n 's/^ *\([0-9.e+]*\) states, stored.*/\1/p' "$out" | head -n 1)
+    first=$(grep -m 1 '^pan:1:' "$out")
+    incomplete=""
+    if grep -q -e 'reached -DMEMLIM bound' -e 'Search not completed' -e 'max search depth too small' "$out"; then
+        incomplete=yes
+    fi
+    what="$model $name ($defs): ${states:-?} states, ${secs} s"
+    if [ -z "$errors" ]; then
+        echo "FAIL  $what: no result from pan" >&2
+        tail -n 20 "$out" >&2
+        failures=$((failures + 1))
+    elif [ "$expect" = pass ]; then
+        if [ "$errors" = 0 ] && [ -z "$incomplete" ]; then
+            echo "ok    $what"
+        else
+            echo "FAIL  $what: ${first:-search incomplete}" >&2
+            failures=$((failures + 1))
+        fi
+    else
+        if [ "$errors" != 0 ]; then
+            echo "ok    $what: fails as it should: $first"
+        else
+            echo "FAIL  $what: a known-bad variant passes: the model no longer sees that bug" >&2
+            failures=$((failures + 1))
+        fi
+    fi
+}
+
+# Good variants search millions of states: -O1 compiles in half the time
+# of -O2 and runs almost as fast.  Bad variants fail within a few thousand
+# states: -O0 compiles in a second.
+safety="-O1 -DSAFETY -DMEMLIM=3072"
+quick="-O0 -DSAFETY -DMEMLIM=3072"
+deep="-m100000"
+
+# The parking lot (models/park.md).
+run pass park good "" "$safety" "$deep"
+run fail park early-release "-DBAD_EARLY_RELEASE" "$quick" "$deep"
+run fail park validate-unlocked "-DBAD_VALIDATE_UNLOCKED" "$quick" "$deep"
+run fail park thread-timeout "-DBAD_THREAD_TIMEOUT" "$quick" "$deep"
+
+# pz_async_mutex (models/mutex.md).
+run pass mutex good "" "$safety" "$deep"
+run pass mutex good-no-fences "-DFENCES=0" "$safety" "$deep"
+run fail mutex giveup-unfixed "-DGIVEUP_FIX=0" "$quick" "$deep"
+run fail mutex giveup-unfixed-no-fences "-DGIVEUP_FIX=0 -DFENCES=0" "$quick" "$deep"
+run fail mutex no-fence "-DBAD_NO_FENCE" "$quick" "$deep"
+run open mutex waiter-progress "-DPROGRESS" "-O1 -DMEMLIM=3072 -DNFAIR=4" "-a -f $deep"
+
+# pz_chan's ring (models/chan.md).
+run pass chan good "" "$safety" "$deep"
+run pass chan good-cap2 "-DCAP=2" "$safety" "$deep"
+run pass chan good-timeouts "-DTIMED_RX -DTIMED_TX" "$safety" "$deep"
+run pass chan good-cap2-timeouts "-DCAP=2 -DTIMED_RX -DTIMED_TX" "$safety" "$deep"
+run fail chan no-last-try "-DBAD_NO_LAST_TRY -DNO_STALE" "$quick" "$deep"
+run fail chan one-side "-DBAD_ONE_SIDE" "$quick" "$deep"
+
+if [ $n = 0 ]; then
+    echo "plaza: no model named: $only" >&2
+    exit 1
+fi
+if [ $failures != 0 ]; then
+    echo "plaza: $failures of $n model checks failed" >&2
+    exit 1
+fi
+echo "plaza: all $n model checks as expected"

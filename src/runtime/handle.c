@@ -1,0 +1,91 @@
+/*
+ * Task handles that detect reuse.
+ *
+ * Task structs are type-stable: a freed struct goes to a free list and is
+ * used again by a later spawn, never returned to malloc while the process
+ * runs, so reading a field of a stale handle's struct is always defined.
+ * Each struct carries a 16-bit generation (handle_gen, never 0), bumped
+ * every time the struct is freed, and the handle pz_spawn returns is the
+ * struct's address with that generation in its top 16 bits (user-space
+ * addresses of x86_64 and aarch64 leave them 0; a struct at an address
+ * that does not is handed out untagged).  Every call that takes a handle
+ * strips the tag and compares it with the struct's generation: a handle
+ * whose task was already joined, or detached and ended, is stale, and the
+ * call reports it and fails instead of freeing the struct twice or acting
+ * on the task that reuses it.  A handle without a tag (pz_self's) is not
+ * checked: it names the running task, which is live.  The check misses
+ * only a handle kept across 65 535 reuses of the same struct.
+ *
+ * The handles must never be dereferenced by anyone but this layer, which
+ * always goes through pz__task_of.
+ */
+#define _GNU_SOURCE
+#include "internal.h"
+#include "kit.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define TAG_SHIFT 48
+#define ADDR_MASK ((UINT64_C(1) << TAG_SHIFT) - 1)
+
+static pz__spin free_lock;
+static pz_task_t *free_list; /* under free_lock, linked through next */
+
+pz_task_t *pz__task_alloc(void)
+{
+    pz__spin_lock(&free_lock);
+    pz_task_t *t = free_list;
+    if (t)
+        free_list = t->next;
+    pz__spin_unlock(&free_lock);
+    if (!t) {
+        t = calloc(1, sizeof *t);
+        if (t)
+            atomic_init(&t->handle_gen, 1);
+        return t;
+    }
+    uint16_t gen = atomic_load_explicit(&t->handle_gen, memory_order_relaxed);
+    memset(t, 0, sizeof *t);
+    atomic_store_explicit(&t->handle_gen, gen, memory_order_relaxed);
+    return t;
+}
+
+void pz__task_recycle(pz_task_t *t)
+{
+    uint16_t gen = atomic_load_explicit(&t->handle_gen, memory_order_relaxed);
+    gen = gen == UINT16_MAX ? 1 : (uint16_t)(gen + 1);
+    atomic_store_explicit(&t->handle_gen, gen, memory_order_release);
+    pz__spin_lock(&free_lock);
+    t->next = free_list;
+    free_list = t;
+    pz__spin_unlock(&free_lock);
+}
+
+pz_task_t *pz__task_handle(pz_task_t *t)
+{
+    if (!t || ((uintptr_t)t & ~ADDR_MASK))
+        return t;
+    uint64_t gen = atomic_load_explicit(&t->handle_gen, memory_order_relaxed);
+    return (pz_task_t *)((uintptr_t)t | (uintptr_t)(gen << TAG_SHIFT));
+}
+
+pz_task_t *pz__task_peek(const pz_task_t *h)
+{
+    pz_task_t *t = (pz_task_t *)((uintptr_t)h & ADDR_MASK);
+    unsigned tag = (unsigned)((uintptr_t)h >> TAG_SHIFT);
+    if (t && tag && atomic_load_explicit(&t->handle_gen, memory_order_acquire) != tag)
+        return NULL;
+    return t;
+}
+
+pz_task_t *pz__task_of(const pz_task_t *h, const char *call)
+{
+    pz_task_t *t = pz__task_peek(h);
+    if (h && !t)
+        pz__report("%s: stale task handle: that task was already joined, or detached and ended "
+                   "(handle generation %u, the task struct is at %u now)",
+                   call, (unsigned)((uintptr_t)h >> TAG_SHIFT),
+                   (unsigned)atomic_load(&((pz_task_t *)((uintptr_t)h & ADDR_MASK))->handle_gen));
+    return t;
+}
