@@ -253,10 +253,57 @@ static void test_dump_names_every_wait(void **state)
     run_in_runtime(3, dump_main, NULL);
 }
 
+/* A task that ends holding a lock is reported with the lock and where it
+ * was taken: a pz_mutex always, a pz_async_mutex with the debug switch. */
+static pz_mutex_t left_sync;
+static pz_async_mutex_t left_async;
+
+static void *leaves_locked(void *arg)
+{
+    (void)arg;
+    pz_mutex_lock(&left_sync);
+    pz_mutex_unlock(&left_sync);
+    pz_mutex_lock(&left_sync);
+    CHECK_EQ(pz_async_mutex_lock(&left_async), 0);
+    return NULL;
+}
+
+static void *leave_main(void *arg)
+{
+    (void)arg;
+    pz_set_report(collect, NULL);
+    sink_len = 0;
+    sink[0] = '\0';
+    pz_task_t *t = pz_spawn_with(leaves_locked, NULL, &(pz_spawn_opts_t){.name = "leaver"});
+    char who[96];
+    snprintf(who, sizeof who, "task %llu (leaver) ended while holding 2 plaza lock(s)", (unsigned long long)pz_task_id(t));
+    CHECK_EQ(pz_join(t, NULL), 0);
+    pz_set_report(NULL, NULL);
+    fprintf(stderr, "%s", sink);
+    CHECK(strstr(sink, who));
+    char lock[96];
+    snprintf(lock, sizeof lock, "pz_mutex %p, taken at leaves_locked (test_dump.c:", (void *)&left_sync);
+    CHECK(strstr(sink, lock));
+    /* The line may be the inline header's: the compiler's scopes for two
+     * nested inline functions do not always cover the call. */
+    snprintf(lock, sizeof lock, "pz_async_mutex %p, taken at leaves_locked (", (void *)&left_async);
+    CHECK(strstr(sink, lock));
+    return NULL;
+}
+
+static void test_task_ending_with_locks_held(void **state)
+{
+    (void)state;
+    pz_config_t cfg = {.workers = 2, .debug = true};
+    CHECK_EQ(pz_run(&cfg, leave_main, NULL, NULL), 0);
+    pz_mutex_unlock(&left_sync); /* from here, a thread: let it go for the test's end */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dump_names_every_wait),
+        cmocka_unit_test(test_task_ending_with_locks_held),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

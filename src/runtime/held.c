@@ -164,3 +164,22 @@ void pz__held_at_suspend(pz_task_t *t)
     }
     pz__arch_symbols_close(syms);
 }
+
+void pz__held_at_exit(pz_task_t *t)
+{
+    pz__held_view v[PZ__HELD_MAX];
+    unsigned depth;
+    unsigned n = pz__holds_read(&t->holds, v, &depth);
+    if (!depth)
+        return;
+    pz__report("task %llu (%s) ended while holding %u plaza lock(s); nobody can unlock them now, and every task "
+               "that waits for one waits for ever",
+               (unsigned long long)t->id, t->name[0] ? t->name : "unnamed", depth);
+    void *syms = pz__arch_symbols_open();
+    for (unsigned i = 0; i < n; i++) {
+        char sym[256];
+        pz__arch_symbolize(syms, v[i].site, true, sym, sizeof sym);
+        pz__report("  %s %p, taken at %s", v[i].kind, v[i].lock, sym);
+    }
+    pz__arch_symbols_close(syms);
+}

@@ -605,6 +605,10 @@ bool pz__monitor_busy_threads(void);
 
 /* held.c: a task suspends while it holds a sync lock (reported). */
 void pz__held_at_suspend(pz_task_t *t);
+/* held.c: a task ends while it holds plaza locks (reported, with each
+ * lock and where it was taken; async locks are in the record only with the
+ * debug switch on). */
+void pz__held_at_exit(pz_task_t *t);
 
 /* blocking.c */
 void pz__blocking_configure(int max_threads);

@@ -459,6 +459,8 @@ static void task_entry(void *arg)
     pz_task_t *t = arg;
     t->result = t->fn(t->arg);
     pz__task_end(t);
+    if (atomic_load_explicit(&t->holds.depth, memory_order_relaxed))
+        pz__held_at_exit(t);
     pz__task_unregister(t); /* reports stop reading its stack now */
     pz__task_exit_switch(t);
 }
