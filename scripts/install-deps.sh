@@ -9,7 +9,8 @@ case "$what" in
 test)
     # libpq-dev builds the PostgreSQL component; postgresql-15 is its test server.
     # spin checks the Promela models (models/).
-    pkgs="$pkgs clang qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross libpq-dev postgresql-15 libclang-rt-14-dev python3 spin"
+    # gdb runs the gdb helper's test (tools/plaza-gdb.py).
+    pkgs="$pkgs clang qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross libpq-dev postgresql-15 libclang-rt-14-dev python3 spin gdb"
     ;;
 bench)
     pkgs="$pkgs golang-go librust-tokio-dev librust-parking-lot-dev libboost-fiber-dev g++ cargo python3-matplotlib"
