@@ -131,6 +131,9 @@ int pz__thread_create(pthread_t *th, const pthread_attr_t *attr, void *(*fn)(voi
 void *pz__calloc(size_t n, size_t size);
 void pz__close_fd(int fd);
 
+/* linux.c: the name of system call nr on this architecture, or NULL. */
+const char *pz__arch_syscall_name(long nr);
+
 /* unwind.c: backtraces of suspended contexts and symbols (see there). */
 /* The return addresses of a context suspended by pz__arch_switch with the
  * saved stack pointer sp, innermost first; the count (0: not available). */

@@ -327,31 +327,6 @@ static int64_t thread_cpu(pz__worker *w)
 static stall_state *stalls;
 static int stalls_len;
 
-static const char *syscall_name(long nr)
-{
-    switch (nr) {
-    case 0: return "read";
-    case 1: return "write";
-    case 7: return "poll";
-    case 17: return "pread64";
-    case 18: return "pwrite64";
-    case 23: return "select";
-    case 35: return "nanosleep";
-    case 42: return "connect";
-    case 43: return "accept";
-    case 45: return "recvfrom";
-    case 61: return "wait4";
-    case 74: return "fsync";
-    case 202: return "futex";
-    case 230: return "clock_nanosleep";
-    case 232: return "epoll_wait";
-    case 270: return "pselect6";
-    case 271: return "ppoll";
-    case 281: return "epoll_pwait";
-    default: return NULL;
-    }
-}
-
 /* What the thread tid does now: "in system call nanosleep (35)", "running
  * (not in a system call)", or "state unknown".  Returns true when it is in
  * a system call (or blocked). */
@@ -373,7 +348,7 @@ static bool thread_activity(int tid, char *buf, size_t size)
         return false;
     }
     long nr = strtol(text, NULL, 10);
-    const char *name = syscall_name(nr);
+    const char *name = pz__arch_syscall_name(nr);
     if (nr < 0)
         snprintf(buf, size, "blocked (not in a system call)");
     else if (name)
