@@ -17,19 +17,23 @@
  *
  * Switches (-D on the spin command line):
  *   GIVEUP_FIX   0: the -EAGAIN give-up exit of the lock slow path returns
- *                without passing the wake-up on (the code before the fix);
- *                1: it wakes a waiter when PARKED is set and WOKEN clear.
+ *                without passing the wake-up on (mutex.c as it is: must
+ *                fail); 1 (default, the fix): it wakes a waiter when
+ *                PARKED is set and WOKEN clear.
  *   FENCES       1 (default): asymmetric fences available, the plain-store
  *                unlock in use; 0: every unlock is a read-modify-write.
  *   BAD_NO_FENCE the first parker skips the heavy fence (must fail).
  *   R1 R2 R3     rounds of lock/unlock per task; D1 D2 D3: whether the
  *                task's lock calls have a deadline (may time out or be
  *                cancelled).
+ *   SPINS        spin rounds before parking (default 1).
+ *   STALE        the slow path's relaxed load may read a free lock word as
+ *                held.
  *   REVALIDATE   a proposed validate that sets PARKED (and STARVING) again
  *                instead of failing when an emptied queue cleared it.
  *   PROGRESS     tasks 1 and 2 lock and unlock forever (no deadline), task
  *                3 locks once without deadline; checked with -a -f against
- *                the never claim of ltl p3_gets_lock.
+ *                the never claim of ltl p3_gets_lock (it fails: mutex.md).
  */
 
 #ifndef GIVEUP_FIX
@@ -321,15 +325,14 @@ inline lock_slow() {
            :: else -> skip
            fi
        }
-       /* the relaxed load may be stale: a lock word read as held may
-        * be free by now (with STALE) */
-       if
 #ifdef STALE
+       /* the relaxed load may be stale: a free lock word may be read
+        * as still held (read as free when held, the take CAS fails) */
+       if
        :: s == 0 -> s = LOCKED
-       :: s == 0 -> skip
-#endif
-       :: else -> skip
+       :: true -> skip
        fi;
+#endif
        if
        :: s == 0 ->
            /* the load that saw 0 and the CAS: a CAS that fails only
@@ -380,9 +383,14 @@ inline lock_slow() {
                :: else -> skip
                fi;
 #endif
+#ifdef REVALIDATE
                atomic { woken = 0; first = 1; pstarv = starving; starving = 0; cas = 0 }
                park();
                pstarv = 0;
+#else
+               atomic { woken = 0; first = 1; starving = 0; cas = 0 }
+               park();
+#endif
                if
                :: r == R_OK && tok[me] == TOKEN_HANDOFF ->
                    tok[me] = 0;

@@ -1,5 +1,8 @@
 #include "helpers.h"
 
+#include "runtime/internal.h"
+#include "runtime/kit.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
@@ -54,14 +57,64 @@ void wait_until_true(bool (*done)(void *), void *arg, int64_t limit_ns)
     }
 }
 
+/* A deadlock guard for the waits below: a minute is far beyond what any
+ * load makes them take. */
+#define WAIT_LIMIT (60000 * MS)
+
+static bool task_parked(void *arg)
+{
+    /* A handle names its task through a generation tag (handle.c). */
+    pz_task_t *t = pz__task_peek(arg);
+    CHECK(t != NULL);
+    uint64_t s = atomic_load_explicit(&t->park_state, memory_order_acquire);
+    /* PARKED is stored after the task has switched off its stack, before
+     * the park's callback releases the queue's lock: the waiter is queued
+     * by then (every plaza wait queues itself before it suspends). */
+    return PZ__PS_STATE(s) == PZ__PS_PARKED;
+}
+
+void wait_parked(pz_task_t *t)
+{
+    wait_until_true(task_parked, t, WAIT_LIMIT);
+}
+
+static pz_filter_op_t count_waiter(uintptr_t park_token, void *ctx)
+{
+    (void)park_token;
+    ++*(int *)ctx;
+    return PZ_FILTER_SKIP;
+}
+
+int lot_waiters(const void *addr)
+{
+    int n = 0;
+    pz_unpark_filter(addr, count_waiter, NULL, &n);
+    return n;
+}
+
+struct lot_wait {
+    const void *addr;
+    int n;
+};
+
+static bool lot_has(void *arg)
+{
+    struct lot_wait *w = arg;
+    return lot_waiters(w->addr) >= w->n;
+}
+
+void wait_lot_waiters(const void *addr, int n)
+{
+    struct lot_wait w = {addr, n};
+    wait_until_true(lot_has, &w, WAIT_LIMIT);
+}
+
 /* The budget harness.  64 tasks on 2 workers take a short section with
  * some work between, so that a task that finds the lock held wins it by
  * spinning and nobody parks.  Each time a task enters the lock's slow
  * path it counts against its budget and may yield; the tasks that keep
  * winning by the fast path must count too (at their unlock), or the one
- * that yielded waits until each of them has finished.  The iterations are
- * not scaled down for slow builds: the budget's share of a task's run is
- * what the checks see.  Each task times one operation in 16 (the longest
+ * that yielded waits until each of them has finished.  Each task times one operation in 16 (the longest
  * goes to bc_max_wait) and its run from first operation to last
  * (bc_span). */
 static const struct budget_case *bc;

@@ -19,10 +19,15 @@
 
 static pz_async_mutex_t am;
 
-static void *hold_for(void *arg)
+/* Holds am until the task arg is parked waiting for it. */
+static _Atomic bool am_held, am_released;
+
+static void *hold_until_parked(void *arg)
 {
     CHECK_EQ(pz_async_mutex_lock(&am), 0);
-    pz_sleep((int64_t)(intptr_t)arg);
+    atomic_store(&am_held, true);
+    wait_parked(arg);
+    atomic_store(&am_released, true);
     CHECK_EQ(pz_async_mutex_unlock(&am), 0);
     return NULL;
 }
@@ -52,12 +57,13 @@ static void *mutex_basics(void *arg)
     CHECK_EQ(pz_async_mutex_unlock(&m), 0);
     CHECK_EQ(atomic_load(&m.state), 0);
 
-    /* A waiter suspends while another task holds the lock for 20 ms. */
-    pz_task_t *h = pz_spawn(hold_for, (void *)(intptr_t)(20 * MS));
-    pz_sleep(2 * MS);
-    int64_t t0 = pz_now();
+    /* A waiter suspends while another task holds the lock, and gets it
+     * once the holder lets go (the holder waits until it has parked). */
+    pz_task_t *h = pz_spawn(hold_until_parked, pz_self());
+    while (!atomic_load(&am_held))
+        pz_yield();
     CHECK_EQ(pz_async_mutex_lock(&am), 0);
-    CHECK(pz_now() - t0 >= 5 * MS);
+    CHECK(atomic_load(&am_released));
     CHECK_EQ(pz_async_mutex_unlock(&am), 0);
     CHECK_EQ(pz_join(h, NULL), 0);
 
@@ -68,7 +74,7 @@ static void *mutex_basics(void *arg)
     CHECK_EQ(pz_join(w, &r), 0);
     CHECK_EQ((intptr_t)r, -ETIMEDOUT);
     w = pz_spawn(lock_then_return, (void *)0);
-    pz_sleep(2 * MS);
+    wait_parked(w);
     pz_cancel(w);
     CHECK_EQ(pz_join(w, &r), 0);
     CHECK_EQ((intptr_t)r, -ECANCELED);
@@ -234,6 +240,63 @@ static void test_mutex_fences_after_fork(void **state)
     CHECK_EQ(WEXITSTATUS(status), 0);
 }
 
+/* A failed fence turns the plain-store unlock off for good, with a
+ * report; waiters on mutexes that never fenced then poll.  In a child, as
+ * the process keeps the fallback. */
+static void *fences_failed_waiter(void *arg)
+{
+    return (void *)(intptr_t)pz_async_mutex_lock(arg);
+}
+
+static void *fences_failed_main(void *arg)
+{
+    (void)arg;
+    /* A task waits (parked, polling) on a mutex a task holds. */
+    pz_async_mutex_t m = PZ_ASYNC_MUTEX_INIT;
+    CHECK_EQ(pz_async_mutex_lock(&m), 0);
+    pz_task_t *w = pz_spawn(fences_failed_waiter, &m);
+    uint64_t w_id = pz_task_id(w); /* a joined handle names no task */
+    wait_parked(w);
+    CHECK_EQ(atomic_load(&m.waiters) & PZ__AMUTEX_FENCED, 0);
+    pz_sleep(3 * MS); /* a few polls: it stays queued while the mutex is held */
+    CHECK(pz_async_mutex_is_locked(&m));
+    CHECK_EQ(pz_async_mutex_unlock(&m), 0);
+    void *r = NULL;
+    CHECK_EQ(pz_join(w, &r), 0);
+    CHECK_EQ((intptr_t)r, 0);
+    CHECK_EQ(pz_async_mutex_holder(&m), w_id);
+    return NULL;
+}
+
+static void fences_failed_child(void)
+{
+    pz__async_mutex_fences_failed();
+    if (atomic_load(&pz__async_unlock_by_store))
+        _exit(2);
+    pz__async_mutex_fences_failed(); /* reported once */
+    run_in_runtime(2, fences_failed_main, NULL);
+    mixed_counter = 0;
+    run_in_runtime(2, mixed_main, NULL);
+    /* A quiet mutex still unlocks by read-modify-write. */
+    pz_async_mutex_t m = PZ_ASYNC_MUTEX_INIT;
+    CHECK_EQ(pz_async_mutex_lock(&m), 0);
+    CHECK_EQ(pz_async_mutex_unlock(&m), 0);
+    CHECK(!atomic_load(&pz__async_unlock_by_store));
+}
+
+static void test_mutex_fences_failed(void **state)
+{
+    (void)state;
+    char out[4096];
+    int status = run_child(fences_failed_child, out, sizeof out);
+    fprintf(stderr, "child said: %s", out);
+    CHECK(WIFEXITED(status));
+    CHECK_EQ(WEXITSTATUS(status), 0);
+    const char *first = strstr(out, "membarrier) failed");
+    CHECK(first != NULL);
+    CHECK(strstr(first + 1, "membarrier) failed") == NULL);
+}
+
 static void test_mutex_unlock_without_fences(void **state)
 {
     (void)state;
@@ -295,11 +358,14 @@ static void *semaphore_basics(void *arg)
     pz_semaphore_init(&sem, 0);
     atomic_store(&order_len, 0);
     pz_task_t *big = pz_spawn(sem_acquirer, (void *)5);
-    pz_sleep(2 * MS);
+    wait_parked(big);
     pz_task_t *small = pz_spawn(sem_acquirer, (void *)1);
-    pz_sleep(2 * MS);
+    wait_parked(small);
     CHECK_EQ(pz_semaphore_try_acquire(&sem, 0), -EAGAIN); /* others wait first */
     CHECK_EQ(pz_semaphore_release(&sem, 3), 0);
+    /* A wrong wake-up would have let one go by the time the other worker
+     * has run: a short sleep only gives it the chance (a busy machine
+     * can make this check weaker, never make it fail). */
     pz_sleep(2 * MS);
     CHECK_EQ(atomic_load(&order_len), 0); /* 3 permits: neither may go */
     CHECK_EQ(pz_semaphore_available(&sem), 3);
@@ -318,9 +384,9 @@ static void *semaphore_basics(void *arg)
     CHECK_EQ(pz_semaphore_release(&sem, 2), 0);
     atomic_store(&order_len, 0);
     big = pz_spawn(sem_acquirer, (void *)5);
-    pz_sleep(2 * MS);
+    wait_parked(big);
     small = pz_spawn(sem_acquirer, (void *)2);
-    pz_sleep(2 * MS);
+    wait_parked(small);
     CHECK_EQ(atomic_load(&order_len), 0);
     pz_cancel(big);
     void *r = NULL;
@@ -333,7 +399,8 @@ static void *semaphore_basics(void *arg)
     /* Close fails the waiters and later acquires; releases still count. */
     pz_task_t *w1 = pz_spawn(sem_acquirer, (void *)1);
     pz_task_t *w2 = pz_spawn(sem_acquirer, (void *)4);
-    pz_sleep(2 * MS);
+    wait_parked(w1);
+    wait_parked(w2);
     pz_semaphore_close(&sem);
     CHECK_EQ(pz_join(w1, &r), 0);
     CHECK_EQ((intptr_t)r, -EPIPE);
@@ -388,9 +455,12 @@ static void *notify_basics(void *arg)
     pz_task_t *t[4];
     for (int i = 0; i < 4; i++)
         t[i] = pz_spawn(note_waiter, NULL);
-    pz_sleep(3 * MS);
+    for (int i = 0; i < 4; i++)
+        wait_parked(t[i]);
     pz_notify_one(&note);
-    pz_sleep(3 * MS);
+    while (atomic_load(&woken) == 0)
+        pz_yield();
+    pz_sleep(2 * MS); /* a chance for a second wake-up to show (only) */
     CHECK_EQ(atomic_load(&woken), 1);
     pz_notify_all(&note);
     for (int i = 0; i < 4; i++)
@@ -401,7 +471,7 @@ static void *notify_basics(void *arg)
 
     /* A cancelled waiter returns -ECANCELED. */
     pz_task_t *c = pz_spawn(note_waiter, NULL);
-    pz_sleep(2 * MS);
+    wait_parked(c);
     pz_cancel(c);
     void *r;
     CHECK_EQ(pz_join(c, &r), 0);
@@ -521,7 +591,8 @@ static void *chan_basics(void *arg)
     pz_chan_t *c = pz_chan_create(sizeof(long), 1);
     CHECK(c != NULL);
     pz_task_t *r1 = pz_spawn(chan_recv_one, c), *r2 = pz_spawn(chan_recv_one, c);
-    pz_sleep(2 * MS);
+    wait_parked(r1);
+    wait_parked(r2);
     pz_chan_close(c);
     void *res;
     CHECK_EQ(pz_join(r1, &res), 0);
@@ -533,7 +604,8 @@ static void *chan_basics(void *arg)
     v = 5;
     CHECK_EQ(pz_chan_send(c, &v), 0);
     pz_task_t *s1 = pz_spawn(chan_send_one, c), *s2 = pz_spawn(chan_send_one, c);
-    pz_sleep(2 * MS);
+    wait_parked(s1);
+    wait_parked(s2);
     pz_chan_close(c);
     CHECK_EQ(pz_join(s1, &res), 0);
     CHECK_EQ((intptr_t)res, -EPIPE);
@@ -551,13 +623,13 @@ static void *chan_basics(void *arg)
     CHECK_EQ(pz_chan_send_until(&rv, &v, pz_now() + MS), -ETIMEDOUT);
     CHECK_EQ(pz_chan_try_recv(&rv, &v), -EAGAIN);
     pz_task_t *rx = pz_spawn(chan_recv_one, &rv);
-    pz_sleep(2 * MS);
+    wait_parked(rx);
     v = 123;
     CHECK_EQ(pz_chan_try_send(&rv, &v), 0); /* a receiver waits: it takes it */
     CHECK_EQ(pz_join(rx, &res), 0);
     CHECK_EQ((intptr_t)res, 123);
     pz_task_t *tx = pz_spawn(chan_send_one, &rv);
-    pz_sleep(2 * MS);
+    wait_parked(tx);
     CHECK_EQ(pz_chan_len(&rv), 0);
     CHECK_EQ(pz_chan_recv(&rv, &v), 0);
     CHECK_EQ(v, 77);
@@ -671,10 +743,10 @@ static void *rwlock_basics(void *arg)
     /* A waiting writer keeps new readers out; they follow it. */
     CHECK_EQ(pz_async_rwlock_read(&rwl), 0);
     pz_task_t *w = pz_spawn(rw_try_write, NULL);
-    pz_sleep(2 * MS);
+    wait_parked(w);
     CHECK(!pz_async_rwlock_try_read(&rwl));
     pz_task_t *r = pz_spawn(rw_reader, NULL);
-    pz_sleep(2 * MS);
+    wait_parked(r);
     CHECK_EQ(atomic_load(&read_entered), 0);
     CHECK_EQ(pz_async_rwlock_read_unlock(&rwl), 0);
     CHECK_EQ(pz_join(w, NULL), 0);
@@ -685,7 +757,7 @@ static void *rwlock_basics(void *arg)
     CHECK_EQ(pz_async_rwlock_upgradable_read(&rwl), 0);
     CHECK_EQ(pz_async_rwlock_read(&rwl), 0);
     w = pz_spawn(rw_try_write, NULL);
-    pz_sleep(2 * MS);
+    wait_parked(w);
     CHECK_EQ(pz_async_rwlock_read_unlock(&rwl), 0);
     CHECK_EQ(pz_async_rwlock_upgrade(&rwl), 0);
     CHECK_EQ(pz_async_rwlock_write_unlock(&rwl), 0);
@@ -718,6 +790,7 @@ int main(void)
         cmocka_unit_test(test_mutex_threads_and_tasks),
         cmocka_unit_test(test_mutex_unlock_without_fences),
         cmocka_unit_test(test_mutex_fences_after_fork),
+        cmocka_unit_test(test_mutex_fences_failed),
         cmocka_unit_test(test_semaphore_basics),
         cmocka_unit_test(test_notify_basics),
         cmocka_unit_test(test_barrier_basics),

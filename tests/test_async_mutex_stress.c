@@ -198,6 +198,7 @@ static void *fairness_main(void *arg)
 {
     (void)arg;
     pz_task_t *b[4];
+    int64_t start = pz_now();
     for (int i = 0; i < 4; i++)
         b[i] = pz_spawn(barger, NULL);
     pz_task_t *v[2] = {pz_spawn(victim, NULL), pz_spawn(victim, NULL)};
@@ -205,14 +206,20 @@ static void *fairness_main(void *arg)
     int64_t w0 = atomic_load(&fair_max_wait);
     CHECK_EQ(pz_join(v[1], NULL), 0);
     int64_t w1 = atomic_load(&fair_max_wait);
+    int64_t run = pz_now() - start;
     atomic_store(&fair_stop, true);
     for (int i = 0; i < 4; i++)
         CHECK_EQ(pz_join(b[i], NULL), 0);
     int64_t worst = w0 > w1 ? w0 : w1;
-    fprintf(stderr, "fairness: longest wait behind 4 bargers %.1f us\n", (double)worst / 1000.0);
-    /* Eventual fairness hands over within ~1 ms of waiting; allow for a
-     * loaded or sanitised machine. */
-    CHECK(worst < 200 * MS);
+    fprintf(stderr, "fairness: longest wait behind 4 bargers %.1f us of a %.1f ms run\n", (double)worst / 1000.0,
+            (double)run / 1e6);
+    /* Eventual fairness hands over within ~1 ms of waiting.  The measured
+     * wait also holds the time the victim's worker thread was not run at
+     * all, which a busy machine can make a few hundred ms (361 ms seen in
+     * a TSan build), so the bound is the larger of 1 s and half the run:
+     * a starved victim waits for about the whole run (the bargers stop
+     * only once both victims are done). */
+    CHECK(worst < 1000 * MS || worst < run / 2);
     return NULL;
 }
 
@@ -409,7 +416,7 @@ static void test_mutex_stray_unlocks(void **state)
  * still passes here on x86; src/async/mutex.c argues those. */
 
 static pz_async_mutex_t fw_m;
-static _Atomic long fw_round, fw_done;
+static _Atomic long fw_round, fw_done, fw_released;
 
 static void fw_busy(uint64_t ns)
 {
@@ -424,7 +431,7 @@ static void *fw_holder(void *arg)
     uint64_t rng = 99;
     for (long r = 1; r <= SCALED(4000); r++) {
         while (atomic_load(&fw_done) != r - 1)
-            ;
+            sched_yield();
         atomic_store(&fw_m.state, 0);
         atomic_store(&fw_m.waiters, 0);
         atomic_store(&fw_m.holder, 0);
@@ -432,6 +439,7 @@ static void *fw_holder(void *arg)
         atomic_store(&fw_round, r);
         fw_busy(test_rand(&rng) % 40000);
         CHECK_EQ(pz_async_mutex_unlock(&fw_m), 0);
+        atomic_store(&fw_released, r);
     }
     return NULL;
 }
@@ -444,8 +452,14 @@ static void test_mutex_first_waiter(void **state)
     long lost = 0;
     for (long r = 1; r <= SCALED(4000); r++) {
         while (atomic_load(&fw_round) != r)
+            sched_yield();
+        /* A timeout while the holder has not let go yet (its thread was
+         * not run for 200 ms on a busy machine) says nothing: wait again.
+         * One after it let go is a lost wake-up. */
+        int e;
+        while ((e = pz_async_mutex_lock_until(&fw_m, pz_now() + 200 * MS)) == -ETIMEDOUT &&
+               atomic_load(&fw_released) != r)
             ;
-        int e = pz_async_mutex_lock_until(&fw_m, pz_now() + 200 * MS);
         if (e == -ETIMEDOUT)
             lost++;
         else
@@ -457,6 +471,198 @@ static void test_mutex_first_waiter(void **state)
 }
 
 
+/* ---- a timed waiter that gives up passes its wake-up on ----
+ * A waiter that gives up at its deadline after it set PARKED, or after it
+ * took WOKEN on the queue's behalf, must wake a parked waiter on its way
+ * out, or one can stay queued with the mutex free (src/async/mutex.c,
+ * "Giving up").  The interleaving forced here: B is parked without a
+ * deadline; C, with a deadline of up to 20 us, spins on the running
+ * holder H and so owns WOKEN; H unlocks after C's last look at the lock
+ * word and before C's CAS of the waiter word, sees WOKEN and wakes nobody;
+ * C's CAS drops WOKEN and sets PARKED, its check under the bucket lock
+ * finds the mutex free, its deadline has passed, and it returns.
+ *
+ * Three plain threads run in rounds: H takes the mutex, B parks behind it,
+ * then C tries while H holds on and lets go at a moment aimed at the end
+ * of C's spinning (learnt from earlier rounds, with a random offset of up
+ * to 1.2 us).  Once H and C have returned the main thread looks: B queued
+ * in the lot while the mutex is free is a lost wake-up, since nobody else
+ * will unlock.  That check involves no timing (H and C have returned, so
+ * any wake they made has happened); only how often the interleaving is
+ * hit does.  Before the fix, 7 of 8 runs of the gcc build stranded B, after
+ * 19 to 1061 rounds. */
+
+static pz_async_mutex_t tw_m;
+static int64_t tw_spin_ns; /* how long a waiter spins before it parks */
+/* Round r: H may lock once tw_start is r, and let go (as C may try) once
+ * tw_go is r. */
+static _Atomic long tw_start, tw_go;
+static _Atomic long tw_h_held, tw_h_done, tw_c_done, tw_b_done;
+static _Atomic long tw_c_timeouts;
+static _Atomic bool tw_stop;
+
+/* Waits until *word reaches r; false if the run ends first. */
+static bool tw_wait(_Atomic long *word, long r)
+{
+    while (atomic_load(word) < r) {
+        if (atomic_load(&tw_stop))
+            return false;
+        sched_yield();
+    }
+    return true;
+}
+
+static void *tw_holder(void *arg)
+{
+    long rounds = (long)(intptr_t)arg;
+    uint64_t rng = 5;
+    int64_t est = tw_spin_ns / 2; /* how long C owns WOKEN before it parks */
+    for (long r = 1; r <= rounds; r++) {
+        if (!tw_wait(&tw_start, r))
+            break;
+        CHECK_EQ(pz_async_mutex_lock(&tw_m), 0);
+        atomic_store(&tw_h_held, r);
+        /* Until the main thread has seen B parked and let C go. */
+        if (!tw_wait(&tw_go, r)) {
+            CHECK_EQ(pz_async_mutex_unlock(&tw_m), 0);
+            break;
+        }
+        /* C spins on us owning WOKEN, and gives it up (setting PARKED)
+         * when its spinning ends.  The unlock must land just before that:
+         * after C's last look at the lock word, before its CAS of the
+         * waiter word.  So H aims: it learns how long C owns WOKEN (in the
+         * rounds where it still holds the lock when C lets WOKEN go) and
+         * lets go at a random point of the last 1.2 us before that. */
+        bool spinning;
+        while (!(spinning = atomic_load(&tw_m.waiters) & PZ__AMUTEX_WOKEN) && atomic_load(&tw_c_done) < r)
+            ; /* until C spins (or has given up already) */
+        int64_t woken_at = pz_now();
+        /* One round in four holds on past the estimate, to learn it
+         * again (also when it is too short, which the others cannot
+         * see). */
+        int64_t target = r % 4 == 0 ? woken_at + 3 * est : woken_at + est - 1200 + (int64_t)(test_rand(&rng) % 1500);
+        int64_t cleared_at = 0, now;
+        while ((now = pz_now()) < target) {
+            if (!cleared_at && !(atomic_load_explicit(&tw_m.waiters, memory_order_relaxed) & PZ__AMUTEX_WOKEN))
+                cleared_at = now;
+        }
+        if (spinning && cleared_at)
+            est = (est * 7 + (cleared_at - woken_at)) / 8;
+        CHECK_EQ(pz_async_mutex_unlock(&tw_m), 0);
+        atomic_store(&tw_h_done, r);
+    }
+    return NULL;
+}
+
+static void *tw_calibrate_holder(void *arg)
+{
+    (void)arg;
+    CHECK_EQ(pz_async_mutex_lock(&tw_m), 0);
+    atomic_store(&tw_h_held, 1);
+    while (!atomic_load(&tw_stop))
+        ;
+    CHECK_EQ(pz_async_mutex_unlock(&tw_m), 0);
+    return NULL;
+}
+
+static void *tw_timed(void *arg)
+{
+    long rounds = (long)(intptr_t)arg;
+    uint64_t rng = 11;
+    for (long r = 1; r <= rounds; r++) {
+        if (!tw_wait(&tw_go, r))
+            break;
+        int e = pz_async_mutex_lock_until(&tw_m, pz_now() + (int64_t)(test_rand(&rng) % 20000));
+        if (e == 0) {
+            CHECK_EQ(pz_async_mutex_unlock(&tw_m), 0);
+        } else {
+            CHECK_EQ(e, -ETIMEDOUT);
+            atomic_fetch_add(&tw_c_timeouts, 1);
+        }
+        atomic_store(&tw_c_done, r);
+    }
+    return NULL;
+}
+
+static void *tw_forever(void *arg)
+{
+    long rounds = (long)(intptr_t)arg;
+    for (long r = 1; r <= rounds; r++) {
+        if (!tw_wait(&tw_h_held, r))
+            break;
+        CHECK_EQ(pz_async_mutex_lock(&tw_m), 0);
+        CHECK_EQ(pz_async_mutex_unlock(&tw_m), 0);
+        atomic_store(&tw_b_done, r);
+    }
+    return NULL;
+}
+
+static void test_mutex_timed_waiter_passes_wakeup(void **state)
+{
+    (void)state;
+    /* How long a waiter spins on a running holder before it parks (its
+     * lock_until then returns -ETIMEDOUT): the median of seven. */
+    atomic_store(&tw_h_held, 0);
+    atomic_store(&tw_stop, false);
+    pthread_t cal;
+    CHECK_EQ(pthread_create(&cal, NULL, tw_calibrate_holder, NULL), 0);
+    while (!atomic_load(&tw_h_held))
+        sched_yield();
+    int64_t spin[7];
+    for (int i = 0; i < 7; i++) {
+        int64_t t0 = pz_now();
+        CHECK_EQ(pz_async_mutex_lock_until(&tw_m, t0), -ETIMEDOUT);
+        spin[i] = pz_now() - t0;
+        for (int j = i; j > 0 && spin[j] < spin[j - 1]; j--) {
+            int64_t x = spin[j];
+            spin[j] = spin[j - 1];
+            spin[j - 1] = x;
+        }
+    }
+    atomic_store(&tw_stop, true);
+    CHECK_EQ(pthread_join(cal, NULL), 0);
+    atomic_store(&tw_stop, false);
+    atomic_store(&tw_h_held, 0);
+    tw_spin_ns = spin[3] > 1000 ? spin[3] : 1000;
+    /* The run stops when its time is up. */
+    long rounds = 1000000;
+    pthread_t th[3];
+    CHECK_EQ(pthread_create(&th[0], NULL, tw_holder, (void *)(intptr_t)rounds), 0);
+    CHECK_EQ(pthread_create(&th[1], NULL, tw_timed, (void *)(intptr_t)rounds), 0);
+    CHECK_EQ(pthread_create(&th[2], NULL, tw_forever, (void *)(intptr_t)rounds), 0);
+    int64_t end = pz_now() + 3000 * MS / PLAZA_TEST_SCALE;
+    long r, stranded = 0;
+    for (r = 1; r <= rounds; r++) {
+        atomic_store(&tw_start, r);
+        while (atomic_load(&tw_h_held) < r)
+            sched_yield();
+        wait_lot_waiters(&tw_m, 1); /* B is parked */
+        atomic_store(&tw_go, r);
+        while (atomic_load(&tw_h_done) < r || atomic_load(&tw_c_done) < r)
+            sched_yield();
+        if (lot_waiters(&tw_m) > 0 && atomic_load(&tw_m.state) == 0) {
+            fprintf(stderr, "round %ld: a waiter is queued on a free mutex (waiter word %#x)\n", r,
+                    (unsigned)atomic_load(&tw_m.waiters));
+            stranded++;
+            /* Let B go, so that the threads can end. */
+            CHECK_EQ(pz_async_mutex_lock(&tw_m), 0);
+            CHECK_EQ(pz_async_mutex_unlock(&tw_m), 0);
+        }
+        while (atomic_load(&tw_b_done) < r)
+            sched_yield();
+        if (stranded || pz_now() >= end)
+            break;
+    }
+    atomic_store(&tw_stop, true);
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ(pthread_join(th[i], NULL), 0);
+    fprintf(stderr, "timed waiters: %ld rounds, C timed out %ld times; a waiter spins %.1f us\n", r,
+            atomic_load(&tw_c_timeouts), (double)tw_spin_ns / 1e3);
+    CHECK_EQ(stranded, 0);
+    CHECK(atomic_load(&tw_c_timeouts) > 0);
+    CHECK_EQ(atomic_load(&tw_m.state), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -466,6 +672,7 @@ int main(void)
         cmocka_unit_test(test_mutex_budget_without_parks),
         cmocka_unit_test(test_mutex_stray_unlocks),
         cmocka_unit_test(test_mutex_first_waiter),
+        cmocka_unit_test(test_mutex_timed_waiter_passes_wakeup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -321,7 +321,7 @@ static void *wf_main(void *arg)
     pz_task_t *r[6];
     for (int i = 0; i < 6; i++)
         r[i] = pz_spawn(wf_reader, NULL);
-    int64_t worst = 0;
+    int64_t worst = 0, start = pz_now();
     for (int i = 0; i < SCALED(200); i++) {
         pz_sleep(20 * US);
         int64_t t0 = pz_now();
@@ -331,11 +331,17 @@ static void *wf_main(void *arg)
             worst = w;
         CHECK_EQ(pz_async_rwlock_write_unlock(&wf), 0);
     }
+    int64_t run = pz_now() - start;
     atomic_store(&wf_stop, true);
     for (int i = 0; i < 6; i++)
         CHECK_EQ(pz_join(r[i], NULL), 0);
-    fprintf(stderr, "rwlock: longest writer wait behind 6 readers %.1f us\n", (double)worst / 1000.0);
-    CHECK(worst < 200 * MS);
+    fprintf(stderr, "rwlock: longest writer wait behind 6 readers %.1f us of a %.1f ms run\n", (double)worst / 1000.0,
+            (double)run / 1e6);
+    /* The wait also holds time the writer's worker was not run at all (a
+     * busy machine): the bound is the larger of 1 s and half the run;
+     * a starved writer waits for about the whole run (the readers stop
+     * only once it is done). */
+    CHECK(worst < 1000 * MS || worst < run / 2);
     CHECK_RWLOCK_IDLE(&wf);
     return NULL;
 }

@@ -453,7 +453,10 @@ static void *close_wakes_main(void *arg)
         CHECK_EQ(pz_chan_send(&cw_tx, &v), 0);
     pz_task_t **r = spawn_n(100, cw_recv, NULL);
     pz_task_t **s = spawn_n(100, cw_send, NULL);
-    pz_sleep(5 * MS);
+    for (int i = 0; i < 100; i++) {
+        wait_parked(r[i]);
+        wait_parked(s[i]);
+    }
     pz_chan_close(&cw_rx);
     pz_chan_close(&cw_tx);
     join_n(r, 100);

@@ -207,7 +207,7 @@ static void *cancel_close_reset_main(void *arg)
     int sv[2];
     CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
     pz_task_t *t = pz_spawn(blocked_reader, (void *)(intptr_t)sv[0]);
-    pz_sleep(5000000);
+    wait_parked(t);
     pz_cancel(t);
     void *r;
     CHECK_EQ(pz_join(t, &r), 0);
@@ -232,7 +232,7 @@ static void *cancel_close_reset_main(void *arg)
     int s = pz_accept(lfd, NULL, NULL, pz_now() + SEC);
     CHECK(s >= 0);
     t = pz_spawn(blocked_reader, (void *)(intptr_t)c);
-    pz_sleep(5000000);
+    wait_parked(t);
     struct linger lg = {1, 0};
     setsockopt(s, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     pz_close(s);
@@ -243,7 +243,7 @@ static void *cancel_close_reset_main(void *arg)
     /* pz_close while another task waits on the descriptor. */
     CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
     t = pz_spawn(blocked_reader, (void *)(intptr_t)sv[0]);
-    pz_sleep(5000000);
+    wait_parked(t);
     pz_close(sv[0]);
     CHECK_EQ(pz_join(t, &r), 0);
     CHECK_EQ((intptr_t)r, -EBADF);

@@ -275,7 +275,7 @@ static void *cancel_sleeping_main(void *arg)
 {
     (void)arg;
     pz_task_t *t = pz_spawn(sleep_forever, NULL);
-    pz_sleep(2000000);
+    wait_parked(t);
     pz_cancel(t);
     void *r;
     CHECK_EQ(pz_join(t, &r), 0);
@@ -311,7 +311,8 @@ static void *cancel_joined_main(void *arg)
     /* Cancel the task being joined: the joiner gets its result. */
     pz_task_t *target = pz_spawn(sleep_forever, NULL);
     pz_task_t *joiner = pz_spawn(joiner_task, target);
-    pz_sleep(2000000);
+    wait_parked(target);
+    wait_parked(joiner);
     pz_cancel(target);
     void *r;
     CHECK_EQ(pz_join(joiner, &r), 0);
@@ -321,7 +322,7 @@ static void *cancel_joined_main(void *arg)
      * joined again. */
     target = pz_spawn(sleep_forever, NULL);
     joiner = pz_spawn(joiner_task, target);
-    pz_sleep(2000000);
+    wait_parked(joiner);
     pz_cancel(joiner);
     CHECK_EQ(pz_join(joiner, &r), 0);
     CHECK_EQ((intptr_t)r, -ECANCELED);
@@ -466,7 +467,7 @@ static void *blocking_cancel_main(void *arg)
      * job queues, and cancelling its task takes it off the queue unrun. */
     struct slow_job queued = {0, 0, 1};
     pz_task_t *q = pz_spawn(blocking_cancel_caller, &queued);
-    pz_sleep(5000000);
+    wait_parked(q);
     pz_cancel(q);
     void *r;
     CHECK_EQ(pz_join(q, &r), 0);

@@ -11,7 +11,6 @@
 #include <string.h>
 #include <unistd.h>
 
-
 static void sleep_ms(int ms)
 {
     usleep((useconds_t)ms * 1000);
@@ -33,9 +32,10 @@ static void test_mutex_trylock(void **state)
     CHECK_EQ(atomic_load(&m.state), 0);
 }
 
+/* Holds the mutex from `locked` until told to `release`. */
 struct holder {
     pz_mutex_t *m;
-    int hold_ms;
+    _Atomic int release;
     _Atomic int locked;
 };
 
@@ -44,7 +44,8 @@ static void *hold_mutex(void *arg)
     struct holder *h = arg;
     pz_mutex_lock(h->m);
     atomic_store(&h->locked, 1);
-    sleep_ms(h->hold_ms);
+    while (!atomic_load(&h->release))
+        sched_yield();
     pz_mutex_unlock(h->m);
     return NULL;
 }
@@ -53,17 +54,18 @@ static void test_mutex_lock_until(void **state)
 {
     (void)state;
     pz_mutex_t m = PZ_MUTEX_INIT;
-    struct holder h = {&m, 300, 0};
+    struct holder h = {&m, 0, 0};
     pthread_t t;
     CHECK_EQ(pthread_create(&t, NULL, hold_mutex, &h), 0);
     while (!atomic_load(&h.locked))
         sched_yield();
-    /* Expires: the holder keeps it 300 ms. */
+    /* Expires: the holder keeps it until told. */
     int64_t start = pz_now();
     CHECK_EQ(pz_mutex_lock_until(&m, start + 30 * MS), -ETIMEDOUT);
     CHECK(pz_now() - start >= 30 * MS);
     CHECK(pz_mutex_is_locked(&m));
-    /* Does not expire: the holder lets go well before the deadline. */
+    /* Does not expire: the holder lets go while we wait. */
+    atomic_store(&h.release, 1);
     CHECK_EQ(pz_mutex_lock_until(&m, pz_now() + 10000 * MS), 0);
     pz_mutex_unlock(&m);
     pthread_join(t, NULL);
@@ -224,7 +226,9 @@ static void test_rwlock_timeouts(void **state)
     struct rw_waiter w = {&rw, 1, 0};
     pthread_t t;
     CHECK_EQ(pthread_create(&t, NULL, rw_wait, &w), 0);
-    sleep_ms(20);
+    while (atomic_load(&w.state) == 0)
+        sched_yield();
+    sleep_ms(20); /* a chance for a wrong entry to show (only) */
     CHECK_EQ(atomic_load(&w.state), 1);
     pz_rwlock_write_unlock(&rw);
     pthread_join(t, NULL);

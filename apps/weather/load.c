@@ -221,6 +221,12 @@ int wx_load_run(const wx_load_opts *o, wx_load_result *res)
     if (o->connections < 1 || total <= 0 || o->duration_s <= 0 || o->batch < 1 || o->batch > 1000 ||
         o->cities < 1)
         return -EINVAL;
+    /* One connection first: a target that does not answer (or does not
+     * parse) is one error, not one per scheduled request. */
+    int probe = pz_tcp_dial(o->target, pz_now() + 5 * WX_SECOND);
+    if (probe < 0)
+        return probe;
+    pz_close(probe);
     conn_state *cs = calloc((size_t)o->connections, sizeof *cs);
     pz_task_t **tasks = calloc((size_t)o->connections, sizeof *tasks);
     if (!cs || !tasks) {
@@ -327,7 +333,7 @@ static void *load_task(void *arg)
     wx_load_result r;
     int e = wx_load_run(&a->o, &r);
     if (e < 0) {
-        fprintf(stderr, "plaza-weather: load: %s\n", pz_strerror(e));
+        fprintf(stderr, "plaza-weather: load: %s: %s\n", a->o.target, pz_strerror(e));
         a->result = 1;
         return NULL;
     }

@@ -40,13 +40,13 @@
  * on outlives the writer's last touch (pz_notify_one does not touch the
  * word after the wake it delivers).
  *
- * Shutdown.  The first SIGINT/SIGTERM stops the accept loop, shuts the
- * read side of every idle connection (its task ends), lets every
- * connection in the middle of a request receive and answer it with
- * Connection: close (within the request deadline), waits for the
- * connections to end, stops the refresher, closes the writer's channel
- * (the writer commits what is queued, then ends), closes the database and
- * exits 0.  A second signal ends the process at once (the signal's default
+ * Shutdown.  The first SIGINT/SIGTERM stops the accept loop; every idle
+ * connection, waiting in a pz_select on its socket and the shutdown
+ * notify, ends; every connection in the middle of a request receives and
+ * answers it with Connection: close (within the request deadline); the
+ * service waits for the connections to end, stops the refresher, closes
+ * the writer's channel (the writer commits what is queued, then ends),
+ * closes the database and exits 0.  A second signal ends the process at once (the signal's default
  * action: status 130 or 143 in a shell).
  */
 #define _GNU_SOURCE
@@ -173,17 +173,6 @@ typedef struct write_req {
 
 #define WRITE_QUEUE 4096
 
-/* ---- connections ---- */
-
-typedef struct conn {
-    int fd;
-    /* A request of this connection has started and is not answered yet:
-     * the shutdown leaves it to finish.  Written by the connection's task,
-     * read by the shutdown's sweep. */
-    _Atomic bool busy;
-    struct conn *prev, *next;
-} conn;
-
 typedef struct service {
     serve_opts o;
     wx_store *store;
@@ -198,11 +187,8 @@ typedef struct service {
     _Atomic uint64_t status_class[6];
     _Atomic uint64_t acked_readings, commits;
 
-    pz_mutex_t conns_lock; /* guards the list of connections */
-    conn *conns;
     _Atomic int nconns;
     pz_notify_t conns_changed;
-    _Atomic bool stopping;
     int lfd;
 } service;
 
@@ -540,27 +526,34 @@ static void count_status(service *s, int st)
 
 typedef struct conn_arg {
     service *s;
-    conn *c;
+    int fd;
 } conn_arg;
 
-static void conn_unregister(service *s, conn *c)
+/* Waits until fd is readable (0), the deadline passes (-ETIMEDOUT) or the
+ * service is asked to stop while the connection is idle (-ESHUTDOWN).
+ * One pz_select on the socket and the shutdown notify: an idle connection
+ * costs a suspended task and ends as soon as the stop is asked. */
+static int wait_idle(int fd, int64_t deadline)
 {
-    PZ_GUARD(pz_mutex, g, &s->conns_lock);
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        s->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    pz_notify_t *stop = pz_shutdown_notify();
+    uint64_t e = pz_notify_epoch(stop);
+    if (pz_shutdown_requested())
+        return -ESHUTDOWN;
+    pz_sel_t cases[] = {PZ_SEL_FD(fd, PZ_READABLE), PZ_SEL_NOTIFY(stop, e)};
+    int k = pz_select(cases, 2, deadline);
+    if (k == 1)
+        return -ESHUTDOWN;
+    if (k < 0)
+        return k;
+    return cases[0].result < 0 ? cases[0].result : 0;
 }
 
 static void *serve_conn(void *arg)
 {
     conn_arg *a = arg;
     service *s = a->s;
-    conn *c = a->c;
+    int fd = a->fd;
     free(a);
-    int fd = c->fd;
     char *in = malloc(IN_BUF);
     wx_parsed_reading *parsed = malloc(WX_MAX_READINGS * sizeof *parsed);
     wx_parser ps;
@@ -589,7 +582,7 @@ static void *serve_conn(void *arg)
             break;
         }
         if (state == WX_PARSE_DONE) {
-            bool close = !ps.req.keep_alive || atomic_load(&s->stopping);
+            bool close = !ps.req.keep_alive || pz_shutdown_requested();
             out.len = 0;
             int st = handle(s, &ps.req, &out, close, parsed);
             if (st < 0)
@@ -610,12 +603,14 @@ static void *serve_conn(void *arg)
             if (pz_write_all(fd, cont, sizeof cont - 1, request_deadline) < 0)
                 break;
         }
-        bool started = wx_parser_started(&ps);
-        atomic_store(&c->busy, started);
-        if (atomic_load(&s->stopping) && !started)
-            break;
         in_off = in_len = 0;
-        int64_t deadline = started ? request_deadline : pz_now() + s->o.idle_timeout_ns;
+        bool started = wx_parser_started(&ps);
+        /* Between requests the stop ends the connection; in the middle of
+         * one it does not: the request is received and answered (with
+         * Connection: close) within its deadline. */
+        if (!started && wait_idle(fd, pz_now() + s->o.idle_timeout_ns) < 0)
+            break; /* idle too long, or the service stops */
+        int64_t deadline = started ? request_deadline : pz_now() + s->o.request_timeout_ns;
         ssize_t n = pz_read(fd, in, IN_BUF, deadline);
         if (n == -ETIMEDOUT && started) {
             out.len = 0;
@@ -625,14 +620,11 @@ static void *serve_conn(void *arg)
             break;
         }
         if (n <= 0)
-            break; /* closed, idle too long, reset, or shut down */
-        atomic_store(&c->busy, true); /* until the parser says otherwise */
+            break; /* closed or reset */
         in_len = (size_t)n;
     }
 done:
-    conn_unregister(s, c);
     pz_close(fd);
-    free(c);
     free(in);
     free(parsed);
     wx_parser_free(&ps);
@@ -658,31 +650,18 @@ static void *accept_loop(void *arg)
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        conn *c = calloc(1, sizeof *c);
         conn_arg *a = malloc(sizeof *a);
-        if (!c || !a) {
-            free(c);
-            free(a);
+        if (!a) {
             pz_close(fd);
             continue;
         }
-        c->fd = fd;
         a->s = s;
-        a->c = c;
+        a->fd = fd;
         atomic_fetch_add(&s->nconns, 1);
-        {
-            PZ_GUARD(pz_mutex, g, &s->conns_lock);
-            c->next = s->conns;
-            if (s->conns)
-                s->conns->prev = c;
-            s->conns = c;
-        }
         pz_task_t *t = pz_spawn_with(serve_conn, a, &(pz_spawn_opts_t){.stack_size = CONN_STACK, .name = "conn"});
         if (!t) {
-            conn_unregister(s, c);
             atomic_fetch_sub(&s->nconns, 1);
             pz_close(fd);
-            free(c);
             free(a);
             continue;
         }
@@ -765,30 +744,24 @@ static void *serve_task(void *arg)
         fprintf(stderr, "plaza-weather: no signal watcher (%s): SIGINT/SIGTERM will not stop the service gracefully\n",
                 pz_strerror(sr));
 
-    s->lfd = pz_tcp_listen(s->o.listen);
+    /* The address actually bound (port 0 picks a free one). */
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    s->lfd = pz_tcp_listen_addr(s->o.listen, (struct sockaddr *)&ss, &sl);
     if (s->lfd < 0) {
         fprintf(stderr, "plaza-weather: cannot listen on %s: %s\n", s->o.listen, pz_strerror(s->lfd));
         run->result = 1;
         wx_store_close(s->store);
         return NULL;
     }
-    /* The address actually bound (port 0 picks a free one). */
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof ss;
     char host[64] = "?";
-    int port = 0;
-    if (getsockname(s->lfd, (struct sockaddr *)&ss, &sl) == 0) {
-        if (ss.ss_family == AF_INET) {
-            struct sockaddr_in *in4 = (struct sockaddr_in *)&ss;
-            inet_ntop(AF_INET, &in4->sin_addr, host, sizeof host);
-            port = ntohs(in4->sin_port);
-        } else if (ss.ss_family == AF_INET6) {
-            struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
-            host[0] = '[';
-            inet_ntop(AF_INET6, &in6->sin6_addr, host + 1, sizeof host - 2);
-            strcat(host, "]");
-            port = ntohs(in6->sin6_port);
-        }
+    int port = pz_sock_port(s->lfd);
+    if (ss.ss_family == AF_INET) {
+        inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, host, sizeof host);
+    } else if (ss.ss_family == AF_INET6) {
+        host[0] = '[';
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, host + 1, sizeof host - 2);
+        strcat(host, "]");
     }
     printf("plaza-weather: listening on %s:%d (%d cities, %s locks, %d workers)\n", host, port, n,
            s->o.wrong_locks ? "wrong" : "right", pz_worker_count());
@@ -811,14 +784,8 @@ static void *serve_task(void *arg)
     pz_cancel(ac);
     pz_join(ac, NULL);
     pz_close(s->lfd);
-    /* 2. Every connection ends after the request it is in. */
-    atomic_store(&s->stopping, true);
-    {
-        PZ_GUARD(pz_mutex, g, &s->conns_lock);
-        for (conn *c = s->conns; c; c = c->next)
-            if (!atomic_load(&c->busy))
-                shutdown(c->fd, SHUT_RD);
-    }
+    /* 2. Every connection ends after the request it is in: the idle ones
+     * saw the stop in their select (wait_idle). */
     int64_t give_up = pz_now() + 3 * s->o.request_timeout_ns;
     for (;;) {
         uint64_t e = pz_notify_epoch(&s->conns_changed);

@@ -136,6 +136,10 @@ static inline uint64_t pz__async_self_bits(void)
 int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadline);
 int pz__async_mutex_unlock_slow(pz_async_mutex_t *m, uint64_t self);
 int pz__async_mutex_wake_released(pz_async_mutex_t *m);
+/* Turns the plain-store unlock off for good (a fence failed); waiters on
+ * mutexes that never fenced poll from then on.  Called by the lock's slow
+ * path; tests call it to check the fallback. */
+void pz__async_mutex_fences_failed(void);
 
 /* One attempt to take a free mutex.  The waiter word is read after the
  * CAS, when the line is ours: a load before it would fetch the line shared

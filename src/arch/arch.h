@@ -48,9 +48,11 @@ int pz__futex_wake(_Atomic uint32_t *addr, int count);
  * with only a compiler barrier is ordered against the caller as if both had
  * fenced.  pz__arch_heavy_fence_init() registers the process once and
  * returns false if the kernel (or an emulator, or a sandbox) cannot do it;
- * then nobody may rely on the pairing. */
+ * then nobody may rely on the pairing.  pz__arch_heavy_fence() returns
+ * false if the fence did not run (the kernel refused it): then the caller
+ * is ordered against nobody. */
 bool pz__arch_heavy_fence_init(void);
-void pz__arch_heavy_fence(void);
+bool pz__arch_heavy_fence(void);
 
 int64_t pz__clock_now(void);
 /* The monotonic clock at the kernel tick's resolution (1-4 ms on Linux),

@@ -29,7 +29,12 @@
  *     second load finds the word nonzero: a waiter may have come, fenced,
  *     and timed out, clearing PARKED, before another skipped the fence);
  *     every later unlock sees it nonzero at its first load and takes the
- *     path below.
+ *     path below.  If a fence ever fails (the kernel refuses membarrier
+ *     after registering), pz__async_mutex_fences_failed turns the plain
+ *     store off for good; an unlock that read the flag on just before may
+ *     still release by plain store later, so from then on a waiter on a
+ *     mutex without FENCED parks for at most 1 ms at a time and looks
+ *     again (FENCED set still means a fence covered every plain store).
  *   - read-modify-write (every other release, and all of them without
  *     asymmetric fences): a seq_cst exchange of the lock word, then a
  *     seq_cst load of the waiter word, against the waiter's seq_cst CAS of
@@ -54,6 +59,25 @@
  * left set with no owner, because every way out of the lock slow path
  * (taking the lock, parking) clears it first, so a parked waiter is never
  * forgotten.
+ *
+ * Giving up.  A waiter that times out or is cancelled inside the lot has
+ * left the queue under the bucket lock and owns nothing: an unlock either
+ * picked it (it returns 0, owning the lock or WOKEN) or picks another.  A
+ * waiter whose park is refused (-EAGAIN: validate found the lock word free
+ * or PARKED clear) after its deadline gives up outside the lot, and that
+ * exit passes the wake-up on: if PARKED is set it wakes one waiter, as an
+ * unlock that found PARKED late does.  Without that, two interleavings
+ * strand a waiter B (parked with PZ_FOREVER) on a free mutex:
+ *   (a) C owns WOKEN (an unlock woke it, or it spins while B is parked);
+ *       H takes the lock; C loads the lock word (held); H unlocks, sees
+ *       WOKEN and wakes nobody; C's CAS drops WOKEN and sets PARKED; C's
+ *       validate sees the word free; C's deadline has passed; C returns.
+ *   (b) validate reads two words (lock, then waiters): B's can read the
+ *       lock held, and then PARKED set by C (B's own PARKED having been
+ *       cleared in between by an unlock that found the queue empty), so B
+ *       parks relying on C's PARKED, and C then abandons it as in (a).
+ * In both the last unlock saw WOKEN and woke nobody, relying on C, which
+ * left with PARKED set; C's exit wake covers it.
  *
  * Cancel-safety: the lot wakes a waiter with a token or lets it time out
  * having left the queue, never both.  A waiter that received TOKEN_HANDOFF
@@ -83,19 +107,47 @@
 #define STARVING ((uint32_t)PZ__AMUTEX_STARVING)
 #define CONTENDED ((uint32_t)PZ__AMUTEX_CONTENDED)
 
-_Atomic bool pz__async_unlock_by_store;
-/* The process is registered for asymmetric fences: waiters run them. */
-static bool heavy_fences;
+/* A parked waiter that no fence covers wakes this often to look again. */
+#define UNFENCED_POLL_NS 1000000
 
-/* At load time, before any task or thread can use a mutex: a waiter and
- * an unlocker must agree on whether the plain-store release is in use.
- * The registration survives fork (the child's memory map is a copy;
- * test_mutex_fences_after_fork checks it), and exec starts a new image
- * whose constructors run again. */
+_Atomic bool pz__async_unlock_by_store;
+/* The process is registered for asymmetric fences: waiters run them.
+ * Both flags are set at load time, before any task or thread can use a
+ * mutex (thread creation orders that store before everything the new
+ * thread does, so relaxed loads suffice), and only ever cleared, by
+ * pz__async_mutex_fences_failed. */
+static _Atomic bool heavy_fences;
+/* A fence failed after plain-store unlocks were allowed: unlock_by_store
+ * is off since, but an unlock that read it on just before may still
+ * release by plain store at any later time (a thread can be preempted
+ * between that load and its store), and no fence orders it against a
+ * waiter.  So a waiter on a mutex without FENCED parks for at most
+ * UNFENCED_POLL_NS at a time and looks again; with FENCED set, the fence
+ * that set it covers every plain store that did not see CONTENDED, as
+ * before.  Never cleared. */
+static _Atomic bool fences_lost;
+
+/* At load time: a waiter and an unlocker must agree on whether the
+ * plain-store release is in use.  The registration survives fork (the
+ * child's memory map is a copy; test_mutex_fences_after_fork checks it),
+ * and exec starts a new image whose constructors run again. */
 __attribute__((constructor)) static void async_mutex_init(void)
 {
-    heavy_fences = pz__arch_heavy_fence_init();
-    atomic_store_explicit(&pz__async_unlock_by_store, heavy_fences, memory_order_relaxed);
+    bool fences = pz__arch_heavy_fence_init();
+    atomic_store_explicit(&heavy_fences, fences, memory_order_relaxed);
+    atomic_store_explicit(&pz__async_unlock_by_store, fences, memory_order_relaxed);
+}
+
+void pz__async_mutex_fences_failed(void)
+{
+    /* seq_cst: ordered before this waiter's validate, so every unlock
+     * that loads the flag after that sees it off (and releases by
+     * read-modify-write, the Dekker pair with our CAS). */
+    atomic_store_explicit(&pz__async_unlock_by_store, false, memory_order_seq_cst);
+    atomic_store_explicit(&fences_lost, true, memory_order_seq_cst);
+    if (atomic_exchange_explicit(&heavy_fences, false, memory_order_relaxed))
+        pz__report("pz_async_mutex: the asymmetric fence (membarrier) failed; unlocks use a read-modify-write "
+                   "from now on");
 }
 
 static bool still_locked_and_parked(void *ctx)
@@ -127,21 +179,50 @@ static bool holder_may_run(uint64_t s)
     return pz__task_id_running(id);
 }
 
+/* What announce_parked did. */
+enum announce {
+    ANNOUNCE_RETRY,   /* the waiter word changed first: nothing done */
+    ANNOUNCE_COVERED, /* PARKED set; no unlock can miss this waiter */
+    ANNOUNCE_UNFENCED /* PARKED set, but a plain-store unlock may (fences lost) */
+};
+
 /* Sets PARKED and CONTENDED (and STARVING if asked), giving up WOKEN if we
  * own it, by a seq_cst CAS (always a read-modify-write: it is our half of
  * the Dekker pair with a read-modify-write release).  Then the heavy fence,
- * unless one has run for this mutex already.  False if the waiter word
- * changed first. */
-static bool announce_parked(pz_async_mutex_t *m, uint32_t *f, bool woken, bool starving)
+ * unless one has run for this mutex already.  If the fence fails, the
+ * plain-store unlock is turned off for good and this waiter is not
+ * covered (see fences_lost). */
+static enum announce announce_parked(pz_async_mutex_t *m, uint32_t *f, bool woken, bool starving)
 {
     uint32_t want = (*f | PARKED | CONTENDED | (starving ? STARVING : 0)) & ~(woken ? WOKEN : 0);
     if (!atomic_compare_exchange_weak_explicit(&m->waiters, f, want, memory_order_seq_cst, memory_order_relaxed))
-        return false;
-    if (heavy_fences && !(*f & FENCED)) {
-        pz__arch_heavy_fence();
-        atomic_fetch_or_explicit(&m->waiters, FENCED, memory_order_relaxed);
+        return ANNOUNCE_RETRY;
+    if (*f & FENCED)
+        return ANNOUNCE_COVERED;
+    if (atomic_load_explicit(&heavy_fences, memory_order_relaxed)) {
+        if (pz__arch_heavy_fence()) {
+            atomic_fetch_or_explicit(&m->waiters, FENCED, memory_order_relaxed);
+            return ANNOUNCE_COVERED;
+        }
+        pz__async_mutex_fences_failed();
     }
-    return true;
+    return atomic_load_explicit(&fences_lost, memory_order_relaxed) ? ANNOUNCE_UNFENCED : ANNOUNCE_COVERED;
+}
+
+/* A waiter whose park was refused (validate found the mutex free, or
+ * PARKED gone) gives up at its deadline instead of trying again.  Its
+ * CAS in announce_parked set PARKED and dropped WOKEN if it owned it; an
+ * unlock that saw that WOKEN woke nobody, and a waiter may have parked
+ * relying on that PARKED, so with PARKED still set it wakes one, as an
+ * unlock that found PARKED late does (the woken waiter gets WOKEN and
+ * competes; if the mutex is held again, it parks again, and that
+ * holder's unlock sees PARKED).  PARKED clear means the queue emptied
+ * under the bucket lock after our CAS, and any waiter that came since set
+ * it again itself and is covered by the next unlock. */
+static void give_up_refused_park(pz_async_mutex_t *m)
+{
+    if (atomic_load_explicit(&m->waiters, memory_order_seq_cst) & PARKED)
+        pz__async_mutex_wake_released(m);
 }
 
 /* For the runtime's reports (dumps, deadlocks): the holder's caller id
@@ -208,14 +289,18 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadli
          * cannot lose again: from then on every unlock hands over in queue
          * order. */
         bool starving = first_park && pz__clock_now() - first_park >= STARVE_NS;
-        if (!announce_parked(m, &f, woken, starving))
+        enum announce a = announce_parked(m, &f, woken, starving);
+        if (a == ANNOUNCE_RETRY)
             continue;
         woken = false;
         if (!first_park)
             first_park = pz__clock_now();
         uintptr_t token = TOKEN_NORMAL;
+        int64_t until = deadline;
+        if (a == ANNOUNCE_UNFENCED && (until == PZ_FOREVER || until - pz__clock_now() > UNFENCED_POLL_NS))
+            until = pz__clock_now() + UNFENCED_POLL_NS;
         pz__wait_note(PZ__WAIT_ASYNC_MUTEX, m);
-        int r = pz_park(m, still_locked_and_parked, NULL, mutex_timed_out, m, 0, deadline, 0, &token);
+        int r = pz_park(m, still_locked_and_parked, NULL, mutex_timed_out, m, 0, until, 0, &token);
         if (r == 0 && token == TOKEN_HANDOFF) {
             /* The unlocker left the lock word LOCKED with no holder id,
              * which nobody else changes; its section happens before our
@@ -229,10 +314,17 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadli
         if (r == 0) {
             /* Woken without the lock: the unlocker set WOKEN for us. */
             woken = true;
-        } else if (r == -ETIMEDOUT || r == -ECANCELED) {
+        } else if (r == -ECANCELED || (r == -ETIMEDOUT && until == deadline)) {
             return r;
+        } else if (r == -ETIMEDOUT) {
+            /* An unfenced park's poll: look at the lock word again. */
         } else if (deadline != PZ_FOREVER && pz_now() >= deadline) {
-            return -ETIMEDOUT; /* -EAGAIN: the words changed before we slept */
+            /* -EAGAIN (the words changed before we slept) and out of
+             * time.  We have set PARKED and dropped WOKEN if we owned it,
+             * so an unlock may have relied on us (see the give-up rule
+             * above): pass the wake-up on. */
+            give_up_refused_park(m);
+            return -ETIMEDOUT;
         }
         spins = 0;
     }

@@ -14,6 +14,7 @@
  */
 #define _GNU_SOURCE
 #include "internal.h"
+#include "../arch/arch_signal.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +60,10 @@ static void *pool_thread(void *unused)
 {
     (void)unused;
     pz__thread_set_name("plaza-blocking");
+    /* Started by a worker, it inherits a mask with every asynchronous
+     * signal blocked; blocked here too, whoever starts it
+     * (src/runtime/sigmask.c). */
+    pz__sig_block_async(NULL);
     pthread_mutex_lock(&pool.lock);
     for (;;) {
         /* More threads than the cap: a thread that was still running a

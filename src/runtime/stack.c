@@ -17,12 +17,14 @@
  *
  * Reuse: each worker keeps up to PZ__STACK_CACHE stacks for the tasks it
  * starts, untouched (spawn and join of short tasks maps nothing and makes
- * no system call).  Beyond that a stack goes back to its chunk, its pages
- * are given back to the kernel (MADV_DONTNEED; the guard stays), and a
- * chunk whose stacks are all back is unmapped, except one spare.
+ * no system call).  Beyond that a stack goes back to its chunk; its pages
+ * are given back to the kernel in batches (MADV_DONTNEED; guards stay, see
+ * put_mask), and a chunk whose stacks are all back is unmapped, except one
+ * spare.
  *
  * Invariants, under rt->stack_pool_lock: a chunk's free_mask has a bit for
- * every stack that is neither in a task nor in a worker cache; a chunk is
+ * every stack that is neither in a task, nor in a worker cache, nor having
+ * its pages given back by a releaser; dirty_mask is within free_mask; a chunk is
  * on the runtime's list exactly when free_mask is not zero; spare_chunks
  * counts the listed chunks whose stacks are all free.
  *
@@ -60,6 +62,7 @@ struct pz__stack_chunk {
     size_t slot_size;   /* guard + usable */
     unsigned nslots;
     uint64_t free_mask;
+    uint64_t dirty_mask; /* free stacks whose pages have not been given back */
 };
 
 static uint64_t all_slots(const pz__stack_chunk *c)
@@ -142,32 +145,106 @@ static pz__stack_slot take_slot(pz__runtime *rt, pz__stack_chunk *c)
         rt->spare_chunks--;
     unsigned i = (unsigned)__builtin_ctzll(c->free_mask);
     c->free_mask &= ~((uint64_t)1 << i);
+    c->dirty_mask &= ~((uint64_t)1 << i);
     if (!c->free_mask)
         list_remove(rt, c);
     return (pz__stack_slot){c->base + i * c->slot_size, c};
 }
 
-/* Gives a stack back to its chunk; returns the chunk if it must now be
- * unmapped (by the caller, outside the lock). */
-static pz__stack_chunk *put_slot(pz__runtime *rt, pz__stack_slot s)
+/* What a caller of put_mask must do once it has let go of the pool lock. */
+struct put_action {
+    pz__stack_chunk *unmap;   /* unmap this chunk (it is off every list) */
+    pz__stack_chunk *discard; /* give back the pages of these stacks of it, */
+    uint64_t discard_mask;    /* held out of free_mask meanwhile, then put them back */
+};
+
+/* Gives the stacks in mask back to chunk c, under the pool lock.  Pages
+ * are given back to the kernel in batches, not per stack (MADV_DONTNEED
+ * flushes the TLB of every CPU the process runs on: per stack it was most
+ * of the time of joining 500 000 cancelled tasks): a chunk collects
+ * "dirty" free stacks, and when it has PZ__DIRTY_BATCH of them, or all its
+ * stacks are free and it stays as the spare, the caller discards them in
+ * one madvise per run of neighbours, holding them out of the free mask so
+ * nobody takes one meanwhile.  A chunk whose stacks are all free is
+ * unmapped whole, dirty or not, unless it is the spare. */
+#define PZ__DIRTY_BATCH 16
+static struct put_action put_mask(pz__runtime *rt, pz__stack_chunk *c, uint64_t mask, bool dirty)
 {
-    pz__stack_chunk *c = s.chunk;
-    unsigned i = (unsigned)(((char *)s.base - c->base) / c->slot_size);
+    struct put_action act = {NULL, NULL, 0};
     bool was_full = c->free_mask == 0;
-    c->free_mask |= (uint64_t)1 << i;
+    c->free_mask |= mask;
+    if (dirty)
+        c->dirty_mask |= mask;
     if (was_full)
         list_insert(rt, c, false);
-    if (c->free_mask != all_slots(c))
-        return NULL;
-    if (rt->spare_chunks >= 1) {
+    bool all_free = c->free_mask == all_slots(c);
+    if (all_free) {
+        if (rt->spare_chunks >= 1) {
+            list_remove(rt, c);
+            act.unmap = c;
+            return act;
+        }
+        /* Kept as the spare, behind the chunks in use so they fill first. */
+        rt->spare_chunks++;
         list_remove(rt, c);
-        return c;
+        list_insert(rt, c, true);
     }
-    /* Kept as the spare, behind the chunks in use so they fill first. */
-    rt->spare_chunks++;
-    list_remove(rt, c);
-    list_insert(rt, c, true);
-    return NULL;
+    if (!c->dirty_mask || (!all_free && __builtin_popcountll(c->dirty_mask) < PZ__DIRTY_BATCH))
+        return act;
+    act.discard = c;
+    act.discard_mask = c->dirty_mask;
+    c->dirty_mask = 0;
+    if (all_free)
+        rt->spare_chunks--;
+    c->free_mask &= ~act.discard_mask;
+    if (!c->free_mask)
+        list_remove(rt, c);
+    return act;
+}
+
+/* Gives back the pages of the stacks of c in mask: one madvise per run of
+ * neighbouring stacks (the guards between them stay). */
+static void discard_runs(pz__runtime *rt, pz__stack_chunk *c, uint64_t mask)
+{
+    while (mask) {
+        unsigned i = (unsigned)__builtin_ctzll(mask);
+        unsigned j = i;
+        while (j + 1 < 64 && (mask & ((uint64_t)1 << (j + 1))))
+            j++;
+        char *lo = c->base + i * c->slot_size + rt->guard_size;
+        char *hi = c->base + (j + 1) * c->slot_size;
+        pz__stack_discard(lo, (size_t)(hi - lo));
+        for (unsigned k = i; k <= j; k++)
+            mask &= ~((uint64_t)1 << k);
+    }
+}
+
+/* Puts stacks back and does what that asks, until nothing is left to do. */
+static void put_back(pz__runtime *rt, pz__stack_chunk *c, uint64_t mask, bool dirty, bool locked)
+{
+    for (;;) {
+        if (!locked)
+            pz__spin_lock(&rt->stack_pool_lock);
+        struct put_action act = put_mask(rt, c, mask, dirty);
+        if (!locked)
+            pz__spin_unlock(&rt->stack_pool_lock);
+        if (act.unmap) {
+            chunk_destroy(act.unmap);
+            return;
+        }
+        if (!act.discard)
+            return;
+        discard_runs(rt, act.discard, act.discard_mask);
+        c = act.discard;
+        mask = act.discard_mask;
+        dirty = false;
+    }
+}
+
+static uint64_t slot_bit(pz__stack_slot s)
+{
+    pz__stack_chunk *c = s.chunk;
+    return (uint64_t)1 << (((char *)s.base - c->base) / c->slot_size);
 }
 
 int pz__stack_acquire(pz__worker *w, pz_task_t *t)
@@ -237,12 +314,7 @@ void pz__stack_release(pz__runtime *rt, pz__worker *w, pz_task_t *t)
         w->stack_cache[w->stack_cache_len++] = s;
         return;
     }
-    pz__stack_discard(t->ctx.stack_lo, t->ctx.stack_size);
-    pz__spin_lock(&rt->stack_pool_lock);
-    pz__stack_chunk *unmap = put_slot(rt, s);
-    pz__spin_unlock(&rt->stack_pool_lock);
-    if (unmap)
-        chunk_destroy(unmap);
+    put_back(rt, s.chunk, slot_bit(s), true, false);
 }
 
 void pz__stacks_destroy(pz__runtime *rt)
@@ -250,9 +322,8 @@ void pz__stacks_destroy(pz__runtime *rt)
     for (int i = 0; i < rt->nworkers; i++) {
         pz__worker *w = &rt->workers[i];
         while (w->stack_cache_len > 0) {
-            pz__stack_chunk *c = put_slot(rt, w->stack_cache[--w->stack_cache_len]);
-            if (c)
-                chunk_destroy(c);
+            pz__stack_slot s = w->stack_cache[--w->stack_cache_len];
+            put_back(rt, s.chunk, slot_bit(s), false, true);
         }
     }
     /* Chunks with a stack still in a task stay mapped: that task was

@@ -26,6 +26,7 @@ BIN = sys.argv[1]
 CASE = sys.argv[2]
 SEEDED = 64 * 32
 failures = []
+servers = []  # every service started, killed at the end if a check raised before stopping it
 
 
 def check(cond, what):
@@ -47,6 +48,7 @@ class Server:
         if "listening on" not in line:
             self.p.kill()
             raise SystemExit("the service did not start: %r (log: %s)" % (line, self.log_text()))
+        servers.append(self.p)
         self.addr = line.split("listening on ")[1].split()[0]
         host, port = self.addr.rsplit(":", 1)
         self.host, self.port = host, int(port)
@@ -596,7 +598,13 @@ if __name__ == "__main__":
     if CASE not in CASES:
         raise SystemExit("unknown case %s; cases: %s" % (CASE, " ".join(CASES)))
     with tempfile.TemporaryDirectory(prefix="plaza-weather-test-") as tmp:
-        CASES[CASE](tmp)
+        try:
+            CASES[CASE](tmp)
+        finally:
+            for p in servers:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
     if failures:
         print("%d check(s) failed" % len(failures))
         sys.exit(1)
