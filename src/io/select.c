@@ -368,6 +368,7 @@ int pz_select(pz_sel_t *cases, int n, int64_t deadline)
         _Atomic int fired;
         atomic_init(&fired, FIRED_NONE);
         memset(st, 0, sizeof st[0] * (size_t)n);
+        pz__wait_note(PZ__WAIT_SELECT, cases);
         uint64_t gen = pz__park_prepare(false);
         bool ready = false;
         for (int k = 0; k < n; k++) {
