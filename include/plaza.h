@@ -13,5 +13,6 @@
 #include "plaza/task.h"
 #include "plaza/guard.h"
 #include "plaza/select.h"
+#include "plaza/advisor.h"
 
 #endif

@@ -18,8 +18,9 @@
  * Switches (-D on the spin command line):
  *   GIVEUP_FIX   0: the -EAGAIN give-up exit of the lock slow path returns
  *                without passing the wake-up on (mutex.c as it is: must
- *                fail); 1 (default, the fix): it wakes a waiter when
- *                PARKED is set and WOKEN clear.
+ *                fail); 1 (default, the fix as mutex.c has it,
+ *                give_up_refused_park): it wakes a waiter when PARKED is
+ *                set, whatever WOKEN says.
  *   FENCES       1 (default): asymmetric fences available, the plain-store
  *                unlock in use; 0: every unlock is a read-modify-write.
  *   BAD_NO_FENCE the first parker skips the heavy fence (must fail).
@@ -408,7 +409,7 @@ inline lock_slow() {
 #if GIVEUP_FIX
                    f = waiters;
                    if
-                   :: (f & (PARKED | WOKEN)) == PARKED -> unpark_one(1)
+                   :: (f & PARKED) == PARKED -> unpark_one(1)
                    :: else -> skip
                    fi;
 #endif

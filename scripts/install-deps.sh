@@ -10,7 +10,7 @@ test)
     # libpq-dev builds the PostgreSQL component; postgresql-15 is its test server.
     # spin checks the Promela models (models/).
     # gdb runs the gdb helper's test (tools/plaza-gdb.py).
-    pkgs="$pkgs clang qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross libpq-dev postgresql-15 libclang-rt-14-dev python3 spin gdb"
+    pkgs="$pkgs clang qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross libpq-dev postgresql-15 libclang-rt-14-dev python3 spin gdb chromium"
     ;;
 bench)
     pkgs="$pkgs golang-go librust-tokio-dev librust-parking-lot-dev libboost-fiber-dev g++ cargo python3-matplotlib"

@@ -782,6 +782,300 @@ static void test_rwlock_basics(void **state)
     run_in_runtime(2, rwlock_basics, NULL);
 }
 
+/* ---- negative deadlines from a plain thread ----
+ * A deadline already past (negative included) means "do not wait": from
+ * a plain thread as from a task, a wait that cannot succeed at once
+ * returns -ETIMEDOUT at once.  (The lower layers took a negative deadline
+ * as none for a thread: pz_async_mutex_lock_until(m, -1) returned 0 once
+ * the holder let go, 900 ms later.)  Each case here has a helper thread
+ * that makes the wait unable to succeed and, once the main thread is done
+ * or after 2 s, makes it able to: a wait that ignored its deadline
+ * returns 0 (or blocks for those 2 s), not -ETIMEDOUT. */
+
+struct nd_case {
+    void (*block)(void);   /* run by the helper first: the wait cannot succeed */
+    void (*unblock)(void); /* run by the helper at the end: now it could */
+    _Atomic bool ready, done;
+};
+
+static void *nd_helper(void *arg)
+{
+    struct nd_case *c = arg;
+    if (c->block)
+        c->block();
+    atomic_store(&c->ready, true);
+    int64_t end = pz_now() + 2000 * MS;
+    while (!atomic_load(&c->done) && pz_now() < end)
+        sched_yield();
+    if (c->unblock)
+        c->unblock();
+    return NULL;
+}
+
+static void nd_run(struct nd_case *c, int (*wait)(void))
+{
+    pthread_t th;
+    atomic_store(&c->ready, false);
+    atomic_store(&c->done, false);
+    CHECK_EQ(pthread_create(&th, NULL, nd_helper, c), 0);
+    while (!atomic_load(&c->ready))
+        sched_yield();
+    int64_t t0 = pz_now();
+    CHECK_EQ(wait(), -ETIMEDOUT);
+    atomic_store(&c->done, true);
+    CHECK_EQ(pthread_join(th, NULL), 0);
+    /* Only a report: the result above is the check. */
+    fprintf(stderr, "  returned in %.1f us\n", (double)(pz_now() - t0) / 1e3);
+}
+
+static pz_async_mutex_t nd_m;
+static pz_async_rwlock_t nd_l;
+static pz_semaphore_t nd_s;
+static pz_notify_t nd_n;
+static pz_barrier_t nd_b;
+static pz_chan_t *nd_rv, *nd_buf;
+
+static void nd_mutex_hold(void) { CHECK_EQ(pz_async_mutex_lock(&nd_m), 0); }
+static void nd_mutex_let_go(void) { CHECK_EQ(pz_async_mutex_unlock(&nd_m), 0); }
+static int nd_mutex_wait(void) { return pz_async_mutex_lock_until(&nd_m, -1); }
+static void nd_write_hold(void) { CHECK_EQ(pz_async_rwlock_write(&nd_l), 0); }
+static void nd_write_let_go(void) { CHECK_EQ(pz_async_rwlock_write_unlock(&nd_l), 0); }
+static void nd_read_hold(void) { CHECK_EQ(pz_async_rwlock_read(&nd_l), 0); }
+static void nd_read_let_go(void) { CHECK_EQ(pz_async_rwlock_read_unlock(&nd_l), 0); }
+static int nd_read_wait(void) { return pz_async_rwlock_read_until(&nd_l, -1); }
+static int nd_write_wait(void) { return pz_async_rwlock_write_until(&nd_l, -1); }
+static int nd_upgradable_wait(void) { return pz_async_rwlock_upgradable_read_until(&nd_l, -1); }
+static int nd_upgrade_wait(void) { return pz_async_rwlock_upgrade_until(&nd_l, -5); }
+static void nd_sem_release(void) { CHECK_EQ(pz_semaphore_release(&nd_s, 1), 0); }
+static int nd_sem_wait(void) { return pz_semaphore_acquire_until(&nd_s, 1, -1); }
+static void nd_notify(void) { pz_notify_one(&nd_n); }
+static int nd_notify_wait(void) { return pz_notify_wait_until(&nd_n, -1); }
+static void nd_barrier_arrive(void) { pz_barrier_wait_until(&nd_b, pz_now() + 10 * MS); }
+static int nd_barrier_wait(void) { return pz_barrier_wait_until(&nd_b, -1); }
+static void nd_rv_send(void)
+{
+    long v = 1;
+    pz_chan_send_until(nd_rv, &v, pz_now() + 10 * MS);
+}
+static void nd_rv_recv(void)
+{
+    long v;
+    pz_chan_recv_until(nd_rv, &v, pz_now() + 10 * MS);
+}
+static int nd_rv_recv_wait(void)
+{
+    long v;
+    return pz_chan_recv_until(nd_rv, &v, -1);
+}
+static int nd_rv_send_wait(void)
+{
+    long v = 2;
+    return pz_chan_send_until(nd_rv, &v, -1);
+}
+static void nd_buf_recv(void)
+{
+    long v;
+    pz_chan_recv_until(nd_buf, &v, pz_now() + 10 * MS);
+}
+static void nd_buf_send(void)
+{
+    long v = 3;
+    pz_chan_send_until(nd_buf, &v, pz_now() + 10 * MS);
+}
+static int nd_buf_send_wait(void)
+{
+    long v = 4;
+    return pz_chan_send_until(nd_buf, &v, -1);
+}
+static int nd_buf_recv_wait(void)
+{
+    long v;
+    return pz_chan_recv_until(nd_buf, &v, -1);
+}
+
+static void test_negative_deadline_on_threads(void **state)
+{
+    (void)state;
+    struct nd_case c = {0};
+    /* A free mutex is still taken: the deadline only bounds a wait. */
+    CHECK_EQ(pz_async_mutex_lock_until(&nd_m, -1), 0);
+    CHECK_EQ(pz_async_mutex_unlock(&nd_m), 0);
+    c = (struct nd_case){nd_mutex_hold, nd_mutex_let_go, false, false};
+    nd_run(&c, nd_mutex_wait);
+
+    c = (struct nd_case){nd_write_hold, nd_write_let_go, false, false};
+    nd_run(&c, nd_read_wait);
+    nd_run(&c, nd_write_wait);
+    nd_run(&c, nd_upgradable_wait);
+    CHECK_EQ(pz_async_rwlock_upgradable_read(&nd_l), 0);
+    c = (struct nd_case){nd_read_hold, nd_read_let_go, false, false};
+    nd_run(&c, nd_upgrade_wait);
+    CHECK_EQ(pz_async_rwlock_upgradable_unlock(&nd_l), 0);
+    CHECK_RWLOCK_IDLE(&nd_l);
+
+    pz_semaphore_init(&nd_s, 0);
+    c = (struct nd_case){NULL, nd_sem_release, false, false};
+    nd_run(&c, nd_sem_wait);
+
+    c = (struct nd_case){NULL, nd_notify, false, false};
+    nd_run(&c, nd_notify_wait);
+
+    CHECK_EQ(pz_barrier_init(&nd_b, 2), 0);
+    c = (struct nd_case){NULL, nd_barrier_arrive, false, false};
+    nd_run(&c, nd_barrier_wait);
+
+    nd_rv = pz_chan_create(sizeof(long), 0);
+    CHECK(nd_rv != NULL);
+    c = (struct nd_case){NULL, nd_rv_send, false, false};
+    nd_run(&c, nd_rv_recv_wait);
+    c = (struct nd_case){NULL, nd_rv_recv, false, false};
+    nd_run(&c, nd_rv_send_wait);
+    pz_chan_destroy(nd_rv);
+
+    nd_buf = pz_chan_create(sizeof(long), 1);
+    CHECK(nd_buf != NULL);
+    c = (struct nd_case){NULL, nd_buf_send, false, false};
+    nd_run(&c, nd_buf_recv_wait);
+    long v;
+    while (pz_chan_try_recv(nd_buf, &v) == 0) /* what the helper sent */
+        ;
+    v = 5;
+    CHECK_EQ(pz_chan_send(nd_buf, &v), 0); /* full now */
+    c = (struct nd_case){NULL, nd_buf_recv, false, false};
+    nd_run(&c, nd_buf_send_wait);
+    pz_chan_destroy(nd_buf);
+}
+
+/* ---- write unlocks by a caller that is not the writer ----
+ * The writer word names the writing task (or says "a plain thread"): an
+ * unlock or downgrade of the write side by anyone it certainly is not is
+ * reported and refused, and the writer keeps the lock.  (The read side
+ * cannot tell its holders apart: include/plaza/async.h says why.) */
+static pz_async_rwlock_t sw_l;
+
+static void *sw_stray_write_unlock(void *arg)
+{
+    (void)arg;
+    int a = pz_async_rwlock_write_unlock(&sw_l);
+    int b = pz_async_rwlock_downgrade(&sw_l);
+    int c = pz_async_rwlock_downgrade_to_upgradable(&sw_l);
+    return (void *)(intptr_t)(a == -EPERM && b == -EPERM && c == -EPERM);
+}
+
+static void *stray_write_main(void *arg)
+{
+    (void)arg;
+    CHECK_EQ(pz_async_rwlock_write(&sw_l), 0);
+    capture_stderr_begin();
+    /* Another task. */
+    pz_task_t *t = pz_spawn(sw_stray_write_unlock, NULL);
+    void *r = NULL;
+    CHECK_EQ(pz_join(t, &r), 0);
+    CHECK_EQ((intptr_t)r, 1);
+    /* A plain thread. */
+    pthread_t th;
+    CHECK_EQ(pthread_create(&th, NULL, sw_stray_write_unlock, NULL), 0);
+    CHECK_EQ(pthread_join(th, &r), 0);
+    CHECK_EQ((intptr_t)r, 1);
+    const char *out = capture_stderr_end();
+    CHECK(strstr(out, "pz_async_rwlock_write_unlock: async rwlock") != NULL);
+    CHECK(strstr(out, "held for writing by another task") != NULL);
+    /* Still ours, and nobody got in meanwhile. */
+    CHECK(!pz_async_rwlock_try_read(&sw_l));
+    CHECK_EQ(pz_async_rwlock_downgrade(&sw_l), 0);
+    CHECK_EQ(pz_async_rwlock_read_unlock(&sw_l), 0);
+    CHECK_RWLOCK_IDLE(&sw_l);
+    return NULL;
+}
+
+static void test_rwlock_stray_write_unlock(void **state)
+{
+    (void)state;
+    run_in_runtime(2, stray_write_main, NULL);
+    /* A plain thread writes; a task's unlock is refused. */
+    CHECK_EQ(pz_async_rwlock_write(&sw_l), 0);
+    capture_stderr_begin();
+    void *r = run_in_runtime(1, sw_stray_write_unlock, NULL);
+    const char *out = capture_stderr_end();
+    CHECK_EQ((intptr_t)r, 1);
+    CHECK(strstr(out, "held for writing by another thread") != NULL);
+    CHECK_EQ(pz_async_rwlock_write_unlock(&sw_l), 0);
+    CHECK_RWLOCK_IDLE(&sw_l);
+}
+
+/* ---- bad input (include/plaza/async.h, "Bad input") ---- */
+static void test_bad_input(void **state)
+{
+    (void)state;
+    long v = 1;
+    /* NULL objects. */
+    CHECK_EQ(pz_async_rwlock_read(NULL), -EINVAL);
+    CHECK_EQ(pz_async_rwlock_write_until(NULL, PZ_FOREVER), -EINVAL);
+    CHECK_EQ(pz_async_rwlock_upgradable_read(NULL), -EINVAL);
+    CHECK(!pz_async_rwlock_try_read(NULL));
+    CHECK(!pz_async_rwlock_try_write(NULL));
+    CHECK(!pz_async_rwlock_try_upgradable_read(NULL));
+    CHECK(!pz_async_rwlock_try_upgrade(NULL));
+    CHECK_EQ(pz_async_rwlock_read_unlock(NULL), -EINVAL);
+    CHECK_EQ(pz_async_rwlock_write_unlock(NULL), -EINVAL);
+    CHECK_EQ(pz_async_rwlock_upgradable_unlock(NULL), -EINVAL);
+    CHECK_EQ(pz_async_rwlock_upgrade(NULL), -EINVAL);
+    CHECK_EQ(pz_async_rwlock_downgrade(NULL), -EINVAL);
+    CHECK_EQ(pz_async_rwlock_readers(NULL), 0);
+    pz_semaphore_init(NULL, 3);
+    CHECK_EQ(pz_semaphore_acquire(NULL, 1), -EINVAL);
+    CHECK_EQ(pz_semaphore_try_acquire(NULL, 1), -EINVAL);
+    CHECK_EQ(pz_semaphore_release(NULL, 1), -EINVAL);
+    CHECK_EQ(pz_semaphore_available(NULL), 0);
+    pz_semaphore_close(NULL);
+    CHECK_EQ(pz_notify_wait(NULL), -EINVAL);
+    CHECK_EQ(pz_notify_wait_until(NULL, -1), -EINVAL);
+    CHECK_EQ(pz_notify_epoch(NULL), 0);
+    pz_notify_one(NULL);
+    pz_notify_all(NULL);
+    CHECK_EQ(pz_barrier_init(NULL, 2), -EINVAL);
+    CHECK_EQ(pz_barrier_wait(NULL), -EINVAL);
+    CHECK_EQ(pz_chan_send(NULL, &v), -EINVAL);
+    CHECK_EQ(pz_chan_recv(NULL, &v), -EINVAL);
+    CHECK_EQ(pz_chan_try_send(NULL, &v), -EINVAL);
+    CHECK_EQ(pz_chan_try_recv(NULL, &v), -EINVAL);
+    CHECK_EQ(pz_chan_send_until(NULL, &v, PZ_FOREVER), -EINVAL);
+    CHECK_EQ(pz_chan_len(NULL), 0);
+    pz_chan_close(NULL);
+    pz_chan_destroy(NULL);
+    pz_chan_t *c = pz_chan_create(sizeof v, 2);
+    CHECK(c != NULL);
+    CHECK_EQ(pz_chan_send(c, NULL), -EINVAL);
+    CHECK_EQ(pz_chan_recv_until(c, NULL, -1), -EINVAL);
+    CHECK_EQ(pz_chan_len(c), 0);
+    pz_chan_destroy(c);
+    /* Sizes. */
+    CHECK(pz_chan_create(0, 1) == NULL);
+    CHECK(pz_chan_create(SIZE_MAX, 1) == NULL);
+    CHECK(pz_chan_create(8, SIZE_MAX / 4) == NULL);
+    pz_chan_t ch;
+    CHECK_EQ(pz_chan_init(&ch, 8, 4, NULL, 0), -EINVAL);
+    CHECK_EQ(pz_chan_init(NULL, 8, 0, NULL, 0), -EINVAL);
+    /* All-zero objects: a barrier and a channel are refused; the rest
+     * are valid and idle. */
+    pz_barrier_t zb;
+    memset(&zb, 0, sizeof zb);
+    CHECK_EQ(pz_barrier_wait_until(&zb, -1), -EINVAL);
+    memset(&ch, 0, sizeof ch);
+    CHECK_EQ(pz_chan_try_send(&ch, &v), -EINVAL);
+    CHECK_EQ(pz_chan_recv_until(&ch, &v, -1), -EINVAL);
+    pz_async_mutex_t zm;
+    memset(&zm, 0, sizeof zm);
+    CHECK(pz_async_mutex_trylock(&zm));
+    CHECK_EQ(pz_async_mutex_unlock(&zm), 0);
+    pz_semaphore_t zs;
+    memset(&zs, 0, sizeof zs);
+    CHECK_EQ(pz_semaphore_try_acquire(&zs, 1), -EAGAIN);
+    pz_notify_t zn;
+    memset(&zn, 0, sizeof zn);
+    CHECK_EQ(pz_notify_wait_until(&zn, -1), -ETIMEDOUT);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -797,6 +1091,9 @@ int main(void)
         cmocka_unit_test(test_chan_basics),
         cmocka_unit_test(test_chan_threads),
         cmocka_unit_test(test_rwlock_basics),
+        cmocka_unit_test(test_rwlock_stray_write_unlock),
+        cmocka_unit_test(test_negative_deadline_on_threads),
+        cmocka_unit_test(test_bad_input),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

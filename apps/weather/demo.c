@@ -159,7 +159,25 @@ static int start_server(const char *dir, const char *db, bool wrong, child *c)
     posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     char *args[] = {"plaza-weather", "serve", "--listen", "127.0.0.1:0", "--db", (char *)db, "--workers", "2",
                     "--db-delay-ms", "2", "--lock-timeout-ms", "50", wrong ? "--wrong-locks" : NULL, NULL};
-    int r = posix_spawn(&c->pid, "/proc/self/exe", &fa, NULL, args, environ);
+    /* The lock advisor watches the service and writes its verdicts at
+     * exit (unless the caller set PLAZA_ADVISOR to something else). */
+    size_t nenv = 0;
+    while (environ[nenv])
+        nenv++;
+    char **env = calloc(nenv + 2, sizeof *env);
+    if (!env) {
+        posix_spawn_file_actions_destroy(&fa);
+        close(pfd[0]);
+        close(pfd[1]);
+        return -ENOMEM;
+    }
+    memcpy(env, environ, nenv * sizeof *env);
+    char advisor[4200];
+    snprintf(advisor, sizeof advisor, "PLAZA_ADVISOR=json:%s/advisor%s.json", dir, wrong ? "-wrong" : "");
+    if (!getenv("PLAZA_ADVISOR"))
+        env[nenv] = advisor;
+    int r = posix_spawn(&c->pid, "/proc/self/exe", &fa, NULL, args, env);
+    free(env);
     posix_spawn_file_actions_destroy(&fa);
     close(pfd[1]);
     if (r != 0) {
@@ -312,6 +330,72 @@ static void print_locks(const run_result *r, const char *label)
     }
 }
 
+/* The advisor's verdicts on the service's locks, read from the JSON it
+ * wrote at exit: one line per lock role (the part of a lock's name before
+ * '/': every city has its own current and forecast lock), with how many of
+ * its locks got each verdict and the largest hold p99 among them. */
+static void print_verdicts(const char *dir, bool wrong, const char *label)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/advisor%s.json", dir, wrong ? "-wrong" : "");
+    json_t *j = json_load_file(path, 0, NULL);
+    json_t *locks = json_object_get(j, "locks");
+    if (!json_is_array(locks)) {
+        printf("%-6s (no advisor report in %s)\n", label, path);
+        json_decref(j);
+        return;
+    }
+    const char *roles[] = {"current", "forecast", "metrics"};
+    for (size_t r = 0; r < sizeof roles / sizeof roles[0]; r++) {
+        size_t len = strlen(roles[r]);
+        const char *verdicts[8];
+        int counts[8] = {0}, nv = 0, nlocks = 0;
+        double acq = 0, hold_p99 = 0, share = 0;
+        const char *kind = "?", *advice = "";
+        size_t i;
+        json_t *l;
+        json_array_foreach(locks, i, l)
+        {
+            const char *name = json_string_value(json_object_get(l, "name"));
+            if (!name || strncmp(name, roles[r], len) != 0 || name[len] != '/')
+                continue;
+            const char *v = json_string_value(json_object_get(l, "verdict"));
+            if (!v)
+                continue;
+            int k = 0;
+            while (k < nv && strcmp(verdicts[k], v) != 0)
+                k++;
+            if (k == nv && nv < 8)
+                verdicts[nv++] = v;
+            if (k < 8)
+                counts[k]++;
+            nlocks++;
+            kind = json_string_value(json_object_get(l, "kind"));
+            acq += json_number_value(json_object_get(l, "acquisitions"));
+            double p99 = json_number_value(json_object_get(json_object_get(l, "hold_ns"), "p99"));
+            if (p99 > hold_p99)
+                hold_p99 = p99;
+            double sh = json_number_value(json_object_get(l, "suspended_share"));
+            if (sh > share)
+                share = sh;
+            if (counts[k] == 1 && k == 0)
+                advice = json_string_value(json_object_get(l, "advice"));
+        }
+        if (!nlocks)
+            continue;
+        char vs[256] = "";
+        for (int k = 0; k < nv; k++) {
+            size_t used = strlen(vs);
+            snprintf(vs + used, sizeof vs - used, "%s%s x%d", k ? ", " : "", verdicts[k], counts[k]);
+        }
+        printf("%-6s %-9s %-15s %6d %10.0f %12.1f %9.0f%%  %s\n", label, roles[r], kind ? kind : "?", nlocks, acq,
+               hold_p99 / 1e3, share * 100, vs);
+        if (advice && *advice)
+            printf("%-6s %-9s advice: %s\n", "", "", advice);
+    }
+    json_decref(j);
+}
+
 typedef struct demo_arg {
     int result;
 } demo_arg;
@@ -351,6 +435,11 @@ static void *demo_task(void *arg)
         print_locks(&wrong, "wrong");
         printf("plaza's reports of a task suspending while holding a sync lock: right %d, wrong %d (see %s/serve-wrong.log)\n",
                right.sync_reports, wrong.sync_reports, dir);
+        printf("\n== the lock advisor's verdicts (PLAZA_ADVISOR in each service; docs/advisor.md)\n");
+        printf("%-6s %-9s %-15s %6s %10s %12s %10s  %s\n", "run", "role", "lock", "locks", "taken", "hold p99 us",
+               "waiting", "verdicts");
+        print_verdicts(dir, false, "right");
+        print_verdicts(dir, true, "wrong");
         printf("\nright: current is a data section (a copy: pz_mutex), forecast a logic section (held across the\n"
                "database: pz_async_mutex, waiters suspend and the workers serve other requests).\n"
                "wrong: a task holds a pz_mutex across the database call; whoever wants it blocks a whole worker,\n"

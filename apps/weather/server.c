@@ -732,7 +732,17 @@ static void *serve_task(void *arg)
         int k = wx_store_recent(s->store, s->city_table[i].name, &p, 1);
         s->city[i].cur_temperature = k == 1 ? p.temperature : s->city_table[i].base;
         s->city[i].cur_time_ms = k == 1 ? p.time_ms : 0;
+        /* Names for the lock advisor's report (PLAZA_ADVISOR): the lock of
+         * each role that this run takes. */
+        char name[WX_CITY_NAME_MAX + 16];
+        wx_lock *cl = &s->city[i].current_lock, *fl = &s->city[i].forecast_lock;
+        snprintf(name, sizeof name, "current/%s", s->city_table[i].name);
+        pz_lock_name(s->current_role.is_async ? (const void *)&cl->async : (const void *)&cl->sync, name);
+        snprintf(name, sizeof name, "forecast/%s", s->city_table[i].name);
+        pz_lock_name(s->forecast_role.is_async ? (const void *)&fl->async : (const void *)&fl->sync, name);
     }
+    pz_lock_name(&s->current_stats.lock, "metrics/current");
+    pz_lock_name(&s->forecast_stats.lock, "metrics/forecast");
     s->store->opts = s->o.store;
 
     /* SIGINT/SIGTERM: the first asks for the stop below, a second ends

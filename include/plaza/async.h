@@ -5,8 +5,11 @@
  * meantime) or, called from a thread that is not running a task, blocks
  * that thread.  Every wait has an _until(deadline) form (absolute pz_now()
  * nanoseconds, PZ_FOREVER for none) and returns -ECANCELED when the task is
- * cancelled.  Errors are negative errno values.  Waiter state lives on the
- * waiter's own stack: no wait allocates.
+ * cancelled.  A deadline already past, 0 or negative included, means "do
+ * not wait": the call succeeds if it can at once, else returns -ETIMEDOUT
+ * at once, from a task and from a plain thread alike.  Errors are negative
+ * errno values.  Waiter state lives on the waiter's own stack: no wait
+ * allocates.
  *
  * Cancel policy, the same for every primitive: a wait that ends by deadline
  * or cancel leaves its queue and has taken nothing.  If ownership, permits,
@@ -14,6 +17,24 @@
  * up, it keeps what it received and the call returns success (0, or
  * PZ_BARRIER_LEADER); the cancel is seen by the task's next wait.  So
  * nothing handed to a waiter is ever lost, and nothing is handed twice.
+ *
+ * Bad input.  Every call that is not inline here returns -EINVAL for a
+ * NULL object (or NULL item of pz_chan_send/recv), false from a try_ call,
+ * 0 from a query (pz_semaphore_available, pz_notify_epoch, pz_chan_len,
+ * pz_async_rwlock_readers), and does nothing from a void call.  The inline
+ * pz_async_mutex calls (lock, lock_until, trylock, unlock, is_locked,
+ * holder) do not check: they are one CAS or store each, and a NULL test
+ * there would cost every lock a branch, so a NULL mutex faults at once,
+ * at the caller's line.  Sizes are unsigned: pz_chan_init refuses an item
+ * size of 0 or over SIZE_MAX/2, a capacity or buffer that does not fit
+ * (-EINVAL; pz_chan_create returns NULL); pz_semaphore calls refuse counts
+ * over PZ_SEMAPHORE_MAX_PERMITS.  Deadlines: see above; any int64_t is
+ * valid.  No async call takes flags.  Uninitialised objects: all-zero
+ * memory is a valid, unlocked pz_async_mutex and pz_async_rwlock, a
+ * pz_semaphore with no permits and a pz_notify with no permit stored; an
+ * all-zero pz_barrier (count 0) and pz_chan (item size 0) are refused with
+ * -EINVAL; memory that is neither zero nor initialised by the calls here
+ * cannot be told from a live object and is undefined behaviour.
  *
  * docs/async.md describes each word encoding and the fairness choices.
  */
@@ -140,6 +161,12 @@ int pz__async_mutex_wake_released(pz_async_mutex_t *m);
  * mutexes that never fenced poll from then on.  Called by the lock's slow
  * path; tests call it to check the fallback. */
 void pz__async_mutex_fences_failed(void);
+/* The observed forms (src/async/observe.c), taken while the advisor is on
+ * (runtime.h): out of line, so that they see their caller's address. */
+int pz__async_mutex_lock_observed(pz_async_mutex_t *m, int64_t deadline);
+bool pz__async_mutex_trylock_observed(pz_async_mutex_t *m);
+void pz__async_mutex_released_observed(pz_async_mutex_t *m);
+#define PZ__ASYNC_OBSERVED() __builtin_expect(atomic_load_explicit(&pz__advisor_on, memory_order_relaxed), 0)
 
 /* One attempt to take a free mutex.  The waiter word is read after the
  * CAS, when the line is ours: a load before it would fetch the line shared
@@ -159,6 +186,8 @@ static inline bool pz__async_mutex_take(pz_async_mutex_t *m, uint64_t self)
  * being handed to a waiter). */
 static inline bool pz_async_mutex_trylock(pz_async_mutex_t *m)
 {
+    if (PZ__ASYNC_OBSERVED())
+        return pz__async_mutex_trylock_observed(m);
     while (atomic_load_explicit(&m->state, memory_order_relaxed) == 0) {
         if (pz__async_mutex_take(m, pz__async_self_bits())) {
             if (pz__debug_holds())
@@ -172,7 +201,11 @@ static inline bool pz_async_mutex_trylock(pz_async_mutex_t *m)
 /* Returns 0 with the mutex held, -ETIMEDOUT at the deadline or -ECANCELED. */
 static inline int pz_async_mutex_lock_until(pz_async_mutex_t *m, int64_t deadline)
 {
+    /* self first: a const call made on every path is hoisted out of a
+     * caller's loop, one made after the branch is not. */
     uint64_t self = pz__async_self_bits();
+    if (PZ__ASYNC_OBSERVED())
+        return pz__async_mutex_lock_observed(m, deadline);
     int r = 0;
     if (!pz__async_mutex_take(m, self))
         r = pz__async_mutex_lock_slow(m, self, deadline);
@@ -197,6 +230,8 @@ static inline int pz_async_mutex_unlock(pz_async_mutex_t *m)
     uint64_t self = pz__async_self_bits();
     if (pz__debug_holds())
         pz__held_forget(m);
+    if (PZ__ASYNC_OBSERVED())
+        pz__async_mutex_released_observed(m);
     if (atomic_load_explicit(&m->holder, memory_order_relaxed) == self &&
         atomic_load_explicit(&m->waiters, memory_order_relaxed) == 0 &&
         atomic_load_explicit(&pz__async_unlock_by_store, memory_order_relaxed)) {
@@ -302,6 +337,18 @@ typedef struct pz_async_rwlock {
 int pz_async_rwlock_read(pz_async_rwlock_t *l);
 int pz_async_rwlock_read_until(pz_async_rwlock_t *l, int64_t deadline);
 bool pz_async_rwlock_try_read(pz_async_rwlock_t *l);
+/* Returns 0, or -EPERM (reported on stderr, nothing changes) when no read
+ * hold is left to release.  What it cannot tell: whether the caller is the
+ * one holding.  Read holds are counted, not named: the word keeps a count
+ * and each worker's read slots keep holds that any reader may leave by
+ * (a reader that moved to another worker leaves by whichever hold it
+ * finds, see docs/async.md), so while anyone holds the lock for reading,
+ * an unlock by a task or thread that holds nothing takes one of their
+ * holds and returns 0, and a writer may then enter while that reader is
+ * still inside.  Naming holders would cost a store to per-task state on
+ * every read lock and unlock, which the read fast path (one slot in the
+ * worker's own cache line) exists to avoid.  Balance read locks and
+ * unlocks in the same task or thread. */
 int pz_async_rwlock_read_unlock(pz_async_rwlock_t *l);
 /* How many readers hold the lock (in the word and in read slots), the
  * upgradable reader included.  A snapshot, for reports, diagnostics and
@@ -311,6 +358,10 @@ uint64_t pz_async_rwlock_readers(pz_async_rwlock_t *l);
 int pz_async_rwlock_write(pz_async_rwlock_t *l);
 int pz_async_rwlock_write_until(pz_async_rwlock_t *l, int64_t deadline);
 bool pz_async_rwlock_try_write(pz_async_rwlock_t *l);
+/* Returns 0, or -EPERM (reported, nothing changes) if the lock is not held
+ * for writing, or is held for writing by another task (or by a plain
+ * thread while a task calls, or the other way round).  Plain threads are
+ * not told apart from each other.  The same for both downgrades. */
 int pz_async_rwlock_write_unlock(pz_async_rwlock_t *l);
 
 /* An upgradable read shares the lock with plain readers but excludes

@@ -17,6 +17,7 @@
 #ifndef PLAZA_RUNTIME_H
 #define PLAZA_RUNTIME_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -189,6 +190,39 @@ static inline bool pz__debug_holds(void)
 {
     return __builtin_expect(pz__debug, 0);
 }
+
+/* The lock observation hooks (docs/advisor.md).  Off by default: every
+ * lock's fast path then costs one predictable branch on pz__advisor_on.
+ * The advisor (src/advisor, a layer above the locks) installs its hooks
+ * with pz__lock_hooks_install and then sets the flag; the sync and async
+ * layers call down into the table, never up into the advisor.  The hooks
+ * run inside lock and unlock paths (sometimes under a parking-lot bucket
+ * lock): they must not park, suspend or take a plaza lock. */
+#define PZ__LOCK_MUTEX 0u
+#define PZ__LOCK_RWLOCK 1u
+#define PZ__LOCK_ASYNC_MUTEX 2u
+#define PZ__LOCK_ASYNC_RWLOCK 3u
+#define PZ__LOCK_SEMAPHORE 4u
+#define PZ__LOCK_SHARED 1u /* a shared (read) hold: no hold timing */
+typedef struct pz__lock_hooks {
+    /* lock was acquired at site (an address in the caller of the public
+     * call); wait_ns is the time the acquisition waited, -1 if it took
+     * the lock at the first attempt. */
+    void (*acquired)(const void *lock, unsigned kind, const void *site, int64_t wait_ns, unsigned flags);
+    /* lock is about to be released (its holder still holds it). */
+    void (*released)(const void *lock, unsigned kind, unsigned flags);
+    /* pz_run has spawned main and is about to start the workers (may be
+     * NULL): the advisor starts its live page there. */
+    void (*runtime_started)(void);
+} pz__lock_hooks;
+extern _Atomic bool pz__advisor_on;
+extern const pz__lock_hooks *_Atomic pz__lock_hooks_table;
+/* Installs hooks (NULL: none) and turns the observation on or off. */
+void pz__lock_hooks_install(const pz__lock_hooks *hooks);
+/* The nanoseconds the calling task has spent suspended (parked: I/O,
+ * sleep, a lock, the blocking pool) while the observation was on; -1 on a
+ * thread that is not running a task. */
+int64_t pz__task_suspended_ns(void);
 
 #ifdef __cplusplus
 }

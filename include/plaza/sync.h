@@ -57,9 +57,16 @@ void pz__mutex_unlock_slow(pz_mutex_t *m, bool fair);
 /* Which sync locks the caller holds: pz__held_acquired and
  * pz__held_released, the runtime's held-lock record (plaza/runtime.h;
  * src/runtime/held.c says which wrong unlocks are caught). */
+/* The observed forms (src/sync/observe.c), taken while the advisor is on. */
+void pz__mutex_lock_observed(pz_mutex_t *m, int64_t deadline, int *result);
+bool pz__mutex_trylock_observed(pz_mutex_t *m);
+void pz__mutex_released_observed(pz_mutex_t *m);
+#define PZ__OBSERVED() __builtin_expect(atomic_load_explicit(&pz__advisor_on, memory_order_relaxed), 0)
 
 static inline bool pz_mutex_trylock(pz_mutex_t *m)
 {
+    if (PZ__OBSERVED())
+        return pz__mutex_trylock_observed(m);
     uint8_t s = atomic_load_explicit(&m->state, memory_order_relaxed);
     while (!(s & PZ__MUTEX_LOCKED)) {
         if (atomic_compare_exchange_weak_explicit(&m->state, &s, (uint8_t)(s | PZ__MUTEX_LOCKED),
@@ -73,6 +80,10 @@ static inline bool pz_mutex_trylock(pz_mutex_t *m)
 
 static inline void pz_mutex_lock(pz_mutex_t *m)
 {
+    if (PZ__OBSERVED()) {
+        pz__mutex_lock_observed(m, INT64_MAX, NULL);
+        return;
+    }
     uint8_t unlocked = 0;
     if (!atomic_compare_exchange_weak_explicit(&m->state, &unlocked, PZ__MUTEX_LOCKED, memory_order_acquire,
                                                memory_order_relaxed))
@@ -86,6 +97,10 @@ static inline int pz_mutex_lock_until(pz_mutex_t *m, int64_t deadline)
 {
     uint8_t unlocked = 0;
     int r = 0;
+    if (PZ__OBSERVED()) {
+        pz__mutex_lock_observed(m, deadline, &r);
+        return r;
+    }
     if (!atomic_compare_exchange_weak_explicit(&m->state, &unlocked, PZ__MUTEX_LOCKED, memory_order_acquire,
                                                memory_order_relaxed))
         pz__mutex_lock_slow(m, deadline, &r);
@@ -99,6 +114,8 @@ static inline void pz_mutex_unlock(pz_mutex_t *m)
     uint8_t locked = PZ__MUTEX_LOCKED;
     if (!pz__held_released(m, "pz_mutex_unlock"))
         return;
+    if (PZ__OBSERVED())
+        pz__mutex_released_observed(m);
     if (!atomic_compare_exchange_strong_explicit(&m->state, &locked, 0, memory_order_release, memory_order_relaxed))
         pz__mutex_unlock_slow(m, false);
 }
@@ -109,6 +126,8 @@ static inline void pz_mutex_unlock_fair(pz_mutex_t *m)
     uint8_t locked = PZ__MUTEX_LOCKED;
     if (!pz__held_released(m, "pz_mutex_unlock_fair"))
         return;
+    if (PZ__OBSERVED())
+        pz__mutex_released_observed(m);
     if (!atomic_compare_exchange_strong_explicit(&m->state, &locked, 0, memory_order_release, memory_order_relaxed))
         pz__mutex_unlock_slow(m, true);
 }
@@ -182,6 +201,10 @@ void pz__rwlock_read_unlock_slow(pz_rwlock_t *rw);
 void pz__rwlock_write_unlock_slow(pz_rwlock_t *rw, bool fair);
 void pz__rwlock_upgradable_unlock_slow(pz_rwlock_t *rw);
 int pz__rwlock_upgrade_slow(pz_rwlock_t *rw, int64_t deadline);
+/* The observed forms (src/sync/observe.c), taken while the advisor is on. */
+int pz__rwlock_lock_observed(pz_rwlock_t *rw, int mode, int64_t deadline);
+bool pz__rwlock_try_observed(pz_rwlock_t *rw, int mode);
+void pz__rwlock_released_observed(pz_rwlock_t *rw, int mode);
 
 static inline bool pz__rwlock_read_fast(pz_rwlock_t *rw)
 {
@@ -194,6 +217,10 @@ static inline bool pz__rwlock_read_fast(pz_rwlock_t *rw)
 /* Read lock: shared with other readers and one upgradable reader. */
 static inline void pz_rwlock_read(pz_rwlock_t *rw)
 {
+    if (PZ__OBSERVED()) {
+        pz__rwlock_lock_observed(rw, PZ__RW_MODE_READ, INT64_MAX);
+        return;
+    }
     if (!pz__rwlock_read_fast(rw))
         pz__rwlock_lock_slow(rw, PZ__RW_MODE_READ, INT64_MAX);
     pz__held_acquired(rw, "pz_rwlock");
@@ -202,6 +229,8 @@ static inline void pz_rwlock_read(pz_rwlock_t *rw)
 /* Returns 0 holding a read lock, or -ETIMEDOUT at the deadline. */
 static inline int pz_rwlock_read_until(pz_rwlock_t *rw, int64_t deadline)
 {
+    if (PZ__OBSERVED())
+        return pz__rwlock_lock_observed(rw, PZ__RW_MODE_READ, deadline);
     int r = 0;
     if (!pz__rwlock_read_fast(rw))
         r = pz__rwlock_lock_slow(rw, PZ__RW_MODE_READ, deadline);
@@ -212,6 +241,8 @@ static inline int pz_rwlock_read_until(pz_rwlock_t *rw, int64_t deadline)
 
 static inline bool pz_rwlock_try_read(pz_rwlock_t *rw)
 {
+    if (PZ__OBSERVED())
+        return pz__rwlock_try_observed(rw, PZ__RW_MODE_READ);
     if (!pz__rwlock_read_fast(rw) && !pz__rwlock_try_slow(rw, PZ__RW_MODE_READ))
         return false;
     pz__held_acquired(rw, "pz_rwlock");
@@ -222,6 +253,10 @@ static inline bool pz_rwlock_try_read(pz_rwlock_t *rw)
  * deadlock above): it waits only while a writer actually holds the lock. */
 static inline void pz_rwlock_read_recursive(pz_rwlock_t *rw)
 {
+    if (PZ__OBSERVED()) {
+        pz__rwlock_lock_observed(rw, PZ__RW_MODE_READ_RECURSIVE, INT64_MAX);
+        return;
+    }
     if (!pz__rwlock_read_fast(rw))
         pz__rwlock_lock_slow(rw, PZ__RW_MODE_READ_RECURSIVE, INT64_MAX);
     pz__held_acquired(rw, "pz_rwlock");
@@ -229,6 +264,8 @@ static inline void pz_rwlock_read_recursive(pz_rwlock_t *rw)
 
 static inline int pz_rwlock_read_recursive_until(pz_rwlock_t *rw, int64_t deadline)
 {
+    if (PZ__OBSERVED())
+        return pz__rwlock_lock_observed(rw, PZ__RW_MODE_READ_RECURSIVE, deadline);
     int r = 0;
     if (!pz__rwlock_read_fast(rw))
         r = pz__rwlock_lock_slow(rw, PZ__RW_MODE_READ_RECURSIVE, deadline);
@@ -241,6 +278,8 @@ static inline void pz_rwlock_read_unlock(pz_rwlock_t *rw)
 {
     if (!pz__held_released(rw, "pz_rwlock_read_unlock"))
         return;
+    if (PZ__OBSERVED())
+        pz__rwlock_released_observed(rw, PZ__RW_MODE_READ);
     uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
     /* The common case in one CAS: another reader stays, or we are the last
      * and no writer is parked waiting for us.  The slow path handles the
@@ -257,6 +296,10 @@ static inline void pz_rwlock_read_unlock(pz_rwlock_t *rw)
 /* Write lock: exclusive. */
 static inline void pz_rwlock_write(pz_rwlock_t *rw)
 {
+    if (PZ__OBSERVED()) {
+        pz__rwlock_lock_observed(rw, PZ__RW_MODE_WRITE, INT64_MAX);
+        return;
+    }
     uintptr_t unlocked = 0;
     if (!atomic_compare_exchange_weak_explicit(&rw->state, &unlocked, PZ__RW_WRITER, memory_order_acquire,
                                                memory_order_relaxed))
@@ -266,6 +309,8 @@ static inline void pz_rwlock_write(pz_rwlock_t *rw)
 
 static inline int pz_rwlock_write_until(pz_rwlock_t *rw, int64_t deadline)
 {
+    if (PZ__OBSERVED())
+        return pz__rwlock_lock_observed(rw, PZ__RW_MODE_WRITE, deadline);
     uintptr_t unlocked = 0;
     int r = 0;
     if (!atomic_compare_exchange_weak_explicit(&rw->state, &unlocked, PZ__RW_WRITER, memory_order_acquire,
@@ -278,6 +323,8 @@ static inline int pz_rwlock_write_until(pz_rwlock_t *rw, int64_t deadline)
 
 static inline bool pz_rwlock_try_write(pz_rwlock_t *rw)
 {
+    if (PZ__OBSERVED())
+        return pz__rwlock_try_observed(rw, PZ__RW_MODE_WRITE);
     uintptr_t unlocked = 0;
     if (!atomic_compare_exchange_strong_explicit(&rw->state, &unlocked, PZ__RW_WRITER, memory_order_acquire,
                                                  memory_order_relaxed) &&
@@ -289,6 +336,8 @@ static inline bool pz_rwlock_try_write(pz_rwlock_t *rw)
 
 static inline void pz_rwlock_write_unlock(pz_rwlock_t *rw)
 {
+    if (PZ__OBSERVED())
+        pz__rwlock_released_observed(rw, PZ__RW_MODE_WRITE);
     uintptr_t locked = PZ__RW_WRITER;
     if (!pz__held_released(rw, "pz_rwlock_write_unlock"))
         return;
@@ -299,6 +348,8 @@ static inline void pz_rwlock_write_unlock(pz_rwlock_t *rw)
 /* Unlocks and hands the lock straight to the waiters it wakes, if any. */
 static inline void pz_rwlock_write_unlock_fair(pz_rwlock_t *rw)
 {
+    if (PZ__OBSERVED())
+        pz__rwlock_released_observed(rw, PZ__RW_MODE_WRITE);
     uintptr_t locked = PZ__RW_WRITER;
     if (!pz__held_released(rw, "pz_rwlock_write_unlock_fair"))
         return;
@@ -325,6 +376,10 @@ static inline bool pz__rwlock_upgradable_fast(pz_rwlock_t *rw)
 
 static inline void pz_rwlock_upgradable(pz_rwlock_t *rw)
 {
+    if (PZ__OBSERVED()) {
+        pz__rwlock_lock_observed(rw, PZ__RW_MODE_UPGRADABLE, INT64_MAX);
+        return;
+    }
     if (!pz__rwlock_upgradable_fast(rw))
         pz__rwlock_lock_slow(rw, PZ__RW_MODE_UPGRADABLE, INT64_MAX);
     pz__held_acquired(rw, "pz_rwlock");
@@ -332,6 +387,8 @@ static inline void pz_rwlock_upgradable(pz_rwlock_t *rw)
 
 static inline int pz_rwlock_upgradable_until(pz_rwlock_t *rw, int64_t deadline)
 {
+    if (PZ__OBSERVED())
+        return pz__rwlock_lock_observed(rw, PZ__RW_MODE_UPGRADABLE, deadline);
     int r = 0;
     if (!pz__rwlock_upgradable_fast(rw))
         r = pz__rwlock_lock_slow(rw, PZ__RW_MODE_UPGRADABLE, deadline);
@@ -342,6 +399,8 @@ static inline int pz_rwlock_upgradable_until(pz_rwlock_t *rw, int64_t deadline)
 
 static inline bool pz_rwlock_try_upgradable(pz_rwlock_t *rw)
 {
+    if (PZ__OBSERVED())
+        return pz__rwlock_try_observed(rw, PZ__RW_MODE_UPGRADABLE);
     if (!pz__rwlock_upgradable_fast(rw) && !pz__rwlock_try_slow(rw, PZ__RW_MODE_UPGRADABLE))
         return false;
     pz__held_acquired(rw, "pz_rwlock");
@@ -350,6 +409,8 @@ static inline bool pz_rwlock_try_upgradable(pz_rwlock_t *rw)
 
 static inline void pz_rwlock_upgradable_unlock(pz_rwlock_t *rw)
 {
+    if (PZ__OBSERVED())
+        pz__rwlock_released_observed(rw, PZ__RW_MODE_UPGRADABLE);
     uintptr_t held = PZ__RW_ONE_READER | PZ__RW_UPGRADABLE;
     if (!pz__held_released(rw, "pz_rwlock_upgradable_unlock"))
         return;

@@ -22,12 +22,15 @@
 #include "plaza/park.h"
 
 #include "../runtime/internal.h"
+#include "deadline.h"
 
 #define ARRIVED_MASK 0xffffffffull
 #define GEN_SHIFT 32
 
 int pz_barrier_init(pz_barrier_t *b, uint32_t n)
 {
+    if (!b)
+        return -EINVAL;
     if (n == 0)
         return -EINVAL;
     atomic_init(&b->state, 0);
@@ -65,6 +68,9 @@ static void barrier_timed_out(void *ctx, bool was_last)
 
 int pz_barrier_wait_until(pz_barrier_t *b, int64_t deadline)
 {
+    if (!b)
+        return -EINVAL;
+    deadline = pz__async_deadline(deadline);
     if (b->count == 0)
         return -EINVAL;
     uint64_t st = atomic_load_explicit(&b->state, memory_order_relaxed);

@@ -68,6 +68,7 @@
 
 #include "../runtime/internal.h"
 #include "chan_internal.h"
+#include "deadline.h"
 
 #define CLOSED PZ__CHAN_CLOSED
 #define SENDERS_WAIT PZ__CHAN_SENDERS_WAIT
@@ -280,6 +281,8 @@ static int ring_pop(pz_chan_t *ch, void *item, bool exact)
 
 size_t pz_chan_len(pz_chan_t *ch)
 {
+    if (!ch)
+        return 0;
     if (!ch->capacity)
         return 0;
     for (;;) {
@@ -424,7 +427,7 @@ static int wait_node(pz_chan_t *ch, pz__chan_waiter *w, pz__chan_waiter **head, 
         w->task = NULL;
         atomic_store_explicit(&w->futex, 1, memory_order_relaxed);
         chan_unlock(ch);
-        int64_t until = deadline == PZ_FOREVER ? -1 : deadline;
+        int64_t until = deadline == PZ_FOREVER ? -1 : pz__async_deadline(deadline);
         r = 0;
         pz__thread_wait_begin(ch);
         while (atomic_load_explicit(&w->futex, memory_order_acquire) != 0) {
@@ -612,11 +615,15 @@ static int rendezvous_recv(pz_chan_t *ch, void *item, int64_t deadline, bool try
 
 static int send_impl(pz_chan_t *ch, const void *item, int64_t deadline, bool try_only)
 {
+    if (!ch || !item || !ch->item_size)
+        return -EINVAL; /* no channel, no item, or a channel never initialised */
     return ch->capacity ? ring_send(ch, item, deadline, try_only) : rendezvous_send(ch, item, deadline, try_only);
 }
 
 static int recv_impl(pz_chan_t *ch, void *item, int64_t deadline, bool try_only)
 {
+    if (!ch || !item || !ch->item_size)
+        return -EINVAL;
     return ch->capacity ? ring_recv(ch, item, deadline, try_only) : rendezvous_recv(ch, item, deadline, try_only);
 }
 
@@ -652,6 +659,8 @@ int pz_chan_try_recv(pz_chan_t *ch, void *item)
 
 void pz_chan_close(pz_chan_t *ch)
 {
+    if (!ch)
+        return;
     /* Waiting senders fail (their items never entered the ring); each
      * waiting receiver gets an item still in the ring, or -EPIPE. */
     pz__chan_waiter *claimed = NULL;

@@ -93,6 +93,7 @@
 #include <stdio.h>
 
 #include "../runtime/internal.h"
+#include "deadline.h"
 #include "spin.h"
 
 #define TOKEN_NORMAL 0
@@ -241,6 +242,7 @@ __attribute__((constructor)) static void register_holder_query(void)
 
 int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadline)
 {
+    deadline = pz__async_deadline(deadline);
     /* A task that keeps winning the lock here never suspends; the budget
      * makes it let the tasks queued behind it run now and then. */
     pz__coop_tick();

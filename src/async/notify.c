@@ -22,6 +22,7 @@
 #include "plaza/park.h"
 
 #include "../runtime/internal.h"
+#include "deadline.h"
 
 #define PERMIT 1u
 #define WAITERS 2u
@@ -30,6 +31,8 @@
 
 uint64_t pz_notify_epoch(pz_notify_t *n)
 {
+    if (!n)
+        return 0;
     return atomic_load_explicit(&n->state, memory_order_acquire) >> EPOCH_SHIFT;
 }
 
@@ -71,6 +74,9 @@ static void notify_timed_out(void *ctx, bool was_last)
 
 int pz_notify_wait_since(pz_notify_t *n, uint64_t epoch, int64_t deadline)
 {
+    if (!n)
+        return -EINVAL;
+    deadline = pz__async_deadline(deadline);
     for (;;) {
         struct notify_wait w = {n, epoch, false};
         pz__wait_note(PZ__WAIT_NOTIFY, n);
@@ -111,6 +117,8 @@ static uintptr_t one_done(pz_unpark_result_t r, void *ctx)
 
 void pz_notify_one(pz_notify_t *n)
 {
+    if (!n)
+        return;
     uint64_t st = atomic_load_explicit(&n->state, memory_order_relaxed);
     for (;;) {
         if (st & WAITERS) {
@@ -147,6 +155,8 @@ static uintptr_t all_done(pz_unpark_result_t r, void *ctx)
 
 void pz_notify_all(pz_notify_t *n)
 {
+    if (!n)
+        return;
     uint64_t old = atomic_fetch_add_explicit(&n->state, EPOCH_UNIT, memory_order_acq_rel);
     if (old & WAITERS)
         pz_unpark_filter(n, all_filter, all_done, n);

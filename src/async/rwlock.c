@@ -68,6 +68,7 @@
 
 #include "../runtime/internal.h"
 #include "spin.h"
+#include "deadline.h"
 
 #define PARKED ((uintptr_t)PZ__ARW_PARKED)
 #define UPG_PARKED ((uintptr_t)PZ__ARW_UPG_PARKED)
@@ -559,6 +560,7 @@ static bool worth_spinning(pz_async_rwlock_t *l, uintptr_t s, int spins)
 
 static int acquire_slow(pz_async_rwlock_t *l, int kind, int64_t deadline)
 {
+    deadline = pz__async_deadline(deadline);
     const int spin_rounds = pz__async_spin_rounds();
     bool counted = false, woken = false;
     int spins = 0;
@@ -686,6 +688,8 @@ static int acquire_slow(pz_async_rwlock_t *l, int kind, int64_t deadline)
 
 static int acquire(pz_async_rwlock_t *l, int kind, int64_t deadline)
 {
+    if (!l)
+        return -EINVAL;
     int r = 0;
     if (!try_enter(l, kind)) {
         /* The cooperative budget: a task that keeps winning here without
@@ -710,6 +714,8 @@ int pz_async_rwlock_read_until(pz_async_rwlock_t *l, int64_t deadline)
 
 bool pz_async_rwlock_try_read(pz_async_rwlock_t *l)
 {
+    if (!l)
+        return false;
     return try_enter(l, K_READ);
 }
 
@@ -725,6 +731,8 @@ int pz_async_rwlock_write_until(pz_async_rwlock_t *l, int64_t deadline)
 
 bool pz_async_rwlock_try_write(pz_async_rwlock_t *l)
 {
+    if (!l)
+        return false;
     if (!try_enter(l, K_WRITE)) {
         /* Read slots open: the lock may be free with nobody in the slots.
          * Revoke them as a counted writer and try once more. */
@@ -757,6 +765,8 @@ int pz_async_rwlock_upgradable_read_until(pz_async_rwlock_t *l, int64_t deadline
 
 bool pz_async_rwlock_try_upgradable_read(pz_async_rwlock_t *l)
 {
+    if (!l)
+        return false;
     return try_enter(l, K_UPG);
 }
 
@@ -791,6 +801,8 @@ static bool leave_counted(pz_async_rwlock_t *l)
 
 uint64_t pz_async_rwlock_readers(pz_async_rwlock_t *l)
 {
+    if (!l)
+        return 0;
     uint64_t n = READERS(atomic_load_explicit(&l->state, memory_order_relaxed));
     pz__runtime *rt = pz__rt_pin();
     for (int i = 0; rt && i < rt->nworkers; i++)
@@ -802,6 +814,8 @@ uint64_t pz_async_rwlock_readers(pz_async_rwlock_t *l)
 
 int pz_async_rwlock_read_unlock(pz_async_rwlock_t *l)
 {
+    if (!l)
+        return -EINVAL;
     /* Read holds are interchangeable (see "read slots"): this worker's
      * slots, then the word, then any worker's slots.  A hold moves only
      * from a slot into the word, but holds are also swapped (another
@@ -830,6 +844,8 @@ int pz_async_rwlock_read_unlock(pz_async_rwlock_t *l)
 static int change_mode(pz_async_rwlock_t *l, uintptr_t need, uintptr_t sub, uintptr_t add, const char *call,
                        const char *mode)
 {
+    if (!l)
+        return -EINVAL;
     uintptr_t s = atomic_load_explicit(&l->state, memory_order_relaxed);
     for (;;) {
         if (!(s & need))
@@ -843,10 +859,40 @@ static int change_mode(pz_async_rwlock_t *l, uintptr_t need, uintptr_t sub, uint
     return 0;
 }
 
+/* Whether the caller may be the writer, as far as the writer word tells:
+ * it names the writing task (UINT64_MAX: a plain thread; 0: a writer
+ * between entering and writing its id, or none).  A caller that is
+ * certainly not the writer (another task, or a thread while a task
+ * writes, or a task while a thread writes) is refused; threads are not
+ * told apart from each other, nor is the moment after a writer entered.
+ * The writer itself always passes: it wrote its id before it returned
+ * from the lock. */
+static bool may_be_writer(pz_async_rwlock_t *l)
+{
+    uint64_t id = atomic_load_explicit(&l->writer, memory_order_relaxed);
+    if (!id)
+        return true;
+    pz_task_t *t = pz__current_task();
+    return id == (t ? t->id : UINT64_MAX);
+}
+
+/* Gives up the write lock (into `add`), after the writer check. */
+static int writer_leaves(pz_async_rwlock_t *l, uintptr_t add, const char *call)
+{
+    if (!l)
+        return -EINVAL;
+    if ((atomic_load_explicit(&l->state, memory_order_relaxed) & WRITER) && !may_be_writer(l)) {
+        pz__report("%s: async rwlock %p is held for writing by another %s; ignored", call, (void *)l,
+                   atomic_load_explicit(&l->writer, memory_order_relaxed) == UINT64_MAX ? "thread" : "task");
+        return -EPERM;
+    }
+    atomic_store_explicit(&l->writer, 0, memory_order_relaxed);
+    return change_mode(l, WRITER, WRITER, add, call, "for writing");
+}
+
 int pz_async_rwlock_write_unlock(pz_async_rwlock_t *l)
 {
-    atomic_store_explicit(&l->writer, 0, memory_order_relaxed);
-    return change_mode(l, WRITER, WRITER, 0, "pz_async_rwlock_write_unlock", "for writing");
+    return writer_leaves(l, 0, "pz_async_rwlock_write_unlock");
 }
 
 int pz_async_rwlock_upgradable_unlock(pz_async_rwlock_t *l)
@@ -857,15 +903,12 @@ int pz_async_rwlock_upgradable_unlock(pz_async_rwlock_t *l)
 
 int pz_async_rwlock_downgrade(pz_async_rwlock_t *l)
 {
-    atomic_store_explicit(&l->writer, 0, memory_order_relaxed);
-    return change_mode(l, WRITER, WRITER, READER, "pz_async_rwlock_downgrade", "for writing");
+    return writer_leaves(l, READER, "pz_async_rwlock_downgrade");
 }
 
 int pz_async_rwlock_downgrade_to_upgradable(pz_async_rwlock_t *l)
 {
-    atomic_store_explicit(&l->writer, 0, memory_order_relaxed);
-    return change_mode(l, WRITER, WRITER, READER + UPGRADABLE, "pz_async_rwlock_downgrade_to_upgradable",
-                       "for writing");
+    return writer_leaves(l, READER + UPGRADABLE, "pz_async_rwlock_downgrade_to_upgradable");
 }
 
 int pz_async_rwlock_upgradable_downgrade(pz_async_rwlock_t *l)
@@ -887,6 +930,8 @@ static bool upgrade_now(pz_async_rwlock_t *l, uintptr_t *s)
 
 bool pz_async_rwlock_try_upgrade(pz_async_rwlock_t *l)
 {
+    if (!l)
+        return false;
     uintptr_t s = atomic_load_explicit(&l->state, memory_order_relaxed);
     if (!(s & UPGRADABLE)) {
         misuse(l, "pz_async_rwlock_try_upgrade", "as upgradable reader");
@@ -927,6 +972,9 @@ static void upg_timed_out(void *ctx, bool was_last)
 
 int pz_async_rwlock_upgrade_until(pz_async_rwlock_t *l, int64_t deadline)
 {
+    if (!l)
+        return -EINVAL;
+    deadline = pz__async_deadline(deadline);
     uintptr_t s = atomic_load_explicit(&l->state, memory_order_relaxed);
     if (!(s & UPGRADABLE))
         return misuse(l, "pz_async_rwlock_upgrade", "as upgradable reader");

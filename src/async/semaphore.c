@@ -25,6 +25,7 @@
 
 #include "../runtime/internal.h"
 #include "../park/lot.h"
+#include "deadline.h"
 #include "semaphore_internal.h"
 
 #define TOKEN_GRANTED 1
@@ -35,6 +36,8 @@
 
 void pz_semaphore_init(pz_semaphore_t *s, uint64_t permits)
 {
+    if (!s)
+        return;
     if (permits > PZ_SEMAPHORE_MAX_PERMITS)
         permits = PZ_SEMAPHORE_MAX_PERMITS;
     atomic_init(&s->state, permits << PZ__SEM_SHIFT);
@@ -42,11 +45,15 @@ void pz_semaphore_init(pz_semaphore_t *s, uint64_t permits)
 
 uint64_t pz_semaphore_available(pz_semaphore_t *s)
 {
+    if (!s)
+        return 0;
     return atomic_load_explicit(&s->state, memory_order_relaxed) >> PZ__SEM_SHIFT;
 }
 
 int pz_semaphore_try_acquire(pz_semaphore_t *s, uint64_t n)
 {
+    if (!s)
+        return -EINVAL;
     if (n > PZ_SEMAPHORE_MAX_PERMITS)
         return -EINVAL;
     uint64_t st = atomic_load_explicit(&s->state, memory_order_relaxed);
@@ -150,6 +157,9 @@ static void dispatch(pz_semaphore_t *s, uint64_t added)
 
 int pz_semaphore_acquire_until(pz_semaphore_t *s, uint64_t n, int64_t deadline)
 {
+    if (!s)
+        return -EINVAL;
+    deadline = pz__async_deadline(deadline);
     if (n > PZ_SEMAPHORE_MAX_PERMITS)
         return -EINVAL;
     uint64_t st = atomic_load_explicit(&s->state, memory_order_relaxed);
@@ -192,6 +202,8 @@ int pz_semaphore_acquire(pz_semaphore_t *s, uint64_t n)
 
 int pz_semaphore_release(pz_semaphore_t *s, uint64_t n)
 {
+    if (!s)
+        return -EINVAL;
     if (n == 0)
         return 0;
     uint64_t st = atomic_load_explicit(&s->state, memory_order_relaxed);
@@ -210,6 +222,8 @@ int pz_semaphore_release(pz_semaphore_t *s, uint64_t n)
 
 void pz_semaphore_close(pz_semaphore_t *s)
 {
+    if (!s)
+        return;
     atomic_fetch_or_explicit(&s->state, PZ__SEM_CLOSED, memory_order_acq_rel);
     /* Waiters validated before CLOSED was set are queued; this takes the
      * same bucket lock after, so it finds every one of them. */

@@ -248,6 +248,11 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
     }
     rt->main_task = pz__task_peek(mt); /* the struct, as next_runnable compares it (mt is a tagged handle) */
     pz_detach(mt);
+    if (atomic_load_explicit(&pz__advisor_on, memory_order_acquire)) {
+        const pz__lock_hooks *h = atomic_load_explicit(&pz__lock_hooks_table, memory_order_acquire);
+        if (h && h->runtime_started)
+            h->runtime_started();
+    }
 
     int started = 0, err = 0;
     /* Workers start with every asynchronous signal blocked (inherited from

@@ -1,0 +1,526 @@
+/*
+ * The advisor: per-lock statistics gathered through the lock hooks of
+ * runtime.h, and the verdicts built from them (docs/advisor.md).
+ *
+ * Contract with the lock layers: acquired() runs after a lock was taken,
+ * released() before it is let go, both on the thread (task) of the holder
+ * and never suspending.  For an exclusive hold, the hold's own fields in
+ * the lock's record (hold_*) are written only between those two calls, so
+ * the lock itself serialises them; the report reads them with relaxed
+ * loads and may see a hold half-recorded, which moves a figure by one
+ * sample at most.
+ *
+ * The table: a fixed open-addressed array of TABLE_SIZE slots keyed by
+ * the lock's address, inserted by CAS of the key and never removed (a
+ * lock's memory reused for another lock continues the old record; named
+ * again, it takes the new name).  The record itself is allocated once and
+ * published by CAS; a thread that finds the key but no record yet waits
+ * for it (the inserter is between two instructions).  The advisor takes
+ * no plaza lock: its own state is atomics and one spin flag for the
+ * symbol resolver, so it never measures itself.
+ *
+ * Sampling: every acquisition, contended acquisition, owner change and
+ * wait is counted (a wait is timed whenever the first attempt fails, which
+ * is exact); hold times are timed for each thread's first SAMPLE_ALL
+ * acquisitions at each call site and then one in sample_mask + 1.  The
+ * timed holds are 1 in N of the acquisitions (by their order), so their
+ * distribution is that of all holds unless holds come in a period that
+ * beats with N (docs/advisor.md).
+ */
+#define _GNU_SOURCE
+#include "plaza/advisor.h"
+#include "plaza/async.h"
+#include "plaza/runtime.h"
+#include "plaza/sync.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "advisor_internal.h"
+#include "hist.h"
+
+#define TABLE_SIZE 4096u /* a power of two */
+#define SAMPLE_ALL 256u
+/* A hold this long may hide a blocking system call worth reporting. */
+#define LONG_HOLD_NS 20000
+
+static pz__advisor_lock *_Atomic table_rec[TABLE_SIZE];
+static _Atomic uintptr_t table_key[TABLE_SIZE];
+static _Atomic uint64_t table_full_misses;
+static uint64_t sample_mask = 63;
+
+static const char *const kind_names[] = {"pz_mutex", "pz_rwlock", "pz_async_mutex", "pz_async_rwlock",
+                                         "pz_semaphore"};
+
+const char *pz__advisor_kind_name(unsigned kind)
+{
+    return kind < sizeof kind_names / sizeof kind_names[0] ? kind_names[kind] : "lock";
+}
+
+static inline uint32_t slot_of(uintptr_t key)
+{
+    uint64_t h = (uint64_t)key * 0x9E3779B97F4A7C15ull;
+    return (uint32_t)(h >> 40) & (TABLE_SIZE - 1);
+}
+
+/* The record of lock, created (with kind) if create is set.  NULL if absent
+ * or the table is full. */
+static pz__advisor_lock *record_of(const void *lock, unsigned kind, bool create)
+{
+    uintptr_t key = (uintptr_t)lock;
+    uint32_t i = slot_of(key);
+    for (uint32_t probes = 0; probes < TABLE_SIZE; probes++, i = (i + 1) & (TABLE_SIZE - 1)) {
+        uintptr_t k = atomic_load_explicit(&table_key[i], memory_order_acquire);
+        if (k == 0) {
+            if (!create)
+                return NULL;
+            if (!atomic_compare_exchange_strong_explicit(&table_key[i], &k, key, memory_order_acq_rel,
+                                                         memory_order_acquire)) {
+                if (k != key)
+                    continue;
+            } else {
+                pz__advisor_lock *r = calloc(1, sizeof *r);
+                if (!r) /* leaves the key without a record: the lock goes unobserved */
+                    return NULL;
+                r->lock = lock;
+                atomic_store_explicit(&r->kind, kind, memory_order_relaxed);
+                atomic_store_explicit(&table_rec[i], r, memory_order_release);
+                return r;
+            }
+        }
+        if (k == key) {
+            pz__advisor_lock *r;
+            /* The inserter publishes the record right after its key. */
+            for (int spins = 0; !(r = atomic_load_explicit(&table_rec[i], memory_order_acquire)); spins++) {
+                if (spins > 1000000)
+                    return NULL;
+            }
+            return r;
+        }
+    }
+    atomic_fetch_add_explicit(&table_full_misses, 1, memory_order_relaxed);
+    return NULL;
+}
+
+pz__advisor_lock *pz__advisor_record_at(unsigned i)
+{
+    return i < TABLE_SIZE ? atomic_load_explicit(&table_rec[i], memory_order_acquire) : NULL;
+}
+
+unsigned pz__advisor_table_size(void)
+{
+    return TABLE_SIZE;
+}
+
+/* Counter updates: under an exclusive hold the lock serialises them (a
+ * load and a store, no locked instruction); shared holds add atomically. */
+static inline void bump(_Atomic uint64_t *p, uint64_t v, bool exclusive)
+{
+    if (exclusive)
+        atomic_store_explicit(p, atomic_load_explicit(p, memory_order_relaxed) + v, memory_order_relaxed);
+    else
+        atomic_fetch_add_explicit(p, v, memory_order_relaxed);
+}
+
+static inline void bump_max(_Atomic uint64_t *p, uint64_t v)
+{
+    uint64_t m = atomic_load_explicit(p, memory_order_relaxed);
+    while (v > m && !atomic_compare_exchange_weak_explicit(p, &m, v, memory_order_relaxed, memory_order_relaxed)) {
+    }
+}
+
+static inline void hist_bump(_Atomic uint32_t *h, uint64_t v, bool exclusive)
+{
+    _Atomic uint32_t *b = &h[hist_index(v)];
+    if (exclusive)
+        atomic_store_explicit(b, atomic_load_explicit(b, memory_order_relaxed) + 1, memory_order_relaxed);
+    else
+        atomic_fetch_add_explicit(b, 1, memory_order_relaxed);
+}
+
+static pz__advisor_site *site_of(pz__advisor_lock *r, const void *site)
+{
+    for (int i = 0; i < PZ__ADVISOR_SITES; i++) {
+        pz__advisor_site *s = &r->sites[i];
+        const void *a = atomic_load_explicit(&s->addr, memory_order_acquire);
+        if (a == site)
+            return s;
+        if (a == NULL) {
+            if (atomic_compare_exchange_strong_explicit(&s->addr, &a, site, memory_order_acq_rel,
+                                                        memory_order_acquire) ||
+                a == site)
+                return s;
+        }
+    }
+    return NULL; /* more sites than slots: counted in the lock's totals only */
+}
+
+/* The thread's CPU time (µs) and voluntary context switches so far. */
+static void thread_usage(int64_t *cpu_ns, int64_t *voluntary)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_THREAD, &ru) != 0) {
+        *cpu_ns = -1;
+        *voluntary = 0;
+        return;
+    }
+    *cpu_ns = ((int64_t)ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000 +
+              ((int64_t)ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000;
+    *voluntary = ru.ru_nvcsw;
+}
+
+/* The per-thread counts.  Every acquisition is counted in a slot of its
+ * thread's cache, keyed by (lock, call site), with a load and a store to a
+ * line no other thread writes: counting all acquisitions then costs no
+ * shared cache line inside the critical section.  A slot taken over by
+ * another pair first adds its count to the shared record.  Caches are
+ * never freed (a report after the thread ended still reads them); a report
+ * taken while a slot changes hands may miss or count twice that slot's
+ * count for that instant. */
+#define TCACHE_SLOTS 128u
+typedef struct tslot {
+    _Atomic(pz__advisor_lock *) rec; /* NULL while the slot changes hands */
+    const void *lock, *site;
+    pz__advisor_site *s;
+    _Atomic uint64_t acquisitions, shared;
+} tslot;
+typedef struct tcache {
+    struct tcache *next;
+    tslot slot[TCACHE_SLOTS];
+} tcache;
+static _Atomic(tcache *) tcaches;
+/* initial-exec: no __tls_get_addr call per lock in a position-independent
+ * build (the library is linked, never loaded with dlopen). */
+static _Thread_local tcache *my_tcache __attribute__((tls_model("initial-exec")));
+
+pz__advisor_count_t pz__advisor_thread_counts(pz__advisor_lock *r, const void *site)
+{
+    pz__advisor_count_t c = {0, 0};
+    for (tcache *t = atomic_load_explicit(&tcaches, memory_order_acquire); t; t = t->next) {
+        for (unsigned i = 0; i < TCACHE_SLOTS; i++) {
+            tslot *sl = &t->slot[i];
+            if (atomic_load_explicit(&sl->rec, memory_order_acquire) != r || (site && sl->site != site))
+                continue;
+            c.acquisitions += atomic_load_explicit(&sl->acquisitions, memory_order_relaxed);
+            c.shared += atomic_load_explicit(&sl->shared, memory_order_relaxed);
+        }
+    }
+    return c;
+}
+
+static __attribute__((noinline)) tslot *slot_refill(tcache *t, tslot *sl, const void *lock, unsigned kind,
+                                                    const void *site)
+{
+    pz__advisor_lock *old = atomic_exchange_explicit(&sl->rec, NULL, memory_order_acq_rel);
+    if (old) {
+        uint64_t a = atomic_load_explicit(&sl->acquisitions, memory_order_relaxed);
+        uint64_t sh = atomic_load_explicit(&sl->shared, memory_order_relaxed);
+        atomic_fetch_add_explicit(&old->acquisitions, a, memory_order_relaxed);
+        atomic_fetch_add_explicit(&old->shared, sh, memory_order_relaxed);
+        if (sl->s)
+            atomic_fetch_add_explicit(&sl->s->acquisitions, a, memory_order_relaxed);
+    }
+    (void)t;
+    atomic_store_explicit(&sl->acquisitions, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->shared, 0, memory_order_relaxed);
+    pz__advisor_lock *r = record_of(lock, kind, true);
+    if (!r)
+        return NULL;
+    sl->lock = lock;
+    sl->site = site;
+    sl->s = site_of(r, site);
+    atomic_store_explicit(&sl->rec, r, memory_order_release);
+    return sl;
+}
+
+static inline tslot *slot_of_pair(const void *lock, unsigned kind, const void *site)
+{
+    tcache *t = my_tcache;
+    if (__builtin_expect(!t, 0)) {
+        t = calloc(1, sizeof *t);
+        if (!t)
+            return NULL;
+        t->next = atomic_load_explicit(&tcaches, memory_order_relaxed);
+        while (!atomic_compare_exchange_weak_explicit(&tcaches, &t->next, t, memory_order_acq_rel,
+                                                      memory_order_relaxed)) {
+        }
+        my_tcache = t;
+    }
+    uint64_t h = ((uint64_t)(uintptr_t)lock ^ ((uint64_t)(uintptr_t)site << 7)) * 0x9E3779B97F4A7C15ull;
+    tslot *sl = &t->slot[(h >> 50) & (TCACHE_SLOTS - 1)];
+    if (__builtin_expect(sl->lock == lock && sl->site == site &&
+                             atomic_load_explicit(&sl->rec, memory_order_relaxed) != NULL,
+                         1))
+        return sl;
+    return slot_refill(t, sl, lock, kind, site);
+}
+
+static inline void count(_Atomic uint64_t *p)
+{
+    atomic_store_explicit(p, atomic_load_explicit(p, memory_order_relaxed) + 1, memory_order_relaxed);
+}
+
+static void on_acquired(const void *lock, unsigned kind, const void *site, int64_t wait_ns, unsigned flags)
+{
+    tslot *sl = slot_of_pair(lock, kind, site);
+    if (!sl)
+        return;
+    pz__advisor_lock *r = atomic_load_explicit(&sl->rec, memory_order_relaxed);
+    bool exclusive = !(flags & PZ__LOCK_SHARED);
+    uint64_t n = atomic_load_explicit(&sl->acquisitions, memory_order_relaxed);
+    count(&sl->acquisitions);
+    if (!exclusive)
+        count(&sl->shared);
+    if (__builtin_expect(!atomic_load_explicit(&r->first_site, memory_order_relaxed), 0)) {
+        atomic_store_explicit(&r->kind, kind, memory_order_relaxed);
+        atomic_store_explicit(&r->first_site, site, memory_order_relaxed);
+    }
+    pz__advisor_site *s = sl->s;
+    if (wait_ns >= 0) {
+        /* Contended: the slow path already cost far more than this. */
+        uint64_t w = (uint64_t)wait_ns;
+        atomic_store_explicit(&r->kind, kind, memory_order_relaxed);
+        hist_bump(r->wait_hist, w, false);
+        atomic_fetch_add_explicit(&r->contended, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&r->wait_sum, w, memory_order_relaxed);
+        bump_max(&r->wait_max, w);
+        if ((kind == PZ__LOCK_MUTEX || kind == PZ__LOCK_RWLOCK) && pz_worker_index() >= 0)
+            atomic_fetch_add_explicit(&r->blocked_worker_ns, w, memory_order_relaxed);
+        if (s) {
+            atomic_fetch_add_explicit(&s->contended, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&s->wait_sum, w, memory_order_relaxed);
+        }
+    }
+    if (!exclusive)
+        return;
+    uint64_t self = pz__async_self_bits();
+    if (atomic_load_explicit(&r->last_owner, memory_order_relaxed) != self) {
+        atomic_store_explicit(&r->last_owner, self, memory_order_relaxed);
+        bump(&r->owner_changes, 1, true);
+    }
+    /* Hold timing, for a sample of the holds: each (thread, site)'s first
+     * SAMPLE_ALL, then one in sample_mask + 1. */
+    if (n >= SAMPLE_ALL && (n & sample_mask) != 0) {
+        if (atomic_load_explicit(&r->hold_t0, memory_order_relaxed))
+            atomic_store_explicit(&r->hold_t0, 0, memory_order_relaxed);
+        return;
+    }
+    /* The thread's CPU time and switches cost a system call at each end:
+     * only for locks whose timed holds have lasted long enough that a
+     * blocking call inside could matter (LONG_HOLD_NS); a data lock never
+     * pays it.  The first long hold of a lock therefore goes unexamined. */
+    int64_t cpu = -1, vol = 0;
+    /* Long holds are common (more than one timed hold in 64): a preempted
+     * data section now and then does not make every timed hold pay. */
+    uint64_t longs = atomic_load_explicit(&r->long_holds, memory_order_relaxed);
+    if (longs && longs * 64 >= atomic_load_explicit(&r->timed_holds, memory_order_relaxed))
+        thread_usage(&cpu, &vol);
+    r->hold_site = s;
+    r->hold_susp0 = pz__task_suspended_ns();
+    r->hold_cpu0 = cpu;
+    r->hold_vol0 = vol;
+    r->hold_thread = &my_tcache;
+    atomic_store_explicit(&r->hold_t0, pz_now(), memory_order_relaxed);
+}
+
+static void on_released(const void *lock, unsigned kind, unsigned flags)
+{
+    (void)kind;
+    if (flags & PZ__LOCK_SHARED)
+        return;
+    pz__advisor_lock *r = record_of(lock, kind, false);
+    if (!r)
+        return;
+    int64_t t0 = atomic_load_explicit(&r->hold_t0, memory_order_relaxed);
+    if (!t0)
+        return;
+    atomic_store_explicit(&r->hold_t0, 0, memory_order_relaxed);
+    int64_t hold = pz_now() - t0;
+    if (hold < 0)
+        hold = 0;
+    /* What part of the hold the holder waited rather than ran: the time
+     * its task was suspended (parked: I/O, sleep, another lock, the
+     * blocking pool), or, for a hold that never suspended and stayed on
+     * one thread, the time that thread was off the CPU after a voluntary
+     * switch (a blocking system call or a futex wait).  Involuntary
+     * switches (preemption on a busy machine) do not count as waiting. */
+    int64_t susp = 0, blocked = 0;
+    int64_t s1 = pz__task_suspended_ns();
+    if (r->hold_susp0 >= 0 && s1 >= 0)
+        susp = s1 - r->hold_susp0;
+    if (hold >= LONG_HOLD_NS)
+        bump(&r->long_holds, 1, true);
+    if (susp == 0 && r->hold_thread == &my_tcache && r->hold_cpu0 >= 0) {
+        int64_t cpu, vol;
+        thread_usage(&cpu, &vol);
+        if (cpu >= 0 && vol > r->hold_vol0) {
+            /* getrusage's CPU time has microsecond resolution. */
+            int64_t off = hold - (cpu - r->hold_cpu0) - 1000;
+            if (off > 0)
+                blocked = off;
+        }
+    }
+    if (susp > hold)
+        susp = hold;
+    if (susp + blocked > hold)
+        blocked = hold - susp;
+    uint64_t waiting = (uint64_t)(susp + blocked);
+    bump(&r->timed_holds, 1, true);
+    bump(&r->hold_sum, (uint64_t)hold, true);
+    bump(&r->waiting_sum, waiting, true);
+    if (susp > 0)
+        bump(&r->suspended_holds, 1, true);
+    if (blocked > 0)
+        bump(&r->blocked_holds, 1, true);
+    bump_max(&r->hold_max, (uint64_t)hold);
+    uint64_t running = (uint64_t)hold - waiting;
+    bump_max(&r->running_max, running);
+    hist_bump(r->hold_hist, (uint64_t)hold, true);
+    pz__advisor_site *s = r->hold_site;
+    if (s) {
+        atomic_fetch_add_explicit(&s->timed_holds, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&s->hold_sum, (uint64_t)hold, memory_order_relaxed);
+        atomic_fetch_add_explicit(&s->waiting_sum, waiting, memory_order_relaxed);
+    }
+}
+
+static const pz__lock_hooks advisor_hooks = {on_acquired, on_released, pz__advisor_runtime_started};
+
+/* ---- calibration: what an uncontended acquisition costs here ---------- */
+
+int64_t pz__advisor_cost_mutex_ps, pz__advisor_cost_async_ps;
+
+static int64_t best_of(void (*round)(int), int n)
+{
+    int64_t best = INT64_MAX;
+    for (int k = 0; k < 5; k++) {
+        int64_t t0 = pz_now();
+        round(n);
+        int64_t t = pz_now() - t0;
+        if (t < best)
+            best = t;
+    }
+    return best * 1000 / n;
+}
+
+static pz_mutex_t calib_mutex;
+static pz_async_mutex_t calib_async;
+
+static void round_mutex(int n)
+{
+    for (int i = 0; i < n; i++) {
+        pz_mutex_lock(&calib_mutex);
+        pz_mutex_unlock(&calib_mutex);
+    }
+}
+
+static void round_async(int n)
+{
+    for (int i = 0; i < n; i++) {
+        pz_async_mutex_lock(&calib_async);
+        pz_async_mutex_unlock(&calib_async);
+    }
+}
+
+/* Runs with the observation off (the calibration locks are not reported). */
+static void calibrate(void)
+{
+    if (pz__advisor_cost_mutex_ps)
+        return;
+    pz__advisor_cost_mutex_ps = best_of(round_mutex, 20000);
+    pz__advisor_cost_async_ps = best_of(round_async, 20000);
+}
+
+/* ---- switching on ------------------------------------------------------ */
+
+static char *exit_json_path;
+static _Atomic int exit_format = -1;
+static _Atomic bool exit_registered;
+
+static void report_at_exit(void)
+{
+    int f = atomic_load(&exit_format);
+    if (f < 0)
+        return;
+    if (f == PZ_ADVISOR_JSON && exit_json_path) {
+        FILE *out = fopen(exit_json_path, "w");
+        if (!out) {
+            fprintf(stderr, "plaza: advisor: cannot write %s: %s\n", exit_json_path, strerror(errno));
+            return;
+        }
+        pz_advisor_report(out, PZ_ADVISOR_JSON);
+        fclose(out);
+    } else {
+        pz_advisor_report(stderr, PZ_ADVISOR_TEXT);
+    }
+}
+
+int pz_advisor_enable(const char *spec)
+{
+    if (!spec)
+        return -EINVAL;
+    int format;
+    if (strcmp(spec, "1") == 0 || strcmp(spec, "text") == 0) {
+        format = PZ_ADVISOR_TEXT;
+    } else if (strncmp(spec, "json:", 5) == 0 && spec[5]) {
+        char *p = strdup(spec + 5);
+        if (!p)
+            return -ENOMEM;
+        free(exit_json_path);
+        exit_json_path = p;
+        format = PZ_ADVISOR_JSON;
+    } else if (spec[0] == 0) {
+        format = -1;
+    } else {
+        return -EINVAL;
+    }
+    const char *n = getenv("PLAZA_ADVISOR_SAMPLE");
+    if (n && *n) {
+        unsigned long v = strtoul(n, NULL, 10);
+        if (v >= 1 && v <= 65536 && (v & (v - 1)) == 0)
+            sample_mask = v - 1;
+        else
+            fprintf(stderr, "plaza: PLAZA_ADVISOR_SAMPLE=%s is not a power of two from 1 to 65536; using 64\n", n);
+    }
+    calibrate();
+    atomic_store(&exit_format, format);
+    if (format >= 0 && !atomic_exchange(&exit_registered, true))
+        atexit(report_at_exit);
+    pz__lock_hooks_install(&advisor_hooks);
+    pz__advisor_http_start_from_env();
+    return 0;
+}
+
+void pz_advisor_disable(void)
+{
+    pz__lock_hooks_install(NULL);
+}
+
+int pz_lock_name(const void *lock, const char *name)
+{
+    if (!lock || !name)
+        return -EINVAL;
+    pz__advisor_lock *r = record_of(lock, PZ__ADVISOR_KIND_UNKNOWN, true);
+    if (!r)
+        return -ENOSPC;
+    char *copy = strdup(name);
+    if (!copy)
+        return -ENOMEM;
+    char *old = atomic_exchange_explicit(&r->name, copy, memory_order_acq_rel);
+    (void)old; /* a report may be reading it: the old name is left */
+    return 0;
+}
+
+__attribute__((constructor)) static void advisor_from_environment(void)
+{
+    const char *spec = getenv("PLAZA_ADVISOR");
+    if (!spec || !*spec || strcmp(spec, "0") == 0)
+        return;
+    if (pz_advisor_enable(spec) != 0)
+        fprintf(stderr, "plaza: PLAZA_ADVISOR=%s: expected 1, text or json:PATH; the advisor stays off\n", spec);
+}

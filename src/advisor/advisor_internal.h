@@ -1,0 +1,68 @@
+/*
+ * The advisor's records (src/advisor/advisor.c fills them, report.c reads
+ * them).  Every field read by a report is atomic: the report runs while
+ * the locks are in use.
+ */
+#ifndef PZ_ADVISOR_INTERNAL_H
+#define PZ_ADVISOR_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "hist.h"
+
+#define PZ__ADVISOR_SITES 8
+#define PZ__ADVISOR_KIND_UNKNOWN 99u
+
+typedef struct pz__advisor_site {
+    _Atomic(const void *) addr; /* a return address in the acquiring function */
+    _Atomic uint64_t acquisitions, contended, wait_sum;
+    _Atomic uint64_t timed_holds, hold_sum, waiting_sum;
+} pz__advisor_site;
+
+typedef struct pz__advisor_lock {
+    const void *lock;
+    _Atomic unsigned kind;
+    _Atomic(char *) name;
+    _Atomic(const void *) first_site;
+    _Atomic uint64_t acquisitions, shared, contended, owner_changes, last_owner;
+    _Atomic uint64_t wait_sum, wait_max, blocked_worker_ns;
+    /* Timed (sampled) exclusive holds. */
+    _Atomic uint64_t timed_holds, hold_sum, hold_max, waiting_sum, running_max;
+    _Atomic uint64_t suspended_holds, blocked_holds;
+    /* The hold in progress (exclusive holds; written by the holder only). */
+    _Atomic int64_t hold_t0; /* 0: this hold is not timed */
+    int64_t hold_susp0, hold_cpu0, hold_vol0;
+    void *hold_thread; /* the holding thread's identity (a thread-local's address) */
+    _Atomic uint64_t long_holds; /* timed holds of LONG_HOLD_NS or more */
+    pz__advisor_site *hold_site;
+    pz__advisor_site sites[PZ__ADVISOR_SITES];
+    _Atomic uint32_t wait_hist[HIST_BUCKETS]; /* contended acquisitions (the others waited 0) */
+    _Atomic uint32_t hold_hist[HIST_BUCKETS]; /* the timed holds */
+} pz__advisor_lock;
+
+const char *pz__advisor_kind_name(unsigned kind);
+/* The acquisitions still counted in the threads' caches (advisor.c) for
+ * lock r (and site, unless NULL). */
+typedef struct pz__advisor_count_t {
+    uint64_t acquisitions, shared;
+} pz__advisor_count_t;
+pz__advisor_count_t pz__advisor_thread_counts(pz__advisor_lock *r, const void *site);
+pz__advisor_lock *pz__advisor_record_at(unsigned i);
+unsigned pz__advisor_table_size(void);
+/* Picoseconds per uncontended lock+unlock on this machine, measured when
+ * the advisor was switched on. */
+extern int64_t pz__advisor_cost_mutex_ps, pz__advisor_cost_async_ps;
+
+/* "file:line" and the function of a code address (libdw), into buffers;
+ * false if unknown. */
+bool pz__advisor_resolve(const void *addr, char *where, size_t where_size, char *func, size_t func_size);
+
+/* src/advisor/http.c: starts the live page if PLAZA_ADVISOR_HTTP is set. */
+void pz__advisor_http_start_from_env(void);
+/* The runtime_started hook: spawns the live page task if asked for. */
+void pz__advisor_runtime_started(void);
+
+#endif

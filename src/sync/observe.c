@@ -1,0 +1,125 @@
+/*
+ * The observed forms of the sync locks, taken instead of the inline fast
+ * paths of sync.h while pz__advisor_on is set (see runtime.h).
+ *
+ * They are out of line on purpose: __builtin_return_address(0) here is the
+ * address in the function that called pz_mutex_lock (the inline wrapper
+ * lives in that function), which is the call site the advisor reports.
+ * Each does what the fast path does, times the wait only when the first
+ * attempt fails (an uncontended acquisition costs no clock read), and
+ * reports to the hook table.  The release hook runs before the lock is let
+ * go, while the caller still holds it.
+ */
+#include "plaza/sync.h"
+#include "plaza/runtime.h"
+
+#include <errno.h>
+
+static inline const pz__lock_hooks *hooks(void)
+{
+    return atomic_load_explicit(&pz__lock_hooks_table, memory_order_acquire);
+}
+
+static void report_acquired(const void *lock, unsigned kind, const void *site, int64_t t0, unsigned flags)
+{
+    const pz__lock_hooks *h = hooks();
+    if (h)
+        h->acquired(lock, kind, site, t0 ? pz_now() - t0 : -1, flags);
+}
+
+static void report_released(const void *lock, unsigned kind, unsigned flags)
+{
+    const pz__lock_hooks *h = hooks();
+    if (h)
+        h->released(lock, kind, flags);
+}
+
+__attribute__((noinline)) void pz__mutex_lock_observed(pz_mutex_t *m, int64_t deadline, int *result)
+{
+    const void *site = __builtin_return_address(0);
+    uint8_t unlocked = 0;
+    int64_t t0 = 0;
+    int r = 0;
+    if (!atomic_compare_exchange_strong_explicit(&m->state, &unlocked, PZ__MUTEX_LOCKED, memory_order_acquire,
+                                                 memory_order_relaxed)) {
+        t0 = pz_now();
+        pz__mutex_lock_slow(m, deadline, &r);
+    }
+    if (result)
+        *result = r;
+    if (r == 0) {
+        pz__held_acquired(m, "pz_mutex");
+        report_acquired(m, PZ__LOCK_MUTEX, site, t0, 0);
+    }
+}
+
+__attribute__((noinline)) bool pz__mutex_trylock_observed(pz_mutex_t *m)
+{
+    const void *site = __builtin_return_address(0);
+    uint8_t s = atomic_load_explicit(&m->state, memory_order_relaxed);
+    while (!(s & PZ__MUTEX_LOCKED)) {
+        if (atomic_compare_exchange_weak_explicit(&m->state, &s, (uint8_t)(s | PZ__MUTEX_LOCKED),
+                                                  memory_order_acquire, memory_order_relaxed)) {
+            pz__held_acquired(m, "pz_mutex");
+            report_acquired(m, PZ__LOCK_MUTEX, site, 0, 0);
+            return true;
+        }
+    }
+    return false;
+}
+
+void pz__mutex_released_observed(pz_mutex_t *m)
+{
+    if (atomic_load_explicit(&m->state, memory_order_relaxed) & PZ__MUTEX_LOCKED)
+        report_released(m, PZ__LOCK_MUTEX, 0);
+}
+
+static bool rw_fast(pz_rwlock_t *rw, int mode)
+{
+    uintptr_t unlocked = 0;
+    switch (mode) {
+    case PZ__RW_MODE_WRITE:
+        return atomic_compare_exchange_strong_explicit(&rw->state, &unlocked, PZ__RW_WRITER, memory_order_acquire,
+                                                       memory_order_relaxed);
+    case PZ__RW_MODE_UPGRADABLE:
+        return pz__rwlock_upgradable_fast(rw);
+    default:
+        return pz__rwlock_read_fast(rw);
+    }
+}
+
+static unsigned rw_flags(int mode)
+{
+    return mode == PZ__RW_MODE_WRITE ? 0 : PZ__LOCK_SHARED;
+}
+
+__attribute__((noinline)) int pz__rwlock_lock_observed(pz_rwlock_t *rw, int mode, int64_t deadline)
+{
+    const void *site = __builtin_return_address(0);
+    int64_t t0 = 0;
+    int r = 0;
+    if (!rw_fast(rw, mode)) {
+        t0 = pz_now();
+        r = pz__rwlock_lock_slow(rw, mode, deadline);
+    }
+    if (r == 0) {
+        pz__held_acquired(rw, "pz_rwlock");
+        report_acquired(rw, PZ__LOCK_RWLOCK, site, t0, rw_flags(mode));
+    }
+    return r;
+}
+
+__attribute__((noinline)) bool pz__rwlock_try_observed(pz_rwlock_t *rw, int mode)
+{
+    const void *site = __builtin_return_address(0);
+    if (!rw_fast(rw, mode) && !pz__rwlock_try_slow(rw, mode))
+        return false;
+    pz__held_acquired(rw, "pz_rwlock");
+    report_acquired(rw, PZ__LOCK_RWLOCK, site, 0, rw_flags(mode));
+    return true;
+}
+
+void pz__rwlock_released_observed(pz_rwlock_t *rw, int mode)
+{
+    report_released(rw, PZ__LOCK_RWLOCK, rw_flags(mode));
+}
