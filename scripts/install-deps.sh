@@ -4,13 +4,15 @@
 set -e
 what=${1:-build}
 
-# libdw-dev: the advisor names call sites by file:line (the demo prints them).
-pkgs="cmake make gcc pkg-config libcmocka-dev libsqlite3-dev libjansson-dev libhttp-parser-dev libdw-dev"
+# libdw-dev: the advisor and pz_dump name call sites by file:line (the demo prints them);
+# libunwind-dev: pz_dump walks suspended tasks' stacks.
+pkgs="cmake make gcc pkg-config libdw-dev libunwind-dev libcmocka-dev libsqlite3-dev libjansson-dev libhttp-parser-dev"
 case "$what" in
 test)
     # libpq-dev builds the PostgreSQL component; postgresql-15 is its test server.
     # spin checks the Promela models (models/).
-    pkgs="$pkgs clang qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross libpq-dev postgresql-15 libclang-rt-14-dev python3 spin chromium"
+    # gdb runs the gdb helper's test (tools/plaza-gdb.py).
+    pkgs="$pkgs clang qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross libpq-dev postgresql-15 libclang-rt-14-dev python3 spin gdb chromium"
     ;;
 bench)
     pkgs="$pkgs golang-go librust-tokio-dev librust-parking-lot-dev libboost-fiber-dev g++ cargo python3-matplotlib"

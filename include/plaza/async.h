@@ -46,7 +46,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "plaza/runtime.h"
+#include "runtime.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -132,7 +132,7 @@ typedef struct pz_async_mutex {
 #define PZ_ASYNC_MUTEX_INIT {0, 0, 0}
 #define PZ__AMUTEX_LOCKED 1u
 #define PZ__AMUTEX_OWNER_SHIFT 4
-#define PZ__AMUTEX_THREAD_BIT (1ull << 58)
+#define PZ__AMUTEX_THREAD_BIT PZ__CALLER_THREAD_BIT
 #define PZ__AMUTEX_PARKED 1u
 #define PZ__AMUTEX_FENCED 2u
 #define PZ__AMUTEX_WOKEN 4u
@@ -143,14 +143,17 @@ typedef struct pz_async_mutex {
  * with a plain store (see above). */
 extern _Atomic bool pz__async_unlock_by_store;
 
-/* The caller's id, shifted into place (see above).  Declared const
- * although it reads thread-local state: within one activation of a
- * function the caller is always the same task (a task that moves to
- * another worker keeps its id) or the same plain thread, so the compiler
- * may compute it once per function, and out of a loop.  What it must not
- * do is keep a thread-local address across a switch, and as the call is
- * out of line, it cannot. */
-uint64_t pz__async_self_bits(void) __attribute__((const));
+/* The caller's id (the runtime's pz__caller_id), shifted into place (see
+ * above).  pz__caller_id is declared const although it reads thread-local
+ * state: within one activation of a function the caller is always the
+ * same task (a task that moves to another worker keeps its id) or the same
+ * plain thread, so the compiler may compute it once per function, and out
+ * of a loop.  What it must not do is keep a thread-local address across a
+ * switch, and as the call is out of line, it cannot. */
+static inline uint64_t pz__async_self_bits(void)
+{
+    return pz__caller_id() << PZ__AMUTEX_OWNER_SHIFT;
+}
 int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadline);
 int pz__async_mutex_unlock_slow(pz_async_mutex_t *m, uint64_t self);
 int pz__async_mutex_wake_released(pz_async_mutex_t *m);
@@ -186,8 +189,11 @@ static inline bool pz_async_mutex_trylock(pz_async_mutex_t *m)
     if (PZ__ASYNC_OBSERVED())
         return pz__async_mutex_trylock_observed(m);
     while (atomic_load_explicit(&m->state, memory_order_relaxed) == 0) {
-        if (pz__async_mutex_take(m, pz__async_self_bits()))
+        if (pz__async_mutex_take(m, pz__async_self_bits())) {
+            if (pz__debug_holds())
+                pz__held_acquired(m, "pz_async_mutex");
             return true;
+        }
     }
     return false;
 }
@@ -200,9 +206,12 @@ static inline int pz_async_mutex_lock_until(pz_async_mutex_t *m, int64_t deadlin
     uint64_t self = pz__async_self_bits();
     if (PZ__ASYNC_OBSERVED())
         return pz__async_mutex_lock_observed(m, deadline);
-    if (pz__async_mutex_take(m, self))
-        return 0;
-    return pz__async_mutex_lock_slow(m, self, deadline);
+    int r = 0;
+    if (!pz__async_mutex_take(m, self))
+        r = pz__async_mutex_lock_slow(m, self, deadline);
+    if (r == 0 && pz__debug_holds())
+        pz__held_acquired(m, "pz_async_mutex");
+    return r;
 }
 
 /* Returns 0 with the mutex held, or -ECANCELED. */
@@ -219,6 +228,8 @@ static inline int pz_async_mutex_lock(pz_async_mutex_t *m)
 static inline int pz_async_mutex_unlock(pz_async_mutex_t *m)
 {
     uint64_t self = pz__async_self_bits();
+    if (pz__debug_holds())
+        pz__held_forget(m);
     if (PZ__ASYNC_OBSERVED())
         pz__async_mutex_released_observed(m);
     if (atomic_load_explicit(&m->holder, memory_order_relaxed) == self &&

@@ -21,6 +21,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -37,6 +38,12 @@ typedef struct pz_config {
     size_t stack_size;        /* default task stack size; default 256 KiB */
     int blocking_threads_max; /* cap of the blocking pool; default 512 */
     bool no_guard_pages;      /* stacks without a guard page (see docs/stacks.md) */
+    bool debug;               /* the debug switch (docs/debugging.md); also PLAZA_DEBUG=1 */
+    int dump_signal;          /* a signal that prints pz_dump to the report sink, 0 none;
+                               * also PLAZA_DUMP_SIGNAL=SIGQUIT (name or number) */
+    int monitor;              /* the monitor thread (deadlocks, stalls): 0 on, -1 off */
+    int stall_ms;             /* a task running this long without switching is a
+                               * stall; 0: 100 ms, -1: no stall reports */
 } pz_config_t;
 
 /* Options of one spawn.  Zero fields take the runtime's defaults. */
@@ -136,6 +143,53 @@ int pz_worker_index(void);
 /* A short description of a plaza error code (a negative errno value, or
  * one of the PZ_E* codes above). */
 const char *pz_strerror(int err);
+
+/* Prints every task (id, name, spawn site, state, what it waits on and for
+ * how long with the holder, the plaza locks it holds, and the stack of a
+ * suspended task) and every thread blocked in a plaza wait, one line per
+ * fact, each prefixed "plaza: ".  out NULL: to the report sink.  A
+ * snapshot; callable from any thread, also while the runtime runs.  See
+ * docs/debugging.md. */
+void pz_dump(FILE *out);
+
+/* Routes every plaza message (misuse, overflow, dumps, deadlock and stall
+ * reports) to fn, one line at a time, without the "plaza: " prefix or a
+ * newline; NULL restores stderr.  fn may be called from any thread,
+ * including the monitor thread, and must not take plaza locks. */
+typedef void (*pz_report_fn)(const char *line, void *arg);
+void pz_set_report(pz_report_fn fn, void *arg);
+
+/* ---- Internal: the runtime's services to the inline code of the upper
+ * layers' headers.  Not for users; may change in any release. ---- */
+
+/* The caller's id: the running task's pz_task_id, or for a thread that runs
+ * no task PZ__CALLER_THREAD_BIT | a per-thread number (from 1).  Constant
+ * for a task across its suspensions and for a thread. */
+#define PZ__CALLER_THREAD_BIT (1ull << 58)
+uint64_t pz__caller_id(void) __attribute__((const));
+
+/* The held-lock record (src/runtime/held.c): a lock layer reports each
+ * acquisition and release of a lock with a holder, so the runtime can name
+ * the locks a task or thread holds (dumps, the suspend-while-held report). */
+void pz__held_acquired(const void *lock, const char *kind);
+/* False (reported): the caller does not hold the lock, and must not
+ * unlock it (src/runtime/held.c says which callers are caught). */
+bool pz__held_released(const void *lock, const char *what);
+/* Drops lock from the record without a check (the async locks check
+ * their holder themselves). */
+void pz__held_forget(const void *lock);
+/* Switches the holder check of threads on or off (PLAZA_SYNC_CHECK=1 at
+ * start); for tests. */
+void pz__sync_check_set(int on);
+/* True while the debug switch is on (PLAZA_DEBUG=1 in the environment, or
+ * pz_config_t.debug): then the locks whose fast path would pay for it (the
+ * async locks) write the held-lock record too.  Set before the first task
+ * runs and left alone while the runtime runs. */
+extern bool pz__debug;
+static inline bool pz__debug_holds(void)
+{
+    return __builtin_expect(pz__debug, 0);
+}
 
 /* The lock observation hooks (docs/advisor.md).  Off by default: every
  * lock's fast path then costs one predictable branch on pz__advisor_on.

@@ -21,7 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "plaza/runtime.h"
+#include "runtime.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -54,15 +54,9 @@ typedef struct pz_mutex {
 
 void pz__mutex_lock_slow(pz_mutex_t *m, int64_t deadline, int *result);
 void pz__mutex_unlock_slow(pz_mutex_t *m, bool fair);
-/* Bookkeeping of which sync locks the running task holds (for the report
- * of a task that suspends while holding one). */
-void pz__sync_acquired(const void *lock, const char *kind);
-/* False (reported): the caller does not hold the lock, and must not
- * unlock it (src/sync/held.c says which callers are caught). */
-bool pz__sync_released(const void *lock, const char *what);
-/* Switches the holder check of threads on or off (PLAZA_SYNC_CHECK=1 at
- * start); for tests. */
-void pz__sync_check_set(int on);
+/* Which sync locks the caller holds: pz__held_acquired and
+ * pz__held_released, the runtime's held-lock record (plaza/runtime.h;
+ * src/runtime/held.c says which wrong unlocks are caught). */
 /* The observed forms (src/sync/observe.c), taken while the advisor is on. */
 void pz__mutex_lock_observed(pz_mutex_t *m, int64_t deadline, int *result);
 bool pz__mutex_trylock_observed(pz_mutex_t *m);
@@ -77,7 +71,7 @@ static inline bool pz_mutex_trylock(pz_mutex_t *m)
     while (!(s & PZ__MUTEX_LOCKED)) {
         if (atomic_compare_exchange_weak_explicit(&m->state, &s, (uint8_t)(s | PZ__MUTEX_LOCKED),
                                                   memory_order_acquire, memory_order_relaxed)) {
-            pz__sync_acquired(m, "pz_mutex");
+            pz__held_acquired(m, "pz_mutex");
             return true;
         }
     }
@@ -94,7 +88,7 @@ static inline void pz_mutex_lock(pz_mutex_t *m)
     if (!atomic_compare_exchange_weak_explicit(&m->state, &unlocked, PZ__MUTEX_LOCKED, memory_order_acquire,
                                                memory_order_relaxed))
         pz__mutex_lock_slow(m, INT64_MAX, NULL);
-    pz__sync_acquired(m, "pz_mutex");
+    pz__held_acquired(m, "pz_mutex");
 }
 
 /* Returns 0 with the mutex held, or -ETIMEDOUT at the deadline (pz_now()
@@ -111,14 +105,14 @@ static inline int pz_mutex_lock_until(pz_mutex_t *m, int64_t deadline)
                                                memory_order_relaxed))
         pz__mutex_lock_slow(m, deadline, &r);
     if (r == 0)
-        pz__sync_acquired(m, "pz_mutex");
+        pz__held_acquired(m, "pz_mutex");
     return r;
 }
 
 static inline void pz_mutex_unlock(pz_mutex_t *m)
 {
     uint8_t locked = PZ__MUTEX_LOCKED;
-    if (!pz__sync_released(m, "pz_mutex_unlock"))
+    if (!pz__held_released(m, "pz_mutex_unlock"))
         return;
     if (PZ__OBSERVED())
         pz__mutex_released_observed(m);
@@ -130,7 +124,7 @@ static inline void pz_mutex_unlock(pz_mutex_t *m)
 static inline void pz_mutex_unlock_fair(pz_mutex_t *m)
 {
     uint8_t locked = PZ__MUTEX_LOCKED;
-    if (!pz__sync_released(m, "pz_mutex_unlock_fair"))
+    if (!pz__held_released(m, "pz_mutex_unlock_fair"))
         return;
     if (PZ__OBSERVED())
         pz__mutex_released_observed(m);
@@ -229,7 +223,7 @@ static inline void pz_rwlock_read(pz_rwlock_t *rw)
     }
     if (!pz__rwlock_read_fast(rw))
         pz__rwlock_lock_slow(rw, PZ__RW_MODE_READ, INT64_MAX);
-    pz__sync_acquired(rw, "pz_rwlock");
+    pz__held_acquired(rw, "pz_rwlock");
 }
 
 /* Returns 0 holding a read lock, or -ETIMEDOUT at the deadline. */
@@ -241,7 +235,7 @@ static inline int pz_rwlock_read_until(pz_rwlock_t *rw, int64_t deadline)
     if (!pz__rwlock_read_fast(rw))
         r = pz__rwlock_lock_slow(rw, PZ__RW_MODE_READ, deadline);
     if (r == 0)
-        pz__sync_acquired(rw, "pz_rwlock");
+        pz__held_acquired(rw, "pz_rwlock");
     return r;
 }
 
@@ -251,7 +245,7 @@ static inline bool pz_rwlock_try_read(pz_rwlock_t *rw)
         return pz__rwlock_try_observed(rw, PZ__RW_MODE_READ);
     if (!pz__rwlock_read_fast(rw) && !pz__rwlock_try_slow(rw, PZ__RW_MODE_READ))
         return false;
-    pz__sync_acquired(rw, "pz_rwlock");
+    pz__held_acquired(rw, "pz_rwlock");
     return true;
 }
 
@@ -265,7 +259,7 @@ static inline void pz_rwlock_read_recursive(pz_rwlock_t *rw)
     }
     if (!pz__rwlock_read_fast(rw))
         pz__rwlock_lock_slow(rw, PZ__RW_MODE_READ_RECURSIVE, INT64_MAX);
-    pz__sync_acquired(rw, "pz_rwlock");
+    pz__held_acquired(rw, "pz_rwlock");
 }
 
 static inline int pz_rwlock_read_recursive_until(pz_rwlock_t *rw, int64_t deadline)
@@ -276,13 +270,13 @@ static inline int pz_rwlock_read_recursive_until(pz_rwlock_t *rw, int64_t deadli
     if (!pz__rwlock_read_fast(rw))
         r = pz__rwlock_lock_slow(rw, PZ__RW_MODE_READ_RECURSIVE, deadline);
     if (r == 0)
-        pz__sync_acquired(rw, "pz_rwlock");
+        pz__held_acquired(rw, "pz_rwlock");
     return r;
 }
 
 static inline void pz_rwlock_read_unlock(pz_rwlock_t *rw)
 {
-    if (!pz__sync_released(rw, "pz_rwlock_read_unlock"))
+    if (!pz__held_released(rw, "pz_rwlock_read_unlock"))
         return;
     if (PZ__OBSERVED())
         pz__rwlock_released_observed(rw, PZ__RW_MODE_READ);
@@ -310,7 +304,7 @@ static inline void pz_rwlock_write(pz_rwlock_t *rw)
     if (!atomic_compare_exchange_weak_explicit(&rw->state, &unlocked, PZ__RW_WRITER, memory_order_acquire,
                                                memory_order_relaxed))
         pz__rwlock_lock_slow(rw, PZ__RW_MODE_WRITE, INT64_MAX);
-    pz__sync_acquired(rw, "pz_rwlock");
+    pz__held_acquired(rw, "pz_rwlock");
 }
 
 static inline int pz_rwlock_write_until(pz_rwlock_t *rw, int64_t deadline)
@@ -323,7 +317,7 @@ static inline int pz_rwlock_write_until(pz_rwlock_t *rw, int64_t deadline)
                                                memory_order_relaxed))
         r = pz__rwlock_lock_slow(rw, PZ__RW_MODE_WRITE, deadline);
     if (r == 0)
-        pz__sync_acquired(rw, "pz_rwlock");
+        pz__held_acquired(rw, "pz_rwlock");
     return r;
 }
 
@@ -336,7 +330,7 @@ static inline bool pz_rwlock_try_write(pz_rwlock_t *rw)
                                                  memory_order_relaxed) &&
         !pz__rwlock_try_slow(rw, PZ__RW_MODE_WRITE))
         return false;
-    pz__sync_acquired(rw, "pz_rwlock");
+    pz__held_acquired(rw, "pz_rwlock");
     return true;
 }
 
@@ -345,7 +339,7 @@ static inline void pz_rwlock_write_unlock(pz_rwlock_t *rw)
     if (PZ__OBSERVED())
         pz__rwlock_released_observed(rw, PZ__RW_MODE_WRITE);
     uintptr_t locked = PZ__RW_WRITER;
-    if (!pz__sync_released(rw, "pz_rwlock_write_unlock"))
+    if (!pz__held_released(rw, "pz_rwlock_write_unlock"))
         return;
     if (!atomic_compare_exchange_strong_explicit(&rw->state, &locked, 0, memory_order_release, memory_order_relaxed))
         pz__rwlock_write_unlock_slow(rw, false);
@@ -357,7 +351,7 @@ static inline void pz_rwlock_write_unlock_fair(pz_rwlock_t *rw)
     if (PZ__OBSERVED())
         pz__rwlock_released_observed(rw, PZ__RW_MODE_WRITE);
     uintptr_t locked = PZ__RW_WRITER;
-    if (!pz__sync_released(rw, "pz_rwlock_write_unlock_fair"))
+    if (!pz__held_released(rw, "pz_rwlock_write_unlock_fair"))
         return;
     if (!atomic_compare_exchange_strong_explicit(&rw->state, &locked, 0, memory_order_release, memory_order_relaxed))
         pz__rwlock_write_unlock_slow(rw, true);
@@ -388,7 +382,7 @@ static inline void pz_rwlock_upgradable(pz_rwlock_t *rw)
     }
     if (!pz__rwlock_upgradable_fast(rw))
         pz__rwlock_lock_slow(rw, PZ__RW_MODE_UPGRADABLE, INT64_MAX);
-    pz__sync_acquired(rw, "pz_rwlock");
+    pz__held_acquired(rw, "pz_rwlock");
 }
 
 static inline int pz_rwlock_upgradable_until(pz_rwlock_t *rw, int64_t deadline)
@@ -399,7 +393,7 @@ static inline int pz_rwlock_upgradable_until(pz_rwlock_t *rw, int64_t deadline)
     if (!pz__rwlock_upgradable_fast(rw))
         r = pz__rwlock_lock_slow(rw, PZ__RW_MODE_UPGRADABLE, deadline);
     if (r == 0)
-        pz__sync_acquired(rw, "pz_rwlock");
+        pz__held_acquired(rw, "pz_rwlock");
     return r;
 }
 
@@ -409,7 +403,7 @@ static inline bool pz_rwlock_try_upgradable(pz_rwlock_t *rw)
         return pz__rwlock_try_observed(rw, PZ__RW_MODE_UPGRADABLE);
     if (!pz__rwlock_upgradable_fast(rw) && !pz__rwlock_try_slow(rw, PZ__RW_MODE_UPGRADABLE))
         return false;
-    pz__sync_acquired(rw, "pz_rwlock");
+    pz__held_acquired(rw, "pz_rwlock");
     return true;
 }
 
@@ -418,7 +412,7 @@ static inline void pz_rwlock_upgradable_unlock(pz_rwlock_t *rw)
     if (PZ__OBSERVED())
         pz__rwlock_released_observed(rw, PZ__RW_MODE_UPGRADABLE);
     uintptr_t held = PZ__RW_ONE_READER | PZ__RW_UPGRADABLE;
-    if (!pz__sync_released(rw, "pz_rwlock_upgradable_unlock"))
+    if (!pz__held_released(rw, "pz_rwlock_upgradable_unlock"))
         return;
     if (!atomic_compare_exchange_strong_explicit(&rw->state, &held, 0, memory_order_release, memory_order_relaxed))
         pz__rwlock_upgradable_unlock_slow(rw);

@@ -30,7 +30,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#ifdef PLAZA_HAVE_LIBDW
+#ifdef PLAZA_HAVE_DW
 #include <dwarf.h>
 #include <elfutils/libdw.h>
 #include <elfutils/libdwfl.h>
@@ -59,7 +59,7 @@ static void report_unlock(void)
 
 /* ---- symbols ----------------------------------------------------------- */
 
-#ifdef PLAZA_HAVE_LIBDW
+#ifdef PLAZA_HAVE_DW
 static Dwfl *dwfl;
 static char *debuginfo_path;
 static const Dwfl_Callbacks dwfl_callbacks = {
@@ -74,7 +74,7 @@ bool pz__advisor_resolve(const void *addr, char *where, size_t where_size, char 
 {
     snprintf(where, where_size, "%p", addr);
     snprintf(func, func_size, "?");
-#ifdef PLAZA_HAVE_LIBDW
+#ifdef PLAZA_HAVE_DW
     if (!addr)
         return false;
     if (!dwfl) {

@@ -133,6 +133,20 @@ int pz__thread_create(pthread_t *th, const pthread_attr_t *attr, void *(*fn)(voi
 void *pz__calloc(size_t n, size_t size);
 void pz__close_fd(int fd);
 
+/* linux.c: the name of system call nr on this architecture, or NULL. */
+const char *pz__arch_syscall_name(long nr);
+
+/* unwind.c: backtraces of suspended contexts and symbols (see there). */
+/* The return addresses of a context suspended by pz__arch_switch with the
+ * saved stack pointer sp, innermost first; the count (0: not available). */
+int pz__arch_backtrace_saved(void *sp, void **frames, int max);
+/* A symbol session for pz__arch_symbolize (NULL: none, addresses only). */
+void *pz__arch_symbols_open(void);
+void pz__arch_symbols_close(void *session);
+/* "symbol (file.c:line)" for addr, or what can be had; is_return: addr is
+ * a return address (the call is just before it). */
+void pz__arch_symbolize(void *session, void *addr, bool is_return, char *buf, size_t size);
+
 #include "fault.h"
 
 #endif

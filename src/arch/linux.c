@@ -374,3 +374,48 @@ void pz__close_fd(int fd)
 {
     close(fd);
 }
+
+/* The name of a few system calls a stalled worker may sit in (the numbers
+ * of this architecture), for the monitor's stall reports; NULL for others. */
+const char *pz__arch_syscall_name(long nr)
+{
+    switch (nr) {
+#if defined(__x86_64__)
+    case 0: return "read";
+    case 1: return "write";
+    case 7: return "poll";
+    case 17: return "pread64";
+    case 18: return "pwrite64";
+    case 23: return "select";
+    case 35: return "nanosleep";
+    case 42: return "connect";
+    case 43: return "accept";
+    case 45: return "recvfrom";
+    case 61: return "wait4";
+    case 74: return "fsync";
+    case 202: return "futex";
+    case 230: return "clock_nanosleep";
+    case 232: return "epoll_wait";
+    case 270: return "pselect6";
+    case 271: return "ppoll";
+    case 281: return "epoll_pwait";
+#elif defined(__aarch64__)
+    case 22: return "epoll_pwait";
+    case 63: return "read";
+    case 64: return "write";
+    case 67: return "pread64";
+    case 68: return "pwrite64";
+    case 72: return "pselect6";
+    case 73: return "ppoll";
+    case 82: return "fsync";
+    case 98: return "futex";
+    case 101: return "nanosleep";
+    case 115: return "clock_nanosleep";
+    case 202: return "accept";
+    case 203: return "connect";
+    case 207: return "recvfrom";
+    case 260: return "wait4";
+#endif
+    default: return NULL;
+    }
+}

@@ -90,6 +90,7 @@ int pz_barrier_wait_until(pz_barrier_t *b, int64_t deadline)
     }
     for (;;) {
         struct barrier_wait w = {b, gen & (UINT64_MAX >> GEN_SHIFT), false};
+        pz__wait_note(PZ__WAIT_BARRIER, b);
         int r = pz_park(b, barrier_validate, NULL, barrier_timed_out, &w, 0, deadline, 0, NULL);
         if (r == 0 || r == -EAGAIN) {
             /* Woken by the leader, or the generation moved on before we

@@ -412,6 +412,7 @@ static int wait_node(pz_chan_t *ch, pz__chan_waiter *w, pz__chan_waiter **head, 
 {
     int r;
     pz_task_t *self = pz__current_task();
+    pz__wait_note(head == &ch->senders ? PZ__WAIT_CHAN_SEND : PZ__WAIT_CHAN_RECV, ch);
     if (self) {
         w->task = self;
         w->gen = pz__park_prepare(false);
@@ -428,6 +429,7 @@ static int wait_node(pz_chan_t *ch, pz__chan_waiter *w, pz__chan_waiter **head, 
         chan_unlock(ch);
         int64_t until = deadline == PZ_FOREVER ? -1 : pz__async_deadline(deadline);
         r = 0;
+        pz__thread_wait_begin(ch);
         while (atomic_load_explicit(&w->futex, memory_order_acquire) != 0) {
             int fr = pz__futex_wait(&w->futex, 1, until);
             if (until >= 0 && (fr == -ETIMEDOUT || pz__clock_now() >= deadline)) {
@@ -435,6 +437,7 @@ static int wait_node(pz_chan_t *ch, pz__chan_waiter *w, pz__chan_waiter **head, 
                 break;
             }
         }
+        pz__thread_wait_end();
         if (r == 0)
             return w->result;
     }

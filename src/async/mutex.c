@@ -226,6 +226,20 @@ static void give_up_refused_park(pz_async_mutex_t *m)
         pz__async_mutex_wake_released(m);
 }
 
+/* For the runtime's reports (dumps, deadlocks): the holder's caller id
+ * is in the lock word.  Registered with the runtime when the program is
+ * loaded, so the runtime never calls up into this layer by name. */
+static uint64_t holder_query(const void *obj)
+{
+    uint64_t s = atomic_load_explicit(&((const pz_async_mutex_t *)obj)->state, memory_order_relaxed);
+    return (s & PZ__AMUTEX_LOCKED) ? s >> PZ__AMUTEX_OWNER_SHIFT : 0;
+}
+
+__attribute__((constructor)) static void register_holder_query(void)
+{
+    pz__holder_query_register(PZ__WAIT_ASYNC_MUTEX, holder_query);
+}
+
 int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadline)
 {
     deadline = pz__async_deadline(deadline);
@@ -287,6 +301,7 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadli
         int64_t until = deadline;
         if (a == ANNOUNCE_UNFENCED && (until == PZ_FOREVER || until - pz__clock_now() > UNFENCED_POLL_NS))
             until = pz__clock_now() + UNFENCED_POLL_NS;
+        pz__wait_note(PZ__WAIT_ASYNC_MUTEX, m);
         int r = pz_park(m, still_locked_and_parked, NULL, mutex_timed_out, m, 0, until, 0, &token);
         if (r == 0 && token == TOKEN_HANDOFF) {
             /* The unlocker left the lock word LOCKED with no holder id,

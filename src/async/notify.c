@@ -79,6 +79,7 @@ int pz_notify_wait_since(pz_notify_t *n, uint64_t epoch, int64_t deadline)
     deadline = pz__async_deadline(deadline);
     for (;;) {
         struct notify_wait w = {n, epoch, false};
+        pz__wait_note(PZ__WAIT_NOTIFY, n);
         int r = pz_park(n, notify_validate, NULL, notify_timed_out, &w, 0, deadline, 0, NULL);
         if (r == -EAGAIN) {
             if (w.done)

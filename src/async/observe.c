@@ -25,6 +25,8 @@ __attribute__((noinline)) int pz__async_mutex_lock_observed(pz_async_mutex_t *m,
         t0 = pz_now();
         r = pz__async_mutex_lock_slow(m, self, deadline);
     }
+    if (r == 0 && pz__debug_holds())
+        pz__held_acquired(m, "pz_async_mutex");
     const pz__lock_hooks *h = hooks();
     if (r == 0 && h)
         h->acquired(m, PZ__LOCK_ASYNC_MUTEX, site, t0 ? pz_now() - t0 : -1, 0);
@@ -36,6 +38,8 @@ __attribute__((noinline)) bool pz__async_mutex_trylock_observed(pz_async_mutex_t
     const void *site = __builtin_return_address(0);
     while (atomic_load_explicit(&m->state, memory_order_relaxed) == 0) {
         if (pz__async_mutex_take(m, pz__async_self_bits())) {
+            if (pz__debug_holds())
+                pz__held_acquired(m, "pz_async_mutex");
             const pz__lock_hooks *h = hooks();
             if (h)
                 h->acquired(m, PZ__LOCK_ASYNC_MUTEX, site, -1, 0);

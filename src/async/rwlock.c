@@ -639,6 +639,7 @@ static int acquire_slow(pz_async_rwlock_t *l, int kind, int64_t deadline)
             first_park = pz__clock_now();
         struct rw_wait w = {.l = l, .kind = kind, .counted = counted, .result = 1, .since = first_park};
         uintptr_t token = TOKEN_NORMAL;
+        pz__wait_note(PZ__WAIT_ASYNC_RWLOCK, l);
         int r = pz_park(l, rw_validate, NULL, rw_timed_out, &w, (uintptr_t)&w, deadline, 0, &token);
         if (r == -EAGAIN && w.result == 0) {
             /* validate entered (and uncounted us) */
@@ -983,6 +984,7 @@ int pz_async_rwlock_upgrade_until(pz_async_rwlock_t *l, int64_t deadline)
     }
     for (;;) {
         struct upg_wait w = {l, false};
+        pz__wait_note(PZ__WAIT_ASYNC_RWLOCK, l);
         int r = pz_park((const char *)l + 1, upg_validate, NULL, upg_timed_out, &w, 0, deadline, 0, NULL);
         if (w.done) {
             note_writer(l);

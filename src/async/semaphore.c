@@ -173,6 +173,7 @@ int pz_semaphore_acquire_until(pz_semaphore_t *s, uint64_t n, int64_t deadline)
     for (;;) {
         struct pz__sem_wait w = {s, n, 1, false};
         uintptr_t token = 0;
+        pz__wait_note(PZ__WAIT_SEMAPHORE, s);
         int r = pz_park(s, sem_validate, NULL, sem_timed_out, &w, (uintptr_t)&w, deadline, 0, &token);
         if (r == -EAGAIN) {
             if (w.result <= 0)

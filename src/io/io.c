@@ -1,5 +1,6 @@
 /*
- * Task-suspending descriptor calls on top of the reactor (reactor.c).
+ * Task-suspending descriptor calls on top of the runtime's poller driver
+ * (src/runtime/driver.c).
  *
  * Every call follows one loop: snapshot the source's readiness word, try
  * the non-blocking system call, and on EAGAIN clear the readiness bit if no
@@ -44,9 +45,10 @@ static pz__io_source *source_for_err(int fd, pz__runtime **rtp, int *err)
     *rtp = rt;
     if (atomic_load_explicit(&src->kind, memory_order_acquire) != PZ__SRC_NEW)
         return src;
-    pz__spin_lock(&src->reg_lock);
+    pz__spin_lock(&src->lock);
     if (atomic_load_explicit(&src->kind, memory_order_relaxed) == PZ__SRC_NEW) {
         int kind = PZ__SRC_POLLED;
+        src->fd = fd;
         atomic_store_explicit(&src->readiness, 0, memory_order_relaxed);
 #ifdef PZ_TSAN
         /* Pairs with the reactor's acquire: epoll carries this edge. */
@@ -58,7 +60,7 @@ static pz__io_source *source_for_err(int fd, pz__runtime **rtp, int *err)
         if (r < 0 && r != -EPERM) {
             /* Not open (-EBADF), or the poller is out of memory: nothing
              * is recorded, the call fails, a later call tries again. */
-            pz__spin_unlock(&src->reg_lock);
+            pz__spin_unlock(&src->lock);
             *err = r;
             return NULL;
         }
@@ -66,7 +68,7 @@ static pz__io_source *source_for_err(int fd, pz__runtime **rtp, int *err)
             kind = PZ__SRC_BLOCKING; /* a regular file: epoll says EPERM */
         atomic_store_explicit(&src->kind, kind, memory_order_release);
     }
-    pz__spin_unlock(&src->reg_lock);
+    pz__spin_unlock(&src->lock);
     return src;
 }
 
@@ -76,30 +78,11 @@ static pz__io_source *source_for(int fd, pz__runtime **rtp)
     return source_for_err(fd, rtp, &err);
 }
 
-struct ready_check {
-    pz__io_source *src;
-    uint64_t bit;
-};
-
-static bool still_not_ready(void *ctx)
-{
-    struct ready_check *c = ctx;
-    return !(atomic_load_explicit(&c->src->readiness, memory_order_acquire) & (c->bit | PZ__IO_CLOSED));
-}
-
-/* Parks until bit is set in src's readiness; 0 or a negative error. */
+/* Waits in the driver until bit is set in src's readiness; 0 or a
+ * negative error. */
 static int wait_ready(pz__runtime *rt, pz__io_source *src, uint64_t bit, int64_t deadline)
 {
-    struct ready_check c = {src, bit};
-    atomic_fetch_add_explicit(&rt->io_waiters, 1, memory_order_seq_cst);
-    int r = pz_park(bit == PZ__IO_READ ? (void *)&src->read_key : (void *)&src->write_key, still_not_ready, NULL,
-                    NULL, &c, 0, deadline, 0, NULL);
-    atomic_fetch_sub_explicit(&rt->io_waiters, 1, memory_order_relaxed);
-    if (r == -EAGAIN)
-        r = 0; /* it was ready by the time we looked */
-    if (r == 0 && (atomic_load_explicit(&src->readiness, memory_order_acquire) & PZ__IO_CLOSED))
-        return -EBADF;
-    return r;
+    return pz__driver_wait(rt, src, bit, deadline);
 }
 
 /* The calling thread waits in poll(2) (no task to suspend). */
@@ -376,21 +359,12 @@ static ssize_t try_poll(int fd, void *ctx)
     return ready ? ready : -EAGAIN;
 }
 
-static bool neither_ready(void *ctx)
-{
-    pz__io_source *src = ctx;
-    return !(atomic_load_explicit(&src->readiness, memory_order_seq_cst) &
-             (PZ__IO_READ | PZ__IO_WRITE | PZ__IO_CLOSED));
-}
-
 /* Waits until fd is readable or writable.  Snapshot of the readiness bits
  * first, then poll: ready now returns what is ready; otherwise the bits
  * are cleared only if no event came since the snapshot (else look again).
- * Then parks on the source's either_key, which pz__io_source_signal wakes
- * for any event while either_waiters is not zero: we count ourselves in,
- * then validate under the bucket lock; the signaller sets the bit, then
- * reads the count, both sequentially consistent, so one of the two sees
- * the other.  Returns the ready events, 0 to look again, or an error. */
+ * Then waits in the driver for either bit (src/runtime/driver.c: checked
+ * under the source's lock, woken by an event of either direction).
+ * Returns the ready events, 0 to look again, or an error. */
 static int wait_either(int fd, int64_t deadline)
 {
     struct poll_ctx both = {PZ_READABLE | PZ_WRITABLE};
@@ -417,16 +391,8 @@ static int wait_either(int fd, int64_t deadline)
         !atomic_compare_exchange_strong_explicit(&src->readiness, &seen, seen & ~(uint64_t)(PZ__IO_READ | PZ__IO_WRITE),
                                                  memory_order_acq_rel, memory_order_acquire))
         return 0; /* an event came: look again */
-    atomic_fetch_add_explicit(&src->either_waiters, 1, memory_order_seq_cst);
-    atomic_fetch_add_explicit(&rt->io_waiters, 1, memory_order_seq_cst);
-    int r = pz_park(&src->either_key, neither_ready, NULL, NULL, src, 0, deadline, 0, NULL);
-    atomic_fetch_sub_explicit(&rt->io_waiters, 1, memory_order_relaxed);
-    atomic_fetch_sub_explicit(&src->either_waiters, 1, memory_order_relaxed);
-    if (r == -EAGAIN)
-        r = 0;
-    if (r == 0 && (atomic_load_explicit(&src->readiness, memory_order_acquire) & PZ__IO_CLOSED))
-        return -EBADF;
-    return r;
+    /* A driver waiter for both bits is woken by an event of either. */
+    return pz__driver_wait(rt, src, PZ__IO_READ | PZ__IO_WRITE, deadline);
 }
 
 int pz_wait_fd(int fd, int events, int64_t deadline)
@@ -603,11 +569,11 @@ int pz_close(int fd)
     if (rt && rt->io_chunks) {
         pz__io_source *src = pz__io_source_of(rt, fd);
         if (src && atomic_load_explicit(&src->kind, memory_order_acquire) != PZ__SRC_NEW) {
-            pz__spin_lock(&src->reg_lock);
+            pz__spin_lock(&src->lock);
             if (atomic_load_explicit(&src->kind, memory_order_relaxed) == PZ__SRC_POLLED)
                 pz__poller_del(rt->poller, fd);
             atomic_store_explicit(&src->kind, PZ__SRC_NEW, memory_order_release);
-            pz__spin_unlock(&src->reg_lock);
+            pz__spin_unlock(&src->lock);
             /* Wake anyone still waiting; they see CLOSED and return -EBADF. */
             pz__io_source_signal(src, PZ__SIG_CLOSED);
         }

@@ -3,9 +3,9 @@
  *
  * One select is one task park, one `fired` word on the task's stack and
  * one waiter node per case in that case's own queue: a channel's sender or
- * receiver queue (src/async/chan.c), the parking-lot queue of a notify or
- * of a descriptor's readiness key (src/park/park.c), a task's joiner slot
- * (src/runtime/task.c).  The rule that makes it cancel-safe: whoever would
+ * receiver queue (src/async/chan.c), the parking-lot queue of a notify
+ * (src/park/park.c), a descriptor's readiness waiters in the runtime's
+ * driver (src/runtime/driver.c), a task's joiner slot (src/runtime/task.c).  The rule that makes it cancel-safe: whoever would
  * move something to or from the select (a channel handing over an item or
  * taking one, a notify_one handing over its notification) first sets
  * `fired` from -1 to that case's index, under the lock of its queue, and
@@ -50,6 +50,7 @@ struct sel_case {
     union {
         pz__chan_waiter chan;
         pz__waiter lot[2];
+        pz__io_waiter io[2]; /* FD: the driver's readiness waiters */
     } node;
     bool queued[2];
     pz__io_source *src;
@@ -57,7 +58,6 @@ struct sel_case {
     bool joiner;     /* JOIN: we are in its joiner slot */
     bool ready;      /* a validation found it ready */
     struct pz__sem_wait semw; /* ACQUIRE */
-    uint64_t bit;    /* FD validation */
 };
 
 /* ---- trying a case ---- */
@@ -157,16 +157,6 @@ static bool try_case(pz_sel_t *c)
 
 /* ---- queueing and leaving ---- */
 
-static bool fd_not_ready(void *ctx)
-{
-    struct sel_case *s = ctx;
-    if (atomic_load_explicit(&s->src->readiness, memory_order_acquire) & (s->bit | PZ__IO_CLOSED)) {
-        s->ready = true;
-        return false;
-    }
-    return true;
-}
-
 struct notify_ctx {
     pz_sel_t *c;
     struct sel_case *s;
@@ -238,10 +228,16 @@ static void enqueue_case(pz_sel_t *c, struct sel_case *s, int k, pz_task_t *self
         for (int i = 0; i < 2; i++) {
             if (!(c->events & evs[i]))
                 continue;
-            s->bit = bits[i];
-            lot_node(&s->node.lot[i], self, gen, fired, k);
-            s->queued[i] = pz__lot_enqueue(i == 0 ? (void *)&s->src->read_key : (void *)&s->src->write_key,
-                                           &s->node.lot[i], fd_not_ready, s);
+            pz__io_waiter *w = &s->node.io[i];
+            memset(w, 0, sizeof *w);
+            w->task = self;
+            w->gen = gen;
+            w->bit = bits[i];
+            w->fired = fired;
+            w->branch = k;
+            s->queued[i] = pz__driver_enqueue(s->src, w);
+            if (!s->queued[i])
+                s->ready = true;
         }
         break;
     }
@@ -299,7 +295,7 @@ static int leave_case(pz_sel_t *c, struct sel_case *s, pz_task_t *self, bool fir
     case PZ__SEL_FD:
         for (int i = 0; i < 2; i++)
             if (s->queued[i])
-                pz__lot_leave(&s->node.lot[i], NULL, NULL);
+                pz__driver_leave(s->src, &s->node.io[i]);
         if (s->src) {
             pz__runtime *rt = atomic_load_explicit(&pz__rt, memory_order_acquire);
             atomic_fetch_sub_explicit(&rt->io_waiters, 1, memory_order_relaxed);
@@ -372,6 +368,7 @@ int pz_select(pz_sel_t *cases, int n, int64_t deadline)
         _Atomic int fired;
         atomic_init(&fired, FIRED_NONE);
         memset(st, 0, sizeof st[0] * (size_t)n);
+        pz__wait_note(PZ__WAIT_SELECT, cases);
         uint64_t gen = pz__park_prepare(false);
         bool ready = false;
         for (int k = 0; k < n; k++) {

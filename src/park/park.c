@@ -374,12 +374,14 @@ int pz_park(const void *addr, bool (*validate)(void *ctx), void (*before_sleep)(
     pz__bucket *b = lock_bucket(addr);
     if (validate && !validate(ctx)) {
         pz__spin_unlock(&b->lock);
+        pz__wait_note(PZ__WAIT_NONE, NULL); /* the announced wait did not happen */
         atomic_fetch_sub_explicit(&parked_now, 1, memory_order_relaxed);
         return -EAGAIN;
     }
     w.parked_at = pz__clock_coarse();
     int result;
     if (task) {
+        pz__wait_note_default(PZ__WAIT_PARK, addr);
         w.gen = pz__park_prepare(false);
         w.bucket = b;
         enqueue(b, &w);
@@ -400,6 +402,7 @@ int pz_park(const void *addr, bool (*validate)(void *ctx), void (*before_sleep)(
         pz__spin_unlock(&b->lock);
         if (before_sleep)
             before_sleep(ctx);
+        pz__thread_wait_begin(addr);
         result = 0;
         /* The futex takes a negative deadline as "none"; a negative
          * deadline here is one that has passed. */
@@ -420,6 +423,7 @@ int pz_park(const void *addr, bool (*validate)(void *ctx), void (*before_sleep)(
                 until = -1;
             }
         }
+        pz__thread_wait_end();
     }
     atomic_fetch_sub_explicit(&parked_now, 1, memory_order_relaxed);
     if (result == 0 && unpark_token)

@@ -175,6 +175,7 @@ int pz_blocking(pz_fn fn, void *arg, void **result)
     pz__job job = {.fn = fn, .arg = arg, .task = self, .state = JOB_QUEUED};
     pthread_mutex_lock(&pool.lock);
     job.epoch = pool.epoch;
+    pz__wait_note(PZ__WAIT_BLOCKING, (const void *)fn);
     job.gen = pz__park_prepare(false);
     int e = submit(&job);
     pthread_mutex_unlock(&pool.lock);
@@ -196,6 +197,7 @@ int pz_blocking(pz_fn fn, void *arg, void **result)
             return -ECANCELED;
         }
         /* Cancelled while fn runs: wait for it, deaf to cancels now. */
+        pz__wait_note(PZ__WAIT_BLOCKING, (const void *)fn);
         job.gen = pz__park_prepare(true);
         pthread_mutex_unlock(&pool.lock);
     }

@@ -7,7 +7,6 @@
  * library is never built with link-time optimisation for the same reason.
  */
 #include "internal.h"
-#include "plaza/async.h"
 
 /* initial-exec: one %fs-relative load even in libplaza.so (the default
  * model for position-independent code calls __tls_get_addr on every read). */
@@ -37,21 +36,19 @@ void pz__spin_lock_slow(pz__spin *s)
     }
 }
 
-/* The caller's id for pz_async_mutex, shifted into place (see the words
- * in plaza/async.h): the running task's id, or for a thread that runs no
- * task a per-thread number with PZ__AMUTEX_THREAD_BIT.  It lives here, out
- * of line, so that no caller can keep the thread-local address across a
- * task switch. */
+/* The caller's id (plaza/runtime.h): the running task's id, or for a
+ * thread that runs no task a per-thread number with PZ__CALLER_THREAD_BIT.
+ * It lives here, out of line, so that no caller can keep the thread-local
+ * address across a task switch. */
 static _Atomic uint64_t next_thread_number = 1;
-static __thread uint64_t thread_bits __attribute__((tls_model("initial-exec")));
+static __thread uint64_t thread_id __attribute__((tls_model("initial-exec")));
 
-uint64_t pz__async_self_bits(void)
+uint64_t pz__caller_id(void)
 {
     pz__worker *w = current_worker;
     if (w && w->current)
-        return w->current->id << PZ__AMUTEX_OWNER_SHIFT;
-    if (!thread_bits)
-        thread_bits = (PZ__AMUTEX_THREAD_BIT | atomic_fetch_add_explicit(&next_thread_number, 1, memory_order_relaxed))
-                      << PZ__AMUTEX_OWNER_SHIFT;
-    return thread_bits;
+        return w->current->id;
+    if (!thread_id)
+        thread_id = PZ__CALLER_THREAD_BIT | atomic_fetch_add_explicit(&next_thread_number, 1, memory_order_relaxed);
+    return thread_id;
 }

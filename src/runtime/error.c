@@ -55,5 +55,5 @@ void pz__report(const char *fmt, ...)
     va_end(ap);
     if (n < 0)
         return;
-    fprintf(stderr, "plaza: %s\n", buf);
+    pz__report_line(buf);
 }

@@ -213,6 +213,7 @@ int pz_group_wait_until(pz_group_t *g, int64_t deadline)
             pz__spin_unlock(&g->lock);
             break;
         }
+        pz__wait_note(PZ__WAIT_GROUP, g);
         g->waiter_gen = pz__park_prepare(false);
         g->waiter = self;
         pz__spin_unlock(&g->lock);

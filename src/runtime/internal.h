@@ -18,6 +18,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "plaza/runtime.h"
 #include "../arch/arch.h"
@@ -53,6 +54,77 @@ typedef struct pz__stack_slot {
     void *base;
     pz__stack_chunk *chunk;
 } pz__stack_slot;
+
+/* One lock a task or thread holds (held.c). */
+#define PZ__HELD_MAX 4
+/* Written by its owner only, read by reports at any time: relaxed atomics
+ * (plain moves on x86 and arm64, the same cost as plain fields). */
+typedef struct pz__held {
+    _Atomic(const void *) lock;
+    _Atomic(const char *) kind; /* "pz_mutex", "pz_rwlock", ... */
+    _Atomic(void *) site;       /* the return address of the acquiring call */
+} pz__held;
+typedef struct pz__holds {
+    _Atomic unsigned depth;   /* locks held now; the first PZ__HELD_MAX are in rec */
+    pz__held rec[PZ__HELD_MAX];
+} pz__holds;
+/* A snapshot of one entry, for reports. */
+typedef struct pz__held_view {
+    const void *lock;
+    const char *kind;
+    void *site;
+} pz__held_view;
+/* Copies up to PZ__HELD_MAX entries of h into out; returns how many, and
+ * the whole depth in *depth. */
+static inline unsigned pz__holds_read(const pz__holds *h, pz__held_view *out, unsigned *depth)
+{
+    unsigned d = atomic_load_explicit(&((pz__holds *)h)->depth, memory_order_relaxed);
+    unsigned n = d < PZ__HELD_MAX ? d : PZ__HELD_MAX;
+    for (unsigned i = 0; i < n; i++) {
+        pz__held *e = (pz__held *)&h->rec[i];
+        out[i].lock = atomic_load_explicit(&e->lock, memory_order_relaxed);
+        out[i].kind = atomic_load_explicit(&e->kind, memory_order_relaxed);
+        out[i].site = atomic_load_explicit(&e->site, memory_order_relaxed);
+    }
+    if (depth)
+        *depth = d;
+    return n;
+}
+
+/* Why a task or thread waits (wait.c).  Recorded at the one place every
+ * wait goes through: pz__park_commit for a task, the thread path of
+ * pz_park (and the few thread waits outside it) for a thread. */
+enum pz__wait_kind {
+    PZ__WAIT_NONE = 0,
+    PZ__WAIT_MUTEX,        /* pz_mutex: blocks the thread */
+    PZ__WAIT_RWLOCK,       /* pz_rwlock: blocks the thread */
+    PZ__WAIT_CONDVAR,      /* pz_condvar: blocks the thread */
+    PZ__WAIT_ONCE,         /* pz_once: blocks the thread */
+    PZ__WAIT_ASYNC_MUTEX,
+    PZ__WAIT_ASYNC_RWLOCK,
+    PZ__WAIT_SEMAPHORE,
+    PZ__WAIT_NOTIFY,
+    PZ__WAIT_BARRIER,
+    PZ__WAIT_CHAN_SEND,
+    PZ__WAIT_CHAN_RECV,
+    PZ__WAIT_FD_READ,
+    PZ__WAIT_FD_WRITE,
+    PZ__WAIT_SLEEP,
+    PZ__WAIT_JOIN,
+    PZ__WAIT_GROUP,
+    PZ__WAIT_BLOCKING,     /* pz_blocking: its job runs on the pool */
+    PZ__WAIT_YIELD,
+    PZ__WAIT_SELECT,
+    PZ__WAIT_PARK,         /* pz_park on an address, by a user's primitive */
+    PZ__WAIT_KINDS
+};
+/* A published wait: kind, object and since when (pz_now()).  Written by
+ * its owner only, read racily by reports (relaxed atomics). */
+typedef struct pz__wait {
+    _Atomic int kind;
+    _Atomic(const void *) obj;
+    _Atomic int64_t since;
+} pz__wait;
 
 /* One execution context: a task, or a worker's own scheduler loop on the
  * thread's native stack. */
@@ -152,7 +224,18 @@ struct pz_task {
     pz_task_t *joiner;
     uint64_t joiner_gen;
 
-    unsigned sync_depth;      /* sync locks held while switched out (misuse) */
+    pz__holds holds;          /* the plaza locks it holds (held.c) */
+
+    /* Introspection (wait.c, task.c): the wait announced for the next park
+     * (the task's own), the wait it is in now, where it was spawned, and
+     * its links in the registry of live tasks (under the registry lock). */
+    int note_kind;
+    const void *note_obj;
+    pz__wait wait;
+    _Atomic bool wait_blocks_thread; /* the wait blocks its worker thread */
+    void *spawn_site;
+    struct pz_task *reg_prev, *reg_next;
+    bool registered;
     int64_t suspended_ns;     /* time parked while pz__advisor_on (src/runtime/observe.c) */
 
     char name[32];
@@ -211,12 +294,6 @@ struct pz__worker {
 
     pz__timers timers;
 
-    /* Sync locks the running task holds (see src/sync/held.c). */
-    unsigned sync_depth;
-    const void *sync_lock;
-    const char *sync_kind;
-    void *sync_site;
-
     pz__stack_slot stack_cache[PZ__STACK_CACHE];
     int stack_cache_len;
 
@@ -225,6 +302,18 @@ struct pz__worker {
      * other workers deciding whether a holder may be running (so it has a
      * line of its own). */
     _Alignas(PZ__CACHELINE) _Atomic uint64_t running_id;
+    /* Switches made by this worker (written with running_id, on the same
+     * line; the monitor compares samples to find stalls), and its thread's
+     * kernel id (for /proc). */
+    _Atomic uint64_t switches;
+    _Atomic int tid;
+    /* Tasks in a lock wait and in a blocking-pool wait, counted up by the
+     * worker a task parks on and down by the one it resumes on (each
+     * counter written only by its own worker; only the sum over the
+     * workers means anything).  The monitor walks no task while both sums
+     * are zero. */
+    _Atomic long lock_waits;
+    _Atomic long blocking_waits;
 
     /* Object slots: each holds the address of a sync object or 0, and
      * what an address in a slot means is that object's business (today:
@@ -271,7 +360,7 @@ struct pz__runtime {
     int main_error;            /* < 0: main never ran (no stack) */
     _Atomic long live_tasks;
 
-    /* The I/O reactor (src/io/reactor.c).  io_waiters counts tasks and
+    /* The poller driver (driver.c).  io_waiters counts tasks and
      * threads waiting for readiness: while it is zero nobody polls.  One
      * worker at a time polls (driver_busy); it is then "polling" and is
      * woken through the waker descriptor instead of its futex. */
@@ -350,6 +439,8 @@ void pz__notify_work(pz__runtime *rt);
 void pz__suspend(void (*after)(pz__worker *, void *), void *arg);
 _Noreturn void pz__task_exit_switch(pz_task_t *t);
 void pz__resume(void);
+/* The thread function of a worker (sched.c), started by pz_run. */
+void *pz__worker_main(void *arg);
 
 /* task.c: parking a task. */
 uint64_t pz__park_prepare(bool nocancel);
@@ -357,6 +448,7 @@ int pz__park_commit(pz__park_fn cb, void *arg, int64_t deadline);
 int pz__task_claim(pz_task_t *t, uint64_t gen, int reason);
 void pz__task_finish(pz__worker *w, pz_task_t *t);
 void pz__task_free(pz_task_t *t);
+void pz__task_unregister(pz_task_t *t);
 pz_task_t *pz__current_task(void);
 
 /* sched.c: counts one step of the running task's cooperative budget and
@@ -390,15 +482,134 @@ void pz__overflow_handler_install(void);
 int pz__altstack_setup(pz__worker *w);
 void pz__altstack_teardown(pz__worker *w);
 
-/* src/sync/held.c: a task suspends while it holds a sync lock. */
-void pz__sync_held_at_suspend(pz__worker *w);
+/* driver.c: the poller driver and the readiness waiters (see there). */
+#define PZ__IO_READ 1u
+#define PZ__IO_WRITE 2u
+#define PZ__IO_CLOSED 4u
+#define PZ__IO_TICK 256u
+/* pz__io_source_signal: the descriptor was closed by pz_close. */
+#define PZ__SIG_CLOSED 0x100u
 
-/* src/io/reactor.c */
-int pz__reactor_init(pz__runtime *rt);
-void pz__reactor_destroy(pz__runtime *rt);
+enum { PZ__SRC_NEW = 0, PZ__SRC_POLLED = 1, PZ__SRC_BLOCKING = 2 };
+
+/* A task waiting for readiness: on its own stack, in its source's list. */
+typedef struct pz__io_waiter {
+    struct pz__io_waiter *next;
+    pz_task_t *task;
+    uint64_t gen;
+    uint64_t bit;  /* PZ__IO_READ, PZ__IO_WRITE or both: woken by either */
+    bool linked;   /* in the list; under the source's lock */
+    /* A select's node (src/io/select.c): the waker first sets *fired from
+     * -1 to branch and skips the node if that fails; NULL otherwise. */
+    _Atomic int *fired;
+    int branch;
+} pz__io_waiter;
+
+typedef struct pz__io_source {
+    _Atomic uint64_t readiness; /* see driver.c */
+    _Atomic int kind;           /* PZ__SRC_*; set under lock */
+    pz__spin lock;              /* registration and the waiter list */
+    int fd;                     /* its descriptor, set at registration */
+    pz__io_waiter *waiters;
+} pz__io_source;
+
+int pz__driver_init(pz__runtime *rt);
+void pz__driver_destroy(pz__runtime *rt);
 /* Waits for readiness until deadline (ns, < 0 none, 0 no wait) and wakes
  * the waiters of every ready descriptor.  Returns the number of events. */
-int pz__reactor_poll(pz__runtime *rt, int64_t deadline, int max_events);
+int pz__driver_poll(pz__runtime *rt, int64_t deadline, int max_events);
+pz__io_source *pz__io_source_of(pz__runtime *rt, int fd);
+/* Sets the readiness bits of events (PZ__EV_*, PZ__SIG_CLOSED) and wakes
+ * the waiters they concern. */
+void pz__io_source_signal(pz__io_source *src, unsigned events);
+/* The running task waits until bit (PZ__IO_READ or PZ__IO_WRITE) is set in
+ * src's readiness: 0, -EBADF (closed), -ETIMEDOUT or -ECANCELED. */
+int pz__driver_wait(pz__runtime *rt, pz__io_source *src, uint64_t bit, int64_t deadline);
+/* For a select, between its pz__park_prepare and pz__park_commit: links wt
+ * (task, gen, bit, fired, branch set) unless bit or CLOSED is set already
+ * (then false); pz__driver_leave unlinks it if an event has not, and says
+ * whether it did. */
+bool pz__driver_enqueue(pz__io_source *src, pz__io_waiter *wt);
+bool pz__driver_leave(pz__io_source *src, pz__io_waiter *wt);
+
+/* wait.c: wait reasons.  pz__wait_note announces the kind and object of
+ * the caller's next wait (a task's next park, or a thread's next blocking
+ * wait); a wait without a note is recorded as PZ__WAIT_PARK on its
+ * address (pz__wait_note_default).  Cheap: two stores. */
+void pz__wait_note(int kind, const void *obj);
+void pz__wait_note_default(int kind, const void *obj);
+const char *pz__wait_kind_name(int kind);
+bool pz__wait_kind_is_lock(int kind);
+/* Threads in a plaza wait now (plain threads, and workers blocked by their
+ * task), for the monitor. */
+long pz__thread_waits(void);
+/* The task side, called by pz__park_commit around its switch. */
+void pz__wait_publish(pz_task_t *t);
+void pz__wait_clear(pz_task_t *t);
+
+/* A plain thread's record (or a worker's while its task blocks it): its
+ * held locks and its current wait, registered once per thread so that
+ * reports can see blocked threads and the locks threads hold. */
+typedef struct pz__thread_rec {
+    struct pz__thread_rec *prev, *next;
+    int tid;
+    uint64_t caller;          /* pz__caller_id of the thread */
+    pz__holds holds;          /* a plain thread's held locks */
+    pz__wait wait;
+    _Atomic(pz_task_t *) task; /* the task blocking this worker, or NULL */
+    bool registered;
+} pz__thread_rec;
+pz__thread_rec *pz__thread_rec_self(void);
+/* Brackets a thread-blocking wait (pz_park's thread path). */
+void pz__thread_wait_begin(const void *addr);
+void pz__thread_wait_end(void);
+/* The registries of live tasks (task.c) and of threads (wait.c), for
+ * reports: pz__introspect_lock takes both locks (tasks first), and the
+ * walks must be made under it.  Held only by reports, briefly by spawn,
+ * task end and thread registration. */
+void pz__introspect_lock(void);
+void pz__introspect_unlock(void);
+void pz__task_registry_lock(void);
+void pz__task_registry_unlock(void);
+void pz__thread_recs_walk(void (*fn)(pz__thread_rec *r, void *arg), void *arg);
+void pz__tasks_walk(void (*fn)(pz_task_t *t, void *arg), void *arg);
+/* In the child of a fork (lifecycle.c's handler). */
+void pz__introspect_after_fork(void);
+void pz__tasks_forget(void);
+void pz__monitor_after_fork(void);
+
+/* dump.c: the report sink, holders and descriptions for reports. */
+void pz__report_line(const char *line);
+/* A lock layer's answer to "who holds obj" (a caller id, 0 unknown); must
+ * only read obj's words.  Registered per wait kind. */
+typedef uint64_t (*pz__holder_fn)(const void *obj);
+void pz__holder_query_register(int kind, pz__holder_fn fn);
+/* Under pz__introspect_lock: the caller id of lock's holder, 0 unknown;
+ * *tid the holder thread's id when it is a plain thread. */
+uint64_t pz__holder_of(int kind, const void *lock, int *tid);
+void pz__describe_caller(uint64_t id, int tid, char *buf, size_t size);
+void pz__describe_wait(int kind, const void *obj, char *buf, size_t size);
+void pz__dump_to(FILE *f, const char *why);
+
+/* monitor.c, checks.c: the monitor thread. */
+#define PZ__MONITOR_PERIOD_NS (100 * 1000000ll)
+extern bool pz__debug;
+void pz__monitor_start(pz__runtime *rt, const pz_config_t *c);
+void pz__monitor_stop(void);
+/* Wakes the monitor if it sleeps because every worker was idle: a worker
+ * leaving its idle sleep, a thread starting a plaza wait.  One relaxed
+ * load when it does not sleep. */
+void pz__monitor_poke(void);
+void pz__monitor_configure(const pz_config_t *c);
+void pz__monitor_check(pz__runtime *rt, int64_t now);
+bool pz__monitor_busy_threads(void);
+
+/* held.c: a task suspends while it holds a sync lock (reported). */
+void pz__held_at_suspend(pz_task_t *t);
+/* held.c: a task ends while it holds plaza locks (reported, with each
+ * lock and where it was taken; async locks are in the record only with the
+ * debug switch on). */
+void pz__held_at_exit(pz_task_t *t);
 
 /* blocking.c */
 void pz__blocking_configure(int max_threads);

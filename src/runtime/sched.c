@@ -27,6 +27,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #ifdef PZ_ASAN
 #include <sanitizer/asan_interface.h>
@@ -34,8 +36,6 @@
 #ifdef PZ_TSAN
 #include <sanitizer/tsan_interface.h>
 #endif
-
-_Atomic(pz__runtime *) pz__rt;
 
 /* How often (in scheduling decisions) a busy worker looks at the injection
  * queue and its timers, so neither starves behind local work. */
@@ -170,7 +170,7 @@ static void worker_poll(pz__worker *w, int64_t deadline)
     if (room == 0)
         return;
     w->waking_io = true;
-    pz__reactor_poll(w->rt, deadline, room < 64 ? (int)room : 64);
+    pz__driver_poll(w->rt, deadline, room < 64 ? (int)room : 64);
     w->waking_io = false;
 }
 
@@ -327,6 +327,7 @@ static void idle(pz__worker *w)
         }
     }
 
+    pz__monitor_poke(); /* the monitor sleeps while every worker does */
     pz__spin_lock(&rt->idle_lock);
     if (w->sleeping) {
         for (int i = 0; i < rt->nsleepers; i++) {
@@ -393,6 +394,8 @@ static void switch_from_task(pz__worker *w, pz_task_t *self, bool dies)
     w->current = next;
     w->coop_spent = 0;
     atomic_store_explicit(&w->running_id, next ? next->id : 0, memory_order_relaxed);
+    atomic_store_explicit(&w->switches, atomic_load_explicit(&w->switches, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
     ctx_switch(&self->ctx, next ? &next->ctx : &w->sched_ctx, dies);
 }
 
@@ -405,27 +408,24 @@ __attribute__((noinline)) void pz__resume(void)
         fn(w, w->after_arg);
     }
     pz_task_t *t = w->current;
-    if (t) {
-        if (t->sync_depth) {
-            /* It suspended holding sync locks (reported then): the count
-             * follows the task to this worker. */
-            w->sync_depth += t->sync_depth;
-            t->sync_depth = 0;
-        }
+    if (t)
         errno = t->saved_errno;
-    }
 }
 
 static inline void suspend_on(pz__worker *w, void (*after)(pz__worker *, void *), void *arg)
 {
-    if (w->sync_depth)
-        pz__sync_held_at_suspend(w);
     pz_task_t *self = w->current;
+    /* The advisor's "time suspended so far" (src/runtime/observe.c).  It
+     * starts before the report of a suspension inside a sync lock, which is
+     * part of suspending: symbolising that report's stack takes far longer
+     * than the critical section's own work, and counted as work it would
+     * hide that the section mostly waits. */
+    int64_t parked_at = atomic_load_explicit(&pz__advisor_on, memory_order_relaxed) ? pz__clock_now() : 0;
+    if (atomic_load_explicit(&self->holds.depth, memory_order_relaxed))
+        pz__held_at_suspend(self);
     self->saved_errno = errno;
     w->after_fn = after;
     w->after_arg = arg;
-    /* The advisor's "time suspended so far" (src/runtime/observe.c). */
-    int64_t parked_at = atomic_load_explicit(&pz__advisor_on, memory_order_relaxed) ? pz__clock_now() : 0;
     switch_from_task(w, self, false);
     /* Possibly on another worker now: pz__resume reads it afresh. */
     pz__resume();
@@ -467,6 +467,9 @@ static void task_entry(void *arg)
     pz_task_t *t = arg;
     t->result = t->fn(t->arg);
     pz__task_end(t);
+    if (atomic_load_explicit(&t->holds.depth, memory_order_relaxed))
+        pz__held_at_exit(t);
+    pz__task_unregister(t); /* reports stop reading its stack now */
     pz__task_exit_switch(t);
 }
 
@@ -516,49 +519,8 @@ void pz__coop_tick(void)
 void pz__coop_tick_release(void)
 {
     pz__worker *w = pz__current_worker();
-    if (w && !w->sync_depth)
+    if (w && w->current && !atomic_load_explicit(&w->current->holds.depth, memory_order_relaxed))
         coop_step(w);
-}
-
-/* Plain threads inside a pinned walk of the runtime. */
-static _Atomic long rt_pins;
-
-pz__runtime *pz__rt_pin(void)
-{
-    pz__worker *w = pz__current_worker();
-    if (w)
-        return w->rt;
-    /* Count, then look: a Dekker pair with pz_run, which clears pz__rt
-     * and then waits for the count, both in seq_cst.  Either we see NULL,
-     * or pz_run sees us and keeps the runtime until we leave. */
-    atomic_fetch_add_explicit(&rt_pins, 1, memory_order_seq_cst);
-    pz__runtime *rt = atomic_load_explicit(&pz__rt, memory_order_seq_cst);
-    if (!rt)
-        atomic_fetch_sub_explicit(&rt_pins, 1, memory_order_release);
-    return rt;
-}
-
-void pz__rt_unpin(pz__runtime *rt)
-{
-    if (rt && !pz__current_worker())
-        atomic_fetch_sub_explicit(&rt_pins, 1, memory_order_release);
-}
-
-/* One runtime at a time: claimed before pz__rt is published, released
- * after it is freed. */
-static _Atomic bool runtime_claimed;
-
-static void runtime_destroy(pz__runtime *rt);
-
-/* Unpublishes rt, waits for the plain threads still walking it, frees it,
- * and lets the next pz_run start. */
-static void retire(pz__runtime *rt)
-{
-    atomic_store_explicit(&pz__rt, NULL, memory_order_seq_cst);
-    while (atomic_load_explicit(&rt_pins, memory_order_seq_cst) != 0)
-        sched_yield();
-    runtime_destroy(rt);
-    atomic_store(&runtime_claimed, false);
 }
 
 bool pz__task_id_running(uint64_t id)
@@ -573,13 +535,14 @@ bool pz__task_id_running(uint64_t id)
 
 /* ---- workers ---- */
 
-static void *worker_main(void *arg)
+void *pz__worker_main(void *arg)
 {
     pz__worker *w = arg;
     pz__runtime *rt = w->rt;
     char name[16];
     snprintf(name, sizeof name, "plaza-w%d", w->index);
     pz__thread_set_name(name);
+    atomic_store_explicit(&w->tid, (int)syscall(SYS_gettid), memory_order_relaxed);
     pz__thread_precise_timers();
     pz__set_current_worker(w);
     pz__altstack_setup(w);
@@ -604,6 +567,8 @@ static void *worker_main(void *arg)
             w->current = t;
             w->coop_spent = 0;
             atomic_store_explicit(&w->running_id, t->id, memory_order_relaxed);
+            atomic_store_explicit(&w->switches, atomic_load_explicit(&w->switches, memory_order_relaxed) + 1,
+                                  memory_order_relaxed);
             ctx_switch(&w->sched_ctx, &t->ctx, false);
             continue;
         }
@@ -612,244 +577,6 @@ static void *worker_main(void *arg)
     pz__altstack_teardown(w);
     pz__set_current_worker(NULL);
     return NULL;
-}
-
-/* ---- the runtime ---- */
-
-struct main_call {
-    pz_fn fn;
-    void *arg;
-    void *result;
-    pz__runtime *rt;
-};
-
-static void *main_task(void *arg)
-{
-    struct main_call *m = arg;
-    m->result = m->fn(m->arg);
-    pz__task_end(pz__current_task()); /* main's groups and task-locals, before the runtime stops */
-    pz__main_exit_hooks_run();
-    atomic_store(&m->rt->main_done, 1);
-    pz__futex_wake(&m->rt->main_done, 1);
-    return NULL;
-}
-
-static void free_task_list(pz_task_t *t)
-{
-    while (t) {
-        pz_task_t *next = t->next;
-        pz__task_free(t);
-        t = next;
-    }
-}
-
-/* After the workers stopped: frees the tasks that were still queued or
- * sleeping.  Tasks parked elsewhere are abandoned.
- *
- * The timer heaps go first, and free only tasks in a plain sleep (a park
- * without a callback, not yet claimed).  A task whose timer is still in a
- * heap may also be queued already (woken by an unpark; it removes its own
- * timer when it runs): the queues free it.  And a task that waits with a
- * deadline in the parking lot, a channel or the reactor has a node on its
- * stack linked into a queue that outlives this runtime: freeing its stack
- * would leave that queue pointing at unmapped memory, so it is abandoned
- * like the other parked tasks. */
-static void drain(pz__runtime *rt)
-{
-    for (int i = 0; i < rt->nworkers; i++) {
-        pz__timers *tm = &rt->workers[i].timers;
-        for (size_t k = 0; k < tm->len; k++) {
-            pz_task_t *t = tm->heap[k];
-            t->timer_index = -1;
-            uint64_t st = atomic_load_explicit(&t->park_state, memory_order_acquire);
-            if (PZ__PS_STATE(st) != PZ__PS_WOKEN && !t->park_cb)
-                pz__task_free(t);
-        }
-        tm->len = 0;
-    }
-    free_task_list(rt->inject_head);
-    rt->inject_head = rt->inject_tail = NULL;
-    for (int i = 0; i < rt->nworkers; i++) {
-        pz__worker *w = &rt->workers[i];
-        pz_task_t *t;
-        while ((t = pz__runq_pop(&w->runq)))
-            pz__task_free(t);
-        if ((t = atomic_exchange(&w->lifo, NULL)))
-            pz__task_free(t);
-    }
-}
-
-static void runtime_destroy(pz__runtime *rt)
-{
-    pz__reactor_destroy(rt);
-    for (int i = 0; i < rt->nworkers; i++)
-        pz__timers_destroy(&rt->workers[i].timers);
-    pz__stacks_destroy(rt);
-    free(rt->sleepers);
-    free(rt->workers);
-    free(rt);
-}
-
-static void stop_workers(pz__runtime *rt, int started)
-{
-    atomic_store(&rt->shutdown, true);
-    pz__spin_lock(&rt->idle_lock);
-    for (int i = 0; i < rt->nworkers; i++) {
-        atomic_store(&rt->workers[i].sleep_word, 1);
-        pz__futex_wake(&rt->workers[i].sleep_word, 1);
-    }
-    pz__spin_unlock(&rt->idle_lock);
-    pz__waker_signal(rt->waker);
-    for (int i = 0; i < started; i++)
-        pthread_join(rt->workers[i].thread, NULL);
-}
-
-/*
- * fork: only the forking thread exists in the child, so a runtime of the
- * parent (its workers, its tasks) does not.  The child forgets it: the
- * runtime is unpublished and unclaimed (its memory is left alone, since
- * the forking thread may be running on one of its task stacks), the
- * forking thread is no worker any more, and the blocking pool forgets its
- * threads.  The child may then start a runtime of its own with pz_run.
- */
-static void after_fork_child(void)
-{
-    atomic_store_explicit(&pz__rt, NULL, memory_order_relaxed);
-    atomic_store_explicit(&rt_pins, 0, memory_order_relaxed);
-    atomic_store_explicit(&runtime_claimed, false, memory_order_relaxed);
-    pz__set_current_worker(NULL);
-    pz__blocking_after_fork();
-}
-
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-
-static void atfork_register(void)
-{
-    pthread_atfork(NULL, NULL, after_fork_child);
-}
-
-int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
-{
-    pthread_once(&atfork_once, atfork_register);
-    pz_config_t c = cfg ? *cfg : (pz_config_t){0};
-    if (!main) {
-        pz__report("pz_run: main is NULL");
-        return -EINVAL;
-    }
-    if (c.workers < 0 || c.workers > 4096 || c.stack_size > PZ__MAX_STACK || c.blocking_threads_max < 0) {
-        pz__report("pz_run: invalid configuration (workers %d, stack_size %zu, blocking_threads_max %d)",
-                   c.workers, c.stack_size, c.blocking_threads_max);
-        return -EINVAL;
-    }
-    bool unclaimed = false;
-    if (!atomic_compare_exchange_strong(&runtime_claimed, &unclaimed, true)) {
-        pz__report("pz_run: a runtime is already running in this process");
-        return -EBUSY;
-    }
-    pz__runtime *rt = calloc(1, sizeof *rt);
-    if (!rt) {
-        atomic_store(&runtime_claimed, false);
-        return -ENOMEM;
-    }
-    size_t page = pz__page_size();
-    rt->nworkers = c.workers ? c.workers : pz__cpu_count();
-    size_t ss = c.stack_size ? c.stack_size : PZ__DEFAULT_STACK;
-    if (ss < PZ__MIN_STACK)
-        ss = PZ__MIN_STACK;
-    rt->stack_size = (ss + page - 1) / page * page;
-    rt->guard_size = c.no_guard_pages ? 0 : page;
-    rt->guard_kind = pz__stack_guard_kind();
-    pz__blocking_configure(c.blocking_threads_max);
-
-    rt->workers = aligned_alloc(PZ__CACHELINE, sizeof(pz__worker) * (size_t)rt->nworkers);
-    rt->sleepers = calloc((size_t)rt->nworkers, sizeof(int));
-    if (!rt->workers || !rt->sleepers) {
-        free(rt->workers);
-        free(rt->sleepers);
-        free(rt);
-        atomic_store(&runtime_claimed, false);
-        return -ENOMEM;
-    }
-    memset(rt->workers, 0, sizeof(pz__worker) * (size_t)rt->nworkers);
-    for (int i = 0; i < rt->nworkers; i++) {
-        pz__worker *w = &rt->workers[i];
-        w->index = i;
-        w->rt = rt;
-        pz__runq_init(&w->runq);
-        pz__timers_init(&w->timers);
-        w->rng = 0x9E3779B97F4A7C15ull * (uint64_t)(i + 1) | 1;
-    }
-    /* Published once its workers can be walked (lock slow paths on other
-     * threads read them through pz__rt). */
-    atomic_store_explicit(&pz__rt, rt, memory_order_release);
-    pz__overflow_handler_install();
-    int rerr = pz__reactor_init(rt);
-    if (rerr < 0) {
-        pz__report("pz_run: cannot create the I/O poller: %s", strerror(-rerr));
-        retire(rt);
-        return rerr;
-    }
-
-    struct main_call m = {main, arg, NULL, rt};
-    pz_task_t *mt = pz_spawn_with(main_task, &m, &(pz_spawn_opts_t){.name = "main"});
-    if (!mt) {
-        retire(rt);
-        return -ENOMEM;
-    }
-    /* The struct, not the handle: next_runnable compares it with the tasks
-     * it runs (a handle carries a generation tag, handle.c). */
-    rt->main_task = pz__task_peek(mt);
-    pz_detach(mt);
-    if (atomic_load_explicit(&pz__advisor_on, memory_order_acquire)) {
-        const pz__lock_hooks *h = atomic_load_explicit(&pz__lock_hooks_table, memory_order_acquire);
-        if (h && h->runtime_started)
-            h->runtime_started();
-    }
-
-    int started = 0, err = 0;
-    /* Workers start with every asynchronous signal blocked (inherited from
-     * this thread for the moment): signals go to pz_run's thread or to
-     * signalfd readers, never to a task's stack (src/runtime/sigmask.c). */
-    sigset_t run_mask;
-    pz__sig_block_async(&run_mask);
-    for (; started < rt->nworkers; started++) {
-        int e = pz__thread_create(&rt->workers[started].thread, NULL, worker_main, &rt->workers[started]);
-        if (e) {
-            pz__report("pz_run: cannot start worker thread %d: %s", started, strerror(-e));
-            err = e;
-            break;
-        }
-    }
-    pz__sig_setmask(&run_mask);
-    if (err)
-        atomic_store(&rt->shutdown, true);
-    atomic_store_explicit(&rt->start_gate, 1, memory_order_release);
-    pz__futex_wake(&rt->start_gate, INT32_MAX);
-    if (!err) {
-        while (atomic_load(&rt->main_done) == 0) {
-            pz__sigmask_runner_sync();
-            pz__futex_wait(&rt->main_done, 0, -1);
-        }
-    }
-    pz__sigmask_runner_restore();
-    int rt_main_error = rt->main_error;
-    stop_workers(rt, started);
-    pz__blocking_shutdown();
-    drain(rt);
-    retire(rt);
-    if (!err)
-        err = rt_main_error;
-    if (err)
-        return err;
-    if (result)
-        *result = m.result;
-    return 0;
-}
-
-int pz_worker_count(void)
-{
-    pz__runtime *rt = atomic_load(&pz__rt);
-    return rt ? rt->nworkers : 0;
 }
 
 int pz_worker_index(void)

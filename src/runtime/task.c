@@ -39,6 +39,61 @@
 
 static _Atomic uint64_t next_task_id = 1;
 
+/* The registry of live tasks, for reports (pz_dump, the monitor): a task
+ * is linked when it is spawned and unlinked when it ends (before its stack
+ * goes back) or is freed without having ended. */
+static pz__spin registry_lock;
+static pz_task_t *registry_head;
+
+static void registry_add(pz_task_t *t)
+{
+    pz__spin_lock(&registry_lock);
+    t->reg_prev = NULL;
+    t->reg_next = registry_head;
+    if (registry_head)
+        registry_head->reg_prev = t;
+    registry_head = t;
+    t->registered = true;
+    pz__spin_unlock(&registry_lock);
+}
+
+void pz__task_unregister(pz_task_t *t)
+{
+    pz__spin_lock(&registry_lock);
+    if (t->registered) {
+        if (t->reg_prev)
+            t->reg_prev->reg_next = t->reg_next;
+        else
+            registry_head = t->reg_next;
+        if (t->reg_next)
+            t->reg_next->reg_prev = t->reg_prev;
+        t->registered = false;
+    }
+    pz__spin_unlock(&registry_lock);
+}
+
+void pz__tasks_forget(void)
+{
+    registry_lock = (pz__spin){0};
+    registry_head = NULL;
+}
+
+void pz__task_registry_lock(void)
+{
+    pz__spin_lock(&registry_lock);
+}
+
+void pz__task_registry_unlock(void)
+{
+    pz__spin_unlock(&registry_lock);
+}
+
+void pz__tasks_walk(void (*fn)(pz_task_t *t, void *arg), void *arg)
+{
+    for (pz_task_t *t = registry_head; t; t = t->reg_next)
+        fn(t, arg);
+}
+
 pz_task_t *pz__current_task(void)
 {
     pz__worker *w = pz__current_worker();
@@ -68,12 +123,19 @@ const char *pz_task_name(const pz_task_t *h)
     return t ? t->name : "";
 }
 
+static pz_task_t *spawn(pz_fn fn, void *arg, const pz_spawn_opts_t *opts, void *site);
+
 pz_task_t *pz_spawn(pz_fn fn, void *arg)
 {
-    return pz_spawn_with(fn, arg, NULL);
+    return spawn(fn, arg, NULL, __builtin_return_address(0));
 }
 
 pz_task_t *pz_spawn_with(pz_fn fn, void *arg, const pz_spawn_opts_t *opts)
+{
+    return spawn(fn, arg, opts, __builtin_return_address(0));
+}
+
+static pz_task_t *spawn(pz_fn fn, void *arg, const pz_spawn_opts_t *opts, void *site)
 {
     pz__runtime *rt = atomic_load_explicit(&pz__rt, memory_order_acquire);
     if (!rt) {
@@ -111,8 +173,10 @@ pz_task_t *pz_spawn_with(pz_fn fn, void *arg, const pz_spawn_opts_t *opts)
         t->name[sizeof t->name - 1] = '\0';
         pz__task_name_register(t);
     }
+    t->spawn_site = site;
     atomic_fetch_add_explicit(&rt->live_tasks, 1, memory_order_relaxed);
     pz_task_t *handle = pz__task_handle(t); /* before t can run, end and be freed */
+    registry_add(t);
     pz__task_ready(t, false);
     return handle;
 }
@@ -120,6 +184,7 @@ pz_task_t *pz_spawn_with(pz_fn fn, void *arg, const pz_spawn_opts_t *opts)
 void pz__task_free(pz_task_t *t)
 {
     pz__runtime *rt = atomic_load(&pz__rt);
+    pz__task_unregister(t);
     if (t->stack_map_size && rt) {
         /* Only for tasks freed at shutdown: a finished task has already
          * given its stack back. */
@@ -134,6 +199,7 @@ void pz__task_free(pz_task_t *t)
 void pz__task_finish(pz__worker *w, pz_task_t *t)
 {
     (void)w;
+    pz__task_unregister(t);
     pz__spin_lock(&t->join_lock);
     t->done = true;
     bool free_it = t->detached;
@@ -183,6 +249,7 @@ int pz_join(pz_task_t *h, void **result)
         return -EINVAL;
     }
     while (!t->done) {
+        pz__wait_note(PZ__WAIT_JOIN, t);
         t->joiner_gen = pz__park_prepare(false);
         t->joiner = self;
         pz__spin_unlock(&t->join_lock);
@@ -315,7 +382,9 @@ int pz__park_commit(pz__park_fn cb, void *arg, int64_t deadline)
         pz__task_claim(self, gen, PZ__WAKE_CANCEL);
     self->park_cb = cb;
     self->park_cb_arg = arg;
+    pz__wait_publish(self);
     pz__suspend(park_after, self);
+    pz__wait_clear(self);
 
     s = atomic_load_explicit(&self->park_state, memory_order_acquire);
     int reason = PZ__PS_REASON(s);
@@ -348,6 +417,7 @@ int pz_sleep_until(int64_t deadline)
         pz__thread_sleep_until(deadline);
         return 0;
     }
+    pz__wait_note(PZ__WAIT_SLEEP, NULL);
     pz__park_prepare(false);
     int r = pz__park_commit(NULL, NULL, deadline);
     return r == -ECANCELED ? r : 0;

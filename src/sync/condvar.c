@@ -82,6 +82,7 @@ int pz_condvar_wait_until(pz_condvar_t *cv, pz_mutex_t *m, int64_t deadline)
 {
     struct wait_ctx c = {cv, m, NULL, 0, false};
     uintptr_t token = TOKEN_NOTIFIED;
+    pz__wait_note(PZ__WAIT_CONDVAR, cv);
     int r = pz_park(cv, wait_validate, wait_before_sleep, wait_timed_out, &c, 0, deadline, PZ_PARK_THREAD, &token);
     if (r == -EAGAIN) {
         pz__report("pz_condvar_wait: condvar %p is waited on with mutex %p while other waiters use mutex %p; "
@@ -91,7 +92,7 @@ int pz_condvar_wait_until(pz_condvar_t *cv, pz_mutex_t *m, int64_t deadline)
     }
     if (r == 0 && token == PZ__MUTEX_TOKEN_HANDOFF) {
         /* Moved onto the mutex, and its unlocker handed it to us. */
-        pz__sync_acquired(m, "pz_mutex");
+        pz__held_acquired(m, "pz_mutex");
         return 0;
     }
     pz_mutex_lock(m);

@@ -48,7 +48,7 @@ __attribute__((noinline)) void pz__mutex_lock_observed(pz_mutex_t *m, int64_t de
     if (result)
         *result = r;
     if (r == 0) {
-        pz__sync_acquired(m, "pz_mutex");
+        pz__held_acquired(m, "pz_mutex");
         report_acquired(m, PZ__LOCK_MUTEX, site, t0, 0);
     }
 }
@@ -60,7 +60,7 @@ __attribute__((noinline)) bool pz__mutex_trylock_observed(pz_mutex_t *m)
     while (!(s & PZ__MUTEX_LOCKED)) {
         if (atomic_compare_exchange_weak_explicit(&m->state, &s, (uint8_t)(s | PZ__MUTEX_LOCKED),
                                                   memory_order_acquire, memory_order_relaxed)) {
-            pz__sync_acquired(m, "pz_mutex");
+            pz__held_acquired(m, "pz_mutex");
             report_acquired(m, PZ__LOCK_MUTEX, site, 0, 0);
             return true;
         }
@@ -103,7 +103,7 @@ __attribute__((noinline)) int pz__rwlock_lock_observed(pz_rwlock_t *rw, int mode
         r = pz__rwlock_lock_slow(rw, mode, deadline);
     }
     if (r == 0) {
-        pz__sync_acquired(rw, "pz_rwlock");
+        pz__held_acquired(rw, "pz_rwlock");
         report_acquired(rw, PZ__LOCK_RWLOCK, site, t0, rw_flags(mode));
     }
     return r;
@@ -114,7 +114,7 @@ __attribute__((noinline)) bool pz__rwlock_try_observed(pz_rwlock_t *rw, int mode
     const void *site = __builtin_return_address(0);
     if (!rw_fast(rw, mode) && !pz__rwlock_try_slow(rw, mode))
         return false;
-    pz__sync_acquired(rw, "pz_rwlock");
+    pz__held_acquired(rw, "pz_rwlock");
     report_acquired(rw, PZ__LOCK_RWLOCK, site, 0, rw_flags(mode));
     return true;
 }

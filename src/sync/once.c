@@ -80,6 +80,7 @@ void pz__once_slow(pz_once_t *o, void (*fn)(void *), void *arg)
         if (!(s & PARKED) && !atomic_compare_exchange_weak_explicit(&o->state, &s, s | PARKED,
                                                                      memory_order_acquire, memory_order_acquire))
             continue;
+        pz__wait_note(PZ__WAIT_ONCE, o);
         pz_park(o, still_running, NULL, NULL, o, 0, PZ_FOREVER, PZ_PARK_THREAD, NULL);
         s = atomic_load_explicit(&o->state, memory_order_acquire);
     }

@@ -189,6 +189,7 @@ static int wait_for_readers(pz_rwlock_t *rw, int64_t deadline, uintptr_t restore
             !atomic_compare_exchange_weak_explicit(&rw->state, &s, s | WRITER_PARKED, memory_order_acquire,
                                                    memory_order_acquire))
             continue;
+        pz__wait_note(PZ__WAIT_RWLOCK, rw);
         int r = pz_park(writer_addr(rw), validate_writer, NULL, NULL, rw, 0, deadline, PZ_PARK_THREAD, NULL);
         if (r == -ETIMEDOUT) {
             undo_write(rw, restore);
@@ -226,6 +227,7 @@ int pz__rwlock_lock_slow(pz_rwlock_t *rw, int mode, int64_t deadline)
             continue;
         struct park_ctx c = {rw, mode};
         uintptr_t token = TOKEN_NORMAL;
+        pz__wait_note(PZ__WAIT_RWLOCK, rw);
         int r = pz_park(rw, validate_main, NULL, main_timed_out, &c, add, deadline, PZ_PARK_THREAD, &token);
         if (r == 0 && token == TOKEN_HANDOFF) {
             /* The waker added our token to the word.  Pair with its

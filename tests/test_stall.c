@@ -1,0 +1,143 @@
+/* The monitor reports a worker that runs one task too long without
+ * switching (default threshold 100 ms), naming the task, the plaza locks
+ * it holds and the system call its thread sits in; a task that computes
+ * for 30 ms is not a stall. */
+#include "helpers.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static pthread_mutex_t sink_lock = PTHREAD_MUTEX_INITIALIZER;
+static char sink[1 << 15];
+static size_t sink_len;
+
+static void collect(const char *line, void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&sink_lock);
+    size_t n = strlen(line);
+    if (sink_len + n + 2 < sizeof sink) {
+        memcpy(sink + sink_len, line, n);
+        sink[sink_len + n] = '\n';
+        sink_len += n + 1;
+        sink[sink_len] = '\0';
+    }
+    pthread_mutex_unlock(&sink_lock);
+    fprintf(stderr, "report: %s\n", line);
+}
+
+static bool sink_has(const char *what)
+{
+    pthread_mutex_lock(&sink_lock);
+    bool r = strstr(sink, what) != NULL;
+    pthread_mutex_unlock(&sink_lock);
+    return r;
+}
+
+static void sink_reset(void)
+{
+    pthread_mutex_lock(&sink_lock);
+    sink_len = 0;
+    sink[0] = '\0';
+    pthread_mutex_unlock(&sink_lock);
+}
+
+static pz_mutex_t held;
+
+static void *sleepy_holder(void *arg)
+{
+    (void)arg;
+    pz_mutex_lock(&held);
+    usleep(300 * 1000); /* the wrong thing: a blocking call on a worker, lock held */
+    pz_mutex_unlock(&held);
+    return NULL;
+}
+
+static void *stall_main(void *arg)
+{
+    (void)arg;
+    sink_reset();
+    pz_set_report(collect, NULL);
+    pz_task_t *t = pz_spawn_with(sleepy_holder, NULL, &(pz_spawn_opts_t){.name = "sleepy"});
+    char who[64];
+    snprintf(who, sizeof who, "stall: task %llu (sleepy)", (unsigned long long)pz_task_id(t));
+    CHECK_EQ(pz_join(t, NULL), 0);
+    CHECK(sink_has(who));
+    CHECK(sink_has("its thread is in system call clock_nanosleep") || sink_has("its thread is in system call nanosleep"));
+    char lock[64];
+    snprintf(lock, sizeof lock, "it holds pz_mutex %p, taken at sleepy_holder (test_stall.c:", (void *)&held);
+    CHECK(sink_has(lock));
+    pz_set_report(NULL, NULL);
+    return NULL;
+}
+
+static void test_blocking_call_with_lock_is_a_stall(void **state)
+{
+    (void)state;
+    run_in_runtime(2, stall_main, NULL);
+}
+
+static int64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return ts.tv_sec * SEC + ts.tv_nsec;
+}
+
+static _Atomic int64_t compute_wall;
+
+static void *computer(void *arg)
+{
+    (void)arg;
+    int64_t w0 = pz_now(), c0 = thread_cpu_ns();
+    volatile uint64_t x = 1;
+    while (thread_cpu_ns() - c0 < 30 * MS)
+        x = x * 6364136223846793005ull + 1;
+    atomic_store(&compute_wall, pz_now() - w0);
+    return NULL;
+}
+
+static void *compute_main(void *arg)
+{
+    (void)arg;
+    pz_set_report(collect, NULL);
+    /* 30 ms of CPU is a stall only if the machine keeps the thread off its
+     * CPU for 70 ms more; a run where that nearly happened (wall time over
+     * 70 ms)
+     * proves nothing, so it is tried again, up to 50 times. */
+    for (int tries = 0; tries < 50; tries++) {
+        sink_reset();
+        pz_task_t *t = pz_spawn_with(computer, NULL, &(pz_spawn_opts_t){.name = "computer"});
+        CHECK_EQ(pz_join(t, NULL), 0);
+        if (atomic_load(&compute_wall) > 70 * MS) {
+            pz_sleep(300 * MS); /* a report of this run comes before the next */
+            continue;
+        }
+        pz_sleep(200 * MS); /* two monitor periods after the end */
+        CHECK(!sink_has("stall"));
+        pz_set_report(NULL, NULL);
+        return (void *)1;
+    }
+    pz_set_report(NULL, NULL);
+    CHECK(!"30 ms of CPU never ran in under 70 ms of wall time in 50 tries");
+    return NULL;
+}
+
+static void test_short_compute_is_not_a_stall(void **state)
+{
+    (void)state;
+    CHECK(run_in_runtime(2, compute_main, NULL));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_blocking_call_with_lock_is_a_stall),
+        cmocka_unit_test(test_short_compute_is_not_a_stall),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
