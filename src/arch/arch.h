@@ -135,6 +135,9 @@ void pz__close_fd(int fd);
 
 /* linux.c: the name of system call nr on this architecture, or NULL. */
 const char *pz__arch_syscall_name(long nr);
+/* False when /proc shows system call numbers of another architecture (a
+ * user-mode emulator such as qemu-user): then no number is named. */
+bool pz__arch_syscall_numbers_native(void);
 
 /* unwind.c: backtraces of suspended contexts and symbols (see there). */
 /* The return addresses of a context suspended by pz__arch_switch with the
