@@ -354,10 +354,17 @@ static bool release_after_switch(void *arg)
     return true;
 }
 
-int pz_park(const void *addr, bool (*validate)(void *ctx), void (*before_sleep)(void *ctx),
-            void (*timed_out)(void *ctx, bool was_last), void *ctx, uintptr_t park_token, int64_t deadline,
-            unsigned flags, uintptr_t *unpark_token)
+int pz_park(const void *addr, int64_t deadline, const pz_park_opts_t *opts, uintptr_t *unpark_token)
 {
+    static const pz_park_opts_t none;
+    if (!opts)
+        opts = &none;
+    bool (*validate)(void *) = opts->validate;
+    void (*before_sleep)(void *) = opts->before_sleep;
+    void (*timed_out)(void *, bool) = opts->timed_out;
+    void *ctx = opts->ctx;
+    uintptr_t park_token = opts->park_token;
+    unsigned flags = opts->flags;
     pz_task_t *task = (flags & PZ_PARK_THREAD) ? NULL : pz__current_task();
     long n = atomic_fetch_add_explicit(&parked_now, 1, memory_order_relaxed) + 1;
     if ((long)get_table()->size * PZ__LOAD_FACTOR < n)
