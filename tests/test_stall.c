@@ -109,26 +109,21 @@ static void *compute_main(void *arg)
 {
     (void)arg;
     pz_set_report(collect, NULL);
-    /* 30 ms of CPU is a stall only if the machine keeps the thread off its
-     * CPU for 70 ms more; a run where that nearly happened (wall time over
-     * 70 ms)
-     * proves nothing, so it is tried again, up to 50 times. */
-    for (int tries = 0; tries < 50; tries++) {
+    /* The monitor judges a computing task by the CPU time its thread had,
+     * not by wall time: 30 ms of CPU is no stall however long a busy
+     * machine keeps the thread off its CPU (the wall time is printed). */
+    for (int run = 0; run < 3; run++) {
         sink_reset();
         pz_task_t *t = pz_spawn_with(computer, NULL, &(pz_spawn_opts_t){.name = "computer"});
         CHECK_EQ(pz_join(t, NULL), 0);
-        if (atomic_load(&compute_wall) > 70 * MS) {
-            pz_sleep(300 * MS); /* a report of this run comes before the next */
-            continue;
-        }
+        fprintf(stderr, "30 ms of CPU took %.1f ms of wall time\n", (double)atomic_load(&compute_wall) / MS);
         pz_sleep(200 * MS); /* two monitor periods after the end */
+        if (sink_has("stall"))
+            fprintf(stderr, "%s", sink);
         CHECK(!sink_has("stall"));
-        pz_set_report(NULL, NULL);
-        return (void *)1;
     }
     pz_set_report(NULL, NULL);
-    CHECK(!"30 ms of CPU never ran in under 70 ms of wall time in 50 tries");
-    return NULL;
+    return (void *)1;
 }
 
 static void test_short_compute_is_not_a_stall(void **state)
