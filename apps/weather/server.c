@@ -40,6 +40,20 @@
  * on outlives the writer's last touch (pz_notify_one does not touch the
  * word after the wake it delivers).
  *
+ * Replicas.  With PostgreSQL, several services may share one database,
+ * and a city's forecast is refreshed by one of them at a time: the
+ * refresh takes, inside the city's local lock (single flight within the
+ * process: the other local takers wait on it, not on the database), a
+ * distributed lock on the city (pz_pg_lock, one of a few lock sessions
+ * lent through a pz_chan), reads the stored forecast (table forecasts,
+ * shared by the replicas) and adopts it if fresh (single flight across
+ * the replicas), else recomputes it and writes it with the lock's
+ * fencing token.  The storage admits the write only if no higher token
+ * has written the city (storage_pg.c), so a replica that lost its lock
+ * (its session ended: killed, paused past the lock's lease, cut off)
+ * cannot overwrite a newer forecast.  The lease (--lock-lease-ms) bounds
+ * how long a stopped holder keeps the others out.
+ *
  * Shutdown.  The first SIGINT/SIGTERM stops the accept loop; every idle
  * connection, waiting in a pz_select on its socket and the shutdown
  * notify, ends; every connection in the middle of a request receives and
@@ -74,6 +88,11 @@
 
 #include <jansson.h>
 
+#ifdef WX_HAVE_PG
+#include <plaza/pg.h>
+#endif
+#include <fcntl.h>
+
 /* ---- options ---- */
 
 typedef struct serve_opts {
@@ -81,6 +100,8 @@ typedef struct serve_opts {
     int workers;
     bool wrong_locks;
     int64_t forecast_ttl_ns, refresh_ns, lock_timeout_ns, request_timeout_ns, idle_timeout_ns, linger_ns;
+    int64_t lock_lease_ns; /* the distributed lock's lease (replicas on PostgreSQL) */
+    const char *refresh_log; /* test hook: every distributed hold, appended to this file */
     wx_store_opts store;
 } serve_opts;
 
@@ -190,6 +211,18 @@ typedef struct service {
     _Atomic int nconns;
     pz_notify_t conns_changed;
     int lfd;
+
+    /* Replicas (PostgreSQL): the distributed lock sessions, lent through
+     * lock_sessions (a pz_chan holding each idle one once), and what the
+     * shared refreshes did. */
+    bool shared;
+#ifdef WX_HAVE_PG
+    pz_pg_lock_t *locks[WX_STORE_READERS];
+#endif
+    int nlocks;
+    pz_chan_t *lock_sessions;
+    int refresh_log_fd;
+    _Atomic uint64_t dist_acquired, dist_timeouts, fc_written, fc_adopted, fc_refused, dist_lost;
 } service;
 
 int64_t wx_wall_ms(void)
@@ -201,43 +234,235 @@ int64_t wx_wall_ms(void)
 
 /* ---- forecast ---- */
 
-/* Recomputes the city's forecast from its recent readings.  The caller
- * holds the city's forecast lock (that is the point: the lock is held
- * across the database round trip).  0 or a storage error. */
-static int refresh_forecast(service *s, int i)
+/* The forecast of a city from its recent readings pts[0..n) (newest
+ * first) and the previous forecast, if any (PROTOCOL.md). */
+static double compute_forecast(const wx_point *pts, int n, bool have_prev, double prev, double base)
+{
+    if (n == 0)
+        return have_prev ? prev : base;
+    double mean = 0, tmean = 0;
+    int64_t t0 = pts[0].time_ms; /* times relative to the newest keep the sums exact */
+    for (int k = 0; k < n; k++) {
+        mean += pts[k].temperature;
+        tmean += (double)(pts[k].time_ms - t0);
+    }
+    mean /= n;
+    tmean /= n;
+    double sxy = 0, sxx = 0;
+    for (int k = 0; k < n; k++) {
+        double dt = (double)(pts[k].time_ms - t0) - tmean;
+        sxy += dt * (pts[k].temperature - mean);
+        sxx += dt * dt;
+    }
+    double slope = (n >= 2 && sxx > 0) ? sxy / sxx : 0; /* degrees per ms */
+    return (have_prev ? 0.7 * mean + 0.3 * prev : mean) + slope * 600000.0;
+}
+
+/* Recomputes the city's forecast from its recent readings, for this
+ * process alone.  The caller holds the city's forecast lock (that is the
+ * point: the lock is held across the database round trip).  0 or a
+ * storage error. */
+static int refresh_local(service *s, int i)
 {
     wx_point pts[WX_RECENT];
     int n = wx_store_recent(s->store, s->city_table[i].name, pts, WX_RECENT);
     if (n < 0)
         return n;
     city_state *c = &s->city[i];
-    double value;
-    if (n == 0) {
-        value = c->fc_have ? c->fc_temperature : s->city_table[i].base;
-    } else {
-        double mean = 0, tmean = 0;
-        int64_t t0 = pts[0].time_ms; /* times relative to the newest keep the sums exact */
-        for (int k = 0; k < n; k++) {
-            mean += pts[k].temperature;
-            tmean += (double)(pts[k].time_ms - t0);
-        }
-        mean /= n;
-        tmean /= n;
-        double sxy = 0, sxx = 0;
-        for (int k = 0; k < n; k++) {
-            double dt = (double)(pts[k].time_ms - t0) - tmean;
-            sxy += dt * (pts[k].temperature - mean);
-            sxx += dt * dt;
-        }
-        double slope = (n >= 2 && sxx > 0) ? sxy / sxx : 0; /* degrees per ms */
-        value = (c->fc_have ? 0.7 * mean + 0.3 * c->fc_temperature : mean) + slope * 600000.0;
-    }
-    c->fc_temperature = value;
+    c->fc_temperature = compute_forecast(pts, n, c->fc_have, c->fc_temperature, s->city_table[i].base);
     c->fc_have = true;
     c->fc_based_on = n;
     c->fc_computed_at_ms = wx_wall_ms();
     c->fc_computed_ns = pz_now();
     return 0;
+}
+
+#ifdef WX_HAVE_PG
+/* The distributed lock's key of a city: FNV-1a of a name of its own, so
+ * that it cannot meet another program's advisory locks by accident. */
+static int64_t city_key(const char *name)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (const char *p = "plaza-weather/forecast/"; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    for (const char *p = name; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    return (int64_t)h;
+}
+
+static int64_t wall_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+typedef struct log_line {
+    int fd;
+    const char *text;
+    size_t len;
+} log_line;
+
+static void *write_log_line(void *p)
+{
+    log_line *l = p;
+    ssize_t n = write(l->fd, l->text, l->len); /* O_APPEND: one line, one write */
+    (void)n;
+    return NULL;
+}
+
+/* Test hook (--refresh-log): a line per distributed lock event, in the
+ * shared wall clock, so a test can check that the holds of a city by all
+ * replicas never overlap.  "A city token ns pid" once the lock is granted,
+ * "R city token ns pid outcome" taken just before it is released. */
+static void refresh_log(service *s, char what, const char *city, uint64_t token, int64_t ns, const char *outcome)
+{
+    if (s->refresh_log_fd < 0)
+        return;
+    char line[160];
+    int len = snprintf(line, sizeof line, "%c %s %llu %lld %d%s%s\n", what, city, (unsigned long long)token,
+                       (long long)ns, (int)getpid(), outcome ? " " : "", outcome ? outcome : "");
+    log_line l = {s->refresh_log_fd, line, (size_t)len};
+    pz_blocking(write_log_line, &l, NULL);
+}
+
+static void adopt(service *s, city_state *c, const wx_forecast *f)
+{
+    c->fc_temperature = f->temperature;
+    c->fc_have = true;
+    c->fc_based_on = f->based_on;
+    c->fc_computed_at_ms = f->computed_at_ms;
+    /* Its age in this process's clock, from the wall clocks' difference. */
+    int64_t age_ms = wx_wall_ms() - f->computed_at_ms;
+    c->fc_computed_ns = pz_now() - (age_ms > 0 ? age_ms : 0) * WX_MS;
+    (void)s;
+}
+
+/* The refresh across replicas: the caller holds the city's local lock.
+ * Takes a lock session and, on it, the city's distributed lock, then
+ * adopts the stored forecast if another replica refreshed it within the
+ * TTL, or recomputes and writes it under the lock's fencing token.  0,
+ * -ETIMEDOUT (the lock was not had by the deadline), or a storage error. */
+static int refresh_shared(service *s, int i, int64_t deadline)
+{
+    city_state *c = &s->city[i];
+    const char *city = s->city_table[i].name;
+    pz_pg_lock_t *l;
+    int r = pz_chan_recv_until(s->lock_sessions, &l, deadline);
+    if (r < 0) {
+        atomic_fetch_add(&s->dist_timeouts, 1);
+        return r == -ECANCELED ? r : -ETIMEDOUT;
+    }
+    /* Nobody else has this session: it is idle in the channel or ours. */
+    pz_pg_lock_set_key(l, city_key(city));
+    uint64_t token = 0;
+    r = pz_pg_lock_lock_until(l, deadline, &token);
+    if (r < 0) {
+        pz_chan_send(s->lock_sessions, &l); /* never full: it holds each session once */
+        if (r == -ETIMEDOUT)
+            atomic_fetch_add(&s->dist_timeouts, 1);
+        else if (r != -ECANCELED)
+            fprintf(stderr, "plaza-weather: distributed lock of %s: %s\n", city, pz_strerror(r));
+        return r;
+    }
+    atomic_fetch_add(&s->dist_acquired, 1);
+    refresh_log(s, 'A', city, token, wall_ns(), NULL);
+    const char *outcome = "failed";
+    wx_forecast f;
+    int have = wx_store_forecast_get(s->store, city, &f);
+    if (have < 0) {
+        r = have;
+    } else if (have && s->o.forecast_ttl_ns > 0 && (wx_wall_ms() - f.computed_at_ms) * WX_MS <= s->o.forecast_ttl_ns) {
+        /* Another replica refreshed it within the TTL: single flight
+         * across the replicas. */
+        adopt(s, c, &f);
+        atomic_fetch_add(&s->fc_adopted, 1);
+        outcome = "fresh";
+        r = 0;
+    } else {
+        wx_point pts[WX_RECENT];
+        int n = wx_store_recent(s->store, city, pts, WX_RECENT);
+        if (n < 0) {
+            r = n;
+        } else {
+            wx_forecast nf = {
+                .temperature = compute_forecast(pts, n, have == 1, f.temperature, s->city_table[i].base),
+                .computed_at_ms = wx_wall_ms(),
+                .based_on = n,
+                .token = token,
+            };
+            r = wx_store_forecast_put(s->store, city, &nf);
+            if (r == 0) {
+                adopt(s, c, &nf);
+                atomic_fetch_add(&s->fc_written, 1);
+                outcome = "wrote";
+            } else if (r == -ESTALE) {
+                /* The lock was lost and a later holder has written: its
+                 * forecast is the one to serve. */
+                atomic_fetch_add(&s->fc_refused, 1);
+                fprintf(stderr,
+                        "plaza-weather: forecast of %s not written: token %llu is stale (the distributed lock "
+                        "was lost and taken by another replica)\n",
+                        city, (unsigned long long)token);
+                outcome = "stale";
+                r = wx_store_forecast_get(s->store, city, &f);
+                if (r == 1) {
+                    adopt(s, c, &f);
+                    r = 0;
+                } else if (r == 0) {
+                    r = -EIO;
+                }
+            }
+        }
+    }
+    refresh_log(s, 'R', city, token, wall_ns(), outcome);
+    if (pz_pg_lock_unlock(l) == -ENOLCK) {
+        atomic_fetch_add(&s->dist_lost, 1);
+        fprintf(stderr, "plaza-weather: distributed lock of %s (token %llu) was lost while held\n", city,
+                (unsigned long long)token);
+    }
+    pz_chan_send(s->lock_sessions, &l);
+    return r;
+}
+
+/* Opens the lock sessions of the replicas' distributed locks. */
+static int open_lock_sessions(service *s)
+{
+    s->lock_sessions = pz_chan_create(sizeof(pz_pg_lock_t *), WX_STORE_READERS);
+    if (!s->lock_sessions)
+        return -ENOMEM;
+    pz_pg_lock_opts_t o = {.lease_ns = s->o.lock_lease_ns};
+    for (int k = 0; k < WX_STORE_READERS; k++) {
+        int r = pz_pg_lock_open_with(s->store->shared_conninfo, 0, &o, pz_now() + 30 * WX_SECOND, &s->locks[k]);
+        if (r < 0)
+            return r;
+        s->nlocks++;
+        pz_chan_send(s->lock_sessions, &s->locks[k]);
+    }
+    return 0;
+}
+
+static void close_lock_sessions(service *s)
+{
+    for (int k = 0; k < s->nlocks; k++)
+        pz_pg_lock_close(s->locks[k]);
+    s->nlocks = 0;
+    if (s->lock_sessions)
+        pz_chan_destroy(s->lock_sessions);
+    s->lock_sessions = NULL;
+}
+#endif
+
+/* Refreshes the city's forecast; the caller holds its local forecast
+ * lock.  0 or an error. */
+static int refresh_forecast(service *s, int i, int64_t deadline)
+{
+#ifdef WX_HAVE_PG
+    if (s->shared)
+        return refresh_shared(s, i, deadline);
+#endif
+    (void)deadline;
+    return refresh_local(s, i);
 }
 
 static bool forecast_stale(const service *s, const city_state *c)
@@ -257,7 +482,7 @@ static void *refresher(void *arg)
             int w = lock_take(&s->forecast_role, &c->forecast_lock, pz_now() + s->o.lock_timeout_ns);
             if (w < 0)
                 continue;
-            refresh_forecast(s, i); /* a failure was logged; the GETs will answer 503 or retry */
+            refresh_forecast(s, i, pz_now() + s->o.lock_timeout_ns); /* a failure was logged; the GETs retry */
             lock_give(&s->forecast_role, &c->forecast_lock, w);
         }
         next += s->o.refresh_ns;
@@ -388,18 +613,22 @@ static int handle_get(service *s, const char *name, wx_buf *out, bool close)
     int64_t updated = c->cur_time_ms;
     lock_give(&s->current_role, &c->current_lock, w);
 
-    w = lock_take(&s->forecast_role, &c->forecast_lock, lock_deadline(s));
+    int64_t deadline = lock_deadline(s);
+    w = lock_take(&s->forecast_role, &c->forecast_lock, deadline);
     if (w < 0)
         return wx_respond_error(out, 503, "lock wait timed out", close, NULL) < 0 ? -ENOMEM : 503;
     int r = 0;
     /* Single flight: re-checked under the lock; a refresh that finished
-     * while this task waited left it fresh. */
+     * while this task waited left it fresh.  Across replicas the
+     * distributed lock gets what is left of the same deadline. */
     if (forecast_stale(s, c))
-        r = refresh_forecast(s, i);
+        r = refresh_forecast(s, i, deadline);
     double fc = c->fc_temperature;
     int64_t computed_at = c->fc_computed_at_ms;
     int based_on = c->fc_based_on;
     lock_give(&s->forecast_role, &c->forecast_lock, w);
+    if (r == -ETIMEDOUT)
+        return wx_respond_error(out, 503, "lock wait timed out", close, NULL) < 0 ? -ENOMEM : 503;
     if (r < 0)
         return wx_respond_error(out, 503, "database unavailable", close, NULL) < 0 ? -ENOMEM : 503;
 
@@ -467,6 +696,15 @@ static int handle_metrics(service *s, wx_buf *out, bool close)
     json_object_set_new(locks, "forecast", lock_json(s->forecast_role.is_async ? "pz_async_mutex" : "pz_mutex",
                                                      &s->forecast_stats));
     json_object_set_new(root, "locks", locks);
+    if (s->shared)
+        json_object_set_new(root, "replicas",
+                            json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}", "lock_acquisitions",
+                                      (json_int_t)atomic_load(&s->dist_acquired), "lock_timeouts",
+                                      (json_int_t)atomic_load(&s->dist_timeouts), "written",
+                                      (json_int_t)atomic_load(&s->fc_written), "adopted",
+                                      (json_int_t)atomic_load(&s->fc_adopted), "refused_stale",
+                                      (json_int_t)atomic_load(&s->fc_refused), "locks_lost",
+                                      (json_int_t)atomic_load(&s->dist_lost)));
     json_object_set_new(root, "writer", json_pack("{s:I,s:I}", "acked_readings",
                                                   (json_int_t)atomic_load(&s->acked_readings), "commits",
                                                   (json_int_t)atomic_load(&s->commits)));
@@ -676,7 +914,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: plaza-weather serve --listen HOST:PORT --db PATH|sqlite:PATH [--workers N] [--wrong-locks]\n"
                "                           [--forecast-ttl-ms 1000] [--refresh-ms 1000] [--lock-timeout-ms 1000]\n"
-               "                           [--batch-linger-ms 0]\n");
+               "                           [--batch-linger-ms 0] [--lock-lease-ms 5000]\n");
 }
 
 static int parse_ms(const char *name, const char *v, int64_t *out_ns)
@@ -744,6 +982,20 @@ static void *serve_task(void *arg)
     pz_lock_name(&s->current_stats.lock, "metrics/current");
     pz_lock_name(&s->forecast_stats.lock, "metrics/forecast");
     s->store->opts = s->o.store;
+#ifdef WX_HAVE_PG
+    /* On a database that other replicas may share, the refreshes take the
+     * cities' distributed locks. */
+    if (s->store->shared_conninfo) {
+        if ((r = open_lock_sessions(s)) < 0) {
+            fprintf(stderr, "plaza-weather: cannot open the distributed lock sessions: %s\n", pz_strerror(r));
+            run->result = 1;
+            close_lock_sessions(s);
+            wx_store_close(s->store);
+            return NULL;
+        }
+        s->shared = true;
+    }
+#endif
 
     /* SIGINT/SIGTERM: the first asks for the stop below, a second ends
      * the process at once (plaza's shutdown helper).  Watched before the
@@ -773,8 +1025,9 @@ static void *serve_task(void *arg)
         inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, host + 1, sizeof host - 2);
         strcat(host, "]");
     }
-    printf("plaza-weather: listening on %s:%d (%d cities, %s locks, %d workers)\n", host, port, n,
-           s->o.wrong_locks ? "wrong" : "right", pz_worker_count());
+    printf("plaza-weather: listening on %s:%d (%d cities, %s locks, %d workers%s)\n", host, port, n,
+           s->o.wrong_locks ? "wrong" : "right", pz_worker_count(),
+           s->shared ? ", forecasts shared by replicas" : "");
     fflush(stdout);
 
     pz_task_t *wr = pz_spawn(writer, s);
@@ -816,6 +1069,9 @@ static void *serve_task(void *arg)
     fprintf(stderr, "plaza-weather: stopped: %llu readings acknowledged in %llu commits, %lld rows stored\n",
             (unsigned long long)atomic_load(&s->acked_readings), (unsigned long long)atomic_load(&s->commits),
             (long long)rows);
+#ifdef WX_HAVE_PG
+    close_lock_sessions(s);
+#endif
     wx_store_close(s->store);
     run->result = 0;
     return NULL;
@@ -839,6 +1095,8 @@ int wx_serve_main(int argc, char **argv)
         {"db-delay-city", required_argument, 0, 'C'},
         {"request-timeout-ms", required_argument, 0, 'R'},
         {"db-grow-pages", required_argument, 0, 'G'},
+        {"lock-lease-ms", required_argument, 0, 'E'},
+        {"refresh-log", required_argument, 0, 'F'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -851,6 +1109,8 @@ int wx_serve_main(int argc, char **argv)
     s->o.lock_timeout_ns = 1000 * WX_MS;
     s->o.request_timeout_ns = 10 * WX_SECOND;
     s->o.idle_timeout_ns = 60 * WX_SECOND;
+    s->o.lock_lease_ns = 5 * WX_SECOND;
+    s->refresh_log_fd = -1;
     int c;
     int64_t ns;
     optind = 1;
@@ -878,6 +1138,15 @@ int wx_serve_main(int argc, char **argv)
             break;
         case 'C': s->o.store.delay_city = optarg; break;
         case 'G': s->o.store.grow_pages = atoi(optarg); break;
+        case 'E':
+            if (parse_ms("--lock-lease-ms", optarg, &s->o.lock_lease_ns) < 0)
+                return 2;
+            if (s->o.lock_lease_ns < WX_MS) {
+                fprintf(stderr, "plaza-weather: --lock-lease-ms: at least 1\n");
+                return 2;
+            }
+            break;
+        case 'F': s->o.refresh_log = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -888,6 +1157,11 @@ int wx_serve_main(int argc, char **argv)
     }
     if (s->o.refresh_ns == 0)
         s->o.refresh_ns = WX_MS;
+    if (s->o.refresh_log &&
+        (s->refresh_log_fd = open(s->o.refresh_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644)) < 0) {
+        fprintf(stderr, "plaza-weather: --refresh-log %s: %s\n", s->o.refresh_log, strerror(errno));
+        return 2;
+    }
     s->current_role = (lock_role){s->o.wrong_locks, &s->current_stats};
     s->forecast_role = (lock_role){!s->o.wrong_locks, &s->forecast_stats};
     s->writes = pz_chan_create(sizeof(write_req *), WRITE_QUEUE);
@@ -904,6 +1178,8 @@ int wx_serve_main(int argc, char **argv)
     /* Every task that used them has ended (the service stopped) or was
      * never started. */
     pz_chan_destroy(s->writes);
+    if (s->refresh_log_fd >= 0)
+        close(s->refresh_log_fd);
     free(s->city);
     free(s->city_table);
     free(s);
