@@ -366,6 +366,12 @@ static int refresh_shared(service *s, int i, int64_t deadline)
         return r;
     }
     atomic_fetch_add(&s->dist_acquired, 1);
+    /* A hold, once granted, runs to its end (read, write, unlock, the
+     * session back in the channel) even if the task is cancelled (the
+     * refresher at shutdown): a cancel in the middle would leave the log
+     * without the hold's end and end the session instead of unlocking.
+     * Each step has its own deadline (the storage's, the unlock's 5 s). */
+    pz_shield_begin();
     refresh_log(s, 'A', city, token, wall_ns(), NULL);
     const char *outcome = "failed";
     wx_forecast f;
@@ -422,6 +428,7 @@ static int refresh_shared(service *s, int i, int64_t deadline)
                 (unsigned long long)token);
     }
     pz_chan_send(s->lock_sessions, &l);
+    pz_shield_end();
     return r;
 }
 
