@@ -623,8 +623,10 @@ def run_weather(build_dir, quick):
     for l in lines:
         if l.startswith("# "):
             out.append(l[2:] + "\n")
+        elif not l.strip() and out and not out[-1].strip():
+            continue
         elif l.startswith("## "):
-            out.append("\n#" + l)
+            out.append("\n##" + l)
         else:
             out.append(l)
     return out
