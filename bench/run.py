@@ -609,7 +609,8 @@ def run_weather(build_dir, quick):
         env.update(RATES="1000 4000", DURATION="2", SEARCH_MAX="0")
     sys.stderr.write(f"bench: bench/weather.sh ({' '.join(systems)}{', quick' if quick else ''}) ...\n")
     t0 = time.time()
-    p = subprocess.run([os.path.join(HERE, "weather.sh"), plaza], stdout=subprocess.PIPE, text=True, env=env,
+    p = subprocess.run([os.path.join(HERE, "weather.sh"), os.path.relpath(plaza, ROOT)], stdout=subprocess.PIPE,
+                       text=True, env=env,
                        cwd=ROOT, timeout=3600)
     sys.stderr.write(f"bench: bench/weather.sh took {time.time() - t0:.0f} s\n")
     if p.returncode != 0:
@@ -622,14 +623,13 @@ def run_weather(build_dir, quick):
            + (" (quick: two rates of 2 s, no search)" if quick else "") + ".\n"]
     for l in lines:
         if l.startswith("# "):
-            out.append(l[2:] + "\n")
-        elif not l.strip() and out and not out[-1].strip():
-            continue
+            out += [l[2:], ""]
         elif l.startswith("## "):
-            out.append("\n##" + l)
+            out += ["", "##" + l]
         else:
             out.append(l)
-    return out
+    # One blank line between blocks.
+    return [l for i, l in enumerate(out) if l.strip() or i == 0 or out[i - 1].strip()]
 
 
 def report_from_csv(path):
