@@ -171,6 +171,7 @@ typedef struct city_state {
     int64_t fc_computed_at_ms;
     int64_t fc_computed_ns; /* pz_now() of the computation, for staleness */
     int fc_based_on;
+    uint64_t fc_token; /* replicas: the fencing token the forecast was written with */
 } city_state;
 
 /* ---- metrics ---- */
@@ -332,6 +333,7 @@ static void adopt(service *s, city_state *c, const wx_forecast *f)
     c->fc_have = true;
     c->fc_based_on = f->based_on;
     c->fc_computed_at_ms = f->computed_at_ms;
+    c->fc_token = f->token;
     /* Its age in this process's clock, from the wall clocks' difference. */
     int64_t age_ms = wx_wall_ms() - f->computed_at_ms;
     c->fc_computed_ns = pz_now() - (age_ms > 0 ? age_ms : 0) * WX_MS;
@@ -340,10 +342,11 @@ static void adopt(service *s, city_state *c, const wx_forecast *f)
 
 /* The refresh across replicas: the caller holds the city's local lock.
  * Takes a lock session and, on it, the city's distributed lock, then
- * adopts the stored forecast if another replica refreshed it within the
- * TTL, or recomputes and writes it under the lock's fencing token.  0,
- * -ETIMEDOUT (the lock was not had by the deadline), or a storage error. */
-static int refresh_shared(service *s, int i, int64_t deadline)
+ * adopts the stored forecast if it is at most fresh_ns old (another
+ * replica refreshed it meanwhile), or recomputes and writes it under the
+ * lock's fencing token.  0, -ETIMEDOUT (the lock was not had by the
+ * deadline), or a storage error. */
+static int refresh_shared(service *s, int i, int64_t deadline, int64_t fresh_ns)
 {
     city_state *c = &s->city[i];
     const char *city = s->city_table[i].name;
@@ -378,9 +381,12 @@ static int refresh_shared(service *s, int i, int64_t deadline)
     int have = wx_store_forecast_get(s->store, city, &f);
     if (have < 0) {
         r = have;
-    } else if (have && s->o.forecast_ttl_ns > 0 && (wx_wall_ms() - f.computed_at_ms) * WX_MS <= s->o.forecast_ttl_ns) {
-        /* Another replica refreshed it within the TTL: single flight
-         * across the replicas. */
+    } else if (have && f.token != c->fc_token && fresh_ns > 0 && (wx_wall_ms() - f.computed_at_ms) * WX_MS < fresh_ns) {
+        /* Another replica refreshed it since this one last saw it, and
+         * recently: single flight across the replicas.  (The forecast this
+         * process already holds is never adopted again: it was found
+         * stale, and the wall clock's milliseconds would otherwise let it
+         * look fresh for one more instant.) */
         adopt(s, c, &f);
         atomic_fetch_add(&s->fc_adopted, 1);
         outcome = "fresh";
@@ -461,14 +467,16 @@ static void close_lock_sessions(service *s)
 #endif
 
 /* Refreshes the city's forecast; the caller holds its local forecast
- * lock.  0 or an error. */
-static int refresh_forecast(service *s, int i, int64_t deadline)
+ * lock.  Across replicas, a stored forecast younger than fresh_ns is
+ * adopted rather than recomputed.  0 or an error. */
+static int refresh_forecast(service *s, int i, int64_t deadline, int64_t fresh_ns)
 {
 #ifdef WX_HAVE_PG
     if (s->shared)
-        return refresh_shared(s, i, deadline);
+        return refresh_shared(s, i, deadline, fresh_ns);
 #endif
     (void)deadline;
+    (void)fresh_ns;
     return refresh_local(s, i);
 }
 
@@ -489,7 +497,12 @@ static void *refresher(void *arg)
             int w = lock_take(&s->forecast_role, &c->forecast_lock, pz_now() + s->o.lock_timeout_ns);
             if (w < 0)
                 continue;
-            refresh_forecast(s, i, pz_now() + s->o.lock_timeout_ns); /* a failure was logged; the GETs retry */
+            /* Across replicas, a forecast another one refreshed in the last
+             * half period is adopted: each city is then recomputed about
+             * once a period by all of them together, while one replica
+             * alone (its own forecast a period old) recomputes every time. */
+            int64_t fresh = s->o.refresh_ns / 2 < s->o.forecast_ttl_ns ? s->o.refresh_ns / 2 : s->o.forecast_ttl_ns;
+            refresh_forecast(s, i, pz_now() + s->o.lock_timeout_ns, fresh); /* a failure was logged; GETs retry */
             lock_give(&s->forecast_role, &c->forecast_lock, w);
         }
         next += s->o.refresh_ns;
@@ -629,7 +642,7 @@ static int handle_get(service *s, const char *name, wx_buf *out, bool close)
      * while this task waited left it fresh.  Across replicas the
      * distributed lock gets what is left of the same deadline. */
     if (forecast_stale(s, c))
-        r = refresh_forecast(s, i, deadline);
+        r = refresh_forecast(s, i, deadline, s->o.forecast_ttl_ns);
     double fc = c->fc_temperature;
     int64_t computed_at = c->fc_computed_at_ms;
     int based_on = c->fc_based_on;
