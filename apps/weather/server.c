@@ -41,18 +41,11 @@
  * word after the wake it delivers).
  *
  * Replicas.  With PostgreSQL, several services may share one database,
- * and a city's forecast is refreshed by one of them at a time: the
- * refresh takes, inside the city's local lock (single flight within the
- * process: the other local takers wait on it, not on the database), a
- * distributed lock on the city (pz_pg_lock, one of a few lock sessions
- * lent through a pz_chan), reads the stored forecast (table forecasts,
- * shared by the replicas) and adopts it if fresh (single flight across
- * the replicas), else recomputes it and writes it with the lock's
- * fencing token.  The storage admits the write only if no higher token
- * has written the city (storage_pg.c), so a replica that lost its lock
- * (its session ended: killed, paused past the lock's lease, cut off)
- * cannot overwrite a newer forecast.  The lease (--lock-lease-ms) bounds
- * how long a stopped holder keeps the others out.
+ * and a city's forecast is refreshed by one of them at a time: inside the
+ * city's local lock, the refresh takes the city's distributed lock and
+ * writes under its fencing token (forecast.c).  The lease
+ * (--lock-lease-ms) bounds how long a stopped holder keeps the others
+ * out.
  *
  * Shutdown.  The first SIGINT/SIGTERM stops the accept loop; every idle
  * connection, waiting in a pz_select on its socket and the shutdown
@@ -64,6 +57,7 @@
  * action: status 130 or 143 in a shell).
  */
 #define _GNU_SOURCE
+#include "forecast.h"
 #include "request.h"
 #include "storage.h"
 #include "weather.h"
@@ -87,10 +81,6 @@
 #include <unistd.h>
 
 #include <jansson.h>
-
-#ifdef WX_HAVE_PG
-#include <plaza/pg.h>
-#endif
 #include <fcntl.h>
 
 /* ---- options ---- */
@@ -213,17 +203,10 @@ typedef struct service {
     pz_notify_t conns_changed;
     int lfd;
 
-    /* Replicas (PostgreSQL): the distributed lock sessions, lent through
-     * lock_sessions (a pz_chan holding each idle one once), and what the
-     * shared refreshes did. */
-    bool shared;
-#ifdef WX_HAVE_PG
-    pz_pg_lock_t *locks[WX_STORE_READERS];
-#endif
-    int nlocks;
-    pz_chan_t *lock_sessions;
+    /* Replicas (PostgreSQL): the refreshes across them (forecast.c), NULL
+     * for a store one process serves. */
+    wx_replicas *replicas;
     int refresh_log_fd;
-    _Atomic uint64_t dist_acquired, dist_timeouts, fc_written, fc_adopted, fc_refused, dist_lost;
 } service;
 
 int64_t wx_wall_ms(void)
@@ -234,30 +217,6 @@ int64_t wx_wall_ms(void)
 }
 
 /* ---- forecast ---- */
-
-/* The forecast of a city from its recent readings pts[0..n) (newest
- * first) and the previous forecast, if any (PROTOCOL.md). */
-static double compute_forecast(const wx_point *pts, int n, bool have_prev, double prev, double base)
-{
-    if (n == 0)
-        return have_prev ? prev : base;
-    double mean = 0, tmean = 0;
-    int64_t t0 = pts[0].time_ms; /* times relative to the newest keep the sums exact */
-    for (int k = 0; k < n; k++) {
-        mean += pts[k].temperature;
-        tmean += (double)(pts[k].time_ms - t0);
-    }
-    mean /= n;
-    tmean /= n;
-    double sxy = 0, sxx = 0;
-    for (int k = 0; k < n; k++) {
-        double dt = (double)(pts[k].time_ms - t0) - tmean;
-        sxy += dt * (pts[k].temperature - mean);
-        sxx += dt * dt;
-    }
-    double slope = (n >= 2 && sxx > 0) ? sxy / sxx : 0; /* degrees per ms */
-    return (have_prev ? 0.7 * mean + 0.3 * prev : mean) + slope * 600000.0;
-}
 
 /* Recomputes the city's forecast from its recent readings, for this
  * process alone.  The caller holds the city's forecast lock (that is the
@@ -270,7 +229,7 @@ static int refresh_local(service *s, int i)
     if (n < 0)
         return n;
     city_state *c = &s->city[i];
-    c->fc_temperature = compute_forecast(pts, n, c->fc_have, c->fc_temperature, s->city_table[i].base);
+    c->fc_temperature = wx_forecast_compute(pts, n, c->fc_have, c->fc_temperature, s->city_table[i].base);
     c->fc_have = true;
     c->fc_based_on = n;
     c->fc_computed_at_ms = wx_wall_ms();
@@ -278,205 +237,34 @@ static int refresh_local(service *s, int i)
     return 0;
 }
 
-#ifdef WX_HAVE_PG
-/* The distributed lock's key of a city: FNV-1a of a name of its own, so
- * that it cannot meet another program's advisory locks by accident. */
-static int64_t city_key(const char *name)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (const char *p = "plaza-weather/forecast/"; *p; p++)
-        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
-    for (const char *p = name; *p; p++)
-        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
-    return (int64_t)h;
-}
-
-static int64_t wall_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-typedef struct log_line {
-    int fd;
-    const char *text;
-    size_t len;
-} log_line;
-
-static void *write_log_line(void *p)
-{
-    log_line *l = p;
-    ssize_t n = write(l->fd, l->text, l->len); /* O_APPEND: one line, one write */
-    (void)n;
-    return NULL;
-}
-
-/* Test hook (--refresh-log): a line per distributed lock event, in the
- * shared wall clock, so a test can check that the holds of a city by all
- * replicas never overlap.  "A city token ns pid" once the lock is granted,
- * "R city token ns pid outcome" taken just before it is released. */
-static void refresh_log(service *s, char what, const char *city, uint64_t token, int64_t ns, const char *outcome)
-{
-    if (s->refresh_log_fd < 0)
-        return;
-    char line[160];
-    int len = snprintf(line, sizeof line, "%c %s %llu %lld %d%s%s\n", what, city, (unsigned long long)token,
-                       (long long)ns, (int)getpid(), outcome ? " " : "", outcome ? outcome : "");
-    log_line l = {s->refresh_log_fd, line, (size_t)len};
-    pz_blocking(write_log_line, &l, NULL);
-}
-
-static void adopt(service *s, city_state *c, const wx_forecast *f)
-{
-    c->fc_temperature = f->temperature;
-    c->fc_have = true;
-    c->fc_based_on = f->based_on;
-    c->fc_computed_at_ms = f->computed_at_ms;
-    c->fc_token = f->token;
-    /* Its age in this process's clock, from the wall clocks' difference. */
-    int64_t age_ms = wx_wall_ms() - f->computed_at_ms;
-    c->fc_computed_ns = pz_now() - (age_ms > 0 ? age_ms : 0) * WX_MS;
-    (void)s;
-}
-
-/* The refresh across replicas: the caller holds the city's local lock.
- * Takes a lock session and, on it, the city's distributed lock, then
- * adopts the stored forecast if it is at most fresh_ns old (another
- * replica refreshed it meanwhile), or recomputes and writes it under the
- * lock's fencing token.  0, -ETIMEDOUT (the lock was not had by the
- * deadline), or a storage error. */
+/* The refresh across replicas (forecast.c): the caller holds the city's
+ * local lock; the forecast it brings back is the one to serve. */
 static int refresh_shared(service *s, int i, int64_t deadline, int64_t fresh_ns)
 {
     city_state *c = &s->city[i];
-    const char *city = s->city_table[i].name;
-    pz_pg_lock_t *l;
-    int r = pz_chan_recv_until(s->lock_sessions, &l, deadline);
-    if (r < 0) {
-        atomic_fetch_add(&s->dist_timeouts, 1);
-        return r == -ECANCELED ? r : -ETIMEDOUT;
-    }
-    /* Nobody else has this session: it is idle in the channel or ours. */
-    pz_pg_lock_set_key(l, city_key(city));
-    uint64_t token = 0;
-    r = pz_pg_lock_lock_until(l, deadline, &token);
-    if (r < 0) {
-        pz_chan_send(s->lock_sessions, &l); /* never full: it holds each session once */
-        if (r == -ETIMEDOUT)
-            atomic_fetch_add(&s->dist_timeouts, 1);
-        else if (r != -ECANCELED)
-            fprintf(stderr, "plaza-weather: distributed lock of %s: %s\n", city, pz_strerror(r));
-        return r;
-    }
-    atomic_fetch_add(&s->dist_acquired, 1);
-    /* A hold, once granted, runs to its end (read, write, unlock, the
-     * session back in the channel) even if the task is cancelled (the
-     * refresher at shutdown): a cancel in the middle would leave the log
-     * without the hold's end and end the session instead of unlocking.
-     * Each step has its own deadline (the storage's, the unlock's 5 s). */
-    pz_shield_begin();
-    refresh_log(s, 'A', city, token, wall_ns(), NULL);
-    const char *outcome = "failed";
     wx_forecast f;
-    int have = wx_store_forecast_get(s->store, city, &f);
-    if (have < 0) {
-        r = have;
-    } else if (have && f.token != c->fc_token && fresh_ns > 0 && (wx_wall_ms() - f.computed_at_ms) * WX_MS < fresh_ns) {
-        /* Another replica refreshed it since this one last saw it, and
-         * recently: single flight across the replicas.  (The forecast this
-         * process already holds is never adopted again: it was found
-         * stale, and the wall clock's milliseconds would otherwise let it
-         * look fresh for one more instant.) */
-        adopt(s, c, &f);
-        atomic_fetch_add(&s->fc_adopted, 1);
-        outcome = "fresh";
-        r = 0;
-    } else {
-        wx_point pts[WX_RECENT];
-        int n = wx_store_recent(s->store, city, pts, WX_RECENT);
-        if (n < 0) {
-            r = n;
-        } else {
-            wx_forecast nf = {
-                .temperature = compute_forecast(pts, n, have == 1, f.temperature, s->city_table[i].base),
-                .computed_at_ms = wx_wall_ms(),
-                .based_on = n,
-                .token = token,
-            };
-            r = wx_store_forecast_put(s->store, city, &nf);
-            if (r == 0) {
-                adopt(s, c, &nf);
-                atomic_fetch_add(&s->fc_written, 1);
-                outcome = "wrote";
-            } else if (r == -ESTALE) {
-                /* The lock was lost and a later holder has written: its
-                 * forecast is the one to serve. */
-                atomic_fetch_add(&s->fc_refused, 1);
-                fprintf(stderr,
-                        "plaza-weather: forecast of %s not written: token %llu is stale (the distributed lock "
-                        "was lost and taken by another replica)\n",
-                        city, (unsigned long long)token);
-                outcome = "stale";
-                r = wx_store_forecast_get(s->store, city, &f);
-                if (r == 1) {
-                    adopt(s, c, &f);
-                    r = 0;
-                } else if (r == 0) {
-                    r = -EIO;
-                }
-            }
-        }
-    }
-    refresh_log(s, 'R', city, token, wall_ns(), outcome);
-    if (pz_pg_lock_unlock(l) == -ENOLCK) {
-        atomic_fetch_add(&s->dist_lost, 1);
-        fprintf(stderr, "plaza-weather: distributed lock of %s (token %llu) was lost while held\n", city,
-                (unsigned long long)token);
-    }
-    pz_chan_send(s->lock_sessions, &l);
-    pz_shield_end();
-    return r;
-}
-
-/* Opens the lock sessions of the replicas' distributed locks. */
-static int open_lock_sessions(service *s)
-{
-    s->lock_sessions = pz_chan_create(sizeof(pz_pg_lock_t *), WX_STORE_READERS);
-    if (!s->lock_sessions)
-        return -ENOMEM;
-    pz_pg_lock_opts_t o = {.lease_ns = s->o.lock_lease_ns};
-    for (int k = 0; k < WX_STORE_READERS; k++) {
-        int r = pz_pg_lock_open_with(s->store->shared_conninfo, 0, &o, pz_now() + 30 * WX_SECOND, &s->locks[k]);
-        if (r < 0)
-            return r;
-        s->nlocks++;
-        pz_chan_send(s->lock_sessions, &s->locks[k]);
-    }
+    int r = wx_replicas_refresh(s->replicas, s->city_table[i].name, s->city_table[i].base, c->fc_token, deadline,
+                                fresh_ns, &f);
+    if (r < 0)
+        return r;
+    c->fc_temperature = f.temperature;
+    c->fc_have = true;
+    c->fc_based_on = f.based_on;
+    c->fc_computed_at_ms = f.computed_at_ms;
+    c->fc_token = f.token;
+    /* Its age in this process's clock, from the wall clocks' difference. */
+    int64_t age_ms = wx_wall_ms() - f.computed_at_ms;
+    c->fc_computed_ns = pz_now() - (age_ms > 0 ? age_ms : 0) * WX_MS;
     return 0;
 }
-
-static void close_lock_sessions(service *s)
-{
-    for (int k = 0; k < s->nlocks; k++)
-        pz_pg_lock_close(s->locks[k]);
-    s->nlocks = 0;
-    if (s->lock_sessions)
-        pz_chan_destroy(s->lock_sessions);
-    s->lock_sessions = NULL;
-}
-#endif
 
 /* Refreshes the city's forecast; the caller holds its local forecast
  * lock.  Across replicas, a stored forecast younger than fresh_ns is
  * adopted rather than recomputed.  0 or an error. */
 static int refresh_forecast(service *s, int i, int64_t deadline, int64_t fresh_ns)
 {
-#ifdef WX_HAVE_PG
-    if (s->shared)
+    if (s->replicas)
         return refresh_shared(s, i, deadline, fresh_ns);
-#endif
-    (void)deadline;
-    (void)fresh_ns;
     return refresh_local(s, i);
 }
 
@@ -716,15 +504,15 @@ static int handle_metrics(service *s, wx_buf *out, bool close)
     json_object_set_new(locks, "forecast", lock_json(s->forecast_role.is_async ? "pz_async_mutex" : "pz_mutex",
                                                      &s->forecast_stats));
     json_object_set_new(root, "locks", locks);
-    if (s->shared)
+    if (s->replicas) {
+        wx_replicas_stats rs;
+        wx_replicas_get_stats(s->replicas, &rs);
         json_object_set_new(root, "replicas",
-                            json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}", "lock_acquisitions",
-                                      (json_int_t)atomic_load(&s->dist_acquired), "lock_timeouts",
-                                      (json_int_t)atomic_load(&s->dist_timeouts), "written",
-                                      (json_int_t)atomic_load(&s->fc_written), "adopted",
-                                      (json_int_t)atomic_load(&s->fc_adopted), "refused_stale",
-                                      (json_int_t)atomic_load(&s->fc_refused), "locks_lost",
-                                      (json_int_t)atomic_load(&s->dist_lost)));
+                            json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}", "lock_acquisitions", (json_int_t)rs.acquired,
+                                      "lock_timeouts", (json_int_t)rs.timeouts, "written", (json_int_t)rs.written,
+                                      "adopted", (json_int_t)rs.adopted, "refused_stale", (json_int_t)rs.refused,
+                                      "locks_lost", (json_int_t)rs.lost));
+    }
     json_object_set_new(root, "writer", json_pack("{s:I,s:I}", "acked_readings",
                                                   (json_int_t)atomic_load(&s->acked_readings), "commits",
                                                   (json_int_t)atomic_load(&s->commits)));
@@ -1002,20 +790,14 @@ static void *serve_task(void *arg)
     pz_lock_name(&s->current_stats.lock, "metrics/current");
     pz_lock_name(&s->forecast_stats.lock, "metrics/forecast");
     s->store->opts = s->o.store;
-#ifdef WX_HAVE_PG
     /* On a database that other replicas may share, the refreshes take the
      * cities' distributed locks. */
-    if (s->store->shared_conninfo) {
-        if ((r = open_lock_sessions(s)) < 0) {
-            fprintf(stderr, "plaza-weather: cannot open the distributed lock sessions: %s\n", pz_strerror(r));
-            run->result = 1;
-            close_lock_sessions(s);
-            wx_store_close(s->store);
-            return NULL;
-        }
-        s->shared = true;
+    if ((r = wx_replicas_open(s->store, s->o.lock_lease_ns, s->refresh_log_fd, &s->replicas)) < 0) {
+        fprintf(stderr, "plaza-weather: cannot open the distributed lock sessions: %s\n", pz_strerror(r));
+        run->result = 1;
+        wx_store_close(s->store);
+        return NULL;
     }
-#endif
 
     /* SIGINT/SIGTERM: the first asks for the stop below, a second ends
      * the process at once (plaza's shutdown helper).  Watched before the
@@ -1047,7 +829,7 @@ static void *serve_task(void *arg)
     }
     printf("plaza-weather: listening on %s:%d (%d cities, %s locks, %d workers%s)\n", host, port, n,
            s->o.wrong_locks ? "wrong" : "right", pz_worker_count(),
-           s->shared ? ", forecasts shared by replicas" : "");
+           s->replicas ? ", forecasts shared by replicas" : "");
     fflush(stdout);
 
     pz_task_t *wr = pz_spawn(writer, s);
@@ -1089,9 +871,7 @@ static void *serve_task(void *arg)
     fprintf(stderr, "plaza-weather: stopped: %llu readings acknowledged in %llu commits, %lld rows stored\n",
             (unsigned long long)atomic_load(&s->acked_readings), (unsigned long long)atomic_load(&s->commits),
             (long long)rows);
-#ifdef WX_HAVE_PG
-    close_lock_sessions(s);
-#endif
+    wx_replicas_close(s->replicas);
     wx_store_close(s->store);
     run->result = 0;
     return NULL;
