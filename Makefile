@@ -74,8 +74,10 @@ soak:
 	cmake --build build-faults -j$(JOBS) --target test_faults_soak
 	PLAZA_SOAK_SECONDS=$(SOAK_SECONDS) ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 ./build-faults/tests/test_faults_soak
 
-bench: build
+# The bench packages first: libpq-dev decides whether the build has bench-pg.
+bench:
 	@scripts/install-deps.sh bench
+	$(MAKE) build
 	$(MAKE) -C bench/peers
 	/usr/bin/python3 bench/run.py $(if $(QUICK),--quick)
 
