@@ -85,8 +85,10 @@ CM
   check "$d/b/app"
   if [ "$target" = plaza::plaza_shared ]; then
     ldd "$d/b/app" | grep -q "libplaza.so"
-  else
-    ! ldd "$d/b/app" | grep -q "libplaza.so"
+  elif ldd "$d/b/app" | grep -q "libplaza.so"; then
+    # (a bare "! cmd" never stops a set -e script)
+    echo "install_test: $target linked libplaza.so dynamically" >&2
+    exit 1
   fi
 done
 echo "install_test: shared, static and find_package builds of the README program run"
