@@ -37,8 +37,9 @@ n=0
 
 # run EXPECT MODEL NAME "SPIN DEFINES" "CC FLAGS" "PAN FLAGS"
 #   EXPECT: pass (must verify), fail (a known-bad variant: must find an
-#   error), open (a property the code claims that the model refutes: must
-#   find an error; if it starts passing, move it to pass).
+#   error), open (a property the code does not guarantee, and whose
+#   documentation says so: the model must refute it; if it starts passing,
+#   move it to pass and claim it).
 run() {
     expect=$1 model=$2 name=$3 defs=$4 ccflags=$5 panflags=$6
     case " $only " in

@@ -79,6 +79,27 @@
  * In both the last unlock saw WOKEN and woke nobody, relying on C, which
  * left with PARKED set; C's exit wake covers it.
  *
+ * Progress: what is and is not guaranteed.  Safety holds in every
+ * interleaving (models/mutex.pml checks it exhaustively for three tasks):
+ * one holder at a time, and never a waiter parked on a free mutex with
+ * nobody on the way to take it.  Per-waiter progress is not guaranteed.
+ * While STARVING is set, every unlock hands over to the head of the queue
+ * (bargers see the word held, spinners park), so a queued waiter is served
+ * after at most as many hand-offs as there are waiters ahead of it, as
+ * long as starvation mode lasts.  But entering the queue needs validate to
+ * find the mutex held and PARKED set under the bucket lock: between a
+ * starving waiter's announce and its validate, a hand-off that empties the
+ * queue clears PARKED and STARVING, or an unlock that finds the queue
+ * empty frees the word and a barger takes it; the waiter is refused and
+ * announces again, and nothing bounds how often (the model's progress
+ * check finds both cycles).  Closing them would take a validate that
+ * re-asserts the bits and takes a free word itself, a starvation count
+ * that only the starving waiters' departures lower (so that a waiter
+ * served quickly ahead of a starving one does not end the mode), and a
+ * timer on every park that is not yet starving (so that a waiter no unlock
+ * wakes, while spinners hold WOKEN, turns starving anyway); models/mutex.md
+ * says what each costs.
+ *
  * Cancel-safety: the lot wakes a waiter with a token or lets it time out
  * having left the queue, never both.  A waiter that received TOKEN_HANDOFF
  * owns the lock and returns 0 even if its deadline or a cancel came at the
