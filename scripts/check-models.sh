@@ -112,7 +112,8 @@ run pass mutex good-no-fences "-DFENCES=0" "$safety" "$deep"
 run fail mutex giveup-unfixed "-DGIVEUP_FIX=0" "$quick" "$deep"
 run fail mutex giveup-unfixed-no-fences "-DGIVEUP_FIX=0 -DFENCES=0" "$quick" "$deep"
 run fail mutex no-fence "-DBAD_NO_FENCE" "$quick" "$deep"
-run open mutex waiter-progress "-DPROGRESS" "-O1 -DMEMLIM=3072 -DNFAIR=4" "-a -f $deep"
+run pass mutex proposal "-DPROPOSAL" "$safety" "$deep"
+run open mutex waiter-progress "-DPROGRESS -DUNFAIR_BUCKET" "-O1 -DMEMLIM=3072 -DNFAIR=4" "-a -f $deep"
 
 # pz_chan's ring (models/chan.md).
 run pass chan good "" "$safety" "$deep"

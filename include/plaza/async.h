@@ -121,11 +121,11 @@ extern "C" {
  * Fairness: running tasks barge (and spin briefly while the holder runs on
  * another worker) ahead of parked waiters.  Fairness is likely, not
  * guaranteed.  What holds: no waiter stays parked on a free mutex, and
- * while STARVING is set every unlock hands the lock to the first waiter in
- * the queue, so a queued waiter gets it after at most as many hand-offs as
- * there are waiters ahead of it, if starvation mode lasts that long (it
- * ends when a waiter is served within 1 ms of first parking, or the queue
- * empties).  What does not: a bound on one waiter's wait while others keep
+ * while STARVING is set every unlock that sees it hands the lock to the
+ * first waiter in the queue, so a queued waiter gets it after at most as
+ * many hand-offs as there are waiters ahead of it, if starvation mode lasts
+ * that long (it ends when a waiter is served within 1 ms of first parking,
+ * or the queue empties).  What does not: a bound on one waiter's wait while others keep
  * taking the lock.  A waiter enters the queue only if, under the bucket
  * lock, the mutex is still held and PARKED still set; a hand-off that
  * empties the queue clears PARKED and STARVING, and an unlock that finds

@@ -83,22 +83,20 @@
  * interleaving (models/mutex.pml checks it exhaustively for three tasks):
  * one holder at a time, and never a waiter parked on a free mutex with
  * nobody on the way to take it.  Per-waiter progress is not guaranteed.
- * While STARVING is set, every unlock hands over to the head of the queue
- * (bargers see the word held, spinners park), so a queued waiter is served
- * after at most as many hand-offs as there are waiters ahead of it, as
- * long as starvation mode lasts.  But entering the queue needs validate to
+ * While STARVING is set, every unlock that finds it set hands over to the
+ * head of the queue (bargers see the word held, spinners park), so a
+ * queued waiter is served after at most as many hand-offs as there are
+ * waiters ahead of it, as long as starvation mode lasts (an unlock that
+ * loaded the waiter word just before it was set may still free the word
+ * once).  But entering the queue needs validate to
  * find the mutex held and PARKED set under the bucket lock: between a
  * starving waiter's announce and its validate, a hand-off that empties the
  * queue clears PARKED and STARVING, or an unlock that finds the queue
  * empty frees the word and a barger takes it; the waiter is refused and
  * announces again, and nothing bounds how often (the model's progress
- * check finds both cycles).  Closing them would take a validate that
- * re-asserts the bits and takes a free word itself, a starvation count
- * that only the starving waiters' departures lower (so that a waiter
- * served quickly ahead of a starving one does not end the mode), and a
- * timer on every park that is not yet starving (so that a waiter no unlock
- * wakes, while spinners hold WOKEN, turns starving anyway); models/mutex.md
- * says what each costs.
+ * check finds both cycles).  models/mutex.md ("A proposed fix") gives the
+ * four changes that close every cycle the model finds (PROPOSAL in
+ * mutex.pml, safe in the model) and what they would cost here.
  *
  * Cancel-safety: the lot wakes a waiter with a token or lets it time out
  * having left the queue, never both.  A waiter that received TOKEN_HANDOFF
