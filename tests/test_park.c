@@ -56,10 +56,13 @@ static void *bad_input_main(void *arg)
 {
     (void)arg;
     struct calls c = {0};
-    CHECK_EQ(pz_park(NULL, count_validate, NULL, count_timed_out, &c, 0, PZ_FOREVER, 0, NULL), -EINVAL);
-    CHECK_EQ(pz_park(&word, count_validate, NULL, count_timed_out, &c, 0, PZ_FOREVER, 0x80, NULL), -EINVAL);
-    CHECK_EQ(pz_park(&word, count_validate, NULL, count_timed_out, &c, 0, PZ_FOREVER, PZ_PARK_THREAD | 2, NULL),
-             -EINVAL);
+    pz_park_opts_t o = {.validate = count_validate, .timed_out = count_timed_out, .ctx = &c};
+    CHECK_EQ(pz_park(NULL, PZ_FOREVER, &o, NULL), -EINVAL);
+    CHECK_EQ(pz_park(NULL, PZ_FOREVER, NULL, NULL), -EINVAL);
+    o.flags = 0x80;
+    CHECK_EQ(pz_park(&word, PZ_FOREVER, &o, NULL), -EINVAL);
+    o.flags = PZ_PARK_THREAD | 2;
+    CHECK_EQ(pz_park(&word, PZ_FOREVER, &o, NULL), -EINVAL);
     CHECK_EQ(c.validate, 0);
     CHECK_EQ(c.timed_out, 0);
     pz_unpark_result_t r = pz_unpark_one(NULL, never_called, NULL);
@@ -91,13 +94,17 @@ static void *past_deadlines_main(void *arg)
     for (size_t i = 0; i < sizeof deadlines / sizeof deadlines[0]; i++) {
         struct calls c = {0};
         uintptr_t token = 7;
-        CHECK_EQ(pz_park(&word, count_validate, NULL, count_timed_out, &c, 0, deadlines[i], flags, &token),
-                 -ETIMEDOUT);
+        pz_park_opts_t o = {.validate = count_validate, .timed_out = count_timed_out, .ctx = &c, .flags = flags};
+        CHECK_EQ(pz_park(&word, deadlines[i], &o, &token), -ETIMEDOUT);
         CHECK_EQ(c.validate, 1);
         CHECK_EQ(c.timed_out, 1);
         CHECK_EQ(c.was_last, 1);
         CHECK_EQ(token, 7);
     }
+    /* No options at all: the same, with nothing to call. */
+    CHECK_EQ(pz_park(&word, -1, &(pz_park_opts_t){.flags = flags}, NULL), -ETIMEDOUT);
+    if (!flags)
+        CHECK_EQ(pz_park(&word, 0, NULL, NULL), -ETIMEDOUT);
     return NULL;
 }
 

@@ -321,7 +321,9 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadli
         if (a == ANNOUNCE_UNFENCED && (until == PZ_FOREVER || until - pz__clock_now() > UNFENCED_POLL_NS))
             until = pz__clock_now() + UNFENCED_POLL_NS;
         pz__wait_note(PZ__WAIT_ASYNC_MUTEX, m);
-        int r = pz_park(m, still_locked_and_parked, NULL, mutex_timed_out, m, 0, until, 0, &token);
+        const pz_park_opts_t opts = {.validate = still_locked_and_parked, .timed_out = mutex_timed_out,
+                                     .ctx = m};
+        int r = pz_park(m, until, &opts, &token);
         if (r == 0 && token == TOKEN_HANDOFF) {
             /* The unlocker left the lock word LOCKED with no holder id,
              * which nobody else changes; its section happens before our

@@ -354,10 +354,17 @@ static bool release_after_switch(void *arg)
     return true;
 }
 
-int pz_park(const void *addr, bool (*validate)(void *ctx), void (*before_sleep)(void *ctx),
-            void (*timed_out)(void *ctx, bool was_last), void *ctx, uintptr_t park_token, int64_t deadline,
-            unsigned flags, uintptr_t *unpark_token)
+int pz_park(const void *addr, int64_t deadline, const pz_park_opts_t *opts, uintptr_t *unpark_token)
 {
+    static const pz_park_opts_t none;
+    if (!opts)
+        opts = &none;
+    bool (*validate)(void *) = opts->validate;
+    void (*before_sleep)(void *) = opts->before_sleep;
+    void (*timed_out)(void *, bool) = opts->timed_out;
+    void *ctx = opts->ctx;
+    uintptr_t park_token = opts->park_token;
+    unsigned flags = opts->flags;
     /* Bad input (park.h): nothing is queued on NULL, and a flag this lot
      * does not know could be one the caller relies on. */
     if (!addr || (flags & ~PZ_PARK_THREAD))
