@@ -94,9 +94,9 @@
  * queue clears PARKED and STARVING, or an unlock that finds the queue
  * empty frees the word and a barger takes it; the waiter is refused and
  * announces again, and nothing bounds how often (the model's progress
- * check finds both cycles).  models/mutex.md ("A proposed fix") gives the
- * four changes that close every cycle the model finds (PROPOSAL in
- * mutex.pml, safe in the model) and what they would cost here.
+ * check finds both cycles).  models/mutex.md ("A proposed fix") gives
+ * four changes that close four such cycles (PROPOSAL in mutex.pml, safe in
+ * the model), the fifth the search then found, and what they would cost.
  *
  * Cancel-safety: the lot wakes a waiter with a token or lets it time out
  * having left the queue, never both.  A waiter that received TOKEN_HANDOFF
