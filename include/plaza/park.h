@@ -12,6 +12,18 @@
  * a task without PZ_PARK_THREAD, a task (it suspends; its worker runs other
  * tasks).  Callbacks run while the lot holds the lock of the queue's bucket:
  * they must be short and must not park, unpark or take other plaza locks.
+ *
+ * Bad input.  addr is only a key (never read or written), so any address
+ * is valid except NULL: pz_park refuses NULL and any flag other than
+ * PZ_PARK_THREAD with -EINVAL, before it calls anything (opts NULL is
+ * no callbacks, park token 0, no flags); the unpark calls
+ * and pz_requeue wake and move nobody on NULL, and pz_unpark_filter wakes
+ * nobody without a filter.  Every callback may be NULL (validate: park
+ * without a check; pz_requeue's validate: PZ_REQUEUE_UNPARK_ONE_REQUEUE_REST;
+ * the unparks' callback: token 0).  A deadline already past, 0 or negative
+ * included, still validates and queues the waiter, which then times out at
+ * once: timed_out runs and pz_park returns -ETIMEDOUT.  The lot keeps no
+ * state per address, so there is nothing to initialise or destroy.
  */
 #ifndef PLAZA_PARK_H
 #define PLAZA_PARK_H
