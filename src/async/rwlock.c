@@ -191,7 +191,7 @@ static void revoke_slots(pz_async_rwlock_t *l)
     atomic_thread_fence(memory_order_seq_cst);
     pz__runtime *rt = pz__rt_pin();
     bool moved = false;
-    for (int i = 0; rt && i < rt->nworkers; i++) {
+    for (int i = 0, n = rt ? pz__rt_slots(rt) : 0; i < n; i++) {
         _Atomic uintptr_t *slots = rt->workers[i].slots;
         for (int j = 0; j < PZ__WORKER_SLOTS; j++) {
             if (atomic_load_explicit(&slots[j], memory_order_seq_cst) != (uintptr_t)l)
@@ -283,7 +283,7 @@ static bool slot_leave_anywhere(pz_async_rwlock_t *l)
 {
     pz__runtime *rt = pz__rt_pin();
     bool left = false;
-    for (int i = 0; rt && i < rt->nworkers && !left; i++)
+    for (int i = 0, n = rt ? pz__rt_slots(rt) : 0; i < n && !left; i++)
         left = slot_leave(&rt->workers[i], l);
     pz__rt_unpin(rt);
     return left;
@@ -805,7 +805,7 @@ uint64_t pz_async_rwlock_readers(pz_async_rwlock_t *l)
         return 0;
     uint64_t n = READERS(atomic_load_explicit(&l->state, memory_order_relaxed));
     pz__runtime *rt = pz__rt_pin();
-    for (int i = 0; rt && i < rt->nworkers; i++)
+    for (int i = 0, ns = rt ? pz__rt_slots(rt) : 0; i < ns; i++)
         for (int j = 0; j < PZ__WORKER_SLOTS; j++)
             n += atomic_load_explicit(&rt->workers[i].slots[j], memory_order_relaxed) == (uintptr_t)l;
     pz__rt_unpin(rt);

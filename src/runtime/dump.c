@@ -210,7 +210,7 @@ static void print_wait(out_t *o, const char *who, int kind, const void *obj, int
 
 static int running_on(pz__runtime *rt, uint64_t id)
 {
-    for (int i = 0; rt && i < rt->nworkers; i++)
+    for (int i = 0, n = rt ? pz__rt_slots(rt) : 0; i < n; i++)
         if (atomic_load_explicit(&rt->workers[i].running_id, memory_order_relaxed) == id)
             return i;
     return -1;
