@@ -373,9 +373,12 @@ void pz__spare_check(pz__runtime *rt, int64_t now)
         }
     }
     for (int x = 0; x < slots; x++) {
+        /* A spare told to retire covers nothing any more, even while its
+         * own thread is still blocked: if x blocks again, x gets a new one
+         * (the retiring one is not covered, so threads running tasks stay
+         * within the configured count plus the covering spares). */
         int s = watch[x].spare;
-        if (s >= 0 && !active(rt, s) &&
-            atomic_load_explicit(&rt->workers[s].slot_state, memory_order_acquire) == PZ__SLOT_FREE)
+        if (s >= 0 && !active(rt, s))
             watch[x].spare = -1;
         if (watch[x].blocked_now && active(rt, x) && watch[x].spare < 0 && rt->spare_max > 0)
             start_spare(rt, x, watch[x].why);
