@@ -81,6 +81,9 @@ struct unlock_ctx {
 static uintptr_t unlock_decide(pz_unpark_result_t r, void *arg)
 {
     struct unlock_ctx *c = arg;
+    /* Under the bucket lock, by the holder: LOCKED and PARKED are both set
+     * (PARKED changes only under this lock, and nobody else unlocks). */
+    PZ__ASSERT(atomic_load_explicit(&c->m->state, memory_order_relaxed) == (PZ__MUTEX_LOCKED | PZ__MUTEX_PARKED));
     if (r.unparked && (c->force_fair || r.be_fair)) {
         if (!r.have_more)
             atomic_store_explicit(&c->m->state, PZ__MUTEX_LOCKED, memory_order_relaxed);
