@@ -299,11 +299,55 @@ static void test_task_ending_with_locks_held(void **state)
     pz_mutex_unlock(&left_sync); /* from here, a thread: let it go for the test's end */
 }
 
+/* A task on a small stack suspends holding a pz_mutex: the report's first
+ * line comes at once, the symbolised call sites later from a thread stack
+ * (the DWARF symboliser needs more stack than 32 KiB; on the task's own
+ * stack it overflowed). */
+static pz_mutex_t small_held;
+static uint64_t small_id;
+
+static void *small_stack_holder(void *arg)
+{
+    (void)arg;
+    pz_mutex_lock(&small_held);
+    pz_sleep(1000);
+    pz_mutex_unlock(&small_held);
+    return NULL;
+}
+
+static void *small_main(void *arg)
+{
+    (void)arg;
+    pz_task_t *t = pz_spawn_with(small_stack_holder, NULL, &(pz_spawn_opts_t){.stack_size = 32 * 1024});
+    small_id = pz_task_id(t);
+    CHECK_EQ(pz_join(t, NULL), 0);
+    return NULL;
+}
+
+static void test_suspend_report_on_small_stack(void **state)
+{
+    (void)state;
+    sink_len = 0;
+    sink[0] = '\0';
+    pz_set_report(collect, NULL);
+    CHECK(run_in_runtime(1, small_main, NULL) == NULL);
+    pz_set_report(NULL, NULL); /* after pz_run: the rest is written by then */
+    fprintf(stderr, "%s", sink);
+    char what[160];
+    snprintf(what, sizeof what, "task %llu (unnamed) suspends while holding 1 sync lock(s), last pz_mutex %p",
+             (unsigned long long)small_id, (void *)&small_held);
+    CHECK(strstr(sink, what));
+    snprintf(what, sizeof what, "task %llu took the lock at small_stack_holder (test_dump.c:",
+             (unsigned long long)small_id);
+    CHECK(strstr(sink, what));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dump_names_every_wait),
         cmocka_unit_test(test_task_ending_with_locks_held),
+        cmocka_unit_test(test_suspend_report_on_small_stack),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

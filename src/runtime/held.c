@@ -137,12 +137,35 @@ void pz__held_forget(const void *lock)
         atomic_store_explicit(&h->depth, d - 1, memory_order_relaxed);
 }
 
-static _Atomic int reports_left = 16;
+/* Reports of tasks suspending with a sync lock held: the first 16 of the
+ * process.  The first line is written at once, from the task's stack;
+ * where the lock was taken and where the task suspends need the DWARF
+ * symboliser (libdw), which can take well over 100 KiB of stack (its line
+ * table reader keeps large arrays on the stack): on a task's stack
+ * (plaza-weather's connections have 128 KiB) that overflowed.  So the
+ * task only records the addresses (backtrace() is light), and the monitor
+ * thread, or pz_run's thread when the runtime stops, symbolises and writes
+ * the rest on a thread stack.  Entries are claimed in order by the
+ * reports_left count, filled by their task, published by `ready`
+ * (release), and written in order by one flusher at a time (the monitor,
+ * then pz_run's thread after joining it). */
+#define SUSPEND_REPORTS 16
+static _Atomic int reports_left = SUSPEND_REPORTS;
+static struct suspend_report {
+    _Atomic bool ready;
+    uint64_t id;
+    void *site;
+    void *frames[8];
+    int nframes;
+} suspend_reports[SUSPEND_REPORTS];
+static int reports_flushed; /* the flusher's own */
 
 void pz__held_at_suspend(pz_task_t *t)
 {
-    if (atomic_fetch_sub(&reports_left, 1) <= 0)
+    int left = atomic_fetch_sub(&reports_left, 1);
+    if (left <= 0)
         return;
+    struct suspend_report *r = &suspend_reports[SUSPEND_REPORTS - left];
     pz__held_view v[PZ__HELD_MAX];
     unsigned depth;
     unsigned n = pz__holds_read(&t->holds, v, &depth);
@@ -151,16 +174,31 @@ void pz__held_at_suspend(pz_task_t *t)
                "a sync lock's critical section (it blocks every waiter's worker and can deadlock the runtime): use an "
                "async lock for a section that waits",
                (unsigned long long)t->id, t->name[0] ? t->name : "unnamed", depth, last->kind, last->lock);
-    void *syms = pz__arch_symbols_open();
-    char sym[256];
-    pz__arch_symbolize(syms, last->site, true, sym, sizeof sym);
-    pz__report("  the lock was taken at %s", sym);
-    void *frames[8];
-    int nf = backtrace(frames, 8);
-    /* Frame 0 is this function, frame 1 the switch that reported it. */
-    for (int i = 2; i < nf; i++) {
-        pz__arch_symbolize(syms, frames[i], true, sym, sizeof sym);
-        pz__report("  %s %s", i == 2 ? "the task suspends at" : "  called from", sym);
+    r->id = t->id;
+    r->site = last->site;
+    r->nframes = backtrace(r->frames, 8);
+    atomic_store_explicit(&r->ready, true, memory_order_release);
+    pz__monitor_poke();
+}
+
+void pz__held_reports_flush(void)
+{
+    void *syms = NULL;
+    while (reports_flushed < SUSPEND_REPORTS) {
+        struct suspend_report *r = &suspend_reports[reports_flushed];
+        if (!atomic_load_explicit(&r->ready, memory_order_acquire))
+            break;
+        if (!syms)
+            syms = pz__arch_symbols_open();
+        char sym[256];
+        pz__arch_symbolize(syms, r->site, true, sym, sizeof sym);
+        pz__report("  task %llu took the lock at %s", (unsigned long long)r->id, sym);
+        /* Frame 0 is pz__held_at_suspend, frame 1 the switch that reported it. */
+        for (int i = 2; i < r->nframes; i++) {
+            pz__arch_symbolize(syms, r->frames[i], true, sym, sizeof sym);
+            pz__report("  %s %s", i == 2 ? "it suspends at" : "  called from", sym);
+        }
+        reports_flushed++;
     }
     pz__arch_symbols_close(syms);
 }

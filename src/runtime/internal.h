@@ -676,6 +676,9 @@ int64_t pz__worker_cpu(pz__worker *w);
 
 /* held.c: a task suspends while it holds a sync lock (reported). */
 void pz__held_at_suspend(pz_task_t *t);
+/* held.c: writes the symbolised rest of the suspension reports made so
+ * far (the monitor thread; pz_run's thread once the monitor stopped). */
+void pz__held_reports_flush(void);
 /* held.c: a task ends while it holds plaza locks (reported, with each
  * lock and where it was taken; async locks are in the record only with the
  * debug switch on). */

@@ -67,6 +67,7 @@ static void *monitor_main(void *arg)
      * overflow report). */
     while (!atomic_load_explicit(&mon_stop, memory_order_acquire)) {
         uint32_t seen = atomic_load_explicit(&mon_word, memory_order_acquire);
+        pz__held_reports_flush(); /* on this thread's stack, not a task's (held.c) */
         if (atomic_exchange_explicit(&dump_requested, false, memory_order_relaxed))
             pz__dump_to(NULL, "on signal");
         int64_t now = pz__clock_now();
@@ -131,14 +132,17 @@ void pz__monitor_stop(void)
         sigaction(dump_signo, &old_action, NULL);
         dump_signo = 0;
     }
-    if (!mon_started)
+    if (!mon_started) {
+        pz__held_reports_flush(); /* no monitor ran: they are written now */
         return;
+    }
     atomic_store_explicit(&mon_stop, true, memory_order_release);
     atomic_fetch_add_explicit(&mon_word, 1, memory_order_release);
     pz__futex_wake(&mon_word, 1);
     pthread_join(mon_thread, NULL);
     mon_started = false;
     pz__spare_monitor_stop(NULL);
+    pz__held_reports_flush(); /* what came after the monitor's last look */
 }
 
 void pz__monitor_after_fork(void)
