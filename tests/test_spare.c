@@ -321,6 +321,73 @@ static void test_spares_off(void **state)
     CHECK(res);
 }
 
+/* ---- the cap: at most spare_workers spares, and it is said ---- */
+
+static int cap_pipes[2][2];
+static _Atomic int cap_in_read;
+static _Atomic int cap_most_spares;
+
+static void *cap_reader(void *arg)
+{
+    int i = (int)(intptr_t)arg;
+    char c;
+    atomic_fetch_add(&cap_in_read, 1);
+    CHECK_EQ(read(cap_pipes[i][0], &c, 1), 1);
+    return NULL;
+}
+
+/* Both readers block their threads (the worker, then the one spare);
+ * the monitor says the cap is reached; never more than one spare runs. */
+static void *cap_writer(void *arg)
+{
+    (void)arg;
+    int64_t limit = pz_now() + 60 * SEC;
+    while (!sink_has("but all 1 spare workers run already") && pz_now() < limit) {
+        int n = threads_named("plaza-s");
+        if (n > atomic_load(&cap_most_spares))
+            atomic_store(&cap_most_spares, n);
+        usleep(2000);
+    }
+    CHECK(sink_has("but all 1 spare workers run already"));
+    CHECK_EQ(atomic_load(&cap_in_read), 2);
+    for (int i = 0; i < 2; i++)
+        CHECK_EQ(write(cap_pipes[i][1], "x", 1), 1);
+    return NULL;
+}
+
+static void *cap_main(void *arg)
+{
+    (void)arg;
+    sink_reset();
+    pz_set_report(collect, NULL);
+    for (int i = 0; i < 2; i++)
+        CHECK_EQ(pipe(cap_pipes[i]), 0);
+    pthread_t th;
+    CHECK_EQ(pthread_create(&th, NULL, cap_writer, NULL), 0);
+    pz_task_t *r0 = pz_spawn(cap_reader, (void *)0);
+    pz_task_t *r1 = pz_spawn(cap_reader, (void *)1);
+    CHECK_EQ(pz_join(r0, NULL), 0);
+    CHECK_EQ(pz_join(r1, NULL), 0);
+    pthread_join(th, NULL);
+    for (int i = 0; i < 2; i++) {
+        close(cap_pipes[i][0]);
+        close(cap_pipes[i][1]);
+    }
+    CHECK_EQ(atomic_load(&cap_most_spares), 1);
+    CHECK(sink_has("(1 of at most 1 running)"));
+    wait_until_true(no_spare_threads, NULL, 30 * SEC);
+    pz_set_report(NULL, NULL);
+    return (void *)1;
+}
+
+static void test_spare_cap(void **state)
+{
+    (void)state;
+    void *res = NULL;
+    CHECK_EQ(pz_run(&(pz_config_t){.workers = 1, .spare_workers = 1}, cap_main, NULL, &res), 0);
+    CHECK(res);
+}
+
 static void *nothing(void *arg)
 {
     return arg;
@@ -343,6 +410,7 @@ int main(void)
         cmocka_unit_test(test_sync_lock_across_blocking_two_workers),
         cmocka_unit_test(test_blocked_system_call_others_progress),
         cmocka_unit_test(test_spares_off),
+        cmocka_unit_test(test_spare_cap),
         cmocka_unit_test(test_bad_spare_config),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
