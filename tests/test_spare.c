@@ -388,6 +388,66 @@ static void test_spare_cap(void **state)
     CHECK(res);
 }
 
+/* ---- pz_run ends while a spare runs: it joins the spare ---- */
+
+static int end_pipe[2];
+static _Atomic bool end_in_read;
+static _Atomic bool end_main_on_spare;
+static _Atomic int end_spares_seen;
+
+static void *end_reader(void *arg)
+{
+    (void)arg;
+    char c;
+    atomic_store(&end_in_read, true);
+    CHECK_EQ(read(end_pipe[0], &c, 1), 1);
+    return NULL;
+}
+
+static void *end_writer(void *arg)
+{
+    (void)arg;
+    /* Until main has returned on the spare (pz_run is then stopping, and
+     * waits for the worker this read blocks). */
+    while (!atomic_load(&end_main_on_spare))
+        usleep(1000);
+    usleep(50 * 1000);
+    CHECK_EQ(write(end_pipe[1], "x", 1), 1);
+    return NULL;
+}
+
+static void *end_main(void *arg)
+{
+    (void)arg;
+    pz_task_t *r = pz_spawn(end_reader, NULL);
+    pz_detach(r);
+    /* Main yields until it runs on a spare: the reader blocks the worker. */
+    while (pz_worker_index() < pz_worker_count())
+        pz_yield();
+    atomic_store(&end_spares_seen, threads_named("plaza-s"));
+    CHECK(atomic_load(&end_in_read));
+    atomic_store(&end_main_on_spare, true);
+    return (void *)1;
+}
+
+static void test_run_ends_with_a_spare(void **state)
+{
+    (void)state;
+    CHECK_EQ(pipe(end_pipe), 0);
+    pthread_t th;
+    CHECK_EQ(pthread_create(&th, NULL, end_writer, NULL), 0);
+    void *res = NULL;
+    pz_set_report(collect, NULL);
+    CHECK_EQ(pz_run(&(pz_config_t){.workers = 1}, end_main, NULL, &res), 0);
+    pz_set_report(NULL, NULL);
+    CHECK(res);
+    CHECK(atomic_load(&end_spares_seen) >= 1);
+    CHECK_EQ(threads_named("plaza-s"), 0); /* pz_run joined it */
+    pthread_join(th, NULL);
+    close(end_pipe[0]);
+    close(end_pipe[1]);
+}
+
 static void *nothing(void *arg)
 {
     return arg;
@@ -411,6 +471,7 @@ int main(void)
         cmocka_unit_test(test_blocked_system_call_others_progress),
         cmocka_unit_test(test_spares_off),
         cmocka_unit_test(test_spare_cap),
+        cmocka_unit_test(test_run_ends_with_a_spare),
         cmocka_unit_test(test_bad_spare_config),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

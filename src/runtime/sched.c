@@ -106,6 +106,8 @@ void pz__notify_work(pz__runtime *rt)
  * injection queue. */
 static void push_local(pz__worker *w, pz_task_t *t)
 {
+    /* Only a slot's own thread pushes to its queue (runq.c; spare.c). */
+    PZ__ASSERT(w == pz__current_worker());
     while (!pz__runq_push(&w->runq, t)) {
         pz_task_t *batch[PZ__RUNQ_CAP / 2 + 1];
         size_t n = pz__runq_take_half(&w->runq, batch);
@@ -577,6 +579,9 @@ void *pz__worker_main(void *arg)
 #ifdef PZ_TSAN
     w->sched_ctx.tsan_fiber = __tsan_get_current_fiber();
 #endif
+    /* A spare's slot was given to this thread alone (spare.c). */
+    PZ__ASSERT(!spare || atomic_load_explicit(&w->slot_state, memory_order_acquire) == PZ__SLOT_RUNNING ||
+               atomic_load_explicit(&w->slot_state, memory_order_acquire) == PZ__SLOT_RETIRE);
     /* No task runs before every worker exists: if one cannot be started,
      * pz_run fails having run nothing. */
     while (atomic_load_explicit(&rt->start_gate, memory_order_acquire) == 0)

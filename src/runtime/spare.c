@@ -420,6 +420,8 @@ void pz__spare_leave(pz__worker *w)
         last = t;
         n++;
     }
+    /* Nobody else pushes here, so the slot stays empty (thieves only take). */
+    PZ__ASSERT(pz__runq_len(&w->runq) == 0 && !atomic_load(&w->lifo));
     if (n)
         pz__inject_push(rt, first, last, n);
     if (n || was)
