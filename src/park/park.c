@@ -349,9 +349,6 @@ static void wake_list(pz__waiter *list)
 static bool release_after_switch(void *arg)
 {
     pz__waiter *w = arg;
-    /* Its park word said PARKED before this runs (task.c): a claim under
-     * the bucket lock we still hold can only find it PARKED or WOKEN. */
-    PZ__ASSERT(PZ__PS_STATE(atomic_load_explicit(&w->task->park_state, memory_order_relaxed)) >= PZ__PS_PARKED);
     pz__bucket *b = w->bucket;
     void (*before_sleep)(void *) = w->before_sleep;
     void *ctx = w->ctx;

@@ -47,7 +47,10 @@
  * running tasks go back to the configured count within one monitor period
  * and one task's run.  A spare that is blocked itself cannot leave before
  * its call returns; it is not covered once told to retire (the thread it
- * stood in for runs again).
+ * stood in for runs again).  The timers of tasks parked on a spare stay in
+ * its slot's heap after it leaves: every worker fires them (idle, and
+ * maintenance once spares exist), and the leaving spare wakes a sleeper
+ * so that none sleeps past them.
  *
  * Invariants (each slot's plain fields have one owner at a time):
  *  - slot_state goes FREE -> RUNNING (monitor, before pthread_create) ->
@@ -424,7 +427,15 @@ void pz__spare_leave(pz__worker *w)
     PZ__ASSERT(pz__runq_len(&w->runq) == 0 && !atomic_load(&w->lifo));
     if (n)
         pz__inject_push(rt, first, last, n);
-    if (n || was)
+    /* Timers of tasks that parked here stay in this slot's heap, which
+     * every worker walks (idle sleeps until the earliest of all heaps,
+     * maintenance fires them once spares exist).  But a worker asleep
+     * since before they were inserted sleeps with an older deadline, and
+     * no owner of this heap is awake any more: wake one, which recomputes
+     * its deadline (the seq_cst fence in pz__notify_work pairs with the
+     * sleeper's registration before it reads the heaps). */
+    bool timers = atomic_load_explicit(&w->timers.next, memory_order_acquire) != PZ_FOREVER;
+    if (n || was || timers)
         pz__notify_work(rt);
     atomic_store_explicit(&w->running_id, 0, memory_order_relaxed);
 }
