@@ -288,6 +288,7 @@ static void *syscall_main(void *arg)
     if (sc->spares) {
         CHECK(atomic_load(&progress_seen_blocked) >= 50);
         CHECK(atomic_load(&spare_seen));
+        CHECK(sink_has("spare worker: worker 0 is blocked: task "));
         CHECK(sink_has("(reader) has run "));
         CHECK(sink_has("system call read"));
         CHECK_EQ(sink_count("spare worker: worker 0 is blocked"), 1);

@@ -301,6 +301,17 @@ static void start_spare(pz__runtime *rt, int x, const char *why)
         }
         return;
     }
+    /* Said before the spare runs anything, so the report comes before any
+     * of its effects. */
+    if (!wx->ep_reported) {
+        wx->ep_reported = true;
+        pz__report("spare worker: %s %d is blocked: %s; its runnable tasks go on on spare worker %d (%d of at most "
+                   "%d running)",
+                   what, shown, why, pick - rt->nworkers, spares_running(rt) + 1, rt->spare_max);
+        if (strstr(why, "waits for"))
+            pz__report("  a task must not hold a sync lock across a suspension: use an async lock for a section "
+                       "that waits (docs/choosing-a-lock.md)");
+    }
     slot_prepare(rt, pick, x);
     pz__worker *w = &rt->workers[pick];
     atomic_fetch_add_explicit(&rt->nthreads, 1, memory_order_relaxed);
@@ -312,21 +323,12 @@ static void start_spare(pz__runtime *rt, int x, const char *why)
         atomic_store_explicit(&w->slot_state, PZ__SLOT_FREE, memory_order_relaxed);
         if (!wx->ep_cap_reported) {
             wx->ep_cap_reported = true;
-            pz__report("spare worker: %s %d is blocked: %s; but no spare thread can be started: %s", what, shown,
-                       why, strerror(-e));
+            pz__report("spare worker: ... but no spare thread can be started for %s %d: %s", what, shown,
+                       strerror(-e));
         }
         return;
     }
     wx->spare = pick;
-    if (!wx->ep_reported) {
-        wx->ep_reported = true;
-        pz__report("spare worker: %s %d is blocked: %s; its runnable tasks go on on spare worker %d (%d of at most "
-                   "%d running)",
-                   what, shown, why, pick - rt->nworkers, spares_running(rt), rt->spare_max);
-        if (strstr(why, "waits for"))
-            pz__report("  a task must not hold a sync lock across a suspension: use an async lock for a section "
-                       "that waits (docs/choosing-a-lock.md)");
-    }
 }
 
 static void retire(pz__runtime *rt, int s)
