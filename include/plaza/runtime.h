@@ -44,6 +44,10 @@ typedef struct pz_config {
     int monitor;              /* the monitor thread (deadlocks, stalls): 0 on, -1 off */
     int stall_ms;             /* a task running this long without switching is a
                                * stall; 0: 100 ms, -1: no stall reports */
+    int spare_workers;        /* spare worker threads that may stand in for worker
+                               * threads blocked in a sync lock or a system call
+                               * (docs/runtime.md); 0: 64, -1: none; also
+                               * PLAZA_SPARE_WORKERS.  Needs the monitor. */
 } pz_config_t;
 
 /* Options of one spawn.  Zero fields take the runtime's defaults. */
@@ -128,7 +132,10 @@ int pz_sleep(int64_t ns);
 int pz_blocking(pz_fn fn, void *arg, void **result);
 
 /* The number of worker threads of the running runtime (0 if none), and the
- * index of the worker running the caller (-1 on any other thread). */
+ * index of the worker running the caller (-1 on any other thread).  The
+ * index is below pz_worker_count() on a configured worker; a spare worker
+ * (standing in for a blocked one, docs/runtime.md) has an index from
+ * pz_worker_count() up to pz_worker_count() + spare_workers - 1. */
 int pz_worker_count(void);
 int pz_worker_index(void);
 

@@ -366,6 +366,8 @@ static uint32_t waiters_after(uint32_t f, pz_unpark_result_t r, bool handoff)
 static uintptr_t unlock_decide(pz_unpark_result_t r, void *arg)
 {
     pz_async_mutex_t *m = arg;
+    /* By the holder: the word still names it as LOCKED. */
+    PZ__ASSERT(atomic_load_explicit(&m->state, memory_order_relaxed) & LOCKED);
     uint32_t f = atomic_load_explicit(&m->waiters, memory_order_relaxed);
     bool handoff = r.unparked && (r.be_fair || (f & STARVING));
     while (!atomic_compare_exchange_weak_explicit(&m->waiters, &f, waiters_after(f, r, handoff),

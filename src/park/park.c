@@ -227,6 +227,7 @@ static void grow(long waiters)
 
 static void enqueue(pz__bucket *b, pz__waiter *w)
 {
+    PZ__ASSERT(!b->head == !b->tail); /* a queue has both ends or neither */
     w->next = NULL;
     w->prev = b->tail;
     if (b->tail)
@@ -235,6 +236,7 @@ static void enqueue(pz__bucket *b, pz__waiter *w)
         b->head = w;
     b->tail = w;
     w->queued = true;
+    PZ__ASSERT(b->head && !b->tail->next);
 }
 
 /* Unlinks w from b's queue in constant time (the queue is doubly linked,
@@ -242,6 +244,9 @@ static void enqueue(pz__bucket *b, pz__waiter *w)
  * same, whatever the queue's length). */
 static void unlink_waiter(pz__bucket *b, pz__waiter *w)
 {
+    PZ__ASSERT(w->queued);
+    PZ__ASSERT(w->prev ? w->prev->next == w : b->head == w);
+    PZ__ASSERT(w->next ? w->next->prev == w : b->tail == w);
     if (w->prev)
         w->prev->next = w->next;
     else
@@ -252,6 +257,7 @@ static void unlink_waiter(pz__bucket *b, pz__waiter *w)
         b->tail = w->prev;
     w->next = w->prev = NULL;
     w->queued = false;
+    PZ__ASSERT(!b->head == !b->tail);
 }
 
 /* Removes w from b if it is still queued there; false if an unparker

@@ -184,6 +184,11 @@ int pz_blocking(pz_fn fn, void *arg, void **result)
         pthread_mutex_lock(&pool.lock);
         unqueue(&job);
         pthread_mutex_unlock(&pool.lock);
+        /* The park prepared above never happens: the task is RUNNING again
+         * (a cancel that claimed it meanwhile readied nothing, since it was
+         * not PARKED), and its announced wait is dropped. */
+        pz__wait_note(PZ__WAIT_NONE, NULL);
+        atomic_store_explicit(&self->park_state, PZ__PS_MAKE(job.gen, 0, 0, PZ__PS_RUNNING), memory_order_relaxed);
         return e;
     }
     for (;;) {

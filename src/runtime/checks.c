@@ -261,7 +261,7 @@ static bool asleep_armed, asleep_reported;
 static long sum_waits(pz__runtime *rt, bool blocking)
 {
     long n = 0;
-    for (int i = 0; i < rt->nworkers; i++)
+    for (int i = 0, ns = pz__rt_slots(rt); i < ns; i++)
         n += atomic_load_explicit(blocking ? &rt->workers[i].blocking_waits : &rt->workers[i].lock_waits,
                                   memory_order_relaxed);
     return n;
@@ -270,14 +270,15 @@ static long sum_waits(pz__runtime *rt, bool blocking)
 static uint64_t sum_switches(pz__runtime *rt)
 {
     uint64_t n = 0;
-    for (int i = 0; i < rt->nworkers; i++)
+    for (int i = 0, ns = pz__rt_slots(rt); i < ns; i++)
         n += atomic_load_explicit(&rt->workers[i].switches, memory_order_relaxed);
     return n;
 }
 
 static void check_asleep(pz__runtime *rt)
 {
-    bool idle = atomic_load_explicit(&rt->nsleeping, memory_order_relaxed) == rt->nworkers &&
+    bool idle = atomic_load_explicit(&rt->nsleeping, memory_order_relaxed) ==
+                    atomic_load_explicit(&rt->nthreads, memory_order_relaxed) &&
                 atomic_load_explicit(&rt->inject_len, memory_order_relaxed) == 0;
     long tasks = atomic_load_explicit(&rt->live_tasks, memory_order_relaxed);
     bool stuck = idle && tasks > 0 && sum_waits(rt, true) == 0 && pz__thread_waits() == 0 &&
@@ -315,7 +316,7 @@ typedef struct stall_state {
     bool reported;
 } stall_state;
 
-static int64_t thread_cpu(pz__worker *w)
+int64_t pz__worker_cpu(pz__worker *w)
 {
     clockid_t id;
     struct timespec ts;
@@ -330,7 +331,7 @@ static int stalls_len;
 /* What the thread tid does now: "in system call nanosleep (35)", "running
  * (not in a system call)", or "state unknown".  Returns true when it is in
  * a system call (or blocked). */
-static bool thread_activity(int tid, char *buf, size_t size)
+bool pz__thread_activity(int tid, char *buf, size_t size)
 {
     char path[64], text[128];
     snprintf(path, sizeof path, "/proc/self/task/%d/syscall", tid);
@@ -389,7 +390,7 @@ static void check_stalls(pz__runtime *rt, int64_t now)
         if (seq != s->seq || !id) {
             s->seq = seq;
             s->since = now;
-            s->cpu = thread_cpu(w);
+            s->cpu = pz__worker_cpu(w);
             s->reported = false;
             continue;
         }
@@ -400,8 +401,8 @@ static void check_stalls(pz__runtime *rt, int64_t now)
          * on a CPU: on a machine that keeps it off its CPU, wall time says
          * nothing about the task. */
         char act[96];
-        bool in_call = thread_activity(atomic_load_explicit(&w->tid, memory_order_relaxed), act, sizeof act);
-        int64_t cpu = thread_cpu(w);
+        bool in_call = pz__thread_activity(atomic_load_explicit(&w->tid, memory_order_relaxed), act, sizeof act);
+        int64_t cpu = pz__worker_cpu(w);
         if (!in_call && s->cpu >= 0 && cpu >= 0 && cpu - s->cpu < stall_ns * 4 / 5)
             continue;
         s->reported = true;
@@ -467,8 +468,17 @@ void pz__monitor_check(pz__runtime *rt, int64_t now)
         pz__tasks_walk(add_task, &graph);
         pz__thread_recs_walk(add_thread, &graph);
         check_deadlock(&graph, now);
+        /* Workers blocked by their task in a sync lock: the spare
+         * workers' first reason (spare.c). */
+        for (int i = 0; i < graph.len; i++) {
+            node_t *n = &graph.n[i];
+            if (n->task && (n->kind == PZ__WAIT_MUTEX || n->kind == PZ__WAIT_RWLOCK) &&
+                atomic_load_explicit(&n->task->wait_blocks_thread, memory_order_relaxed))
+                pz__spare_lock_wait(rt, n->task, n->kind, n->obj, n->since, n->holder, now);
+        }
         pz__introspect_unlock();
     }
     check_stalls(rt, now);
+    pz__spare_check(rt, now);
     check_asleep(rt);
 }

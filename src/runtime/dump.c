@@ -210,7 +210,7 @@ static void print_wait(out_t *o, const char *who, int kind, const void *obj, int
 
 static int running_on(pz__runtime *rt, uint64_t id)
 {
-    for (int i = 0; rt && i < rt->nworkers; i++)
+    for (int i = 0, n = rt ? pz__rt_slots(rt) : 0; i < n; i++)
         if (atomic_load_explicit(&rt->workers[i].running_id, memory_order_relaxed) == id)
             return i;
     return -1;
@@ -260,6 +260,8 @@ static void dump_task(pz_task_t *t, void *arg)
     if (kind != PZ__WAIT_NONE && (blocks || on < 0)) {
         print_wait(o, who, kind, atomic_load_explicit(&t->wait.obj, memory_order_relaxed),
                    atomic_load_explicit(&t->wait.since, memory_order_relaxed), blocks);
+    } else if (on >= 0 && on >= d->rt->nworkers) {
+        emit(o, "%s running on spare worker %d", who, on - d->rt->nworkers);
     } else if (on >= 0) {
         emit(o, "%s running on worker %d", who, on);
     } else {
@@ -307,7 +309,14 @@ void pz__dump_to(FILE *f, const char *why)
     out_t o = {.file = f, .syms = pz__arch_symbols_open(), .now = pz__clock_now()};
     pz__runtime *rt = pz__rt_pin();
     pz__introspect_lock();
-    emit(&o, "dump%s%s: %d worker(s)", why ? " " : "", why ? why : "", rt ? rt->nworkers : 0);
+    int spares = 0;
+    for (int i = rt ? rt->nworkers : 0, n = rt ? pz__rt_slots(rt) : 0; i < n; i++)
+        spares += atomic_load_explicit(&rt->workers[i].slot_state, memory_order_relaxed) == PZ__SLOT_RUNNING;
+    if (spares)
+        emit(&o, "dump%s%s: %d worker(s), %d spare worker(s) standing in for blocked ones", why ? " " : "",
+             why ? why : "", rt->nworkers, spares);
+    else
+        emit(&o, "dump%s%s: %d worker(s)", why ? " " : "", why ? why : "", rt ? rt->nworkers : 0);
     struct dump_walk d = {&o, rt, 0};
     pz__tasks_walk(dump_task, &d);
     int tasks = d.count;

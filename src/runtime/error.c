@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 const char *pz_strerror(int err)
@@ -56,4 +57,12 @@ void pz__report(const char *fmt, ...)
     if (n < 0)
         return;
     pz__report_line(buf);
+}
+
+_Noreturn void pz__assert_fail(const char *cond, const char *file, int line, const char *func)
+{
+    fprintf(stderr, "plaza: assertion failed: %s, in %s (%s:%d); a stated invariant is broken\n", cond, func, file,
+            line);
+    fflush(stderr);
+    abort();
 }

@@ -39,6 +39,21 @@
 #endif
 #endif
 
+/*
+ * PZ__ASSERT(cond): an invariant a comment states.  Checked in Debug builds
+ * and in the sanitizer builds (CMake defines PZ_ASSERTS for both); compiled
+ * out otherwise, so release fast paths are the same instructions.  A
+ * broken invariant prints "plaza: assertion failed" with the condition and
+ * where, on stderr (not the report sink: the runtime cannot be trusted any
+ * more), and aborts.
+ */
+#ifdef PZ_ASSERTS
+#define PZ__ASSERT(cond) (__builtin_expect(!!(cond), 1) ? (void)0 : pz__assert_fail(#cond, __FILE__, __LINE__, __func__))
+#else
+#define PZ__ASSERT(cond) ((void)sizeof(!(cond)))
+#endif
+_Noreturn void pz__assert_fail(const char *cond, const char *file, int line, const char *func);
+
 #define PZ__CACHELINE 64
 #define PZ__DEFAULT_STACK (256u * 1024u)
 #define PZ__MIN_STACK (16u * 1024u)
@@ -330,11 +345,30 @@ struct pz__worker {
 
     pthread_t thread;
     void *altstack;
+
+    /* Spare slots only (spare.c): PZ__SLOT_FREE (no thread), _RUNNING,
+     * _RETIRE (told to leave at its next scheduling point), _EXITED (its
+     * thread has returned and waits to be joined).  A configured worker
+     * stays PZ__SLOT_FREE.  Written by the monitor, by the spare (EXITED)
+     * and by pz_run's shutdown; see spare.c for who may do what. */
+    _Atomic int slot_state;
+    int cover;                 /* the slot whose blocked thread this spare stands in for */
 };
 
+enum { PZ__SLOT_FREE = 0, PZ__SLOT_RUNNING = 1, PZ__SLOT_RETIRE = 2, PZ__SLOT_EXITED = 3 };
+
 struct pz__runtime {
-    int nworkers;
-    pz__worker *workers;
+    int nworkers;              /* the configured workers: slots [0, nworkers) */
+    pz__worker *workers;       /* nworkers + spare_max slots (spare.c) */
+    int spare_max;             /* spare slots: [nworkers, nworkers + spare_max) */
+    /* Slots that have ever had a thread: [0, nslots).  Only grows (by the
+     * monitor, seq_cst, before a spare's thread starts); every walk over
+     * the workers' queues, timers, object slots and counters goes up to
+     * it (pz__rt_slots), so a retired spare's leftovers are still seen. */
+    _Atomic int nslots;
+    /* Threads in a worker loop now: nworkers plus the spares that have not
+     * exited (the monitor's "all idle" compares nsleeping with it). */
+    _Atomic int nthreads;
     size_t stack_size;
     size_t guard_size;
     int guard_kind;            /* PZ__GUARD_* */
@@ -379,6 +413,14 @@ struct pz__runtime {
 };
 
 extern _Atomic(pz__runtime *) pz__rt;
+
+/* The number of worker slots to walk (see nslots): seq_cst, because the
+ * async rwlock's revocation pairs it with its readers' slot writes
+ * (src/async/rwlock.c; the argument is in spare.c). */
+static inline int pz__rt_slots(pz__runtime *rt)
+{
+    return atomic_load_explicit(&rt->nslots, memory_order_seq_cst);
+}
 
 /* The running runtime, kept alive until pz__rt_unpin: for code that walks
  * its workers from any thread (lock slow paths).  A worker needs no pin
@@ -616,6 +658,34 @@ void pz__monitor_poke(void);
 void pz__monitor_configure(const pz_config_t *c);
 void pz__monitor_check(pz__runtime *rt, int64_t now);
 bool pz__monitor_busy_threads(void);
+
+/* spare.c: spare workers for blocked worker threads (see there). */
+#define PZ__SPARE_DEFAULT 64
+/* A worker blocked this long in a sync lock behind a holder task that is
+ * not running gets a spare at the monitor's next look. */
+#define PZ__SPARE_LOCK_NS (10 * 1000000ll)
+int pz__spare_configure(const pz_config_t *c);
+void pz__spare_monitor_start(pz__runtime *rt, int64_t stall_ns);
+void pz__spare_monitor_stop(pz__runtime *rt);
+/* Under pz__introspect_lock: task t, running on a worker, blocks its thread
+ * in a sync lock wait (kind, obj, since) whose holder is `holder`. */
+void pz__spare_lock_wait(pz__runtime *rt, pz_task_t *t, int kind, const void *obj, int64_t since, uint64_t holder,
+                         int64_t now);
+/* The monitor's look: retires spares whose blocked thread came back, joins
+ * the ones that exited, starts spares for newly blocked threads. */
+void pz__spare_check(pz__runtime *rt, int64_t now);
+/* True while any spare slot has a thread (the monitor keeps looking). */
+bool pz__spare_busy(pz__runtime *rt);
+/* Worker side: a spare leaving (its thread, in its loop, no task). */
+void pz__spare_leave(pz__worker *w);
+/* pz_run's shutdown, after the monitor stopped: joins every spare thread. */
+void pz__spare_join_all(pz__runtime *rt);
+/* sched.c: wakes worker w from its idle sleep (a spare told to retire). */
+void pz__worker_kick(pz__worker *w);
+/* checks.c: what thread tid does now (true: in a system call or blocked),
+ * and a worker thread's CPU time (-1 unknown). */
+bool pz__thread_activity(int tid, char *buf, size_t size);
+int64_t pz__worker_cpu(pz__worker *w);
 
 /* held.c: a task suspends while it holds a sync lock (reported). */
 void pz__held_at_suspend(pz_task_t *t);

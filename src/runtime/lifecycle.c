@@ -103,7 +103,8 @@ static void free_task_list(pz_task_t *t)
  * like the other parked tasks. */
 static void drain(pz__runtime *rt)
 {
-    for (int i = 0; i < rt->nworkers; i++) {
+    int slots = pz__rt_slots(rt);
+    for (int i = 0; i < slots; i++) {
         pz__timers *tm = &rt->workers[i].timers;
         for (size_t k = 0; k < tm->len; k++) {
             pz_task_t *t = tm->heap[k];
@@ -116,7 +117,7 @@ static void drain(pz__runtime *rt)
     }
     free_task_list(rt->inject_head);
     rt->inject_head = rt->inject_tail = NULL;
-    for (int i = 0; i < rt->nworkers; i++) {
+    for (int i = 0; i < slots; i++) {
         pz__worker *w = &rt->workers[i];
         pz_task_t *t;
         while ((t = pz__runq_pop(&w->runq)))
@@ -129,7 +130,7 @@ static void drain(pz__runtime *rt)
 static void runtime_destroy(pz__runtime *rt)
 {
     pz__driver_destroy(rt);
-    for (int i = 0; i < rt->nworkers; i++)
+    for (int i = 0, n = pz__rt_slots(rt); i < n; i++)
         pz__timers_destroy(&rt->workers[i].timers);
     pz__stacks_destroy(rt);
     free(rt->sleepers);
@@ -141,7 +142,7 @@ static void stop_workers(pz__runtime *rt, int started)
 {
     atomic_store(&rt->shutdown, true);
     pz__spin_lock(&rt->idle_lock);
-    for (int i = 0; i < rt->nworkers; i++) {
+    for (int i = 0, n = pz__rt_slots(rt); i < n; i++) {
         atomic_store(&rt->workers[i].sleep_word, 1);
         pz__futex_wake(&rt->workers[i].sleep_word, 1);
     }
@@ -149,6 +150,7 @@ static void stop_workers(pz__runtime *rt, int started)
     pz__waker_signal(rt->waker);
     for (int i = 0; i < started; i++)
         pthread_join(rt->workers[i].thread, NULL);
+    pz__spare_join_all(rt); /* the monitor has stopped: no spare starts now */
 }
 
 /*
@@ -184,9 +186,11 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
         pz__report("pz_run: main is NULL");
         return -EINVAL;
     }
-    if (c.workers < 0 || c.workers > 4096 || c.stack_size > PZ__MAX_STACK || c.blocking_threads_max < 0) {
-        pz__report("pz_run: invalid configuration (workers %d, stack_size %zu, blocking_threads_max %d)",
-                   c.workers, c.stack_size, c.blocking_threads_max);
+    if (c.workers < 0 || c.workers > 4096 || c.stack_size > PZ__MAX_STACK || c.blocking_threads_max < 0 ||
+        c.spare_workers < -1 || c.spare_workers > 4096) {
+        pz__report("pz_run: invalid configuration (workers %d, stack_size %zu, blocking_threads_max %d, "
+                   "spare_workers %d)",
+                   c.workers, c.stack_size, c.blocking_threads_max, c.spare_workers);
         return -EINVAL;
     }
     bool unclaimed = false;
@@ -201,6 +205,9 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
     }
     size_t page = pz__page_size();
     rt->nworkers = c.workers ? c.workers : pz__cpu_count();
+    rt->spare_max = c.monitor < 0 ? 0 : pz__spare_configure(&c);
+    atomic_init(&rt->nslots, rt->nworkers);
+    atomic_init(&rt->nthreads, rt->nworkers);
     size_t ss = c.stack_size ? c.stack_size : PZ__DEFAULT_STACK;
     if (ss < PZ__MIN_STACK)
         ss = PZ__MIN_STACK;
@@ -211,8 +218,11 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
     const char *dbg = getenv("PLAZA_DEBUG");
     pz__debug = c.debug || (dbg && *dbg && strcmp(dbg, "0") != 0);
 
-    rt->workers = aligned_alloc(PZ__CACHELINE, sizeof(pz__worker) * (size_t)rt->nworkers);
-    rt->sleepers = calloc((size_t)rt->nworkers, sizeof(int));
+    /* The spare slots are set up by the monitor when first used: until
+     * then their pages are never touched. */
+    size_t nslots = (size_t)rt->nworkers + (size_t)rt->spare_max;
+    rt->workers = aligned_alloc(PZ__CACHELINE, sizeof(pz__worker) * nslots);
+    rt->sleepers = calloc(nslots, sizeof(int));
     if (!rt->workers || !rt->sleepers) {
         free(rt->workers);
         free(rt->sleepers);

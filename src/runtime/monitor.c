@@ -52,7 +52,8 @@ static void on_dump_signal(int sig)
 
 static bool all_idle(pz__runtime *rt)
 {
-    return atomic_load_explicit(&rt->nsleeping, memory_order_relaxed) == rt->nworkers &&
+    return atomic_load_explicit(&rt->nsleeping, memory_order_relaxed) ==
+               atomic_load_explicit(&rt->nthreads, memory_order_relaxed) &&
            atomic_load_explicit(&rt->inject_len, memory_order_relaxed) == 0;
 }
 
@@ -60,21 +61,22 @@ static void *monitor_main(void *arg)
 {
     pz__runtime *rt = arg;
     pz__thread_set_name("plaza-monitor");
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    /* Its signal mask is the workers' (every asynchronous signal blocked,
+     * inherited from pz_run), and so is that of the spare workers it
+     * starts: the fault signals must reach a spare's tasks (the stack
+     * overflow report). */
     while (!atomic_load_explicit(&mon_stop, memory_order_acquire)) {
         uint32_t seen = atomic_load_explicit(&mon_word, memory_order_acquire);
         if (atomic_exchange_explicit(&dump_requested, false, memory_order_relaxed))
             pz__dump_to(NULL, "on signal");
         int64_t now = pz__clock_now();
         pz__monitor_check(rt, now);
-        if (all_idle(rt) && !pz__monitor_busy_threads()) {
+        if (all_idle(rt) && !pz__monitor_busy_threads() && !pz__spare_busy(rt)) {
             /* Sleep until a worker or a thread wait wakes us.  Parked is
              * published before the re-check, and a poker loads it after
              * making itself visible, so one of the two sees the other. */
             atomic_store_explicit(&mon_parked, true, memory_order_seq_cst);
-            if (all_idle(rt) && !pz__monitor_busy_threads() && !atomic_load(&mon_stop) &&
+            if (all_idle(rt) && !pz__monitor_busy_threads() && !pz__spare_busy(rt) && !atomic_load(&mon_stop) &&
                 !atomic_load(&dump_requested))
                 pz__futex_wait(&mon_word, seen, -1);
             atomic_store_explicit(&mon_parked, false, memory_order_relaxed);
@@ -115,9 +117,12 @@ void pz__monitor_start(pz__runtime *rt, const pz_config_t *c)
     if (c->monitor < 0 && !dump_signo)
         return;
     pz__monitor_configure(c);
+    pz__spare_monitor_start(rt, c->stall_ms > 0 ? (int64_t)c->stall_ms * 1000000 : 0);
     mon_started = pthread_create(&mon_thread, NULL, monitor_main, rt) == 0;
-    if (!mon_started)
-        pz__report("pz_run: cannot start the monitor thread; no deadlock or stall reports");
+    if (!mon_started) {
+        pz__report("pz_run: cannot start the monitor thread; no deadlock or stall reports, no spare workers");
+        pz__spare_monitor_stop(rt);
+    }
 }
 
 void pz__monitor_stop(void)
@@ -133,6 +138,7 @@ void pz__monitor_stop(void)
     pz__futex_wake(&mon_word, 1);
     pthread_join(mon_thread, NULL);
     mon_started = false;
+    pz__spare_monitor_stop(NULL);
 }
 
 void pz__monitor_after_fork(void)

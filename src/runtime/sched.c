@@ -106,6 +106,8 @@ void pz__notify_work(pz__runtime *rt)
  * injection queue. */
 static void push_local(pz__worker *w, pz_task_t *t)
 {
+    /* Only a slot's own thread pushes to its queue (runq.c; spare.c). */
+    PZ__ASSERT(w == pz__current_worker());
     while (!pz__runq_push(&w->runq, t)) {
         pz_task_t *batch[PZ__RUNQ_CAP / 2 + 1];
         size_t n = pz__runq_take_half(&w->runq, batch);
@@ -149,6 +151,23 @@ static void maintenance(pz__worker *w)
 {
     if (atomic_load_explicit(&w->timers.next, memory_order_relaxed) != PZ_FOREVER)
         pz__timers_fire(&w->timers, pz__clock_now(), false);
+    /* Once a spare has run, a blocked worker's heap and a retired spare's
+     * have no owner that looks at them: every worker fires their expired
+     * timers too (a load per slot, every PZ__MAINTENANCE_INTERVAL). */
+    pz__runtime *rt = w->rt;
+    int slots = pz__rt_slots(rt);
+    if (__builtin_expect(slots > rt->nworkers, 0)) {
+        int64_t now = pz__clock_now();
+        for (int i = 0; i < slots; i++)
+            if (i != w->index)
+                pz__timers_fire(&rt->workers[i].timers, now, true);
+    }
+}
+
+/* A spare told to retire (spare.c) leaves at its next scheduling point. */
+static inline bool retiring(pz__worker *w)
+{
+    return __builtin_expect(atomic_load_explicit(&w->slot_state, memory_order_relaxed) == PZ__SLOT_RETIRE, 0);
 }
 
 static inline bool io_waiting(pz__runtime *rt)
@@ -195,8 +214,9 @@ static pz_task_t *next_local(pz__worker *w)
     pz_task_t *t;
     if (++w->tick % PZ__MAINTENANCE_INTERVAL == 0) {
         maintenance(w);
-        /* Go through the worker loop, which polls for I/O. */
-        if (!w->in_loop && io_waiting(w->rt))
+        /* Go through the worker loop, which polls for I/O (and where a
+         * retiring spare leaves). */
+        if (!w->in_loop && (io_waiting(w->rt) || retiring(w)))
             return NULL;
         if ((t = pz__inject_pop(w->rt, w)))
             return t;
@@ -228,7 +248,7 @@ static uint64_t next_random(pz__worker *w)
 static pz_task_t *steal(pz__worker *w)
 {
     pz__runtime *rt = w->rt;
-    int n = rt->nworkers;
+    int n = pz__rt_slots(rt);
     int start = (int)(next_random(w) % (uint64_t)n);
     for (int i = 0; i < n; i++) {
         pz__worker *v = &rt->workers[(start + i) % n];
@@ -263,7 +283,7 @@ static bool work_visible(pz__runtime *rt)
 {
     if (atomic_load(&rt->inject_len) > 0)
         return true;
-    for (int i = 0; i < rt->nworkers; i++)
+    for (int i = 0, n = pz__rt_slots(rt); i < n; i++)
         if (pz__runq_len(&rt->workers[i].runq) > 0 || atomic_load(&rt->workers[i].lifo))
             return true;
     return false;
@@ -287,10 +307,10 @@ static void idle(pz__worker *w)
 
     /* A busy worker may not get to its timers for a while: fire theirs. */
     int64_t now = pz__clock_now();
-    for (int i = 0; i < rt->nworkers; i++)
+    for (int i = 0, n = pz__rt_slots(rt); i < n; i++)
         if (i != w->index)
             pz__timers_fire(&rt->workers[i].timers, now, true);
-    if (pz__runq_len(&w->runq) > 0)
+    if (pz__runq_len(&w->runq) > 0 || retiring(w))
         return;
 
     pz__spin_lock(&rt->idle_lock);
@@ -304,7 +324,10 @@ static void idle(pz__worker *w)
     atomic_fetch_add(&rt->nsleeping, 1);
     pz__spin_unlock(&rt->idle_lock);
 
-    if (!work_visible(rt) && !atomic_load(&rt->shutdown)) {
+    /* A retiring spare's kick (under the idle lock) either came before
+     * its registration, and then its RETIRE is seen here, or finds it in
+     * the sleeper list and wakes it. */
+    if (!work_visible(rt) && !atomic_load(&rt->shutdown) && !retiring(w)) {
         int64_t deadline = pz__timers_earliest(rt);
         if (atomic_load(&rt->io_waiters) > 0 && !atomic_exchange(&rt->driver_busy, true)) {
             /* Sleep in the poller: I/O readiness or the waker ends it. */
@@ -488,9 +511,10 @@ void pz_yield(void)
     }
     if (++w->tick % PZ__MAINTENANCE_INTERVAL == 0)
         maintenance(w);
-    /* Nothing else to run here or in the injection queue: carry on. */
+    /* Nothing else to run here or in the injection queue: carry on (unless
+     * this is a spare told to retire: the task moves to another worker). */
     if (pz__runq_len(&w->runq) == 0 && !atomic_load_explicit(&w->lifo, memory_order_relaxed) &&
-        atomic_load_explicit(&w->rt->inject_len, memory_order_relaxed) == 0)
+        atomic_load_explicit(&w->rt->inject_len, memory_order_relaxed) == 0 && !retiring(w))
         return;
     suspend_on(w, yield_after, w->current);
 }
@@ -527,7 +551,7 @@ bool pz__task_id_running(uint64_t id)
 {
     pz__runtime *rt = pz__rt_pin();
     bool running = false;
-    for (int i = 0; rt && i < rt->nworkers && !running; i++)
+    for (int i = 0, n = rt ? pz__rt_slots(rt) : 0; i < n && !running; i++)
         running = atomic_load_explicit(&rt->workers[i].running_id, memory_order_relaxed) == id;
     pz__rt_unpin(rt);
     return running;
@@ -539,8 +563,13 @@ void *pz__worker_main(void *arg)
 {
     pz__worker *w = arg;
     pz__runtime *rt = w->rt;
-    char name[16];
-    snprintf(name, sizeof name, "plaza-w%d", w->index);
+    char name[24];
+    bool spare = w->index >= rt->nworkers;
+    if (spare)
+        snprintf(name, sizeof name, "plaza-s%d", (w->index - rt->nworkers) & 0xffff);
+    else
+        snprintf(name, sizeof name, "plaza-w%d", w->index & 0xffff);
+    name[15] = '\0'; /* a thread name has at most 15 bytes */
     pz__thread_set_name(name);
     atomic_store_explicit(&w->tid, (int)syscall(SYS_gettid), memory_order_relaxed);
     pz__thread_precise_timers();
@@ -550,6 +579,9 @@ void *pz__worker_main(void *arg)
 #ifdef PZ_TSAN
     w->sched_ctx.tsan_fiber = __tsan_get_current_fiber();
 #endif
+    /* A spare's slot was given to this thread alone (spare.c). */
+    PZ__ASSERT(!spare || atomic_load_explicit(&w->slot_state, memory_order_acquire) == PZ__SLOT_RUNNING ||
+               atomic_load_explicit(&w->slot_state, memory_order_acquire) == PZ__SLOT_RETIRE);
     /* No task runs before every worker exists: if one cannot be started,
      * pz_run fails having run nothing. */
     while (atomic_load_explicit(&rt->start_gate, memory_order_acquire) == 0)
@@ -557,6 +589,8 @@ void *pz__worker_main(void *arg)
     for (;;) {
         pz__resume();
         if (atomic_load_explicit(&rt->shutdown, memory_order_acquire))
+            break;
+        if (spare && retiring(w))
             break;
         w->in_loop = true;
         pz_task_t *t = next_runnable(w, find_work(w));
@@ -574,9 +608,40 @@ void *pz__worker_main(void *arg)
         }
         idle(w);
     }
+    if (spare)
+        pz__spare_leave(w);
     pz__altstack_teardown(w);
     pz__set_current_worker(NULL);
+    if (spare) {
+        /* The last touch of the slot: the monitor (or pz_run) joins this
+         * thread and only then may give the slot to another. */
+        atomic_fetch_sub_explicit(&rt->nthreads, 1, memory_order_relaxed);
+        atomic_store_explicit(&w->slot_state, PZ__SLOT_EXITED, memory_order_release);
+    }
     return NULL;
+}
+
+void pz__worker_kick(pz__worker *w)
+{
+    pz__runtime *rt = w->rt;
+    pz__spin_lock(&rt->idle_lock);
+    if (w->sleeping) {
+        for (int i = 0; i < rt->nsleepers; i++) {
+            if (rt->sleepers[i] == w->index) {
+                rt->sleepers[i] = rt->sleepers[--rt->nsleepers];
+                break;
+            }
+        }
+        w->sleeping = false;
+        atomic_fetch_sub(&rt->nsleeping, 1);
+    }
+    atomic_store(&w->sleep_word, 1);
+    bool polling = w->polling;
+    pz__spin_unlock(&rt->idle_lock);
+    if (polling)
+        pz__waker_signal(rt->waker);
+    else
+        pz__futex_wake(&w->sleep_word, 1);
 }
 
 int pz_worker_index(void)

@@ -12,7 +12,10 @@ bool pz__slots_each(bool (*fn)(_Atomic uintptr_t *line, void *ctx), void *ctx)
 {
     pz__runtime *rt = pz__rt_pin();
     bool done = false;
-    for (int i = 0; rt && i < rt->nworkers && !done; i++)
+    /* Every slot that has ever had a thread, spares included (a retired
+     * spare's line may still hold a read hold): pz__rt_slots is seq_cst,
+     * half of the pairing spare.c argues for. */
+    for (int i = 0, n = rt ? pz__rt_slots(rt) : 0; i < n && !done; i++)
         done = fn(rt->workers[i].slots, ctx);
     pz__rt_unpin(rt);
     return done;

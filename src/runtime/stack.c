@@ -319,7 +319,7 @@ void pz__stack_release(pz__runtime *rt, pz__worker *w, pz_task_t *t)
 
 void pz__stacks_destroy(pz__runtime *rt)
 {
-    for (int i = 0; i < rt->nworkers; i++) {
+    for (int i = 0, n = pz__rt_slots(rt); i < n; i++) {
         pz__worker *w = &rt->workers[i];
         while (w->stack_cache_len > 0) {
             pz__stack_slot s = w->stack_cache[--w->stack_cache_len];

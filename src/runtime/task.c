@@ -329,6 +329,8 @@ uint64_t pz__park_prepare(bool nocancel)
 {
     pz_task_t *self = pz__current_task();
     nocancel = nocancel || self->shield; /* src/runtime/cancel.c */
+    /* A park starts from a running task: the previous one is over. */
+    PZ__ASSERT(PZ__PS_STATE(atomic_load_explicit(&self->park_state, memory_order_relaxed)) == PZ__PS_RUNNING);
     uint64_t gen = ++self->park_gen;
     atomic_store_explicit(&self->park_state,
                           PZ__PS_MAKE(gen, nocancel ? PZ__PS_NOCANCEL : 0, 0, PZ__PS_PARKING),
@@ -347,6 +349,10 @@ static void park_after(pz__worker *w, void *arg)
     bool claimed_early = false;
     uint64_t s = atomic_load_explicit(&t->park_state, memory_order_acquire);
     for (;;) {
+        /* Only this park's generation, and only PARKING (ours to move)
+         * or WOKEN (a claimer's). */
+        PZ__ASSERT(PZ__PS_GEN(s) == gen);
+        PZ__ASSERT(PZ__PS_STATE(s) == PZ__PS_PARKING || PZ__PS_STATE(s) == PZ__PS_WOKEN);
         if (PZ__PS_STATE(s) == PZ__PS_WOKEN) {
             claimed_early = true;
             break;
@@ -387,6 +393,8 @@ int pz__park_commit(pz__park_fn cb, void *arg, int64_t deadline)
     pz__wait_clear(self);
 
     s = atomic_load_explicit(&self->park_state, memory_order_acquire);
+    /* Exactly one claim made it runnable, for this park. */
+    PZ__ASSERT(PZ__PS_STATE(s) == PZ__PS_WOKEN && PZ__PS_GEN(s) == gen);
     int reason = PZ__PS_REASON(s);
     if (self->timer_armed) {
         if (reason != PZ__WAKE_TIMEOUT)

@@ -162,7 +162,7 @@ int pz__timers_fire(pz__timers *tm, int64_t now, bool try_only)
 int64_t pz__timers_earliest(pz__runtime *rt)
 {
     int64_t earliest = PZ_FOREVER;
-    for (int i = 0; i < rt->nworkers; i++) {
+    for (int i = 0, n = pz__rt_slots(rt); i < n; i++) {
         int64_t d = atomic_load_explicit(&rt->workers[i].timers.next, memory_order_acquire);
         if (d < earliest)
             earliest = d;

@@ -83,6 +83,10 @@ struct unlock_ctx {
 static uintptr_t unlock_decide(pz_unpark_result_t r, void *arg)
 {
     struct unlock_ctx *c = arg;
+    /* Under the bucket lock, by the holder: still LOCKED (nobody else
+     * unlocks; PARKED may have been cleared by the last waiter leaving at
+     * its deadline between our look and this lock). */
+    PZ__ASSERT(atomic_load_explicit(&c->m->state, memory_order_relaxed) & PZ__MUTEX_LOCKED);
     if (r.unparked && (c->force_fair || r.be_fair)) {
         if (!r.have_more)
             atomic_store_explicit(&c->m->state, PZ__MUTEX_LOCKED, memory_order_relaxed);

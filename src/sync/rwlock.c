@@ -104,6 +104,8 @@ static pz_filter_op_t wake_filter(uintptr_t token, void *arg)
 static uintptr_t write_unlock_decide(pz_unpark_result_t r, void *arg)
 {
     struct wake_ctx *c = arg;
+    /* By the writer, under the bucket lock: WRITER is still ours. */
+    PZ__ASSERT(atomic_load_explicit(&c->rw->state, memory_order_relaxed) & WRITER);
     uintptr_t more = r.have_more ? PARKED : 0;
     if (r.unparked && (c->force_fair || r.be_fair)) {
         atomic_store_explicit(&c->rw->state, c->acc | more, memory_order_release);
