@@ -348,12 +348,14 @@ struct pz__runtime {
      *   every PZ__MAINTENANCE_INTERVAL decisions and when a worker has
      *   nothing local.
      * inject_len counts the tasks of both lists (so "is anything queued
-     * globally" stays one load), wake_len those of the wake list. */
+     * globally" stays one load), wake_len those of the wake list.  Every
+     * decision of every worker reads wake_len, so it has a line of its own,
+     * written only when the wake list changes (not by the overflow). */
     _Alignas(PZ__CACHELINE) pz__spin inject_lock;
     pz_task_t *inject_head, *inject_tail;
     pz_task_t *wake_head, *wake_tail;
     _Atomic size_t inject_len;
-    _Atomic size_t wake_len;
+    _Alignas(PZ__CACHELINE) _Atomic size_t wake_len;
 
     /* Idle workers.  nsleeping and nsearching are read without the lock to
      * decide cheaply whether a wake-up is needed. */
