@@ -11,8 +11,8 @@ bench/peers/bin/dbserver once per delay (0, 50, 1000 µs) on a free loopback
 port, runs each workload for plaza, tokio and Go with db_port= (2 s each;
 --quick: 1 s), N times interleaved likewise, and stops the servers.  Then the
 scheduling-under-overload workloads (ticker beside 100, 1000 and 10000
-runnable tasks; blocking_section beside 100 and 1000), for plaza, tokio and
-Go, N times interleaved (2 s each; --quick: 1 s).  It writes
+runnable tasks, 2 s each; blocking_section beside 100 and 1000, 5 s each;
+--quick: 1 and 2 s), for plaza, tokio and Go, N times interleaved.  It writes
 
     bench/results/<date>-<host>.csv   every measurement, with its run index
     bench/RESULTS.md                  medians, min-max, each peer's ratio to plaza
@@ -54,11 +54,13 @@ def logic_runs(seconds):
 
 
 def overload_runs(seconds):
-    """The scheduling-under-overload invocations: (systems' binaries, workload, args)."""
-    t = f"seconds={seconds}"
+    """The scheduling-under-overload invocations: (systems' binaries, workload, args).
+    A blocking section lasts 20 ms, so it runs 2.5 times longer than the ticker (2 s
+    give the ticker 1000 samples, a section's 4 holders about 100, whose p99 would be
+    their maximum)."""
     systems = ["plaza", "peer-tokio", "peer-go"]
-    runs = [(systems, "ticker", [f"tasks={n}", t]) for n in (100, 1000, 10000)]
-    runs += [(systems, "blocking_section", [f"clients={n}", t]) for n in (100, 1000)]
+    runs = [(systems, "ticker", [f"tasks={n}", f"seconds={seconds}"]) for n in (100, 1000, 10000)]
+    runs += [(systems, "blocking_section", [f"clients={n}", f"seconds={seconds * 5 // 2}"]) for n in (100, 1000)]
     return runs
 
 
@@ -74,7 +76,7 @@ def run_overload(binaries, runs, seconds):
                     continue
                 sys.stderr.write(f"bench: run {r}/{runs}: {name} {workload} {' '.join(args)} ... ")
                 sys.stderr.flush()
-                got, took = run_all(path, name, False, [workload] + args, timeout=seconds * 20 + 120)
+                got, took = run_all(path, name, False, [workload] + args, timeout=seconds * 50 + 120)
                 sys.stderr.write(f"{len(got)} figures in {took:.1f} s\n")
                 rows.extend([str(r)] + g for g in got)
     return rows
