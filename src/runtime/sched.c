@@ -558,12 +558,14 @@ void pz_yield(void)
     }
     if (++w->tick % PZ__MAINTENANCE_INTERVAL == 0)
         maintenance(w);
-    fire_own_timers(w);
-    /* Nothing else to run here or in the injection queue (either list):
-     * carry on. */
-    if (pz__runq_len(&w->runq) == 0 && !atomic_load_explicit(&w->lifo, memory_order_relaxed) &&
-        atomic_load_explicit(&w->rt->inject_len, memory_order_relaxed) == 0)
-        return;
+    /* Nothing else to run here or in the injection queue (either list),
+     * even once this worker's expired timers have fired: carry on.  (With
+     * something else to run, the switch's decision fires them.) */
+    if (pz__runq_len(&w->runq) == 0 && !atomic_load_explicit(&w->lifo, memory_order_relaxed)) {
+        fire_own_timers(w);
+        if (atomic_load_explicit(&w->rt->inject_len, memory_order_relaxed) == 0)
+            return;
+    }
     suspend_on(w, yield_after, w->current);
 }
 
