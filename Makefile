@@ -2,7 +2,8 @@
 #
 #   make demo      build and run the weather service demo and the examples
 #   make test      build and run the whole test suite: gcc, clang,
-#                  ASan+UBSan, TSan, and aarch64 under qemu-user
+#                  ASan+UBSan (with a 40 s fault-injection soak), TSan,
+#                  and aarch64 under qemu-user
 #   make bench     build and run the benchmarks beside the peers
 #   make install   install the library (PREFIX=/usr/local by default)
 #   make test-under-load  the gcc build's tests with one core kept busy
@@ -45,7 +46,7 @@ test-clang:
 	cd build-clang && $(CTEST)
 
 test-asan:
-	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPLAZA_SANITIZE=address -DPLAZA_TEST_SCALE=2 -DPLAZA_BENCH=OFF -DPLAZA_MODELS=OFF >/dev/null
+	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPLAZA_SANITIZE=address -DPLAZA_TEST_SCALE=2 -DPLAZA_BENCH=OFF -DPLAZA_MODELS=OFF -DPLAZA_FAULT_SOAK=ON >/dev/null
 	cmake --build build-asan -j$(JOBS)
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 $(CTEST)
 
@@ -74,8 +75,10 @@ soak:
 	cmake --build build-faults -j$(JOBS) --target test_faults_soak
 	PLAZA_SOAK_SECONDS=$(SOAK_SECONDS) ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 ./build-faults/tests/test_faults_soak
 
-bench: build
+# The bench packages first: libpq-dev decides whether the build has bench-pg.
+bench:
 	@scripts/install-deps.sh bench
+	$(MAKE) build
 	$(MAKE) -C bench/peers
 	/usr/bin/python3 bench/run.py $(if $(QUICK),--quick)
 

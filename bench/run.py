@@ -12,7 +12,13 @@ port, runs each workload for plaza, tokio and Go with db_port= (2 s each;
 --quick: 1 s), N times interleaved likewise, and stops the servers.  Then the
 scheduling-under-overload workloads (ticker beside 100, 1000 and 10000
 runnable tasks, 2 s each; blocking_section beside 100 and 1000, 5 s each;
---quick: 1 and 2 s), for plaza, tokio and Go, N times interleaved.  It writes
+--quick: 1 and 2 s), for plaza, tokio and Go, N times interleaved.  Then the
+PostgreSQL client against libpq's blocking loop (bench/pg/run.sh: a throw-away
+server, bench-pg's set; N times, 2 s per figure; --quick: once, 1 s), and the
+weather service beside its Rust and Go peers (bench/weather.sh: fixed rates and
+the search for the highest rate at a p99 target; --quick: two rates of 2 s, no
+search).  Each is skipped, with a line saying why, when its programs are not
+built (bench-pg needs libpq; the peers, make -C bench/peers).  It writes
 
     bench/results/<date>-<host>.csv   every measurement, with its run index
     bench/RESULTS.md                  medians, min-max, each peer's ratio to plaza
@@ -370,7 +376,7 @@ def overload_summary(data):
     return out
 
 
-def machine_section(data, stamp, runs, mach, vers, plots_dir, db_notes=()):
+def machine_section(data, stamp, runs, mach, vers, plots_dir, db_notes=(), extra=()):
     """This run's figures as one section of RESULTS.md, headed by the machine."""
     lines = []
     lines.append(f"## {mach}\n")
@@ -408,6 +414,7 @@ def machine_section(data, stamp, runs, mach, vers, plots_dir, db_notes=()):
     if db_notes:
         lines.append("\nThe database (bench/peers/bin/dbserver) measured the delays it gave:\n")
         lines += [f"- `{n}`" for n in db_notes]
+    lines += list(extra)
     if plots_dir:
         rel = os.path.relpath(plots_dir, HERE)
         lines.append("\nThe plots that carry the argument (every workload has one in `" + rel + "/`):\n")
@@ -602,6 +609,103 @@ def run_logic(binaries, runs, seconds, peers_bin):
     return rows, notes
 
 
+PG_SYSTEMS = ["libpq_blocking", "plaza"]
+
+
+def run_pg(build_dir, runs, seconds):
+    """bench/pg/run.sh `runs` times (each starts and stops its own server): rows
+    [run, system, workload, param, metric, value], and the CPU line it printed."""
+    script = os.path.join(HERE, "pg", "run.sh")
+    if not os.access(os.path.join(build_dir, "bench", "bench-pg"), os.X_OK):
+        sys.stderr.write(f"bench: {build_dir}/bench/bench-pg missing (libpq-dev); PostgreSQL client skipped\n")
+        return [], None
+    rows, head = [], None
+    for r in range(1, runs + 1):
+        sys.stderr.write(f"bench: run {r}/{runs}: bench/pg/run.sh {build_dir} {seconds} ... ")
+        sys.stderr.flush()
+        t0 = time.time()
+        p = subprocess.run([script, build_dir, str(seconds)], capture_output=True, text=True,
+                           timeout=40 * (seconds + 10) + 120)
+        got = 0
+        for line in p.stdout.splitlines():
+            if line.startswith("#"):
+                head = line.lstrip("# ")
+                continue
+            f = line.split(",")
+            if len(f) == 5:
+                rows.append([str(r)] + f)
+                got += 1
+        sys.stderr.write(f"{got} figures in {time.time() - t0:.1f} s\n")
+        if p.returncode != 0:
+            sys.stderr.write(f"bench: bench/pg/run.sh failed ({p.returncode}): {p.stderr.strip()[-500:]}\n")
+    return rows, head
+
+
+def pg_section(rows, head, runs):
+    """The PostgreSQL client's figures, median (min-max) of the runs: libpq's blocking
+    loop (one connection per thread) and plaza's client (connections per worker,
+    statements per round trip), and the lock's pairs against the bare SQL."""
+    if not rows:
+        return []
+    per = collections.defaultdict(list)
+    for r in rows:
+        per[(r[2], r[1], r[3], r[4])].append(float(r[5]))
+    out = ["\n## The PostgreSQL client (bench/pg)\n",
+           f"`bench/pg/run.sh`, {runs} run(s): {head or 'the server on the same machine'}. "
+           "qps and pairs_per_s: higher is better; cpu_us_per_query: the client's CPU time per query. "
+           "How to read them: docs/pg.md and bench/pg/RESULTS.md.\n",
+           "| workload | system | param | metric | median (min-max) |", "|---|---|---|---|---:|"]
+    for key in sorted(per, key=lambda k: (k[0], PG_SYSTEMS.index(k[1]) if k[1] in PG_SYSTEMS else 9, k[2], k[3])):
+        vals = per[key]
+        cell = fmt(statistics.median(vals))
+        if len(vals) > 1 and max(vals) > min(vals) * 1.1:
+            cell += f" ({fmt(min(vals))}–{fmt(max(vals))})"
+        out.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {cell} |")
+    return out
+
+
+def run_weather(build_dir, quick):
+    """bench/weather.sh with the systems that are built; its Markdown tables."""
+    plaza = os.path.join(build_dir, "apps", "weather", "plaza-weather")
+    if not os.access(plaza, os.X_OK):
+        sys.stderr.write(f"bench: {plaza} missing; the weather services skipped\n")
+        return []
+    env = dict(os.environ, PLAZA=plaza)
+    systems = ["plaza"]
+    for name in ["rust", "go"]:
+        p = os.path.join(HERE, "peers", "bin", "weather-" + name)
+        if os.access(p, os.X_OK):
+            systems.append(name)
+        else:
+            sys.stderr.write(f"bench: {p} missing (make -C bench/peers weather); weather peer skipped\n")
+    env["SYSTEMS"] = " ".join(systems)
+    if quick:
+        env.update(RATES="1000 4000", DURATION="2", SEARCH_MAX="0")
+    sys.stderr.write(f"bench: bench/weather.sh ({' '.join(systems)}{', quick' if quick else ''}) ...\n")
+    t0 = time.time()
+    p = subprocess.run([os.path.join(HERE, "weather.sh"), os.path.relpath(plaza, ROOT)], stdout=subprocess.PIPE,
+                       text=True, env=env,
+                       cwd=ROOT, timeout=3600)
+    sys.stderr.write(f"bench: bench/weather.sh took {time.time() - t0:.0f} s\n")
+    if p.returncode != 0:
+        sys.stderr.write(f"bench: bench/weather.sh failed ({p.returncode})\n")
+        return []
+    lines = p.stdout.splitlines()
+    out = ["\n## The weather service (bench/weather.sh)\n",
+           "plaza-weather beside the same service in Rust (tokio, hyper, parking_lot, rusqlite) and Go "
+           "(net/http, go-sqlite3), SQLite, 2 workers each, under `plaza-weather load` (open loop)"
+           + (" (quick: two rates of 2 s, no search)" if quick else "") + ".\n"]
+    for l in lines:
+        if l.startswith("# "):
+            out += [l[2:], ""]
+        elif l.startswith("## "):
+            out += ["", "##" + l]
+        else:
+            out.append(l)
+    # One blank line between blocks.
+    return [l for i, l in enumerate(out) if l.strip() or i == 0 or out[i - 1].strip()]
+
+
 def report_from_csv(path):
     """Rebuilds the plots and this CSV's machine section of RESULTS.md from a CSV that
     bench/run.py wrote (its first line names the machine)."""
@@ -611,9 +715,12 @@ def report_from_csv(path):
     stamp = os.path.basename(path).split("-")
     stamp = "-".join(stamp[:2])
     runs = max(int(r[0]) for r in rows)
+    # bench-pg's rows (workloads pg_*) have a table of their own.
+    pg_rows = [r for r in rows if r[2].startswith("pg_")]
+    rows = [r for r in rows if not r[2].startswith("pg_")]
     data = aggregate(rows)
     plots_dir = plot(data, os.path.splitext(path)[0], mach)
-    section = machine_section(data, stamp, runs, mach, versions(), plots_dir)
+    section = machine_section(data, stamp, runs, mach, versions(), plots_dir, extra=pg_section(pg_rows, None, runs))
     write_results(section, os.path.join(HERE, "RESULTS.md"), mach)
     sys.stderr.write(f"bench: rewrote bench/RESULTS.md from {path}\n")
 
@@ -652,15 +759,18 @@ def main():
     logic_rows, db_notes = run_logic(binaries, runs, 1 if a.quick else 2, peers_bin)
     rows += logic_rows
     rows += run_overload(binaries, runs, 1 if a.quick else 2)
+    build_dir = os.path.dirname(os.path.dirname(os.path.abspath(a.plaza)))
+    pg_rows, pg_head = run_pg(build_dir, runs, 1 if a.quick else 2)
+    extra = pg_section(pg_rows, pg_head, runs) + run_weather(build_dir, a.quick)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     csv_path = os.path.join(HERE, "results", f"{stamp}-{host}.csv")
     with open(csv_path, "w") as f:
         f.write(f"# {mach}\nrun,system,workload,param,metric,value\n")
-        for row in rows:
+        for row in rows + pg_rows:
             f.write(",".join(row) + "\n")
     data = aggregate(rows)
     plots_dir = plot(data, os.path.join(HERE, "results", f"{stamp}-{host}"), mach)
-    section = machine_section(data, stamp, runs, mach, versions(), plots_dir, db_notes)
+    section = machine_section(data, stamp, runs, mach, versions(), plots_dir, db_notes, extra)
     write_results(section, os.path.join(HERE, "RESULTS.md"), mach)
     sys.stderr.write(f"bench: wrote {csv_path} and bench/RESULTS.md\n")
 

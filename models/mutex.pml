@@ -30,11 +30,15 @@
  *   SPINS        spin rounds before parking (default 1).
  *   STALE        the slow path's relaxed load may read a free lock word as
  *                held.
- *   REVALIDATE   a proposed validate that sets PARKED (and STARVING) again
- *                instead of failing when an emptied queue cleared it.
+ *   PROPOSAL     a proposed progress fix (mutex.md, "Progress"): a
+ *                starving waiter's validate sets PARKED | STARVING again and
+ *                takes a free lock word itself instead of being refused; a
+ *                waiter that is not starving parks for at most STARVE_NS;
+ *                a waiter served quickly no longer clears STARVING.
  *   PROGRESS     tasks 1 and 2 lock and unlock forever (no deadline), task
  *                3 locks once without deadline; checked with -a -f against
- *                the never claim of ltl p3_gets_lock (it fails: mutex.md).
+ *                the never claim of ltl p3_gets_lock (it fails, also with
+ *                PROPOSAL: mutex.md).
  */
 
 #ifndef GIVEUP_FIX
@@ -80,6 +84,8 @@
 #define R_OK 0
 #define R_TIMEDOUT 1
 #define R_AGAIN 2
+#define R_TOOK 3   /* starving_validate took the free lock */
+#define R_POLL 4   /* the STARVE_NS timer: look again */
 
 byte state;      /* m->state, as the other cores see it */
 byte waiters;    /* m->waiters */
@@ -91,6 +97,24 @@ byte sb_who;
 byte blk;        /* bucket lock: 0 or the holder's id */
 byte q[3];       /* queue of ids, FIFO */
 byte qn;
+/* The bucket lock is a test-and-set spin lock held for a few instructions.
+ * Safety checks model it as such (blk == 0 -> blk = me).  The progress
+ * check assumes what the hardware gives such a lock in practice, that
+ * every contender gets it eventually: FAIR_BUCKET (set by PROGRESS) makes
+ * it a ticket lock, so that weak fairness lets a waiting task in. */
+#if defined(PROGRESS) && !defined(UNFAIR_BUCKET)
+#define FAIR_BUCKET
+#endif
+#ifdef FAIR_BUCKET
+byte tnext, tserve;   /* tickets, modulo 4 (at most 3 outstanding) */
+#define BUCKET_TICKET atomic { flush_mine(); myt = tnext; tnext = (tnext + 1) % 4 };
+#define BUCKET_ACQ tserve == myt -> blk = me; myt = 0
+#define BUCKET_REL blk = 0; tserve = (tserve + 1) % 4
+#else
+#define BUCKET_TICKET
+#define BUCKET_ACQ blk == 0 -> blk = me
+#define BUCKET_REL blk = 0
+#endif
 /* park word of each task (index id): 0 running, 1 parked, 3 claimed by
  * the timer or a cancel, 4 claimed by an unparker (not yet runnable),
  * 2 woken by the unparker (token in tok) */
@@ -128,7 +152,8 @@ inline heavy_fence() {
 
 /* Takes the bucket lock (a locked instruction: drains our store buffer). */
 inline lock_bucket() {
-    atomic { flush_mine(); blk == 0 -> blk = me }
+    BUCKET_TICKET
+    atomic { flush_mine(); BUCKET_ACQ }
 }
 
 /* waiters_after(f, r, handoff), mutex.c */
@@ -145,9 +170,10 @@ inline unpark_one(released) {
     /* lock the bucket; the first waiter whose claim wins (a timed-out
      * one loses) is unlinked; have_more counts every node left, timed-out
      * ones still in the queue included (has_waiter) */
+    BUCKET_TICKET
     atomic {
         flush_mine();
-        blk == 0 -> blk = me;
+        BUCKET_ACQ;
         chosen = 0; i = 0;
         do
         :: i < qn && pw[q[i]] == 1 -> chosen = q[i]; pw[chosen] = 4; break
@@ -186,8 +212,23 @@ inline unpark_one(released) {
         fi
     :: else ->
         /* released_decide */
+#ifdef PROPOSAL
+        /* with STARVING, hand over if the word is still free: the CAS of
+         * the lock word from 0 to LOCKED, then the waiter word */
+        atomic {
+            flush_mine();
+            f = waiters;
+            if
+            :: unparked && (f & STARVING) && state == 0 -> state = LOCKED; handoff = 1
+            :: else -> handoff = 0
+            fi;
+            after(f, unparked, have_more, handoff)
+        }
+        t = (handoff -> TOKEN_HANDOFF : TOKEN_NORMAL)
+#else
         atomic { f = waiters; after(f, unparked, have_more, 0) }
         t = TOKEN_NORMAL
+#endif
     fi;
     /* grant the token, release the bucket lock */
     atomic {
@@ -195,7 +236,7 @@ inline unpark_one(released) {
         :: chosen != 0 -> tok[chosen] = t
         :: else -> skip
         fi;
-        blk = 0
+        BUCKET_REL
     }
     /* wake the chosen one, after the bucket lock is released */
     atomic {
@@ -226,30 +267,38 @@ inline take() {
     }
 }
 
-/* pz_park(m, still_locked_and_parked, NULL, mutex_timed_out, ...) */
+/* pz_park(m, validate, NULL, mutex_timed_out, ...) */
 inline park() {
-#ifdef REVALIDATE
-    /* A proposed validate: under the bucket lock, set PARKED (and
-     * STARVING for a starving waiter) again if an emptied queue cleared
-     * it, by a seq_cst read-modify-write, then load the lock word. */
+#ifdef PROPOSAL
+    if
+    :: pstarv ->
+        /* starving_validate: under the bucket lock, set PARKED | STARVING
+         * again (an emptied queue may have cleared them since the
+         * announce) by a seq_cst read-modify-write, then load the lock
+         * word: held, queue; free, take it (the CAS; the waiter word is
+         * not 0, so the holder word stays 0) and do not park. */
+        BUCKET_TICKET
+        atomic {
+            flush_mine();
+            BUCKET_ACQ;
+            waiters = waiters | PARKED | STARVING
+        }
+        atomic {
+            if
+            :: state == 0 -> state = LOCKED | (me << 1); r = R_TOOK; BUCKET_REL
+            :: else -> r = R_OK; q[qn] = me; qn++; pw[me] = 1; BUCKET_REL
+            fi
+        }
+    :: else ->
+#endif
+    /* still_locked_and_parked: lock the bucket; validate's first load, of
+     * the lock word */
+    BUCKET_TICKET
     atomic {
         flush_mine();
-        blk == 0 -> blk = me;
-        waiters = waiters | PARKED | (pstarv -> STARVING : 0)
-    }
-    atomic {
+        BUCKET_ACQ;
         if
-        :: (state & LOCKED) == 0 -> r = R_AGAIN; blk = 0
-        :: else -> r = R_OK; q[qn] = me; qn++; pw[me] = 1; blk = 0
-        fi
-    }
-#else
-    /* lock the bucket; validate's first load, of the lock word */
-    atomic {
-        flush_mine();
-        blk == 0 -> blk = me;
-        if
-        :: (state & LOCKED) == 0 -> r = R_AGAIN; blk = 0
+        :: (state & LOCKED) == 0 -> r = R_AGAIN; BUCKET_REL
         :: else -> r = R_OK
         fi
     }
@@ -259,11 +308,13 @@ inline park() {
          * bucket lock is released once the task is parked */
         atomic {
             if
-            :: (waiters & PARKED) == 0 -> r = R_AGAIN; blk = 0
-            :: else -> q[qn] = me; qn++; pw[me] = 1; blk = 0
+            :: (waiters & PARKED) == 0 -> r = R_AGAIN; BUCKET_REL
+            :: else -> q[qn] = me; qn++; pw[me] = 1; BUCKET_REL
             fi
         }
     :: else -> skip
+    fi;
+#ifdef PROPOSAL
     fi;
 #endif
     if
@@ -277,15 +328,22 @@ inline park() {
             if
             :: pw[me] == 2 -> pw[me] = 0; fire = 0
             :: fire && pw[me] == 1 -> pw[me] = 3; fire = 0     /* deadline or cancel */
+#ifdef PROPOSAL
+            /* a waiter that is not starving parks until STARVE_NS after
+             * its first park at most: once it has waited that long
+             * (old[me]) the timer fires */
+            :: !pstarv && old[me] && pw[me] == 1 -> pw[me] = 3; fire = 0; poll = 1
+#endif
             fi
         }
         if
         :: pw[me] == 3 ->
             /* leave the queue under the bucket lock; timed_out(was_last)
              * clears PARKED and STARVING if nobody is left */
+            BUCKET_TICKET
             atomic {
                 flush_mine();
-                blk == 0 -> blk = me;
+                BUCKET_ACQ;
                 i = 0;
                 do
                 :: q[i] == me -> break
@@ -302,9 +360,9 @@ inline park() {
                 :: qn == 0 -> waiters = waiters & ~(PARKED | STARVING)
                 :: else -> skip
                 fi;
-                blk = 0
+                BUCKET_REL
             }
-            atomic { pw[me] = 0; r = R_TIMEDOUT }
+            atomic { pw[me] = 0; r = (poll -> R_POLL : R_TIMEDOUT); poll = 0 }
         :: else -> skip
         fi
     :: else -> skip
@@ -384,24 +442,27 @@ inline lock_slow() {
                :: else -> skip
                fi;
 #endif
-#ifdef REVALIDATE
+#ifdef PROPOSAL
                atomic { woken = 0; first = 1; pstarv = starving; starving = 0; cas = 0 }
-               park();
-               pstarv = 0;
 #else
                atomic { woken = 0; first = 1; starving = 0; cas = 0 }
-               park();
 #endif
+               park();
+               pstarv = 0;
                if
                :: r == R_OK && tok[me] == TOKEN_HANDOFF ->
                    tok[me] = 0;
                    assert(state == LOCKED);
                    state = LOCKED | (me << 1);
+#ifndef PROPOSAL
                    if
                    :: !old[me] -> atomic { flush_mine(); waiters = waiters & ~STARVING }  /* served quickly */
                    :: skip
                    fi;
+#endif
                    ok = 1; break
+               :: r == R_TOOK -> ok = 1; break
+               :: r == R_POLL -> skip
                :: r == R_OK && tok[me] != TOKEN_HANDOFF -> woken = 1
                :: r == R_TIMEDOUT -> ok = 0; break
                :: r == R_AGAIN && dl ->
@@ -451,7 +512,25 @@ inline unlock() {
             atomic { flush_mine(); state = 0 }
             f = waiters;
             if
+#ifdef PROPOSAL
+            :: (f & STARVING) ->
+                /* a waiter turned starving after our first load: take
+                 * the word back if it is still free and hand it over */
+                atomic {
+                    flush_mine();
+                    if
+                    :: state == 0 -> state = LOCKED; tb = 1
+                    :: else -> tb = 0
+                    fi
+                }
+                if
+                :: tb -> tb = 0; unpark_one(0)
+                :: else -> skip
+                fi
+            :: (f & STARVING) == 0 && (f & (PARKED | WOKEN)) == PARKED -> unpark_one(1)
+#else
             :: (f & (PARKED | WOKEN)) == PARKED -> unpark_one(1)
+#endif
             :: else -> skip
             fi
         fi
@@ -460,8 +539,8 @@ inline unlock() {
 
 proctype task(byte me; byte rounds; bit dl)
 {
-    byte s, f, h, spins, i, chosen, t, r;
-    bit pstarv, fire, woken, first, starving, cas, took, ok, unparked, have_more, fair, handoff;
+    byte s, f, h, spins, i, chosen, t, r, myt;
+    bit tb, pstarv, poll, fire, woken, first, starving, cas, took, ok, unparked, have_more, fair, handoff;
     byte n = 0;
     do
     :: rounds == 0 || n < rounds ->

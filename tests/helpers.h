@@ -140,4 +140,12 @@ void *budget_main(void *arg);
         CHECK_EQ(pz_async_rwlock_readers(l), 0);                                        \
     } while (0)
 
+/* A call site as plaza's reports print it: "fn (file.c:" where the library
+ * was built with libdw; otherwise an address ("0x..."). */
+#ifdef PLAZA_TEST_HAVE_DW
+#define SITE(fn, file) fn " (" file ":"
+#else
+#define SITE(fn, file) "0x"
+#endif
+
 #endif

@@ -2,7 +2,11 @@
 # Installs plaza to a private prefix with a multiarch libdir and builds the
 # README's first program against it three ways: pkg-config (shared, with
 # an rpath), pkg-config plaza-static, and CMake's find_package (plaza::plaza
-# and plaza::plaza_shared).  Each program must run and print 9900.
+# and plaza::plaza_shared).  Each program must run and print 9900.  Where
+# the PostgreSQL component was built, a program on <plaza/pg.h> the same
+# three ways (plaza_pg, plaza_pg-static, plaza::plaza_pg and
+# plaza::plaza_pg_shared): it must run and be refused by a port nobody
+# listens on, with -ECONNREFUSED.
 #
 #   tests/install_test.sh SOURCE_DIR [C_COMPILER]
 set -eu
@@ -81,8 +85,83 @@ CM
   check "$d/b/app"
   if [ "$target" = plaza::plaza_shared ]; then
     ldd "$d/b/app" | grep -q "libplaza.so"
-  else
-    ! ldd "$d/b/app" | grep -q "libplaza.so"
+  elif ldd "$d/b/app" | grep -q "libplaza.so"; then
+    # (a bare "! cmd" never stops a set -e script)
+    echo "install_test: $target linked libplaza.so dynamically" >&2
+    exit 1
   fi
 done
 echo "install_test: shared, static and find_package builds of the README program run"
+
+# The PostgreSQL component, where it was built.
+if [ ! -f "$prefix/$libdir/pkgconfig/plaza_pg.pc" ]; then
+  if pkg-config --exists libpq; then
+    echo "install_test: libpq is here but plaza_pg.pc was not installed" >&2
+    exit 1
+  fi
+  echo "install_test: no PostgreSQL component (no libpq): its part skipped"
+  exit 0
+fi
+test -f "$prefix/$libdir/pkgconfig/plaza_pg-static.pc"
+test -f "$prefix/include/plaza/pg.h"
+cat > "$work/pgapp.c" <<'C'
+#include <errno.h>
+#include <plaza.h>
+#include <plaza/pg.h>
+#include <stdio.h>
+
+static void *app(void *arg)
+{
+    (void)arg;
+    pz_pg_conn_t *c = NULL;
+    /* Port 1 on the loopback: nobody listens there. */
+    int r = pz_pg_connect("host=127.0.0.1 port=1 dbname=x connect_timeout=5", pz_now() + 10000000000LL, &c);
+    printf("%s\n", r == -ECONNREFUSED && c == NULL ? "refused" : pz_strerror(r));
+    return NULL;
+}
+
+int main(void)
+{
+    return pz_run(NULL, app, NULL, NULL) == 0 ? 0 : 1;
+}
+C
+check_pg() {
+  out=$("$@")
+  if [ "$out" != refused ]; then
+    echo "install_test: $* printed '$out', not refused" >&2
+    exit 1
+  fi
+}
+$cc "$work/pgapp.c" -o "$work/pg-shared" $(pkg-config --cflags --libs plaza_pg) \
+  -Wl,-rpath,"$(pkg-config --variable=libdir plaza_pg)"
+check_pg "$work/pg-shared"
+ldd "$work/pg-shared" | grep "libplaza_pg.so" | grep -q "$work/prefix"
+$cc "$work/pgapp.c" -o "$work/pg-static" $(pkg-config --cflags --libs --static plaza_pg-static)
+check_pg "$work/pg-static"
+if ldd "$work/pg-static" | grep -q libplaza; then
+  echo "install_test: the static pg build links a shared libplaza" >&2
+  exit 1
+fi
+for target in plaza::plaza_pg plaza::plaza_pg_shared; do
+  d=$work/cm-$(echo "$target" | tr ':' '_')
+  mkdir -p "$d"
+  cp "$work/pgapp.c" "$d/app.c"
+  cat > "$d/CMakeLists.txt" <<CM
+cmake_minimum_required(VERSION 3.16)
+project(app C)
+find_package(plaza REQUIRED)
+add_executable(app app.c)
+target_link_libraries(app PRIVATE $target)
+CM
+  cmake -S "$d" -B "$d/b" -DCMAKE_C_COMPILER="$cc" -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
+  cmake --build "$d/b" >/dev/null
+  check_pg "$d/b/app"
+  # (A `! pipeline` never stops a `set -e` script: hence the if.)
+  if [ "$target" = plaza::plaza_pg_shared ]; then
+    ldd "$d/b/app" | grep -q "libplaza_pg.so"
+  elif ldd "$d/b/app" | grep -q "libplaza"; then
+    echo "install_test: $target links a shared libplaza" >&2
+    exit 1
+  fi
+done
+echo "install_test: shared, static and find_package builds of a PostgreSQL program run"

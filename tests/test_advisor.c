@@ -82,6 +82,8 @@ static int dial(void)
     char hp[64];
     snprintf(hp, sizeof hp, "127.0.0.1:%d", server_port);
     int fd = pz_tcp_dial(hp, pz_now() + 10 * SEC);
+    if (fd < 0)
+        fprintf(stderr, "dial %s: %s\n", hp, pz_strerror(fd));
     CHECK(fd >= 0);
     return fd;
 }

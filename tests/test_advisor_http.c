@@ -146,6 +146,8 @@ static json_t *fetch_json(int port)
     char hp[64];
     snprintf(hp, sizeof hp, "127.0.0.1:%d", port);
     int fd = pz_tcp_dial(hp, pz_now() + 10 * SEC);
+    if (fd < 0)
+        fprintf(stderr, "dial %s: %s\n", hp, pz_strerror(fd));
     CHECK(fd >= 0);
     const char req[] = "GET /advisor.json HTTP/1.1\r\nHost: x\r\n\r\n";
     CHECK(pz_write_all(fd, req, sizeof req - 1, pz_now() + 10 * SEC) == (ssize_t)(sizeof req - 1));

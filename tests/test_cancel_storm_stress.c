@@ -34,7 +34,7 @@ static bool count_in(void *ctx)
 
 static void *waiter(void *arg)
 {
-    int r = pz_park(&the_lock, count_in, NULL, NULL, NULL, 0, PZ_FOREVER, 0, NULL);
+    int r = pz_park(&the_lock, PZ_FOREVER, &(pz_park_opts_t){.validate = count_in}, NULL);
     return r == -ECANCELED ? arg : NULL;
 }
 

@@ -201,7 +201,7 @@ static void *mix_main(void *arg)
     CHECK(sink_has("held by task"));
     /* The pz_mutex held by the thread is named with its call site. */
     CHECK(sink_has("it holds pz_mutex"));
-    CHECK(sink_has("mix_thread (test_deadlock.c:"));
+    CHECK(sink_has(SITE("mix_thread", "test_deadlock.c")));
     CHECK_EQ(pz_join(t, NULL), 0);
     pthread_join(th, NULL);
     CHECK_EQ(sink_count("deadlock:"), 1);

@@ -1,13 +1,18 @@
-/* Fault-injection soak (built only with -DPLAZA_FAULTS=ON): runtimes one
- * after another, each with tasks doing random sync-mutex sections,
- * semaphore holds, blocking-pool calls, socket echoes and sleeps, with
- * random deadlines and a chaos task cancelling them, while plaza's
+/* Fault-injection soak (built with -DPLAZA_FAULTS=ON, or against the
+ * fault-injecting copy of the library with -DPLAZA_FAULT_SOAK=ON): runtimes
+ * one after another, each with tasks doing random sync-mutex sections,
+ * semaphore holds, async mutex and rwlock sections suspended inside,
+ * channel sends and receives, notify waits and notifies, blocking-pool
+ * calls, socket echoes and sleeps, with random deadlines and a chaos task
+ * cancelling them, while plaza's
  * platform wrappers fail stack mappings, allocations, thread creation,
  * poller registrations, eventfd/epoll creation and accepts at random and
  * cut reads and writes short (src/arch/fault.h).
  *
- * Invariants: no two tasks inside the mutex; the semaphore's permits are
- * all back at the end; every task that ran ended once and was joined once
+ * Invariants: no two tasks inside a mutex, no writer beside anyone in the
+ * rwlock; the semaphore's permits are all back and the locks free at the
+ * end; channel items conserved in number and sum; no notify wait returns 0
+ * without a notify to answer it; every task that ran ended once and was joined once
  * with its own result, and a task that could not start (no stack) joins
  * with -ENOMEM and never ran; echoed bytes come back intact; every error
  * is one the call documents.  ASan's leak check runs at exit.
@@ -26,12 +31,23 @@
 
 #include "arch/fault.h"
 
-enum { TASKS = 64, OPS = 24, PERMITS = 3 };
+enum { TASKS = 64, OPS = 24, PERMITS = 3, CHAN_CAP = 4 };
 
 struct round {
     pz_mutex_t m;
     bool inside;
     long sections;
+    /* the async primitives: a mutex and a rwlock held across a yield, a
+     * channel whose items are counted and summed, a notify */
+    pz_async_mutex_t am;
+    _Atomic int am_inside;
+    pz_async_rwlock_t arw;
+    _Atomic int arw_readers, arw_writers;
+    pz_chan_t ch;
+    _Alignas(8) unsigned char ch_buf[PZ_CHAN_BUFFER_SIZE(sizeof(long), CHAN_CAP)];
+    _Atomic long sent, received, sent_sum, received_sum;
+    pz_notify_t nt;
+    _Atomic long notifies, notified;
     pz_semaphore_t sem;
     _Atomic long holding;
     _Atomic int ran[TASKS];
@@ -41,7 +57,10 @@ struct round {
 
 static bool allowed_io_error(long r)
 {
-    return r == -ETIMEDOUT || r == -ECANCELED || r == -ENOMEM || r == -EMFILE || r == -EAGAIN;
+    if (r == -ETIMEDOUT || r == -ECANCELED || r == -ENOMEM || r == -EMFILE || r == -EAGAIN)
+        return true;
+    fprintf(stderr, "soak: unexpected I/O error %ld (%s)\n", r, pz_strerror((int)r));
+    return false;
 }
 
 static void *square(void *arg)
@@ -86,6 +105,17 @@ static void echo_once(struct round *r, uint64_t *seed)
     pz_close(sv[1]);
 }
 
+/* Closes a connected socket with a reset, so that it leaves no TIME_WAIT
+ * behind: thousands of connections a second would otherwise use up the
+ * machine's ephemeral ports for a minute, for this soak and for every
+ * test that runs after it. */
+static void close_without_time_wait(int fd)
+{
+    struct linger l = {.l_onoff = 1, .l_linger = 0};
+    (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    pz_close(fd);
+}
+
 /* A connection through a loopback listener: accept may fail with -EMFILE
  * (injected, as at the process's limit) and is tried again, since the
  * connection waits in the backlog. */
@@ -120,15 +150,17 @@ static void accept_once(struct round *r)
                 CHECK_EQ(y, 'a');
             else
                 CHECK(allowed_io_error(k));
-            pz_close(s);
+            close_without_time_wait(s);
         } else {
             CHECK(allowed_io_error(s));
             atomic_fetch_add(&r->io_errors, 1);
         }
-    } else {
+    } else if (e != -EADDRNOTAVAIL) {
+        /* -EADDRNOTAVAIL: no ephemeral port left on the machine (other
+         * programs' connections in TIME_WAIT): not plaza's business. */
         CHECK(allowed_io_error(e));
     }
-    pz_close(c);
+    close_without_time_wait(c);
     pz_close(lfd);
 }
 
@@ -145,7 +177,7 @@ static void *soak_task(void *arg)
     uint64_t seed = r->seed ^ ((uint64_t)a->index * 0x9E3779B97F4A7C15ull) ^ 1;
     for (int op = 0; op < OPS; op++) {
         int64_t deadline = pz_now() + (int64_t)(test_rand(&seed) % 3000000);
-        switch (test_rand(&seed) % 6) {
+        switch (test_rand(&seed) % 10) {
         case 0:
             if (pz_mutex_lock_until(&r->m, deadline) == 0) {
                 CHECK(!r->inside);
@@ -185,6 +217,75 @@ static void *soak_task(void *arg)
         case 4:
             accept_once(r);
             break;
+        case 5: {
+            int e = pz_async_mutex_lock_until(&r->am, deadline);
+            if (e == 0) {
+                CHECK_EQ(atomic_fetch_add(&r->am_inside, 1), 0);
+                pz_yield(); /* suspended inside: others queue, time out, are cancelled */
+                atomic_fetch_sub(&r->am_inside, 1);
+                CHECK_EQ(pz_async_mutex_unlock(&r->am), 0);
+            } else {
+                CHECK(e == -ETIMEDOUT || e == -ECANCELED);
+            }
+            break;
+        }
+        case 6: {
+            bool write = test_rand(&seed) % 4 == 0;
+            int e = write ? pz_async_rwlock_write_until(&r->arw, deadline)
+                          : pz_async_rwlock_read_until(&r->arw, deadline);
+            if (e == 0 && write) {
+                CHECK_EQ(atomic_fetch_add(&r->arw_writers, 1), 0);
+                CHECK_EQ(atomic_load(&r->arw_readers), 0);
+                pz_yield();
+                atomic_fetch_sub(&r->arw_writers, 1);
+                CHECK_EQ(pz_async_rwlock_write_unlock(&r->arw), 0);
+            } else if (e == 0) {
+                atomic_fetch_add(&r->arw_readers, 1);
+                CHECK_EQ(atomic_load(&r->arw_writers), 0);
+                pz_yield();
+                atomic_fetch_sub(&r->arw_readers, 1);
+                CHECK_EQ(pz_async_rwlock_read_unlock(&r->arw), 0);
+            } else {
+                CHECK(e == -ETIMEDOUT || e == -ECANCELED);
+            }
+            break;
+        }
+        case 7: {
+            long v = (long)(test_rand(&seed) % 1000) + 1;
+            if (test_rand(&seed) % 2) {
+                int e = pz_chan_send_until(&r->ch, &v, deadline);
+                if (e == 0) {
+                    atomic_fetch_add(&r->sent, 1);
+                    atomic_fetch_add(&r->sent_sum, v);
+                } else {
+                    CHECK(e == -ETIMEDOUT || e == -ECANCELED);
+                }
+            } else {
+                long got = 0;
+                int e = pz_chan_recv_until(&r->ch, &got, deadline);
+                if (e == 0) {
+                    CHECK(got >= 1 && got <= 1000);
+                    atomic_fetch_add(&r->received, 1);
+                    atomic_fetch_add(&r->received_sum, got);
+                } else {
+                    CHECK(e == -ETIMEDOUT || e == -ECANCELED);
+                }
+            }
+            break;
+        }
+        case 8: {
+            if (test_rand(&seed) % 2) {
+                atomic_fetch_add(&r->notifies, 1);
+                pz_notify_one(&r->nt);
+            } else {
+                int e = pz_notify_wait_until(&r->nt, deadline);
+                if (e == 0)
+                    atomic_fetch_add(&r->notified, 1);
+                else
+                    CHECK(e == -ETIMEDOUT || e == -ECANCELED);
+            }
+            break;
+        }
         default: {
             int e = pz_sleep((int64_t)(test_rand(&seed) % 500000));
             CHECK(e == 0 || e == -ECANCELED);
@@ -228,6 +329,21 @@ static void *round_main(void *arg)
     CHECK_EQ(atomic_load(&r->holding), 0);
     CHECK_EQ(pz_semaphore_available(&r->sem), PERMITS);
     CHECK(!pz_mutex_is_locked(&r->m));
+    CHECK(!pz_async_mutex_is_locked(&r->am));
+    CHECK_EQ(pz_async_rwlock_readers(&r->arw), 0);
+    CHECK(pz_async_rwlock_try_write(&r->arw));
+    CHECK_EQ(pz_async_rwlock_write_unlock(&r->arw), 0);
+    /* Items conserved: what was sent is what was received plus what is
+     * left in the buffer, in number and in sum. */
+    long left = 0, left_sum = 0, v;
+    while (pz_chan_try_recv(&r->ch, &v) == 0) {
+        left++;
+        left_sum += v;
+    }
+    CHECK_EQ(atomic_load(&r->sent), atomic_load(&r->received) + left);
+    CHECK_EQ(atomic_load(&r->sent_sum), atomic_load(&r->received_sum) + left_sum);
+    /* No wait returned 0 without a notify_one to answer it. */
+    CHECK(atomic_load(&r->notified) <= atomic_load(&r->notifies));
     return (void *)(uintptr_t)0x5eed;
 }
 
@@ -237,11 +353,12 @@ static void test_faults_soak(void **state)
     const char *s = getenv("PLAZA_SOAK_SECONDS");
     double seconds = s ? atof(s) : 45;
     int64_t end = pz_now() + (int64_t)(seconds * 1e9);
-    long rounds = 0, refused_runs = 0, echoes = 0, io_errors = 0;
+    long rounds = 0, refused_runs = 0, echoes = 0, io_errors = 0, items = 0, notified = 0;
     static struct round r;
     while (pz_now() < end) {
         memset(&r, 0, sizeof r);
         pz_semaphore_init(&r.sem, PERMITS);
+        CHECK_EQ(pz_chan_init(&r.ch, sizeof(long), CHAN_CAP, r.ch_buf, sizeof r.ch_buf), 0);
         r.seed = 0x1234567ull + (uint64_t)rounds * 7919;
         void *res = NULL;
         pz_config_t cfg = {.workers = 2};
@@ -257,16 +374,20 @@ static void test_faults_soak(void **state)
         rounds++;
         echoes += atomic_load(&r.echoes);
         io_errors += atomic_load(&r.io_errors);
+        items += atomic_load(&r.received);
+        notified += atomic_load(&r.notified);
     }
     fprintf(stderr,
-            "soak: %ld rounds of %d tasks (%ld runtimes refused), %ld echoes, %ld I/O errors; faults injected: "
+            "soak: %ld rounds of %d tasks (%ld runtimes refused), %ld echoes, %ld I/O errors, %ld channel items "
+            "received, %ld notify waits answered; faults injected: "
             "mmap %ld, alloc %ld, thread %ld, poller %ld, eventfd %ld, accept %ld, short I/O %ld\n",
-            rounds, TASKS, refused_runs, echoes, io_errors, pz__faults_injected(PZ__FAULT_MMAP),
+            rounds, TASKS, refused_runs, echoes, io_errors, items, notified, pz__faults_injected(PZ__FAULT_MMAP),
             pz__faults_injected(PZ__FAULT_MALLOC), pz__faults_injected(PZ__FAULT_THREAD),
             pz__faults_injected(PZ__FAULT_POLLER), pz__faults_injected(PZ__FAULT_EVENTFD),
             pz__faults_injected(PZ__FAULT_ACCEPT), pz__faults_injected(PZ__FAULT_IO));
     CHECK(rounds > 0);
     CHECK(echoes > 0);
+    CHECK(items > 0);
     /* The run exercised the failure paths it is for. */
     CHECK(pz__faults_injected(PZ__FAULT_MMAP) + pz__faults_injected(PZ__FAULT_THREAD) > 0);
     CHECK(pz__faults_injected(PZ__FAULT_IO) > 0);

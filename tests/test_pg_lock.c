@@ -551,6 +551,86 @@ static void test_timeout_cancel_storm(void **state)
     run_in_runtime(2, storm_main, NULL);
 }
 
+/* ------------------------------------------------------------ lease and keys */
+
+#define LEASE_KEY 5005
+
+/* A holder that stops using its session past the lease loses the lock:
+ * the server ends the session, the watchdog hears it, another object gets
+ * the lock with a later token and the stale token is refused.  An idle
+ * object whose session the lease ended reconnects on its next lock.  One
+ * object serves several keys in turn (set_key), never while held. */
+static void *lease_main(void *arg)
+{
+    (void)arg;
+    const int64_t lease_ms = 300;
+    pz_pg_lock_t *a, *b;
+    CHECK_EQ(pz_pg_lock_open_with(url, LEASE_KEY, &(pz_pg_lock_opts_t){.lease_ns = 500}, in_ms(10000), &a),
+             -EINVAL);
+    CHECK_EQ(pz_pg_lock_open_with(url, LEASE_KEY, &(pz_pg_lock_opts_t){.lease_ns = -1}, in_ms(10000), &a), -EINVAL);
+    pz_pg_lock_opts_t o = {.lease_ns = lease_ms * MS};
+    CHECK_EQ(pz_pg_lock_open_with(url, LEASE_KEY, &o, in_ms(10000), &a), 0);
+    CHECK_EQ(pz_pg_lock_open_with(url, LEASE_KEY, NULL, in_ms(10000), &b), 0);
+    pz_pg_conn_t *store;
+    CHECK_EQ(pz_pg_connect(url, in_ms(10000), &store), 0);
+
+    uint64_t ta = 0, tb = 0;
+    CHECK_EQ(pz_pg_lock_lock_until(a, in_ms(10000), &ta), 0);
+    CHECK_EQ(pz_pg_lock_set_key(a, LEASE_KEY + 1), -EBUSY);
+    int64_t granted = pz_now();
+    /* The holder goes quiet: the lease runs out on the server. */
+    struct watchdog w = {a, 0, 0};
+    pz_task_t *wt = pz_spawn(watchdog_task, &w);
+    CHECK_EQ(pz_join(wt, NULL), 0);
+    CHECK_EQ(w.result, -ENOLCK);
+    fprintf(stderr, "the lease of %lld ms ended the holder's session %.1f ms after the grant\n", (long long)lease_ms,
+            (w.at - granted) / 1e6);
+    CHECK(w.at - granted >= lease_ms * MS * 9 / 10);
+    CHECK_EQ(pz_pg_lock_lock_until(b, in_ms(10000), &tb), 0);
+    CHECK(tb > ta);
+    CHECK_EQ(pz_pg_fence_admit(store, LEASE_KEY, tb, in_ms(10000)), 0);
+    CHECK_EQ(pz_pg_fence_admit(store, LEASE_KEY, ta, in_ms(10000)), -ESTALE);
+    CHECK_EQ(pz_pg_lock_unlock(a), -ENOLCK);
+    CHECK_EQ(pz_pg_lock_unlock(b), 0);
+
+    /* Idle past the lease: the session is gone, the next lock makes a new
+     * one (with the lease again). */
+    CHECK_EQ(pz_pg_lock_lock_until(a, in_ms(10000), &ta), 0);
+    CHECK(ta > tb);
+    int pid = pz_pg_lock_backend_pid(a);
+    CHECK_EQ(pz_pg_lock_unlock(a), 0);
+    pz_sleep(2 * lease_ms * MS);
+    CHECK_EQ(pz_pg_lock_lock_until(a, in_ms(10000), &ta), 0);
+    CHECK(pz_pg_lock_backend_pid(a) != pid);
+    CHECK_EQ(pz_pg_lock_check(a, in_ms(10000)), 0);
+    CHECK_EQ(pz_pg_lock_unlock(a), 0);
+
+    /* Keys in turn on one object: while a holds key+1, b takes key at
+     * once, and key+1 is busy for b. */
+    CHECK_EQ(pz_pg_lock_set_key(a, LEASE_KEY + 1), 0);
+    CHECK_EQ(pz_pg_lock_lock_until(a, in_ms(10000), &ta), 0);
+    CHECK_EQ(pz_pg_lock_trylock(b, in_ms(10000), &tb), 0);
+    CHECK_EQ(pz_pg_lock_unlock(b), 0);
+    CHECK_EQ(pz_pg_lock_set_key(b, LEASE_KEY + 1), 0);
+    CHECK_EQ(pz_pg_lock_trylock(b, in_ms(10000), &tb), -EBUSY);
+    CHECK_EQ(pz_pg_lock_unlock(a), 0);
+    CHECK_EQ(pz_pg_lock_trylock(b, in_ms(10000), &tb), 0);
+    CHECK(tb > ta);
+    CHECK_EQ(pz_pg_lock_unlock(b), 0);
+    CHECK_EQ(pz_pg_lock_set_key(NULL, 1), -EINVAL);
+
+    pz_pg_close(store);
+    pz_pg_lock_close(a);
+    pz_pg_lock_close(b);
+    return NULL;
+}
+
+static void test_lease_and_keys(void **state)
+{
+    (void)state;
+    run_in_runtime(2, lease_main, NULL);
+}
+
 int main(void)
 {
     url = pg_url();
@@ -561,6 +641,7 @@ int main(void)
         cmocka_unit_test(test_loss_other_process),
         cmocka_unit_test(test_cancelled_waiter),
         cmocka_unit_test(test_timeout_cancel_storm),
+        cmocka_unit_test(test_lease_and_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

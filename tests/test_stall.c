@@ -3,6 +3,7 @@
  * it holds and the system call its thread sits in; a task that computes
  * for 30 ms is not a stall. */
 #include "helpers.h"
+#include "arch/arch.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -67,9 +68,12 @@ static void *stall_main(void *arg)
     snprintf(who, sizeof who, "stall: task %llu (sleepy)", (unsigned long long)pz_task_id(t));
     CHECK_EQ(pz_join(t, NULL), 0);
     CHECK(sink_has(who));
-    CHECK(sink_has("its thread is in system call clock_nanosleep") || sink_has("its thread is in system call nanosleep"));
+    if (pz__arch_syscall_numbers_native())
+        CHECK(sink_has("its thread is in system call clock_nanosleep") || sink_has("its thread is in system call nanosleep"));
+    else /* under qemu-user the kernel shows the host's numbers */
+        CHECK(sink_has("its thread is in a system call (number "));
     char lock[64];
-    snprintf(lock, sizeof lock, "it holds pz_mutex %p, taken at sleepy_holder (test_stall.c:", (void *)&held);
+    snprintf(lock, sizeof lock, "it holds pz_mutex %p, taken at " SITE("sleepy_holder", "test_stall.c"), (void *)&held);
     CHECK(sink_has(lock));
     pz_set_report(NULL, NULL);
     return NULL;
@@ -105,26 +109,21 @@ static void *compute_main(void *arg)
 {
     (void)arg;
     pz_set_report(collect, NULL);
-    /* 30 ms of CPU is a stall only if the machine keeps the thread off its
-     * CPU for 70 ms more; a run where that nearly happened (wall time over
-     * 70 ms)
-     * proves nothing, so it is tried again, up to 50 times. */
-    for (int tries = 0; tries < 50; tries++) {
+    /* The monitor judges a computing task by the CPU time its thread had,
+     * not by wall time: 30 ms of CPU is no stall however long a busy
+     * machine keeps the thread off its CPU (the wall time is printed). */
+    for (int run = 0; run < 3; run++) {
         sink_reset();
         pz_task_t *t = pz_spawn_with(computer, NULL, &(pz_spawn_opts_t){.name = "computer"});
         CHECK_EQ(pz_join(t, NULL), 0);
-        if (atomic_load(&compute_wall) > 70 * MS) {
-            pz_sleep(300 * MS); /* a report of this run comes before the next */
-            continue;
-        }
+        fprintf(stderr, "30 ms of CPU took %.1f ms of wall time\n", (double)atomic_load(&compute_wall) / MS);
         pz_sleep(200 * MS); /* two monitor periods after the end */
+        if (sink_has("stall"))
+            fprintf(stderr, "%s", sink);
         CHECK(!sink_has("stall"));
-        pz_set_report(NULL, NULL);
-        return (void *)1;
     }
     pz_set_report(NULL, NULL);
-    CHECK(!"30 ms of CPU never ran in under 70 ms of wall time in 50 tries");
-    return NULL;
+    return (void *)1;
 }
 
 static void test_short_compute_is_not_a_stall(void **state)

@@ -40,6 +40,13 @@
  * on outlives the writer's last touch (pz_notify_one does not touch the
  * word after the wake it delivers).
  *
+ * Replicas.  With PostgreSQL, several services may share one database,
+ * and a city's forecast is refreshed by one of them at a time: inside the
+ * city's local lock, the refresh takes the city's distributed lock and
+ * writes under its fencing token (forecast.c).  The lease
+ * (--lock-lease-ms) bounds how long a stopped holder keeps the others
+ * out.
+ *
  * Shutdown.  The first SIGINT/SIGTERM stops the accept loop; every idle
  * connection, waiting in a pz_select on its socket and the shutdown
  * notify, ends; every connection in the middle of a request receives and
@@ -50,6 +57,7 @@
  * action: status 130 or 143 in a shell).
  */
 #define _GNU_SOURCE
+#include "forecast.h"
 #include "request.h"
 #include "storage.h"
 #include "weather.h"
@@ -73,6 +81,7 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <fcntl.h>
 
 /* ---- options ---- */
 
@@ -81,6 +90,8 @@ typedef struct serve_opts {
     int workers;
     bool wrong_locks;
     int64_t forecast_ttl_ns, refresh_ns, lock_timeout_ns, request_timeout_ns, idle_timeout_ns, linger_ns;
+    int64_t lock_lease_ns; /* the distributed lock's lease (replicas on PostgreSQL) */
+    const char *refresh_log; /* test hook: every distributed hold, appended to this file */
     wx_store_opts store;
 } serve_opts;
 
@@ -150,6 +161,7 @@ typedef struct city_state {
     int64_t fc_computed_at_ms;
     int64_t fc_computed_ns; /* pz_now() of the computation, for staleness */
     int fc_based_on;
+    uint64_t fc_token; /* replicas: the fencing token the forecast was written with */
 } city_state;
 
 /* ---- metrics ---- */
@@ -190,6 +202,11 @@ typedef struct service {
     _Atomic int nconns;
     pz_notify_t conns_changed;
     int lfd;
+
+    /* Replicas (PostgreSQL): the refreshes across them (forecast.c), NULL
+     * for a store one process serves. */
+    wx_replicas *replicas;
+    int refresh_log_fd;
 } service;
 
 int64_t wx_wall_ms(void)
@@ -201,43 +218,54 @@ int64_t wx_wall_ms(void)
 
 /* ---- forecast ---- */
 
-/* Recomputes the city's forecast from its recent readings.  The caller
- * holds the city's forecast lock (that is the point: the lock is held
- * across the database round trip).  0 or a storage error. */
-static int refresh_forecast(service *s, int i)
+/* Recomputes the city's forecast from its recent readings, for this
+ * process alone.  The caller holds the city's forecast lock (that is the
+ * point: the lock is held across the database round trip).  0 or a
+ * storage error. */
+static int refresh_local(service *s, int i)
 {
     wx_point pts[WX_RECENT];
     int n = wx_store_recent(s->store, s->city_table[i].name, pts, WX_RECENT);
     if (n < 0)
         return n;
     city_state *c = &s->city[i];
-    double value;
-    if (n == 0) {
-        value = c->fc_have ? c->fc_temperature : s->city_table[i].base;
-    } else {
-        double mean = 0, tmean = 0;
-        int64_t t0 = pts[0].time_ms; /* times relative to the newest keep the sums exact */
-        for (int k = 0; k < n; k++) {
-            mean += pts[k].temperature;
-            tmean += (double)(pts[k].time_ms - t0);
-        }
-        mean /= n;
-        tmean /= n;
-        double sxy = 0, sxx = 0;
-        for (int k = 0; k < n; k++) {
-            double dt = (double)(pts[k].time_ms - t0) - tmean;
-            sxy += dt * (pts[k].temperature - mean);
-            sxx += dt * dt;
-        }
-        double slope = (n >= 2 && sxx > 0) ? sxy / sxx : 0; /* degrees per ms */
-        value = (c->fc_have ? 0.7 * mean + 0.3 * c->fc_temperature : mean) + slope * 600000.0;
-    }
-    c->fc_temperature = value;
+    c->fc_temperature = wx_forecast_compute(pts, n, c->fc_have, c->fc_temperature, s->city_table[i].base);
     c->fc_have = true;
     c->fc_based_on = n;
     c->fc_computed_at_ms = wx_wall_ms();
     c->fc_computed_ns = pz_now();
     return 0;
+}
+
+/* The refresh across replicas (forecast.c): the caller holds the city's
+ * local lock; the forecast it brings back is the one to serve. */
+static int refresh_shared(service *s, int i, int64_t deadline, int64_t fresh_ns)
+{
+    city_state *c = &s->city[i];
+    wx_forecast f;
+    int r = wx_replicas_refresh(s->replicas, s->city_table[i].name, s->city_table[i].base, c->fc_token, deadline,
+                                fresh_ns, &f);
+    if (r < 0)
+        return r;
+    c->fc_temperature = f.temperature;
+    c->fc_have = true;
+    c->fc_based_on = f.based_on;
+    c->fc_computed_at_ms = f.computed_at_ms;
+    c->fc_token = f.token;
+    /* Its age in this process's clock, from the wall clocks' difference. */
+    int64_t age_ms = wx_wall_ms() - f.computed_at_ms;
+    c->fc_computed_ns = pz_now() - (age_ms > 0 ? age_ms : 0) * WX_MS;
+    return 0;
+}
+
+/* Refreshes the city's forecast; the caller holds its local forecast
+ * lock.  Across replicas, a stored forecast younger than fresh_ns is
+ * adopted rather than recomputed.  0 or an error. */
+static int refresh_forecast(service *s, int i, int64_t deadline, int64_t fresh_ns)
+{
+    if (s->replicas)
+        return refresh_shared(s, i, deadline, fresh_ns);
+    return refresh_local(s, i);
 }
 
 static bool forecast_stale(const service *s, const city_state *c)
@@ -257,7 +285,12 @@ static void *refresher(void *arg)
             int w = lock_take(&s->forecast_role, &c->forecast_lock, pz_now() + s->o.lock_timeout_ns);
             if (w < 0)
                 continue;
-            refresh_forecast(s, i); /* a failure was logged; the GETs will answer 503 or retry */
+            /* Across replicas, a forecast another one refreshed in the last
+             * half period is adopted: each city is then recomputed about
+             * once a period by all of them together, while one replica
+             * alone (its own forecast a period old) recomputes every time. */
+            int64_t fresh = s->o.refresh_ns / 2 < s->o.forecast_ttl_ns ? s->o.refresh_ns / 2 : s->o.forecast_ttl_ns;
+            refresh_forecast(s, i, pz_now() + s->o.lock_timeout_ns, fresh); /* a failure was logged; GETs retry */
             lock_give(&s->forecast_role, &c->forecast_lock, w);
         }
         next += s->o.refresh_ns;
@@ -388,18 +421,22 @@ static int handle_get(service *s, const char *name, wx_buf *out, bool close)
     int64_t updated = c->cur_time_ms;
     lock_give(&s->current_role, &c->current_lock, w);
 
-    w = lock_take(&s->forecast_role, &c->forecast_lock, lock_deadline(s));
+    int64_t deadline = lock_deadline(s);
+    w = lock_take(&s->forecast_role, &c->forecast_lock, deadline);
     if (w < 0)
         return wx_respond_error(out, 503, "lock wait timed out", close, NULL) < 0 ? -ENOMEM : 503;
     int r = 0;
     /* Single flight: re-checked under the lock; a refresh that finished
-     * while this task waited left it fresh. */
+     * while this task waited left it fresh.  Across replicas the
+     * distributed lock gets what is left of the same deadline. */
     if (forecast_stale(s, c))
-        r = refresh_forecast(s, i);
+        r = refresh_forecast(s, i, deadline, s->o.forecast_ttl_ns);
     double fc = c->fc_temperature;
     int64_t computed_at = c->fc_computed_at_ms;
     int based_on = c->fc_based_on;
     lock_give(&s->forecast_role, &c->forecast_lock, w);
+    if (r == -ETIMEDOUT)
+        return wx_respond_error(out, 503, "lock wait timed out", close, NULL) < 0 ? -ENOMEM : 503;
     if (r < 0)
         return wx_respond_error(out, 503, "database unavailable", close, NULL) < 0 ? -ENOMEM : 503;
 
@@ -467,6 +504,15 @@ static int handle_metrics(service *s, wx_buf *out, bool close)
     json_object_set_new(locks, "forecast", lock_json(s->forecast_role.is_async ? "pz_async_mutex" : "pz_mutex",
                                                      &s->forecast_stats));
     json_object_set_new(root, "locks", locks);
+    if (s->replicas) {
+        wx_replicas_stats rs;
+        wx_replicas_get_stats(s->replicas, &rs);
+        json_object_set_new(root, "replicas",
+                            json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}", "lock_acquisitions", (json_int_t)rs.acquired,
+                                      "lock_timeouts", (json_int_t)rs.timeouts, "written", (json_int_t)rs.written,
+                                      "adopted", (json_int_t)rs.adopted, "refused_stale", (json_int_t)rs.refused,
+                                      "locks_lost", (json_int_t)rs.lost));
+    }
     json_object_set_new(root, "writer", json_pack("{s:I,s:I}", "acked_readings",
                                                   (json_int_t)atomic_load(&s->acked_readings), "commits",
                                                   (json_int_t)atomic_load(&s->commits)));
@@ -676,7 +722,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: plaza-weather serve --listen HOST:PORT --db PATH|sqlite:PATH [--workers N] [--wrong-locks]\n"
                "                           [--forecast-ttl-ms 1000] [--refresh-ms 1000] [--lock-timeout-ms 1000]\n"
-               "                           [--batch-linger-ms 0]\n");
+               "                           [--batch-linger-ms 0] [--lock-lease-ms 5000]\n");
 }
 
 static int parse_ms(const char *name, const char *v, int64_t *out_ns)
@@ -744,6 +790,14 @@ static void *serve_task(void *arg)
     pz_lock_name(&s->current_stats.lock, "metrics/current");
     pz_lock_name(&s->forecast_stats.lock, "metrics/forecast");
     s->store->opts = s->o.store;
+    /* On a database that other replicas may share, the refreshes take the
+     * cities' distributed locks. */
+    if ((r = wx_replicas_open(s->store, s->o.lock_lease_ns, s->refresh_log_fd, &s->replicas)) < 0) {
+        fprintf(stderr, "plaza-weather: cannot open the distributed lock sessions: %s\n", pz_strerror(r));
+        run->result = 1;
+        wx_store_close(s->store);
+        return NULL;
+    }
 
     /* SIGINT/SIGTERM: the first asks for the stop below, a second ends
      * the process at once (plaza's shutdown helper).  Watched before the
@@ -773,8 +827,9 @@ static void *serve_task(void *arg)
         inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, host + 1, sizeof host - 2);
         strcat(host, "]");
     }
-    printf("plaza-weather: listening on %s:%d (%d cities, %s locks, %d workers)\n", host, port, n,
-           s->o.wrong_locks ? "wrong" : "right", pz_worker_count());
+    printf("plaza-weather: listening on %s:%d (%d cities, %s locks, %d workers%s)\n", host, port, n,
+           s->o.wrong_locks ? "wrong" : "right", pz_worker_count(),
+           s->replicas ? ", forecasts shared by replicas" : "");
     fflush(stdout);
 
     pz_task_t *wr = pz_spawn(writer, s);
@@ -816,6 +871,7 @@ static void *serve_task(void *arg)
     fprintf(stderr, "plaza-weather: stopped: %llu readings acknowledged in %llu commits, %lld rows stored\n",
             (unsigned long long)atomic_load(&s->acked_readings), (unsigned long long)atomic_load(&s->commits),
             (long long)rows);
+    wx_replicas_close(s->replicas);
     wx_store_close(s->store);
     run->result = 0;
     return NULL;
@@ -839,6 +895,8 @@ int wx_serve_main(int argc, char **argv)
         {"db-delay-city", required_argument, 0, 'C'},
         {"request-timeout-ms", required_argument, 0, 'R'},
         {"db-grow-pages", required_argument, 0, 'G'},
+        {"lock-lease-ms", required_argument, 0, 'E'},
+        {"refresh-log", required_argument, 0, 'F'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -851,6 +909,8 @@ int wx_serve_main(int argc, char **argv)
     s->o.lock_timeout_ns = 1000 * WX_MS;
     s->o.request_timeout_ns = 10 * WX_SECOND;
     s->o.idle_timeout_ns = 60 * WX_SECOND;
+    s->o.lock_lease_ns = 5 * WX_SECOND;
+    s->refresh_log_fd = -1;
     int c;
     int64_t ns;
     optind = 1;
@@ -878,6 +938,15 @@ int wx_serve_main(int argc, char **argv)
             break;
         case 'C': s->o.store.delay_city = optarg; break;
         case 'G': s->o.store.grow_pages = atoi(optarg); break;
+        case 'E':
+            if (parse_ms("--lock-lease-ms", optarg, &s->o.lock_lease_ns) < 0)
+                return 2;
+            if (s->o.lock_lease_ns < WX_MS) {
+                fprintf(stderr, "plaza-weather: --lock-lease-ms: at least 1\n");
+                return 2;
+            }
+            break;
+        case 'F': s->o.refresh_log = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -888,6 +957,11 @@ int wx_serve_main(int argc, char **argv)
     }
     if (s->o.refresh_ns == 0)
         s->o.refresh_ns = WX_MS;
+    if (s->o.refresh_log &&
+        (s->refresh_log_fd = open(s->o.refresh_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644)) < 0) {
+        fprintf(stderr, "plaza-weather: --refresh-log %s: %s\n", s->o.refresh_log, strerror(errno));
+        return 2;
+    }
     s->current_role = (lock_role){s->o.wrong_locks, &s->current_stats};
     s->forecast_role = (lock_role){!s->o.wrong_locks, &s->forecast_stats};
     s->writes = pz_chan_create(sizeof(write_req *), WRITE_QUEUE);
@@ -904,6 +978,8 @@ int wx_serve_main(int argc, char **argv)
     /* Every task that used them has ended (the service stopped) or was
      * never started. */
     pz_chan_destroy(s->writes);
+    if (s->refresh_log_fd >= 0)
+        close(s->refresh_log_fd);
     free(s->city);
     free(s->city_table);
     free(s);

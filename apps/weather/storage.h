@@ -31,6 +31,7 @@
 #ifndef WX_STORAGE_H
 #define WX_STORAGE_H
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -68,6 +69,17 @@ typedef struct wx_store_opts {
     int grow_pages;
 } wx_store_opts;
 
+/* A city's forecast as the PostgreSQL back end stores it for every
+ * replica of the service: its value, when and from how many readings it
+ * was computed, and the fencing token of the distributed lock under which
+ * it was written. */
+typedef struct wx_forecast {
+    double temperature;
+    int64_t computed_at_ms; /* unix milliseconds */
+    int based_on;
+    uint64_t token;
+} wx_forecast;
+
 typedef struct wx_store wx_store;
 
 /* The operations of one back end. */
@@ -80,11 +92,24 @@ typedef struct wx_store_ops {
     int (*count)(wx_store *s, int64_t *rows);
     int (*health)(wx_store *s);
     void (*close)(wx_store *s);
+    /* Shared forecasts, for a back end that several processes share
+     * (PostgreSQL); NULL in one that serves one process (SQLite).  Reader
+     * role.  forecast_get: 1 with *out set, 0 if none is stored, or an
+     * error.  forecast_put: stores f if f->token is at least the token of
+     * the stored one (the fencing check, in the same statement as the
+     * write), 0; -ESTALE if a higher token wrote it first (f was computed
+     * under a lock since lost); or an error. */
+    int (*forecast_get)(wx_store *s, const char *city, wx_forecast *out);
+    int (*forecast_put)(wx_store *s, const char *city, const wx_forecast *f);
 } wx_store_ops;
 
 struct wx_store {
     const wx_store_ops *ops;
     wx_store_opts opts;
+    /* The database the replicas of the service coordinate on (a libpq
+     * conninfo for the distributed locks), or NULL for a back end that
+     * serves one process. */
+    const char *shared_conninfo;
 };
 
 /* Opens the database named by url: "postgresql://..." or "postgres://..."
@@ -115,6 +140,14 @@ static inline int wx_store_recent(wx_store *s, const char *city, wx_point *out, 
 static inline int wx_store_count(wx_store *s, int64_t *rows) { return s->ops->count(s, rows); }
 /* 0 if a query answers now, else an error (reader role). */
 static inline int wx_store_health(wx_store *s) { return s->ops->health(s); }
+static inline int wx_store_forecast_get(wx_store *s, const char *city, wx_forecast *out)
+{
+    return s->ops->forecast_get ? s->ops->forecast_get(s, city, out) : -ENOSYS;
+}
+static inline int wx_store_forecast_put(wx_store *s, const char *city, const wx_forecast *f)
+{
+    return s->ops->forecast_put ? s->ops->forecast_put(s, city, f) : -ENOSYS;
+}
 /* Closes every connection.  Nobody may be using the store. */
 static inline void wx_store_close(wx_store *s) { s->ops->close(s); }
 

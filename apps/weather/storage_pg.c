@@ -18,6 +18,13 @@
  *
  * Seeding runs in one transaction that first locks the cities table, so
  * two services starting on one empty database seed it once.
+ *
+ * Forecasts are shared by every replica of the service on the database
+ * (table forecasts).  A write is admitted by its fencing token in the
+ * same statement: an upsert whose update applies only if the stored
+ * row's token is not higher, so a writer whose distributed lock was lost
+ * and taken by another (a higher token) cannot overwrite the newer
+ * forecast; the row lock of the upsert orders concurrent writers.
  */
 #define _GNU_SOURCE
 #include "storage.h"
@@ -44,6 +51,8 @@ static const char *const schema[] = {
     ("CREATE TABLE IF NOT EXISTS readings(id BIGSERIAL PRIMARY KEY, city TEXT NOT NULL,"
      " temperature DOUBLE PRECISION NOT NULL, time BIGINT NOT NULL)"),
     "CREATE INDEX IF NOT EXISTS readings_city_time ON readings(city, time)",
+    ("CREATE TABLE IF NOT EXISTS forecasts(city TEXT PRIMARY KEY, temperature DOUBLE PRECISION NOT NULL,"
+     " computed_at BIGINT NOT NULL, based_on INT NOT NULL, token BIGINT NOT NULL)"),
 };
 
 static int fail(pz_pg_conn_t *c, const char *what, int r)
@@ -280,6 +289,56 @@ static int pg_recent(wx_store *base, const char *city, wx_point *out, int max)
     return n;
 }
 
+static int pg_forecast_get(wx_store *base, const char *city, wx_forecast *out)
+{
+    const char *params[] = {city};
+    pz_pg_result_t *res = NULL;
+    int r = reader_query((pg_store *)base, "forecast",
+                         "SELECT temperature, computed_at, based_on, token FROM forecasts WHERE city = $1", 1, params,
+                         &res);
+    if (r < 0)
+        return r;
+    r = 0;
+    if (pz_pg_result_rows(res) == 1) {
+        int64_t at = 0, based = 0, token = 0;
+        out->temperature = strtod(pz_pg_result_value(res, 0, 0), NULL);
+        if (pz_pg_result_int64(res, 0, 1, &at) < 0 || pz_pg_result_int64(res, 0, 2, &based) < 0 ||
+            pz_pg_result_int64(res, 0, 3, &token) < 0)
+            r = -EIO;
+        out->computed_at_ms = at;
+        out->based_on = (int)based;
+        out->token = (uint64_t)token;
+        if (r == 0)
+            r = 1;
+    }
+    pz_pg_result_free(res);
+    return r;
+}
+
+static int pg_forecast_put(wx_store *base, const char *city, const wx_forecast *f)
+{
+    char temp[40], at[24], based[16], token[24];
+    snprintf(temp, sizeof temp, "%.17g", f->temperature);
+    snprintf(at, sizeof at, "%lld", (long long)f->computed_at_ms);
+    snprintf(based, sizeof based, "%d", f->based_on);
+    snprintf(token, sizeof token, "%llu", (unsigned long long)f->token);
+    const char *params[] = {city, temp, at, based, token};
+    pz_pg_result_t *res = NULL;
+    /* The fencing check and the write are one statement: no row comes
+     * back (0 affected) when a higher token has written the city. */
+    int r = reader_query((pg_store *)base, "forecast write",
+                         "INSERT INTO forecasts AS f (city, temperature, computed_at, based_on, token)"
+                         " VALUES ($1, $2::float8, $3::bigint, $4::int, $5::bigint) ON CONFLICT (city) DO UPDATE"
+                         " SET temperature = EXCLUDED.temperature, computed_at = EXCLUDED.computed_at,"
+                         " based_on = EXCLUDED.based_on, token = EXCLUDED.token WHERE f.token <= EXCLUDED.token",
+                         5, params, &res);
+    if (r < 0)
+        return r;
+    int64_t n = pz_pg_result_affected(res);
+    pz_pg_result_free(res);
+    return n == 1 ? 0 : -ESTALE;
+}
+
 static int pg_scalar(pg_store *s, const char *what, const char *sql, int64_t *v)
 {
     pz_pg_result_t *res = NULL;
@@ -322,6 +381,8 @@ static const wx_store_ops pg_ops = {
     .count = pg_count,
     .health = pg_health,
     .close = pg_close,
+    .forecast_get = pg_forecast_get,
+    .forecast_put = pg_forecast_put,
 };
 
 int wx_pg_open(const char *conninfo, const wx_store_opts *opts, wx_store **out, char *err, size_t errlen)
@@ -333,6 +394,7 @@ int wx_pg_open(const char *conninfo, const wx_store_opts *opts, wx_store **out, 
         return -ENOMEM;
     }
     s->base.ops = &pg_ops;
+    s->base.shared_conninfo = s->conninfo;
     if (opts)
         s->base.opts = *opts;
     int r = pz_pg_connect(conninfo, deadline(), &s->writer);
@@ -343,7 +405,11 @@ int wx_pg_open(const char *conninfo, const wx_store_opts *opts, wx_store **out, 
         return r;
     }
     for (size_t i = 0; i < sizeof schema / sizeof schema[0]; i++) {
-        int64_t m = pz_pg_exec(s->writer, schema[i], 0, NULL, deadline());
+        /* Replicas starting at once can collide creating the same table
+         * (a unique violation in the catalog); the next attempt finds it. */
+        int64_t m = -1;
+        for (int attempt = 0; attempt < 3 && m < 0; attempt++)
+            m = pz_pg_exec(s->writer, schema[i], 0, NULL, deadline());
         if (m < 0) {
             snprintf(err, errlen, "schema: %s", pz_pg_error_message(s->writer));
             pg_close(&s->base);

@@ -119,9 +119,21 @@ extern "C" {
  * path.
  *
  * Fairness: running tasks barge (and spin briefly while the holder runs on
- * another worker) ahead of parked waiters; a waiter that has waited about
- * 1 ms gets the lock handed to it (the lot's be_fair, or STARVING).
- * docs/async.md gives the measurements behind this choice.
+ * another worker) ahead of parked waiters.  Fairness is likely, not
+ * guaranteed.  What holds: no waiter stays parked on a free mutex, and
+ * while STARVING is set every unlock that sees it hands the lock to the
+ * first waiter in the queue, so a queued waiter gets it after at most as
+ * many hand-offs as there are waiters ahead of it, if starvation mode lasts
+ * that long (it ends when a waiter is served within 1 ms of first parking,
+ * or the queue empties).  What does not: a bound on one waiter's wait while others keep
+ * taking the lock.  A waiter enters the queue only if, under the bucket
+ * lock, the mutex is still held and PARKED still set; a hand-off that
+ * empties the queue clears PARKED and STARVING, and an unlock that finds
+ * the queue empty frees the word for bargers, so a waiter can in principle
+ * be refused and retry for as long as others keep locking
+ * (models/mutex.md, "Progress", shows both cycles).  In practice the lot's
+ * be_fair, STARVING and the cooperative budget make long waits rare;
+ * docs/async.md gives the measured longest waits.
  * ------------------------------------------------------------------------ */
 typedef struct pz_async_mutex {
     _Atomic uint64_t state;

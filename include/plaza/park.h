@@ -12,6 +12,18 @@
  * a task without PZ_PARK_THREAD, a task (it suspends; its worker runs other
  * tasks).  Callbacks run while the lot holds the lock of the queue's bucket:
  * they must be short and must not park, unpark or take other plaza locks.
+ *
+ * Bad input.  addr is only a key (never read or written), so any address
+ * is valid except NULL: pz_park refuses NULL and any flag other than
+ * PZ_PARK_THREAD with -EINVAL, before it calls anything (opts NULL is
+ * no callbacks, park token 0, no flags); the unpark calls
+ * and pz_requeue wake and move nobody on NULL, and pz_unpark_filter wakes
+ * nobody without a filter.  Every callback may be NULL (validate: park
+ * without a check; pz_requeue's validate: PZ_REQUEUE_UNPARK_ONE_REQUEUE_REST;
+ * the unparks' callback: token 0).  A deadline already past, 0 or negative
+ * included, still validates and queues the waiter, which then times out at
+ * once: timed_out runs and pz_park returns -ETIMEDOUT.  The lot keeps no
+ * state per address, so there is nothing to initialise or destroy.
  */
 #ifndef PLAZA_PARK_H
 #define PLAZA_PARK_H
@@ -37,23 +49,34 @@ typedef struct pz_unpark_result {
                      * 1 ms has passed since the last fair hand-off here */
 } pz_unpark_result_t;
 
+/* How pz_park waits; a zeroed struct (or NULL) means: no callbacks, park
+ * token 0, no flags. */
+typedef struct pz_park_opts {
+    /* Under the bucket lock, before queueing: false returns -EAGAIN at once
+     * (the state the caller saw has changed). */
+    bool (*validate)(void *ctx);
+    /* After the waiter is queued and the bucket lock released, before it
+     * sleeps (a condition variable unlocks its mutex here). */
+    void (*before_sleep)(void *ctx);
+    /* When the wait ends by deadline or cancel: under the bucket lock, once
+     * the waiter has left the queue; was_last says no other waiter remains
+     * on the address. */
+    void (*timed_out)(void *ctx, bool was_last);
+    void *ctx;             /* passed to the three callbacks */
+    uintptr_t park_token;  /* what pz_unpark_filter sees of this waiter */
+    unsigned flags;        /* PZ_PARK_THREAD */
+} pz_park_opts_t;
+
 /*
- * Parks the caller on addr until an unpark picks it, the deadline passes or
- * (for a task) the task is cancelled.
- *
- * Under the bucket lock: validate(ctx) (if not NULL) decides whether to park
- * at all; false returns -EAGAIN at once.  After the waiter is queued and the
- * bucket lock released, before_sleep(ctx) runs (a condition variable unlocks
- * its mutex there).  If the wait ends by deadline or cancel, timed_out(ctx,
- * was_last) runs under the bucket lock once the waiter has left the queue;
- * was_last says whether no other waiter remains on addr.
+ * Parks the caller on addr until an unpark picks it, the deadline (absolute
+ * pz_now() nanoseconds, PZ_FOREVER for none; one that has passed still
+ * validates and queues, then times out at once) passes or, for a task, the
+ * task is cancelled.  opts may be NULL.
  *
  * Returns 0 and stores the unparker's token in *unpark_token (if not NULL),
- * or -EAGAIN, -ETIMEDOUT, -ECANCELED.  park_token is for pz_unpark_filter.
+ * or -EAGAIN (validate said no), -ETIMEDOUT, -ECANCELED.
  */
-int pz_park(const void *addr, bool (*validate)(void *ctx), void (*before_sleep)(void *ctx),
-            void (*timed_out)(void *ctx, bool was_last), void *ctx, uintptr_t park_token, int64_t deadline,
-            unsigned flags, uintptr_t *unpark_token);
+int pz_park(const void *addr, int64_t deadline, const pz_park_opts_t *opts, uintptr_t *unpark_token);
 
 /*
  * Wakes the first waiter on addr (waiters are served in the order they

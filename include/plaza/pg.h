@@ -219,6 +219,27 @@ typedef struct pz_pg_lock pz_pg_lock_t;
  * sequence plaza_fence_seq and the table plaza_fence_seen if needed).  0 or
  * a connect error. */
 int pz_pg_lock_open(const char *conninfo, int64_t key, int64_t deadline, pz_pg_lock_t **out);
+/* Options of pz_pg_lock_open_with; zero in a field means its default. */
+typedef struct pz_pg_lock_opts {
+    /* The lease: the server ends the lock's session (releasing the lock)
+     * once it has been idle this long, which a holder's session is for
+     * its whole critical section (idle_session_timeout, PostgreSQL 14+).
+     * So a holder that stops (paused, hung, cut off from the server)
+     * keeps the others out at most this long; a holder slower than its
+     * lease loses the lock (its next check or unlock says -ENOLCK, and its
+     * writes are refused by their fencing token).  0: no lease (the lock
+     * lasts as long as the session).  At least 1 ms. */
+    int64_t lease_ns;
+} pz_pg_lock_opts_t;
+
+/* pz_pg_lock_open with options (opts may be NULL).  -EINVAL for a lease
+ * under 1 ms or over INT32_MAX ms. */
+int pz_pg_lock_open_with(const char *conninfo, int64_t key, const pz_pg_lock_opts_t *opts, int64_t deadline,
+                         pz_pg_lock_t **out);
+/* Makes l the lock of another key, so that a few lock objects (each one
+ * session) serve many keys one at a time.  Only while no task holds l or
+ * waits for it: 0, or -EBUSY if l is held or being taken. */
+int pz_pg_lock_set_key(pz_pg_lock_t *l, int64_t key);
 /* Acquires the lock; on 0, *token (if not NULL) is this acquisition's
  * fencing token.  -ETIMEDOUT, -ECANCELED (nothing held), or a connection
  * error (the object reconnects on the next call). */

@@ -135,6 +135,9 @@ void pz__close_fd(int fd);
 
 /* linux.c: the name of system call nr on this architecture, or NULL. */
 const char *pz__arch_syscall_name(long nr);
+/* False when /proc shows system call numbers of another architecture (a
+ * user-mode emulator such as qemu-user): then no number is named. */
+bool pz__arch_syscall_numbers_native(void);
 
 /* unwind.c: backtraces of suspended contexts and symbols (see there). */
 /* The return addresses of a context suspended by pz__arch_switch with the
@@ -146,6 +149,11 @@ void pz__arch_symbols_close(void *session);
 /* "symbol (file.c:line)" for addr, or what can be had; is_return: addr is
  * a return address (the call is just before it). */
 void pz__arch_symbolize(void *session, void *addr, bool is_return, char *buf, size_t size);
+/* Runs fn(arg) on a thread of its own (the default stack, megabytes) and
+ * waits for it: for work that needs more stack than a task may have, such
+ * as libdw reading a program's DWARF (a 128 KiB task stack overflowed in
+ * it).  Runs fn in place if no thread can be made. */
+void pz__arch_run_on_own_stack(void (*fn)(void *), void *arg);
 
 #include "fault.h"
 

@@ -7,6 +7,8 @@
 #include <linux/futex.h>
 #include <linux/membarrier.h>
 #include <fcntl.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -375,10 +377,41 @@ void pz__close_fd(int fd)
     close(fd);
 }
 
+/* Whether the system call numbers the kernel shows in /proc/<tid>/syscall
+ * are this architecture's.  They are not under a user-mode emulator
+ * (qemu-user runs an aarch64 program as an x86_64 process, so the kernel
+ * shows the host's numbers).  The check reads the calling thread's own
+ * file: while the kernel produces it, the thread is inside read(), so the
+ * first number must be this architecture's SYS_read.  Computed once; a
+ * thread that races the first computation computes the same answer. */
+bool pz__arch_syscall_numbers_native(void)
+{
+    static _Atomic int known; /* 0 unknown, 1 native, 2 foreign */
+    int k = atomic_load_explicit(&known, memory_order_relaxed);
+    if (k)
+        return k == 1;
+    char path[64], text[64];
+    snprintf(path, sizeof path, "/proc/self/task/%ld/syscall", (long)syscall(SYS_gettid));
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd >= 0 ? read(fd, text, sizeof text - 1) : -1;
+    if (fd >= 0)
+        close(fd);
+    if (n <= 0)
+        return false; /* no file (no /proc, or a kernel without it): say numbers only; retry next time */
+    text[n] = '\0';
+    k = strtol(text, NULL, 10) == SYS_read ? 1 : 2;
+    atomic_store_explicit(&known, k, memory_order_relaxed);
+    return k == 1;
+}
+
 /* The name of a few system calls a stalled worker may sit in (the numbers
- * of this architecture), for the monitor's stall reports; NULL for others. */
+ * of this architecture), for the monitor's stall reports; NULL for others,
+ * and for every number when the kernel's numbers are not this
+ * architecture's (see pz__arch_syscall_numbers_native). */
 const char *pz__arch_syscall_name(long nr)
 {
+    if (!pz__arch_syscall_numbers_native())
+        return NULL;
     switch (nr) {
 #if defined(__x86_64__)
     case 0: return "read";

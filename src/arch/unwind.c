@@ -22,6 +22,8 @@
 #define _GNU_SOURCE
 #include "arch.h"
 
+#include <pthread.h>
+
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -196,4 +198,27 @@ void pz__arch_symbolize(void *session, void *addr, bool is_return, char *buf, si
     (void)is_return;
 #endif
     snprintf(buf, size, "%p", addr);
+}
+
+struct own_stack_call {
+    void (*fn)(void *);
+    void *arg;
+};
+
+static void *own_stack_main(void *p)
+{
+    struct own_stack_call *c = p;
+    c->fn(c->arg);
+    return NULL;
+}
+
+void pz__arch_run_on_own_stack(void (*fn)(void *), void *arg)
+{
+    struct own_stack_call c = {fn, arg};
+    pthread_t th;
+    if (pz__thread_create(&th, NULL, own_stack_main, &c) != 0) {
+        fn(arg);
+        return;
+    }
+    pthread_join(th, NULL);
 }

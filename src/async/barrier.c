@@ -91,7 +91,8 @@ int pz_barrier_wait_until(pz_barrier_t *b, int64_t deadline)
     for (;;) {
         struct barrier_wait w = {b, gen & (UINT64_MAX >> GEN_SHIFT), false};
         pz__wait_note(PZ__WAIT_BARRIER, b);
-        int r = pz_park(b, barrier_validate, NULL, barrier_timed_out, &w, 0, deadline, 0, NULL);
+        const pz_park_opts_t opts = {.validate = barrier_validate, .timed_out = barrier_timed_out, .ctx = &w};
+        int r = pz_park(b, deadline, &opts, NULL);
         if (r == 0 || r == -EAGAIN) {
             /* Woken by the leader, or the generation moved on before we
              * parked; a wake meant for another barrier sharing nothing

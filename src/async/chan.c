@@ -78,20 +78,13 @@
 
 static void chan_lock(pz_chan_t *ch)
 {
-    unsigned spins = 0, backoff = 1;
+    unsigned round = 0;
     for (;;) {
         if (!atomic_exchange_explicit(&ch->lock, 1, memory_order_acquire))
             return;
-        do {
-            if (++spins < 100) {
-                for (unsigned i = 0; i < backoff; i++)
-                    pz__arch_cpu_relax();
-                if (backoff < 64)
-                    backoff <<= 1;
-            } else {
-                sched_yield();
-            }
-        } while (atomic_load_explicit(&ch->lock, memory_order_relaxed));
+        do
+            pz__backoff(&round);
+        while (atomic_load_explicit(&ch->lock, memory_order_relaxed));
     }
 }
 
@@ -200,18 +193,6 @@ static inline uint64_t next_pos(pz_chan_t *ch, uint64_t pos)
     return index + 1 < ch->capacity ? pos + 1 : (pos & ~(ch->one_lap - 1)) + ch->one_lap;
 }
 
-/* Waits for a cell that another thread has claimed and is copying (or for
- * a CAS that lost to it).  That takes nanoseconds unless the thread was
- * preempted between its CAS and its stamp store: then give the processor
- * up, or the wait could last a time slice. */
-static inline void spin_wait(unsigned *spins)
-{
-    if (++*spins < 128)
-        pz__arch_cpu_relax();
-    else
-        sched_yield();
-}
-
 /* One send into the ring: 0, -EAGAIN (full) or -EPIPE (closed).  Full is
  * decided by a seq_cst load of head when exact (the last try before
  * parking, after the seq_cst read-modify-write of the waiting word: a
@@ -244,7 +225,10 @@ static int ring_push(pz_chan_t *ch, const void *item, bool exact)
             if (head + ch->one_lap == tail)
                 return -EAGAIN;
         }
-        spin_wait(&spins);
+        /* A cell another thread has claimed and is copying (or a CAS that
+         * lost to it): nanoseconds, unless that thread was preempted
+         * between its CAS and its stamp store. */
+        pz__backoff(&spins);
         tail = atomic_load_explicit(&ch->tail, memory_order_relaxed);
     }
 }
@@ -274,7 +258,7 @@ static int ring_pop(pz_chan_t *ch, void *item, bool exact)
             if ((tail & ~CLOSED) == head)
                 return (tail & CLOSED) ? -EPIPE : -EAGAIN;
         }
-        spin_wait(&spins);
+        pz__backoff(&spins); /* as in ring_push */
         head = atomic_load_explicit(&ch->head, memory_order_relaxed);
     }
 }

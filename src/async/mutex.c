@@ -79,6 +79,25 @@
  * In both the last unlock saw WOKEN and woke nobody, relying on C, which
  * left with PARKED set; C's exit wake covers it.
  *
+ * Progress: what is and is not guaranteed.  Safety holds in every
+ * interleaving (models/mutex.pml checks it exhaustively for three tasks):
+ * one holder at a time, and never a waiter parked on a free mutex with
+ * nobody on the way to take it.  Per-waiter progress is not guaranteed.
+ * While STARVING is set, every unlock that finds it set hands over to the
+ * head of the queue (bargers see the word held, spinners park), so a
+ * queued waiter is served after at most as many hand-offs as there are
+ * waiters ahead of it, as long as starvation mode lasts (an unlock that
+ * loaded the waiter word just before it was set may still free the word
+ * once).  But entering the queue needs validate to
+ * find the mutex held and PARKED set under the bucket lock: between a
+ * starving waiter's announce and its validate, a hand-off that empties the
+ * queue clears PARKED and STARVING, or an unlock that finds the queue
+ * empty frees the word and a barger takes it; the waiter is refused and
+ * announces again, and nothing bounds how often (the model's progress
+ * check finds both cycles).  models/mutex.md ("A proposed fix") gives
+ * four changes that close four such cycles (PROPOSAL in mutex.pml, safe in
+ * the model), the fifth the search then found, and what they would cost.
+ *
  * Cancel-safety: the lot wakes a waiter with a token or lets it time out
  * having left the queue, never both.  A waiter that received TOKEN_HANDOFF
  * owns the lock and returns 0 even if its deadline or a cancel came at the
@@ -302,7 +321,9 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadli
         if (a == ANNOUNCE_UNFENCED && (until == PZ_FOREVER || until - pz__clock_now() > UNFENCED_POLL_NS))
             until = pz__clock_now() + UNFENCED_POLL_NS;
         pz__wait_note(PZ__WAIT_ASYNC_MUTEX, m);
-        int r = pz_park(m, still_locked_and_parked, NULL, mutex_timed_out, m, 0, until, 0, &token);
+        const pz_park_opts_t opts = {.validate = still_locked_and_parked, .timed_out = mutex_timed_out,
+                                     .ctx = m};
+        int r = pz_park(m, until, &opts, &token);
         if (r == 0 && token == TOKEN_HANDOFF) {
             /* The unlocker left the lock word LOCKED with no holder id,
              * which nobody else changes; its section happens before our

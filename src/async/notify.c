@@ -80,7 +80,8 @@ int pz_notify_wait_since(pz_notify_t *n, uint64_t epoch, int64_t deadline)
     for (;;) {
         struct notify_wait w = {n, epoch, false};
         pz__wait_note(PZ__WAIT_NOTIFY, n);
-        int r = pz_park(n, notify_validate, NULL, notify_timed_out, &w, 0, deadline, 0, NULL);
+        const pz_park_opts_t opts = {.validate = notify_validate, .timed_out = notify_timed_out, .ctx = &w};
+        int r = pz_park(n, deadline, &opts, NULL);
         if (r == -EAGAIN) {
             if (w.done)
                 return 0;

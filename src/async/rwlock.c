@@ -95,13 +95,19 @@
 
 enum kind { K_READ, K_WRITE, K_UPG };
 
+/* What rw_validate decided, under the bucket lock. */
+enum rw_verdict {
+    RW_ENTERED,      /* it took the lock for the caller */
+    RW_PARKED,       /* PARKED is set: the caller sleeps */
+    RW_FREE_CLOSED,  /* free but closed to the caller: dispatch first */
+    RW_SLOTS_BUSY,   /* read slots open or being revoked: revoke them, or spin */
+};
+
 struct rw_wait {
     pz_async_rwlock_t *l;
     int kind;
     bool counted; /* a writer counted in WW */
-    int result;   /* validate's verdict: 0 entered, 1 parked, 2 free but
-                   * closed to us: dispatch first (see rw_validate), 3 read
-                   * slots open or being revoked: revoke them, or spin */
+    enum rw_verdict result;
     bool revoke;  /* validate entered as upgradable reader and cleared
                    * SLOTS: the caller revokes the slots */
     bool granted; /* set by a STARVING dispatch under the bucket lock */
@@ -137,9 +143,10 @@ static uintptr_t enter(int kind, uintptr_t s, bool counted)
  * on 2 workers that costs about 110 ns an operation against 17 ns on one
  * worker.  So, once readers are seen sharing the lock, the word's SLOTS
  * bit lets a reader running on a worker hold the lock through one of its
- * worker's read slots instead (struct pz__worker, a line per worker):
- * enter by a CAS of a free slot from 0 to the lock's address, leave by a
- * CAS back to 0, both on a line only that worker normally writes.
+ * worker's read slots instead (the runtime's object slots,
+ * src/runtime/slots.c: a line per worker): enter by a CAS of a free slot
+ * from 0 to the lock's address, leave by a CAS back to 0, both on a line
+ * only that worker normally writes.
  *
  * The holders of the lock for reading are then the readers counted in the
  * word plus the slots, of any worker, that hold the lock's address.  Read
@@ -184,30 +191,38 @@ static uintptr_t enter(int kind, uintptr_t s, bool counted)
  * CAS of a word that keeps SLOTS clear (see above); while REVOKING is set
  * no writer enters and no upgrade completes, since the word may not yet
  * count every reader. */
+struct revoke {
+    pz_async_rwlock_t *l;
+    bool moved;
+};
+
+/* One worker's line: moves each of its slots holding r->l into the word. */
+static bool revoke_line(_Atomic uintptr_t *slots, void *ctx)
+{
+    struct revoke *r = ctx;
+    for (int j = 0; j < PZ__WORKER_SLOTS; j++) {
+        if (atomic_load_explicit(&slots[j], memory_order_seq_cst) != (uintptr_t)r->l)
+            continue;
+        /* Count first: the hold is always somewhere the leaving reader
+         * looks (the slot, or the word). */
+        atomic_fetch_add_explicit(&r->l->state, READER, memory_order_relaxed);
+        uintptr_t v = (uintptr_t)r->l;
+        if (atomic_compare_exchange_strong_explicit(&slots[j], &v, 0, memory_order_acq_rel, memory_order_acquire))
+            r->moved = true;
+        else
+            atomic_fetch_sub_explicit(&r->l->state, READER, memory_order_relaxed);
+    }
+    return false; /* every line */
+}
+
 static void revoke_slots(pz_async_rwlock_t *l)
 {
     /* The caller's CAS that cleared SLOTS is our half of the Dekker pair;
      * an upgradable reader's entry CAS is only acquire, so fence here. */
     atomic_thread_fence(memory_order_seq_cst);
-    pz__runtime *rt = pz__rt_pin();
-    bool moved = false;
-    for (int i = 0; rt && i < rt->nworkers; i++) {
-        _Atomic uintptr_t *slots = rt->workers[i].slots;
-        for (int j = 0; j < PZ__WORKER_SLOTS; j++) {
-            if (atomic_load_explicit(&slots[j], memory_order_seq_cst) != (uintptr_t)l)
-                continue;
-            /* Count first: the hold is always somewhere the leaving
-             * reader looks (the slot, or the word). */
-            atomic_fetch_add_explicit(&l->state, READER, memory_order_relaxed);
-            uintptr_t v = (uintptr_t)l;
-            if (atomic_compare_exchange_strong_explicit(&slots[j], &v, 0, memory_order_acq_rel,
-                                                        memory_order_acquire))
-                moved = true;
-            else
-                atomic_fetch_sub_explicit(&l->state, READER, memory_order_relaxed);
-        }
-    }
-    pz__rt_unpin(rt);
+    struct revoke r = {.l = l, .moved = false};
+    pz__slots_each(revoke_line, &r);
+    bool moved = r.moved;
     /* Done, and the sharing score: full again if readers were in the
      * slots, one less if the slots were open for nothing.  Release: a
      * writer that enters after this sees the moved counts. */
@@ -240,13 +255,13 @@ static bool close_slots(pz_async_rwlock_t *l)
     return false;
 }
 
-/* Enters for reading through a slot of the worker w, with SLOTS seen set.
- * False if w's slots are all taken or SLOTS was cleared meanwhile (the
+/* Enters for reading through a slot of the worker's line `slots`, with
+ * SLOTS seen set.  False if the line's slots are all taken or SLOTS was cleared meanwhile (the
  * caller then enters through the word). */
-static bool slot_enter(pz__worker *w, pz_async_rwlock_t *l)
+static bool slot_enter(_Atomic uintptr_t *slots, pz_async_rwlock_t *l)
 {
     for (int i = 0; i < PZ__WORKER_SLOTS; i++) {
-        _Atomic uintptr_t *slot = &w->slots[i];
+        _Atomic uintptr_t *slot = &slots[i];
         uintptr_t v = 0;
         if (atomic_load_explicit(slot, memory_order_relaxed) != 0 ||
             !atomic_compare_exchange_strong_explicit(slot, &v, (uintptr_t)l, memory_order_seq_cst,
@@ -263,35 +278,35 @@ static bool slot_enter(pz__worker *w, pz_async_rwlock_t *l)
     return false;
 }
 
-/* Releases one slot of w holding l, if there is one. */
-static bool slot_leave(pz__worker *w, pz_async_rwlock_t *l)
+/* Releases one slot of the line `slots` holding l, if there is one. */
+static bool slot_leave(_Atomic uintptr_t *slots, pz_async_rwlock_t *l)
 {
     for (int i = 0; i < PZ__WORKER_SLOTS; i++) {
         uintptr_t v = (uintptr_t)l;
         /* Acquire: a slot found emptied by a revoker (which counted the
          * hold in the word first) makes that count visible to the look at
          * the word that follows. */
-        if (atomic_load_explicit(&w->slots[i], memory_order_acquire) == v &&
-            atomic_compare_exchange_strong_explicit(&w->slots[i], &v, 0, memory_order_release,
+        if (atomic_load_explicit(&slots[i], memory_order_acquire) == v &&
+            atomic_compare_exchange_strong_explicit(&slots[i], &v, 0, memory_order_release,
                                                     memory_order_acquire))
             return true;
     }
     return false;
 }
 
+static bool slot_leave_line(_Atomic uintptr_t *slots, void *l)
+{
+    return slot_leave(slots, l);
+}
+
 static bool slot_leave_anywhere(pz_async_rwlock_t *l)
 {
-    pz__runtime *rt = pz__rt_pin();
-    bool left = false;
-    for (int i = 0; rt && i < rt->nworkers && !left; i++)
-        left = slot_leave(&rt->workers[i], l);
-    pz__rt_unpin(rt);
-    return left;
+    return pz__slots_each(slot_leave_line, l);
 }
 
 static bool try_read(pz_async_rwlock_t *l)
 {
-    pz__worker *w = pz__current_worker();
+    _Atomic uintptr_t *w = pz__slots_mine();
     uintptr_t s = atomic_load_explicit(&l->state, memory_order_relaxed);
     for (;;) {
         if (s & (WRITER | UPG_PARKED | STARVING | WW_MASK))
@@ -487,7 +502,7 @@ static bool rw_validate(void *ctx)
         if (n) {
             if (atomic_compare_exchange_weak_explicit(&w->l->state, &s, n, memory_order_acquire,
                                                       memory_order_relaxed)) {
-                w->result = 0;
+                w->result = RW_ENTERED;
                 w->revoke = (s & ~n & SLOTS) != 0;
                 return false;
             }
@@ -499,17 +514,17 @@ static bool rw_validate(void *ctx)
              * word (anyone may: a reader kept out by the revoking writer
              * too): nobody parks in such a word, since nothing would wake
              * it when the scan ends; the caller revokes or spins. */
-            w->result = 3;
+            w->result = RW_SLOTS_BUSY;
             return false;
         }
         if (!(s & (WRITER | UPGRADABLE)) && READERS(s) == 0) {
-            w->result = 2;
+            w->result = RW_FREE_CLOSED;
             return false;
         }
         if ((s & PARKED) ||
             atomic_compare_exchange_weak_explicit(&w->l->state, &s, s | PARKED, memory_order_relaxed,
                                                   memory_order_relaxed)) {
-            w->result = 1;
+            w->result = RW_PARKED;
             return true;
         }
     }
@@ -637,22 +652,24 @@ static int acquire_slow(pz_async_rwlock_t *l, int kind, int64_t deadline)
         woken = false;
         if (!first_park)
             first_park = pz__clock_now();
-        struct rw_wait w = {.l = l, .kind = kind, .counted = counted, .result = 1, .since = first_park};
+        struct rw_wait w = {.l = l, .kind = kind, .counted = counted, .result = RW_PARKED, .since = first_park};
         uintptr_t token = TOKEN_NORMAL;
         pz__wait_note(PZ__WAIT_ASYNC_RWLOCK, l);
-        int r = pz_park(l, rw_validate, NULL, rw_timed_out, &w, (uintptr_t)&w, deadline, 0, &token);
-        if (r == -EAGAIN && w.result == 0) {
+        const pz_park_opts_t opts = {.validate = rw_validate, .timed_out = rw_timed_out, .ctx = &w,
+                                     .park_token = (uintptr_t)&w};
+        int r = pz_park(l, deadline, &opts, &token);
+        if (r == -EAGAIN && w.result == RW_ENTERED) {
             /* validate entered (and uncounted us) */
             if (w.revoke)
                 revoke_slots(l);
             return 0;
         }
-        if (r == -EAGAIN && w.result == 3) {
+        if (r == -EAGAIN && w.result == RW_SLOTS_BUSY) {
             pz__arch_cpu_relax();
             s = atomic_load_explicit(&l->state, memory_order_relaxed);
             continue; /* revoke the slots, above, or wait for the scan */
         }
-        if (r == -EAGAIN && w.result == 2) {
+        if (r == -EAGAIN && w.result == RW_FREE_CLOSED) {
             /* Free but closed to us: wake whoever may enter (a parked
              * writer, or the head in STARVING mode).  If nobody was
              * parked to wake, the writer that keeps us out is on its
@@ -799,17 +816,26 @@ static bool leave_counted(pz_async_rwlock_t *l)
     return true;
 }
 
+struct count_slots {
+    pz_async_rwlock_t *l;
+    uint64_t n;
+};
+
+static bool count_line(_Atomic uintptr_t *slots, void *ctx)
+{
+    struct count_slots *c = ctx;
+    for (int j = 0; j < PZ__WORKER_SLOTS; j++)
+        c->n += atomic_load_explicit(&slots[j], memory_order_relaxed) == (uintptr_t)c->l;
+    return false;
+}
+
 uint64_t pz_async_rwlock_readers(pz_async_rwlock_t *l)
 {
     if (!l)
         return 0;
-    uint64_t n = READERS(atomic_load_explicit(&l->state, memory_order_relaxed));
-    pz__runtime *rt = pz__rt_pin();
-    for (int i = 0; rt && i < rt->nworkers; i++)
-        for (int j = 0; j < PZ__WORKER_SLOTS; j++)
-            n += atomic_load_explicit(&rt->workers[i].slots[j], memory_order_relaxed) == (uintptr_t)l;
-    pz__rt_unpin(rt);
-    return n;
+    struct count_slots c = {.l = l, .n = READERS(atomic_load_explicit(&l->state, memory_order_relaxed))};
+    pz__slots_each(count_line, &c);
+    return c.n;
 }
 
 int pz_async_rwlock_read_unlock(pz_async_rwlock_t *l)
@@ -823,7 +849,7 @@ int pz_async_rwlock_read_unlock(pz_async_rwlock_t *l)
      * run, a look can miss the hold it is after.  Each miss needs a
      * revocation inside the look; after many misses in a row, with pauses
      * between, nobody holds it: misuse. */
-    pz__worker *w = pz__current_worker();
+    _Atomic uintptr_t *w = pz__slots_mine();
     if (w && slot_leave(w, l)) {
         pz__coop_tick_release();
         return 0;
@@ -985,7 +1011,8 @@ int pz_async_rwlock_upgrade_until(pz_async_rwlock_t *l, int64_t deadline)
     for (;;) {
         struct upg_wait w = {l, false};
         pz__wait_note(PZ__WAIT_ASYNC_RWLOCK, l);
-        int r = pz_park((const char *)l + 1, upg_validate, NULL, upg_timed_out, &w, 0, deadline, 0, NULL);
+        const pz_park_opts_t opts = {.validate = upg_validate, .timed_out = upg_timed_out, .ctx = &w};
+        int r = pz_park((const char *)l + 1, deadline, &opts, NULL);
         if (w.done) {
             note_writer(l);
             return 0;

@@ -90,7 +90,7 @@ static bool sem_validate(void *ctx)
         if ((st & PZ__SEM_WAITERS) ||
             atomic_compare_exchange_weak_explicit(&w->s->state, &st, st | PZ__SEM_WAITERS, memory_order_relaxed,
                                                   memory_order_relaxed)) {
-            w->result = 1;
+            w->result = PZ__SEM_PARK;
             return true;
         }
     }
@@ -174,11 +174,13 @@ int pz_semaphore_acquire_until(pz_semaphore_t *s, uint64_t n, int64_t deadline)
         struct pz__sem_wait w = {s, n, 1, false};
         uintptr_t token = 0;
         pz__wait_note(PZ__WAIT_SEMAPHORE, s);
-        int r = pz_park(s, sem_validate, NULL, sem_timed_out, &w, (uintptr_t)&w, deadline, 0, &token);
+        const pz_park_opts_t opts = {.validate = sem_validate, .timed_out = sem_timed_out, .ctx = &w,
+                                     .park_token = (uintptr_t)&w};
+        int r = pz_park(s, deadline, &opts, &token);
         if (r == -EAGAIN) {
             if (w.result <= 0)
                 return w.result;
-            continue; /* cannot happen: validate parks whenever result is 1 */
+            continue; /* cannot happen: validate parks whenever result is PZ__SEM_PARK */
         }
         if (r == 0) {
             if (token == TOKEN_CLOSED)
@@ -253,7 +255,7 @@ static bool sem_sel_validate(void *ctx)
         if ((st & PZ__SEM_WAITERS) ||
             atomic_compare_exchange_weak_explicit(&w->s->state, &st, st | PZ__SEM_WAITERS, memory_order_relaxed,
                                                   memory_order_relaxed)) {
-            w->result = 1;
+            w->result = PZ__SEM_PARK;
             return true;
         }
     }

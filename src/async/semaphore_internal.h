@@ -9,10 +9,14 @@
 #include "plaza/async.h"
 #include "../park/lot.h"
 
+/* A waiter's result while it sleeps (the others are return values). */
+#define PZ__SEM_PARK 1
+
 struct pz__sem_wait {
     pz_semaphore_t *s;
     uint64_t n;
-    int result;   /* validate's verdict: 0 acquired, -EPIPE closed, 1 park */
+    int result;   /* validate's verdict: 0 acquired or -EPIPE closed (what the
+                   * acquire returns), or PZ__SEM_PARK */
     bool granted; /* set by a dispatch under the bucket lock */
 };
 

@@ -10,7 +10,9 @@
  * with 1 us of spinning in all; capped at 1024 rather than 256, a median of
  * 26.7 against 29.4 ns/op in 12 alternating runs of each, 30.5 against 33.0
  * at 1024 tasks, with the longest wait, the work=100 rows and the rwlock
- * unchanged).
+ * unchanged).  A policy of its own, not src/sync/spin_wait.h's: a task
+ * never yields its thread to the kernel (that would stall every task of
+ * its worker); it spins in long rounds and then suspends.
  */
 #ifndef PZ_ASYNC_SPIN_H
 #define PZ_ASYNC_SPIN_H

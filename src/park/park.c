@@ -354,10 +354,21 @@ static bool release_after_switch(void *arg)
     return true;
 }
 
-int pz_park(const void *addr, bool (*validate)(void *ctx), void (*before_sleep)(void *ctx),
-            void (*timed_out)(void *ctx, bool was_last), void *ctx, uintptr_t park_token, int64_t deadline,
-            unsigned flags, uintptr_t *unpark_token)
+int pz_park(const void *addr, int64_t deadline, const pz_park_opts_t *opts, uintptr_t *unpark_token)
 {
+    static const pz_park_opts_t none;
+    if (!opts)
+        opts = &none;
+    bool (*validate)(void *) = opts->validate;
+    void (*before_sleep)(void *) = opts->before_sleep;
+    void (*timed_out)(void *, bool) = opts->timed_out;
+    void *ctx = opts->ctx;
+    uintptr_t park_token = opts->park_token;
+    unsigned flags = opts->flags;
+    /* Bad input (park.h): nothing is queued on NULL, and a flag this lot
+     * does not know could be one the caller relies on. */
+    if (!addr || (flags & ~PZ_PARK_THREAD))
+        return -EINVAL;
     pz_task_t *task = (flags & PZ_PARK_THREAD) ? NULL : pz__current_task();
     long n = atomic_fetch_add_explicit(&parked_now, 1, memory_order_relaxed) + 1;
     if ((long)get_table()->size * PZ__LOAD_FACTOR < n)
@@ -435,6 +446,8 @@ pz_unpark_result_t pz_unpark_one(const void *addr, uintptr_t (*callback)(pz_unpa
                                  void *ctx)
 {
     pz_unpark_result_t res = {0, 0, false, false};
+    if (!addr)
+        return res; /* nobody parks on NULL (pz_park refuses it) */
     pz__bucket *b = lock_bucket(addr);
     pz__waiter *chosen = NULL;
     int how = CLAIM_LOST;
@@ -465,6 +478,8 @@ pz_unpark_result_t pz_unpark_one(const void *addr, uintptr_t (*callback)(pz_unpa
 
 int pz_unpark_all(const void *addr, uintptr_t unpark_token)
 {
+    if (!addr)
+        return 0;
     pz__bucket *b = lock_bucket(addr);
     pz__waiter *woken = NULL, **tail = &woken;
     int n = 0;
@@ -493,6 +508,8 @@ pz_unpark_result_t pz_requeue(const void *from, const void *to, pz_requeue_op_t 
                               void *ctx)
 {
     pz_unpark_result_t res = {0, 0, false, false};
+    if (!from || !to)
+        return res;
     pz__bucket *bf, *bt;
     lock_bucket_pair(from, to, &bf, &bt);
     pz_requeue_op_t op = validate ? validate(ctx) : PZ_REQUEUE_UNPARK_ONE_REQUEUE_REST;
@@ -542,6 +559,8 @@ pz_unpark_result_t pz_unpark_filter(const void *addr, pz_filter_op_t (*filter)(u
                                     uintptr_t (*callback)(pz_unpark_result_t result, void *ctx), void *ctx)
 {
     pz_unpark_result_t res = {0, 0, false, false};
+    if (!addr || !filter)
+        return res;
     pz__bucket *b = lock_bucket(addr);
     pz__waiter *woken = NULL, **tail = &woken, *taken = NULL;
     pz__waiter *x = b->head;

@@ -35,6 +35,20 @@
  * object's own duplicate `watch`, valid from connect to the next reconnect,
  * which only a lock call makes) and at the latest from pz_pg_lock_unlock,
  * all of which then return -ENOLCK.  docs/pg.md states the window.
+ *
+ * Lease.  With a lease (pz_pg_lock_open_with), the session runs with
+ * idle_session_timeout set to it: the server ends the session, and so
+ * releases the lock, once the session has sent no statement for that
+ * long.  A holder is idle on its session for its whole critical section,
+ * so the lease bounds how long a holder that stopped (paused, hung, cut
+ * off) keeps everyone else out; a holder that is merely slower than its
+ * lease loses the lock as any lost session does, and its late writes are
+ * refused by their fencing token.  An idle session ended while nothing was
+ * held is replaced by the next lock call (acquire_remote's one retry).
+ *
+ * Keys.  The key is the object's, fixed between acquisitions:
+ * pz_pg_lock_set_key changes it while nobody holds or waits for the
+ * object, so a few objects (sessions) serve many keys one at a time.
  */
 #define _GNU_SOURCE
 #include "pg_internal.h"
@@ -55,6 +69,7 @@
 struct pz_pg_lock {
     char *conninfo;
     char key[24]; /* the key as text, the statements' parameter */
+    int64_t lease_ms; /* idle_session_timeout of the session; 0: none */
     pz_async_mutex_t local;
     /* Changed only by the local holder (and by open and close): */
     pz_pg_conn_t *conn;
@@ -74,6 +89,7 @@ static const char *const SETUP_SQL[] = {
     "CREATE TABLE IF NOT EXISTS plaza_fence_seen (key bigint PRIMARY KEY, token bigint NOT NULL)",
 };
 #define SETUP_N 2
+#define SETUP_MAX (SETUP_N + 1) /* and the lease's SET */
 
 /* One statement, one round trip: the subquery in FROM (not flattened into
  * the outer query, its function being volatile) is run first, so nextval
@@ -103,13 +119,21 @@ static int ensure_session(pz_pg_lock_t *l, int64_t deadline)
     int r = pz_pg_connect(l->conninfo, deadline, &c);
     if (r < 0)
         return r;
-    pz_pg_statement_t st[SETUP_N] = {{SETUP_SQL[0], 0, NULL}, {SETUP_SQL[1], 0, NULL}};
-    pz_pg_result_t *res[SETUP_N];
+    pz_pg_statement_t st[SETUP_MAX] = {{SETUP_SQL[0], 0, NULL}, {SETUP_SQL[1], 0, NULL}};
+    int nst = SETUP_N;
+    char lease[64];
+    if (l->lease_ms > 0) {
+        /* A session-level setting: it outlives the pipeline's implicit
+         * transaction once that commits. */
+        snprintf(lease, sizeof lease, "SET idle_session_timeout = %" PRId64, l->lease_ms);
+        st[nst++] = (pz_pg_statement_t){lease, 0, NULL};
+    }
+    pz_pg_result_t *res[SETUP_MAX];
     /* Two sessions creating the objects at once can collide on the catalog
      * (unique_violation); the second attempt finds them made. */
     for (int attempt = 0; attempt < 3; attempt++) {
-        r = pz_pg_pipeline(c, st, SETUP_N, deadline, res);
-        for (int i = 0; i < SETUP_N; i++)
+        r = pz_pg_pipeline(c, st, nst, deadline, res);
+        for (int i = 0; i < nst; i++)
             pz_pg_result_free(res[i]);
         if (r != -EREMOTEIO)
             break;
@@ -137,7 +161,18 @@ static int ensure_session(pz_pg_lock_t *l, int64_t deadline)
 
 int pz_pg_lock_open(const char *conninfo, int64_t key, int64_t deadline, pz_pg_lock_t **out)
 {
+    return pz_pg_lock_open_with(conninfo, key, NULL, deadline, out);
+}
+
+int pz_pg_lock_open_with(const char *conninfo, int64_t key, const pz_pg_lock_opts_t *opts, int64_t deadline,
+                         pz_pg_lock_t **out)
+{
     if (!conninfo || !out)
+        return -EINVAL;
+    /* idle_session_timeout is an int of milliseconds; a lease under 1 ms
+     * would end the session between any two statements. */
+    if (opts && (opts->lease_ns < 0 || (opts->lease_ns > 0 && opts->lease_ns < 1000000) ||
+                 opts->lease_ns / 1000000 > INT32_MAX))
         return -EINVAL;
     *out = NULL;
     pz_pg_lock_t *l = calloc(1, sizeof *l);
@@ -146,6 +181,7 @@ int pz_pg_lock_open(const char *conninfo, int64_t key, int64_t deadline, pz_pg_l
         return -ENOMEM;
     }
     snprintf(l->key, sizeof l->key, "%" PRId64, key);
+    l->lease_ms = opts ? opts->lease_ns / 1000000 : 0;
     l->watch = -1;
     int r = ensure_session(l, deadline);
     if (r < 0) {
@@ -330,6 +366,18 @@ int pz_pg_lock_wait_lost(pz_pg_lock_t *l, int64_t deadline)
         }
         pz_yield();
     }
+}
+
+int pz_pg_lock_set_key(pz_pg_lock_t *l, int64_t key)
+{
+    if (!l)
+        return -EINVAL;
+    /* Held, or being taken: the key is the holder's statements' parameter. */
+    if (!pz_async_mutex_trylock(&l->local))
+        return -EBUSY;
+    snprintf(l->key, sizeof l->key, "%" PRId64, key);
+    pz_async_mutex_unlock(&l->local);
+    return 0;
 }
 
 uint64_t pz_pg_lock_token(pz_pg_lock_t *l)

@@ -353,6 +353,8 @@ static bool thread_activity(int tid, char *buf, size_t size)
         snprintf(buf, size, "blocked (not in a system call)");
     else if (name)
         snprintf(buf, size, "in system call %s (%ld)", name, nr);
+    else if (!pz__arch_syscall_numbers_native())
+        snprintf(buf, size, "in a system call (number %ld of the emulator's host)", nr);
     else
         snprintf(buf, size, "in system call %ld", nr);
     return true;

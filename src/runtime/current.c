@@ -24,13 +24,10 @@ void pz__set_current_worker(pz__worker *w)
 
 void pz__spin_lock_slow(pz__spin *s)
 {
-    for (unsigned spins = 0;; spins++) {
-        while (atomic_load_explicit(&s->locked, memory_order_relaxed)) {
-            if (spins++ < 64)
-                pz__arch_cpu_relax();
-            else
-                sched_yield();
-        }
+    unsigned round = 0;
+    for (;;) {
+        while (atomic_load_explicit(&s->locked, memory_order_relaxed))
+            pz__backoff(&round);
         if (!atomic_exchange_explicit(&s->locked, 1, memory_order_acquire))
             return;
     }

@@ -285,8 +285,25 @@ static void dump_thread(pz__thread_rec *r, void *arg)
     d->count++;
 }
 
+struct dump_call {
+    FILE *f;
+    const char *why;
+};
+
+static void dump_call(void *arg)
+{
+    struct dump_call *c = arg;
+    pz__dump_to(c->f, c->why);
+}
+
 void pz__dump_to(FILE *f, const char *why)
 {
+    if (pz__current_task()) {
+        /* A task's stack may be too small for libdw's symbol lookups. */
+        struct dump_call c = {f, why};
+        pz__arch_run_on_own_stack(dump_call, &c);
+        return;
+    }
     out_t o = {.file = f, .syms = pz__arch_symbols_open(), .now = pz__clock_now()};
     pz__runtime *rt = pz__rt_pin();
     pz__introspect_lock();

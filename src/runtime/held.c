@@ -139,47 +139,75 @@ void pz__held_forget(const void *lock)
 
 static _Atomic int reports_left = 16;
 
+struct suspend_report {
+    pz_task_t *t;
+    const pz__held_view *last;
+    unsigned depth;
+    void *frames[8];
+    int nframes;
+};
+
+/* The report's symbol lookups, on a stack of their own (libdw needs more
+ * than a task's). */
+static void report_suspend(void *arg)
+{
+    struct suspend_report *r = arg;
+    pz_task_t *t = r->t;
+    pz__report("task %llu (%s) suspends while holding %u sync lock(s), last %s %p; a task must not suspend inside "
+               "a sync lock's critical section (it blocks every waiter's worker and can deadlock the runtime): use an "
+               "async lock for a section that waits",
+               (unsigned long long)t->id, t->name[0] ? t->name : "unnamed", r->depth, r->last->kind, r->last->lock);
+    void *syms = pz__arch_symbols_open();
+    char sym[256];
+    pz__arch_symbolize(syms, r->last->site, true, sym, sizeof sym);
+    pz__report("  the lock was taken at %s", sym);
+    /* Frame 0 is pz__held_at_suspend, frame 1 the switch that reported it. */
+    for (int i = 2; i < r->nframes; i++) {
+        pz__arch_symbolize(syms, r->frames[i], true, sym, sizeof sym);
+        pz__report("  %s %s", i == 2 ? "the task suspends at" : "  called from", sym);
+    }
+    pz__arch_symbols_close(syms);
+}
+
 void pz__held_at_suspend(pz_task_t *t)
 {
     if (atomic_fetch_sub(&reports_left, 1) <= 0)
         return;
     pz__held_view v[PZ__HELD_MAX];
-    unsigned depth;
-    unsigned n = pz__holds_read(&t->holds, v, &depth);
-    const pz__held_view *last = &v[n - 1];
-    pz__report("task %llu (%s) suspends while holding %u sync lock(s), last %s %p; a task must not suspend inside "
-               "a sync lock's critical section (it blocks every waiter's worker and can deadlock the runtime): use an "
-               "async lock for a section that waits",
-               (unsigned long long)t->id, t->name[0] ? t->name : "unnamed", depth, last->kind, last->lock);
+    struct suspend_report r = {.t = t};
+    unsigned n = pz__holds_read(&t->holds, v, &r.depth);
+    r.last = &v[n - 1];
+    r.nframes = backtrace(r.frames, 8);
+    pz__arch_run_on_own_stack(report_suspend, &r);
+}
+
+struct exit_report {
+    pz_task_t *t;
+    pz__held_view v[PZ__HELD_MAX];
+    unsigned n, depth;
+};
+
+static void report_exit(void *arg)
+{
+    struct exit_report *r = arg;
+    pz__report("task %llu (%s) ended while holding %u plaza lock(s); nobody can unlock them now, and every task "
+               "that waits for one waits for ever",
+               (unsigned long long)r->t->id, r->t->name[0] ? r->t->name : "unnamed", r->depth);
     void *syms = pz__arch_symbols_open();
-    char sym[256];
-    pz__arch_symbolize(syms, last->site, true, sym, sizeof sym);
-    pz__report("  the lock was taken at %s", sym);
-    void *frames[8];
-    int nf = backtrace(frames, 8);
-    /* Frame 0 is this function, frame 1 the switch that reported it. */
-    for (int i = 2; i < nf; i++) {
-        pz__arch_symbolize(syms, frames[i], true, sym, sizeof sym);
-        pz__report("  %s %s", i == 2 ? "the task suspends at" : "  called from", sym);
+    for (unsigned i = 0; i < r->n; i++) {
+        char sym[256];
+        pz__arch_symbolize(syms, r->v[i].site, true, sym, sizeof sym);
+        pz__report("  %s %p, taken at %s", r->v[i].kind, r->v[i].lock, sym);
     }
     pz__arch_symbols_close(syms);
 }
 
 void pz__held_at_exit(pz_task_t *t)
 {
-    pz__held_view v[PZ__HELD_MAX];
-    unsigned depth;
-    unsigned n = pz__holds_read(&t->holds, v, &depth);
-    if (!depth)
+    struct exit_report r = {.t = t};
+    r.n = pz__holds_read(&t->holds, r.v, &r.depth);
+    if (!r.depth)
         return;
-    pz__report("task %llu (%s) ended while holding %u plaza lock(s); nobody can unlock them now, and every task "
-               "that waits for one waits for ever",
-               (unsigned long long)t->id, t->name[0] ? t->name : "unnamed", depth);
-    void *syms = pz__arch_symbols_open();
-    for (unsigned i = 0; i < n; i++) {
-        char sym[256];
-        pz__arch_symbolize(syms, v[i].site, true, sym, sizeof sym);
-        pz__report("  %s %p, taken at %s", v[i].kind, v[i].lock, sym);
-    }
-    pz__arch_symbols_close(syms);
+    /* On the ending task's stack: the symbol lookups go to one of their own. */
+    pz__arch_run_on_own_stack(report_exit, &r);
 }

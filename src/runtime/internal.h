@@ -404,6 +404,19 @@ void pz__rt_unpin(pz__runtime *rt);
 pz__worker *pz__current_worker(void);
 void pz__set_current_worker(pz__worker *w);
 
+/* Object slots (pz__worker.slots), the runtime's API for the layers above:
+ * a line of PZ__WORKER_SLOTS words per worker.  The calling worker's line,
+ * or NULL on a plain thread. */
+static inline _Atomic uintptr_t *pz__slots_mine(void)
+{
+    pz__worker *w = pz__current_worker();
+    return w ? w->slots : NULL;
+}
+/* Calls fn(line, ctx) on every worker's line, one after another, until it
+ * returns true; returns whether one did.  From any thread (slots.c pins the
+ * runtime for the walk); false with no runtime.  fn must not wait. */
+bool pz__slots_each(bool (*fn)(_Atomic uintptr_t *line, void *ctx), void *ctx);
+
 /* runq.c */
 void pz__runq_init(pz__runq *q);
 pz_task_t *pz__runq_steal(pz__runq *victim, pz__runq *dst); /* dst's owner */

@@ -1,8 +1,8 @@
 /*
  * A test-and-test-and-set spin lock for the runtime's own tiny critical
  * sections (a queue splice, a heap update, a join hand-shake): a few dozen
- * instructions, never a wait or a call that can suspend.  It falls back to
- * sched_yield so a holder preempted by the kernel gets the CPU back.
+ * instructions, never a wait or a call that can suspend.  Its waiters back
+ * off with pz__backoff.
  */
 #ifndef PZ_SPIN_H
 #define PZ_SPIN_H
@@ -10,6 +10,33 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+
+#include "../arch/arch.h"
+
+/*
+ * The one back-off for a wait on something another thread holds for
+ * nanoseconds (a spin lock below, the channel's waiter-queue lock, a ring
+ * cell a sender or receiver is copying): rounds of 1, 2, 4 ... 64
+ * cpu_relax, and from round PZ__BACKOFF_YIELD_AFTER on a sched_yield each
+ * round, so that a holder the kernel preempted mid-section gets the CPU
+ * back instead of the waiter burning its slice.  Waits for a lock's
+ * critical section are another matter, with policies of their own:
+ * src/sync/spin_wait.h (thread-blocking locks) and src/async/spin.h
+ * (task-suspending locks), each with its reasons.
+ */
+#define PZ__BACKOFF_YIELD_AFTER 100
+#define PZ__BACKOFF_MAX_SHIFT 6
+
+static inline void pz__backoff(unsigned *round)
+{
+    unsigned r = (*round)++;
+    if (r >= PZ__BACKOFF_YIELD_AFTER) {
+        sched_yield();
+        return;
+    }
+    for (unsigned i = 0; i < 1u << (r < PZ__BACKOFF_MAX_SHIFT ? r : PZ__BACKOFF_MAX_SHIFT); i++)
+        pz__arch_cpu_relax();
+}
 
 typedef struct pz__spin {
     _Atomic unsigned char locked;

@@ -83,7 +83,9 @@ int pz_condvar_wait_until(pz_condvar_t *cv, pz_mutex_t *m, int64_t deadline)
     struct wait_ctx c = {cv, m, NULL, 0, false};
     uintptr_t token = TOKEN_NOTIFIED;
     pz__wait_note(PZ__WAIT_CONDVAR, cv);
-    int r = pz_park(cv, wait_validate, wait_before_sleep, wait_timed_out, &c, 0, deadline, PZ_PARK_THREAD, &token);
+    const pz_park_opts_t opts = {.validate = wait_validate, .before_sleep = wait_before_sleep,
+                                 .timed_out = wait_timed_out, .ctx = &c, .flags = PZ_PARK_THREAD};
+    int r = pz_park(cv, deadline, &opts, &token);
     if (r == -EAGAIN) {
         pz__report("pz_condvar_wait: condvar %p is waited on with mutex %p while other waiters use mutex %p; "
                    "a condvar serves one mutex at a time (the wait returns -EINVAL, mutex still held)",

@@ -60,7 +60,9 @@ void pz__mutex_lock_slow(pz_mutex_t *m, int64_t deadline, int *result)
         }
         uintptr_t token = TOKEN_NORMAL;
         pz__wait_note(PZ__WAIT_MUTEX, m);
-        int r = pz_park(m, still_locked_and_parked, NULL, mutex_timed_out, m, 0, deadline, PZ_PARK_THREAD, &token);
+        const pz_park_opts_t opts = {.validate = still_locked_and_parked, .timed_out = mutex_timed_out,
+                                     .ctx = m, .flags = PZ_PARK_THREAD};
+        int r = pz_park(m, deadline, &opts, &token);
         if (r == 0 && token == TOKEN_HANDOFF)
             return; /* the unlocker left LOCKED set for us */
         if (r == -ETIMEDOUT) {

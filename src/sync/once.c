@@ -81,7 +81,8 @@ void pz__once_slow(pz_once_t *o, void (*fn)(void *), void *arg)
                                                                      memory_order_acquire, memory_order_acquire))
             continue;
         pz__wait_note(PZ__WAIT_ONCE, o);
-        pz_park(o, still_running, NULL, NULL, o, 0, PZ_FOREVER, PZ_PARK_THREAD, NULL);
+        const pz_park_opts_t opts = {.validate = still_running, .ctx = o, .flags = PZ_PARK_THREAD};
+        pz_park(o, PZ_FOREVER, &opts, NULL);
         s = atomic_load_explicit(&o->state, memory_order_acquire);
     }
 }

@@ -190,7 +190,8 @@ static int wait_for_readers(pz_rwlock_t *rw, int64_t deadline, uintptr_t restore
                                                    memory_order_acquire))
             continue;
         pz__wait_note(PZ__WAIT_RWLOCK, rw);
-        int r = pz_park(writer_addr(rw), validate_writer, NULL, NULL, rw, 0, deadline, PZ_PARK_THREAD, NULL);
+        const pz_park_opts_t opts = {.validate = validate_writer, .ctx = rw, .flags = PZ_PARK_THREAD};
+        int r = pz_park(writer_addr(rw), deadline, &opts, NULL);
         if (r == -ETIMEDOUT) {
             undo_write(rw, restore);
             return -ETIMEDOUT;
@@ -228,7 +229,9 @@ int pz__rwlock_lock_slow(pz_rwlock_t *rw, int mode, int64_t deadline)
         struct park_ctx c = {rw, mode};
         uintptr_t token = TOKEN_NORMAL;
         pz__wait_note(PZ__WAIT_RWLOCK, rw);
-        int r = pz_park(rw, validate_main, NULL, main_timed_out, &c, add, deadline, PZ_PARK_THREAD, &token);
+        const pz_park_opts_t opts = {.validate = validate_main, .timed_out = main_timed_out, .ctx = &c,
+                                     .park_token = add, .flags = PZ_PARK_THREAD};
+        int r = pz_park(rw, deadline, &opts, &token);
         if (r == 0 && token == TOKEN_HANDOFF) {
             /* The waker added our token to the word.  Pair with its
              * release store (the lot's wake also orders it). */

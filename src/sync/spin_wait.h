@@ -2,7 +2,10 @@
  * The spin phase shared by the sync locks' slow paths: a holder of a data
  * critical section lets go within nanoseconds, so a waiter first spins with
  * exponential back-off (2, 4, 8 cpu_relax), then yields the CPU a few times,
- * and only then parks, which costs microseconds.
+ * and only then parks, which costs microseconds.  A policy of its own, not
+ * the runtime's pz__backoff (which never gives up): this one ends in a park
+ * after a bounded number of rounds, and its short spin keeps a thread from
+ * taking the line of the lock word from a holder on the other core.
  */
 #ifndef PZ_SYNC_SPIN_WAIT_H
 #define PZ_SYNC_SPIN_WAIT_H

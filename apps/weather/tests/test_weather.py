@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """End-to-end tests of plaza-weather over loopback.
 
-    test_weather.py BINARY CASE
+    test_weather.py BINARY CASE [sqlite|pg]
 
-Each case starts its own service on a free port and a fresh SQLite file in
-a temporary directory, drives it over real sockets and checks what the
-database holds afterwards (sqlite3 reads the file the service writes; WAL
-lets it read while the service runs).  Nothing waits for a quiet machine:
+Each case starts its own service on a free port and a fresh database,
+drives it over real sockets and checks what the database holds afterwards.
+With sqlite (the default) the database is a file in a temporary directory
+(sqlite3 reads the file the service writes; WAL lets it read while the
+service runs).  With pg it is a new database on the PostgreSQL test server
+named by the state file in PLAZA_PG_STATE (scripts/pg-test-server.sh),
+created for the case and dropped after it, read with psql.  Nothing waits for a quiet machine:
 every wait is for a state (a line on stdout, a process exit, a response)
 with a generous deadline, and timing assertions compare against margins
 many times the expected figure.
@@ -24,9 +27,67 @@ import time
 
 BIN = sys.argv[1]
 CASE = sys.argv[2]
+BACKEND = sys.argv[3] if len(sys.argv) > 3 else "sqlite"
 SEEDED = 64 * 32
 failures = []
 servers = []  # every service started, killed at the end if a check raised before stopping it
+pg_databases = []  # databases created on the PostgreSQL test server, dropped at the end
+PG_ADMIN = None  # conninfo of the test server's own database
+
+
+def pg_admin():
+    global PG_ADMIN
+    if PG_ADMIN is None:
+        state = os.environ.get("PLAZA_PG_STATE")
+        if not state or not os.path.exists(state):
+            print("no PostgreSQL test server: PLAZA_PG_STATE=%r (scripts/pg-test-server.sh)" % state)
+            # As the C tests: a skip (77) only when asked for, else a failure.
+            sys.exit(77 if os.environ.get("PLAZA_PG_ALLOW_SKIP") == "1" else 1)
+        env = {}
+        for line in open(state):
+            k, _, v = line.strip().partition("=")
+            env[k] = v.strip("'")
+        PG_ADMIN = env["PLAZA_PG_URL"]
+    return PG_ADMIN
+
+
+def psql(conninfo, *commands):
+    """Runs the commands in one psql session; the rows of the last, as lists of strings."""
+    args = ["psql", conninfo, "-X", "-q", "-A", "-t", "-F", "|", "-v", "ON_ERROR_STOP=1"]
+    for c in commands:
+        args += ["-c", c]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise SystemExit("psql failed: %s" % r.stderr.strip())
+    return [l.split("|") for l in r.stdout.splitlines() if l]
+
+
+def fresh_db(tmp, name="weather.db"):
+    """A new empty database: a file name for SQLite, a new database on the test server for pg."""
+    if BACKEND != "pg":
+        return os.path.join(tmp, name)
+    db = "wx_%d_%d" % (os.getpid(), len(pg_databases))
+    psql(pg_admin(), "DROP DATABASE IF EXISTS %s" % db, "CREATE DATABASE %s" % db)
+    pg_databases.append(db)
+    return "pg:" + pg_admin().replace("dbname=postgres", "dbname=" + db)
+
+
+def query(db, sql):
+    """The rows of sql on the service's database, as tuples of numbers or strings."""
+    if BACKEND == "pg":
+        def conv(v):
+            try:
+                return int(v)
+            except ValueError:
+                try:
+                    return float(v)
+                except ValueError:
+                    return v
+        return [tuple(conv(v) for v in row) for row in psql(db[3:], sql)]
+    c = sqlite3.connect(db, timeout=10)
+    r = c.execute(sql).fetchall()
+    c.close()
+    return r
 
 
 def check(cond, what):
@@ -38,9 +99,9 @@ def check(cond, what):
 
 
 class Server:
-    def __init__(self, tmp, *extra, db=None, workers=2):
-        self.db = db or os.path.join(tmp, "weather.db")
-        self.log = open(os.path.join(tmp, "serve.log"), "a+")
+    def __init__(self, tmp, *extra, db=None, workers=2, log="serve.log"):
+        self.db = db or fresh_db(tmp)
+        self.log = open(os.path.join(tmp, log), "a+")
         self.p = subprocess.Popen([BIN, "serve", "--listen", "127.0.0.1:0", "--db", self.db,
                                    "--workers", str(workers)] + list(extra),
                                   stdout=subprocess.PIPE, stderr=self.log, text=True)
@@ -126,10 +187,7 @@ class Conn:
 
 
 def rows(db):
-    c = sqlite3.connect(db, timeout=10)
-    n = c.execute("SELECT count(*) FROM readings").fetchone()[0]
-    c.close()
-    return n
+    return query(db, "SELECT count(*) FROM readings")[0][0]
 
 
 def run_load(srv, tmp, duration, post, get, conns=16, batch=5, name="acked.txt"):
@@ -146,10 +204,28 @@ def finish_load(p):
 
 
 def verify(db, acked):
+    if BACKEND == "pg":
+        return verify_pg(db, acked)
     r = subprocess.run([BIN, "verify", "--db", db, "--acked", acked], capture_output=True, text=True)
     print(r.stdout.strip(), r.stderr.strip())
     parts = dict(x.strip().split(" ") for x in r.stdout.strip().split(","))
     return r.returncode, int(parts["acknowledged"]), int(parts["missing"]), int(parts["rows"])
+
+
+def verify_pg(db, acked):
+    """plaza-weather verify's check on PostgreSQL: every acknowledged reading
+    (a reading acknowledged k times at least k times) is stored."""
+    n = sum(1 for _ in open(acked))
+    missing = psql(db[3:], "CREATE TEMP TABLE acked(city text, time bigint, temperature float8)",
+                   "\\copy acked FROM '%s' WITH (FORMAT text, DELIMITER ' ')" % acked,
+                   "SELECT coalesce(sum(a.n - (SELECT count(*) FROM readings r WHERE r.city = a.city AND"
+                   " r.time = a.time AND abs(r.temperature - a.temperature) < 1e-9)), 0)"
+                   " FROM (SELECT city, time, temperature, count(*) AS n FROM acked GROUP BY 1, 2, 3) a"
+                   " WHERE a.n > (SELECT count(*) FROM readings r WHERE r.city = a.city AND r.time = a.time"
+                   " AND abs(r.temperature - a.temperature) < 1e-9)")[0][0]
+    nrows = rows(db)
+    print("acknowledged %d, missing %s, rows %d" % (n, missing, nrows))
+    return 0, n, int(missing), nrows
 
 
 # ---------------------------------------------------------------------------
@@ -193,9 +269,8 @@ def case_readings(tmp):
     errors = post["status"]["conn_errors"]
     check(nrows >= SEEDED + n_acked and nrows <= SEEDED + n_acked + errors * 5,
           "rows %d = seeded %d + acknowledged %d (+ at most the %d failed POSTs)" % (nrows, SEEDED, n_acked, errors))
-    db = sqlite3.connect(srv.db)
     posted = {}
-    for city, t in db.execute("SELECT city, temperature FROM readings"):
+    for city, t in query(srv.db, "SELECT city, temperature FROM readings"):
         posted.setdefault(city, []).append(t)
     bad = [x for x in seen if x[0] == "status" or not any(abs(x[1] - t) < 1e-9 for t in posted.get(x[0], []))]
     check(len(seen) > 20 and not bad,
@@ -459,7 +534,7 @@ def case_shutdown(tmp):
     # A second signal exits at once, even with a request still open.
     # A POST whose body is still arriving at SIGTERM is received and
     # answered; an idle connection is closed.
-    srv = Server(tmp, db=os.path.join(tmp, "inflight.db"))
+    srv = Server(tmp, db=fresh_db(tmp, "inflight.db"))
     idle = Conn(srv)
     st, _, _ = idle.request("GET", "/healthz")
     c = Conn(srv)
@@ -475,15 +550,13 @@ def case_shutdown(tmp):
     st, h, b = c.response()
     check(st == 200 and h.get("connection") == "close", "the POST in flight is answered 200, Connection: close")
     check(srv.p.wait(30) == 0, "then the service exits 0")
-    d = sqlite3.connect(srv.db)
-    check(d.execute("SELECT count(*) FROM readings WHERE temperature = -11.125").fetchone()[0] == 1,
+    check(query(srv.db, "SELECT count(*) FROM readings WHERE temperature = -11.125")[0][0] == 1,
           "and its reading is stored")
-    d.close()
 
     # A request stuck behind a 30 s database call keeps the first shutdown
     # waiting.
     srv = Server(tmp, "--db-delay-ms", "30000", "--db-delay-city", "city00", "--lock-timeout-ms", "60000",
-                 db=os.path.join(tmp, "second.db"))
+                 db=fresh_db(tmp, "second.db"))
     c = Conn(srv)
     c.send(b"GET /weather/city00 HTTP/1.1\r\nHost: t\r\n\r\n")
     srv.p.send_signal(signal.SIGTERM)
@@ -592,19 +665,200 @@ def case_full(tmp):
           "a corrupt file is refused at start with a message: %d %r" % (p.returncode, p.stderr.strip()))
 
 
+def read_holds(path):
+    """The distributed holds in a --refresh-log file: {(pid, token): hold}, each
+    hold {city, token, pid, start, end (None while open), outcome}, times in ns."""
+    holds = {}
+    if not os.path.exists(path):
+        return holds
+    for line in open(path):
+        f = line.split()
+        if len(f) < 5:
+            continue  # a line being written
+        key = (int(f[4]), int(f[2]))
+        if f[0] == "A":
+            holds[key] = dict(city=f[1], token=int(f[2]), pid=int(f[4]), start=int(f[3]), end=None, outcome=None)
+        elif f[0] == "R" and key in holds and len(f) >= 6:
+            holds[key]["end"] = int(f[3])
+            holds[key]["outcome"] = f[5]
+    return holds
+
+
+def wait_hold(path, pred, what, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for h in read_holds(path).values():
+            if pred(h):
+                return h
+        time.sleep(0.01)
+    raise SystemExit("timed out waiting for %s" % what)
+
+
+def case_replicas(tmp):
+    """Replicas on one PostgreSQL database: one refresh of a city at a time across all of
+    them, every acknowledged reading stored, a killed holder blocks nobody past the lease,
+    a paused holder's stale write refused by its fencing token."""
+    log = os.path.join(tmp, "holds.txt")
+    lease_ms = 2000
+    common = ["--refresh-log", log, "--lock-lease-ms", str(lease_ms), "--lock-timeout-ms", "20000"]
+    db = fresh_db(tmp)
+    reps = [Server(tmp, "--forecast-ttl-ms", "100", "--refresh-ms", "400", *common, db=db, log="r%d.log" % k)
+            for k in range(3)]
+
+    # 1. Three replicas under load, each with its own generator; forecasts
+    # refreshed by GETs (TTL 100 ms) and by each replica's refresher.
+    loads = [run_load(r, tmp, 3, 100, 150, conns=8, batch=5, name="acked%d.txt" % k) for k, r in enumerate(reps)]
+    results = [finish_load(p) for p, _ in loads]
+    n_acked = 0
+    for k, (res, (_, acked)) in enumerate(zip(results, loads)):
+        post, get = res["post_readings"], res["get_weather"]
+        check(post["status"]["2xx"] > 0 and post["status"]["5xx"] == 0 and post["status"]["4xx"] == 0,
+              "replica %d: POSTs acknowledged, none refused: %r" % (k, post["status"]))
+        check(get["status"]["2xx"] > 0 and get["status"]["5xx"] == 0 and get["status"]["4xx"] == 0,
+              "replica %d: GETs answered: %r" % (k, get["status"]))
+        rc, n, missing, nrows = verify(db, acked)
+        check(n > 0 and missing == 0, "replica %d: %d acknowledged readings, %d missing" % (k, n, missing))
+        n_acked += n
+    check(rows(db) == SEEDED + n_acked, "rows %d = seeded + every replica's acknowledged %d" % (rows(db), n_acked))
+    phase1 = read_holds(log)
+    writers = {h["pid"] for h in phase1.values() if h["outcome"] == "wrote"}
+    check(len(writers) >= 2, "forecasts written by %d replicas" % len(writers))
+    check(any(h["outcome"] == "fresh" for h in phase1.values()),
+          "a replica found a forecast another had just refreshed and adopted it")
+
+    # 2. A replica killed with SIGKILL while it holds city00's lock (its
+    # query of city00 made 30 s slow): another replica takes the lock at
+    # once, well within the lease (the kernel closes the killed process's
+    # connections and the server ends its sessions).
+    victim = Server(tmp, "--db-delay-ms", "30000", "--db-delay-city", "city00", "--forecast-ttl-ms", "0",
+                    "--refresh-ms", "3600000", *common, db=db, log="victim.log")
+    vc = Conn(victim)
+    vc.send(b"GET /weather/city00 HTTP/1.1\r\nHost: t\r\n\r\n")
+    held = wait_hold(log, lambda h: h["pid"] == victim.p.pid and h["city"] == "city00", "the victim's hold")
+    t_kill = time.time_ns()  # before the kill: whatever happens after it happens after this
+    victim.p.kill()
+    victim.p.wait()
+    c0 = Conn(reps[0])
+    st, _, _ = c0.request("GET", "/weather/city00", headers="")
+    nxt = wait_hold(log, lambda h: h["city"] == "city00" and h["pid"] != victim.p.pid and h["start"] > held["start"],
+                    "another replica's hold of city00")
+    check(st == 200, "a GET of city00 on another replica answers 200 after the kill")
+    check(nxt["token"] > held["token"], "its token %d is higher than the killed holder's %d" %
+          (nxt["token"], held["token"]))
+    check(nxt["start"] >= t_kill, "it had the lock only after the kill (%.1f ms after)" % ((nxt["start"] - t_kill) / 1e6))
+    check(nxt["start"] - t_kill < lease_ms * 10**6,
+          "within the %d ms lease of the kill (%.1f ms)" % (lease_ms, (nxt["start"] - t_kill) / 1e6))
+
+    # 3. A replica paused (SIGSTOP) while it holds city01's lock: the
+    # server ends its session after the lease, another replica takes the
+    # lock and writes; resumed, the paused one's write carries a stale token
+    # and is refused; the newer forecast stays.
+    delay_ms = 6000
+    paused = Server(tmp, "--db-delay-ms", str(delay_ms), "--db-delay-city", "city01", "--forecast-ttl-ms", "0",
+                    "--refresh-ms", "3600000", *common, db=db, log="paused.log")
+    answer = []
+
+    def paused_get():
+        c = Conn(paused, timeout=120)
+        answer.append(c.request("GET", "/weather/city01"))
+        c.close()
+
+    t = threading.Thread(target=paused_get)
+    t.start()
+    old = wait_hold(log, lambda h: h["pid"] == paused.p.pid and h["city"] == "city01", "the paused one's hold")
+    paused.p.send_signal(signal.SIGSTOP)
+    t_stop = time.time_ns()
+    check(t_stop - old["start"] < delay_ms * 10**6 // 2, "paused inside its slow refresh, before its write")
+    c1 = Conn(reps[1])
+    deadline = time.time() + 60
+    new = None
+    while new is None and time.time() < deadline:
+        c1.request("GET", "/weather/city01")
+        new = next((h for h in read_holds(log).values() if h["city"] == "city01" and h["pid"] != paused.p.pid and
+                    h["token"] > old["token"] and h["outcome"] == "wrote"), None)
+    check(new is not None, "another replica took city01's lock and wrote its forecast while the holder was paused")
+    if new is None:
+        return
+    check(new["start"] - old["start"] >= lease_ms * 10**6 * 0.9,
+          "only once the lease had run out (%.0f ms after the paused one's grant)" %
+          ((new["start"] - old["start"]) / 1e6))
+    paused.p.send_signal(signal.SIGCONT)
+    t.join(120)
+    stale = wait_hold(log, lambda h: h["pid"] == paused.p.pid and h["token"] == old["token"] and h["end"],
+                      "the resumed holder's end")
+    check(stale["outcome"] == "stale", "the resumed holder's write was refused as stale (%s)" % stale["outcome"])
+    check(answer and answer[0][0] == 200, "its GET is answered 200 with the newer forecast")
+    stored = query(db, "SELECT token FROM forecasts WHERE city = 'city01'")[0][0]
+    check(stored >= new["token"] and stored != old["token"],
+          "the stored forecast of city01 carries token %d, not the stale %d" % (stored, old["token"]))
+    check(paused.stop() == 0, "the resumed replica stops cleanly")
+    check("token %d is stale" % old["token"] in paused.log_text() and "was lost while held" in paused.log_text(),
+          "and logged the refused write and the lost lock")
+
+    for k, r in enumerate(reps):
+        m = json.loads(Conn(r).request("GET", "/metrics")[2])
+        check(m["replicas"]["refused_stale"] == 0, "replica %d had no write refused" % k)
+        check(r.stop() == 0, "replica %d stops cleanly" % k)
+
+    # Over every hold of every replica: per city, tokens rise in the order
+    # the locks were granted, and no two holds overlap in time, but for the
+    # paused holder's, which lost its lock (the window the token closes),
+    # and the killed one's, which ended with its process.
+    holds = sorted(read_holds(log).values(), key=lambda h: (h["city"], h["start"]))
+    overlaps, order = [], []
+    by_city = {}
+    for h in holds:
+        by_city.setdefault(h["city"], []).append(h)
+    for city, hs in by_city.items():
+        for a, b in zip(hs, hs[1:]):
+            if b["token"] <= a["token"]:
+                order.append((city, a["token"], b["token"]))
+        live = [h for h in hs if h["outcome"] not in ("stale", None)]
+        for a, b in zip(live, live[1:]):
+            if b["start"] < a["end"]:
+                overlaps.append((city, a["pid"], a["token"], b["pid"], b["token"], (a["end"] - b["start"]) / 1e3))
+    check(len(holds) > 200, "%d holds recorded" % len(holds))
+    check(not order, "tokens rise in grant order for every city: %r" % order[:5])
+    check(not overlaps, "no two refreshes of a city overlapped: %r" % overlaps[:5])
+    # The stored forecast of each city was written by its highest writing token.
+    top = {}
+    for h in holds:
+        if h["outcome"] == "wrote":
+            top[h["city"]] = max(top.get(h["city"], 0), h["token"])
+    stored = dict(query(db, "SELECT city, token FROM forecasts"))
+    wrong = {c: (stored.get(c), t) for c, t in top.items() if stored.get(c) != t}
+    check(not wrong, "every city's stored forecast carries the highest token that wrote it: %r" % list(wrong.items())[:5])
+
+
 CASES = {k[5:]: v for k, v in globals().items() if k.startswith("case_")}
+# The cases that need the SQLite file itself (locking it from another
+# process, capping its growth), and those that need replicas on PostgreSQL.
+SQLITE_ONLY = {"unavailable", "full"}
+PG_ONLY = {"replicas"}
 
 if __name__ == "__main__":
-    if CASE not in CASES:
-        raise SystemExit("unknown case %s; cases: %s" % (CASE, " ".join(CASES)))
+    if CASE not in CASES or BACKEND not in ("sqlite", "pg"):
+        raise SystemExit("unknown case %s or back end %s; cases: %s" % (CASE, BACKEND, " ".join(CASES)))
+    if (BACKEND == "pg" and CASE in SQLITE_ONLY) or (BACKEND != "pg" and CASE in PG_ONLY):
+        raise SystemExit("the case %s does not run on %s" % (CASE, BACKEND))
     with tempfile.TemporaryDirectory(prefix="plaza-weather-test-") as tmp:
         try:
             CASES[CASE](tmp)
         finally:
             for p in servers:
                 if p.poll() is None:
+                    if p.returncode is None:
+                        try:
+                            p.send_signal(signal.SIGCONT)
+                        except OSError:
+                            pass
                     p.kill()
                     p.wait()
+            for db in pg_databases:
+                try:
+                    psql(pg_admin(), "DROP DATABASE IF EXISTS %s WITH (FORCE)" % db)
+                except SystemExit as e:
+                    print("could not drop %s: %s" % (db, e))
     if failures:
         print("%d check(s) failed" % len(failures))
         sys.exit(1)
