@@ -31,6 +31,9 @@ extern const workload sync_workloads[] __attribute__((weak));
 extern const workload async_workloads[] __attribute__((weak));
 extern const workload io_workloads[] __attribute__((weak));
 extern const workload logic_workloads[] __attribute__((weak));
+/* Scheduling under overload (bench_overload.c): not in `all`; bench/run.py
+ * runs them with their parameters beside the peers. */
+extern const workload overload_workloads[] __attribute__((weak));
 
 /* The busy loop the peers run outside their locks: w steps of xorshift64
  * seeded from seed (see bench/peers/README.md). */

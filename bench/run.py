@@ -10,6 +10,9 @@ wrong_lock; see bench/peers/README.md), which need a database: it starts
 bench/peers/bin/dbserver once per delay (0, 50, 1000 µs) on a free loopback
 port, runs each workload for plaza, tokio and Go with db_port= (2 s each;
 --quick: 1 s), N times interleaved likewise, and stops the servers.  Then the
+scheduling-under-overload workloads (ticker beside 100, 1000 and 10000
+runnable tasks, 2 s each; blocking_section beside 100 and 1000, 5 s each;
+--quick: 1 and 2 s), for plaza, tokio and Go, N times interleaved.  Then the
 PostgreSQL client against libpq's blocking loop (bench/pg/run.sh: a throw-away
 server, bench-pg's set; N times, 2 s per figure; --quick: once, 1 s), and the
 weather service beside its Rust and Go peers (bench/weather.sh: fixed rates and
@@ -38,7 +41,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SYSTEMS = ["plaza", "tokio", "parking_lot", "std", "go", "boost_fiber", "pthread"]
-HIGHER_IS_BETTER = {"rps", "sections_per_s", "bystander_ops_per_s", "utilisation", "connections"}
+HIGHER_IS_BETTER = {"rps", "sections_per_s", "bystander_ops_per_s", "utilisation", "connections",
+                    "busy_ops_per_s", "client_ops_per_s"}
 DB_DELAYS = [0, 50, 1000]
 
 
@@ -53,6 +57,35 @@ def logic_runs(seconds):
     runs.append((1000, ["plaza", "peer-tokio"], "bystanders", ["lock=sync", "delay_us=1000", t]))
     runs.append((1000, ["plaza", "peer-tokio"], "wrong_lock", ["kind=logic_behind_sync", "delay_us=1000", t]))
     return runs
+
+
+def overload_runs(seconds):
+    """The scheduling-under-overload invocations: (systems' binaries, workload, args).
+    A blocking section lasts 20 ms, so it runs 2.5 times longer than the ticker (2 s
+    give the ticker 1000 samples, a section's 4 holders about 100, whose p99 would be
+    their maximum)."""
+    systems = ["plaza", "peer-tokio", "peer-go"]
+    runs = [(systems, "ticker", [f"tasks={n}", f"seconds={seconds}"]) for n in (100, 1000, 10000)]
+    runs += [(systems, "blocking_section", [f"clients={n}", f"seconds={seconds * 5 // 2}"]) for n in (100, 1000)]
+    return runs
+
+
+def run_overload(binaries, runs, seconds):
+    """The overload workloads, `runs` times, interleaved like the `all` runs."""
+    paths = dict(binaries)
+    rows = []
+    for r in range(1, runs + 1):
+        for systems, workload, args in overload_runs(seconds):
+            for name in systems:
+                path = paths.get(name)
+                if not path:
+                    continue
+                sys.stderr.write(f"bench: run {r}/{runs}: {name} {workload} {' '.join(args)} ... ")
+                sys.stderr.flush()
+                got, took = run_all(path, name, False, [workload] + args, timeout=seconds * 50 + 120)
+                sys.stderr.write(f"{len(got)} figures in {took:.1f} s\n")
+                rows.extend([str(r)] + g for g in got)
+    return rows
 
 
 class DbServer:
@@ -182,6 +215,14 @@ METRIC_NOTES = {
     "max_wait_us": "longest wait for the lock that any task saw, sampled every 64th acquisition (µs)",
     "rtt_us": "mean unlocked round trip to the database, measured before the sections (µs)",
     "rps": "requests per second",
+    "late_p50_us": "ticker: median of (when the ticker ran - its deadline), µs",
+    "late_p99_us": "ticker: 99th percentile of (when the ticker ran - its deadline), µs",
+    "late_max_us": "ticker: the latest tick, µs",
+    "busy_ops_per_s": "ticker: iterations (compute, yield) of all the runnable tasks per second",
+    "hold_p50_us": "blocking_section: median time the lock was held across the 20 ms blocking call (µs)",
+    "hold_p99_us": "blocking_section: 99th percentile hold time (µs; the floor is the blocking call, 20000)",
+    "hold_max_us": "blocking_section: longest hold (µs)",
+    "client_ops_per_s": "blocking_section: iterations (compute, yield) of all the client tasks per second",
     "connections": "connections accepted",
 }
 
@@ -307,6 +348,34 @@ def latency_summary(data):
     return out
 
 
+def overload_summary(data):
+    """Scheduling under overload: the ticker's lateness and the blocking section's hold
+    time, per number of runnable tasks, p50 / p99 / max per system."""
+    out = ["\n## Scheduling under overload\n",
+           "A 2 ms ticker beside N tasks that compute (1000 xorshift steps) and yield, on 2 "
+           "workers: how late it runs (µs, p50 / p99 / max; goal p99 <= 1000 at 1000 tasks). "
+           "A lock held across a 20 ms blocking call (pz_blocking, spawn_blocking, a blocking "
+           "system call in Go) by 4 tasks in turn beside N such tasks: hold time (µs, p50 / p99 / "
+           "max; the floor is 20000, goal p99 <= 30000) and sections per second (at most 50).\n",
+           "| workload | N | system | p50 / p99 / max (µs) | sections/s | runnable tasks' iterations/s |",
+           "|---|---:|---|---:|---:|---:|"]
+    for workload, pre in (("ticker", "late"), ("blocking_section", "hold")):
+        params = sorted({k[1] for k in data if k[0] == workload}, key=natural_key)
+        for param in params:
+            n = param.split()[0].split("=")[1]
+            for system in ("plaza", "tokio", "go"):
+                lat = [med(data, (workload, param, f"{pre}_{q}_us"), system) for q in ("p50", "p99", "max")]
+                if all(v is None for v in lat):
+                    continue
+                sps = med(data, (workload, param, "sections_per_s"), system)
+                ops = med(data, (workload, param, "busy_ops_per_s" if workload == "ticker"
+                                 else "client_ops_per_s"), system)
+                out.append(f"| {workload} | {n} | {system} | "
+                           + " / ".join("–" if v is None else fmt(v) for v in lat) + " | "
+                           + ("–" if sps is None else fmt(sps)) + " | " + ("–" if ops is None else fmt(ops)) + " |")
+    return out
+
+
 def machine_section(data, stamp, runs, mach, vers, plots_dir, db_notes=(), extra=()):
     """This run's figures as one section of RESULTS.md, headed by the machine."""
     lines = []
@@ -341,6 +410,7 @@ def machine_section(data, stamp, runs, mach, vers, plots_dir, db_notes=(), extra
     lines += data_summary(data)
     lines += latency_summary(data)
     lines += logic_summary(data)
+    lines += overload_summary(data)
     if db_notes:
         lines.append("\nThe database (bench/peers/bin/dbserver) measured the delays it gave:\n")
         lines += [f"- `{n}`" for n in db_notes]
@@ -398,9 +468,13 @@ UNITS = {"ns_per_op": "ns per operation", "ns_per_item": "ns per item", "ns_per_
          "bystander_p50_us": "bystander p50 (µs)", "bystander_p99_us": "bystander p99 (µs)",
          "bystander_p999_us": "bystander p99.9 (µs)", "utilisation": "round trips used (1 = limit)",
          "rtt_us": "idle round trip (µs)", "bytes_per_task": "bytes per idle task",
-         "cpu_per_wall": "CPU seconds per wall second", "connections": "connections"}
+         "cpu_per_wall": "CPU seconds per wall second", "connections": "connections",
+         "late_p50_us": "lateness p50 (µs)", "late_p99_us": "lateness p99 (µs)", "late_max_us": "lateness max (µs)",
+         "busy_ops_per_s": "runnable tasks' iterations/s", "hold_p50_us": "hold p50 (µs)",
+         "hold_p99_us": "hold p99 (µs)", "hold_max_us": "hold max (µs)",
+         "client_ops_per_s": "clients' iterations/s"}
 # The plots RESULTS.md shows inline: the ones that carry the argument.
-STORY_PLOTS = ["data_critical_grid", "logic", "bystanders", "wrong_lock", "sleep"]
+STORY_PLOTS = ["data_critical_grid", "logic", "bystanders", "wrong_lock", "sleep", "ticker", "blocking_section"]
 
 
 def natural_key(param):
@@ -684,6 +758,7 @@ def main():
             rows.extend([str(r)] + g for g in got)
     logic_rows, db_notes = run_logic(binaries, runs, 1 if a.quick else 2, peers_bin)
     rows += logic_rows
+    rows += run_overload(binaries, runs, 1 if a.quick else 2)
     build_dir = os.path.dirname(os.path.dirname(os.path.abspath(a.plaza)))
     pg_rows, pg_head = run_pg(build_dir, runs, 1 if a.quick else 2)
     extra = pg_section(pg_rows, pg_head, runs) + run_weather(build_dir, a.quick)

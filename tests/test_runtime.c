@@ -503,9 +503,9 @@ static void *errno_task(void *arg)
     int mine = (int)(uintptr_t)arg;
     int last_worker = pz_worker_index();
     int moved = 0;
-    /* Blocking calls resume through the injection queue, where either
-     * worker may pick the task up, so tasks do move; go on until this one
-     * has moved a few times. */
+    /* Blocking calls resume through the injection queue's wake list,
+     * where either worker may pick the task up, so tasks do move; go on
+     * until this one has moved a few times. */
     for (int i = 0; i < 20000 && (i < 300 || moved < 5); i++) {
         write_errno(mine + i);
         switch (i % 3) {

@@ -8,6 +8,10 @@
  * the runtime epoch it was submitted in, so a job that finishes after its
  * runtime stopped wakes nobody.
  *
+ * A finished job's task is made runnable from the pool thread, which is not
+ * a worker, so it goes to the runtime's wake list and runs within a few
+ * scheduling decisions (the policy is in sched.c).
+ *
  * Jobs live on the waiting task's stack.  The pool touches a job only under
  * the pool lock, and a task leaves pz_blocking only after it has seen, under
  * the same lock, that the job is either unstarted (and removed) or done.

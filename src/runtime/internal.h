@@ -300,6 +300,7 @@ struct pz__worker {
     pz__runq runq;
     _Atomic(pz_task_t *) lifo; /* the task woken last by this worker */
     unsigned lifo_streak;
+    unsigned wake_streak;      /* tasks taken from the wake list in a row */
     unsigned coop_spent;       /* pz__coop_tick calls since the switch-in */
     uint32_t tick;
     bool in_loop;              /* the worker loop is choosing (not a task) */
@@ -373,11 +374,22 @@ struct pz__runtime {
     size_t guard_size;
     int guard_kind;            /* PZ__GUARD_* */
 
-    /* Global injection queue: tasks made runnable off the workers, and the
-     * overflow of full local queues. */
+    /* Global injection queue, two lists under one lock (runq.c):
+     * - the wake list: tasks woken by an event, that is an expired timer, a
+     *   finished blocking-pool job or a thread that is not a worker; every
+     *   scheduling decision looks at it (sched.c, next_local);
+     * - the ordinary list: the overflow of full local queues, looked at
+     *   every PZ__MAINTENANCE_INTERVAL decisions and when a worker has
+     *   nothing local.
+     * inject_len counts the tasks of both lists (so "is anything queued
+     * globally" stays one load), wake_len those of the wake list.  Every
+     * decision of every worker reads wake_len, so it has a line of its own,
+     * written only when the wake list changes (not by the overflow). */
     _Alignas(PZ__CACHELINE) pz__spin inject_lock;
     pz_task_t *inject_head, *inject_tail;
+    pz_task_t *wake_head, *wake_tail;
     _Atomic size_t inject_len;
+    _Alignas(PZ__CACHELINE) _Atomic size_t wake_len;
 
     /* Idle workers.  nsleeping and nsearching are read without the lock to
      * decide cheaply whether a wake-up is needed. */
@@ -485,11 +497,19 @@ static inline uint32_t pz__runq_len(pz__runq *q)
     return tail - head;
 }
 size_t pz__runq_take_half(pz__runq *q, pz_task_t **out); /* owner, for overflow */
+/* The injection queue's ordinary list: push n linked tasks; pop one to run
+ * (and, when w's local queue is empty, a share more into it). */
 void pz__inject_push(pz__runtime *rt, pz_task_t *first, pz_task_t *last, size_t n);
 pz_task_t *pz__inject_pop(pz__runtime *rt, pz__worker *w);
+/* Its wake list: push n linked tasks at the tail; pop the head. */
+void pz__wake_push(pz__runtime *rt, pz_task_t *first, pz_task_t *last, size_t n);
+pz_task_t *pz__wake_pop(pz__runtime *rt);
 
 /* sched.c */
 void pz__task_ready(pz_task_t *t, bool lifo);
+/* Makes n linked tasks (first..last) that an event woke runnable through
+ * the wake list (timers; pz__task_ready does it for a non-worker caller). */
+void pz__task_ready_woken(pz_task_t *first, pz_task_t *last, size_t n);
 void pz__notify_work(pz__runtime *rt);
 void pz__suspend(void (*after)(pz__worker *, void *), void *arg);
 _Noreturn void pz__task_exit_switch(pz_task_t *t);

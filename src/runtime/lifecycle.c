@@ -117,6 +117,8 @@ static void drain(pz__runtime *rt)
     }
     free_task_list(rt->inject_head);
     rt->inject_head = rt->inject_tail = NULL;
+    free_task_list(rt->wake_head);
+    rt->wake_head = rt->wake_tail = NULL;
     for (int i = 0; i < slots; i++) {
         pz__worker *w = &rt->workers[i];
         pz_task_t *t;

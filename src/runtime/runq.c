@@ -8,8 +8,11 @@
  * its CAS on head: the owner cannot overwrite slot i while head <= i, so if
  * the CAS succeeds the copies are exactly the tasks it now owns.
  *
- * Injection queue: a singly linked list under a spin lock, with an atomic
- * length so that an empty queue costs one load to check.
+ * Injection queue: two singly linked lists under one spin lock, with
+ * atomic lengths so that an empty queue costs one load to check.  The wake
+ * list holds tasks woken by an event (sched.c says why they go first); the
+ * ordinary list the overflow of full local queues.  inject_len counts both
+ * lists, wake_len the wake list; both change only under the lock.
  */
 #include "internal.h"
 
@@ -85,12 +88,51 @@ void pz__inject_push(pz__runtime *rt, pz_task_t *first, pz_task_t *last, size_t 
     pz__spin_unlock(&rt->inject_lock);
 }
 
-pz_task_t *pz__inject_pop(pz__runtime *rt, pz__worker *w)
+void pz__wake_push(pz__runtime *rt, pz_task_t *first, pz_task_t *last, size_t n)
 {
-    if (atomic_load_explicit(&rt->inject_len, memory_order_acquire) == 0)
+    last->next = NULL;
+    pz__spin_lock(&rt->inject_lock);
+    if (rt->wake_tail)
+        rt->wake_tail->next = first;
+    else
+        rt->wake_head = first;
+    rt->wake_tail = last;
+    atomic_store_explicit(&rt->wake_len, atomic_load_explicit(&rt->wake_len, memory_order_relaxed) + n,
+                          memory_order_release);
+    atomic_store_explicit(&rt->inject_len, atomic_load_explicit(&rt->inject_len, memory_order_relaxed) + n,
+                          memory_order_release);
+    pz__spin_unlock(&rt->inject_lock);
+}
+
+pz_task_t *pz__wake_pop(pz__runtime *rt)
+{
+    if (atomic_load_explicit(&rt->wake_len, memory_order_acquire) == 0)
         return NULL;
     pz__spin_lock(&rt->inject_lock);
-    size_t len = atomic_load_explicit(&rt->inject_len, memory_order_relaxed);
+    pz_task_t *t = rt->wake_head;
+    if (t) {
+        rt->wake_head = t->next;
+        if (!rt->wake_head)
+            rt->wake_tail = NULL;
+        atomic_store_explicit(&rt->wake_len, atomic_load_explicit(&rt->wake_len, memory_order_relaxed) - 1,
+                              memory_order_release);
+        atomic_store_explicit(&rt->inject_len, atomic_load_explicit(&rt->inject_len, memory_order_relaxed) - 1,
+                              memory_order_release);
+    }
+    pz__spin_unlock(&rt->inject_lock);
+    if (t)
+        t->next = NULL;
+    return t;
+}
+
+pz_task_t *pz__inject_pop(pz__runtime *rt, pz__worker *w)
+{
+    if (atomic_load_explicit(&rt->inject_len, memory_order_acquire) ==
+        atomic_load_explicit(&rt->wake_len, memory_order_acquire))
+        return NULL;
+    pz__spin_lock(&rt->inject_lock);
+    size_t all = atomic_load_explicit(&rt->inject_len, memory_order_relaxed);
+    size_t len = all - atomic_load_explicit(&rt->wake_len, memory_order_relaxed);
     if (len == 0) {
         pz__spin_unlock(&rt->inject_lock);
         return NULL;
@@ -115,7 +157,7 @@ pz_task_t *pz__inject_pop(pz__runtime *rt, pz__worker *w)
     rt->inject_head = t;
     if (!t)
         rt->inject_tail = NULL;
-    atomic_store_explicit(&rt->inject_len, len - take, memory_order_release);
+    atomic_store_explicit(&rt->inject_len, all - take, memory_order_release);
     pz__spin_unlock(&rt->inject_lock);
     run->next = NULL;
     return run;

@@ -13,6 +13,35 @@
  * have exited, free my stack" all happen only once the task is off its
  * stack, and no other worker can ever resume a task that is still running.
  *
+ * Which task runs next, and how long a woken task can wait (next_local).
+ * Every scheduling decision, whether a task switching away or the worker
+ * loop makes it, does this in order:
+ *   1. fires this worker's expired timers (one load while its heap is
+ *      empty, one clock read while it is not);
+ *   2. takes the head of the runtime's wake list, unless the last
+ *      PZ__WAKE_STREAK_MAX decisions all did;
+ *   3. takes the LIFO slot (at most PZ__LIFO_STREAK_MAX times in a row),
+ *      then the head of the local queue;
+ *   4. with nothing local, the wake list even past its streak.
+ * Every PZ__MAINTENANCE_INTERVAL-th decision first also fires the other
+ * workers' expired timers and takes one task of the injection queue's
+ * ordinary list (local-queue overflow), so neither starves.
+ * The wake list holds every task woken by an event: its timer expired, its
+ * blocking-pool job finished, or a thread that is not a worker woke it.
+ * The bound: a task woken that way, with k tasks ahead of it in the wake
+ * list, runs within (k + 1) * (PZ__WAKE_STREAK_MAX + 1) / PZ__WAKE_STREAK_MAX
+ * decisions of any one worker (rounded up), however many tasks wait in the
+ * run queues; a timer's task enters the list at its worker's first decision
+ * after the deadline (or the 61st of another worker, if its own is stuck in
+ * one task).  In time, that is so many decisions times the longest a task
+ * runs without suspending, which the cooperative budget and pz_yield keep
+ * short.  Go checks its timers and its run-next slot on every round and
+ * tokio its LIFO slot; a list of its own keeps these tasks off the tail of
+ * a run queue 256 tasks long (plus its overflow) without reordering tasks
+ * that merely yielded.  The streak limit keeps a flood of wake-ups from
+ * starving the run queues: they get at least one decision in
+ * PZ__WAKE_STREAK_MAX + 1.
+ *
  * Wake-ups: a worker that makes work runnable calls pz__notify_work, which
  * wakes one sleeping worker only if no worker is already searching for
  * work.  A woken worker is "searching" until it finds a task or goes back to
@@ -42,6 +71,8 @@
 #define PZ__MAINTENANCE_INTERVAL 61
 /* How many times in a row the LIFO slot may be preferred to the queue. */
 #define PZ__LIFO_STREAK_MAX 3
+/* How many times in a row the wake list may be preferred to the rest. */
+#define PZ__WAKE_STREAK_MAX 4
 
 static inline void ctx_switch(pz__ctx *from, pz__ctx *to, bool from_dies)
 {
@@ -138,29 +169,49 @@ void pz__task_ready(pz_task_t *t, bool lifo)
         push_local(w, t);
         notify_work_local(rt);
     } else {
-        /* No worker of ours will look at the injection queue unless woken,
-         * so this side pays for the fence. */
-        pz__inject_push(rt, t, t, 1);
-        pz__notify_work(rt);
+        pz__task_ready_woken(t, t, 1);
     }
+}
+
+void pz__task_ready_woken(pz_task_t *first, pz_task_t *last, size_t n)
+{
+    pz__runtime *rt = atomic_load_explicit(&pz__rt, memory_order_acquire);
+    pz__wake_push(rt, first, last, n);
+    /* A sleeping worker will not look at the wake list unless woken, so
+     * this side pays for the fence. */
+    pz__notify_work(rt);
 }
 
 /* ---- finding work ---- */
 
+/* This worker's expired timers: on every decision, so cheap while none is
+ * armed (one load). */
+static inline void fire_own_timers(pz__worker *w)
+{
+    int64_t next = atomic_load_explicit(&w->timers.next, memory_order_relaxed);
+    if (next != PZ_FOREVER) {
+        int64_t now = pz__clock_now();
+        if (next <= now)
+            pz__timers_fire(&w->timers, now, false);
+    }
+}
+
+/* The other workers' expired timers, in case one of them runs a long task;
+ * a heap whose lock is taken is left to whoever holds it. */
 static void maintenance(pz__worker *w)
 {
-    if (atomic_load_explicit(&w->timers.next, memory_order_relaxed) != PZ_FOREVER)
-        pz__timers_fire(&w->timers, pz__clock_now(), false);
-    /* Once a spare has run, a blocked worker's heap and a retired spare's
-     * have no owner that looks at them: every worker fires their expired
-     * timers too (a load per slot, every PZ__MAINTENANCE_INTERVAL). */
     pz__runtime *rt = w->rt;
-    int slots = pz__rt_slots(rt);
-    if (__builtin_expect(slots > rt->nworkers, 0)) {
-        int64_t now = pz__clock_now();
-        for (int i = 0; i < slots; i++)
-            if (i != w->index)
-                pz__timers_fire(&rt->workers[i].timers, now, true);
+    int64_t now = 0;
+    /* Every slot that has ever had a thread: once a spare has run, a
+     * blocked worker's heap and a retired spare's have no owner that looks
+     * at them. */
+    for (int i = 0, slots = pz__rt_slots(rt); i < slots; i++) {
+        pz__timers *tm = &rt->workers[i].timers;
+        if (i == w->index || atomic_load_explicit(&tm->next, memory_order_relaxed) == PZ_FOREVER)
+            continue;
+        if (!now)
+            now = pz__clock_now();
+        pz__timers_fire(tm, now, true);
     }
 }
 
@@ -208,18 +259,28 @@ static void poll_io(pz__worker *w)
     }
 }
 
-/* The next task of this worker's own: cheap, called on every switch. */
+/* The next task: cheap, called on every switch.  The order and the bound
+ * it gives are at the top of this file. */
 static pz_task_t *next_local(pz__worker *w)
 {
     pz_task_t *t;
+    pz__runtime *rt = w->rt;
     if (++w->tick % PZ__MAINTENANCE_INTERVAL == 0) {
         maintenance(w);
         /* Go through the worker loop, which polls for I/O (and where a
          * retiring spare leaves). */
-        if (!w->in_loop && (io_waiting(w->rt) || retiring(w)))
+        if (!w->in_loop && (io_waiting(rt) || retiring(w)))
             return NULL;
-        if ((t = pz__inject_pop(w->rt, w)))
+        if ((t = pz__inject_pop(rt, w)))
             return t;
+    }
+    fire_own_timers(w);
+    if (atomic_load_explicit(&rt->wake_len, memory_order_relaxed)) {
+        if (w->wake_streak < PZ__WAKE_STREAK_MAX && (t = pz__wake_pop(rt))) {
+            w->wake_streak++;
+            return t;
+        }
+        w->wake_streak = 0;
     }
     if (w->lifo_streak < PZ__LIFO_STREAK_MAX) {
         if (atomic_load_explicit(&w->lifo, memory_order_relaxed) &&
@@ -231,9 +292,10 @@ static pz_task_t *next_local(pz__worker *w)
     w->lifo_streak = 0;
     if ((t = pz__runq_pop(&w->runq)))
         return t;
-    if (atomic_load_explicit(&w->lifo, memory_order_relaxed))
-        return atomic_exchange_explicit(&w->lifo, NULL, memory_order_acq_rel);
-    return NULL;
+    if (atomic_load_explicit(&w->lifo, memory_order_relaxed) &&
+        (t = atomic_exchange_explicit(&w->lifo, NULL, memory_order_acq_rel)))
+        return t;
+    return pz__wake_pop(rt);
 }
 
 static uint64_t next_random(pz__worker *w)
@@ -511,11 +573,15 @@ void pz_yield(void)
     }
     if (++w->tick % PZ__MAINTENANCE_INTERVAL == 0)
         maintenance(w);
-    /* Nothing else to run here or in the injection queue: carry on (unless
-     * this is a spare told to retire: the task moves to another worker). */
-    if (pz__runq_len(&w->runq) == 0 && !atomic_load_explicit(&w->lifo, memory_order_relaxed) &&
-        atomic_load_explicit(&w->rt->inject_len, memory_order_relaxed) == 0 && !retiring(w))
-        return;
+    /* Nothing else to run here or in the injection queue (either list),
+     * even once this worker's expired timers have fired: carry on (unless
+     * this is a spare told to retire: the task moves to another worker).
+     * (With something else to run, the switch's decision fires them.) */
+    if (pz__runq_len(&w->runq) == 0 && !atomic_load_explicit(&w->lifo, memory_order_relaxed) && !retiring(w)) {
+        fire_own_timers(w);
+        if (atomic_load_explicit(&w->rt->inject_len, memory_order_relaxed) == 0)
+            return;
+    }
     suspend_on(w, yield_after, w->current);
 }
 

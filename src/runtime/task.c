@@ -366,8 +366,16 @@ static void park_after(pz__worker *w, void *arg)
         if (pz__task_claim(t, gen, PZ__WAKE_ABORT) == PZ__CLAIM_WON_READY)
             pz__task_ready(t, false);
     }
-    if (claimed_early)
-        pz__task_ready(t, false);
+    if (claimed_early) {
+        /* Claimed while it switched away.  By its timer (its deadline had
+         * passed, or passed meanwhile): a timer's wake-up, through the wake
+         * list like every other (sched.c), so a task that has fallen behind
+         * its deadlines is not sent to the tail of a long run queue. */
+        if (PZ__PS_REASON(s) == PZ__WAKE_TIMEOUT)
+            pz__task_ready_woken(t, t, 1);
+        else
+            pz__task_ready(t, false);
+    }
 }
 
 int pz__park_commit(pz__park_fn cb, void *arg, int64_t deadline)

@@ -9,9 +9,13 @@
  * takes its entry out under the same lock before its park returns.  So once
  * pz__park_commit returns, no timer will touch the task again.
  *
- * The heap has nanosecond deadlines and is checked on every idle wake-up
- * and every PZ__MAINTENANCE_INTERVAL scheduling decisions; idle workers
- * sleep exactly until the earliest deadline of all heaps.
+ * The heap has nanosecond deadlines.  Its worker checks it at every
+ * scheduling decision (one load while it is empty, a clock read while it
+ * is not), other workers every PZ__MAINTENANCE_INTERVAL decisions and on
+ * every idle wake-up (in case its worker is stuck in one long task); idle
+ * workers sleep exactly until the earliest deadline of all heaps.  Expired
+ * tasks go to the runtime's wake list, which every decision looks at
+ * first (sched.c).
  */
 #include "internal.h"
 
@@ -136,26 +140,27 @@ int pz__timers_fire(pz__timers *tm, int64_t now, bool try_only)
     }
     /* Expired tasks are made runnable in deadline order (appended at the
      * list's tail): two timers that expire together run in that order. */
-    pz_task_t *ready = NULL, **tail = &ready;
+    pz_task_t *ready = NULL, *last = NULL;
     int n = 0;
     while (tm->len && tm->heap[0]->timer_deadline <= now) {
         pz_task_t *t = tm->heap[0];
         remove_at(tm, 0);
         if (pz__task_claim(t, t->timer_gen, PZ__WAKE_TIMEOUT) == PZ__CLAIM_WON_READY) {
             t->next = NULL;
-            *tail = t;
-            tail = &t->next;
+            if (last)
+                last->next = t;
+            else
+                ready = t;
+            last = t;
             n++;
         }
     }
     publish_next(tm);
     pz__spin_unlock(&tm->lock);
-    while (ready) {
-        pz_task_t *next = ready->next;
-        ready->next = NULL;
-        pz__task_ready(ready, false);
-        ready = next;
-    }
+    /* To the wake list, in one splice: they run ahead of the run queues
+     * (the policy and its bound are in sched.c). */
+    if (ready)
+        pz__task_ready_woken(ready, last, (size_t)n);
     return n;
 }
 

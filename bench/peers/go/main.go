@@ -21,6 +21,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -892,6 +893,129 @@ func wBystanders(p params) {
 	emit("bystanders", param, "sections_per_s", float64(sections)/d.Seconds())
 }
 
+// ---------------------------------------------------------------- scheduling under overload
+
+// spawnBusy starts n goroutines that run `work` xorshift steps and Gosched until stop is
+// set, adding their iterations to ops; wg counts them.
+func spawnBusy(n, work uint64, stop *atomic.Bool, ops *uint64, wg *sync.WaitGroup) {
+	for i := uint64(0); i < n; i++ {
+		wg.Add(1)
+		go func(i uint64) {
+			defer wg.Done()
+			x, k := i+1, uint64(0)
+			for !stop.Load() {
+				x ^= spinWork(work, x+k)
+				runtime.Gosched()
+				k++
+			}
+			atomic.AddUint64(&sink, x)
+			atomic.AddUint64(ops, k)
+		}(i)
+	}
+}
+
+// wTicker: one goroutine sleeps until an absolute deadline every period_us beside `tasks`
+// computing and yielding goroutines; lateness = when it runs - its deadline.
+func wTicker(p params) {
+	tasks := p.u("tasks", 1000)
+	workers := maxu(p.u("workers", 2), 1)
+	work := p.u("work", 1000)
+	period := time.Duration(maxu(p.u("period_us", 2000), 1)) * time.Microsecond
+	seconds := maxu(p.u("seconds", 2), 1)
+	runtime.GOMAXPROCS(int(workers))
+	var stop atomic.Bool
+	var ops uint64
+	var wg sync.WaitGroup
+	spawnBusy(tasks, work, &stop, &ops, &wg)
+	t0 := time.Now()
+	h := newHist()
+	done := make(chan struct{})
+	go func() {
+		start := time.Now()
+		end := start.Add(time.Duration(seconds) * time.Second)
+		for deadline := start.Add(period); !deadline.After(end); deadline = deadline.Add(period) {
+			time.Sleep(time.Until(deadline))
+			now := time.Now()
+			if now.Before(deadline) {
+				fail("ticker: woke before its deadline")
+			}
+			h.add(uint64(now.Sub(deadline).Nanoseconds()))
+		}
+		close(done)
+	}()
+	<-done
+	stop.Store(true)
+	wg.Wait()
+	opsPerS := float64(ops) / time.Since(t0).Seconds()
+	if h.count() == 0 {
+		fail("ticker: no ticks")
+	}
+	param := fmt.Sprintf("tasks=%d workers=%d work=%d period_us=%d", tasks, workers, work, period.Microseconds())
+	emit("ticker", param, "late_p50_us", h.permille(500)/1000)
+	emit("ticker", param, "late_p99_us", h.permille(990)/1000)
+	emit("ticker", param, "late_max_us", h.permille(1000)/1000)
+	emit("ticker", param, "busy_ops_per_s", opsPerS)
+}
+
+// wBlockingSection: `holders` goroutines take one sync.Mutex in turn and hold it across a
+// blocking nanosleep system call of block_ms (the goroutine blocks its thread; the
+// runtime hands its P to another thread meanwhile), beside `clients` computing and
+// yielding goroutines.
+func wBlockingSection(p params) {
+	clients := p.u("clients", 1000)
+	holders := maxu(p.u("holders", 4), 1)
+	workers := maxu(p.u("workers", 2), 1)
+	work := p.u("work", 1000)
+	block := time.Duration(maxu(p.u("block_ms", 20), 1)) * time.Millisecond
+	seconds := maxu(p.u("seconds", 2), 1)
+	runtime.GOMAXPROCS(int(workers))
+	var stop atomic.Bool
+	var ops uint64
+	var bwg sync.WaitGroup
+	spawnBusy(clients, work, &stop, &ops, &bwg)
+	t0 := time.Now()
+	deadline := t0.Add(time.Duration(seconds) * time.Second)
+	var m sync.Mutex
+	holds := newHist()  // under m
+	var sections uint64 // under m
+	var wg sync.WaitGroup
+	for i := uint64(0); i < holders; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				m.Lock()
+				got := time.Now()
+				ts := syscall.NsecToTimespec(block.Nanoseconds())
+				for syscall.Nanosleep(&ts, &ts) != nil {
+				}
+				held := time.Since(got)
+				if held < block {
+					fail("blocking_section: held less than the blocking call")
+				}
+				holds.add(uint64(held.Nanoseconds()))
+				sections++
+				m.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(t0).Seconds()
+	stop.Store(true)
+	bwg.Wait()
+	opsPerS := float64(ops) / time.Since(t0).Seconds()
+	if sections == 0 || holds.count() != sections {
+		fail("blocking_section: section count")
+	}
+	param := fmt.Sprintf("clients=%d holders=%d workers=%d work=%d block_ms=%d", clients, holders, workers, work,
+		block.Milliseconds())
+	emit("blocking_section", param, "hold_p50_us", holds.permille(500)/1000)
+	emit("blocking_section", param, "hold_p99_us", holds.permille(990)/1000)
+	emit("blocking_section", param, "hold_max_us", holds.permille(1000)/1000)
+	emit("blocking_section", param, "sections_per_s", float64(sections)/elapsed)
+	emit("blocking_section", param, "client_ops_per_s", opsPerS)
+}
+
 type workload struct {
 	name string
 	fn   func(params)
@@ -917,6 +1041,9 @@ var workloads = []workload{
 	{"echo_server", wEchoServer, []string{"port", "workers", "seconds"}},
 	{"logic", wLogic, []string{"db_port", "tasks", "workers", "delay_us", "seconds"}},
 	{"bystanders", wBystanders, []string{"db_port", "lock", "tasks", "bystanders", "workers", "delay_us", "seconds"}},
+	// Not in `all`: bench/run.py runs them with their parameters.
+	{"ticker", wTicker, []string{"tasks", "workers", "work", "period_us", "seconds"}},
+	{"blocking_section", wBlockingSection, []string{"clients", "holders", "workers", "work", "block_ms", "seconds"}},
 }
 
 // allRuns is what `all` runs: each workload once with defaults, plus the rows the spec

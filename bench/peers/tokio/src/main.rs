@@ -1285,6 +1285,135 @@ fn w_wrong_lock(p: &Params) {
     }
 }
 
+// ---------------------------------------------------------------- scheduling under overload
+
+/// The computing tasks of `ticker` and `blocking_section`: `work` xorshift steps, then
+/// yield_now, until `stop`; returns the iterations they made.
+fn spawn_busy(n: u64, work: u64, stop: Arc<std::sync::atomic::AtomicBool>, ops: Arc<AtomicU64>) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|i| {
+            let stop = stop.clone();
+            let ops = ops.clone();
+            tokio::spawn(async move {
+                let (mut x, mut k) = (i + 1, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    x ^= spin_work(work, x.wrapping_add(k));
+                    tokio::task::yield_now().await;
+                    k += 1;
+                }
+                black_box(x);
+                ops.fetch_add(k, Ordering::Relaxed);
+            })
+        })
+        .collect()
+}
+
+/// `ticker`: one task sleeps until an absolute deadline every period_us beside `tasks`
+/// computing and yielding tasks; lateness = when it runs - its deadline.
+fn w_ticker(p: &Params) {
+    let tasks = p.u("tasks", 1000);
+    let workers = p.u("workers", 2);
+    let work = p.u("work", 1000);
+    let period = Duration::from_micros(p.u("period_us", 2000).max(1));
+    let seconds = p.u("seconds", 2).max(1);
+    let (late, ops_per_s) = run_on(workers, async move {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ops = Arc::new(AtomicU64::new(0));
+        let busy = spawn_busy(tasks, work, stop.clone(), ops.clone());
+        let t0 = Instant::now();
+        let ticker = tokio::spawn(async move {
+            let mut h = Hist::new();
+            let start = tokio::time::Instant::now();
+            let end = start + Duration::from_secs(seconds);
+            let mut deadline = start + period;
+            while deadline <= end {
+                tokio::time::sleep_until(deadline).await;
+                let now = tokio::time::Instant::now();
+                if now < deadline {
+                    fail("ticker: woke before its deadline");
+                }
+                h.record((now - deadline).as_nanos() as u64);
+                deadline += period;
+            }
+            h
+        });
+        let h = ticker.await.unwrap();
+        stop.store(true, Ordering::Relaxed);
+        for b in busy {
+            b.await.unwrap();
+        }
+        (h, ops.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64())
+    });
+    if late.count() == 0 {
+        fail("ticker: no ticks");
+    }
+    let param = format!("tasks={tasks} workers={workers} work={work} period_us={}", period.as_micros());
+    emit("tokio", "ticker", &param, "late_p50_us", late.permille(500) / 1000.0);
+    emit("tokio", "ticker", &param, "late_p99_us", late.permille(990) / 1000.0);
+    emit("tokio", "ticker", &param, "late_max_us", late.permille(1000) / 1000.0);
+    emit("tokio", "ticker", &param, "busy_ops_per_s", ops_per_s);
+}
+
+/// `blocking_section`: `holders` tasks take one tokio::sync::Mutex in turn and hold it
+/// across spawn_blocking(sleep block_ms), beside `clients` computing and yielding tasks.
+fn w_blocking_section(p: &Params) {
+    let clients = p.u("clients", 1000);
+    let holders = p.u("holders", 4).max(1);
+    let workers = p.u("workers", 2);
+    let work = p.u("work", 1000);
+    let block = Duration::from_millis(p.u("block_ms", 20).max(1));
+    let seconds = p.u("seconds", 2).max(1);
+    let (holds, sections_per_s, ops_per_s) = run_on(workers, async move {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ops = Arc::new(AtomicU64::new(0));
+        let busy = spawn_busy(clients, work, stop.clone(), ops.clone());
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(seconds);
+        // The histogram lives under the lock: only the holder writes it.
+        let lock = Arc::new(tokio::sync::Mutex::new(Hist::new()));
+        let hs: Vec<_> = (0..holders)
+            .map(|_| {
+                let lock = lock.clone();
+                tokio::spawn(async move {
+                    while Instant::now() < deadline {
+                        let mut g = lock.lock().await;
+                        let got = Instant::now();
+                        tokio::task::spawn_blocking(move || std::thread::sleep(block)).await.unwrap();
+                        let held = got.elapsed();
+                        if held < block {
+                            fail("blocking_section: held less than the blocking call");
+                        }
+                        g.record(held.as_nanos() as u64);
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.await.unwrap();
+        }
+        let elapsed = t0.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        for b in busy {
+            b.await.unwrap();
+        }
+        let holds = std::mem::replace(&mut *lock.lock().await, Hist::new());
+        let n = holds.count() as f64;
+        (holds, n / elapsed, ops.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64())
+    });
+    if holds.count() == 0 {
+        fail("blocking_section: no sections");
+    }
+    let param = format!(
+        "clients={clients} holders={holders} workers={workers} work={work} block_ms={}",
+        block.as_millis()
+    );
+    emit("tokio", "blocking_section", &param, "hold_p50_us", holds.permille(500) / 1000.0);
+    emit("tokio", "blocking_section", &param, "hold_p99_us", holds.permille(990) / 1000.0);
+    emit("tokio", "blocking_section", &param, "hold_max_us", holds.permille(1000) / 1000.0);
+    emit("tokio", "blocking_section", &param, "sections_per_s", sections_per_s);
+    emit("tokio", "blocking_section", &param, "client_ops_per_s", ops_per_s);
+}
+
 // ---------------------------------------------------------------- main
 
 type Workload = fn(&Params);
@@ -1310,6 +1439,9 @@ const WORKLOADS: &[(&str, Workload, &[&str])] = &[
     ("logic", w_logic, &["db_port", "tasks", "workers", "delay_us", "seconds"]),
     ("bystanders", w_bystanders, &["db_port", "lock", "tasks", "bystanders", "workers", "delay_us", "seconds"]),
     ("wrong_lock", w_wrong_lock, &["kind", "db_port", "tasks", "bystanders", "workers", "iters", "delay_us", "seconds"]),
+    // Not in `all`: bench/run.py runs them with their parameters.
+    ("ticker", w_ticker, &["tasks", "workers", "work", "period_us", "seconds"]),
+    ("blocking_section", w_blocking_section, &["clients", "holders", "workers", "work", "block_ms", "seconds"]),
 ];
 
 /// What `all` runs: each workload once with defaults, plus the rows the spec lists
