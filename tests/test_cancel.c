@@ -18,10 +18,15 @@ static pz_async_mutex_t lock = PZ_ASYNC_MUTEX_INIT;
 static _Atomic int stage;
 static _Atomic int blocking_ran;
 
+/* The children wait until the holder lets them go, so that its cancelled
+ * join below always finds them running (a timed wait raced it on a busy
+ * machine). */
+static pz_semaphore_t kids_go = PZ_SEMAPHORE_INIT(0);
+
 static void *child(void *arg)
 {
     (void)arg;
-    pz_sleep(20 * MS);
+    CHECK_EQ(pz_semaphore_acquire(&kids_go, 1), 0);
     return (void *)42;
 }
 
@@ -49,6 +54,7 @@ static void *holder(void *arg)
     /* ...inside one, the task joins its children, and a blocking call runs
      * and is waited for. */
     pz_shield_begin();
+    CHECK_EQ(pz_semaphore_release(&kids_go, 8), 0);
     for (int i = 0; i < 8; i++) {
         CHECK_EQ(pz_join(kids[i], &r), 0);
         CHECK_EQ((intptr_t)r, 42);
