@@ -23,9 +23,9 @@
  * --wrong-locks swaps them (forecast under pz_mutex, current under
  * pz_async_mutex) to show what each wrong choice costs: a task holding a
  * pz_mutex across the database call leaves every other task that wants it
- * blocking a whole worker (plaza reports the suspension), and with all
- * workers blocked the holder cannot even be resumed until a waiter's lock
- * deadline (--lock-timeout-ms) frees its worker.
+ * blocking a whole worker (plaza reports the suspension); with all workers
+ * blocked the runtime resumes the holder on a spare worker thread (and
+ * reports that too), so the service is slow, not stuck.
  *
  * Writes.  A POST is validated whole (400/404 store nothing), updates
  * `current` of each city, then hands a completion record on its own stack
