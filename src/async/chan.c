@@ -43,7 +43,11 @@
  * already orders everything, so a task waiter parks with the runtime's
  * task park directly (its park callback releases the channel lock once the
  * task is off its stack and marked PARKED), and a thread waiter sleeps on
- * a futex in its node.  Whoever completes a waiter (a matching sender or
+ * a futex in its node.  (Parking in the lot would add a bucket lock and a
+ * hash look-up under the channel lock for every wait, and the lot's
+ * callbacks may not take the channel lock, which the hand-off needs; the
+ * two kinds of sleep, the task claim and the futex, are the runtime's
+ * own, shared with the lot.)  Whoever completes a waiter (a matching sender or
  * receiver, or close) does so under the channel lock: it unlinks the node,
  * copies the item, stores the result, and claims the task's park (or, for
  * a thread, clears the futex word and wakes it) before releasing the lock;
