@@ -163,9 +163,9 @@ int pz__async_mutex_wake_released(pz_async_mutex_t *m);
 void pz__async_mutex_fences_failed(void);
 /* The observed forms (src/async/observe.c), taken while the advisor is on
  * (runtime.h): out of line, so that they see their caller's address. */
-int pz__async_mutex_lock_observed(pz_async_mutex_t *m, int64_t deadline);
+int pz__async_mutex_lock_observed(pz_async_mutex_t *m, uint64_t self, int64_t deadline);
 bool pz__async_mutex_trylock_observed(pz_async_mutex_t *m);
-void pz__async_mutex_released_observed(pz_async_mutex_t *m);
+void pz__async_mutex_released_observed(pz_async_mutex_t *m, uint64_t self);
 #define PZ__ASYNC_OBSERVED() __builtin_expect(atomic_load_explicit(&pz__advisor_on, memory_order_relaxed), 0)
 
 /* One attempt to take a free mutex.  The waiter word is read after the
@@ -205,7 +205,7 @@ static inline int pz_async_mutex_lock_until(pz_async_mutex_t *m, int64_t deadlin
      * caller's loop, one made after the branch is not. */
     uint64_t self = pz__async_self_bits();
     if (PZ__ASYNC_OBSERVED())
-        return pz__async_mutex_lock_observed(m, deadline);
+        return pz__async_mutex_lock_observed(m, self, deadline);
     int r = 0;
     if (!pz__async_mutex_take(m, self))
         r = pz__async_mutex_lock_slow(m, self, deadline);
@@ -231,7 +231,7 @@ static inline int pz_async_mutex_unlock(pz_async_mutex_t *m)
     if (pz__debug_holds())
         pz__held_forget(m);
     if (PZ__ASYNC_OBSERVED())
-        pz__async_mutex_released_observed(m);
+        pz__async_mutex_released_observed(m, self);
     if (atomic_load_explicit(&m->holder, memory_order_relaxed) == self &&
         atomic_load_explicit(&m->waiters, memory_order_relaxed) == 0 &&
         atomic_load_explicit(&pz__async_unlock_by_store, memory_order_relaxed)) {

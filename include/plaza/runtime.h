@@ -203,14 +203,21 @@ static inline bool pz__debug_holds(void)
 #define PZ__LOCK_ASYNC_MUTEX 2u
 #define PZ__LOCK_ASYNC_RWLOCK 3u
 #define PZ__LOCK_SEMAPHORE 4u
-#define PZ__LOCK_SHARED 1u /* a shared (read) hold: no hold timing */
+#define PZ__LOCK_CHAN 5u
+#define PZ__LOCK_SHARED 1u /* a shared hold (a read lock, semaphore permits) */
+#define PZ__LOCK_SEND 2u   /* a channel wait: a send (else a receive) */
 typedef struct pz__lock_hooks {
     /* lock was acquired at site (an address in the caller of the public
-     * call); wait_ns is the time the acquisition waited, -1 if it took
-     * the lock at the first attempt. */
-    void (*acquired)(const void *lock, unsigned kind, const void *site, int64_t wait_ns, unsigned flags);
-    /* lock is about to be released (its holder still holds it). */
-    void (*released)(const void *lock, unsigned kind, unsigned flags);
+     * call) by self (pz__caller_id()); wait_ns is the time the acquisition
+     * waited, -1 if it took the lock at the first attempt. */
+    void (*acquired)(const void *lock, unsigned kind, const void *site, int64_t wait_ns, unsigned flags,
+                     uint64_t self);
+    /* lock is about to be released by the caller self (which still holds
+     * it); called only while pz__observer_self()->timed_holds is not 0. */
+    void (*released)(const void *lock, unsigned kind, unsigned flags, uint64_t self);
+    /* An acquisition at site gave up (deadline or cancel, err) after
+     * waiting wait_ns. */
+    void (*gave_up)(const void *lock, unsigned kind, const void *site, int64_t wait_ns, unsigned flags, int err);
     /* pz_run has spawned main and is about to start the workers (may be
      * NULL): the advisor starts its live page there. */
     void (*runtime_started)(void);
@@ -219,10 +226,20 @@ extern _Atomic bool pz__advisor_on;
 extern const pz__lock_hooks *_Atomic pz__lock_hooks_table;
 /* Installs hooks (NULL: none) and turns the observation on or off. */
 void pz__lock_hooks_install(const pz__lock_hooks *hooks);
-/* The nanoseconds the calling task has spent suspended (parked: I/O,
- * sleep, a lock, the blocking pool) while the observation was on; -1 on a
- * thread that is not running a task. */
-int64_t pz__task_suspended_ns(void);
+/* What the observation keeps per caller (each task has one, each plain
+ * thread one of its own).  timed_holds is the observer's: the number of
+ * holds it is timing for this caller (the lock layers call the released
+ * hook only while it is not 0, and the scheduler keeps suspended_ns only
+ * then).  suspended_ns: the nanoseconds the task has spent suspended
+ * (parked: I/O, sleep, a lock, the blocking pool) while the observation
+ * was on and timed_holds was not 0; always 0 for a plain thread. */
+typedef struct pz__observer {
+    int64_t suspended_ns;
+    uint32_t timed_holds;
+} pz__observer;
+/* The caller's record: the running task's, or the calling thread's.  Valid
+ * until the caller next suspends (a task may resume on another thread). */
+pz__observer *pz__observer_self(void);
 
 #ifdef __cplusplus
 }
