@@ -266,10 +266,11 @@ void pz__advisor_figures(pz__advisor_lock *r, pz__advisor_figures_t *f)
                  f->acquisitions, pz__advisor_kind_name(f->kind));
         return;
     }
-    char waited_for[96];
+    char waited_for[160];
     if (f->gave_up)
-        snprintf(waited_for, sizeof waited_for, "made %" PRIu64 " acquisitions wait and %" PRIu64 " give up",
-                 f->contended, f->gave_up);
+        snprintf(waited_for, sizeof waited_for,
+                 "made %" PRIu64 " acquisitions wait and %" PRIu64 " give up (deadline or cancel)", f->contended,
+                 f->gave_up);
     else
         snprintf(waited_for, sizeof waited_for, "made %" PRIu64 " acquisitions wait", f->contended);
     if (is_sync(f->kind)) {
