@@ -165,7 +165,7 @@ void pz__async_mutex_fences_failed(void);
  * (runtime.h): out of line, so that they see their caller's address. */
 int pz__async_mutex_lock_observed(pz_async_mutex_t *m, uint64_t self, int64_t deadline);
 bool pz__async_mutex_trylock_observed(pz_async_mutex_t *m);
-void pz__async_mutex_released_observed(pz_async_mutex_t *m, uint64_t self);
+int pz__async_mutex_unlock_observed(pz_async_mutex_t *m, uint64_t self);
 #define PZ__ASYNC_OBSERVED() __builtin_expect(atomic_load_explicit(&pz__advisor_on, memory_order_relaxed), 0)
 
 /* One attempt to take a free mutex.  The waiter word is read after the
@@ -225,13 +225,8 @@ static inline int pz_async_mutex_lock(pz_async_mutex_t *m)
  * that keeps releasing and retaking it yields now and then (the cooperative
  * budget), as Go's Unlock yields to a starving waiter; never while the
  * task holds a thread-blocking lock. */
-static inline int pz_async_mutex_unlock(pz_async_mutex_t *m)
+static inline int pz__async_mutex_unlock_plain(pz_async_mutex_t *m, uint64_t self)
 {
-    uint64_t self = pz__async_self_bits();
-    if (pz__debug_holds())
-        pz__held_forget(m);
-    if (PZ__ASYNC_OBSERVED())
-        pz__async_mutex_released_observed(m, self);
     if (atomic_load_explicit(&m->holder, memory_order_relaxed) == self &&
         atomic_load_explicit(&m->waiters, memory_order_relaxed) == 0 &&
         atomic_load_explicit(&pz__async_unlock_by_store, memory_order_relaxed)) {
@@ -248,6 +243,16 @@ static inline int pz_async_mutex_unlock(pz_async_mutex_t *m)
         return pz__async_mutex_wake_released(m);
     }
     return pz__async_mutex_unlock_slow(m, self);
+}
+
+static inline int pz_async_mutex_unlock(pz_async_mutex_t *m)
+{
+    uint64_t self = pz__async_self_bits();
+    if (pz__debug_holds())
+        pz__held_forget(m);
+    if (PZ__ASYNC_OBSERVED())
+        return pz__async_mutex_unlock_observed(m, self);
+    return pz__async_mutex_unlock_plain(m, self);
 }
 
 static inline bool pz_async_mutex_is_locked(pz_async_mutex_t *m)

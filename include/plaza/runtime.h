@@ -206,6 +206,17 @@ static inline bool pz__debug_holds(void)
 #define PZ__LOCK_CHAN 5u
 #define PZ__LOCK_SHARED 1u /* a shared hold (a read lock, semaphore permits) */
 #define PZ__LOCK_SEND 2u   /* a channel wait: a send (else a receive) */
+/* An observer's per-thread record of one (lock, call site) pair, which the
+ * observed lock paths update themselves on an uncontended acquisition
+ * (pz__observe_uncontended below): the observer finds it before the lock
+ * is taken (the hooks' slot), so that inside the critical section there
+ * is no call and no lookup, only these counts.  The slot belongs to the
+ * calling thread and stays valid until that thread's next hook call. */
+typedef struct pz__observe_slot {
+    _Atomic uint64_t acquisitions, shared; /* this thread's, at this pair */
+    uint64_t countdown;                    /* acquisitions until the next timed hold */
+    _Atomic uint64_t *last_owner;          /* the lock's last exclusive holder (caller id) */
+} pz__observe_slot;
 typedef struct pz__lock_hooks {
     /* lock was acquired at site (an address in the caller of the public
      * call) by self (pz__caller_id()); wait_ns is the time the acquisition
@@ -221,11 +232,36 @@ typedef struct pz__lock_hooks {
     /* pz_run has spawned main and is about to start the workers (may be
      * NULL): the advisor starts its live page there. */
     void (*runtime_started)(void);
+    /* The caller's slot for (lock, site), or NULL; then an uncontended
+     * acquisition is reported by pz__observe_uncontended. */
+    pz__observe_slot *(*slot)(const void *lock, unsigned kind, const void *site);
+    /* From pz__observe_uncontended: the owner changed to self; the
+     * countdown reached 0 (this hold is to be timed). */
+    void (*owner_changed)(pz__observe_slot *slot, uint64_t self);
+    void (*sample)(pz__observe_slot *slot, uint64_t self, unsigned flags);
 } pz__lock_hooks;
 extern _Atomic bool pz__advisor_on;
 extern const pz__lock_hooks *_Atomic pz__lock_hooks_table;
 /* Installs hooks (NULL: none) and turns the observation on or off. */
 void pz__lock_hooks_install(const pz__lock_hooks *hooks);
+/* An uncontended acquisition of the lock whose slot is sl, by self, just
+ * taken: a few loads and stores to the thread's own slot, one load of the
+ * lock's owner word, and a call only when the owner changed or the hold is
+ * to be timed. */
+static inline void pz__observe_uncontended(const pz__lock_hooks *h, pz__observe_slot *sl, uint64_t self,
+                                           unsigned flags)
+{
+    atomic_store_explicit(&sl->acquisitions, atomic_load_explicit(&sl->acquisitions, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    if (__builtin_expect(flags & PZ__LOCK_SHARED, 0))
+        atomic_store_explicit(&sl->shared, atomic_load_explicit(&sl->shared, memory_order_relaxed) + 1,
+                              memory_order_relaxed);
+    else if (__builtin_expect(atomic_load_explicit(sl->last_owner, memory_order_relaxed) != self, 0))
+        h->owner_changed(sl, self);
+    if (__builtin_expect(--sl->countdown == 0, 0))
+        h->sample(sl, self, flags);
+}
+
 /* What the observation keeps per caller (each task has one, each plain
  * thread one of its own).  timed_holds is the observer's: the number of
  * holds it is timing for this caller (the lock layers call the released

@@ -194,11 +194,10 @@ static void thread_usage(int64_t *cpu_ns, int64_t *voluntary)
  * count for that instant. */
 #define TCACHE_SLOTS 128u
 typedef struct tslot {
+    pz__observe_slot o; /* first: what the lock paths update (runtime.h) */
     _Atomic(pz__advisor_lock *) rec; /* NULL while the slot changes hands */
     const void *lock, *site;
     pz__advisor_site *s;
-    _Atomic uint64_t acquisitions, shared;
-    uint64_t countdown; /* acquisitions until the next timed hold */
 } tslot;
 typedef struct tcache {
     struct tcache *next;
@@ -218,8 +217,8 @@ pz__advisor_count_t pz__advisor_thread_counts(pz__advisor_lock *r, const void *s
             tslot *sl = &t->slot[i];
             if (atomic_load_explicit(&sl->rec, memory_order_acquire) != r || (site && sl->site != site))
                 continue;
-            c.acquisitions += atomic_load_explicit(&sl->acquisitions, memory_order_relaxed);
-            c.shared += atomic_load_explicit(&sl->shared, memory_order_relaxed);
+            c.acquisitions += atomic_load_explicit(&sl->o.acquisitions, memory_order_relaxed);
+            c.shared += atomic_load_explicit(&sl->o.shared, memory_order_relaxed);
         }
     }
     return c;
@@ -229,15 +228,15 @@ static __attribute__((noinline, cold)) tslot *slot_refill(tslot *sl, const void 
 {
     pz__advisor_lock *old = atomic_exchange_explicit(&sl->rec, NULL, memory_order_acq_rel);
     if (old) {
-        uint64_t a = atomic_load_explicit(&sl->acquisitions, memory_order_relaxed);
-        uint64_t sh = atomic_load_explicit(&sl->shared, memory_order_relaxed);
+        uint64_t a = atomic_load_explicit(&sl->o.acquisitions, memory_order_relaxed);
+        uint64_t sh = atomic_load_explicit(&sl->o.shared, memory_order_relaxed);
         atomic_fetch_add_explicit(&old->acquisitions, a, memory_order_relaxed);
         atomic_fetch_add_explicit(&old->shared, sh, memory_order_relaxed);
         if (sl->s)
             atomic_fetch_add_explicit(&sl->s->acquisitions, a, memory_order_relaxed);
     }
-    atomic_store_explicit(&sl->acquisitions, 0, memory_order_relaxed);
-    atomic_store_explicit(&sl->shared, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->o.acquisitions, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->o.shared, 0, memory_order_relaxed);
     pz__advisor_lock *r = record_of(lock, kind, true);
     if (!r)
         return NULL;
@@ -249,7 +248,8 @@ static __attribute__((noinline, cold)) tslot *slot_refill(tslot *sl, const void 
     sl->lock = lock;
     sl->site = site;
     sl->s = site_of(r, site);
-    sl->countdown = 1;
+    sl->o.countdown = 1;
+    sl->o.last_owner = &r->last_owner;
     atomic_store_explicit(&sl->rec, r, memory_order_release);
     return sl;
 }
@@ -367,7 +367,7 @@ static __attribute__((noinline)) void sample_point(tslot *sl, uint64_t n, uint64
     pz__advisor_lock *r = atomic_load_explicit(&sl->rec, memory_order_relaxed);
     uint64_t timed = atomic_load_explicit(&r->timed_holds, memory_order_relaxed);
     bool long_holds = timed && atomic_load_explicit(&r->hold_sum, memory_order_relaxed) / timed >= LONG_HOLD_NS;
-    sl->countdown = n < SAMPLE_ALL || long_holds ? 1 : sample_gap();
+    sl->o.countdown = n < SAMPLE_ALL || long_holds ? 1 : sample_gap();
     hold_begin(r, sl->s, self, shared);
 }
 
@@ -394,19 +394,40 @@ static void on_acquired(const void *lock, unsigned kind, const void *site, int64
         return;
     }
     bool shared = flags & PZ__LOCK_SHARED;
-    uint64_t n = atomic_load_explicit(&sl->acquisitions, memory_order_relaxed) + 1;
-    atomic_store_explicit(&sl->acquisitions, n, memory_order_relaxed);
+    uint64_t n = atomic_load_explicit(&sl->o.acquisitions, memory_order_relaxed) + 1;
+    atomic_store_explicit(&sl->o.acquisitions, n, memory_order_relaxed);
     if (__builtin_expect(shared, 0))
-        count(&sl->shared);
+        count(&sl->o.shared);
     if (__builtin_expect(wait_ns >= 0, 0))
         record_wait(r, sl->s, kind, (uint64_t)wait_ns, false, flags);
     /* Owner changes of exclusive holds only: readers writing the owner
      * line would fight over it. */
     if (__builtin_expect(!shared && atomic_load_explicit(&r->last_owner, memory_order_relaxed) != self, 0))
         owner_changed(r, self);
-    if (__builtin_expect(--sl->countdown != 0, 1))
+    if (__builtin_expect(--sl->o.countdown != 0, 1))
         return;
     sample_point(sl, n, self, shared);
+}
+
+/* The slot interface (runtime.h): the lock paths look the slot up before
+ * they take the lock and count an uncontended acquisition in it
+ * themselves (pz__observe_uncontended), calling back only here. */
+static pz__observe_slot *on_slot(const void *lock, unsigned kind, const void *site)
+{
+    tslot *sl = slot_of_pair(lock, kind, site);
+    return sl ? &sl->o : NULL;
+}
+
+static void on_owner_changed(pz__observe_slot *o, uint64_t self)
+{
+    tslot *sl = (tslot *)o;
+    owner_changed(atomic_load_explicit(&sl->rec, memory_order_relaxed), self);
+}
+
+static void on_sample(pz__observe_slot *o, uint64_t self, unsigned flags)
+{
+    tslot *sl = (tslot *)o;
+    sample_point(sl, atomic_load_explicit(&o->acquisitions, memory_order_relaxed), self, flags & PZ__LOCK_SHARED);
 }
 
 static void on_gave_up(const void *lock, unsigned kind, const void *site, int64_t wait_ns, unsigned flags, int err)
@@ -444,7 +465,11 @@ static void on_released(const void *lock, unsigned kind, unsigned flags, uint64_
     int64_t susp = o->suspended_ns - e->susp0, blocked = 0;
     if (o->timed_holds)
         o->timed_holds--;
-    bool exclusive = !e->shared;
+    /* The release hook of the mutexes runs after the unlock (src/sync/
+     * observe.c, src/async/observe.c): another holder's timed hold may be
+     * ending at the same time, so every update is atomic.  Timed holds
+     * are few; the cost does not matter. */
+    bool exclusive = false;
     if (hold >= LONG_HOLD_NS)
         bump(&r->long_holds, 1, exclusive);
     if (susp <= 0 && e->thread == &my_tcache && e->cpu0 >= 0) {
@@ -465,10 +490,11 @@ static void on_released(const void *lock, unsigned kind, unsigned flags, uint64_
     if (susp + blocked > hold)
         blocked = hold - susp;
     pz__advisor_site *s = e->site;
+    bool shared = e->shared;
     atomic_store_explicit(&e->owner, 0, memory_order_release);
     uint64_t waiting = (uint64_t)(susp + blocked);
     bump(&r->timed_holds, 1, exclusive);
-    if (!exclusive)
+    if (shared)
         bump(&r->timed_shared, 1, false);
     bump(&r->hold_sum, (uint64_t)hold, exclusive);
     bump(&r->waiting_sum, waiting, exclusive);
@@ -486,7 +512,8 @@ static void on_released(const void *lock, unsigned kind, unsigned flags, uint64_
     }
 }
 
-static const pz__lock_hooks advisor_hooks = {on_acquired, on_released, on_gave_up, pz__advisor_runtime_started};
+static const pz__lock_hooks advisor_hooks = {on_acquired,  on_released,      on_gave_up, pz__advisor_runtime_started,
+                                             on_slot,      on_owner_changed, on_sample};
 
 /* ---- calibration: what an uncontended acquisition costs here ---------- */
 

@@ -5,9 +5,9 @@
  * so that __builtin_return_address(0) is the caller's call site; the wait
  * is timed only when the first attempt fails, and reported with gave_up
  * when it ends without the mutex (deadline or cancel).  The release hook
- * runs before the unlock, while the caller holds the mutex, only while the
- * observer times a hold of the caller, and only when the caller holds the
- * mutex (an unlock by a non-holder is reported by the unlock itself).
+ * runs before the unlock (which may yield), only while the observer times
+ * a hold of the caller, and only when the caller holds the mutex (an
+ * unlock by a non-holder is reported by the unlock itself).
  *
  * pz__async_observe_* are the same reports for the async locks whose calls
  * are out of line (rwlock.c, semaphore.c, chan.c): they call them with
@@ -23,16 +23,14 @@ static inline const pz__lock_hooks *hooks(void)
     return atomic_load_explicit(&pz__lock_hooks_table, memory_order_acquire);
 }
 
-__attribute__((noinline)) int pz__async_mutex_lock_observed(pz_async_mutex_t *m, uint64_t self, int64_t deadline)
+/* The contended half, apart: its slot lookup is its own (the slow path
+ * may suspend, and the task resume on another thread). */
+static __attribute__((noinline)) int lock_contended(pz_async_mutex_t *m, uint64_t self, int64_t deadline,
+                                                    const void *site)
 {
-    const void *site = __builtin_return_address(0);
-    int64_t waited = -1;
-    int r = 0;
-    if (!pz__async_mutex_take(m, self)) {
-        int64_t t0 = pz_now();
-        r = pz__async_mutex_lock_slow(m, self, deadline);
-        waited = pz_now() - t0;
-    }
+    int64_t t0 = pz_now();
+    int r = pz__async_mutex_lock_slow(m, self, deadline);
+    int64_t waited = pz_now() - t0;
     if (r == 0 && pz__debug_holds())
         pz__held_acquired(m, "pz_async_mutex");
     const pz__lock_hooks *h = hooks();
@@ -43,6 +41,24 @@ __attribute__((noinline)) int pz__async_mutex_lock_observed(pz_async_mutex_t *m,
             h->gave_up(m, PZ__LOCK_ASYNC_MUTEX, site, waited, 0, r);
     }
     return r;
+}
+
+/* The uncontended half: the slot is found before the lock is taken and
+ * the acquisition counted in it inline (runtime.h), so the critical
+ * section holds no call into the observer. */
+__attribute__((noinline)) int pz__async_mutex_lock_observed(pz_async_mutex_t *m, uint64_t self, int64_t deadline)
+{
+    const void *site = __builtin_return_address(0);
+    const pz__lock_hooks *h = hooks();
+    pz__observe_slot *sl = h ? h->slot(m, PZ__LOCK_ASYNC_MUTEX, site) : NULL;
+    if (__builtin_expect(pz__async_mutex_take(m, self), 1)) {
+        if (pz__debug_holds())
+            pz__held_acquired(m, "pz_async_mutex");
+        if (sl)
+            pz__observe_uncontended(h, sl, self, 0);
+        return 0;
+    }
+    return lock_contended(m, self, deadline, site);
 }
 
 __attribute__((noinline)) bool pz__async_mutex_trylock_observed(pz_async_mutex_t *m)
@@ -62,13 +78,17 @@ __attribute__((noinline)) bool pz__async_mutex_trylock_observed(pz_async_mutex_t
     return false;
 }
 
-void pz__async_mutex_released_observed(pz_async_mutex_t *m, uint64_t self)
+/* The release report, then the whole unlock.  The report comes first
+ * because the unlock may yield (the cooperative budget): a hold's end
+ * measured after it would count that yield as waiting. */
+int pz__async_mutex_unlock_observed(pz_async_mutex_t *m, uint64_t self)
 {
-    if (__builtin_expect(pz__observer_self()->timed_holds == 0, 1))
-        return;
-    const pz__lock_hooks *h = hooks();
-    if (h && pz_async_mutex_holder(m) == self >> PZ__AMUTEX_OWNER_SHIFT)
-        h->released(m, PZ__LOCK_ASYNC_MUTEX, 0, self);
+    if (__builtin_expect(pz__observer_self()->timed_holds != 0, 0)) {
+        const pz__lock_hooks *h = hooks();
+        if (h && pz_async_mutex_holder(m) == self >> PZ__AMUTEX_OWNER_SHIFT)
+            h->released(m, PZ__LOCK_ASYNC_MUTEX, 0, self);
+    }
+    return pz__async_mutex_unlock_plain(m, self);
 }
 
 void pz__async_observe_acquired(const void *lock, unsigned kind, const void *site, int64_t waited, unsigned flags)

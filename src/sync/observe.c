@@ -9,10 +9,13 @@
  * attempt fails (an uncontended acquisition costs no clock read), and
  * reports to the hook table: acquired after a lock was taken, gave_up
  * after a wait that ended without it (deadline: the wait counts all the
- * same).  The release hook runs before the lock is let go, while the
- * caller still holds it, and only while the observer times a hold of the
- * caller (pz__observer_self()->timed_holds): an untimed release, nearly
- * every one, costs the observer nothing but that test.
+ * same).  An uncontended acquisition finds its slot before the CAS and is
+ * counted in it inline (pz__observe_uncontended): no call into the
+ * observer inside the section.  The release hook runs after a mutex is
+ * let go (before, for the rwlock, whose unlock stays inline), and only
+ * while the observer times a hold of the caller
+ * (pz__observer_self()->timed_holds): an untimed release, nearly every
+ * one, costs the observer nothing but that test.
  */
 #include "plaza/sync.h"
 #include "plaza/runtime.h"
@@ -67,22 +70,24 @@ static __attribute__((noinline)) void mutex_lock_contended(pz_mutex_t *m, int64_
     }
 }
 
-static __attribute__((noinline)) void mutex_acquired(pz_mutex_t *m, const void *site)
-{
-    pz__held_acquired(m, "pz_mutex");
-    report_acquired(m, PZ__LOCK_MUTEX, site, -1, 0);
-}
-
+/* The uncontended half: the slot is found before the CAS and the
+ * acquisition counted in it right after, so that the critical section
+ * holds no call into the observer and no lookup (runtime.h). */
 __attribute__((noinline)) void pz__mutex_lock_observed(pz_mutex_t *m, int64_t deadline, int *result)
 {
     const void *site = __builtin_return_address(0);
+    const pz__lock_hooks *h = hooks();
+    pz__observe_slot *sl = h ? h->slot(m, PZ__LOCK_MUTEX, site) : NULL;
+    uint64_t self = pz__caller_id();
     uint8_t unlocked = 0;
     if (__builtin_expect(atomic_compare_exchange_strong_explicit(&m->state, &unlocked, PZ__MUTEX_LOCKED,
                                                                  memory_order_acquire, memory_order_relaxed),
                          1)) {
         if (result)
             *result = 0;
-        mutex_acquired(m, site);
+        pz__held_acquired(m, "pz_mutex");
+        if (sl)
+            pz__observe_uncontended(h, sl, self, 0);
         return;
     }
     mutex_lock_contended(m, deadline, result, site);
@@ -103,8 +108,13 @@ __attribute__((noinline)) bool pz__mutex_trylock_observed(pz_mutex_t *m)
     return false;
 }
 
-void pz__mutex_released_observed(pz_mutex_t *m)
+/* The whole unlock, then the release report: a timed hold's end is
+ * recorded after the mutex is free, outside the critical section. */
+void pz__mutex_unlock_observed(pz_mutex_t *m, bool fair)
 {
+    uint8_t locked = PZ__MUTEX_LOCKED;
+    if (!atomic_compare_exchange_strong_explicit(&m->state, &locked, 0, memory_order_release, memory_order_relaxed))
+        pz__mutex_unlock_slow(m, fair);
     report_released(m, PZ__LOCK_MUTEX, 0);
 }
 
