@@ -70,26 +70,24 @@ static __attribute__((noinline)) void mutex_lock_contended(pz_mutex_t *m, int64_
     }
 }
 
-static __attribute__((noinline)) void mutex_acquired(pz_mutex_t *m, const void *site)
-{
-    pz__held_acquired(m, "pz_mutex");
-    report_acquired(m, PZ__LOCK_MUTEX, site, -1, 0);
-}
-
-/* The CAS first, with no register saved before it; the acquisition is
- * then reported by a tail call.  (Looking the slot up before the CAS, as
- * the async mutex does, made the contended 64-task row slower here: the
- * attempts come later after each unlock.) */
+/* The uncontended half: the slot is found before the CAS and the
+ * acquisition counted in it right after, so that the critical section
+ * holds no call into the observer and no lookup (runtime.h). */
 __attribute__((noinline)) void pz__mutex_lock_observed(pz_mutex_t *m, int64_t deadline, int *result)
 {
     const void *site = __builtin_return_address(0);
+    const pz__lock_hooks *h = hooks();
+    pz__observe_slot *sl = h ? h->slot(m, PZ__LOCK_MUTEX, site) : NULL;
+    uint64_t self = pz__caller_id();
     uint8_t unlocked = 0;
     if (__builtin_expect(atomic_compare_exchange_strong_explicit(&m->state, &unlocked, PZ__MUTEX_LOCKED,
                                                                  memory_order_acquire, memory_order_relaxed),
                          1)) {
         if (result)
             *result = 0;
-        mutex_acquired(m, site);
+        pz__held_acquired(m, "pz_mutex");
+        if (sl)
+            pz__observe_uncontended(h, sl, self, 0);
         return;
     }
     mutex_lock_contended(m, deadline, result, site);
