@@ -326,7 +326,14 @@ static __attribute__((noinline)) void hold_begin(pz__advisor_lock *r, pz__adviso
                                                  bool shared)
 {
     pz__advisor_open *e = NULL;
-    for (int i = 0; i < PZ__ADVISOR_OPEN; i++) {
+    bool again = false;
+    /* An entry self left open on this lock (a semaphore permit released
+     * by another task, a recursive read) is restarted, not doubled: one
+     * open entry per caller and lock at most. */
+    for (int i = 0; i < PZ__ADVISOR_OPEN && !e; i++)
+        if (atomic_load_explicit(&r->open[i].owner, memory_order_relaxed) == self)
+            e = &r->open[i], again = true;
+    for (int i = 0; i < PZ__ADVISOR_OPEN && !e; i++) {
         uint64_t free_owner = 0;
         if (atomic_load_explicit(&r->open[i].owner, memory_order_relaxed) == 0 &&
             atomic_compare_exchange_strong_explicit(&r->open[i].owner, &free_owner, self, memory_order_acquire,
@@ -348,7 +355,8 @@ static __attribute__((noinline)) void hold_begin(pz__advisor_lock *r, pz__adviso
     if (longs && longs * 64 >= atomic_load_explicit(&r->timed_holds, memory_order_relaxed))
         thread_usage(&cpu, &vol);
     pz__observer *o = pz__observer_self();
-    o->timed_holds++;
+    if (!again)
+        o->timed_holds++;
     e->site = s;
     e->shared = shared;
     e->susp0 = o->suspended_ns;
