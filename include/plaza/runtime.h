@@ -211,8 +211,12 @@ static inline bool pz__debug_holds(void)
  * (pz__observe_uncontended below): the observer finds it before the lock
  * is taken (the hooks' slot), so that inside the critical section there
  * is no call and no lookup, only these counts.  The slot belongs to the
- * calling thread and stays valid until that thread's next hook call. */
+ * calling thread; it stays the slot of its (lock, site) until that
+ * thread's next hook call, and is that pair's slot whenever lock and site
+ * match (a lock path may keep the last one and check them, instead of
+ * asking the hook again). */
 typedef struct pz__observe_slot {
+    const void *lock, *site;               /* the pair (NULL while it changes) */
     _Atomic uint64_t acquisitions, shared; /* this thread's, at this pair */
     uint64_t countdown;                    /* acquisitions until the next timed hold */
     _Atomic uint64_t *last_owner;          /* the lock's last exclusive holder (caller id) */

@@ -194,9 +194,8 @@ static void thread_usage(int64_t *cpu_ns, int64_t *voluntary)
  * count for that instant. */
 #define TCACHE_SLOTS 128u
 typedef struct tslot {
-    pz__observe_slot o; /* first: what the lock paths update (runtime.h) */
+    pz__observe_slot o; /* first: what the lock paths update (runtime.h); its pair */
     _Atomic(pz__advisor_lock *) rec; /* NULL while the slot changes hands */
-    const void *lock, *site;
     pz__advisor_site *s;
 } tslot;
 typedef struct tcache {
@@ -215,7 +214,7 @@ pz__advisor_count_t pz__advisor_thread_counts(pz__advisor_lock *r, const void *s
     for (tcache *t = atomic_load_explicit(&tcaches, memory_order_acquire); t; t = t->next) {
         for (unsigned i = 0; i < TCACHE_SLOTS; i++) {
             tslot *sl = &t->slot[i];
-            if (atomic_load_explicit(&sl->rec, memory_order_acquire) != r || (site && sl->site != site))
+            if (atomic_load_explicit(&sl->rec, memory_order_acquire) != r || (site && sl->o.site != site))
                 continue;
             c.acquisitions += atomic_load_explicit(&sl->o.acquisitions, memory_order_relaxed);
             c.shared += atomic_load_explicit(&sl->o.shared, memory_order_relaxed);
@@ -226,6 +225,7 @@ pz__advisor_count_t pz__advisor_thread_counts(pz__advisor_lock *r, const void *s
 
 static __attribute__((noinline, cold)) tslot *slot_refill(tslot *sl, const void *lock, unsigned kind, const void *site)
 {
+    sl->o.lock = sl->o.site = NULL; /* no lock path may take it for its old pair now */
     pz__advisor_lock *old = atomic_exchange_explicit(&sl->rec, NULL, memory_order_acq_rel);
     if (old) {
         uint64_t a = atomic_load_explicit(&sl->o.acquisitions, memory_order_relaxed);
@@ -245,8 +245,8 @@ static __attribute__((noinline, cold)) tslot *slot_refill(tslot *sl, const void 
     const void *none = NULL;
     atomic_compare_exchange_strong_explicit(&r->first_site, &none, site, memory_order_relaxed,
                                             memory_order_relaxed);
-    sl->lock = lock;
-    sl->site = site;
+    sl->o.lock = lock;
+    sl->o.site = site;
     sl->s = site_of(r, site);
     sl->o.countdown = 1;
     sl->o.last_owner = &r->last_owner;
@@ -274,7 +274,7 @@ static inline tslot *slot_of_pair(const void *lock, unsigned kind, const void *s
         return NULL;
     uint64_t h = ((uint64_t)(uintptr_t)lock ^ ((uint64_t)(uintptr_t)site << 7)) * 0x9E3779B97F4A7C15ull;
     tslot *sl = &t->slot[h >> (64 - 7)];
-    if (__builtin_expect(sl->lock == lock && sl->site == site &&
+    if (__builtin_expect(sl->o.lock == lock && sl->o.site == site &&
                              atomic_load_explicit(&sl->rec, memory_order_relaxed) != NULL,
                          1))
         return sl;

@@ -23,6 +23,23 @@ static inline const pz__lock_hooks *hooks(void)
     return atomic_load_explicit(&pz__lock_hooks_table, memory_order_acquire);
 }
 
+/* The slot of this thread's last uncontended acquisition here, kept while
+ * its pair still matches (runtime.h): a loop on one lock at one site asks
+ * the hook once.  Read only by this thread, in calls that do not suspend. */
+static __thread pz__observe_slot *last_slot __attribute__((tls_model("initial-exec")));
+
+static inline pz__observe_slot *slot_for(const pz__lock_hooks *h, const void *lock, unsigned kind, const void *site)
+{
+    if (__builtin_expect(!h, 0))
+        return NULL;
+    pz__observe_slot *sl = last_slot;
+    if (__builtin_expect(sl && sl->lock == lock && sl->site == site, 1))
+        return sl;
+    sl = h->slot(lock, kind, site);
+    last_slot = sl;
+    return sl;
+}
+
 /* The contended half, apart: its slot lookup is its own (the slow path
  * may suspend, and the task resume on another thread). */
 static __attribute__((noinline)) int lock_contended(pz_async_mutex_t *m, uint64_t self, int64_t deadline,
@@ -50,7 +67,7 @@ __attribute__((noinline)) int pz__async_mutex_lock_observed(pz_async_mutex_t *m,
 {
     const void *site = __builtin_return_address(0);
     const pz__lock_hooks *h = hooks();
-    pz__observe_slot *sl = h ? h->slot(m, PZ__LOCK_ASYNC_MUTEX, site) : NULL;
+    pz__observe_slot *sl = slot_for(h, m, PZ__LOCK_ASYNC_MUTEX, site);
     if (__builtin_expect(pz__async_mutex_take(m, self), 1)) {
         if (pz__debug_holds())
             pz__held_acquired(m, "pz_async_mutex");

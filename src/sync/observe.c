@@ -27,6 +27,23 @@ static inline const pz__lock_hooks *hooks(void)
     return atomic_load_explicit(&pz__lock_hooks_table, memory_order_acquire);
 }
 
+/* The slot of this thread's last uncontended acquisition here, kept while
+ * its pair still matches (runtime.h): a loop on one lock at one site asks
+ * the hook once.  Read only by this thread, in calls that do not suspend. */
+static __thread pz__observe_slot *last_slot __attribute__((tls_model("initial-exec")));
+
+static inline pz__observe_slot *slot_for(const pz__lock_hooks *h, const void *lock, unsigned kind, const void *site)
+{
+    if (__builtin_expect(!h, 0))
+        return NULL;
+    pz__observe_slot *sl = last_slot;
+    if (__builtin_expect(sl && sl->lock == lock && sl->site == site, 1))
+        return sl;
+    sl = h->slot(lock, kind, site);
+    last_slot = sl;
+    return sl;
+}
+
 static void report_acquired(const void *lock, unsigned kind, const void *site, int64_t wait_ns, unsigned flags)
 {
     const pz__lock_hooks *h = hooks();
@@ -77,7 +94,7 @@ __attribute__((noinline)) void pz__mutex_lock_observed(pz_mutex_t *m, int64_t de
 {
     const void *site = __builtin_return_address(0);
     const pz__lock_hooks *h = hooks();
-    pz__observe_slot *sl = h ? h->slot(m, PZ__LOCK_MUTEX, site) : NULL;
+    pz__observe_slot *sl = slot_for(h, m, PZ__LOCK_MUTEX, site);
     uint64_t self = pz__caller_id();
     uint8_t unlocked = 0;
     if (__builtin_expect(atomic_compare_exchange_strong_explicit(&m->state, &unlocked, PZ__MUTEX_LOCKED,
