@@ -9,10 +9,12 @@
  * branch.  On with the environment variable PLAZA_ADVISOR at start-up:
  *   PLAZA_ADVISOR=1 (or text)   the text report on stderr at exit
  *   PLAZA_ADVISOR=json:PATH     the JSON report written to PATH at exit
- * PLAZA_ADVISOR_SAMPLE=N times one hold in N (a power of two, default 64)
- * after the first 256 acquisitions of each thread at each call site, which
- * are all timed; every acquisition is counted and every contended wait
- * timed whatever N.
+ * PLAZA_ADVISOR_SAMPLE=N times about one hold in N (a power of two,
+ * default 1024; random gaps of mean N) after the first 256 acquisitions of
+ * each thread at each call site, which are all timed, and every hold of a
+ * lock whose holds last 20 us or more on average; every acquisition is
+ * counted and every wait that took time (contended, or given up at a
+ * deadline or cancel) timed whatever N.
  * PLAZA_ADVISOR_HTTP=ADDR:PORT serves the report live (pz_advisor_http_port).
  */
 #ifndef PLAZA_ADVISOR_H

@@ -175,9 +175,9 @@ int pz__async_mutex_wake_released(pz_async_mutex_t *m);
 void pz__async_mutex_fences_failed(void);
 /* The observed forms (src/async/observe.c), taken while the advisor is on
  * (runtime.h): out of line, so that they see their caller's address. */
-int pz__async_mutex_lock_observed(pz_async_mutex_t *m, int64_t deadline);
+int pz__async_mutex_lock_observed(pz_async_mutex_t *m, uint64_t self, int64_t deadline);
 bool pz__async_mutex_trylock_observed(pz_async_mutex_t *m);
-void pz__async_mutex_released_observed(pz_async_mutex_t *m);
+int pz__async_mutex_unlock_observed(pz_async_mutex_t *m, uint64_t self);
 #define PZ__ASYNC_OBSERVED() __builtin_expect(atomic_load_explicit(&pz__advisor_on, memory_order_relaxed), 0)
 
 /* One attempt to take a free mutex.  The waiter word is read after the
@@ -217,7 +217,7 @@ static inline int pz_async_mutex_lock_until(pz_async_mutex_t *m, int64_t deadlin
      * caller's loop, one made after the branch is not. */
     uint64_t self = pz__async_self_bits();
     if (PZ__ASYNC_OBSERVED())
-        return pz__async_mutex_lock_observed(m, deadline);
+        return pz__async_mutex_lock_observed(m, self, deadline);
     int r = 0;
     if (!pz__async_mutex_take(m, self))
         r = pz__async_mutex_lock_slow(m, self, deadline);
@@ -237,13 +237,8 @@ static inline int pz_async_mutex_lock(pz_async_mutex_t *m)
  * that keeps releasing and retaking it yields now and then (the cooperative
  * budget), as Go's Unlock yields to a starving waiter; never while the
  * task holds a thread-blocking lock. */
-static inline int pz_async_mutex_unlock(pz_async_mutex_t *m)
+static inline int pz__async_mutex_unlock_plain(pz_async_mutex_t *m, uint64_t self)
 {
-    uint64_t self = pz__async_self_bits();
-    if (pz__debug_holds())
-        pz__held_forget(m);
-    if (PZ__ASYNC_OBSERVED())
-        pz__async_mutex_released_observed(m);
     if (atomic_load_explicit(&m->holder, memory_order_relaxed) == self &&
         atomic_load_explicit(&m->waiters, memory_order_relaxed) == 0 &&
         atomic_load_explicit(&pz__async_unlock_by_store, memory_order_relaxed)) {
@@ -260,6 +255,16 @@ static inline int pz_async_mutex_unlock(pz_async_mutex_t *m)
         return pz__async_mutex_wake_released(m);
     }
     return pz__async_mutex_unlock_slow(m, self);
+}
+
+static inline int pz_async_mutex_unlock(pz_async_mutex_t *m)
+{
+    uint64_t self = pz__async_self_bits();
+    if (pz__debug_holds())
+        pz__held_forget(m);
+    if (PZ__ASYNC_OBSERVED())
+        return pz__async_mutex_unlock_observed(m, self);
+    return pz__async_mutex_unlock_plain(m, self);
 }
 
 static inline bool pz_async_mutex_is_locked(pz_async_mutex_t *m)

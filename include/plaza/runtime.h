@@ -210,26 +210,83 @@ static inline bool pz__debug_holds(void)
 #define PZ__LOCK_ASYNC_MUTEX 2u
 #define PZ__LOCK_ASYNC_RWLOCK 3u
 #define PZ__LOCK_SEMAPHORE 4u
-#define PZ__LOCK_SHARED 1u /* a shared (read) hold: no hold timing */
+#define PZ__LOCK_CHAN 5u
+#define PZ__LOCK_SHARED 1u /* a shared hold (a read lock, semaphore permits) */
+#define PZ__LOCK_SEND 2u   /* a channel wait: a send (else a receive) */
+/* An observer's per-thread record of one (lock, call site) pair, which the
+ * observed lock paths update themselves on an uncontended acquisition
+ * (pz__observe_uncontended below): the observer finds it before the lock
+ * is taken (the hooks' slot), so that inside the critical section there
+ * is no call and no lookup, only these counts.  The slot belongs to the
+ * calling thread; it stays the slot of its (lock, site) until that
+ * thread's next hook call, and is that pair's slot whenever lock and site
+ * match (a lock path may keep the last one and check them, instead of
+ * asking the hook again). */
+typedef struct pz__observe_slot {
+    const void *lock, *site;               /* the pair (NULL while it changes) */
+    _Atomic uint64_t acquisitions, shared; /* this thread's, at this pair */
+    uint64_t countdown;                    /* acquisitions until the next timed hold */
+    _Atomic uint64_t *last_owner;          /* the lock's last exclusive holder (caller id) */
+} pz__observe_slot;
 typedef struct pz__lock_hooks {
     /* lock was acquired at site (an address in the caller of the public
-     * call); wait_ns is the time the acquisition waited, -1 if it took
-     * the lock at the first attempt. */
-    void (*acquired)(const void *lock, unsigned kind, const void *site, int64_t wait_ns, unsigned flags);
-    /* lock is about to be released (its holder still holds it). */
-    void (*released)(const void *lock, unsigned kind, unsigned flags);
+     * call) by self (pz__caller_id()); wait_ns is the time the acquisition
+     * waited, -1 if it took the lock at the first attempt. */
+    void (*acquired)(const void *lock, unsigned kind, const void *site, int64_t wait_ns, unsigned flags,
+                     uint64_t self);
+    /* lock is about to be released by the caller self (which still holds
+     * it); called only while pz__observer_self()->timed_holds is not 0. */
+    void (*released)(const void *lock, unsigned kind, unsigned flags, uint64_t self);
+    /* An acquisition at site gave up (deadline or cancel, err) after
+     * waiting wait_ns. */
+    void (*gave_up)(const void *lock, unsigned kind, const void *site, int64_t wait_ns, unsigned flags, int err);
     /* pz_run has spawned main and is about to start the workers (may be
      * NULL): the advisor starts its live page there. */
     void (*runtime_started)(void);
+    /* The caller's slot for (lock, site), or NULL; then an uncontended
+     * acquisition is reported by pz__observe_uncontended. */
+    pz__observe_slot *(*slot)(const void *lock, unsigned kind, const void *site);
+    /* From pz__observe_uncontended: the owner changed to self; the
+     * countdown reached 0 (this hold is to be timed). */
+    void (*owner_changed)(pz__observe_slot *slot, uint64_t self);
+    void (*sample)(pz__observe_slot *slot, uint64_t self, unsigned flags);
 } pz__lock_hooks;
 extern _Atomic bool pz__advisor_on;
 extern const pz__lock_hooks *_Atomic pz__lock_hooks_table;
 /* Installs hooks (NULL: none) and turns the observation on or off. */
 void pz__lock_hooks_install(const pz__lock_hooks *hooks);
-/* The nanoseconds the calling task has spent suspended (parked: I/O,
- * sleep, a lock, the blocking pool) while the observation was on; -1 on a
- * thread that is not running a task. */
-int64_t pz__task_suspended_ns(void);
+/* An uncontended acquisition of the lock whose slot is sl, by self, just
+ * taken: a few loads and stores to the thread's own slot, one load of the
+ * lock's owner word, and a call only when the owner changed or the hold is
+ * to be timed. */
+static inline void pz__observe_uncontended(const pz__lock_hooks *h, pz__observe_slot *sl, uint64_t self,
+                                           unsigned flags)
+{
+    atomic_store_explicit(&sl->acquisitions, atomic_load_explicit(&sl->acquisitions, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    if (__builtin_expect(flags & PZ__LOCK_SHARED, 0))
+        atomic_store_explicit(&sl->shared, atomic_load_explicit(&sl->shared, memory_order_relaxed) + 1,
+                              memory_order_relaxed);
+    else if (__builtin_expect(atomic_load_explicit(sl->last_owner, memory_order_relaxed) != self, 0))
+        h->owner_changed(sl, self);
+    if (__builtin_expect(--sl->countdown == 0, 0))
+        h->sample(sl, self, flags);
+}
+
+/* What the observation keeps per caller (each task has one, each plain
+ * thread one of its own).  timed_holds is the observer's: the number of
+ * holds it is timing for this caller (the lock layers call the released
+ * hook only while it is not 0, and the scheduler keeps suspended_ns only
+ * then).  suspended_ns: the nanoseconds the task has spent suspended
+ * (parked: I/O, sleep, a lock, the blocking pool) while the observation
+ * was on and timed_holds was not 0; always 0 for a plain thread. */
+typedef struct pz__observer {
+    int64_t suspended_ns;
+    uint32_t timed_holds;
+} pz__observer;
+/* The caller's record: the running task's, or the calling thread's.  Valid
+ * until the caller next suspends (a task may resume on another thread). */
+pz__observer *pz__observer_self(void);
 
 #ifdef __cplusplus
 }

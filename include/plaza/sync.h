@@ -60,7 +60,7 @@ void pz__mutex_unlock_slow(pz_mutex_t *m, bool fair);
 /* The observed forms (src/sync/observe.c), taken while the advisor is on. */
 void pz__mutex_lock_observed(pz_mutex_t *m, int64_t deadline, int *result);
 bool pz__mutex_trylock_observed(pz_mutex_t *m);
-void pz__mutex_released_observed(pz_mutex_t *m);
+void pz__mutex_unlock_observed(pz_mutex_t *m, bool fair);
 #define PZ__OBSERVED() __builtin_expect(atomic_load_explicit(&pz__advisor_on, memory_order_relaxed), 0)
 
 static inline bool pz_mutex_trylock(pz_mutex_t *m)
@@ -114,8 +114,10 @@ static inline void pz_mutex_unlock(pz_mutex_t *m)
     uint8_t locked = PZ__MUTEX_LOCKED;
     if (!pz__held_released(m, "pz_mutex_unlock"))
         return;
-    if (PZ__OBSERVED())
-        pz__mutex_released_observed(m);
+    if (PZ__OBSERVED()) {
+        pz__mutex_unlock_observed(m, false);
+        return;
+    }
     if (!atomic_compare_exchange_strong_explicit(&m->state, &locked, 0, memory_order_release, memory_order_relaxed))
         pz__mutex_unlock_slow(m, false);
 }
@@ -126,8 +128,10 @@ static inline void pz_mutex_unlock_fair(pz_mutex_t *m)
     uint8_t locked = PZ__MUTEX_LOCKED;
     if (!pz__held_released(m, "pz_mutex_unlock_fair"))
         return;
-    if (PZ__OBSERVED())
-        pz__mutex_released_observed(m);
+    if (PZ__OBSERVED()) {
+        pz__mutex_unlock_observed(m, true);
+        return;
+    }
     if (!atomic_compare_exchange_strong_explicit(&m->state, &locked, 0, memory_order_release, memory_order_relaxed))
         pz__mutex_unlock_slow(m, true);
 }

@@ -19,13 +19,21 @@
  * no plaza lock: its own state is atomics and one spin flag for the
  * symbol resolver, so it never measures itself.
  *
- * Sampling: every acquisition, contended acquisition, owner change and
- * wait is counted (a wait is timed whenever the first attempt fails, which
- * is exact); hold times are timed for each thread's first SAMPLE_ALL
- * acquisitions at each call site and then one in sample_mask + 1.  The
- * timed holds are 1 in N of the acquisitions (by their order), so their
- * distribution is that of all holds unless holds come in a period that
- * beats with N (docs/advisor.md).
+ * Sampling: every acquisition, contended acquisition, owner change, wait
+ * and wait that gave up is counted (a wait is timed whenever the first
+ * attempt fails, which is exact); hold times are timed for each thread's
+ * first SAMPLE_ALL acquisitions at each call site and then about one in
+ * N = sample_mask + 1: a per-(thread, site) countdown reloaded with a
+ * random gap, uniform over [1, 2N - 1] (mean N), so that the timed holds
+ * are an unbiased sample of the holds even when hold lengths follow a
+ * period (docs/advisor.md).
+ *
+ * Where the time goes, with the advisor on: an untimed acquisition costs
+ * the out-of-line observed call, one lookup in the thread's own cache
+ * (lines no other thread writes), one load of the record's owner line
+ * (written only when the owner changes) and a countdown; an untimed
+ * release costs one load of the caller's timed-hold count
+ * (pz__observer_self).  No clock read and no shared write on either.
  */
 #define _GNU_SOURCE
 #include "plaza/advisor.h"
@@ -52,10 +60,10 @@
 static pz__advisor_lock *_Atomic table_rec[TABLE_SIZE];
 static _Atomic uintptr_t table_key[TABLE_SIZE];
 static _Atomic uint64_t table_full_misses;
-static uint64_t sample_mask = 63;
+static uint64_t sample_mask = 1023;
 
 static const char *const kind_names[] = {"pz_mutex", "pz_rwlock", "pz_async_mutex", "pz_async_rwlock",
-                                         "pz_semaphore"};
+                                         "pz_semaphore", "pz_chan"};
 
 const char *pz__advisor_kind_name(unsigned kind)
 {
@@ -84,9 +92,11 @@ static pz__advisor_lock *record_of(const void *lock, unsigned kind, bool create)
                 if (k != key)
                     continue;
             } else {
-                pz__advisor_lock *r = calloc(1, sizeof *r);
+                size_t size = (sizeof(pz__advisor_lock) + 63) / 64 * 64;
+                pz__advisor_lock *r = aligned_alloc(64, size);
                 if (!r) /* leaves the key without a record: the lock goes unobserved */
                     return NULL;
+                memset(r, 0, size);
                 r->lock = lock;
                 atomic_store_explicit(&r->kind, kind, memory_order_relaxed);
                 atomic_store_explicit(&table_rec[i], r, memory_order_release);
@@ -160,7 +170,7 @@ static pz__advisor_site *site_of(pz__advisor_lock *r, const void *site)
     return NULL; /* more sites than slots: counted in the lock's totals only */
 }
 
-/* The thread's CPU time (µs) and voluntary context switches so far. */
+/* The thread's CPU time (ns) and voluntary context switches so far. */
 static void thread_usage(int64_t *cpu_ns, int64_t *voluntary)
 {
     struct rusage ru;
@@ -184,13 +194,13 @@ static void thread_usage(int64_t *cpu_ns, int64_t *voluntary)
  * count for that instant. */
 #define TCACHE_SLOTS 128u
 typedef struct tslot {
+    pz__observe_slot o; /* first: what the lock paths update (runtime.h); its pair */
     _Atomic(pz__advisor_lock *) rec; /* NULL while the slot changes hands */
-    const void *lock, *site;
     pz__advisor_site *s;
-    _Atomic uint64_t acquisitions, shared;
 } tslot;
 typedef struct tcache {
     struct tcache *next;
+    uint64_t rng; /* xorshift64 state for the sampling gaps */
     tslot slot[TCACHE_SLOTS];
 } tcache;
 static _Atomic(tcache *) tcaches;
@@ -204,184 +214,305 @@ pz__advisor_count_t pz__advisor_thread_counts(pz__advisor_lock *r, const void *s
     for (tcache *t = atomic_load_explicit(&tcaches, memory_order_acquire); t; t = t->next) {
         for (unsigned i = 0; i < TCACHE_SLOTS; i++) {
             tslot *sl = &t->slot[i];
-            if (atomic_load_explicit(&sl->rec, memory_order_acquire) != r || (site && sl->site != site))
+            if (atomic_load_explicit(&sl->rec, memory_order_acquire) != r || (site && sl->o.site != site))
                 continue;
-            c.acquisitions += atomic_load_explicit(&sl->acquisitions, memory_order_relaxed);
-            c.shared += atomic_load_explicit(&sl->shared, memory_order_relaxed);
+            c.acquisitions += atomic_load_explicit(&sl->o.acquisitions, memory_order_relaxed);
+            c.shared += atomic_load_explicit(&sl->o.shared, memory_order_relaxed);
         }
     }
     return c;
 }
 
-static __attribute__((noinline)) tslot *slot_refill(tcache *t, tslot *sl, const void *lock, unsigned kind,
-                                                    const void *site)
+static __attribute__((noinline, cold)) tslot *slot_refill(tslot *sl, const void *lock, unsigned kind, const void *site)
 {
+    sl->o.lock = sl->o.site = NULL; /* no lock path may take it for its old pair now */
     pz__advisor_lock *old = atomic_exchange_explicit(&sl->rec, NULL, memory_order_acq_rel);
     if (old) {
-        uint64_t a = atomic_load_explicit(&sl->acquisitions, memory_order_relaxed);
-        uint64_t sh = atomic_load_explicit(&sl->shared, memory_order_relaxed);
+        uint64_t a = atomic_load_explicit(&sl->o.acquisitions, memory_order_relaxed);
+        uint64_t sh = atomic_load_explicit(&sl->o.shared, memory_order_relaxed);
         atomic_fetch_add_explicit(&old->acquisitions, a, memory_order_relaxed);
         atomic_fetch_add_explicit(&old->shared, sh, memory_order_relaxed);
         if (sl->s)
             atomic_fetch_add_explicit(&sl->s->acquisitions, a, memory_order_relaxed);
     }
-    (void)t;
-    atomic_store_explicit(&sl->acquisitions, 0, memory_order_relaxed);
-    atomic_store_explicit(&sl->shared, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->o.acquisitions, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->o.shared, 0, memory_order_relaxed);
     pz__advisor_lock *r = record_of(lock, kind, true);
     if (!r)
         return NULL;
-    sl->lock = lock;
-    sl->site = site;
+    if (kind != PZ__ADVISOR_KIND_UNKNOWN)
+        atomic_store_explicit(&r->kind, kind, memory_order_relaxed);
+    const void *none = NULL;
+    atomic_compare_exchange_strong_explicit(&r->first_site, &none, site, memory_order_relaxed,
+                                            memory_order_relaxed);
+    sl->o.lock = lock;
+    sl->o.site = site;
     sl->s = site_of(r, site);
+    sl->o.countdown = 1;
+    sl->o.last_owner = &r->last_owner;
     atomic_store_explicit(&sl->rec, r, memory_order_release);
     return sl;
+}
+
+static __attribute__((noinline)) tcache *tcache_new(void)
+{
+    tcache *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    t->rng = (uint64_t)(uintptr_t)t * 0x9E3779B97F4A7C15ull | 1;
+    t->next = atomic_load_explicit(&tcaches, memory_order_relaxed);
+    while (!atomic_compare_exchange_weak_explicit(&tcaches, &t->next, t, memory_order_acq_rel, memory_order_relaxed)) {
+    }
+    my_tcache = t;
+    return t;
 }
 
 static inline tslot *slot_of_pair(const void *lock, unsigned kind, const void *site)
 {
     tcache *t = my_tcache;
-    if (__builtin_expect(!t, 0)) {
-        t = calloc(1, sizeof *t);
-        if (!t)
-            return NULL;
-        t->next = atomic_load_explicit(&tcaches, memory_order_relaxed);
-        while (!atomic_compare_exchange_weak_explicit(&tcaches, &t->next, t, memory_order_acq_rel,
-                                                      memory_order_relaxed)) {
-        }
-        my_tcache = t;
-    }
+    if (__builtin_expect(!t, 0) && !(t = tcache_new()))
+        return NULL;
     uint64_t h = ((uint64_t)(uintptr_t)lock ^ ((uint64_t)(uintptr_t)site << 7)) * 0x9E3779B97F4A7C15ull;
-    tslot *sl = &t->slot[(h >> 50) & (TCACHE_SLOTS - 1)];
-    if (__builtin_expect(sl->lock == lock && sl->site == site &&
+    tslot *sl = &t->slot[h >> (64 - 7)];
+    if (__builtin_expect(sl->o.lock == lock && sl->o.site == site &&
                              atomic_load_explicit(&sl->rec, memory_order_relaxed) != NULL,
                          1))
         return sl;
-    return slot_refill(t, sl, lock, kind, site);
+    return slot_refill(sl, lock, kind, site);
 }
+
+_Static_assert(TCACHE_SLOTS == 1u << 7, "slot_of_pair takes the hash's top 7 bits");
 
 static inline void count(_Atomic uint64_t *p)
 {
     atomic_store_explicit(p, atomic_load_explicit(p, memory_order_relaxed) + 1, memory_order_relaxed);
 }
 
-static void on_acquired(const void *lock, unsigned kind, const void *site, int64_t wait_ns, unsigned flags)
+/* The gap to the next timed hold: uniform over [1, 2N - 1], mean N. */
+static uint64_t sample_gap(void)
 {
+    tcache *t = my_tcache;
+    uint64_t x = t->rng;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    t->rng = x;
+    uint64_t n = sample_mask + 1;
+    return 1 + (x >> 11) % (2 * n - 1);
+}
+
+/* A wait that took time: an acquisition's (contended) or one that gave up. */
+static __attribute__((noinline)) void record_wait(pz__advisor_lock *r, pz__advisor_site *s, unsigned kind, uint64_t w,
+                                                  bool gave_up, unsigned flags)
+{
+    if (kind == PZ__LOCK_CHAN)
+        atomic_fetch_add_explicit(flags & PZ__LOCK_SEND ? &r->send_waits : &r->recv_waits, 1,
+                                  memory_order_relaxed);
+    hist_bump(r->wait_hist, w, false);
+    atomic_fetch_add_explicit(gave_up ? &r->gave_up : &r->contended, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&r->wait_sum, w, memory_order_relaxed);
+    bump_max(&r->wait_max, w);
+    if ((kind == PZ__LOCK_MUTEX || kind == PZ__LOCK_RWLOCK) && pz_worker_index() >= 0)
+        atomic_fetch_add_explicit(&r->blocked_worker_ns, w, memory_order_relaxed);
+    if (s) {
+        atomic_fetch_add_explicit(gave_up ? &s->gave_up : &s->contended, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&s->wait_sum, w, memory_order_relaxed);
+    }
+}
+
+/* Starts timing the hold self just took, in a free entry of r->open (none
+ * free: this hold goes untimed). */
+static __attribute__((noinline)) void hold_begin(pz__advisor_lock *r, pz__advisor_site *s, uint64_t self,
+                                                 bool shared)
+{
+    pz__advisor_open *e = NULL;
+    bool again = false;
+    /* An entry self left open on this lock (a semaphore permit released
+     * by another task, a recursive read) is restarted, not doubled: one
+     * open entry per caller and lock at most. */
+    for (int i = 0; i < PZ__ADVISOR_OPEN && !e; i++)
+        if (atomic_load_explicit(&r->open[i].owner, memory_order_relaxed) == self)
+            e = &r->open[i], again = true;
+    for (int i = 0; i < PZ__ADVISOR_OPEN && !e; i++) {
+        uint64_t free_owner = 0;
+        if (atomic_load_explicit(&r->open[i].owner, memory_order_relaxed) == 0 &&
+            atomic_compare_exchange_strong_explicit(&r->open[i].owner, &free_owner, self, memory_order_acquire,
+                                                    memory_order_relaxed)) {
+            e = &r->open[i];
+            break;
+        }
+    }
+    if (!e)
+        return;
+    /* The thread's CPU time and switches cost a system call at each end:
+     * only for locks whose timed holds have lasted long enough that a
+     * blocking call inside could matter (LONG_HOLD_NS), and are common
+     * (more than one timed hold in 64: a preempted data section now and
+     * then does not make every timed hold pay).  The first long hold of a
+     * lock therefore goes unexamined. */
+    int64_t cpu = -1, vol = 0;
+    uint64_t longs = atomic_load_explicit(&r->long_holds, memory_order_relaxed);
+    if (longs && longs * 64 >= atomic_load_explicit(&r->timed_holds, memory_order_relaxed))
+        thread_usage(&cpu, &vol);
+    pz__observer *o = pz__observer_self();
+    if (!again)
+        o->timed_holds++;
+    e->site = s;
+    e->shared = shared;
+    e->susp0 = o->suspended_ns;
+    e->cpu0 = cpu;
+    e->vol0 = vol;
+    e->thread = &my_tcache;
+    e->t0 = pz_now();
+}
+
+/* The countdown of sl reached 0: the hold just taken is timed, and the
+ * next gap drawn.  A lock whose timed holds last LONG_HOLD_NS on average
+ * has every hold timed (two clock reads are then under 1% of a hold), so
+ * logic sections get exact figures; short ones are sampled. */
+static __attribute__((noinline)) void sample_point(tslot *sl, uint64_t n, uint64_t self, bool shared)
+{
+    pz__advisor_lock *r = atomic_load_explicit(&sl->rec, memory_order_relaxed);
+    uint64_t timed = atomic_load_explicit(&r->timed_holds, memory_order_relaxed);
+    bool long_holds = timed && atomic_load_explicit(&r->hold_sum, memory_order_relaxed) / timed >= LONG_HOLD_NS;
+    sl->o.countdown = n < SAMPLE_ALL || long_holds ? 1 : sample_gap();
+    hold_begin(r, sl->s, self, shared);
+}
+
+static __attribute__((noinline)) void owner_changed(pz__advisor_lock *r, uint64_t self)
+{
+    atomic_store_explicit(&r->last_owner, self, memory_order_relaxed);
+    atomic_fetch_add_explicit(&r->owner_changes, 1, memory_order_relaxed);
+}
+
+/* The fast path: a leaf but for the unlikely calls, so that an untimed,
+ * uncontended acquisition is a handful of loads and two stores, all but
+ * one (the owner line) to the thread's own cache. */
+static void on_acquired(const void *lock, unsigned kind, const void *site, int64_t wait_ns, unsigned flags,
+                        uint64_t self)
+{
+
+    tslot *sl = slot_of_pair(lock, kind, site);
+    if (__builtin_expect(!sl, 0))
+        return;
+    pz__advisor_lock *r = atomic_load_explicit(&sl->rec, memory_order_relaxed);
+    if (__builtin_expect(kind == PZ__LOCK_CHAN, 0)) {
+        /* A channel's send or receive that waited: no hold, no count. */
+        record_wait(r, sl->s, kind, wait_ns > 0 ? (uint64_t)wait_ns : 0, false, flags);
+        return;
+    }
+    bool shared = flags & PZ__LOCK_SHARED;
+    uint64_t n = atomic_load_explicit(&sl->o.acquisitions, memory_order_relaxed) + 1;
+    atomic_store_explicit(&sl->o.acquisitions, n, memory_order_relaxed);
+    if (__builtin_expect(shared, 0))
+        count(&sl->o.shared);
+    if (__builtin_expect(wait_ns >= 0, 0))
+        record_wait(r, sl->s, kind, (uint64_t)wait_ns, false, flags);
+    /* Owner changes of exclusive holds only: readers writing the owner
+     * line would fight over it. */
+    if (__builtin_expect(!shared && atomic_load_explicit(&r->last_owner, memory_order_relaxed) != self, 0))
+        owner_changed(r, self);
+    if (__builtin_expect(--sl->o.countdown != 0, 1))
+        return;
+    sample_point(sl, n, self, shared);
+}
+
+/* The slot interface (runtime.h): the lock paths look the slot up before
+ * they take the lock and count an uncontended acquisition in it
+ * themselves (pz__observe_uncontended), calling back only here. */
+static pz__observe_slot *on_slot(const void *lock, unsigned kind, const void *site)
+{
+    tslot *sl = slot_of_pair(lock, kind, site);
+    return sl ? &sl->o : NULL;
+}
+
+static void on_owner_changed(pz__observe_slot *o, uint64_t self)
+{
+    tslot *sl = (tslot *)o;
+    owner_changed(atomic_load_explicit(&sl->rec, memory_order_relaxed), self);
+}
+
+static void on_sample(pz__observe_slot *o, uint64_t self, unsigned flags)
+{
+    tslot *sl = (tslot *)o;
+    sample_point(sl, atomic_load_explicit(&o->acquisitions, memory_order_relaxed), self, flags & PZ__LOCK_SHARED);
+}
+
+static void on_gave_up(const void *lock, unsigned kind, const void *site, int64_t wait_ns, unsigned flags, int err)
+{
+    (void)err;
     tslot *sl = slot_of_pair(lock, kind, site);
     if (!sl)
         return;
     pz__advisor_lock *r = atomic_load_explicit(&sl->rec, memory_order_relaxed);
-    bool exclusive = !(flags & PZ__LOCK_SHARED);
-    uint64_t n = atomic_load_explicit(&sl->acquisitions, memory_order_relaxed);
-    count(&sl->acquisitions);
-    if (!exclusive)
-        count(&sl->shared);
-    if (__builtin_expect(!atomic_load_explicit(&r->first_site, memory_order_relaxed), 0)) {
-        atomic_store_explicit(&r->kind, kind, memory_order_relaxed);
-        atomic_store_explicit(&r->first_site, site, memory_order_relaxed);
-    }
-    pz__advisor_site *s = sl->s;
-    if (wait_ns >= 0) {
-        /* Contended: the slow path already cost far more than this. */
-        uint64_t w = (uint64_t)wait_ns;
-        atomic_store_explicit(&r->kind, kind, memory_order_relaxed);
-        hist_bump(r->wait_hist, w, false);
-        atomic_fetch_add_explicit(&r->contended, 1, memory_order_relaxed);
-        atomic_fetch_add_explicit(&r->wait_sum, w, memory_order_relaxed);
-        bump_max(&r->wait_max, w);
-        if ((kind == PZ__LOCK_MUTEX || kind == PZ__LOCK_RWLOCK) && pz_worker_index() >= 0)
-            atomic_fetch_add_explicit(&r->blocked_worker_ns, w, memory_order_relaxed);
-        if (s) {
-            atomic_fetch_add_explicit(&s->contended, 1, memory_order_relaxed);
-            atomic_fetch_add_explicit(&s->wait_sum, w, memory_order_relaxed);
-        }
-    }
-    if (!exclusive)
-        return;
-    uint64_t self = pz__async_self_bits();
-    if (atomic_load_explicit(&r->last_owner, memory_order_relaxed) != self) {
-        atomic_store_explicit(&r->last_owner, self, memory_order_relaxed);
-        bump(&r->owner_changes, 1, true);
-    }
-    /* Hold timing, for a sample of the holds: each (thread, site)'s first
-     * SAMPLE_ALL, then one in sample_mask + 1. */
-    if (n >= SAMPLE_ALL && (n & sample_mask) != 0) {
-        if (atomic_load_explicit(&r->hold_t0, memory_order_relaxed))
-            atomic_store_explicit(&r->hold_t0, 0, memory_order_relaxed);
-        return;
-    }
-    /* The thread's CPU time and switches cost a system call at each end:
-     * only for locks whose timed holds have lasted long enough that a
-     * blocking call inside could matter (LONG_HOLD_NS); a data lock never
-     * pays it.  The first long hold of a lock therefore goes unexamined. */
-    int64_t cpu = -1, vol = 0;
-    /* Long holds are common (more than one timed hold in 64): a preempted
-     * data section now and then does not make every timed hold pay. */
-    uint64_t longs = atomic_load_explicit(&r->long_holds, memory_order_relaxed);
-    if (longs && longs * 64 >= atomic_load_explicit(&r->timed_holds, memory_order_relaxed))
-        thread_usage(&cpu, &vol);
-    r->hold_site = s;
-    r->hold_susp0 = pz__task_suspended_ns();
-    r->hold_cpu0 = cpu;
-    r->hold_vol0 = vol;
-    r->hold_thread = &my_tcache;
-    atomic_store_explicit(&r->hold_t0, pz_now(), memory_order_relaxed);
+    record_wait(r, sl->s, kind, wait_ns > 0 ? (uint64_t)wait_ns : 0, true, flags);
 }
 
-static void on_released(const void *lock, unsigned kind, unsigned flags)
+static void on_released(const void *lock, unsigned kind, unsigned flags, uint64_t self)
 {
-    (void)kind;
-    if (flags & PZ__LOCK_SHARED)
-        return;
+    (void)flags;
     pz__advisor_lock *r = record_of(lock, kind, false);
     if (!r)
         return;
-    int64_t t0 = atomic_load_explicit(&r->hold_t0, memory_order_relaxed);
-    if (!t0)
-        return;
-    atomic_store_explicit(&r->hold_t0, 0, memory_order_relaxed);
-    int64_t hold = pz_now() - t0;
+    pz__advisor_open *e = NULL;
+    for (int i = 0; i < PZ__ADVISOR_OPEN && !e; i++)
+        if (atomic_load_explicit(&r->open[i].owner, memory_order_relaxed) == self)
+            e = &r->open[i];
+    if (!e)
+        return; /* an untimed hold */
+    int64_t hold = pz_now() - e->t0;
     if (hold < 0)
         hold = 0;
+    pz__observer *o = pz__observer_self();
     /* What part of the hold the holder waited rather than ran: the time
      * its task was suspended (parked: I/O, sleep, another lock, the
      * blocking pool), or, for a hold that never suspended and stayed on
      * one thread, the time that thread was off the CPU after a voluntary
      * switch (a blocking system call or a futex wait).  Involuntary
      * switches (preemption on a busy machine) do not count as waiting. */
-    int64_t susp = 0, blocked = 0;
-    int64_t s1 = pz__task_suspended_ns();
-    if (r->hold_susp0 >= 0 && s1 >= 0)
-        susp = s1 - r->hold_susp0;
+    int64_t susp = o->suspended_ns - e->susp0, blocked = 0;
+    if (o->timed_holds)
+        o->timed_holds--;
+    /* The release hook of the mutexes runs after the unlock (src/sync/
+     * observe.c, src/async/observe.c): another holder's timed hold may be
+     * ending at the same time, so every update is atomic.  Timed holds
+     * are few; the cost does not matter. */
+    bool exclusive = false;
     if (hold >= LONG_HOLD_NS)
-        bump(&r->long_holds, 1, true);
-    if (susp == 0 && r->hold_thread == &my_tcache && r->hold_cpu0 >= 0) {
+        bump(&r->long_holds, 1, exclusive);
+    if (susp <= 0 && e->thread == &my_tcache && e->cpu0 >= 0) {
+        susp = 0;
         int64_t cpu, vol;
         thread_usage(&cpu, &vol);
-        if (cpu >= 0 && vol > r->hold_vol0) {
+        if (cpu >= 0 && vol > e->vol0) {
             /* getrusage's CPU time has microsecond resolution. */
-            int64_t off = hold - (cpu - r->hold_cpu0) - 1000;
+            int64_t off = hold - (cpu - e->cpu0) - 1000;
             if (off > 0)
                 blocked = off;
         }
     }
+    if (susp < 0)
+        susp = 0;
     if (susp > hold)
         susp = hold;
     if (susp + blocked > hold)
         blocked = hold - susp;
+    pz__advisor_site *s = e->site;
+    bool shared = e->shared;
+    atomic_store_explicit(&e->owner, 0, memory_order_release);
     uint64_t waiting = (uint64_t)(susp + blocked);
-    bump(&r->timed_holds, 1, true);
-    bump(&r->hold_sum, (uint64_t)hold, true);
-    bump(&r->waiting_sum, waiting, true);
+    bump(&r->timed_holds, 1, exclusive);
+    if (shared)
+        bump(&r->timed_shared, 1, false);
+    bump(&r->hold_sum, (uint64_t)hold, exclusive);
+    bump(&r->waiting_sum, waiting, exclusive);
     if (susp > 0)
-        bump(&r->suspended_holds, 1, true);
+        bump(&r->suspended_holds, 1, exclusive);
     if (blocked > 0)
-        bump(&r->blocked_holds, 1, true);
+        bump(&r->blocked_holds, 1, exclusive);
     bump_max(&r->hold_max, (uint64_t)hold);
-    uint64_t running = (uint64_t)hold - waiting;
-    bump_max(&r->running_max, running);
-    hist_bump(r->hold_hist, (uint64_t)hold, true);
-    pz__advisor_site *s = r->hold_site;
+    bump_max(&r->running_max, (uint64_t)hold - waiting);
+    hist_bump(r->hold_hist, (uint64_t)hold, exclusive);
     if (s) {
         atomic_fetch_add_explicit(&s->timed_holds, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&s->hold_sum, (uint64_t)hold, memory_order_relaxed);
@@ -389,7 +520,8 @@ static void on_released(const void *lock, unsigned kind, unsigned flags)
     }
 }
 
-static const pz__lock_hooks advisor_hooks = {on_acquired, on_released, pz__advisor_runtime_started};
+static const pz__lock_hooks advisor_hooks = {on_acquired,  on_released,      on_gave_up, pz__advisor_runtime_started,
+                                             on_slot,      on_owner_changed, on_sample};
 
 /* ---- calibration: what an uncontended acquisition costs here ---------- */
 
@@ -485,7 +617,7 @@ int pz_advisor_enable(const char *spec)
         if (v >= 1 && v <= 65536 && (v & (v - 1)) == 0)
             sample_mask = v - 1;
         else
-            fprintf(stderr, "plaza: PLAZA_ADVISOR_SAMPLE=%s is not a power of two from 1 to 65536; using 64\n", n);
+            fprintf(stderr, "plaza: PLAZA_ADVISOR_SAMPLE=%s is not a power of two from 1 to 65536; using 1024\n", n);
     }
     calibrate();
     atomic_store(&exit_format, format);

@@ -8,38 +8,55 @@
 
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdalign.h>
 #include <stdint.h>
 #include <stdio.h>
 
 #include "hist.h"
 
 #define PZ__ADVISOR_SITES 8
+#define PZ__ADVISOR_OPEN 8 /* timed holds of one lock in progress at once */
 #define PZ__ADVISOR_KIND_UNKNOWN 99u
 
 typedef struct pz__advisor_site {
     _Atomic(const void *) addr; /* a return address in the acquiring function */
-    _Atomic uint64_t acquisitions, contended, wait_sum;
+    _Atomic uint64_t acquisitions, contended, gave_up, wait_sum;
     _Atomic uint64_t timed_holds, hold_sum, waiting_sum;
 } pz__advisor_site;
+
+/* A timed hold in progress, claimed by its holder (owner: its caller id,
+ * by CAS from 0) at the acquisition and given back at the release; the
+ * other fields are written by the owner only, between the two. */
+typedef struct pz__advisor_open {
+    _Atomic uint64_t owner;
+    int64_t t0, susp0, cpu0, vol0;
+    const void *thread; /* the holding thread's identity (a thread-local's address) */
+    pz__advisor_site *site;
+    bool shared;
+} pz__advisor_open;
 
 typedef struct pz__advisor_lock {
     const void *lock;
     _Atomic unsigned kind;
     _Atomic(char *) name;
     _Atomic(const void *) first_site;
-    _Atomic uint64_t acquisitions, shared, contended, owner_changes, last_owner;
+    /* Read by every exclusive acquisition and written only when the owner
+     * changes: a line of its own, so that the writes of the contended and
+     * timed paths below do not take it away from the readers. */
+    _Alignas(64) _Atomic uint64_t last_owner;
+    _Atomic uint64_t owner_changes;
+    /* Acquisitions flushed from the threads' caches; contended waits and
+     * waits that gave up (deadline, cancel); channel waits. */
+    _Alignas(64) _Atomic uint64_t acquisitions, shared, contended, gave_up;
     _Atomic uint64_t wait_sum, wait_max, blocked_worker_ns;
-    /* Timed (sampled) exclusive holds. */
-    _Atomic uint64_t timed_holds, hold_sum, hold_max, waiting_sum, running_max;
+    _Atomic uint64_t send_waits, recv_waits;
+    /* The timed (sampled) holds, exclusive and shared. */
+    _Atomic uint64_t timed_holds, timed_shared, hold_sum, hold_max, waiting_sum, running_max;
     _Atomic uint64_t suspended_holds, blocked_holds;
-    /* The hold in progress (exclusive holds; written by the holder only). */
-    _Atomic int64_t hold_t0; /* 0: this hold is not timed */
-    int64_t hold_susp0, hold_cpu0, hold_vol0;
-    void *hold_thread; /* the holding thread's identity (a thread-local's address) */
     _Atomic uint64_t long_holds; /* timed holds of LONG_HOLD_NS or more */
-    pz__advisor_site *hold_site;
+    pz__advisor_open open[PZ__ADVISOR_OPEN];
     pz__advisor_site sites[PZ__ADVISOR_SITES];
-    _Atomic uint32_t wait_hist[HIST_BUCKETS]; /* contended acquisitions (the others waited 0) */
+    _Atomic uint32_t wait_hist[HIST_BUCKETS]; /* waits that took time (the others waited 0) */
     _Atomic uint32_t hold_hist[HIST_BUCKETS]; /* the timed holds */
 } pz__advisor_lock;
 

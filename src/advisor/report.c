@@ -227,16 +227,20 @@ void pz__advisor_figures(pz__advisor_lock *r, pz__advisor_figures_t *f)
     f->acquisitions = ld(&r->acquisitions) + c.acquisitions;
     f->shared = ld(&r->shared) + c.shared;
     f->contended = ld(&r->contended);
-    if (f->contended > f->acquisitions) /* counted while the report ran */
+    if (f->kind != PZ__LOCK_CHAN && f->contended > f->acquisitions) /* counted while the report ran */
         f->contended = f->acquisitions;
+    f->gave_up = ld(&r->gave_up);
+    f->send_waits = ld(&r->send_waits);
+    f->recv_waits = ld(&r->recv_waits);
     f->owner_changes = ld(&r->owner_changes);
     f->blocked_worker_ns = ld(&r->blocked_worker_ns);
     f->timed_holds = ld(&r->timed_holds);
+    f->timed_shared = ld(&r->timed_shared);
     f->suspended_holds = ld(&r->suspended_holds);
     f->blocked_holds = ld(&r->blocked_holds);
     uint64_t hold_sum = ld(&r->hold_sum), waiting = ld(&r->waiting_sum);
     f->wait_max = ld(&r->wait_max);
-    uint64_t uncontended = f->acquisitions - f->contended;
+    uint64_t uncontended = f->acquisitions > f->contended ? f->acquisitions - f->contended : 0;
     f->wait_p50 = permille(r->wait_hist, 500, f->wait_max, uncontended);
     f->wait_p99 = permille(r->wait_hist, 990, f->wait_max, uncontended);
     f->hold_max = ld(&r->hold_max);
@@ -250,23 +254,35 @@ void pz__advisor_figures(pz__advisor_lock *r, pz__advisor_figures_t *f)
     char *a = f->advice;
     size_t an = sizeof f->advice;
 
-    if (f->timed_holds == 0) {
-        f->verdict = is_sync(f->kind) ? "data" : "logic";
-        snprintf(a, an,
-                 "No exclusive hold was timed (%" PRIu64 " shared acquisitions), so there is no evidence against "
-                 "this %s.",
-                 f->shared, pz__advisor_kind_name(f->kind));
+    if (f->kind == PZ__LOCK_CHAN) {
+        f->verdict = "channel";
+        snprintf(a, an, "%" PRIu64 " sends and %" PRIu64 " receives waited (%" PRIu64 " of them gave up).",
+                 f->send_waits, f->recv_waits, f->gave_up);
         return;
     }
+    if (f->timed_holds == 0) {
+        f->verdict = is_sync(f->kind) ? "data" : "logic";
+        snprintf(a, an, "No hold was timed (%" PRIu64 " acquisitions), so there is no evidence against this %s.",
+                 f->acquisitions, pz__advisor_kind_name(f->kind));
+        return;
+    }
+    char waited_for[160];
+    if (f->gave_up)
+        snprintf(waited_for, sizeof waited_for,
+                 "made %" PRIu64 " acquisitions wait and %" PRIu64 " give up (deadline or cancel)", f->contended,
+                 f->gave_up);
+    else
+        snprintf(waited_for, sizeof waited_for, "made %" PRIu64 " acquisitions wait", f->contended);
     if (is_sync(f->kind)) {
         if (waits || f->suspended_holds > 0) {
             f->verdict = "logic_behind_sync";
             snprintf(a, an,
                      "A sync lock held across waits (%.0f%% of its hold time, %" PRIu64 " of %" PRIu64
                      " timed holds suspended, %" PRIu64 " blocked in a system call): it blocked worker threads "
-                     "for %.3f ms and made %" PRIu64 " acquisitions wait; use pz_async_mutex.",
+                     "for %.3f ms and %s; use %s.",
                      100 * f->suspended_share, f->suspended_holds, f->timed_holds, f->blocked_holds,
-                     (double)f->blocked_worker_ns / 1e6, f->contended);
+                     (double)f->blocked_worker_ns / 1e6, waited_for,
+                     f->kind == PZ__LOCK_RWLOCK ? "pz_async_rwlock" : "pz_async_mutex");
         } else {
             f->verdict = "data";
             snprintf(a, an, "Holds are short (p99 %.1f us) and never wait: a sync lock is right.",
@@ -278,14 +294,16 @@ void pz__advisor_figures(pz__advisor_lock *r, pz__advisor_figures_t *f)
         f->verdict = "data_behind_async";
         if (async_ns - mutex_ns < 5 && async_ns < 2 * mutex_ns)
             snprintf(a, an,
-                     "Holds never wait (p99 %.1f us), so pz_mutex would do; but here an uncontended "
+                     "Holds never wait (p99 %.1f us), so %s would do; but here an uncontended "
                      "pz_async_mutex costs %.1f ns per lock and unlock against %.1f ns for pz_mutex: fine either way.",
-                     (double)f->hold_p99 / 1e3, async_ns, mutex_ns);
+                     (double)f->hold_p99 / 1e3, f->kind == PZ__LOCK_ASYNC_RWLOCK ? "pz_rwlock" : "pz_mutex",
+                     async_ns, mutex_ns);
         else
             snprintf(a, an,
-                     "Holds never wait (p99 %.1f us): use pz_mutex, which costs %.1f ns per lock and unlock here "
-                     "against %.1f ns for this pz_async_mutex.",
-                     (double)f->hold_p99 / 1e3, mutex_ns, async_ns);
+                     "Holds never wait (p99 %.1f us): use %s (pz_mutex costs %.1f ns per lock and unlock here "
+                     "against %.1f ns for pz_async_mutex).",
+                     (double)f->hold_p99 / 1e3, f->kind == PZ__LOCK_ASYNC_RWLOCK ? "pz_rwlock" : "pz_mutex",
+                     mutex_ns, async_ns);
         return;
     }
     if (1 - f->suspended_share > RUNNING_SHARE && f->running_mean_ns > RUNNING_NS) {
@@ -336,12 +354,22 @@ static void text_lock(FILE *out, pz__advisor_lock *r, const pz__advisor_figures_
     pz__advisor_label(r, name, sizeof name, site, sizeof site);
     fprintf(out, "\n%s (%s, first taken at %s)\n", name, pz__advisor_kind_name(f->kind), site);
     fprintf(out, "  verdict: %s\n  advice:  %s\n", f->verdict, f->advice);
-    fprintf(out, "  acquisitions %" PRIu64 " (shared %" PRIu64 "), contended %" PRIu64 " (%.1f%%), owner changes %" PRIu64
-                 "\n",
+    if (f->kind == PZ__LOCK_CHAN) {
+        fprintf(out, "  waits: %" PRIu64 " sends, %" PRIu64 " receives, %" PRIu64 " gave up\n", f->send_waits,
+                f->recv_waits, f->gave_up);
+        fprintf(out, "  wait ns  p50 %" PRIu64 "  p99 %" PRIu64 "  max %" PRIu64 " (waits that took time)\n",
+                f->wait_p50, f->wait_p99, f->wait_max);
+        return;
+    }
+    fprintf(out,
+            "  acquisitions %" PRIu64 " (shared %" PRIu64 "), contended %" PRIu64 " (%.1f%%), gave up %" PRIu64
+            ", owner changes %" PRIu64 "\n",
             f->acquisitions, f->shared, f->contended,
-            f->acquisitions ? 100.0 * (double)f->contended / (double)f->acquisitions : 0.0, f->owner_changes);
-    fprintf(out, "  hold ns  p50 %" PRIu64 "  p99 %" PRIu64 "  max %" PRIu64 "  (%" PRIu64 " holds timed)\n",
-            f->hold_p50, f->hold_p99, f->hold_max, f->timed_holds);
+            f->acquisitions ? 100.0 * (double)f->contended / (double)f->acquisitions : 0.0, f->gave_up,
+            f->owner_changes);
+    fprintf(out, "  hold ns  p50 %" PRIu64 "  p99 %" PRIu64 "  max %" PRIu64 "  (%" PRIu64 " holds timed, %" PRIu64
+                 " shared)\n",
+            f->hold_p50, f->hold_p99, f->hold_max, f->timed_holds, f->timed_shared);
     fprintf(out, "  wait ns  p50 %" PRIu64 "  p99 %" PRIu64 "  max %" PRIu64 "\n", f->wait_p50, f->wait_p99,
             f->wait_max);
     fprintf(out,
@@ -374,13 +402,16 @@ static void json_lock(FILE *out, pz__advisor_lock *r, const pz__advisor_figures_
     json_string(out, site);
     fprintf(out,
             ", \"address\": \"%p\", \"acquisitions\": %" PRIu64 ", \"shared\": %" PRIu64 ", \"contended\": %" PRIu64
+            ", \"gave_up\": %" PRIu64 ", \"send_waits\": %" PRIu64 ", \"recv_waits\": %" PRIu64
             ", \"owner_changes\": %" PRIu64 ",\n     \"hold_ns\": {\"p50\": %" PRIu64 ", \"p99\": %" PRIu64
             ", \"max\": %" PRIu64 "}, \"wait_ns\": {\"p50\": %" PRIu64 ", \"p99\": %" PRIu64 ", \"max\": %" PRIu64
-            "},\n     \"timed_holds\": %" PRIu64 ", \"suspended_holds\": %" PRIu64 ", \"blocked_holds\": %" PRIu64
+            "},\n     \"timed_holds\": %" PRIu64 ", \"timed_shared\": %" PRIu64 ", \"suspended_holds\": %" PRIu64 ", \"blocked_holds\": %" PRIu64
             ", \"suspended_share\": %.4f, \"running_mean_ns\": %.0f, \"blocked_worker_ns\": %" PRIu64
             ",\n     \"verdict\": \"%s\", \"advice\": ",
-            r->lock, f->acquisitions, f->shared, f->contended, f->owner_changes, f->hold_p50, f->hold_p99,
-            f->hold_max, f->wait_p50, f->wait_p99, f->wait_max, f->timed_holds, f->suspended_holds,
+            r->lock, f->acquisitions, f->shared, f->contended, f->gave_up, f->send_waits, f->recv_waits,
+            f->owner_changes, f->hold_p50,
+            f->hold_p99, f->hold_max, f->wait_p50, f->wait_p99, f->wait_max, f->timed_holds, f->timed_shared,
+            f->suspended_holds,
             f->blocked_holds, f->suspended_share, f->running_mean_ns, f->blocked_worker_ns, f->verdict);
     json_string(out, f->advice);
     fprintf(out, ",\n     \"hold_hist\": [");
@@ -428,24 +459,38 @@ int pz_advisor_report(FILE *out, int format)
     else
         fprintf(out, "{\"plaza_advisor\": 1, \"cost_ns\": {\"pz_mutex\": %.1f, \"pz_async_mutex\": %.1f}, \"locks\": [",
                 mutex_ns, async_ns);
-    bool first = true;
+    bool first = true, any_chan = false;
     unsigned n = pz__advisor_table_size();
-    for (unsigned i = 0; i < n; i++) {
-        pz__advisor_lock *r = pz__advisor_record_at(i);
-        if (!r || !atomic_load_explicit(&r->first_site, memory_order_relaxed))
-            continue;
-        pz__advisor_figures_t f;
-        pz__advisor_figures(r, &f);
-        if (format == PZ_ADVISOR_TEXT)
-            text_lock(out, r, &f);
-        else
-            json_lock(out, r, &f, first);
-        first = false;
+    /* The locks, then the channels (no hold, no verdict: their waits). */
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1) {
+            if (format == PZ_ADVISOR_JSON)
+                fprintf(out, "\n], \"channels\": [");
+            else if (first)
+                fprintf(out, "no lock was taken while the advisor was on\n");
+            first = true;
+        }
+        for (unsigned i = 0; i < n; i++) {
+            pz__advisor_lock *r = pz__advisor_record_at(i);
+            if (!r || !atomic_load_explicit(&r->first_site, memory_order_relaxed))
+                continue;
+            if ((atomic_load_explicit(&r->kind, memory_order_relaxed) == PZ__LOCK_CHAN) != (pass == 1))
+                continue;
+            pz__advisor_figures_t f;
+            pz__advisor_figures(r, &f);
+            if (format == PZ_ADVISOR_TEXT) {
+                if (pass == 1 && !any_chan)
+                    fprintf(out, "\nchannels whose sends or receives waited:\n");
+                any_chan = pass == 1;
+                text_lock(out, r, &f);
+            } else {
+                json_lock(out, r, &f, first);
+            }
+            first = false;
+        }
     }
     if (format == PZ_ADVISOR_JSON)
         fprintf(out, "\n]}\n");
-    else if (first)
-        fprintf(out, "no lock was taken while the advisor was on\n");
     report_unlock();
     fflush(out);
     return ferror(out) ? -EIO : 0;

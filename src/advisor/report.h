@@ -9,8 +9,9 @@
 
 typedef struct pz__advisor_figures_t {
     unsigned kind;
-    uint64_t acquisitions, shared, contended, owner_changes, blocked_worker_ns;
-    uint64_t timed_holds, suspended_holds, blocked_holds;
+    uint64_t acquisitions, shared, contended, gave_up, owner_changes, blocked_worker_ns;
+    uint64_t timed_holds, timed_shared, suspended_holds, blocked_holds;
+    uint64_t send_waits, recv_waits; /* channels */
     uint64_t hold_p50, hold_p99, hold_max, wait_p50, wait_p99, wait_max;
     double suspended_share, running_mean_ns;
     const char *verdict;

@@ -73,6 +73,7 @@
 #include "../runtime/internal.h"
 #include "chan_internal.h"
 #include "deadline.h"
+#include "observe.h"
 
 #define CLOSED PZ__CHAN_CLOSED
 #define SENDERS_WAIT PZ__CHAN_SENDERS_WAIT
@@ -615,13 +616,38 @@ static int recv_impl(pz_chan_t *ch, void *item, int64_t deadline, bool try_only)
     return ch->capacity ? ring_recv(ch, item, deadline, try_only) : rendezvous_recv(ch, item, deadline, try_only);
 }
 
+/* The advisor (src/async/observe.h): while it is on, a send or receive
+ * tries once without waiting, and only one that must wait is timed and
+ * reported (a channel has no hold; its waits are what the advisor shows).
+ * Trying first and then waiting is what the call does anyway. */
+static __attribute__((noinline)) int transfer_observed(pz_chan_t *ch, void *item, int64_t deadline, bool send,
+                                                       const void *site)
+{
+    int r = send ? send_impl(ch, item, deadline, true) : recv_impl(ch, item, deadline, true);
+    if (r != -EAGAIN)
+        return r;
+    int64_t t0 = pz_now();
+    r = send ? send_impl(ch, item, deadline, false) : recv_impl(ch, item, deadline, false);
+    int64_t waited = pz_now() - t0;
+    unsigned flags = send ? PZ__LOCK_SEND : 0;
+    if (r == 0 || r == -EPIPE)
+        pz__async_observe_acquired(ch, PZ__LOCK_CHAN, site, waited, flags);
+    else if (r == -ETIMEDOUT || r == -ECANCELED)
+        pz__async_observe_gave_up(ch, PZ__LOCK_CHAN, site, waited, flags, r);
+    return r;
+}
+
 int pz_chan_send_until(pz_chan_t *ch, const void *item, int64_t deadline)
 {
+    if (PZ__ASYNC_OBSERVED())
+        return transfer_observed(ch, (void *)(uintptr_t)item, deadline, true, __builtin_return_address(0));
     return send_impl(ch, item, deadline, false);
 }
 
 int pz_chan_send(pz_chan_t *ch, const void *item)
 {
+    if (PZ__ASYNC_OBSERVED())
+        return transfer_observed(ch, (void *)(uintptr_t)item, PZ_FOREVER, true, __builtin_return_address(0));
     return send_impl(ch, item, PZ_FOREVER, false);
 }
 
@@ -632,11 +658,15 @@ int pz_chan_try_send(pz_chan_t *ch, const void *item)
 
 int pz_chan_recv_until(pz_chan_t *ch, void *item, int64_t deadline)
 {
+    if (PZ__ASYNC_OBSERVED())
+        return transfer_observed(ch, item, deadline, false, __builtin_return_address(0));
     return recv_impl(ch, item, deadline, false);
 }
 
 int pz_chan_recv(pz_chan_t *ch, void *item)
 {
+    if (PZ__ASYNC_OBSERVED())
+        return transfer_observed(ch, item, PZ_FOREVER, false, __builtin_return_address(0));
     return recv_impl(ch, item, PZ_FOREVER, false);
 }
 

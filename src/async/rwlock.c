@@ -69,6 +69,7 @@
 #include "../runtime/internal.h"
 #include "spin.h"
 #include "deadline.h"
+#include "observe.h"
 
 #define PARKED ((uintptr_t)PZ__ARW_PARKED)
 #define UPG_PARKED ((uintptr_t)PZ__ARW_UPG_PARKED)
@@ -703,7 +704,7 @@ static int acquire_slow(pz_async_rwlock_t *l, int kind, int64_t deadline)
     }
 }
 
-static int acquire(pz_async_rwlock_t *l, int kind, int64_t deadline)
+static int acquire_plain(pz_async_rwlock_t *l, int kind, int64_t deadline)
 {
     if (!l)
         return -EINVAL;
@@ -717,6 +718,51 @@ static int acquire(pz_async_rwlock_t *l, int kind, int64_t deadline)
     if (r == 0 && kind == K_WRITE)
         note_writer(l);
     return r;
+}
+
+/* The advisor (src/async/observe.h): while it is on, acquisitions go
+ * through acquire_observed, which times the wait only when the first
+ * attempt fails; off, acquire() is one test of the switch more.  site is
+ * the public call's return address, taken in the public call itself. */
+static unsigned observe_flags(int kind)
+{
+    return kind == K_WRITE ? 0 : PZ__LOCK_SHARED;
+}
+
+static __attribute__((noinline)) int acquire_observed(pz_async_rwlock_t *l, int kind, int64_t deadline,
+                                                      const void *site)
+{
+    if (l && try_enter(l, kind)) {
+        if (kind == K_WRITE)
+            note_writer(l);
+        pz__async_observe_acquired(l, PZ__LOCK_ASYNC_RWLOCK, site, -1, observe_flags(kind));
+        return 0;
+    }
+    int64_t t0 = pz_now();
+    int r = acquire_plain(l, kind, deadline);
+    int64_t waited = pz_now() - t0;
+    if (r == 0)
+        pz__async_observe_acquired(l, PZ__LOCK_ASYNC_RWLOCK, site, waited, observe_flags(kind));
+    else if (l)
+        pz__async_observe_gave_up(l, PZ__LOCK_ASYNC_RWLOCK, site, waited, observe_flags(kind), r);
+    return r;
+}
+
+#define acquire(l, kind, deadline)                                                                          \
+    (PZ__ASYNC_OBSERVED() ? acquire_observed(l, kind, deadline, __builtin_return_address(0))                \
+                          : acquire_plain(l, kind, deadline))
+
+static inline bool observe_try(pz_async_rwlock_t *l, bool taken, int kind, const void *site)
+{
+    if (taken && PZ__ASYNC_OBSERVED())
+        pz__async_observe_acquired(l, PZ__LOCK_ASYNC_RWLOCK, site, -1, observe_flags(kind));
+    return taken;
+}
+
+static inline void observe_release(pz_async_rwlock_t *l, int kind)
+{
+    if (PZ__ASYNC_OBSERVED())
+        pz__async_observe_released(l, PZ__LOCK_ASYNC_RWLOCK, observe_flags(kind));
 }
 
 int pz_async_rwlock_read(pz_async_rwlock_t *l)
@@ -733,7 +779,7 @@ bool pz_async_rwlock_try_read(pz_async_rwlock_t *l)
 {
     if (!l)
         return false;
-    return try_enter(l, K_READ);
+    return observe_try(l, try_enter(l, K_READ), K_READ, __builtin_return_address(0));
 }
 
 int pz_async_rwlock_write(pz_async_rwlock_t *l)
@@ -767,7 +813,7 @@ bool pz_async_rwlock_try_write(pz_async_rwlock_t *l)
         }
     }
     note_writer(l);
-    return true;
+    return observe_try(l, true, K_WRITE, __builtin_return_address(0));
 }
 
 int pz_async_rwlock_upgradable_read(pz_async_rwlock_t *l)
@@ -784,7 +830,7 @@ bool pz_async_rwlock_try_upgradable_read(pz_async_rwlock_t *l)
 {
     if (!l)
         return false;
-    return try_enter(l, K_UPG);
+    return observe_try(l, try_enter(l, K_UPG), K_UPG, __builtin_return_address(0));
 }
 
 static int misuse(pz_async_rwlock_t *l, const char *call, const char *mode)
@@ -842,6 +888,7 @@ int pz_async_rwlock_read_unlock(pz_async_rwlock_t *l)
 {
     if (!l)
         return -EINVAL;
+    observe_release(l, K_READ);
     /* Read holds are interchangeable (see "read slots"): this worker's
      * slots, then the word, then any worker's slots.  A hold moves only
      * from a slot into the word, but holds are also swapped (another
@@ -918,11 +965,13 @@ static int writer_leaves(pz_async_rwlock_t *l, uintptr_t add, const char *call)
 
 int pz_async_rwlock_write_unlock(pz_async_rwlock_t *l)
 {
+    observe_release(l, K_WRITE);
     return writer_leaves(l, 0, "pz_async_rwlock_write_unlock");
 }
 
 int pz_async_rwlock_upgradable_unlock(pz_async_rwlock_t *l)
 {
+    observe_release(l, K_UPG);
     return change_mode(l, UPGRADABLE, UPGRADABLE + READER, 0, "pz_async_rwlock_upgradable_unlock",
                        "as upgradable reader");
 }

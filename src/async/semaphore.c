@@ -27,6 +27,7 @@
 #include "../park/lot.h"
 #include "deadline.h"
 #include "semaphore_internal.h"
+#include "observe.h"
 
 #define TOKEN_GRANTED 1
 #define TOKEN_CLOSED 2
@@ -155,7 +156,7 @@ static void dispatch(pz_semaphore_t *s, uint64_t added)
     pz_unpark_filter(s, sem_filter, sem_dispatch_done, &d);
 }
 
-int pz_semaphore_acquire_until(pz_semaphore_t *s, uint64_t n, int64_t deadline)
+static int acquire_plain(pz_semaphore_t *s, uint64_t n, int64_t deadline)
 {
     if (!s)
         return -EINVAL;
@@ -197,9 +198,42 @@ int pz_semaphore_acquire_until(pz_semaphore_t *s, uint64_t n, int64_t deadline)
     }
 }
 
+/* The advisor (src/async/observe.h): a semaphore's permits, taken and
+ * given back by the same caller, are a shared hold; the wait is timed
+ * only when the first attempt fails.  site is the public call's return
+ * address. */
+static __attribute__((noinline)) int acquire_observed(pz_semaphore_t *s, uint64_t n, int64_t deadline,
+                                                      const void *site)
+{
+    int r = pz_semaphore_try_acquire(s, n);
+    if (r == 0) {
+        pz__async_observe_acquired(s, PZ__LOCK_SEMAPHORE, site, -1, PZ__LOCK_SHARED);
+        return 0;
+    }
+    if (r != -EAGAIN)
+        return r;
+    int64_t t0 = pz_now();
+    r = acquire_plain(s, n, deadline);
+    int64_t waited = pz_now() - t0;
+    if (r == 0)
+        pz__async_observe_acquired(s, PZ__LOCK_SEMAPHORE, site, waited, PZ__LOCK_SHARED);
+    else if (r == -ETIMEDOUT || r == -ECANCELED)
+        pz__async_observe_gave_up(s, PZ__LOCK_SEMAPHORE, site, waited, PZ__LOCK_SHARED, r);
+    return r;
+}
+
+int pz_semaphore_acquire_until(pz_semaphore_t *s, uint64_t n, int64_t deadline)
+{
+    if (PZ__ASYNC_OBSERVED())
+        return acquire_observed(s, n, deadline, __builtin_return_address(0));
+    return acquire_plain(s, n, deadline);
+}
+
 int pz_semaphore_acquire(pz_semaphore_t *s, uint64_t n)
 {
-    return pz_semaphore_acquire_until(s, n, PZ_FOREVER);
+    if (PZ__ASYNC_OBSERVED())
+        return acquire_observed(s, n, PZ_FOREVER, __builtin_return_address(0));
+    return acquire_plain(s, n, PZ_FOREVER);
 }
 
 int pz_semaphore_release(pz_semaphore_t *s, uint64_t n)
@@ -208,6 +242,8 @@ int pz_semaphore_release(pz_semaphore_t *s, uint64_t n)
         return -EINVAL;
     if (n == 0)
         return 0;
+    if (PZ__ASYNC_OBSERVED())
+        pz__async_observe_released(s, PZ__LOCK_SEMAPHORE, PZ__LOCK_SHARED);
     uint64_t st = atomic_load_explicit(&s->state, memory_order_relaxed);
     for (;;) {
         if (PZ_SEMAPHORE_MAX_PERMITS - (st >> PZ__SEM_SHIFT) < n)

@@ -49,3 +49,16 @@ uint64_t pz__caller_id(void)
         thread_id = PZ__CALLER_THREAD_BIT | atomic_fetch_add_explicit(&next_thread_number, 1, memory_order_relaxed);
     return thread_id;
 }
+
+/* The lock observation's per-caller record (plaza/runtime.h,
+ * src/runtime/observe.c): here, out of line, for the same reason as
+ * pz__caller_id, and with one thread-local read. */
+static __thread pz__observer thread_observer __attribute__((tls_model("initial-exec")));
+
+pz__observer *pz__observer_self(void)
+{
+    pz__worker *w = current_worker;
+    if (w && w->current)
+        return &w->current->observer;
+    return &thread_observer;
+}

@@ -251,7 +251,7 @@ struct pz_task {
     void *spawn_site;
     struct pz_task *reg_prev, *reg_next;
     bool registered;
-    int64_t suspended_ns;     /* time parked while pz__advisor_on (src/runtime/observe.c) */
+    pz__observer observer;    /* the lock observation's (src/runtime/observe.c) */
 
     char name[32];
 

@@ -8,8 +8,12 @@
  * acquire).  Turning the observation off leaves the table in place, so a
  * lock path that saw the flag just before it cleared still finds hooks.
  *
- * The per-task suspended time is kept by the scheduler (suspend_on in
- * sched.c) only while the flag is on, so it costs nothing when off.
+ * The per-caller record (pz__observer, pz__observer_self in current.c): a
+ * task's lives in the task (zeroed when the task is made), a plain
+ * thread's in a thread-local.  Only the
+ * caller itself writes it, and the scheduler keeps suspended_ns only while
+ * the flag is on and the observer times a hold of that task, so a task
+ * that holds no timed lock pays no clock read when it parks.
  */
 #include "internal.h"
 
@@ -23,8 +27,4 @@ void pz__lock_hooks_install(const pz__lock_hooks *hooks)
     atomic_store_explicit(&pz__advisor_on, hooks != NULL, memory_order_release);
 }
 
-int64_t pz__task_suspended_ns(void)
-{
-    pz_task_t *t = pz__current_task();
-    return t ? t->suspended_ns : -1;
-}
+/* pz__observer_self lives in current.c, beside the thread-local it reads. */

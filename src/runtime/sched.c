@@ -500,12 +500,14 @@ __attribute__((noinline)) void pz__resume(void)
 static inline void suspend_on(pz__worker *w, void (*after)(pz__worker *, void *), void *arg)
 {
     pz_task_t *self = w->current;
-    /* The advisor's "time suspended so far" (src/runtime/observe.c).  It
+    /* The advisor's "time suspended so far" (src/runtime/observe.c), kept
+     * only while it times a hold of this task (no clock read otherwise).  It
      * starts before the report of a suspension inside a sync lock, which is
      * part of suspending: symbolising that report's stack takes far longer
      * than the critical section's own work, and counted as work it would
      * hide that the section mostly waits. */
-    int64_t parked_at = atomic_load_explicit(&pz__advisor_on, memory_order_relaxed) ? pz__clock_now() : 0;
+    int64_t parked_at =
+        atomic_load_explicit(&pz__advisor_on, memory_order_relaxed) && self->observer.timed_holds ? pz__clock_now() : 0;
     if (atomic_load_explicit(&self->holds.depth, memory_order_relaxed))
         pz__held_at_suspend(self);
     self->saved_errno = errno;
@@ -515,7 +517,7 @@ static inline void suspend_on(pz__worker *w, void (*after)(pz__worker *, void *)
     /* Possibly on another worker now: pz__resume reads it afresh. */
     pz__resume();
     if (parked_at)
-        self->suspended_ns += pz__clock_now() - parked_at;
+        self->observer.suspended_ns += pz__clock_now() - parked_at;
 }
 
 void pz__suspend(void (*after)(pz__worker *, void *), void *arg)

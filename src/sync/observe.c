@@ -7,8 +7,15 @@
  * lives in that function), which is the call site the advisor reports.
  * Each does what the fast path does, times the wait only when the first
  * attempt fails (an uncontended acquisition costs no clock read), and
- * reports to the hook table.  The release hook runs before the lock is let
- * go, while the caller still holds it.
+ * reports to the hook table: acquired after a lock was taken, gave_up
+ * after a wait that ended without it (deadline: the wait counts all the
+ * same).  An uncontended acquisition finds its slot before the CAS and is
+ * counted in it inline (pz__observe_uncontended): no call into the
+ * observer inside the section.  The release hook runs after a mutex is
+ * let go (before, for the rwlock, whose unlock stays inline), and only
+ * while the observer times a hold of the caller
+ * (pz__observer_self()->timed_holds): an untimed release, nearly every
+ * one, costs the observer nothing but that test.
  */
 #include "plaza/sync.h"
 #include "plaza/runtime.h"
@@ -20,37 +27,87 @@ static inline const pz__lock_hooks *hooks(void)
     return atomic_load_explicit(&pz__lock_hooks_table, memory_order_acquire);
 }
 
-static void report_acquired(const void *lock, unsigned kind, const void *site, int64_t t0, unsigned flags)
+/* The slot of this thread's last uncontended acquisition here, kept while
+ * its pair still matches (runtime.h): a loop on one lock at one site asks
+ * the hook once.  Read only by this thread, in calls that do not suspend. */
+static __thread pz__observe_slot *last_slot __attribute__((tls_model("initial-exec")));
+
+static inline pz__observe_slot *slot_for(const pz__lock_hooks *h, const void *lock, unsigned kind, const void *site)
+{
+    if (__builtin_expect(!h, 0))
+        return NULL;
+    pz__observe_slot *sl = last_slot;
+    if (__builtin_expect(sl && sl->lock == lock && sl->site == site, 1))
+        return sl;
+    sl = h->slot(lock, kind, site);
+    last_slot = sl;
+    return sl;
+}
+
+static void report_acquired(const void *lock, unsigned kind, const void *site, int64_t wait_ns, unsigned flags)
 {
     const pz__lock_hooks *h = hooks();
     if (h)
-        h->acquired(lock, kind, site, t0 ? pz_now() - t0 : -1, flags);
+        h->acquired(lock, kind, site, wait_ns, flags, pz__caller_id());
+}
+
+static void report_gave_up(const void *lock, unsigned kind, const void *site, int64_t wait_ns, unsigned flags,
+                           int err)
+{
+    const pz__lock_hooks *h = hooks();
+    if (h)
+        h->gave_up(lock, kind, site, wait_ns, flags, err);
 }
 
 static void report_released(const void *lock, unsigned kind, unsigned flags)
 {
+    if (__builtin_expect(pz__observer_self()->timed_holds == 0, 1))
+        return;
     const pz__lock_hooks *h = hooks();
     if (h)
-        h->released(lock, kind, flags);
+        h->released(lock, kind, flags, pz__caller_id());
 }
 
-__attribute__((noinline)) void pz__mutex_lock_observed(pz_mutex_t *m, int64_t deadline, int *result)
+/* The contended half of pz__mutex_lock_observed, apart so that the
+ * uncontended half saves no register before its CAS. */
+static __attribute__((noinline)) void mutex_lock_contended(pz_mutex_t *m, int64_t deadline, int *result,
+                                                           const void *site)
 {
-    const void *site = __builtin_return_address(0);
-    uint8_t unlocked = 0;
-    int64_t t0 = 0;
+    int64_t t0 = pz_now();
     int r = 0;
-    if (!atomic_compare_exchange_strong_explicit(&m->state, &unlocked, PZ__MUTEX_LOCKED, memory_order_acquire,
-                                                 memory_order_relaxed)) {
-        t0 = pz_now();
-        pz__mutex_lock_slow(m, deadline, &r);
-    }
+    pz__mutex_lock_slow(m, deadline, &r);
+    int64_t waited = pz_now() - t0;
     if (result)
         *result = r;
     if (r == 0) {
         pz__held_acquired(m, "pz_mutex");
-        report_acquired(m, PZ__LOCK_MUTEX, site, t0, 0);
+        report_acquired(m, PZ__LOCK_MUTEX, site, waited, 0);
+    } else {
+        report_gave_up(m, PZ__LOCK_MUTEX, site, waited, 0, r);
     }
+}
+
+/* The uncontended half: the slot is found before the CAS and the
+ * acquisition counted in it right after, so that the critical section
+ * holds no call into the observer and no lookup (runtime.h). */
+__attribute__((noinline)) void pz__mutex_lock_observed(pz_mutex_t *m, int64_t deadline, int *result)
+{
+    const void *site = __builtin_return_address(0);
+    const pz__lock_hooks *h = hooks();
+    pz__observe_slot *sl = slot_for(h, m, PZ__LOCK_MUTEX, site);
+    uint64_t self = pz__caller_id();
+    uint8_t unlocked = 0;
+    if (__builtin_expect(atomic_compare_exchange_strong_explicit(&m->state, &unlocked, PZ__MUTEX_LOCKED,
+                                                                 memory_order_acquire, memory_order_relaxed),
+                         1)) {
+        if (result)
+            *result = 0;
+        pz__held_acquired(m, "pz_mutex");
+        if (sl)
+            pz__observe_uncontended(h, sl, self, 0);
+        return;
+    }
+    mutex_lock_contended(m, deadline, result, site);
 }
 
 __attribute__((noinline)) bool pz__mutex_trylock_observed(pz_mutex_t *m)
@@ -61,17 +118,21 @@ __attribute__((noinline)) bool pz__mutex_trylock_observed(pz_mutex_t *m)
         if (atomic_compare_exchange_weak_explicit(&m->state, &s, (uint8_t)(s | PZ__MUTEX_LOCKED),
                                                   memory_order_acquire, memory_order_relaxed)) {
             pz__held_acquired(m, "pz_mutex");
-            report_acquired(m, PZ__LOCK_MUTEX, site, 0, 0);
+            report_acquired(m, PZ__LOCK_MUTEX, site, -1, 0);
             return true;
         }
     }
     return false;
 }
 
-void pz__mutex_released_observed(pz_mutex_t *m)
+/* The whole unlock, then the release report: a timed hold's end is
+ * recorded after the mutex is free, outside the critical section. */
+void pz__mutex_unlock_observed(pz_mutex_t *m, bool fair)
 {
-    if (atomic_load_explicit(&m->state, memory_order_relaxed) & PZ__MUTEX_LOCKED)
-        report_released(m, PZ__LOCK_MUTEX, 0);
+    uint8_t locked = PZ__MUTEX_LOCKED;
+    if (!atomic_compare_exchange_strong_explicit(&m->state, &locked, 0, memory_order_release, memory_order_relaxed))
+        pz__mutex_unlock_slow(m, fair);
+    report_released(m, PZ__LOCK_MUTEX, 0);
 }
 
 static bool rw_fast(pz_rwlock_t *rw, int mode)
@@ -96,15 +157,18 @@ static unsigned rw_flags(int mode)
 __attribute__((noinline)) int pz__rwlock_lock_observed(pz_rwlock_t *rw, int mode, int64_t deadline)
 {
     const void *site = __builtin_return_address(0);
-    int64_t t0 = 0;
+    int64_t t0 = 0, waited = -1;
     int r = 0;
     if (!rw_fast(rw, mode)) {
         t0 = pz_now();
         r = pz__rwlock_lock_slow(rw, mode, deadline);
+        waited = pz_now() - t0;
     }
     if (r == 0) {
         pz__held_acquired(rw, "pz_rwlock");
-        report_acquired(rw, PZ__LOCK_RWLOCK, site, t0, rw_flags(mode));
+        report_acquired(rw, PZ__LOCK_RWLOCK, site, waited, rw_flags(mode));
+    } else {
+        report_gave_up(rw, PZ__LOCK_RWLOCK, site, waited, rw_flags(mode), r);
     }
     return r;
 }
@@ -115,7 +179,7 @@ __attribute__((noinline)) bool pz__rwlock_try_observed(pz_rwlock_t *rw, int mode
     if (!rw_fast(rw, mode) && !pz__rwlock_try_slow(rw, mode))
         return false;
     pz__held_acquired(rw, "pz_rwlock");
-    report_acquired(rw, PZ__LOCK_RWLOCK, site, 0, rw_flags(mode));
+    report_acquired(rw, PZ__LOCK_RWLOCK, site, -1, rw_flags(mode));
     return true;
 }
 
