@@ -179,6 +179,9 @@ uint64_t pz__caller_id(void) __attribute__((const));
  * acquisition and release of a lock with a holder, so the runtime can name
  * the locks a task or thread holds (dumps, the suspend-while-held report). */
 void pz__held_acquired(const void *lock, const char *kind);
+/* The same with the acquiring call site given (an out-of-line lock path
+ * that is not itself the user's call: the advisor's observed paths). */
+void pz__held_acquired_at(const void *lock, const char *kind, const void *site);
 /* False (reported): the caller does not hold the lock, and must not
  * unlock it (src/runtime/held.c says which callers are caught). */
 bool pz__held_released(const void *lock, const char *what);

@@ -49,7 +49,7 @@ static __attribute__((noinline)) int lock_contended(pz_async_mutex_t *m, uint64_
     int r = pz__async_mutex_lock_slow(m, self, deadline);
     int64_t waited = pz_now() - t0;
     if (r == 0 && pz__debug_holds())
-        pz__held_acquired(m, "pz_async_mutex");
+        pz__held_acquired_at(m, "pz_async_mutex", site);
     const pz__lock_hooks *h = hooks();
     if (h) {
         if (r == 0)
@@ -70,7 +70,7 @@ __attribute__((noinline)) int pz__async_mutex_lock_observed(pz_async_mutex_t *m,
     pz__observe_slot *sl = slot_for(h, m, PZ__LOCK_ASYNC_MUTEX, site);
     if (__builtin_expect(pz__async_mutex_take(m, self), 1)) {
         if (pz__debug_holds())
-            pz__held_acquired(m, "pz_async_mutex");
+            pz__held_acquired_at(m, "pz_async_mutex", site);
         if (sl)
             pz__observe_uncontended(h, sl, self, 0);
         return 0;
@@ -85,7 +85,7 @@ __attribute__((noinline)) bool pz__async_mutex_trylock_observed(pz_async_mutex_t
     while (atomic_load_explicit(&m->state, memory_order_relaxed) == 0) {
         if (pz__async_mutex_take(m, self)) {
             if (pz__debug_holds())
-                pz__held_acquired(m, "pz_async_mutex");
+                pz__held_acquired_at(m, "pz_async_mutex", site);
             const pz__lock_hooks *h = hooks();
             if (h)
                 h->acquired(m, PZ__LOCK_ASYNC_MUTEX, site, -1, 0, self);

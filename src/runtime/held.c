@@ -61,7 +61,7 @@ static pz__holds *holds_of_caller(void)
     return &pz__thread_rec_self()->holds;
 }
 
-void pz__held_acquired(const void *lock, const char *kind)
+static inline void held_acquired(const void *lock, const char *kind, const void *site)
 {
     pz__holds *h = holds_of_caller();
     if (!h)
@@ -71,9 +71,19 @@ void pz__held_acquired(const void *lock, const char *kind)
         pz__held *e = &h->rec[d];
         atomic_store_explicit(&e->lock, lock, memory_order_relaxed);
         atomic_store_explicit(&e->kind, kind, memory_order_relaxed);
-        atomic_store_explicit(&e->site, __builtin_return_address(0), memory_order_relaxed);
+        atomic_store_explicit(&e->site, (void *)site, memory_order_relaxed);
     }
     atomic_store_explicit(&h->depth, d + 1, memory_order_relaxed);
+}
+
+void pz__held_acquired(const void *lock, const char *kind)
+{
+    held_acquired(lock, kind, __builtin_return_address(0));
+}
+
+void pz__held_acquired_at(const void *lock, const char *kind, const void *site)
+{
+    held_acquired(lock, kind, site);
 }
 
 /* Removes lock from h; false if it is not among the kept entries. */

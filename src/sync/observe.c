@@ -80,7 +80,7 @@ static __attribute__((noinline)) void mutex_lock_contended(pz_mutex_t *m, int64_
     if (result)
         *result = r;
     if (r == 0) {
-        pz__held_acquired(m, "pz_mutex");
+        pz__held_acquired_at(m, "pz_mutex", site);
         report_acquired(m, PZ__LOCK_MUTEX, site, waited, 0);
     } else {
         report_gave_up(m, PZ__LOCK_MUTEX, site, waited, 0, r);
@@ -102,7 +102,7 @@ __attribute__((noinline)) void pz__mutex_lock_observed(pz_mutex_t *m, int64_t de
                          1)) {
         if (result)
             *result = 0;
-        pz__held_acquired(m, "pz_mutex");
+        pz__held_acquired_at(m, "pz_mutex", site);
         if (sl)
             pz__observe_uncontended(h, sl, self, 0);
         return;
@@ -117,7 +117,7 @@ __attribute__((noinline)) bool pz__mutex_trylock_observed(pz_mutex_t *m)
     while (!(s & PZ__MUTEX_LOCKED)) {
         if (atomic_compare_exchange_weak_explicit(&m->state, &s, (uint8_t)(s | PZ__MUTEX_LOCKED),
                                                   memory_order_acquire, memory_order_relaxed)) {
-            pz__held_acquired(m, "pz_mutex");
+            pz__held_acquired_at(m, "pz_mutex", site);
             report_acquired(m, PZ__LOCK_MUTEX, site, -1, 0);
             return true;
         }
@@ -165,7 +165,7 @@ __attribute__((noinline)) int pz__rwlock_lock_observed(pz_rwlock_t *rw, int mode
         waited = pz_now() - t0;
     }
     if (r == 0) {
-        pz__held_acquired(rw, "pz_rwlock");
+        pz__held_acquired_at(rw, "pz_rwlock", site);
         report_acquired(rw, PZ__LOCK_RWLOCK, site, waited, rw_flags(mode));
     } else {
         report_gave_up(rw, PZ__LOCK_RWLOCK, site, waited, rw_flags(mode), r);
@@ -178,7 +178,7 @@ __attribute__((noinline)) bool pz__rwlock_try_observed(pz_rwlock_t *rw, int mode
     const void *site = __builtin_return_address(0);
     if (!rw_fast(rw, mode) && !pz__rwlock_try_slow(rw, mode))
         return false;
-    pz__held_acquired(rw, "pz_rwlock");
+    pz__held_acquired_at(rw, "pz_rwlock", site);
     report_acquired(rw, PZ__LOCK_RWLOCK, site, -1, rw_flags(mode));
     return true;
 }
