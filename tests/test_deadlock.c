@@ -4,6 +4,7 @@
  * a runtime whose tasks all sleep with nothing to wake them.  Reports go
  * to a sink (pz_set_report) the tests read. */
 #include "helpers.h"
+#include "report_sink.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -27,48 +28,6 @@
 #else
 #define REPORT_BOUND (1 * SEC)
 #endif
-
-static pthread_mutex_t sink_lock = PTHREAD_MUTEX_INITIALIZER;
-static char sink[1 << 16];
-static size_t sink_len;
-
-static void collect(const char *line, void *arg)
-{
-    (void)arg;
-    pthread_mutex_lock(&sink_lock);
-    size_t n = strlen(line);
-    if (sink_len + n + 2 < sizeof sink) {
-        memcpy(sink + sink_len, line, n);
-        sink[sink_len + n] = '\n';
-        sink_len += n + 1;
-        sink[sink_len] = '\0';
-    }
-    pthread_mutex_unlock(&sink_lock);
-    fprintf(stderr, "report: %s\n", line);
-}
-
-static void sink_reset(void)
-{
-    pthread_mutex_lock(&sink_lock);
-    sink_len = 0;
-    sink[0] = '\0';
-    pthread_mutex_unlock(&sink_lock);
-}
-
-static int sink_count(const char *what)
-{
-    pthread_mutex_lock(&sink_lock);
-    int n = 0;
-    for (const char *p = sink; (p = strstr(p, what)); p++)
-        n++;
-    pthread_mutex_unlock(&sink_lock);
-    return n;
-}
-
-static bool sink_has(const char *what)
-{
-    return sink_count(what) > 0;
-}
 
 /* ---- async cycles ---- */
 

@@ -5,6 +5,7 @@
  * the blocked thread comes back.  Each test waits for states (a flag, a
  * count, the thread list), never for a time it hopes is long enough. */
 #include "helpers.h"
+#include "report_sink.h"
 
 #include <dirent.h>
 #include <pthread.h>
@@ -13,51 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static pthread_mutex_t sink_lock = PTHREAD_MUTEX_INITIALIZER;
-static char sink[1 << 16];
-static size_t sink_len;
-
-static void collect(const char *line, void *arg)
-{
-    (void)arg;
-    pthread_mutex_lock(&sink_lock);
-    size_t n = strlen(line);
-    if (sink_len + n + 2 < sizeof sink) {
-        memcpy(sink + sink_len, line, n);
-        sink[sink_len + n] = '\n';
-        sink_len += n + 1;
-        sink[sink_len] = '\0';
-    }
-    pthread_mutex_unlock(&sink_lock);
-    fprintf(stderr, "report: %s\n", line);
-}
-
-static bool sink_has(const char *what)
-{
-    pthread_mutex_lock(&sink_lock);
-    bool r = strstr(sink, what) != NULL;
-    pthread_mutex_unlock(&sink_lock);
-    return r;
-}
-
-static int sink_count(const char *what)
-{
-    pthread_mutex_lock(&sink_lock);
-    int n = 0;
-    for (const char *p = sink; (p = strstr(p, what)); p += strlen(what))
-        n++;
-    pthread_mutex_unlock(&sink_lock);
-    return n;
-}
-
-static void sink_reset(void)
-{
-    pthread_mutex_lock(&sink_lock);
-    sink_len = 0;
-    sink[0] = '\0';
-    pthread_mutex_unlock(&sink_lock);
-}
 
 /* Threads of this process whose name starts with prefix. */
 static int threads_named(const char *prefix)

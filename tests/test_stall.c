@@ -3,6 +3,7 @@
  * it holds and the system call its thread sits in; a task that computes
  * for 30 ms is not a stall. */
 #include "helpers.h"
+#include "report_sink.h"
 #include "arch/arch.h"
 
 #include <pthread.h>
@@ -11,41 +12,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-static pthread_mutex_t sink_lock = PTHREAD_MUTEX_INITIALIZER;
-static char sink[1 << 15];
-static size_t sink_len;
-
-static void collect(const char *line, void *arg)
-{
-    (void)arg;
-    pthread_mutex_lock(&sink_lock);
-    size_t n = strlen(line);
-    if (sink_len + n + 2 < sizeof sink) {
-        memcpy(sink + sink_len, line, n);
-        sink[sink_len + n] = '\n';
-        sink_len += n + 1;
-        sink[sink_len] = '\0';
-    }
-    pthread_mutex_unlock(&sink_lock);
-    fprintf(stderr, "report: %s\n", line);
-}
-
-static bool sink_has(const char *what)
-{
-    pthread_mutex_lock(&sink_lock);
-    bool r = strstr(sink, what) != NULL;
-    pthread_mutex_unlock(&sink_lock);
-    return r;
-}
-
-static void sink_reset(void)
-{
-    pthread_mutex_lock(&sink_lock);
-    sink_len = 0;
-    sink[0] = '\0';
-    pthread_mutex_unlock(&sink_lock);
-}
 
 static pz_mutex_t held;
 
