@@ -258,6 +258,22 @@ extern _Atomic bool pz__advisor_on;
 extern const pz__lock_hooks *_Atomic pz__lock_hooks_table;
 /* Installs hooks (NULL: none) and turns the observation on or off. */
 void pz__lock_hooks_install(const pz__lock_hooks *hooks);
+/* The caller's slot for (lock, site) through a per-thread cache of the last
+ * one (*cache, read and written only by its thread, in calls that do not
+ * suspend): a loop on one lock at one site asks the hook once.  NULL
+ * without hooks. */
+static inline pz__observe_slot *pz__observe_slot_cached(pz__observe_slot **cache, const pz__lock_hooks *h,
+                                                        const void *lock, unsigned kind, const void *site)
+{
+    if (__builtin_expect(!h, 0))
+        return (pz__observe_slot *)0;
+    pz__observe_slot *sl = *cache;
+    if (__builtin_expect(sl && sl->lock == lock && sl->site == site, 1))
+        return sl;
+    sl = h->slot(lock, kind, site);
+    *cache = sl;
+    return sl;
+}
 /* An uncontended acquisition of the lock whose slot is sl, by self, just
  * taken: a few loads and stores to the thread's own slot, one load of the
  * lock's owner word, and a call only when the owner changed or the hold is

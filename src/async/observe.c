@@ -30,14 +30,7 @@ static __thread pz__observe_slot *last_slot __attribute__((tls_model("initial-ex
 
 static inline pz__observe_slot *slot_for(const pz__lock_hooks *h, const void *lock, unsigned kind, const void *site)
 {
-    if (__builtin_expect(!h, 0))
-        return NULL;
-    pz__observe_slot *sl = last_slot;
-    if (__builtin_expect(sl && sl->lock == lock && sl->site == site, 1))
-        return sl;
-    sl = h->slot(lock, kind, site);
-    last_slot = sl;
-    return sl;
+    return pz__observe_slot_cached(&last_slot, h, lock, kind, site);
 }
 
 /* The contended half, apart: its slot lookup is its own (the slow path
