@@ -6,6 +6,7 @@
  * count, the thread list), never for a time it hopes is long enough. */
 #include "helpers.h"
 #include "report_sink.h"
+#include "arch/arch.h"
 
 #include <dirent.h>
 #include <pthread.h>
@@ -246,7 +247,10 @@ static void *syscall_main(void *arg)
         CHECK(atomic_load(&spare_seen));
         CHECK(sink_has("spare worker: worker 0 is blocked: task "));
         CHECK(sink_has("(reader) has run "));
-        CHECK(sink_has("system call read"));
+        if (pz__arch_syscall_numbers_native())
+            CHECK(sink_has("system call read"));
+        else /* under qemu-user the kernel shows the host's numbers */
+            CHECK(sink_has("in a system call (number "));
         CHECK_EQ(sink_count("spare worker: worker 0 is blocked"), 1);
         wait_until_true(no_spare_threads, NULL, 30 * SEC);
     } else {
