@@ -19,12 +19,18 @@
  * cell a sender or receiver is copying): rounds of 1, 2, 4 ... 64
  * cpu_relax, and from round PZ__BACKOFF_YIELD_AFTER on a sched_yield each
  * round, so that a holder the kernel preempted mid-section gets the CPU
- * back instead of the waiter burning its slice.  Waits for a lock's
+ * back instead of the waiter burning its slice.  Eight rounds are about
+ * 190 cpu_relax (a few microseconds): a hold that lasts longer than that
+ * was preempted.  With 100 rounds (about 6 000 cpu_relax, which the
+ * channel's lock had used) the weather service, two workers and its load
+ * generator sharing two cores, spent 21% of its CPU spinning on one
+ * descriptor's lock in pz_select while the holder waited for a core; with
+ * 8 rounds, 0.9%.  Waits for a lock's
  * critical section are another matter, with policies of their own:
  * src/sync/spin_wait.h (thread-blocking locks) and src/async/spin.h
  * (task-suspending locks), each with its reasons.
  */
-#define PZ__BACKOFF_YIELD_AFTER 100
+#define PZ__BACKOFF_YIELD_AFTER 8
 #define PZ__BACKOFF_MAX_SHIFT 6
 
 static inline void pz__backoff(unsigned *round)
