@@ -9,6 +9,7 @@
  * 16-byte request after about 1 ms.  The report is produced as JSON and
  * parsed with jansson; every field is checked for presence and sanity. */
 #include "helpers.h"
+#include "advisor_json.h"
 
 #include <arpa/inet.h>
 #include <jansson.h>
@@ -179,56 +180,6 @@ static void *four_cases(void *arg)
     return NULL;
 }
 
-static json_t *report_json(void)
-{
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    CHECK(f);
-    CHECK(pz_advisor_report(f, PZ_ADVISOR_JSON) == 0);
-    fclose(f);
-    json_error_t err;
-    json_t *root = json_loads(buf, 0, &err);
-    if (!root)
-        fprintf(stderr, "JSON error line %d: %s\n%s\n", err.line, err.text, buf);
-    CHECK(root);
-    free(buf);
-    return root;
-}
-
-static json_t *lock_named(json_t *root, const char *name)
-{
-    json_t *locks = json_object_get(root, "locks");
-    CHECK(json_is_array(locks));
-    size_t i;
-    json_t *l;
-    json_array_foreach(locks, i, l)
-    {
-        json_t *n = json_object_get(l, "name");
-        if (json_is_string(n) && strcmp(json_string_value(n), name) == 0)
-            return l;
-    }
-    fprintf(stderr, "no lock named %s in the report\n", name);
-    CHECK(false);
-    return NULL;
-}
-
-static int64_t num(json_t *l, const char *a, const char *b)
-{
-    json_t *v = json_object_get(l, a);
-    if (b)
-        v = json_object_get(v, b);
-    CHECK(json_is_integer(v));
-    return json_integer_value(v);
-}
-
-static const char *str(json_t *l, const char *a)
-{
-    json_t *v = json_object_get(l, a);
-    CHECK(json_is_string(v));
-    return json_string_value(v);
-}
-
 static void check_lock(json_t *l, const char *kind, const char *verdict, int64_t acquisitions)
 {
     CHECK(strcmp(str(l, "kind"), kind) == 0);
@@ -272,22 +223,22 @@ static void test_four_cases(void **state)
     CHECK(counter_async == (uint64_t)DATA_TASKS * SCALED(DATA_ITERS));
 
     json_t *root = report_json();
-    json_t *l = lock_named(root, "data_sync");
+    json_t *l = named(root, "locks", "data_sync");
     check_lock(l, "pz_mutex", "data", DATA_TASKS * SCALED(DATA_ITERS));
     CHECK(json_number_value(json_object_get(l, "suspended_share")) < 0.05);
 
-    l = lock_named(root, "logic_async");
+    l = named(root, "locks", "logic_async");
     check_lock(l, "pz_async_mutex", "logic", LOGIC_TASKS * LOGIC_ITERS);
     /* Each hold is a ~1 ms round trip, nearly all of it waiting. */
     CHECK(num(l, "hold_ns", "p50") >= 900 * US);
     CHECK(json_number_value(json_object_get(l, "suspended_share")) > 0.5);
 
-    l = lock_named(root, "logic_sync");
+    l = named(root, "locks", "logic_sync");
     check_lock(l, "pz_mutex", "logic_behind_sync", LOGIC_ITERS);
     CHECK(num(l, "hold_ns", "p50") >= 900 * US);
     CHECK(json_number_value(json_object_get(l, "suspended_share")) > 0.5);
 
-    l = lock_named(root, "data_async");
+    l = named(root, "locks", "data_async");
     check_lock(l, "pz_async_mutex", "data_behind_async", DATA_TASKS * SCALED(DATA_ITERS));
     CHECK(json_number_value(json_object_get(l, "suspended_share")) < 0.05);
     /* The cost comparison is measured, so both figures are there. */

@@ -363,6 +363,21 @@ static void leave_searching(pz__worker *w)
         pz__notify_work(rt);
 }
 
+/* Takes w out of the sleepers' list if it is in it.  Under rt->idle_lock. */
+static void leave_sleepers(pz__runtime *rt, pz__worker *w)
+{
+    if (!w->sleeping)
+        return;
+    for (int i = 0; i < rt->nsleepers; i++) {
+        if (rt->sleepers[i] == w->index) {
+            rt->sleepers[i] = rt->sleepers[--rt->nsleepers];
+            break;
+        }
+    }
+    w->sleeping = false;
+    atomic_fetch_sub(&rt->nsleeping, 1);
+}
+
 static void idle(pz__worker *w)
 {
     pz__runtime *rt = w->rt;
@@ -414,16 +429,7 @@ static void idle(pz__worker *w)
 
     pz__monitor_poke(); /* the monitor sleeps while every worker does */
     pz__spin_lock(&rt->idle_lock);
-    if (w->sleeping) {
-        for (int i = 0; i < rt->nsleepers; i++) {
-            if (rt->sleepers[i] == w->index) {
-                rt->sleepers[i] = rt->sleepers[--rt->nsleepers];
-                break;
-            }
-        }
-        w->sleeping = false;
-        atomic_fetch_sub(&rt->nsleeping, 1);
-    }
+    leave_sleepers(rt, w);
     pz__spin_unlock(&rt->idle_lock);
 }
 
@@ -693,16 +699,7 @@ void pz__worker_kick(pz__worker *w)
 {
     pz__runtime *rt = w->rt;
     pz__spin_lock(&rt->idle_lock);
-    if (w->sleeping) {
-        for (int i = 0; i < rt->nsleepers; i++) {
-            if (rt->sleepers[i] == w->index) {
-                rt->sleepers[i] = rt->sleepers[--rt->nsleepers];
-                break;
-            }
-        }
-        w->sleeping = false;
-        atomic_fetch_sub(&rt->nsleeping, 1);
-    }
+    leave_sleepers(rt, w);
     atomic_store(&w->sleep_word, 1);
     bool polling = w->polling;
     pz__spin_unlock(&rt->idle_lock);
