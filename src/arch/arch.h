@@ -95,6 +95,12 @@ int pz__stack_guard(void *addr, size_t len, int kind);
 void pz__stack_discard(void *addr, size_t len);
 void pz__stack_unmap(void *base, size_t size);
 
+/* Faults in, for writing, the whole pages inside [addr, addr + len) in one
+ * system call (madvise(MADV_POPULATE_WRITE), Linux 5.14), so that memory
+ * about to be used in full is not taken one page fault at a time; where
+ * the kernel lacks it, nothing happens and the pages come when touched. */
+void pz__memory_prefault(void *addr, size_t len);
+
 /* Makes the kernel's timer slack of the calling thread as small as it goes,
  * so a sleep of 100 us is not rounded up by the default 50 us slack. */
 void pz__thread_precise_timers(void);

@@ -177,6 +177,19 @@ void pz__stack_unmap(void *base, size_t size)
     munmap(base, size);
 }
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+void pz__memory_prefault(void *addr, size_t len)
+{
+    uintptr_t page = (uintptr_t)pz__page_size();
+    uintptr_t lo = ((uintptr_t)addr + page - 1) & ~(page - 1);
+    uintptr_t hi = ((uintptr_t)addr + len) & ~(page - 1);
+    if (hi > lo)
+        madvise((void *)lo, hi - lo, MADV_POPULATE_WRITE); /* best effort: EINVAL before 5.14 */
+}
+
 void pz__thread_precise_timers(void)
 {
     prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
