@@ -421,6 +421,7 @@ struct pz__runtime {
     pz__spin stack_pool_lock;
     pz__stack_chunk *chunks_head, *chunks_tail;
     int spare_chunks;
+    long dirty_stacks; /* free stacks whose pages were not given back */
     _Atomic bool stack_failure_reported;
 };
 
