@@ -51,11 +51,13 @@
  * wake-up; once the poll is done it wakes a sleeper only if it has more
  * than one task to run (more_than_one_runnable), since a worker woken for
  * the one task the poller runs itself finds nothing.  So a lone ready
- * connection costs no thread wake-up.  The price: while the worker that
- * polled runs that task, nobody waits in the poller (the other workers
- * sleep on their futex), and new readiness is seen when that worker comes
- * back to its loop, at the latest PZ__MAINTENANCE_INTERVAL decisions later
- * (tokio makes the same trade).
+ * connection costs no thread wake-up.  While the worker that polled runs
+ * that task, nobody waits in the poller (the other workers sleep on their
+ * futex); readiness that comes meanwhile is seen when that worker comes
+ * back to its loop (at the latest PZ__MAINTENANCE_INTERVAL decisions
+ * later), and finding any then wakes a sleeper (poll_io), which becomes
+ * the poller if there is nothing for it to take: under load a second
+ * worker serves connections in parallel, at low load none is woken.
  */
 #define _GNU_SOURCE
 #include "internal.h"
@@ -283,7 +285,12 @@ static void poll_io(pz__worker *w)
         !atomic_exchange_explicit(&rt->driver_busy, true, memory_order_acquire)) {
         int n = worker_poll(w, 0);
         atomic_store_explicit(&rt->driver_busy, false, memory_order_release);
-        if (n > 0 && more_than_one_runnable(w))
+        /* Readiness that came while this worker ran tasks: more is likely
+         * coming than one worker keeps up with, and a sleeper woken now
+         * that finds nothing to take goes to wait in the poller, where it
+         * serves the next event while this worker runs.  (An idle
+         * worker's poll asks more_than_one_runnable instead.) */
+        if (n > 0)
             notify_work_local(rt);
     }
 }
