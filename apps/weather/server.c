@@ -200,6 +200,9 @@ typedef struct service {
     _Atomic uint64_t acked_readings, commits;
 
     _Atomic int nconns;
+    /* Requests received in part or whole and not answered yet (the
+     * /metrics request that reports it included). */
+    _Atomic int in_progress;
     pz_notify_t conns_changed;
     int lfd;
 
@@ -513,6 +516,9 @@ static int handle_metrics(service *s, wx_buf *out, bool close)
                                       "adopted", (json_int_t)rs.adopted, "refused_stale", (json_int_t)rs.refused,
                                       "locks_lost", (json_int_t)rs.lost));
     }
+    json_object_set_new(root, "connections",
+                        json_pack("{s:i,s:i}", "open", atomic_load(&s->nconns), "requests_in_progress",
+                                  atomic_load(&s->in_progress)));
     json_object_set_new(root, "writer", json_pack("{s:I,s:I}", "acked_readings",
                                                   (json_int_t)atomic_load(&s->acked_readings), "commits",
                                                   (json_int_t)atomic_load(&s->commits)));
@@ -608,6 +614,7 @@ static void *serve_conn(void *arg)
     size_t in_off = 0, in_len = 0;
     int64_t request_deadline = 0;
     bool sent_continue = false;
+    bool in_progress = false; /* counted in s->in_progress */
     if (!in || !parsed)
         goto done;
     for (;;) {
@@ -617,8 +624,13 @@ static void *serve_conn(void *arg)
             bool was_started = wx_parser_started(&ps);
             size_t used = wx_parser_feed(&ps, in + in_off, in_len - in_off, &state);
             in_off += used;
-            if (!was_started && (wx_parser_started(&ps) || state != WX_PARSE_MORE))
+            if (!was_started && (wx_parser_started(&ps) || state != WX_PARSE_MORE)) {
                 request_deadline = pz_now() + s->o.request_timeout_ns;
+                if (!in_progress) {
+                    in_progress = true;
+                    atomic_fetch_add(&s->in_progress, 1);
+                }
+            }
         }
         if (state == WX_PARSE_ERROR) {
             out.len = 0;
@@ -639,6 +651,8 @@ static void *serve_conn(void *arg)
                 break;
             wx_parser_next(&ps);
             sent_continue = false;
+            in_progress = false;
+            atomic_fetch_sub(&s->in_progress, 1);
             continue;
         }
         /* A client that sent "Expect: 100-continue" waits for this before
@@ -670,6 +684,8 @@ static void *serve_conn(void *arg)
         in_len = (size_t)n;
     }
 done:
+    if (in_progress)
+        atomic_fetch_sub(&s->in_progress, 1);
     pz_close(fd);
     free(in);
     free(parsed);
