@@ -158,6 +158,10 @@ typedef struct city_state {
     wx_lock forecast_lock;
     bool fc_have;
     double fc_temperature;
+    /* fc_temperature as the answers spell it, made once per refresh rather
+     * than once per GET (a computed value takes three printf and strtod
+     * rounds to spell shortest). */
+    char fc_text[32];
     int64_t fc_computed_at_ms;
     int64_t fc_computed_ns; /* pz_now() of the computation, for staleness */
     int fc_based_on;
@@ -221,6 +225,17 @@ int64_t wx_wall_ms(void)
 
 /* ---- forecast ---- */
 
+/* The shortest decimal that reads back as the same double. */
+static void fmt_double(char *out, size_t len, double v)
+{
+    for (int prec = 15; prec <= 17; prec++) {
+        snprintf(out, len, "%.*g", prec, v);
+        if (strtod(out, NULL) == v)
+            return;
+    }
+}
+
+
 /* Recomputes the city's forecast from its recent readings, for this
  * process alone.  The caller holds the city's forecast lock (that is the
  * point: the lock is held across the database round trip).  0 or a
@@ -233,6 +248,7 @@ static int refresh_local(service *s, int i)
         return n;
     city_state *c = &s->city[i];
     c->fc_temperature = wx_forecast_compute(pts, n, c->fc_have, c->fc_temperature, s->city_table[i].base);
+    fmt_double(c->fc_text, sizeof c->fc_text, c->fc_temperature);
     c->fc_have = true;
     c->fc_based_on = n;
     c->fc_computed_at_ms = wx_wall_ms();
@@ -251,6 +267,7 @@ static int refresh_shared(service *s, int i, int64_t deadline, int64_t fresh_ns)
     if (r < 0)
         return r;
     c->fc_temperature = f.temperature;
+    fmt_double(c->fc_text, sizeof c->fc_text, c->fc_temperature);
     c->fc_have = true;
     c->fc_based_on = f.based_on;
     c->fc_computed_at_ms = f.computed_at_ms;
@@ -398,16 +415,6 @@ static int handle_post(service *s, wx_request *req, wx_buf *out, bool close, wx_
     return wx_respond(out, 200, body, (size_t)len, close, NULL) < 0 ? -ENOMEM : 200;
 }
 
-/* The shortest decimal that reads back as the same double. */
-static void fmt_double(char *out, size_t len, double v)
-{
-    for (int prec = 15; prec <= 17; prec++) {
-        snprintf(out, len, "%.*g", prec, v);
-        if (strtod(out, NULL) == v)
-            return;
-    }
-}
-
 static int handle_get(service *s, const char *name, wx_buf *out, bool close)
 {
     int i = wx_city_find(&s->cities, name, strlen(name));
@@ -434,7 +441,8 @@ static int handle_get(service *s, const char *name, wx_buf *out, bool close)
      * distributed lock gets what is left of the same deadline. */
     if (forecast_stale(s, c))
         r = refresh_forecast(s, i, deadline, s->o.forecast_ttl_ns);
-    double fc = c->fc_temperature;
+    char fc_s[sizeof c->fc_text];
+    memcpy(fc_s, c->fc_text, sizeof fc_s);
     int64_t computed_at = c->fc_computed_at_ms;
     int based_on = c->fc_based_on;
     lock_give(&s->forecast_role, &c->forecast_lock, w);
@@ -443,9 +451,8 @@ static int handle_get(service *s, const char *name, wx_buf *out, bool close)
     if (r < 0)
         return wx_respond_error(out, 503, "database unavailable", close, NULL) < 0 ? -ENOMEM : 503;
 
-    char body[256], cur_s[32], fc_s[32];
+    char body[256], cur_s[32];
     fmt_double(cur_s, sizeof cur_s, cur);
-    fmt_double(fc_s, sizeof fc_s, fc);
     int len = snprintf(body, sizeof body,
                        "{\"city\":\"%s\",\"temperature\":%s,\"updated\":%lld,"
                        "\"forecast\":{\"temperature\":%s,\"computed_at\":%lld,\"based_on\":%d}}",
