@@ -113,7 +113,7 @@ void pz__thread_stack_bounds(void **lo, size_t *size);
 
 /* The I/O poller (epoll on Linux), edge-triggered.  Events are reported as
  * PZ__EV_* bits with the pointer given at registration. */
-enum { PZ__EV_READ = 1, PZ__EV_WRITE = 2, PZ__EV_HUP = 4, PZ__EV_ERR = 8 };
+enum { PZ__EV_READ = 1, PZ__EV_WRITE = 2, PZ__EV_HUP = 4, PZ__EV_ERR = 8, PZ__EV_RDHUP = 16 };
 typedef struct pz__event {
     void *data;
     unsigned events;
@@ -132,6 +132,10 @@ int pz__waker_create(void);
 void pz__waker_signal(int fd);
 void pz__waker_drain(int fd);
 int pz__set_nonblocking(int fd);
+/* Whether fd is a byte stream whose read returns everything it has up to
+ * the size asked: a stream socket or a pipe/FIFO (not a datagram socket,
+ * not a terminal, not a file). */
+bool pz__fd_is_stream(int fd);
 
 /* pthread_create, returning 0 or -errno (a fault site). */
 int pz__thread_create(pthread_t *th, const pthread_attr_t *attr, void *(*fn)(void *), void *arg);
