@@ -717,6 +717,37 @@ def run_weather(build_dir, quick):
     return [l for i, l in enumerate(out) if l.strip() or i == 0 or out[i - 1].strip()]
 
 
+def run_echo(plaza, runs, quick):
+    """bench/echo.sh (echo over loopback at 1, 64 and 1000 connections: plaza's
+    server in the client's process and in its own, tokio's and Go's); its table."""
+    script = os.path.join(HERE, "echo.sh")
+    peers = [os.path.join(HERE, "peers", "bin", "peer-" + n) for n in ("tokio", "go")]
+    missing = [p for p in [plaza] + peers if not os.access(p, os.X_OK)]
+    if missing:
+        sys.stderr.write(f"bench: {', '.join(missing)} missing; bench/echo.sh skipped\n")
+        return []
+    env = dict(os.environ, PLAZA_BENCH=plaza, RUNS=str(runs), RUNS_1000=str(min(runs, 3)))
+    if quick:
+        env.update(SECONDS_PER_RUN="1", CONNS_LIST="1 64")
+    sys.stderr.write(f"bench: bench/echo.sh ({runs} run(s){', quick' if quick else ''}) ...\n")
+    t0 = time.time()
+    try:
+        p = subprocess.run([script], stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT, timeout=1800)
+    except subprocess.TimeoutExpired:
+        sys.stderr.write("bench: bench/echo.sh did not finish in 30 minutes; skipped\n")
+        return []
+    sys.stderr.write(f"bench: bench/echo.sh took {time.time() - t0:.0f} s\n")
+    table = [l for l in p.stdout.splitlines() if l.startswith("|")]
+    if p.returncode != 0 or not table:
+        sys.stderr.write(f"bench: bench/echo.sh failed ({p.returncode})\n")
+        return []
+    return ["", "## Echo over loopback (bench/echo.sh)", "",
+            "64-byte round trips, 2 workers per side; `plaza` serves in the client's own process, "
+            "`plaza_ext`, tokio and Go in a process of their own (the like-for-like rows). "
+            f"Medians (min-max) of {runs} run(s)" + (" (quick: 1 s runs, no 1000-connection row)" if quick else "")
+            + ".", ""] + table
+
+
 def read_csv(path):
     """A results CSV's machine (its first line) and its rows."""
     with open(path) as f:
@@ -792,7 +823,7 @@ def main():
     rows += run_overload(binaries, runs, 1 if a.quick else 2)
     build_dir = os.path.dirname(os.path.dirname(os.path.abspath(a.plaza)))
     pg_rows, pg_head = run_pg(build_dir, runs, 1 if a.quick else 2)
-    extra = pg_section(pg_rows, pg_head, runs) + run_weather(build_dir, a.quick)
+    extra = pg_section(pg_rows, pg_head, runs) + run_weather(build_dir, a.quick) + run_echo(a.plaza, runs, a.quick)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     csv_path = os.path.join(HERE, "results", f"{stamp}-{host}.csv")
     with open(csv_path, "w") as f:
