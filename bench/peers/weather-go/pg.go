@@ -372,8 +372,9 @@ func (s *pgStore) refresh(c *city, freshMs int64) error {
 	key := cityKey(c.name)
 	var token int64
 	var err error
-	// One retry on a new session if the lent one was ended while idle (its lease): it held
-	// nothing then.
+	// One retry on a new session if the lent one failed before the deadline: it was most
+	// likely ended while idle (its lease; database/sql then reports the connection bad or
+	// closed), and held nothing then.
 	for attempt := 0; attempt < 2; attempt++ {
 		if ls == nil {
 			if ls, err = s.newSession(); err != nil {
@@ -390,7 +391,7 @@ func (s *pgStore) refresh(c *city, freshMs int64) error {
 		// The statement may have been granted as it was given up: the session goes.
 		ls.discard()
 		ls = nil
-		if !errors.Is(err, driver.ErrBadConn) {
+		if !time.Now().Before(deadline) {
 			break
 		}
 	}
