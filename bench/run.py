@@ -505,16 +505,18 @@ def plot(data, plots_dir, mach):
         by_workload[workload][metric].append(param)
     for workload, metrics in sorted(by_workload.items()):
         # One panel per metric, each with its own unit and direction; parameters on the x
-        # axis, one bar per system in its fixed colour.  cpu_per_wall only describes how
-        # a peer ran (Boost.Fiber's spinning), so it stays in the table.
-        names = [m for m in sorted(metrics) if m != "cpu_per_wall"]
+        # axis, one bar per system in its fixed colour, one legend for the figure.
+        # cpu_per_wall only describes how a peer ran (Boost.Fiber's spinning), so it stays
+        # in the table.  Metrics in natural order: p50, p99, p999.
+        names = sorted((m for m in metrics if m != "cpu_per_wall"), key=natural_key)
         if not names:
             continue
         ncols = min(3, len(names))
         nrows = (len(names) + ncols - 1) // ncols
-        fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), squeeze=False)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(max(5.5, 4.6 * ncols), 3.4 * nrows + 0.5), squeeze=False)
         for ax in axes.flat[len(names):]:
             ax.set_visible(False)
+        shown_systems = []
         for ax, metric in zip(axes.flat, names):
             # Boost.Fiber's spinning variant (suspend=0) stays in the table: a bar group
             # of its own for one system would only thin out the plot.
@@ -534,18 +536,27 @@ def plot(data, plots_dir, mach):
                 values += [y for y in ys if y == y and y > 0]
                 xs = [j - 0.4 + width * (i + 0.5) for j in range(len(params))]
                 ax.bar(xs, ys, width, label=s, color=COLOURS.get(s))
+                if s not in shown_systems:
+                    shown_systems.append(s)
             ax.set_xticks(range(len(params)))
-            ax.set_xticklabels(shown, fontsize=7, rotation=30 if len(params) > 3 else 0, ha="right" if len(params) > 3 else "center")
+            if len(params) == 1:
+                # One parameter set: the title names it, the axis has nothing to tell.
+                ax.set_xticklabels([""])
+            else:
+                tilt = len(params) > 3
+                ax.set_xticklabels(shown, fontsize=7, rotation=30 if tilt else 0, ha="right" if tilt else "center")
             if values and max(values) / min(values) > 50:
                 ax.set_yscale("log")
             way = "higher is better" if metric in HIGHER_IS_BETTER else "lower is better"
             ax.set_ylabel(UNITS.get(metric, metric), fontsize=8)
             ax.set_title(f"{metric} ({way})" + (f"\n{common}" if common else ""), fontsize=8)
             ax.tick_params(axis="y", labelsize=7)
-            ax.legend(fontsize=6)
-        fig.suptitle(f"{workload}: medians; {mach}", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(os.path.join(plots_dir, f"{workload}.png"), dpi=80)
+        handles = [plt.Rectangle((0, 0), 1, 1, color=COLOURS.get(s)) for s in shown_systems]
+        fig.legend(handles, shown_systems, loc="upper right", fontsize=7,
+                   ncol=len(shown_systems) if ncols > 1 else min(3, len(shown_systems)))
+        fig.suptitle(f"{workload}: medians\n{mach}", fontsize=8, x=0.02, ha="left")
+        fig.tight_layout(rect=(0, 0, 1, 0.92 if nrows == 1 else 0.95))
+        fig.savefig(os.path.join(plots_dir, f"{workload}.png"), dpi=90)
         plt.close(fig)
     # The data-critical grid as lines: ns per section against the number of tasks.
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
@@ -567,7 +578,7 @@ def plot(data, plots_dir, mach):
     axes[1].legend(fontsize=6)
     fig.suptitle(mach, fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(plots_dir, "data_critical_grid.png"), dpi=80)
+    fig.savefig(os.path.join(plots_dir, "data_critical_grid.png"), dpi=90)
     plt.close(fig)
     return plots_dir
 
@@ -707,6 +718,22 @@ def run_weather(build_dir, quick):
     return [l for i, l in enumerate(out) if l.strip() or i == 0 or out[i - 1].strip()]
 
 
+def read_csv(path):
+    """A results CSV's machine (its first line) and its rows."""
+    with open(path) as f:
+        mach = f.readline().lstrip("# ").strip()
+        rows = [line.strip().split(",") for line in f if line[0].isdigit()]
+    return mach, rows
+
+
+def plots_from_csv(path):
+    """Redraws the plots of a results CSV beside it, leaving RESULTS.md as it is."""
+    mach, rows = read_csv(path)
+    rows = [r for r in rows if not r[2].startswith("pg_")]
+    plot(aggregate(rows), os.path.splitext(path)[0], mach)
+    sys.stderr.write(f"bench: redrew the plots of {path}\n")
+
+
 def report_from_csv(path):
     """Rebuilds the plots and this CSV's machine section of RESULTS.md from a CSV that
     bench/run.py wrote (its first line names the machine)."""
@@ -733,9 +760,13 @@ def main():
     ap.add_argument("--plaza", default=os.path.join(ROOT, "build", "bench", "bench-plaza"))
     ap.add_argument("--from-csv", metavar="CSV",
                     help="run nothing: rewrite RESULTS.md and the plots from a results CSV")
+    ap.add_argument("--plots-from-csv", metavar="CSV",
+                    help="run nothing: redraw only the plots of a results CSV (RESULTS.md stays)")
     a = ap.parse_args()
     if a.from_csv:
         return report_from_csv(a.from_csv)
+    if a.plots_from_csv:
+        return plots_from_csv(a.plots_from_csv)
     runs = 1 if a.quick else max(1, a.runs)
     peers_bin = os.path.join(HERE, "peers", "bin")
     binaries = [("plaza", a.plaza)]
