@@ -703,8 +703,9 @@ def run_weather(build_dir, quick):
         return []
     lines = p.stdout.splitlines()
     out = ["\n## The weather service (bench/weather.sh)\n",
-           "plaza-weather beside the same service in Rust (tokio, hyper, parking_lot, rusqlite) and Go "
-           "(net/http, go-sqlite3), SQLite, 2 workers each, under `plaza-weather load` (open loop)"
+           "plaza-weather beside the same service in Rust (tokio, hyper, parking_lot, rusqlite or "
+           "tokio-postgres) and Go (net/http, go-sqlite3 or lib/pq), on SQLite and on PostgreSQL, 2 workers "
+           "each, under `plaza-weather load` (open loop)"
            + (" (quick: two rates of 2 s, no search)" if quick else "") + ".\n"]
     for l in lines:
         if l.startswith("# "):
