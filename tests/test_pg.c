@@ -786,6 +786,68 @@ static void test_pool_health(void **state)
     run_in_runtime(2, health_main, NULL);
 }
 
+/* ------------------------------------------------------------ the pool's on_connect */
+
+struct hook_state {
+    _Atomic int calls;
+    _Atomic int refuse; /* refuse this many connections first */
+};
+
+static int prepare_hook(pz_pg_conn_t *c, void *arg)
+{
+    struct hook_state *h = arg;
+    atomic_fetch_add(&h->calls, 1);
+    if (atomic_load(&h->refuse) > 0) {
+        atomic_fetch_sub(&h->refuse, 1);
+        return -EPROTO;
+    }
+    return pz_pg_prepare(c, "twice", "SELECT 2 * $1::int", 1, in_ms(10000));
+}
+
+static void *hook_main(void *arg)
+{
+    (void)arg;
+    struct hook_state h = {0, 1};
+    pz_pg_pool_t *p;
+    pz_pg_pool_opts_t o = {.conninfo = url, .size = 2, .backoff_min_ns = 1000000, .on_connect = prepare_hook,
+                           .on_connect_arg = &h};
+    CHECK_EQ(pz_pg_pool_create(&o, &p), 0);
+    /* The first connection is refused by the hook: closed, counted as a
+     * failed connect, and the acquire goes on to a second one. */
+    pz_pg_conn_t *a, *b;
+    CHECK_EQ(pz_pg_pool_acquire(p, in_ms(10000), &a), 0);
+    CHECK_EQ(atomic_load(&h.calls), 2);
+    CHECK_EQ(pz_pg_pool_acquire(p, in_ms(10000), &b), 0);
+    CHECK_EQ(atomic_load(&h.calls), 3);
+    /* Both lent connections have the statement. */
+    const char *v[] = {"21"};
+    pz_pg_result_t *res;
+    for (int i = 0; i < 2; i++) {
+        CHECK_EQ(pz_pg_query_prepared(i ? b : a, "twice", 1, v, in_ms(10000), &res), 0);
+        CHECK_EQ(strcmp(pz_pg_result_value(res, 0, 0), "42"), 0);
+        pz_pg_result_free(res);
+    }
+    pz_pg_pool_release(p, a);
+    pz_pg_pool_release(p, b);
+    /* A reused connection does not run the hook again. */
+    CHECK_EQ(pz_pg_pool_acquire(p, in_ms(10000), &a), 0);
+    CHECK_EQ(atomic_load(&h.calls), 3);
+    pz_pg_pool_release(p, a);
+    pz_pg_pool_stats_t st;
+    pz_pg_pool_stats(p, &st);
+    CHECK_EQ(st.connects, 2);
+    CHECK_EQ(st.connect_failures, 1);
+    CHECK_EQ(st.open, 2);
+    pz_pg_pool_destroy(p);
+    return NULL;
+}
+
+static void test_pool_on_connect(void **state)
+{
+    (void)state;
+    run_in_runtime(2, hook_main, NULL);
+}
+
 int main(void)
 {
     url = pg_url();
@@ -799,6 +861,7 @@ int main(void)
         cmocka_unit_test(test_pipeline),
         cmocka_unit_test(test_listen_notify),
         cmocka_unit_test(test_pool_health),
+        cmocka_unit_test(test_pool_on_connect),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -131,15 +131,49 @@ failed:
     return r;
 }
 
-/* Runs a reader query on a pooled connection. */
-static int reader_query(pg_store *s, const char *what, const char *sql, int nparams, const char *const *params,
-                        pz_pg_result_t **res)
+/* The statements of the forecast path, prepared on every reader
+ * connection when it is made (the pool's on_connect), so each call is one
+ * round trip without a parse and plan on the server. */
+enum { ST_RECENT, ST_FC_GET, ST_FC_PUT, ST_COUNT };
+static const struct {
+    const char *name, *sql;
+    int nparams;
+} statements[ST_COUNT] = {
+    [ST_RECENT] = {"wx_recent", "SELECT temperature, time FROM readings WHERE city = $1 ORDER BY time DESC LIMIT $2::int",
+                   2},
+    [ST_FC_GET] = {"wx_fc_get", "SELECT temperature, computed_at, based_on, token FROM forecasts WHERE city = $1", 1},
+    /* The fencing check and the write are one statement: no row comes
+     * back (0 affected) when a higher token has written the city. */
+    [ST_FC_PUT] = {"wx_fc_put",
+                   "INSERT INTO forecasts AS f (city, temperature, computed_at, based_on, token)"
+                   " VALUES ($1, $2::float8, $3::bigint, $4::int, $5::bigint) ON CONFLICT (city) DO UPDATE"
+                   " SET temperature = EXCLUDED.temperature, computed_at = EXCLUDED.computed_at,"
+                   " based_on = EXCLUDED.based_on, token = EXCLUDED.token WHERE f.token <= EXCLUDED.token",
+                   5},
+};
+
+static int prepare_reader(pz_pg_conn_t *c, void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < ST_COUNT; i++) {
+        int r = pz_pg_prepare(c, statements[i].name, statements[i].sql, statements[i].nparams, deadline());
+        if (r < 0)
+            return fail(c, "prepare", r);
+    }
+    return 0;
+}
+
+/* Runs a reader query on a pooled connection: sql, or the prepared
+ * statement st (sql NULL). */
+static int reader_run(pg_store *s, const char *what, int st, const char *sql, int nparams, const char *const *params,
+                      pz_pg_result_t **res)
 {
     pz_pg_conn_t *c;
     int r = pz_pg_pool_acquire(s->readers, deadline(), &c);
     if (r < 0)
         return fail(NULL, what, r);
-    r = pz_pg_query(c, sql, nparams, params, deadline(), res);
+    r = sql ? pz_pg_query(c, sql, nparams, params, deadline(), res)
+            : pz_pg_query_prepared(c, statements[st].name, nparams, params, deadline(), res);
     if (r < 0) {
         r = fail(c, what, r);
         if (*res) {
@@ -154,7 +188,7 @@ static int reader_query(pg_store *s, const char *what, const char *sql, int npar
 static int pg_cities(wx_store *base, wx_city *out, int max)
 {
     pz_pg_result_t *res = NULL;
-    int r = reader_query((pg_store *)base, "cities", "SELECT name, base FROM cities ORDER BY name", 0, NULL, &res);
+    int r = reader_run((pg_store *)base, "cities", 0, "SELECT name, base FROM cities ORDER BY name", 0, NULL, &res);
     if (r < 0)
         return r;
     int n = pz_pg_result_rows(res);
@@ -307,9 +341,7 @@ static int pg_recent(wx_store *base, const char *city, wx_point *out, int max)
     snprintf(lim, sizeof lim, "%d", max);
     const char *params[] = {city, lim};
     pz_pg_result_t *res = NULL;
-    int r = reader_query(s, "recent readings",
-                         "SELECT temperature, time FROM readings WHERE city = $1 ORDER BY time DESC LIMIT $2::int", 2,
-                         params, &res);
+    int r = reader_run(s, "recent readings", ST_RECENT, NULL, 2, params, &res);
     if (r < 0)
         return r;
     int n = pz_pg_result_rows(res);
@@ -329,9 +361,7 @@ static int pg_forecast_get(wx_store *base, const char *city, wx_forecast *out)
 {
     const char *params[] = {city};
     pz_pg_result_t *res = NULL;
-    int r = reader_query((pg_store *)base, "forecast",
-                         "SELECT temperature, computed_at, based_on, token FROM forecasts WHERE city = $1", 1, params,
-                         &res);
+    int r = reader_run((pg_store *)base, "forecast", ST_FC_GET, NULL, 1, params, &res);
     if (r < 0)
         return r;
     r = 0;
@@ -360,14 +390,7 @@ static int pg_forecast_put(wx_store *base, const char *city, const wx_forecast *
     snprintf(token, sizeof token, "%llu", (unsigned long long)f->token);
     const char *params[] = {city, temp, at, based, token};
     pz_pg_result_t *res = NULL;
-    /* The fencing check and the write are one statement: no row comes
-     * back (0 affected) when a higher token has written the city. */
-    int r = reader_query((pg_store *)base, "forecast write",
-                         "INSERT INTO forecasts AS f (city, temperature, computed_at, based_on, token)"
-                         " VALUES ($1, $2::float8, $3::bigint, $4::int, $5::bigint) ON CONFLICT (city) DO UPDATE"
-                         " SET temperature = EXCLUDED.temperature, computed_at = EXCLUDED.computed_at,"
-                         " based_on = EXCLUDED.based_on, token = EXCLUDED.token WHERE f.token <= EXCLUDED.token",
-                         5, params, &res);
+    int r = reader_run((pg_store *)base, "forecast write", ST_FC_PUT, NULL, 5, params, &res);
     if (r < 0)
         return r;
     int64_t n = pz_pg_result_affected(res);
@@ -378,7 +401,7 @@ static int pg_forecast_put(wx_store *base, const char *city, const wx_forecast *
 static int pg_scalar(pg_store *s, const char *what, const char *sql, int64_t *v)
 {
     pz_pg_result_t *res = NULL;
-    int r = reader_query(s, what, sql, 0, NULL, &res);
+    int r = reader_run(s, what, 0, sql, 0, NULL, &res);
     if (r < 0)
         return r;
     r = pz_pg_result_int64(res, 0, 0, v);
@@ -452,7 +475,7 @@ int wx_pg_open(const char *conninfo, const wx_store_opts *opts, wx_store **out, 
             return -EIO;
         }
     }
-    pz_pg_pool_opts_t po = {.conninfo = conninfo, .size = WX_STORE_READERS};
+    pz_pg_pool_opts_t po = {.conninfo = conninfo, .size = WX_STORE_READERS, .on_connect = prepare_reader};
     r = pz_pg_pool_create(&po, &s->readers);
     if (r < 0) {
         s->readers = NULL;

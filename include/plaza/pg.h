@@ -186,6 +186,12 @@ typedef struct pz_pg_pool_opts {
     int64_t idle_check_ns;     /* health check (SELECT 1) on acquire after this idle time; default 1 s */
     int64_t backoff_min_ns;    /* first reconnect delay after a failure; default 10 ms */
     int64_t backoff_max_ns;    /* reconnect delays double up to this; default 2 s */
+    /* Called with every new connection before it is first lent (prepare
+     * statements, set session parameters), on the acquiring task: 0 keeps
+     * it; a negative error closes it and counts as a failed connect (the
+     * acquire goes on as after one).  NULL: none. */
+    int (*on_connect)(pz_pg_conn_t *c, void *arg);
+    void *on_connect_arg;
 } pz_pg_pool_opts_t;
 
 typedef struct pz_pg_pool_stats {
