@@ -22,6 +22,8 @@
 
 #include <errno.h>
 
+#include "../runtime/internal.h"
+
 static inline const pz__lock_hooks *hooks(void)
 {
     return atomic_load_explicit(&pz__lock_hooks_table, memory_order_acquire);
@@ -37,11 +39,50 @@ static inline pz__observe_slot *slot_for(const pz__lock_hooks *h, const void *lo
     return pz__observe_slot_cached(&last_slot, h, lock, kind, site);
 }
 
+/* The running task, or NULL on a plain thread (or a worker's own loop).
+ * Read straight from the thread-local: none of these paths suspends, so
+ * the thread cannot change under them (sync locks block the thread). */
+static inline pz_task_t *running_task(void)
+{
+    pz__worker *w = pz__self_tls.worker;
+    return w ? w->current : NULL;
+}
+
+/* The caller's id (pz__caller_id) without a call for a task. */
+static inline uint64_t caller_id(void)
+{
+    pz_task_t *t = running_task();
+    if (t)
+        return t->id;
+    uint64_t id = pz__thread_id;
+    return id ? id : pz__caller_id();
+}
+
+/* lock was taken by the caller at site: its held-lock record, without a
+ * call for a task. */
+static inline void held_take(const void *lock, const char *kind, const void *site)
+{
+    pz_task_t *t = running_task();
+    pz__holds *h = t ? &t->holds : pz__self_tls.holds;
+    if (h)
+        pz__held_push(h, lock, kind, site);
+    else
+        pz__held_acquired_at(lock, kind, site);
+}
+
+/* The caller's observation record (pz__observer_self) without a call for
+ * a task. */
+static inline pz__observer *observer(void)
+{
+    pz_task_t *t = running_task();
+    return t ? &t->observer : &pz__thread_observer;
+}
+
 static void report_acquired(const void *lock, unsigned kind, const void *site, int64_t wait_ns, unsigned flags)
 {
     const pz__lock_hooks *h = hooks();
     if (h)
-        h->acquired(lock, kind, site, wait_ns, flags, pz__caller_id());
+        h->acquired(lock, kind, site, wait_ns, flags, caller_id());
 }
 
 static void report_gave_up(const void *lock, unsigned kind, const void *site, int64_t wait_ns, unsigned flags,
@@ -54,11 +95,11 @@ static void report_gave_up(const void *lock, unsigned kind, const void *site, in
 
 static void report_released(const void *lock, unsigned kind, unsigned flags)
 {
-    if (__builtin_expect(pz__observer_self()->timed_holds == 0, 1))
+    if (__builtin_expect(observer()->timed_holds == 0, 1))
         return;
     const pz__lock_hooks *h = hooks();
     if (h)
-        h->released(lock, kind, flags, pz__caller_id());
+        h->released(lock, kind, flags, caller_id());
 }
 
 /* The contended half of pz__mutex_lock_observed, apart so that the
@@ -73,7 +114,7 @@ static __attribute__((noinline)) void mutex_lock_contended(pz_mutex_t *m, int64_
     if (result)
         *result = r;
     if (r == 0) {
-        pz__held_acquired_at(m, "pz_mutex", site);
+        held_take(m, "pz_mutex", site);
         report_acquired(m, PZ__LOCK_MUTEX, site, waited, 0);
     } else {
         report_gave_up(m, PZ__LOCK_MUTEX, site, waited, 0, r);
@@ -88,14 +129,14 @@ __attribute__((noinline)) void pz__mutex_lock_observed(pz_mutex_t *m, int64_t de
     const void *site = __builtin_return_address(0);
     const pz__lock_hooks *h = hooks();
     pz__observe_slot *sl = slot_for(h, m, PZ__LOCK_MUTEX, site);
-    uint64_t self = pz__caller_id();
+    uint64_t self = caller_id();
     uint8_t unlocked = 0;
     if (__builtin_expect(atomic_compare_exchange_strong_explicit(&m->state, &unlocked, PZ__MUTEX_LOCKED,
                                                                  memory_order_acquire, memory_order_relaxed),
                          1)) {
         if (result)
             *result = 0;
-        pz__held_acquired_at(m, "pz_mutex", site);
+        held_take(m, "pz_mutex", site);
         if (sl)
             pz__observe_uncontended(h, sl, self, 0);
         return;
@@ -110,7 +151,7 @@ __attribute__((noinline)) bool pz__mutex_trylock_observed(pz_mutex_t *m)
     while (!(s & PZ__MUTEX_LOCKED)) {
         if (atomic_compare_exchange_weak_explicit(&m->state, &s, (uint8_t)(s | PZ__MUTEX_LOCKED),
                                                   memory_order_acquire, memory_order_relaxed)) {
-            pz__held_acquired_at(m, "pz_mutex", site);
+            held_take(m, "pz_mutex", site);
             report_acquired(m, PZ__LOCK_MUTEX, site, -1, 0);
             return true;
         }
@@ -158,7 +199,7 @@ __attribute__((noinline)) int pz__rwlock_lock_observed(pz_rwlock_t *rw, int mode
         waited = pz_now() - t0;
     }
     if (r == 0) {
-        pz__held_acquired_at(rw, "pz_rwlock", site);
+        held_take(rw, "pz_rwlock", site);
         report_acquired(rw, PZ__LOCK_RWLOCK, site, waited, rw_flags(mode));
     } else {
         report_gave_up(rw, PZ__LOCK_RWLOCK, site, waited, rw_flags(mode), r);
@@ -171,7 +212,7 @@ __attribute__((noinline)) bool pz__rwlock_try_observed(pz_rwlock_t *rw, int mode
     const void *site = __builtin_return_address(0);
     if (!rw_fast(rw, mode) && !pz__rwlock_try_slow(rw, mode))
         return false;
-    pz__held_acquired_at(rw, "pz_rwlock", site);
+    held_take(rw, "pz_rwlock", site);
     report_acquired(rw, PZ__LOCK_RWLOCK, site, -1, rw_flags(mode));
     return true;
 }
