@@ -206,6 +206,17 @@ void pz__held_forget(const void *lock);
 /* Switches the holder check of threads on or off (PLAZA_SYNC_CHECK=1 at
  * start); for tests. */
 void pz__sync_check_set(int on);
+/* What the observation keeps per caller (each task has one, each plain
+ * thread one of its own).  timed_holds is the observer's: the number of
+ * holds it is timing for this caller (the lock layers call the released
+ * hook only while it is not 0, and the scheduler keeps suspended_ns only
+ * then).  suspended_ns: the nanoseconds the task has spent suspended
+ * (parked: I/O, sleep, a lock, the blocking pool) while the observation
+ * was on and timed_holds was not 0; always 0 for a plain thread. */
+typedef struct pz__observer {
+    int64_t suspended_ns;
+    uint32_t timed_holds;
+} pz__observer;
 /*
  * The record of the caller, reached inline (x86-64): the sync locks' fast
  * paths write it without a call (pz__held_take, pz__held_give below), so
@@ -222,13 +233,15 @@ void pz__sync_check_set(int on);
  * Elsewhere than x86-64, pz__holds_self is NULL and the locks call held.c.
  */
 typedef struct pz__self_tls_t {
-    void *worker;
-    pz__holds *holds;
+    void *worker;         /* offset 0 */
+    pz__holds *holds;     /* offset 8 */
+    pz__observer observer; /* offset 16: a plain thread's (pz__observer_self) */
 } pz__self_tls_t;
 extern __thread pz__self_tls_t pz__self_tls __attribute__((tls_model("initial-exec")));
 typedef struct pz__self_layout_t {
     uint32_t worker_current; /* offsetof(pz__worker, current) */
     uint32_t task_holds;     /* offsetof(struct pz_task, holds) */
+    uint32_t task_timed;     /* offsetof(struct pz_task, observer.timed_holds) */
 } pz__self_layout_t;
 extern const pz__self_layout_t pz__self_layout;
 
@@ -252,6 +265,30 @@ static inline pz__holds *pz__holds_self(void)
     return h;
 #else
     return (pz__holds *)0;
+#endif
+}
+
+/* Whether the observation may be timing a hold of the caller (its
+ * timed_holds is not 0, or the caller is not known inline): then a lock
+ * layer calls the released hook, else it need not. */
+static inline bool pz__observer_timing(void)
+{
+#if defined(__x86_64__)
+    char *w;
+    uint32_t timed;
+    __asm__ volatile("movq pz__self_tls@gottpoff(%%rip), %0\n\t"
+                     "movl %%fs:16+8(%0), %1\n\t"
+                     "movq %%fs:(%0), %0"
+                     : "=&r"(w), "=&r"(timed)
+                     :
+                     : "memory");
+    if (__builtin_expect(w != (char *)0, 1)) {
+        char *t = *(char **)(w + pz__self_layout.worker_current);
+        return !t || *(uint32_t *)(t + pz__self_layout.task_timed) != 0;
+    }
+    return timed != 0;
+#else
+    return true;
 #endif
 }
 
@@ -413,17 +450,6 @@ static inline void pz__observe_uncontended(const pz__lock_hooks *h, pz__observe_
         h->sample(sl, self, flags);
 }
 
-/* What the observation keeps per caller (each task has one, each plain
- * thread one of its own).  timed_holds is the observer's: the number of
- * holds it is timing for this caller (the lock layers call the released
- * hook only while it is not 0, and the scheduler keeps suspended_ns only
- * then).  suspended_ns: the nanoseconds the task has spent suspended
- * (parked: I/O, sleep, a lock, the blocking pool) while the observation
- * was on and timed_holds was not 0; always 0 for a plain thread. */
-typedef struct pz__observer {
-    int64_t suspended_ns;
-    uint32_t timed_holds;
-} pz__observer;
 /* The caller's record: the running task's, or the calling thread's.  Valid
  * until the caller next suspends (a task may resume on another thread). */
 pz__observer *pz__observer_self(void);

@@ -61,8 +61,11 @@ void pz__mutex_unlock_slow(pz_mutex_t *m, bool fair);
 /* The observed forms (src/sync/observe.c), taken while the advisor is on. */
 void pz__mutex_lock_observed(pz_mutex_t *m, int64_t deadline, int *result);
 bool pz__mutex_trylock_observed(pz_mutex_t *m);
-void pz__mutex_unlock_observed(pz_mutex_t *m, bool fair);
+void pz__mutex_released_observed(pz_mutex_t *m);
 #define PZ__OBSERVED() __builtin_expect(atomic_load_explicit(&pz__advisor_on, memory_order_relaxed), 0)
+/* While observed, a release is reported only if the observer may be
+ * timing a hold of the caller (inline: its timed-hold count). */
+#define PZ__RELEASE_OBSERVED() (PZ__OBSERVED() && pz__observer_timing())
 
 static inline bool pz_mutex_trylock(pz_mutex_t *m)
 {
@@ -115,12 +118,10 @@ static inline void pz_mutex_unlock(pz_mutex_t *m)
     uint8_t locked = PZ__MUTEX_LOCKED;
     if (!pz__held_give(m, "pz_mutex_unlock"))
         return;
-    if (PZ__OBSERVED()) {
-        pz__mutex_unlock_observed(m, false);
-        return;
-    }
     if (!atomic_compare_exchange_strong_explicit(&m->state, &locked, 0, memory_order_release, memory_order_relaxed))
         pz__mutex_unlock_slow(m, false);
+    if (PZ__RELEASE_OBSERVED())
+        pz__mutex_released_observed(m);
 }
 
 /* Unlocks and hands the mutex straight to a waiter if there is one. */
@@ -129,12 +130,10 @@ static inline void pz_mutex_unlock_fair(pz_mutex_t *m)
     uint8_t locked = PZ__MUTEX_LOCKED;
     if (!pz__held_give(m, "pz_mutex_unlock_fair"))
         return;
-    if (PZ__OBSERVED()) {
-        pz__mutex_unlock_observed(m, true);
-        return;
-    }
     if (!atomic_compare_exchange_strong_explicit(&m->state, &locked, 0, memory_order_release, memory_order_relaxed))
         pz__mutex_unlock_slow(m, true);
+    if (PZ__RELEASE_OBSERVED())
+        pz__mutex_released_observed(m);
 }
 
 static inline bool pz_mutex_is_locked(pz_mutex_t *m)
@@ -283,7 +282,7 @@ static inline void pz_rwlock_read_unlock(pz_rwlock_t *rw)
 {
     if (!pz__held_give(rw, "pz_rwlock_read_unlock"))
         return;
-    if (PZ__OBSERVED())
+    if (PZ__RELEASE_OBSERVED())
         pz__rwlock_released_observed(rw, PZ__RW_MODE_READ);
     uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
     /* The common case in one CAS: another reader stays, or we are the last
@@ -341,7 +340,7 @@ static inline bool pz_rwlock_try_write(pz_rwlock_t *rw)
 
 static inline void pz_rwlock_write_unlock(pz_rwlock_t *rw)
 {
-    if (PZ__OBSERVED())
+    if (PZ__RELEASE_OBSERVED())
         pz__rwlock_released_observed(rw, PZ__RW_MODE_WRITE);
     uintptr_t locked = PZ__RW_WRITER;
     if (!pz__held_give(rw, "pz_rwlock_write_unlock"))
@@ -353,7 +352,7 @@ static inline void pz_rwlock_write_unlock(pz_rwlock_t *rw)
 /* Unlocks and hands the lock straight to the waiters it wakes, if any. */
 static inline void pz_rwlock_write_unlock_fair(pz_rwlock_t *rw)
 {
-    if (PZ__OBSERVED())
+    if (PZ__RELEASE_OBSERVED())
         pz__rwlock_released_observed(rw, PZ__RW_MODE_WRITE);
     uintptr_t locked = PZ__RW_WRITER;
     if (!pz__held_give(rw, "pz_rwlock_write_unlock_fair"))
@@ -414,7 +413,7 @@ static inline bool pz_rwlock_try_upgradable(pz_rwlock_t *rw)
 
 static inline void pz_rwlock_upgradable_unlock(pz_rwlock_t *rw)
 {
-    if (PZ__OBSERVED())
+    if (PZ__RELEASE_OBSERVED())
         pz__rwlock_released_observed(rw, PZ__RW_MODE_UPGRADABLE);
     uintptr_t held = PZ__RW_ONE_READER | PZ__RW_UPGRADABLE;
     if (!pz__held_give(rw, "pz_rwlock_upgradable_unlock"))

@@ -57,8 +57,10 @@ uint64_t pz__caller_id(void)
 /* The lock observation's per-caller record (plaza/runtime.h,
  * src/runtime/observe.c): here, out of line, for the same reason as
  * pz__caller_id, and with one thread-local read. */
-__thread pz__observer pz__thread_observer __attribute__((tls_model("initial-exec")));
-#define thread_observer pz__thread_observer
+#define thread_observer pz__self_tls.observer
+/* The inline paths of plaza/runtime.h read these at fixed offsets. */
+_Static_assert(offsetof(pz__self_tls_t, holds) == 8, "pz__holds_self reads %fs:8");
+_Static_assert(offsetof(pz__self_tls_t, observer.timed_holds) == 16 + 8, "pz__observer_timing reads %fs:16+8");
 
 pz__observer *pz__observer_self(void)
 {

@@ -434,11 +434,10 @@ void pz__rt_unpin(pz__runtime *rt);
 /* current.c */
 pz__worker *pz__current_worker(void);
 void pz__set_current_worker(pz__worker *w);
-/* A plain thread's caller id (0 until pz__caller_id gives it one) and
- * lock observation record (current.c), for library paths that do not
- * suspend and so may read the thread-locals directly. */
+/* A plain thread's caller id (0 until pz__caller_id gives it one;
+ * current.c), for library paths that do not suspend and so may read the
+ * thread-local directly (as pz__self_tls). */
 extern __thread uint64_t pz__thread_id __attribute__((tls_model("initial-exec")));
-extern __thread pz__observer pz__thread_observer __attribute__((tls_model("initial-exec")));
 
 /* Object slots (pz__worker.slots), the runtime's API for the layers above:
  * a line of PZ__WORKER_SLOTS words per worker.  The calling worker's line,

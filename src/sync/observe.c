@@ -1,6 +1,7 @@
 /*
- * The observed forms of the sync locks, taken instead of the inline fast
- * paths of sync.h while pz__advisor_on is set (see runtime.h).
+ * The observed forms of the sync locks' acquisitions, taken instead of the
+ * inline fast paths of sync.h while pz__advisor_on is set (see runtime.h);
+ * the unlocks stay inline and call here only to end a timed hold.
  *
  * They are out of line on purpose: __builtin_return_address(0) here is the
  * address in the function that called pz_mutex_lock (the inline wrapper
@@ -9,13 +10,13 @@
  * attempt fails (an uncontended acquisition costs no clock read), and
  * reports to the hook table: acquired after a lock was taken, gave_up
  * after a wait that ended without it (deadline: the wait counts all the
- * same).  An uncontended acquisition finds its slot before the CAS and is
- * counted in it inline (pz__observe_uncontended): no call into the
- * observer inside the section.  The release hook runs after a mutex is
- * let go (before, for the rwlock, whose unlock stays inline), and only
- * while the observer times a hold of the caller
- * (pz__observer_self()->timed_holds): an untimed release, nearly every
- * one, costs the observer nothing but that test.
+ * same).  An uncontended pz_mutex acquisition finds its slot, records the
+ * hold and counts it before the CAS: no call into the observer inside the
+ * section.  The release hook runs after a mutex is let go (before, for
+ * the rwlock), and only while the observer may time a hold of the caller
+ * (pz__observer_timing in runtime.h, inline: the caller's timed-hold
+ * count): an untimed release, nearly every one, costs the observer that
+ * test and no call.
  */
 #include "plaza/sync.h"
 #include "plaza/runtime.h"
@@ -75,7 +76,7 @@ static inline void held_take(const void *lock, const char *kind, const void *sit
 static inline pz__observer *observer(void)
 {
     pz_task_t *t = running_task();
-    return t ? &t->observer : &pz__thread_observer;
+    return t ? &t->observer : &pz__self_tls.observer;
 }
 
 static void report_acquired(const void *lock, unsigned kind, const void *site, int64_t wait_ns, unsigned flags)
@@ -121,26 +122,50 @@ static __attribute__((noinline)) void mutex_lock_contended(pz_mutex_t *m, int64_
     }
 }
 
-/* The uncontended half: the slot is found before the CAS and the
- * acquisition counted in it right after, so that the critical section
- * holds no call into the observer and no lookup (runtime.h). */
+/* The uncontended half: the slot is found, the hold recorded in the
+ * caller's held-lock record and the acquisition counted in the slot
+ * before the CAS (undone if it fails), so that the critical section holds
+ * only the owner check and the countdown (pz__observe_uncontended's, in
+ * two halves): no call into the observer, no lookup, few moves. */
 __attribute__((noinline)) void pz__mutex_lock_observed(pz_mutex_t *m, int64_t deadline, int *result)
 {
     const void *site = __builtin_return_address(0);
     const pz__lock_hooks *h = hooks();
     pz__observe_slot *sl = slot_for(h, m, PZ__LOCK_MUTEX, site);
-    uint64_t self = caller_id();
+    pz_task_t *t = running_task();
+    pz__holds *held = t ? &t->holds : pz__self_tls.holds;
+    if (held)
+        pz__held_push(held, m, "pz_mutex", site);
+    if (sl)
+        atomic_store_explicit(&sl->acquisitions,
+                              atomic_load_explicit(&sl->acquisitions, memory_order_relaxed) + 1,
+                              memory_order_relaxed);
     uint8_t unlocked = 0;
     if (__builtin_expect(atomic_compare_exchange_strong_explicit(&m->state, &unlocked, PZ__MUTEX_LOCKED,
                                                                  memory_order_acquire, memory_order_relaxed),
                          1)) {
         if (result)
             *result = 0;
-        held_take(m, "pz_mutex", site);
-        if (sl)
-            pz__observe_uncontended(h, sl, self, 0);
+        if (!held)
+            pz__held_acquired_at(m, "pz_mutex", site);
+        if (sl) {
+            uint64_t self = t ? t->id : caller_id();
+            if (__builtin_expect(atomic_load_explicit(sl->last_owner, memory_order_relaxed) != self, 0))
+                h->owner_changed(sl, self);
+            if (__builtin_expect(--sl->countdown == 0, 0))
+                h->sample(sl, self, 0);
+        }
         return;
     }
+    /* Taken: the hold and the count pushed above were this attempt's (the
+     * contended half records its own). */
+    if (held)
+        atomic_store_explicit(&held->depth, atomic_load_explicit(&held->depth, memory_order_relaxed) - 1,
+                              memory_order_relaxed);
+    if (sl)
+        atomic_store_explicit(&sl->acquisitions,
+                              atomic_load_explicit(&sl->acquisitions, memory_order_relaxed) - 1,
+                              memory_order_relaxed);
     mutex_lock_contended(m, deadline, result, site);
 }
 
@@ -159,13 +184,11 @@ __attribute__((noinline)) bool pz__mutex_trylock_observed(pz_mutex_t *m)
     return false;
 }
 
-/* The whole unlock, then the release report: a timed hold's end is
- * recorded after the mutex is free, outside the critical section. */
-void pz__mutex_unlock_observed(pz_mutex_t *m, bool fair)
+/* After the unlock (sync.h), while the observer may time a hold of the
+ * caller: a timed hold's end is recorded after the mutex is free, outside
+ * the critical section. */
+void pz__mutex_released_observed(pz_mutex_t *m)
 {
-    uint8_t locked = PZ__MUTEX_LOCKED;
-    if (!atomic_compare_exchange_strong_explicit(&m->state, &locked, 0, memory_order_release, memory_order_relaxed))
-        pz__mutex_unlock_slow(m, fair);
     report_released(m, PZ__LOCK_MUTEX, 0);
 }
 
