@@ -122,50 +122,80 @@ static __attribute__((noinline)) void mutex_lock_contended(pz_mutex_t *m, int64_
     }
 }
 
-/* The uncontended half: the slot is found, the hold recorded in the
- * caller's held-lock record and the acquisition counted in the slot
- * before the CAS (undone if it fails), so that the critical section holds
- * only the owner check and the countdown (pz__observe_uncontended's, in
- * two halves): no call into the observer, no lookup, few moves. */
+/* The rare ends of an uncontended acquisition: the owner changed, or the
+ * countdown reached 0 (this hold is to be timed). */
+static __attribute__((noinline)) void lock_observed_rare(const pz__lock_hooks *h, pz__observe_slot *sl,
+                                                         uint64_t self, bool owner_changed)
+{
+    if (owner_changed)
+        h->owner_changed(sl, self);
+    if (--sl->countdown == 0)
+        h->sample(sl, self, 0);
+}
+
+/* An acquisition whose slot or held-lock record is not at hand (the first
+ * at a site, a plain thread's first hold, a full table): the same steps
+ * through the calls. */
+static __attribute__((noinline)) void lock_observed_lookup(pz_mutex_t *m, int64_t deadline, int *result,
+                                                           const void *site)
+{
+    const pz__lock_hooks *h = hooks();
+    pz__observe_slot *sl = slot_for(h, m, PZ__LOCK_MUTEX, site);
+    uint8_t unlocked = 0;
+    if (!atomic_compare_exchange_strong_explicit(&m->state, &unlocked, PZ__MUTEX_LOCKED, memory_order_acquire,
+                                                 memory_order_relaxed)) {
+        mutex_lock_contended(m, deadline, result, site);
+        return;
+    }
+    if (result)
+        *result = 0;
+    held_take(m, "pz_mutex", site);
+    if (sl)
+        pz__observe_uncontended(h, sl, caller_id(), 0);
+}
+
+/* The uncontended half: the slot is found (the thread's last one), the
+ * hold recorded in the caller's held-lock record and the acquisition
+ * counted in the slot before the CAS (undone if it fails), so that the
+ * critical section holds only the owner check and the countdown
+ * (pz__observe_uncontended's, in two halves): no call into the observer,
+ * no lookup, few moves.  Every call from here is a tail call, so that the
+ * common path saves no register. */
 __attribute__((noinline)) void pz__mutex_lock_observed(pz_mutex_t *m, int64_t deadline, int *result)
 {
     const void *site = __builtin_return_address(0);
     const pz__lock_hooks *h = hooks();
-    pz__observe_slot *sl = slot_for(h, m, PZ__LOCK_MUTEX, site);
+    pz__observe_slot *sl = last_slot;
     pz_task_t *t = running_task();
     pz__holds *held = t ? &t->holds : pz__self_tls.holds;
-    if (held)
-        pz__held_push(held, m, "pz_mutex", site);
-    if (sl)
-        atomic_store_explicit(&sl->acquisitions,
-                              atomic_load_explicit(&sl->acquisitions, memory_order_relaxed) + 1,
-                              memory_order_relaxed);
+    if (__builtin_expect(!h || !sl || sl->lock != m || sl->site != site || !held, 0)) {
+        lock_observed_lookup(m, deadline, result, site);
+        return;
+    }
+    pz__held_push(held, m, "pz_mutex", site);
+    atomic_store_explicit(&sl->acquisitions, atomic_load_explicit(&sl->acquisitions, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
     uint8_t unlocked = 0;
     if (__builtin_expect(atomic_compare_exchange_strong_explicit(&m->state, &unlocked, PZ__MUTEX_LOCKED,
                                                                  memory_order_acquire, memory_order_relaxed),
                          1)) {
         if (result)
             *result = 0;
-        if (!held)
-            pz__held_acquired_at(m, "pz_mutex", site);
-        if (sl) {
-            uint64_t self = t ? t->id : caller_id();
-            if (__builtin_expect(atomic_load_explicit(sl->last_owner, memory_order_relaxed) != self, 0))
-                h->owner_changed(sl, self);
-            if (__builtin_expect(--sl->countdown == 0, 0))
-                h->sample(sl, self, 0);
+        uint64_t self = t ? t->id : caller_id();
+        bool changed = atomic_load_explicit(sl->last_owner, memory_order_relaxed) != self;
+        if (__builtin_expect(changed || sl->countdown == 1, 0)) {
+            lock_observed_rare(h, sl, self, changed);
+            return;
         }
+        sl->countdown--;
         return;
     }
     /* Taken: the hold and the count pushed above were this attempt's (the
      * contended half records its own). */
-    if (held)
-        atomic_store_explicit(&held->depth, atomic_load_explicit(&held->depth, memory_order_relaxed) - 1,
-                              memory_order_relaxed);
-    if (sl)
-        atomic_store_explicit(&sl->acquisitions,
-                              atomic_load_explicit(&sl->acquisitions, memory_order_relaxed) - 1,
-                              memory_order_relaxed);
+    atomic_store_explicit(&held->depth, atomic_load_explicit(&held->depth, memory_order_relaxed) - 1,
+                          memory_order_relaxed);
+    atomic_store_explicit(&sl->acquisitions, atomic_load_explicit(&sl->acquisitions, memory_order_relaxed) - 1,
+                          memory_order_relaxed);
     mutex_lock_contended(m, deadline, result, site);
 }
 
