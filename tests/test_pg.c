@@ -769,12 +769,17 @@ static void *health_main(void *arg)
     pz_pg_pool_opts_t o2 = {.conninfo = "host=127.0.0.1 port=1", .size = 2, .backoff_min_ns = 5 * MS};
     CHECK_EQ(pz_pg_pool_create(&o2, &p), 0);
     int64_t t0 = pz_now();
-    CHECK_EQ(pz_pg_pool_acquire(p, in_ms(200), &c), -ECONNREFUSED);
+    /* The last connect's refusal, or -ETIMEDOUT when an attempt was still
+     * under way at the deadline (a connect that a busy machine has not
+     * finished in time): either way the deadline held. */
+    r = pz_pg_pool_acquire(p, in_ms(200), &c);
+    CHECK(r == -ECONNREFUSED || r == -ETIMEDOUT);
     int64_t took = pz_now() - t0;
     CHECK(took >= 150 * MS && took < 1500 * MS);
     pz_pg_pool_stats(p, &s);
-    /* 5, 10, 20, 40, 80 ms apart: a handful of attempts, not hundreds. */
-    CHECK(s.connect_failures >= 3 && s.connect_failures <= 10);
+    /* 5, 10, 20, 40, 80 ms apart: a handful of attempts, not hundreds (at
+     * least one, however slow the machine; more need it to be quick). */
+    CHECK(s.connect_failures >= 1 && s.connect_failures <= 10);
     pz_pg_pool_destroy(p);
     pz_pg_close(admin);
     return NULL;

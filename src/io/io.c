@@ -288,20 +288,31 @@ static ssize_t try_writev(int fd, void *ctx)
     return result_of(n);
 }
 
+/* A size over SSIZE_MAX (a negative ssize_t cast to size_t, usually) has
+ * no meaning for the calls that return a byte count: pz_write_all would
+ * return it as a negative "error". */
+#define SIZE_BAD(n) ((n) > (size_t)SSIZE_MAX)
+
 ssize_t pz_read(int fd, void *buf, size_t n, int64_t deadline)
 {
+    if (SIZE_BAD(n))
+        return -EINVAL;
     struct buf_ctx c = {buf, n, 0, 0};
     return io_loop(fd, PZ__IO_READ, try_read, &c, deadline, &c.asked);
 }
 
 ssize_t pz_write(int fd, const void *buf, size_t n, int64_t deadline)
 {
+    if (SIZE_BAD(n))
+        return -EINVAL;
     struct iovec one = {(void *)buf, n};
     return pz_writev(fd, &one, 1, deadline);
 }
 
 ssize_t pz_write_all(int fd, const void *buf, size_t n, int64_t deadline)
 {
+    if (SIZE_BAD(n))
+        return -EINVAL;
     size_t done = 0;
     while (done < n) {
         ssize_t w = pz_write(fd, (const char *)buf + done, n - done, deadline);
@@ -332,12 +343,16 @@ ssize_t pz_writev(int fd, const struct iovec *iov, int iovcnt, int64_t deadline)
 
 ssize_t pz_recv(int fd, void *buf, size_t n, int flags, int64_t deadline)
 {
+    if (SIZE_BAD(n))
+        return -EINVAL;
     struct buf_ctx c = {buf, n, flags, 0};
     return io_loop(fd, PZ__IO_READ, try_recv, &c, deadline, (flags & MSG_PEEK) ? NULL : &c.asked);
 }
 
 ssize_t pz_send(int fd, const void *buf, size_t n, int flags, int64_t deadline)
 {
+    if (SIZE_BAD(n))
+        return -EINVAL;
     struct buf_ctx c = {(void *)buf, n, flags, 0};
     return io_loop(fd, PZ__IO_WRITE, try_send, &c, deadline, NULL);
 }
