@@ -209,6 +209,13 @@ static void *params_main(void *arg)
     for (int i = 0; i < 3; i++)
         CHECK(strtod(pz_pg_result_value(res, i, 0), NULL) == vals[i]);
     pz_pg_result_free(res);
+    /* The same through a prepared statement. */
+    CHECK_EQ(pz_pg_prepare(c, "bin_twice", "SELECT $1::float8 * 2 = -0.02225", 1, in_ms(10000)), 0);
+    CHECK_EQ(pz_pg_query_prepared_params(c, "bin_twice", 1, p, in_ms(10000), &res), 0);
+    CHECK_EQ(strcmp(pz_pg_result_value(res, 0, 0), "t"), 0);
+    pz_pg_result_free(res);
+    CHECK_EQ(pz_pg_query_prepared_params(c, "no_such_statement", 1, p, in_ms(10000), &res), -EREMOTEIO);
+    pz_pg_result_free(res);
     /* A malformed binary value is the server's error, and the session
      * goes on. */
     pz_pg_param_t bad = {(const char *)f8, 3, 1};

@@ -44,6 +44,7 @@ typedef struct pg_store {
     wx_store base;
     char *conninfo;
     pz_pg_conn_t *writer;
+    bool insert_prepared; /* on this writer session (after the schema exists) */
     pz_pg_pool_t *readers;
 } pg_store;
 
@@ -70,6 +71,7 @@ static int writer_conn(pg_store *s, pz_pg_conn_t **out)
     if (s->writer && !pz_pg_conn_ok(s->writer)) {
         pz_pg_close(s->writer);
         s->writer = NULL;
+        s->insert_prepared = false; /* a new session has no statements */
     }
     if (!s->writer) {
         int r = pz_pg_connect(s->conninfo, deadline(), &s->writer);
@@ -313,10 +315,15 @@ static int pg_insert_batch(wx_store *base, const wx_reading *rd, size_t n)
                 params[k] = (pz_pg_param_t){(const char *)arr[k].p, (int)arr[k].len, 1};
             }
             pz_pg_result_t *res = NULL;
-            int q = pz_pg_query_params(c,
-                                       "INSERT INTO readings(city, temperature, time)"
-                                       " SELECT * FROM unnest($1::text[], $2::float8[], $3::bigint[])",
-                                       3, params, deadline(), &res);
+            int q = 0;
+            if (!s->insert_prepared &&
+                (q = pz_pg_prepare(c, "wx_insert",
+                                   "INSERT INTO readings(city, temperature, time)"
+                                   " SELECT * FROM unnest($1::text[], $2::float8[], $3::bigint[])",
+                                   3, deadline())) == 0)
+                s->insert_prepared = true;
+            if (q == 0)
+                q = pz_pg_query_prepared_params(c, "wx_insert", 3, params, deadline(), &res);
             int64_t m = q == 0 ? pz_pg_result_affected(res) : q;
             pz_pg_result_free(res);
             if (m < 0)

@@ -109,6 +109,9 @@ typedef struct pz_pg_param {
  * binary length, nparams < 1 or NULL params. */
 int pz_pg_query_params(pz_pg_conn_t *c, const char *sql, int nparams, const pz_pg_param_t *params, int64_t deadline,
                        pz_pg_result_t **res);
+/* The same for a statement prepared with pz_pg_prepare. */
+int pz_pg_query_prepared_params(pz_pg_conn_t *c, const char *name, int nparams, const pz_pg_param_t *params,
+                                int64_t deadline, pz_pg_result_t **res);
 
 /* pz_pg_query that discards the result; returns the number of rows the
  * statement affected or returned (>= 0), or an error. */

@@ -328,9 +328,10 @@ ssize_t pz_readv(int fd, const struct iovec *iov, int iovcnt, int64_t deadline)
     if (iovcnt < 0 || iovcnt > IOV_MAX)
         return -EINVAL; /* sendmsg would say -EMSGSIZE for a negative count */
     struct iov_ctx c = {iov, iovcnt, 0};
-    for (int i = 0; i < iovcnt; i++)
+    /* A NULL iov is the kernel's to refuse (-EFAULT), not read here. */
+    for (int i = 0; iov && i < iovcnt; i++)
         c.asked = iov[i].iov_len > SIZE_MAX - c.asked ? SIZE_MAX : c.asked + iov[i].iov_len;
-    return io_loop(fd, PZ__IO_READ, try_readv, &c, deadline, &c.asked);
+    return io_loop(fd, PZ__IO_READ, try_readv, &c, deadline, iov ? &c.asked : NULL);
 }
 
 ssize_t pz_writev(int fd, const struct iovec *iov, int iovcnt, int64_t deadline)

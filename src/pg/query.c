@@ -110,8 +110,10 @@ static int command(pz_pg_conn_t *c, enum send_kind kind, const char *name, const
 /* Parameters with lengths and formats: libpq wants three arrays. */
 #define PZ__PG_PARAMS_ON_STACK 16
 
-int pz_pg_query_params(pz_pg_conn_t *c, const char *sql, int nparams, const pz_pg_param_t *params, int64_t deadline,
-                       pz_pg_result_t **res)
+/* Both forms with parameters that carry a length and a format: kind
+ * SEND_QUERY runs sql, SEND_PREPARED the statement named sql. */
+static int command_params(pz_pg_conn_t *c, enum send_kind kind, const char *sql, int nparams,
+                          const pz_pg_param_t *params, int64_t deadline, pz_pg_result_t **res)
 {
     if (res)
         *res = NULL;
@@ -121,8 +123,8 @@ int pz_pg_query_params(pz_pg_conn_t *c, const char *sql, int nparams, const pz_p
         if ((params[i].format != 0 && params[i].format != 1) ||
             (params[i].format == 1 && params[i].value && params[i].length < 0))
             return -EINVAL;
-    const char *values_s[PZ__PG_PARAMS_ON_STACK];
-    int lengths_s[PZ__PG_PARAMS_ON_STACK], formats_s[PZ__PG_PARAMS_ON_STACK];
+    const char *values_s[PZ__PG_PARAMS_ON_STACK] = {0};
+    int lengths_s[PZ__PG_PARAMS_ON_STACK] = {0}, formats_s[PZ__PG_PARAMS_ON_STACK] = {0};
     const char **values = values_s;
     int *lengths = lengths_s, *formats = formats_s;
     if (nparams > PZ__PG_PARAMS_ON_STACK) {
@@ -141,13 +143,25 @@ int pz_pg_query_params(pz_pg_conn_t *c, const char *sql, int nparams, const pz_p
         lengths[i] = params[i].format == 1 ? params[i].length : 0;
         formats[i] = params[i].format;
     }
-    int r = command_with(c, SEND_QUERY, NULL, sql, nparams, values, lengths, formats, deadline, res, NULL);
+    int r = command_with(c, kind, NULL, sql, nparams, values, lengths, formats, deadline, res, NULL);
     if (values != values_s) {
         free(values);
         free(lengths);
         free(formats);
     }
     return r;
+}
+
+int pz_pg_query_params(pz_pg_conn_t *c, const char *sql, int nparams, const pz_pg_param_t *params, int64_t deadline,
+                       pz_pg_result_t **res)
+{
+    return command_params(c, SEND_QUERY, sql, nparams, params, deadline, res);
+}
+
+int pz_pg_query_prepared_params(pz_pg_conn_t *c, const char *name, int nparams, const pz_pg_param_t *params,
+                                int64_t deadline, pz_pg_result_t **res)
+{
+    return command_params(c, SEND_PREPARED, name, nparams, params, deadline, res);
 }
 
 int pz_pg_query(pz_pg_conn_t *c, const char *sql, int nparams, const char *const *params, int64_t deadline,
