@@ -464,6 +464,10 @@ int pz_wait_fd(int fd, int events, int64_t deadline)
 
 int pz_connect(int fd, const struct sockaddr *addr, socklen_t addrlen, int64_t deadline)
 {
+    /* Said here, not left to connect(2): which of a bad descriptor and a
+     * bad address a kernel (or an emulator) reports first varies. */
+    if (fd < 0)
+        return -EBADF;
     pz__runtime *rt = NULL;
     if (source_for(fd, &rt) == NULL)
         pz__set_nonblocking(fd);
