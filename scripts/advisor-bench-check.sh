@@ -62,10 +62,15 @@ PY
 
 run data uncontended iters=200000
 run data contended threads=2 iters=200000
+run data contended threads=64 iters=2000
 run data tasks_contended tasks=64 iters=20000
 run data rwlock_read_mostly threads=2 iters=200000
+run data rwlock_read_mostly threads=64 iters=2000
 run data_behind_async async_uncontended iters=200000
 run data_behind_async async_contended tasks=64 iters=20000
+run data_behind_async async_rwlock tasks=64 iters=5000
+run data_behind_async semaphore tasks=64 iters=5000
+run logic blocking_section seconds=1
 run logic logic db_port="$port" tasks=8 seconds=1
 run logic bystanders db_port="$port" lock=async tasks=8 bystanders=8 seconds=1
 run logic_behind_sync bystanders db_port="$port" lock=sync tasks=8 bystanders=8 seconds=1

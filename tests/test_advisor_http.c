@@ -1,10 +1,11 @@
 /* The advisor's live page, read by a real headless browser.
  *
  * A runtime runs a data section behind pz_mutex and a logic section (a
- * 1 ms sleep) behind pz_async_mutex while the advisor serves its page
- * (PLAZA_ADVISOR_HTTP=127.0.0.1:0).  Debian's chromium loads the page,
- * runs its script and prints the DOM: each lock must be there with its
- * verdict.  /advisor.json is fetched over a socket and parsed with
+ * 1 ms sleep) behind pz_async_mutex, and a channel whose receives wait,
+ * while the advisor serves its page (PLAZA_ADVISOR_HTTP=127.0.0.1:0).
+ * Debian's chromium loads the page, runs its script and prints the DOM:
+ * each lock must be there with its verdict, the channel in the channels'
+ * table with its waits and histogram.  /advisor.json is fetched over a socket and parsed with
  * jansson.  Without chromium the test fails (it is in the test group of
  * scripts/install-deps.sh). */
 #include "helpers.h"
@@ -49,6 +50,33 @@ static void *logic_task(void *arg)
         pz_sleep(1 * MS);
         CHECK(pz_async_mutex_unlock(&page_logic) == 0);
         atomic_fetch_add(&logic_rounds, 1);
+    }
+    return NULL;
+}
+
+/* A channel whose receives wait: one in two gives up at its deadline. */
+static pz_chan_t *page_chan;
+static _Atomic long chan_rounds;
+
+static void *chan_receiver(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&stop)) {
+        int v;
+        int r = pz_chan_recv_until(page_chan, &v, pz_now() + 200 * US);
+        CHECK(r == 0 || r == -ETIMEDOUT);
+        atomic_fetch_add(&chan_rounds, 1);
+    }
+    return NULL;
+}
+
+static void *chan_sender(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&stop)) {
+        int v = 1;
+        pz_sleep(300 * US);
+        CHECK(pz_chan_send_until(page_chan, &v, pz_now() + 10 * MS) == 0 || atomic_load(&stop));
     }
     return NULL;
 }
@@ -173,9 +201,11 @@ static void *page_main(void *arg)
 {
     (void)arg;
     pz_task_t *d = pz_spawn(data_task, NULL), *l = pz_spawn(logic_task, NULL);
-    CHECK(d && l);
+    pz_task_t *cr = pz_spawn(chan_receiver, NULL), *cs = pz_spawn(chan_sender, NULL);
+    CHECK(d && l && cr && cs);
     int64_t deadline = pz_now() + 60 * SEC;
-    while ((pz_advisor_http_port() == 0 || atomic_load(&data_rounds) < 5 || atomic_load(&logic_rounds) < 20) &&
+    while ((pz_advisor_http_port() == 0 || atomic_load(&data_rounds) < 5 || atomic_load(&logic_rounds) < 20 ||
+            atomic_load(&chan_rounds) < 10) &&
            pz_now() < deadline)
         pz_sleep(5 * MS);
     int port = pz_advisor_http_port();
@@ -201,6 +231,21 @@ static void *page_main(void *arg)
         }
     }
     CHECK(seen == 2);
+    /* The channel: its receives waited, some gave up, and its waits have
+     * a histogram. */
+    json_t *chans = json_object_get(root, "channels");
+    CHECK(json_is_array(chans));
+    bool chan_seen = false;
+    json_array_foreach(chans, i, lk)
+    {
+        const char *name = json_string_value(json_object_get(lk, "name"));
+        if (!name || strcmp(name, "page_chan") != 0)
+            continue;
+        chan_seen = true;
+        CHECK(json_integer_value(json_object_get(lk, "recv_waits")) > 0);
+        CHECK(json_array_size(json_object_get(lk, "wait_hist")) > 0);
+    }
+    CHECK(chan_seen);
 
     /* Ready: the parent, a process with no runtime, runs the browser. */
     char line[32];
@@ -211,6 +256,8 @@ static void *page_main(void *arg)
     json_decref(root);
     CHECK(pz_join(d, NULL) == 0);
     CHECK(pz_join(l, NULL) == 0);
+    CHECK(pz_join(cr, NULL) == 0);
+    CHECK(pz_join(cs, NULL) == 0);
     return NULL;
 }
 
@@ -227,9 +274,13 @@ static void serve_page(void)
     CHECK(pz_advisor_enable("") == 0);
     CHECK(pz_lock_name(&page_data, "page_data") == 0);
     CHECK(pz_lock_name(&page_logic, "page_logic") == 0);
+    page_chan = pz_chan_create(sizeof(int), 1);
+    CHECK(page_chan);
+    CHECK(pz_lock_name(page_chan, "page_chan") == 0);
     signal(SIGTERM, on_term);
     run_in_runtime(2, page_main, NULL);
     pz_advisor_disable();
+    pz_chan_destroy(page_chan);
 }
 
 static void test_page_in_browser(void **state)
@@ -271,6 +322,13 @@ static void test_page_in_browser(void **state)
     CHECK(row_of(b.dom, "page_logic", row, sizeof row));
     CHECK(strstr(row, "<td class=\"verdict logic\">logic</td>") != NULL);
     CHECK(strstr(b.dom, "<tr class=\"lock\">") != NULL);
+    /* The channel, in the channels' table, with its counts and its canvas. */
+    CHECK(row_of(b.dom, "page_chan", row, sizeof row));
+    CHECK(strncmp(row, "<tr class=\"chan\">", 17) == 0);
+    CHECK(strstr(row, "<td class=\"recv_waits\">0</td>") == NULL);
+    CHECK(strstr(row, "<td class=\"recv_waits\">") != NULL);
+    CHECK(strstr(row, "<canvas") != NULL);
+    CHECK(strstr(b.dom, "id=\"nochan\" style=\"display: none;\"") != NULL);
     free(b.dom);
 }
 

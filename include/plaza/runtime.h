@@ -197,7 +197,22 @@ uint64_t pz__caller_id(void) __attribute__((const));
 
 /* The held-lock record (src/runtime/held.c): a lock layer reports each
  * acquisition and release of a lock with a holder, so the runtime can name
- * the locks a task or thread holds (dumps, the suspend-while-held report). */
+ * the locks a task or thread holds (dumps, the suspend-while-held report).
+ * One per task (in the task, moving with it) and per plain thread.
+ * Written by its owner only, read by reports at any time: relaxed atomics
+ * (plain moves on x86 and arm64, the same cost as plain fields).  depth
+ * counts every hold; the first PZ__HELD_MAX are kept with their lock, kind
+ * and site. */
+#define PZ__HELD_MAX 4
+typedef struct pz__held {
+    _Atomic(const void *) lock;
+    _Atomic(const char *) kind; /* "pz_mutex", "pz_rwlock", ... */
+    _Atomic(void *) site;       /* an address in the acquiring function */
+} pz__held;
+typedef struct pz__holds {
+    _Atomic unsigned depth; /* locks held now; the first PZ__HELD_MAX are in rec */
+    pz__held rec[PZ__HELD_MAX];
+} pz__holds;
 void pz__held_acquired(const void *lock, const char *kind);
 /* The same with the acquiring call site given (an out-of-line lock path
  * that is not itself the user's call: the advisor's observed paths). */
@@ -211,6 +226,149 @@ void pz__held_forget(const void *lock);
 /* Switches the holder check of threads on or off (PLAZA_SYNC_CHECK=1 at
  * start); for tests. */
 void pz__sync_check_set(int on);
+/* What the observation keeps per caller (each task has one, each plain
+ * thread one of its own).  timed_holds is the observer's: the number of
+ * holds it is timing for this caller (the lock layers call the released
+ * hook only while it is not 0, and the scheduler keeps suspended_ns only
+ * then).  suspended_ns: the nanoseconds the task has spent suspended
+ * (parked: I/O, sleep, a lock, the blocking pool) while the observation
+ * was on and timed_holds was not 0; always 0 for a plain thread. */
+typedef struct pz__observer {
+    int64_t suspended_ns;
+    uint32_t timed_holds;
+} pz__observer;
+/*
+ * The record of the caller, reached inline (x86-64): the sync locks' fast
+ * paths write it without a call (pz__held_take, pz__held_give below), so
+ * that the suspend-while-holding check costs a few moves.
+ *
+ * A task may be suspended on one worker thread and resumed on another, and
+ * a compiler treats the thread pointer as constant within a function: a
+ * thread-local read in inline code could be served from a register loaded
+ * before a switch.  So the thread-local is read by a volatile asm (never
+ * merged with another, ordered with calls by its memory clobber), every
+ * time.  pz__self_tls.worker is the thread's worker (NULL on a plain
+ * thread); .holds a plain thread's record once held.c has registered it.
+ * The offsets into the runtime's own structs come from pz__self_layout.
+ * Elsewhere than x86-64, pz__holds_self is NULL and the locks call held.c.
+ */
+typedef struct pz__self_tls_t {
+    void *worker;         /* offset 0 */
+    pz__holds *holds;     /* offset 8 */
+    pz__observer observer; /* offset 16: a plain thread's (pz__observer_self) */
+} pz__self_tls_t;
+extern __thread pz__self_tls_t pz__self_tls __attribute__((tls_model("initial-exec")));
+typedef struct pz__self_layout_t {
+    uint32_t worker_current; /* offsetof(pz__worker, current) */
+    uint32_t task_holds;     /* offsetof(struct pz_task, holds) */
+    uint32_t task_timed;     /* offsetof(struct pz_task, observer.timed_holds) */
+} pz__self_layout_t;
+extern const pz__self_layout_t pz__self_layout;
+
+/* The caller's record, or NULL: not known inline (a plain thread before
+ * its first record, a worker's own loop, or not x86-64; held.c decides). */
+static inline pz__holds *pz__holds_self(void)
+{
+#if defined(__x86_64__)
+    char *w;
+    pz__holds *h;
+    __asm__ volatile("movq pz__self_tls@gottpoff(%%rip), %1\n\t"
+                     "movq %%fs:(%1), %0\n\t"
+                     "movq %%fs:8(%1), %1"
+                     : "=&r"(w), "=&r"(h)
+                     :
+                     : "memory");
+    if (__builtin_expect(w != (char *)0, 1)) {
+        char *t = *(char **)(w + pz__self_layout.worker_current);
+        return t ? (pz__holds *)(t + pz__self_layout.task_holds) : (pz__holds *)0;
+    }
+    return h;
+#else
+    return (pz__holds *)0;
+#endif
+}
+
+/* Whether the observation may be timing a hold of the caller (its
+ * timed_holds is not 0, or the caller is not known inline): then a lock
+ * layer calls the released hook, else it need not. */
+static inline bool pz__observer_timing(void)
+{
+#if defined(__x86_64__)
+    char *w;
+    uint32_t timed;
+    __asm__ volatile("movq pz__self_tls@gottpoff(%%rip), %0\n\t"
+                     "movl %%fs:16+8(%0), %1\n\t"
+                     "movq %%fs:(%0), %0"
+                     : "=&r"(w), "=&r"(timed)
+                     :
+                     : "memory");
+    if (__builtin_expect(w != (char *)0, 1)) {
+        char *t = *(char **)(w + pz__self_layout.worker_current);
+        return !t || *(uint32_t *)(t + pz__self_layout.task_timed) != 0;
+    }
+    return timed != 0;
+#else
+    return true;
+#endif
+}
+
+/* Pushes lock (of kind, taken at site) on the record h, its owner's. */
+static inline void pz__held_push(pz__holds *h, const void *lock, const char *kind, const void *site)
+{
+    unsigned d = atomic_load_explicit(&h->depth, memory_order_relaxed);
+    if (__builtin_expect(d < PZ__HELD_MAX, 1)) {
+        pz__held *e = &h->rec[d];
+        atomic_store_explicit(&e->lock, lock, memory_order_relaxed);
+        atomic_store_explicit(&e->kind, kind, memory_order_relaxed);
+        atomic_store_explicit(&e->site, (void *)site, memory_order_relaxed);
+    }
+    atomic_store_explicit(&h->depth, d + 1, memory_order_relaxed);
+}
+
+/* lock (of kind) was taken by the caller at site: kept in its record,
+ * inline when the record is known. */
+static inline void pz__held_take_at(const void *lock, const char *kind, const void *site)
+{
+    pz__holds *h = pz__holds_self();
+    if (__builtin_expect(!h, 0))
+        pz__held_acquired_at(lock, kind, site);
+    else
+        pz__held_push(h, lock, kind, site);
+}
+
+/* lock (of kind) was taken here: in the public lock call, inlined in its
+ * caller.  A macro, so that the site's address is taken in that call
+ * itself, where the debug information's scope of the inlined call covers
+ * it (a nested inline function's scope may not, once the compiler moves
+ * the instruction); the memory clobber keeps it after the lock's atomic
+ * operation.  Not x86-64: held.c takes its own return address. */
+#if defined(__x86_64__)
+#define pz__held_take(lock, kind)                                                       \
+    __extension__({                                                                     \
+        void *pz__site_;                                                                \
+        __asm__ volatile("leaq 0(%%rip), %0" : "=r"(pz__site_) : : "memory");           \
+        pz__held_take_at((lock), (kind), pz__site_);                                    \
+    })
+#else
+#define pz__held_take(lock, kind) pz__held_acquired((lock), (kind))
+#endif
+
+/* The caller lets lock go: true if it may (the last lock it took, inline;
+ * anything else, held.c's checks and reports). */
+static inline bool pz__held_give(const void *lock, const char *what)
+{
+    pz__holds *h = pz__holds_self();
+    if (__builtin_expect(h != (pz__holds *)0, 1)) {
+        unsigned d = atomic_load_explicit(&h->depth, memory_order_relaxed);
+        if (__builtin_expect(d - 1 < PZ__HELD_MAX, 1) &&
+            __builtin_expect(atomic_load_explicit(&h->rec[d - 1].lock, memory_order_relaxed) == lock, 1)) {
+            atomic_store_explicit(&h->depth, d - 1, memory_order_relaxed);
+            return true;
+        }
+    }
+    return pz__held_released(lock, what);
+}
+
 /* True while the debug switch is on (PLAZA_DEBUG=1 in the environment, or
  * pz_config_t.debug): then the locks whose fast path would pay for it (the
  * async locks) write the held-lock record too.  Set before the first task
@@ -312,17 +470,6 @@ static inline void pz__observe_uncontended(const pz__lock_hooks *h, pz__observe_
         h->sample(sl, self, flags);
 }
 
-/* What the observation keeps per caller (each task has one, each plain
- * thread one of its own).  timed_holds is the observer's: the number of
- * holds it is timing for this caller (the lock layers call the released
- * hook only while it is not 0, and the scheduler keeps suspended_ns only
- * then).  suspended_ns: the nanoseconds the task has spent suspended
- * (parked: I/O, sleep, a lock, the blocking pool) while the observation
- * was on and timed_holds was not 0; always 0 for a plain thread. */
-typedef struct pz__observer {
-    int64_t suspended_ns;
-    uint32_t timed_holds;
-} pz__observer;
 /* The caller's record: the running task's, or the calling thread's.  Valid
  * until the caller next suspends (a task may resume on another thread). */
 pz__observer *pz__observer_self(void);

@@ -64,14 +64,18 @@ typedef struct pz_mutex {
 
 void pz__mutex_lock_slow(pz_mutex_t *m, int64_t deadline, int *result);
 void pz__mutex_unlock_slow(pz_mutex_t *m, bool fair);
-/* Which sync locks the caller holds: pz__held_acquired and
- * pz__held_released, the runtime's held-lock record (plaza/runtime.h;
- * src/runtime/held.c says which wrong unlocks are caught). */
+/* Which sync locks the caller holds: pz__held_take and pz__held_give, the
+ * runtime's held-lock record written inline (plaza/runtime.h; a task that
+ * suspends while its depth is not 0 is reported; src/runtime/held.c says
+ * which wrong unlocks are caught). */
 /* The observed forms (src/sync/observe.c), taken while the advisor is on. */
 void pz__mutex_lock_observed(pz_mutex_t *m, int64_t deadline, int *result);
 bool pz__mutex_trylock_observed(pz_mutex_t *m);
-void pz__mutex_unlock_observed(pz_mutex_t *m, bool fair);
+void pz__mutex_released_observed(pz_mutex_t *m);
 #define PZ__OBSERVED() __builtin_expect(atomic_load_explicit(&pz__advisor_on, memory_order_relaxed), 0)
+/* While observed, a release is reported only if the observer may be
+ * timing a hold of the caller (inline: its timed-hold count). */
+#define PZ__RELEASE_OBSERVED() (PZ__OBSERVED() && pz__observer_timing())
 
 static inline bool pz_mutex_trylock(pz_mutex_t *m)
 {
@@ -81,7 +85,7 @@ static inline bool pz_mutex_trylock(pz_mutex_t *m)
     while (!(s & PZ__MUTEX_LOCKED)) {
         if (atomic_compare_exchange_weak_explicit(&m->state, &s, (uint8_t)(s | PZ__MUTEX_LOCKED),
                                                   memory_order_acquire, memory_order_relaxed)) {
-            pz__held_acquired(m, "pz_mutex");
+            pz__held_take(m, "pz_mutex");
             return true;
         }
     }
@@ -98,7 +102,7 @@ static inline void pz_mutex_lock(pz_mutex_t *m)
     if (!atomic_compare_exchange_weak_explicit(&m->state, &unlocked, PZ__MUTEX_LOCKED, memory_order_acquire,
                                                memory_order_relaxed))
         pz__mutex_lock_slow(m, INT64_MAX, NULL);
-    pz__held_acquired(m, "pz_mutex");
+    pz__held_take(m, "pz_mutex");
 }
 
 /* Returns 0 with the mutex held, or -ETIMEDOUT at the deadline (pz_now()
@@ -115,35 +119,31 @@ static inline int pz_mutex_lock_until(pz_mutex_t *m, int64_t deadline)
                                                memory_order_relaxed))
         pz__mutex_lock_slow(m, deadline, &r);
     if (r == 0)
-        pz__held_acquired(m, "pz_mutex");
+        pz__held_take(m, "pz_mutex");
     return r;
 }
 
 static inline void pz_mutex_unlock(pz_mutex_t *m)
 {
     uint8_t locked = PZ__MUTEX_LOCKED;
-    if (!pz__held_released(m, "pz_mutex_unlock"))
+    if (!pz__held_give(m, "pz_mutex_unlock"))
         return;
-    if (PZ__OBSERVED()) {
-        pz__mutex_unlock_observed(m, false);
-        return;
-    }
     if (!atomic_compare_exchange_strong_explicit(&m->state, &locked, 0, memory_order_release, memory_order_relaxed))
         pz__mutex_unlock_slow(m, false);
+    if (PZ__RELEASE_OBSERVED())
+        pz__mutex_released_observed(m);
 }
 
 /* Unlocks and hands the mutex straight to a waiter if there is one. */
 static inline void pz_mutex_unlock_fair(pz_mutex_t *m)
 {
     uint8_t locked = PZ__MUTEX_LOCKED;
-    if (!pz__held_released(m, "pz_mutex_unlock_fair"))
+    if (!pz__held_give(m, "pz_mutex_unlock_fair"))
         return;
-    if (PZ__OBSERVED()) {
-        pz__mutex_unlock_observed(m, true);
-        return;
-    }
     if (!atomic_compare_exchange_strong_explicit(&m->state, &locked, 0, memory_order_release, memory_order_relaxed))
         pz__mutex_unlock_slow(m, true);
+    if (PZ__RELEASE_OBSERVED())
+        pz__mutex_released_observed(m);
 }
 
 static inline bool pz_mutex_is_locked(pz_mutex_t *m)
@@ -237,7 +237,7 @@ static inline void pz_rwlock_read(pz_rwlock_t *rw)
     }
     if (!pz__rwlock_read_fast(rw))
         pz__rwlock_lock_slow(rw, PZ__RW_MODE_READ, INT64_MAX);
-    pz__held_acquired(rw, "pz_rwlock");
+    pz__held_take(rw, "pz_rwlock");
 }
 
 /* Returns 0 holding a read lock, or -ETIMEDOUT at the deadline. */
@@ -249,7 +249,7 @@ static inline int pz_rwlock_read_until(pz_rwlock_t *rw, int64_t deadline)
     if (!pz__rwlock_read_fast(rw))
         r = pz__rwlock_lock_slow(rw, PZ__RW_MODE_READ, deadline);
     if (r == 0)
-        pz__held_acquired(rw, "pz_rwlock");
+        pz__held_take(rw, "pz_rwlock");
     return r;
 }
 
@@ -259,7 +259,7 @@ static inline bool pz_rwlock_try_read(pz_rwlock_t *rw)
         return pz__rwlock_try_observed(rw, PZ__RW_MODE_READ);
     if (!pz__rwlock_read_fast(rw) && !pz__rwlock_try_slow(rw, PZ__RW_MODE_READ))
         return false;
-    pz__held_acquired(rw, "pz_rwlock");
+    pz__held_take(rw, "pz_rwlock");
     return true;
 }
 
@@ -273,7 +273,7 @@ static inline void pz_rwlock_read_recursive(pz_rwlock_t *rw)
     }
     if (!pz__rwlock_read_fast(rw))
         pz__rwlock_lock_slow(rw, PZ__RW_MODE_READ_RECURSIVE, INT64_MAX);
-    pz__held_acquired(rw, "pz_rwlock");
+    pz__held_take(rw, "pz_rwlock");
 }
 
 static inline int pz_rwlock_read_recursive_until(pz_rwlock_t *rw, int64_t deadline)
@@ -284,15 +284,15 @@ static inline int pz_rwlock_read_recursive_until(pz_rwlock_t *rw, int64_t deadli
     if (!pz__rwlock_read_fast(rw))
         r = pz__rwlock_lock_slow(rw, PZ__RW_MODE_READ_RECURSIVE, deadline);
     if (r == 0)
-        pz__held_acquired(rw, "pz_rwlock");
+        pz__held_take(rw, "pz_rwlock");
     return r;
 }
 
 static inline void pz_rwlock_read_unlock(pz_rwlock_t *rw)
 {
-    if (!pz__held_released(rw, "pz_rwlock_read_unlock"))
+    if (!pz__held_give(rw, "pz_rwlock_read_unlock"))
         return;
-    if (PZ__OBSERVED())
+    if (PZ__RELEASE_OBSERVED())
         pz__rwlock_released_observed(rw, PZ__RW_MODE_READ);
     uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
     /* The common case in one CAS: another reader stays, or we are the last
@@ -318,7 +318,7 @@ static inline void pz_rwlock_write(pz_rwlock_t *rw)
     if (!atomic_compare_exchange_weak_explicit(&rw->state, &unlocked, PZ__RW_WRITER, memory_order_acquire,
                                                memory_order_relaxed))
         pz__rwlock_lock_slow(rw, PZ__RW_MODE_WRITE, INT64_MAX);
-    pz__held_acquired(rw, "pz_rwlock");
+    pz__held_take(rw, "pz_rwlock");
 }
 
 static inline int pz_rwlock_write_until(pz_rwlock_t *rw, int64_t deadline)
@@ -331,7 +331,7 @@ static inline int pz_rwlock_write_until(pz_rwlock_t *rw, int64_t deadline)
                                                memory_order_relaxed))
         r = pz__rwlock_lock_slow(rw, PZ__RW_MODE_WRITE, deadline);
     if (r == 0)
-        pz__held_acquired(rw, "pz_rwlock");
+        pz__held_take(rw, "pz_rwlock");
     return r;
 }
 
@@ -344,16 +344,16 @@ static inline bool pz_rwlock_try_write(pz_rwlock_t *rw)
                                                  memory_order_relaxed) &&
         !pz__rwlock_try_slow(rw, PZ__RW_MODE_WRITE))
         return false;
-    pz__held_acquired(rw, "pz_rwlock");
+    pz__held_take(rw, "pz_rwlock");
     return true;
 }
 
 static inline void pz_rwlock_write_unlock(pz_rwlock_t *rw)
 {
-    if (PZ__OBSERVED())
+    if (PZ__RELEASE_OBSERVED())
         pz__rwlock_released_observed(rw, PZ__RW_MODE_WRITE);
     uintptr_t locked = PZ__RW_WRITER;
-    if (!pz__held_released(rw, "pz_rwlock_write_unlock"))
+    if (!pz__held_give(rw, "pz_rwlock_write_unlock"))
         return;
     if (!atomic_compare_exchange_strong_explicit(&rw->state, &locked, 0, memory_order_release, memory_order_relaxed))
         pz__rwlock_write_unlock_slow(rw, false);
@@ -362,10 +362,10 @@ static inline void pz_rwlock_write_unlock(pz_rwlock_t *rw)
 /* Unlocks and hands the lock straight to the waiters it wakes, if any. */
 static inline void pz_rwlock_write_unlock_fair(pz_rwlock_t *rw)
 {
-    if (PZ__OBSERVED())
+    if (PZ__RELEASE_OBSERVED())
         pz__rwlock_released_observed(rw, PZ__RW_MODE_WRITE);
     uintptr_t locked = PZ__RW_WRITER;
-    if (!pz__held_released(rw, "pz_rwlock_write_unlock_fair"))
+    if (!pz__held_give(rw, "pz_rwlock_write_unlock_fair"))
         return;
     if (!atomic_compare_exchange_strong_explicit(&rw->state, &locked, 0, memory_order_release, memory_order_relaxed))
         pz__rwlock_write_unlock_slow(rw, true);
@@ -396,7 +396,7 @@ static inline void pz_rwlock_upgradable(pz_rwlock_t *rw)
     }
     if (!pz__rwlock_upgradable_fast(rw))
         pz__rwlock_lock_slow(rw, PZ__RW_MODE_UPGRADABLE, INT64_MAX);
-    pz__held_acquired(rw, "pz_rwlock");
+    pz__held_take(rw, "pz_rwlock");
 }
 
 static inline int pz_rwlock_upgradable_until(pz_rwlock_t *rw, int64_t deadline)
@@ -407,7 +407,7 @@ static inline int pz_rwlock_upgradable_until(pz_rwlock_t *rw, int64_t deadline)
     if (!pz__rwlock_upgradable_fast(rw))
         r = pz__rwlock_lock_slow(rw, PZ__RW_MODE_UPGRADABLE, deadline);
     if (r == 0)
-        pz__held_acquired(rw, "pz_rwlock");
+        pz__held_take(rw, "pz_rwlock");
     return r;
 }
 
@@ -417,16 +417,16 @@ static inline bool pz_rwlock_try_upgradable(pz_rwlock_t *rw)
         return pz__rwlock_try_observed(rw, PZ__RW_MODE_UPGRADABLE);
     if (!pz__rwlock_upgradable_fast(rw) && !pz__rwlock_try_slow(rw, PZ__RW_MODE_UPGRADABLE))
         return false;
-    pz__held_acquired(rw, "pz_rwlock");
+    pz__held_take(rw, "pz_rwlock");
     return true;
 }
 
 static inline void pz_rwlock_upgradable_unlock(pz_rwlock_t *rw)
 {
-    if (PZ__OBSERVED())
+    if (PZ__RELEASE_OBSERVED())
         pz__rwlock_released_observed(rw, PZ__RW_MODE_UPGRADABLE);
     uintptr_t held = PZ__RW_ONE_READER | PZ__RW_UPGRADABLE;
-    if (!pz__held_released(rw, "pz_rwlock_upgradable_unlock"))
+    if (!pz__held_give(rw, "pz_rwlock_upgradable_unlock"))
         return;
     if (!atomic_compare_exchange_strong_explicit(&rw->state, &held, 0, memory_order_release, memory_order_relaxed))
         pz__rwlock_upgradable_unlock_slow(rw);

@@ -53,7 +53,7 @@
 #include "hist.h"
 
 #define TABLE_SIZE 4096u /* a power of two */
-#define SAMPLE_ALL 256u
+#define SAMPLE_ALL 32u
 /* A hold this long may hide a blocking system call worth reporting. */
 #define LONG_HOLD_NS 20000
 

@@ -3,7 +3,9 @@
  * see pz_advisor_http_port) serves, from a task of the running runtime,
  *   /              the report as an HTML page: a table of every lock with
  *                  its verdict, advice and figures, and its hold-time
- *                  histogram drawn on a canvas by a script in the page; the
+ *                  histogram drawn on a canvas by a script in the page,
+ *                  then a table of the channels whose sends or receives
+ *                  waited (their counts, waits and wait histogram); the
  *                  page embeds the report, so it is complete without the
  *                  script, and the script refreshes it every 2 s;
  *   /advisor.json  the JSON report.
@@ -47,7 +49,10 @@ static const char page_head[] =
     "<p id=\"cost\"></p>\n<table id=\"locks\"><thead><tr><th>lock</th><th>kind</th><th>site</th><th>verdict</th>"
     "<th>advice</th><th>acquisitions</th><th>contended</th><th>hold p50/p99/max ns</th>"
     "<th>wait p50/p99/max ns</th><th>waiting share</th><th>hold histogram</th></tr></thead><tbody></tbody>"
-    "</table>\n<script id=\"report\" type=\"application/json\">";
+    "</table>\n<h2>channels</h2>\n<p id=\"nochan\">no send or receive has waited</p>\n"
+    "<table id=\"channels\"><thead><tr><th>channel</th><th>site</th><th>send waits</th><th>receive waits</th>"
+    "<th>gave up</th><th>wait p50/p99/max ns</th><th>wait histogram</th></tr></thead><tbody></tbody></table>\n"
+    "<script id=\"report\" type=\"application/json\">";
 
 static const char page_tail[] =
     "</script>\n<script>\n"
@@ -74,6 +79,13 @@ static const char page_tail[] =
     "    cell(tr, l.hold_ns.p50 + ' / ' + l.hold_ns.p99 + ' / ' + l.hold_ns.max);\n"
     "    cell(tr, l.wait_ns.p50 + ' / ' + l.wait_ns.p99 + ' / ' + l.wait_ns.max);\n"
     "    cell(tr, (100 * l.suspended_share).toFixed(1) + '%'); hist(cell(tr, ''), l.hold_hist); body.appendChild(tr); });\n"
+    "  var chans = r.channels || [], cb = document.querySelector('#channels tbody'); cb.textContent = '';\n"
+    "  document.getElementById('nochan').style.display = chans.length ? 'none' : '';\n"
+    "  chans.forEach(function (c) { var tr = document.createElement('tr'); tr.className = 'chan';\n"
+    "    cell(tr, c.name, 'name'); cell(tr, c.site); cell(tr, c.send_waits, 'send_waits');\n"
+    "    cell(tr, c.recv_waits, 'recv_waits'); cell(tr, c.gave_up, 'gave_up');\n"
+    "    cell(tr, c.wait_ns.p50 + ' / ' + c.wait_ns.p99 + ' / ' + c.wait_ns.max);\n"
+    "    hist(cell(tr, ''), c.wait_hist || []); cb.appendChild(tr); });\n"
     "}\n"
     "show(JSON.parse(document.getElementById('report').textContent));\n"
     "setInterval(function () { fetch('/advisor.json').then(function (x) { return x.json(); }).then(show)"

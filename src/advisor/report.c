@@ -424,6 +424,16 @@ static void json_lock(FILE *out, pz__advisor_lock *r, const pz__advisor_figures_
             any = true;
         }
     }
+    fprintf(out, "],\n     \"wait_hist\": [");
+    /* The same for the waits that took time (a channel's only figures). */
+    any = false;
+    for (int i = 0; i < HIST_BUCKETS; i++) {
+        uint32_t c = atomic_load_explicit(&r->wait_hist[i], memory_order_relaxed);
+        if (c) {
+            fprintf(out, "%s[%.0f, %" PRIu32 "]", any ? ", " : "", hist_value(i), c);
+            any = true;
+        }
+    }
     fprintf(out, "],\n     \"sites\": [");
     for (int i = 0; i < PZ__ADVISOR_SITES; i++) {
         pz__advisor_site *s = &r->sites[i];

@@ -90,10 +90,12 @@ __attribute__((noinline)) bool pz__async_mutex_trylock_observed(pz_async_mutex_t
 
 /* The release report, then the whole unlock.  The report comes first
  * because the unlock may yield (the cooperative budget): a hold's end
- * measured after it would count that yield as waiting. */
+ * measured after it would count that yield as waiting.  Whether the
+ * observer may time a hold of the caller is read inline here
+ * (pz__observer_timing): no call for an untimed release. */
 int pz__async_mutex_unlock_observed(pz_async_mutex_t *m, uint64_t self)
 {
-    if (__builtin_expect(pz__observer_self()->timed_holds != 0, 0)) {
+    if (__builtin_expect(pz__observer_timing(), 0)) {
         const pz__lock_hooks *h = hooks();
         if (h && pz_async_mutex_holder(m) == self >> PZ__AMUTEX_OWNER_SHIFT)
             h->released(m, PZ__LOCK_ASYNC_MUTEX, 0, self);
@@ -118,7 +120,7 @@ void pz__async_observe_gave_up(const void *lock, unsigned kind, const void *site
 
 void pz__async_observe_released(const void *lock, unsigned kind, unsigned flags)
 {
-    if (__builtin_expect(pz__observer_self()->timed_holds == 0, 1))
+    if (__builtin_expect(!pz__observer_timing(), 1))
         return;
     const pz__lock_hooks *h = hooks();
     if (h)

@@ -9,8 +9,11 @@
 #include "internal.h"
 
 /* initial-exec: one %fs-relative load even in libplaza.so (the default
- * model for position-independent code calls __tls_get_addr on every read). */
-static __thread pz__worker *current_worker __attribute__((tls_model("initial-exec")));
+ * model for position-independent code calls __tls_get_addr on every read).
+ * pz__self_tls is also read by the sync locks' inline paths, through a
+ * volatile asm (plaza/runtime.h); .worker is the thread's worker. */
+__thread pz__self_tls_t pz__self_tls __attribute__((tls_model("initial-exec")));
+#define current_worker ((pz__worker *)pz__self_tls.worker)
 
 pz__worker *pz__current_worker(void)
 {
@@ -19,7 +22,7 @@ pz__worker *pz__current_worker(void)
 
 void pz__set_current_worker(pz__worker *w)
 {
-    current_worker = w;
+    pz__self_tls.worker = w;
 }
 
 void pz__spin_lock_slow(pz__spin *s)
@@ -38,7 +41,8 @@ void pz__spin_lock_slow(pz__spin *s)
  * It lives here, out of line, so that no caller can keep the thread-local
  * address across a task switch. */
 static _Atomic uint64_t next_thread_number = 1;
-static __thread uint64_t thread_id __attribute__((tls_model("initial-exec")));
+__thread uint64_t pz__thread_id __attribute__((tls_model("initial-exec")));
+#define thread_id pz__thread_id
 
 uint64_t pz__caller_id(void)
 {
@@ -53,7 +57,10 @@ uint64_t pz__caller_id(void)
 /* The lock observation's per-caller record (plaza/runtime.h,
  * src/runtime/observe.c): here, out of line, for the same reason as
  * pz__caller_id, and with one thread-local read. */
-static __thread pz__observer thread_observer __attribute__((tls_model("initial-exec")));
+#define thread_observer pz__self_tls.observer
+/* The inline paths of plaza/runtime.h read these at fixed offsets. */
+_Static_assert(offsetof(pz__self_tls_t, holds) == 8, "pz__holds_self reads %fs:8");
+_Static_assert(offsetof(pz__self_tls_t, observer.timed_holds) == 16 + 8, "pz__observer_timing reads %fs:16+8");
 
 pz__observer *pz__observer_self(void)
 {

@@ -2,7 +2,12 @@
  * Which plaza locks each task (or plain thread) holds: a record the lock
  * layers write through pz__held_acquired / pz__held_released, kept here in
  * the runtime so that the scheduler can report a task that suspends while
- * it holds a sync lock without calling up into the sync layer.
+ * it holds a sync lock without calling up into the sync layer.  The sync
+ * locks' fast paths write it inline on x86-64 (pz__held_take and
+ * pz__held_give in plaza/runtime.h: a push, and a pop of the last lock
+ * taken) and come here for everything else: a plain thread's first hold
+ * (which registers its record, then found inline through pz__self_tls),
+ * an unlock of another lock than the last taken, the checks below.
  *
  * A task's record lives in its task struct and moves with it between
  * workers; a plain thread's lives in a thread-local.  Both are written only
@@ -51,6 +56,13 @@ void pz__sync_check_set(int on)
     atomic_store_explicit(&check_mode, on ? 1 : 0, memory_order_relaxed);
 }
 
+/* What the inline paths of plaza/runtime.h need of the runtime's structs. */
+const pz__self_layout_t pz__self_layout = {
+    .worker_current = offsetof(pz__worker, current),
+    .task_holds = offsetof(struct pz_task, holds),
+    .task_timed = offsetof(struct pz_task, observer.timed_holds),
+};
+
 static pz__holds *holds_of_caller(void)
 {
     pz__worker *w = pz__current_worker();
@@ -58,7 +70,9 @@ static pz__holds *holds_of_caller(void)
         return &w->current->holds;
     if (w)
         return NULL; /* a worker's own loop takes no plaza locks */
-    return &pz__thread_rec_self()->holds;
+    pz__holds *h = &pz__thread_rec_self()->holds;
+    pz__self_tls.holds = h; /* from now on the inline paths find it */
+    return h;
 }
 
 static inline void held_acquired(const void *lock, const char *kind, const void *site)

@@ -70,19 +70,8 @@ typedef struct pz__stack_slot {
     pz__stack_chunk *chunk;
 } pz__stack_slot;
 
-/* One lock a task or thread holds (held.c). */
-#define PZ__HELD_MAX 4
-/* Written by its owner only, read by reports at any time: relaxed atomics
- * (plain moves on x86 and arm64, the same cost as plain fields). */
-typedef struct pz__held {
-    _Atomic(const void *) lock;
-    _Atomic(const char *) kind; /* "pz_mutex", "pz_rwlock", ... */
-    _Atomic(void *) site;       /* the return address of the acquiring call */
-} pz__held;
-typedef struct pz__holds {
-    _Atomic unsigned depth;   /* locks held now; the first PZ__HELD_MAX are in rec */
-    pz__held rec[PZ__HELD_MAX];
-} pz__holds;
+/* The locks a task or thread holds: pz__holds, in plaza/runtime.h (the
+ * sync locks write it inline; held.c). */
 /* A snapshot of one entry, for reports. */
 typedef struct pz__held_view {
     const void *lock;
@@ -421,6 +410,7 @@ struct pz__runtime {
     pz__spin stack_pool_lock;
     pz__stack_chunk *chunks_head, *chunks_tail;
     int spare_chunks;
+    long dirty_stacks; /* free stacks whose pages were not given back */
     _Atomic bool stack_failure_reported;
 };
 
@@ -445,6 +435,10 @@ void pz__rt_unpin(pz__runtime *rt);
 /* current.c */
 pz__worker *pz__current_worker(void);
 void pz__set_current_worker(pz__worker *w);
+/* A plain thread's caller id (0 until pz__caller_id gives it one;
+ * current.c), for library paths that do not suspend and so may read the
+ * thread-local directly (as pz__self_tls). */
+extern __thread uint64_t pz__thread_id __attribute__((tls_model("initial-exec")));
 
 /* Object slots (pz__worker.slots), the runtime's API for the layers above:
  * a line of PZ__WORKER_SLOTS words per worker.  The calling worker's line,
@@ -561,6 +555,7 @@ void pz__altstack_teardown(pz__worker *w);
 #define PZ__IO_READ 1u
 #define PZ__IO_WRITE 2u
 #define PZ__IO_CLOSED 4u
+#define PZ__IO_ENDED 8u
 #define PZ__IO_TICK 256u
 /* pz__io_source_signal: the descriptor was closed by pz_close. */
 #define PZ__SIG_CLOSED 0x100u
@@ -585,6 +580,9 @@ typedef struct pz__io_source {
     _Atomic int kind;           /* PZ__SRC_*; set under lock */
     pz__spin lock;              /* registration and the waiter list */
     int fd;                     /* its descriptor, set at registration */
+    /* A byte stream (stream socket or pipe), set at registration: a read
+     * that returns fewer bytes than asked has emptied it (src/io/io.c). */
+    bool stream;
     pz__io_waiter *waiters;
 } pz__io_source;
 
