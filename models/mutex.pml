@@ -42,7 +42,8 @@
  *                queue alone when the word is held.  0: the code before.
  *   PROGRESS     tasks 1 and 2 lock and unlock forever (no deadline), task
  *                3 locks once without deadline; checked with -a -f against
- *                the never claim of ltl p3_gets_lock (passes; fails with
+ *                the never claim of ltl p3_gets_lock (no cycle in the 840
+ *                million states a 9 GB search visited; fails with
  *                PROGRESS_FIX=0: mutex.md).
  */
 
