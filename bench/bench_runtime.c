@@ -48,6 +48,54 @@ static void run_spawn_join(const bench_args *a)
     emit("spawn_join", param, "ns_per_task", s.ns_per_task);
 }
 
+/* ---- spawn_burst ----
+ * Bursts of tasks that each suspend once (a yield) before they return, so
+ * that a whole burst holds its stacks at once; each burst is joined before
+ * the next is spawned.  spawn_join's tasks never suspend and reuse one
+ * stack per worker; this one measures getting and giving back many. */
+
+static void *yield_plus_one(void *arg)
+{
+    pz_yield();
+    return (void *)((uintptr_t)arg + 1);
+}
+
+struct spawn_burst {
+    int burst, rounds;
+    double ns_per_task;
+};
+
+static void *spawn_burst_main(void *arg)
+{
+    struct spawn_burst *s = arg;
+    pz_task_t **t = malloc((size_t)s->burst * sizeof *t);
+    bench_check(t != NULL, "out of memory");
+    int64_t start = pz_now();
+    for (int r = 0; r < s->rounds; r++) {
+        for (int i = 0; i < s->burst; i++)
+            t[i] = pz_spawn(yield_plus_one, (void *)(uintptr_t)i);
+        for (int i = 0; i < s->burst; i++) {
+            void *res;
+            bench_check(pz_join(t[i], &res) == 0, "join");
+            bench_check((uintptr_t)res == (uintptr_t)i + 1, "spawn_burst result");
+        }
+    }
+    s->ns_per_task = (double)(pz_now() - start) / ((double)s->burst * (double)s->rounds);
+    free(t);
+    return NULL;
+}
+
+static void run_spawn_burst(const bench_args *a)
+{
+    struct spawn_burst s = {(int)arg_get(a, "burst", 1000), (int)arg_get(a, "rounds", 100), 0};
+    int workers = (int)arg_get(a, "workers", 2);
+    bench_check(s.burst > 0 && s.rounds > 0, "burst and rounds above 0");
+    run_with_workers(workers, spawn_burst_main, &s);
+    char param[64];
+    snprintf(param, sizeof param, "burst=%d rounds=%d workers=%d", s.burst, s.rounds, workers);
+    emit("spawn_burst", param, "ns_per_task", s.ns_per_task);
+}
+
 /* ---- yield ---- */
 
 struct yield_cfg {
@@ -188,6 +236,7 @@ static void run_idle_rss(const bench_args *a)
 
 const workload runtime_workloads[] = {
     {"spawn_join", "n workers", run_spawn_join},
+    {"spawn_burst", "burst rounds workers", run_spawn_burst},
     {"yield", "tasks workers iters", run_yield},
     {"sleep", "n us", run_sleep},
     {"idle_rss", "n workers stack_kib", run_idle_rss},

@@ -505,16 +505,18 @@ def plot(data, plots_dir, mach):
         by_workload[workload][metric].append(param)
     for workload, metrics in sorted(by_workload.items()):
         # One panel per metric, each with its own unit and direction; parameters on the x
-        # axis, one bar per system in its fixed colour.  cpu_per_wall only describes how
-        # a peer ran (Boost.Fiber's spinning), so it stays in the table.
-        names = [m for m in sorted(metrics) if m != "cpu_per_wall"]
+        # axis, one bar per system in its fixed colour, one legend for the figure.
+        # cpu_per_wall only describes how a peer ran (Boost.Fiber's spinning), so it stays
+        # in the table.  Metrics in natural order: p50, p99, p999.
+        names = sorted((m for m in metrics if m != "cpu_per_wall"), key=natural_key)
         if not names:
             continue
         ncols = min(3, len(names))
         nrows = (len(names) + ncols - 1) // ncols
-        fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), squeeze=False)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(max(5.5, 4.6 * ncols), 3.4 * nrows + 0.5), squeeze=False)
         for ax in axes.flat[len(names):]:
             ax.set_visible(False)
+        shown_systems = []
         for ax, metric in zip(axes.flat, names):
             # Boost.Fiber's spinning variant (suspend=0) stays in the table: a bar group
             # of its own for one system would only thin out the plot.
@@ -534,18 +536,27 @@ def plot(data, plots_dir, mach):
                 values += [y for y in ys if y == y and y > 0]
                 xs = [j - 0.4 + width * (i + 0.5) for j in range(len(params))]
                 ax.bar(xs, ys, width, label=s, color=COLOURS.get(s))
+                if s not in shown_systems:
+                    shown_systems.append(s)
             ax.set_xticks(range(len(params)))
-            ax.set_xticklabels(shown, fontsize=7, rotation=30 if len(params) > 3 else 0, ha="right" if len(params) > 3 else "center")
+            if len(params) == 1:
+                # One parameter set: the title names it, the axis has nothing to tell.
+                ax.set_xticklabels([""])
+            else:
+                tilt = len(params) > 3
+                ax.set_xticklabels(shown, fontsize=7, rotation=30 if tilt else 0, ha="right" if tilt else "center")
             if values and max(values) / min(values) > 50:
                 ax.set_yscale("log")
             way = "higher is better" if metric in HIGHER_IS_BETTER else "lower is better"
             ax.set_ylabel(UNITS.get(metric, metric), fontsize=8)
             ax.set_title(f"{metric} ({way})" + (f"\n{common}" if common else ""), fontsize=8)
             ax.tick_params(axis="y", labelsize=7)
-            ax.legend(fontsize=6)
-        fig.suptitle(f"{workload}: medians; {mach}", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(os.path.join(plots_dir, f"{workload}.png"), dpi=80)
+        handles = [plt.Rectangle((0, 0), 1, 1, color=COLOURS.get(s)) for s in shown_systems]
+        fig.legend(handles, shown_systems, loc="upper right", fontsize=7,
+                   ncol=len(shown_systems) if ncols > 1 else min(3, len(shown_systems)))
+        fig.suptitle(f"{workload}: medians\n{mach}", fontsize=8, x=0.02, ha="left")
+        fig.tight_layout(rect=(0, 0, 1, 0.92 if nrows == 1 else 0.95))
+        fig.savefig(os.path.join(plots_dir, f"{workload}.png"), dpi=90)
         plt.close(fig)
     # The data-critical grid as lines: ns per section against the number of tasks.
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
@@ -567,7 +578,7 @@ def plot(data, plots_dir, mach):
     axes[1].legend(fontsize=6)
     fig.suptitle(mach, fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(plots_dir, "data_critical_grid.png"), dpi=80)
+    fig.savefig(os.path.join(plots_dir, "data_critical_grid.png"), dpi=90)
     plt.close(fig)
     return plots_dir
 
@@ -692,8 +703,9 @@ def run_weather(build_dir, quick):
         return []
     lines = p.stdout.splitlines()
     out = ["\n## The weather service (bench/weather.sh)\n",
-           "plaza-weather beside the same service in Rust (tokio, hyper, parking_lot, rusqlite) and Go "
-           "(net/http, go-sqlite3), SQLite, 2 workers each, under `plaza-weather load` (open loop)"
+           "plaza-weather beside the same service in Rust (tokio, hyper, parking_lot, rusqlite or "
+           "tokio-postgres) and Go (net/http, go-sqlite3 or lib/pq), on SQLite and on PostgreSQL, 2 workers "
+           "each, under `plaza-weather load` (open loop)"
            + (" (quick: two rates of 2 s, no search)" if quick else "") + ".\n"]
     for l in lines:
         if l.startswith("# "):
@@ -704,6 +716,53 @@ def run_weather(build_dir, quick):
             out.append(l)
     # One blank line between blocks.
     return [l for i, l in enumerate(out) if l.strip() or i == 0 or out[i - 1].strip()]
+
+
+def run_echo(plaza, runs, quick):
+    """bench/echo.sh (echo over loopback at 1, 64 and 1000 connections: plaza's
+    server in the client's process and in its own, tokio's and Go's); its table."""
+    script = os.path.join(HERE, "echo.sh")
+    peers = [os.path.join(HERE, "peers", "bin", "peer-" + n) for n in ("tokio", "go")]
+    missing = [p for p in [plaza] + peers if not os.access(p, os.X_OK)]
+    if missing:
+        sys.stderr.write(f"bench: {', '.join(missing)} missing; bench/echo.sh skipped\n")
+        return []
+    env = dict(os.environ, PLAZA_BENCH=plaza, RUNS=str(runs), RUNS_1000=str(min(runs, 3)))
+    if quick:
+        env.update(SECONDS_PER_RUN="1", CONNS_LIST="1 64")
+    sys.stderr.write(f"bench: bench/echo.sh ({runs} run(s){', quick' if quick else ''}) ...\n")
+    t0 = time.time()
+    try:
+        p = subprocess.run([script], stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT, timeout=1800)
+    except subprocess.TimeoutExpired:
+        sys.stderr.write("bench: bench/echo.sh did not finish in 30 minutes; skipped\n")
+        return []
+    sys.stderr.write(f"bench: bench/echo.sh took {time.time() - t0:.0f} s\n")
+    table = [l for l in p.stdout.splitlines() if l.startswith("|")]
+    if p.returncode != 0 or not table:
+        sys.stderr.write(f"bench: bench/echo.sh failed ({p.returncode})\n")
+        return []
+    return ["", "## Echo over loopback (bench/echo.sh)", "",
+            "64-byte round trips, 2 workers per side; `plaza` serves in the client's own process, "
+            "`plaza_ext`, tokio and Go in a process of their own (the like-for-like rows). "
+            f"Medians (min-max) of {runs} run(s)" + (" (quick: 1 s runs, no 1000-connection row)" if quick else "")
+            + ".", ""] + table
+
+
+def read_csv(path):
+    """A results CSV's machine (its first line) and its rows."""
+    with open(path) as f:
+        mach = f.readline().lstrip("# ").strip()
+        rows = [line.strip().split(",") for line in f if line[0].isdigit()]
+    return mach, rows
+
+
+def plots_from_csv(path):
+    """Redraws the plots of a results CSV beside it, leaving RESULTS.md as it is."""
+    mach, rows = read_csv(path)
+    rows = [r for r in rows if not r[2].startswith("pg_")]
+    plot(aggregate(rows), os.path.splitext(path)[0], mach)
+    sys.stderr.write(f"bench: redrew the plots of {path}\n")
 
 
 def report_from_csv(path):
@@ -732,9 +791,13 @@ def main():
     ap.add_argument("--plaza", default=os.path.join(ROOT, "build", "bench", "bench-plaza"))
     ap.add_argument("--from-csv", metavar="CSV",
                     help="run nothing: rewrite RESULTS.md and the plots from a results CSV")
+    ap.add_argument("--plots-from-csv", metavar="CSV",
+                    help="run nothing: redraw only the plots of a results CSV (RESULTS.md stays)")
     a = ap.parse_args()
     if a.from_csv:
         return report_from_csv(a.from_csv)
+    if a.plots_from_csv:
+        return plots_from_csv(a.plots_from_csv)
     runs = 1 if a.quick else max(1, a.runs)
     peers_bin = os.path.join(HERE, "peers", "bin")
     binaries = [("plaza", a.plaza)]
@@ -761,7 +824,7 @@ def main():
     rows += run_overload(binaries, runs, 1 if a.quick else 2)
     build_dir = os.path.dirname(os.path.dirname(os.path.abspath(a.plaza)))
     pg_rows, pg_head = run_pg(build_dir, runs, 1 if a.quick else 2)
-    extra = pg_section(pg_rows, pg_head, runs) + run_weather(build_dir, a.quick)
+    extra = pg_section(pg_rows, pg_head, runs) + run_weather(build_dir, a.quick) + run_echo(a.plaza, runs, a.quick)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     csv_path = os.path.join(HERE, "results", f"{stamp}-{host}.csv")
     with open(csv_path, "w") as f:

@@ -12,8 +12,13 @@
 # built).
 #
 # Each server runs in its own process on 2 workers (tokio worker threads, GOMAXPROCS,
-# plaza workers) with a fresh database in a temporary directory; all are started first and
-# measured in turn, rate by rate, so a noisy moment of the machine hits every system. Then:
+# plaza workers) with a fresh database; all are started first and measured in turn, rate by
+# rate, so a noisy moment of the machine hits every system. This is done for each back end
+# of BACKENDS: `sqlite` (a file in a temporary directory) and `postgresql` (a throw-away
+# PostgreSQL 15 cluster started here by scripts/pg-test-server.sh, as the tests start it:
+# as root through the postgres user, on a private Unix socket and port, fsync and
+# synchronous_commit off; one new database per service, named to it by a postgresql:// URL
+# over the socket; skipped with a message when postgresql-15 is not installed). Then:
 #   1. fixed rates: for each total rate of RATES, POST_SHARE of it POSTs of BATCH readings
 #      and the rest GETs of random cities, over CONNECTIONS connections for DURATION
 #      seconds: requests/s, p50/p99/p99.9/max per endpoint, errors;
@@ -22,22 +27,27 @@
 #      offered rate served) in one of SEARCH_TRIES runs (a burst of other work on a shared
 #      machine should not end the search); it prints the last rate each system passed.
 # The load generator runs on the same 2 cores (LOAD_WORKERS threads): it takes part of them.
-# Every row also says how busy the machine was with other processes during the run (the
-# CPU time of everything but the measured server and the generator, in % of one core).
+# Every row also says how much CPU the server took (in % of one core, and in µs per request
+# served), how much the database server's processes took (PostgreSQL: the cluster's
+# postmaster and backends; 0 for SQLite, which runs inside the service), and how busy the
+# machine was with other processes (everything but the server, the database server and the
+# generator).
 #
-# Environment (defaults): SYSTEMS="plaza rust go", PLAZA=build/apps/weather/plaza-weather,
+# Environment (defaults): SYSTEMS="plaza rust go", BACKENDS="sqlite postgresql", PLAZA=build/apps/weather/plaza-weather,
 # RUST=bench/peers/bin/weather-rust, GO=bench/peers/bin/weather-go, RATES="1000 4000 8000",
 # POST_SHARE=0.2, BATCH=10, CONNECTIONS=32, DURATION=5, P99_MS=10, SEARCH_FROM=2000,
 # SEARCH_STEP=1.5, SEARCH_MAX=64000, SEARCH_DURATION=4, SEARCH_TRIES=2, LOAD_WORKERS=1,
 # OUT=bench/results/weather-<time>.csv (one line per endpoint per run). SEARCH_MAX below
 # SEARCH_FROM skips the search.
-# With the defaults a run takes about 3-4 minutes.
+# With the defaults a run takes about 3-4 minutes per back end.
 cd "$(dirname "$0")/.." || exit 2
 exec python3 - "$@" << 'EOF'
 import json, os, platform, re, resource, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
 
 env = os.environ.get
 SYSTEMS = env("SYSTEMS", "plaza rust go").split()
+BACKENDS = env("BACKENDS", "sqlite postgresql").split()
+BACKEND_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
 BINARIES = {"plaza": [env("PLAZA", "build/apps/weather/plaza-weather"), "serve"],
             "rust": [env("RUST", "bench/peers/bin/weather-rust")],
             "go": [env("GO", "bench/peers/bin/weather-go")]}
@@ -76,6 +86,46 @@ def process_cpu_s(pid):
     return (int(f[11]) + int(f[12])) / HZ
 
 
+def postgres_cpu_s(postmaster):
+    """CPU seconds of the cluster's postmaster and of its live children (the backends)."""
+    total = 0.0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            f = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(d) == postmaster or int(f[1]) == postmaster:
+            total += (int(f[11]) + int(f[12])) / HZ
+    return total
+
+
+class PgCluster:
+    """A throw-away PostgreSQL cluster (scripts/pg-test-server.sh) and a database per service."""
+
+    def __init__(self, tmp):
+        self.state = os.path.join(tmp, "pg.env")
+        r = subprocess.run(["scripts/pg-test-server.sh", "start", self.state], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}")
+        st = dict(re.findall(r"^(\w+)='([^']*)'$", open(self.state).read(), re.M))
+        self.dir, self.port, self.admin = st["PLAZA_PG_DIR"], st["PLAZA_PG_PORT"], st["PLAZA_PG_URL"]
+        self.postmaster = int(open(os.path.join(self.dir, "data", "postmaster.pid")).readline())
+
+    def new_database(self, name):
+        subprocess.run(["psql", "-XqAt", "-d", self.admin, "-c", "SET client_min_messages = warning",
+                        "-c", f"DROP DATABASE IF EXISTS {name}", "-c", f"CREATE DATABASE {name}"],
+                       check=True, capture_output=True)
+        return f"postgresql:///{name}?host={self.dir}&port={self.port}&user=postgres"
+
+    def cpu_s(self):
+        return postgres_cpu_s(self.postmaster)
+
+    def stop(self):
+        subprocess.run(["scripts/pg-test-server.sh", "stop", self.state], capture_output=True)
+
+
 def children_cpu_s():
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
@@ -92,12 +142,11 @@ def free_port():
 class Server:
     """One service in its own process on a free port, 2 workers, a fresh database."""
 
-    def __init__(self, name, tmp):
+    def __init__(self, name, tmp, db):
         self.name = name
         self.port = free_port()
-        self.log = open(os.path.join(tmp, name + ".log"), "w")
-        cmd = BINARIES[name] + ["--listen", f"127.0.0.1:{self.port}", "--db", os.path.join(tmp, name + ".db"),
-                                "--workers", "2"]
+        self.log = open(os.path.join(tmp, name + ".log"), "a")
+        cmd = BINARIES[name] + ["--listen", f"127.0.0.1:{self.port}", "--db", db, "--workers", "2"]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 15
         while True:
@@ -185,86 +234,114 @@ print(f"# load: {gen}; {CONNECTIONS} connections, {POST_SHARE:.0%} POSTs of {BAT
       f"the rest GET /weather/<random city>; servers on 2 workers each; the generator shares the cores")
 os.makedirs(os.path.dirname(OUT) or ".", exist_ok=True)
 csv = open(OUT, "w")
-csv.write("phase,system,offered_rps,endpoint,rps,p50_us,p99_us,p999_us,max_us,errors,late_sends,"
-          "server_cpu_pct,others_cpu_pct\n")
+csv.write("phase,backend,system,offered_rps,endpoint,rps,p50_us,p99_us,p999_us,max_us,errors,late_sends,"
+          "server_cpu_pct,others_cpu_pct,server_cpu_us_per_req,db_cpu_pct\n")
 
-tmp = tempfile.mkdtemp(prefix="weather-bench.")
-servers = {}
-try:
-    for s in SYSTEMS:
-        servers[s] = Server(s, tmp)
-    say(f"weather: servers up: " + ", ".join(f"{s} on {servers[s].port}" for s in SYSTEMS))
 
-    def run(phase, s, rate, seconds):
-        pid = servers[s].proc.pid
-        b0, p0, c0, t0 = machine_busy_s(), process_cpu_s(pid), children_cpu_s(), time.time()
-        res, late = measure(servers[s].port, rate, seconds)
-        b1, p1, c1, t1 = machine_busy_s(), process_cpu_s(pid), children_cpu_s(), time.time()
-        server_pct = (p1 - p0) / (t1 - t0) * 100
-        others_pct = max(0.0, ((b1 - b0) - (p1 - p0) - (c1 - c0)) / (t1 - t0) * 100)
-        for r in res.values():
-            r["server_cpu"], r["others_cpu"] = server_pct, others_pct
-        for e in ENDPOINTS:
-            r = res.get(e)
-            if r:
-                csv.write(f"{phase},{s},{rate:.0f},{e},{r['rps']:.1f},{r['p50_us']:.1f},{r['p99_us']:.1f},"
-                          f"{r['p999_us']:.1f},{r['max_us']:.1f},{r['errors']},{'' if late is None else late},"
-                          f"{server_pct:.0f},{others_pct:.0f}\n")
-        csv.flush()
-        return res, late
-
-    print("\n## Fixed rates (total offered requests/s; latencies in ms)\n")
-    print("| offered | system | endpoint | req/s | p50 | p99 | p99.9 | max | errors | late sends | server CPU % | others' CPU % |")
-    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for rate in RATES:
+def bench_backend(backend, tmp):
+    """Starts the services on a fresh database each, measures them, stops them."""
+    name = BACKEND_NAMES.get(backend, backend)
+    cluster = None
+    if backend == "postgresql":
+        try:
+            cluster = PgCluster(tmp)
+        except (RuntimeError, OSError, KeyError, ValueError) as e:
+            say(f"weather: no PostgreSQL cluster ({e}): the PostgreSQL run is skipped")
+            print(f"\n## {name}: skipped (no PostgreSQL cluster could be started: {e})")
+            return
+    servers = {}
+    try:
         for s in SYSTEMS:
-            say(f"weather: {s} at {rate:.0f}/s for {DURATION:g} s")
-            res, late = run("fixed", s, rate, DURATION)
+            db = cluster.new_database(f"weather_{s}") if cluster else os.path.join(tmp, s + ".db")
+            servers[s] = Server(s, tmp, db)
+        say(f"weather: {name}: servers up: " + ", ".join(f"{s} on {servers[s].port}" for s in SYSTEMS))
+        db_cpu = cluster.cpu_s if cluster else (lambda: 0.0)
+
+        def run(phase, s, rate, seconds):
+            pid = servers[s].proc.pid
+            b0, p0, c0, d0, t0 = machine_busy_s(), process_cpu_s(pid), children_cpu_s(), db_cpu(), time.time()
+            res, late = measure(servers[s].port, rate, seconds)
+            b1, p1, c1, d1, t1 = machine_busy_s(), process_cpu_s(pid), children_cpu_s(), db_cpu(), time.time()
+            server_pct = (p1 - p0) / (t1 - t0) * 100
+            db_pct = (d1 - d0) / (t1 - t0) * 100
+            others_pct = max(0.0, ((b1 - b0) - (p1 - p0) - (c1 - c0) - (d1 - d0)) / (t1 - t0) * 100)
+            served = sum(r["rps"] for r in res.values()) * seconds
+            us_per_req = (p1 - p0) * 1e6 / served if served else 0.0
+            for r in res.values():
+                r["server_cpu"], r["others_cpu"], r["us_per_req"], r["db_cpu"] = server_pct, others_pct, us_per_req, db_pct
             for e in ENDPOINTS:
                 r = res.get(e)
                 if r:
-                    print(f"| {rate:.0f} | {s} | {e} | {r['rps']:.0f} | {r['p50_us'] / 1e3:.2f} | {r['p99_us'] / 1e3:.2f} "
-                          f"| {r['p999_us'] / 1e3:.2f} | {r['max_us'] / 1e3:.2f} | {r['errors']} | {'' if late is None else late} "
-                          f"| {r['server_cpu']:.0f} | {r['others_cpu']:.0f} |")
+                    csv.write(f"{phase},{backend},{s},{rate:.0f},{e},{r['rps']:.1f},{r['p50_us']:.1f},{r['p99_us']:.1f},"
+                              f"{r['p999_us']:.1f},{r['max_us']:.1f},{r['errors']},{'' if late is None else late},"
+                              f"{server_pct:.0f},{others_pct:.0f},{us_per_req:.1f},{db_pct:.0f}\n")
+            csv.flush()
+            return res, late
 
-    if SEARCH_MAX < SEARCH_FROM:
-        say(f"weather: every run's figures: {OUT}")
-        raise SystemExit(0)  # the search is skipped (the finally clause stops the servers)
-    print(f"\n## Requests/s at p99 <= {P99_MS:g} ms (both endpoints, no errors, >= 95% of the offered rate "
-          f"served, best of {SEARCH_TRIES} tries)\n")
-    best = {s: None for s in SYSTEMS}
-    active = list(SYSTEMS)
-    rate = SEARCH_FROM
-    while active and rate <= SEARCH_MAX:
-        for s in list(active):
-            for attempt in range(1, SEARCH_TRIES + 1):
-                say(f"weather: search: {s} at {rate:.0f}/s for {SEARCH_DURATION:g} s (try {attempt})")
-                res, late = run("search", s, rate, SEARCH_DURATION)
-                p99 = max(res[e]["p99_us"] for e in res) / 1e3
-                served = sum(res[e]["rps"] for e in res)
-                errors = sum(res[e]["errors"] for e in res)
-                ok = p99 <= P99_MS and errors == 0 and served >= 0.95 * rate
-                others = next(iter(res.values()))["others_cpu"]
-                say(f"weather:   {served:.0f} req/s served, p99 {p99:.2f} ms, {errors} errors, "
-                    f"others used {others:.0f}% of a core: {'pass' if ok else 'fail'}")
-                if ok:
-                    best[s] = (rate, served, p99, others)
-                    break
+        print(f"\n## Fixed rates, {name} (total offered requests/s; latencies in ms)\n")
+        print("| offered | system | endpoint | req/s | p50 | p99 | p99.9 | max | errors | late sends | server CPU % "
+              "| server CPU µs/req | database CPU % | others' CPU % |")
+        print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for rate in RATES:
+            for s in SYSTEMS:
+                say(f"weather: {name}: {s} at {rate:.0f}/s for {DURATION:g} s")
+                res, late = run("fixed", s, rate, DURATION)
+                for e in ENDPOINTS:
+                    r = res.get(e)
+                    if r:
+                        print(f"| {rate:.0f} | {s} | {e} | {r['rps']:.0f} | {r['p50_us'] / 1e3:.2f} | {r['p99_us'] / 1e3:.2f} "
+                              f"| {r['p999_us'] / 1e3:.2f} | {r['max_us'] / 1e3:.2f} | {r['errors']} | {'' if late is None else late} "
+                              f"| {r['server_cpu']:.0f} | {r['us_per_req']:.0f} | {r['db_cpu']:.0f} | {r['others_cpu']:.0f} |")
+
+        if SEARCH_MAX < SEARCH_FROM:
+            return  # the search is skipped
+        print(f"\n## Requests/s at p99 <= {P99_MS:g} ms, {name} (both endpoints, no errors, >= 95% of the offered "
+              f"rate served, best of {SEARCH_TRIES} tries)\n")
+        best = {s: None for s in SYSTEMS}
+        active = list(SYSTEMS)
+        rate = SEARCH_FROM
+        while active and rate <= SEARCH_MAX:
+            for s in list(active):
+                for attempt in range(1, SEARCH_TRIES + 1):
+                    say(f"weather: {name}: search: {s} at {rate:.0f}/s for {SEARCH_DURATION:g} s (try {attempt})")
+                    res, late = run("search", s, rate, SEARCH_DURATION)
+                    p99 = max(res[e]["p99_us"] for e in res) / 1e3
+                    served = sum(res[e]["rps"] for e in res)
+                    errors = sum(res[e]["errors"] for e in res)
+                    ok = p99 <= P99_MS and errors == 0 and served >= 0.95 * rate
+                    r0 = next(iter(res.values()))
+                    say(f"weather:   {served:.0f} req/s served, p99 {p99:.2f} ms, {errors} errors, "
+                        f"others used {r0['others_cpu']:.0f}% of a core: {'pass' if ok else 'fail'}")
+                    if ok:
+                        best[s] = (rate, served, p99, r0["others_cpu"], r0["us_per_req"], r0["db_cpu"])
+                        break
+                else:
+                    active.remove(s)
+            rate *= SEARCH_STEP
+        print("| system | highest passing offered rate | req/s served there | p99 there (ms) "
+              "| server CPU µs/req there | database CPU % then | others' CPU % then |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for s in SYSTEMS:
+            b = best[s]
+            if b is None:
+                print(f"| {s} | below {SEARCH_FROM:.0f} | | | | | |")
             else:
-                active.remove(s)
-        rate *= SEARCH_STEP
-    print("| system | highest passing offered rate | req/s served there | p99 there (ms) | others' CPU % then |")
-    print("|---|---:|---:|---:|---:|")
-    for s in SYSTEMS:
-        b = best[s]
-        if b is None:
-            print(f"| {s} | below {SEARCH_FROM:.0f} | | | |")
-        else:
-            more = " (search ceiling)" if s in active else ""
-            print(f"| {s} | {b[0]:.0f}{more} | {b[1]:.0f} | {b[2]:.2f} | {b[3]:.0f} |")
+                more = " (search ceiling)" if s in active else ""
+                print(f"| {s} | {b[0]:.0f}{more} | {b[1]:.0f} | {b[2]:.2f} | {b[4]:.0f} | {b[5]:.0f} | {b[3]:.0f} |")
+    finally:
+        for s in servers.values():
+            s.stop()
+        if cluster:
+            cluster.stop()
+
+
+tmp = tempfile.mkdtemp(prefix="weather-bench.")
+try:
+    for backend in BACKENDS:
+        if backend not in BACKEND_NAMES:
+            raise SystemExit(f"weather: unknown back end {backend} (sqlite, postgresql)")
+        bench_backend(backend, tmp)
 finally:
-    for s in servers.values():
-        s.stop()
     shutil.rmtree(tmp, ignore_errors=True)
 say(f"weather: every run's figures: {OUT}")
 EOF

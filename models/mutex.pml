@@ -30,19 +30,27 @@
  *   SPINS        spin rounds before parking (default 1).
  *   STALE        the slow path's relaxed load may read a free lock word as
  *                held.
- *   PROPOSAL     a proposed progress fix (mutex.md, "Progress"): a
- *                starving waiter's validate sets PARKED | STARVING again and
- *                takes a free lock word itself instead of being refused; a
- *                waiter that is not starving parks for at most STARVE_NS;
- *                a waiter served quickly no longer clears STARVING.
+ *   PROGRESS_FIX 1 (default, mutex.c as it is): per-waiter progress
+ *                (mutex.md, "Progress"): a waiter that is not starving
+ *                parks for STARVE_NS at most; a starving waiter is counted
+ *                in STARVERS until it has the lock, and STARVING is set
+ *                while the count is not 0; its validate sets PARKED again
+ *                and takes a free lock word itself instead of being
+ *                refused; an unlock that finds STARVING after releasing
+ *                takes the word back and hands it over; a wake after a
+ *                late release hands over with STARVING, or leaves the
+ *                queue alone when the word is held.  0: the code before.
  *   PROGRESS     tasks 1 and 2 lock and unlock forever (no deadline), task
  *                3 locks once without deadline; checked with -a -f against
- *                the never claim of ltl p3_gets_lock (it fails, also with
- *                PROPOSAL: mutex.md).
+ *                the never claim of ltl p3_gets_lock (passes; fails with
+ *                PROGRESS_FIX=0: mutex.md).
  */
 
 #ifndef GIVEUP_FIX
 #define GIVEUP_FIX 1
+#endif
+#ifndef PROGRESS_FIX
+#define PROGRESS_FIX 1
 #endif
 #ifndef FENCES
 #define FENCES 1
@@ -77,6 +85,10 @@
 #define WOKEN 4
 #define STARVING 8
 #define CONTENDED 16
+/* PROGRESS_FIX: the count of starving waiters (STARVERS in mutex.c, bits
+ * 8..31 there), here bits 5..6; STARVING is set exactly while it is not 0 */
+#define STARVER 32
+#define STARVERS 96
 
 #define TOKEN_NORMAL 0
 #define TOKEN_HANDOFF 1
@@ -157,10 +169,33 @@ inline lock_bucket() {
 }
 
 /* waiters_after(f, r, handoff), mutex.c */
+#if PROGRESS_FIX
+/* STARVING and the count stay: the starving waiters leave the count
+ * themselves */
+inline after(f, unparked, have_more, handoff) {
+    waiters = (f & (WOKEN | CONTENDED | FENCED | STARVING | STARVERS)) |
+              (have_more -> (f & PARKED) : 0) |
+              ((unparked && !handoff) -> WOKEN : 0)
+}
+#else
 inline after(f, unparked, have_more, handoff) {
     waiters = (f & (WOKEN | CONTENDED | FENCED)) |
               (have_more -> (f & (PARKED | STARVING)) : 0) |
               ((unparked && !handoff) -> WOKEN : 0)
+}
+#endif
+
+/* leave_starvers: a counted waiter that has the lock or gives up */
+inline leave_starvers() {
+    atomic {
+        flush_mine();
+        waiters = waiters - STARVER;
+        if
+        :: (waiters & STARVERS) == 0 -> waiters = waiters & ~STARVING
+        :: else -> skip
+        fi;
+        counted = 0
+    }
 }
 
 /* pz_unpark_one(m, decide, m): decide is unlock_decide (released == 0)
@@ -175,11 +210,39 @@ inline unpark_one(released) {
         flush_mine();
         BUCKET_ACQ;
         chosen = 0; i = 0;
+#if PROGRESS_FIX
+        if
+        :: released == 1 ->
+            /* pz_unpark_filter with released_filter: before each waiter's
+             * claim, keep the hand-off word (kept) once taken; without
+             * STARVING wake it normally; with STARVING take the word for
+             * a hand-off if it is free (CAS from 0), else leave the
+             * queue as it is (PZ_FILTER_STOP): the holder's unlock will
+             * see STARVING and hand over itself.  A claim that loses (the
+             * waiter timed out) goes on to the next one. */
+            do
+            :: i < qn && !kept && (waiters & STARVING) && state != 0 -> break
+            :: i < qn && !(!kept && (waiters & STARVING) && state != 0) ->
+                if
+                :: !kept && (waiters & STARVING) -> state = LOCKED; kept = 1
+                :: else -> skip
+                fi;
+                if
+                :: pw[q[i]] == 1 -> chosen = q[i]; pw[chosen] = 4; break
+                :: else -> i++
+                fi
+            :: i >= qn -> break
+            od
+        :: else ->
+#endif
         do
         :: i < qn && pw[q[i]] == 1 -> chosen = q[i]; pw[chosen] = 4; break
         :: i < qn && pw[q[i]] != 1 -> i++
         :: i >= qn -> break
         od;
+#if PROGRESS_FIX
+        fi;
+#endif
         if
         :: chosen != 0 ->
             do
@@ -212,18 +275,20 @@ inline unpark_one(released) {
         fi
     :: else ->
         /* released_decide */
-#ifdef PROPOSAL
-        /* with STARVING, hand over if the word is still free: the CAS of
-         * the lock word from 0 to LOCKED, then the waiter word */
+#if PROGRESS_FIX
+        /* released_decide: a hand-off if the filter took the word and a
+         * waiter was claimed; a word taken for nobody (every claim lost)
+         * is released again */
         atomic {
-            flush_mine();
             f = waiters;
-            if
-            :: unparked && (f & STARVING) && state == 0 -> state = LOCKED; handoff = 1
-            :: else -> handoff = 0
-            fi;
+            handoff = unparked && kept;
             after(f, unparked, have_more, handoff)
         }
+        if
+        :: kept && !unparked -> atomic { flush_mine(); state = 0 }
+        :: else -> skip
+        fi;
+        kept = 0;
         t = (handoff -> TOKEN_HANDOFF : TOKEN_NORMAL)
 #else
         atomic { f = waiters; after(f, unparked, have_more, 0) }
@@ -269,7 +334,7 @@ inline take() {
 
 /* pz_park(m, validate, NULL, mutex_timed_out, ...) */
 inline park() {
-#ifdef PROPOSAL
+#if PROGRESS_FIX
     if
     :: pstarv ->
         /* starving_validate: under the bucket lock, set PARKED | STARVING
@@ -281,7 +346,7 @@ inline park() {
         atomic {
             flush_mine();
             BUCKET_ACQ;
-            waiters = waiters | PARKED | STARVING
+            waiters = waiters | PARKED
         }
         atomic {
             if
@@ -314,7 +379,7 @@ inline park() {
         }
     :: else -> skip
     fi;
-#ifdef PROPOSAL
+#if PROGRESS_FIX
     fi;
 #endif
     if
@@ -328,7 +393,7 @@ inline park() {
             if
             :: pw[me] == 2 -> pw[me] = 0; fire = 0
             :: fire && pw[me] == 1 -> pw[me] = 3; fire = 0     /* deadline or cancel */
-#ifdef PROPOSAL
+#if PROGRESS_FIX
             /* a waiter that is not starving parks until STARVE_NS after
              * its first park at most: once it has waited that long
              * (old[me]) the timer fires */
@@ -357,7 +422,11 @@ inline park() {
             }
             atomic {
                 if
+#if PROGRESS_FIX
+                :: qn == 0 -> waiters = waiters & ~PARKED
+#else
                 :: qn == 0 -> waiters = waiters & ~(PARKED | STARVING)
+#endif
                 :: else -> skip
                 fi;
                 BUCKET_REL
@@ -426,9 +495,16 @@ inline lock_slow() {
                    /* starving once it has tried for STARVE_NS */
                    if
                    :: first -> starving = 1
-                   :: !(first && old[me]) -> starving = 0
+                   :: !(first && old[me]) && !counted -> starving = 0
                    fi;
+#if PROGRESS_FIX
+                   /* counted once, at its first starving announce */
+                   waiters = ((f | PARKED | CONTENDED | (starving -> STARVING : 0)) & ~(woken -> WOKEN : 0)) +
+                             ((starving && !counted) -> STARVER : 0);
+                   counted = starving;
+#else
                    waiters = (f | PARKED | CONTENDED | (starving -> STARVING : 0)) & ~(woken -> WOKEN : 0);
+#endif
                    cas = 1
                fi
            }
@@ -442,7 +518,7 @@ inline lock_slow() {
                :: else -> skip
                fi;
 #endif
-#ifdef PROPOSAL
+#if PROGRESS_FIX
                atomic { woken = 0; first = 1; pstarv = starving; starving = 0; cas = 0 }
 #else
                atomic { woken = 0; first = 1; starving = 0; cas = 0 }
@@ -454,18 +530,29 @@ inline lock_slow() {
                    tok[me] = 0;
                    assert(state == LOCKED);
                    state = LOCKED | (me << 1);
-#ifndef PROPOSAL
+#if PROGRESS_FIX
+                   if
+                   :: counted -> leave_starvers()
+                   :: else -> skip
+                   fi;
+#else
                    if
                    :: !old[me] -> atomic { flush_mine(); waiters = waiters & ~STARVING }  /* served quickly */
                    :: skip
                    fi;
 #endif
                    ok = 1; break
-               :: r == R_TOOK -> ok = 1; break
+               :: r == R_TOOK -> leave_starvers(); ok = 1; break
                :: r == R_POLL -> skip
                :: r == R_OK && tok[me] != TOKEN_HANDOFF -> woken = 1
-               :: r == R_TIMEDOUT -> ok = 0; break
+               :: r == R_TIMEDOUT ->
+                   if
+                   :: counted -> leave_starvers()
+                   :: else -> skip
+                   fi;
+                   ok = 0; break
                :: r == R_AGAIN && dl ->
+                   assert(!counted);   /* a starving validate never refuses */
                    /* the deadline has passed: give up */
 #if GIVEUP_FIX
                    f = waiters;
@@ -475,7 +562,7 @@ inline lock_slow() {
                    fi;
 #endif
                    ok = 0; break
-               :: r == R_AGAIN -> skip
+               :: r == R_AGAIN -> assert(!counted)
                fi;
                atomic { spins = 0; r = 0; f = 0 }
            :: else -> skip
@@ -512,7 +599,7 @@ inline unlock() {
             atomic { flush_mine(); state = 0 }
             f = waiters;
             if
-#ifdef PROPOSAL
+#if PROGRESS_FIX
             :: (f & STARVING) ->
                 /* a waiter turned starving after our first load: take
                  * the word back if it is still free and hand it over */
@@ -540,7 +627,7 @@ inline unlock() {
 proctype task(byte me; byte rounds; bit dl)
 {
     byte s, f, h, spins, i, chosen, t, r, myt;
-    bit tb, pstarv, poll, fire, woken, first, starving, cas, took, ok, unparked, have_more, fair, handoff;
+    bit tb, kept, counted, pstarv, poll, fire, woken, first, starving, cas, took, ok, unparked, have_more, fair, handoff;
     byte n = 0;
     do
     :: rounds == 0 || n < rounds ->

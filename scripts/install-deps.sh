@@ -18,6 +18,8 @@ bench)
     pkgs="$pkgs golang-go librust-tokio-dev librust-parking-lot-dev libboost-fiber-dev g++ cargo python3-matplotlib"
     # the weather services (bench/peers/weather-*), their check and their load
     pkgs="$pkgs librust-hyper-dev librust-rusqlite-dev librust-serde-dev librust-serde-derive-dev librust-serde-json-dev golang-github-mattn-go-sqlite3-dev libsqlite3-dev sqlite3 curl wrk"
+    # the weather peers' PostgreSQL back ends
+    pkgs="$pkgs librust-tokio-postgres-dev golang-github-lib-pq-dev"
     # bench/pg: the PostgreSQL component (libpq-dev) and the server it measures against
     pkgs="$pkgs libpq-dev postgresql-15"
     ;;

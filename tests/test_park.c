@@ -2,7 +2,8 @@
  * (include/plaza/park.h, "Bad input"): NULL addresses and unknown flags
  * are refused before any callback runs; a past deadline, 0 and negative
  * included, validates, queues and times out at once, from a task and
- * from a thread alike. */
+ * from a thread alike.  And PZ_FILTER_UNPARK_STOP: one waiter woken, the
+ * first, with the filter asked about it alone. */
 #include "helpers.h"
 
 #include <errno.h>
@@ -116,11 +117,78 @@ static void test_park_past_deadlines(void **state)
     past_deadlines_main((void *)(uintptr_t)0);
 }
 
+/* ---- PZ_FILTER_UNPARK_STOP ---- */
+
+static int stop_word;
+static _Atomic uintptr_t stop_got[4];
+
+static void *stop_parker(void *arg)
+{
+    uintptr_t i = (uintptr_t)arg, token = 0;
+    pz_park_opts_t o = {.park_token = i};
+    CHECK_EQ(pz_park(&stop_word, PZ_FOREVER, &o, &token), 0);
+    atomic_store(&stop_got[i], token);
+    return NULL;
+}
+
+struct stop_seen {
+    int calls;
+    uintptr_t first;
+};
+
+static pz_filter_op_t filter_unpark_stop(uintptr_t park_token, void *ctx)
+{
+    struct stop_seen *s = ctx;
+    if (!s->calls++)
+        s->first = park_token;
+    return PZ_FILTER_UNPARK_STOP;
+}
+
+static uintptr_t token_of_first(pz_unpark_result_t r, void *ctx)
+{
+    CHECK_EQ(r.unparked, 1);
+    return 100 + ((struct stop_seen *)ctx)->first;
+}
+
+static void *unpark_stop_main(void *arg)
+{
+    (void)arg;
+    pz_task_t *t[3];
+    for (uintptr_t i = 1; i <= 3; i++) {
+        t[i - 1] = pz_spawn(stop_parker, (void *)i);
+        wait_lot_waiters(&stop_word, (int)i); /* queued in this order */
+    }
+    for (uintptr_t i = 1; i <= 3; i++) {
+        struct stop_seen s = {0};
+        pz_unpark_result_t r = pz_unpark_filter(&stop_word, filter_unpark_stop, token_of_first, &s);
+        CHECK_EQ(r.unparked, 1);
+        CHECK_EQ(s.calls, 1);
+        CHECK_EQ(s.first, i);
+        CHECK_EQ(r.have_more, i < 3);
+        CHECK_EQ(pz_join(t[i - 1], NULL), 0);
+        CHECK_EQ(atomic_load(&stop_got[i]), 100 + i);
+        CHECK_EQ(lot_waiters(&stop_word), (int)(3 - i));
+    }
+    /* Nobody left: the filter is not asked, nobody is woken. */
+    struct stop_seen s = {0};
+    pz_unpark_result_t r = pz_unpark_filter(&stop_word, filter_unpark_stop, NULL, &s);
+    CHECK_EQ(r.unparked, 0);
+    CHECK_EQ(s.calls, 0);
+    return NULL;
+}
+
+static void test_park_unpark_stop(void **state)
+{
+    (void)state;
+    run_in_runtime(2, unpark_stop_main, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_park_bad_input),
         cmocka_unit_test(test_park_past_deadlines),
+        cmocka_unit_test(test_park_unpark_stop),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define MS 1000000LL
@@ -344,6 +345,120 @@ static void test_select_stress_rendezvous(void **state)
     run_stress(0);
 }
 
+/* ---- a descriptor's readiness word ----
+ * A read that returns fewer bytes than asked from a byte stream marks it
+ * empty, and a select then waits for the next edge without asking the
+ * kernel; these check every case where "fewer bytes" does not mean
+ * "empty" and every way new readiness must still be seen. */
+
+static int drip_fd;
+static void *drip(void *arg)
+{
+    (void)arg;
+    pz_yield();
+    CHECK_EQ(write(drip_fd, "z", 1), 1);
+    return NULL;
+}
+
+/* fds[0] is read by the task, fds[1] written. */
+static void check_stream(int fds[2])
+{
+    char buf[64];
+    CHECK_EQ(write(fds[1], "abc", 3), 3);
+    CHECK_EQ(pz_read(fds[0], buf, sizeof buf, PZ_FOREVER), 3); /* short: the stream is empty */
+    pz_sel_t c1[] = {PZ_SEL_FD(fds[0], PZ_READABLE)};
+    CHECK_EQ(pz_select(c1, 1, pz_now() + 20 * MS), -ETIMEDOUT);
+    /* Data written while (or before) the select waits wakes it. */
+    drip_fd = fds[1];
+    pz_task_t *t = pz_spawn(drip, NULL);
+    pz_sel_t c2[] = {PZ_SEL_FD(fds[0], PZ_READABLE)};
+    CHECK_EQ(pz_select(c2, 1, pz_now() + 5 * SEC), 0);
+    CHECK_EQ(c2[0].result, PZ_READABLE);
+    CHECK_EQ(pz_join(t, NULL), 0);
+    /* Data written before the select, with no read in between. */
+    CHECK_EQ(pz_read(fds[0], buf, sizeof buf, PZ_FOREVER), 1);
+    CHECK_EQ(write(fds[1], "de", 2), 2);
+    pz_sel_t c3[] = {PZ_SEL_FD(fds[0], PZ_READABLE)};
+    CHECK_EQ(pz_select(c3, 1, pz_now() + 5 * SEC), 0);
+    /* A read that fills the buffer says nothing: the rest is seen. */
+    CHECK_EQ(pz_read(fds[0], buf, 1, PZ_FOREVER), 1);
+    pz_sel_t c4[] = {PZ_SEL_FD(fds[0], PZ_READABLE)};
+    CHECK_EQ(pz_select(c4, 1, pz_now() + 5 * SEC), 0);
+    CHECK_EQ(pz_read(fds[0], buf, sizeof buf, PZ_FOREVER), 1);
+    /* End of stream after a short read: readable, and stays so after the
+     * read that returns 0 (no edge follows an end). */
+    CHECK_EQ(write(fds[1], "f", 1), 1);
+    CHECK_EQ(close(fds[1]), 0);
+    pz_sel_t c5[] = {PZ_SEL_FD(fds[0], PZ_READABLE)};
+    CHECK_EQ(pz_select(c5, 1, pz_now() + 5 * SEC), 0);
+    CHECK_EQ(pz_read(fds[0], buf, sizeof buf, PZ_FOREVER), 1);
+    CHECK_EQ(pz_read(fds[0], buf, sizeof buf, PZ_FOREVER), 0);
+    pz_sel_t c6[] = {PZ_SEL_FD(fds[0], PZ_READABLE)};
+    CHECK_EQ(pz_select(c6, 1, pz_now() + 5 * SEC), 0);
+    CHECK_EQ(pz_read(fds[0], buf, sizeof buf, PZ_FOREVER), 0);
+    CHECK_EQ(pz_close(fds[0]), 0);
+}
+
+static void *readiness_main(void *arg)
+{
+    (void)arg;
+    char buf[64];
+    int sp[2];
+    CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sp), 0);
+    check_stream(sp);
+    int pp[2];
+    CHECK_EQ(pipe(pp), 0);
+    check_stream(pp);
+
+    /* A peek leaves the bytes where they are: still readable. */
+    CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sp), 0);
+    CHECK_EQ(write(sp[1], "abc", 3), 3);
+    CHECK_EQ(pz_recv(sp[0], buf, sizeof buf, MSG_PEEK, PZ_FOREVER), 3);
+    pz_sel_t c1[] = {PZ_SEL_FD(sp[0], PZ_READABLE)};
+    CHECK_EQ(pz_select(c1, 1, pz_now() + 5 * SEC), 0);
+    CHECK_EQ(pz_recv(sp[0], buf, sizeof buf, 0, PZ_FOREVER), 3);
+    pz_sel_t c2[] = {PZ_SEL_FD(sp[0], PZ_READABLE)};
+    CHECK_EQ(pz_select(c2, 1, pz_now() + 20 * MS), -ETIMEDOUT);
+    CHECK_EQ(pz_close(sp[0]), 0);
+    CHECK_EQ(close(sp[1]), 0);
+
+    /* Datagrams: one per read, however many are queued. */
+    CHECK_EQ(socketpair(AF_UNIX, SOCK_DGRAM, 0, sp), 0);
+    CHECK_EQ(send(sp[1], "one", 3, 0), 3);
+    CHECK_EQ(send(sp[1], "two", 3, 0), 3);
+    CHECK_EQ(pz_read(sp[0], buf, sizeof buf, PZ_FOREVER), 3);
+    pz_sel_t c3[] = {PZ_SEL_FD(sp[0], PZ_READABLE)};
+    CHECK_EQ(pz_select(c3, 1, pz_now() + 5 * SEC), 0);
+    CHECK_EQ(pz_recv(sp[0], buf, sizeof buf, 0, PZ_FOREVER), 3);
+    CHECK_EQ(memcmp(buf, "two", 3), 0);
+    CHECK_EQ(pz_close(sp[0]), 0);
+    CHECK_EQ(close(sp[1]), 0);
+
+    /* readv asks for the total of its buffers. */
+    CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sp), 0);
+    CHECK_EQ(write(sp[1], "abcdef", 6), 6);
+    char x[4], y[4];
+    struct iovec iov[2] = {{x, sizeof x}, {y, sizeof y}};
+    CHECK_EQ(pz_readv(sp[0], iov, 2, PZ_FOREVER), 6);
+    pz_sel_t c4[] = {PZ_SEL_FD(sp[0], PZ_READABLE)};
+    CHECK_EQ(pz_select(c4, 1, pz_now() + 20 * MS), -ETIMEDOUT);
+    CHECK_EQ(write(sp[1], "abcdefgh", 8), 8);
+    CHECK_EQ(pz_readv(sp[0], iov, 2, PZ_FOREVER), 8); /* full: proves nothing */
+    CHECK_EQ(write(sp[1], "g", 1), 1);
+    pz_sel_t c5[] = {PZ_SEL_FD(sp[0], PZ_READABLE)};
+    CHECK_EQ(pz_select(c5, 1, pz_now() + 5 * SEC), 0);
+    CHECK_EQ(pz_close(sp[0]), 0);
+    CHECK_EQ(close(sp[1]), 0);
+    return NULL;
+}
+
+static void test_select_fd_readiness(void **state)
+{
+    (void)state;
+    run_in_runtime(1, readiness_main, NULL);
+    run_in_runtime(2, readiness_main, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -351,6 +466,7 @@ int main(void)
         cmocka_unit_test(test_select_semaphore),
         cmocka_unit_test(test_select_stress_buffered),
         cmocka_unit_test(test_select_stress_rendezvous),
+        cmocka_unit_test(test_select_fd_readiness),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -158,6 +158,10 @@ typedef struct city_state {
     wx_lock forecast_lock;
     bool fc_have;
     double fc_temperature;
+    /* fc_temperature as the answers spell it, made once per refresh rather
+     * than once per GET (a computed value takes three printf and strtod
+     * rounds to spell shortest). */
+    char fc_text[32];
     int64_t fc_computed_at_ms;
     int64_t fc_computed_ns; /* pz_now() of the computation, for staleness */
     int fc_based_on;
@@ -200,6 +204,9 @@ typedef struct service {
     _Atomic uint64_t acked_readings, commits;
 
     _Atomic int nconns;
+    /* Requests received in part or whole and not answered yet (the
+     * /metrics request that reports it included). */
+    _Atomic int in_progress;
     pz_notify_t conns_changed;
     int lfd;
 
@@ -218,6 +225,17 @@ int64_t wx_wall_ms(void)
 
 /* ---- forecast ---- */
 
+/* The shortest decimal that reads back as the same double. */
+static void fmt_double(char *out, size_t len, double v)
+{
+    for (int prec = 15; prec <= 17; prec++) {
+        snprintf(out, len, "%.*g", prec, v);
+        if (strtod(out, NULL) == v)
+            return;
+    }
+}
+
+
 /* Recomputes the city's forecast from its recent readings, for this
  * process alone.  The caller holds the city's forecast lock (that is the
  * point: the lock is held across the database round trip).  0 or a
@@ -230,6 +248,7 @@ static int refresh_local(service *s, int i)
         return n;
     city_state *c = &s->city[i];
     c->fc_temperature = wx_forecast_compute(pts, n, c->fc_have, c->fc_temperature, s->city_table[i].base);
+    fmt_double(c->fc_text, sizeof c->fc_text, c->fc_temperature);
     c->fc_have = true;
     c->fc_based_on = n;
     c->fc_computed_at_ms = wx_wall_ms();
@@ -248,6 +267,7 @@ static int refresh_shared(service *s, int i, int64_t deadline, int64_t fresh_ns)
     if (r < 0)
         return r;
     c->fc_temperature = f.temperature;
+    fmt_double(c->fc_text, sizeof c->fc_text, c->fc_temperature);
     c->fc_have = true;
     c->fc_based_on = f.based_on;
     c->fc_computed_at_ms = f.computed_at_ms;
@@ -395,16 +415,6 @@ static int handle_post(service *s, wx_request *req, wx_buf *out, bool close, wx_
     return wx_respond(out, 200, body, (size_t)len, close, NULL) < 0 ? -ENOMEM : 200;
 }
 
-/* The shortest decimal that reads back as the same double. */
-static void fmt_double(char *out, size_t len, double v)
-{
-    for (int prec = 15; prec <= 17; prec++) {
-        snprintf(out, len, "%.*g", prec, v);
-        if (strtod(out, NULL) == v)
-            return;
-    }
-}
-
 static int handle_get(service *s, const char *name, wx_buf *out, bool close)
 {
     int i = wx_city_find(&s->cities, name, strlen(name));
@@ -431,7 +441,8 @@ static int handle_get(service *s, const char *name, wx_buf *out, bool close)
      * distributed lock gets what is left of the same deadline. */
     if (forecast_stale(s, c))
         r = refresh_forecast(s, i, deadline, s->o.forecast_ttl_ns);
-    double fc = c->fc_temperature;
+    char fc_s[sizeof c->fc_text];
+    memcpy(fc_s, c->fc_text, sizeof fc_s);
     int64_t computed_at = c->fc_computed_at_ms;
     int based_on = c->fc_based_on;
     lock_give(&s->forecast_role, &c->forecast_lock, w);
@@ -440,9 +451,8 @@ static int handle_get(service *s, const char *name, wx_buf *out, bool close)
     if (r < 0)
         return wx_respond_error(out, 503, "database unavailable", close, NULL) < 0 ? -ENOMEM : 503;
 
-    char body[256], cur_s[32], fc_s[32];
+    char body[256], cur_s[32];
     fmt_double(cur_s, sizeof cur_s, cur);
-    fmt_double(fc_s, sizeof fc_s, fc);
     int len = snprintf(body, sizeof body,
                        "{\"city\":\"%s\",\"temperature\":%s,\"updated\":%lld,"
                        "\"forecast\":{\"temperature\":%s,\"computed_at\":%lld,\"based_on\":%d}}",
@@ -513,6 +523,9 @@ static int handle_metrics(service *s, wx_buf *out, bool close)
                                       "adopted", (json_int_t)rs.adopted, "refused_stale", (json_int_t)rs.refused,
                                       "locks_lost", (json_int_t)rs.lost));
     }
+    json_object_set_new(root, "connections",
+                        json_pack("{s:i,s:i}", "open", atomic_load(&s->nconns), "requests_in_progress",
+                                  atomic_load(&s->in_progress)));
     json_object_set_new(root, "writer", json_pack("{s:I,s:I}", "acked_readings",
                                                   (json_int_t)atomic_load(&s->acked_readings), "commits",
                                                   (json_int_t)atomic_load(&s->commits)));
@@ -608,6 +621,7 @@ static void *serve_conn(void *arg)
     size_t in_off = 0, in_len = 0;
     int64_t request_deadline = 0;
     bool sent_continue = false;
+    bool in_progress = false; /* counted in s->in_progress */
     if (!in || !parsed)
         goto done;
     for (;;) {
@@ -617,8 +631,13 @@ static void *serve_conn(void *arg)
             bool was_started = wx_parser_started(&ps);
             size_t used = wx_parser_feed(&ps, in + in_off, in_len - in_off, &state);
             in_off += used;
-            if (!was_started && (wx_parser_started(&ps) || state != WX_PARSE_MORE))
+            if (!was_started && (wx_parser_started(&ps) || state != WX_PARSE_MORE)) {
                 request_deadline = pz_now() + s->o.request_timeout_ns;
+                if (!in_progress) {
+                    in_progress = true;
+                    atomic_fetch_add(&s->in_progress, 1);
+                }
+            }
         }
         if (state == WX_PARSE_ERROR) {
             out.len = 0;
@@ -639,6 +658,8 @@ static void *serve_conn(void *arg)
                 break;
             wx_parser_next(&ps);
             sent_continue = false;
+            in_progress = false;
+            atomic_fetch_sub(&s->in_progress, 1);
             continue;
         }
         /* A client that sent "Expect: 100-continue" waits for this before
@@ -670,6 +691,8 @@ static void *serve_conn(void *arg)
         in_len = (size_t)n;
     }
 done:
+    if (in_progress)
+        atomic_fetch_sub(&s->in_progress, 1);
     pz_close(fd);
     free(in);
     free(parsed);

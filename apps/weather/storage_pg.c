@@ -33,6 +33,7 @@
 #include <plaza/pg.h>
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -130,15 +131,49 @@ failed:
     return r;
 }
 
-/* Runs a reader query on a pooled connection. */
-static int reader_query(pg_store *s, const char *what, const char *sql, int nparams, const char *const *params,
-                        pz_pg_result_t **res)
+/* The statements of the forecast path, prepared on every reader
+ * connection when it is made (the pool's on_connect), so each call is one
+ * round trip without a parse and plan on the server. */
+enum { ST_RECENT, ST_FC_GET, ST_FC_PUT, ST_COUNT };
+static const struct {
+    const char *name, *sql;
+    int nparams;
+} statements[ST_COUNT] = {
+    [ST_RECENT] = {"wx_recent", "SELECT temperature, time FROM readings WHERE city = $1 ORDER BY time DESC LIMIT $2::int",
+                   2},
+    [ST_FC_GET] = {"wx_fc_get", "SELECT temperature, computed_at, based_on, token FROM forecasts WHERE city = $1", 1},
+    /* The fencing check and the write are one statement: no row comes
+     * back (0 affected) when a higher token has written the city. */
+    [ST_FC_PUT] = {"wx_fc_put",
+                   "INSERT INTO forecasts AS f (city, temperature, computed_at, based_on, token)"
+                   " VALUES ($1, $2::float8, $3::bigint, $4::int, $5::bigint) ON CONFLICT (city) DO UPDATE"
+                   " SET temperature = EXCLUDED.temperature, computed_at = EXCLUDED.computed_at,"
+                   " based_on = EXCLUDED.based_on, token = EXCLUDED.token WHERE f.token <= EXCLUDED.token",
+                   5},
+};
+
+static int prepare_reader(pz_pg_conn_t *c, void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < ST_COUNT; i++) {
+        int r = pz_pg_prepare(c, statements[i].name, statements[i].sql, statements[i].nparams, deadline());
+        if (r < 0)
+            return fail(c, "prepare", r);
+    }
+    return 0;
+}
+
+/* Runs a reader query on a pooled connection: sql, or the prepared
+ * statement st (sql NULL). */
+static int reader_run(pg_store *s, const char *what, int st, const char *sql, int nparams, const char *const *params,
+                      pz_pg_result_t **res)
 {
     pz_pg_conn_t *c;
     int r = pz_pg_pool_acquire(s->readers, deadline(), &c);
     if (r < 0)
         return fail(NULL, what, r);
-    r = pz_pg_query(c, sql, nparams, params, deadline(), res);
+    r = sql ? pz_pg_query(c, sql, nparams, params, deadline(), res)
+            : pz_pg_query_prepared(c, statements[st].name, nparams, params, deadline(), res);
     if (r < 0) {
         r = fail(c, what, r);
         if (*res) {
@@ -153,7 +188,7 @@ static int reader_query(pg_store *s, const char *what, const char *sql, int npar
 static int pg_cities(wx_store *base, wx_city *out, int max)
 {
     pz_pg_result_t *res = NULL;
-    int r = reader_query((pg_store *)base, "cities", "SELECT name, base FROM cities ORDER BY name", 0, NULL, &res);
+    int r = reader_run((pg_store *)base, "cities", 0, "SELECT name, base FROM cities ORDER BY name", 0, NULL, &res);
     if (r < 0)
         return r;
     int n = pz_pg_result_rows(res);
@@ -167,50 +202,84 @@ static int pg_cities(wx_store *base, wx_city *out, int max)
     return n;
 }
 
-/* Appends s to an array literal, quoted (city names are plain, but the
- * quoting keeps any name a literal). */
-static int append_quoted(char **buf, size_t *len, size_t *cap, const char *s)
+/* A one-dimensional array in PostgreSQL's binary format (what the server's
+ * array_recv reads): a header (dimensions 1, no nulls, the element type's
+ * OID, the length, lower bound 1), then each element as a 4-byte length
+ * and its bytes, every integer big-endian.  Sent as a binary parameter, it
+ * spares formatting every reading's numbers as text here and parsing them
+ * there. */
+typedef struct bin_array {
+    unsigned char *p;
+    size_t len, cap;
+    uint32_t n;
+} bin_array;
+
+enum { OID_INT8 = 20, OID_TEXT = 25, OID_FLOAT8 = 701, BIN_ARRAY_HEADER = 20 };
+
+static void put_be32(unsigned char *o, uint32_t v)
 {
-    size_t need = *len + 2 * strlen(s) + 4;
-    if (need > *cap) {
-        size_t ncap = *cap ? *cap : 4096;
-        while (ncap < need)
-            ncap *= 2;
-        char *p = realloc(*buf, ncap);
-        if (!p)
-            return -ENOMEM;
-        *buf = p;
-        *cap = ncap;
-    }
-    char *o = *buf + *len;
-    *o++ = '"';
-    for (; *s; s++) {
-        if (*s == '"' || *s == '\\')
-            *o++ = '\\';
-        *o++ = *s;
-    }
-    *o++ = '"';
-    *o = 0;
-    *len = (size_t)(o - *buf);
+    o[0] = (unsigned char)(v >> 24);
+    o[1] = (unsigned char)(v >> 16);
+    o[2] = (unsigned char)(v >> 8);
+    o[3] = (unsigned char)v;
+}
+
+static void put_be64(unsigned char *o, uint64_t v)
+{
+    put_be32(o, (uint32_t)(v >> 32));
+    put_be32(o + 4, (uint32_t)v);
+}
+
+static int ba_reserve(bin_array *a, size_t more)
+{
+    if (a->len + more <= a->cap)
+        return 0;
+    size_t ncap = a->cap ? a->cap : 1024;
+    while (ncap < a->len + more)
+        ncap *= 2;
+    unsigned char *p = realloc(a->p, ncap);
+    if (!p)
+        return -ENOMEM;
+    a->p = p;
+    a->cap = ncap;
     return 0;
 }
 
-static int append_text(char **buf, size_t *len, size_t *cap, const char *s)
+static int ba_begin(bin_array *a, uint32_t elem_oid)
 {
-    size_t n = strlen(s);
-    if (*len + n + 2 > *cap) {
-        size_t ncap = *cap ? *cap : 4096;
-        while (ncap < *len + n + 2)
-            ncap *= 2;
-        char *p = realloc(*buf, ncap);
-        if (!p)
-            return -ENOMEM;
-        *buf = p;
-        *cap = ncap;
-    }
-    memcpy(*buf + *len, s, n + 1);
-    *len += n;
+    if (ba_reserve(a, BIN_ARRAY_HEADER) < 0)
+        return -ENOMEM;
+    put_be32(a->p, 1);        /* dimensions */
+    put_be32(a->p + 4, 0);    /* no nulls */
+    put_be32(a->p + 8, elem_oid);
+    put_be32(a->p + 12, 0);   /* the length, set by ba_end */
+    put_be32(a->p + 16, 1);   /* lower bound */
+    a->len = BIN_ARRAY_HEADER;
+    a->n = 0;
     return 0;
+}
+
+static int ba_add(bin_array *a, const void *bytes, uint32_t n)
+{
+    if (ba_reserve(a, 4 + (size_t)n) < 0)
+        return -ENOMEM;
+    put_be32(a->p + a->len, n);
+    memcpy(a->p + a->len + 4, bytes, n);
+    a->len += 4 + (size_t)n;
+    a->n++;
+    return 0;
+}
+
+static int ba_add_u64(bin_array *a, uint64_t v)
+{
+    unsigned char b[8];
+    put_be64(b, v);
+    return ba_add(a, b, 8);
+}
+
+static void ba_end(bin_array *a)
+{
+    put_be32(a->p + 12, a->n);
 }
 
 static int pg_insert_batch(wx_store *base, const wx_reading *rd, size_t n)
@@ -218,37 +287,38 @@ static int pg_insert_batch(wx_store *base, const wx_reading *rd, size_t n)
     pg_store *s = (pg_store *)base;
     if (n == 0)
         return 0;
-    char *arr[3] = {0};
-    size_t len[3] = {0}, cap[3] = {0};
+    if (n > INT32_MAX / 64)
+        return -EINVAL;
+    bin_array arr[3] = {{0}};
     int r = 0;
+    const uint32_t oids[3] = {OID_TEXT, OID_FLOAT8, OID_INT8};
     for (int k = 0; k < 3 && r == 0; k++)
-        r = append_text(&arr[k], &len[k], &cap[k], "{");
+        r = ba_begin(&arr[k], oids[k]);
     for (size_t i = 0; i < n && r == 0; i++) {
-        char num[40];
-        if (i) {
-            for (int k = 0; k < 3 && r == 0; k++)
-                r = append_text(&arr[k], &len[k], &cap[k], ",");
-        }
+        uint64_t bits;
+        memcpy(&bits, &rd[i].temperature, sizeof bits); /* float8: the IEEE 754 bits */
+        r = ba_add(&arr[0], rd[i].city, (uint32_t)strlen(rd[i].city));
         if (r == 0)
-            r = append_quoted(&arr[0], &len[0], &cap[0], rd[i].city);
-        snprintf(num, sizeof num, "%.17g", rd[i].temperature);
+            r = ba_add_u64(&arr[1], bits);
         if (r == 0)
-            r = append_text(&arr[1], &len[1], &cap[1], num);
-        snprintf(num, sizeof num, "%lld", (long long)rd[i].time_ms);
-        if (r == 0)
-            r = append_text(&arr[2], &len[2], &cap[2], num);
+            r = ba_add_u64(&arr[2], (uint64_t)rd[i].time_ms);
     }
-    for (int k = 0; k < 3 && r == 0; k++)
-        r = append_text(&arr[k], &len[k], &cap[k], "}");
     if (r == 0) {
         pz_pg_conn_t *c;
         r = writer_conn(s, &c);
         if (r == 0) {
-            const char *params[] = {arr[0], arr[1], arr[2]};
-            int64_t m = pz_pg_exec(c,
-                                   "INSERT INTO readings(city, temperature, time)"
-                                   " SELECT * FROM unnest($1::text[], $2::float8[], $3::bigint[])",
-                                   3, params, deadline());
+            pz_pg_param_t params[3];
+            for (int k = 0; k < 3; k++) {
+                ba_end(&arr[k]);
+                params[k] = (pz_pg_param_t){(const char *)arr[k].p, (int)arr[k].len, 1};
+            }
+            pz_pg_result_t *res = NULL;
+            int q = pz_pg_query_params(c,
+                                       "INSERT INTO readings(city, temperature, time)"
+                                       " SELECT * FROM unnest($1::text[], $2::float8[], $3::bigint[])",
+                                       3, params, deadline(), &res);
+            int64_t m = q == 0 ? pz_pg_result_affected(res) : q;
+            pz_pg_result_free(res);
             if (m < 0)
                 r = fail(c, "insert batch", (int)m);
             else if ((size_t)m != n)
@@ -256,7 +326,7 @@ static int pg_insert_batch(wx_store *base, const wx_reading *rd, size_t n)
         }
     }
     for (int k = 0; k < 3; k++)
-        free(arr[k]);
+        free(arr[k].p);
     return r;
 }
 
@@ -271,9 +341,7 @@ static int pg_recent(wx_store *base, const char *city, wx_point *out, int max)
     snprintf(lim, sizeof lim, "%d", max);
     const char *params[] = {city, lim};
     pz_pg_result_t *res = NULL;
-    int r = reader_query(s, "recent readings",
-                         "SELECT temperature, time FROM readings WHERE city = $1 ORDER BY time DESC LIMIT $2::int", 2,
-                         params, &res);
+    int r = reader_run(s, "recent readings", ST_RECENT, NULL, 2, params, &res);
     if (r < 0)
         return r;
     int n = pz_pg_result_rows(res);
@@ -293,9 +361,7 @@ static int pg_forecast_get(wx_store *base, const char *city, wx_forecast *out)
 {
     const char *params[] = {city};
     pz_pg_result_t *res = NULL;
-    int r = reader_query((pg_store *)base, "forecast",
-                         "SELECT temperature, computed_at, based_on, token FROM forecasts WHERE city = $1", 1, params,
-                         &res);
+    int r = reader_run((pg_store *)base, "forecast", ST_FC_GET, NULL, 1, params, &res);
     if (r < 0)
         return r;
     r = 0;
@@ -324,14 +390,7 @@ static int pg_forecast_put(wx_store *base, const char *city, const wx_forecast *
     snprintf(token, sizeof token, "%llu", (unsigned long long)f->token);
     const char *params[] = {city, temp, at, based, token};
     pz_pg_result_t *res = NULL;
-    /* The fencing check and the write are one statement: no row comes
-     * back (0 affected) when a higher token has written the city. */
-    int r = reader_query((pg_store *)base, "forecast write",
-                         "INSERT INTO forecasts AS f (city, temperature, computed_at, based_on, token)"
-                         " VALUES ($1, $2::float8, $3::bigint, $4::int, $5::bigint) ON CONFLICT (city) DO UPDATE"
-                         " SET temperature = EXCLUDED.temperature, computed_at = EXCLUDED.computed_at,"
-                         " based_on = EXCLUDED.based_on, token = EXCLUDED.token WHERE f.token <= EXCLUDED.token",
-                         5, params, &res);
+    int r = reader_run((pg_store *)base, "forecast write", ST_FC_PUT, NULL, 5, params, &res);
     if (r < 0)
         return r;
     int64_t n = pz_pg_result_affected(res);
@@ -342,7 +401,7 @@ static int pg_forecast_put(wx_store *base, const char *city, const wx_forecast *
 static int pg_scalar(pg_store *s, const char *what, const char *sql, int64_t *v)
 {
     pz_pg_result_t *res = NULL;
-    int r = reader_query(s, what, sql, 0, NULL, &res);
+    int r = reader_run(s, what, 0, sql, 0, NULL, &res);
     if (r < 0)
         return r;
     r = pz_pg_result_int64(res, 0, 0, v);
@@ -416,7 +475,7 @@ int wx_pg_open(const char *conninfo, const wx_store_opts *opts, wx_store **out, 
             return -EIO;
         }
     }
-    pz_pg_pool_opts_t po = {.conninfo = conninfo, .size = WX_STORE_READERS};
+    pz_pg_pool_opts_t po = {.conninfo = conninfo, .size = WX_STORE_READERS, .on_connect = prepare_reader};
     r = pz_pg_pool_create(&po, &s->readers);
     if (r < 0) {
         s->readers = NULL;

@@ -79,9 +79,10 @@ extern "C" {
  *                   clears it when it takes the lock or parks.
  *   bit 3 STARVING  starvation mode: a waiter has been trying for 1 ms; no
  *                   spinning, every unlock hands the lock to the first
- *                   waiter (so the lock word is never 0 for bargers).  Ends
- *                   when a waiter is served within 1 ms of first parking or
- *                   the queue empties.
+ *                   waiter (so the lock word is never 0 for bargers).  Set
+ *                   exactly while bits 8..31 (STARVERS, in
+ *                   src/async/mutex.c), the number of starving waiters
+ *                   that do not have the lock yet, are not 0.
  *   bit 4 CONTENDED somebody has found the mutex held (set at the lock's
  *                   slow path, or with the first PARKED).  Set with the
  *                   first bit ever set and never cleared, so the word is 0
@@ -119,21 +120,20 @@ extern "C" {
  * path.
  *
  * Fairness: running tasks barge (and spin briefly while the holder runs on
- * another worker) ahead of parked waiters.  Fairness is likely, not
- * guaranteed.  What holds: no waiter stays parked on a free mutex, and
- * while STARVING is set every unlock that sees it hands the lock to the
- * first waiter in the queue, so a queued waiter gets it after at most as
- * many hand-offs as there are waiters ahead of it, if starvation mode lasts
- * that long (it ends when a waiter is served within 1 ms of first parking,
- * or the queue empties).  What does not: a bound on one waiter's wait while others keep
- * taking the lock.  A waiter enters the queue only if, under the bucket
- * lock, the mutex is still held and PARKED still set; a hand-off that
- * empties the queue clears PARKED and STARVING, and an unlock that finds
- * the queue empty frees the word for bargers, so a waiter can in principle
- * be refused and retry for as long as others keep locking
- * (models/mutex.md, "Progress", shows both cycles).  In practice the lot's
- * be_fair, STARVING and the cooperative budget make long waits rare;
- * docs/async.md gives the measured longest waits.
+ * another worker) ahead of parked waiters, which is what makes the lock
+ * fast, and every waiter still gets it: a waiter that has been trying for
+ * about 1 ms (STARVE_NS) turns on starvation mode, and from then on the
+ * lock is handed over in queue order, so it gets the lock after at most as
+ * many hand-offs as there are waiters queued ahead of it, whatever the
+ * other tasks and threads do.  A waiter that is not starving yet parks
+ * for 1 ms at most before it looks again, and once starving its park is
+ * never refused (it takes a free word or queues).  Starvation mode lasts
+ * until every starving waiter has the lock.  models/mutex.pml's progress
+ * check is of a waiter without deadline while two others lock and unlock
+ * for ever (models/mutex.md), and tests/test_lock_progress_stress.c
+ * forces it: behind bargers that hammer trylock, a starving waiter is the
+ * next holder.  Before it starves a waiter can lose to bargers; the lot's
+ * be_fair hands over early now and then.
  * ------------------------------------------------------------------------ */
 typedef struct pz_async_mutex {
     _Atomic uint64_t state;
@@ -319,7 +319,12 @@ static inline uint64_t pz_async_mutex_holder(pz_async_mutex_t *m)
  *
  * Running tasks enter ahead of parked waiters while the queue is young
  * (see src/async/rwlock.c for the protocol and why no waiter is left
- * behind); after 1 ms of waiting the queue order rules.
+ * behind).  A waiter that has been trying for 1 ms and finds the lock held
+ * when it parks again switches the lock to queue order (STARVING) until
+ * the queue empties or a waiter is served within 1 ms of its first park.
+ * That makes long waits rare, not impossible: no bound holds for one
+ * waiter's wait while others keep taking the lock (src/async/rwlock.c,
+ * "Progress", gives the two ways a waiter can keep losing).
  *
  * writer: a hint, not part of the lock: the pz_task_id of the writer while
  * one holds the lock (UINT64_MAX for a plain thread, 0 when not yet

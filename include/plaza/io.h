@@ -15,12 +15,33 @@
  * -ECANCELED when the task is cancelled, -EBADF if the descriptor is closed
  * with pz_close while a task waits on it, or the system call's own error.
  *
- * Arguments: a negative descriptor gives -EBADF; a NULL buffer or iovec
- * array, a negative iovcnt, an unknown flag are passed to the system call
- * and come back as its error (-EFAULT, -EINVAL); pz_wait_fd returns
- * -EINVAL for events with no known bit or an unknown one.  A deadline in
- * the past (any value below pz_now(), negative ones too) means "do not
- * wait": the call tries once and returns -ETIMEDOUT if it would block.
+ * Arguments, checked in this order (tests/test_bad_args.c checks each):
+ *   - a size over SSIZE_MAX (a negative ssize_t passed as size_t) gives
+ *     -EINVAL at once (pz_read, pz_write, pz_write_all, pz_recv, pz_send);
+ *     a negative iovcnt or one over IOV_MAX gives -EINVAL (pz_readv,
+ *     pz_writev); pz_wait_fd gives -EINVAL for events with no known bit
+ *     or an unknown one;
+ *   - a negative descriptor, or one that is not open (closed, or closed
+ *     by pz_close), gives -EBADF;
+ *   - a NULL buffer, iovec array or address with a size above 0 is passed
+ *     to the system call and comes back as its error when the call
+ *     reaches the kernel (-EFAULT; a read that would block first times
+ *     out or waits as usual); a zero size with any buffer is a call of
+ *     size 0 (pz_write_all of 0 bytes returns 0);
+ *   - flags go to the system call unchanged: recv(2) refuses some unknown
+ *     bits with -EINVAL, send(2) ignores bits it does not know;
+ *   - pz_accept may be given NULL addr and addrlen (the peer is not
+ *     stored); pz_tcp_listen_addr stores the address only when both addr
+ *     and addrlen are given (a *addrlen too small truncates it, and
+ *     *addrlen says how long it was);
+ *   - pz_tcp_listen, pz_tcp_listen_addr, pz_tcp_dial: a NULL or malformed
+ *     hostport gives -EINVAL (reported);
+ *   - pz_sock_port of a socket that is not TCP or UDP over IP gives
+ *     -EAFNOSUPPORT.
+ * A deadline in the past (any value below pz_now(), negative ones too)
+ * means "do not wait": the call tries once and returns -ETIMEDOUT if it
+ * would block.  The calls work outside a task too (they block the
+ * thread).
  *
  * Close descriptors that plaza has seen with pz_close: it forgets the
  * registration first, so a new descriptor that gets the same number starts

@@ -113,7 +113,14 @@ pz_unpark_result_t pz_requeue(const void *from, const void *to, pz_requeue_op_t 
 typedef enum pz_filter_op {
     PZ_FILTER_UNPARK, /* wake this waiter and go on */
     PZ_FILTER_SKIP,   /* leave it parked and go on */
-    PZ_FILTER_STOP    /* leave it and every later one */
+    PZ_FILTER_STOP,   /* leave it and every later one */
+    /* Wake this waiter and stop there; if it has just timed out or been
+     * cancelled (it is leaving the queue on its own), go on to the next as
+     * if it were not there.  Wakes exactly one waiter when any can be
+     * woken, deciding before the waiter is taken out of the queue (a mutex
+     * uses it to leave the first waiter queued when it cannot hand it the
+     * lock). */
+    PZ_FILTER_UNPARK_STOP
 } pz_filter_op_t;
 
 /*

@@ -92,6 +92,24 @@ struct pg_conn *pz_pg_raw(pz_pg_conn_t *c);
 int pz_pg_query(pz_pg_conn_t *c, const char *sql, int nparams, const char *const *params, int64_t deadline,
                 pz_pg_result_t **res);
 
+/* A parameter with its format: format 0 is text (value a NUL-terminated
+ * string, length ignored), format 1 binary (length bytes in the type's
+ * binary wire format: a float8 is its IEEE 754 bits as 8 big-endian bytes,
+ * an int8 8 big-endian bytes, an array the server's array format).
+ * value NULL is SQL NULL.  Binary saves the formatting and parsing of
+ * numbers as text on both sides. */
+typedef struct pz_pg_param {
+    const char *value;
+    int length;
+    int format;
+} pz_pg_param_t;
+
+/* pz_pg_query with parameters that may be binary; the result is text as
+ * for pz_pg_query.  -EINVAL for a format other than 0 or 1, a negative
+ * binary length, nparams < 1 or NULL params. */
+int pz_pg_query_params(pz_pg_conn_t *c, const char *sql, int nparams, const pz_pg_param_t *params, int64_t deadline,
+                       pz_pg_result_t **res);
+
 /* pz_pg_query that discards the result; returns the number of rows the
  * statement affected or returned (>= 0), or an error. */
 int64_t pz_pg_exec(pz_pg_conn_t *c, const char *sql, int nparams, const char *const *params, int64_t deadline);
@@ -168,6 +186,12 @@ typedef struct pz_pg_pool_opts {
     int64_t idle_check_ns;     /* health check (SELECT 1) on acquire after this idle time; default 1 s */
     int64_t backoff_min_ns;    /* first reconnect delay after a failure; default 10 ms */
     int64_t backoff_max_ns;    /* reconnect delays double up to this; default 2 s */
+    /* Called with every new connection before it is first lent (prepare
+     * statements, set session parameters), on the acquiring task: 0 keeps
+     * it; a negative error closes it and counts as a failed connect (the
+     * acquire goes on as after one).  NULL: none. */
+    int (*on_connect)(pz_pg_conn_t *c, void *arg);
+    void *on_connect_arg;
 } pz_pg_pool_opts_t;
 
 typedef struct pz_pg_pool_stats {

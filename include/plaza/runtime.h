@@ -6,13 +6,33 @@
  * nanoseconds; PZ_FOREVER waits without end; a deadline that has passed
  * (negative ones included) means "do not wait".
  *
- * Bad arguments: pz_run with a NULL main or a negative field in its
- * configuration returns -EINVAL; pz_spawn with a NULL fn, or a stack size
- * over 1 GiB, returns NULL (reported); pz_join(NULL) returns -EINVAL;
- * pz_detach(NULL) and pz_cancel(NULL) do nothing; pz_blocking(NULL, ...)
- * returns -EINVAL; pz_sleep of a negative time returns at once.  A task
- * handle used after pz_join returned 0 for it, or after pz_detach, is
- * freed memory: undefined, as for a freed pointer.
+ * Bad arguments, call by call (tests/test_bad_args.c checks each):
+ *   pz_run: a NULL main, or a field of *cfg out of range (workers or
+ *     blocking_threads_max negative, workers or spare_workers over 4096,
+ *     spare_workers, monitor or stall_ms below -1, dump_signal not 0 or
+ *     a signal number, a stack size over 1 GiB), returns -EINVAL
+ *     (reported) before anything starts; cfg NULL is the defaults, result
+ *     NULL is allowed; called while a runtime runs (from a task too):
+ *     -EBUSY.
+ *   pz_spawn, pz_spawn_with: a NULL fn, a stack size over 1 GiB, or no
+ *     runtime running return NULL (reported); opts NULL and a NULL name
+ *     are the defaults.
+ *   pz_join: NULL gives -EINVAL (reported); pz_detach(NULL): -EINVAL;
+ *     pz_cancel(NULL) does nothing; pz_task_id(NULL) is 0 and
+ *     pz_task_name(NULL) is "".
+ *   pz_sleep, pz_sleep_until: a negative time, or a deadline already
+ *     passed (INT64_MIN included), returns 0 at once.
+ *   pz_blocking: a NULL fn gives -EINVAL (reported); result may be NULL.
+ *   pz_yield, pz_cancelled, pz_self, pz_worker_index outside a task:
+ *     nothing, false, NULL, -1.
+ *   pz_strerror: any int, "not an error code" for one it does not know.
+ *   pz_dump(NULL) writes to the report sink; pz_set_report(NULL, ...)
+ *     restores stderr.
+ * There are no flags here.  A task handle already given up (joined, or
+ * detached and ended) is caught by its generation: pz_join and pz_detach
+ * report it and return -EINVAL, pz_cancel ignores it (pz_join says more).
+ * A pointer that was never a task handle (uninitialised memory) cannot be
+ * told from one and is undefined, as for any pointer.
  */
 #ifndef PLAZA_RUNTIME_H
 #define PLAZA_RUNTIME_H

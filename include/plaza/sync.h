@@ -37,8 +37,18 @@ extern "C" {
  *
  * Fairness: unlocking lets a running thread barge in ahead of the woken
  * waiter (throughput), except that the lot asks for a direct hand-off (the
- * lock passes to the waiter still locked) when that waiter has waited about
- * 1 ms, or at random intervals of up to 1 ms.  So nobody starves.
+ * lock passes to the waiter still locked) when that waiter has been parked
+ * about 1 ms in its current park, or when a random interval of up to 1 ms
+ * has run out since the bucket's last such hand-off.  That makes a long
+ * wait improbable, not impossible: nothing bounds one waiter's wait while
+ * other threads keep locking.  models/sync_mutex.pml's progress check (one
+ * waiter against two threads that lock and unlock for ever, every schedule
+ * weakly fair) finds the cycle: each time the waiter reaches the head of
+ * the queue, an unlock wakes it without the lock (the hand-off is not
+ * due), a running thread takes the lock first, and the waiter parks again
+ * at the tail, which restarts its 1 ms; whenever the random hand-off comes
+ * due, the unlock that takes it picks the other thread, queued ahead of
+ * the waiter.  pz_mutex_unlock_fair always hands over.
  */
 typedef struct pz_mutex {
     _Atomic uint8_t state;

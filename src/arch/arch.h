@@ -95,6 +95,12 @@ int pz__stack_guard(void *addr, size_t len, int kind);
 void pz__stack_discard(void *addr, size_t len);
 void pz__stack_unmap(void *base, size_t size);
 
+/* Faults in, for writing, the whole pages inside [addr, addr + len) in one
+ * system call (madvise(MADV_POPULATE_WRITE), Linux 5.14), so that memory
+ * about to be used in full is not taken one page fault at a time; where
+ * the kernel lacks it, nothing happens and the pages come when touched. */
+void pz__memory_prefault(void *addr, size_t len);
+
 /* Makes the kernel's timer slack of the calling thread as small as it goes,
  * so a sleep of 100 us is not rounded up by the default 50 us slack. */
 void pz__thread_precise_timers(void);
@@ -107,7 +113,7 @@ void pz__thread_stack_bounds(void **lo, size_t *size);
 
 /* The I/O poller (epoll on Linux), edge-triggered.  Events are reported as
  * PZ__EV_* bits with the pointer given at registration. */
-enum { PZ__EV_READ = 1, PZ__EV_WRITE = 2, PZ__EV_HUP = 4, PZ__EV_ERR = 8 };
+enum { PZ__EV_READ = 1, PZ__EV_WRITE = 2, PZ__EV_HUP = 4, PZ__EV_ERR = 8, PZ__EV_RDHUP = 16 };
 typedef struct pz__event {
     void *data;
     unsigned events;
@@ -126,6 +132,10 @@ int pz__waker_create(void);
 void pz__waker_signal(int fd);
 void pz__waker_drain(int fd);
 int pz__set_nonblocking(int fd);
+/* Whether fd is a byte stream whose read returns everything it has up to
+ * the size asked: a stream socket or a pipe/FIFO (not a datagram socket,
+ * not a terminal, not a file). */
+bool pz__fd_is_stream(int fd);
 
 /* pthread_create, returning 0 or -errno (a fault site). */
 int pz__thread_create(pthread_t *th, const pthread_attr_t *attr, void *(*fn)(void *), void *arg);

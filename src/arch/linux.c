@@ -177,6 +177,19 @@ void pz__stack_unmap(void *base, size_t size)
     munmap(base, size);
 }
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+void pz__memory_prefault(void *addr, size_t len)
+{
+    uintptr_t page = (uintptr_t)pz__page_size();
+    uintptr_t lo = ((uintptr_t)addr + page - 1) & ~(page - 1);
+    uintptr_t hi = ((uintptr_t)addr + len) & ~(page - 1);
+    if (hi > lo)
+        madvise((void *)lo, hi - lo, MADV_POPULATE_WRITE); /* best effort: EINVAL before 5.14 */
+}
+
 void pz__thread_precise_timers(void)
 {
     prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
@@ -252,6 +265,8 @@ void pz__thread_sleep_until(int64_t deadline)
 #include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 
 int pz__poller_create(void)
 {
@@ -313,6 +328,8 @@ int pz__poller_wait(int poller, pz__event *events, int max, int64_t deadline)
         unsigned e = 0, k = evs[i].events;
         if (k & (EPOLLIN | EPOLLRDHUP | EPOLLPRI))
             e |= PZ__EV_READ;
+        if (k & EPOLLRDHUP)
+            e |= PZ__EV_RDHUP;
         if (k & EPOLLOUT)
             e |= PZ__EV_WRITE;
         if (k & EPOLLHUP)
@@ -333,11 +350,19 @@ int pz__waker_create(void)
     return fd < 0 ? -errno : fd;
 }
 
+/* The waker is registered edge-triggered (pz__poller_add), and every write
+ * to an eventfd is a new edge, whatever its counter holds: so the poller
+ * never needs to read it, which saves a system call per wake-up.  The
+ * counter only grows; a write fails with EAGAIN once it would pass
+ * 2^64 - 2, and then a read resets it and the write is made again. */
 void pz__waker_signal(int fd)
 {
     uint64_t one = 1;
-    ssize_t r = write(fd, &one, sizeof one);
-    (void)r; /* EAGAIN: the counter is already non-zero, a wake is pending */
+    if (write(fd, &one, sizeof one) < 0 && errno == EAGAIN) {
+        pz__waker_drain(fd);
+        ssize_t r = write(fd, &one, sizeof one);
+        (void)r;
+    }
 }
 
 void pz__waker_drain(int fd)
@@ -345,6 +370,16 @@ void pz__waker_drain(int fd)
     uint64_t v;
     ssize_t r = read(fd, &v, sizeof v);
     (void)r;
+}
+
+bool pz__fd_is_stream(int fd)
+{
+    int type = 0;
+    socklen_t len = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0)
+        return type == SOCK_STREAM;
+    struct stat st;
+    return errno == ENOTSOCK && fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode);
 }
 
 int pz__set_nonblocking(int fd)

@@ -79,24 +79,47 @@
  * In both the last unlock saw WOKEN and woke nobody, relying on C, which
  * left with PARKED set; C's exit wake covers it.
  *
- * Progress: what is and is not guaranteed.  Safety holds in every
- * interleaving (models/mutex.pml checks it exhaustively for three tasks):
- * one holder at a time, and never a waiter parked on a free mutex with
- * nobody on the way to take it.  Per-waiter progress is not guaranteed.
- * While STARVING is set, every unlock that finds it set hands over to the
- * head of the queue (bargers see the word held, spinners park), so a
- * queued waiter is served after at most as many hand-offs as there are
- * waiters ahead of it, as long as starvation mode lasts (an unlock that
- * loaded the waiter word just before it was set may still free the word
- * once).  But entering the queue needs validate to
- * find the mutex held and PARKED set under the bucket lock: between a
- * starving waiter's announce and its validate, a hand-off that empties the
- * queue clears PARKED and STARVING, or an unlock that finds the queue
- * empty frees the word and a barger takes it; the waiter is refused and
- * announces again, and nothing bounds how often (the model's progress
- * check finds both cycles).  models/mutex.md ("A proposed fix") gives
- * four changes that close four such cycles (PROPOSAL in mutex.pml, safe in
- * the model), the fifth the search then found, and what they would cost.
+ * Progress.  Safety holds in every interleaving (models/mutex.pml checks
+ * it exhaustively for three tasks): one holder at a time, and never a
+ * waiter parked on a free mutex with nobody on the way to take it.  And
+ * every waiter gets the lock, whatever the others do: a waiter that has
+ * been trying for STARVE_NS (1 ms) turns on starvation mode and is
+ * served after at most as many hand-offs as there are waiters ahead of it
+ * (models/mutex.pml's progress check is of a waiter without deadline
+ * while two others lock and unlock for ever, under weak fairness;
+ * models/mutex.md gives its figures).  Five things make that hold; each
+ * closes a cycle in which the model's search found the waiter losing for
+ * ever:
+ *   1. A starving waiter's validate is never refused (park_validate): it
+ *      sets PARKED | STARVING again under the bucket lock and either takes
+ *      the free word or queues.  (Refused, it could keep losing the window
+ *      between its announce and its validate, in which a hand-off that
+ *      empties the queue clears both bits, or an unlock that finds it
+ *      empty frees the word for a barger.)
+ *   2. A waiter that is not starving parks for STARVE_NS at most, then
+ *      announces again, starving.  (Tasks that spin while each other holds
+ *      the lock own WOKEN in turn, and an unlock that sees WOKEN wakes
+ *      nobody: a waiter parked once would never look again.)
+ *   3. STARVING ends when the last starving waiter has the lock (or gives
+ *      up): the waiter word counts them (STARVERS).  Not when a waiter is
+ *      served quickly (one queued ahead of a starving one would end the
+ *      mode for it), nor when the queue empties (a starving waiter between
+ *      its announce and its validate is not queued yet).
+ *   4. An unlock that released by exchange and then finds STARVING takes
+ *      the word back if it is still free and hands it to the head of the
+ *      queue (pz__async_mutex_unlock_slow): its first load came before the
+ *      waiter's read-modify-write.
+ *   5. A wake after a release that saw PARKED late hands the word over if
+ *      STARVING is set and the word is still free, and otherwise leaves
+ *      the queue alone (released_filter): the holder's unlock will hand
+ *      over.
+ * The cost: a timer per park that is not starving yet (parks are rare
+ * where spinning wins), strict queue order while a starving waiter waits
+ * (ending starvation mode only when the queue emptied kept it on for good
+ * under 64 tasks, and async_contended went from 48 to 305 ns/op; with the
+ * count it is unchanged), and two rare branches in the release path.  The inline lock and unlock are unchanged.
+ * tests/test_lock_progress_stress.c forces a starving waiter behind
+ * hammering bargers and counts the acquisitions it lets by.
  *
  * Cancel-safety: the lot wakes a waiter with a token or lets it time out
  * having left the queue, never both.  A waiter that received TOKEN_HANDOFF
@@ -126,6 +149,10 @@
 #define WOKEN ((uint32_t)PZ__AMUTEX_WOKEN)
 #define STARVING ((uint32_t)PZ__AMUTEX_STARVING)
 #define CONTENDED ((uint32_t)PZ__AMUTEX_CONTENDED)
+/* The waiter word's count of starving waiters (bits 8..31): STARVING is
+ * set exactly while it is not 0. */
+#define STARVER ((uint32_t)1 << 8)
+#define STARVERS (~(uint32_t)0 << 8)
 
 /* A parked waiter that no fence covers wakes this often to look again. */
 #define UNFENCED_POLL_NS 1000000
@@ -170,18 +197,49 @@ void pz__async_mutex_fences_failed(void)
                    "from now on");
 }
 
-static bool still_locked_and_parked(void *ctx)
+/* What a waiter's park passes to the lot's callbacks. */
+struct park_ctx {
+    pz_async_mutex_t *m;
+    uint64_t self;
+    bool starving; /* the waiter has been trying for STARVE_NS */
+    bool took;     /* validate took the free lock word for it */
+};
+
+/* Validate, under the bucket lock.  A waiter that is not starving parks
+ * only if the mutex is still held and PARKED still set.  A starving one
+ * (counted in STARVERS since its announce, so STARVING is set) is never
+ * refused: it sets PARKED again by a seq_cst read-modify-write (a hand-off
+ * that emptied the queue since its announce may have cleared it) and, if
+ * the lock word is free, takes it (the waiter word is not 0, so the holder
+ * word stays 0) and does not park.  Otherwise it queues, and since
+ * STARVING stays set until it leaves the count, every unlock from then on
+ * hands over in queue order: the holder's, whose load of the waiter word
+ * comes after our read-modify-write (it took the word after it, or the
+ * CAS here would have succeeded), or, for an unlock whose load came before
+ * it, its second load after releasing (the take-back in
+ * pz__async_mutex_unlock_slow) or released_filter. */
+static bool park_validate(void *arg)
 {
-    pz_async_mutex_t *m = ctx;
-    return (atomic_load_explicit(&m->state, memory_order_seq_cst) & LOCKED) &&
-           (atomic_load_explicit(&m->waiters, memory_order_relaxed) & PARKED);
+    struct park_ctx *c = arg;
+    pz_async_mutex_t *m = c->m;
+    if (!c->starving)
+        return (atomic_load_explicit(&m->state, memory_order_seq_cst) & LOCKED) &&
+               (atomic_load_explicit(&m->waiters, memory_order_relaxed) & PARKED);
+    atomic_fetch_or_explicit(&m->waiters, PARKED, memory_order_seq_cst);
+    uint64_t s = 0;
+    if (atomic_compare_exchange_strong_explicit(&m->state, &s, c->self | LOCKED, memory_order_seq_cst,
+                                                memory_order_relaxed)) {
+        c->took = true;
+        return false;
+    }
+    return true;
 }
 
-static void mutex_timed_out(void *ctx, bool was_last)
+static void mutex_timed_out(void *arg, bool was_last)
 {
-    pz_async_mutex_t *m = ctx;
+    pz_async_mutex_t *m = ((struct park_ctx *)arg)->m;
     if (was_last)
-        atomic_fetch_and_explicit(&m->waiters, ~(PARKED | STARVING), memory_order_relaxed);
+        atomic_fetch_and_explicit(&m->waiters, ~PARKED, memory_order_relaxed); /* a starving one leaves STARVERS itself */
 }
 
 /* Whether the holder recorded in s may be running now, so that spinning
@@ -206,7 +264,8 @@ enum announce {
     ANNOUNCE_UNFENCED /* PARKED set, but a plain-store unlock may (fences lost) */
 };
 
-/* Sets PARKED and CONTENDED (and STARVING if asked), giving up WOKEN if we
+/* Sets PARKED and CONTENDED (and, if asked, counts the caller in STARVERS
+ * and sets STARVING), giving up WOKEN if we
  * own it, by a seq_cst CAS (always a read-modify-write: it is our half of
  * the Dekker pair with a read-modify-write release).  Then the heavy fence,
  * unless one has run for this mutex already.  If the fence fails, the
@@ -214,7 +273,9 @@ enum announce {
  * covered (see fences_lost). */
 static enum announce announce_parked(pz_async_mutex_t *m, uint32_t *f, bool woken, bool starving)
 {
-    uint32_t want = (*f | PARKED | CONTENDED | (starving ? STARVING : 0)) & ~(woken ? WOKEN : 0);
+    uint32_t want = ((*f | PARKED | CONTENDED) & ~(woken ? WOKEN : 0)) + (starving ? STARVER : 0);
+    if (starving)
+        want |= STARVING;
     if (!atomic_compare_exchange_weak_explicit(&m->waiters, f, want, memory_order_seq_cst, memory_order_relaxed))
         return ANNOUNCE_RETRY;
     if (*f & FENCED)
@@ -243,6 +304,18 @@ static void give_up_refused_park(pz_async_mutex_t *m)
 {
     if (atomic_load_explicit(&m->waiters, memory_order_seq_cst) & PARKED)
         pz__async_mutex_wake_released(m);
+}
+
+/* A starving waiter that has the lock (or gives up) leaves the count of
+ * starving waiters; the last one ends starvation mode. */
+static void leave_starvers(pz_async_mutex_t *m)
+{
+    uint32_t f = atomic_load_explicit(&m->waiters, memory_order_relaxed), n;
+    do {
+        n = f - STARVER;
+        if (!(n & STARVERS))
+            n &= ~STARVING;
+    } while (!atomic_compare_exchange_weak_explicit(&m->waiters, &f, n, memory_order_seq_cst, memory_order_relaxed));
 }
 
 /* For the runtime's reports (dumps, deadlocks): the holder's caller id
@@ -278,7 +351,8 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadli
         atomic_fetch_or_explicit(&m->waiters, CONTENDED, memory_order_relaxed);
     const int spin_rounds = pz__async_spin_rounds();
     int spins = 0;
-    bool woken = false; /* this caller owns WOKEN */
+    bool woken = false;   /* this caller owns WOKEN */
+    bool counted = false; /* this caller is counted in STARVERS */
     int64_t first_park = 0;
     for (;;) {
         /* Barge in while the lock is free.  In starvation mode it passes
@@ -307,40 +381,57 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadli
         /* Park, giving up WOKEN.  A waiter that was woken and lost the
          * lock parks again at the tail of the queue; once it has been
          * trying for STARVE_NS it turns on starvation mode, so that it
-         * cannot lose again: from then on every unlock hands over in queue
-         * order. */
-        bool starving = first_park && pz__clock_now() - first_park >= STARVE_NS;
-        enum announce a = announce_parked(m, &f, woken, starving);
+         * cannot lose again: it is counted in STARVERS, its validate cannot
+         * refuse it (park_validate), and every unlock hands over in queue
+         * order until it has the lock.  A waiter that is not starving yet parks
+         * until then at most, and looks again: a waiter parked once is
+         * woken only by an unlock that finds WOKEN clear, and tasks that
+         * spin while each other holds the lock can keep it set. */
+        bool starving = counted || (first_park && pz__clock_now() - first_park >= STARVE_NS);
+        enum announce a = announce_parked(m, &f, woken, starving && !counted);
         if (a == ANNOUNCE_RETRY)
             continue;
         woken = false;
+        counted = starving;
         if (!first_park)
             first_park = pz__clock_now();
         uintptr_t token = TOKEN_NORMAL;
         int64_t until = deadline;
-        if (a == ANNOUNCE_UNFENCED && (until == PZ_FOREVER || until - pz__clock_now() > UNFENCED_POLL_NS))
+        if (!starving && first_park + STARVE_NS < until)
+            until = first_park + STARVE_NS;
+        if (a == ANNOUNCE_UNFENCED && until - pz__clock_now() > UNFENCED_POLL_NS)
             until = pz__clock_now() + UNFENCED_POLL_NS;
         pz__wait_note(PZ__WAIT_ASYNC_MUTEX, m);
-        const pz_park_opts_t opts = {.validate = still_locked_and_parked, .timed_out = mutex_timed_out,
-                                     .ctx = m};
+        struct park_ctx c = {.m = m, .self = self, .starving = starving};
+        const pz_park_opts_t opts = {.validate = park_validate, .timed_out = mutex_timed_out, .ctx = &c};
         int r = pz_park(m, until, &opts, &token);
         if (r == 0 && token == TOKEN_HANDOFF) {
             /* The unlocker left the lock word LOCKED with no holder id,
              * which nobody else changes; its section happens before our
-             * wake (the lot's bucket lock and the task wake order it).  A
-             * waiter served quickly ends starvation mode. */
+             * wake (the lot's bucket lock and the task wake order it).
+             * STARVING stays until the last starving waiter has the lock,
+             * so a waiter served quickly does not end the mode for a
+             * starving one behind it. */
             atomic_store_explicit(&m->state, self | LOCKED, memory_order_relaxed);
-            if (pz__clock_now() - first_park < STARVE_NS)
-                atomic_fetch_and_explicit(&m->waiters, ~STARVING, memory_order_relaxed);
+            if (counted)
+                leave_starvers(m);
+            return 0;
+        }
+        if (r == -EAGAIN && c.took) {
+            /* A starving validate took the free word. */
+            leave_starvers(m);
             return 0;
         }
         if (r == 0) {
             /* Woken without the lock: the unlocker set WOKEN for us. */
             woken = true;
         } else if (r == -ECANCELED || (r == -ETIMEDOUT && until == deadline)) {
+            if (counted)
+                leave_starvers(m);
             return r;
         } else if (r == -ETIMEDOUT) {
-            /* An unfenced park's poll: look at the lock word again. */
+            /* The STARVE_NS timer, or an unfenced park's poll: look at the
+             * lock word again. */
         } else if (deadline != PZ_FOREVER && pz_now() >= deadline) {
             /* -EAGAIN (the words changed before we slept) and out of
              * time.  We have set PARKED and dropped WOKEN if we owned it,
@@ -358,7 +449,7 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadli
  * queue is empty. */
 static uint32_t waiters_after(uint32_t f, pz_unpark_result_t r, bool handoff)
 {
-    return (f & (WOKEN | CONTENDED | FENCED)) | (r.have_more ? (f & (PARKED | STARVING)) : 0) |
+    return (f & (WOKEN | CONTENDED | FENCED | STARVING | STARVERS)) | (r.have_more ? (f & PARKED) : 0) |
            (r.unparked && !handoff ? WOKEN : 0);
 }
 
@@ -384,20 +475,58 @@ static uintptr_t unlock_decide(pz_unpark_result_t r, void *arg)
     return TOKEN_NORMAL;
 }
 
-/* Under the bucket lock, after a release that saw PARKED late. */
+/* A wake after a release that saw PARKED late (or a give-up). */
+struct released {
+    pz_async_mutex_t *m;
+    bool kept; /* released_filter took the lock word to hand it over */
+};
+
+/* Under the bucket lock, before each waiter is claimed.  Without
+ * STARVING the first waiter is woken without the lock, to compete.  With
+ * STARVING it gets the lock if the word is still free (taken here by CAS,
+ * then handed over); if the word is held again, the first waiter stays
+ * queued: the holder's unlock sees STARVING (set before our load, and
+ * set until the starving waiter has the lock) and hands over itself.
+ * Waking it without the lock instead let the holder take the word again
+ * before it ran, for ever (the fifth cycle models/mutex.pml's progress
+ * check found, when an emptied queue still cleared STARVING).  A
+ * waiter whose claim then loses (it timed out) is passed over, and the
+ * next one decided the same way, keeping a word already taken. */
+static pz_filter_op_t released_filter(uintptr_t park_token, void *arg)
+{
+    (void)park_token;
+    struct released *c = arg;
+    if (c->kept || !(atomic_load_explicit(&c->m->waiters, memory_order_seq_cst) & STARVING))
+        return PZ_FILTER_UNPARK_STOP;
+    uint64_t s = 0;
+    if (atomic_compare_exchange_strong_explicit(&c->m->state, &s, LOCKED, memory_order_seq_cst, memory_order_relaxed)) {
+        c->kept = true;
+        return PZ_FILTER_UNPARK_STOP;
+    }
+    return PZ_FILTER_STOP;
+}
+
+/* Under the bucket lock, after released_filter: the token, and the waiter
+ * word (WOKEN for a waiter woken without the lock; the queue's bits
+ * cleared if it emptied).  A word taken for a waiter that then timed out,
+ * with nobody else to take, is released again. */
 static uintptr_t released_decide(pz_unpark_result_t r, void *arg)
 {
-    pz_async_mutex_t *m = arg;
-    uint32_t f = atomic_load_explicit(&m->waiters, memory_order_relaxed);
-    while (!atomic_compare_exchange_weak_explicit(&m->waiters, &f, waiters_after(f, r, false), memory_order_seq_cst,
-                                                  memory_order_relaxed)) {
+    struct released *c = arg;
+    bool handoff = c->kept && r.unparked;
+    uint32_t f = atomic_load_explicit(&c->m->waiters, memory_order_relaxed);
+    while (!atomic_compare_exchange_weak_explicit(&c->m->waiters, &f, waiters_after(f, r, handoff),
+                                                  memory_order_seq_cst, memory_order_relaxed)) {
     }
-    return TOKEN_NORMAL;
+    if (c->kept && !r.unparked)
+        atomic_exchange_explicit(&c->m->state, 0, memory_order_seq_cst);
+    return handoff ? TOKEN_HANDOFF : TOKEN_NORMAL;
 }
 
 int pz__async_mutex_wake_released(pz_async_mutex_t *m)
 {
-    pz_unpark_one(m, released_decide, m);
+    struct released c = {.m = m};
+    pz_unpark_filter(m, released_filter, released_decide, &c);
     return 0;
 }
 
@@ -439,8 +568,19 @@ int pz__async_mutex_unlock_slow(pz_async_mutex_t *m, uint64_t self)
          * again. */
         atomic_exchange_explicit(&m->state, 0, memory_order_seq_cst);
         f = atomic_load_explicit(&m->waiters, memory_order_seq_cst);
-        if ((f & (PARKED | WOKEN)) == PARKED)
+        if (f & STARVING) {
+            /* A waiter turned starving after our first load: take the
+             * word back if it is still free and hand it to the head of
+             * the queue, rather than wake that waiter to compete with
+             * bargers (which can go on for ever).  If somebody took it
+             * already, that holder's unlock sees STARVING. */
+            uint64_t z = 0;
+            if (atomic_compare_exchange_strong_explicit(&m->state, &z, LOCKED, memory_order_seq_cst,
+                                                        memory_order_relaxed))
+                pz_unpark_one(m, unlock_decide, m);
+        } else if ((f & (PARKED | WOKEN)) == PARKED) {
             pz__async_mutex_wake_released(m);
+        }
     }
     /* Every release of a contended mutex (this path) counts against the
      * cooperative budget.  A task that keeps taking the lock by the fast

@@ -43,6 +43,29 @@
  *     the mark under the same bucket lock and keeps the grant.  STARVING
  *     ends when the queue empties or a waiter is served within 1 ms.
  *
+ * Progress: what holds is that no waiter is left parked with nobody to
+ * wake it (below), and that STARVING, while it lasts, grants in queue
+ * order.  No bound holds for one waiter's wait while others keep taking
+ * the lock, for two reasons the code shows (the async mutex had both, and
+ * models/mutex.pml's progress check found them there; this protocol has
+ * no model of its own):
+ *   - STARVING is turned on only by a waiter that announces again after
+ *     1 ms, and a parked waiter announces again only when a dispatch wakes
+ *     it.  A release that sees WOKEN dispatches nobody, and tasks that
+ *     spin while each other holds the lock own WOKEN in turn, so a waiter
+ *     parked once can stay parked while they alternate.  (The cooperative
+ *     budget breaks this only when they share a worker with other tasks.)
+ *   - STARVING ends when a waiter is served within 1 ms of its first park:
+ *     a waiter queued ahead of a starving one and served quickly ends the
+ *     mode, the starving one is woken without a grant in normal mode and
+ *     can lose to a running task again, parking at the tail.
+ * The async mutex closes both with a 1 ms timer on every park that is not
+ * starving yet and a count of starving waiters that ends the mode only
+ * when the last of them is served (src/async/mutex.c, "Progress"); the
+ * same two changes would apply here, with a model to show they suffice.
+ * In practice a writer behind two tasks that hammer the write lock on one
+ * worker, yielding inside the section, gets it after about 1 ms.
+ *
  * Why no waiter is left parked with nobody to wake it.  A waiter parks only
  * after validate, under the bucket lock, found that it cannot enter; then
  * one of these holds, and each ends in a dispatch that sees it (a dispatch

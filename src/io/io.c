@@ -49,7 +49,11 @@ static pz__io_source *source_for_err(int fd, pz__runtime **rtp, int *err)
     if (atomic_load_explicit(&src->kind, memory_order_relaxed) == PZ__SRC_NEW) {
         int kind = PZ__SRC_POLLED;
         src->fd = fd;
-        atomic_store_explicit(&src->readiness, 0, memory_order_relaxed);
+        /* Both bits set: nothing is known yet, so the first look asks the
+         * kernel.  A clear bit means "someone found it not ready, and no
+         * event came since", which pz_select trusts without a system call
+         * (src/io/select.c). */
+        atomic_store_explicit(&src->readiness, PZ__IO_READ | PZ__IO_WRITE, memory_order_relaxed);
 #ifdef PZ_TSAN
         /* Pairs with the reactor's acquire: epoll carries this edge. */
         __tsan_release(src);
@@ -66,6 +70,7 @@ static pz__io_source *source_for_err(int fd, pz__runtime **rtp, int *err)
         }
         if (r < 0)
             kind = PZ__SRC_BLOCKING; /* a regular file: epoll says EPERM */
+        src->stream = kind == PZ__SRC_POLLED && pz__fd_is_stream(fd);
         atomic_store_explicit(&src->kind, kind, memory_order_release);
     }
     pz__spin_unlock(&src->lock);
@@ -117,7 +122,27 @@ static void *run_blocking(void *arg)
     return (void *)(intptr_t)b->fn(b->fd, b->ctx);
 }
 
-static ssize_t io_loop(int fd, uint64_t bit, io_try_fn fn, void *ctx, int64_t deadline)
+/* A read of a byte stream that returned fewer bytes than it asked for has
+ * emptied the stream: its readiness bit is cleared then as after EAGAIN
+ * (if no event came since the snapshot), so that the next pz_select on it
+ * waits for the next edge without asking the kernel first.  The edge of
+ * data that arrives after the read comes after the snapshot, so the CAS
+ * fails and the bit stays.  Not after 0, nor once the poller has reported
+ * the peer's end (ENDED; an end that comes later is an event, so the CAS
+ * fails or the bits are set after it): no edge follows an end of stream,
+ * and a reader must see it again.  Not for a peek (the bytes are
+ * still there), not for a datagram socket (one datagram per read, however
+ * many are queued).  *asked is set by the try function to the size it
+ * passed to the system call; NULL for calls this does not apply to. */
+static inline void note_short_read(pz__io_source *src, uint64_t seen, ssize_t n, const size_t *asked)
+{
+    if (asked && src && src->stream && n > 0 && (size_t)n < *asked && (seen & PZ__IO_READ) &&
+        !(seen & PZ__IO_ENDED))
+        atomic_compare_exchange_strong_explicit(&src->readiness, &seen, seen & ~(uint64_t)PZ__IO_READ,
+                                                memory_order_acq_rel, memory_order_acquire);
+}
+
+static ssize_t io_loop(int fd, uint64_t bit, io_try_fn fn, void *ctx, int64_t deadline, const size_t *asked)
 {
     if (fd < 0)
         return -EBADF;
@@ -141,8 +166,10 @@ static ssize_t io_loop(int fd, uint64_t bit, io_try_fn fn, void *ctx, int64_t de
         if (seen & PZ__IO_CLOSED)
             return -EBADF;
         ssize_t n = fn(fd, ctx);
-        if (n != -EAGAIN && n != -EWOULDBLOCK && n != -EINTR)
+        if (n != -EAGAIN && n != -EWOULDBLOCK && n != -EINTR) {
+            note_short_read(src, seen, n, asked);
             return n;
+        }
         if (n == -EINTR)
             continue;
         if (!src) {
@@ -175,18 +202,21 @@ struct buf_ctx {
     void *buf;
     size_t n;
     int flags;
+    size_t asked; /* what the last attempt asked for (note_short_read) */
 };
 
 static ssize_t try_read(int fd, void *ctx)
 {
     struct buf_ctx *c = ctx;
-    return result_of(read(fd, c->buf, pz__fault_short(c->n)));
+    c->asked = pz__fault_short(c->n);
+    return result_of(read(fd, c->buf, c->asked));
 }
 
 static ssize_t try_recv(int fd, void *ctx)
 {
     struct buf_ctx *c = ctx;
-    return result_of(recv(fd, c->buf, pz__fault_short(c->n), c->flags));
+    c->asked = pz__fault_short(c->n);
+    return result_of(recv(fd, c->buf, c->asked, c->flags));
 }
 
 static ssize_t try_send(int fd, void *ctx)
@@ -198,6 +228,7 @@ static ssize_t try_send(int fd, void *ctx)
 struct iov_ctx {
     const struct iovec *iov;
     int cnt;
+    size_t asked; /* readv: the buffers' total size */
 };
 
 static ssize_t try_readv(int fd, void *ctx)
@@ -257,20 +288,31 @@ static ssize_t try_writev(int fd, void *ctx)
     return result_of(n);
 }
 
+/* A size over SSIZE_MAX (a negative ssize_t cast to size_t, usually) has
+ * no meaning for the calls that return a byte count: pz_write_all would
+ * return it as a negative "error". */
+#define SIZE_BAD(n) ((n) > (size_t)SSIZE_MAX)
+
 ssize_t pz_read(int fd, void *buf, size_t n, int64_t deadline)
 {
-    struct buf_ctx c = {buf, n, 0};
-    return io_loop(fd, PZ__IO_READ, try_read, &c, deadline);
+    if (SIZE_BAD(n))
+        return -EINVAL;
+    struct buf_ctx c = {buf, n, 0, 0};
+    return io_loop(fd, PZ__IO_READ, try_read, &c, deadline, &c.asked);
 }
 
 ssize_t pz_write(int fd, const void *buf, size_t n, int64_t deadline)
 {
+    if (SIZE_BAD(n))
+        return -EINVAL;
     struct iovec one = {(void *)buf, n};
     return pz_writev(fd, &one, 1, deadline);
 }
 
 ssize_t pz_write_all(int fd, const void *buf, size_t n, int64_t deadline)
 {
+    if (SIZE_BAD(n))
+        return -EINVAL;
     size_t done = 0;
     while (done < n) {
         ssize_t w = pz_write(fd, (const char *)buf + done, n - done, deadline);
@@ -285,28 +327,34 @@ ssize_t pz_readv(int fd, const struct iovec *iov, int iovcnt, int64_t deadline)
 {
     if (iovcnt < 0 || iovcnt > IOV_MAX)
         return -EINVAL; /* sendmsg would say -EMSGSIZE for a negative count */
-    struct iov_ctx c = {iov, iovcnt};
-    return io_loop(fd, PZ__IO_READ, try_readv, &c, deadline);
+    struct iov_ctx c = {iov, iovcnt, 0};
+    for (int i = 0; i < iovcnt; i++)
+        c.asked = iov[i].iov_len > SIZE_MAX - c.asked ? SIZE_MAX : c.asked + iov[i].iov_len;
+    return io_loop(fd, PZ__IO_READ, try_readv, &c, deadline, &c.asked);
 }
 
 ssize_t pz_writev(int fd, const struct iovec *iov, int iovcnt, int64_t deadline)
 {
     if (iovcnt < 0 || iovcnt > IOV_MAX)
         return -EINVAL; /* sendmsg would say -EMSGSIZE for a negative count */
-    struct iov_ctx c = {iov, iovcnt};
-    return io_loop(fd, PZ__IO_WRITE, try_writev, &c, deadline);
+    struct iov_ctx c = {iov, iovcnt, 0};
+    return io_loop(fd, PZ__IO_WRITE, try_writev, &c, deadline, NULL);
 }
 
 ssize_t pz_recv(int fd, void *buf, size_t n, int flags, int64_t deadline)
 {
-    struct buf_ctx c = {buf, n, flags};
-    return io_loop(fd, PZ__IO_READ, try_recv, &c, deadline);
+    if (SIZE_BAD(n))
+        return -EINVAL;
+    struct buf_ctx c = {buf, n, flags, 0};
+    return io_loop(fd, PZ__IO_READ, try_recv, &c, deadline, (flags & MSG_PEEK) ? NULL : &c.asked);
 }
 
 ssize_t pz_send(int fd, const void *buf, size_t n, int flags, int64_t deadline)
 {
-    struct buf_ctx c = {(void *)buf, n, flags};
-    return io_loop(fd, PZ__IO_WRITE, try_send, &c, deadline);
+    if (SIZE_BAD(n))
+        return -EINVAL;
+    struct buf_ctx c = {(void *)buf, n, flags, 0};
+    return io_loop(fd, PZ__IO_WRITE, try_send, &c, deadline, NULL);
 }
 
 struct accept_ctx {
@@ -325,7 +373,7 @@ static ssize_t try_accept(int fd, void *ctx)
 int pz_accept(int fd, struct sockaddr *addr, socklen_t *addrlen, int64_t deadline)
 {
     struct accept_ctx c = {addr, addrlen};
-    return (int)io_loop(fd, PZ__IO_READ, try_accept, &c, deadline);
+    return (int)io_loop(fd, PZ__IO_READ, try_accept, &c, deadline, NULL);
 }
 
 /* Readiness as poll(2) sees it now: the PZ_* events asked that are ready,
@@ -410,7 +458,7 @@ int pz_wait_fd(int fd, int events, int64_t deadline)
         }
     }
     struct poll_ctx one = {events};
-    return (int)io_loop(fd, events == PZ_READABLE ? PZ__IO_READ : PZ__IO_WRITE, try_poll, &one, deadline);
+    return (int)io_loop(fd, events == PZ_READABLE ? PZ__IO_READ : PZ__IO_WRITE, try_poll, &one, deadline, NULL);
 }
 
 int pz_connect(int fd, const struct sockaddr *addr, socklen_t addrlen, int64_t deadline)

@@ -77,6 +77,18 @@ static bool try_case(pz_sel_t *c)
         pz__runtime *rt;
         pz__io_source *src = pz__io_source_register(c->fd, &rt);
         uint64_t seen = src ? atomic_load_explicit(&src->readiness, memory_order_acquire) : 0;
+        uint64_t bits = ((c->events & PZ_READABLE) ? PZ__IO_READ : 0) | ((c->events & PZ_WRITABLE) ? PZ__IO_WRITE : 0);
+        /* Every bit asked is clear: someone found the descriptor not ready
+         * that way (EAGAIN, this poll, or a read that emptied a stream) and
+         * no event has come since; an event that comes now sets a bit
+         * before it looks for waiters, and the node is queued under the
+         * source's lock after a check of the bits (pz__driver_enqueue), so
+         * trusting the word loses no wake-up and saves a poll(2).  A
+         * source registered just now has both bits set (io.c); after an
+         * end of stream (ENDED) the kernel is asked every time. */
+        if (src && atomic_load_explicit(&src->kind, memory_order_acquire) == PZ__SRC_POLLED &&
+            !(seen & (bits | PZ__IO_CLOSED | PZ__IO_ENDED)))
+            return false;
         struct pollfd p = {.fd = c->fd, .events = (short)(((c->events & PZ_READABLE) ? POLLIN : 0) |
                                                           ((c->events & PZ_WRITABLE) ? POLLOUT : 0))};
         if (poll(&p, 1, 0) > 0) {
@@ -101,7 +113,6 @@ static bool try_case(pz_sel_t *c)
         /* Not ready: clear the readiness bits the poller left, unless an
          * event came since the snapshot (as io.c's loop does), so that the
          * queued node sleeps until the next edge. */
-        uint64_t bits = ((c->events & PZ_READABLE) ? PZ__IO_READ : 0) | ((c->events & PZ_WRITABLE) ? PZ__IO_WRITE : 0);
         if (src && (seen & bits))
             atomic_compare_exchange_strong_explicit(&src->readiness, &seen, seen & ~bits, memory_order_acq_rel,
                                                     memory_order_acquire);

@@ -582,7 +582,7 @@ pz_unpark_result_t pz_unpark_filter(const void *addr, pz_filter_op_t (*filter)(u
         if (op == PZ_FILTER_STOP)
             break;
         int how;
-        if (op == PZ_FILTER_UNPARK && (how = claim(x)) != CLAIM_LOST) {
+        if ((op == PZ_FILTER_UNPARK || op == PZ_FILTER_UNPARK_STOP) && (how = claim(x)) != CLAIM_LOST) {
             unlink_waiter(b, x);
             if (!now)
                 now = pz__clock_coarse();
@@ -596,6 +596,8 @@ pz_unpark_result_t pz_unpark_filter(const void *addr, pz_filter_op_t (*filter)(u
                 taken = x;
             }
             res.unparked++;
+            if (op == PZ_FILTER_UNPARK_STOP)
+                break;
         }
         x = next;
     }

@@ -16,6 +16,10 @@
  * is checked with SELECT 1 before it is lent; broken ones, and ones given
  * back inside a transaction, are closed, never lent or kept.
  *
+ * New connections.  The pool's on_connect hook runs on each before it is
+ * first lent; a connection it refuses is closed and the attempt counts as
+ * a failed connect (back-off included).
+ *
  * Back-off.  After a failed connect, attempts are spaced by a delay that
  * starts at backoff_min_ns and doubles up to backoff_max_ns, shared by all
  * acquirers (each attempt claims the next slot in time, so a dead server
@@ -32,6 +36,8 @@ struct pz_pg_pool {
     char *conninfo;
     int size;
     int64_t idle_check_ns, backoff_min_ns, backoff_max_ns;
+    int (*on_connect)(pz_pg_conn_t *c, void *arg);
+    void *on_connect_arg;
     pz_semaphore_t slots;
     pz_mutex_t mu;
     /* Guarded by mu: */
@@ -59,6 +65,8 @@ int pz_pg_pool_create(const pz_pg_pool_opts_t *o, pz_pg_pool_t **out)
     p->backoff_max_ns = o->backoff_max_ns ? o->backoff_max_ns : 2000000000LL;
     if (p->backoff_max_ns < p->backoff_min_ns)
         p->backoff_max_ns = p->backoff_min_ns;
+    p->on_connect = o->on_connect;
+    p->on_connect_arg = o->on_connect_arg;
     pz_semaphore_init(&p->slots, (uint64_t)p->size);
     *out = p;
     return 0;
@@ -161,6 +169,12 @@ int pz_pg_pool_acquire(pz_pg_pool_t *p, int64_t deadline, pz_pg_conn_t **out)
         if ((r = backoff_wait(p, deadline)) < 0)
             break;
         r = pz_pg_connect(p->conninfo, deadline, &c);
+        if (r == 0 && p->on_connect && (r = p->on_connect(c, p->on_connect_arg)) >= 0) {
+            r = 0;
+        } else if (r < 0 && c) {
+            pz_pg_close(c); /* the hook refused it */
+            c = NULL;
+        }
         connected(p, r);
         if (r == 0) {
             *out = c;

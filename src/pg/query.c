@@ -29,8 +29,9 @@ enum send_kind { SEND_QUERY, SEND_PREPARE, SEND_PREPARED };
 
 /* One command: send it, then read its results until libpq says they are
  * over; the last result is kept (the first error, if one failed). */
-static int command(pz_pg_conn_t *c, enum send_kind kind, const char *name, const char *sql, int nparams,
-                   const char *const *params, int64_t deadline, pz_pg_result_t **res, const char *undo)
+static int command_with(pz_pg_conn_t *c, enum send_kind kind, const char *name, const char *sql, int nparams,
+                        const char *const *params, const int *lengths, const int *formats, int64_t deadline,
+                        pz_pg_result_t **res, const char *undo)
 {
     if (res)
         *res = NULL;
@@ -46,12 +47,12 @@ static int command(pz_pg_conn_t *c, enum send_kind kind, const char *name, const
         sent = PQsendPrepare(c->pg, name, sql, nparams, NULL);
         break;
     case SEND_PREPARED:
-        sent = PQsendQueryPrepared(c->pg, sql, nparams, params, NULL, NULL, 0);
+        sent = PQsendQueryPrepared(c->pg, sql, nparams, params, lengths, formats, 0);
         break;
     default:
         /* Without parameters the simple protocol runs several statements
          * separated by semicolons. */
-        sent = nparams > 0 ? PQsendQueryParams(c->pg, sql, nparams, NULL, params, NULL, NULL, 0)
+        sent = nparams > 0 ? PQsendQueryParams(c->pg, sql, nparams, NULL, params, lengths, formats, 0)
                            : PQsendQuery(c->pg, sql);
         break;
     }
@@ -97,6 +98,55 @@ static int command(pz_pg_conn_t *c, enum send_kind kind, const char *name, const
         *res = keep;
     else
         PQclear(keep);
+    return r;
+}
+
+static int command(pz_pg_conn_t *c, enum send_kind kind, const char *name, const char *sql, int nparams,
+                   const char *const *params, int64_t deadline, pz_pg_result_t **res, const char *undo)
+{
+    return command_with(c, kind, name, sql, nparams, params, NULL, NULL, deadline, res, undo);
+}
+
+/* Parameters with lengths and formats: libpq wants three arrays. */
+#define PZ__PG_PARAMS_ON_STACK 16
+
+int pz_pg_query_params(pz_pg_conn_t *c, const char *sql, int nparams, const pz_pg_param_t *params, int64_t deadline,
+                       pz_pg_result_t **res)
+{
+    if (res)
+        *res = NULL;
+    if (!c || !sql || nparams <= 0 || !params)
+        return -EINVAL;
+    for (int i = 0; i < nparams; i++)
+        if ((params[i].format != 0 && params[i].format != 1) ||
+            (params[i].format == 1 && params[i].value && params[i].length < 0))
+            return -EINVAL;
+    const char *values_s[PZ__PG_PARAMS_ON_STACK];
+    int lengths_s[PZ__PG_PARAMS_ON_STACK], formats_s[PZ__PG_PARAMS_ON_STACK];
+    const char **values = values_s;
+    int *lengths = lengths_s, *formats = formats_s;
+    if (nparams > PZ__PG_PARAMS_ON_STACK) {
+        values = malloc((size_t)nparams * sizeof *values);
+        lengths = malloc((size_t)nparams * sizeof *lengths);
+        formats = malloc((size_t)nparams * sizeof *formats);
+        if (!values || !lengths || !formats) {
+            free(values);
+            free(lengths);
+            free(formats);
+            return -ENOMEM;
+        }
+    }
+    for (int i = 0; i < nparams; i++) {
+        values[i] = params[i].value;
+        lengths[i] = params[i].format == 1 ? params[i].length : 0;
+        formats[i] = params[i].format;
+    }
+    int r = command_with(c, SEND_QUERY, NULL, sql, nparams, values, lengths, formats, deadline, res, NULL);
+    if (values != values_s) {
+        free(values);
+        free(lengths);
+        free(formats);
+    }
     return r;
 }
 

@@ -17,6 +17,9 @@
  *   bit 0 READ, bit 1 WRITE: the poller said ready and no call has seen
  *         EAGAIN since;
  *   bit 2 CLOSED: pz_close ran; waiters return -EBADF;
+ *   bit 3 ENDED: the poller reported the peer's end of stream, a hang-up
+ *         or an error; never cleared (no edge follows an end, so a clear
+ *         READ bit no longer means "nothing to read": src/io/io.c);
  *   bits 8-63: a tick, advanced by every event.
  *
  * A call snapshots the word, tries the system call, and on EAGAIN clears
@@ -109,6 +112,8 @@ void pz__io_source_signal(pz__io_source *src, unsigned events)
         add |= PZ__IO_READ;
     if (events & PZ__EV_WRITE)
         add |= PZ__IO_WRITE;
+    if (events & (PZ__EV_HUP | PZ__EV_ERR | PZ__EV_RDHUP))
+        add |= PZ__IO_ENDED;
     if (events & PZ__SIG_CLOSED)
         add |= PZ__IO_CLOSED | PZ__IO_READ | PZ__IO_WRITE;
     uint64_t s = atomic_load_explicit(&src->readiness, memory_order_relaxed);
@@ -219,10 +224,8 @@ int pz__driver_poll(pz__runtime *rt, int64_t deadline, int max_events)
         return n;
     int handled = 0;
     for (int i = 0; i < n; i++) {
-        if (events[i].data == &rt->waker) {
-            pz__waker_drain(rt->waker);
-            continue;
-        }
+        if (events[i].data == &rt->waker)
+            continue; /* an edge: nothing to read (pz__waker_signal) */
 #ifdef PZ_TSAN
         /* The kernel orders registration before the event; tell TSan. */
         __tsan_acquire(events[i].data);

@@ -410,6 +410,7 @@ struct pz__runtime {
     pz__spin stack_pool_lock;
     pz__stack_chunk *chunks_head, *chunks_tail;
     int spare_chunks;
+    long dirty_stacks; /* free stacks whose pages were not given back */
     _Atomic bool stack_failure_reported;
 };
 
@@ -554,6 +555,7 @@ void pz__altstack_teardown(pz__worker *w);
 #define PZ__IO_READ 1u
 #define PZ__IO_WRITE 2u
 #define PZ__IO_CLOSED 4u
+#define PZ__IO_ENDED 8u
 #define PZ__IO_TICK 256u
 /* pz__io_source_signal: the descriptor was closed by pz_close. */
 #define PZ__SIG_CLOSED 0x100u
@@ -578,6 +580,9 @@ typedef struct pz__io_source {
     _Atomic int kind;           /* PZ__SRC_*; set under lock */
     pz__spin lock;              /* registration and the waiter list */
     int fd;                     /* its descriptor, set at registration */
+    /* A byte stream (stream socket or pipe), set at registration: a read
+     * that returns fewer bytes than asked has emptied it (src/io/io.c). */
+    bool stream;
     pz__io_waiter *waiters;
 } pz__io_source;
 

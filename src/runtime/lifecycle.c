@@ -15,6 +15,7 @@
 #include "../arch/arch_signal.h"
 
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -188,11 +189,14 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
         pz__report("pz_run: main is NULL");
         return -EINVAL;
     }
+    /* Every field with a meaning for -1 (off) takes nothing lower. */
     if (c.workers < 0 || c.workers > 4096 || c.stack_size > PZ__MAX_STACK || c.blocking_threads_max < 0 ||
-        c.spare_workers < -1 || c.spare_workers > 4096) {
+        c.spare_workers < -1 || c.spare_workers > 4096 || c.monitor < -1 || c.stall_ms < -1 || c.dump_signal < 0 ||
+        c.dump_signal >= NSIG) {
         pz__report("pz_run: invalid configuration (workers %d, stack_size %zu, blocking_threads_max %d, "
-                   "spare_workers %d)",
-                   c.workers, c.stack_size, c.blocking_threads_max, c.spare_workers);
+                   "spare_workers %d, monitor %d, stall_ms %d, dump_signal %d)",
+                   c.workers, c.stack_size, c.blocking_threads_max, c.spare_workers, c.monitor, c.stall_ms,
+                   c.dump_signal);
         return -EINVAL;
     }
     bool unclaimed = false;

@@ -46,7 +46,18 @@
  * wakes one sleeping worker only if no worker is already searching for
  * work.  A woken worker is "searching" until it finds a task or goes back to
  * sleep; when the last searcher finds work it wakes the next sleeper, so
- * parallelism ramps up one worker at a time instead of in a herd.
+ * parallelism ramps up one worker at a time instead of in a herd.  Tasks
+ * a worker's poll of the reactor wakes go to its own queue without that
+ * wake-up; once the poll is done it wakes a sleeper only if it has more
+ * than one task to run (more_than_one_runnable), since a worker woken for
+ * the one task the poller runs itself finds nothing.  So a lone ready
+ * connection costs no thread wake-up.  While the worker that polled runs
+ * that task, nobody waits in the poller (the other workers sleep on their
+ * futex); readiness that comes meanwhile is seen when that worker comes
+ * back to its loop (at the latest PZ__MAINTENANCE_INTERVAL decisions
+ * later), and finding any then wakes a sleeper (poll_io), which becomes
+ * the poller if there is nothing for it to take: under load a second
+ * worker serves connections in parallel, at low load none is woken.
  */
 #define _GNU_SOURCE
 #include "internal.h"
@@ -167,7 +178,10 @@ void pz__task_ready(pz_task_t *t, bool lifo)
             t = prev;
         }
         push_local(w, t);
-        notify_work_local(rt);
+        /* Woken by this worker's poll: the poll's caller decides, once,
+         * whether another worker is needed (more_than_one_runnable). */
+        if (!w->waking_io)
+            notify_work_local(rt);
     } else {
         pz__task_ready_woken(t, t, 1);
     }
@@ -234,14 +248,29 @@ static inline bool io_waiting(pz__runtime *rt)
  * and at the tail rather than in the LIFO slot, which is for a task woken
  * by the task running now.  Under a thousand busy connections the LIFO
  * slot and the overflow let some connections wait tens of milliseconds. */
-static void worker_poll(pz__worker *w, int64_t deadline)
+static int worker_poll(pz__worker *w, int64_t deadline)
 {
     uint32_t room = PZ__RUNQ_CAP - pz__runq_len(&w->runq);
     if (room == 0)
-        return;
+        return 0;
     w->waking_io = true;
-    pz__driver_poll(w->rt, deadline, room < 64 ? (int)room : 64);
+    int n = pz__driver_poll(w->rt, deadline, room < 64 ? (int)room : 64);
     w->waking_io = false;
+    return n;
+}
+
+/* Whether this worker has more runnable tasks than the one it runs next,
+ * i.e. whether a second worker would find something to take.  The tasks a
+ * poll wakes go to the polling worker's queue without waking anyone
+ * (pz__task_ready); the poll's caller asks this once afterwards.  A single
+ * ready connection is served by the worker that saw it: waking another
+ * worker for it costs a futex wake-up (or an eventfd write and a trip
+ * through the poller) and a context switch on each side, only for the
+ * woken worker to find nothing and sleep again.  tokio makes the same
+ * choice after its driver returns. */
+static inline bool more_than_one_runnable(pz__worker *w)
+{
+    return pz__runq_len(&w->runq) + (atomic_load_explicit(&w->lifo, memory_order_relaxed) != NULL) > 1;
 }
 
 /* While tasks wait for I/O, a busy worker looks at the poller now and then
@@ -254,8 +283,15 @@ static void poll_io(pz__worker *w)
     pz__runtime *rt = w->rt;
     if (io_waiting(rt) && !atomic_load_explicit(&rt->driver_busy, memory_order_relaxed) &&
         !atomic_exchange_explicit(&rt->driver_busy, true, memory_order_acquire)) {
-        worker_poll(w, 0);
+        int n = worker_poll(w, 0);
         atomic_store_explicit(&rt->driver_busy, false, memory_order_release);
+        /* Readiness that came while this worker ran tasks: more is likely
+         * coming than one worker keeps up with, and a sleeper woken now
+         * that finds nothing to take goes to wait in the poller, where it
+         * serves the next event while this worker runs.  (An idle
+         * worker's poll asks more_than_one_runnable instead.) */
+        if (n > 0)
+            notify_work_local(rt);
     }
 }
 
@@ -431,6 +467,9 @@ static void idle(pz__worker *w)
     pz__spin_lock(&rt->idle_lock);
     leave_sleepers(rt, w);
     pz__spin_unlock(&rt->idle_lock);
+    /* Out of the sleepers' list first, so that this does not pick w. */
+    if (more_than_one_runnable(w))
+        notify_work_local(rt);
 }
 
 /* ---- switching ---- */

@@ -540,7 +540,7 @@ def case_shutdown(tmp):
     c = Conn(srv)
     body = json.dumps({"readings": [{"city": "city11", "temperature": -11.125, "time": 9}]}).encode()
     c.send(b"POST /readings HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:10])
-    time.sleep(0.2)
+    wait_in_progress(srv, 1)
     srv.p.send_signal(signal.SIGTERM)
     deadline = time.time() + 30
     while "finishing in-flight" not in srv.log_text() and srv.p.poll() is None and time.time() < deadline:
@@ -560,10 +560,8 @@ def case_shutdown(tmp):
     c = Conn(srv)
     c.send(b"GET /weather/city00 HTTP/1.1\r\nHost: t\r\n\r\n")
     # The request must be in the service (inside its 30 s database call)
-    # before the signal, or its connection is idle and closed at once: the
-    # service exposes no in-flight count, so give it half a second (it
-    # reads a request in well under a millisecond on an idle machine).
-    time.sleep(0.5)
+    # before the signal, or its connection is idle and closed at once.
+    wait_in_progress(srv, 1)
     srv.p.send_signal(signal.SIGTERM)
     deadline = time.time() + 30
     while "finishing in-flight" not in srv.log_text() and srv.p.poll() is None and time.time() < deadline:
@@ -573,6 +571,18 @@ def case_shutdown(tmp):
     status = srv.stop(signal.SIGINT, timeout=30)
     check(status is not None and status != 0 and time.monotonic() - t < 10,
           "a second signal exits at once (status %r)" % status)
+
+
+def wait_in_progress(srv, n):
+    """Waits until n requests besides the asking /metrics one are in the
+    service (received in part or whole, not answered)."""
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        m = json.loads(Conn(srv).request("GET", "/metrics")[2])
+        if m["connections"]["requests_in_progress"] >= n + 1:
+            return
+        time.sleep(0.01)
+    check(False, "%d requests in progress within 30 s" % n)
 
 
 def case_kill9(tmp):

@@ -164,6 +164,38 @@ func wSpawnJoin(p params) {
 	emit("spawn_join", fmt.Sprintf("n=%d workers=%d", n, workers), "ns_per_task", nsPer(d, n))
 }
 
+// spawn_burst: bursts of goroutines that each yield once (runtime.Gosched) before they
+// store their result, so that a burst holds its stacks at once; each burst is waited for
+// before the next starts.
+func wSpawnBurst(p params) {
+	burst := p.u("burst", 1000)
+	rounds := p.u("rounds", 100)
+	workers := p.u("workers", 2)
+	runtime.GOMAXPROCS(int(workers))
+	res := make([]uint64, burst)
+	t0 := time.Now()
+	for r := uint64(0); r < rounds; r++ {
+		var wg sync.WaitGroup
+		wg.Add(int(burst))
+		for i := uint64(0); i < burst; i++ {
+			go func(i uint64) {
+				runtime.Gosched()
+				res[i] = i + 1 + r
+				wg.Done()
+			}(i)
+		}
+		wg.Wait()
+		for i := uint64(0); i < burst; i++ {
+			if res[i] != i+1+r {
+				fail("spawn_burst: wrong result")
+			}
+		}
+	}
+	d := time.Since(t0)
+	emit("spawn_burst", fmt.Sprintf("burst=%d rounds=%d workers=%d", burst, rounds, workers), "ns_per_task",
+		nsPer(d, burst*rounds))
+}
+
 func wYield(p params) {
 	tasks := p.u("tasks", 2)
 	workers := p.u("workers", 1)
@@ -1025,6 +1057,7 @@ type workload struct {
 var workloads = []workload{
 	{"work", wWork, []string{"work", "iters"}},
 	{"spawn_join", wSpawnJoin, []string{"n", "workers"}},
+	{"spawn_burst", wSpawnBurst, []string{"burst", "rounds", "workers"}},
 	{"yield", wYield, []string{"tasks", "workers", "iters"}},
 	{"sleep", wSleep, []string{"n", "us"}},
 	{"idle_rss", wIdleRss, []string{"n", "workers"}},
@@ -1053,6 +1086,7 @@ var workloads = []workload{
 var allRuns = [][]string{
 	{"work"},
 	{"spawn_join"},
+	{"spawn_burst"},
 	{"yield"},
 	{"sleep"},
 	{"idle_rss"},

@@ -7,13 +7,20 @@
 //	weather-go [serve] --listen 127.0.0.1:8080 --db weather.db [--workers N]
 //	                   [--forecast-ttl-ms 1000] [--refresh-ms 1000] [--batch-linger-ms 0]
 //
+// A --db that is a PostgreSQL URL (postgresql://..., postgres://..., or "pg:" and a
+// key=value connection string) selects the PostgreSQL back end (pg.go: lib/pq, the schema,
+// statements and lock choices of plaza's PostgreSQL back end for one replica); anything
+// else is an SQLite file.
+//
 // Locks, as the protocol assigns them:
 //   - `current` of a city is behind a sync.Mutex (the data lock): only copies inside.
 //   - `forecast` of a city is behind another sync.Mutex (the logic lock), held across the
 //     database round trip of a refresh. Go has one kind of mutex; a goroutine that waits
 //     for it parks and its thread runs other goroutines, which is what an async lock gives
 //     in the other two services. The query itself is a cgo call: the goroutine keeps its
-//     thread during it, and the runtime hands the processor to another thread.
+//     thread during it, and the runtime hands the processor to another thread. With
+//     PostgreSQL the query is a network round trip on Go's netpoller, and the refresh also
+//     takes the city's distributed lock inside the mutex, as plaza's service does.
 //   - One writer goroutine commits the readings. A handler sends its readings with a done
 //     channel; the writer commits whatever is queued in one transaction (at most 1000
 //     readings; with --batch-linger-ms it waits that long after taking the first for
@@ -86,10 +93,12 @@ type forecast struct {
 	temperature float64
 	computedAt  int64
 	basedOn     int
+	token       uint64 // PostgreSQL: the fencing token it was written with (0: none yet)
 }
 
 type city struct {
 	name string
+	base float64
 
 	curMu sync.Mutex // data lock: guards cur
 	cur   current
@@ -114,6 +123,7 @@ type app struct {
 	cities  []*city
 	index   map[string]*city
 	db      *sql.DB
+	pg      *pgStore // the PostgreSQL back end, when --db names one (then db is nil)
 	recent  *sql.Stmt
 	insert  *sql.Stmt
 	writes  chan job
@@ -284,14 +294,14 @@ func seed(db *sql.DB, start int64) error {
 }
 
 func loadCities(db *sql.DB) ([]*city, error) {
-	rows, err := db.Query(`SELECT name FROM cities ORDER BY name`)
+	rows, err := db.Query(`SELECT name, base FROM cities ORDER BY name`)
 	if err != nil {
 		return nil, err
 	}
 	var cities []*city
 	for rows.Next() {
 		c := &city{}
-		if err := rows.Scan(&c.name); err != nil {
+		if err := rows.Scan(&c.name, &c.base); err != nil {
 			rows.Close()
 			return nil, err
 		}
@@ -353,7 +363,15 @@ func nextForecast(previous float64, first bool, recent []sample) float64 {
 
 // refresh recomputes c.fc; the caller holds c.fcMu across it, query included, which makes
 // concurrent refreshes of one city a single flight.
-func (a *app) refresh(c *city) error {
+//
+// With PostgreSQL the refresh goes through the city's distributed lock and the stored
+// forecast (pg.go); one stored by another process less than freshMs ago is adopted.
+func (a *app) refresh(c *city, freshMs int64) error {
+	if a.pg != nil {
+		err := a.pg.refresh(c, freshMs)
+		a.readOK.Store(err == nil)
+		return err
+	}
 	rows, err := a.recent.Query(c.name)
 	if err != nil {
 		a.readOK.Store(false)
@@ -382,12 +400,18 @@ func (a *app) refresh(c *city) error {
 }
 
 func (a *app) refresher(ctx context.Context, every time.Duration) {
+	// As plaza's refresher: a forecast another process stored in the last half period is
+	// adopted.
+	fresh := every.Milliseconds() / 2
+	if fresh > a.ttlMs {
+		fresh = a.ttlMs
+	}
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
 		for _, c := range a.cities {
 			c.fcMu.Lock()
-			if err := a.refresh(c); err != nil {
+			if err := a.refresh(c, fresh); err != nil {
 				log.Printf("reading %s: %v", c.name, err)
 			}
 			c.fcMu.Unlock()
@@ -404,6 +428,9 @@ func (a *app) refresher(ctx context.Context, every time.Duration) {
 // Writer
 
 func (a *app) commit(jobs []job) error {
+	if a.pg != nil {
+		return a.pg.insertBatch(jobs)
+	}
 	tx, err := a.db.Begin()
 	if err != nil {
 		return err
@@ -603,7 +630,7 @@ func (a *app) getWeather(name string) reply {
 	}
 	c.fcMu.Lock()
 	if c.fc.computedAt == 0 || nowMs()-c.fc.computedAt > a.ttlMs {
-		if err := a.refresh(c); err != nil {
+		if err := a.refresh(c, a.ttlMs); err != nil {
 			c.fcMu.Unlock()
 			log.Printf("reading %s: %v", c.name, err)
 			return errorReply(http.StatusServiceUnavailable, "database unavailable")
@@ -725,43 +752,51 @@ func main() {
 	}
 	fs := flag.NewFlagSet("weather-go", flag.ContinueOnError)
 	listen := fs.String("listen", "", "HOST:PORT to listen on (required)")
-	dbPath := fs.String("db", "", "SQLite database file (required)")
+	dbPath := fs.String("db", "", "SQLite database file or postgresql:// URL (required)")
 	workers := fs.Int("workers", runtime.NumCPU(), "GOMAXPROCS")
 	ttlMs := fs.Int64("forecast-ttl-ms", 1000, "age in ms after which a forecast is stale")
 	refreshMs := fs.Int64("refresh-ms", 1000, "period in ms of the background refresh")
 	lingerMs := fs.Int64("batch-linger-ms", 0, "how long the writer waits for more after the first of a batch")
 	if err := fs.Parse(args); err != nil || fs.NArg() != 0 || *listen == "" || *dbPath == "" ||
 		*workers < 1 || *ttlMs < 0 || *refreshMs < 1 || *lingerMs < 0 {
-		fmt.Fprintln(os.Stderr, "usage: weather-go [serve] --listen HOST:PORT --db FILE [--workers N] "+
+		fmt.Fprintln(os.Stderr, "usage: weather-go [serve] --listen HOST:PORT --db FILE|postgresql://... [--workers N] "+
 			"[--forecast-ttl-ms MS] [--refresh-ms MS] [--batch-linger-ms MS]")
 		os.Exit(64)
 	}
 	runtime.GOMAXPROCS(*workers)
 
-	db, err := openDB(*dbPath)
-	if err != nil {
-		log.Fatalf("opening %s: %v", *dbPath, err)
-	}
-	if err := seed(db, nowMs()); err != nil {
-		log.Fatalf("seeding: %v", err)
-	}
-	cities, err := loadCities(db)
-	if err != nil {
-		log.Fatalf("loading the cities: %v", err)
-	}
-	a := &app{cities: cities, index: map[string]*city{}, db: db, writes: make(chan job, writerQueue),
+	a := &app{index: map[string]*city{}, writes: make(chan job, writerQueue),
 		linger: time.Duration(*lingerMs) * time.Millisecond, ttlMs: *ttlMs}
-	for _, c := range cities {
+	var err error
+	if conninfo, isPG := pgConninfo(*dbPath); isPG {
+		if a.pg, err = openPG(conninfo, nowMs()); err != nil {
+			log.Fatalf("opening the PostgreSQL database: %v", err)
+		}
+		if a.cities, err = a.pg.loadCities(); err != nil {
+			log.Fatalf("loading the cities: %v", err)
+		}
+	} else {
+		if a.db, err = openDB(*dbPath); err != nil {
+			log.Fatalf("opening %s: %v", *dbPath, err)
+		}
+		if err := seed(a.db, nowMs()); err != nil {
+			log.Fatalf("seeding: %v", err)
+		}
+		if a.cities, err = loadCities(a.db); err != nil {
+			log.Fatalf("loading the cities: %v", err)
+		}
+		if a.recent, err = a.db.Prepare(recentSQL); err != nil {
+			log.Fatalf("preparing: %v", err)
+		}
+		if a.insert, err = a.db.Prepare(insertSQL); err != nil {
+			log.Fatalf("preparing: %v", err)
+		}
+	}
+	for _, c := range a.cities {
 		a.index[c.name] = c
 	}
 	a.readOK.Store(true)
 	a.writeOK.Store(true)
-	if a.recent, err = db.Prepare(recentSQL); err != nil {
-		log.Fatalf("preparing: %v", err)
-	}
-	if a.insert, err = db.Prepare(insertSQL); err != nil {
-		log.Fatalf("preparing: %v", err)
-	}
 
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
@@ -799,6 +834,10 @@ func main() {
 	<-refresherStopped
 	close(a.writes) // every handler has returned: nobody sends any more
 	<-writerStopped
-	db.Close()
+	if a.pg != nil {
+		a.pg.close()
+	} else {
+		a.db.Close()
+	}
 	log.Printf("stopped")
 }

@@ -287,6 +287,34 @@ fn w_spawn_join(p: &Params) {
     emit("tokio", "spawn_join", &format!("n={n} workers={workers}"), "ns_per_task", ns_per(d, n));
 }
 
+// spawn_burst: bursts of tasks that each yield once (tokio::task::yield_now) before they
+// return, so that a burst is alive at once; each burst is joined before the next.
+fn w_spawn_burst(p: &Params) {
+    let burst = p.u("burst", 1000);
+    let rounds = p.u("rounds", 100);
+    let workers = p.u("workers", 2);
+    let d = run_on(workers, async move {
+        let t0 = Instant::now();
+        for _ in 0..rounds {
+            let mut hs = Vec::with_capacity(burst as usize);
+            for i in 0..burst {
+                hs.push(tokio::spawn(async move {
+                    tokio::task::yield_now().await;
+                    i + 1
+                }));
+            }
+            for (i, h) in hs.into_iter().enumerate() {
+                if h.await.unwrap() != i as u64 + 1 {
+                    fail("spawn_burst: wrong result");
+                }
+            }
+        }
+        t0.elapsed()
+    });
+    emit("tokio", "spawn_burst", &format!("burst={burst} rounds={rounds} workers={workers}"), "ns_per_task",
+         ns_per(d, burst * rounds));
+}
+
 fn w_yield(p: &Params) {
     let tasks = p.u("tasks", 2);
     let workers = p.u("workers", 1);
@@ -1422,6 +1450,7 @@ type Workload = fn(&Params);
 const WORKLOADS: &[(&str, Workload, &[&str])] = &[
     ("work", w_work, &["work", "iters"]),
     ("spawn_join", w_spawn_join, &["n", "workers"]),
+    ("spawn_burst", w_spawn_burst, &["burst", "rounds", "workers"]),
     ("yield", w_yield, &["tasks", "workers", "iters"]),
     ("sleep", w_sleep, &["n", "us"]),
     ("idle_rss", w_idle_rss, &["n", "workers"]),
@@ -1450,6 +1479,7 @@ const WORKLOADS: &[(&str, Workload, &[&str])] = &[
 const ALL: &[(&str, &[&str])] = &[
     ("work", &[]),
     ("spawn_join", &[]),
+    ("spawn_burst", &[]),
     ("yield", &[]),
     ("sleep", &[]),
     ("idle_rss", &[]),

@@ -7,13 +7,20 @@
 //!   weather-rust [serve] --listen 127.0.0.1:8080 --db weather.db [--workers N]
 //!                        [--forecast-ttl-ms 1000] [--refresh-ms 1000] [--batch-linger-ms 0]
 //!
+//! A `--db` that is a PostgreSQL URL (`postgresql://...`, `postgres://...`, or `pg:` and a
+//! key=value connection string) selects the PostgreSQL back end (pg.rs: tokio-postgres, the
+//! schema, statements and lock choices of plaza's PostgreSQL back end for one replica);
+//! anything else is an SQLite file.
+//!
 //! Locks, as the protocol assigns them:
 //! - `current` of a city is behind a parking_lot::Mutex (a data lock): only copies in and
 //!   out happen inside it, never an await (its guard is not Send, so the compiler refuses
 //!   to hold it across one in a spawned task).
 //! - `forecast` of a city is behind a tokio::sync::Mutex (a logic lock): a refresh holds it
 //!   across the database round trip, which runs on tokio's blocking pool
-//!   (spawn_blocking), so tasks waiting for the forecast park instead of blocking a worker.
+//!   (spawn_blocking) with SQLite and on tokio's reactor with PostgreSQL (where it also
+//!   takes the city's distributed lock inside, as plaza's service does), so tasks waiting
+//!   for the forecast park instead of blocking a worker.
 //! - One writer task owns the writing connection. Handlers send it their readings through
 //!   a bounded mpsc channel with a oneshot sender; the writer commits whatever is queued in
 //!   one transaction (at most 1000 readings; with --batch-linger-ms it waits that long
@@ -53,6 +60,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
+mod pg;
+
 const CITIES: usize = 64;
 const SEED_READINGS: i64 = 32;
 const HORIZON_MS: f64 = 600_000.0; // the forecast looks 10 minutes ahead
@@ -63,6 +72,9 @@ const MAX_HEADER_BLOCK: usize = 8 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const BUSY_TIMEOUT_MS: u64 = 5000;
 const WRITER_QUEUE: usize = 1024; // requests, not readings
+/// PostgreSQL: how long a refresh may wait for a lock session and the city's distributed
+/// lock (plaza's --lock-timeout-ms default).
+const LOCK_TIMEOUT: Duration = Duration::from_millis(1000);
 
 const PRAGMAS: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;";
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS cities(name TEXT PRIMARY KEY, base REAL NOT NULL);
@@ -94,7 +106,7 @@ struct Config {
 fn usage(msg: &str) -> ! {
     eprintln!("weather-rust: {msg}");
     eprintln!(
-        "usage: weather-rust [serve] --listen HOST:PORT --db FILE [--workers N] \
+        "usage: weather-rust [serve] --listen HOST:PORT --db FILE|postgresql://... [--workers N] \
          [--forecast-ttl-ms MS] [--refresh-ms MS] [--batch-linger-ms MS]"
     );
     exit(64);
@@ -208,10 +220,13 @@ struct Forecast {
     temperature: f64,
     computed_at: i64,
     based_on: usize,
+    /// PostgreSQL: the fencing token the forecast was written with (0: none yet).
+    token: u64,
 }
 
 struct City {
     name: String,
+    base: f64,
     current: parking_lot::Mutex<Current>,
     forecast: tokio::sync::Mutex<Forecast>,
 }
@@ -240,6 +255,8 @@ struct App {
     db_path: String,
     /// Reading connections for forecast refreshes, reused across spawn_blocking calls.
     readers: parking_lot::Mutex<Vec<Connection>>,
+    /// The PostgreSQL back end, when --db names one (then db_path and readers are unused).
+    pg: Option<pg::Store>,
     writer: mpsc::Sender<WriterMsg>,
     /// Outcome of the latest read and of the latest commit: /healthz reports both.
     read_ok: AtomicBool,
@@ -484,8 +501,32 @@ fn recent_readings(app: &App, city: &str) -> rusqlite::Result<Vec<(f64, i64)>> {
 
 /// Recomputes a city's forecast. The caller holds the city's forecast lock across this
 /// whole call, database round trip included: that is what makes concurrent refreshes of
-/// one city a single flight.
-async fn refresh(app: &Arc<App>, idx: usize, f: &mut Forecast) -> Result<(), ()> {
+/// one city a single flight. With PostgreSQL the refresh goes through the city's
+/// distributed lock and the stored forecast (pg.rs); one stored by another process less
+/// than `fresh_ms` ago is adopted.
+async fn refresh(app: &Arc<App>, idx: usize, f: &mut Forecast, fresh_ms: i64) -> Result<(), ()> {
+    if let Some(pg) = &app.pg {
+        let city = &app.cities[idx];
+        let deadline = tokio::time::Instant::now() + LOCK_TIMEOUT;
+        return match pg
+            .refresh(&city.name, city.base, f.token, fresh_ms, deadline, next_forecast, now_ms)
+            .await
+        {
+            Ok(s) => {
+                app.read_ok.store(true, Ordering::Relaxed);
+                f.temperature = s.temperature;
+                f.computed_at = s.computed_at;
+                f.based_on = s.based_on as usize;
+                f.token = s.token;
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("weather-rust: refreshing {}: {e}", city.name);
+                app.read_ok.store(false, Ordering::Relaxed);
+                Err(())
+            }
+        };
+    }
     let app2 = app.clone();
     let rows = tokio::task::spawn_blocking(move || recent_readings(&app2, &app2.cities[idx].name)).await;
     match rows {
@@ -516,7 +557,10 @@ async fn refresher(app: Arc<App>, every: Duration) {
         tick.tick().await;
         for idx in 0..app.cities.len() {
             let mut f = app.cities[idx].forecast.lock().await;
-            let _ = refresh(&app, idx, &mut f).await;
+            // As plaza's refresher: a forecast another process stored in the last half
+            // period is adopted.
+            let fresh = (every.as_millis() as i64 / 2).min(app.ttl_ms);
+            let _ = refresh(&app, idx, &mut f, fresh).await;
         }
     }
 }
@@ -537,12 +581,51 @@ fn commit(conn: &mut Connection, app: &App, jobs: &[Job]) -> rusqlite::Result<()
     tx.commit()
 }
 
+/// The writer's database: the SQLite connection it owns (each commit runs on the blocking
+/// pool and hands it back), or the PostgreSQL writer connection (pg.rs).
+enum Sink {
+    Sqlite(Option<Connection>),
+    Pg(pg::Writer),
+}
+
+/// Commits the batch: one transaction with SQLite, one statement with PostgreSQL.
+async fn commit_batch(app: &Arc<App>, sink: &mut Sink, jobs: Vec<Job>) -> (Vec<Job>, Result<(), String>) {
+    match sink {
+        Sink::Sqlite(slot) => {
+            let mut conn = slot.take().expect("the writer's connection is back after each commit");
+            let app2 = app.clone();
+            let (c, jobs, outcome) = tokio::task::spawn_blocking(move || {
+                let outcome = commit(&mut conn, &app2, &jobs);
+                (conn, jobs, outcome)
+            })
+            .await
+            .expect("the commit does not panic");
+            *slot = Some(c);
+            (jobs, outcome.map_err(|e| e.to_string()))
+        }
+        Sink::Pg(w) => {
+            let n: usize = jobs.iter().map(|j| j.rows.len()).sum();
+            let (mut cities, mut temps, mut times) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+            for job in &jobs {
+                for r in &job.rows {
+                    cities.push(app.cities[r.city].name.as_str());
+                    temps.push(r.temperature);
+                    times.push(r.time);
+                }
+            }
+            let outcome = w.insert_batch(&cities, &temps, &times).await.map_err(|e| e.to_string());
+            drop(cities);
+            (jobs, outcome)
+        }
+    }
+}
+
 /// The group-commit loop. A batch starts with the first queued job and takes more until it
 /// would pass 1000 readings (the job that does not fit opens the next batch) or nothing
 /// more is queued; with a linger it waits until `linger` after it took the first job
 /// instead (jobs already queued by then are still taken: the timeout polls the channel
 /// first). Every job of the batch is acknowledged with the commit's outcome.
-async fn writer(app: Arc<App>, mut conn: Connection, mut rx: mpsc::Receiver<WriterMsg>, linger: Duration) {
+async fn writer(app: Arc<App>, mut sink: Sink, mut rx: mpsc::Receiver<WriterMsg>, linger: Duration) {
     let mut carry: Option<Job> = None;
     let mut stopping = false;
     loop {
@@ -581,14 +664,7 @@ async fn writer(app: Arc<App>, mut conn: Connection, mut rx: mpsc::Receiver<Writ
                 Err(false) => break,
             }
         }
-        let app2 = app.clone();
-        let (c, jobs, outcome) = tokio::task::spawn_blocking(move || {
-            let outcome = commit(&mut conn, &app2, &jobs);
-            (conn, jobs, outcome)
-        })
-        .await
-        .expect("the commit does not panic");
-        conn = c;
+        let (jobs, outcome) = commit_batch(&app, &mut sink, jobs).await;
         if let Err(e) = &outcome {
             eprintln!("weather-rust: commit of {readings} readings failed: {e}");
         }
@@ -689,7 +765,7 @@ async fn get_weather(app: &Arc<App>, name: &str) -> Response<Body> {
     let forecast = {
         let mut f = city.forecast.lock().await;
         if f.computed_at == 0 || now_ms() - f.computed_at > app.ttl_ms {
-            if refresh(app, idx, &mut f).await.is_err() {
+            if refresh(app, idx, &mut f, app.ttl_ms).await.is_err() {
                 return error(StatusCode::SERVICE_UNAVAILABLE, "database unavailable");
             }
         }
@@ -915,33 +991,49 @@ impl hyper::server::accept::Accept for GuardedListener {
 // ---------------------------------------------------------------------------------------
 // Startup and shutdown
 
+fn new_city(name: String, base: f64, temperature: f64, time: i64) -> City {
+    City {
+        name,
+        base,
+        current: parking_lot::Mutex::new(Current {
+            temperature,
+            time,
+            since_start: 0,
+        }),
+        forecast: tokio::sync::Mutex::new(Forecast {
+            temperature: 0.0,
+            computed_at: 0,
+            based_on: 0,
+            token: 0,
+        }),
+    }
+}
+
 fn load_cities(conn: &Connection) -> rusqlite::Result<Vec<City>> {
-    let mut names = conn.prepare("SELECT name FROM cities ORDER BY name")?;
+    let mut names = conn.prepare("SELECT name, base FROM cities ORDER BY name")?;
     let names = names
-        .query_map([], |r| r.get::<_, String>(0))?
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?)))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut latest =
         conn.prepare("SELECT temperature, time FROM readings WHERE city = ?1 ORDER BY time DESC LIMIT 1")?;
     let mut cities = Vec::with_capacity(names.len());
-    for name in names {
+    for (name, base) in names {
         let (temperature, time) = match latest.query_row(params![name], |r| Ok((r.get(0)?, r.get(1)?))) {
             Ok(v) => v,
             Err(rusqlite::Error::QueryReturnedNoRows) => (0.0, 0),
             Err(e) => return Err(e),
         };
-        cities.push(City {
-            name,
-            current: parking_lot::Mutex::new(Current {
-                temperature,
-                time,
-                since_start: 0,
-            }),
-            forecast: tokio::sync::Mutex::new(Forecast {
-                temperature: 0.0,
-                computed_at: 0,
-                based_on: 0,
-            }),
-        });
+        cities.push(new_city(name, base, temperature, time));
+    }
+    Ok(cities)
+}
+
+/// The cities with their latest readings, from PostgreSQL.
+async fn load_cities_pg(store: &pg::Store) -> Result<Vec<City>, pg::BoxError> {
+    let mut cities = Vec::new();
+    for (name, base) in store.cities().await? {
+        let (temperature, time) = store.recent(&name, 1).await?.first().copied().unwrap_or((base, 0));
+        cities.push(new_city(name, base, temperature, time));
     }
     Ok(cities)
 }
@@ -962,23 +1054,38 @@ fn main() {
         eprintln!("weather-rust: {what}: {e}");
         exit(1);
     };
-    let mut wconn = open_db(&cfg.db).unwrap_or_else(|e| fail(&format!("opening {}", cfg.db), &e));
-    create_and_seed(&mut wconn, now_ms()).unwrap_or_else(|e| fail("creating the schema", &e));
-    let cities = load_cities(&wconn).unwrap_or_else(|e| fail("loading the cities", &e));
-    let index = cities.iter().enumerate().map(|(i, c)| (c.name.clone(), i)).collect();
-
+    let pg_cfg = pg::parse_url(&cfg.db).map(|r| r.unwrap_or_else(|e| fail(&format!("--db {}", cfg.db), &e)));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.workers)
         .enable_all()
         .build()
         .unwrap_or_else(|e| fail("starting the runtime", &e));
     rt.block_on(async move {
+        let (sink, pg, cities) = match pg_cfg {
+            None => {
+                let mut wconn = open_db(&cfg.db).unwrap_or_else(|e| fail(&format!("opening {}", cfg.db), &e));
+                create_and_seed(&mut wconn, now_ms()).unwrap_or_else(|e| fail("creating the schema", &e));
+                let cities = load_cities(&wconn).unwrap_or_else(|e| fail("loading the cities", &e));
+                (Sink::Sqlite(Some(wconn)), None, cities)
+            }
+            Some(pcfg) => {
+                let (store, w) = pg::Store::open(pcfg, now_ms())
+                    .await
+                    .unwrap_or_else(|e| fail("opening the PostgreSQL database", &e));
+                let cities = load_cities_pg(&store)
+                    .await
+                    .unwrap_or_else(|e| fail("loading the cities", &e));
+                (Sink::Pg(w), Some(store), cities)
+            }
+        };
+        let index = cities.iter().enumerate().map(|(i, c)| (c.name.clone(), i)).collect();
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
         let app = Arc::new(App {
             cities,
             index,
             db_path: cfg.db.clone(),
             readers: parking_lot::Mutex::new(Vec::new()),
+            pg,
             writer: tx,
             read_ok: AtomicBool::new(true),
             write_ok: AtomicBool::new(true),
@@ -988,7 +1095,7 @@ fn main() {
                 status: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
             },
         });
-        let writer_task = tokio::spawn(writer(app.clone(), wconn, rx, cfg.linger));
+        let writer_task = tokio::spawn(writer(app.clone(), sink, rx, cfg.linger));
         let refresher_task = tokio::spawn(refresher(app.clone(), Duration::from_millis(cfg.refresh_ms)));
 
         let listener = TcpListener::bind(cfg.listen)
