@@ -97,6 +97,11 @@ static void find_in_thread(pz__thread_rec *r, void *arg)
 uint64_t pz__holder_of(int kind, const void *lock, int *tid)
 {
     struct find_holder f = {lock, 0, 0};
+    if (!lock) { /* a wait read while it changed (checks.c) */
+        if (tid)
+            *tid = 0;
+        return 0;
+    }
     if (kind > 0 && kind < PZ__WAIT_KINDS) {
         pz__holder_fn fn = atomic_load_explicit(&holder_fns[kind], memory_order_acquire);
         if (fn)
