@@ -178,7 +178,11 @@ static void *io_calls(void *arg)
     CHECK_EQ(pz_write_all(sv[0], NULL, 4, now), -EFAULT);
     CHECK_EQ(pz_writev(sv[0], NULL, 1, now), -EFAULT);
     CHECK_EQ(pz_send(sv[0], NULL, 4, 0, now), -EFAULT);
-    CHECK_EQ(pz_read(sv[1], NULL, 4, now), -ETIMEDOUT);
+    {
+        /* qemu-user checks the buffer before it looks for data. */
+        ssize_t r = pz_read(sv[1], NULL, 4, now);
+        CHECK(r == -ETIMEDOUT || r == -EFAULT);
+    }
     CHECK_EQ(pz_write(sv[0], b, 1, now), 1);
     CHECK_EQ(pz_read(sv[1], NULL, 4, now), -EFAULT);
     CHECK_EQ(pz_readv(sv[1], NULL, 1, now), -EFAULT);

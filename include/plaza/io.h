@@ -26,7 +26,8 @@
  *   - a NULL buffer, iovec array or address with a size above 0 is passed
  *     to the system call and comes back as its error when the call
  *     reaches the kernel (-EFAULT; a read that would block first times
- *     out or waits as usual); a zero size with any buffer is a call of
+ *     out or waits as usual, except under an emulator such as qemu-user,
+ *     which may check the buffer first); a zero size with any buffer is a call of
  *     size 0 (pz_write_all of 0 bytes returns 0);
  *   - flags go to the system call unchanged: recv(2) refuses some unknown
  *     bits with -EINVAL, send(2) ignores bits it does not know;
