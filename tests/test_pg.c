@@ -2,6 +2,7 @@
  * and results, no worker ever blocked in libpq, deadlines and cancels
  * cancelled on the server, pipelining, LISTEN/NOTIFY, the pool. */
 #include <arpa/inet.h>
+#include <endian.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -163,8 +164,8 @@ static void test_basics(void **state)
 
 static void be64(unsigned char *o, uint64_t v)
 {
-    for (int i = 7; i >= 0; i--, v >>= 8)
-        o[i] = (unsigned char)v;
+    v = htobe64(v);
+    memcpy(o, &v, sizeof v);
 }
 
 static void *params_main(void *arg)
@@ -191,10 +192,8 @@ static void *params_main(void *arg)
     pz_pg_result_free(res);
     /* A binary float8[] of three elements, read back by unnest. */
     unsigned char arr[20 + 3 * 12];
-    const uint32_t head[5] = {1, 0, 701, 3, 1};
-    for (int i = 0; i < 5; i++)
-        for (int b = 0; b < 4; b++)
-            arr[4 * i + b] = (unsigned char)(head[i] >> (24 - 8 * b));
+    const uint32_t head[5] = {htobe32(1), htobe32(0), htobe32(701), htobe32(3), htobe32(1)};
+    memcpy(arr, head, sizeof head);
     const double vals[3] = {1.5, -0.1, 1e300};
     for (int i = 0; i < 3; i++) {
         unsigned char *o = arr + 20 + 12 * i;

@@ -32,6 +32,7 @@
 #include <plaza.h>
 #include <plaza/pg.h>
 
+#include <endian.h>
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -136,13 +137,13 @@ failed:
 /* The statements of the forecast path, prepared on every reader
  * connection when it is made (the pool's on_connect), so each call is one
  * round trip without a parse and plan on the server. */
-enum { ST_RECENT, ST_FC_GET, ST_FC_PUT, ST_COUNT };
+enum { ST_NONE = -1, ST_RECENT, ST_FC_GET, ST_FC_PUT, ST_COUNT };
 static const struct {
     const char *name, *sql;
     int nparams;
 } statements[ST_COUNT] = {
-    [ST_RECENT] = {"wx_recent", "SELECT temperature, time FROM readings WHERE city = $1 ORDER BY time DESC LIMIT $2::int",
-                   2},
+    [ST_RECENT] = {"wx_recent",
+                   "SELECT temperature, time FROM readings WHERE city = $1 ORDER BY time DESC LIMIT $2::int", 2},
     [ST_FC_GET] = {"wx_fc_get", "SELECT temperature, computed_at, based_on, token FROM forecasts WHERE city = $1", 1},
     /* The fencing check and the write are one statement: no row comes
      * back (0 affected) when a higher token has written the city. */
@@ -165,8 +166,8 @@ static int prepare_reader(pz_pg_conn_t *c, void *arg)
     return 0;
 }
 
-/* Runs a reader query on a pooled connection: sql, or the prepared
- * statement st (sql NULL). */
+/* Runs a reader query on a pooled connection: the prepared statement st,
+ * or sql with st ST_NONE. */
 static int reader_run(pg_store *s, const char *what, int st, const char *sql, int nparams, const char *const *params,
                       pz_pg_result_t **res)
 {
@@ -174,8 +175,8 @@ static int reader_run(pg_store *s, const char *what, int st, const char *sql, in
     int r = pz_pg_pool_acquire(s->readers, deadline(), &c);
     if (r < 0)
         return fail(NULL, what, r);
-    r = sql ? pz_pg_query(c, sql, nparams, params, deadline(), res)
-            : pz_pg_query_prepared(c, statements[st].name, nparams, params, deadline(), res);
+    r = st == ST_NONE ? pz_pg_query(c, sql, nparams, params, deadline(), res)
+                      : pz_pg_query_prepared(c, statements[st].name, nparams, params, deadline(), res);
     if (r < 0) {
         r = fail(c, what, r);
         if (*res) {
@@ -190,7 +191,8 @@ static int reader_run(pg_store *s, const char *what, int st, const char *sql, in
 static int pg_cities(wx_store *base, wx_city *out, int max)
 {
     pz_pg_result_t *res = NULL;
-    int r = reader_run((pg_store *)base, "cities", 0, "SELECT name, base FROM cities ORDER BY name", 0, NULL, &res);
+    int r = reader_run((pg_store *)base, "cities", ST_NONE, "SELECT name, base FROM cities ORDER BY name", 0, NULL,
+                       &res);
     if (r < 0)
         return r;
     int n = pz_pg_result_rows(res);
@@ -220,16 +222,8 @@ enum { OID_INT8 = 20, OID_TEXT = 25, OID_FLOAT8 = 701, BIN_ARRAY_HEADER = 20 };
 
 static void put_be32(unsigned char *o, uint32_t v)
 {
-    o[0] = (unsigned char)(v >> 24);
-    o[1] = (unsigned char)(v >> 16);
-    o[2] = (unsigned char)(v >> 8);
-    o[3] = (unsigned char)v;
-}
-
-static void put_be64(unsigned char *o, uint64_t v)
-{
-    put_be32(o, (uint32_t)(v >> 32));
-    put_be32(o + 4, (uint32_t)v);
+    v = htobe32(v);
+    memcpy(o, &v, sizeof v);
 }
 
 static int ba_reserve(bin_array *a, size_t more)
@@ -274,9 +268,8 @@ static int ba_add(bin_array *a, const void *bytes, uint32_t n)
 
 static int ba_add_u64(bin_array *a, uint64_t v)
 {
-    unsigned char b[8];
-    put_be64(b, v);
-    return ba_add(a, b, 8);
+    v = htobe64(v);
+    return ba_add(a, &v, sizeof v);
 }
 
 static void ba_end(bin_array *a)
@@ -408,7 +401,7 @@ static int pg_forecast_put(wx_store *base, const char *city, const wx_forecast *
 static int pg_scalar(pg_store *s, const char *what, const char *sql, int64_t *v)
 {
     pz_pg_result_t *res = NULL;
-    int r = reader_run(s, what, 0, sql, 0, NULL, &res);
+    int r = reader_run(s, what, ST_NONE, sql, 0, NULL, &res);
     if (r < 0)
         return r;
     r = pz_pg_result_int64(res, 0, 0, v);

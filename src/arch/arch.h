@@ -130,7 +130,6 @@ int pz__poller_wait(int poller, pz__event *events, int max, int64_t deadline);
 /* A wake-up descriptor (eventfd) that the poller watches. */
 int pz__waker_create(void);
 void pz__waker_signal(int fd);
-void pz__waker_drain(int fd);
 int pz__set_nonblocking(int fd);
 /* Whether fd is a byte stream whose read returns everything it has up to
  * the size asked: a stream socket or a pipe/FIFO (not a datagram socket,

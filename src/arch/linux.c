@@ -350,6 +350,13 @@ int pz__waker_create(void)
     return fd < 0 ? -errno : fd;
 }
 
+static void waker_drain(int fd)
+{
+    uint64_t v;
+    ssize_t r = read(fd, &v, sizeof v);
+    (void)r;
+}
+
 /* The waker is registered edge-triggered (pz__poller_add), and every write
  * to an eventfd is a new edge, whatever its counter holds: so the poller
  * never needs to read it, which saves a system call per wake-up.  The
@@ -359,17 +366,10 @@ void pz__waker_signal(int fd)
 {
     uint64_t one = 1;
     if (write(fd, &one, sizeof one) < 0 && errno == EAGAIN) {
-        pz__waker_drain(fd);
+        waker_drain(fd);
         ssize_t r = write(fd, &one, sizeof one);
         (void)r;
     }
-}
-
-void pz__waker_drain(int fd)
-{
-    uint64_t v;
-    ssize_t r = read(fd, &v, sizeof v);
-    (void)r;
 }
 
 bool pz__fd_is_stream(int fd)

@@ -169,11 +169,12 @@ int pz_pg_pool_acquire(pz_pg_pool_t *p, int64_t deadline, pz_pg_conn_t **out)
         if ((r = backoff_wait(p, deadline)) < 0)
             break;
         r = pz_pg_connect(p->conninfo, deadline, &c);
-        if (r == 0 && p->on_connect && (r = p->on_connect(c, p->on_connect_arg)) >= 0) {
-            r = 0;
-        } else if (r < 0 && c) {
-            pz_pg_close(c); /* the hook refused it */
-            c = NULL;
+        if (r == 0 && p->on_connect) {
+            int h = p->on_connect(c, p->on_connect_arg);
+            if (h < 0) {
+                pz_pg_close(c); /* the hook refused it */
+                r = h;
+            }
         }
         connected(p, r);
         if (r == 0) {

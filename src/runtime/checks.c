@@ -97,17 +97,10 @@ static void add_task(pz_task_t *t, void *arg)
         g->blocking_waits++;
     if (!lock_kind(kind) || g->len == MAX_NODES)
         return;
-    /* The task may end this wait and start another meanwhile: its kind
-     * and object are read apart, so the object may belong to a later wait
-     * (a plain park has none).  A lock wait always has its lock; a node
-     * without one is left out (the next check sees the new wait). */
-    const void *obj = atomic_load_explicit(&t->wait.obj, memory_order_relaxed);
-    if (!obj)
-        return;
     node_t *n = &g->n[g->len++];
     n->id = t->id;
     n->kind = kind;
-    n->obj = obj;
+    n->obj = atomic_load_explicit(&t->wait.obj, memory_order_relaxed);
     n->since = atomic_load_explicit(&t->wait.since, memory_order_relaxed);
     n->tid = 0;
     n->task = t;
@@ -123,13 +116,10 @@ static void add_thread(pz__thread_rec *r, void *arg)
     g->thread_waits++;
     if (!lock_kind(kind) || g->len == MAX_NODES)
         return;
-    const void *obj = atomic_load_explicit(&r->wait.obj, memory_order_relaxed);
-    if (!obj)
-        return; /* as in add_task */
     node_t *n = &g->n[g->len++];
     n->id = r->caller;
     n->kind = kind;
-    n->obj = obj;
+    n->obj = atomic_load_explicit(&r->wait.obj, memory_order_relaxed);
     n->since = atomic_load_explicit(&r->wait.since, memory_order_relaxed);
     n->tid = r->tid;
     n->task = NULL;

@@ -97,7 +97,11 @@ static void find_in_thread(pz__thread_rec *r, void *arg)
 uint64_t pz__holder_of(int kind, const void *lock, int *tid)
 {
     struct find_holder f = {lock, 0, 0};
-    if (!lock) { /* a wait read while it changed (checks.c) */
+    /* The monitor and the dumps read a wait's kind and object apart, while
+     * its task may end it and start another: a lock kind can meet a later
+     * plain park's NULL object.  Such a wait has no holder (a lock wait
+     * always has its lock, and the next look sees the new wait). */
+    if (!lock) {
         if (tid)
             *tid = 0;
         return 0;
