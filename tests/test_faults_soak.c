@@ -394,9 +394,89 @@ static void test_faults_soak(void **state)
     CHECK(pz__faults_injected(PZ__FAULT_IO) > 0);
 }
 
+/* pz_blocking while every second pool thread is refused: a call that
+ * returns -EAGAIN (no pool thread, and none could be started) must not
+ * run its job, then or later.  A refused call used to leave its job queued
+ * for a moment after letting go of the pool lock; another task's call could
+ * start a thread in that moment, which took the job (on the refused call's
+ * stack, soon reused) and ran it: a count of 1 here, or a jump through
+ * whatever had overwritten the job by then (the soak's one crash). */
+struct refusal {
+    _Atomic long runs;
+};
+
+static void *count_run(void *arg)
+{
+    struct refusal *r = arg;
+    atomic_fetch_add(&r->runs, 1);
+    return arg;
+}
+
+static _Atomic long refusals, blocking_done;
+
+static void *refusal_task(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 4; i++) {
+        struct refusal mine = {0};
+        void *res = NULL;
+        int e = pz_blocking(count_run, &mine, &res);
+        if (e == 0) {
+            CHECK_EQ(atomic_load(&mine.runs), 1);
+            CHECK(res == &mine);
+            atomic_fetch_add(&blocking_done, 1);
+            continue;
+        }
+        CHECK_EQ(e, -EAGAIN);
+        atomic_fetch_add(&refusals, 1);
+        /* Time for a pool thread that took the job anyway to run it. */
+        pz_sleep(200000);
+        CHECK_EQ(atomic_load(&mine.runs), 0);
+    }
+    return NULL;
+}
+
+static void *refusal_main(void *arg)
+{
+    (void)arg;
+    pz_task_t *t[16];
+    for (int i = 0; i < 16; i++) {
+        t[i] = pz_spawn(refusal_task, NULL);
+        CHECK(t[i] != NULL);
+    }
+    for (int i = 0; i < 16; i++)
+        CHECK_EQ(pz_join(t[i], NULL), 0);
+    return NULL;
+}
+
+static void test_blocking_refused_job_never_runs(void **state)
+{
+    (void)state;
+    test_restore_fault_handlers();
+    pz__faults_target(1u << PZ__FAULT_THREAD, 0.5);
+    /* Each runtime's end lets the idle pool threads go, so every round
+     * starts with an empty pool, where a refused thread refuses the call. */
+    int64_t end = pz_now() + 4 * SEC;
+    long rounds = 0;
+    while (pz_now() < end) {
+        pz_config_t cfg = {.workers = 2};
+        int e = pz_run(&cfg, refusal_main, NULL, NULL);
+        if (e == 0)
+            rounds++;
+        else
+            CHECK_EQ(e, -EAGAIN); /* a worker thread refused */
+    }
+    pz__faults_target(~0u, -1);
+    fprintf(stderr, "refusals: %ld rounds, %ld calls refused, %ld run\n", rounds, atomic_load(&refusals),
+            atomic_load(&blocking_done));
+    CHECK(rounds > 0);
+    CHECK(atomic_load(&refusals) > 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_blocking_refused_job_never_runs),
         cmocka_unit_test(test_faults_soak),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -9,12 +9,17 @@
 static _Atomic long injected[PZ__FAULT_SITES];
 static _Atomic uint64_t threads_seen;
 static _Atomic int enabled = 1;
+static _Atomic unsigned site_mask = ~0u;
+static _Atomic int64_t rate_override = -1;
 static _Thread_local uint64_t state;
 
 /* The rate as a threshold on 32 random bits; read once. */
 static uint64_t threshold(void)
 {
     static _Atomic int64_t cached = -1;
+    int64_t o = atomic_load_explicit(&rate_override, memory_order_relaxed);
+    if (o >= 0)
+        return (uint64_t)o;
     int64_t t = atomic_load_explicit(&cached, memory_order_relaxed);
     if (t < 0) {
         const char *r = getenv("PLAZA_FAULTS_RATE");
@@ -46,7 +51,8 @@ static uint64_t next(void)
 
 bool pz__fault(enum pz__fault_site site)
 {
-    if (!atomic_load_explicit(&enabled, memory_order_relaxed))
+    if (!atomic_load_explicit(&enabled, memory_order_relaxed) ||
+        !(atomic_load_explicit(&site_mask, memory_order_relaxed) & (1u << site)))
         return false;
     if ((next() & 0xffffffffu) >= threshold())
         return false;
@@ -69,6 +75,15 @@ long pz__faults_injected(enum pz__fault_site site)
 void pz__faults_enable(bool on)
 {
     atomic_store_explicit(&enabled, on, memory_order_relaxed);
+}
+
+void pz__faults_target(unsigned sites, double rate)
+{
+    atomic_store_explicit(&site_mask, sites, memory_order_relaxed);
+    int64_t t = -1;
+    if (rate >= 0)
+        t = (int64_t)((rate > 1 ? 1 : rate) * 4294967296.0);
+    atomic_store_explicit(&rate_override, t, memory_order_relaxed);
 }
 #else
 /* ISO C wants a translation unit to declare something. */

@@ -36,6 +36,10 @@ long pz__faults_injected(enum pz__fault_site site);
 /* Stops (false) or resumes (true) injecting, process-wide: a test sets up
  * and checks its invariants without faults. */
 void pz__faults_enable(bool on);
+/* For a test aimed at one error path: inject only at the sites in `sites`
+ * (a mask of 1 << site), with probability `rate` (a negative rate goes
+ * back to PLAZA_FAULTS_RATE); pz__faults_target(~0u, -1) restores both. */
+void pz__faults_target(unsigned sites, double rate);
 #else
 static inline bool pz__fault(enum pz__fault_site site)
 {

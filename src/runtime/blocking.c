@@ -118,6 +118,25 @@ out:
 }
 
 /* Called with the pool lock held. */
+static void unqueue(pz__job *job)
+{
+    pz__job **p = &pool.head, *prev = NULL;
+    while (*p && *p != job) {
+        prev = *p;
+        p = &(*p)->next;
+    }
+    if (*p) {
+        pool.queued--;
+        *p = job->next;
+        if (pool.tail == job)
+            pool.tail = prev;
+    }
+}
+
+/* Called with the pool lock held.  A job it refuses (no pool thread, and
+ * none could be started) leaves the queue before the lock is let go: a
+ * thread another call starts in between would otherwise take it, and run
+ * it on the stack of a call that has returned. */
 static int submit(pz__job *job)
 {
     job->next = NULL;
@@ -138,29 +157,16 @@ static int submit(pz__job *job)
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
         int e = pz__thread_create(&th, &attr, pool_thread, NULL);
         pthread_attr_destroy(&attr);
-        if (e == 0)
+        if (e == 0) {
             pool.threads++;
-        else if (pool.threads == 0)
-            return e; /* nobody would ever run the job */
+        } else if (pool.threads == 0) {
+            unqueue(job); /* nobody would ever run it */
+            return e;
+        }
     } else {
         pthread_cond_signal(&pool.work);
     }
     return 0;
-}
-
-static void unqueue(pz__job *job)
-{
-    pz__job **p = &pool.head, *prev = NULL;
-    while (*p && *p != job) {
-        prev = *p;
-        p = &(*p)->next;
-    }
-    if (*p) {
-        pool.queued--;
-        *p = job->next;
-        if (pool.tail == job)
-            pool.tail = prev;
-    }
 }
 
 int pz_blocking(pz_fn fn, void *arg, void **result)
@@ -185,9 +191,6 @@ int pz_blocking(pz_fn fn, void *arg, void **result)
     pthread_mutex_unlock(&pool.lock);
     if (e) {
         pz__report("pz_blocking: cannot start a pool thread: %s", strerror(-e));
-        pthread_mutex_lock(&pool.lock);
-        unqueue(&job);
-        pthread_mutex_unlock(&pool.lock);
         /* The park prepared above never happens: the task is RUNNING again
          * (a cancel that claimed it meanwhile readied nothing, since it was
          * not PARKED), and its announced wait is dropped. */
