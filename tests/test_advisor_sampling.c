@@ -19,6 +19,9 @@
  *               sleeps, is not reported as suspending with a sync lock),
  *               for pz_mutex_lock_until and pz_rwlock_write_until.
  *
+ * After each, no hold is left timed (pz__observe_timed_now, the count the
+ * observed unlocks test before they call out, is back to 0).
+ *
  * The waits are forced (the holder keeps the lock until the waiter's
  * attempt has ended); the sampling bounds are a factor of 2 either side
  * of the expected count, thousands of samples wide. */
@@ -157,6 +160,9 @@ static void test_counts(void **state)
     CHECK(num(l, "timed_shared", NULL) >= reads / SAMPLE_N / 2);
     CHECK(strcmp(str(l, "verdict"), "data") == 0);
     json_decref(root);
+    /* Every timed hold ended: the unlocks' filter is back to 0 (else every
+     * later unlock would call out). */
+    CHECK_EQ(atomic_load(&pz__observe_timed_now), 0);
     pz_advisor_disable();
     CHECK(unsetenv("PLAZA_ADVISOR_SAMPLE") == 0);
 }
@@ -277,6 +283,7 @@ static void test_gave_up_inline(void **state)
         CHECK(num(l, "timed_holds", NULL) >= 64);
     }
     json_decref(root);
+    CHECK_EQ(atomic_load(&pz__observe_timed_now), 0);
     pz_advisor_disable();
     CHECK(unsetenv("PLAZA_ADVISOR_SAMPLE") == 0);
 }

@@ -45,6 +45,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,43 +81,56 @@ static inline uint32_t slot_of(uintptr_t key)
     return (uint32_t)(h >> 40) & (TABLE_SIZE - 1);
 }
 
+static pz__advisor_lock *record_new(const void *lock, unsigned kind)
+{
+    size_t size = (sizeof(pz__advisor_lock) + 63) / 64 * 64;
+    pz__advisor_lock *r = aligned_alloc(64, size);
+    if (!r)
+        return NULL;
+    memset(r, 0, size);
+    r->lock = lock;
+    atomic_store_explicit(&r->kind, kind, memory_order_relaxed);
+    return r;
+}
+
 /* The record of lock, created (with kind) if create is set.  NULL if absent
- * or the table is full. */
+ * or the table is full (or out of memory).  The record is allocated before
+ * its key is claimed, so that the claim and the record's publication are
+ * two stores apart; a thread that finds the key before the record waits
+ * for it, without a limit (giving up would leave an acquisition uncounted:
+ * with 64 threads on two busy cores, an inserter preempted inside
+ * aligned_alloc made others give up after a million spins). */
 static pz__advisor_lock *record_of(const void *lock, unsigned kind, bool create)
 {
     uintptr_t key = (uintptr_t)lock;
     uint32_t i = slot_of(key);
+    pz__advisor_lock *mine = NULL;
     for (uint32_t probes = 0; probes < TABLE_SIZE; probes++, i = (i + 1) & (TABLE_SIZE - 1)) {
         uintptr_t k = atomic_load_explicit(&table_key[i], memory_order_acquire);
         if (k == 0) {
             if (!create)
                 return NULL;
-            if (!atomic_compare_exchange_strong_explicit(&table_key[i], &k, key, memory_order_acq_rel,
-                                                         memory_order_acquire)) {
-                if (k != key)
-                    continue;
-            } else {
-                size_t size = (sizeof(pz__advisor_lock) + 63) / 64 * 64;
-                pz__advisor_lock *r = aligned_alloc(64, size);
-                if (!r) /* leaves the key without a record: the lock goes unobserved */
-                    return NULL;
-                memset(r, 0, size);
-                r->lock = lock;
-                atomic_store_explicit(&r->kind, kind, memory_order_relaxed);
-                atomic_store_explicit(&table_rec[i], r, memory_order_release);
-                return r;
+            if (!mine && !(mine = record_new(lock, kind)))
+                return NULL; /* the lock goes unobserved */
+            if (atomic_compare_exchange_strong_explicit(&table_key[i], &k, key, memory_order_acq_rel,
+                                                        memory_order_acquire)) {
+                atomic_store_explicit(&table_rec[i], mine, memory_order_release);
+                return mine;
             }
+            if (k != key)
+                continue;
         }
         if (k == key) {
+            free(mine);
             pz__advisor_lock *r;
-            /* The inserter publishes the record right after its key. */
-            for (int spins = 0; !(r = atomic_load_explicit(&table_rec[i], memory_order_acquire)); spins++) {
-                if (spins > 1000000)
-                    return NULL;
+            for (unsigned spins = 0; !(r = atomic_load_explicit(&table_rec[i], memory_order_acquire)); spins++) {
+                if (spins > 1000)
+                    sched_yield();
             }
             return r;
         }
     }
+    free(mine);
     atomic_fetch_add_explicit(&table_full_misses, 1, memory_order_relaxed);
     return NULL;
 }
