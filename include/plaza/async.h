@@ -174,10 +174,11 @@ int pz__async_mutex_wake_released(pz_async_mutex_t *m);
  * path; tests call it to check the fallback. */
 void pz__async_mutex_fences_failed(void);
 /* The observed forms (src/async/observe.c), taken while the advisor is on
- * (runtime.h): out of line, so that they see their caller's address. */
-int pz__async_mutex_lock_observed(pz_async_mutex_t *m, uint64_t self, int64_t deadline);
+ * (runtime.h).  site: the lock call's address (PZ__HERE), or NULL for
+ * their own return address. */
+int pz__async_mutex_lock_observed(pz_async_mutex_t *m, uint64_t self, int64_t deadline, const void *site);
 bool pz__async_mutex_trylock_observed(pz_async_mutex_t *m);
-int pz__async_mutex_unlock_observed(pz_async_mutex_t *m, uint64_t self);
+void pz__async_mutex_released_observed(pz_async_mutex_t *m, uint64_t self);
 #define PZ__ASYNC_OBSERVED() __builtin_expect(atomic_load_explicit(&pz__advisor_on, memory_order_relaxed), 0)
 
 /* One attempt to take a free mutex.  The waiter word is read after the
@@ -194,9 +195,27 @@ static inline bool pz__async_mutex_take(pz_async_mutex_t *m, uint64_t self)
     return true;
 }
 
+/* The observed lock, inline while the thread's last slot is this (lock,
+ * site)'s and the hold is not to be timed: the acquisition is counted
+ * after the mutex is taken (a waiter may suspend and resume on another
+ * thread, whose slots are not this one's), the owner checked; everything
+ * else goes out of line (src/async/observe.c). */
+PZ__INLINE int pz__async_mutex_lock_observing(pz_async_mutex_t *m, uint64_t self, int64_t deadline,
+                                                 const void *site)
+{
+    pz__observe_slot *sl = pz__observe_caller().last;
+    uint64_t countdown;
+    if (__builtin_expect(!site || !pz__observe_hit(sl, m, site, &countdown) || pz__debug_holds(), 0) ||
+        __builtin_expect(!pz__async_mutex_take(m, self), 0))
+        return pz__async_mutex_lock_observed(m, self, deadline, site);
+    pz__observe_take(sl, countdown);
+    pz__observe_owner(sl, self);
+    return 0;
+}
+
 /* Returns true with the mutex held, false if it is held by anyone (or
  * being handed to a waiter). */
-static inline bool pz_async_mutex_trylock(pz_async_mutex_t *m)
+PZ__INLINE bool pz_async_mutex_trylock(pz_async_mutex_t *m)
 {
     if (PZ__ASYNC_OBSERVED())
         return pz__async_mutex_trylock_observed(m);
@@ -211,13 +230,13 @@ static inline bool pz_async_mutex_trylock(pz_async_mutex_t *m)
 }
 
 /* Returns 0 with the mutex held, -ETIMEDOUT at the deadline or -ECANCELED. */
-static inline int pz_async_mutex_lock_until(pz_async_mutex_t *m, int64_t deadline)
+PZ__INLINE int pz_async_mutex_lock_until(pz_async_mutex_t *m, int64_t deadline)
 {
     /* self first: a const call made on every path is hoisted out of a
      * caller's loop, one made after the branch is not. */
     uint64_t self = pz__async_self_bits();
     if (PZ__ASYNC_OBSERVED())
-        return pz__async_mutex_lock_observed(m, self, deadline);
+        return pz__async_mutex_lock_observing(m, self, deadline, PZ__HERE());
     int r = 0;
     if (!pz__async_mutex_take(m, self))
         r = pz__async_mutex_lock_slow(m, self, deadline);
@@ -227,7 +246,7 @@ static inline int pz_async_mutex_lock_until(pz_async_mutex_t *m, int64_t deadlin
 }
 
 /* Returns 0 with the mutex held, or -ECANCELED. */
-static inline int pz_async_mutex_lock(pz_async_mutex_t *m)
+PZ__INLINE int pz_async_mutex_lock(pz_async_mutex_t *m)
 {
     return pz_async_mutex_lock_until(m, INT64_MAX);
 }
@@ -257,13 +276,13 @@ static inline int pz__async_mutex_unlock_plain(pz_async_mutex_t *m, uint64_t sel
     return pz__async_mutex_unlock_slow(m, self);
 }
 
-static inline int pz_async_mutex_unlock(pz_async_mutex_t *m)
+PZ__INLINE int pz_async_mutex_unlock(pz_async_mutex_t *m)
 {
     uint64_t self = pz__async_self_bits();
     if (pz__debug_holds())
         pz__held_forget(m);
-    if (PZ__ASYNC_OBSERVED())
-        return pz__async_mutex_unlock_observed(m, self);
+    if (PZ__ASYNC_OBSERVED() && PZ__OBSERVE_TIMING())
+        pz__async_mutex_released_observed(m, self);
     return pz__async_mutex_unlock_plain(m, self);
 }
 

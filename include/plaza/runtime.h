@@ -212,6 +212,7 @@ typedef struct pz__held {
 typedef struct pz__holds {
     _Atomic unsigned depth; /* locks held now; the first PZ__HELD_MAX are in rec */
     pz__held rec[PZ__HELD_MAX];
+    uint64_t caller; /* the owner's pz__caller_id (set with the record), for the observed paths */
 } pz__holds;
 void pz__held_acquired(const void *lock, const char *kind);
 /* The same with the acquiring call site given (an out-of-line lock path
@@ -252,16 +253,19 @@ typedef struct pz__observer {
  * The offsets into the runtime's own structs come from pz__self_layout.
  * Elsewhere than x86-64, pz__holds_self is NULL and the locks call held.c.
  */
+struct pz__observe_slot;
 typedef struct pz__self_tls_t {
     void *worker;         /* offset 0 */
     pz__holds *holds;     /* offset 8 */
     pz__observer observer; /* offset 16: a plain thread's (pz__observer_self) */
+    /* offset 32: the slot of the thread's last observed acquisition (the
+     * lock layers' observed paths keep it; pz__observe_caller) */
+    struct pz__observe_slot *observe_last;
 } pz__self_tls_t;
 extern __thread pz__self_tls_t pz__self_tls __attribute__((tls_model("initial-exec")));
 typedef struct pz__self_layout_t {
     uint32_t worker_current; /* offsetof(pz__worker, current) */
     uint32_t task_holds;     /* offsetof(struct pz_task, holds) */
-    uint32_t task_timed;     /* offsetof(struct pz_task, observer.timed_holds) */
 } pz__self_layout_t;
 extern const pz__self_layout_t pz__self_layout;
 
@@ -285,30 +289,6 @@ static inline pz__holds *pz__holds_self(void)
     return h;
 #else
     return (pz__holds *)0;
-#endif
-}
-
-/* Whether the observation may be timing a hold of the caller (its
- * timed_holds is not 0, or the caller is not known inline): then a lock
- * layer calls the released hook, else it need not. */
-static inline bool pz__observer_timing(void)
-{
-#if defined(__x86_64__)
-    char *w;
-    uint32_t timed;
-    __asm__ volatile("movq pz__self_tls@gottpoff(%%rip), %0\n\t"
-                     "movl %%fs:16+8(%0), %1\n\t"
-                     "movq %%fs:(%0), %0"
-                     : "=&r"(w), "=&r"(timed)
-                     :
-                     : "memory");
-    if (__builtin_expect(w != (char *)0, 1)) {
-        char *t = *(char **)(w + pz__self_layout.worker_current);
-        return !t || *(uint32_t *)(t + pz__self_layout.task_timed) != 0;
-    }
-    return timed != 0;
-#else
-    return true;
 #endif
 }
 
@@ -343,13 +323,16 @@ static inline void pz__held_take_at(const void *lock, const char *kind, const vo
  * the instruction); the memory clobber keeps it after the lock's atomic
  * operation.  Not x86-64: held.c takes its own return address. */
 #if defined(__x86_64__)
-#define pz__held_take(lock, kind)                                                       \
+#define PZ__HERE()                                                                      \
     __extension__({                                                                     \
         void *pz__site_;                                                                \
         __asm__ volatile("leaq 0(%%rip), %0" : "=r"(pz__site_) : : "memory");           \
-        pz__held_take_at((lock), (kind), pz__site_);                                    \
+        (const void *)pz__site_;                                                        \
     })
+#define pz__held_take(lock, kind) pz__held_take_at((lock), (kind), PZ__HERE())
 #else
+/* Not known inline: the out-of-line paths take their return address. */
+#define PZ__HERE() ((const void *)0)
 #define pz__held_take(lock, kind) pz__held_acquired((lock), (kind))
 #endif
 
@@ -379,6 +362,13 @@ static inline bool pz__debug_holds(void)
     return __builtin_expect(pz__debug, 0);
 }
 
+/* The lock calls and their observed halves are always inlined: the
+ * observed half takes its call site's address (PZ__HERE), which must be in
+ * the caller's own code, never in a part of the lock call the compiler
+ * split off and shared between callers (gcc's partial inlining does that
+ * to a cold branch of a function it does not inline whole). */
+#define PZ__INLINE static inline __attribute__((always_inline))
+
 /* The lock observation hooks (docs/advisor.md).  Off by default: every
  * lock's fast path then costs one predictable branch on pz__advisor_on.
  * The advisor (src/advisor, a layer above the locks) installs its hooks
@@ -395,19 +385,25 @@ static inline bool pz__debug_holds(void)
 #define PZ__LOCK_SHARED 1u /* a shared hold (a read lock, semaphore permits) */
 #define PZ__LOCK_SEND 2u   /* a channel wait: a send (else a receive) */
 /* An observer's per-thread record of one (lock, call site) pair, which the
- * observed lock paths update themselves on an uncontended acquisition
- * (pz__observe_uncontended below): the observer finds it before the lock
- * is taken (the hooks' slot), so that inside the critical section there
- * is no call and no lookup, only these counts.  The slot belongs to the
- * calling thread; it stays the slot of its (lock, site) until that
- * thread's next hook call, and is that pair's slot whenever lock and site
- * match (a lock path may keep the last one and check them, instead of
- * asking the hook again). */
+ * observed lock paths update themselves on an uncontended acquisition: the
+ * observer finds it before the lock is taken, so that around the critical
+ * section there is no call and no lookup, only a countdown and an owner
+ * check.  The slot belongs to the calling thread (only that thread writes
+ * it); it is the slot of its pair whenever lock and site match, and a lock
+ * path may keep the last one (pz__self_tls.observe_last) and check them
+ * instead of asking the hook again.
+ *
+ * Counting by the countdown: each acquisition takes one from countdown,
+ * and the one that would bring it to 0 goes to the sample hook, which
+ * times that hold and loads the next countdown (the gap to the next timed
+ * hold), adding it to drawn.  So drawn - countdown is the number of
+ * acquisitions at the pair, exact, with one store per acquisition. */
 typedef struct pz__observe_slot {
-    const void *lock, *site;               /* the pair (NULL while it changes) */
-    _Atomic uint64_t acquisitions, shared; /* this thread's, at this pair */
-    uint64_t countdown;                    /* acquisitions until the next timed hold */
-    _Atomic uint64_t *last_owner;          /* the lock's last exclusive holder (caller id) */
+    const void *lock, *site;       /* the pair (NULL while it changes) */
+    _Atomic uint64_t countdown;    /* acquisitions until the next timed hold; >= 1 between acquisitions */
+    _Atomic uint64_t drawn;        /* the sum of the countdowns loaded */
+    _Atomic uint64_t *last_owner;  /* the lock's last exclusive holder (caller id) */
+    bool shared;                   /* the pair's acquisitions are shared holds */
 } pz__observe_slot;
 typedef struct pz__lock_hooks {
     /* lock was acquired at site (an address in the caller of the public
@@ -424,11 +420,11 @@ typedef struct pz__lock_hooks {
     /* pz_run has spawned main and is about to start the workers (may be
      * NULL): the advisor starts its live page there. */
     void (*runtime_started)(void);
-    /* The caller's slot for (lock, site), or NULL; then an uncontended
-     * acquisition is reported by pz__observe_uncontended. */
-    pz__observe_slot *(*slot)(const void *lock, unsigned kind, const void *site);
-    /* From pz__observe_uncontended: the owner changed to self; the
-     * countdown reached 0 (this hold is to be timed). */
+    /* The calling thread's slot for (lock, site), or NULL; then an
+     * uncontended acquisition is counted in it (pz__observe_count). */
+    pz__observe_slot *(*slot)(const void *lock, unsigned kind, const void *site, unsigned flags);
+    /* From the counting paths: the owner changed to self; the countdown
+     * reached 0 (this hold is to be timed, and the next countdown loaded). */
     void (*owner_changed)(pz__observe_slot *slot, uint64_t self);
     void (*sample)(pz__observe_slot *slot, uint64_t self, unsigned flags);
 } pz__lock_hooks;
@@ -436,38 +432,87 @@ extern _Atomic bool pz__advisor_on;
 extern const pz__lock_hooks *_Atomic pz__lock_hooks_table;
 /* Installs hooks (NULL: none) and turns the observation on or off. */
 void pz__lock_hooks_install(const pz__lock_hooks *hooks);
-/* The caller's slot for (lock, site) through a per-thread cache of the last
- * one (*cache, read and written only by its thread, in calls that do not
- * suspend): a loop on one lock at one site asks the hook once.  NULL
- * without hooks. */
-static inline pz__observe_slot *pz__observe_slot_cached(pz__observe_slot **cache, const pz__lock_hooks *h,
-                                                        const void *lock, unsigned kind, const void *site)
+/* The hooks' owner_changed and sample, for the inline paths (src/runtime/
+ * observe.c: out of line, as they are rare). */
+void pz__observe_owner_changed(pz__observe_slot *sl, uint64_t self);
+void pz__observe_sample(pz__observe_slot *sl, uint64_t self, unsigned flags);
+
+/* What the inline observed paths need of the caller, read at once: its
+ * held-lock record (NULL: not known inline, as for pz__holds_self; its
+ * caller field is the caller's id) and the thread's last slot.  The same
+ * volatile read of the thread-local as pz__holds_self, for the same
+ * reason (a task may move to another thread between two lock calls). */
+typedef struct pz__observe_caller_t {
+    pz__holds *holds;
+    struct pz__observe_slot *last;
+} pz__observe_caller_t;
+PZ__INLINE pz__observe_caller_t pz__observe_caller(void)
 {
-    if (__builtin_expect(!h, 0))
-        return (pz__observe_slot *)0;
-    pz__observe_slot *sl = *cache;
-    if (__builtin_expect(sl && sl->lock == lock && sl->site == site, 1))
-        return sl;
-    sl = h->slot(lock, kind, site);
-    *cache = sl;
-    return sl;
+    pz__observe_caller_t c = {(pz__holds *)0, (struct pz__observe_slot *)0};
+#if defined(__x86_64__)
+    char *w;
+    __asm__ volatile("movq pz__self_tls@gottpoff(%%rip), %2\n\t"
+                     "movq %%fs:32(%2), %1\n\t"
+                     "movq %%fs:8(%2), %0\n\t"
+                     "movq %%fs:(%2), %2"
+                     : "=&r"(c.holds), "=&r"(c.last), "=&r"(w)
+                     :
+                     : "memory");
+    if (__builtin_expect(w != (char *)0, 1)) {
+        char *t = *(char **)(w + pz__self_layout.worker_current);
+        c.holds = t ? (pz__holds *)(t + pz__self_layout.task_holds) : (pz__holds *)0;
+    }
+#endif
+    return c;
 }
-/* An uncontended acquisition of the lock whose slot is sl, by self, just
- * taken: a few loads and stores to the thread's own slot, one load of the
- * lock's owner word, and a call only when the owner changed or the hold is
- * to be timed. */
-static inline void pz__observe_uncontended(const pz__lock_hooks *h, pz__observe_slot *sl, uint64_t self,
-                                           unsigned flags)
+
+/* The number of holds the observer is timing now, of every caller: while
+ * it is 0 no release needs reporting, so the unlocks test it (one load of
+ * a line written only when a timed hold begins or ends) before they call
+ * out to check the caller's own count (pz__observer_self). */
+extern _Atomic uint32_t pz__observe_timed_now;
+#define PZ__OBSERVE_TIMING() __builtin_expect(atomic_load_explicit(&pz__observe_timed_now, memory_order_relaxed) != 0, 0)
+
+/* The thread's last slot if it is (lock, site)'s and this acquisition is
+ * not to be timed: then the caller counts it inline (pz__observe_take),
+ * else it goes out of line. */
+PZ__INLINE bool pz__observe_hit(const pz__observe_slot *sl, const void *lock, const void *site, uint64_t *countdown)
 {
-    atomic_store_explicit(&sl->acquisitions, atomic_load_explicit(&sl->acquisitions, memory_order_relaxed) + 1,
+    return sl && sl->lock == lock && sl->site == site &&
+           (*countdown = atomic_load_explicit(&sl->countdown, memory_order_relaxed)) > 1;
+}
+
+/* Counts an acquisition in a slot that pz__observe_hit accepted (the
+ * countdown it read is above 1, so no hold is timed); pz__observe_untake
+ * undoes it (an attempt that failed, on the same thread). */
+PZ__INLINE void pz__observe_take(pz__observe_slot *sl, uint64_t countdown)
+{
+    atomic_store_explicit(&sl->countdown, countdown - 1, memory_order_relaxed);
+}
+PZ__INLINE void pz__observe_untake(pz__observe_slot *sl)
+{
+    atomic_store_explicit(&sl->countdown, atomic_load_explicit(&sl->countdown, memory_order_relaxed) + 1,
                           memory_order_relaxed);
-    if (__builtin_expect(flags & PZ__LOCK_SHARED, 0))
-        atomic_store_explicit(&sl->shared, atomic_load_explicit(&sl->shared, memory_order_relaxed) + 1,
-                              memory_order_relaxed);
-    else if (__builtin_expect(atomic_load_explicit(sl->last_owner, memory_order_relaxed) != self, 0))
-        h->owner_changed(sl, self);
-    if (__builtin_expect(--sl->countdown == 0, 0))
-        h->sample(sl, self, flags);
+}
+
+/* An exclusive acquisition by self, counted: the owner check. */
+PZ__INLINE void pz__observe_owner(pz__observe_slot *sl, uint64_t self)
+{
+    if (__builtin_expect(atomic_load_explicit(sl->last_owner, memory_order_relaxed) != self, 0))
+        pz__observe_owner_changed(sl, self);
+}
+
+/* An acquisition just made by self, in any slot of its thread (the
+ * out-of-line paths): counted, the owner checked, the hold timed when the
+ * countdown runs out. */
+PZ__INLINE void pz__observe_count(pz__observe_slot *sl, uint64_t self, unsigned flags)
+{
+    if (!(flags & PZ__LOCK_SHARED))
+        pz__observe_owner(sl, self);
+    if (__builtin_expect(atomic_load_explicit(&sl->countdown, memory_order_relaxed) <= 1, 0))
+        pz__observe_sample(sl, self, flags);
+    else
+        pz__observe_take(sl, atomic_load_explicit(&sl->countdown, memory_order_relaxed));
 }
 
 /* The caller's record: the running task's, or the calling thread's.  Valid

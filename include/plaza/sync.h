@@ -68,16 +68,49 @@ void pz__mutex_unlock_slow(pz_mutex_t *m, bool fair);
  * runtime's held-lock record written inline (plaza/runtime.h; a task that
  * suspends while its depth is not 0 is reported; src/runtime/held.c says
  * which wrong unlocks are caught). */
-/* The observed forms (src/sync/observe.c), taken while the advisor is on. */
-void pz__mutex_lock_observed(pz_mutex_t *m, int64_t deadline, int *result);
+/* The observed forms (src/sync/observe.c), taken while the advisor is on.
+ * site: the lock call's address (PZ__HERE), or NULL for their own return
+ * address. */
+void pz__mutex_lock_observed(pz_mutex_t *m, int64_t deadline, int *result, const void *site);
+void pz__mutex_lock_observed_contended(pz_mutex_t *m, int64_t deadline, int *result, const void *site,
+                                       pz__holds *holds, pz__observe_slot *sl);
 bool pz__mutex_trylock_observed(pz_mutex_t *m);
 void pz__mutex_released_observed(pz_mutex_t *m);
 #define PZ__OBSERVED() __builtin_expect(atomic_load_explicit(&pz__advisor_on, memory_order_relaxed), 0)
-/* While observed, a release is reported only if the observer may be
- * timing a hold of the caller (inline: its timed-hold count). */
-#define PZ__RELEASE_OBSERVED() (PZ__OBSERVED() && pz__observer_timing())
+/* While observed, a release is reported only if the observer is timing
+ * some hold (inline: PZ__OBSERVE_TIMING); the observed form checks the
+ * caller's own. */
+#define PZ__RELEASE_OBSERVED() (PZ__OBSERVED() && PZ__OBSERVE_TIMING())
 
-static inline bool pz_mutex_trylock(pz_mutex_t *m)
+/* The observed lock, inline while the thread's last slot is this (lock,
+ * site)'s and the hold is not to be timed (nearly always): the held-lock
+ * record pushed and the acquisition counted (the countdown) before the
+ * CAS, so that inside the section there is only the owner check; every
+ * other case (a new pair, a hold to time, contention, not x86-64) goes out
+ * of line to src/sync/observe.c. */
+PZ__INLINE void pz__mutex_lock_observing(pz_mutex_t *m, int64_t deadline, int *result, const void *site)
+{
+    pz__observe_caller_t c = pz__observe_caller();
+    uint64_t countdown;
+    if (__builtin_expect(!c.holds || !pz__observe_hit(c.last, m, site, &countdown), 0)) {
+        pz__mutex_lock_observed(m, deadline, result, site);
+        return;
+    }
+    pz__observe_take(c.last, countdown);
+    pz__held_push(c.holds, m, "pz_mutex", site);
+    uint8_t unlocked = 0;
+    if (__builtin_expect(!atomic_compare_exchange_strong_explicit(&m->state, &unlocked, PZ__MUTEX_LOCKED,
+                                                                  memory_order_acquire, memory_order_relaxed),
+                         0)) {
+        pz__mutex_lock_observed_contended(m, deadline, result, site, c.holds, c.last);
+        return;
+    }
+    if (result)
+        *result = 0;
+    pz__observe_owner(c.last, c.holds->caller);
+}
+
+PZ__INLINE bool pz_mutex_trylock(pz_mutex_t *m)
 {
     if (PZ__OBSERVED())
         return pz__mutex_trylock_observed(m);
@@ -92,10 +125,10 @@ static inline bool pz_mutex_trylock(pz_mutex_t *m)
     return false;
 }
 
-static inline void pz_mutex_lock(pz_mutex_t *m)
+PZ__INLINE void pz_mutex_lock(pz_mutex_t *m)
 {
     if (PZ__OBSERVED()) {
-        pz__mutex_lock_observed(m, INT64_MAX, NULL);
+        pz__mutex_lock_observing(m, INT64_MAX, NULL, PZ__HERE());
         return;
     }
     uint8_t unlocked = 0;
@@ -107,12 +140,12 @@ static inline void pz_mutex_lock(pz_mutex_t *m)
 
 /* Returns 0 with the mutex held, or -ETIMEDOUT at the deadline (pz_now()
  * nanoseconds). */
-static inline int pz_mutex_lock_until(pz_mutex_t *m, int64_t deadline)
+PZ__INLINE int pz_mutex_lock_until(pz_mutex_t *m, int64_t deadline)
 {
     uint8_t unlocked = 0;
     int r = 0;
     if (PZ__OBSERVED()) {
-        pz__mutex_lock_observed(m, deadline, &r);
+        pz__mutex_lock_observing(m, deadline, &r, PZ__HERE());
         return r;
     }
     if (!atomic_compare_exchange_weak_explicit(&m->state, &unlocked, PZ__MUTEX_LOCKED, memory_order_acquire,
@@ -123,7 +156,7 @@ static inline int pz_mutex_lock_until(pz_mutex_t *m, int64_t deadline)
     return r;
 }
 
-static inline void pz_mutex_unlock(pz_mutex_t *m)
+PZ__INLINE void pz_mutex_unlock(pz_mutex_t *m)
 {
     uint8_t locked = PZ__MUTEX_LOCKED;
     if (!pz__held_give(m, "pz_mutex_unlock"))
@@ -135,7 +168,7 @@ static inline void pz_mutex_unlock(pz_mutex_t *m)
 }
 
 /* Unlocks and hands the mutex straight to a waiter if there is one. */
-static inline void pz_mutex_unlock_fair(pz_mutex_t *m)
+PZ__INLINE void pz_mutex_unlock_fair(pz_mutex_t *m)
 {
     uint8_t locked = PZ__MUTEX_LOCKED;
     if (!pz__held_give(m, "pz_mutex_unlock_fair"))
@@ -215,10 +248,38 @@ void pz__rwlock_read_unlock_slow(pz_rwlock_t *rw);
 void pz__rwlock_write_unlock_slow(pz_rwlock_t *rw, bool fair);
 void pz__rwlock_upgradable_unlock_slow(pz_rwlock_t *rw);
 int pz__rwlock_upgrade_slow(pz_rwlock_t *rw, int64_t deadline);
-/* The observed forms (src/sync/observe.c), taken while the advisor is on. */
-int pz__rwlock_lock_observed(pz_rwlock_t *rw, int mode, int64_t deadline);
+/* The observed forms (src/sync/observe.c), taken while the advisor is on
+ * (site as for pz__mutex_lock_observed). */
+int pz__rwlock_lock_observed(pz_rwlock_t *rw, int mode, int64_t deadline, const void *site);
+int pz__rwlock_lock_observed_contended(pz_rwlock_t *rw, int mode, int64_t deadline, const void *site,
+                                       pz__holds *holds, pz__observe_slot *sl);
 bool pz__rwlock_try_observed(pz_rwlock_t *rw, int mode);
 void pz__rwlock_released_observed(pz_rwlock_t *rw, int mode);
+static inline bool pz__rwlock_read_fast(pz_rwlock_t *rw);
+static inline bool pz__rwlock_upgradable_fast(pz_rwlock_t *rw);
+
+/* The observed lock in mode (a constant at each call), inline as
+ * pz__mutex_lock_observing; shared holds have no owner to check. */
+PZ__INLINE int pz__rwlock_lock_observing(pz_rwlock_t *rw, int mode, int64_t deadline, const void *site)
+{
+    pz__observe_caller_t c = pz__observe_caller();
+    uint64_t countdown;
+    if (__builtin_expect(!c.holds || !pz__observe_hit(c.last, rw, site, &countdown), 0))
+        return pz__rwlock_lock_observed(rw, mode, deadline, site);
+    pz__observe_take(c.last, countdown);
+    pz__held_push(c.holds, rw, "pz_rwlock", site);
+    uintptr_t unlocked = 0;
+    bool taken = mode == PZ__RW_MODE_WRITE
+                     ? atomic_compare_exchange_strong_explicit(&rw->state, &unlocked, PZ__RW_WRITER,
+                                                               memory_order_acquire, memory_order_relaxed)
+                 : mode == PZ__RW_MODE_UPGRADABLE ? pz__rwlock_upgradable_fast(rw)
+                                                  : pz__rwlock_read_fast(rw);
+    if (__builtin_expect(!taken, 0))
+        return pz__rwlock_lock_observed_contended(rw, mode, deadline, site, c.holds, c.last);
+    if (mode == PZ__RW_MODE_WRITE)
+        pz__observe_owner(c.last, c.holds->caller);
+    return 0;
+}
 
 static inline bool pz__rwlock_read_fast(pz_rwlock_t *rw)
 {
@@ -229,10 +290,10 @@ static inline bool pz__rwlock_read_fast(pz_rwlock_t *rw)
 }
 
 /* Read lock: shared with other readers and one upgradable reader. */
-static inline void pz_rwlock_read(pz_rwlock_t *rw)
+PZ__INLINE void pz_rwlock_read(pz_rwlock_t *rw)
 {
     if (PZ__OBSERVED()) {
-        pz__rwlock_lock_observed(rw, PZ__RW_MODE_READ, INT64_MAX);
+        pz__rwlock_lock_observing(rw, PZ__RW_MODE_READ, INT64_MAX, PZ__HERE());
         return;
     }
     if (!pz__rwlock_read_fast(rw))
@@ -241,10 +302,10 @@ static inline void pz_rwlock_read(pz_rwlock_t *rw)
 }
 
 /* Returns 0 holding a read lock, or -ETIMEDOUT at the deadline. */
-static inline int pz_rwlock_read_until(pz_rwlock_t *rw, int64_t deadline)
+PZ__INLINE int pz_rwlock_read_until(pz_rwlock_t *rw, int64_t deadline)
 {
     if (PZ__OBSERVED())
-        return pz__rwlock_lock_observed(rw, PZ__RW_MODE_READ, deadline);
+        return pz__rwlock_lock_observing(rw, PZ__RW_MODE_READ, deadline, PZ__HERE());
     int r = 0;
     if (!pz__rwlock_read_fast(rw))
         r = pz__rwlock_lock_slow(rw, PZ__RW_MODE_READ, deadline);
@@ -253,7 +314,7 @@ static inline int pz_rwlock_read_until(pz_rwlock_t *rw, int64_t deadline)
     return r;
 }
 
-static inline bool pz_rwlock_try_read(pz_rwlock_t *rw)
+PZ__INLINE bool pz_rwlock_try_read(pz_rwlock_t *rw)
 {
     if (PZ__OBSERVED())
         return pz__rwlock_try_observed(rw, PZ__RW_MODE_READ);
@@ -265,10 +326,10 @@ static inline bool pz_rwlock_try_read(pz_rwlock_t *rw)
 
 /* A read lock that ignores waiting writers (see the recursive-read
  * deadlock above): it waits only while a writer actually holds the lock. */
-static inline void pz_rwlock_read_recursive(pz_rwlock_t *rw)
+PZ__INLINE void pz_rwlock_read_recursive(pz_rwlock_t *rw)
 {
     if (PZ__OBSERVED()) {
-        pz__rwlock_lock_observed(rw, PZ__RW_MODE_READ_RECURSIVE, INT64_MAX);
+        pz__rwlock_lock_observing(rw, PZ__RW_MODE_READ_RECURSIVE, INT64_MAX, PZ__HERE());
         return;
     }
     if (!pz__rwlock_read_fast(rw))
@@ -276,10 +337,10 @@ static inline void pz_rwlock_read_recursive(pz_rwlock_t *rw)
     pz__held_take(rw, "pz_rwlock");
 }
 
-static inline int pz_rwlock_read_recursive_until(pz_rwlock_t *rw, int64_t deadline)
+PZ__INLINE int pz_rwlock_read_recursive_until(pz_rwlock_t *rw, int64_t deadline)
 {
     if (PZ__OBSERVED())
-        return pz__rwlock_lock_observed(rw, PZ__RW_MODE_READ_RECURSIVE, deadline);
+        return pz__rwlock_lock_observing(rw, PZ__RW_MODE_READ_RECURSIVE, deadline, PZ__HERE());
     int r = 0;
     if (!pz__rwlock_read_fast(rw))
         r = pz__rwlock_lock_slow(rw, PZ__RW_MODE_READ_RECURSIVE, deadline);
@@ -288,7 +349,7 @@ static inline int pz_rwlock_read_recursive_until(pz_rwlock_t *rw, int64_t deadli
     return r;
 }
 
-static inline void pz_rwlock_read_unlock(pz_rwlock_t *rw)
+PZ__INLINE void pz_rwlock_read_unlock(pz_rwlock_t *rw)
 {
     if (!pz__held_give(rw, "pz_rwlock_read_unlock"))
         return;
@@ -308,10 +369,10 @@ static inline void pz_rwlock_read_unlock(pz_rwlock_t *rw)
 }
 
 /* Write lock: exclusive. */
-static inline void pz_rwlock_write(pz_rwlock_t *rw)
+PZ__INLINE void pz_rwlock_write(pz_rwlock_t *rw)
 {
     if (PZ__OBSERVED()) {
-        pz__rwlock_lock_observed(rw, PZ__RW_MODE_WRITE, INT64_MAX);
+        pz__rwlock_lock_observing(rw, PZ__RW_MODE_WRITE, INT64_MAX, PZ__HERE());
         return;
     }
     uintptr_t unlocked = 0;
@@ -321,10 +382,10 @@ static inline void pz_rwlock_write(pz_rwlock_t *rw)
     pz__held_take(rw, "pz_rwlock");
 }
 
-static inline int pz_rwlock_write_until(pz_rwlock_t *rw, int64_t deadline)
+PZ__INLINE int pz_rwlock_write_until(pz_rwlock_t *rw, int64_t deadline)
 {
     if (PZ__OBSERVED())
-        return pz__rwlock_lock_observed(rw, PZ__RW_MODE_WRITE, deadline);
+        return pz__rwlock_lock_observing(rw, PZ__RW_MODE_WRITE, deadline, PZ__HERE());
     uintptr_t unlocked = 0;
     int r = 0;
     if (!atomic_compare_exchange_weak_explicit(&rw->state, &unlocked, PZ__RW_WRITER, memory_order_acquire,
@@ -335,7 +396,7 @@ static inline int pz_rwlock_write_until(pz_rwlock_t *rw, int64_t deadline)
     return r;
 }
 
-static inline bool pz_rwlock_try_write(pz_rwlock_t *rw)
+PZ__INLINE bool pz_rwlock_try_write(pz_rwlock_t *rw)
 {
     if (PZ__OBSERVED())
         return pz__rwlock_try_observed(rw, PZ__RW_MODE_WRITE);
@@ -348,7 +409,7 @@ static inline bool pz_rwlock_try_write(pz_rwlock_t *rw)
     return true;
 }
 
-static inline void pz_rwlock_write_unlock(pz_rwlock_t *rw)
+PZ__INLINE void pz_rwlock_write_unlock(pz_rwlock_t *rw)
 {
     if (PZ__RELEASE_OBSERVED())
         pz__rwlock_released_observed(rw, PZ__RW_MODE_WRITE);
@@ -360,7 +421,7 @@ static inline void pz_rwlock_write_unlock(pz_rwlock_t *rw)
 }
 
 /* Unlocks and hands the lock straight to the waiters it wakes, if any. */
-static inline void pz_rwlock_write_unlock_fair(pz_rwlock_t *rw)
+PZ__INLINE void pz_rwlock_write_unlock_fair(pz_rwlock_t *rw)
 {
     if (PZ__RELEASE_OBSERVED())
         pz__rwlock_released_observed(rw, PZ__RW_MODE_WRITE);
@@ -388,10 +449,10 @@ static inline bool pz__rwlock_upgradable_fast(pz_rwlock_t *rw)
                                                  memory_order_acquire, memory_order_relaxed);
 }
 
-static inline void pz_rwlock_upgradable(pz_rwlock_t *rw)
+PZ__INLINE void pz_rwlock_upgradable(pz_rwlock_t *rw)
 {
     if (PZ__OBSERVED()) {
-        pz__rwlock_lock_observed(rw, PZ__RW_MODE_UPGRADABLE, INT64_MAX);
+        pz__rwlock_lock_observing(rw, PZ__RW_MODE_UPGRADABLE, INT64_MAX, PZ__HERE());
         return;
     }
     if (!pz__rwlock_upgradable_fast(rw))
@@ -399,10 +460,10 @@ static inline void pz_rwlock_upgradable(pz_rwlock_t *rw)
     pz__held_take(rw, "pz_rwlock");
 }
 
-static inline int pz_rwlock_upgradable_until(pz_rwlock_t *rw, int64_t deadline)
+PZ__INLINE int pz_rwlock_upgradable_until(pz_rwlock_t *rw, int64_t deadline)
 {
     if (PZ__OBSERVED())
-        return pz__rwlock_lock_observed(rw, PZ__RW_MODE_UPGRADABLE, deadline);
+        return pz__rwlock_lock_observing(rw, PZ__RW_MODE_UPGRADABLE, deadline, PZ__HERE());
     int r = 0;
     if (!pz__rwlock_upgradable_fast(rw))
         r = pz__rwlock_lock_slow(rw, PZ__RW_MODE_UPGRADABLE, deadline);
@@ -411,7 +472,7 @@ static inline int pz_rwlock_upgradable_until(pz_rwlock_t *rw, int64_t deadline)
     return r;
 }
 
-static inline bool pz_rwlock_try_upgradable(pz_rwlock_t *rw)
+PZ__INLINE bool pz_rwlock_try_upgradable(pz_rwlock_t *rw)
 {
     if (PZ__OBSERVED())
         return pz__rwlock_try_observed(rw, PZ__RW_MODE_UPGRADABLE);
@@ -421,7 +482,7 @@ static inline bool pz_rwlock_try_upgradable(pz_rwlock_t *rw)
     return true;
 }
 
-static inline void pz_rwlock_upgradable_unlock(pz_rwlock_t *rw)
+PZ__INLINE void pz_rwlock_upgradable_unlock(pz_rwlock_t *rw)
 {
     if (PZ__RELEASE_OBSERVED())
         pz__rwlock_released_observed(rw, PZ__RW_MODE_UPGRADABLE);

@@ -21,19 +21,21 @@
  *
  * Sampling: every acquisition, contended acquisition, owner change, wait
  * and wait that gave up is counted (a wait is timed whenever the first
- * attempt fails, which is exact); hold times are timed for each thread's
- * first SAMPLE_ALL acquisitions at each call site and then about one in
- * N = sample_mask + 1: a per-(thread, site) countdown reloaded with a
- * random gap, uniform over [1, 2N - 1] (mean N), so that the timed holds
+ * attempt fails, which is exact); hold times are timed for the first
+ * SAMPLE_FIRST holds of each lock and then about one acquisition in
+ * N = sample_mask + 1: a per-(thread, lock, site) countdown reloaded with
+ * a random gap, uniform over [1, 2N - 1] (mean N), so that the timed holds
  * are an unbiased sample of the holds even when hold lengths follow a
- * period (docs/advisor.md).
+ * period (docs/advisor.md).  The same countdown counts the acquisitions:
+ * a slot's are drawn - countdown (runtime.h).
  *
- * Where the time goes, with the advisor on: an untimed acquisition costs
- * the out-of-line observed call, one lookup in the thread's own cache
- * (lines no other thread writes), one load of the record's owner line
- * (written only when the owner changes) and a countdown; an untimed
- * release costs one load of the caller's timed-hold count
- * (pz__observer_self).  No clock read and no shared write on either.
+ * Where the time goes, with the advisor on: an untimed acquisition of a
+ * sync lock or an async mutex costs, inline, one read of the caller's
+ * thread-local record, the check that the thread's last slot is this
+ * (lock, site)'s, the countdown, and one load of the record's owner line
+ * (written only when the owner changes); an untimed release costs one
+ * load of the caller's timed-hold count.  No call, no clock read and no
+ * shared write on either.
  */
 #define _GNU_SOURCE
 #include "plaza/advisor.h"
@@ -43,6 +45,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,7 +56,9 @@
 #include "hist.h"
 
 #define TABLE_SIZE 4096u /* a power of two */
-#define SAMPLE_ALL 32u
+/* Every hold of a lock is timed until it has this many timed holds, so
+ * that a lock taken a few times still has evidence. */
+#define SAMPLE_FIRST 64u
 /* A hold this long may hide a blocking system call worth reporting. */
 #define LONG_HOLD_NS 20000
 
@@ -76,43 +81,56 @@ static inline uint32_t slot_of(uintptr_t key)
     return (uint32_t)(h >> 40) & (TABLE_SIZE - 1);
 }
 
+static pz__advisor_lock *record_new(const void *lock, unsigned kind)
+{
+    size_t size = (sizeof(pz__advisor_lock) + 63) / 64 * 64;
+    pz__advisor_lock *r = aligned_alloc(64, size);
+    if (!r)
+        return NULL;
+    memset(r, 0, size);
+    r->lock = lock;
+    atomic_store_explicit(&r->kind, kind, memory_order_relaxed);
+    return r;
+}
+
 /* The record of lock, created (with kind) if create is set.  NULL if absent
- * or the table is full. */
+ * or the table is full (or out of memory).  The record is allocated before
+ * its key is claimed, so that the claim and the record's publication are
+ * two stores apart; a thread that finds the key before the record waits
+ * for it, without a limit (giving up would leave an acquisition uncounted:
+ * with 64 threads on two busy cores, an inserter preempted inside
+ * aligned_alloc made others give up after a million spins). */
 static pz__advisor_lock *record_of(const void *lock, unsigned kind, bool create)
 {
     uintptr_t key = (uintptr_t)lock;
     uint32_t i = slot_of(key);
+    pz__advisor_lock *mine = NULL;
     for (uint32_t probes = 0; probes < TABLE_SIZE; probes++, i = (i + 1) & (TABLE_SIZE - 1)) {
         uintptr_t k = atomic_load_explicit(&table_key[i], memory_order_acquire);
         if (k == 0) {
             if (!create)
                 return NULL;
-            if (!atomic_compare_exchange_strong_explicit(&table_key[i], &k, key, memory_order_acq_rel,
-                                                         memory_order_acquire)) {
-                if (k != key)
-                    continue;
-            } else {
-                size_t size = (sizeof(pz__advisor_lock) + 63) / 64 * 64;
-                pz__advisor_lock *r = aligned_alloc(64, size);
-                if (!r) /* leaves the key without a record: the lock goes unobserved */
-                    return NULL;
-                memset(r, 0, size);
-                r->lock = lock;
-                atomic_store_explicit(&r->kind, kind, memory_order_relaxed);
-                atomic_store_explicit(&table_rec[i], r, memory_order_release);
-                return r;
+            if (!mine && !(mine = record_new(lock, kind)))
+                return NULL; /* the lock goes unobserved */
+            if (atomic_compare_exchange_strong_explicit(&table_key[i], &k, key, memory_order_acq_rel,
+                                                        memory_order_acquire)) {
+                atomic_store_explicit(&table_rec[i], mine, memory_order_release);
+                return mine;
             }
+            if (k != key)
+                continue;
         }
         if (k == key) {
+            free(mine);
             pz__advisor_lock *r;
-            /* The inserter publishes the record right after its key. */
-            for (int spins = 0; !(r = atomic_load_explicit(&table_rec[i], memory_order_acquire)); spins++) {
-                if (spins > 1000000)
-                    return NULL;
+            for (unsigned spins = 0; !(r = atomic_load_explicit(&table_rec[i], memory_order_acquire)); spins++) {
+                if (spins > 1000)
+                    sched_yield();
             }
             return r;
         }
     }
+    free(mine);
     atomic_fetch_add_explicit(&table_full_misses, 1, memory_order_relaxed);
     return NULL;
 }
@@ -185,13 +203,14 @@ static void thread_usage(int64_t *cpu_ns, int64_t *voluntary)
 }
 
 /* The per-thread counts.  Every acquisition is counted in a slot of its
- * thread's cache, keyed by (lock, call site), with a load and a store to a
- * line no other thread writes: counting all acquisitions then costs no
- * shared cache line inside the critical section.  A slot taken over by
- * another pair first adds its count to the shared record.  Caches are
- * never freed (a report after the thread ended still reads them); a report
- * taken while a slot changes hands may miss or count twice that slot's
- * count for that instant. */
+ * thread's cache, keyed by (lock, call site), by its countdown (a load and
+ * a store to a line no other thread writes): counting all acquisitions
+ * then costs no shared cache line inside the critical section.  A slot
+ * taken over by another pair first adds its count to the shared record.
+ * Caches are never freed (a report after the thread ended still reads
+ * them); a report taken while a slot changes hands, or while its
+ * countdown is reloaded, may miss or count twice that slot's count (or
+ * one gap of it) for that instant. */
 #define TCACHE_SLOTS 128u
 typedef struct tslot {
     pz__observe_slot o; /* first: what the lock paths update (runtime.h); its pair */
@@ -208,6 +227,14 @@ static _Atomic(tcache *) tcaches;
  * build (the library is linked, never loaded with dlopen). */
 static _Thread_local tcache *my_tcache __attribute__((tls_model("initial-exec")));
 
+/* The acquisitions counted in sl (runtime.h: drawn - countdown). */
+static uint64_t slot_count(const pz__observe_slot *o)
+{
+    uint64_t d = atomic_load_explicit(&o->drawn, memory_order_relaxed);
+    uint64_t c = atomic_load_explicit(&o->countdown, memory_order_relaxed);
+    return d > c ? d - c : 0;
+}
+
 pz__advisor_count_t pz__advisor_thread_counts(pz__advisor_lock *r, const void *site)
 {
     pz__advisor_count_t c = {0, 0};
@@ -216,27 +243,38 @@ pz__advisor_count_t pz__advisor_thread_counts(pz__advisor_lock *r, const void *s
             tslot *sl = &t->slot[i];
             if (atomic_load_explicit(&sl->rec, memory_order_acquire) != r || (site && sl->o.site != site))
                 continue;
-            c.acquisitions += atomic_load_explicit(&sl->o.acquisitions, memory_order_relaxed);
-            c.shared += atomic_load_explicit(&sl->o.shared, memory_order_relaxed);
+            uint64_t n = slot_count(&sl->o);
+            c.acquisitions += n;
+            if (sl->o.shared)
+                c.shared += n;
         }
     }
     return c;
 }
 
-static __attribute__((noinline, cold)) tslot *slot_refill(tslot *sl, const void *lock, unsigned kind, const void *site)
+static uint64_t sample_gap(void);
+/* The first countdown of a new slot of r: 1 (its first acquisition timed)
+ * while r has few timed holds, else a random gap. */
+static uint64_t first_countdown(pz__advisor_lock *r)
+{
+    return atomic_load_explicit(&r->timed_holds, memory_order_relaxed) < SAMPLE_FIRST ? 1 : sample_gap();
+}
+
+static __attribute__((noinline, cold)) tslot *slot_refill(tslot *sl, const void *lock, unsigned kind, const void *site,
+                                                          unsigned flags)
 {
     sl->o.lock = sl->o.site = NULL; /* no lock path may take it for its old pair now */
     pz__advisor_lock *old = atomic_exchange_explicit(&sl->rec, NULL, memory_order_acq_rel);
     if (old) {
-        uint64_t a = atomic_load_explicit(&sl->o.acquisitions, memory_order_relaxed);
-        uint64_t sh = atomic_load_explicit(&sl->o.shared, memory_order_relaxed);
+        uint64_t a = slot_count(&sl->o);
         atomic_fetch_add_explicit(&old->acquisitions, a, memory_order_relaxed);
-        atomic_fetch_add_explicit(&old->shared, sh, memory_order_relaxed);
+        if (sl->o.shared)
+            atomic_fetch_add_explicit(&old->shared, a, memory_order_relaxed);
         if (sl->s)
             atomic_fetch_add_explicit(&sl->s->acquisitions, a, memory_order_relaxed);
     }
-    atomic_store_explicit(&sl->o.acquisitions, 0, memory_order_relaxed);
-    atomic_store_explicit(&sl->o.shared, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->o.drawn, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->o.countdown, 0, memory_order_relaxed);
     pz__advisor_lock *r = record_of(lock, kind, true);
     if (!r)
         return NULL;
@@ -247,8 +285,11 @@ static __attribute__((noinline, cold)) tslot *slot_refill(tslot *sl, const void 
                                             memory_order_relaxed);
     sl->o.lock = lock;
     sl->o.site = site;
+    sl->o.shared = flags & PZ__LOCK_SHARED;
     sl->s = site_of(r, site);
-    sl->o.countdown = 1;
+    uint64_t first = first_countdown(r);
+    atomic_store_explicit(&sl->o.drawn, first, memory_order_relaxed);
+    atomic_store_explicit(&sl->o.countdown, first, memory_order_relaxed);
     sl->o.last_owner = &r->last_owner;
     atomic_store_explicit(&sl->rec, r, memory_order_release);
     return sl;
@@ -267,7 +308,7 @@ static __attribute__((noinline)) tcache *tcache_new(void)
     return t;
 }
 
-static inline tslot *slot_of_pair(const void *lock, unsigned kind, const void *site)
+static inline tslot *slot_of_pair(const void *lock, unsigned kind, const void *site, unsigned flags)
 {
     tcache *t = my_tcache;
     if (__builtin_expect(!t, 0) && !(t = tcache_new()))
@@ -278,20 +319,17 @@ static inline tslot *slot_of_pair(const void *lock, unsigned kind, const void *s
                              atomic_load_explicit(&sl->rec, memory_order_relaxed) != NULL,
                          1))
         return sl;
-    return slot_refill(sl, lock, kind, site);
+    return slot_refill(sl, lock, kind, site, flags);
 }
 
 _Static_assert(TCACHE_SLOTS == 1u << 7, "slot_of_pair takes the hash's top 7 bits");
-
-static inline void count(_Atomic uint64_t *p)
-{
-    atomic_store_explicit(p, atomic_load_explicit(p, memory_order_relaxed) + 1, memory_order_relaxed);
-}
 
 /* The gap to the next timed hold: uniform over [1, 2N - 1], mean N. */
 static uint64_t sample_gap(void)
 {
     tcache *t = my_tcache;
+    if (!t)
+        return sample_mask + 1;
     uint64_t x = t->rng;
     x ^= x << 13;
     x ^= x >> 7;
@@ -355,8 +393,10 @@ static __attribute__((noinline)) void hold_begin(pz__advisor_lock *r, pz__adviso
     if (longs && longs * 64 >= atomic_load_explicit(&r->timed_holds, memory_order_relaxed))
         thread_usage(&cpu, &vol);
     pz__observer *o = pz__observer_self();
-    if (!again)
+    if (!again) {
         o->timed_holds++;
+        atomic_fetch_add_explicit(&pz__observe_timed_now, 1, memory_order_relaxed);
+    }
     e->site = s;
     e->shared = shared;
     e->susp0 = o->suspended_ns;
@@ -366,23 +406,42 @@ static __attribute__((noinline)) void hold_begin(pz__advisor_lock *r, pz__adviso
     e->t0 = pz_now();
 }
 
-/* The countdown of sl reached 0: the hold just taken is timed, and the
- * next gap drawn.  A lock whose timed holds last LONG_HOLD_NS on average
- * has every hold timed (two clock reads are then under 1% of a hold), so
- * logic sections get exact figures; short ones are sampled. */
-static __attribute__((noinline)) void sample_point(tslot *sl, uint64_t n, uint64_t self, bool shared)
-{
-    pz__advisor_lock *r = atomic_load_explicit(&sl->rec, memory_order_relaxed);
-    uint64_t timed = atomic_load_explicit(&r->timed_holds, memory_order_relaxed);
-    bool long_holds = timed && atomic_load_explicit(&r->hold_sum, memory_order_relaxed) / timed >= LONG_HOLD_NS;
-    sl->o.countdown = n < SAMPLE_ALL || long_holds ? 1 : sample_gap();
-    hold_begin(r, sl->s, self, shared);
-}
-
 static __attribute__((noinline)) void owner_changed(pz__advisor_lock *r, uint64_t self)
 {
     atomic_store_explicit(&r->last_owner, self, memory_order_relaxed);
     atomic_fetch_add_explicit(&r->owner_changes, 1, memory_order_relaxed);
+}
+
+/* The acquisition just made brought the countdown of sl to 0: the hold
+ * is timed, and the next gap loaded (and added to drawn, which keeps
+ * drawn - countdown the slot's count).  Until the lock has SAMPLE_FIRST
+ * timed holds, and for a lock whose timed holds last LONG_HOLD_NS on
+ * average, the gap is 1: every hold is timed (two clock reads are then
+ * under 1% of a hold, so logic sections get exact figures); short ones
+ * are sampled. */
+static __attribute__((noinline)) void sample_point(tslot *sl, uint64_t self, bool shared)
+{
+    pz__advisor_lock *r = atomic_load_explicit(&sl->rec, memory_order_relaxed);
+    uint64_t timed = atomic_load_explicit(&r->timed_holds, memory_order_relaxed);
+    bool every = timed < SAMPLE_FIRST || atomic_load_explicit(&r->hold_sum, memory_order_relaxed) / timed >= LONG_HOLD_NS;
+    uint64_t gap = every ? 1 : sample_gap();
+    atomic_store_explicit(&sl->o.drawn, atomic_load_explicit(&sl->o.drawn, memory_order_relaxed) + gap,
+                          memory_order_relaxed);
+    atomic_store_explicit(&sl->o.countdown, gap, memory_order_relaxed);
+    hold_begin(r, sl->s, self, shared);
+}
+
+/* An acquisition by self counted in sl (the out-of-line paths; the inline
+ * ones do the same in runtime.h). */
+static inline void slot_count_one(tslot *sl, pz__advisor_lock *r, uint64_t self, bool shared)
+{
+    if (__builtin_expect(!shared && atomic_load_explicit(&r->last_owner, memory_order_relaxed) != self, 0))
+        owner_changed(r, self);
+    uint64_t c = atomic_load_explicit(&sl->o.countdown, memory_order_relaxed);
+    if (__builtin_expect(c > 1, 1))
+        atomic_store_explicit(&sl->o.countdown, c - 1, memory_order_relaxed);
+    else
+        sample_point(sl, self, shared);
 }
 
 /* The fast path: a leaf but for the unlikely calls, so that an untimed,
@@ -392,7 +451,7 @@ static void on_acquired(const void *lock, unsigned kind, const void *site, int64
                         uint64_t self)
 {
 
-    tslot *sl = slot_of_pair(lock, kind, site);
+    tslot *sl = slot_of_pair(lock, kind, site, flags);
     if (__builtin_expect(!sl, 0))
         return;
     pz__advisor_lock *r = atomic_load_explicit(&sl->rec, memory_order_relaxed);
@@ -402,27 +461,20 @@ static void on_acquired(const void *lock, unsigned kind, const void *site, int64
         return;
     }
     bool shared = flags & PZ__LOCK_SHARED;
-    uint64_t n = atomic_load_explicit(&sl->o.acquisitions, memory_order_relaxed) + 1;
-    atomic_store_explicit(&sl->o.acquisitions, n, memory_order_relaxed);
-    if (__builtin_expect(shared, 0))
-        count(&sl->o.shared);
     if (__builtin_expect(wait_ns >= 0, 0))
         record_wait(r, sl->s, kind, (uint64_t)wait_ns, false, flags);
     /* Owner changes of exclusive holds only: readers writing the owner
      * line would fight over it. */
-    if (__builtin_expect(!shared && atomic_load_explicit(&r->last_owner, memory_order_relaxed) != self, 0))
-        owner_changed(r, self);
-    if (__builtin_expect(--sl->o.countdown != 0, 1))
-        return;
-    sample_point(sl, n, self, shared);
+    slot_count_one(sl, r, self, shared);
 }
 
 /* The slot interface (runtime.h): the lock paths look the slot up before
  * they take the lock and count an uncontended acquisition in it
- * themselves (pz__observe_uncontended), calling back only here. */
-static pz__observe_slot *on_slot(const void *lock, unsigned kind, const void *site)
+ * themselves (pz__observe_count and the inline paths), calling back only
+ * here. */
+static pz__observe_slot *on_slot(const void *lock, unsigned kind, const void *site, unsigned flags)
 {
-    tslot *sl = slot_of_pair(lock, kind, site);
+    tslot *sl = slot_of_pair(lock, kind, site, flags);
     return sl ? &sl->o : NULL;
 }
 
@@ -434,14 +486,13 @@ static void on_owner_changed(pz__observe_slot *o, uint64_t self)
 
 static void on_sample(pz__observe_slot *o, uint64_t self, unsigned flags)
 {
-    tslot *sl = (tslot *)o;
-    sample_point(sl, atomic_load_explicit(&o->acquisitions, memory_order_relaxed), self, flags & PZ__LOCK_SHARED);
+    sample_point((tslot *)o, self, flags & PZ__LOCK_SHARED);
 }
 
 static void on_gave_up(const void *lock, unsigned kind, const void *site, int64_t wait_ns, unsigned flags, int err)
 {
     (void)err;
-    tslot *sl = slot_of_pair(lock, kind, site);
+    tslot *sl = slot_of_pair(lock, kind, site, flags);
     if (!sl)
         return;
     pz__advisor_lock *r = atomic_load_explicit(&sl->rec, memory_order_relaxed);
@@ -471,8 +522,10 @@ static void on_released(const void *lock, unsigned kind, unsigned flags, uint64_
      * switch (a blocking system call or a futex wait).  Involuntary
      * switches (preemption on a busy machine) do not count as waiting. */
     int64_t susp = o->suspended_ns - e->susp0, blocked = 0;
-    if (o->timed_holds)
+    if (o->timed_holds) {
         o->timed_holds--;
+        atomic_fetch_sub_explicit(&pz__observe_timed_now, 1, memory_order_relaxed);
+    }
     /* The release hook of the mutexes runs after the unlock (src/sync/
      * observe.c, src/async/observe.c): another holder's timed hold may be
      * ending at the same time, so every update is atomic.  Timed holds

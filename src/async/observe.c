@@ -1,13 +1,16 @@
 /*
- * The observed forms of the async mutex, taken instead of the inline fast
- * paths of async.h while pz__advisor_on is set (see runtime.h and
- * src/sync/observe.c, which does the same for the sync locks): out of line
- * so that __builtin_return_address(0) is the caller's call site; the wait
- * is timed only when the first attempt fails, and reported with gave_up
- * when it ends without the mutex (deadline or cancel).  The release hook
- * runs before the unlock (which may yield), only while the observer times
- * a hold of the caller, and only when the caller holds the mutex (an
- * unlock by a non-holder is reported by the unlock itself).
+ * The out-of-line half of the async mutex's observed acquisition (the
+ * advisor on, see runtime.h and src/sync/observe.c, which does the same
+ * for the sync locks): the inline half in async.h counts an uncontended
+ * acquisition itself while the thread's last slot is its (lock, site)'s
+ * and the hold is not to be timed, and comes here for the rest.  site is
+ * the address the inline half took in the lock call, or NULL, and then
+ * this function's return address is the site.  The wait is timed only
+ * when the first attempt fails, and reported with gave_up when it ends
+ * without the mutex (deadline or cancel).  The release hook runs before
+ * the unlock (which may yield), only while the observer times a hold of
+ * the caller, and only when the caller holds the mutex (an unlock by a
+ * non-holder is reported by the unlock itself).
  *
  * pz__async_observe_* are the same reports for the async locks whose calls
  * are out of line (rwlock.c, semaphore.c, chan.c): they call them with
@@ -23,14 +26,20 @@ static inline const pz__lock_hooks *hooks(void)
     return atomic_load_explicit(&pz__lock_hooks_table, memory_order_acquire);
 }
 
-/* The slot of this thread's last uncontended acquisition here, kept while
- * its pair still matches (runtime.h): a loop on one lock at one site asks
- * the hook once.  Read only by this thread, in calls that do not suspend. */
-static __thread pz__observe_slot *last_slot __attribute__((tls_model("initial-exec")));
-
+/* The caller's slot for (lock, site), kept as the thread's last
+ * (pz__self_tls.observe_last, shared with the sync locks' observed paths
+ * and read by the inline halves) while its pair still matches.  Read and
+ * written only by this thread, in calls that do not suspend. */
 static inline pz__observe_slot *slot_for(const pz__lock_hooks *h, const void *lock, unsigned kind, const void *site)
 {
-    return pz__observe_slot_cached(&last_slot, h, lock, kind, site);
+    if (!h)
+        return NULL;
+    pz__observe_slot *sl = pz__self_tls.observe_last;
+    if (sl && sl->lock == lock && sl->site == site)
+        return sl;
+    sl = h->slot(lock, kind, site, 0);
+    pz__self_tls.observe_last = sl;
+    return sl;
 }
 
 /* The contended half, apart: its slot lookup is its own (the slow path
@@ -53,19 +62,21 @@ static __attribute__((noinline)) int lock_contended(pz_async_mutex_t *m, uint64_
     return r;
 }
 
-/* The uncontended half: the slot is found before the lock is taken and
- * the acquisition counted in it inline (runtime.h), so the critical
- * section holds no call into the observer. */
-__attribute__((noinline)) int pz__async_mutex_lock_observed(pz_async_mutex_t *m, uint64_t self, int64_t deadline)
+/* An acquisition the inline half left to this one: the slot looked up
+ * (and kept as the thread's last), the mutex taken and the acquisition
+ * counted, the hold timed when the countdown runs out. */
+__attribute__((noinline)) int pz__async_mutex_lock_observed(pz_async_mutex_t *m, uint64_t self, int64_t deadline,
+                                                            const void *site)
 {
-    const void *site = __builtin_return_address(0);
+    if (!site)
+        site = __builtin_return_address(0);
     const pz__lock_hooks *h = hooks();
     pz__observe_slot *sl = slot_for(h, m, PZ__LOCK_ASYNC_MUTEX, site);
     if (__builtin_expect(pz__async_mutex_take(m, self), 1)) {
         if (pz__debug_holds())
             pz__held_acquired_at(m, "pz_async_mutex", site);
         if (sl)
-            pz__observe_uncontended(h, sl, self, 0);
+            pz__observe_count(sl, self, 0);
         return 0;
     }
     return lock_contended(m, self, deadline, site);
@@ -88,19 +99,18 @@ __attribute__((noinline)) bool pz__async_mutex_trylock_observed(pz_async_mutex_t
     return false;
 }
 
-/* The release report, then the whole unlock.  The report comes first
- * because the unlock may yield (the cooperative budget): a hold's end
- * measured after it would count that yield as waiting.  Whether the
- * observer may time a hold of the caller is read inline here
- * (pz__observer_timing): no call for an untimed release. */
-int pz__async_mutex_unlock_observed(pz_async_mutex_t *m, uint64_t self)
+/* The release report, before the unlock (async.h), while the observer
+ * times some hold (PZ__OBSERVE_TIMING, inline there): here if one of the
+ * caller's.  It comes first because the unlock may yield (the cooperative
+ * budget): a hold's end measured after it would count that yield as
+ * waiting. */
+void pz__async_mutex_released_observed(pz_async_mutex_t *m, uint64_t self)
 {
-    if (__builtin_expect(pz__observer_timing(), 0)) {
-        const pz__lock_hooks *h = hooks();
-        if (h && pz_async_mutex_holder(m) == self >> PZ__AMUTEX_OWNER_SHIFT)
-            h->released(m, PZ__LOCK_ASYNC_MUTEX, 0, self);
-    }
-    return pz__async_mutex_unlock_plain(m, self);
+    if (pz__observer_self()->timed_holds == 0)
+        return;
+    const pz__lock_hooks *h = hooks();
+    if (h && pz_async_mutex_holder(m) == self >> PZ__AMUTEX_OWNER_SHIFT)
+        h->released(m, PZ__LOCK_ASYNC_MUTEX, 0, self);
 }
 
 void pz__async_observe_acquired(const void *lock, unsigned kind, const void *site, int64_t waited, unsigned flags)
@@ -120,7 +130,7 @@ void pz__async_observe_gave_up(const void *lock, unsigned kind, const void *site
 
 void pz__async_observe_released(const void *lock, unsigned kind, unsigned flags)
 {
-    if (__builtin_expect(!pz__observer_timing(), 1))
+    if (__builtin_expect(!PZ__OBSERVE_TIMING(), 1) || pz__observer_self()->timed_holds == 0)
         return;
     const pz__lock_hooks *h = hooks();
     if (h)

@@ -60,7 +60,7 @@ uint64_t pz__caller_id(void)
 #define thread_observer pz__self_tls.observer
 /* The inline paths of plaza/runtime.h read these at fixed offsets. */
 _Static_assert(offsetof(pz__self_tls_t, holds) == 8, "pz__holds_self reads %fs:8");
-_Static_assert(offsetof(pz__self_tls_t, observer.timed_holds) == 16 + 8, "pz__observer_timing reads %fs:16+8");
+_Static_assert(offsetof(pz__self_tls_t, observe_last) == 32, "pz__observe_caller reads %fs:32");
 
 pz__observer *pz__observer_self(void)
 {

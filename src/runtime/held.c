@@ -60,7 +60,6 @@ void pz__sync_check_set(int on)
 const pz__self_layout_t pz__self_layout = {
     .worker_current = offsetof(pz__worker, current),
     .task_holds = offsetof(struct pz_task, holds),
-    .task_timed = offsetof(struct pz_task, observer.timed_holds),
 };
 
 static pz__holds *holds_of_caller(void)
@@ -71,6 +70,7 @@ static pz__holds *holds_of_caller(void)
     if (w)
         return NULL; /* a worker's own loop takes no plaza locks */
     pz__holds *h = &pz__thread_rec_self()->holds;
+    h->caller = pz__caller_id();
     pz__self_tls.holds = h; /* from now on the inline paths find it */
     return h;
 }

@@ -19,6 +19,9 @@
 
 _Atomic bool pz__advisor_on;
 const pz__lock_hooks *_Atomic pz__lock_hooks_table;
+/* On a line of its own: written at each timed hold's start and end, read
+ * by every observed unlock. */
+_Alignas(64) _Atomic uint32_t pz__observe_timed_now;
 
 void pz__lock_hooks_install(const pz__lock_hooks *hooks)
 {
@@ -28,3 +31,19 @@ void pz__lock_hooks_install(const pz__lock_hooks *hooks)
 }
 
 /* pz__observer_self lives in current.c, beside the thread-local it reads. */
+
+/* The rare ends of an inline observed acquisition (runtime.h): the table
+ * is there whenever a slot is (slots come from the hooks). */
+void pz__observe_owner_changed(pz__observe_slot *sl, uint64_t self)
+{
+    const pz__lock_hooks *h = atomic_load_explicit(&pz__lock_hooks_table, memory_order_acquire);
+    if (h)
+        h->owner_changed(sl, self);
+}
+
+void pz__observe_sample(pz__observe_slot *sl, uint64_t self, unsigned flags)
+{
+    const pz__lock_hooks *h = atomic_load_explicit(&pz__lock_hooks_table, memory_order_acquire);
+    if (h)
+        h->sample(sl, self, flags);
+}

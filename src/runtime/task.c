@@ -164,6 +164,7 @@ static pz_task_t *spawn(pz_fn fn, void *arg, const pz_spawn_opts_t *opts, void *
     t->fn = fn;
     t->arg = arg;
     t->id = atomic_fetch_add_explicit(&next_task_id, 1, memory_order_relaxed);
+    t->holds.caller = t->id;
     t->stack_size = stack;
     t->timer_index = -1;
     atomic_init(&t->park_state, 0);

@@ -1,22 +1,26 @@
 /*
- * The observed forms of the sync locks' acquisitions, taken instead of the
- * inline fast paths of sync.h while pz__advisor_on is set (see runtime.h);
- * the unlocks stay inline and call here only to end a timed hold.
+ * The out-of-line halves of the sync locks' observed acquisitions (the
+ * advisor on, see runtime.h).  The inline halves in sync.h handle the
+ * common case themselves: the thread's last slot (pz__self_tls.observe_last)
+ * is this (lock, site)'s and the hold is not to be timed; they count the
+ * acquisition in the slot's countdown and push the held-lock record before
+ * the lock's atomic operation, check the owner after it, and call here for
+ * everything else: the first acquisition at a pair (or after another pair
+ * took the thread's last slot), a hold to time (the countdown ran out), a
+ * first attempt that failed, a plain thread's first hold, an architecture
+ * where the inline paths do not know the caller.
  *
- * They are out of line on purpose: __builtin_return_address(0) here is the
- * address in the function that called pz_mutex_lock (the inline wrapper
- * lives in that function), which is the call site the advisor reports.
- * Each does what the fast path does, times the wait only when the first
- * attempt fails (an uncontended acquisition costs no clock read), and
- * reports to the hook table: acquired after a lock was taken, gave_up
- * after a wait that ended without it (deadline: the wait counts all the
- * same).  An uncontended pz_mutex acquisition finds its slot, records the
- * hold and counts it before the CAS: no call into the observer inside the
- * section.  The release hook runs after a mutex is let go (before, for
- * the rwlock), and only while the observer may time a hold of the caller
- * (pz__observer_timing in runtime.h, inline: the caller's timed-hold
- * count): an untimed release, nearly every one, costs the observer that
- * test and no call.
+ * site is the address the inline path took in the public lock call (the
+ * advisor reports its line); NULL where it cannot, and then the return
+ * address here is the site (the inline wrapper lives in the user's
+ * function).  A wait is timed only when the first attempt fails (an
+ * uncontended acquisition costs no clock read), and reported to the hook
+ * table: acquired after a lock was taken, gave_up after a wait that ended
+ * without it (deadline: the wait counts all the same).  The release hook
+ * runs after a mutex is let go (before, for the rwlock), and only while
+ * the observer times some hold (PZ__OBSERVE_TIMING in runtime.h, inline)
+ * and one of the caller's: an untimed release, nearly every one, costs the
+ * observer one load and no call.
  */
 #include "plaza/sync.h"
 #include "plaza/runtime.h"
@@ -30,14 +34,21 @@ static inline const pz__lock_hooks *hooks(void)
     return atomic_load_explicit(&pz__lock_hooks_table, memory_order_acquire);
 }
 
-/* The slot of this thread's last uncontended acquisition here, kept while
- * its pair still matches (runtime.h): a loop on one lock at one site asks
- * the hook once.  Read only by this thread, in calls that do not suspend. */
-static __thread pz__observe_slot *last_slot __attribute__((tls_model("initial-exec")));
-
-static inline pz__observe_slot *slot_for(const pz__lock_hooks *h, const void *lock, unsigned kind, const void *site)
+/* The caller's slot for (lock, site), kept as the thread's last
+ * (pz__self_tls.observe_last, which the inline paths read) while its pair
+ * still matches: a loop on one lock at one site asks the hook once.  Read
+ * and written only by this thread, in calls that do not suspend. */
+static inline pz__observe_slot *slot_for(const pz__lock_hooks *h, const void *lock, unsigned kind, const void *site,
+                                         unsigned flags)
 {
-    return pz__observe_slot_cached(&last_slot, h, lock, kind, site);
+    if (!h)
+        return NULL;
+    pz__observe_slot *sl = pz__self_tls.observe_last;
+    if (sl && sl->lock == lock && sl->site == site)
+        return sl;
+    sl = h->slot(lock, kind, site, flags);
+    pz__self_tls.observe_last = sl;
+    return sl;
 }
 
 /* The running task, or NULL on a plain thread (or a worker's own loop).
@@ -122,25 +133,17 @@ static __attribute__((noinline)) void mutex_lock_contended(pz_mutex_t *m, int64_
     }
 }
 
-/* The rare ends of an uncontended acquisition: the owner changed, or the
- * countdown reached 0 (this hold is to be timed). */
-static __attribute__((noinline)) void lock_observed_rare(const pz__lock_hooks *h, pz__observe_slot *sl,
-                                                         uint64_t self, bool owner_changed)
+/* An acquisition the inline path left to this one: the slot looked up
+ * (and kept as the thread's last), the lock taken, counted, and the hold
+ * timed when the countdown runs out. */
+__attribute__((noinline)) void pz__mutex_lock_observed(pz_mutex_t *m, int64_t deadline, int *result,
+                                                       const void *site)
 {
-    if (owner_changed)
-        h->owner_changed(sl, self);
-    if (--sl->countdown == 0)
-        h->sample(sl, self, 0);
-}
-
-/* An acquisition whose slot or held-lock record is not at hand (the first
- * at a site, a plain thread's first hold, a full table): the same steps
- * through the calls. */
-static __attribute__((noinline)) void lock_observed_lookup(pz_mutex_t *m, int64_t deadline, int *result,
-                                                           const void *site)
-{
+    if (!site)
+        site = __builtin_return_address(0);
     const pz__lock_hooks *h = hooks();
-    pz__observe_slot *sl = slot_for(h, m, PZ__LOCK_MUTEX, site);
+    uint64_t self = caller_id(); /* first: a plain thread's id is then known inline */
+    pz__observe_slot *sl = slot_for(h, m, PZ__LOCK_MUTEX, site, 0);
     uint8_t unlocked = 0;
     if (!atomic_compare_exchange_strong_explicit(&m->state, &unlocked, PZ__MUTEX_LOCKED, memory_order_acquire,
                                                  memory_order_relaxed)) {
@@ -151,51 +154,19 @@ static __attribute__((noinline)) void lock_observed_lookup(pz_mutex_t *m, int64_
         *result = 0;
     held_take(m, "pz_mutex", site);
     if (sl)
-        pz__observe_uncontended(h, sl, caller_id(), 0);
+        pz__observe_count(sl, self, 0);
 }
 
-/* The uncontended half: the slot is found (the thread's last one), the
- * hold recorded in the caller's held-lock record and the acquisition
- * counted in the slot before the CAS (undone if it fails), so that the
- * critical section holds only the owner check and the countdown
- * (pz__observe_uncontended's, in two halves): no call into the observer,
- * no lookup, few moves.  Every call from here is a tail call, so that the
- * common path saves no register. */
-__attribute__((noinline)) void pz__mutex_lock_observed(pz_mutex_t *m, int64_t deadline, int *result)
+/* The inline path's first attempt failed: the hold it recorded and the
+ * acquisition it counted were that attempt's (the thread is the same: the
+ * inline path does not suspend), and the contended half records its own. */
+__attribute__((noinline)) void pz__mutex_lock_observed_contended(pz_mutex_t *m, int64_t deadline, int *result,
+                                                                 const void *site, pz__holds *holds,
+                                                                 pz__observe_slot *sl)
 {
-    const void *site = __builtin_return_address(0);
-    const pz__lock_hooks *h = hooks();
-    pz__observe_slot *sl = last_slot;
-    pz_task_t *t = running_task();
-    pz__holds *held = t ? &t->holds : pz__self_tls.holds;
-    if (__builtin_expect(!h || !sl || sl->lock != m || sl->site != site || !held, 0)) {
-        lock_observed_lookup(m, deadline, result, site);
-        return;
-    }
-    pz__held_push(held, m, "pz_mutex", site);
-    atomic_store_explicit(&sl->acquisitions, atomic_load_explicit(&sl->acquisitions, memory_order_relaxed) + 1,
+    atomic_store_explicit(&holds->depth, atomic_load_explicit(&holds->depth, memory_order_relaxed) - 1,
                           memory_order_relaxed);
-    uint8_t unlocked = 0;
-    if (__builtin_expect(atomic_compare_exchange_strong_explicit(&m->state, &unlocked, PZ__MUTEX_LOCKED,
-                                                                 memory_order_acquire, memory_order_relaxed),
-                         1)) {
-        if (result)
-            *result = 0;
-        uint64_t self = t ? t->id : caller_id();
-        bool changed = atomic_load_explicit(sl->last_owner, memory_order_relaxed) != self;
-        if (__builtin_expect(changed || sl->countdown == 1, 0)) {
-            lock_observed_rare(h, sl, self, changed);
-            return;
-        }
-        sl->countdown--;
-        return;
-    }
-    /* Taken: the hold and the count pushed above were this attempt's (the
-     * contended half records its own). */
-    atomic_store_explicit(&held->depth, atomic_load_explicit(&held->depth, memory_order_relaxed) - 1,
-                          memory_order_relaxed);
-    atomic_store_explicit(&sl->acquisitions, atomic_load_explicit(&sl->acquisitions, memory_order_relaxed) - 1,
-                          memory_order_relaxed);
+    pz__observe_untake(sl);
     mutex_lock_contended(m, deadline, result, site);
 }
 
@@ -241,16 +212,13 @@ static unsigned rw_flags(int mode)
     return mode == PZ__RW_MODE_WRITE ? 0 : PZ__LOCK_SHARED;
 }
 
-__attribute__((noinline)) int pz__rwlock_lock_observed(pz_rwlock_t *rw, int mode, int64_t deadline)
+/* The contended half of the rwlock's observed acquisition. */
+static __attribute__((noinline)) int rwlock_lock_contended(pz_rwlock_t *rw, int mode, int64_t deadline,
+                                                           const void *site)
 {
-    const void *site = __builtin_return_address(0);
-    int64_t t0 = 0, waited = -1;
-    int r = 0;
-    if (!rw_fast(rw, mode)) {
-        t0 = pz_now();
-        r = pz__rwlock_lock_slow(rw, mode, deadline);
-        waited = pz_now() - t0;
-    }
+    int64_t t0 = pz_now();
+    int r = pz__rwlock_lock_slow(rw, mode, deadline);
+    int64_t waited = pz_now() - t0;
     if (r == 0) {
         held_take(rw, "pz_rwlock", site);
         report_acquired(rw, PZ__LOCK_RWLOCK, site, waited, rw_flags(mode));
@@ -258,6 +226,32 @@ __attribute__((noinline)) int pz__rwlock_lock_observed(pz_rwlock_t *rw, int mode
         report_gave_up(rw, PZ__LOCK_RWLOCK, site, waited, rw_flags(mode), r);
     }
     return r;
+}
+
+/* As pz__mutex_lock_observed, for the rwlock in mode. */
+__attribute__((noinline)) int pz__rwlock_lock_observed(pz_rwlock_t *rw, int mode, int64_t deadline, const void *site)
+{
+    if (!site)
+        site = __builtin_return_address(0);
+    const pz__lock_hooks *h = hooks();
+    uint64_t self = caller_id();
+    pz__observe_slot *sl = slot_for(h, rw, PZ__LOCK_RWLOCK, site, rw_flags(mode));
+    if (!rw_fast(rw, mode))
+        return rwlock_lock_contended(rw, mode, deadline, site);
+    held_take(rw, "pz_rwlock", site);
+    if (sl)
+        pz__observe_count(sl, self, rw_flags(mode));
+    return 0;
+}
+
+__attribute__((noinline)) int pz__rwlock_lock_observed_contended(pz_rwlock_t *rw, int mode, int64_t deadline,
+                                                                 const void *site, pz__holds *holds,
+                                                                 pz__observe_slot *sl)
+{
+    atomic_store_explicit(&holds->depth, atomic_load_explicit(&holds->depth, memory_order_relaxed) - 1,
+                          memory_order_relaxed);
+    pz__observe_untake(sl);
+    return rwlock_lock_contended(rw, mode, deadline, site);
 }
 
 __attribute__((noinline)) bool pz__rwlock_try_observed(pz_rwlock_t *rw, int mode)

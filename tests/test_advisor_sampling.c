@@ -1,0 +1,298 @@
+/* The advisor's counting and sampling while its inline paths run.
+ *
+ * With the advisor on, an uncontended acquisition whose (lock, site) is
+ * the thread's last and whose hold is not to be timed is counted inline,
+ * by the slot's countdown (include/plaza/runtime.h); the rest goes out of
+ * line.  These tests take each lock past its first timed holds (every
+ * hold of a lock is timed until it has 64), so that the inline paths run,
+ * and check:
+ *
+ *   counts      tasks on two workers and plain threads take many locks at
+ *               two sites each, more (lock, site) pairs than a thread's
+ *               slots, so slots change hands: every lock's acquisitions
+ *               (and a pz_rwlock's shared ones) are exact, and about one
+ *               hold in N (PLAZA_ADVISOR_SAMPLE=16 here) is timed.
+ *   gave_up     a waiter whose lock call starts inline and whose first
+ *               attempt fails (the lock is held) times out: the count and
+ *               held-lock record the inline path wrote are undone (the
+ *               acquisitions stay exact, and the waiter, which then
+ *               sleeps, is not reported as suspending with a sync lock),
+ *               for pz_mutex_lock_until and pz_rwlock_write_until.
+ *
+ * After each, no hold is left timed (pz__observe_timed_now, the count the
+ * observed unlocks test before they call out, is back to 0).
+ *
+ * The waits are forced (the holder keeps the lock until the waiter's
+ * attempt has ended); the sampling bounds are a factor of 2 either side
+ * of the expected count, thousands of samples wide. */
+#include "helpers.h"
+#include "advisor_json.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SAMPLE_N 16
+#define LOCKS 96 /* two sites each: 192 pairs, over a thread's 128 slots */
+#define TASKS 8
+#define THREADS 3
+#define ROUNDS_PER SCALED(400)
+#define HOT_ITERS SCALED(40000)
+
+static pz_mutex_t locks[LOCKS];
+static pz_rwlock_t rw;
+static pz_mutex_t hot;
+static uint64_t counters[LOCKS], hot_counter, rw_value;
+static _Atomic uint64_t rw_reads;
+
+/* One pass over every lock, at two sites (the two lock calls), then the
+ * hot mutex and the rwlock. */
+static void workload(uint64_t seed)
+{
+    for (int r = 0; r < ROUNDS_PER; r++) {
+        for (int i = 0; i < LOCKS; i++) {
+            pz_mutex_t *m = &locks[(i + (int)seed) % LOCKS];
+            if ((r + i) & 1) {
+                pz_mutex_lock(m);
+                counters[m - locks]++;
+                pz_mutex_unlock(m);
+            } else {
+                CHECK_EQ(pz_mutex_lock_until(m, PZ_FOREVER), 0);
+                counters[m - locks]++;
+                pz_mutex_unlock(m);
+            }
+        }
+    }
+    uint64_t reads = 0;
+    for (int i = 0; i < HOT_ITERS; i++) {
+        pz_mutex_lock(&hot);
+        hot_counter++;
+        pz_mutex_unlock(&hot);
+        if (i % 8 == 0) {
+            pz_rwlock_write(&rw);
+            rw_value++;
+            pz_rwlock_write_unlock(&rw);
+        } else {
+            pz_rwlock_read(&rw);
+            CHECK(rw_value <= (uint64_t)(TASKS + THREADS) * HOT_ITERS);
+            pz_rwlock_read_unlock(&rw);
+            reads++;
+        }
+    }
+    atomic_fetch_add(&rw_reads, reads);
+}
+
+static void *count_task(void *arg)
+{
+    workload((uint64_t)(uintptr_t)arg);
+    return NULL;
+}
+
+static void *count_thread(void *arg)
+{
+    workload((uint64_t)(uintptr_t)arg);
+    return NULL;
+}
+
+static void *counts_main(void *arg)
+{
+    (void)arg;
+    pz_task_t **t = spawn_n(TASKS, count_task, index_arg);
+    join_n(t, TASKS);
+    return NULL;
+}
+
+static void test_counts(void **state)
+{
+    (void)state;
+    CHECK(setenv("PLAZA_ADVISOR_SAMPLE", "16", 1) == 0);
+    CHECK(pz_advisor_enable("") == 0);
+    char name[32];
+    for (int i = 0; i < LOCKS; i++) {
+        snprintf(name, sizeof name, "lock%d", i);
+        CHECK(pz_lock_name(&locks[i], name) == 0);
+    }
+    CHECK(pz_lock_name(&hot, "hot") == 0);
+    CHECK(pz_lock_name(&rw, "rw") == 0);
+    pthread_t th[THREADS];
+    for (int i = 0; i < THREADS; i++)
+        CHECK(pthread_create(&th[i], NULL, count_thread, (void *)(uintptr_t)(TASKS + i)) == 0);
+    run_in_runtime(2, counts_main, NULL);
+    for (int i = 0; i < THREADS; i++)
+        CHECK(pthread_join(th[i], NULL) == 0);
+
+    const int64_t takers = TASKS + THREADS;
+    json_t *root = report_json();
+    for (int i = 0; i < LOCKS; i++) {
+        snprintf(name, sizeof name, "lock%d", i);
+        json_t *l = named(root, "locks", name);
+        CHECK_EQ(counters[i], (uint64_t)(takers * ROUNDS_PER));
+        CHECK_EQ(num(l, "acquisitions", NULL), takers * ROUNDS_PER);
+        CHECK(strcmp(str(l, "verdict"), "data") == 0);
+        /* The sites' counts add up to the lock's. */
+        json_t *sites = json_object_get(l, "sites");
+        CHECK(json_array_size(sites) == 2);
+        CHECK_EQ(num(json_array_get(sites, 0), "acquisitions", NULL) +
+                     num(json_array_get(sites, 1), "acquisitions", NULL),
+                 takers * ROUNDS_PER);
+    }
+    json_t *l = named(root, "locks", "hot");
+    int64_t n = takers * HOT_ITERS;
+    CHECK_EQ(hot_counter, (uint64_t)n);
+    CHECK_EQ(num(l, "acquisitions", NULL), n);
+    int64_t timed = num(l, "timed_holds", NULL);
+    /* The first 64, then about one in SAMPLE_N. */
+    fprintf(stderr, "hot: %lld acquisitions, %lld timed (expected about %lld)\n", (long long)n, (long long)timed,
+            (long long)(64 + n / SAMPLE_N));
+    CHECK(timed >= 64 + n / SAMPLE_N / 2);
+    CHECK(timed <= 64 + 2 * n / SAMPLE_N);
+    CHECK(strcmp(str(l, "verdict"), "data") == 0);
+
+    l = named(root, "locks", "rw");
+    int64_t reads = (int64_t)atomic_load(&rw_reads);
+    CHECK_EQ(num(l, "acquisitions", NULL), n);
+    CHECK_EQ(num(l, "shared", NULL), reads);
+    CHECK_EQ((int64_t)rw_value, n - reads);
+    CHECK(num(l, "timed_shared", NULL) >= reads / SAMPLE_N / 2);
+    CHECK(strcmp(str(l, "verdict"), "data") == 0);
+    json_decref(root);
+    /* Every timed hold ended: the unlocks' filter is back to 0 (else every
+     * later unlock would call out). */
+    CHECK_EQ(atomic_load(&pz__observe_timed_now), 0);
+    pz_advisor_disable();
+    CHECK(unsetenv("PLAZA_ADVISOR_SAMPLE") == 0);
+}
+
+/* ---- a failed first attempt on the inline path ---- */
+
+#define WARM 200 /* the waiter's acquisitions before its waits: past the first timed holds */
+#define WAITS 6
+
+static pz_mutex_t wait_m;
+static pz_rwlock_t wait_rw;
+static _Atomic int held_round, tried_round, warmed;
+static _Atomic int suspend_reports;
+
+static void collect(const char *line, void *arg)
+{
+    (void)arg;
+    if (strstr(line, "suspends while holding"))
+        atomic_fetch_add(&suspend_reports, 1);
+    fprintf(stderr, "plaza: %s\n", line);
+}
+
+/* A plain thread: it may wait while it holds the lock (only a task that
+ * suspends with a sync lock is reported). */
+static void *wait_holder(void *arg)
+{
+    bool use_rw = arg != NULL;
+    while (!atomic_load(&warmed))
+        sched_yield();
+    for (int i = 1; i <= WAITS; i++) {
+        if (use_rw)
+            pz_rwlock_write(&wait_rw);
+        else
+            pz_mutex_lock(&wait_m);
+        atomic_store(&held_round, i);
+        while (atomic_load(&tried_round) != i)
+            sched_yield();
+        if (use_rw)
+            pz_rwlock_write_unlock(&wait_rw);
+        else
+            pz_mutex_unlock(&wait_m);
+    }
+    return NULL;
+}
+
+/* The waiter takes the lock WARM times at the call of its timed-out
+ * attempts (one call in a loop), so that the slot is its thread's last
+ * and the countdown past the first timed holds (the sample rate is 1 in
+ * 65536 here) when it finds the lock held. */
+static void *wait_waiter(void *arg)
+{
+    bool use_rw = arg != NULL;
+    for (int i = 1, done = 0; done < WAITS; i++) {
+        bool warm = i <= WARM;
+        if (!warm)
+            while (atomic_load(&held_round) != done + 1)
+                pz_yield();
+        int64_t deadline = warm ? PZ_FOREVER : pz_now() + 1 * MS;
+        int r = use_rw ? pz_rwlock_write_until(&wait_rw, deadline) : pz_mutex_lock_until(&wait_m, deadline);
+        if (warm) {
+            CHECK_EQ(r, 0);
+            if (use_rw)
+                pz_rwlock_write_unlock(&wait_rw);
+            else
+                pz_mutex_unlock(&wait_m);
+            if (i == WARM)
+                atomic_store(&warmed, 1);
+            continue;
+        }
+        CHECK_EQ(r, -ETIMEDOUT);
+        /* A suspension: reported if the failed attempt's hold had stayed
+         * in the task's held-lock record. */
+        pz_sleep(10 * US);
+        atomic_store(&tried_round, ++done);
+    }
+    return NULL;
+}
+
+static void *gave_up_main(void *arg)
+{
+    pz_task_t *w = pz_spawn(wait_waiter, arg);
+    CHECK(w);
+    CHECK_EQ(pz_join(w, NULL), 0);
+    return NULL;
+}
+
+static void run_waits(bool use_rw)
+{
+    atomic_store(&held_round, 0);
+    atomic_store(&tried_round, 0);
+    atomic_store(&warmed, 0);
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, wait_holder, use_rw ? (void *)1 : NULL) == 0);
+    run_in_runtime(2, gave_up_main, use_rw ? (void *)1 : NULL);
+    CHECK(pthread_join(th, NULL) == 0);
+}
+
+static void test_gave_up_inline(void **state)
+{
+    (void)state;
+    CHECK(setenv("PLAZA_ADVISOR_SAMPLE", "65536", 1) == 0);
+    CHECK(pz_advisor_enable("") == 0);
+    CHECK(pz_lock_name(&wait_m, "wait_m") == 0);
+    CHECK(pz_lock_name(&wait_rw, "wait_rw") == 0);
+    pz_set_report(collect, NULL);
+    run_waits(false);
+    run_waits(true);
+    pz_set_report(NULL, NULL);
+    CHECK_EQ(atomic_load(&suspend_reports), 0);
+
+    json_t *root = report_json();
+    const char *names[] = {"wait_m", "wait_rw"};
+    for (int k = 0; k < 2; k++) {
+        json_t *l = named(root, "locks", names[k]);
+        CHECK_EQ(num(l, "acquisitions", NULL), WARM + WAITS);
+        CHECK_EQ(num(l, "gave_up", NULL), WAITS);
+        CHECK(num(l, "wait_ns", "max") >= 1 * MS * 9 / 10);
+        CHECK(num(l, "timed_holds", NULL) >= 64);
+    }
+    json_decref(root);
+    CHECK_EQ(atomic_load(&pz__observe_timed_now), 0);
+    pz_advisor_disable();
+    CHECK(unsetenv("PLAZA_ADVISOR_SAMPLE") == 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_counts),
+        cmocka_unit_test(test_gave_up_inline),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
