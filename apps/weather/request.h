@@ -134,6 +134,9 @@ int wx_parse_readings(const char *body, size_t len, const wx_cities *cities, int
 
 /* ---- responses ---- */
 const char *wx_status_text(int status);
+/* The decimal digits of v (with a '-' if negative) at out, which has room
+ * for 21 bytes; returns how many, without a NUL. */
+size_t wx_fmt_int(char *out, long long v);
 /* Appends a whole response with a JSON body; close adds Connection: close;
  * allow (or NULL) adds an Allow header.  0 or -ENOMEM. */
 int wx_respond(wx_buf *out, int status, const char *body, size_t body_len, bool close, const char *allow);
