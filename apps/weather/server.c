@@ -597,8 +597,9 @@ static int handle_metrics(service *s, wx_buf *out, bool close)
     return r < 0 ? -ENOMEM : 200;
 }
 
-/* Answers one complete request into out; returns its status or -ENOMEM. */
-static int handle(service *s, wx_request *req, wx_buf *out, bool close, wx_parsed_reading *parsed)
+/* Answers one complete request into out; returns its status or -ENOMEM,
+ * and in *done_at the pz_now() at which it was answered. */
+static int handle(service *s, wx_request *req, wx_buf *out, bool close, wx_parsed_reading *parsed, int64_t *done_at)
 {
     wx_route rt;
     wx_route_request(req, &rt);
@@ -619,10 +620,10 @@ static int handle(service *s, wx_request *req, wx_buf *out, bool close, wx_parse
              : rt.kind == WX_ROUTE_HEALTHZ     ? EP_HEALTHZ
              : rt.kind == WX_ROUTE_METRICS     ? EP_METRICS
                                                : -1;
+    *done_at = pz_now();
     if (ep >= 0 && st > 0) {
-        int64_t dt = pz_now() - t0;
         PZ_GUARD(pz_mutex, g, &s->ep[ep].lock);
-        hist_add(&s->ep[ep].h, (uint64_t)dt);
+        hist_add(&s->ep[ep].h, (uint64_t)(*done_at - t0));
     }
     return st;
 }
@@ -679,6 +680,11 @@ static void *serve_conn(void *arg)
     wx_buf out = {0};
     size_t in_off = 0, in_len = 0;
     int64_t request_deadline = 0;
+    /* The clock is read three times per request (after the read that
+     * brings its bytes, and around the handler); the deadlines run from
+     * those readings: the request's from the read, the answer's write and
+     * the idle wait that follows from the handler's end. */
+    int64_t read_at = pz_now(), done_at = read_at;
     bool sent_continue = false;
     bool in_progress = false; /* counted in s->in_progress */
     if (!in || !parsed)
@@ -691,7 +697,7 @@ static void *serve_conn(void *arg)
             size_t used = wx_parser_feed(&ps, in + in_off, in_len - in_off, &state);
             in_off += used;
             if (!was_started && (wx_parser_started(&ps) || state != WX_PARSE_MORE)) {
-                request_deadline = pz_now() + s->o.request_timeout_ns;
+                request_deadline = read_at + s->o.request_timeout_ns;
                 if (!in_progress) {
                     in_progress = true;
                     atomic_fetch_add(&s->in_progress, 1);
@@ -708,11 +714,11 @@ static void *serve_conn(void *arg)
         if (state == WX_PARSE_DONE) {
             bool close = !ps.req.keep_alive || pz_shutdown_requested();
             out.len = 0;
-            int st = handle(s, &ps.req, &out, close, parsed);
+            int st = handle(s, &ps.req, &out, close, parsed, &done_at);
             if (st < 0)
                 break;
             count_status(s, st);
-            if (pz_write_all(fd, out.p, out.len, pz_now() + s->o.request_timeout_ns) < 0 || close ||
+            if (pz_write_all(fd, out.p, out.len, done_at + s->o.request_timeout_ns) < 0 || close ||
                 wx_status_closes(st))
                 break;
             wx_parser_next(&ps);
@@ -734,10 +740,14 @@ static void *serve_conn(void *arg)
         /* Between requests the stop ends the connection; in the middle of
          * one it does not: the request is received and answered (with
          * Connection: close) within its deadline. */
-        if (!started && wait_idle(fd, pz_now() + s->o.idle_timeout_ns) < 0)
+        int64_t idle_deadline = done_at + s->o.idle_timeout_ns;
+        if (!started && wait_idle(fd, idle_deadline) < 0)
             break; /* idle too long, or the service stops */
-        int64_t deadline = started ? request_deadline : pz_now() + s->o.request_timeout_ns;
+        /* After the idle wait the socket is readable: this read does not
+         * wait (its deadline only bounds a spurious readiness). */
+        int64_t deadline = started ? request_deadline : idle_deadline + s->o.request_timeout_ns;
         ssize_t n = pz_read(fd, in, IN_BUF, deadline);
+        read_at = pz_now();
         if (n == -ETIMEDOUT && started) {
             out.len = 0;
             wx_respond_error(&out, 408, "request not complete in time", true, NULL);
