@@ -48,8 +48,8 @@
  * out.
  *
  * Shutdown.  The first SIGINT/SIGTERM stops the accept loop; every idle
- * connection, waiting in a pz_select on its socket and the shutdown
- * notify, ends; every connection in the middle of a request receives and
+ * connection, waiting in a read of its socket, ends (the stop shuts the
+ * socket's reading side; see wait_idle); every connection in the middle of a request receives and
  * answers it with Connection: close (within the request deadline); the
  * service waits for the connections to end, stops the refresher, closes
  * the writer's channel (the writer commits what is queued, then ends),
@@ -223,6 +223,11 @@ typedef struct service {
     _Atomic uint64_t acked_readings, commits;
 
     _Atomic int nconns;
+    /* The open connections (their tasks register them), so that the stop
+     * can end the idle ones: see wait_idle. */
+    pz_mutex_t conns_lock;
+    struct conn_entry *conns;
+    _Atomic bool stopping; /* set before the idle connections are ended */
     /* Requests received in part or whole and not answered yet (the
      * /metrics request that reports it included). */
     _Atomic int in_progress;
@@ -648,23 +653,68 @@ typedef struct conn_arg {
     int fd;
 } conn_arg;
 
-/* Waits until fd is readable (0), the deadline passes (-ETIMEDOUT) or the
- * service is asked to stop while the connection is idle (-ESHUTDOWN).
- * One pz_select on the socket and the shutdown notify: an idle connection
- * costs a suspended task and ends as soon as the stop is asked. */
-static int wait_idle(int fd, int64_t deadline)
+/* A connection as the stop sees it; on its task's stack, in s->conns
+ * (under conns_lock) from the task's start until just before it closes
+ * the socket, so the stop never touches a closed or reused descriptor. */
+typedef struct conn_entry {
+    struct conn_entry *prev, *next;
+    int fd;
+    _Atomic bool idle; /* waiting for the first byte of a request */
+} conn_entry;
+
+static void conn_register(service *s, conn_entry *e)
 {
-    pz_notify_t *stop = pz_shutdown_notify();
-    uint64_t e = pz_notify_epoch(stop);
-    if (pz_shutdown_requested())
+    PZ_GUARD(pz_mutex, g, &s->conns_lock);
+    e->prev = NULL;
+    e->next = s->conns;
+    if (s->conns)
+        s->conns->prev = e;
+    s->conns = e;
+}
+
+static void conn_unregister(service *s, conn_entry *e)
+{
+    PZ_GUARD(pz_mutex, g, &s->conns_lock);
+    if (e->prev)
+        e->prev->next = e->next;
+    else
+        s->conns = e->next;
+    if (e->next)
+        e->next->prev = e->prev;
+}
+
+/* Reads the first bytes of the next request: n > 0, 0 at the peer's end
+ * (or the stop), -ETIMEDOUT when idle until the deadline, -ESHUTDOWN if
+ * the service is stopping.  An idle connection waits in this one read
+ * rather than in a pz_select on its socket and the shutdown notify (a
+ * node in the one notify's queue that every idle connection shares, and a
+ * poll(2) after every wake-up before the read), and the stop ends it
+ * from outside: end_idle_connections shuts the reading side of every
+ * connection marked idle, so its read returns 0.  Marking and checking are
+ * a Dekker pair with the stop (both sequentially consistent): either the
+ * stop sees this connection idle, or this connection sees the stop. */
+static ssize_t wait_idle(service *s, conn_entry *e, char *in, size_t cap, int64_t deadline)
+{
+    atomic_store(&e->idle, true);
+    if (atomic_load(&s->stopping)) {
+        atomic_store(&e->idle, false);
         return -ESHUTDOWN;
-    pz_sel_t cases[] = {PZ_SEL_FD(fd, PZ_READABLE), PZ_SEL_NOTIFY(stop, e)};
-    int k = pz_select(cases, 2, deadline);
-    if (k == 1)
-        return -ESHUTDOWN;
-    if (k < 0)
-        return k;
-    return cases[0].result < 0 ? cases[0].result : 0;
+    }
+    ssize_t n = pz_read(e->fd, in, cap, deadline);
+    atomic_store(&e->idle, false);
+    return n;
+}
+
+/* The stop's side of wait_idle: every connection waiting between requests
+ * reads the end of its stream (shutdown(SHUT_RD) wakes its read); a
+ * connection in the middle of a request is left to answer it. */
+static void end_idle_connections(service *s)
+{
+    atomic_store(&s->stopping, true);
+    PZ_GUARD(pz_mutex, g, &s->conns_lock);
+    for (conn_entry *e = s->conns; e; e = e->next)
+        if (atomic_load(&e->idle))
+            shutdown(e->fd, SHUT_RD);
 }
 
 static void *serve_conn(void *arg)
@@ -673,6 +723,8 @@ static void *serve_conn(void *arg)
     service *s = a->s;
     int fd = a->fd;
     free(a);
+    conn_entry entry = {.fd = fd};
+    conn_register(s, &entry);
     char *in = malloc(IN_BUF);
     wx_parsed_reading *parsed = malloc(WX_MAX_READINGS * sizeof *parsed);
     wx_parser ps;
@@ -740,13 +792,8 @@ static void *serve_conn(void *arg)
         /* Between requests the stop ends the connection; in the middle of
          * one it does not: the request is received and answered (with
          * Connection: close) within its deadline. */
-        int64_t idle_deadline = done_at + s->o.idle_timeout_ns;
-        if (!started && wait_idle(fd, idle_deadline) < 0)
-            break; /* idle too long, or the service stops */
-        /* After the idle wait the socket is readable: this read does not
-         * wait (its deadline only bounds a spurious readiness). */
-        int64_t deadline = started ? request_deadline : idle_deadline + s->o.request_timeout_ns;
-        ssize_t n = pz_read(fd, in, IN_BUF, deadline);
+        ssize_t n = started ? pz_read(fd, in, IN_BUF, request_deadline)
+                            : wait_idle(s, &entry, in, IN_BUF, done_at + s->o.idle_timeout_ns);
         read_at = pz_now();
         if (n == -ETIMEDOUT && started) {
             out.len = 0;
@@ -756,12 +803,13 @@ static void *serve_conn(void *arg)
             break;
         }
         if (n <= 0)
-            break; /* closed or reset */
+            break; /* closed or reset, idle too long, or the service stops */
         in_len = (size_t)n;
     }
 done:
     if (in_progress)
         atomic_fetch_sub(&s->in_progress, 1);
+    conn_unregister(s, &entry);
     pz_close(fd);
     free(in);
     free(parsed);
@@ -941,8 +989,9 @@ static void *serve_task(void *arg)
     pz_cancel(ac);
     pz_join(ac, NULL);
     pz_close(s->lfd);
-    /* 2. Every connection ends after the request it is in: the idle ones
-     * saw the stop in their select (wait_idle). */
+    /* 2. Every connection ends after the request it is in; the idle ones
+     * at once (wait_idle). */
+    end_idle_connections(s);
     int64_t give_up = pz_now() + 3 * s->o.request_timeout_ns;
     for (;;) {
         uint64_t e = pz_notify_epoch(&s->conns_changed);
