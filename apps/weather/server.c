@@ -637,7 +637,8 @@ static int handle(service *s, wx_request *req, wx_buf *out, bool close, wx_parse
 
 #define IN_BUF 16384
 /* A connection's task stack: the handlers keep their buffers small and on
- * the heap, jansson never nests deeper than WX_MAX_JSON_DEPTH, but the
+ * the heap, yajl's parser does not recurse (its nesting is a stack on the
+ * heap, and the validator stops past WX_MAX_JSON_DEPTH), but the
  * PostgreSQL back end runs libpq on this stack (SQLite runs on the
  * blocking pool's threads). */
 #define CONN_STACK (128 * 1024)
