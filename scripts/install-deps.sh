@@ -6,7 +6,7 @@ what=${1:-build}
 
 # libdw-dev: the advisor and pz_dump name call sites by file:line (the demo prints them);
 # libunwind-dev: pz_dump walks suspended tasks' stacks.
-pkgs="cmake make gcc pkg-config libdw-dev libunwind-dev libcmocka-dev libsqlite3-dev libjansson-dev libhttp-parser-dev"
+pkgs="cmake make gcc pkg-config libdw-dev libunwind-dev libcmocka-dev libsqlite3-dev libjansson-dev libyajl-dev libhttp-parser-dev"
 case "$what" in
 test)
     # libpq-dev builds the PostgreSQL component; postgresql-15 is its test server.

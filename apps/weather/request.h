@@ -1,7 +1,8 @@
 /*
  * The weather service's request path without sockets: HTTP/1.1 request
  * parsing (on libhttp-parser), routing, the validation of a POST's JSON
- * body (jansson) and the writing of responses.  The server feeds it the
+ * body (on yajl's event parser) and the writing of responses (jansson
+ * spells the error bodies).  The server feeds it the
  * bytes it reads; the fuzz target feeds it arbitrary bytes.  Nothing here
  * suspends, locks or touches the database.
  *
@@ -125,13 +126,17 @@ typedef struct wx_parsed_reading {
 /* Validates a POST /readings body.  On success returns 0 and fills out[0..
  * *n) (out has room for WX_MAX_READINGS); readings without a time get
  * now_ms.  Otherwise returns 400 (malformed JSON or fields, 0 or more than
- * WX_MAX_READINGS readings) or 404 (an unknown city), with a reason written
- * to reason (reason_len bytes). */
+ * WX_MAX_READINGS readings, nesting deeper than WX_MAX_JSON_DEPTH) or 404
+ * (an unknown city), or 503 when out of memory, with a reason written to
+ * reason (reason_len bytes). */
 int wx_parse_readings(const char *body, size_t len, const wx_cities *cities, int64_t now_ms, wx_parsed_reading *out,
                       size_t *n, char *reason, size_t reason_len);
 
 /* ---- responses ---- */
 const char *wx_status_text(int status);
+/* The decimal digits of v (with a '-' if negative) at out, which has room
+ * for 21 bytes; returns how many, without a NUL. */
+size_t wx_fmt_int(char *out, long long v);
 /* Appends a whole response with a JSON body; close adds Connection: close;
  * allow (or NULL) adds an Allow header.  0 or -ENOMEM. */
 int wx_respond(wx_buf *out, int status, const char *body, size_t body_len, bool close, const char *allow);

@@ -48,8 +48,8 @@
  * out.
  *
  * Shutdown.  The first SIGINT/SIGTERM stops the accept loop; every idle
- * connection, waiting in a pz_select on its socket and the shutdown
- * notify, ends; every connection in the middle of a request receives and
+ * connection, waiting in a read of its socket, ends (the stop shuts the
+ * socket's reading side; see wait_idle); every connection in the middle of a request receives and
  * answers it with Connection: close (within the request deadline); the
  * service waits for the connections to end, stops the refresher, closes
  * the writer's channel (the writer commits what is queued, then ends),
@@ -118,9 +118,22 @@ typedef struct lock_role {
     lock_stats *stats;
 } lock_role;
 
-static int lock_take(const lock_role *role, wx_lock *l, int64_t deadline)
+/* Takes l within timeout_ns of now: returns the wait in ns (0 when it was
+ * free) or a negative error.  The clock is read once when the lock is free
+ * at once (the hold's start), and the deadline only computed when it is
+ * not: a POST takes a city's data lock per reading, and three clock reads
+ * per acquisition were a fifth of its CPU outside the parser.  A taker
+ * that waits has its deadline run from the wait's start, and its wait
+ * ends at l->taken_at, so the deadline it had is l->taken_at - wait +
+ * timeout_ns. */
+static int lock_take(const lock_role *role, wx_lock *l, int64_t timeout_ns)
 {
+    if (role->is_async ? pz_async_mutex_trylock(&l->async) : pz_mutex_trylock(&l->sync)) {
+        l->taken_at = pz_now();
+        return 0;
+    }
     int64_t t0 = pz_now();
+    int64_t deadline = t0 + timeout_ns;
     int r = role->is_async ? pz_async_mutex_lock_until(&l->async, deadline) : pz_mutex_lock_until(&l->sync, deadline);
     int64_t t1 = pz_now();
     if (r < 0) {
@@ -154,6 +167,12 @@ typedef struct city_state {
     double cur_temperature;
     int64_t cur_time_ms;
     uint64_t cur_readings; /* since start */
+    /* cur_temperature as the answers spell it, when cur_text_ok: made by
+     * the first GET after a reading changed it (a POST only clears the
+     * flag), so a city read more often than written is spelled once per
+     * reading rather than once per GET. */
+    bool cur_text_ok;
+    char cur_text[32];
 
     wx_lock forecast_lock;
     bool fc_have;
@@ -204,6 +223,11 @@ typedef struct service {
     _Atomic uint64_t acked_readings, commits;
 
     _Atomic int nconns;
+    /* The open connections (their tasks register them), so that the stop
+     * can end the idle ones: see wait_idle. */
+    pz_mutex_t conns_lock;
+    struct conn_entry *conns;
+    _Atomic bool stopping; /* set before the idle connections are ended */
     /* Requests received in part or whole and not answered yet (the
      * /metrics request that reports it included). */
     _Atomic int in_progress;
@@ -288,9 +312,10 @@ static int refresh_forecast(service *s, int i, int64_t deadline, int64_t fresh_n
     return refresh_local(s, i);
 }
 
-static bool forecast_stale(const service *s, const city_state *c)
+/* now: pz_now() of the caller, under the forecast lock. */
+static bool forecast_stale(const service *s, const city_state *c, int64_t now)
 {
-    return !c->fc_have || pz_now() - c->fc_computed_ns > s->o.forecast_ttl_ns;
+    return !c->fc_have || now - c->fc_computed_ns > s->o.forecast_ttl_ns;
 }
 
 static void *refresher(void *arg)
@@ -302,7 +327,7 @@ static void *refresher(void *arg)
     while (!pz_cancelled() && pz_sleep_until(next) == 0) {
         for (int i = 0; i < s->cities.n && !pz_cancelled(); i++) {
             city_state *c = &s->city[i];
-            int w = lock_take(&s->forecast_role, &c->forecast_lock, pz_now() + s->o.lock_timeout_ns);
+            int w = lock_take(&s->forecast_role, &c->forecast_lock, s->o.lock_timeout_ns);
             if (w < 0)
                 continue;
             /* Across replicas, a forecast another one refreshed in the last
@@ -379,8 +404,6 @@ static void *writer(void *arg)
 
 /* ---- handlers ---- */
 
-static int64_t lock_deadline(const service *s) { return pz_now() + s->o.lock_timeout_ns; }
-
 static int handle_post(service *s, wx_request *req, wx_buf *out, bool close, wx_parsed_reading *parsed)
 {
     char reason[256];
@@ -391,12 +414,13 @@ static int handle_post(service *s, wx_request *req, wx_buf *out, bool close, wx_
         return wx_respond_error(out, st, reason, close, NULL) < 0 ? -ENOMEM : st;
     for (size_t i = 0; i < n; i++) {
         city_state *c = &s->city[parsed[i].city];
-        int w = lock_take(&s->current_role, &c->current_lock, lock_deadline(s));
+        int w = lock_take(&s->current_role, &c->current_lock, s->o.lock_timeout_ns);
         if (w < 0)
             return wx_respond_error(out, 503, "lock wait timed out", close, NULL) < 0 ? -ENOMEM : 503;
         c->cur_temperature = parsed[i].temperature;
         c->cur_time_ms = parsed[i].time_ms;
         c->cur_readings++;
+        c->cur_text_ok = false;
         lock_give(&s->current_role, &c->current_lock, w);
     }
     write_req wr = {.r = parsed, .n = n};
@@ -410,9 +434,19 @@ static int handle_post(service *s, wx_request *req, wx_buf *out, bool close, wx_
     }
     if (r < 0)
         return wx_respond_error(out, 503, "database unavailable", close, NULL) < 0 ? -ENOMEM : 503;
-    char body[64];
-    int len = snprintf(body, sizeof body, "{\"accepted\":%zu}", n);
-    return wx_respond(out, 200, body, (size_t)len, close, NULL) < 0 ? -ENOMEM : 200;
+    char body[40] = "{\"accepted\":";
+    size_t len = strlen(body);
+    len += wx_fmt_int(body + len, (long long)n);
+    body[len++] = '}';
+    return wx_respond(out, 200, body, len, close, NULL) < 0 ? -ENOMEM : 200;
+}
+
+/* Appends the NUL-terminated s at p; returns the end. */
+static char *put_str(char *p, const char *s)
+{
+    size_t n = strlen(s);
+    memcpy(p, s, n);
+    return p + n;
 }
 
 static int handle_get(service *s, const char *name, wx_buf *out, bool close)
@@ -424,23 +458,42 @@ static int handle_get(service *s, const char *name, wx_buf *out, bool close)
         return wx_respond_error(out, 404, reason, close, NULL) < 0 ? -ENOMEM : 404;
     }
     city_state *c = &s->city[i];
-    int w = lock_take(&s->current_role, &c->current_lock, lock_deadline(s));
+    int w = lock_take(&s->current_role, &c->current_lock, s->o.lock_timeout_ns);
     if (w < 0)
         return wx_respond_error(out, 503, "lock wait timed out", close, NULL) < 0 ? -ENOMEM : 503;
     double cur = c->cur_temperature;
     int64_t updated = c->cur_time_ms;
+    uint64_t version = c->cur_readings;
+    char cur_s[sizeof c->cur_text];
+    bool spelled = c->cur_text_ok;
+    if (spelled)
+        memcpy(cur_s, c->cur_text, sizeof cur_s);
     lock_give(&s->current_role, &c->current_lock, w);
+    if (!spelled) {
+        /* Spelled outside the lock, kept for the next GETs if no reading
+         * came meanwhile. */
+        fmt_double(cur_s, sizeof cur_s, cur);
+        w = lock_take(&s->current_role, &c->current_lock, s->o.lock_timeout_ns);
+        if (w >= 0) {
+            if (c->cur_readings == version && !c->cur_text_ok) {
+                memcpy(c->cur_text, cur_s, sizeof cur_s);
+                c->cur_text_ok = true;
+            }
+            lock_give(&s->current_role, &c->current_lock, w);
+        }
+    }
 
-    int64_t deadline = lock_deadline(s);
-    w = lock_take(&s->forecast_role, &c->forecast_lock, deadline);
+    w = lock_take(&s->forecast_role, &c->forecast_lock, s->o.lock_timeout_ns);
     if (w < 0)
         return wx_respond_error(out, 503, "lock wait timed out", close, NULL) < 0 ? -ENOMEM : 503;
     int r = 0;
-    /* Single flight: re-checked under the lock; a refresh that finished
-     * while this task waited left it fresh.  Across replicas the
-     * distributed lock gets what is left of the same deadline. */
-    if (forecast_stale(s, c))
-        r = refresh_forecast(s, i, deadline, s->o.forecast_ttl_ns);
+    /* Single flight: re-checked under the lock (as of the instant it was
+     * taken); a refresh that finished while this task waited left it
+     * fresh.  Across replicas the distributed lock gets what is left of
+     * the lock's deadline. */
+    int64_t taken = c->forecast_lock.taken_at;
+    if (forecast_stale(s, c, taken))
+        r = refresh_forecast(s, i, taken - w + s->o.lock_timeout_ns, s->o.forecast_ttl_ns);
     char fc_s[sizeof c->fc_text];
     memcpy(fc_s, c->fc_text, sizeof fc_s);
     int64_t computed_at = c->fc_computed_at_ms;
@@ -451,13 +504,24 @@ static int handle_get(service *s, const char *name, wx_buf *out, bool close)
     if (r < 0)
         return wx_respond_error(out, 503, "database unavailable", close, NULL) < 0 ? -ENOMEM : 503;
 
-    char body[256], cur_s[32];
-    fmt_double(cur_s, sizeof cur_s, cur);
-    int len = snprintf(body, sizeof body,
-                       "{\"city\":\"%s\",\"temperature\":%s,\"updated\":%lld,"
-                       "\"forecast\":{\"temperature\":%s,\"computed_at\":%lld,\"based_on\":%d}}",
-                       s->city_table[i].name, cur_s, (long long)updated, fc_s, (long long)computed_at, based_on);
-    return wx_respond(out, 200, body, (size_t)len, close, NULL) < 0 ? -ENOMEM : 200;
+    /* {"city":..,"temperature":..,"updated":..,"forecast":{"temperature":..,
+     * "computed_at":..,"based_on":..}}, put together from its pieces (a
+     * city name is under WX_CITY_NAME_MAX bytes, the numbers under 32). */
+    char body[320], *p = body;
+    p = put_str(p, "{\"city\":\"");
+    p = put_str(p, s->city_table[i].name);
+    p = put_str(p, "\",\"temperature\":");
+    p = put_str(p, cur_s);
+    p = put_str(p, ",\"updated\":");
+    p += wx_fmt_int(p, (long long)updated);
+    p = put_str(p, ",\"forecast\":{\"temperature\":");
+    p = put_str(p, fc_s);
+    p = put_str(p, ",\"computed_at\":");
+    p += wx_fmt_int(p, (long long)computed_at);
+    p = put_str(p, ",\"based_on\":");
+    p += wx_fmt_int(p, based_on);
+    p = put_str(p, "}}");
+    return wx_respond(out, 200, body, (size_t)(p - body), close, NULL) < 0 ? -ENOMEM : 200;
 }
 
 static int handle_healthz(service *s, wx_buf *out, bool close)
@@ -538,8 +602,9 @@ static int handle_metrics(service *s, wx_buf *out, bool close)
     return r < 0 ? -ENOMEM : 200;
 }
 
-/* Answers one complete request into out; returns its status or -ENOMEM. */
-static int handle(service *s, wx_request *req, wx_buf *out, bool close, wx_parsed_reading *parsed)
+/* Answers one complete request into out; returns its status or -ENOMEM,
+ * and in *done_at the pz_now() at which it was answered. */
+static int handle(service *s, wx_request *req, wx_buf *out, bool close, wx_parsed_reading *parsed, int64_t *done_at)
 {
     wx_route rt;
     wx_route_request(req, &rt);
@@ -560,10 +625,10 @@ static int handle(service *s, wx_request *req, wx_buf *out, bool close, wx_parse
              : rt.kind == WX_ROUTE_HEALTHZ     ? EP_HEALTHZ
              : rt.kind == WX_ROUTE_METRICS     ? EP_METRICS
                                                : -1;
+    *done_at = pz_now();
     if (ep >= 0 && st > 0) {
-        int64_t dt = pz_now() - t0;
         PZ_GUARD(pz_mutex, g, &s->ep[ep].lock);
-        hist_add(&s->ep[ep].h, (uint64_t)dt);
+        hist_add(&s->ep[ep].h, (uint64_t)(*done_at - t0));
     }
     return st;
 }
@@ -572,7 +637,8 @@ static int handle(service *s, wx_request *req, wx_buf *out, bool close, wx_parse
 
 #define IN_BUF 16384
 /* A connection's task stack: the handlers keep their buffers small and on
- * the heap, jansson never nests deeper than WX_MAX_JSON_DEPTH, but the
+ * the heap, yajl's parser does not recurse (its nesting is a stack on the
+ * heap, and the validator stops past WX_MAX_JSON_DEPTH), but the
  * PostgreSQL back end runs libpq on this stack (SQLite runs on the
  * blocking pool's threads). */
 #define CONN_STACK (128 * 1024)
@@ -588,23 +654,68 @@ typedef struct conn_arg {
     int fd;
 } conn_arg;
 
-/* Waits until fd is readable (0), the deadline passes (-ETIMEDOUT) or the
- * service is asked to stop while the connection is idle (-ESHUTDOWN).
- * One pz_select on the socket and the shutdown notify: an idle connection
- * costs a suspended task and ends as soon as the stop is asked. */
-static int wait_idle(int fd, int64_t deadline)
+/* A connection as the stop sees it; on its task's stack, in s->conns
+ * (under conns_lock) from the task's start until just before it closes
+ * the socket, so the stop never touches a closed or reused descriptor. */
+typedef struct conn_entry {
+    struct conn_entry *prev, *next;
+    int fd;
+    _Atomic bool idle; /* waiting for the first byte of a request */
+} conn_entry;
+
+static void conn_register(service *s, conn_entry *e)
 {
-    pz_notify_t *stop = pz_shutdown_notify();
-    uint64_t e = pz_notify_epoch(stop);
-    if (pz_shutdown_requested())
+    PZ_GUARD(pz_mutex, g, &s->conns_lock);
+    e->prev = NULL;
+    e->next = s->conns;
+    if (s->conns)
+        s->conns->prev = e;
+    s->conns = e;
+}
+
+static void conn_unregister(service *s, conn_entry *e)
+{
+    PZ_GUARD(pz_mutex, g, &s->conns_lock);
+    if (e->prev)
+        e->prev->next = e->next;
+    else
+        s->conns = e->next;
+    if (e->next)
+        e->next->prev = e->prev;
+}
+
+/* Reads the first bytes of the next request: n > 0, 0 at the peer's end
+ * (or the stop), -ETIMEDOUT when idle until the deadline, -ESHUTDOWN if
+ * the service is stopping.  An idle connection waits in this one read
+ * rather than in a pz_select on its socket and the shutdown notify (a
+ * node in the one notify's queue that every idle connection shares, and a
+ * poll(2) after every wake-up before the read), and the stop ends it
+ * from outside: end_idle_connections shuts the reading side of every
+ * connection marked idle, so its read returns 0.  Marking and checking are
+ * a Dekker pair with the stop (both sequentially consistent): either the
+ * stop sees this connection idle, or this connection sees the stop. */
+static ssize_t wait_idle(service *s, conn_entry *e, char *in, size_t cap, int64_t deadline)
+{
+    atomic_store(&e->idle, true);
+    if (atomic_load(&s->stopping)) {
+        atomic_store(&e->idle, false);
         return -ESHUTDOWN;
-    pz_sel_t cases[] = {PZ_SEL_FD(fd, PZ_READABLE), PZ_SEL_NOTIFY(stop, e)};
-    int k = pz_select(cases, 2, deadline);
-    if (k == 1)
-        return -ESHUTDOWN;
-    if (k < 0)
-        return k;
-    return cases[0].result < 0 ? cases[0].result : 0;
+    }
+    ssize_t n = pz_read(e->fd, in, cap, deadline);
+    atomic_store(&e->idle, false);
+    return n;
+}
+
+/* The stop's side of wait_idle: every connection waiting between requests
+ * reads the end of its stream (shutdown(SHUT_RD) wakes its read); a
+ * connection in the middle of a request is left to answer it. */
+static void end_idle_connections(service *s)
+{
+    atomic_store(&s->stopping, true);
+    PZ_GUARD(pz_mutex, g, &s->conns_lock);
+    for (conn_entry *e = s->conns; e; e = e->next)
+        if (atomic_load(&e->idle))
+            shutdown(e->fd, SHUT_RD);
 }
 
 static void *serve_conn(void *arg)
@@ -613,6 +724,8 @@ static void *serve_conn(void *arg)
     service *s = a->s;
     int fd = a->fd;
     free(a);
+    conn_entry entry = {.fd = fd};
+    conn_register(s, &entry);
     char *in = malloc(IN_BUF);
     wx_parsed_reading *parsed = malloc(WX_MAX_READINGS * sizeof *parsed);
     wx_parser ps;
@@ -620,6 +733,11 @@ static void *serve_conn(void *arg)
     wx_buf out = {0};
     size_t in_off = 0, in_len = 0;
     int64_t request_deadline = 0;
+    /* The clock is read three times per request (after the read that
+     * brings its bytes, and around the handler); the deadlines run from
+     * those readings: the request's from the read, the answer's write and
+     * the idle wait that follows from the handler's end. */
+    int64_t read_at = pz_now(), done_at = read_at;
     bool sent_continue = false;
     bool in_progress = false; /* counted in s->in_progress */
     if (!in || !parsed)
@@ -632,7 +750,7 @@ static void *serve_conn(void *arg)
             size_t used = wx_parser_feed(&ps, in + in_off, in_len - in_off, &state);
             in_off += used;
             if (!was_started && (wx_parser_started(&ps) || state != WX_PARSE_MORE)) {
-                request_deadline = pz_now() + s->o.request_timeout_ns;
+                request_deadline = read_at + s->o.request_timeout_ns;
                 if (!in_progress) {
                     in_progress = true;
                     atomic_fetch_add(&s->in_progress, 1);
@@ -649,11 +767,11 @@ static void *serve_conn(void *arg)
         if (state == WX_PARSE_DONE) {
             bool close = !ps.req.keep_alive || pz_shutdown_requested();
             out.len = 0;
-            int st = handle(s, &ps.req, &out, close, parsed);
+            int st = handle(s, &ps.req, &out, close, parsed, &done_at);
             if (st < 0)
                 break;
             count_status(s, st);
-            if (pz_write_all(fd, out.p, out.len, pz_now() + s->o.request_timeout_ns) < 0 || close ||
+            if (pz_write_all(fd, out.p, out.len, done_at + s->o.request_timeout_ns) < 0 || close ||
                 wx_status_closes(st))
                 break;
             wx_parser_next(&ps);
@@ -675,10 +793,9 @@ static void *serve_conn(void *arg)
         /* Between requests the stop ends the connection; in the middle of
          * one it does not: the request is received and answered (with
          * Connection: close) within its deadline. */
-        if (!started && wait_idle(fd, pz_now() + s->o.idle_timeout_ns) < 0)
-            break; /* idle too long, or the service stops */
-        int64_t deadline = started ? request_deadline : pz_now() + s->o.request_timeout_ns;
-        ssize_t n = pz_read(fd, in, IN_BUF, deadline);
+        ssize_t n = started ? pz_read(fd, in, IN_BUF, request_deadline)
+                            : wait_idle(s, &entry, in, IN_BUF, done_at + s->o.idle_timeout_ns);
+        read_at = pz_now();
         if (n == -ETIMEDOUT && started) {
             out.len = 0;
             wx_respond_error(&out, 408, "request not complete in time", true, NULL);
@@ -687,12 +804,13 @@ static void *serve_conn(void *arg)
             break;
         }
         if (n <= 0)
-            break; /* closed or reset */
+            break; /* closed or reset, idle too long, or the service stops */
         in_len = (size_t)n;
     }
 done:
     if (in_progress)
         atomic_fetch_sub(&s->in_progress, 1);
+    conn_unregister(s, &entry);
     pz_close(fd);
     free(in);
     free(parsed);
@@ -872,8 +990,9 @@ static void *serve_task(void *arg)
     pz_cancel(ac);
     pz_join(ac, NULL);
     pz_close(s->lfd);
-    /* 2. Every connection ends after the request it is in: the idle ones
-     * saw the stop in their select (wait_idle). */
+    /* 2. Every connection ends after the request it is in; the idle ones
+     * at once (wait_idle). */
+    end_idle_connections(s);
     int64_t give_up = pz_now() + 3 * s->o.request_timeout_ns;
     for (;;) {
         uint64_t e = pz_notify_epoch(&s->conns_changed);
