@@ -102,6 +102,16 @@
 #define R_TOOK 3   /* starving_validate took the free lock */
 #define R_POLL 4   /* the STARVE_NS timer: look again */
 
+/* FORGET(v): v is dead here (every path writes it before reading it
+ * again); the progress model sets it back to 0 so that its old value does
+ * not split states.  The safety model's figures (mutex.md) were measured
+ * without it; a dead value changes no step either way. */
+#ifdef PROGRESS
+#define FORGET(v) v = 0
+#else
+#define FORGET(v) skip
+#endif
+
 byte state;      /* m->state, as the other cores see it */
 byte waiters;    /* m->waiters */
 byte holder;     /* m->holder (an id, or 0) */
@@ -119,6 +129,12 @@ byte qn;
  * it a ticket lock, so that weak fairness lets a waiting task in. */
 #if defined(PROGRESS) && !defined(UNFAIR_BUCKET)
 #define FAIR_BUCKET
+#endif
+#if defined(PROGRESS) && !defined(LOSE_RACE)
+#define RACE_WON
+#endif
+#if defined(RACE_WON) && defined(STALE)
+#error "RACE_WON and STALE are not meant to be combined"
 #endif
 #ifdef FAIR_BUCKET
 /* The ticket lock, kept as the FIFO of the ids holding a ticket not yet
@@ -171,7 +187,7 @@ bit trying[4];
  * read-modify-write) drains the store buffer first. */
 inline flush_mine() {
     if
-    :: sb_pend && sb_who == me -> state = 0; sb_pend = 0
+    :: sb_pend && sb_who == me -> state = 0; sb_pend = 0; FORGET(sb_who)
     :: else -> skip
     fi
 }
@@ -180,7 +196,7 @@ inline flush_mine() {
 inline heavy_fence() {
     atomic {
         if
-        :: sb_pend -> state = 0; sb_pend = 0
+        :: sb_pend -> state = 0; sb_pend = 0; FORGET(sb_who)
         :: else -> skip
         fi
     }
@@ -326,9 +342,18 @@ inline unpark_one(released) {
         :: else -> skip
         fi;
         BUCKET_REL
+#ifndef PROGRESS
     }
     /* wake the chosen one, after the bucket lock is released */
     atomic {
+#else
+        ;
+        /* the wake in the same step: between the release and the wake the
+         * chosen task is claimed (pw 4), which only the chosen task itself
+         * reads (its wait); its timer cannot claim it, the queue no longer
+         * holds it; so another task's steps in between have the same
+         * effect after the wake, with the chosen task not yet scheduled */
+#endif
         if
         :: chosen != 0 -> pw[chosen] = 2
         :: else -> skip
@@ -475,7 +500,19 @@ inline lock_slow() {
            if
            :: sb_pend && sb_who == me -> s = 0   /* store forwarding */
            :: else -> skip
+           fi;
+#ifdef RACE_WON
+           /* the progress check's assumption (mutex.md, "The barging
+            * race"): task 3 does not lose the race between this load and
+            * its CAS for ever.  A lost race changes nothing but task 3's
+            * place in its loop, so it is a stutter; with the load that
+            * sees 0 and the CAS one step, a task 3 that keeps losing is a
+            * task 3 that never moves, which weak fairness excludes. */
+           if
+           :: me == 3 && s == 0 -> take()
+           :: else -> skip
            fi
+#endif
        }
 #ifdef STALE
        /* the relaxed load may be stale: a free lock word may be read
@@ -489,7 +526,16 @@ inline lock_slow() {
        :: s == 0 ->
            /* the load that saw 0 and the CAS: a CAS that fails only
             * loops, so they are one step */
+#ifdef RACE_WON
+           atomic {
+               if
+               :: !took -> take()
+               :: else -> skip   /* taken with the load */
+               fi
+           };
+#else
            take();
+#endif
            if
            :: took ->
                if
@@ -514,7 +560,7 @@ inline lock_slow() {
                        waiters = f | WOKEN; woken = 1
                    :: else -> skip
                    fi;
-                   spins++; cas = 0
+                   spins++; cas = 0; FORGET(f)
                :: true ->
                    /* starving once it has tried for STARVE_NS */
                    if
@@ -530,7 +576,8 @@ inline lock_slow() {
                    waiters = (f | PARKED | CONTENDED | (starving -> STARVING : 0)) & ~(woken -> WOKEN : 0);
 #endif
                    cas = 1
-               fi
+               fi;
+               FORGET(s)
            }
            if
            :: cas ->
@@ -543,7 +590,7 @@ inline lock_slow() {
                fi;
 #endif
 #if PROGRESS_FIX
-               atomic { woken = 0; first = 1; pstarv = starving; starving = 0; cas = 0 }
+               atomic { woken = 0; first = 1; pstarv = starving; starving = 0; cas = 0; FORGET(f); FORGET(spins) }
 #else
                atomic { woken = 0; first = 1; starving = 0; cas = 0 }
 #endif
@@ -603,7 +650,7 @@ inline unlock() {
     if
     :: FENCES && h == me && f == 0 ->
         /* the plain-store release: the store of 0 waits in the buffer */
-        atomic { holder = 0; sb_pend = 1; sb_who = me }
+        atomic { holder = 0; sb_pend = 1; sb_who = me; FORGET(h) }
         f = waiters;   /* may be served before the store is visible */
         if
         :: f != 0 -> unpark_one(1)
@@ -615,7 +662,8 @@ inline unlock() {
             :: h != 0 -> holder = 0
             :: else -> skip
             fi;
-            f = waiters
+            f = waiters;
+            FORGET(h)
         }
         if
         :: (f & STARVING) || (f & (PARKED | WOKEN)) == PARKED -> unpark_one(0)
@@ -692,7 +740,7 @@ progress_cs:
 }
 
 /* The store buffer drains on its own, at any moment. */
-#define DRAIN_LOOP do :: atomic { sb_pend -> state = 0; sb_pend = 0 } od
+#define DRAIN_LOOP do :: atomic { sb_pend -> state = 0; sb_pend = 0; FORGET(sb_who) } od
 
 #ifdef PROGRESS
 /* Task 3's clock (the others have none: see old[]). */

@@ -115,6 +115,10 @@ run fail mutex giveup-unfixed "-DGIVEUP_FIX=0" "$quick" "$deep"
 run fail mutex giveup-unfixed-no-fences "-DGIVEUP_FIX=0 -DFENCES=0" "$quick" "$deep"
 run fail mutex no-fence "-DBAD_NO_FENCE" "$quick" "$deep"
 run fail mutex waiter-progress-unfixed "-DPROGRESS -DUNFAIR_BUCKET -DPROGRESS_FIX=0" "-O1 -DMEMLIM=3072 -DNFAIR=4" "-a -f $deep"
+# Without the assumption that the waiter does not lose the race between
+# its load of a free lock word and its CAS for ever, it can (mutex.md,
+# "The barging race").
+run open mutex waiter-progress-barging "-DPROGRESS -DLOSE_RACE" "-O1 -DCOLLAPSE -DMEMLIM=3072 -DNFAIR=4" "-a -f $deep"
 # The waiter's progress with the fix: over an hour and more than 9 GB (a
 # run in 9 GB found no cycle in 840 million states, then stopped at the
 # limit), so only when asked (PLAZA_MODELS_LONG=1).
