@@ -42,11 +42,16 @@
  *                queue alone when the word is held.  0: the code before.
  *   PROGRESS     tasks 1 and 2 lock and unlock forever (no deadline), task
  *                3 locks once without deadline; checked with -a -f against
- *                the never claim of ltl p3_gets_lock (fails with
- *                PROGRESS_FIX=0: mutex.md).  The progress model leaves out
+ *                the never claim of ltl p3_gets_lock: no cycle in a
+ *                complete search (5 796 730 states); fails with
+ *                PROGRESS_FIX=0 (mutex.md).  Assumes task 3 does not lose
+ *                the race between its load of a free lock word and its CAS
+ *                for ever (RACE_WON; LOSE_RACE drops the assumption, and
+ *                then the check fails).  The progress model leaves out
  *                what no step reads (mutex.md, "What the progress check
  *                leaves out"): the bucket lock's ticket counters, the
- *                clocks of tasks 1 and 2, a separate drain process.
+ *                clocks of tasks 1 and 2, a separate drain process, dead
+ *                values (FORGET).
  */
 
 #ifndef GIVEUP_FIX
