@@ -42,9 +42,16 @@
  *                queue alone when the word is held.  0: the code before.
  *   PROGRESS     tasks 1 and 2 lock and unlock forever (no deadline), task
  *                3 locks once without deadline; checked with -a -f against
- *                the never claim of ltl p3_gets_lock (no cycle in the 840
- *                million states a 9 GB search visited; fails with
- *                PROGRESS_FIX=0: mutex.md).
+ *                the never claim of ltl p3_gets_lock: no cycle in a
+ *                complete search (5 796 730 states); fails with
+ *                PROGRESS_FIX=0 (mutex.md).  Assumes task 3 does not lose
+ *                the race between its load of a free lock word and its CAS
+ *                for ever (RACE_WON; LOSE_RACE drops the assumption, and
+ *                then the check fails).  The progress model leaves out
+ *                what no step reads (mutex.md, "What the progress check
+ *                leaves out"): the bucket lock's ticket counters, the
+ *                clocks of tasks 1 and 2, a separate drain process, dead
+ *                values (FORGET).
  */
 
 #ifndef GIVEUP_FIX
@@ -100,6 +107,16 @@
 #define R_TOOK 3   /* starving_validate took the free lock */
 #define R_POLL 4   /* the STARVE_NS timer: look again */
 
+/* FORGET(v): v is dead here (every path writes it before reading it
+ * again); the progress model sets it back to 0 so that its old value does
+ * not split states.  The safety model's figures (mutex.md) were measured
+ * without it; a dead value changes no step either way. */
+#ifdef PROGRESS
+#define FORGET(v) v = 0
+#else
+#define FORGET(v) skip
+#endif
+
 byte state;      /* m->state, as the other cores see it */
 byte waiters;    /* m->waiters */
 byte holder;     /* m->holder (an id, or 0) */
@@ -118,11 +135,26 @@ byte qn;
 #if defined(PROGRESS) && !defined(UNFAIR_BUCKET)
 #define FAIR_BUCKET
 #endif
+#if defined(PROGRESS) && !defined(LOSE_RACE)
+#define RACE_WON
+#endif
+#if defined(RACE_WON) && defined(STALE)
+#error "RACE_WON and STALE are not meant to be combined"
+#endif
 #ifdef FAIR_BUCKET
-byte tnext, tserve;   /* tickets, modulo 4 (at most 3 outstanding) */
-#define BUCKET_TICKET atomic { flush_mine(); myt = tnext; tnext = (tnext + 1) % 4 };
-#define BUCKET_ACQ tserve == myt -> blk = me; myt = 0
-#define BUCKET_REL blk = 0; tserve = (tserve + 1) % 4
+/* The ticket lock, kept as the FIFO of the ids holding a ticket not yet
+ * served (a ticket lock serves in ticket order; the queue is the same
+ * order without the free-running counters, whose values would split
+ * every state four ways).  Taking a ticket and the first look at the
+ * serving counter are one step: the look can only succeed when the ticket
+ * is served at once, and then nobody else can take the lock in between;
+ * otherwise the atomic sequence blocks on the guard with the ticket held,
+ * and goes on when the lock comes to it. */
+byte bq[3];
+byte bqn;
+#define BUCKET_TICKET
+#define BUCKET_ACQ bq[bqn] = me; bqn++; bq[0] == me && blk == 0 -> blk = me; bq[0] = bq[1]; bq[1] = bq[2]; bq[2] = 0; bqn--
+#define BUCKET_REL blk = 0
 #else
 #define BUCKET_TICKET
 #define BUCKET_ACQ blk == 0 -> blk = me
@@ -138,17 +170,29 @@ byte in_cs;      /* tasks in the critical section */
 bit got[4];      /* PROGRESS: the task has had the lock */
 /* Time.  Whether a waiter has tried for STARVE_NS, or waited for the
  * lot's FAIR_NS, is a free choice (starving, fair, "served quickly")
- * except once old[id] is set: then it has.  Only PROGRESS runs the clocks
- * that set old[id] while task id tries to lock (trying[id]); weak fairness
- * makes each clock move eventually. */
+ * except once old[id] is set: then it has.  Only PROGRESS runs a clock,
+ * task 3's, that sets old[3] while task 3 tries to lock (trying[3]); weak
+ * fairness makes it move eventually.  Tasks 1 and 2 have no clock: their
+ * old[] stays 0, so every choice that depends on their age stays free,
+ * and their STARVE_NS timer (AGED) may fire at any moment: more
+ * behaviours than with a clock, none fewer. */
 bit old[4];
 bit trying[4];
+#ifdef PROGRESS
+#define AGED(id) (old[id] || (id) != 3)
+#define TRY_BEGIN if :: me == 3 -> trying[3] = 1 :: else -> skip fi
+#define TRY_END atomic { trying[me] = 0; old[me] = 0 }
+#else
+#define AGED(id) old[id]
+#define TRY_BEGIN trying[me] = 1
+#define TRY_END atomic { trying[me] = 0; old[me] = 0 }
+#endif
 
 /* Makes the caller's buffered store visible: a locked instruction (any
  * read-modify-write) drains the store buffer first. */
 inline flush_mine() {
     if
-    :: sb_pend && sb_who == me -> state = 0; sb_pend = 0
+    :: sb_pend && sb_who == me -> state = 0; sb_pend = 0; FORGET(sb_who)
     :: else -> skip
     fi
 }
@@ -157,7 +201,7 @@ inline flush_mine() {
 inline heavy_fence() {
     atomic {
         if
-        :: sb_pend -> state = 0; sb_pend = 0
+        :: sb_pend -> state = 0; sb_pend = 0; FORGET(sb_who)
         :: else -> skip
         fi
     }
@@ -303,9 +347,18 @@ inline unpark_one(released) {
         :: else -> skip
         fi;
         BUCKET_REL
+#ifndef PROGRESS
     }
     /* wake the chosen one, after the bucket lock is released */
     atomic {
+#else
+        ;
+        /* the wake in the same step: between the release and the wake the
+         * chosen task is claimed (pw 4), which only the chosen task itself
+         * reads (its wait); its timer cannot claim it, the queue no longer
+         * holds it; so another task's steps in between have the same
+         * effect after the wake, with the chosen task not yet scheduled */
+#endif
         if
         :: chosen != 0 -> pw[chosen] = 2
         :: else -> skip
@@ -398,7 +451,7 @@ inline park() {
             /* a waiter that is not starving parks until STARVE_NS after
              * its first park at most: once it has waited that long
              * (old[me]) the timer fires */
-            :: !pstarv && old[me] && pw[me] == 1 -> pw[me] = 3; fire = 0; poll = 1
+            :: !pstarv && AGED(me) && pw[me] == 1 -> pw[me] = 3; fire = 0; poll = 1
 #endif
             fi
         }
@@ -452,7 +505,19 @@ inline lock_slow() {
            if
            :: sb_pend && sb_who == me -> s = 0   /* store forwarding */
            :: else -> skip
+           fi;
+#ifdef RACE_WON
+           /* the progress check's assumption (mutex.md, "The barging
+            * race"): task 3 does not lose the race between this load and
+            * its CAS for ever.  A lost race changes nothing but task 3's
+            * place in its loop, so it is a stutter; with the load that
+            * sees 0 and the CAS one step, a task 3 that keeps losing is a
+            * task 3 that never moves, which weak fairness excludes. */
+           if
+           :: me == 3 && s == 0 -> take()
+           :: else -> skip
            fi
+#endif
        }
 #ifdef STALE
        /* the relaxed load may be stale: a free lock word may be read
@@ -466,7 +531,16 @@ inline lock_slow() {
        :: s == 0 ->
            /* the load that saw 0 and the CAS: a CAS that fails only
             * loops, so they are one step */
+#ifdef RACE_WON
+           atomic {
+               if
+               :: !took -> take()
+               :: else -> skip   /* taken with the load */
+               fi
+           };
+#else
            take();
+#endif
            if
            :: took ->
                if
@@ -491,7 +565,7 @@ inline lock_slow() {
                        waiters = f | WOKEN; woken = 1
                    :: else -> skip
                    fi;
-                   spins++; cas = 0
+                   spins++; cas = 0; FORGET(f)
                :: true ->
                    /* starving once it has tried for STARVE_NS */
                    if
@@ -507,7 +581,8 @@ inline lock_slow() {
                    waiters = (f | PARKED | CONTENDED | (starving -> STARVING : 0)) & ~(woken -> WOKEN : 0);
 #endif
                    cas = 1
-               fi
+               fi;
+               FORGET(s)
            }
            if
            :: cas ->
@@ -520,7 +595,7 @@ inline lock_slow() {
                fi;
 #endif
 #if PROGRESS_FIX
-               atomic { woken = 0; first = 1; pstarv = starving; starving = 0; cas = 0 }
+               atomic { woken = 0; first = 1; pstarv = starving; starving = 0; cas = 0; FORGET(f); FORGET(spins) }
 #else
                atomic { woken = 0; first = 1; starving = 0; cas = 0 }
 #endif
@@ -580,7 +655,7 @@ inline unlock() {
     if
     :: FENCES && h == me && f == 0 ->
         /* the plain-store release: the store of 0 waits in the buffer */
-        atomic { holder = 0; sb_pend = 1; sb_who = me }
+        atomic { holder = 0; sb_pend = 1; sb_who = me; FORGET(h) }
         f = waiters;   /* may be served before the store is visible */
         if
         :: f != 0 -> unpark_one(1)
@@ -592,7 +667,8 @@ inline unlock() {
             :: h != 0 -> holder = 0
             :: else -> skip
             fi;
-            f = waiters
+            f = waiters;
+            FORGET(h)
         }
         if
         :: (f & STARVING) || (f & (PARKED | WOKEN)) == PARKED -> unpark_one(0)
@@ -627,7 +703,7 @@ inline unlock() {
 
 proctype task(byte me; byte rounds; bit dl)
 {
-    byte s, f, h, spins, i, chosen, t, r, myt;
+    byte s, f, h, spins, i, chosen, t, r;
     bit tb, kept, counted, pstarv, poll, fire, woken, first, starving, cas, took, ok, unparked, have_more, fair, handoff;
     byte n = 0;
     do
@@ -635,18 +711,31 @@ proctype task(byte me; byte rounds; bit dl)
         take();
         if
         :: took -> ok = 1
-        :: else -> trying[me] = 1; lock_slow(); atomic { trying[me] = 0; old[me] = 0 }
+        :: else -> TRY_BEGIN; lock_slow(); TRY_END
         fi;
         if
         :: ok ->
             atomic { s = 0; f = 0; spins = 0; woken = 0; first = 0; starving = 0; cas = 0; took = 0; r = 0 }
+#ifdef PROGRESS
+            /* the critical section touches nothing of the mutex: one step
+             * (the states inside it are those just before it, but for
+             * in_cs, which mutual exclusion checks and progress does not
+             * read); only task 3's entry is recorded */
+            atomic {
+                in_cs++;
+                assert(in_cs == 1);
+                if
+                :: me == 3 -> got[3] = 1
+                :: else -> skip
+                fi;
+progress_cs:
+                in_cs--
+            }
+#else
             in_cs++;
             assert(in_cs == 1);
-#ifdef PROGRESS
-            got[me] = 1;
-progress_cs:
-#endif
             in_cs--;
+#endif
             unlock()
         :: else -> atomic { s = 0; f = 0; spins = 0; woken = 0; first = 0; starving = 0; cas = 0; took = 0; r = 0 }
         fi;
@@ -656,40 +745,46 @@ progress_cs:
 }
 
 /* The store buffer drains on its own, at any moment. */
-active proctype drain()
-{
-end_drain:
-    do
-    :: atomic { sb_pend -> state = 0; sb_pend = 0 }
-    od
-}
+#define DRAIN_LOOP do :: atomic { sb_pend -> state = 0; sb_pend = 0; FORGET(sb_who) } od
 
 #ifdef PROGRESS
-proctype clock(byte id)
+/* Task 3's clock (the others have none: see old[]). */
+proctype clock()
 {
 end_clock:
     do
-    :: atomic { trying[id] && !old[id] -> old[id] = 1 }
+    :: atomic { trying[3] && !old[3] -> old[3] = 1 }
     od
 }
-#endif
 
+/* init starts the tasks and then drains the store buffer: one process
+ * fewer than a separate drain process (weak fairness treats every
+ * process alike, and each one multiplies the states it must track). */
 init {
     atomic {
-#ifdef PROGRESS
         run task(1, 0, 0);
         run task(2, 0, 0);
         run task(3, 1, 0);
-        run clock(1);
-        run clock(2);
-        run clock(3);
+        run clock()
+    }
+end_drain:
+    DRAIN_LOOP
+}
 #else
+active proctype drain()
+{
+end_drain:
+    DRAIN_LOOP
+}
+
+init {
+    atomic {
         run task(1, R1, D1);
         run task(2, R2, D2);
         run task(3, R3, D3);
-#endif
     }
 }
+#endif
 
 #if defined(PROGRESS) && !defined(NP)
 ltl p3_gets_lock { <> (got[3] > 0) }
