@@ -2,7 +2,7 @@
  * rather than in time.
  *
  * The claim (include/plaza/sync.h, src/sync/mutex.c): a waiter that has
- * waited PZ__MUTEX_FAIR_NS since it first parked in its lock call is
+ * waited PZ__MUTEX_FAIR_NS since it began to wait in its lock call is
  * handed the lock by the first unlock that takes it from the queue, so
  * once it is queued other threads take the lock at most once for each
  * waiter queued ahead of it.  The case that used to defeat the lot's
@@ -33,7 +33,7 @@
  * again within that tick, and the victim's current park began in it, so
  * an unlock that counted from the current park would wake the victim
  * without the lock, for the driver or a barger to take.  Under the rule
- * in force (from the first park) none of that matters: the hand-off to the
+ * in force (from the start of the wait) none of that matters: the hand-off to the
  * victim does not depend on the tick, the scheduler or the number of cores.
  *
  * Every wait here is for a state (the lot's queue length, a count, the
@@ -222,7 +222,8 @@ static void *driver_thread(void *arg)
             int one = 1, all = 1 + queuers;
             wait_until_true(lot_has, &one, GUARD);
             CHECK_EQ(lot_waiters(&m), 1);
-            /* The victim first parked before this clock reading. */
+            /* The victim began to wait (its spin over) before it parked,
+             * so before this clock reading. */
             int64_t c1 = coarse_now();
             wait_until_true(fair_ns_passed, &c1, GUARD);
             /* Two wakes without the lock and the unlock within one tick,

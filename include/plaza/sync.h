@@ -38,7 +38,8 @@ extern "C" {
  * Fairness: unlocking lets a running thread barge in ahead of the woken
  * waiter (throughput), except that the lock passes to the waiter directly
  * (still locked) when it has waited PZ__MUTEX_FAIR_NS (1 ms) since it
- * first parked in this lock call, or when a random interval of up to 1 ms
+ * began to wait in this lock call (when its first spin ended, before it
+ * first parked), or when a random interval of up to 1 ms
  * has run out since the parking lot's last such hand-off.  That bounds one
  * waiter's wait, whatever the other threads do: once it has waited 1 ms
  * (measured with the kernel's coarse clock, so up to one clock tick more:
@@ -62,8 +63,8 @@ typedef struct pz_mutex {
  * unlocker left LOCKED set for it).  Shared with pz_condvar, whose waiters
  * are requeued onto the mutex and may be handed it directly. */
 #define PZ__MUTEX_TOKEN_HANDOFF 1u
-/* A waiter that has waited this long since it first parked gets the lock
- * at its next turn (src/sync/mutex.c). */
+/* A waiter that has waited this long (since its first spin ended) gets the
+ * lock at its next turn (src/sync/mutex.c). */
 #define PZ__MUTEX_FAIR_NS 1000000
 
 void pz__mutex_lock_slow(pz_mutex_t *m, int64_t deadline, int *result);

@@ -23,23 +23,26 @@
  * word with PARKED goes through the bucket lock.
  *
  * Progress (models/sync_mutex.pml checks it): every waiter gets the lock,
- * whatever the other threads do.  A waiter is long-waiting once
- * PZ__MUTEX_FAIR_NS have passed since it first parked in this call
- * (first_park, kept across the re-parks of one lock call; the lot's own
- * clock, pz__clock_coarse).  Then:
+ * whatever the other threads do.  A waiter begins to wait when its first
+ * spin is over (since, kept across the re-parks of one lock call; the
+ * lot's own clock, pz__clock_coarse), and is long-waiting once
+ * PZ__MUTEX_FAIR_NS have passed since.  Then:
  *   1. An unlock that takes it from the queue hands it the lock
- *      (unlock_filter reads its first park through its park token, the
- *      address of its struct waiter).  Counting from its current park
- *      instead let it lose for ever: woken without the lock at the head
- *      of the queue, beaten by a running thread, parked again at the tail
- *      with a fresh clock, while the lot's random hand-off went to a
- *      waiter queued ahead of it.
- *   2. It neither spins nor is refused: its validate sets PARKED and then
- *      takes the word if LOCKED is clear, or else queues (lw_validate).
- *      Refused, it could keep losing the window between its look at the
- *      word and its validate, in which an unlock frees the word for a
- *      running thread.
- It checks the clock at each look at a held word once it has parked
+ *      (unlock_filter reads since through its park token, the address of
+ *      its struct waiter).  Counting from its current park instead let it
+ *      lose for ever: woken without the lock at the head of the queue,
+ *      beaten by a running thread, parked again at the tail with a fresh
+ *      clock, while the lot's random hand-off went to a waiter queued
+ *      ahead of it.
+ *   2. It neither spins nor sets PARKED by CAS, and its validate cannot
+ *      refuse it: it sets PARKED and then takes the word if LOCKED is
+ *      clear, or else queues (lw_validate).  Refused, it could keep losing
+ *      the window between its look at the word and its validate, in which
+ *      an unlock frees the word for a running thread; setting PARKED by
+ *      CAS, it could keep finding the word changed (the clock starts before
+ *      that CAS for this reason: a waiter that never got to park would
+ *      never have begun to wait).
+ * It checks the clock at each look at a held word once its spin is over
  * (so from its next look on, if it was running when its time came).
  * Once queued it is served after at most as many unlocks as there are
  * waiters ahead of it: each unlock takes the head, and a waiter woken
@@ -72,14 +75,14 @@
  * lock). */
 struct waiter {
     pz_mutex_t *m;
-    int64_t first_park; /* pz__clock_coarse() at its first park in this call */
-    bool long_waiting;  /* first_park was PZ__MUTEX_FAIR_NS ago when it parked */
+    int64_t since;     /* pz__clock_coarse() when its first spin ended */
+    bool long_waiting; /* since was PZ__MUTEX_FAIR_NS ago at its last look */
     bool took;          /* lw_validate took the free word for it */
 };
 
-static bool waited_long(int64_t first_park, int64_t now)
+static bool waited_long(int64_t since, int64_t now)
 {
-    return now - first_park >= PZ__MUTEX_FAIR_NS;
+    return now - since >= PZ__MUTEX_FAIR_NS;
 }
 
 /* Validate, under the bucket lock.  A waiter that has not waited long
@@ -125,16 +128,19 @@ void pz__mutex_lock_slow(pz_mutex_t *m, int64_t deadline, int *result)
                 return;
             continue;
         }
-        /* A waiter that parked before checks whether it has waited long
-         * at each look at a held word (a clock read; a waiter that has not
-         * parked yet pays nothing). */
-        if (w.first_park && !w.long_waiting)
-            w.long_waiting = waited_long(w.first_park, pz__clock_coarse());
+        /* A waiter that has begun to wait checks whether it has waited
+         * long at each look at a held word (a clock read; one still in its
+         * first spin pays nothing). */
+        if (w.since && !w.long_waiting)
+            w.long_waiting = waited_long(w.since, pz__clock_coarse());
         if (!w.long_waiting) {
             if (!(s & PZ__MUTEX_PARKED) && pz__spin_wait(&spins)) {
                 s = atomic_load_explicit(&m->state, memory_order_relaxed);
                 continue;
             }
+            /* The spin is over: from here on it waits. */
+            if (!w.since)
+                w.since = pz__clock_coarse();
             if (!(s & PZ__MUTEX_PARKED)) {
                 if (!atomic_compare_exchange_weak_explicit(&m->state, &s, (uint8_t)(s | PZ__MUTEX_PARKED),
                                                            memory_order_relaxed, memory_order_relaxed))
@@ -142,8 +148,6 @@ void pz__mutex_lock_slow(pz_mutex_t *m, int64_t deadline, int *result)
             }
         }
         uintptr_t token = TOKEN_NORMAL;
-        if (!w.first_park)
-            w.first_park = pz__clock_coarse();
         pz__wait_note(PZ__WAIT_MUTEX, m);
         const pz_park_opts_t opts = {.validate = lw_validate, .timed_out = mutex_timed_out, .ctx = &w,
                                      .park_token = (uintptr_t)&w, .flags = PZ_PARK_THREAD};
@@ -166,16 +170,16 @@ void pz__mutex_lock_slow(pz_mutex_t *m, int64_t deadline, int *result)
 struct unlock_ctx {
     pz_mutex_t *m;
     bool force_fair;
-    int64_t head_first_park; /* the chosen waiter's first park; 0: not a lock waiter */
+    int64_t head_since; /* the chosen waiter's since; 0: not a lock waiter */
 };
 
 /* Under the bucket lock, for the first waiter (and, should its claim be
- * lost, the next): remember when it first parked, and take it. */
+ * lost, the next): remember since when it waits, and take it. */
 static pz_filter_op_t unlock_filter(uintptr_t park_token, void *arg)
 {
     struct unlock_ctx *c = arg;
     const struct waiter *w = (const struct waiter *)park_token;
-    c->head_first_park = w ? w->first_park : 0;
+    c->head_since = w ? w->since : 0;
     return PZ_FILTER_UNPARK_STOP;
 }
 
@@ -187,7 +191,7 @@ static uintptr_t unlock_decide(pz_unpark_result_t r, void *arg)
      * its deadline between our look and this lock). */
     PZ__ASSERT(atomic_load_explicit(&c->m->state, memory_order_relaxed) & PZ__MUTEX_LOCKED);
     if (r.unparked && (c->force_fair || r.be_fair ||
-                       (c->head_first_park && waited_long(c->head_first_park, pz__clock_coarse())))) {
+                       (c->head_since && waited_long(c->head_since, pz__clock_coarse())))) {
         if (!r.have_more)
             atomic_store_explicit(&c->m->state, PZ__MUTEX_LOCKED, memory_order_relaxed);
         return TOKEN_HANDOFF;
