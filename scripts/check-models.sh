@@ -132,6 +132,7 @@ run fail sync_mutex validate-locked-only "-DBAD_VALIDATE" "$quick" "$deep"
 run pass sync_mutex waiter-progress "-DPROGRESS -DLW12=0 -DSPINS=0" "-O1 -DMEMLIM=3072 -DNFAIR=4" "-a -f -m3000000"
 run fail sync_mutex waiter-progress-unfixed "-DPROGRESS -DPROGRESS_FIX=0" "-O1 -DMEMLIM=3072 -DNFAIR=4" "-a -f $deep"
 if [ "${PLAZA_MODELS_LONG:-0}" = 1 ]; then
+    run pass sync_mutex waiter-progress-spin "-DPROGRESS -DLW12=0" "-O2 -DCOLLAPSE -DMEMLIM=3072 -DNFAIR=4" "-a -f -m3000000"
     run pass sync_mutex waiter-progress-full "-DPROGRESS" "-O2 -DCOLLAPSE -DMEMLIM=8000 -DNFAIR=4" "-a -f -m3000000 -w28"
 fi
 
