@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,8 +14,33 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+/* cmocka catches SIGSEGV, SIGBUS, SIGFPE and SIGILL around every test,
+ * keeps the message for the test's summary and longjmps back to its runner
+ * from whichever thread faulted.  A fault on a worker thread then ends the
+ * program with a bare non-zero status and no message at all.  The tests use
+ * cmocka only as a runner, so the handlers the program had before it (a
+ * sanitizer's, which prints the stack, or the default action) are put back
+ * before every runtime a test starts, and CMOCKA_TEST_ABORT makes cmocka
+ * print and abort where its handler still runs. */
+static const int fault_signals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL};
+static struct sigaction startup_handlers[sizeof fault_signals / sizeof fault_signals[0]];
+
+__attribute__((constructor)) static void save_fault_handlers(void)
+{
+    for (size_t i = 0; i < sizeof fault_signals / sizeof fault_signals[0]; i++)
+        sigaction(fault_signals[i], NULL, &startup_handlers[i]);
+    setenv("CMOCKA_TEST_ABORT", "1", 0);
+}
+
+void test_restore_fault_handlers(void)
+{
+    for (size_t i = 0; i < sizeof fault_signals / sizeof fault_signals[0]; i++)
+        sigaction(fault_signals[i], &startup_handlers[i], NULL);
+}
+
 void *run_in_runtime(int workers, pz_fn fn, void *arg)
 {
+    test_restore_fault_handlers();
     void *result = NULL;
     pz_config_t cfg = {.workers = workers};
     int r = pz_run(&cfg, fn, arg, &result);

@@ -34,6 +34,11 @@ int plaza_run_tests(const struct CMUnitTest *tests, size_t n);
 #endif
 #define SCALED(n) ((n) / PLAZA_TEST_SCALE > 0 ? (n) / PLAZA_TEST_SCALE : 1)
 
+/* Puts back the fault handlers the program had before cmocka's (helpers.c
+ * says why); run_in_runtime does it, tests that call pz_run themselves call
+ * it first. */
+void test_restore_fault_handlers(void);
+
 /* Runs fn(arg) as the main task of a runtime with `workers` workers and
  * asserts that pz_run succeeded; returns main's result. */
 void *run_in_runtime(int workers, pz_fn fn, void *arg);

@@ -350,6 +350,7 @@ static void *round_main(void *arg)
 static void test_faults_soak(void **state)
 {
     (void)state;
+    test_restore_fault_handlers();
     const char *s = getenv("PLAZA_SOAK_SECONDS");
     double seconds = s ? atof(s) : 45;
     int64_t end = pz_now() + (int64_t)(seconds * 1e9);
