@@ -15,10 +15,11 @@
  *
  * Why no wake-up is lost: the queue is never left non-empty with PARKED
  * clear at a moment the bucket lock is free (a waiter queues only with
- * PARKED set under the bucket lock, and only unlock_decide and a waiter
- * that leaves at its deadline clear it, under the bucket lock, when the
- * queue has emptied), and an unlock that sees PARKED takes the bucket
- * lock.  While PARKED is set the word can change outside the bucket lock
+ * PARKED set under the bucket lock, and PARKED is cleared only under the
+ * bucket lock with the queue empty: by unlock_decide, by a waiter that
+ * leaves at its deadline (here or in condvar.c), and by lw_validate taking
+ * a free word on which it set PARKED itself), and an unlock that sees
+ * PARKED takes the bucket lock.  While PARKED is set the word can change outside the bucket lock
  * only by a thread setting LOCKED on a free word: every release of a
  * word with PARKED goes through the bucket lock.
  *
@@ -51,8 +52,8 @@
  * the word once more), other threads take the lock at most once for each
  * waiter queued ahead of it (tests/test_sync_progress_stress.c forces
  * this with bargers hammering the lock).  The cost is in the slow paths
- * only: a coarse clock read per look of a waiter that has parked before,
- * and per unlock that wakes somebody.
+ * only: a coarse clock read when a waiter's spin ends, per look of a
+ * waiter whose spin is over, and per unlock that wakes somebody.
  * Waiters moved here from a condition variable (park token 0) keep the
  * lot's rule (be_fair: 1 ms in their current park, or the random
  * interval), and once woken lock the mutex afresh under this one.
@@ -77,7 +78,7 @@ struct waiter {
     pz_mutex_t *m;
     int64_t since;     /* pz__clock_coarse() when its first spin ended */
     bool long_waiting; /* since was PZ__MUTEX_FAIR_NS ago at its last look */
-    bool took;          /* lw_validate took the free word for it */
+    bool took;         /* lw_validate took the free word for it */
 };
 
 static bool waited_long(int64_t since, int64_t now)
