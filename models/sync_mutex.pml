@@ -2,20 +2,35 @@
  * pz_mutex: the one-byte thread-blocking mutex (src/sync/mutex.c, the
  * inline parts of include/plaza/sync.h), on the parking lot reduced to
  * what it relies on (park.pml checks the lot itself): a bucket lock, a
- * FIFO queue, validate under the bucket lock, unpark_one with its callback
- * under the bucket lock, and the lot's be_fair.  models/sync_mutex.md maps
+ * FIFO queue, validate under the bucket lock, the unpark with its filter
+ * and callback under the bucket lock, and the lot's be_fair.  models/sync_mutex.md maps
  * it to the C code.
  *
  * Checked: mutual exclusion and no lost wake-up (safety, three threads
- * with a few rounds each), and whether a waiter gets the lock while two
- * others lock and unlock for ever (PROGRESS, ltl p3_gets_lock: the header
- * used to say "so nobody starves").
+ * with a few rounds each), and that a waiter gets the lock while two
+ * others lock and unlock for ever (PROGRESS, ltl p3_gets_lock).
  *
- * be_fair: true when the chosen waiter has been parked for FAIR_NS in
- * this park (old_park), or when the bucket's random interval has run out
- * (fair_due, set by a clock that weak fairness makes tick); otherwise a
- * free choice (an interval may run out at any moment).
+ * The hand-off: the unlock hands the lock to the waiter it takes from the
+ * queue when that waiter has waited FAIR_NS since it began to wait (its
+ * first spin over) in this lock call (long_w, src/sync/mutex.c's
+ * waited_long(since, now)),
+ * when it has been parked FAIR_NS in this park (old_park: the lot's own
+ * be_fair), or when the bucket's random interval has run out (fair_due);
+ * otherwise a free choice (an interval may run out at any moment).  The
+ * clocks (long_w, old_park, fair_due) are set by a process that weak
+ * fairness makes tick; a thread's long_w is cleared when its lock call
+ * returns.  The progress check of the fixed protocol leaves old_park and
+ * fair_due false, so the lot's be_fair is a free choice at every unlock:
+ * they only force hand-offs the free choice can make too, so the check is
+ * stronger without them (the waiter gets the lock even if the lot's own
+ * fairness never comes), and the search far smaller.  The old protocol's
+ * check keeps them: it fails in spite of them.  A waiter that has parked before looks at its long_w each time
+ * it finds the word held (lw); once set, it neither spins nor sets PARKED
+ * outside the lot, and its validate cannot refuse it (lw_validate: set
+ * PARKED, then take the word if LOCKED is clear, else queue).
  *
+ * PROGRESS_FIX=0: the protocol before that rule (no long_w, no lw): the
+ * progress check must fail (the waiter loses for ever; sync_mutex.md).
  * BAD_VALIDATE: validate checks LOCKED only (must fail: lost wake-up).
  *
  * Memory: sequentially consistent (every change of the byte is a CAS or
@@ -34,6 +49,14 @@
 #endif
 #ifndef SPINS
 #define SPINS 1
+#endif
+#ifndef PROGRESS_FIX
+#define PROGRESS_FIX 1
+#endif
+/* LW12=0: threads 1 and 2 never become long-waiting (a smaller search;
+ * sync_mutex.md says why it still shows thread 3's progress). */
+#ifndef LW12
+#define LW12 1
 #endif
 
 #define LOCKED 1
@@ -61,6 +84,8 @@ byte in_cs;
 bit got[4];
 bit old_park[4]; /* parked for FAIR_NS in this park */
 bit fair_due;    /* the bucket's random fairness interval has run out */
+bit began[4];    /* has begun to wait in this lock call (since != 0) */
+bit long_w[4];   /* FAIR_NS have passed since then */
 
 inline lock() {
     atomic {
@@ -86,16 +111,25 @@ inline lock() {
            :: ok -> break
            :: else -> skip
            fi;
+#if PROGRESS_FIX
+           /* a waiter that has begun to wait looks at its clock */
+           lw = lw || long_w[me];
+#endif
            if
-           :: (s & PARKED) == 0 && spins < SPINS -> spins++
+           :: !lw && (s & PARKED) == 0 && spins < SPINS -> spins++
            :: else ->
+#if PROGRESS_FIX
+               began[me] = 1;   /* the spin is over: since is set */
+#endif
                /* set PARKED if clear (a CAS from s: fails, and loops, if
-                * the byte changed) */
+                * the byte changed); not by a long-waiting waiter, whose
+                * validate does it */
                atomic {
                    if
-                   :: (s & PARKED) == 0 && state == s -> state = s | PARKED; cas = 1
-                   :: (s & PARKED) == 0 && state != s -> cas = 0
-                   :: (s & PARKED) != 0 -> cas = 1
+                   :: lw -> cas = 1
+                   :: !lw && (s & PARKED) == 0 && state == s -> state = s | PARKED; cas = 1
+                   :: !lw && (s & PARKED) == 0 && state != s -> cas = 0
+                   :: !lw && (s & PARKED) != 0 -> cas = 1
                    fi
                }
                if
@@ -105,20 +139,46 @@ inline lock() {
                    atomic {
                        BUCKET_ACQ;
                        if
+                       :: lw ->
+                           /* lw_validate, first step: the fetch_or of
+                            * PARKED (old value in s) */
+                           s = state; state = state | PARKED; r = 2
                        #ifdef BAD_VALIDATE
                        /* known bad: validate checks LOCKED only, so a
                         * waiter may park after an unlock that emptied the
                         * queue cleared PARKED */
-                       :: state & LOCKED -> q[qn] = me; qn++; pw[me] = 1; old_park[me] = 0; r = 1
+                       :: !lw && (state & LOCKED) -> q[qn] = me; qn++; pw[me] = 1; old_park[me] = 0; r = 1
 #else
-                       :: state == (LOCKED | PARKED) -> q[qn] = me; qn++; pw[me] = 1; old_park[me] = 0; r = 1
+                       :: !lw && state == (LOCKED | PARKED) -> q[qn] = me; qn++; pw[me] = 1; old_park[me] = 0; r = 1
 #endif
                        :: else -> r = 0
                        fi;
-                       BUCKET_REL
+                       if
+                       :: r != 2 -> BUCKET_REL
+                       :: else -> skip
+                       fi
                    }
                    if
-                   :: r ->
+                   :: r == 2 ->
+                       /* lw_validate, second step (still under the bucket
+                        * lock; a running thread may have set LOCKED in
+                        * between): held, queue; free, take it by CAS from
+                        * PARKED, clearing PARKED if we set it */
+                       atomic {
+                           if
+                           :: s & LOCKED -> q[qn] = me; qn++; pw[me] = 1; old_park[me] = 0; r = 1
+                           :: (s & LOCKED) == 0 && state == PARKED -> state = LOCKED | (s & PARKED); r = 3
+                           :: (s & LOCKED) == 0 && state != PARKED ->
+                               assert(state == (LOCKED | PARKED));
+                               q[qn] = me; qn++; pw[me] = 1; old_park[me] = 0; r = 1
+                           fi;
+                           BUCKET_REL
+                       }
+                   :: else -> skip
+                   fi;
+                   if
+                   :: r == 3 -> ok = 1; break   /* took the free word */
+                   :: r == 1 ->
                        atomic { pw[me] == 2 -> pw[me] = 0 }
                        if
                        :: tok[me] == TOKEN_HANDOFF -> tok[me] = 0; ok = 1; break
@@ -145,7 +205,10 @@ inline unlock() {
     if
     :: done -> skip
     :: else ->
-        /* pz__mutex_unlock_slow: unpark_one with unlock_decide */
+        /* pz__mutex_unlock_slow: pz_unpark_filter(m, unlock_filter,
+         * unlock_decide): the filter takes the first waiter and notes its
+         * first park (one step with the unlink: both under the bucket
+         * lock) */
         BUCKET_TICKET
         atomic {
             BUCKET_ACQ;
@@ -162,12 +225,20 @@ inline unlock() {
             fi
         }
         atomic {
+            /* the lot's be_fair: the waiter's current park first (the
+             * random interval is then left alone), else the interval */
             if
-            :: chosen != 0 && (fair_due || old_park[chosen]) -> fair = 1; fair_due = 0
-            :: chosen != 0 -> fair = 0
-            :: chosen != 0 -> fair = 1
+            :: chosen != 0 && old_park[chosen] -> fair = 1
+            :: chosen != 0 && !old_park[chosen] && fair_due -> fair = 1; fair_due = 0
+            :: chosen != 0 && !old_park[chosen] && !fair_due -> fair = 0
+            :: chosen != 0 && !old_park[chosen] && !fair_due -> fair = 1  /* ran out just now */
             :: chosen == 0 -> fair = 0
             fi;
+#if PROGRESS_FIX
+            /* unlock_decide: or the waiter has waited FAIR_NS since it
+             * began to wait */
+            fair = fair || (chosen != 0 && long_w[chosen]);
+#endif
             if
             :: chosen != 0 && fair ->
                 if
@@ -197,13 +268,13 @@ inline unlock() {
 
 proctype thread(byte me; byte rounds)
 {
-    byte s, spins, i, chosen, myt;
-    bit ok, cas, r, done, fair;
+    byte s, spins, i, chosen, myt, r;
+    bit ok, cas, done, fair, lw;
     byte n = 0;
     do
     :: rounds == 0 || n < rounds ->
         lock();
-        atomic { ok = 0; spins = 0 }
+        atomic { ok = 0; spins = 0; lw = 0; began[me] = 0; long_w[me] = 0 }
         in_cs++;
         assert(in_cs == 1);
 #ifdef PROGRESS
@@ -216,17 +287,40 @@ proctype thread(byte me; byte rounds)
     od
 }
 
-#ifdef PROGRESS
 /* The bucket's fairness interval runs out eventually; a parked waiter's
- * FAIR_NS passes eventually while it stays parked. */
+ * FAIR_NS passes eventually while it stays parked; a waiter's FAIR_NS
+ * since it began to wait passes eventually while its lock call lasts.  The
+ * safety check ticks only the last (at any moment): the unlock's free
+ * choice already covers the other two. */
+#if (defined(PROGRESS) && !PROGRESS_FIX) || (PROGRESS_FIX && LW12)
 active proctype clocks()
 {
 end_clocks:
     do
+#if defined(PROGRESS) && !PROGRESS_FIX
     :: atomic { !fair_due -> fair_due = 1 }
     :: atomic { pw[1] == 1 && !old_park[1] -> old_park[1] = 1 }
     :: atomic { pw[2] == 1 && !old_park[2] -> old_park[2] = 1 }
     :: atomic { pw[3] == 1 && !old_park[3] -> old_park[3] = 1 }
+#endif
+#if PROGRESS_FIX && LW12
+    :: atomic { began[1] && !long_w[1] -> long_w[1] = 1 }
+    :: atomic { began[2] && !long_w[2] -> long_w[2] = 1 }
+#endif
+    od
+}
+#endif
+
+#if PROGRESS_FIX
+/* Thread 3's FAIR_NS since it began to wait, in a process of its own: weak
+ * fairness is per process, so only a process with this one step must
+ * take it once it stays enabled (in clocks, the other steps could always
+ * go first). */
+active proctype waited3()
+{
+end_waited3:
+    do
+    :: atomic { began[3] && !long_w[3] -> long_w[3] = 1 }
     od
 }
 #endif

@@ -36,19 +36,21 @@ extern "C" {
  * waiter through the parking lot.
  *
  * Fairness: unlocking lets a running thread barge in ahead of the woken
- * waiter (throughput), except that the lot asks for a direct hand-off (the
- * lock passes to the waiter still locked) when that waiter has been parked
- * about 1 ms in its current park, or when a random interval of up to 1 ms
- * has run out since the bucket's last such hand-off.  That makes a long
- * wait improbable, not impossible: nothing bounds one waiter's wait while
- * other threads keep locking.  models/sync_mutex.pml's progress check (one
- * waiter against two threads that lock and unlock for ever, every schedule
- * weakly fair) finds the cycle: each time the waiter reaches the head of
- * the queue, an unlock wakes it without the lock (the hand-off is not
- * due), a running thread takes the lock first, and the waiter parks again
- * at the tail, which restarts its 1 ms; whenever the random hand-off comes
- * due, the unlock that takes it picks the other thread, queued ahead of
- * the waiter.  pz_mutex_unlock_fair always hands over.
+ * waiter (throughput), except that the lock passes to the waiter directly
+ * (still locked) when it has waited PZ__MUTEX_FAIR_NS (1 ms) since it
+ * began to wait in this lock call (when its first spin ended, before it
+ * first parked), or when a random interval of up to 1 ms
+ * has run out since the parking lot's last such hand-off.  That bounds one
+ * waiter's wait, whatever the other threads do: once it has waited 1 ms
+ * (measured with the kernel's coarse clock, so up to one clock tick more:
+ * 4 ms at HZ=250) it is not refused a free lock and not woken without the
+ * lock: from then on (if it was parked) or from its next look at the lock
+ * (if it was running), other threads take the lock at most once for each
+ * waiter queued ahead of it.  The bound is in turns: each turn lasts as
+ * long as its holder keeps the lock.  models/sync_mutex.pml checks that a waiter
+ * gets the lock while two other threads lock and unlock for ever;
+ * src/sync/mutex.c gives the argument.  pz_mutex_unlock_fair always hands
+ * over.
  */
 typedef struct pz_mutex {
     _Atomic uint8_t state;
@@ -61,6 +63,9 @@ typedef struct pz_mutex {
  * unlocker left LOCKED set for it).  Shared with pz_condvar, whose waiters
  * are requeued onto the mutex and may be handed it directly. */
 #define PZ__MUTEX_TOKEN_HANDOFF 1u
+/* A waiter that has waited this long (since its first spin ended) gets the
+ * lock at its next turn (src/sync/mutex.c). */
+#define PZ__MUTEX_FAIR_NS 1000000
 
 void pz__mutex_lock_slow(pz_mutex_t *m, int64_t deadline, int *result);
 void pz__mutex_unlock_slow(pz_mutex_t *m, bool fair);

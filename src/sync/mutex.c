@@ -7,11 +7,56 @@
  * and park in the lot, validating under the bucket lock that the word is
  * still LOCKED|PARKED so an unlock in between cannot be missed.
  *
- * Unlock with PARKED set: the lot wakes the first waiter and, under the
- * bucket lock, the callback decides: a fair hand-off keeps LOCKED set and
- * gives the waiter the TOKEN_HANDOFF (it returns owning the lock); otherwise
- * the word becomes 0, or PARKED if more waiters remain, and the woken waiter
- * competes for the lock again.
+ * Unlock with PARKED set: the lot takes the first waiter out of the queue
+ * and, under the bucket lock, unlock_decide chooses: a fair hand-off keeps
+ * LOCKED set and gives the waiter TOKEN_HANDOFF (it returns owning the
+ * lock); otherwise the word becomes 0, or PARKED if more waiters remain,
+ * and the woken waiter competes for the lock again with running threads.
+ *
+ * Why no wake-up is lost: the queue is never left non-empty with PARKED
+ * clear at a moment the bucket lock is free (a waiter queues only with
+ * PARKED set under the bucket lock, and PARKED is cleared only under the
+ * bucket lock with the queue empty: by unlock_decide, by a waiter that
+ * leaves at its deadline (here or in condvar.c), and by lw_validate taking
+ * a free word on which it set PARKED itself), and an unlock that sees
+ * PARKED takes the bucket lock.  While PARKED is set the word can change outside the bucket lock
+ * only by a thread setting LOCKED on a free word: every release of a
+ * word with PARKED goes through the bucket lock.
+ *
+ * Progress (models/sync_mutex.pml checks it): every waiter gets the lock,
+ * whatever the other threads do.  A waiter begins to wait when its first
+ * spin is over (since, kept across the re-parks of one lock call; the
+ * lot's own clock, pz__clock_coarse), and is long-waiting once
+ * PZ__MUTEX_FAIR_NS have passed since.  Then:
+ *   1. An unlock that takes it from the queue hands it the lock
+ *      (unlock_filter reads since through its park token, the address of
+ *      its struct waiter).  Counting from its current park instead let it
+ *      lose for ever: woken without the lock at the head of the queue,
+ *      beaten by a running thread, parked again at the tail with a fresh
+ *      clock, while the lot's random hand-off went to a waiter queued
+ *      ahead of it.
+ *   2. It neither spins nor sets PARKED by CAS, and its validate cannot
+ *      refuse it: it sets PARKED and then takes the word if LOCKED is
+ *      clear, or else queues (lw_validate).  Refused, it could keep losing
+ *      the window between its look at the word and its validate, in which
+ *      an unlock frees the word for a running thread; setting PARKED by
+ *      CAS, it could keep finding the word changed (the clock starts before
+ *      that CAS for this reason: a waiter that never got to park would
+ *      never have begun to wait).
+ * It checks the clock at each look at a held word once its spin is over
+ * (so from its next look on, if it was running when its time came).
+ * Once queued it is served after at most as many unlocks as there are
+ * waiters ahead of it: each unlock takes the head, and a waiter woken
+ * without the lock that parks again goes to the tail, behind it.  So
+ * after it has waited PZ__MUTEX_FAIR_NS and is queued (or has looked at
+ * the word once more), other threads take the lock at most once for each
+ * waiter queued ahead of it (tests/test_sync_progress_stress.c forces
+ * this with bargers hammering the lock).  The cost is in the slow paths
+ * only: a coarse clock read when a waiter's spin ends, per look of a
+ * waiter whose spin is over, and per unlock that wakes somebody.
+ * Waiters moved here from a condition variable (park token 0) keep the
+ * lot's rule (be_fair: 1 ms in their current park, or the random
+ * interval), and once woken lock the mutex afresh under this one.
  */
 #define _GNU_SOURCE
 #include "plaza/sync.h"
@@ -25,22 +70,57 @@
 #define TOKEN_NORMAL 0
 #define TOKEN_HANDOFF PZ__MUTEX_TOKEN_HANDOFF
 
-static bool still_locked_and_parked(void *ctx)
+/* A waiter in pz__mutex_lock_slow, on its stack; its address is the park
+ * token, read by unlock_filter while the waiter is queued (its frame is
+ * alive until pz_park returns, and the queue is read under the bucket
+ * lock). */
+struct waiter {
+    pz_mutex_t *m;
+    int64_t since;     /* pz__clock_coarse() when its first spin ended */
+    bool long_waiting; /* since was PZ__MUTEX_FAIR_NS ago at its last look */
+    bool took;         /* lw_validate took the free word for it */
+};
+
+static bool waited_long(int64_t since, int64_t now)
 {
-    pz_mutex_t *m = ctx;
-    return atomic_load_explicit(&m->state, memory_order_relaxed) == (PZ__MUTEX_LOCKED | PZ__MUTEX_PARKED);
+    return now - since >= PZ__MUTEX_FAIR_NS;
 }
 
-static void mutex_timed_out(void *ctx, bool was_last)
+/* Validate, under the bucket lock.  A waiter that has not waited long
+ * parks only if the word is still LOCKED|PARKED (else it looks again).
+ * A long-waiting one is never refused: it sets PARKED, which freezes
+ * every release behind the bucket lock we hold, so afterwards the word
+ * is PARKED (free: take it, clearing PARKED again if we set it, since
+ * then nobody is queued) or LOCKED|PARKED (held: queue), and the CAS
+ * below can fail only because a thread set LOCKED meanwhile. */
+static bool lw_validate(void *arg)
 {
-    pz_mutex_t *m = ctx;
+    struct waiter *w = arg;
+    if (!w->long_waiting)
+        return atomic_load_explicit(&w->m->state, memory_order_relaxed) == (PZ__MUTEX_LOCKED | PZ__MUTEX_PARKED);
+    uint8_t s = atomic_fetch_or_explicit(&w->m->state, (uint8_t)PZ__MUTEX_PARKED, memory_order_relaxed);
+    if (s & PZ__MUTEX_LOCKED)
+        return true;
+    uint8_t parked = PZ__MUTEX_PARKED, mine = (uint8_t)(PZ__MUTEX_LOCKED | (s & PZ__MUTEX_PARKED));
+    if (atomic_compare_exchange_strong_explicit(&w->m->state, &parked, mine, memory_order_acquire,
+                                                memory_order_relaxed)) {
+        w->took = true;
+        return false;
+    }
+    return true;
+}
+
+static void mutex_timed_out(void *arg, bool was_last)
+{
+    struct waiter *w = arg;
     if (was_last)
-        atomic_fetch_and_explicit(&m->state, (uint8_t)~PZ__MUTEX_PARKED, memory_order_relaxed);
+        atomic_fetch_and_explicit(&w->m->state, (uint8_t)~PZ__MUTEX_PARKED, memory_order_relaxed);
 }
 
 void pz__mutex_lock_slow(pz_mutex_t *m, int64_t deadline, int *result)
 {
     int spins = 0;
+    struct waiter w = {.m = m};
     uint8_t s = atomic_load_explicit(&m->state, memory_order_relaxed);
     for (;;) {
         if (!(s & PZ__MUTEX_LOCKED)) {
@@ -49,27 +129,40 @@ void pz__mutex_lock_slow(pz_mutex_t *m, int64_t deadline, int *result)
                 return;
             continue;
         }
-        if (!(s & PZ__MUTEX_PARKED) && pz__spin_wait(&spins)) {
-            s = atomic_load_explicit(&m->state, memory_order_relaxed);
-            continue;
-        }
-        if (!(s & PZ__MUTEX_PARKED)) {
-            if (!atomic_compare_exchange_weak_explicit(&m->state, &s, (uint8_t)(s | PZ__MUTEX_PARKED),
-                                                       memory_order_relaxed, memory_order_relaxed))
+        /* A waiter that has begun to wait checks whether it has waited
+         * long at each look at a held word (a clock read; one still in its
+         * first spin pays nothing). */
+        if (w.since && !w.long_waiting)
+            w.long_waiting = waited_long(w.since, pz__clock_coarse());
+        if (!w.long_waiting) {
+            if (!(s & PZ__MUTEX_PARKED) && pz__spin_wait(&spins)) {
+                s = atomic_load_explicit(&m->state, memory_order_relaxed);
                 continue;
+            }
+            /* The spin is over: from here on it waits. */
+            if (!w.since)
+                w.since = pz__clock_coarse();
+            if (!(s & PZ__MUTEX_PARKED)) {
+                if (!atomic_compare_exchange_weak_explicit(&m->state, &s, (uint8_t)(s | PZ__MUTEX_PARKED),
+                                                           memory_order_relaxed, memory_order_relaxed))
+                    continue;
+            }
         }
         uintptr_t token = TOKEN_NORMAL;
         pz__wait_note(PZ__WAIT_MUTEX, m);
-        const pz_park_opts_t opts = {.validate = still_locked_and_parked, .timed_out = mutex_timed_out,
-                                     .ctx = m, .flags = PZ_PARK_THREAD};
+        const pz_park_opts_t opts = {.validate = lw_validate, .timed_out = mutex_timed_out, .ctx = &w,
+                                     .park_token = (uintptr_t)&w, .flags = PZ_PARK_THREAD};
         int r = pz_park(m, deadline, &opts, &token);
         if (r == 0 && token == TOKEN_HANDOFF)
             return; /* the unlocker left LOCKED set for us */
+        if (r == -EAGAIN && w.took)
+            return; /* a long-waiting validate took the free word */
         if (r == -ETIMEDOUT) {
             if (result)
                 *result = -ETIMEDOUT;
             return;
         }
+        /* Woken to compete, or refused: look again. */
         spins = 0;
         s = atomic_load_explicit(&m->state, memory_order_relaxed);
     }
@@ -78,7 +171,18 @@ void pz__mutex_lock_slow(pz_mutex_t *m, int64_t deadline, int *result)
 struct unlock_ctx {
     pz_mutex_t *m;
     bool force_fair;
+    int64_t head_since; /* the chosen waiter's since; 0: not a lock waiter */
 };
+
+/* Under the bucket lock, for the first waiter (and, should its claim be
+ * lost, the next): remember since when it waits, and take it. */
+static pz_filter_op_t unlock_filter(uintptr_t park_token, void *arg)
+{
+    struct unlock_ctx *c = arg;
+    const struct waiter *w = (const struct waiter *)park_token;
+    c->head_since = w ? w->since : 0;
+    return PZ_FILTER_UNPARK_STOP;
+}
 
 static uintptr_t unlock_decide(pz_unpark_result_t r, void *arg)
 {
@@ -87,7 +191,8 @@ static uintptr_t unlock_decide(pz_unpark_result_t r, void *arg)
      * unlocks; PARKED may have been cleared by the last waiter leaving at
      * its deadline between our look and this lock). */
     PZ__ASSERT(atomic_load_explicit(&c->m->state, memory_order_relaxed) & PZ__MUTEX_LOCKED);
-    if (r.unparked && (c->force_fair || r.be_fair)) {
+    if (r.unparked && (c->force_fair || r.be_fair ||
+                       (c->head_since && waited_long(c->head_since, pz__clock_coarse())))) {
         if (!r.have_more)
             atomic_store_explicit(&c->m->state, PZ__MUTEX_LOCKED, memory_order_relaxed);
         return TOKEN_HANDOFF;
@@ -110,6 +215,6 @@ void pz__mutex_unlock_slow(pz_mutex_t *m, bool fair)
                                                     memory_order_relaxed))
             return;
     }
-    struct unlock_ctx c = {m, fair};
-    pz_unpark_one(m, unlock_decide, &c);
+    struct unlock_ctx c = {m, fair, 0};
+    pz_unpark_filter(m, unlock_filter, unlock_decide, &c);
 }
