@@ -521,6 +521,23 @@ static int rd_string(void *ctx, const unsigned char *s, size_t len)
     return rd_scalar(c, S_STRING, 0, 0, s, len);
 }
 
+/* An object or array as a reading's value: a known field so given is
+ * wrong (and counts as given, so it is not also reported missing); the
+ * value is skipped either way. */
+static void rd_reading_container(readings_ctx *c)
+{
+    if (c->key == K_CITY || c->key == K_TEMPERATURE || c->key == K_TIME) {
+        if (c->key == K_CITY)
+            c->has_city = true;
+        else if (c->key == K_TEMPERATURE)
+            c->has_temp = true;
+        else
+            c->has_time = true;
+        rd_reading_wrong(c, rd_needs);
+    }
+    rd_skip(c, RD_READING);
+}
+
 static int rd_start_map(void *ctx)
 {
     readings_ctx *c = ctx;
@@ -541,16 +558,7 @@ static int rd_start_map(void *ctx)
         c->r_field_error = NULL;
         return 1;
     case RD_READING:
-        if (c->key == K_CITY || c->key == K_TEMPERATURE || c->key == K_TIME) {
-            if (c->key == K_CITY)
-                c->has_city = true;
-            else if (c->key == K_TEMPERATURE)
-                c->has_temp = true;
-            else
-                c->has_time = true;
-            rd_reading_wrong(c, rd_needs);
-        }
-        rd_skip(c, RD_READING);
+        rd_reading_container(c);
         return 1;
     default:
         return 1; /* RD_SKIP */
@@ -579,16 +587,7 @@ static int rd_start_array(void *ctx)
         rd_skip(c, RD_READINGS);
         return 1;
     case RD_READING:
-        if (c->key == K_CITY || c->key == K_TEMPERATURE || c->key == K_TIME) {
-            if (c->key == K_CITY)
-                c->has_city = true;
-            else if (c->key == K_TEMPERATURE)
-                c->has_temp = true;
-            else
-                c->has_time = true;
-            rd_reading_wrong(c, rd_needs);
-        }
-        rd_skip(c, RD_READING);
+        rd_reading_container(c);
         return 1;
     default:
         return 1; /* RD_SKIP */
