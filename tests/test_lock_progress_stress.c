@@ -16,11 +16,13 @@
  *   barger acquisitions in between.
  *
  *   hammered: the victim locks and unlocks again and again while the
- *   bargers hammer; whatever the interleaving, the bargers' sections that
- *   see STARVING between two of the victim's acquisitions are bounded
- *   (the unlock that raced with the victim's announce, the barger that took
- *   the word that unlock freed, the holder when the victim queued: a few,
- *   never a run).
+ *   bargers hammer, and gets the lock every time.  The bargers' sections
+ *   that see STARVING between two of the victim's acquisitions are
+ *   reported, not bounded: a barger can take the word in the instant
+ *   between an unlock's release and its look at STARVING (then its own
+ *   unlock hands over, or loses the same race), so their number depends
+ *   on how the threads are scheduled.  On hardware it stays at a few;
+ *   under qemu-user, whose atomics are slow, it once exceeded six.
  *
  * Both on a 1-worker and a 2-worker runtime, so that the victim's worker
  * is shared with barging tasks or not. */
@@ -34,10 +36,6 @@
 #include <string.h>
 
 #define STARVING_BIT ((uint32_t)PZ__AMUTEX_STARVING)
-/* Barger sections that may see STARVING between two acquisitions of the
- * victim (see above: at most three in the argument; twice that as the
- * bound, still a bound and not a rate). */
-#define STARVING_SECTIONS_MAX 6
 
 static pz_async_mutex_t am;
 static _Atomic bool am_stop;
@@ -147,7 +145,6 @@ static void *hammered_victim(void *arg)
             hammer_starved++; /* for the report only: it may have starved */
         if (am_seen_starving > hammer_max_seen)
             hammer_max_seen = am_seen_starving;
-        CHECK(am_seen_starving <= STARVING_SECTIONS_MAX);
         am_seen_starving = 0;
         am_victim_acq++;
         CHECK_EQ(pz_async_mutex_unlock(&am), 0);
@@ -201,9 +198,9 @@ static void *async_mutex_progress_main(void *arg)
         CHECK_EQ(pz_join(bt[i], NULL), 0);
     fprintf(stderr,
             "async mutex, %d worker(s): %ld forced starving waits, each served by the next unlock; %ld hammered "
-            "acquisitions (%ld of them after waiting over 1 ms), at most %ld barger sections saw STARVING before one (bound "
-            "%d); %ld barger sections\n",
-            workers, handed, n, hammer_starved, hammer_max_seen, STARVING_SECTIONS_MAX, am_barger_acq);
+            "acquisitions (%ld of them after waiting over 1 ms), at most %ld barger sections saw STARVING before one; "
+            "%ld barger sections\n",
+            workers, handed, n, hammer_starved, hammer_max_seen, am_barger_acq);
     CHECK_EQ(am_victim_acq, rounds + n);
     CHECK(am_barger_acq > 0);
     CHECK_EQ(atomic_load(&am.state), 0);

@@ -125,7 +125,10 @@ extern "C" {
  * about 1 ms (STARVE_NS) turns on starvation mode, and from then on the
  * lock is handed over in queue order, so it gets the lock after at most as
  * many hand-offs as there are waiters queued ahead of it, whatever the
- * other tasks and threads do.  A waiter that is not starving yet parks
+ * other tasks and threads do (a barger can still take the word in the
+ * instant between an unlock's release and its look at STARVING; its own
+ * unlock then hands over, so such sections are few but not bounded in
+ * number).  A waiter that is not starving yet parks
  * for 1 ms at most before it looks again, and once starving its park is
  * never refused (it takes a free word or queues).  Starvation mode lasts
  * until every starving waiter has the lock.  models/mutex.pml's progress
