@@ -103,12 +103,25 @@ static inline void ctx_switch(pz__ctx *from, pz__ctx *to, bool from_dies)
 
 /* ---- making tasks runnable ---- */
 
+/* Wakes one sleeper, preferring one that sleeps on its futex to the one
+ * in the poller (only one worker polls at a time, so at most one sleeper
+ * is polling): a worker taken out of the poller leaves nobody there, and
+ * readiness that comes while it runs the new work waits until a worker
+ * comes back to its loop; a futex sleeper leaves the poller in place, and
+ * its wake-up is one system call instead of an eventfd write and a return
+ * through epoll.  (The weather service on SQLite: every finished
+ * blocking-pool job used to take the polling worker out of epoll, which
+ * then woke the other worker to poll in its place.) */
 static void wake_one_sleeper(pz__runtime *rt)
 {
     pz__worker *target = NULL;
     pz__spin_lock(&rt->idle_lock);
     if (rt->nsleepers > 0 && atomic_load(&rt->nsearching) == 0) {
-        target = &rt->workers[rt->sleepers[--rt->nsleepers]];
+        int k = rt->nsleepers - 1;
+        if (k > 0 && rt->workers[rt->sleepers[k]].polling)
+            k--;
+        target = &rt->workers[rt->sleepers[k]];
+        rt->sleepers[k] = rt->sleepers[--rt->nsleepers];
         target->sleeping = false;
         target->searching = true;
         atomic_fetch_sub(&rt->nsleeping, 1);
@@ -363,10 +376,33 @@ static pz_task_t *steal(pz__worker *w)
     return NULL;
 }
 
+/* Whether this worker has anything to run without searching: its own
+ * queue or LIFO slot, or the injection queue (inject_len counts the wake
+ * list too). */
+static inline bool runnable_here(pz__worker *w)
+{
+    return pz__runq_len(&w->runq) > 0 || atomic_load_explicit(&w->lifo, memory_order_relaxed) ||
+           atomic_load_explicit(&w->rt->inject_len, memory_order_relaxed) > 0;
+}
+
+/* The worker loop's search.  It polls the poller without waiting (poll_io)
+ * only when it has something else to run, so that readiness that came
+ * meanwhile is not left behind that work.  With nothing to run it does
+ * not: if the search finds nothing either, the worker goes on to wait in
+ * the poller (idle), whose wait returns at once with whatever is ready, so
+ * one system call does what two did (and if another worker holds the
+ * poller, that one sees the readiness).  Nor does it poll right after
+ * coming back from a wait in the poller (w->polled): that wait has just
+ * taken what was ready, and the task it woke should not wait behind a
+ * second epoll call.  A worker going idle between two requests thus makes
+ * one epoll call per request instead of three. */
 static pz_task_t *find_work(pz__worker *w)
 {
     pz_task_t *t;
-    poll_io(w);
+    if (w->polled)
+        w->polled = false;
+    else if (runnable_here(w))
+        poll_io(w);
     if ((t = next_local(w)))
         return t;
     if ((t = pz__inject_pop(w->rt, w)))
@@ -377,6 +413,8 @@ static pz_task_t *find_work(pz__worker *w)
     return steal(w);
 }
 
+/* Every load here is seq_cst: leave_searching and idle rely on it (their
+ * comments say how). */
 static bool work_visible(pz__runtime *rt)
 {
     if (atomic_load(&rt->inject_len) > 0)
@@ -394,8 +432,31 @@ static void leave_searching(pz__worker *w)
     bool was = w->searching;
     w->searching = false;
     pz__spin_unlock(&rt->idle_lock);
-    /* The last searcher to find work wakes another, in case there is more. */
-    if (was && atomic_fetch_sub(&rt->nsearching, 1) == 1)
+    /* The last searcher to find work hands the search on to a sleeper if
+     * there is more work to take.  While a searcher exists, a producer
+     * does not wake anyone (pz__notify_work, notify_work_local): the
+     * searcher is to find its work.  So the last one must look again after
+     * it stops counting, and it wakes a sleeper only if it sees work
+     * (a queue, a LIFO slot, the injection queue or wake list), not "in
+     * case": at low load that wake found nothing every time (the weather
+     * service woke its second worker once per finished blocking-pool job,
+     * only for it to go back to sleep).
+     *
+     * No work is stranded.  A producer on another thread (or one readying
+     * a task from outside this worker) pushes, then issues a seq_cst fence,
+     * then reads nsearching (pz__notify_work).  This side decrements
+     * nsearching with a seq_cst read-modify-write, then reads the queues
+     * with seq_cst loads (work_visible).  In the single total order of
+     * seq_cst operations and fences, either the producer's fence comes
+     * before our decrement, and then our loads, which follow it, see its
+     * push; or it comes after, and then its read of nsearching sees our
+     * decrement (0, unless another searcher is still searching, which then
+     * takes over the duty) and it wakes a sleeper itself.  (The same pairing
+     * as a sleeper's registration against pz__notify_work in idle.)  A
+     * worker that pushes to its own queue without the fence
+     * (notify_work_local) is awake and runs its queue itself; only the
+     * parallelism can come later, as before. */
+    if (was && atomic_fetch_sub(&rt->nsearching, 1) == 1 && work_visible(rt))
         pz__notify_work(rt);
 }
 
@@ -448,8 +509,10 @@ static void idle(pz__worker *w)
             w->polling = true;
             bool notified = atomic_load(&w->sleep_word) != 0;
             pz__spin_unlock(&rt->idle_lock);
-            if (!notified && !atomic_load(&rt->shutdown))
+            if (!notified && !atomic_load(&rt->shutdown)) {
                 worker_poll(w, deadline == PZ_FOREVER ? -1 : deadline);
+                w->polled = true;
+            }
             pz__spin_lock(&rt->idle_lock);
             w->polling = false;
             pz__spin_unlock(&rt->idle_lock);
