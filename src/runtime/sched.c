@@ -45,8 +45,10 @@
  * Wake-ups: a worker that makes work runnable calls pz__notify_work, which
  * wakes one sleeping worker only if no worker is already searching for
  * work.  A woken worker is "searching" until it finds a task or goes back to
- * sleep; when the last searcher finds work it wakes the next sleeper, so
- * parallelism ramps up one worker at a time instead of in a herd.  Tasks
+ * sleep; when the last searcher finds work it wakes the next sleeper if it
+ * sees more work (leave_searching), so parallelism ramps up one worker at
+ * a time instead of in a herd.  A wake-up goes to a worker sleeping on its
+ * futex before the one in the poller (wake_one_sleeper).  Tasks
  * a worker's poll of the reactor wakes go to its own queue without that
  * wake-up; once the poll is done it wakes a sleeper only if it has more
  * than one task to run (more_than_one_runnable), since a worker woken for
@@ -55,9 +57,11 @@
  * that task, nobody waits in the poller (the other workers sleep on their
  * futex); readiness that comes meanwhile is seen when that worker comes
  * back to its loop (at the latest PZ__MAINTENANCE_INTERVAL decisions
- * later), and finding any then wakes a sleeper (poll_io), which becomes
- * the poller if there is nothing for it to take: under load a second
- * worker serves connections in parallel, at low load none is woken.
+ * later): with other tasks to run it polls without waiting, and finding
+ * readiness wakes a sleeper (poll_io), which becomes the poller if there
+ * is nothing for it to take: under load a second worker serves
+ * connections in parallel, at low load none is woken.  With nothing else
+ * to run it waits in the poller at once (find_work says why).
  */
 #define _GNU_SOURCE
 #include "internal.h"
@@ -376,32 +380,39 @@ static pz_task_t *steal(pz__worker *w)
     return NULL;
 }
 
-/* Whether this worker has anything to run without searching: its own
- * queue or LIFO slot, or the injection queue (inject_len counts the wake
- * list too). */
-static inline bool runnable_here(pz__worker *w)
+/* Whether the worker loop polls the poller without waiting before it
+ * searches: when this worker has something else to run (its own queue or
+ * LIFO slot, the injection queue; inject_len counts the wake list too), so
+ * that readiness that came meanwhile is not left behind that work; and
+ * when some other worker is awake, i.e. under load, where a worker that
+ * has run dry usually finds readiness at once, and waiting for it in the
+ * poller (idle) would first list it among the sleepers, which the busy
+ * workers would then spend wake-ups on.  Otherwise (nothing to run here,
+ * every other worker asleep: a request reaching an idle service) it does
+ * not: if the search finds nothing, the worker goes on to wait in the
+ * poller, whose wait returns at once with whatever is ready, so one system
+ * call does what two did. */
+static inline bool poll_first(pz__worker *w)
 {
+    pz__runtime *rt = w->rt;
     return pz__runq_len(&w->runq) > 0 || atomic_load_explicit(&w->lifo, memory_order_relaxed) ||
-           atomic_load_explicit(&w->rt->inject_len, memory_order_relaxed) > 0;
+           atomic_load_explicit(&rt->inject_len, memory_order_relaxed) > 0 ||
+           atomic_load_explicit(&rt->nsleeping, memory_order_relaxed) + 1 <
+               atomic_load_explicit(&rt->nthreads, memory_order_relaxed);
 }
 
-/* The worker loop's search.  It polls the poller without waiting (poll_io)
- * only when it has something else to run, so that readiness that came
- * meanwhile is not left behind that work.  With nothing to run it does
- * not: if the search finds nothing either, the worker goes on to wait in
- * the poller (idle), whose wait returns at once with whatever is ready, so
- * one system call does what two did (and if another worker holds the
- * poller, that one sees the readiness).  Nor does it poll right after
- * coming back from a wait in the poller (w->polled): that wait has just
- * taken what was ready, and the task it woke should not wait behind a
- * second epoll call.  A worker going idle between two requests thus makes
- * one epoll call per request instead of three. */
+/* The worker loop's search.  It polls without waiting only as poll_first
+ * says, and not right after coming back from a wait in the poller
+ * (w->polled): that wait has just taken what was ready, and the task it
+ * woke should not wait behind a second epoll call.  A worker that goes
+ * idle between two requests thus makes one epoll call per request instead
+ * of three. */
 static pz_task_t *find_work(pz__worker *w)
 {
     pz_task_t *t;
     if (w->polled)
         w->polled = false;
-    else if (runnable_here(w))
+    else if (poll_first(w))
         poll_io(w);
     if ((t = next_local(w)))
         return t;
@@ -501,10 +512,14 @@ static void idle(pz__worker *w)
     /* A retiring spare's kick (under the idle lock) either came before
      * its registration, and then its RETIRE is seen here, or finds it in
      * the sleeper list and wakes it. */
+    bool drove = false;
     if (!work_visible(rt) && !atomic_load(&rt->shutdown) && !retiring(w)) {
         int64_t deadline = pz__timers_earliest(rt);
         if (atomic_load(&rt->io_waiters) > 0 && !atomic_exchange(&rt->driver_busy, true)) {
-            /* Sleep in the poller: I/O readiness or the waker ends it. */
+            /* Sleep in the poller: I/O readiness or the waker ends it.
+             * It stops "polling" and leaves the sleepers' list in one hold
+             * of the idle lock below, and only then lets go of the driver. */
+            drove = true;
             pz__spin_lock(&rt->idle_lock);
             w->polling = true;
             bool notified = atomic_load(&w->sleep_word) != 0;
@@ -513,10 +528,6 @@ static void idle(pz__worker *w)
                 worker_poll(w, deadline == PZ_FOREVER ? -1 : deadline);
                 w->polled = true;
             }
-            pz__spin_lock(&rt->idle_lock);
-            w->polling = false;
-            pz__spin_unlock(&rt->idle_lock);
-            atomic_store(&rt->driver_busy, false);
         } else {
             while (atomic_load(&w->sleep_word) == 0 && !atomic_load(&rt->shutdown)) {
                 int r = pz__futex_wait(&w->sleep_word, 0, deadline == PZ_FOREVER ? -1 : deadline);
@@ -526,10 +537,13 @@ static void idle(pz__worker *w)
         }
     }
 
-    pz__monitor_poke(); /* the monitor sleeps while every worker does */
     pz__spin_lock(&rt->idle_lock);
+    w->polling = false;
     leave_sleepers(rt, w);
     pz__spin_unlock(&rt->idle_lock);
+    if (drove)
+        atomic_store(&rt->driver_busy, false);
+    pz__monitor_poke(); /* the monitor sleeps while every worker does */
     /* Out of the sleepers' list first, so that this does not pick w. */
     if (more_than_one_runnable(w))
         notify_work_local(rt);
