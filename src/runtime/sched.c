@@ -453,7 +453,9 @@ static void leave_searching(pz__worker *w)
      * service woke its second worker once per finished blocking-pool job,
      * only for it to go back to sleep).
      *
-     * No work is stranded.  A producer on another thread (or one readying
+     * No work waits behind this worker's task while a sleeper could take
+     * it (liveness never depended on this wake: this worker gets to such
+     * work once its task switches).  A producer on another thread (or one readying
      * a task from outside this worker) pushes, then issues a seq_cst fence,
      * then reads nsearching (pz__notify_work).  This side decrements
      * nsearching with a seq_cst read-modify-write, then reads the queues
