@@ -391,7 +391,10 @@ static pz_task_t *steal(pz__worker *w)
  * every other worker asleep: a request reaching an idle service) it does
  * not: if the search finds nothing, the worker goes on to wait in the
  * poller, whose wait returns at once with whatever is ready, so one system
- * call does what two did. */
+ * call does what two did.  Only a choice of system calls rests on this
+ * (hence relaxed loads): whichever way a stale answer goes, the readiness
+ * is taken by this worker's poll, by its wait in the poller, or by the
+ * worker that holds the poller. */
 static inline bool poll_first(pz__worker *w)
 {
     pz__runtime *rt = w->rt;
