@@ -439,6 +439,13 @@ static bool work_visible(pz__runtime *rt)
     return false;
 }
 
+/* Tasks wait for I/O and no worker holds the poller: a sleeper woken now
+ * would find nothing to take and so go to wait in the poller. */
+static inline bool poller_unwatched(pz__runtime *rt)
+{
+    return io_waiting(rt) && !atomic_load_explicit(&rt->driver_busy, memory_order_relaxed);
+}
+
 static void leave_searching(pz__worker *w)
 {
     pz__runtime *rt = w->rt;
@@ -451,10 +458,13 @@ static void leave_searching(pz__worker *w)
      * does not wake anyone (pz__notify_work, notify_work_local): the
      * searcher is to find its work.  So the last one must look again after
      * it stops counting, and it wakes a sleeper only if it sees work
-     * (a queue, a LIFO slot, the injection queue or wake list), not "in
-     * case": at low load that wake found nothing every time (the weather
-     * service woke its second worker once per finished blocking-pool job,
-     * only for it to go back to sleep).
+     * (a queue, a LIFO slot, the injection queue or wake list), or if
+     * tasks wait for I/O and nobody holds the poller (the sleeper then
+     * goes to wait there, so that readiness is not left until this worker
+     * comes back to its loop: under load, echo over 64 connections wants
+     * it), not "in case": at low load that wake found nothing every time
+     * (the weather service woke its polling worker once per finished
+     * blocking-pool job, only for it to go back to the poller).
      *
      * No work waits behind this worker's task while a sleeper could take
      * it (liveness never depended on this wake: this worker gets to such
@@ -472,7 +482,7 @@ static void leave_searching(pz__worker *w)
      * worker that pushes to its own queue without the fence
      * (notify_work_local) is awake and runs its queue itself; only the
      * parallelism can come later, as before. */
-    if (was && atomic_fetch_sub(&rt->nsearching, 1) == 1 && work_visible(rt))
+    if (was && atomic_fetch_sub(&rt->nsearching, 1) == 1 && (work_visible(rt) || poller_unwatched(rt)))
         pz__notify_work(rt);
 }
 
