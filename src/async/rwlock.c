@@ -79,10 +79,12 @@
  *   - a holder exists: its last release dispatches (WOKEN clear), or the
  *     woken waiter that kept WOKEN set takes the lock (and is then a holder)
  *     or parks again, clearing WOKEN, after its own validate;
- *   - a writer waits (WW) and nobody holds the lock: that writer is
- *     spinning or woken and takes the lock (then it is a holder), or gives
- *     up and dispatches; a parked writer was woken by the dispatch that
- *     found the lock free (normal mode wakes a writer first when WW > 0);
+ *   - a writer waits (WW) and nobody holds the lock, and no writer is
+ *     parked (parked_writers, exact under the bucket lock validate holds):
+ *     each waiting writer is spinning, or woken and on its way, and takes
+ *     the lock (then it is a holder) or gives up and dispatches.  With a
+ *     writer parked, validate does not park: the caller dispatches, which
+ *     wakes a writer (normal mode wakes a writer first when WW > 0);
  *   - STARVING with nobody holding: STARVING is set only by a waiter that
  *     parks while the lock is held, and the last release in STARVING mode
  *     dispatches (grants) whatever WOKEN says.
@@ -570,10 +572,17 @@ static bool rw_validate(void *ctx)
             w->result = RW_SLOTS_BUSY;
             return false;
         }
-        if (!(s & (WRITER | UPGRADABLE)) && READERS(s) == 0) {
+        if (!(s & (WRITER | UPGRADABLE)) && READERS(s) == 0 &&
+            ((s & STARVING) || atomic_load_explicit(&w->l->parked_writers, memory_order_relaxed))) {
             w->result = RW_FREE_CLOSED;
             return false;
         }
+        /* Free and kept out only by waiting writers none of which is
+         * parked (parked_writers is exact under this bucket lock): each is
+         * spinning, or woken and on its way, and will take the lock, whose
+         * release dispatches, or give up, which dispatches too; so we may
+         * park (under load a worker whose counted writer's thread was
+         * preempted otherwise went round dispatch and yield for as long). */
         if ((s & PARKED) ||
             atomic_compare_exchange_weak_explicit(&w->l->state, &s, s | PARKED, memory_order_relaxed,
                                                   memory_order_relaxed)) {
