@@ -53,8 +53,8 @@
  * wake it (below), and that STARVING, while it lasts, grants in queue
  * order.  No bound holds for one waiter's wait while others keep taking
  * the lock, for two reasons the code shows (the async mutex had both, and
- * models/mutex.pml's progress check found them there; this protocol has
- * no model of its own):
+ * models/mutex.pml's progress check found them there; models/rwlock.pml
+ * checks this lock's normal mode for lost wake-ups, not progress):
  *   - STARVING is turned on only by a waiter that announces again after
  *     1 ms, and a parked waiter announces again only when a dispatch wakes
  *     it.  A release that sees WOKEN dispatches nobody, and tasks that
@@ -72,7 +72,8 @@
  * In practice a writer behind two tasks that hammer the write lock on one
  * worker, yielding inside the section, gets it after about 1 ms.
  *
- * Why no waiter is left parked with nobody to wake it.  A waiter parks only
+ * Why no waiter is left parked with nobody to wake it (models/rwlock.pml
+ * checks it for normal mode, deadlines included).  A waiter parks only
  * after validate, under the bucket lock, found that it cannot enter; then
  * one of these holds, and each ends in a dispatch that sees it (a dispatch
  * takes the same bucket lock):
