@@ -7,7 +7,7 @@
 # a bad one passes, or a search does not complete.  The pan files live in a
 # temporary directory, removed on exit.
 #
-# Usage: scripts/check-models.sh [-v] [model ...]   (model: park, mutex, sync_mutex, chan)
+# Usage: scripts/check-models.sh [-v] [model ...]   (model: park, mutex, sync_mutex, rwlock, chan)
 #   -v   print pan's full output
 # PLAZA_MODELS_LONG=1 adds the searches too long for every run (pz_mutex's
 # per-waiter progress in its full configuration).
@@ -137,6 +137,14 @@ if [ "${PLAZA_MODELS_LONG:-0}" = 1 ]; then
     run pass sync_mutex waiter-progress-spin "-DPROGRESS -DLW12=0" "-O2 -DCOLLAPSE -DMEMLIM=3072 -DNFAIR=4" "-a -f -m3000000"
     run pass sync_mutex waiter-progress-full "-DPROGRESS" "-O2 -DCOLLAPSE -DMEMLIM=8000 -DNFAIR=4" "-a -f -m3000000 -w28"
 fi
+
+# pz_async_rwlock's waiting protocol in normal mode (models/rwlock.md).
+run pass rwlock good "" "$safety" "$deep"
+run pass rwlock good-all-deadlines "-DDL=15" "$safety" "$deep"
+run pass rwlock good-three-writers "-DNR=1 -DNW=3 -DDL=12" "$safety" "$deep"
+run fail rwlock park-always "-DBAD_PARK_ALWAYS" "$quick" "$deep"
+run fail rwlock writer-not-counted "-DBAD_NO_INCOUNT" "$quick" "$deep"
+run fail rwlock timeout-keeps-count "-DBAD_TIMEOUT_KEEPS_COUNT" "$quick" "$deep"
 
 # pz_chan's ring (models/chan.md).
 run pass chan good "" "$safety" "$deep"
