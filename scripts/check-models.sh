@@ -10,7 +10,7 @@
 # Usage: scripts/check-models.sh [-v] [model ...]   (model: park, mutex, sync_mutex, rwlock, chan)
 #   -v   print pan's full output
 # PLAZA_MODELS_LONG=1 adds the searches too long for every run (pz_mutex's
-# per-waiter progress in its full configuration).
+# per-waiter progress with a spin round).
 set -u
 
 verbose=0
@@ -135,7 +135,6 @@ run fail sync_mutex waiter-progress-barging "-DPROGRESS -DLW12=0 -DSPINS=0 -DLOS
 run fail sync_mutex waiter-progress-unfixed "-DPROGRESS -DPROGRESS_FIX=0" "-O1 -DMEMLIM=3072 -DNFAIR=4" "-a -f $deep"
 if [ "${PLAZA_MODELS_LONG:-0}" = 1 ]; then
     run pass sync_mutex waiter-progress-spin "-DPROGRESS -DLW12=0" "-O2 -DCOLLAPSE -DMEMLIM=3072 -DNFAIR=4" "-a -f -m3000000"
-    run pass sync_mutex waiter-progress-full "-DPROGRESS" "-O2 -DCOLLAPSE -DMEMLIM=8000 -DNFAIR=4" "-a -f -m3000000 -w28"
 fi
 
 # pz_async_rwlock's waiting protocol in normal mode (models/rwlock.md).
