@@ -28,6 +28,10 @@
  *                task's lock calls have a deadline (may time out or be
  *                cancelled).
  *   SPINS        spin rounds before parking (default 1).
+ *   LOST_CAS_COUNTS 1 (default, mutex.c as it is): a CAS that loses the
+ *                free lock word counts as a spin round, and a waiter whose
+ *                rounds are spent announces and parks even though it read
+ *                the word free; 0: the code before (loops on the word).
  *   STALE        the slow path's relaxed load may read a free lock word as
  *                held.
  *   PROGRESS_FIX 1 (default, mutex.c as it is): per-waiter progress
@@ -43,11 +47,11 @@
  *   PROGRESS     tasks 1 and 2 lock and unlock forever (no deadline), task
  *                3 locks once without deadline; checked with -a -f against
  *                the never claim of ltl p3_gets_lock: no cycle in a
- *                complete search (5 796 730 states); fails with
- *                PROGRESS_FIX=0 (mutex.md).  Assumes task 3 does not lose
- *                the race between its load of a free lock word and its CAS
- *                for ever (RACE_WON; LOSE_RACE drops the assumption, and
- *                then the check fails).  The progress model leaves out
+ *                complete search (7 110 057 states); fails with
+ *                PROGRESS_FIX=0 or LOST_CAS_COUNTS=0 (mutex.md).  RACE_WON
+ *                makes task 3's load of a free word and its CAS one step
+ *                (the assumption the check needed before the lost CAS
+ *                counted).  The progress model leaves out
  *                what no step reads (mutex.md, "What the progress check
  *                leaves out"): the bucket lock's ticket counters, the
  *                clocks of tasks 1 and 2, a separate drain process, dead
@@ -83,6 +87,9 @@
 #endif
 #ifndef SPINS
 #define SPINS 1   /* spin rounds before parking (pz__async_spin_rounds) */
+#endif
+#ifndef LOST_CAS_COUNTS
+#define LOST_CAS_COUNTS 1
 #endif
 
 /* state: LOCKED | id << 1 (id 1..3); LOCKED alone during a hand-off. */
@@ -135,9 +142,10 @@ byte qn;
 #if defined(PROGRESS) && !defined(UNFAIR_BUCKET)
 #define FAIR_BUCKET
 #endif
-#if defined(PROGRESS) && !defined(LOSE_RACE)
-#define RACE_WON
-#endif
+/* RACE_WON (only with PROGRESS, and only to compare): task 3's load of a
+ * free lock word and its CAS are one step, the assumption the progress
+ * check needed before a lost race counted as a spin round (mutex.md, "The
+ * barging race"). */
 #if defined(RACE_WON) && defined(STALE)
 #error "RACE_WON and STALE are not meant to be combined"
 #endif
@@ -548,13 +556,28 @@ inline lock_slow() {
                :: else -> skip
                fi;
                ok = 1; break
+#if LOST_CAS_COUNTS
+           /* a lost race for the free word is a spin round; with the
+            * rounds spent the waiter goes on to announce_parked below, so
+            * that it turns starving in time like any other waiter */
+           :: else -> if :: spins < SPINS -> spins++ :: else -> skip fi
+#else
            :: else -> skip
+#endif
            fi
-       :: else ->
+       :: else -> skip
+       fi;
+       if
+#if LOST_CAS_COUNTS
+       :: s != 0 || spins >= SPINS ->
+#else
+       :: s != 0 ->
+#endif
            /* the load of the waiter word and the CAS that follows it (a
             * CAS that fails only loops): spin while the holder may run
             * (a holder id is set), taking WOKEN if a waiter is parked;
-            * or announce_parked */
+            * or announce_parked (with s == 0: the rounds are spent on
+            * lost races, and a free word has no holder to spin on) */
            atomic {
                flush_mine();
                f = waiters;
@@ -643,6 +666,7 @@ inline lock_slow() {
                atomic { spins = 0; r = 0; f = 0 }
            :: else -> skip
            fi
+       :: else -> skip
        fi
     od
 }

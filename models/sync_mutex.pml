@@ -53,6 +53,15 @@
 #ifndef PROGRESS_FIX
 #define PROGRESS_FIX 1
 #endif
+/* LOST_CAS_COUNTS=1 (default, mutex.c as it is): the slow path's load of
+ * a free word and its CAS are two steps; a lost CAS is a spin round (the
+ * end of the spin once the rounds are spent), and a long-waiting waiter
+ * that lost one parks (lw_validate takes a free word or queues).  0: the
+ * code before, where a lost CAS looks again at once (the progress check
+ * must fail: the waiter can lose that race for ever). */
+#ifndef LOST_CAS_COUNTS
+#define LOST_CAS_COUNTS 1
+#endif
 /* LW12=0: threads 1 and 2 never become long-waiting (a smaller search;
  * sync_mutex.md says why it still shows thread 3's progress). */
 #ifndef LW12
@@ -100,17 +109,38 @@ inline lock() {
         /* pz__mutex_lock_slow */
         spins = 0;
         do
-        :: atomic {
-               s = state;
-               if
-               :: (s & LOCKED) == 0 -> state = s | LOCKED; ok = 1   /* the CAS, folded with its load */
-               :: else -> skip
-               fi
-           }
+        :: 
+           /* the load, and the CAS when it reads the word free: two
+            * steps, so another thread may take the word in between */
+           s = state;
            if
-           :: ok -> break
+           :: (s & LOCKED) == 0 ->
+               atomic {
+                   if
+                   :: state == s -> state = s | LOCKED; ok = 1
+                   :: else -> skip
+                   fi
+               }
+               if
+               :: ok -> break
+               :: else -> skip
+               fi;
+#if LOST_CAS_COUNTS
+               /* lost the free word: a spin round, or the end of the
+                * spin; a waiter that has begun to wait looks at its
+                * clock, and a long-waiting one goes on to park (its
+                * validate takes a free word or queues) */
+               if
+               :: !began[me] && spins < SPINS -> spins++
+               :: !began[me] && spins >= SPINS -> began[me] = 1
+               :: began[me] -> lw = lw || long_w[me]; lost = lw
+               fi
+#endif
            :: else -> skip
            fi;
+           if
+           :: (s & LOCKED) == 0 && !lost -> skip   /* look again */
+           :: (s & LOCKED) != 0 || lost ->
 #if PROGRESS_FIX
            /* a waiter that has begun to wait looks at its clock */
            lw = lw || long_w[me];
@@ -189,8 +219,9 @@ inline lock() {
                    spins = 0
                :: else -> skip
                fi
+           fi
            fi;
-           atomic { s = 0; cas = 0; r = 0 }
+           atomic { s = 0; cas = 0; r = 0; lost = 0 }
         od
     fi
 }
@@ -269,7 +300,7 @@ inline unlock() {
 proctype thread(byte me; byte rounds)
 {
     byte s, spins, i, chosen, myt, r;
-    bit ok, cas, done, fair, lw;
+    bit ok, cas, done, fair, lw, lost;
     byte n = 0;
     do
     :: rounds == 0 || n < rounds ->

@@ -138,11 +138,12 @@ struct budget_case {
 void *budget_main(void *arg);
 
 /* An async rwlock nobody holds or waits for: the word has at most its
- * hint bits, and no read slot holds it. */
+ * hint bits, no read slot holds it, and no writer is counted as parked. */
 #define CHECK_RWLOCK_IDLE(l)                                                            \
     do {                                                                                \
         CHECK_EQ(atomic_load(&(l)->state) & ~(uintptr_t)PZ__ARW_HINTS, 0);              \
         CHECK_EQ(pz_async_rwlock_readers(l), 0);                                        \
+        CHECK_EQ(atomic_load(&(l)->parked_writers), 0);                                 \
     } while (0)
 
 /* A call site as plaza's reports print it: "fn (file.c:" where the library

@@ -570,6 +570,189 @@ static void test_runtime_pinned_while_walked(void **state)
     CHECK_RWLOCK_IDLE(&pin_l);
 }
 
+/* ---- rwlock: writers parked behind parked readers ----
+ * A writer holds the lock while it is suspended, so everybody queues: 48
+ * readers and 16 writers in random order, half of them with a deadline
+ * within 200 us, a few cancelled.  Writers parked deep behind readers are
+ * what a dispatch that must wake a writer looks for (the lock counts them
+ * in parked_writers, so that it need not walk the readers when none is
+ * parked); every waiter without a deadline must get the lock after the
+ * holder leaves, sections stay exclusive, and the count ends at 0. */
+
+#define PW_READERS 48
+#define PW_WRITERS 16
+#define PW_TASKS (PW_READERS + PW_WRITERS)
+
+static pz_async_rwlock_t pw;
+static _Atomic long pw_readers, pw_writers, pw_started;
+static _Atomic bool pw_forever[PW_TASKS];
+static _Atomic uint64_t pw_seed;
+static _Atomic long pw_rounds_with_parked_writer;
+
+static void pw_section(bool write, uint64_t *rng)
+{
+    if (write) {
+        CHECK_EQ(atomic_fetch_add(&pw_writers, 1), 0);
+        CHECK_EQ(atomic_load(&pw_readers), 0);
+    } else {
+        atomic_fetch_add(&pw_readers, 1);
+        CHECK_EQ(atomic_load(&pw_writers), 0);
+    }
+    /* A writer parked beside this section is counted as parked; the
+     * count never exceeds the writers there are. */
+    CHECK(atomic_load(&pw.parked_writers) <= PW_WRITERS);
+    if (test_rand(rng) % 4 == 0)
+        pz_yield();
+    if (write) {
+        atomic_fetch_sub(&pw_writers, 1);
+        CHECK_EQ(pz_async_rwlock_write_unlock(&pw), 0);
+    } else {
+        atomic_fetch_sub(&pw_readers, 1);
+        CHECK_EQ(pz_async_rwlock_read_unlock(&pw), 0);
+    }
+}
+
+static void *pw_task(void *arg)
+{
+    intptr_t i = (intptr_t)arg;
+    uint64_t rng = atomic_load(&pw_seed) * 2654435761u + (uint64_t)i * 40503u + 7;
+    bool write = i % (PW_TASKS / PW_WRITERS) == 0;
+    bool forever = test_rand(&rng) & 1;
+    int64_t dl = forever ? PZ_FOREVER : pz_now() + (int64_t)(test_rand(&rng) % 200) * US;
+    atomic_store(&pw_forever[i], forever);
+    atomic_fetch_add(&pw_started, 1);
+    int r = write ? pz_async_rwlock_write_until(&pw, dl) : pz_async_rwlock_read_until(&pw, dl);
+    if (r == 0) {
+        pw_section(write, &rng);
+        /* Then once more with the lock busy around it. */
+        r = write ? pz_async_rwlock_write_until(&pw, dl) : pz_async_rwlock_read_until(&pw, dl);
+        if (r == 0)
+            pw_section(write, &rng);
+    }
+    CHECK(r == 0 || r == -ECANCELED || (!forever && r == -ETIMEDOUT));
+    return (void *)(intptr_t)r;
+}
+
+static void *pw_main(void *arg)
+{
+    (void)arg;
+    uint64_t rng = atomic_load(&pw_seed) + 1;
+    CHECK_EQ(pz_async_rwlock_write(&pw), 0);
+    pz_task_t **t = spawn_n(PW_TASKS, pw_task, index_arg);
+    /* Wait (yielding, so the holder is not running and nobody spins)
+     * until every task has asked and the queue holds a writer (bounded:
+     * a writer with a deadline may leave the queue as soon as it joined
+     * it; the checks below hold either way). */
+    while (atomic_load(&pw_started) < PW_TASKS)
+        pz_yield();
+    for (long k = 0; k < 1000000; k++) {
+        if ((atomic_load(&pw.state) & PZ__ARW_PARKED) && atomic_load(&pw.parked_writers) > 0) {
+            atomic_fetch_add(&pw_rounds_with_parked_writer, 1);
+            break;
+        }
+        pz_yield();
+    }
+    bool cancelled[PW_TASKS] = {false};
+    for (int k = 0; k < 4; k++) {
+        int v = (int)(test_rand(&rng) % PW_TASKS);
+        cancelled[v] = true;
+        pz_cancel(t[v]);
+    }
+    CHECK_EQ(pz_async_rwlock_write_unlock(&pw), 0);
+    for (int i = 0; i < PW_TASKS; i++) {
+        void *res;
+        CHECK_EQ(pz_join(t[i], &res), 0);
+        int r = (int)(intptr_t)res;
+        if (r == -ECANCELED)
+            CHECK(cancelled[i]);
+        /* Every waiter without a deadline that was not cancelled got in
+         * (twice). */
+        if (atomic_load(&pw_forever[i]) && !cancelled[i])
+            CHECK_EQ(r, 0);
+    }
+    free(t);
+    CHECK_RWLOCK_IDLE(&pw);
+    return NULL;
+}
+
+static void test_rwlock_parked_writers(void **state)
+{
+    (void)state;
+    for (int round = 0; round < SCALED(40); round++) {
+        atomic_store(&pw_seed, (uint64_t)round);
+        atomic_store(&pw_started, 0);
+        run_in_runtime(2, pw_main, NULL);
+    }
+    /* The rounds did queue writers behind readers (the holder never runs
+     * while they wait, so they park). */
+    CHECK(atomic_load(&pw_rounds_with_parked_writer) > 0);
+}
+
+/* ---- rwlock hammer with deadlines and cancels: tight loops, 10% writers,
+ * 64 tasks on 2 workers, a short deadline on a third of the calls; the
+ * writers parked, woken and timing out in every order keep parked_writers
+ * exact (it ends at 0) ---- */
+
+static pz_async_rwlock_t hd;
+static long hd_data[4];
+static _Atomic long hd_readers, hd_writers;
+
+static void *hd_task(void *arg)
+{
+    uint64_t rng = (uint64_t)(intptr_t)arg * 2654435761u + 9;
+    for (int i = 0; i < SCALED(20000); i++) {
+        int64_t dl = test_rand(&rng) % 3 == 0 ? pz_now() + (int64_t)(test_rand(&rng) % 20) * US : PZ_FOREVER;
+        int r;
+        if (test_rand(&rng) % 10 == 0) {
+            r = pz_async_rwlock_write_until(&hd, dl);
+            if (r == 0) {
+                CHECK_EQ(atomic_fetch_add(&hd_writers, 1), 0);
+                CHECK_EQ(atomic_load(&hd_readers), 0);
+                for (int k = 0; k < 4; k++)
+                    hd_data[k]++;
+                atomic_fetch_sub(&hd_writers, 1);
+                CHECK_EQ(pz_async_rwlock_write_unlock(&hd), 0);
+            }
+        } else {
+            r = pz_async_rwlock_read_until(&hd, dl);
+            if (r == 0) {
+                atomic_fetch_add(&hd_readers, 1);
+                CHECK_EQ(atomic_load(&hd_writers), 0);
+                long a = hd_data[0], b = hd_data[1], c = hd_data[2], d = hd_data[3];
+                CHECK(a == b && b == c && c == d);
+                atomic_fetch_sub(&hd_readers, 1);
+                CHECK_EQ(pz_async_rwlock_read_unlock(&hd), 0);
+            }
+        }
+        if (r == -ECANCELED)
+            return NULL;
+        CHECK(r == 0 || (r == -ETIMEDOUT && dl != PZ_FOREVER));
+    }
+    return NULL;
+}
+
+static void *hd_main(void *arg)
+{
+    (void)arg;
+    int n = 64;
+    pz_task_t **t = spawn_n(n, hd_task, index_arg);
+    uint64_t rng = 23;
+    for (int i = 0; i < 16; i++) {
+        pz_sleep((int64_t)(test_rand(&rng) % 300) * US);
+        pz_cancel(t[test_rand(&rng) % (uint64_t)n]);
+    }
+    join_n(t, n);
+    CHECK_RWLOCK_IDLE(&hd);
+    return NULL;
+}
+
+static void test_rwlock_hammer_deadlines(void **state)
+{
+    (void)state;
+    for (int round = 0; round < 2; round++)
+        run_in_runtime(2, hd_main, NULL);
+}
+
 
 int main(void)
 {
@@ -581,6 +764,8 @@ int main(void)
         cmocka_unit_test(test_rwlock_writer_not_starved),
         cmocka_unit_test(test_rwlock_read_slots),
         cmocka_unit_test(test_runtime_pinned_while_walked),
+        cmocka_unit_test(test_rwlock_parked_writers),
+        cmocka_unit_test(test_rwlock_hammer_deadlines),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -351,6 +351,11 @@ static inline uint64_t pz_async_mutex_holder(pz_async_mutex_t *m)
  * writer: a hint, not part of the lock: the pz_task_id of the writer while
  * one holds the lock (UINT64_MAX for a plain thread, 0 when not yet
  * written), so that a waiter spins only while the writer is running.
+ *
+ * parked_writers: how many writers are parked on the lock's address and
+ * not yet picked by a dispatch; changed only under the lot's bucket lock,
+ * so a dispatch that must wake a writer and finds none parked stops at
+ * once instead of walking the parked readers.
  * ------------------------------------------------------------------------ */
 #define PZ__ARW_PARKED 1u
 #define PZ__ARW_UPG_PARKED 2u
@@ -370,9 +375,10 @@ static inline uint64_t pz_async_mutex_holder(pz_async_mutex_t *m)
 typedef struct pz_async_rwlock {
     _Atomic uintptr_t state;
     _Atomic uint64_t writer;
+    _Atomic uint32_t parked_writers;
 } pz_async_rwlock_t;
 
-#define PZ_ASYNC_RWLOCK_INIT {0, 0}
+#define PZ_ASYNC_RWLOCK_INIT {0, 0, 0}
 
 /* Every unlock and downgrade (and the slow path of every lock) counts one
  * step of the cooperative budget, so a task that keeps taking the lock

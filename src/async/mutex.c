@@ -87,7 +87,7 @@
  * served after at most as many hand-offs as there are waiters ahead of it
  * (models/mutex.pml's progress check is of a waiter without deadline
  * while two others lock and unlock for ever, under weak fairness;
- * models/mutex.md gives its figures).  Five things make that hold; each
+ * models/mutex.md gives its figures).  Six things make that hold; each
  * closes a cycle in which the model's search found the waiter losing for
  * ever:
  *   1. A starving waiter's validate is never refused (park_validate): it
@@ -113,6 +113,11 @@
  *      STARVING is set and the word is still free, and otherwise leaves
  *      the queue alone (released_filter): the holder's unlock will hand
  *      over.
+ *   6. A CAS that loses a free word to another task counts as a spin
+ *      round, and a waiter whose rounds are spent announces and parks
+ *      although it read the word free.  (Looping on a lost CAS, a waiter
+ *      that reads the word free each time never parks, so it never turns
+ *      starving, and can lose that race for ever.)
  * The cost: a timer per park that is not starving yet (parks are rare
  * where spinning wins), strict queue order while a starving waiter waits
  * (ending starvation mode only when the queue emptied kept it on for good
@@ -365,7 +370,17 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadli
                     atomic_fetch_and_explicit(&m->waiters, ~WOKEN, memory_order_relaxed);
                 return 0;
             }
-            continue;
+            /* Another task took the word between our load and our CAS.
+             * That counts as a spin round: with the rounds spent we
+             * announce and park below although the word was free (no
+             * holder to spin on; validate refuses us if it is free again,
+             * and we look again), so that after STARVE_NS we turn starving
+             * and are served, instead of possibly losing this race for
+             * ever (models/mutex.md, "The barging race").  Where the
+             * winner still holds the lock, that is the park the next
+             * look would have made anyway. */
+            if (++spins < spin_rounds)
+                continue;
         }
         uint32_t f = atomic_load_explicit(&m->waiters, memory_order_relaxed);
         if (!(f & STARVING) && spins < spin_rounds && holder_may_run(s)) {

@@ -43,8 +43,13 @@
  *      CAS, it could keep finding the word changed (the clock starts before
  *      that CAS for this reason: a waiter that never got to park would
  *      never have begun to wait).
- * It checks the clock at each look at a held word once its spin is over
- * (so from its next look on, if it was running when its time came).
+ *   3. A CAS that loses a free word to another thread is a spin round,
+ *      and once the spin is over a long-waiting waiter that loses one
+ *      parks as in 2.  Looking again at once, a waiter that read the word
+ *      free each time never began to wait and could lose for ever.
+ * It checks the clock at each look at a held word, and at each lost CAS,
+ * once its spin is over (so from its next look on, if it was running when
+ * its time came).
  * Once queued it is served after at most as many unlocks as there are
  * waiters ahead of it: each unlock takes the head, and a waiter woken
  * without the lock that parks again goes to the tail, behind it.  So
@@ -127,7 +132,23 @@ void pz__mutex_lock_slow(pz_mutex_t *m, int64_t deadline, int *result)
             if (atomic_compare_exchange_weak_explicit(&m->state, &s, (uint8_t)(s | PZ__MUTEX_LOCKED),
                                                       memory_order_acquire, memory_order_relaxed))
                 return;
-            continue;
+            /* Another thread took the free word between our load and our
+             * CAS.  Looking again at once, a waiter that reads the word
+             * free each time would never begin to wait, so never turn
+             * long-waiting, and could lose this race for ever
+             * (models/sync_mutex.md).  So a lost CAS is a spin round; once
+             * the spin is over the waiter has begun to wait, and a
+             * long-waiting one parks: lw_validate takes the free word or
+             * queues it. */
+            if (!w.since) {
+                if (!pz__spin_wait(&spins))
+                    w.since = pz__clock_coarse();
+                continue;
+            }
+            if (!w.long_waiting)
+                w.long_waiting = waited_long(w.since, pz__clock_coarse());
+            if (!w.long_waiting)
+                continue;
         }
         /* A waiter that has begun to wait checks whether it has waited
          * long at each look at a held word (a clock read; one still in its
