@@ -136,8 +136,15 @@ static void unqueue(pz__job *job)
 /* Called with the pool lock held.  A job it refuses (no pool thread, and
  * none could be started) leaves the queue before the lock is let go: a
  * thread another call starts in between would otherwise take it, and run
- * it on the stack of a call that has returned. */
-static int submit(pz__job *job)
+ * it on the stack of a call that has returned.  *signal says that an idle
+ * thread is to be signalled, which the caller does once it has let go of
+ * the lock: signalled under it, the thread wakes only to block on the
+ * lock, and the unlock must wake it a second time (two more futex calls
+ * and a thread switch per job on a busy core).  Signalling after the
+ * unlock loses nothing: an idle thread re-checks the queue under the lock
+ * before it waits, and the condition variable lives as long as the
+ * process. */
+static int submit(pz__job *job, bool *signal)
 {
     job->next = NULL;
     if (pool.tail)
@@ -164,7 +171,7 @@ static int submit(pz__job *job)
             return e;
         }
     } else {
-        pthread_cond_signal(&pool.work);
+        *signal = true;
     }
     return 0;
 }
@@ -187,8 +194,11 @@ int pz_blocking(pz_fn fn, void *arg, void **result)
     job.epoch = pool.epoch;
     pz__wait_note(PZ__WAIT_BLOCKING, (const void *)fn);
     job.gen = pz__park_prepare(false);
-    int e = submit(&job);
+    bool signal = false;
+    int e = submit(&job, &signal);
     pthread_mutex_unlock(&pool.lock);
+    if (signal)
+        pthread_cond_signal(&pool.work);
     if (e) {
         pz__report("pz_blocking: cannot start a pool thread: %s", strerror(-e));
         /* The park prepared above never happens: the task is RUNNING again
@@ -200,6 +210,18 @@ int pz_blocking(pz_fn fn, void *arg, void **result)
     }
     for (;;) {
         int r = pz__park_commit(NULL, NULL, PZ_FOREVER);
+        /* Unparked (not cancelled): only the pool thread's claim does
+         * that, made under the lock after it stored the result and DONE,
+         * and after the claim it no longer touches the job (it readies
+         * the task, not the job).  The claim's acquire, read when the task
+         * resumes, makes both visible here, so the job is read without
+         * the lock: taken here, the lock that the pool thread still holds
+         * while it readies this task would block the worker at once, and
+         * its release would have to wake it again. */
+        if (r == 0) {
+            PZ__ASSERT(job.state == JOB_DONE);
+            goto done;
+        }
         pthread_mutex_lock(&pool.lock);
         if (job.state == JOB_DONE)
             break;
@@ -214,6 +236,7 @@ int pz_blocking(pz_fn fn, void *arg, void **result)
         pthread_mutex_unlock(&pool.lock);
     }
     pthread_mutex_unlock(&pool.lock);
+done:
     if (result)
         *result = job.result;
     return 0;

@@ -294,6 +294,7 @@ struct pz__worker {
     uint32_t tick;
     bool in_loop;              /* the worker loop is choosing (not a task) */
     bool waking_io;            /* in worker_poll: wakes go to the queue's tail */
+    bool polled;               /* back from waiting in the poller: find_work does not poll again */
     uint64_t rng;
     bool searching;            /* written under the runtime's idle lock */
 

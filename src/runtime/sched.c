@@ -45,8 +45,10 @@
  * Wake-ups: a worker that makes work runnable calls pz__notify_work, which
  * wakes one sleeping worker only if no worker is already searching for
  * work.  A woken worker is "searching" until it finds a task or goes back to
- * sleep; when the last searcher finds work it wakes the next sleeper, so
- * parallelism ramps up one worker at a time instead of in a herd.  Tasks
+ * sleep; when the last searcher finds work it wakes the next sleeper if it
+ * sees more work (leave_searching), so parallelism ramps up one worker at
+ * a time instead of in a herd.  A wake-up goes to a worker sleeping on its
+ * futex before the one in the poller (wake_one_sleeper).  Tasks
  * a worker's poll of the reactor wakes go to its own queue without that
  * wake-up; once the poll is done it wakes a sleeper only if it has more
  * than one task to run (more_than_one_runnable), since a worker woken for
@@ -55,9 +57,11 @@
  * that task, nobody waits in the poller (the other workers sleep on their
  * futex); readiness that comes meanwhile is seen when that worker comes
  * back to its loop (at the latest PZ__MAINTENANCE_INTERVAL decisions
- * later), and finding any then wakes a sleeper (poll_io), which becomes
- * the poller if there is nothing for it to take: under load a second
- * worker serves connections in parallel, at low load none is woken.
+ * later): with other tasks to run it polls without waiting, and finding
+ * readiness wakes a sleeper (poll_io), which becomes the poller if there
+ * is nothing for it to take: under load a second worker serves
+ * connections in parallel, at low load none is woken.  With nothing else
+ * to run it waits in the poller at once (find_work says why).
  */
 #define _GNU_SOURCE
 #include "internal.h"
@@ -103,12 +107,25 @@ static inline void ctx_switch(pz__ctx *from, pz__ctx *to, bool from_dies)
 
 /* ---- making tasks runnable ---- */
 
+/* Wakes one sleeper, preferring one that sleeps on its futex to the one
+ * in the poller (only one worker polls at a time, so at most one sleeper
+ * is polling): a worker taken out of the poller leaves nobody there, and
+ * readiness that comes while it runs the new work waits until a worker
+ * comes back to its loop; a futex sleeper leaves the poller in place, and
+ * its wake-up is one system call instead of an eventfd write and a return
+ * through epoll.  (The weather service on SQLite: every finished
+ * blocking-pool job used to take the polling worker out of epoll, which
+ * then woke the other worker to poll in its place.) */
 static void wake_one_sleeper(pz__runtime *rt)
 {
     pz__worker *target = NULL;
     pz__spin_lock(&rt->idle_lock);
     if (rt->nsleepers > 0 && atomic_load(&rt->nsearching) == 0) {
-        target = &rt->workers[rt->sleepers[--rt->nsleepers]];
+        int k = rt->nsleepers - 1;
+        if (k > 0 && rt->workers[rt->sleepers[k]].polling)
+            k--;
+        target = &rt->workers[rt->sleepers[k]];
+        rt->sleepers[k] = rt->sleepers[--rt->nsleepers];
         target->sleeping = false;
         target->searching = true;
         atomic_fetch_sub(&rt->nsleeping, 1);
@@ -363,10 +380,43 @@ static pz_task_t *steal(pz__worker *w)
     return NULL;
 }
 
+/* Whether the worker loop polls the poller without waiting before it
+ * searches: when this worker has something else to run (its own queue or
+ * LIFO slot, the injection queue; inject_len counts the wake list too), so
+ * that readiness that came meanwhile is not left behind that work; and
+ * when some other worker is awake, i.e. under load, where a worker that
+ * has run dry usually finds readiness at once, and waiting for it in the
+ * poller (idle) would first list it among the sleepers, which the busy
+ * workers would then spend wake-ups on.  Otherwise (nothing to run here,
+ * every other worker asleep: a request reaching an idle service) it does
+ * not: if the search finds nothing, the worker goes on to wait in the
+ * poller, whose wait returns at once with whatever is ready, so one system
+ * call does what two did.  Only a choice of system calls rests on this
+ * (hence relaxed loads): whichever way a stale answer goes, the readiness
+ * is taken by this worker's poll, by its wait in the poller, or by the
+ * worker that holds the poller. */
+static inline bool poll_first(pz__worker *w)
+{
+    pz__runtime *rt = w->rt;
+    return pz__runq_len(&w->runq) > 0 || atomic_load_explicit(&w->lifo, memory_order_relaxed) ||
+           atomic_load_explicit(&rt->inject_len, memory_order_relaxed) > 0 ||
+           atomic_load_explicit(&rt->nsleeping, memory_order_relaxed) + 1 <
+               atomic_load_explicit(&rt->nthreads, memory_order_relaxed);
+}
+
+/* The worker loop's search.  It polls without waiting only as poll_first
+ * says, and not right after coming back from a wait in the poller
+ * (w->polled): that wait has just taken what was ready, and the task it
+ * woke should not wait behind a second epoll call.  A worker that goes
+ * idle between two requests thus makes one epoll call per request instead
+ * of three. */
 static pz_task_t *find_work(pz__worker *w)
 {
     pz_task_t *t;
-    poll_io(w);
+    if (w->polled)
+        w->polled = false;
+    else if (poll_first(w))
+        poll_io(w);
     if ((t = next_local(w)))
         return t;
     if ((t = pz__inject_pop(w->rt, w)))
@@ -377,6 +427,8 @@ static pz_task_t *find_work(pz__worker *w)
     return steal(w);
 }
 
+/* Every load here is seq_cst: leave_searching and idle rely on it (their
+ * comments say how). */
 static bool work_visible(pz__runtime *rt)
 {
     if (atomic_load(&rt->inject_len) > 0)
@@ -387,6 +439,13 @@ static bool work_visible(pz__runtime *rt)
     return false;
 }
 
+/* Tasks wait for I/O and no worker holds the poller: a sleeper woken now
+ * would find nothing to take and so go to wait in the poller. */
+static inline bool poller_unwatched(pz__runtime *rt)
+{
+    return io_waiting(rt) && !atomic_load_explicit(&rt->driver_busy, memory_order_relaxed);
+}
+
 static void leave_searching(pz__worker *w)
 {
     pz__runtime *rt = w->rt;
@@ -394,8 +453,36 @@ static void leave_searching(pz__worker *w)
     bool was = w->searching;
     w->searching = false;
     pz__spin_unlock(&rt->idle_lock);
-    /* The last searcher to find work wakes another, in case there is more. */
-    if (was && atomic_fetch_sub(&rt->nsearching, 1) == 1)
+    /* The last searcher to find work hands the search on to a sleeper if
+     * there is more work to take.  While a searcher exists, a producer
+     * does not wake anyone (pz__notify_work, notify_work_local): the
+     * searcher is to find its work.  So the last one must look again after
+     * it stops counting, and it wakes a sleeper only if it sees work
+     * (a queue, a LIFO slot, the injection queue or wake list), or if
+     * tasks wait for I/O and nobody holds the poller (the sleeper then
+     * goes to wait there, so that readiness is not left until this worker
+     * comes back to its loop: under load, echo over 64 connections wants
+     * it), not "in case": at low load that wake found nothing every time
+     * (the weather service woke its polling worker once per finished
+     * blocking-pool job, only for it to go back to the poller).
+     *
+     * No work waits behind this worker's task while a sleeper could take
+     * it (liveness never depended on this wake: this worker gets to such
+     * work once its task switches).  A producer on another thread (or one readying
+     * a task from outside this worker) pushes, then issues a seq_cst fence,
+     * then reads nsearching (pz__notify_work).  This side decrements
+     * nsearching with a seq_cst read-modify-write, then reads the queues
+     * with seq_cst loads (work_visible).  In the single total order of
+     * seq_cst operations and fences, either the producer's fence comes
+     * before our decrement, and then our loads, which follow it, see its
+     * push; or it comes after, and then its read of nsearching sees our
+     * decrement (0, unless another searcher is still searching, which then
+     * takes over the duty) and it wakes a sleeper itself.  (The same pairing
+     * as a sleeper's registration against pz__notify_work in idle.)  A
+     * worker that pushes to its own queue without the fence
+     * (notify_work_local) is awake and runs its queue itself; only the
+     * parallelism can come later, as before. */
+    if (was && atomic_fetch_sub(&rt->nsearching, 1) == 1 && (work_visible(rt) || poller_unwatched(rt)))
         pz__notify_work(rt);
 }
 
@@ -440,20 +527,22 @@ static void idle(pz__worker *w)
     /* A retiring spare's kick (under the idle lock) either came before
      * its registration, and then its RETIRE is seen here, or finds it in
      * the sleeper list and wakes it. */
+    bool drove = false;
     if (!work_visible(rt) && !atomic_load(&rt->shutdown) && !retiring(w)) {
         int64_t deadline = pz__timers_earliest(rt);
         if (atomic_load(&rt->io_waiters) > 0 && !atomic_exchange(&rt->driver_busy, true)) {
-            /* Sleep in the poller: I/O readiness or the waker ends it. */
+            /* Sleep in the poller: I/O readiness or the waker ends it.
+             * It stops "polling" and leaves the sleepers' list in one hold
+             * of the idle lock below, and only then lets go of the driver. */
+            drove = true;
             pz__spin_lock(&rt->idle_lock);
             w->polling = true;
             bool notified = atomic_load(&w->sleep_word) != 0;
             pz__spin_unlock(&rt->idle_lock);
-            if (!notified && !atomic_load(&rt->shutdown))
+            if (!notified && !atomic_load(&rt->shutdown)) {
                 worker_poll(w, deadline == PZ_FOREVER ? -1 : deadline);
-            pz__spin_lock(&rt->idle_lock);
-            w->polling = false;
-            pz__spin_unlock(&rt->idle_lock);
-            atomic_store(&rt->driver_busy, false);
+                w->polled = true;
+            }
         } else {
             while (atomic_load(&w->sleep_word) == 0 && !atomic_load(&rt->shutdown)) {
                 int r = pz__futex_wait(&w->sleep_word, 0, deadline == PZ_FOREVER ? -1 : deadline);
@@ -463,10 +552,13 @@ static void idle(pz__worker *w)
         }
     }
 
-    pz__monitor_poke(); /* the monitor sleeps while every worker does */
     pz__spin_lock(&rt->idle_lock);
+    w->polling = false;
     leave_sleepers(rt, w);
     pz__spin_unlock(&rt->idle_lock);
+    if (drove)
+        atomic_store(&rt->driver_busy, false);
+    pz__monitor_poke(); /* the monitor sleeps while every worker does */
     /* Out of the sleepers' list first, so that this does not pick w. */
     if (more_than_one_runnable(w))
         notify_work_local(rt);

@@ -259,6 +259,7 @@ static void slot_prepare(pz__runtime *rt, int i, int x)
     w->searching = false;
     w->sleeping = false;
     w->polling = false;
+    w->polled = false;
     w->lifo_streak = 0;
     w->current = NULL;
     w->after_fn = NULL;
