@@ -261,6 +261,10 @@ typedef struct pz__self_tls_t {
     /* offset 32: the slot of the thread's last observed acquisition (the
      * lock layers' observed paths keep it; pz__observe_caller) */
     struct pz__observe_slot *observe_last;
+    /* the slot observe_last replaced: a loop that alternates between two
+     * pairs (one lock at two sites, two locks at one site) finds the other
+     * one here, out of line, without a lookup (pz__observe_cached) */
+    struct pz__observe_slot *observe_prev;
 } pz__self_tls_t;
 extern __thread pz__self_tls_t pz__self_tls __attribute__((tls_model("initial-exec")));
 typedef struct pz__self_layout_t {
@@ -482,6 +486,14 @@ PZ__INLINE bool pz__observe_hit(const pz__observe_slot *sl, const void *lock, co
            (*countdown = atomic_load_explicit(&sl->countdown, memory_order_relaxed)) > 1;
 }
 
+/* The out-of-line paths' cache of the thread's slots: the last slot if it
+ * is (lock, site)'s, else the one before it (then the two swap, so that
+ * the inline paths find it next time), else NULL (the hooks look it up;
+ * the caller then keeps it with pz__observe_keep).  Only the thread
+ * itself reads and writes them, in calls that do not suspend. */
+static inline struct pz__observe_slot *pz__observe_cached(const void *lock, const void *site);
+static inline void pz__observe_keep(struct pz__observe_slot *sl);
+
 /* Counts an acquisition in a slot that pz__observe_hit accepted (the
  * countdown it read is above 1, so no hold is timed); pz__observe_untake
  * undoes it (an attempt that failed, on the same thread). */
@@ -513,6 +525,28 @@ PZ__INLINE void pz__observe_count(pz__observe_slot *sl, uint64_t self, unsigned 
         pz__observe_sample(sl, self, flags);
     else
         pz__observe_take(sl, atomic_load_explicit(&sl->countdown, memory_order_relaxed));
+}
+
+static inline struct pz__observe_slot *pz__observe_cached(const void *lock, const void *site)
+{
+    pz__observe_slot *sl = pz__self_tls.observe_last;
+    if (sl && sl->lock == lock && sl->site == site)
+        return sl;
+    pz__observe_slot *p = pz__self_tls.observe_prev;
+    if (p && p->lock == lock && p->site == site) {
+        pz__self_tls.observe_prev = sl;
+        pz__self_tls.observe_last = p;
+        return p;
+    }
+    return (pz__observe_slot *)0;
+}
+
+static inline void pz__observe_keep(struct pz__observe_slot *sl)
+{
+    if (pz__self_tls.observe_last != sl) {
+        pz__self_tls.observe_prev = pz__self_tls.observe_last;
+        pz__self_tls.observe_last = sl;
+    }
 }
 
 /* The caller's record: the running task's, or the calling thread's.  Valid

@@ -47,3 +47,4 @@ void pz__observe_sample(pz__observe_slot *sl, uint64_t self, unsigned flags)
     if (h)
         h->sample(sl, self, flags);
 }
+
