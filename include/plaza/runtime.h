@@ -486,14 +486,6 @@ PZ__INLINE bool pz__observe_hit(const pz__observe_slot *sl, const void *lock, co
            (*countdown = atomic_load_explicit(&sl->countdown, memory_order_relaxed)) > 1;
 }
 
-/* The out-of-line paths' cache of the thread's slots: the last slot if it
- * is (lock, site)'s, else the one before it (then the two swap, so that
- * the inline paths find it next time), else NULL (the hooks look it up;
- * the caller then keeps it with pz__observe_keep).  Only the thread
- * itself reads and writes them, in calls that do not suspend. */
-static inline struct pz__observe_slot *pz__observe_cached(const void *lock, const void *site);
-static inline void pz__observe_keep(struct pz__observe_slot *sl);
-
 /* Counts an acquisition in a slot that pz__observe_hit accepted (the
  * countdown it read is above 1, so no hold is timed); pz__observe_untake
  * undoes it (an attempt that failed, on the same thread). */
@@ -527,6 +519,16 @@ PZ__INLINE void pz__observe_count(pz__observe_slot *sl, uint64_t self, unsigned 
         pz__observe_take(sl, atomic_load_explicit(&sl->countdown, memory_order_relaxed));
 }
 
+/* The out-of-line paths' cache of the thread's slots: the last slot if it
+ * is (lock, site)'s, else the one before it (then the two swap, so that
+ * the inline paths find it next time), else NULL (the hooks look it up;
+ * the caller then keeps it with pz__observe_keep).  A loop that alternates
+ * between two pairs (one lock at two sites, as bench_sync.c's loop with
+ * its every-64th timed call; two locks at one site) misses the inline
+ * paths' one slot at each change of pair, and here finds the other
+ * without a lookup in the hooks.  Only the thread itself reads and writes
+ * them, in out-of-line calls that do not suspend (a direct thread-local
+ * access is safe there, not in inline code: pz__observe_caller). */
 static inline struct pz__observe_slot *pz__observe_cached(const void *lock, const void *site)
 {
     pz__observe_slot *sl = pz__self_tls.observe_last;

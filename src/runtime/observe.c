@@ -47,4 +47,3 @@ void pz__observe_sample(pz__observe_slot *sl, uint64_t self, unsigned flags)
     if (h)
         h->sample(sl, self, flags);
 }
-
