@@ -22,13 +22,11 @@
  *   contended   a task whose lock call starts inline finds the mutex held
  *               by a plain thread, which lets go only once the task's
  *               worker has parked on it, in every round: contended is the
- *               number of rounds and owner changes the number of handovers
- *               (both counted in the thread's slot, not on the lock's
- *               shared record), the parked worker's time is in
- *               blocked_worker_ns; then the task takes other locks at one
- *               site, which most likely takes its slot for another pair
- *               (the counts move to the lock's record) and the figures
- *               must not change.
+ *               number of rounds and owner changes the number of handovers,
+ *               the parked worker's time is in blocked_worker_ns; then the
+ *               task takes other locks at one site, which most likely takes
+ *               its slot for another pair (its acquisitions move to the
+ *               lock's record) and the figures must not change.
  *
  * After each, no hold is left timed (pz__observe_timed_now, the count the
  * observed unlocks test before they call out, is back to 0).
@@ -349,7 +347,7 @@ static void *cont_holder(void *arg)
         while (atomic_load(&cont_done) != i)
             sched_yield();
     }
-    /* Before the task's spill: the counts are in its thread's slot still.
+    /* Before the task's spill: its acquisitions are in its thread's slot still.
      * (Here, not in the task: a report's first symbol lookup takes long
      * enough to be reported as a stall on a worker.) */
     check_contended_figures();

@@ -216,15 +216,6 @@ typedef struct tslot {
     pz__observe_slot o; /* first: what the lock paths update (runtime.h); its pair */
     _Atomic(pz__advisor_lock *) rec; /* NULL while the slot changes hands */
     pz__advisor_site *s;
-    /* The pair's waits and owner changes, counted here for the same
-     * reason as its acquisitions: a contended acquisition or an owner
-     * change happens inside the critical section, while the lock's next
-     * holder waits for it; an atomic add on the lock's shared record there
-     * took the line from the other core each time (with 64 tasks on two
-     * workers, tens of thousands of times a run).  Written by the owning
-     * thread only (a load and a store); read by reports and added to the
-     * lock's record when the slot changes hands. */
-    _Atomic uint64_t contended, gave_up, wait_sum, blocked_worker_ns, owner_changes;
 } tslot;
 typedef struct tcache {
     struct tcache *next;
@@ -244,20 +235,9 @@ static uint64_t slot_count(const pz__observe_slot *o)
     return d > c ? d - c : 0;
 }
 
-static inline uint64_t ld64(const _Atomic uint64_t *p)
-{
-    return atomic_load_explicit(p, memory_order_relaxed);
-}
-
-/* A thread's own counter: only the owning thread writes it. */
-static inline void own_add(_Atomic uint64_t *p, uint64_t v)
-{
-    atomic_store_explicit(p, atomic_load_explicit(p, memory_order_relaxed) + v, memory_order_relaxed);
-}
-
 pz__advisor_count_t pz__advisor_thread_counts(pz__advisor_lock *r, const void *site)
 {
-    pz__advisor_count_t c = {0};
+    pz__advisor_count_t c = {0, 0};
     for (tcache *t = atomic_load_explicit(&tcaches, memory_order_acquire); t; t = t->next) {
         for (unsigned i = 0; i < TCACHE_SLOTS; i++) {
             tslot *sl = &t->slot[i];
@@ -267,11 +247,6 @@ pz__advisor_count_t pz__advisor_thread_counts(pz__advisor_lock *r, const void *s
             c.acquisitions += n;
             if (sl->o.shared)
                 c.shared += n;
-            c.contended += ld64(&sl->contended);
-            c.gave_up += ld64(&sl->gave_up);
-            c.wait_sum += ld64(&sl->wait_sum);
-            c.blocked_worker_ns += ld64(&sl->blocked_worker_ns);
-            c.owner_changes += ld64(&sl->owner_changes);
         }
     }
     return c;
@@ -295,24 +270,9 @@ static __attribute__((noinline, cold)) tslot *slot_refill(tslot *sl, const void 
         atomic_fetch_add_explicit(&old->acquisitions, a, memory_order_relaxed);
         if (sl->o.shared)
             atomic_fetch_add_explicit(&old->shared, a, memory_order_relaxed);
-        uint64_t cont = ld64(&sl->contended), gave = ld64(&sl->gave_up), ws = ld64(&sl->wait_sum);
-        atomic_fetch_add_explicit(&old->contended, cont, memory_order_relaxed);
-        atomic_fetch_add_explicit(&old->gave_up, gave, memory_order_relaxed);
-        atomic_fetch_add_explicit(&old->wait_sum, ws, memory_order_relaxed);
-        atomic_fetch_add_explicit(&old->blocked_worker_ns, ld64(&sl->blocked_worker_ns), memory_order_relaxed);
-        atomic_fetch_add_explicit(&old->owner_changes, ld64(&sl->owner_changes), memory_order_relaxed);
-        if (sl->s) {
+        if (sl->s)
             atomic_fetch_add_explicit(&sl->s->acquisitions, a, memory_order_relaxed);
-            atomic_fetch_add_explicit(&sl->s->contended, cont, memory_order_relaxed);
-            atomic_fetch_add_explicit(&sl->s->gave_up, gave, memory_order_relaxed);
-            atomic_fetch_add_explicit(&sl->s->wait_sum, ws, memory_order_relaxed);
-        }
     }
-    atomic_store_explicit(&sl->contended, 0, memory_order_relaxed);
-    atomic_store_explicit(&sl->gave_up, 0, memory_order_relaxed);
-    atomic_store_explicit(&sl->wait_sum, 0, memory_order_relaxed);
-    atomic_store_explicit(&sl->blocked_worker_ns, 0, memory_order_relaxed);
-    atomic_store_explicit(&sl->owner_changes, 0, memory_order_relaxed);
     atomic_store_explicit(&sl->o.drawn, 0, memory_order_relaxed);
     atomic_store_explicit(&sl->o.countdown, 0, memory_order_relaxed);
     pz__advisor_lock *r = record_of(lock, kind, true);
@@ -379,22 +339,23 @@ static uint64_t sample_gap(void)
     return 1 + (x >> 11) % (2 * n - 1);
 }
 
-/* A wait that took time: an acquisition's (contended) or one that gave up.
- * Counted in the thread's slot of the pair (its counts, sum and worker
- * time); only the histogram bucket (and the maximum, when it grows) is
- * written on the lock's shared record. */
-static __attribute__((noinline)) void record_wait(tslot *sl, pz__advisor_lock *r, unsigned kind, uint64_t w,
+/* A wait that took time: an acquisition's (contended) or one that gave up. */
+static __attribute__((noinline)) void record_wait(pz__advisor_lock *r, pz__advisor_site *s, unsigned kind, uint64_t w,
                                                   bool gave_up, unsigned flags)
 {
     if (kind == PZ__LOCK_CHAN)
         atomic_fetch_add_explicit(flags & PZ__LOCK_SEND ? &r->send_waits : &r->recv_waits, 1,
                                   memory_order_relaxed);
     hist_bump(r->wait_hist, w, false);
-    own_add(gave_up ? &sl->gave_up : &sl->contended, 1);
-    own_add(&sl->wait_sum, w);
+    atomic_fetch_add_explicit(gave_up ? &r->gave_up : &r->contended, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&r->wait_sum, w, memory_order_relaxed);
     bump_max(&r->wait_max, w);
     if ((kind == PZ__LOCK_MUTEX || kind == PZ__LOCK_RWLOCK) && pz_worker_index() >= 0)
-        own_add(&sl->blocked_worker_ns, w);
+        atomic_fetch_add_explicit(&r->blocked_worker_ns, w, memory_order_relaxed);
+    if (s) {
+        atomic_fetch_add_explicit(gave_up ? &s->gave_up : &s->contended, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&s->wait_sum, w, memory_order_relaxed);
+    }
 }
 
 /* Starts timing the hold self just took, in a free entry of r->open (none
@@ -445,12 +406,10 @@ static __attribute__((noinline)) void hold_begin(pz__advisor_lock *r, pz__adviso
     e->t0 = pz_now();
 }
 
-/* The owner word is shared (every exclusive acquisition reads it); the
- * count is the slot's own. */
-static __attribute__((noinline)) void owner_changed(tslot *sl, pz__advisor_lock *r, uint64_t self)
+static __attribute__((noinline)) void owner_changed(pz__advisor_lock *r, uint64_t self)
 {
     atomic_store_explicit(&r->last_owner, self, memory_order_relaxed);
-    own_add(&sl->owner_changes, 1);
+    atomic_fetch_add_explicit(&r->owner_changes, 1, memory_order_relaxed);
 }
 
 /* The acquisition just made brought the countdown of sl to 0: the hold
@@ -477,7 +436,7 @@ static __attribute__((noinline)) void sample_point(tslot *sl, uint64_t self, boo
 static inline void slot_count_one(tslot *sl, pz__advisor_lock *r, uint64_t self, bool shared)
 {
     if (__builtin_expect(!shared && atomic_load_explicit(&r->last_owner, memory_order_relaxed) != self, 0))
-        owner_changed(sl, r, self);
+        owner_changed(r, self);
     uint64_t c = atomic_load_explicit(&sl->o.countdown, memory_order_relaxed);
     if (__builtin_expect(c > 1, 1))
         atomic_store_explicit(&sl->o.countdown, c - 1, memory_order_relaxed);
@@ -498,12 +457,12 @@ static void on_acquired(const void *lock, unsigned kind, const void *site, int64
     pz__advisor_lock *r = atomic_load_explicit(&sl->rec, memory_order_relaxed);
     if (__builtin_expect(kind == PZ__LOCK_CHAN, 0)) {
         /* A channel's send or receive that waited: no hold, no count. */
-        record_wait(sl, r, kind, wait_ns > 0 ? (uint64_t)wait_ns : 0, false, flags);
+        record_wait(r, sl->s, kind, wait_ns > 0 ? (uint64_t)wait_ns : 0, false, flags);
         return;
     }
     bool shared = flags & PZ__LOCK_SHARED;
     if (__builtin_expect(wait_ns >= 0, 0))
-        record_wait(sl, r, kind, (uint64_t)wait_ns, false, flags);
+        record_wait(r, sl->s, kind, (uint64_t)wait_ns, false, flags);
     /* Owner changes of exclusive holds only: readers writing the owner
      * line would fight over it. */
     slot_count_one(sl, r, self, shared);
@@ -522,7 +481,7 @@ static pz__observe_slot *on_slot(const void *lock, unsigned kind, const void *si
 static void on_owner_changed(pz__observe_slot *o, uint64_t self)
 {
     tslot *sl = (tslot *)o;
-    owner_changed(sl, atomic_load_explicit(&sl->rec, memory_order_relaxed), self);
+    owner_changed(atomic_load_explicit(&sl->rec, memory_order_relaxed), self);
 }
 
 static void on_sample(pz__observe_slot *o, uint64_t self, unsigned flags)
@@ -537,7 +496,7 @@ static void on_gave_up(const void *lock, unsigned kind, const void *site, int64_
     if (!sl)
         return;
     pz__advisor_lock *r = atomic_load_explicit(&sl->rec, memory_order_relaxed);
-    record_wait(sl, r, kind, wait_ns > 0 ? (uint64_t)wait_ns : 0, true, flags);
+    record_wait(r, sl->s, kind, wait_ns > 0 ? (uint64_t)wait_ns : 0, true, flags);
 }
 
 static void on_released(const void *lock, unsigned kind, unsigned flags, uint64_t self)

@@ -61,11 +61,10 @@ typedef struct pz__advisor_lock {
 } pz__advisor_lock;
 
 const char *pz__advisor_kind_name(unsigned kind);
-/* What is still counted in the threads' caches (advisor.c) for lock r
- * (and site, unless NULL): acquisitions, waits and owner changes; a
- * report adds them to the record's own fields. */
+/* The acquisitions still counted in the threads' caches (advisor.c) for
+ * lock r (and site, unless NULL). */
 typedef struct pz__advisor_count_t {
-    uint64_t acquisitions, shared, contended, gave_up, wait_sum, blocked_worker_ns, owner_changes;
+    uint64_t acquisitions, shared;
 } pz__advisor_count_t;
 pz__advisor_count_t pz__advisor_thread_counts(pz__advisor_lock *r, const void *site);
 pz__advisor_lock *pz__advisor_record_at(unsigned i);

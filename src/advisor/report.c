@@ -226,14 +226,14 @@ void pz__advisor_figures(pz__advisor_lock *r, pz__advisor_figures_t *f)
     pz__advisor_count_t c = pz__advisor_thread_counts(r, NULL);
     f->acquisitions = ld(&r->acquisitions) + c.acquisitions;
     f->shared = ld(&r->shared) + c.shared;
-    f->contended = ld(&r->contended) + c.contended;
+    f->contended = ld(&r->contended);
     if (f->kind != PZ__LOCK_CHAN && f->contended > f->acquisitions) /* counted while the report ran */
         f->contended = f->acquisitions;
-    f->gave_up = ld(&r->gave_up) + c.gave_up;
+    f->gave_up = ld(&r->gave_up);
     f->send_waits = ld(&r->send_waits);
     f->recv_waits = ld(&r->recv_waits);
-    f->owner_changes = ld(&r->owner_changes) + c.owner_changes;
-    f->blocked_worker_ns = ld(&r->blocked_worker_ns) + c.blocked_worker_ns;
+    f->owner_changes = ld(&r->owner_changes);
+    f->blocked_worker_ns = ld(&r->blocked_worker_ns);
     f->timed_holds = ld(&r->timed_holds);
     f->timed_shared = ld(&r->timed_shared);
     f->suspended_holds = ld(&r->suspended_holds);
@@ -386,9 +386,8 @@ static void text_lock(FILE *out, pz__advisor_lock *r, const pz__advisor_figures_
         char where[256], func[128];
         pz__advisor_resolve(addr, where, sizeof where, func, sizeof func);
         uint64_t th = ld(&s->timed_holds);
-        pz__advisor_count_t c = pz__advisor_thread_counts(r, addr);
         fprintf(out, "  site %s (%s): %" PRIu64 " acquisitions, %" PRIu64 " contended, hold mean %.1f us\n", where,
-                func, ld(&s->acquisitions) + c.acquisitions, ld(&s->contended) + c.contended,
+                func, ld(&s->acquisitions) + pz__advisor_thread_counts(r, addr).acquisitions, ld(&s->contended),
                 th ? (double)ld(&s->hold_sum) / (double)th / 1e3 : 0.0);
     }
 }
@@ -447,10 +446,9 @@ static void json_lock(FILE *out, pz__advisor_lock *r, const pz__advisor_figures_
         json_string(out, where);
         fprintf(out, ", \"function\": ");
         json_string(out, func);
-        pz__advisor_count_t c = pz__advisor_thread_counts(r, addr);
         fprintf(out, ", \"acquisitions\": %" PRIu64 ", \"contended\": %" PRIu64 ", \"timed_holds\": %" PRIu64
                      ", \"hold_sum_ns\": %" PRIu64 ", \"waiting_sum_ns\": %" PRIu64 "}",
-                ld(&s->acquisitions) + c.acquisitions, ld(&s->contended) + c.contended,
+                ld(&s->acquisitions) + pz__advisor_thread_counts(r, addr).acquisitions, ld(&s->contended),
                 ld(&s->timed_holds), ld(&s->hold_sum),
                 ld(&s->waiting_sum));
     }

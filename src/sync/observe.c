@@ -114,22 +114,6 @@ static void report_released(const void *lock, unsigned kind, unsigned flags)
         h->released(lock, kind, flags, caller_id());
 }
 
-/* A contended acquisition ends, while the lock is held, with the owner
- * check: a read of the lock record's owner word, which the holder's core
- * wrote at its own acquisition, and, as the owner changes, a write.  The
- * line is asked for, to be written, now, while the waiter waits (the
- * holder does not write it again before it lets go), so that the check
- * does not wait for it inside the critical section, where the next waiter
- * waits too (perf annotate of the 64-task row in its hand-off mode: the
- * owner word's load took nearly all of the acquired hook's samples).  The
- * wait histogram's bucket, which the record adds to, is not asked for the
- * same way: the holder's core adds to the same bucket at its own waits,
- * and taking that line ahead made the row slower (1.35 to 1.56 on/off). */
-static inline void owner_line_ahead(pz__observe_slot *sl)
-{
-    __builtin_prefetch((const void *)sl->last_owner, 1, 3);
-}
-
 /* The contended half of pz__mutex_lock_observed, apart so that the
  * uncontended half saves no register before its CAS. */
 static __attribute__((noinline)) void mutex_lock_contended(pz_mutex_t *m, int64_t deadline, int *result,
@@ -163,8 +147,6 @@ __attribute__((noinline)) void pz__mutex_lock_observed(pz_mutex_t *m, int64_t de
     uint8_t unlocked = 0;
     if (!atomic_compare_exchange_strong_explicit(&m->state, &unlocked, PZ__MUTEX_LOCKED, memory_order_acquire,
                                                  memory_order_relaxed)) {
-        if (sl)
-            owner_line_ahead(sl);
         mutex_lock_contended(m, deadline, result, site);
         return;
     }
@@ -185,7 +167,6 @@ __attribute__((noinline)) void pz__mutex_lock_observed_contended(pz_mutex_t *m, 
     atomic_store_explicit(&holds->depth, atomic_load_explicit(&holds->depth, memory_order_relaxed) - 1,
                           memory_order_relaxed);
     pz__observe_untake(sl);
-    owner_line_ahead(sl);
     mutex_lock_contended(m, deadline, result, site);
 }
 
@@ -270,8 +251,6 @@ __attribute__((noinline)) int pz__rwlock_lock_observed_contended(pz_rwlock_t *rw
     atomic_store_explicit(&holds->depth, atomic_load_explicit(&holds->depth, memory_order_relaxed) - 1,
                           memory_order_relaxed);
     pz__observe_untake(sl);
-    if (mode == PZ__RW_MODE_WRITE)
-        owner_line_ahead(sl);
     return rwlock_lock_contended(rw, mode, deadline, site);
 }
 
