@@ -19,6 +19,15 @@
  *               sleeps, is not reported as suspending with a sync lock),
  *               for pz_mutex_lock_until and pz_rwlock_write_until.
  *
+ *   contended   a task whose lock call starts inline finds the mutex held
+ *               by a plain thread, which lets go only once the task's
+ *               worker has parked on it, in every round: contended is the
+ *               number of rounds and owner changes the number of handovers,
+ *               the parked worker's time is in blocked_worker_ns; then the
+ *               task takes other locks at one site, which most likely takes
+ *               its slot for another pair (its acquisitions move to the
+ *               lock's record) and the figures must not change.
+ *
  * After each, no hold is left timed (pz__observe_timed_now, the count the
  * observed unlocks test before they call out, is back to 0).
  *
@@ -288,11 +297,125 @@ static void test_gave_up_inline(void **state)
     CHECK(unsetenv("PLAZA_ADVISOR_SAMPLE") == 0);
 }
 
+/* ---- contended acquisitions and owner changes, forced ---- */
+
+#define CONTENDED_ROUNDS 8
+#define SPILL_LOCKS 600 /* one site: most likely takes every slot of the task's thread */
+
+static pz_mutex_t cont_m;
+static pz_mutex_t spill[SPILL_LOCKS];
+static _Atomic int cont_held, cont_done, cont_warmed, cont_checked;
+
+/* The figures of cont_m once the rounds are over (the spill after them
+ * must not change them). */
+static void check_contended_figures(void)
+{
+    json_t *root = report_json();
+    json_t *l = named(root, "locks", "cont_m");
+    CHECK_EQ(num(l, "acquisitions", NULL), WARM + 2 * CONTENDED_ROUNDS);
+    CHECK_EQ(num(l, "contended", NULL), CONTENDED_ROUNDS);
+    CHECK_EQ(num(l, "gave_up", NULL), 0);
+    /* The task's first acquisition, then the thread and the task in turn. */
+    CHECK_EQ(num(l, "owner_changes", NULL), 1 + 2 * CONTENDED_ROUNDS);
+    CHECK(num(l, "blocked_worker_ns", NULL) > 0);
+    CHECK(num(l, "wait_ns", "max") > 0);
+    /* The waits are in the sites' counts too (the task's; a compiler may
+     * make more than one copy of a lock call, each its own site). */
+    json_t *sites = json_object_get(l, "sites");
+    CHECK(json_array_size(sites) >= 2);
+    int64_t site_contended = 0;
+    for (size_t i = 0; i < json_array_size(sites); i++)
+        site_contended += num(json_array_get(sites, i), "contended", NULL);
+    CHECK_EQ(site_contended, CONTENDED_ROUNDS);
+    json_decref(root);
+}
+
+/* A plain thread: it holds the mutex until the task's worker thread has
+ * parked on it (the PARKED bit, set by the waiter before it sleeps), so
+ * that every round's acquisition by the task waits. */
+static void *cont_holder(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&cont_warmed))
+        sched_yield();
+    for (int i = 1; i <= CONTENDED_ROUNDS; i++) {
+        pz_mutex_lock(&cont_m);
+        atomic_store(&cont_held, i);
+        while (!(atomic_load_explicit(&cont_m.state, memory_order_relaxed) & PZ__MUTEX_PARKED))
+            sched_yield();
+        pz_mutex_unlock(&cont_m);
+        while (atomic_load(&cont_done) != i)
+            sched_yield();
+    }
+    /* Before the task's spill: its acquisitions are in its thread's slot still.
+     * (Here, not in the task: a report's first symbol lookup takes long
+     * enough to be reported as a stall on a worker.) */
+    check_contended_figures();
+    atomic_store(&cont_checked, 1);
+    return NULL;
+}
+
+/* The task takes the mutex WARM times at its one lock call first (past the
+ * first timed holds: its slot is the thread's last, the call starts
+ * inline), then once per round while the holder has it. */
+static void *cont_waiter(void *arg)
+{
+    (void)arg;
+    for (int i = 1, done = 0; done < CONTENDED_ROUNDS; i++) {
+        bool warm = i <= WARM;
+        if (!warm)
+            while (atomic_load(&cont_held) != done + 1)
+                pz_yield();
+        pz_mutex_lock(&cont_m);
+        pz_mutex_unlock(&cont_m);
+        if (warm) {
+            if (i == WARM)
+                atomic_store(&cont_warmed, 1);
+            continue;
+        }
+        atomic_store(&cont_done, ++done);
+    }
+    while (!atomic_load(&cont_checked))
+        pz_sleep(1 * MS); /* the report takes a while: no busy wait on a worker */
+    for (int i = 0; i < SPILL_LOCKS; i++) {
+        pz_mutex_lock(&spill[i]);
+        pz_mutex_unlock(&spill[i]);
+    }
+    return NULL;
+}
+
+static void *contended_main(void *arg)
+{
+    (void)arg;
+    pz_task_t *w = pz_spawn(cont_waiter, NULL);
+    CHECK(w);
+    CHECK_EQ(pz_join(w, NULL), 0);
+    return NULL;
+}
+
+static void test_contended_counts(void **state)
+{
+    (void)state;
+    CHECK(setenv("PLAZA_ADVISOR_SAMPLE", "65536", 1) == 0);
+    CHECK(pz_advisor_enable("") == 0);
+    CHECK(pz_lock_name(&cont_m, "cont_m") == 0);
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, cont_holder, NULL) == 0);
+    run_in_runtime(2, contended_main, NULL);
+    CHECK(pthread_join(th, NULL) == 0);
+
+    check_contended_figures();
+    CHECK_EQ(atomic_load(&pz__observe_timed_now), 0);
+    pz_advisor_disable();
+    CHECK(unsetenv("PLAZA_ADVISOR_SAMPLE") == 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_counts),
         cmocka_unit_test(test_gave_up_inline),
+        cmocka_unit_test(test_contended_counts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -284,7 +284,7 @@ PZ__INLINE int pz_async_mutex_unlock(pz_async_mutex_t *m)
     uint64_t self = pz__async_self_bits();
     if (pz__debug_holds())
         pz__held_forget(m);
-    if (PZ__ASYNC_OBSERVED() && PZ__OBSERVE_TIMING())
+    if (PZ__OBSERVE_TIMING()) /* 0 while off: sync.h's PZ__RELEASE_OBSERVED */
         pz__async_mutex_released_observed(m, self);
     return pz__async_mutex_unlock_plain(m, self);
 }

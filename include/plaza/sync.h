@@ -82,10 +82,13 @@ void pz__mutex_lock_observed_contended(pz_mutex_t *m, int64_t deadline, int *res
 bool pz__mutex_trylock_observed(pz_mutex_t *m);
 void pz__mutex_released_observed(pz_mutex_t *m);
 #define PZ__OBSERVED() __builtin_expect(atomic_load_explicit(&pz__advisor_on, memory_order_relaxed), 0)
-/* While observed, a release is reported only if the observer is timing
- * some hold (inline: PZ__OBSERVE_TIMING); the observed form checks the
- * caller's own. */
-#define PZ__RELEASE_OBSERVED() (PZ__OBSERVED() && PZ__OBSERVE_TIMING())
+/* A release is reported only if the observer is timing some hold
+ * (PZ__OBSERVE_TIMING, a count that is 0 while the advisor is off and
+ * stays 0 unless a timed hold is in progress); the observed form checks
+ * the caller's own.  The unlocks test that count alone, not the switch
+ * too: off, that is the one load and branch the switch would cost; on,
+ * it saves one. */
+#define PZ__RELEASE_OBSERVED() PZ__OBSERVE_TIMING()
 
 /* The observed lock, inline while the thread's last slot is this (lock,
  * site)'s and the hold is not to be timed (nearly always): the held-lock
@@ -97,22 +100,23 @@ PZ__INLINE void pz__mutex_lock_observing(pz_mutex_t *m, int64_t deadline, int *r
 {
     pz__observe_caller_t c = pz__observe_caller();
     uint64_t countdown;
-    if (__builtin_expect(!c.holds || !pz__observe_hit(c.last, m, site, &countdown), 0)) {
+    pz__observe_slot *sl = c.last;
+    if (__builtin_expect(!c.holds || !pz__observe_hit(sl, m, site, &countdown), 0)) {
         pz__mutex_lock_observed(m, deadline, result, site);
         return;
     }
-    pz__observe_take(c.last, countdown);
+    pz__observe_take(sl, countdown);
     pz__held_push(c.holds, m, "pz_mutex", site);
     uint8_t unlocked = 0;
     if (__builtin_expect(!atomic_compare_exchange_strong_explicit(&m->state, &unlocked, PZ__MUTEX_LOCKED,
                                                                   memory_order_acquire, memory_order_relaxed),
                          0)) {
-        pz__mutex_lock_observed_contended(m, deadline, result, site, c.holds, c.last);
+        pz__mutex_lock_observed_contended(m, deadline, result, site, c.holds, sl);
         return;
     }
     if (result)
         *result = 0;
-    pz__observe_owner(c.last, c.holds->caller);
+    pz__observe_owner(sl, c.holds->caller);
 }
 
 PZ__INLINE bool pz_mutex_trylock(pz_mutex_t *m)
@@ -269,9 +273,10 @@ PZ__INLINE int pz__rwlock_lock_observing(pz_rwlock_t *rw, int mode, int64_t dead
 {
     pz__observe_caller_t c = pz__observe_caller();
     uint64_t countdown;
-    if (__builtin_expect(!c.holds || !pz__observe_hit(c.last, rw, site, &countdown), 0))
+    pz__observe_slot *sl = c.last;
+    if (__builtin_expect(!c.holds || !pz__observe_hit(sl, rw, site, &countdown), 0))
         return pz__rwlock_lock_observed(rw, mode, deadline, site);
-    pz__observe_take(c.last, countdown);
+    pz__observe_take(sl, countdown);
     pz__held_push(c.holds, rw, "pz_rwlock", site);
     uintptr_t unlocked = 0;
     bool taken = mode == PZ__RW_MODE_WRITE
@@ -280,9 +285,9 @@ PZ__INLINE int pz__rwlock_lock_observing(pz_rwlock_t *rw, int mode, int64_t dead
                  : mode == PZ__RW_MODE_UPGRADABLE ? pz__rwlock_upgradable_fast(rw)
                                                   : pz__rwlock_read_fast(rw);
     if (__builtin_expect(!taken, 0))
-        return pz__rwlock_lock_observed_contended(rw, mode, deadline, site, c.holds, c.last);
+        return pz__rwlock_lock_observed_contended(rw, mode, deadline, site, c.holds, sl);
     if (mode == PZ__RW_MODE_WRITE)
-        pz__observe_owner(c.last, c.holds->caller);
+        pz__observe_owner(sl, c.holds->caller);
     return 0;
 }
 

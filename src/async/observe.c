@@ -34,11 +34,11 @@ static inline pz__observe_slot *slot_for(const pz__lock_hooks *h, const void *lo
 {
     if (!h)
         return NULL;
-    pz__observe_slot *sl = pz__self_tls.observe_last;
-    if (sl && sl->lock == lock && sl->site == site)
+    pz__observe_slot *sl = pz__observe_cached(lock, site);
+    if (sl)
         return sl;
     sl = h->slot(lock, kind, site, 0);
-    pz__self_tls.observe_last = sl;
+    pz__observe_keep(sl);
     return sl;
 }
 

@@ -61,6 +61,7 @@ uint64_t pz__caller_id(void)
 /* The inline paths of plaza/runtime.h read these at fixed offsets. */
 _Static_assert(offsetof(pz__self_tls_t, holds) == 8, "pz__holds_self reads %fs:8");
 _Static_assert(offsetof(pz__self_tls_t, observe_last) == 32, "pz__observe_caller reads %fs:32");
+_Static_assert(offsetof(pz__self_tls_t, observe_prev) == 40, "the observed paths' second slot");
 
 pz__observer *pz__observer_self(void)
 {
