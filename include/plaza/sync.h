@@ -100,23 +100,22 @@ PZ__INLINE void pz__mutex_lock_observing(pz_mutex_t *m, int64_t deadline, int *r
 {
     pz__observe_caller_t c = pz__observe_caller();
     uint64_t countdown;
-    pz__observe_slot *sl = c.last;
-    if (__builtin_expect(!c.holds || !pz__observe_hit(sl, m, site, &countdown), 0)) {
+    if (__builtin_expect(!c.holds || !pz__observe_hit(c.last, m, site, &countdown), 0)) {
         pz__mutex_lock_observed(m, deadline, result, site);
         return;
     }
-    pz__observe_take(sl, countdown);
+    pz__observe_take(c.last, countdown);
     pz__held_push(c.holds, m, "pz_mutex", site);
     uint8_t unlocked = 0;
     if (__builtin_expect(!atomic_compare_exchange_strong_explicit(&m->state, &unlocked, PZ__MUTEX_LOCKED,
                                                                   memory_order_acquire, memory_order_relaxed),
                          0)) {
-        pz__mutex_lock_observed_contended(m, deadline, result, site, c.holds, sl);
+        pz__mutex_lock_observed_contended(m, deadline, result, site, c.holds, c.last);
         return;
     }
     if (result)
         *result = 0;
-    pz__observe_owner(sl, c.holds->caller);
+    pz__observe_owner(c.last, c.holds->caller);
 }
 
 PZ__INLINE bool pz_mutex_trylock(pz_mutex_t *m)
@@ -273,10 +272,9 @@ PZ__INLINE int pz__rwlock_lock_observing(pz_rwlock_t *rw, int mode, int64_t dead
 {
     pz__observe_caller_t c = pz__observe_caller();
     uint64_t countdown;
-    pz__observe_slot *sl = c.last;
-    if (__builtin_expect(!c.holds || !pz__observe_hit(sl, rw, site, &countdown), 0))
+    if (__builtin_expect(!c.holds || !pz__observe_hit(c.last, rw, site, &countdown), 0))
         return pz__rwlock_lock_observed(rw, mode, deadline, site);
-    pz__observe_take(sl, countdown);
+    pz__observe_take(c.last, countdown);
     pz__held_push(c.holds, rw, "pz_rwlock", site);
     uintptr_t unlocked = 0;
     bool taken = mode == PZ__RW_MODE_WRITE
@@ -285,9 +283,9 @@ PZ__INLINE int pz__rwlock_lock_observing(pz_rwlock_t *rw, int mode, int64_t dead
                  : mode == PZ__RW_MODE_UPGRADABLE ? pz__rwlock_upgradable_fast(rw)
                                                   : pz__rwlock_read_fast(rw);
     if (__builtin_expect(!taken, 0))
-        return pz__rwlock_lock_observed_contended(rw, mode, deadline, site, c.holds, sl);
+        return pz__rwlock_lock_observed_contended(rw, mode, deadline, site, c.holds, c.last);
     if (mode == PZ__RW_MODE_WRITE)
-        pz__observe_owner(sl, c.holds->caller);
+        pz__observe_owner(c.last, c.holds->caller);
     return 0;
 }
 
