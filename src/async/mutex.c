@@ -408,6 +408,7 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadli
             continue;
         woken = false;
         counted = starving;
+        bool again = first_park != 0; /* parked before in this call */
         if (!first_park)
             first_park = pz__clock_now();
         uintptr_t token = TOKEN_NORMAL;
@@ -416,7 +417,10 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadli
             until = first_park + STARVE_NS;
         if (a == ANNOUNCE_UNFENCED && until - pz__clock_now() > UNFENCED_POLL_NS)
             until = pz__clock_now() + UNFENCED_POLL_NS;
-        pz__wait_note(PZ__WAIT_ASYNC_MUTEX, m);
+        if (again)
+            pz__wait_note_again(PZ__WAIT_ASYNC_MUTEX, m); /* one wait however often it parks */
+        else
+            pz__wait_note(PZ__WAIT_ASYNC_MUTEX, m);
         struct park_ctx c = {.m = m, .self = self, .starving = starving};
         const pz_park_opts_t opts = {.validate = park_validate, .timed_out = mutex_timed_out, .ctx = &c};
         int r = pz_park(m, until, &opts, &token);

@@ -725,11 +725,15 @@ static int acquire_slow(pz_async_rwlock_t *l, int kind, int64_t deadline)
         /* If a release saw our WOKEN and woke nobody, validate below finds
          * the lock free and enters instead of parking. */
         woken = false;
+        bool again = first_park != 0; /* parked before in this call */
         if (!first_park)
             first_park = pz__clock_now();
         struct rw_wait w = {.l = l, .kind = kind, .counted = counted, .result = RW_PARKED, .since = first_park};
         uintptr_t token = TOKEN_NORMAL;
-        pz__wait_note(PZ__WAIT_ASYNC_RWLOCK, l);
+        if (again)
+            pz__wait_note_again(PZ__WAIT_ASYNC_RWLOCK, l); /* one wait however often it parks */
+        else
+            pz__wait_note(PZ__WAIT_ASYNC_RWLOCK, l);
         const pz_park_opts_t opts = {.validate = rw_validate, .timed_out = rw_timed_out, .ctx = &w,
                                      .park_token = (uintptr_t)&w};
         int r = pz_park(l, deadline, &opts, &token);

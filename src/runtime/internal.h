@@ -234,6 +234,7 @@ struct pz_task {
      * (the task's own), the wait it is in now, where it was spawned, and
      * its links in the registry of live tasks (under the registry lock). */
     int note_kind;
+    bool note_again; /* the note continues the last wait (pz__wait_note_again) */
     const void *note_obj;
     pz__wait wait;
     _Atomic bool wait_blocks_thread; /* the wait blocks its worker thread */
@@ -612,6 +613,12 @@ bool pz__driver_leave(pz__io_source *src, pz__io_waiter *wt);
  * address (pz__wait_note_default).  Cheap: two stores. */
 void pz__wait_note(int kind, const void *obj);
 void pz__wait_note_default(int kind, const void *obj);
+/* As pz__wait_note, for a park that continues the caller's last wait on
+ * the same object within one call (a lock's waiter parking again after a
+ * wake without the lock or its own timer): the wait keeps the time it
+ * began, so dumps show how long the call has waited and the monitor sees
+ * one wait, not a new one per park (a deadlock is reported once). */
+void pz__wait_note_again(int kind, const void *obj);
 const char *pz__wait_kind_name(int kind);
 bool pz__wait_kind_is_lock(int kind);
 /* Threads in a plaza wait now (plain threads, and workers blocked by their

@@ -67,6 +67,7 @@ static __thread pz__thread_rec self_rec __attribute__((tls_model("initial-exec")
 /* A thread's note for its next thread wait. */
 static __thread int thread_note_kind __attribute__((tls_model("initial-exec")));
 static __thread const void *thread_note_obj __attribute__((tls_model("initial-exec")));
+static __thread bool thread_note_again __attribute__((tls_model("initial-exec")));
 
 static void rec_unlink(void *arg)
 {
@@ -129,16 +130,28 @@ void pz__introspect_unlock(void)
 
 /* ---- notes ---- */
 
-void pz__wait_note(int kind, const void *obj)
+static void note(int kind, const void *obj, bool again)
 {
     pz__worker *w = pz__current_worker();
     if (w && w->current) {
         w->current->note_kind = kind;
         w->current->note_obj = obj;
+        w->current->note_again = again;
     } else {
         thread_note_kind = kind;
         thread_note_obj = obj;
+        thread_note_again = again;
     }
+}
+
+void pz__wait_note(int kind, const void *obj)
+{
+    note(kind, obj, false);
+}
+
+void pz__wait_note_again(int kind, const void *obj)
+{
+    note(kind, obj, true);
 }
 
 void pz__wait_note_default(int kind, const void *obj)
@@ -148,10 +161,12 @@ void pz__wait_note_default(int kind, const void *obj)
         if (!w->current->note_kind) {
             w->current->note_kind = kind;
             w->current->note_obj = obj;
+            w->current->note_again = false;
         }
     } else if (!thread_note_kind) {
         thread_note_kind = kind;
         thread_note_obj = obj;
+        thread_note_again = false;
     }
 }
 
@@ -178,15 +193,25 @@ static void count(int kind, long d)
         atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + d, memory_order_relaxed);
 }
 
+/* Whether a wait on obj continues the last one, whose object the record
+ * still holds (pz__wait_clear and pz__thread_wait_end clear only the
+ * kind): then it keeps its start. */
+static bool continues(bool again, const pz__wait *last, const void *obj)
+{
+    return again && obj && atomic_load_explicit(&last->obj, memory_order_relaxed) == obj;
+}
+
 void pz__wait_publish(pz_task_t *t)
 {
     int kind = t->note_kind ? t->note_kind : PZ__WAIT_PARK;
     count(kind, 1);
+    if (!continues(t->note_again && t->note_kind, &t->wait, t->note_obj))
+        atomic_store_explicit(&t->wait.since, pz__clock_now(), memory_order_relaxed);
     atomic_store_explicit(&t->wait.obj, t->note_obj, memory_order_relaxed);
-    atomic_store_explicit(&t->wait.since, pz__clock_now(), memory_order_relaxed);
     atomic_store_explicit(&t->wait.kind, kind, memory_order_release);
     t->note_kind = 0;
     t->note_obj = NULL;
+    t->note_again = false;
 }
 
 void pz__wait_clear(pz_task_t *t)
@@ -204,20 +229,27 @@ void pz__thread_wait_begin(const void *addr)
     pz_task_t *t = w ? w->current : NULL;
     int kind;
     const void *obj;
+    bool again;
     if (t) {
         kind = t->note_kind ? t->note_kind : PZ__WAIT_PARK;
         obj = t->note_kind ? t->note_obj : addr;
+        again = t->note_kind && t->note_again;
         t->note_kind = 0;
         t->note_obj = NULL;
+        t->note_again = false;
     } else {
         kind = thread_note_kind ? thread_note_kind : PZ__WAIT_PARK;
         obj = thread_note_kind ? thread_note_obj : addr;
+        again = thread_note_kind && thread_note_again;
         thread_note_kind = 0;
         thread_note_obj = NULL;
+        thread_note_again = false;
     }
     int64_t now = pz__clock_now();
+    bool kept = continues(again, &r->wait, obj);
+    if (!kept)
+        atomic_store_explicit(&r->wait.since, now, memory_order_relaxed);
     atomic_store_explicit(&r->wait.obj, obj, memory_order_relaxed);
-    atomic_store_explicit(&r->wait.since, now, memory_order_relaxed);
     atomic_store_explicit(&r->task, t, memory_order_relaxed);
     atomic_store_explicit(&r->wait.kind, kind, memory_order_release);
     atomic_fetch_add_explicit(&thread_waits, 1, memory_order_relaxed);
@@ -225,8 +257,9 @@ void pz__thread_wait_begin(const void *addr)
     if (t) {
         /* The task does not suspend: it blocks its worker.  Published on
          * the task too, so a dump of tasks shows it. */
+        atomic_store_explicit(&t->wait.since, kept ? atomic_load_explicit(&r->wait.since, memory_order_relaxed) : now,
+                              memory_order_relaxed);
         atomic_store_explicit(&t->wait.obj, obj, memory_order_relaxed);
-        atomic_store_explicit(&t->wait.since, now, memory_order_relaxed);
         atomic_store_explicit(&t->wait_blocks_thread, true, memory_order_relaxed);
         atomic_store_explicit(&t->wait.kind, kind, memory_order_release);
     }

@@ -125,6 +125,7 @@ static void mutex_timed_out(void *arg, bool was_last)
 void pz__mutex_lock_slow(pz_mutex_t *m, int64_t deadline, int *result)
 {
     int spins = 0;
+    bool parked = false; /* parked before in this call */
     struct waiter w = {.m = m};
     uint8_t s = atomic_load_explicit(&m->state, memory_order_relaxed);
     for (;;) {
@@ -170,7 +171,11 @@ void pz__mutex_lock_slow(pz_mutex_t *m, int64_t deadline, int *result)
             }
         }
         uintptr_t token = TOKEN_NORMAL;
-        pz__wait_note(PZ__WAIT_MUTEX, m);
+        if (parked)
+            pz__wait_note_again(PZ__WAIT_MUTEX, m); /* one wait however often it parks */
+        else
+            pz__wait_note(PZ__WAIT_MUTEX, m);
+        parked = true;
         const pz_park_opts_t opts = {.validate = lw_validate, .timed_out = mutex_timed_out, .ctx = &w,
                                      .park_token = (uintptr_t)&w, .flags = PZ_PARK_THREAD};
         int r = pz_park(m, deadline, &opts, &token);

@@ -181,6 +181,7 @@ static void undo_write(pz_rwlock_t *rw, uintptr_t restore)
 static int wait_for_readers(pz_rwlock_t *rw, int64_t deadline, uintptr_t restore)
 {
     int spins = 0;
+    bool parked = false; /* parked before in this call */
     uintptr_t s = atomic_load_explicit(&rw->state, memory_order_acquire);
     while (s & READERS) {
         if (!(s & WRITER_PARKED) && pz__spin_wait(&spins)) {
@@ -191,7 +192,11 @@ static int wait_for_readers(pz_rwlock_t *rw, int64_t deadline, uintptr_t restore
             !atomic_compare_exchange_weak_explicit(&rw->state, &s, s | WRITER_PARKED, memory_order_acquire,
                                                    memory_order_acquire))
             continue;
-        pz__wait_note(PZ__WAIT_RWLOCK, rw);
+        if (parked)
+            pz__wait_note_again(PZ__WAIT_RWLOCK, rw); /* one wait however often it parks */
+        else
+            pz__wait_note(PZ__WAIT_RWLOCK, rw);
+        parked = true;
         const pz_park_opts_t opts = {.validate = validate_writer, .ctx = rw, .flags = PZ_PARK_THREAD};
         int r = pz_park(writer_addr(rw), deadline, &opts, NULL);
         if (r == -ETIMEDOUT) {
@@ -212,6 +217,7 @@ static int wait_for_readers(pz_rwlock_t *rw, int64_t deadline, uintptr_t restore
 int pz__rwlock_lock_slow(pz_rwlock_t *rw, int mode, int64_t deadline)
 {
     int spins = 0;
+    bool parked = false; /* parked before in this call */
     uintptr_t add = mode_token(mode);
     uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
     for (;;) {
@@ -230,7 +236,11 @@ int pz__rwlock_lock_slow(pz_rwlock_t *rw, int mode, int64_t deadline)
             continue;
         struct park_ctx c = {rw, mode};
         uintptr_t token = TOKEN_NORMAL;
-        pz__wait_note(PZ__WAIT_RWLOCK, rw);
+        if (parked)
+            pz__wait_note_again(PZ__WAIT_RWLOCK, rw); /* one wait however often it parks */
+        else
+            pz__wait_note(PZ__WAIT_RWLOCK, rw);
+        parked = true;
         const pz_park_opts_t opts = {.validate = validate_main, .timed_out = main_timed_out, .ctx = &c,
                                      .park_token = add, .flags = PZ_PARK_THREAD};
         int r = pz_park(rw, deadline, &opts, &token);
