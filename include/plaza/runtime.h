@@ -263,7 +263,7 @@ typedef struct pz__self_tls_t {
     struct pz__observe_slot *observe_last;
     /* the slot observe_last replaced: a loop that alternates between two
      * pairs (one lock at two sites, two locks at one site) finds the other
-     * one here, out of line, without a lookup (pz__observe_cached) */
+     * one here, out of line, without a lookup (pz__observe_slot_for) */
     struct pz__observe_slot *observe_prev;
 } pz__self_tls_t;
 extern __thread pz__self_tls_t pz__self_tls __attribute__((tls_model("initial-exec")));
@@ -519,36 +519,31 @@ PZ__INLINE void pz__observe_count(pz__observe_slot *sl, uint64_t self, unsigned 
         pz__observe_take(sl, atomic_load_explicit(&sl->countdown, memory_order_relaxed));
 }
 
-/* The out-of-line paths' cache of the thread's slots: the last slot if it
- * is (lock, site)'s, else the one before it (then the two swap, so that
- * the inline paths find it next time), else NULL (the hooks look it up;
- * the caller then keeps it with pz__observe_keep).  A loop that alternates
- * between two pairs (one lock at two sites, as bench_sync.c's loop with
- * its every-64th timed call; two locks at one site) misses the inline
- * paths' one slot at each change of pair, and here finds the other
- * without a lookup in the hooks.  Only the thread itself reads and writes
- * them, in out-of-line calls that do not suspend (a direct thread-local
- * access is safe there, not in inline code: pz__observe_caller). */
-static inline struct pz__observe_slot *pz__observe_cached(const void *lock, const void *site)
+/* The out-of-line observed paths' slot for (lock, site), from the hooks h
+ * (NULL: the advisor is off, no slot).  The thread keeps its last slot
+ * (observe_last, which the inline paths read) and the one before it
+ * (observe_prev): a loop that alternates between two pairs (one lock at
+ * two sites, as bench_sync.c's loop with its every-64th timed call; two
+ * locks at one site) misses the inline paths' one slot at each change of
+ * pair, and finds the other here without asking the hooks (then the two
+ * swap, so that the inline paths find it next time).  Only the thread
+ * itself reads and writes them, in out-of-line calls that do not suspend
+ * (a direct thread-local access is safe there, not in inline code:
+ * pz__observe_caller). */
+static inline struct pz__observe_slot *pz__observe_slot_for(const pz__lock_hooks *h, const void *lock, unsigned kind,
+                                                            const void *site, unsigned flags)
 {
-    pz__observe_slot *sl = pz__self_tls.observe_last;
-    if (sl && sl->lock == lock && sl->site == site)
-        return sl;
-    pz__observe_slot *p = pz__self_tls.observe_prev;
-    if (p && p->lock == lock && p->site == site) {
-        pz__self_tls.observe_prev = sl;
-        pz__self_tls.observe_last = p;
-        return p;
-    }
-    return (pz__observe_slot *)0;
-}
-
-static inline void pz__observe_keep(struct pz__observe_slot *sl)
-{
-    if (pz__self_tls.observe_last != sl) {
-        pz__self_tls.observe_prev = pz__self_tls.observe_last;
-        pz__self_tls.observe_last = sl;
-    }
+    if (!h)
+        return (pz__observe_slot *)0;
+    pz__observe_slot *last = pz__self_tls.observe_last;
+    if (last && last->lock == lock && last->site == site)
+        return last;
+    pz__observe_slot *sl = pz__self_tls.observe_prev;
+    if (!(sl && sl->lock == lock && sl->site == site))
+        sl = h->slot(lock, kind, site, flags);
+    pz__self_tls.observe_prev = last;
+    pz__self_tls.observe_last = sl;
+    return sl;
 }
 
 /* The caller's record: the running task's, or the calling thread's.  Valid

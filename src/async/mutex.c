@@ -417,10 +417,7 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadli
             until = first_park + STARVE_NS;
         if (a == ANNOUNCE_UNFENCED && until - pz__clock_now() > UNFENCED_POLL_NS)
             until = pz__clock_now() + UNFENCED_POLL_NS;
-        if (again)
-            pz__wait_note_again(PZ__WAIT_ASYNC_MUTEX, m); /* one wait however often it parks */
-        else
-            pz__wait_note(PZ__WAIT_ASYNC_MUTEX, m);
+        pz__wait_note_again(PZ__WAIT_ASYNC_MUTEX, m, again);
         struct park_ctx c = {.m = m, .self = self, .starving = starving};
         const pz_park_opts_t opts = {.validate = park_validate, .timed_out = mutex_timed_out, .ctx = &c};
         int r = pz_park(m, until, &opts, &token);

@@ -26,22 +26,6 @@ static inline const pz__lock_hooks *hooks(void)
     return atomic_load_explicit(&pz__lock_hooks_table, memory_order_acquire);
 }
 
-/* The caller's slot for (lock, site), kept as the thread's last
- * (pz__self_tls.observe_last, shared with the sync locks' observed paths
- * and read by the inline halves) while its pair still matches.  Read and
- * written only by this thread, in calls that do not suspend. */
-static inline pz__observe_slot *slot_for(const pz__lock_hooks *h, const void *lock, unsigned kind, const void *site)
-{
-    if (!h)
-        return NULL;
-    pz__observe_slot *sl = pz__observe_cached(lock, site);
-    if (sl)
-        return sl;
-    sl = h->slot(lock, kind, site, 0);
-    pz__observe_keep(sl);
-    return sl;
-}
-
 /* The contended half, apart: its slot lookup is its own (the slow path
  * may suspend, and the task resume on another thread). */
 static __attribute__((noinline)) int lock_contended(pz_async_mutex_t *m, uint64_t self, int64_t deadline,
@@ -71,7 +55,7 @@ __attribute__((noinline)) int pz__async_mutex_lock_observed(pz_async_mutex_t *m,
     if (!site)
         site = __builtin_return_address(0);
     const pz__lock_hooks *h = hooks();
-    pz__observe_slot *sl = slot_for(h, m, PZ__LOCK_ASYNC_MUTEX, site);
+    pz__observe_slot *sl = pz__observe_slot_for(h, m, PZ__LOCK_ASYNC_MUTEX, site, 0);
     if (__builtin_expect(pz__async_mutex_take(m, self), 1)) {
         if (pz__debug_holds())
             pz__held_acquired_at(m, "pz_async_mutex", site);

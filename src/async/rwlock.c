@@ -730,10 +730,7 @@ static int acquire_slow(pz_async_rwlock_t *l, int kind, int64_t deadline)
             first_park = pz__clock_now();
         struct rw_wait w = {.l = l, .kind = kind, .counted = counted, .result = RW_PARKED, .since = first_park};
         uintptr_t token = TOKEN_NORMAL;
-        if (again)
-            pz__wait_note_again(PZ__WAIT_ASYNC_RWLOCK, l); /* one wait however often it parks */
-        else
-            pz__wait_note(PZ__WAIT_ASYNC_RWLOCK, l);
+        pz__wait_note_again(PZ__WAIT_ASYNC_RWLOCK, l, again);
         const pz_park_opts_t opts = {.validate = rw_validate, .timed_out = rw_timed_out, .ctx = &w,
                                      .park_token = (uintptr_t)&w};
         int r = pz_park(l, deadline, &opts, &token);

@@ -613,12 +613,13 @@ bool pz__driver_leave(pz__io_source *src, pz__io_waiter *wt);
  * address (pz__wait_note_default).  Cheap: two stores. */
 void pz__wait_note(int kind, const void *obj);
 void pz__wait_note_default(int kind, const void *obj);
-/* As pz__wait_note, for a park that continues the caller's last wait on
- * the same object within one call (a lock's waiter parking again after a
- * wake without the lock or its own timer): the wait keeps the time it
- * began, so dumps show how long the call has waited and the monitor sees
- * one wait, not a new one per park (a deadlock is reported once). */
-void pz__wait_note_again(int kind, const void *obj);
+/* As pz__wait_note, for a lock's slow path, which may park several times
+ * in one call (woken without the lock, or on its own timer): again says
+ * that this park continues the call's wait on the same object, which
+ * then keeps the time it began, so dumps show how long the call has
+ * waited and the monitor sees one wait, not a new one per park (a
+ * deadlock is reported once). */
+void pz__wait_note_again(int kind, const void *obj, bool again);
 const char *pz__wait_kind_name(int kind);
 bool pz__wait_kind_is_lock(int kind);
 /* Threads in a plaza wait now (plain threads, and workers blocked by their

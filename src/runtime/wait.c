@@ -149,9 +149,9 @@ void pz__wait_note(int kind, const void *obj)
     note(kind, obj, false);
 }
 
-void pz__wait_note_again(int kind, const void *obj)
+void pz__wait_note_again(int kind, const void *obj, bool again)
 {
-    note(kind, obj, true);
+    note(kind, obj, again);
 }
 
 void pz__wait_note_default(int kind, const void *obj)

@@ -171,10 +171,7 @@ void pz__mutex_lock_slow(pz_mutex_t *m, int64_t deadline, int *result)
             }
         }
         uintptr_t token = TOKEN_NORMAL;
-        if (parked)
-            pz__wait_note_again(PZ__WAIT_MUTEX, m); /* one wait however often it parks */
-        else
-            pz__wait_note(PZ__WAIT_MUTEX, m);
+        pz__wait_note_again(PZ__WAIT_MUTEX, m, parked);
         parked = true;
         const pz_park_opts_t opts = {.validate = lw_validate, .timed_out = mutex_timed_out, .ctx = &w,
                                      .park_token = (uintptr_t)&w, .flags = PZ_PARK_THREAD};

@@ -34,23 +34,6 @@ static inline const pz__lock_hooks *hooks(void)
     return atomic_load_explicit(&pz__lock_hooks_table, memory_order_acquire);
 }
 
-/* The caller's slot for (lock, site), kept as the thread's last
- * (pz__self_tls.observe_last, which the inline paths read) while its pair
- * still matches: a loop on one lock at one site asks the hook once.  Read
- * and written only by this thread, in calls that do not suspend. */
-static inline pz__observe_slot *slot_for(const pz__lock_hooks *h, const void *lock, unsigned kind, const void *site,
-                                         unsigned flags)
-{
-    if (!h)
-        return NULL;
-    pz__observe_slot *sl = pz__observe_cached(lock, site);
-    if (sl)
-        return sl;
-    sl = h->slot(lock, kind, site, flags);
-    pz__observe_keep(sl);
-    return sl;
-}
-
 /* The running task, or NULL on a plain thread (or a worker's own loop).
  * Read straight from the thread-local: none of these paths suspends, so
  * the thread cannot change under them (sync locks block the thread). */
@@ -143,7 +126,7 @@ __attribute__((noinline)) void pz__mutex_lock_observed(pz_mutex_t *m, int64_t de
         site = __builtin_return_address(0);
     const pz__lock_hooks *h = hooks();
     uint64_t self = caller_id(); /* first: a plain thread's id is then known inline */
-    pz__observe_slot *sl = slot_for(h, m, PZ__LOCK_MUTEX, site, 0);
+    pz__observe_slot *sl = pz__observe_slot_for(h, m, PZ__LOCK_MUTEX, site, 0);
     uint8_t unlocked = 0;
     if (!atomic_compare_exchange_strong_explicit(&m->state, &unlocked, PZ__MUTEX_LOCKED, memory_order_acquire,
                                                  memory_order_relaxed)) {
@@ -235,7 +218,7 @@ __attribute__((noinline)) int pz__rwlock_lock_observed(pz_rwlock_t *rw, int mode
         site = __builtin_return_address(0);
     const pz__lock_hooks *h = hooks();
     uint64_t self = caller_id();
-    pz__observe_slot *sl = slot_for(h, rw, PZ__LOCK_RWLOCK, site, rw_flags(mode));
+    pz__observe_slot *sl = pz__observe_slot_for(h, rw, PZ__LOCK_RWLOCK, site, rw_flags(mode));
     if (!rw_fast(rw, mode))
         return rwlock_lock_contended(rw, mode, deadline, site);
     held_take(rw, "pz_rwlock", site);

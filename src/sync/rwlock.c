@@ -192,10 +192,7 @@ static int wait_for_readers(pz_rwlock_t *rw, int64_t deadline, uintptr_t restore
             !atomic_compare_exchange_weak_explicit(&rw->state, &s, s | WRITER_PARKED, memory_order_acquire,
                                                    memory_order_acquire))
             continue;
-        if (parked)
-            pz__wait_note_again(PZ__WAIT_RWLOCK, rw); /* one wait however often it parks */
-        else
-            pz__wait_note(PZ__WAIT_RWLOCK, rw);
+        pz__wait_note_again(PZ__WAIT_RWLOCK, rw, parked);
         parked = true;
         const pz_park_opts_t opts = {.validate = validate_writer, .ctx = rw, .flags = PZ_PARK_THREAD};
         int r = pz_park(writer_addr(rw), deadline, &opts, NULL);
@@ -236,10 +233,7 @@ int pz__rwlock_lock_slow(pz_rwlock_t *rw, int mode, int64_t deadline)
             continue;
         struct park_ctx c = {rw, mode};
         uintptr_t token = TOKEN_NORMAL;
-        if (parked)
-            pz__wait_note_again(PZ__WAIT_RWLOCK, rw); /* one wait however often it parks */
-        else
-            pz__wait_note(PZ__WAIT_RWLOCK, rw);
+        pz__wait_note_again(PZ__WAIT_RWLOCK, rw, parked);
         parked = true;
         const pz_park_opts_t opts = {.validate = validate_main, .timed_out = main_timed_out, .ctx = &c,
                                      .park_token = add, .flags = PZ_PARK_THREAD};
