@@ -340,16 +340,20 @@ __attribute__((constructor)) static void register_holder_query(void)
 int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadline)
 {
     deadline = pz__async_deadline(deadline);
-    /* No step of the cooperative budget here: a task that keeps winning
-     * the lock here never suspends, but every release of a contended
-     * mutex counts against the budget (pz__async_mutex_unlock_slow), and
-     * the task yields there, between its sections.  A yield here made the
-     * lock call itself wait for every runnable task of its worker to use
-     * up its budget, while the lock may well have been free: that queue
-     * was where the longest waits of async_contended came from (64 tasks
-     * on 2 workers: yields of 0.3 ms on average and 0.8 ms at most in the
-     * lock call, nearly all of every wait over 0.5 ms; 1024 tasks: 1.3 ms
-     * on average, 2.4 ms at most). */
+    /* A task that keeps winning the lock here never suspends, so this
+     * counts one step of the cooperative budget, as every release of a
+     * contended mutex does (pz__async_mutex_unlock_slow), but does not
+     * yield: the task yields at its next contended release, between its
+     * sections.  A yield here made the lock call itself wait for every
+     * runnable task of its worker to use up its budget, while the lock
+     * may well have been free: that queue was where the longest waits of
+     * async_contended came from (64 tasks on 2 workers: yields of 0.3 ms
+     * on average and 0.8 ms at most in the lock call, nearly all of every
+     * wait over 0.5 ms; 1024 tasks: 1.3 ms on average, 2.4 ms at most).
+     * Counting here still keeps each task's turn as long as before
+     * (dropping the step made every turn up to twice as long, and so the
+     * wait of a waiter whose timer queued it behind them). */
+    pz__coop_count();
     /* The first caller to find the mutex held marks it CONTENDED, so
      * that from now on every unlock goes through the slow path and counts
      * against the budget.  Marking only at the first park was not enough:

@@ -529,6 +529,16 @@ void pz__coop_tick(void);
 /* The same at the release of a contended lock; never inside a
  * thread-blocking section (a yield there would suspend its holder). */
 void pz__coop_tick_release(void);
+/* Counts one step of the running task's budget without yielding: for a
+ * wait that should not itself be lengthened by a yield (a lock call that
+ * may well find its lock free); the task's next tick yields if the budget
+ * is spent by then. */
+static inline void pz__coop_count(void)
+{
+    pz__worker *w = pz__current_worker();
+    if (w && w->current)
+        w->coop_spent++;
+}
 
 /* sched.c: true if the task with this id is running on some worker of the
  * runtime right now (a snapshot; the answer may change at once). */
