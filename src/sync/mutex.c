@@ -87,7 +87,7 @@
  * shorter the section, the more often), ~45 ns per section on the 2-vCPU
  * Xeon against 15 ns uncontended.  With these rounds a waiter whose first
  * look failed looks a tenth as often, the lock changes threads about once
- * per 40 sections, and the same row takes ~24 ns.  The first round stays
+ * per 35 sections, and the same row takes ~24 ns.  The first round stays
  * short, so that when sections are far apart (work=100 in bench/) the word
  * is free at the waiter's next look and those rows keep their figures.
  * One cpu_relax is a pause, ~30 ns on that Xeon: the spin before the first
