@@ -387,6 +387,11 @@ struct pz__runtime {
     _Alignas(PZ__CACHELINE) pz__spin idle_lock;
     int *sleepers;
     int nsleepers;
+    /* The timer watcher: the sleeper that wakes at the earliest timer
+     * deadline of all heaps (watch_until), or -1.  Under idle_lock; the
+     * rule and why it is enough are in sched.c's idle. */
+    int watcher;
+    int64_t watch_until;
     _Atomic int nsleeping;
     _Atomic int nsearching;
 
@@ -539,9 +544,10 @@ void pz__timers_init(pz__timers *tm);
 void pz__timers_destroy(pz__timers *tm);
 void pz__timer_insert(pz__worker *w, pz_task_t *t, int64_t deadline, uint64_t gen);
 void pz__timer_remove(pz__runtime *rt, pz_task_t *t);
-/* Fires the expired timers of heap tm; the tasks they wake are made
- * runnable on the calling worker. */
-int pz__timers_fire(pz__timers *tm, int64_t now, bool try_only);
+/* Fires the expired timers of heap tm: their tasks go to rt's wake list,
+ * without waking a worker (the caller, an awake worker, decides: sched.c's
+ * fire_timers).  Returns how many. */
+int pz__timers_fire(pz__runtime *rt, pz__timers *tm, int64_t now, bool try_only);
 int64_t pz__timers_earliest(pz__runtime *rt);
 
 /* stack.c */

@@ -237,6 +237,7 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
         return -ENOMEM;
     }
     memset(rt->workers, 0, sizeof(pz__worker) * (size_t)rt->nworkers);
+    rt->watcher = -1;
     for (int i = 0; i < rt->nworkers; i++) {
         pz__worker *w = &rt->workers[i];
         w->index = i;

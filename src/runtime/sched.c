@@ -215,6 +215,20 @@ void pz__task_ready_woken(pz_task_t *first, pz_task_t *last, size_t n)
 
 /* ---- finding work ---- */
 
+/* Fires heap tm's expired timers from w, which is awake and takes the
+ * first task they wake from the wake list at its next decision, ahead of
+ * its run queues (next_local).  So one expired timer wakes nobody: a
+ * worker woken for it would find nothing to take.  (An idle runtime whose
+ * lock waiters re-park every 1 ms woke its futex sleeper for each one; the
+ * sleeper found the task taken and slept again, a system call on each side
+ * and a context switch per timer.)  Two or more wake one sleeper, which
+ * takes the next and hands on the search as usual (leave_searching). */
+static void fire_timers(pz__worker *w, pz__timers *tm, int64_t now, bool try_only)
+{
+    if (pz__timers_fire(w->rt, tm, now, try_only) > 1)
+        notify_work_local(w->rt);
+}
+
 /* This worker's expired timers: on every decision, so cheap while none is
  * armed (one load). */
 static inline void fire_own_timers(pz__worker *w)
@@ -223,7 +237,7 @@ static inline void fire_own_timers(pz__worker *w)
     if (next != PZ_FOREVER) {
         int64_t now = pz__clock_now();
         if (next <= now)
-            pz__timers_fire(&w->timers, now, false);
+            fire_timers(w, &w->timers, now, false);
     }
 }
 
@@ -242,7 +256,7 @@ static void maintenance(pz__worker *w)
             continue;
         if (!now)
             now = pz__clock_now();
-        pz__timers_fire(tm, now, true);
+        fire_timers(w, tm, now, true);
     }
 }
 
@@ -501,6 +515,50 @@ static void leave_sleepers(pz__runtime *rt, pz__worker *w)
     atomic_fetch_sub(&rt->nsleeping, 1);
 }
 
+/* How late after the earliest timer deadline a sleeper that is not the
+ * timer watcher wakes, in case the watcher has been woken for work and is
+ * then stuck in one long task (an awake worker fires its own timers at
+ * every decision and the others' every PZ__MAINTENANCE_INTERVAL decisions,
+ * so normally they have fired long before).  Long, because while short
+ * timers keep coming (lock waiters re-parking every 1 ms) a backup sleeper
+ * wakes once per backup for nothing: at 2 ms, on the logic workload, each
+ * idle worker woke about 850 times a second, 0.16 wake-ups per section. */
+#define PZ__TIMER_BACKUP_NS (10 * INT64_C(1000000))
+
+/* The deadline of w's sleep, which has just registered as a sleeper.
+ * Under rt->idle_lock.
+ *
+ * One sleeper, the watcher, wakes at the earliest timer deadline of all
+ * heaps; the others sleep PZ__TIMER_BACKUP_NS longer.  When every sleeper
+ * woke at that deadline, an idle runtime woke all its workers for every
+ * timer: a poller and a futex sleeper both returned, one of them found the
+ * task and the other went back to sleep (with lock waiters re-parking every
+ * 1 ms, a futex wake-up and a context switch per section of the logic
+ * workload).
+ *
+ * Why no timer is left behind.  The heaps change only while some worker is
+ * awake: a task parks on the worker that runs it, and a worker fires at
+ * its decisions and on its way to sleep.  Take the last worker to register
+ * while the others sleep: every insert came before the registration of the
+ * worker that made it, so this one's earliest (read under the idle lock,
+ * which orders it after their registrations) sees them all.  Either a
+ * watcher is registered whose deadline is no later, and it still sleeps
+ * (a watcher leaves the role under this lock when it stops sleeping), or
+ * this one becomes the watcher with that deadline.  A watcher woken for
+ * work is awake, and fires every heap at its decisions (the backup bounds
+ * the case in which it is stuck in one task). */
+static int64_t sleep_deadline(pz__runtime *rt, pz__worker *w)
+{
+    int64_t earliest = pz__timers_earliest(rt);
+    if (earliest == PZ_FOREVER)
+        return PZ_FOREVER;
+    if (rt->watcher >= 0 && rt->watcher != w->index && rt->watch_until <= earliest)
+        return earliest > PZ_FOREVER - PZ__TIMER_BACKUP_NS ? PZ_FOREVER : earliest + PZ__TIMER_BACKUP_NS;
+    rt->watcher = w->index;
+    rt->watch_until = earliest;
+    return earliest;
+}
+
 static void idle(pz__worker *w)
 {
     pz__runtime *rt = w->rt;
@@ -509,7 +567,7 @@ static void idle(pz__worker *w)
     int64_t now = pz__clock_now();
     for (int i = 0, n = pz__rt_slots(rt); i < n; i++)
         if (i != w->index)
-            pz__timers_fire(&rt->workers[i].timers, now, true);
+            fire_timers(w, &rt->workers[i].timers, now, true);
     if (pz__runq_len(&w->runq) > 0 || retiring(w))
         return;
 
@@ -522,6 +580,7 @@ static void idle(pz__worker *w)
     rt->sleepers[rt->nsleepers++] = w->index;
     w->sleeping = true;
     atomic_fetch_add(&rt->nsleeping, 1);
+    int64_t deadline = sleep_deadline(rt, w);
     pz__spin_unlock(&rt->idle_lock);
 
     /* A retiring spare's kick (under the idle lock) either came before
@@ -529,7 +588,6 @@ static void idle(pz__worker *w)
      * the sleeper list and wakes it. */
     bool drove = false;
     if (!work_visible(rt) && !atomic_load(&rt->shutdown) && !retiring(w)) {
-        int64_t deadline = pz__timers_earliest(rt);
         if (atomic_load(&rt->io_waiters) > 0 && !atomic_exchange(&rt->driver_busy, true)) {
             /* Sleep in the poller: I/O readiness or the waker ends it.
              * It stops "polling" and leaves the sleepers' list in one hold
@@ -555,6 +613,8 @@ static void idle(pz__worker *w)
     pz__spin_lock(&rt->idle_lock);
     w->polling = false;
     leave_sleepers(rt, w);
+    if (rt->watcher == w->index)
+        rt->watcher = -1;
     pz__spin_unlock(&rt->idle_lock);
     if (drove)
         atomic_store(&rt->driver_busy, false);

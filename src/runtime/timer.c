@@ -12,8 +12,9 @@
  * The heap has nanosecond deadlines.  Its worker checks it at every
  * scheduling decision (one load while it is empty, a clock read while it
  * is not), other workers every PZ__MAINTENANCE_INTERVAL decisions and on
- * every idle wake-up (in case its worker is stuck in one long task); idle
- * workers sleep exactly until the earliest deadline of all heaps.  Expired
+ * every idle wake-up (in case its worker is stuck in one long task); one
+ * idle worker, the timer watcher, sleeps exactly until the earliest
+ * deadline of all heaps, and the others later (sched.c, idle).  Expired
  * tasks go to the runtime's wake list, which every decision looks at
  * first (sched.c).
  */
@@ -128,7 +129,7 @@ void pz__timer_remove(pz__runtime *rt, pz_task_t *t)
 }
 
 
-int pz__timers_fire(pz__timers *tm, int64_t now, bool try_only)
+int pz__timers_fire(pz__runtime *rt, pz__timers *tm, int64_t now, bool try_only)
 {
     if (atomic_load_explicit(&tm->next, memory_order_acquire) > now)
         return 0;
@@ -158,9 +159,12 @@ int pz__timers_fire(pz__timers *tm, int64_t now, bool try_only)
     publish_next(tm);
     pz__spin_unlock(&tm->lock);
     /* To the wake list, in one splice: they run ahead of the run queues
-     * (the policy and its bound are in sched.c). */
+     * (the policy and its bound are in sched.c).  No wake-up here: the
+     * caller is a worker that is awake and looks at the wake list at its
+     * next decision; sched.c's fire_timers decides whether another worker
+     * is needed. */
     if (ready)
-        pz__task_ready_woken(ready, last, (size_t)n);
+        pz__wake_push(rt, ready, last, (size_t)n);
     return n;
 }
 
