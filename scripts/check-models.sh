@@ -7,7 +7,7 @@
 # a bad one passes, or a search does not complete.  The pan files live in a
 # temporary directory, removed on exit.
 #
-# Usage: scripts/check-models.sh [-v] [model ...]   (model: park, mutex, sync_mutex, rwlock, chan)
+# Usage: scripts/check-models.sh [-v] [model ...]   (model: park, mutex, sync_mutex, sync_rwlock, rwlock, chan)
 #   -v   print pan's full output
 # PLAZA_MODELS_LONG=1 adds the searches too long for every run (pz_mutex's
 # per-waiter progress with a spin round).
@@ -136,6 +136,12 @@ run fail sync_mutex waiter-progress-unfixed "-DPROGRESS -DPROGRESS_FIX=0" "-O1 -
 if [ "${PLAZA_MODELS_LONG:-0}" = 1 ]; then
     run pass sync_mutex waiter-progress-spin "-DPROGRESS -DLW12=0" "-O2 -DCOLLAPSE -DMEMLIM=3072 -DNFAIR=4" "-a -f -m3000000"
 fi
+
+# pz_rwlock's reader entry (models/sync_rwlock.md).
+run pass sync_rwlock good "" "$safety" "$deep"
+run pass sync_rwlock good-three-rounds "-DWR=3 -DRR=3" "$safety" "$deep"
+run fail sync_rwlock count-tells-writing "-DCOUNT_TELLS_WRITING=1" "$quick" "$deep"
+run fail sync_rwlock back-out-no-wake "-DBAD_BACKOUT_NO_WAKE" "$quick" "$deep"
 
 # pz_async_rwlock's waiting protocol in normal mode (models/rwlock.md).
 run pass rwlock good "" "$safety" "$deep"

@@ -1,5 +1,6 @@
 /* The sync locks under load: mutual exclusion from threads and from tasks
- * on every worker, fairness under barging, rwlock exclusion and upgrade
+ * on every worker, fairness under barging, rwlock exclusion (with random
+ * read and write deadlines, tries and recursive reads) and upgrade
  * races, condvar hand-offs without lost wake-ups, notify_all with requeue,
  * and pz_once raced by threads and tasks. */
 #include "helpers.h"
@@ -160,6 +161,7 @@ struct rwx {
     long writes_done; /* under the write lock */
     long iters;
     _Atomic long upgrades;
+    _Atomic long timeouts; /* reads and writes given up at a random deadline */
 };
 
 static void check_read(struct rwx *x)
@@ -187,19 +189,43 @@ static void *rwx_thread(void *arg)
     uint64_t seed = (uint64_t)(uintptr_t)&seed | 1;
     for (long i = 0; i < x->iters; i++) {
         unsigned pick = (unsigned)(test_rand(&seed) % 100);
+        /* A random deadline of 0 to 50 us for the timed calls below. */
+        int64_t deadline = pz_now() + (int64_t)(test_rand(&seed) % (50 * US));
         if (pick < 70) {
-            if (pick < 5)
+            int r = 0;
+            if (pick < 3)
                 pz_rwlock_read_recursive(&x->rw);
-            else if (pick < 10)
+            else if (pick < 5)
+                r = pz_rwlock_read_recursive_until(&x->rw, deadline);
+            else if (pick < 8)
                 CHECK_EQ(pz_rwlock_read_until(&x->rw, PZ_FOREVER), 0);
+            else if (pick < 14)
+                r = pz_rwlock_read_until(&x->rw, deadline);
+            else if (pick < 16)
+                r = pz_rwlock_try_read(&x->rw) ? 0 : -ETIMEDOUT;
             else
                 pz_rwlock_read(&x->rw);
+            if (r != 0) {
+                CHECK_EQ(r, -ETIMEDOUT);
+                atomic_fetch_add_explicit(&x->timeouts, 1, memory_order_relaxed);
+                continue;
+            }
             atomic_fetch_add_explicit(&x->readers, 1, memory_order_relaxed);
             check_read(x);
             atomic_fetch_sub_explicit(&x->readers, 1, memory_order_relaxed);
             pz_rwlock_read_unlock(&x->rw);
         } else if (pick < 85) {
-            pz_rwlock_write(&x->rw);
+            if (pick >= 82) {
+                int r = pick == 84 ? (pz_rwlock_try_write(&x->rw) ? 0 : -ETIMEDOUT)
+                                   : pz_rwlock_write_until(&x->rw, deadline);
+                if (r != 0) {
+                    CHECK_EQ(r, -ETIMEDOUT);
+                    atomic_fetch_add_explicit(&x->timeouts, 1, memory_order_relaxed);
+                    continue;
+                }
+            } else {
+                pz_rwlock_write(&x->rw);
+            }
             do_write(x);
             if (pick < 75) {
                 pz_rwlock_downgrade(&x->rw);

@@ -209,7 +209,14 @@ static inline bool pz_mutex_is_locked(pz_mutex_t *m)
  *                               counts as one reader).
  *   bit 3 PZ__RW_WRITER         a writer holds the lock, or has claimed it
  *                               and waits for the readers to leave.
- *   bits 4.. the number of readers (upgradable one included).
+ *   bit 4 PZ__RW_WRITING        the writer holding WRITER is inside: no
+ *                               reader was left when it entered.
+ *   bits 5.. the readers inside (upgradable one included), plus readers
+ *            passing through: a read lock adds ONE_READER with one
+ *            fetch-and-add and, if WRITER was set, takes it away again
+ *            before it waits (src/sync/rwlock.c).  So the count is never
+ *            less than the readers inside, but may be more, and a writer
+ *            inside is told by WRITING, never by a count of zero.
  *
  * Writers do not starve: a writer sets WRITER as soon as no other writer
  * or upgradable reader holds the lock, even while readers hold it, and
@@ -242,8 +249,11 @@ typedef struct pz_rwlock {
 #define PZ__RW_WRITER_PARKED ((uintptr_t)2)
 #define PZ__RW_UPGRADABLE ((uintptr_t)4)
 #define PZ__RW_WRITER ((uintptr_t)8)
-#define PZ__RW_ONE_READER ((uintptr_t)16)
-#define PZ__RW_READERS (~(uintptr_t)15)
+#define PZ__RW_WRITING ((uintptr_t)16)
+#define PZ__RW_ONE_READER ((uintptr_t)32)
+#define PZ__RW_READERS (~(uintptr_t)31)
+/* The word of a write lock taken at once, with nobody else about. */
+#define PZ__RW_WRITE_LOCKED (PZ__RW_WRITER | PZ__RW_WRITING)
 
 /* Slow paths (src/sync/rwlock.c).  mode: one of the PZ__RW_MODE_*. */
 #define PZ__RW_MODE_READ 0
@@ -252,7 +262,8 @@ typedef struct pz_rwlock {
 #define PZ__RW_MODE_WRITE 3
 int pz__rwlock_lock_slow(pz_rwlock_t *rw, int mode, int64_t deadline);
 bool pz__rwlock_try_slow(pz_rwlock_t *rw, int mode);
-void pz__rwlock_read_unlock_slow(pz_rwlock_t *rw);
+void pz__rwlock_read_back_out(pz_rwlock_t *rw);
+void pz__rwlock_read_unlocked_slow(pz_rwlock_t *rw, uintptr_t before);
 void pz__rwlock_write_unlock_slow(pz_rwlock_t *rw, bool fair);
 void pz__rwlock_upgradable_unlock_slow(pz_rwlock_t *rw);
 int pz__rwlock_upgrade_slow(pz_rwlock_t *rw, int64_t deadline);
@@ -278,7 +289,7 @@ PZ__INLINE int pz__rwlock_lock_observing(pz_rwlock_t *rw, int mode, int64_t dead
     pz__held_push(c.holds, rw, "pz_rwlock", site);
     uintptr_t unlocked = 0;
     bool taken = mode == PZ__RW_MODE_WRITE
-                     ? atomic_compare_exchange_strong_explicit(&rw->state, &unlocked, PZ__RW_WRITER,
+                     ? atomic_compare_exchange_strong_explicit(&rw->state, &unlocked, PZ__RW_WRITE_LOCKED,
                                                                memory_order_acquire, memory_order_relaxed)
                  : mode == PZ__RW_MODE_UPGRADABLE ? pz__rwlock_upgradable_fast(rw)
                                                   : pz__rwlock_read_fast(rw);
@@ -289,12 +300,19 @@ PZ__INLINE int pz__rwlock_lock_observing(pz_rwlock_t *rw, int mode, int64_t dead
     return 0;
 }
 
+/* A read lock in one fetch-and-add, which takes the word's cache line
+ * once where a load and a compare-and-swap take it twice (and the swap
+ * fails whenever another reader came or went in between).  A reader that
+ * finds WRITER has added itself where it may not enter: it takes itself
+ * away again, waking the writer if it was the last (as a read unlock
+ * does), and returns false for the slow path to wait. */
 static inline bool pz__rwlock_read_fast(pz_rwlock_t *rw)
 {
-    uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
-    return !(s & PZ__RW_WRITER) &&
-           atomic_compare_exchange_weak_explicit(&rw->state, &s, s + PZ__RW_ONE_READER, memory_order_acquire,
-                                                 memory_order_relaxed);
+    uintptr_t s = atomic_fetch_add_explicit(&rw->state, PZ__RW_ONE_READER, memory_order_acquire);
+    if (__builtin_expect(!(s & PZ__RW_WRITER), 1))
+        return true;
+    pz__rwlock_read_back_out(rw);
+    return false;
 }
 
 /* Read lock: shared with other readers and one upgradable reader. */
@@ -363,17 +381,17 @@ PZ__INLINE void pz_rwlock_read_unlock(pz_rwlock_t *rw)
         return;
     if (PZ__RELEASE_OBSERVED())
         pz__rwlock_released_observed(rw, PZ__RW_MODE_READ);
-    uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
-    /* The common case in one CAS: another reader stays, or we are the last
-     * and no writer is parked waiting for us.  The slow path handles the
-     * rest and reports an unlock with no plain reader inside. */
+    /* One fetch-and-subtract.  Done when another reader stays, or when we
+     * were the last and no writer is parked waiting for us; otherwise the
+     * slow path, given the word as it was, wakes that writer, or puts the
+     * reader back and reports an unlock with no plain reader inside. */
+    uintptr_t s = atomic_fetch_sub_explicit(&rw->state, PZ__RW_ONE_READER, memory_order_release);
     uintptr_t r = s & PZ__RW_READERS;
-    if ((r > PZ__RW_ONE_READER ||
-         (r == PZ__RW_ONE_READER && !(s & (PZ__RW_UPGRADABLE | PZ__RW_WRITER_PARKED)))) &&
-        atomic_compare_exchange_weak_explicit(&rw->state, &s, s - PZ__RW_ONE_READER, memory_order_release,
-                                              memory_order_relaxed))
+    if (__builtin_expect(r > PZ__RW_ONE_READER ||
+                             (r == PZ__RW_ONE_READER && !(s & (PZ__RW_UPGRADABLE | PZ__RW_WRITER_PARKED))),
+                         1))
         return;
-    pz__rwlock_read_unlock_slow(rw);
+    pz__rwlock_read_unlocked_slow(rw, s);
 }
 
 /* Write lock: exclusive. */
@@ -384,7 +402,7 @@ PZ__INLINE void pz_rwlock_write(pz_rwlock_t *rw)
         return;
     }
     uintptr_t unlocked = 0;
-    if (!atomic_compare_exchange_weak_explicit(&rw->state, &unlocked, PZ__RW_WRITER, memory_order_acquire,
+    if (!atomic_compare_exchange_weak_explicit(&rw->state, &unlocked, PZ__RW_WRITE_LOCKED, memory_order_acquire,
                                                memory_order_relaxed))
         pz__rwlock_lock_slow(rw, PZ__RW_MODE_WRITE, INT64_MAX);
     pz__held_take(rw, "pz_rwlock");
@@ -396,7 +414,7 @@ PZ__INLINE int pz_rwlock_write_until(pz_rwlock_t *rw, int64_t deadline)
         return pz__rwlock_lock_observing(rw, PZ__RW_MODE_WRITE, deadline, PZ__HERE());
     uintptr_t unlocked = 0;
     int r = 0;
-    if (!atomic_compare_exchange_weak_explicit(&rw->state, &unlocked, PZ__RW_WRITER, memory_order_acquire,
+    if (!atomic_compare_exchange_weak_explicit(&rw->state, &unlocked, PZ__RW_WRITE_LOCKED, memory_order_acquire,
                                                memory_order_relaxed))
         r = pz__rwlock_lock_slow(rw, PZ__RW_MODE_WRITE, deadline);
     if (r == 0)
@@ -409,7 +427,7 @@ PZ__INLINE bool pz_rwlock_try_write(pz_rwlock_t *rw)
     if (PZ__OBSERVED())
         return pz__rwlock_try_observed(rw, PZ__RW_MODE_WRITE);
     uintptr_t unlocked = 0;
-    if (!atomic_compare_exchange_strong_explicit(&rw->state, &unlocked, PZ__RW_WRITER, memory_order_acquire,
+    if (!atomic_compare_exchange_strong_explicit(&rw->state, &unlocked, PZ__RW_WRITE_LOCKED, memory_order_acquire,
                                                  memory_order_relaxed) &&
         !pz__rwlock_try_slow(rw, PZ__RW_MODE_WRITE))
         return false;
@@ -421,7 +439,7 @@ PZ__INLINE void pz_rwlock_write_unlock(pz_rwlock_t *rw)
 {
     if (PZ__RELEASE_OBSERVED())
         pz__rwlock_released_observed(rw, PZ__RW_MODE_WRITE);
-    uintptr_t locked = PZ__RW_WRITER;
+    uintptr_t locked = PZ__RW_WRITE_LOCKED;
     if (!pz__held_give(rw, "pz_rwlock_write_unlock"))
         return;
     if (!atomic_compare_exchange_strong_explicit(&rw->state, &locked, 0, memory_order_release, memory_order_relaxed))
@@ -433,7 +451,7 @@ PZ__INLINE void pz_rwlock_write_unlock_fair(pz_rwlock_t *rw)
 {
     if (PZ__RELEASE_OBSERVED())
         pz__rwlock_released_observed(rw, PZ__RW_MODE_WRITE);
-    uintptr_t locked = PZ__RW_WRITER;
+    uintptr_t locked = PZ__RW_WRITE_LOCKED;
     if (!pz__held_give(rw, "pz_rwlock_write_unlock_fair"))
         return;
     if (!atomic_compare_exchange_strong_explicit(&rw->state, &locked, 0, memory_order_release, memory_order_relaxed))
@@ -519,7 +537,7 @@ static inline bool pz_rwlock_try_upgrade(pz_rwlock_t *rw)
 {
     uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
     while ((s & PZ__RW_UPGRADABLE) && (s & PZ__RW_READERS) == PZ__RW_ONE_READER) {
-        uintptr_t n = (s & ~(PZ__RW_READERS | PZ__RW_UPGRADABLE)) | PZ__RW_WRITER;
+        uintptr_t n = (s & ~(PZ__RW_READERS | PZ__RW_UPGRADABLE)) | PZ__RW_WRITE_LOCKED;
         if (atomic_compare_exchange_weak_explicit(&rw->state, &s, n, memory_order_acquire, memory_order_relaxed))
             return true;
     }

@@ -181,7 +181,7 @@ static bool rw_fast(pz_rwlock_t *rw, int mode)
     uintptr_t unlocked = 0;
     switch (mode) {
     case PZ__RW_MODE_WRITE:
-        return atomic_compare_exchange_strong_explicit(&rw->state, &unlocked, PZ__RW_WRITER, memory_order_acquire,
+        return atomic_compare_exchange_strong_explicit(&rw->state, &unlocked, PZ__RW_WRITE_LOCKED, memory_order_acquire,
                                                        memory_order_relaxed);
     case PZ__RW_MODE_UPGRADABLE:
         return pz__rwlock_upgradable_fast(rw);

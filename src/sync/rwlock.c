@@ -20,6 +20,42 @@
  * Releases that clear a blocking bit: write unlock, upgradable unlock,
  * downgrades, and a writer or upgrader giving up at its deadline.  A plain
  * reader's unlock never clears one, so it only ever wakes the address + 1.
+ *
+ * The reader's entry, and why a count of readers passing through is safe.
+ * A read lock adds ONE_READER with one fetch-and-add and looks at the word
+ * it replaced: without WRITER it is in; with WRITER it takes the reader
+ * away again (pz__rwlock_read_back_out, the same step as a read unlock,
+ * waking the writer at the address + 1 if that took the count to zero
+ * under WRITER_PARKED) and waits in the slow path, which acquires by
+ * compare-and-swap as before.  All of it is read-modify-writes of the one
+ * word, so they fall in one order (the word's modification order) and
+ * each sees the word left by the one before it:
+ * - Exclusion.  A writer's claim adds WRITER; a reader ordered after the
+ *   claim sees WRITER and does not enter; a reader ordered before it is
+ *   in the count, and the writer enters only by a swap from a word whose
+ *   count is zero, ordered after that reader's unlock.  Entering sets
+ *   WRITING in that same swap, and the recursive reader, the one mode
+ *   that gets in past WRITER, is kept out by WRITING.  Before this entry
+ *   a recursive reader told a writer inside by a count of zero; a reader
+ *   passing through makes that count non-zero while the writer is inside,
+ *   which is why WRITING exists (models/sync_rwlock.pml, the variant
+ *   COUNT_TELLS_WRITING=1, finds the two inside together).
+ * - Ordering.  The entry's acquire reads a word in the release sequence
+ *   of the last unlock (every later read-modify-write continues it), so
+ *   the writer's section happens before the reader's; the read unlock's
+ *   release and the writer's acquiring swap order the other way.
+ * - No lost wake-up.  A reader passing through is a reader as far as the
+ *   writer waiting at the address + 1 is concerned: its back-out is a read
+ *   unlock, so the last one out under WRITER_PARKED wakes the writer,
+ *   under the bucket lock against the writer's validate, as before.
+ * - Progress.  Each lock call passes through at most once (the slow path
+ *   loads and swaps), so a writer waiting for a count of zero waits for at
+ *   most one back-out per thread.
+ * What the extra count costs: a write unlock or downgrade may find readers
+ * in the count and must keep them (a swap, or a sum under the bucket lock,
+ * never a plain store); pz_rwlock_try_write and pz_rwlock_try_upgrade may
+ * fail while a reader passes through; misuse checks look at WRITING, not
+ * at a zero count.
  */
 #define _GNU_SOURCE
 #include "plaza/sync.h"
@@ -35,6 +71,7 @@
 #define WRITER_PARKED PZ__RW_WRITER_PARKED
 #define UPGRADABLE PZ__RW_UPGRADABLE
 #define WRITER PZ__RW_WRITER
+#define WRITING PZ__RW_WRITING
 #define ONE_READER PZ__RW_ONE_READER
 #define READERS PZ__RW_READERS
 
@@ -56,8 +93,11 @@ static bool blocked(int mode, uintptr_t s)
     case PZ__RW_MODE_READ:
         return s & WRITER;
     case PZ__RW_MODE_READ_RECURSIVE:
-        /* Only a writer that is really inside (no reader left) blocks. */
-        return (s & WRITER) && !(s & READERS);
+        /* Only a writer that is really inside blocks, or one that has seen
+         * the count reach zero and is about to enter (as before WRITING: a
+         * recursive reader gets in past a writer only while readers are
+         * still inside; the count may also hold readers passing through). */
+        return (s & WRITER) && ((s & WRITING) || !(s & READERS));
     default:
         return s & (WRITER | UPGRADABLE);
     }
@@ -98,21 +138,22 @@ static pz_filter_op_t wake_filter(uintptr_t token, void *arg)
     return PZ_FILTER_UNPARK;
 }
 
-/* Write unlock: the word is WRITER|PARKED and nobody else can change it
- * (every acquisition is blocked by WRITER, and PARKED changes only under
- * the bucket lock we hold), so it can be stored outright. */
+/* Write unlock: below the count the word is WRITER|WRITING|PARKED and
+ * nobody else can change those bits (every acquisition is blocked by
+ * WRITER, and PARKED changes only under the bucket lock we hold); only
+ * readers passing through change the count, so the new word keeps it. */
 static uintptr_t write_unlock_decide(pz_unpark_result_t r, void *arg)
 {
     struct wake_ctx *c = arg;
-    /* By the writer, under the bucket lock: WRITER is still ours. */
-    PZ__ASSERT(atomic_load_explicit(&c->rw->state, memory_order_relaxed) & WRITER);
     uintptr_t more = r.have_more ? PARKED : 0;
-    if (r.unparked && (c->force_fair || r.be_fair)) {
-        atomic_store_explicit(&c->rw->state, c->acc | more, memory_order_release);
-        return TOKEN_HANDOFF;
-    }
-    atomic_store_explicit(&c->rw->state, more, memory_order_release);
-    return TOKEN_NORMAL;
+    bool handoff = r.unparked && (c->force_fair || r.be_fair);
+    uintptr_t s = atomic_load_explicit(&c->rw->state, memory_order_relaxed);
+    /* By the writer, under the bucket lock: WRITER is still ours. */
+    PZ__ASSERT((s & ~READERS) == (WRITER | WRITING | PARKED));
+    while (!atomic_compare_exchange_weak_explicit(&c->rw->state, &s, (s & READERS) + (handoff ? c->acc : 0) + more,
+                                                  memory_order_release, memory_order_relaxed))
+        ;
+    return handoff ? TOKEN_HANDOFF : TOKEN_NORMAL;
 }
 
 /* Any other release: readers may come and go meanwhile, so the woken
@@ -176,14 +217,26 @@ static void undo_write(pz_rwlock_t *rw, uintptr_t restore)
         wake_released(rw, restore & UPGRADABLE);
 }
 
-/* The caller owns WRITER; waits until no reader is inside.  On -ETIMEDOUT
- * WRITER is given up again (see undo_write). */
+/* The caller owns WRITER; waits until no reader is inside and enters by
+ * setting WRITING in a swap from a word with a count of zero.  On
+ * -ETIMEDOUT WRITER is given up again (see undo_write). */
 static int wait_for_readers(pz_rwlock_t *rw, int64_t deadline, uintptr_t restore)
 {
     int spins = 0;
     bool parked = false; /* parked before in this call */
     uintptr_t s = atomic_load_explicit(&rw->state, memory_order_acquire);
-    while (s & READERS) {
+    for (;;) {
+        if (!(s & READERS)) {
+            /* WRITER_PARKED may outlive the wait (the last reader clears it
+             * in its wake callback, perhaps after we saw the count reach
+             * zero); clear it so the write unlock's fast path works.  A late
+             * callback that clears it again also wakes whoever is parked
+             * then, so that is harmless. */
+            if (atomic_compare_exchange_weak_explicit(&rw->state, &s, (s | WRITING) & ~WRITER_PARKED,
+                                                      memory_order_acquire, memory_order_acquire))
+                return 0;
+            continue;
+        }
         if (!(s & WRITER_PARKED) && pz__spin_wait(&spins)) {
             s = atomic_load_explicit(&rw->state, memory_order_acquire);
             continue;
@@ -202,13 +255,6 @@ static int wait_for_readers(pz_rwlock_t *rw, int64_t deadline, uintptr_t restore
         }
         s = atomic_load_explicit(&rw->state, memory_order_acquire);
     }
-    /* WRITER_PARKED may outlive the wait (the last reader clears it in its
-     * wake callback, perhaps after we saw the count reach zero); clear it
-     * so the write unlock's fast path works.  A late callback that clears
-     * it again also wakes whoever is parked then, so that is harmless. */
-    if (s & WRITER_PARKED)
-        atomic_fetch_and_explicit(&rw->state, ~WRITER_PARKED, memory_order_relaxed);
-    return 0;
 }
 
 int pz__rwlock_lock_slow(pz_rwlock_t *rw, int mode, int64_t deadline)
@@ -219,9 +265,12 @@ int pz__rwlock_lock_slow(pz_rwlock_t *rw, int mode, int64_t deadline)
     uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
     for (;;) {
         if (!blocked(mode, s)) {
-            if (atomic_compare_exchange_weak_explicit(&rw->state, &s, s + add, memory_order_acquire,
-                                                      memory_order_relaxed))
-                return mode == PZ__RW_MODE_WRITE ? wait_for_readers(rw, deadline, 0) : 0;
+            /* A writer that finds no reader enters at once. */
+            uintptr_t n = s + add;
+            if (mode == PZ__RW_MODE_WRITE && !(s & READERS))
+                n |= WRITING;
+            if (atomic_compare_exchange_weak_explicit(&rw->state, &s, n, memory_order_acquire, memory_order_relaxed))
+                return mode == PZ__RW_MODE_WRITE && !(n & WRITING) ? wait_for_readers(rw, deadline, 0) : 0;
             continue;
         }
         if (!(s & PARKED) && pz__spin_wait(&spins)) {
@@ -255,11 +304,12 @@ bool pz__rwlock_try_slow(pz_rwlock_t *rw, int mode)
 {
     uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
     for (;;) {
-        /* A try never waits, so a writer needs the readers gone too. */
+        /* A try never waits, so a writer needs the readers gone too (and
+         * so fails while a reader passes through). */
         if (blocked(mode, s) || (mode == PZ__RW_MODE_WRITE && (s & READERS)))
             return false;
-        if (atomic_compare_exchange_weak_explicit(&rw->state, &s, s + mode_token(mode), memory_order_acquire,
-                                                  memory_order_relaxed))
+        uintptr_t n = s + mode_token(mode) + (mode == PZ__RW_MODE_WRITE ? WRITING : 0);
+        if (atomic_compare_exchange_weak_explicit(&rw->state, &s, n, memory_order_acquire, memory_order_relaxed))
             return true;
     }
 }
@@ -274,37 +324,53 @@ static uintptr_t clear_writer_parked(pz_unpark_result_t r, void *arg)
     return 0;
 }
 
-void pz__rwlock_read_unlock_slow(pz_rwlock_t *rw)
+/* The count has just become n: the last reader out wakes the writer
+ * waiting at the address + 1. */
+static void readers_left(pz_rwlock_t *rw, uintptr_t n)
 {
-    uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
-    for (;;) {
-        uintptr_t readers = s & READERS;
-        if (s & UPGRADABLE)
-            readers -= ONE_READER; /* the upgradable reader is not ours */
-        if (!readers) {
-            pz__report("pz_rwlock_read_unlock: rwlock %p is not read-locked; ignored", (void *)rw);
-            return;
-        }
-        if (atomic_compare_exchange_weak_explicit(&rw->state, &s, s - ONE_READER, memory_order_release,
-                                                  memory_order_relaxed))
-            break;
-    }
-    uintptr_t n = s - ONE_READER;
     if (!(n & READERS) && (n & WRITER_PARKED))
         pz_unpark_one(writer_addr(rw), clear_writer_parked, rw);
+}
+
+/* A reader that added itself under WRITER leaves again (see the top of
+ * the file).  Relaxed: it read nothing under the lock. */
+void pz__rwlock_read_back_out(pz_rwlock_t *rw)
+{
+    readers_left(rw, atomic_fetch_sub_explicit(&rw->state, ONE_READER, memory_order_relaxed) - ONE_READER);
+}
+
+/* The read unlock's fetch-and-subtract found `before`: either we were the
+ * last reader under WRITER_PARKED, or there was no plain reader to take
+ * away.  Then the subtraction is undone (for the moment it lasted the
+ * count was one short: a writer or upgrader may have seen readers where
+ * there were none, or none where one was left behind the upgradable one,
+ * and waited; the undo is a count moving, so it wakes as an unlock would). */
+void pz__rwlock_read_unlocked_slow(pz_rwlock_t *rw, uintptr_t before)
+{
+    uintptr_t readers = before & READERS;
+    if (before & UPGRADABLE)
+        readers -= ONE_READER; /* the upgradable reader is not ours */
+    if (!readers) {
+        uintptr_t n = atomic_fetch_add_explicit(&rw->state, ONE_READER, memory_order_relaxed) + ONE_READER;
+        pz__report("pz_rwlock_read_unlock: rwlock %p is not read-locked; ignored", (void *)rw);
+        readers_left(rw, n);
+        return;
+    }
+    readers_left(rw, before - ONE_READER);
 }
 
 void pz__rwlock_write_unlock_slow(pz_rwlock_t *rw, bool fair)
 {
     uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
     for (;;) {
-        if (!(s & WRITER) || (s & READERS)) {
+        if ((s & (WRITER | WRITING)) != (WRITER | WRITING)) {
             pz__report("pz_rwlock_write_unlock: rwlock %p is not write-locked; ignored", (void *)rw);
             return;
         }
         if (s & PARKED)
             break;
-        if (atomic_compare_exchange_weak_explicit(&rw->state, &s, s & ~(WRITER | WRITER_PARKED),
+        /* Readers passing through may be in the count: keep them. */
+        if (atomic_compare_exchange_weak_explicit(&rw->state, &s, s & ~(WRITER | WRITING | WRITER_PARKED),
                                                   memory_order_release, memory_order_relaxed))
             return;
     }
@@ -338,8 +404,10 @@ int pz__rwlock_upgrade_slow(pz_rwlock_t *rw, int64_t deadline)
             return -EINVAL;
         }
         n = (s - (ONE_READER | UPGRADABLE)) | WRITER;
+        if (!(n & READERS))
+            n |= WRITING;
     } while (!atomic_compare_exchange_weak_explicit(&rw->state, &s, n, memory_order_acquire, memory_order_relaxed));
-    if (!(n & READERS))
+    if (n & WRITING)
         return 0;
     return wait_for_readers(rw, deadline, ONE_READER | UPGRADABLE);
 }
@@ -350,11 +418,11 @@ static void downgrade(pz_rwlock_t *rw, uintptr_t to, const char *what)
     uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
     uintptr_t n;
     do {
-        if (!(s & WRITER) || (s & READERS)) {
+        if ((s & (WRITER | WRITING)) != (WRITER | WRITING)) {
             pz__report("%s: rwlock %p is not write-locked; ignored", what, (void *)rw);
             return;
         }
-        n = (s & ~(WRITER | WRITER_PARKED)) + to;
+        n = (s & ~(WRITER | WRITING | WRITER_PARKED)) + to;
     } while (!atomic_compare_exchange_weak_explicit(&rw->state, &s, n, memory_order_release, memory_order_relaxed));
     if (n & PARKED)
         wake_released(rw, to & UPGRADABLE);
