@@ -231,8 +231,12 @@ static void sem_loop(void *ctx, long index)
 {
     (void)index;
     struct sem_ctx *c = ctx;
+    /* Read once: iters shares the semaphore's cache line, and a load of it
+     * per iteration would pay for the other worker's writes to the word
+     * (the Go peer's loop bound is a local too). */
+    const long iters = c->iters;
     uint64_t n = 0;
-    for (long i = 0; i < c->iters; i++) {
+    for (long i = 0; i < iters; i++) {
         if (pz_semaphore_acquire(&c->s, 1) == 0) {
             n++;
             pz_semaphore_release(&c->s, 1);
