@@ -241,6 +241,7 @@ struct pz_task {
     void *spawn_site;
     struct pz_task *reg_prev, *reg_next;
     bool registered;
+    uint8_t reg_shard;        /* which list of the registry (task.c) */
     pz__observer observer;    /* the lock observation's (src/runtime/observe.c) */
 
     char name[32];
