@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static _Atomic long ended, cancelled_seen, blocking_done;
 
@@ -173,10 +174,106 @@ static void test_chaos(void **state)
     run_in_runtime(0, stress_main, NULL);
 }
 
+/* ---- reports while tasks end ----
+ * A task that ends is hidden from reports (they skip it, and never read its
+ * stack after that) and stays on the registry until it is joined.  A plain
+ * thread dumps over and over while bursts of tasks start, park, end and
+ * are joined on every worker (the sanitizers watch the reads of ended
+ * tasks); then, once a burst has ended and before it is joined, a dump
+ * must count none of its tasks. */
+
+static _Atomic bool dumper_stop;
+static _Atomic long dumps_made;
+
+static int dump_count(void)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    CHECK(f != NULL);
+    pz_dump(f);
+    fclose(f);
+    const char *end = strstr(buf, "end of dump: ");
+    CHECK(end != NULL);
+    int n = atoi(end + strlen("end of dump: "));
+    free(buf);
+    return n;
+}
+
+static void *dumper(void *arg)
+{
+    int most = *(int *)arg;
+    while (!atomic_load(&dumper_stop)) {
+        CHECK(dump_count() <= most); /* never a task of an earlier burst */
+        atomic_fetch_add(&dumps_made, 1);
+    }
+    return NULL;
+}
+
+static _Atomic long burst_ended;
+
+static void *churn_task(void *arg)
+{
+    if ((uintptr_t)arg % 3 == 0)
+        pz_sleep(1000);
+    else
+        pz_yield();
+    atomic_fetch_add(&burst_ended, 1);
+    return (void *)((uintptr_t)arg * 7);
+}
+
+static void *churn_main(void *arg)
+{
+    (void)arg;
+    enum { BURST = 64 };
+    int rounds = SCALED(200);
+    int most = BURST + 1; /* a burst and main */
+    pthread_t th;
+    atomic_store(&dumper_stop, false);
+    atomic_store(&dumps_made, 0);
+    CHECK_EQ(pthread_create(&th, NULL, dumper, &most), 0);
+    pz_task_t *t[BURST];
+    for (int r = 0; r < rounds; r++) {
+        atomic_store(&burst_ended, 0);
+        for (int i = 0; i < BURST; i++)
+            CHECK((t[i] = pz_spawn(churn_task, (void *)(uintptr_t)(r * BURST + i))) != NULL);
+        if (r % 16 == 0) {
+            /* Every task of the burst has ended and none is joined: the
+             * registry holds them all, and a dump counts main alone once
+             * each has hidden itself (right after its function returns). */
+            while (atomic_load(&burst_ended) < BURST)
+                pz_sleep(100000);
+            int n;
+            int64_t give_up = pz_now() + 30 * SEC; /* a fixed bound, so a broken skip fails, not hangs */
+            while ((n = dump_count()) > 1 && pz_now() < give_up)
+                pz_sleep(100000);
+            CHECK_EQ(n, 1);
+        }
+        for (int i = 0; i < BURST; i++) {
+            void *res;
+            CHECK_EQ(pz_join(t[i], &res), 0);
+            CHECK_EQ((uintptr_t)res, (uintptr_t)(r * BURST + i) * 7);
+        }
+    }
+    while (atomic_load(&dumps_made) < 3)
+        pz_sleep(1000000);
+    atomic_store(&dumper_stop, true);
+    CHECK_EQ(pthread_join(th, NULL), 0);
+    fprintf(stderr, "%d bursts of %d tasks, %ld dumps meanwhile\n", rounds, BURST, atomic_load(&dumps_made));
+    return NULL;
+}
+
+static void test_reports_while_tasks_end(void **state)
+{
+    (void)state;
+    run_in_runtime(0, churn_main, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_chaos),
+        cmocka_unit_test(test_reports_while_tasks_end),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -241,6 +241,8 @@ struct pz_task {
     void *spawn_site;
     struct pz_task *reg_prev, *reg_next;
     bool registered;
+    uint8_t reg_shard;        /* which list of the registry (task.c) */
+    _Atomic bool reg_hidden;  /* ended: reports skip it (task.c) */
     pz__observer observer;    /* the lock observation's (src/runtime/observe.c) */
 
     char name[32];
@@ -400,7 +402,10 @@ struct pz__runtime {
     pz_task_t *main_task;      /* set before the workers start */
     _Atomic uint32_t start_gate; /* 1 once every worker thread exists */
     int main_error;            /* < 0: main never ran (no stack) */
-    _Atomic long live_tasks;
+    /* Tasks spawned and not yet freed: written by every spawn and free, so
+     * on a line of its own (beside idle_lock's fields, which idle and
+     * waking workers write, it was most of pz__task_free's time). */
+    _Alignas(PZ__CACHELINE) _Atomic long live_tasks;
 
     /* The poller driver (driver.c).  io_waiters counts tasks and
      * threads waiting for readiness: while it is zero nobody polls.  One
@@ -414,7 +419,7 @@ struct pz__runtime {
     struct pz__io_source *_Atomic *io_chunks;
 
     /* Chunks of default-size stacks with a free stack (src/runtime/stack.c). */
-    pz__spin stack_pool_lock;
+    _Alignas(PZ__CACHELINE) pz__spin stack_pool_lock;
     pz__stack_chunk *chunks_head, *chunks_tail;
     int spare_chunks;
     long dirty_stacks; /* free stacks whose pages were not given back */
@@ -524,6 +529,8 @@ int pz__park_commit(pz__park_fn cb, void *arg, int64_t deadline);
 int pz__task_claim(pz_task_t *t, uint64_t gen, int reason);
 void pz__task_finish(pz__worker *w, pz_task_t *t);
 void pz__task_free(pz_task_t *t);
+/* Hides an ended t from reports (they never read its stack after this);
+ * its struct stays on the registry until pz__task_free. */
 void pz__task_unregister(pz_task_t *t);
 pz_task_t *pz__current_task(void);
 

@@ -17,13 +17,18 @@
  *
  * Reuse: each worker keeps up to PZ__STACK_CACHE stacks for the tasks it
  * starts, untouched (spawn and join of short tasks maps nothing and makes
- * no system call).  Beyond that a stack goes back to its chunk with its
- * pages, and the next task to take it finds them there: up to
- * PZ__DIRTY_KEEP such stacks in the runtime, so that a burst of spawns,
- * joined and spawned again, neither faults its stacks in anew nor has the
- * kernel zero them.  Past that budget their pages are given back to the
- * kernel in batches (MADV_DONTNEED; guards stay, see put_mask), and a chunk
- * whose stacks are all back is unmapped, except one spare.
+ * no system call).  The cache trades with the pool PZ__STACK_BATCH stacks
+ * at a time, under one hold of the pool lock: an empty cache takes that
+ * many, a full one gives back its coldest that many.  (One stack per
+ * hold, the two workers of a 1 000-task burst took turns at the pool lock
+ * for nearly every task they started and ended.)  Beyond the cache a stack
+ * goes back to its chunk with its pages, and the next task to take it
+ * finds them there: up to PZ__DIRTY_KEEP such stacks in the runtime, so
+ * that a burst of spawns, joined and spawned again, neither faults its
+ * stacks in anew nor has the kernel zero them.  Past that budget their
+ * pages are given back to the kernel in batches (MADV_DONTNEED; guards
+ * stay, see put_mask), and a chunk whose stacks are all back is unmapped,
+ * except up to PZ__SPARE_CHUNKS spares.
  *
  * Invariants, under rt->stack_pool_lock: a chunk's free_mask has a bit for
  * every stack that is neither in a task, nor in a worker cache, nor having
@@ -59,6 +64,8 @@
 /* Stacks per chunk, and the most bytes a chunk may map. */
 #define PZ__CHUNK_SLOTS 64u
 #define PZ__CHUNK_BYTES (64u * 1024u * 1024u)
+/* Stacks moved between a worker's cache and the pool at once. */
+#define PZ__STACK_BATCH (PZ__STACK_CACHE / 2)
 
 struct pz__stack_chunk {
     struct pz__stack_chunk *prev, *next; /* the runtime's list, while free_mask != 0 */
@@ -171,11 +178,21 @@ struct put_action {
  * are given back to the kernel in batches, not per stack (MADV_DONTNEED
  * flushes the TLB of every CPU the process runs on: per stack it was most
  * of the time of joining 500 000 cancelled tasks): a chunk that has
- * PZ__DIRTY_BATCH dirty stacks then, or whose stacks are all free and stays
- * as the spare, has the caller discard them in one madvise per run of
- * neighbours, holding them out of the free mask so nobody takes one
- * meanwhile.  A chunk whose stacks are all free is unmapped whole, dirty or
- * not, unless it is the spare.
+ * PZ__DIRTY_BATCH dirty stacks then has the caller discard them in one
+ * madvise per run of neighbours, holding them out of the free mask so
+ * nobody takes one meanwhile.  A chunk whose stacks are all free stays as a
+ * spare, under the same budget, while the runtime has fewer than
+ * PZ__SPARE_CHUNKS of them; past that it is unmapped whole, dirty or not.
+ *
+ * Spares and their pages are for bursts: every burst of 1 000 tasks (each
+ * yields once, spawned and joined 100 times on 2 workers) gives all its
+ * stacks back, so with one spare, whose pages were always discarded, each
+ * burst unmapped and mapped chunks again (about 110 of each, 64 guard
+ * madvise calls per map) and faulted its stacks in anew (13 000 page
+ * faults, a TLB shootdown per discard).  With up to 8 spares that keep
+ * their pages within the budget: 7 chunks mapped in all, 430 -> 305 ns a
+ * task.  A spare costs address space only, its pages counted in the
+ * budget.
  *
  * Before the budget, a burst of 1 000 tasks that each yielded once, spawned
  * and joined 100 times on 2 workers, made 12 760 madvise calls and took
@@ -184,6 +201,7 @@ struct put_action {
  * (a page or two each for most tasks) beyond what live tasks use. */
 #define PZ__DIRTY_BATCH 16
 #define PZ__DIRTY_KEEP 1024
+#define PZ__SPARE_CHUNKS 8
 static struct put_action put_mask(pz__runtime *rt, pz__stack_chunk *c, uint64_t mask, bool dirty)
 {
     struct put_action act = {NULL, NULL, 0};
@@ -197,21 +215,20 @@ static struct put_action put_mask(pz__runtime *rt, pz__stack_chunk *c, uint64_t 
         list_insert(rt, c, false);
     bool all_free = c->free_mask == all_slots(c);
     if (all_free) {
-        if (rt->spare_chunks >= 1) {
+        if (rt->spare_chunks >= PZ__SPARE_CHUNKS) {
             list_remove(rt, c);
             rt->dirty_stacks -= __builtin_popcountll(c->dirty_mask);
             act.unmap = c;
             return act;
         }
-        /* Kept as the spare, behind the chunks in use so they fill first. */
+        /* Kept as a spare, behind the chunks in use so they fill first. */
         rt->spare_chunks++;
         list_remove(rt, c);
         list_insert(rt, c, true);
     }
     if (!c->dirty_mask)
         return act;
-    if (!all_free &&
-        (rt->dirty_stacks <= PZ__DIRTY_KEEP || __builtin_popcountll(c->dirty_mask) < PZ__DIRTY_BATCH))
+    if (rt->dirty_stacks <= PZ__DIRTY_KEEP || __builtin_popcountll(c->dirty_mask) < PZ__DIRTY_BATCH)
         return act;
     act.discard = c;
     act.discard_mask = c->dirty_mask;
@@ -270,6 +287,49 @@ static uint64_t slot_bit(pz__stack_slot s)
     return (uint64_t)1 << (((char *)s.base - c->base) / c->slot_size);
 }
 
+/* Takes up to n stacks from the pool into w's cache, under one hold of the
+ * pool lock; returns how many. */
+static int cache_refill(pz__runtime *rt, pz__worker *w, int n)
+{
+    int got = 0;
+    pz__spin_lock(&rt->stack_pool_lock);
+    while (got < n && rt->chunks_head)
+        w->stack_cache[w->stack_cache_len + got++] = take_slot(rt, rt->chunks_head);
+    pz__spin_unlock(&rt->stack_pool_lock);
+    w->stack_cache_len += got;
+    return got;
+}
+
+/* Gives the n coldest stacks of w's cache (its bottom) back to the pool
+ * under one hold of the pool lock, then does what that asks (discards,
+ * unmaps) outside it.  One batch cannot ask two things of one chunk that
+ * collide: a chunk whose stacks are all free is unmapped, and no stack of
+ * it can still be in the batch; stacks a discard holds out of a chunk are
+ * not in the batch either. */
+static void cache_flush(pz__runtime *rt, pz__worker *w, int n)
+{
+    struct put_action acts[PZ__STACK_BATCH];
+    int nacts = 0;
+    pz__spin_lock(&rt->stack_pool_lock);
+    for (int i = 0; i < n; i++) {
+        pz__stack_slot s = w->stack_cache[i];
+        struct put_action act = put_mask(rt, s.chunk, slot_bit(s), true);
+        if (act.unmap || act.discard)
+            acts[nacts++] = act;
+    }
+    pz__spin_unlock(&rt->stack_pool_lock);
+    w->stack_cache_len -= n;
+    memmove(w->stack_cache, w->stack_cache + n, (size_t)w->stack_cache_len * sizeof w->stack_cache[0]);
+    for (int i = 0; i < nacts; i++) {
+        if (acts[i].unmap) {
+            chunk_destroy(acts[i].unmap);
+        } else {
+            discard_runs(rt, acts[i].discard, acts[i].discard_mask);
+            put_back(rt, acts[i].discard, acts[i].discard_mask, false, false);
+        }
+    }
+}
+
 int pz__stack_acquire(pz__worker *w, pz_task_t *t)
 {
     pz__runtime *rt = w->rt;
@@ -277,30 +337,24 @@ int pz__stack_acquire(pz__worker *w, pz_task_t *t)
     size_t guard = rt->guard_size;
     pz__stack_slot s = {NULL, NULL};
     if (usable == rt->stack_size) {
-        if (w->stack_cache_len > 0) {
-            s = w->stack_cache[--w->stack_cache_len];
-        } else {
+        if (w->stack_cache_len == 0 && cache_refill(rt, w, PZ__STACK_BATCH) == 0) {
+            /* Mapped outside the lock; another worker may map one at the
+             * same time, and both join the list. */
+            size_t slot = usable + guard;
+            unsigned n = (unsigned)(PZ__CHUNK_BYTES / slot);
+            n = n < 1 ? 1 : n > PZ__CHUNK_SLOTS ? PZ__CHUNK_SLOTS : n;
+            pz__stack_chunk *c;
+            int r = chunk_new(rt, usable, n, &c);
+            if (r < 0)
+                return r;
             pz__spin_lock(&rt->stack_pool_lock);
-            if (rt->chunks_head)
-                s = take_slot(rt, rt->chunks_head);
+            rt->spare_chunks++;
+            list_insert(rt, c, false);
             pz__spin_unlock(&rt->stack_pool_lock);
-            if (!s.base) {
-                /* Mapped outside the lock; another worker may map one at
-                 * the same time, and both join the list. */
-                size_t slot = usable + guard;
-                unsigned n = (unsigned)(PZ__CHUNK_BYTES / slot);
-                n = n < 1 ? 1 : n > PZ__CHUNK_SLOTS ? PZ__CHUNK_SLOTS : n;
-                pz__stack_chunk *c;
-                int r = chunk_new(rt, usable, n, &c);
-                if (r < 0)
-                    return r;
-                pz__spin_lock(&rt->stack_pool_lock);
-                rt->spare_chunks++;
-                list_insert(rt, c, false);
-                s = take_slot(rt, c);
-                pz__spin_unlock(&rt->stack_pool_lock);
-            }
+            if (cache_refill(rt, w, PZ__STACK_BATCH) == 0)
+                return -ENOMEM; /* not reached: that chunk had free stacks */
         }
+        s = w->stack_cache[--w->stack_cache_len];
     } else {
         pz__stack_chunk *c;
         int r = chunk_new(rt, usable, 1, &c);
@@ -333,11 +387,13 @@ void pz__stack_release(pz__runtime *rt, pz__worker *w, pz_task_t *t)
         chunk_destroy(s.chunk);
         return;
     }
-    if (w && w->stack_cache_len < PZ__STACK_CACHE) {
-        w->stack_cache[w->stack_cache_len++] = s;
+    if (!w) {
+        put_back(rt, s.chunk, slot_bit(s), true, false);
         return;
     }
-    put_back(rt, s.chunk, slot_bit(s), true, false);
+    if (w->stack_cache_len == PZ__STACK_CACHE)
+        cache_flush(rt, w, PZ__STACK_BATCH);
+    w->stack_cache[w->stack_cache_len++] = s;
 }
 
 void pz__stacks_destroy(pz__runtime *rt)
