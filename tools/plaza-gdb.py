@@ -7,7 +7,7 @@
 #                                process, see below for core files)
 #
 # It reads plaza's own structures (src/runtime/internal.h): the registry of
-# live tasks (registry_head in task.c), each task's wait record and park
+# live tasks (the registry lists in task.c), each task's wait record and park
 # word, and the saved stack pointer, whose frame layout is that of
 # src/arch/x86_64/switch.S: [sp+8..48] r15 r14 r13 r12 rbx rbp, [sp+56] the
 # return address; the task's stack pointer after the switch is sp+64.  The
@@ -21,13 +21,21 @@ PARK_STATES = {0: "running/runnable", 1: "parking", 2: "parked", 3: "woken"}
 
 
 def _registry():
-    sym = gdb.lookup_static_symbol("registry_head")
+    # task.c keeps the live tasks in an array of lists (registry[i].head,
+    # linked by reg_next); a task that has ended but is not yet freed is
+    # still linked, with reg_hidden set, and reports skip it.
+    sym = gdb.lookup_static_symbol("registry")
     if sym is None:
-        raise gdb.GdbError("plaza: no registry_head: is this a plaza program with debug information?")
-    t = sym.value()
-    while int(t) != 0:
-        yield t.dereference()
-        t = t["reg_next"]
+        raise gdb.GdbError("plaza: no task registry: is this a plaza program with debug information?")
+    shards = sym.value()
+    lo, hi = shards.type.range()
+    for i in range(lo, hi + 1):
+        t = shards[i]["head"]
+        while int(t) != 0:
+            task = t.dereference()
+            if not int(task["reg_hidden"]):
+                yield task
+            t = task["reg_next"]
 
 
 def _running_ids():
