@@ -39,7 +39,7 @@
  *
  * A send or receive whose unlocked CAS of tail or head loses to another
  * worker backs off in a long round before it looks again
- * (LOST_CAS_FIRST_ROUND): a matter of timing, not of the protocol.
+ * (LOST_CAS_ROUND): a matter of timing, not of the protocol.
  *
  * Everything else (both waiter queues, the whole of a rendezvous channel)
  * is guarded by the lock, held for a copy and a few pointer moves, never
@@ -204,8 +204,8 @@ static inline uint64_t next_pos(pz_chan_t *ch, uint64_t pos)
 }
 
 /* The back-off of a lock-free send (receive) whose CAS of tail (head) lost
- * to another one: a round of src/async/spin.h, from its longest (1024
- * cpu_relax, about 14 us on x86) on.  The CAS is strong, so a loss means
+ * to another one: one round of src/async/spin.h, its longest (1024
+ * cpu_relax, about 14 us on x86), each time.  The CAS is strong, so a loss means
  * that a task on another worker moved the same end of the ring between our
  * load and our CAS.  With tasks of both sides on both workers, retrying at
  * once had every send and receive take the end's line, its cell's line and
@@ -217,7 +217,7 @@ static inline uint64_t next_pos(pz_chan_t *ch, uint64_t pos)
  * ping-pong rows unchanged.  Only the first, unlocked try backs off: the
  * exact tries run under the channel lock, where a wait would hold up every
  * waiter and server.  Timing only: every CAS may do what it did before. */
-#define LOST_CAS_FIRST_ROUND PZ__ASYNC_SPIN_MAX_SHIFT
+#define LOST_CAS_ROUND PZ__ASYNC_SPIN_MAX_SHIFT
 
 /* One send into the ring: 0, -EAGAIN (full) or -EPIPE (closed).  Full is
  * decided by a seq_cst load of head when exact (the last try before
@@ -229,7 +229,6 @@ static inline uint64_t next_pos(pz_chan_t *ch, uint64_t pos)
 static int ring_push(pz_chan_t *ch, const void *item, bool exact)
 {
     unsigned spins = 0;
-    int lost = LOST_CAS_FIRST_ROUND;
     uint64_t tail = atomic_load_explicit(&ch->tail, memory_order_relaxed);
     for (;;) {
         if (tail & CLOSED)
@@ -244,7 +243,7 @@ static int ring_push(pz_chan_t *ch, const void *item, bool exact)
                 return 0;
             }
             if (!exact) {
-                pz__async_backoff(lost++); /* see LOST_CAS_FIRST_ROUND */
+                pz__async_backoff(LOST_CAS_ROUND);
                 tail = atomic_load_explicit(&ch->tail, memory_order_relaxed);
             }
             continue; /* tail holds the newest value */
@@ -269,7 +268,6 @@ static int ring_push(pz_chan_t *ch, const void *item, bool exact)
 static int ring_pop(pz_chan_t *ch, void *item, bool exact)
 {
     unsigned spins = 0;
-    int lost = LOST_CAS_FIRST_ROUND;
     uint64_t head = atomic_load_explicit(&ch->head, memory_order_relaxed);
     for (;;) {
         _Atomic uint64_t *stamp = cell_stamp(ch, head);
@@ -282,7 +280,7 @@ static int ring_pop(pz_chan_t *ch, void *item, bool exact)
                 return 0;
             }
             if (!exact) {
-                pz__async_backoff(lost++); /* see LOST_CAS_FIRST_ROUND */
+                pz__async_backoff(LOST_CAS_ROUND);
                 head = atomic_load_explicit(&ch->head, memory_order_relaxed);
             }
             continue;

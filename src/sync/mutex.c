@@ -97,19 +97,9 @@
 static const unsigned short mutex_spin_rounds[] = {4, 32, 128};
 #define MUTEX_SPIN_ROUNDS ((int)(sizeof mutex_spin_rounds / sizeof mutex_spin_rounds[0]))
 
-/* One more round of spinning; false once the waiter should park. */
 static inline bool mutex_spin_wait(int *count)
 {
-    if (*count >= PZ__SPIN_LIMIT)
-        return false;
-    (*count)++;
-    if (*count <= MUTEX_SPIN_ROUNDS) {
-        for (unsigned i = 0; i < mutex_spin_rounds[*count - 1]; i++)
-            pz__arch_cpu_relax();
-    } else {
-        sched_yield();
-    }
-    return true;
+    return pz__spin_wait_rounds(count, mutex_spin_rounds, MUTEX_SPIN_ROUNDS);
 }
 
 #define TOKEN_NORMAL 0

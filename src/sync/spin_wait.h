@@ -17,19 +17,29 @@
 
 #define PZ__SPIN_LIMIT 10
 
-/* One more round of spinning; false once the waiter should park. */
-static inline bool pz__spin_wait(int *count)
+/* One more round of spinning; false once the waiter should park.  The
+ * first n rounds spin rounds[i] cpu_relax each, the rest up to
+ * PZ__SPIN_LIMIT yield the CPU.  A lock may pass rounds of its own
+ * (src/sync/mutex.c says why pz_mutex's are longer). */
+static inline bool pz__spin_wait_rounds(int *count, const unsigned short *rounds, int n)
 {
     if (*count >= PZ__SPIN_LIMIT)
         return false;
     (*count)++;
-    if (*count <= 3) {
-        for (int i = 0; i < (1 << *count); i++)
+    if (*count <= n) {
+        for (unsigned i = 0; i < rounds[*count - 1]; i++)
             pz__arch_cpu_relax();
     } else {
         sched_yield();
     }
     return true;
+}
+
+/* The shared rounds: 2, 4 and 8 cpu_relax. */
+static inline bool pz__spin_wait(int *count)
+{
+    static const unsigned short rounds[] = {2, 4, 8};
+    return pz__spin_wait_rounds(count, rounds, 3);
 }
 
 #endif
