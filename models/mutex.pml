@@ -34,21 +34,21 @@
  *                the word free; 0: the code before (loops on the word).
  *   STALE        the slow path's relaxed load may read a free lock word as
  *                held.
- *   PROGRESS_FIX 1 (default, mutex.c as it is): per-waiter progress
- *                (mutex.md, "Progress"): a waiter that is not starving
- *                parks for STARVE_NS at most; a starving waiter is counted
- *                in STARVERS until it has the lock, and STARVING is set
- *                while the count is not 0; its validate sets PARKED again
- *                and takes a free lock word itself instead of being
- *                refused; an unlock that finds STARVING after releasing
- *                takes the word back and hands it over; a wake after a
- *                late release hands over with STARVING, or leaves the
- *                queue alone when the word is held.  0: the code before.
+ *   HEAD_AGE     1 (default, mutex.c as it is): an unlock that finds
+ *                PARKED | WOKEN goes through the lot all the same when
+ *                head_since says the head has waited FAIR_NS (or is
+ *                unknown); 0: it never does (the protocol without the
+ *                head's age and without a timer: the progress check must
+ *                fail).
+ *   RELEASED_HANDOFF 1 (default, mutex.c as it is): a wake after a late
+ *                release hands a long-waiting head the free word (or leaves
+ *                it queued when the word is held); 0: it wakes it to
+ *                compete like any other.
  *   PROGRESS     tasks 1 and 2 lock and unlock forever (no deadline), task
  *                3 locks once without deadline; checked with -a -f against
  *                the never claim of ltl p3_gets_lock: no cycle in a
- *                complete search (7 110 057 states); fails with
- *                PROGRESS_FIX=0 or LOST_CAS_COUNTS=0 (mutex.md).  RACE_WON
+ *                complete search; fails with HEAD_AGE=0,
+ *                RELEASED_HANDOFF=0 or LOST_CAS_COUNTS=0 (mutex.md).  RACE_WON
  *                makes task 3's load of a free word and its CAS one step
  *                (the assumption the check needed before the lost CAS
  *                counted).  The progress model leaves out
@@ -61,8 +61,11 @@
 #ifndef GIVEUP_FIX
 #define GIVEUP_FIX 1
 #endif
-#ifndef PROGRESS_FIX
-#define PROGRESS_FIX 1
+#ifndef HEAD_AGE
+#define HEAD_AGE 1
+#endif
+#ifndef RELEASED_HANDOFF
+#define RELEASED_HANDOFF 1
 #endif
 #ifndef FENCES
 #define FENCES 1
@@ -98,12 +101,10 @@
 #define PARKED 1
 #define FENCED 2
 #define WOKEN 4
-#define STARVING 8
 #define CONTENDED 16
-/* PROGRESS_FIX: the count of starving waiters (STARVERS in mutex.c, bits
- * 8..31 there), here bits 5..6; STARVING is set exactly while it is not 0 */
-#define STARVER 32
-#define STARVERS 96
+/* head_since: 0 nobody queued, an id (that task's since: the start of its
+ * wait), or HS_UNK (unknown: the head was served or a waiter left) */
+#define HS_UNK 4
 
 #define TOKEN_NORMAL 0
 #define TOKEN_HANDOFF 1
@@ -111,8 +112,11 @@
 #define R_OK 0
 #define R_TIMEDOUT 1
 #define R_AGAIN 2
-#define R_TOOK 3   /* starving_validate took the free lock */
-#define R_POLL 4   /* the STARVE_NS timer: look again */
+#define R_TOOK 3   /* a long-waiting validate took the free lock */
+
+/* serve_filter's answers */
+#define OP_UNPARK_STOP 1
+#define OP_STOP 2
 
 /* FORGET(v): v is dead here (every path writes it before reading it
  * again); the progress model sets it back to 0 so that its old value does
@@ -127,6 +131,7 @@
 byte state;      /* m->state, as the other cores see it */
 byte waiters;    /* m->waiters */
 byte holder;     /* m->holder (an id, or 0) */
+byte hs;         /* m->head_since: 0, an id, or HS_UNK */
 bit sb_pend;     /* a plain store of 0 to state sits in sb_who's store buffer */
 byte sb_who;
 
@@ -176,25 +181,27 @@ byte tok[4];
 
 byte in_cs;      /* tasks in the critical section */
 bit got[4];      /* PROGRESS: the task has had the lock */
-/* Time.  Whether a waiter has tried for STARVE_NS, or waited for the
- * lot's FAIR_NS, is a free choice (starving, fair, "served quickly")
- * except once old[id] is set: then it has.  Only PROGRESS runs a clock,
- * task 3's, that sets old[3] while task 3 tries to lock (trying[3]); weak
- * fairness makes it move eventually.  Tasks 1 and 2 have no clock: their
- * old[] stays 0, so every choice that depends on their age stays free,
- * and their STARVE_NS timer (AGED) may fire at any moment: more
- * behaviours than with a clock, none fewer. */
+/* Time.  Whether a waiter has waited FAIR_NS since its first announce
+ * (long-waiting), or whether head_since is that old, is a free choice
+ * (MAY_OLD and not MUST_OLD), except once old[id] is set: then it has.
+ * Only PROGRESS runs a clock, task 3's, that sets old[3] once task 3 has
+ * announced (trying[3], set at its first announce, where its since
+ * begins); weak fairness makes it move eventually, and until it moves task
+ * 3 is young.  Tasks 1 and 2 have no clock: every choice that depends on
+ * their age stays free, at every step: more behaviours than with a clock,
+ * none fewer. */
 bit old[4];
 bit trying[4];
 #ifdef PROGRESS
-#define AGED(id) (old[id] || (id) != 3)
+#define MUST_OLD(id) old[id]
+#define MAY_OLD(id) (old[id] || (id) != 3)
 #define TRY_BEGIN if :: me == 3 -> trying[3] = 1 :: else -> skip fi
-#define TRY_END atomic { trying[me] = 0; old[me] = 0 }
 #else
-#define AGED(id) old[id]
-#define TRY_BEGIN trying[me] = 1
-#define TRY_END atomic { trying[me] = 0; old[me] = 0 }
+#define MUST_OLD(id) 0
+#define MAY_OLD(id) 1
+#define TRY_BEGIN skip
 #endif
+#define TRY_END atomic { trying[me] = 0; old[me] = 0 }
 
 /* Makes the caller's buffered store visible: a locked instruction (any
  * read-modify-write) drains the store buffer first. */
@@ -222,80 +229,81 @@ inline lock_bucket() {
 }
 
 /* waiters_after(f, r, handoff), mutex.c */
-#if PROGRESS_FIX
-/* STARVING and the count stay: the starving waiters leave the count
- * themselves */
 inline after(f, unparked, have_more, handoff) {
-    waiters = (f & (WOKEN | CONTENDED | FENCED | STARVING | STARVERS)) |
+    waiters = (f & (WOKEN | CONTENDED | FENCED)) |
               (have_more -> (f & PARKED) : 0) |
               ((unparked && !handoff) -> WOKEN : 0)
 }
-#else
-inline after(f, unparked, have_more, handoff) {
-    waiters = (f & (WOKEN | CONTENDED | FENCED)) |
-              (have_more -> (f & (PARKED | STARVING)) : 0) |
-              ((unparked && !handoff) -> WOKEN : 0)
-}
-#endif
 
-/* leave_starvers: a counted waiter that has the lock or gives up */
-inline leave_starvers() {
-    atomic {
-        flush_mine();
-        waiters = waiters - STARVER;
-        if
-        :: (waiters & STARVERS) == 0 -> waiters = waiters & ~STARVING
-        :: else -> skip
-        fi;
-        counted = 0
-    }
+/* head_waited_long: head_since is unknown, or an id whose wait the clock
+ * says is FAIR_NS old (a free choice unless old[] fixes it) */
+inline look_hs() {
+    if
+    :: hs == 0 -> st = 0
+    :: hs == HS_UNK -> st = HEAD_AGE
+    :: hs != 0 && hs != HS_UNK && MAY_OLD(hs) -> st = HEAD_AGE
+    :: hs != 0 && hs != HS_UNK && !MUST_OLD(hs) -> st = 0
+    fi
 }
 
-/* pz_unpark_one(m, decide, m): decide is unlock_decide (released == 0)
- * or released_decide (released == 1).  Steps that touch only what the
- * bucket lock guards (the queue) are folded into the neighbouring step. */
+/* should_serve(m, f): sets sv */
+inline should_serve() {
+    if
+    :: (f & PARKED) && (f & WOKEN) == 0 -> sv = 1
+    :: (f & (PARKED | WOKEN)) == (PARKED | WOKEN) -> atomic { look_hs(); sv = st; st = 0 }
+    :: (f & PARKED) == 0 -> sv = 0
+    fi
+}
+
+/* pz_unpark_filter(m, serve_filter, serve_decide, &c): by an unlock that
+ * holds the lock (released == 0) or after a release or a give-up
+ * (pz__async_mutex_wake_released, released == 1).  Steps that touch only
+ * what the bucket lock guards (the queue) are folded into the
+ * neighbouring step. */
 inline unpark_one(released) {
-    /* lock the bucket; the first waiter whose claim wins (a timed-out
-     * one loses) is unlinked; have_more counts every node left, timed-out
-     * ones still in the queue included (has_waiter) */
+    /* lock the bucket; serve_filter decides on each waiter in order before
+     * its claim; a claim that loses (the waiter timed out) goes on to the
+     * next; have_more counts every node left, timed-out ones still in the
+     * queue included (has_waiter) */
     BUCKET_TICKET
     atomic {
         flush_mine();
         BUCKET_ACQ;
-        chosen = 0; i = 0;
-#if PROGRESS_FIX
-        if
-        :: released == 1 ->
-            /* pz_unpark_filter with released_filter: before each waiter's
-             * claim, keep the hand-off word (kept) once taken; without
-             * STARVING wake it normally; with STARVING take the word for
-             * a hand-off if it is free (CAS from 0), else leave the
-             * queue as it is (PZ_FILTER_STOP): the holder's unlock will
-             * see STARVING and hand over itself.  A claim that loses (the
-             * waiter timed out) goes on to the next one. */
-            do
-            :: i < qn && !kept && (waiters & STARVING) && state != 0 -> break
-            :: i < qn && !(!kept && (waiters & STARVING) && state != 0) ->
-                if
-                :: !kept && (waiters & STARVING) -> state = LOCKED; kept = 1
-                :: else -> skip
-                fi;
-                if
-                :: pw[q[i]] == 1 -> chosen = q[i]; pw[chosen] = 4; break
-                :: else -> i++
-                fi
-            :: i >= qn -> break
-            od
-        :: else ->
-#endif
+        chosen = 0; i = 0; stopped = 0; looked = 0;
         do
-        :: i < qn && pw[q[i]] == 1 -> chosen = q[i]; pw[chosen] = 4; break
-        :: i < qn && pw[q[i]] != 1 -> i++
         :: i >= qn -> break
-        od;
-#if PROGRESS_FIX
-        fi;
+        :: i < qn ->
+            looked = 1;
+            /* the waiter's age, from its park token */
+            if
+            :: MAY_OLD(q[i]) -> cold = 1
+            :: !MUST_OLD(q[i]) -> cold = 0
+            fi;
+            if
+            :: released && kept -> op = OP_UNPARK_STOP
+            :: !(released && kept) && cold && !released -> op = OP_UNPARK_STOP
+#if RELEASED_HANDOFF
+            :: !(released && kept) && cold && released ->
+                /* take the word back for a hand-off, if still free */
+                if
+                :: state == 0 -> state = LOCKED; kept = 1; op = OP_UNPARK_STOP
+                :: else -> op = OP_STOP
+                fi
+            :: !(released && kept) && !cold && (waiters & WOKEN) -> op = OP_STOP
+            :: !(released && kept) && !cold && (waiters & WOKEN) == 0 -> op = OP_UNPARK_STOP
+#else
+            :: !(released && kept) && released && (waiters & WOKEN) -> op = OP_STOP
+            :: !(released && kept) && released && (waiters & WOKEN) == 0 -> op = OP_UNPARK_STOP
+            :: !(released && kept) && !cold && !released && (waiters & WOKEN) -> op = OP_STOP
+            :: !(released && kept) && !cold && !released && (waiters & WOKEN) == 0 -> op = OP_UNPARK_STOP
 #endif
+            fi;
+            if
+            :: op == OP_STOP -> stopped = q[i]; break
+            :: op == OP_UNPARK_STOP && pw[q[i]] == 1 -> chosen = q[i]; pw[chosen] = 4; break
+            :: op == OP_UNPARK_STOP && pw[q[i]] != 1 -> i++
+            fi
+        od;
         if
         :: chosen != 0 ->
             do
@@ -307,46 +315,39 @@ inline unpark_one(released) {
         :: else -> unparked = 0
         fi;
         have_more = (qn > 0);
-        i = 0
+        i = 0; op = 0
+    }
+    /* serve_decide: the CAS loop is one read-modify-write; be_fair (the
+     * lot's random clock, or a long park) is free; head_since: nobody,
+     * unknown once the head was served (or nobody was looked at), exact
+     * if the filter stopped at the head */
+    atomic {
+        if
+        :: unparked && !released -> fair = 1
+        :: true -> fair = 0
+        fi;
+        f = waiters;
+        handoff = unparked && (released -> kept : (cold || fair));
+        after(f, unparked, have_more, handoff);
+        if
+        :: !have_more -> hs = 0
+        :: have_more && (unparked || !looked) -> hs = HS_UNK
+        :: have_more && !unparked && looked -> hs = stopped
+        fi
     }
     if
     :: released == 0 ->
-        /* unlock_decide: the CAS loop is one read-modify-write; be_fair
-         * (the chosen waiter waited long, or the random clock) is free */
-        atomic {
-            if
-            :: unparked -> fair = 1
-            :: !old[chosen] -> fair = 0
-            fi;
-            f = waiters;
-            handoff = unparked && (fair || (f & STARVING));
-            after(f, unparked, have_more, handoff)
-        }
         if
         :: handoff -> state = LOCKED; t = TOKEN_HANDOFF
         :: else -> atomic { flush_mine(); state = 0 }; t = TOKEN_NORMAL
         fi
     :: else ->
-        /* released_decide */
-#if PROGRESS_FIX
-        /* released_decide: a hand-off if the filter took the word and a
-         * waiter was claimed; a word taken for nobody (every claim lost)
-         * is released again */
-        atomic {
-            f = waiters;
-            handoff = unparked && kept;
-            after(f, unparked, have_more, handoff)
-        }
+        /* a word taken for nobody (every claim lost) is released again */
         if
         :: kept && !unparked -> atomic { flush_mine(); state = 0 }
         :: else -> skip
         fi;
-        kept = 0;
         t = (handoff -> TOKEN_HANDOFF : TOKEN_NORMAL)
-#else
-        atomic { f = waiters; after(f, unparked, have_more, 0) }
-        t = TOKEN_NORMAL
-#endif
     fi;
     /* grant the token, release the bucket lock */
     atomic {
@@ -372,7 +373,8 @@ inline unpark_one(released) {
         :: else -> skip
         fi;
         /* dead locals back to 0, so that they do not split states */
-        chosen = 0; t = 0; f = 0; unparked = 0; have_more = 0; fair = 0; handoff = 0
+        chosen = 0; t = 0; f = 0; unparked = 0; have_more = 0; fair = 0; handoff = 0;
+        kept = 0; cold = 0; stopped = 0; looked = 0
     }
 }
 
@@ -394,16 +396,18 @@ inline take() {
     }
 }
 
-/* pz_park(m, validate, NULL, mutex_timed_out, ...) */
+/* note_queued: the first waiter in an empty queue records its since */
+#define NOTE_QUEUED if :: hs == 0 -> hs = me :: else -> skip fi
+
+/* pz_park(m, until, {park_validate, mutex_timed_out, &c, token &c}) */
 inline park() {
-#if PROGRESS_FIX
     if
-    :: pstarv ->
-        /* starving_validate: under the bucket lock, set PARKED | STARVING
-         * again (an emptied queue may have cleared them since the
-         * announce) by a seq_cst read-modify-write, then load the lock
-         * word: held, queue; free, take it (the CAS; the waiter word is
-         * not 0, so the holder word stays 0) and do not park. */
+    :: plw ->
+        /* park_validate, long-waiting: under the bucket lock, set PARKED
+         * again (an emptied queue may have cleared it since the announce)
+         * by a seq_cst read-modify-write, then load the lock word: held,
+         * queue; free, take it (the CAS; the waiter word is not 0, so the
+         * holder word stays 0) and do not park. */
         BUCKET_TICKET
         atomic {
             flush_mine();
@@ -413,37 +417,33 @@ inline park() {
         atomic {
             if
             :: state == 0 -> state = LOCKED | (me << 1); r = R_TOOK; BUCKET_REL
-            :: else -> r = R_OK; q[qn] = me; qn++; pw[me] = 1; BUCKET_REL
+            :: else -> r = R_OK; NOTE_QUEUED; q[qn] = me; qn++; pw[me] = 1; BUCKET_REL
             fi
         }
     :: else ->
-#endif
-    /* still_locked_and_parked: lock the bucket; validate's first load, of
-     * the lock word */
-    BUCKET_TICKET
-    atomic {
-        flush_mine();
-        BUCKET_ACQ;
-        if
-        :: (state & LOCKED) == 0 -> r = R_AGAIN; BUCKET_REL
-        :: else -> r = R_OK
-        fi
-    }
-    if
-    :: r == R_OK ->
-        /* validate's second load, of the waiter word; enqueue; the
-         * bucket lock is released once the task is parked */
+        /* park_validate: lock the bucket; the first load, of the lock word */
+        BUCKET_TICKET
         atomic {
+            flush_mine();
+            BUCKET_ACQ;
             if
-            :: (waiters & PARKED) == 0 -> r = R_AGAIN; BUCKET_REL
-            :: else -> q[qn] = me; qn++; pw[me] = 1; BUCKET_REL
+            :: (state & LOCKED) == 0 -> r = R_AGAIN; BUCKET_REL
+            :: else -> r = R_OK
             fi
         }
-    :: else -> skip
+        if
+        :: r == R_OK ->
+            /* the second load, of the waiter word; enqueue; the bucket
+             * lock is released once the task is parked */
+            atomic {
+                if
+                :: (waiters & PARKED) == 0 -> r = R_AGAIN; BUCKET_REL
+                :: else -> NOTE_QUEUED; q[qn] = me; qn++; pw[me] = 1; BUCKET_REL
+                fi
+            }
+        :: else -> skip
+        fi
     fi;
-#if PROGRESS_FIX
-    fi;
-#endif
     if
     :: r == R_OK ->
         /* a deadline may be far off: its timer fires or never does */
@@ -455,18 +455,11 @@ inline park() {
             if
             :: pw[me] == 2 -> pw[me] = 0; fire = 0
             :: fire && pw[me] == 1 -> pw[me] = 3; fire = 0     /* deadline or cancel */
-#if PROGRESS_FIX
-            /* a waiter that is not starving parks until STARVE_NS after
-             * its first park at most: once it has waited that long
-             * (old[me]) the timer fires */
-            :: !pstarv && AGED(me) && pw[me] == 1 -> pw[me] = 3; fire = 0; poll = 1
-#endif
             fi
         }
         if
         :: pw[me] == 3 ->
-            /* leave the queue under the bucket lock; timed_out(was_last)
-             * clears PARKED and STARVING if nobody is left */
+            /* leave the queue under the bucket lock; mutex_timed_out(was_last) */
             BUCKET_TICKET
             atomic {
                 flush_mine();
@@ -484,16 +477,12 @@ inline park() {
             }
             atomic {
                 if
-#if PROGRESS_FIX
-                :: qn == 0 -> waiters = waiters & ~PARKED
-#else
-                :: qn == 0 -> waiters = waiters & ~(PARKED | STARVING)
-#endif
-                :: else -> skip
+                :: qn == 0 -> waiters = waiters & ~PARKED; hs = 0
+                :: else -> hs = HS_UNK
                 fi;
                 BUCKET_REL
             }
-            atomic { pw[me] = 0; r = (poll -> R_POLL : R_TIMEDOUT); poll = 0 }
+            atomic { pw[me] = 0; r = R_TIMEDOUT }
         :: else -> skip
         fi
     :: else -> skip
@@ -506,7 +495,7 @@ inline lock_slow() {
     :: (waiters & CONTENDED) == 0 -> atomic { flush_mine(); waiters = waiters | CONTENDED }
     :: else -> skip
     fi;
-    spins = 0; woken = 0; first = 0;
+    spins = 0; woken = 0; first = 0; lw = 0;
     do
     :: atomic {
            s = state;
@@ -515,12 +504,9 @@ inline lock_slow() {
            :: else -> skip
            fi;
 #ifdef RACE_WON
-           /* the progress check's assumption (mutex.md, "The barging
-            * race"): task 3 does not lose the race between this load and
-            * its CAS for ever.  A lost race changes nothing but task 3's
-            * place in its loop, so it is a stutter; with the load that
-            * sees 0 and the CAS one step, a task 3 that keeps losing is a
-            * task 3 that never moves, which weak fairness excludes. */
+           /* the progress check's assumption before the lost CAS counted
+            * (mutex.md, "The barging race"): task 3's load of a free word
+            * and its CAS are one step */
            if
            :: me == 3 && s == 0 -> take()
            :: else -> skip
@@ -558,9 +544,9 @@ inline lock_slow() {
                ok = 1; break
 #if LOST_CAS_COUNTS
            /* a lost race for the free word is a spin round; with the
-            * rounds spent the waiter goes on to announce_parked below, so
-            * that it turns starving in time like any other waiter */
-           :: else -> if :: spins < SPINS -> spins++ :: else -> skip fi
+            * rounds spent (or long-waiting) the waiter goes on to
+            * announce_parked below, so that its wait begins */
+           :: else -> if :: spins < SPINS && !lw -> spins++ :: else -> skip fi
 #else
            :: else -> skip
 #endif
@@ -569,7 +555,7 @@ inline lock_slow() {
        fi;
        if
 #if LOST_CAS_COUNTS
-       :: s != 0 || spins >= SPINS ->
+       :: s != 0 || spins >= SPINS || lw ->
 #else
        :: s != 0 ->
 #endif
@@ -582,7 +568,7 @@ inline lock_slow() {
                flush_mine();
                f = waiters;
                if
-               :: (f & STARVING) == 0 && spins < SPINS && (s >> 1) != 0 ->
+               :: !lw && spins < SPINS && (s >> 1) != 0 ->
                    if
                    :: !woken && (f & PARKED) && (f & WOKEN) == 0 ->
                        waiters = f | WOKEN; woken = 1
@@ -590,19 +576,18 @@ inline lock_slow() {
                    fi;
                    spins++; cas = 0; FORGET(f)
                :: true ->
-                   /* starving once it has tried for STARVE_NS */
+                   /* long-waiting once FAIR_NS have passed since its
+                    * first announce (sticky) */
                    if
-                   :: first -> starving = 1
-                   :: !(first && old[me]) && !counted -> starving = 0
+                   :: first && MAY_OLD(me) -> lw = 1
+                   :: !(first && MUST_OLD(me)) -> skip
                    fi;
-#if PROGRESS_FIX
-                   /* counted once, at its first starving announce */
-                   waiters = ((f | PARKED | CONTENDED | (starving -> STARVING : 0)) & ~(woken -> WOKEN : 0)) +
-                             ((starving && !counted) -> STARVER : 0);
-                   counted = starving;
-#else
-                   waiters = (f | PARKED | CONTENDED | (starving -> STARVING : 0)) & ~(woken -> WOKEN : 0);
-#endif
+                   waiters = (f | PARKED | CONTENDED) & ~(woken -> WOKEN : 0);
+                   /* the wait begins at the first announce */
+                   if
+                   :: !first -> TRY_BEGIN
+                   :: else -> skip
+                   fi;
                    cas = 1
                fi;
                FORGET(s)
@@ -617,41 +602,19 @@ inline lock_slow() {
                :: else -> skip
                fi;
 #endif
-#if PROGRESS_FIX
-               atomic { woken = 0; first = 1; pstarv = starving; starving = 0; cas = 0; FORGET(f); FORGET(spins) }
-#else
-               atomic { woken = 0; first = 1; starving = 0; cas = 0 }
-#endif
+               atomic { woken = 0; first = 1; plw = lw; cas = 0; FORGET(f); FORGET(spins) }
                park();
-               pstarv = 0;
                if
                :: r == R_OK && tok[me] == TOKEN_HANDOFF ->
                    tok[me] = 0;
                    assert(state == LOCKED);
                    state = LOCKED | (me << 1);
-#if PROGRESS_FIX
-                   if
-                   :: counted -> leave_starvers()
-                   :: else -> skip
-                   fi;
-#else
-                   if
-                   :: !old[me] -> atomic { flush_mine(); waiters = waiters & ~STARVING }  /* served quickly */
-                   :: skip
-                   fi;
-#endif
                    ok = 1; break
-               :: r == R_TOOK -> leave_starvers(); ok = 1; break
-               :: r == R_POLL -> skip
+               :: r == R_TOOK -> ok = 1; break
                :: r == R_OK && tok[me] != TOKEN_HANDOFF -> woken = 1
-               :: r == R_TIMEDOUT ->
-                   if
-                   :: counted -> leave_starvers()
-                   :: else -> skip
-                   fi;
-                   ok = 0; break
+               :: r == R_TIMEDOUT -> ok = 0; break
                :: r == R_AGAIN && dl ->
-                   assert(!counted);   /* a starving validate never refuses */
+                   assert(!plw);   /* a long-waiting validate never refuses */
                    /* the deadline has passed: give up */
 #if GIVEUP_FIX
                    f = waiters;
@@ -661,14 +624,15 @@ inline lock_slow() {
                    fi;
 #endif
                    ok = 0; break
-               :: r == R_AGAIN -> assert(!counted)
+               :: r == R_AGAIN -> assert(!plw)
                fi;
-               atomic { spins = 0; r = 0; f = 0 }
+               atomic { spins = 0; r = 0; f = 0; plw = 0 }
            :: else -> skip
            fi
        :: else -> skip
        fi
-    od
+    od;
+    atomic { plw = 0; lw = 0 }
 }
 
 /* pz_async_mutex_unlock and pz__async_mutex_unlock_slow */
@@ -694,31 +658,15 @@ inline unlock() {
             f = waiters;
             FORGET(h)
         }
+        should_serve();
         if
-        :: (f & STARVING) || (f & (PARKED | WOKEN)) == PARKED -> unpark_one(0)
+        :: sv -> sv = 0; unpark_one(0)
         :: else ->
             atomic { flush_mine(); state = 0 }
             f = waiters;
+            should_serve();
             if
-#if PROGRESS_FIX
-            :: (f & STARVING) ->
-                /* a waiter turned starving after our first load: take
-                 * the word back if it is still free and hand it over */
-                atomic {
-                    flush_mine();
-                    if
-                    :: state == 0 -> state = LOCKED; tb = 1
-                    :: else -> tb = 0
-                    fi
-                }
-                if
-                :: tb -> tb = 0; unpark_one(0)
-                :: else -> skip
-                fi
-            :: (f & STARVING) == 0 && (f & (PARKED | WOKEN)) == PARKED -> unpark_one(1)
-#else
-            :: (f & (PARKED | WOKEN)) == PARKED -> unpark_one(1)
-#endif
+            :: sv -> sv = 0; unpark_one(1)
             :: else -> skip
             fi
         fi
@@ -727,19 +675,19 @@ inline unlock() {
 
 proctype task(byte me; byte rounds; bit dl)
 {
-    byte s, f, h, spins, i, chosen, t, r;
-    bit tb, kept, counted, pstarv, poll, fire, woken, first, starving, cas, took, ok, unparked, have_more, fair, handoff;
+    byte s, f, h, spins, i, chosen, t, r, op, stopped;
+    bit kept, plw, lw, fire, woken, first, cas, took, ok, unparked, have_more, fair, handoff, cold, looked, st, sv;
     byte n = 0;
     do
     :: rounds == 0 || n < rounds ->
         take();
         if
         :: took -> ok = 1
-        :: else -> TRY_BEGIN; lock_slow(); TRY_END
+        :: else -> lock_slow(); TRY_END
         fi;
         if
         :: ok ->
-            atomic { s = 0; f = 0; spins = 0; woken = 0; first = 0; starving = 0; cas = 0; took = 0; r = 0 }
+            atomic { s = 0; f = 0; spins = 0; woken = 0; first = 0; cas = 0; took = 0; r = 0 }
 #ifdef PROGRESS
             /* the critical section touches nothing of the mutex: one step
              * (the states inside it are those just before it, but for
@@ -761,7 +709,7 @@ progress_cs:
             in_cs--;
 #endif
             unlock()
-        :: else -> atomic { s = 0; f = 0; spins = 0; woken = 0; first = 0; starving = 0; cas = 0; took = 0; r = 0 }
+        :: else -> atomic { s = 0; f = 0; spins = 0; woken = 0; first = 0; cas = 0; took = 0; r = 0 }
         fi;
         atomic { n = (rounds == 0 -> 0 : n + 1); ok = 0; h = 0; f = 0 }
     :: rounds != 0 && n >= rounds -> break

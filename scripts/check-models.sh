@@ -114,13 +114,16 @@ run pass mutex good-no-fences "-DFENCES=0" "$safety" "$deep"
 run fail mutex giveup-unfixed "-DGIVEUP_FIX=0" "$quick" "$deep"
 run fail mutex giveup-unfixed-no-fences "-DGIVEUP_FIX=0 -DFENCES=0" "$quick" "$deep"
 run fail mutex no-fence "-DBAD_NO_FENCE" "$quick" "$deep"
-run fail mutex waiter-progress-unfixed "-DPROGRESS -DUNFAIR_BUCKET -DPROGRESS_FIX=0" "-O1 -DMEMLIM=3072 -DNFAIR=4" "-a -f $deep"
-# The waiter's progress with the fix, with every task's load of a free
-# lock word and its CAS two steps (so the waiter may lose that race): under
-# a minute of CPU (47 s on the Xeon VM) and 800 MB; the depth-first stack
-# goes about a million deep.  Without the lost CAS counted as a spin round
-# the waiter can lose that race for ever (mutex.md, "The barging race").
+# A waiter's progress without a timer: the unlock serves the head by its
+# age.  With every task's load of a free lock word and its CAS two steps
+# (so the waiter may lose that race): under a minute of CPU (24 s on the
+# Xeon VM) and 650 MB; the depth-first stack goes about 770 000 deep.
+# Without the head's age at an unlock that finds WOKEN, without the
+# hand-off after a late release, or without the lost CAS counted as a spin
+# round, the waiter can lose for ever (mutex.md, "Progress").
 run pass mutex waiter-progress "-DPROGRESS" "-O1 -DCOLLAPSE -DMEMLIM=3072 -DNFAIR=4" "-a -f -m3000000 -w25"
+run fail mutex waiter-progress-no-head-age "-DPROGRESS -DHEAD_AGE=0" "-O1 -DMEMLIM=3072 -DNFAIR=4" "-a -f $deep"
+run fail mutex waiter-progress-released-wake "-DPROGRESS -DRELEASED_HANDOFF=0" "-O1 -DMEMLIM=3072 -DNFAIR=4" "-a -f $deep"
 run fail mutex waiter-progress-barging "-DPROGRESS -DLOST_CAS_COUNTS=0" "-O1 -DCOLLAPSE -DMEMLIM=3072 -DNFAIR=4" "-a -f $deep"
 
 # pz_mutex (models/sync_mutex.md).

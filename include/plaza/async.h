@@ -53,8 +53,8 @@ extern "C" {
 #endif
 
 /* ------------------------------------------------------------------------
- * pz_async_mutex: a lock word, a waiter word and a holder word; all-zero
- * memory is an unlocked mutex.
+ * pz_async_mutex: a lock word, a waiter word, the queue head's age and a
+ * holder word; all-zero memory is an unlocked mutex.
  *
  * state (64 bits):
  *   bit 0 LOCKED    held.
@@ -77,16 +77,19 @@ extern "C" {
  *                   unlock that sees it releases the word and wakes nobody,
  *                   since that task will take the lock.  Whoever set it
  *                   clears it when it takes the lock or parks.
- *   bit 3 STARVING  starvation mode: a waiter has been trying for 1 ms; no
- *                   spinning, every unlock hands the lock to the first
- *                   waiter (so the lock word is never 0 for bargers).  Set
- *                   exactly while bits 8..31 (STARVERS, in
- *                   src/async/mutex.c), the number of starving waiters
- *                   that do not have the lock yet, are not 0.
  *   bit 4 CONTENDED somebody has found the mutex held (set at the lock's
  *                   slow path, or with the first PARKED).  Set with the
  *                   first bit ever set and never cleared, so the word is 0
  *                   exactly until then.
+ *
+ * head_since (32 bits): when the wait of the first waiter in the lot's
+ *                   queue began, as pz_now() >> PZ__AMUTEX_SINCE_SHIFT
+ *                   (about microseconds, modulo 2^32), or 0 while nobody is
+ *                   queued, or 1 (unknown: the head was just served or a
+ *                   waiter left, so look).  Written only under the lot's
+ *                   bucket lock; read by an unlock that finds WOKEN set
+ *                   with a waiter parked, to tell whether the head has
+ *                   waited PZ__AMUTEX_FAIR_NS (src/async/mutex.c).
  *
  * holder (64 bits): a copy of the holder's id (as in state, shifted), kept
  * while the mutex is quiet (its waiter word is 0), else 0.  Only the
@@ -121,38 +124,44 @@ extern "C" {
  *
  * Fairness: running tasks barge (and spin briefly while the holder runs on
  * another worker) ahead of parked waiters, which is what makes the lock
- * fast, and every waiter still gets it: a waiter that has been trying for
- * about 1 ms (STARVE_NS) turns on starvation mode, and from then on the
- * lock is handed over in queue order, so it gets the lock after at most as
- * many hand-offs as there are waiters queued ahead of it, whatever the
- * other tasks and threads do (a barger can still take the word in the
- * instant between an unlock's release and its look at STARVING; its own
- * unlock then hands over, so such sections are few but not bounded in
- * number).  A waiter that is not starving yet parks
- * for 1 ms at most before it looks again, and once starving its park is
- * never refused (it takes a free word or queues).  Starvation mode lasts
- * until every starving waiter has the lock.  models/mutex.pml's progress
- * check is of a waiter without deadline while two others lock and unlock
- * for ever (models/mutex.md), and tests/test_lock_progress_stress.c
- * forces it: behind bargers that hammer trylock, a starving waiter is the
- * next holder.  Before it starves a waiter can lose to bargers; the lot's
+ * fast, and every waiter still gets it.  A waiter's wait begins when it
+ * first gives up spinning; once it has waited PZ__AMUTEX_FAIR_NS it is
+ * long-waiting: it no longer spins, its park is never refused (it takes a
+ * free word or queues), and an unlock that takes it from the head of the
+ * queue hands it the lock.  The unlock decides, by the head's age: no timer
+ * runs for it.  An unlock that finds WOKEN set (a running task will take
+ * the lock) normally wakes nobody, but not once head_since says the head
+ * has waited that long: so tasks that keep spinning and re-locking cannot
+ * keep a parked waiter from being served.  A long-waiting waiter gets the
+ * lock after at most as many hand-offs as there are waiters queued ahead
+ * of it, once those have waited as long (they queued before it, so that is
+ * at most PZ__AMUTEX_FAIR_NS after it queued).  models/mutex.pml's progress check is of a
+ * waiter without deadline while two others lock and unlock for ever
+ * (models/mutex.md), and tests/test_lock_progress_stress.c forces it.
+ * Before it has waited that long a waiter can lose to bargers; the lot's
  * be_fair hands over early now and then.
  * ------------------------------------------------------------------------ */
 typedef struct pz_async_mutex {
     _Atomic uint64_t state;
     _Atomic uint32_t waiters;
+    _Atomic uint32_t head_since;
     _Atomic uint64_t holder;
 } pz_async_mutex_t;
 
-#define PZ_ASYNC_MUTEX_INIT {0, 0, 0}
+#define PZ_ASYNC_MUTEX_INIT {0, 0, 0, 0}
 #define PZ__AMUTEX_LOCKED 1u
 #define PZ__AMUTEX_OWNER_SHIFT 4
 #define PZ__AMUTEX_THREAD_BIT PZ__CALLER_THREAD_BIT
 #define PZ__AMUTEX_PARKED 1u
 #define PZ__AMUTEX_FENCED 2u
 #define PZ__AMUTEX_WOKEN 4u
-#define PZ__AMUTEX_STARVING 8u
 #define PZ__AMUTEX_CONTENDED 16u
+/* A waiter that has waited this long is handed the lock by the unlock that
+ * takes it from the queue (see Fairness above). */
+#define PZ__AMUTEX_FAIR_NS 1000000
+#define PZ__AMUTEX_SINCE_SHIFT 10
+#define PZ__AMUTEX_HEAD_NONE 0u
+#define PZ__AMUTEX_HEAD_UNKNOWN 1u
 
 /* True once the process has asymmetric fences: unlock may then release
  * with a plain store (see above). */

@@ -44,14 +44,20 @@
  *     lock, or parks again after a CAS of the waiter word that comes after
  *     that load, so its validate sees the release.
  *
- * Unlock with PARKED set and WOKEN clear (or STARVING): the lot picks the
- * first waiter and, under the bucket lock, unlock_decide chooses.  A fair
- * hand-off (the lot's be_fair, or STARVING) keeps LOCKED set and gives the
- * waiter TOKEN_HANDOFF: it returns owning the lock and writes its id into
- * the lock word.  Otherwise the lock is released with WOKEN set, and the
- * woken waiter competes with running tasks, owning WOKEN until it takes
- * the lock or parks again.  So at most one woken waiter is on its way at a
- * time, and unlocks while it is on its way wake nobody.
+ * Unlock with PARKED set, and WOKEN clear or the head long-waiting (see
+ * Fairness): the lot walks its queue and serve_filter chooses, under the
+ * bucket lock, by the age of the first waiter (its park token is its
+ * struct park_ctx, on its stack, which says since when it waits).  One
+ * that has waited FAIR_NS is handed the lock: LOCKED stays set and the
+ * waiter gets TOKEN_HANDOFF, returns owning the lock and writes its id
+ * into the lock word (so does one the lot's be_fair picks).  A younger one
+ * is woken without the lock, which is released with WOKEN set: it
+ * competes with running tasks, owning WOKEN until it takes the lock or
+ * parks again.  So at most one woken waiter is on its way at a time, and
+ * unlocks while it is on its way wake nobody.  If WOKEN is set when the
+ * filter looks and the head is young, nobody is woken (the WOKEN owner
+ * will take the lock: it cannot park before the release, since its
+ * validate needs the bucket lock we hold).
  *
  * WOKEN can have two owners for a moment (a spinner sets it just before an
  * unlocker, which saw it clear, wakes a waiter); either clearing it early
@@ -79,59 +85,86 @@
  * In both the last unlock saw WOKEN and woke nobody, relying on C, which
  * left with PARKED set; C's exit wake covers it.
  *
- * Progress.  Safety holds in every interleaving (models/mutex.pml checks
- * it exhaustively for three tasks): one holder at a time, and never a
- * waiter parked on a free mutex with nobody on the way to take it.  And
- * every waiter gets the lock, whatever the others do: a waiter that has
- * been trying for STARVE_NS (1 ms) turns on starvation mode and is
- * served after at most as many hand-offs as there are waiters ahead of it
- * (models/mutex.pml's progress check is of a waiter without deadline
- * while two others lock and unlock for ever, under weak fairness;
- * models/mutex.md gives its figures).  Six things make that hold; each
- * closes a cycle in which the model's search found the waiter losing for
- * ever:
- *   1. A starving waiter's validate is never refused (park_validate): it
- *      sets PARKED | STARVING again under the bucket lock and either takes
- *      the free word or queues.  (Refused, it could keep losing the window
- *      between its announce and its validate, in which a hand-off that
- *      empties the queue clears both bits, or an unlock that finds it
- *      empty frees the word for a barger.)
- *   2. A waiter that is not starving parks for STARVE_NS at most, then
- *      announces again, starving.  (Tasks that spin while each other holds
- *      the lock own WOKEN in turn, and an unlock that sees WOKEN wakes
- *      nobody: a waiter parked once would never look again.)
- *   3. STARVING ends when the last starving waiter has the lock (or gives
- *      up): the waiter word counts them (STARVERS).  Not when a waiter is
- *      served quickly (one queued ahead of a starving one would end the
- *      mode for it), nor when the queue empties (a starving waiter between
- *      its announce and its validate is not queued yet).
- *   4. An unlock that released by exchange and then finds STARVING takes
- *      the word back if it is still free and hands it to the head of the
- *      queue (pz__async_mutex_unlock_slow): its first load came before the
- *      waiter's read-modify-write.
- *   5. A wake after a release that saw PARKED late hands the word over if
- *      STARVING is set and the word is still free, and otherwise leaves
- *      the queue alone (released_filter): the holder's unlock will hand
- *      over.
- *   6. A CAS that loses a free word to another task counts as a spin
- *      round, and a waiter whose rounds are spent announces and parks
- *      although it read the word free.  (Looping on a lost CAS, a waiter
- *      that reads the word free each time never parks, so it never turns
- *      starving, and can lose that race for ever.)
- * The cost: a timer per park that is not starving yet (parks are rare
- * where spinning wins), strict queue order while a starving waiter waits
- * (ending starvation mode only when the queue emptied kept it on for good
- * under 64 tasks, and async_contended went from 48 to 305 ns/op; with the
- * count it is unchanged), and two rare branches in the release path.  The inline lock and unlock are unchanged.
- * tests/test_lock_progress_stress.c forces a starving waiter behind
- * hammering bargers and counts the acquisitions it lets by.
+ * Fairness without a timer.  A waiter's wait begins at its first announce
+ * (since, kept across its re-parks within one lock call; pz_now() time),
+ * and it is long-waiting once FAIR_NS have passed since.  The unlock
+ * decides, by the head's age, as pz_mutex's unlock does (src/sync/mutex.c):
+ *   1. An unlock that takes a long-waiting waiter from the queue hands it
+ *      the lock (serve_filter reads since through the park token).  A
+ *      waiter woken to compete that loses parks again at the tail, but
+ *      keeps its since, so by its next turn at the head it is handed the
+ *      lock.
+ *   2. A long-waiting waiter does not spin, and its validate is never
+ *      refused: it sets PARKED again by a seq_cst read-modify-write and
+ *      either takes the free word or queues.  (Refused, it could keep
+ *      losing the window between its announce and its validate, in which
+ *      an unlock that empties the queue clears PARKED, or frees the word
+ *      for a barger.)
+ *   3. An unlock that sees WOKEN wakes nobody, and tasks that spin while
+ *      each other holds the lock own WOKEN in turn: a waiter parked once
+ *      would never be woken.  So the mutex keeps head_since, the start of
+ *      the queue head's wait, written under the bucket lock: set by a
+ *      waiter that queues into an empty queue, set exactly by a filter
+ *      that looked at the head and woke nobody, 1 (unknown: look) after
+ *      the head was served or a waiter left, 0 when the queue empties.  It
+ *      is never later than the head's since, so an unlock that finds
+ *      PARKED | WOKEN and head_since FAIR_NS old, or unknown, goes through
+ *      the lot all the same, and serves a long-waiting head.  The clock
+ *      is read only by such unlocks (and by the filter): the lock and
+ *      unlock fast paths, and unlocks with nobody parked, read none.
+ *   4. An unlock that released by exchange (its first look found nobody
+ *      to serve) looks again after the release, and if it now finds a
+ *      waiter to serve it calls pz__async_mutex_wake_released, whose
+ *      filter, for a long-waiting head, takes the word back if it is still
+ *      free and hands it over; if the word is held again, it leaves the
+ *      queue as it is (PZ_FILTER_STOP) with head_since exact: the holder's
+ *      unlock finds PARKED and a long-waiting head and serves it.  (Waking
+ *      it without the lock let the holder take the word again before it
+ *      ran, for ever: models/mutex.md.)
+ *   5. A CAS that loses a free word to another task counts as a spin
+ *      round, and a waiter whose rounds are spent (or that is
+ *      long-waiting) announces and parks although it read the word free.
+ *      (Looping on a lost CAS, a waiter that reads the word free each time
+ *      never parks, so its wait never begins, and it can lose that race
+ *      for ever.)
+ * So once a waiter is long-waiting and queued, each unlock serves the head
+ * of the queue as soon as the head is long-waiting too, and those ahead of
+ * it queued before it: it gets the lock after at most FAIR_NS more and one
+ * hand-off per waiter ahead of it, whatever the other tasks do (a barger
+ * can still take the word between an unlock's look and its release; the
+ * barger's own unlock then serves the head).  models/mutex.pml checks it:
+ * safety in every interleaving of three tasks (one holder at a time,
+ * never a waiter parked on a free mutex with nobody on the way to take
+ * it), and progress for a waiter without deadline while two others lock
+ * and unlock for ever, under weak fairness (models/mutex.md gives the
+ * figures).  tests/test_lock_progress_stress.c forces a long-waiting
+ * waiter behind bargers that hammer trylock, and one behind tasks that
+ * spin and re-lock, and counts the acquisitions it lets by.
+ *
+ * Why no timer.  The version before armed a 1 ms timer at a waiter's first
+ * park: a waiter that was not starving yet parked for 1 ms at most, then
+ * announced again, starving, and turned on a mode in which every unlock
+ * handed over in queue order (a count of starving waiters in the waiter
+ * word).  Every long wait then cost a timer, an idle worker's wake-up from
+ * epoll to fire it, and a second park at the tail of the queue: in the
+ * logic benchmark (a lock held across a 50 us database call, 64 tasks),
+ * 0.28 epoll returns per section with no event, and 38-41 us of CPU per
+ * section against tokio's 20-22.  A timer is not needed for progress
+ * either: a queued waiter is forgotten only if no unlock ever goes
+ * through the lot after it parks; every unlock does while PARKED is set
+ * and WOKEN clear or the head long-waiting (3.), and unlocks stop only if
+ * the lock is held for ever (then waiting is right) or released with
+ * nobody on the way, which the safety argument above excludes.  The one
+ * timer left is the poll of a waiter no fence covers (fences_lost), a
+ * fallback for a kernel that refused membarrier after registering it.
  *
  * Cancel-safety: the lot wakes a waiter with a token or lets it time out
  * having left the queue, never both.  A waiter that received TOKEN_HANDOFF
  * owns the lock and returns 0 even if its deadline or a cancel came at the
  * same instant; one that timed out received nothing and leaves nothing
- * behind (if it was the last waiter, it clears PARKED and STARVING under
- * the bucket lock).
+ * behind (if it was the last waiter, it clears PARKED under the bucket
+ * lock; otherwise it marks head_since unknown, since it may have been the
+ * head).
  */
 #define _GNU_SOURCE
 #include "plaza/async.h"
@@ -145,19 +178,18 @@
 
 #define TOKEN_NORMAL 0
 #define TOKEN_HANDOFF 1
-/* A waiter trying this long turns on starvation mode. */
-#define STARVE_NS 1000000
+/* A waiter that has waited this long is long-waiting (see Fairness). */
+#define FAIR_NS PZ__AMUTEX_FAIR_NS
 
 #define LOCKED ((uint64_t)PZ__AMUTEX_LOCKED)
 #define PARKED ((uint32_t)PZ__AMUTEX_PARKED)
 #define FENCED ((uint32_t)PZ__AMUTEX_FENCED)
 #define WOKEN ((uint32_t)PZ__AMUTEX_WOKEN)
-#define STARVING ((uint32_t)PZ__AMUTEX_STARVING)
 #define CONTENDED ((uint32_t)PZ__AMUTEX_CONTENDED)
-/* The waiter word's count of starving waiters (bits 8..31): STARVING is
- * set exactly while it is not 0. */
-#define STARVER ((uint32_t)1 << 8)
-#define STARVERS (~(uint32_t)0 << 8)
+#define HEAD_NONE ((uint32_t)PZ__AMUTEX_HEAD_NONE)
+#define HEAD_UNKNOWN ((uint32_t)PZ__AMUTEX_HEAD_UNKNOWN)
+#define SINCE_SHIFT PZ__AMUTEX_SINCE_SHIFT
+#define FAIR_UNITS ((uint32_t)(FAIR_NS >> SINCE_SHIFT))
 
 /* A parked waiter that no fence covers wakes this often to look again. */
 #define UNFENCED_POLL_NS 1000000
@@ -202,49 +234,103 @@ void pz__async_mutex_fences_failed(void)
                    "from now on");
 }
 
-/* What a waiter's park passes to the lot's callbacks. */
+/* What a waiter's park passes to the lot's callbacks; its address is the
+ * park token, read by serve_filter while the waiter is queued (the frame
+ * lives until pz_park returns, and the queue is read under the bucket
+ * lock). */
 struct park_ctx {
     pz_async_mutex_t *m;
     uint64_t self;
-    bool starving; /* the waiter has been trying for STARVE_NS */
-    bool took;     /* validate took the free lock word for it */
+    int64_t since;     /* when this lock call's wait began (pz_now() time) */
+    bool long_waiting; /* since was FAIR_NS ago at the waiter's last look */
+    bool took;         /* validate took the free lock word for it */
 };
 
-/* Validate, under the bucket lock.  A waiter that is not starving parks
- * only if the mutex is still held and PARKED still set.  A starving one
- * (counted in STARVERS since its announce, so STARVING is set) is never
- * refused: it sets PARKED again by a seq_cst read-modify-write (a hand-off
- * that emptied the queue since its announce may have cleared it) and, if
- * the lock word is free, takes it (the waiter word is not 0, so the holder
- * word stays 0) and does not park.  Otherwise it queues, and since
- * STARVING stays set until it leaves the count, every unlock from then on
- * hands over in queue order: the holder's, whose load of the waiter word
- * comes after our read-modify-write (it took the word after it, or the
- * CAS here would have succeeded), or, for an unlock whose load came before
- * it, its second load after releasing (the take-back in
- * pz__async_mutex_unlock_slow) or released_filter. */
+/* head_since's form of a pz_now() time: 0 and 1 are taken (nobody queued,
+ * unknown), so those two values read as 2, a few microseconds off once
+ * every 73 minutes. */
+static inline uint32_t since_stamp(int64_t t)
+{
+    uint32_t x = (uint32_t)((uint64_t)t >> SINCE_SHIFT);
+    return x > HEAD_UNKNOWN ? x : HEAD_UNKNOWN + 1;
+}
+
+/* Whether the head of the queue has waited FAIR_NS by head_since (or is
+ * unknown, so that the caller goes and looks).  Unsigned arithmetic: a
+ * stamp more than 2^32 units (73 minutes) old reads as young for at most
+ * FAIR_NS, and head_since is never later than now, so no other case
+ * misreads.  A relaxed load: the word is a hint for when to go through
+ * the lot, and every decision is taken again under the bucket lock. */
+static bool head_waited_long(pz_async_mutex_t *m)
+{
+    uint32_t h = atomic_load_explicit(&m->head_since, memory_order_relaxed);
+    if (h == HEAD_NONE)
+        return false;
+    return h == HEAD_UNKNOWN || since_stamp(pz__clock_now()) - h >= FAIR_UNITS;
+}
+
+/* Whether an unlock that found f must go through the lot: a waiter is
+ * parked and nobody is on the way to take the lock, or the head of the
+ * queue has waited FAIR_NS (then WOKEN is no reason to wait). */
+static inline bool should_serve(pz_async_mutex_t *m, uint32_t f)
+{
+    return (f & PARKED) && (!(f & WOKEN) || head_waited_long(m));
+}
+
+/* Under the bucket lock, for a waiter about to queue: the first one in an
+ * empty queue records the start of its wait. */
+static void note_queued(pz_async_mutex_t *m, int64_t since)
+{
+    if (atomic_load_explicit(&m->head_since, memory_order_relaxed) == HEAD_NONE)
+        atomic_store_explicit(&m->head_since, since_stamp(since), memory_order_relaxed);
+}
+
+/* Validate, under the bucket lock.  A waiter that is not long-waiting
+ * parks only if the mutex is still held and PARKED still set.  A
+ * long-waiting one is never refused: it sets PARKED again by a seq_cst
+ * read-modify-write (an unlock that emptied the queue since its announce
+ * may have cleared it) and, if the lock word is free, takes it (the waiter
+ * word is not 0, so the holder word stays 0) and does not park.  Otherwise
+ * it queues, and every unlock from then on that finds it at the head
+ * hands it the lock: the holder's, whose load of the waiter word comes
+ * after our read-modify-write (it took the word after it, or the CAS here
+ * would have succeeded), or, for an unlock whose first look came before
+ * it, its second look after releasing (pz__async_mutex_unlock_slow) or
+ * pz__async_mutex_wake_released. */
 static bool park_validate(void *arg)
 {
     struct park_ctx *c = arg;
     pz_async_mutex_t *m = c->m;
-    if (!c->starving)
-        return (atomic_load_explicit(&m->state, memory_order_seq_cst) & LOCKED) &&
-               (atomic_load_explicit(&m->waiters, memory_order_relaxed) & PARKED);
-    atomic_fetch_or_explicit(&m->waiters, PARKED, memory_order_seq_cst);
-    uint64_t s = 0;
-    if (atomic_compare_exchange_strong_explicit(&m->state, &s, c->self | LOCKED, memory_order_seq_cst,
-                                                memory_order_relaxed)) {
-        c->took = true;
-        return false;
+    if (!c->long_waiting) {
+        if (!((atomic_load_explicit(&m->state, memory_order_seq_cst) & LOCKED) &&
+              (atomic_load_explicit(&m->waiters, memory_order_relaxed) & PARKED)))
+            return false;
+    } else {
+        atomic_fetch_or_explicit(&m->waiters, PARKED, memory_order_seq_cst);
+        uint64_t s = 0;
+        if (atomic_compare_exchange_strong_explicit(&m->state, &s, c->self | LOCKED, memory_order_seq_cst,
+                                                    memory_order_relaxed)) {
+            c->took = true;
+            return false;
+        }
     }
+    note_queued(m, c->since);
     return true;
 }
 
+/* Under the bucket lock, once a waiter that timed out or was cancelled has
+ * left the queue.  If it was the last, the queue is empty: PARKED and
+ * head_since go.  Otherwise it may have been the head: head_since becomes
+ * unknown, so that the next unlock that finds WOKEN looks at the new head. */
 static void mutex_timed_out(void *arg, bool was_last)
 {
     pz_async_mutex_t *m = ((struct park_ctx *)arg)->m;
-    if (was_last)
-        atomic_fetch_and_explicit(&m->waiters, ~PARKED, memory_order_relaxed); /* a starving one leaves STARVERS itself */
+    if (was_last) {
+        atomic_fetch_and_explicit(&m->waiters, ~PARKED, memory_order_relaxed);
+        atomic_store_explicit(&m->head_since, HEAD_NONE, memory_order_relaxed);
+    } else {
+        atomic_store_explicit(&m->head_since, HEAD_UNKNOWN, memory_order_relaxed);
+    }
 }
 
 /* Whether the holder recorded in s may be running now, so that spinning
@@ -269,18 +355,14 @@ enum announce {
     ANNOUNCE_UNFENCED /* PARKED set, but a plain-store unlock may (fences lost) */
 };
 
-/* Sets PARKED and CONTENDED (and, if asked, counts the caller in STARVERS
- * and sets STARVING), giving up WOKEN if we
- * own it, by a seq_cst CAS (always a read-modify-write: it is our half of
- * the Dekker pair with a read-modify-write release).  Then the heavy fence,
- * unless one has run for this mutex already.  If the fence fails, the
- * plain-store unlock is turned off for good and this waiter is not
- * covered (see fences_lost). */
-static enum announce announce_parked(pz_async_mutex_t *m, uint32_t *f, bool woken, bool starving)
+/* Sets PARKED and CONTENDED, giving up WOKEN if we own it, by a seq_cst
+ * CAS (always a read-modify-write: it is our half of the Dekker pair with
+ * a read-modify-write release).  Then the heavy fence, unless one has run
+ * for this mutex already.  If the fence fails, the plain-store unlock is
+ * turned off for good and this waiter is not covered (see fences_lost). */
+static enum announce announce_parked(pz_async_mutex_t *m, uint32_t *f, bool woken)
 {
-    uint32_t want = ((*f | PARKED | CONTENDED) & ~(woken ? WOKEN : 0)) + (starving ? STARVER : 0);
-    if (starving)
-        want |= STARVING;
+    uint32_t want = (*f | PARKED | CONTENDED) & ~(woken ? WOKEN : 0);
     if (!atomic_compare_exchange_weak_explicit(&m->waiters, f, want, memory_order_seq_cst, memory_order_relaxed))
         return ANNOUNCE_RETRY;
     if (*f & FENCED)
@@ -309,18 +391,6 @@ static void give_up_refused_park(pz_async_mutex_t *m)
 {
     if (atomic_load_explicit(&m->waiters, memory_order_seq_cst) & PARKED)
         pz__async_mutex_wake_released(m);
-}
-
-/* A starving waiter that has the lock (or gives up) leaves the count of
- * starving waiters; the last one ends starvation mode. */
-static void leave_starvers(pz_async_mutex_t *m)
-{
-    uint32_t f = atomic_load_explicit(&m->waiters, memory_order_relaxed), n;
-    do {
-        n = f - STARVER;
-        if (!(n & STARVERS))
-            n &= ~STARVING;
-    } while (!atomic_compare_exchange_weak_explicit(&m->waiters, &f, n, memory_order_seq_cst, memory_order_relaxed));
 }
 
 /* For the runtime's reports (dumps, deadlocks): the holder's caller id
@@ -367,13 +437,11 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadli
         atomic_fetch_or_explicit(&m->waiters, CONTENDED, memory_order_relaxed);
     const int spin_rounds = pz__async_spin_rounds();
     int spins = 0;
-    bool woken = false;   /* this caller owns WOKEN */
-    bool counted = false; /* this caller is counted in STARVERS */
-    int64_t first_park = 0;
+    bool woken = false;        /* this caller owns WOKEN */
+    int64_t since = 0;         /* when the wait began: the first announce */
+    bool long_waiting = false; /* since was FAIR_NS ago at the last look */
     for (;;) {
-        /* Barge in while the lock is free.  In starvation mode it passes
-         * only by hand-off and is not seen free (except when an unlock
-         * raced with the waiter turning it on: then anyone may take it). */
+        /* Barge in while the lock is free. */
         uint64_t s = atomic_load_explicit(&m->state, memory_order_relaxed);
         if (s == 0) {
             if (pz__async_mutex_take(m, self)) {
@@ -382,19 +450,20 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadli
                 return 0;
             }
             /* Another task took the word between our load and our CAS.
-             * That counts as a spin round: with the rounds spent we
-             * announce and park below although the word was free (no
-             * holder to spin on; validate refuses us if it is free again,
-             * and we look again), so that after STARVE_NS we turn starving
-             * and are served, instead of possibly losing this race for
-             * ever (models/mutex.md, "The barging race").  Where the
-             * winner still holds the lock, that is the park the next
-             * look would have made anyway. */
-            if (++spins < spin_rounds)
+             * That counts as a spin round: with the rounds spent (or once
+             * long-waiting) we announce and park below although the word
+             * was free (no holder to spin on; validate refuses a waiter
+             * that is not long-waiting if it is free again, and it looks
+             * again), so that our wait begins and after FAIR_NS we are
+             * served, instead of possibly losing this race for ever
+             * (models/mutex.md, "The barging race").  Where the winner
+             * still holds the lock, that is the park the next look would
+             * have made anyway. */
+            if (!long_waiting && ++spins < spin_rounds)
                 continue;
         }
         uint32_t f = atomic_load_explicit(&m->waiters, memory_order_relaxed);
-        if (!(f & STARVING) && spins < spin_rounds && holder_may_run(s)) {
+        if (!long_waiting && spins < spin_rounds && holder_may_run(s)) {
             if (!woken && (f & PARKED) && !(f & WOKEN)) {
                 if (!atomic_compare_exchange_weak_explicit(&m->waiters, &f, f | WOKEN, memory_order_relaxed,
                                                            memory_order_relaxed))
@@ -404,61 +473,47 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadli
             pz__async_backoff(++spins);
             continue;
         }
-        /* Park, giving up WOKEN.  A waiter that was woken and lost the
-         * lock parks again at the tail of the queue; once it has been
-         * trying for STARVE_NS it turns on starvation mode, so that it
-         * cannot lose again: it is counted in STARVERS, its validate cannot
-         * refuse it (park_validate), and every unlock hands over in queue
-         * order until it has the lock.  A waiter that is not starving yet parks
-         * until then at most, and looks again: a waiter parked once is
-         * woken only by an unlock that finds WOKEN clear, and tasks that
-         * spin while each other holds the lock can keep it set. */
-        bool starving = counted || (first_park && pz__clock_now() - first_park >= STARVE_NS);
-        enum announce a = announce_parked(m, &f, woken, starving && !counted);
+        /* Park, giving up WOKEN.  The wait begins at the first announce
+         * (the clock is read before the CAS, so a waiter whose CAS keeps
+         * failing still ages); a waiter woken to compete that loses parks
+         * again at the tail of the queue with the same since, and once
+         * long-waiting it does not spin, its validate cannot refuse it,
+         * and the unlock that takes it from the queue hands it the lock. */
+        int64_t now = pz__clock_now();
+        bool again = since != 0; /* announced before in this call */
+        if (!since)
+            since = now;
+        else if (!long_waiting)
+            long_waiting = now - since >= FAIR_NS;
+        enum announce a = announce_parked(m, &f, woken);
         if (a == ANNOUNCE_RETRY)
             continue;
         woken = false;
-        counted = starving;
-        bool again = first_park != 0; /* parked before in this call */
-        if (!first_park)
-            first_park = pz__clock_now();
         uintptr_t token = TOKEN_NORMAL;
         int64_t until = deadline;
-        if (!starving && first_park + STARVE_NS < until)
-            until = first_park + STARVE_NS;
-        if (a == ANNOUNCE_UNFENCED && until - pz__clock_now() > UNFENCED_POLL_NS)
-            until = pz__clock_now() + UNFENCED_POLL_NS;
+        if (a == ANNOUNCE_UNFENCED && until - now > UNFENCED_POLL_NS)
+            until = now + UNFENCED_POLL_NS;
         pz__wait_note_again(PZ__WAIT_ASYNC_MUTEX, m, again);
-        struct park_ctx c = {.m = m, .self = self, .starving = starving};
-        const pz_park_opts_t opts = {.validate = park_validate, .timed_out = mutex_timed_out, .ctx = &c};
+        struct park_ctx c = {.m = m, .self = self, .since = since, .long_waiting = long_waiting};
+        const pz_park_opts_t opts = {
+            .validate = park_validate, .timed_out = mutex_timed_out, .ctx = &c, .park_token = (uintptr_t)&c};
         int r = pz_park(m, until, &opts, &token);
         if (r == 0 && token == TOKEN_HANDOFF) {
             /* The unlocker left the lock word LOCKED with no holder id,
              * which nobody else changes; its section happens before our
-             * wake (the lot's bucket lock and the task wake order it).
-             * STARVING stays until the last starving waiter has the lock,
-             * so a waiter served quickly does not end the mode for a
-             * starving one behind it. */
+             * wake (the lot's bucket lock and the task wake order it). */
             atomic_store_explicit(&m->state, self | LOCKED, memory_order_relaxed);
-            if (counted)
-                leave_starvers(m);
             return 0;
         }
-        if (r == -EAGAIN && c.took) {
-            /* A starving validate took the free word. */
-            leave_starvers(m);
-            return 0;
-        }
+        if (r == -EAGAIN && c.took)
+            return 0; /* a long-waiting validate took the free word */
         if (r == 0) {
             /* Woken without the lock: the unlocker set WOKEN for us. */
             woken = true;
         } else if (r == -ECANCELED || (r == -ETIMEDOUT && until == deadline)) {
-            if (counted)
-                leave_starvers(m);
             return r;
         } else if (r == -ETIMEDOUT) {
-            /* The STARVE_NS timer, or an unfenced park's poll: look at the
-             * lock word again. */
+            /* An unfenced park's poll: look at the lock word again. */
         } else if (deadline != PZ_FOREVER && pz_now() >= deadline) {
             /* -EAGAIN (the words changed before we slept) and out of
              * time.  We have set PARKED and dropped WOKEN if we owned it,
@@ -472,88 +527,106 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadli
 }
 
 /* The new waiter word after a wake that found r: keeps a spinner's WOKEN,
- * sets it for the woken waiter, and clears the queue's bits once the
- * queue is empty. */
+ * sets it for the woken waiter, and clears PARKED once the queue is
+ * empty. */
 static uint32_t waiters_after(uint32_t f, pz_unpark_result_t r, bool handoff)
 {
-    return (f & (WOKEN | CONTENDED | FENCED | STARVING | STARVERS)) | (r.have_more ? (f & PARKED) : 0) |
+    return (f & (WOKEN | CONTENDED | FENCED)) | (r.have_more ? (f & PARKED) : 0) |
            (r.unparked && !handoff ? WOKEN : 0);
 }
 
-/* Under the bucket lock, by the holder, with r telling whom the lot took. */
-static uintptr_t unlock_decide(pz_unpark_result_t r, void *arg)
-{
-    pz_async_mutex_t *m = arg;
-    /* By the holder: the word still names it as LOCKED. */
-    PZ__ASSERT(atomic_load_explicit(&m->state, memory_order_relaxed) & LOCKED);
-    uint32_t f = atomic_load_explicit(&m->waiters, memory_order_relaxed);
-    bool handoff = r.unparked && (r.be_fair || (f & STARVING));
-    while (!atomic_compare_exchange_weak_explicit(&m->waiters, &f, waiters_after(f, r, handoff),
-                                                  memory_order_seq_cst, memory_order_relaxed)) {
-        handoff = r.unparked && (r.be_fair || (f & STARVING));
-    }
-    if (handoff) {
-        /* LOCKED stays set, the holder id is cleared for the woken waiter
-         * to write. */
-        atomic_store_explicit(&m->state, LOCKED, memory_order_release);
-        return TOKEN_HANDOFF;
-    }
-    atomic_exchange_explicit(&m->state, 0, memory_order_seq_cst);
-    return TOKEN_NORMAL;
-}
-
-/* A wake after a release that saw PARKED late (or a give-up). */
-struct released {
+/* One serving of the queue: by an unlock that still holds the lock
+ * (released false), or after a release that found a waiter late, or a
+ * give-up (released true: pz__async_mutex_wake_released). */
+struct serve {
     pz_async_mutex_t *m;
-    bool kept; /* released_filter took the lock word to hand it over */
+    bool released;
+    bool kept;          /* released: serve_filter took the free word to hand it over */
+    bool old;           /* the waiter looked at last is long-waiting */
+    int64_t now;        /* the clock, read once, by the first look */
+    int64_t head_since; /* the since of the waiter looked at last */
 };
 
-/* Under the bucket lock, before each waiter is claimed.  Without
- * STARVING the first waiter is woken without the lock, to compete.  With
- * STARVING it gets the lock if the word is still free (taken here by CAS,
- * then handed over); if the word is held again, the first waiter stays
- * queued: the holder's unlock sees STARVING (set before our load, and
- * set until the starving waiter has the lock) and hands over itself.
- * Waking it without the lock instead let the holder take the word again
- * before it ran, for ever (the fifth cycle models/mutex.pml's progress
- * check found, when an emptied queue still cleared STARVING).  A
- * waiter whose claim then loses (it timed out) is passed over, and the
- * next one decided the same way, keeping a word already taken. */
-static pz_filter_op_t released_filter(uintptr_t park_token, void *arg)
+/* Under the bucket lock, before each waiter is claimed (the first, and
+ * the next if a claim is lost because that waiter is timing out).
+ * Returns:
+ *   - UNPARK_STOP to hand the lock over, for a long-waiting waiter: by
+ *     an unlock that still holds it; after a release, if the word is
+ *     still free (taken here by CAS, kept), or for the next waiter once a
+ *     word taken for one whose claim then lost is kept;
+ *   - STOP, waking nobody, after a release for a long-waiting waiter
+ *     when the word is held again: the holder's unlock finds PARKED and
+ *     head_since, exact from here, long past, and hands over itself;
+ *   - STOP for a younger waiter while WOKEN is set: its owner takes the
+ *     lock (it cannot park before our release, which comes before its
+ *     validate: either our exchange below, or the unlock's before this
+ *     wake-up; the bucket lock orders a plain-store release);
+ *   - UNPARK_STOP otherwise, to wake a younger waiter to compete. */
+static pz_filter_op_t serve_filter(uintptr_t park_token, void *arg)
 {
-    (void)park_token;
-    struct released *c = arg;
-    if (c->kept || !(atomic_load_explicit(&c->m->waiters, memory_order_seq_cst) & STARVING))
+    struct serve *c = arg;
+    const struct park_ctx *w = (const struct park_ctx *)park_token;
+    if (!c->now)
+        c->now = pz__clock_now();
+    c->head_since = w->since;
+    c->old = c->now - w->since >= FAIR_NS;
+    if (c->released && c->kept)
         return PZ_FILTER_UNPARK_STOP;
-    uint64_t s = 0;
-    if (atomic_compare_exchange_strong_explicit(&c->m->state, &s, LOCKED, memory_order_seq_cst, memory_order_relaxed)) {
-        c->kept = true;
-        return PZ_FILTER_UNPARK_STOP;
+    if (c->old) {
+        if (!c->released)
+            return PZ_FILTER_UNPARK_STOP;
+        uint64_t s = 0;
+        if (atomic_compare_exchange_strong_explicit(&c->m->state, &s, LOCKED, memory_order_seq_cst,
+                                                    memory_order_relaxed)) {
+            c->kept = true;
+            return PZ_FILTER_UNPARK_STOP;
+        }
+        return PZ_FILTER_STOP;
     }
-    return PZ_FILTER_STOP;
+    if (atomic_load_explicit(&c->m->waiters, memory_order_seq_cst) & WOKEN)
+        return PZ_FILTER_STOP;
+    return PZ_FILTER_UNPARK_STOP;
 }
 
-/* Under the bucket lock, after released_filter: the token, and the waiter
- * word (WOKEN for a waiter woken without the lock; the queue's bits
- * cleared if it emptied).  A word taken for a waiter that then timed out,
- * with nobody else to take, is released again. */
-static uintptr_t released_decide(pz_unpark_result_t r, void *arg)
+/* Under the bucket lock, after serve_filter: the token; the waiter word
+ * (WOKEN for a waiter woken without the lock, PARKED cleared if the queue
+ * emptied); head_since (nobody, exact if the filter stopped at the head,
+ * unknown once the head was served); and the lock word: handed over
+ * (LOCKED with no id), or released by an unlock that wakes a waiter to
+ * compete or nobody, or released again if a word taken after a release
+ * found nobody left to take it. */
+static uintptr_t serve_decide(pz_unpark_result_t r, void *arg)
 {
-    struct released *c = arg;
-    bool handoff = c->kept && r.unparked;
-    uint32_t f = atomic_load_explicit(&c->m->waiters, memory_order_relaxed);
-    while (!atomic_compare_exchange_weak_explicit(&c->m->waiters, &f, waiters_after(f, r, handoff),
+    struct serve *c = arg;
+    pz_async_mutex_t *m = c->m;
+    bool handoff = r.unparked && (c->released ? c->kept : (c->old || r.be_fair));
+    /* By the holder: the word still names it as LOCKED. */
+    PZ__ASSERT(c->released || (atomic_load_explicit(&m->state, memory_order_relaxed) & LOCKED));
+    uint32_t f = atomic_load_explicit(&m->waiters, memory_order_relaxed);
+    while (!atomic_compare_exchange_weak_explicit(&m->waiters, &f, waiters_after(f, r, handoff),
                                                   memory_order_seq_cst, memory_order_relaxed)) {
     }
+    uint32_t h = !r.have_more ? HEAD_NONE : (r.unparked || !c->now) ? HEAD_UNKNOWN : since_stamp(c->head_since);
+    atomic_store_explicit(&m->head_since, h, memory_order_relaxed);
+    if (!c->released) {
+        if (handoff) {
+            /* LOCKED stays set, the holder id is cleared for the woken
+             * waiter to write. */
+            atomic_store_explicit(&m->state, LOCKED, memory_order_release);
+            return TOKEN_HANDOFF;
+        }
+        atomic_exchange_explicit(&m->state, 0, memory_order_seq_cst);
+        return TOKEN_NORMAL;
+    }
     if (c->kept && !r.unparked)
-        atomic_exchange_explicit(&c->m->state, 0, memory_order_seq_cst);
+        atomic_exchange_explicit(&m->state, 0, memory_order_seq_cst);
     return handoff ? TOKEN_HANDOFF : TOKEN_NORMAL;
 }
 
 int pz__async_mutex_wake_released(pz_async_mutex_t *m)
 {
-    struct released c = {.m = m};
-    pz_unpark_filter(m, released_filter, released_decide, &c);
+    struct serve c = {.m = m, .released = true};
+    pz_unpark_filter(m, serve_filter, serve_decide, &c);
     return 0;
 }
 
@@ -587,27 +660,22 @@ int pz__async_mutex_unlock_slow(pz_async_mutex_t *m, uint64_t self)
     if (atomic_load_explicit(&m->holder, memory_order_relaxed))
         atomic_store_explicit(&m->holder, 0, memory_order_relaxed);
     uint32_t f = atomic_load_explicit(&m->waiters, memory_order_relaxed);
-    if ((f & STARVING) || (f & (PARKED | WOKEN)) == PARKED) {
-        pz_unpark_one(m, unlock_decide, m);
+    if (should_serve(m, f)) {
+        struct serve c = {.m = m};
+        pz_unpark_filter(m, serve_filter, serve_decide, &c);
     } else {
         /* Nobody parked, or a woken waiter or spinner is on its way and
          * will take the lock: release by read-modify-write and look
-         * again. */
+         * again.  A waiter that came meanwhile, or a head that has now
+         * waited FAIR_NS, is served after the release: for a long-waiting
+         * head, serve_filter takes the word back if it is still free and
+         * hands it over, rather than wake it to compete with bargers
+         * (which can go on for ever); if somebody took the word already,
+         * that holder's unlock serves it. */
         atomic_exchange_explicit(&m->state, 0, memory_order_seq_cst);
         f = atomic_load_explicit(&m->waiters, memory_order_seq_cst);
-        if (f & STARVING) {
-            /* A waiter turned starving after our first load: take the
-             * word back if it is still free and hand it to the head of
-             * the queue, rather than wake that waiter to compete with
-             * bargers (which can go on for ever).  If somebody took it
-             * already, that holder's unlock sees STARVING. */
-            uint64_t z = 0;
-            if (atomic_compare_exchange_strong_explicit(&m->state, &z, LOCKED, memory_order_seq_cst,
-                                                        memory_order_relaxed))
-                pz_unpark_one(m, unlock_decide, m);
-        } else if ((f & (PARKED | WOKEN)) == PARKED) {
+        if (should_serve(m, f))
             pz__async_mutex_wake_released(m);
-        }
     }
     /* Every release of a contended mutex (this path) counts against the
      * cooperative budget.  A task that keeps taking the lock by the fast
