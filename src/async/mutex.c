@@ -50,8 +50,8 @@
  * struct park_ctx, on its stack, which says since when it waits).  One
  * that has waited FAIR_NS is handed the lock: LOCKED stays set and the
  * waiter gets TOKEN_HANDOFF, returns owning the lock and writes its id
- * into the lock word (so does one the lot's be_fair picks).  A younger one
- * is woken without the lock, which is released with WOKEN set: it
+ * into the lock word (so does any waiter when the lot says be_fair).  A
+ * younger one is woken without the lock, which is released with WOKEN set: it
  * competes with running tasks, owning WOKEN until it takes the lock or
  * parks again.  So at most one woken waiter is on its way at a time, and
  * unlocks while it is on its way wake nobody.  If WOKEN is set when the
