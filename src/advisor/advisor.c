@@ -19,23 +19,27 @@
  * no plaza lock: its own state is atomics and one spin flag for the
  * symbol resolver, so it never measures itself.
  *
- * Sampling: every acquisition, contended acquisition, owner change, wait
- * and wait that gave up is counted (a wait is timed whenever the first
- * attempt fails, which is exact); hold times are timed for the first
- * SAMPLE_FIRST holds of each lock and then about one acquisition in
- * N = sample_mask + 1: a per-(thread, lock, site) countdown reloaded with
- * a random gap, uniform over [1, 2N - 1] (mean N), so that the timed holds
- * are an unbiased sample of the holds even when hold lengths follow a
- * period (docs/advisor.md).  The same countdown counts the acquisitions:
- * a slot's are drawn - countdown (runtime.h).
+ * Sampling: every acquisition, contended acquisition, wait and wait that
+ * gave up is counted (a wait is timed whenever the first attempt fails,
+ * which is exact); hold times are timed for the first SAMPLE_FIRST holds
+ * of each lock and then about one acquisition in N = sample_mask + 1: a
+ * per-(thread, lock, site) countdown reloaded with a random gap, uniform
+ * over [1, 2N - 1] (mean N), so that the timed holds are an unbiased
+ * sample of the holds even when hold lengths follow a period
+ * (docs/advisor.md).  The same countdown counts the acquisitions: a
+ * slot's are drawn - countdown (runtime.h).  Owner changes are sampled
+ * once per gap by the owner probe (runtime.h, pz__observe_owner), each
+ * probe weighted by its gap: an estimate, exact while every hold is timed.
  *
  * Where the time goes, with the advisor on: an untimed acquisition of a
- * sync lock or an async mutex costs, inline, one read of the caller's
- * thread-local record, the check that the thread's last slot is this
- * (lock, site)'s, the countdown, and one load of the record's owner line
- * (written only when the owner changes); an untimed release costs one
- * load of the caller's timed-hold count.  No call, no clock read and no
- * shared write on either.
+ * sync lock or an async mutex costs, inline and after the lock is taken,
+ * one read of the caller's thread-local record, the check that the
+ * thread's last slot is this (lock, site)'s, the countdown, and one load
+ * of the record's probe line (written twice per sampling gap); a contended
+ * one adds two clock reads (one inside the critical section) and a few
+ * stores to its thread's slot (slot_wait); an untimed release costs one
+ * load of the count of timed holds.  No shared write inside a critical
+ * section but the probe's, once per gap, and a timed hold's.
  */
 #define _GNU_SOURCE
 #include "plaza/advisor.h"
