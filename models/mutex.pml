@@ -24,6 +24,9 @@
  *   FENCES       1 (default): asymmetric fences available, the plain-store
  *                unlock in use; 0: every unlock is a read-modify-write.
  *   BAD_NO_FENCE the first parker skips the heavy fence (must fail).
+ *   BAD_STOP_ON_SEEN an unlock that came to the lot for the head's age
+ *                (it saw WOKEN) leaves a young head alone without looking
+ *                at WOKEN again under the bucket lock (must fail).
  *   R1 R2 R3     rounds of lock/unlock per task; D1 D2 D3: whether the
  *                task's lock calls have a deadline (may time out or be
  *                cancelled).
@@ -113,6 +116,16 @@
 #define R_TIMEDOUT 1
 #define R_AGAIN 2
 #define R_TOOK 3   /* a long-waiting validate took the free lock */
+
+/* serve_filter leaves a young head alone only if WOKEN is still set under
+ * the bucket lock (its owner has not parked); BAD_STOP_ON_SEEN trusts the
+ * WOKEN the unlock saw before it took the bucket lock (must fail: that
+ * owner may have parked since) */
+#ifdef BAD_STOP_ON_SEEN
+#define STILL_WOKEN 1
+#else
+#define STILL_WOKEN (waiters & WOKEN)
+#endif
 
 /* serve_filter's answers */
 #define OP_UNPARK_STOP 1
@@ -262,9 +275,11 @@ inline should_serve() {
  * neighbouring step. */
 inline unpark_one(released) {
     /* lock the bucket; serve_filter decides on each waiter in order before
-     * its claim; a claim that loses (the waiter timed out) goes on to the
-     * next; have_more counts every node left, timed-out ones still in the
-     * queue included (has_waiter) */
+     * its claim (ws: the unlock came although it saw WOKEN, for the head's
+     * age: a young head is then left alone if WOKEN is still set, since
+     * its owner has not parked); a claim that loses (the
+     * waiter timed out) goes on to the next; have_more counts every node
+     * left, timed-out ones still in the queue included (has_waiter) */
     BUCKET_TICKET
     atomic {
         flush_mine();
@@ -289,13 +304,13 @@ inline unpark_one(released) {
                 :: state == 0 -> state = LOCKED; kept = 1; op = OP_UNPARK_STOP
                 :: else -> op = OP_STOP
                 fi
-            :: !(released && kept) && !cold && (waiters & WOKEN) -> op = OP_STOP
-            :: !(released && kept) && !cold && (waiters & WOKEN) == 0 -> op = OP_UNPARK_STOP
+            :: !(released && kept) && !cold && ws && STILL_WOKEN -> op = OP_STOP
+            :: !(released && kept) && !cold && !(ws && STILL_WOKEN) -> op = OP_UNPARK_STOP
 #else
-            :: !(released && kept) && released && (waiters & WOKEN) -> op = OP_STOP
-            :: !(released && kept) && released && (waiters & WOKEN) == 0 -> op = OP_UNPARK_STOP
-            :: !(released && kept) && !cold && !released && (waiters & WOKEN) -> op = OP_STOP
-            :: !(released && kept) && !cold && !released && (waiters & WOKEN) == 0 -> op = OP_UNPARK_STOP
+            :: !(released && kept) && released && ws && (waiters & WOKEN) -> op = OP_STOP
+            :: !(released && kept) && released && !(ws && (waiters & WOKEN)) -> op = OP_UNPARK_STOP
+            :: !(released && kept) && !cold && !released && ws && (waiters & WOKEN) -> op = OP_STOP
+            :: !(released && kept) && !cold && !released && !(ws && (waiters & WOKEN)) -> op = OP_UNPARK_STOP
 #endif
             fi;
             if
@@ -374,7 +389,7 @@ inline unpark_one(released) {
         fi;
         /* dead locals back to 0, so that they do not split states */
         chosen = 0; t = 0; f = 0; unparked = 0; have_more = 0; fair = 0; handoff = 0;
-        kept = 0; cold = 0; stopped = 0; looked = 0
+        kept = 0; cold = 0; stopped = 0; looked = 0; ws = 0
     }
 }
 
@@ -660,13 +675,13 @@ inline unlock() {
         }
         should_serve();
         if
-        :: sv -> sv = 0; unpark_one(0)
+        :: sv -> atomic { sv = 0; ws = ((f & WOKEN) != 0) }; unpark_one(0)
         :: else ->
             atomic { flush_mine(); state = 0 }
             f = waiters;
             should_serve();
             if
-            :: sv -> sv = 0; unpark_one(1)
+            :: sv -> atomic { sv = 0; ws = ((f & WOKEN) != 0) }; unpark_one(1)
             :: else -> skip
             fi
         fi
@@ -676,7 +691,7 @@ inline unlock() {
 proctype task(byte me; byte rounds; bit dl)
 {
     byte s, f, h, spins, i, chosen, t, r, op, stopped;
-    bit kept, plw, lw, fire, woken, first, cas, took, ok, unparked, have_more, fair, handoff, cold, looked, st, sv;
+    bit kept, plw, lw, fire, woken, first, cas, took, ok, unparked, have_more, fair, handoff, cold, looked, st, sv, ws;
     byte n = 0;
     do
     :: rounds == 0 || n < rounds ->

@@ -114,10 +114,11 @@ run pass mutex good-no-fences "-DFENCES=0" "$safety" "$deep"
 run fail mutex giveup-unfixed "-DGIVEUP_FIX=0" "$quick" "$deep"
 run fail mutex giveup-unfixed-no-fences "-DGIVEUP_FIX=0 -DFENCES=0" "$quick" "$deep"
 run fail mutex no-fence "-DBAD_NO_FENCE" "$quick" "$deep"
+run fail mutex stop-on-seen-woken "-DBAD_STOP_ON_SEEN" "$quick" "$deep"
 # A waiter's progress without a timer: the unlock serves the head by its
 # age.  With every task's load of a free lock word and its CAS two steps
-# (so the waiter may lose that race): under a minute of CPU (24 s on the
-# Xeon VM) and 650 MB; the depth-first stack goes about 770 000 deep.
+# (so the waiter may lose that race): under a minute of CPU (21 s on the
+# Xeon VM) and 680 MB; the depth-first stack goes about 830 000 deep.
 # Without the head's age at an unlock that finds WOKEN, without the
 # hand-off after a late release, or without the lost CAS counted as a spin
 # round, the waiter can lose for ever (mutex.md, "Progress").

@@ -30,10 +30,9 @@
  *   no timer, nothing else would wake it), and the barger sections that
  *   begin after head_since is long past stay within 3 (one per unlock that
  *   looked at the clock before and released after, and each of the two
- *   spinners may have parked ahead of the victim).  The code before (a
- *   1 ms timer, then starvation mode) let tens of sections by there: the
- *   victim's timer wake-up, its new announce and its second park took
- *   that long. */
+ *   spinners may have parked ahead of the victim).  The rounds report how
+ *   often a spinner section saw the victim parked and how many sections
+ *   ended with PARKED | WOKEN, to show that the case happened. */
 #include "helpers.h"
 
 #include <errno.h>

@@ -54,10 +54,10 @@
  * younger one is woken without the lock, which is released with WOKEN set: it
  * competes with running tasks, owning WOKEN until it takes the lock or
  * parks again.  So at most one woken waiter is on its way at a time, and
- * unlocks while it is on its way wake nobody.  If WOKEN is set when the
- * filter looks and the head is young, nobody is woken (the WOKEN owner
- * will take the lock: it cannot park before the release, since its
- * validate needs the bucket lock we hold).
+ * unlocks while it is on its way wake nobody.  An unlock that came to the
+ * lot only for the head's age (it saw WOKEN) and finds the head young wakes
+ * nobody (the WOKEN owner will take the lock: it cannot park before the
+ * release, since its validate needs the bucket lock we hold).
  *
  * WOKEN can have two owners for a moment (a spinner sets it just before an
  * unlocker, which saw it clear, wakes a waiter); either clearing it early
@@ -148,8 +148,9 @@
  * word).  Every long wait then cost a timer, an idle worker's wake-up from
  * epoll to fire it, and a second park at the tail of the queue: in the
  * logic benchmark (a lock held across a 50 us database call, 64 tasks),
- * 0.28 epoll returns per section with no event, and 38-41 us of CPU per
- * section against tokio's 20-22.  A timer is not needed for progress
+ * 1.41 epoll calls per section (1.03 now, tokio 1.07) and 40 us of CPU
+ * per section (27 now, tokio 24), for 8 700 sections/s (9 700 now, tokio
+ * 9 300; docs/async.md has the rounds).  A timer is not needed for progress
  * either: a queued waiter is forgotten only if no unlock ever goes
  * through the lot after it parks; every unlock does while PARKED is set
  * and WOKEN clear or the head long-waiting (3.), and unlocks stop only if
@@ -541,6 +542,7 @@ static uint32_t waiters_after(uint32_t f, pz_unpark_result_t r, bool handoff)
 struct serve {
     pz_async_mutex_t *m;
     bool released;
+    bool woken_seen;    /* the unlock came here although it saw WOKEN: for the head's age */
     bool kept;          /* released: serve_filter took the free word to hand it over */
     bool old;           /* the waiter looked at last is long-waiting */
     int64_t now;        /* the clock, read once, by the first look */
@@ -557,11 +559,21 @@ struct serve {
  *   - STOP, waking nobody, after a release for a long-waiting waiter
  *     when the word is held again: the holder's unlock finds PARKED and
  *     head_since, exact from here, long past, and hands over itself;
- *   - STOP for a younger waiter while WOKEN is set: its owner takes the
- *     lock (it cannot park before our release, which comes before its
+ *   - STOP for a younger waiter when the unlock came only for the head's
+ *     age, having seen WOKEN, and WOKEN is still set: its owner takes the
+ *     lock (it has not parked, since it clears WOKEN before its validate,
+ *     and it cannot park before our release, which comes before its
  *     validate: either our exchange below, or the unlock's before this
- *     wake-up; the bucket lock orders a plain-store release);
- *   - UNPARK_STOP otherwise, to wake a younger waiter to compete. */
+ *     wake-up), and we learn the head's since for head_since.  The look
+ *     must be here, under the bucket lock: the owner the unlock saw may
+ *     have parked since (models/mutex.pml found that lost wake-up);
+ *   - UNPARK_STOP otherwise, to wake a younger waiter to compete, even if
+ *     a spinner has set WOKEN since the unlock looked (two owners for a
+ *     moment, as above).  Waking nobody then, which the model allows as
+ *     well, left parked waiters asleep behind spinners: in async_contended
+ *     with 1024 tasks most of the unlocks that came here found WOKEN set
+ *     by then, and the longest wait went from 43 to 1586 us (medians of 7
+ *     rounds). */
 static pz_filter_op_t serve_filter(uintptr_t park_token, void *arg)
 {
     struct serve *c = arg;
@@ -583,7 +595,7 @@ static pz_filter_op_t serve_filter(uintptr_t park_token, void *arg)
         }
         return PZ_FILTER_STOP;
     }
-    if (atomic_load_explicit(&c->m->waiters, memory_order_seq_cst) & WOKEN)
+    if (c->woken_seen && (atomic_load_explicit(&c->m->waiters, memory_order_seq_cst) & WOKEN))
         return PZ_FILTER_STOP;
     return PZ_FILTER_UNPARK_STOP;
 }
@@ -661,7 +673,7 @@ int pz__async_mutex_unlock_slow(pz_async_mutex_t *m, uint64_t self)
         atomic_store_explicit(&m->holder, 0, memory_order_relaxed);
     uint32_t f = atomic_load_explicit(&m->waiters, memory_order_relaxed);
     if (should_serve(m, f)) {
-        struct serve c = {.m = m};
+        struct serve c = {.m = m, .woken_seen = (f & WOKEN) != 0};
         pz_unpark_filter(m, serve_filter, serve_decide, &c);
     } else {
         /* Nobody parked, or a woken waiter or spinner is on its way and
@@ -674,8 +686,10 @@ int pz__async_mutex_unlock_slow(pz_async_mutex_t *m, uint64_t self)
          * that holder's unlock serves it. */
         atomic_exchange_explicit(&m->state, 0, memory_order_seq_cst);
         f = atomic_load_explicit(&m->waiters, memory_order_seq_cst);
-        if (should_serve(m, f))
-            pz__async_mutex_wake_released(m);
+        if (should_serve(m, f)) {
+            struct serve c = {.m = m, .released = true, .woken_seen = (f & WOKEN) != 0};
+            pz_unpark_filter(m, serve_filter, serve_decide, &c);
+        }
     }
     /* Every release of a contended mutex (this path) counts against the
      * cooperative budget.  A task that keeps taking the lock by the fast
