@@ -62,6 +62,7 @@ static pz__io_source *source_register(int fd, pz__runtime **rtp, int *err, unsig
          * event came since", which pz_select trusts without a system call
          * (src/io/select.c). */
         bool watch = events & PZ__EV_WRITE;
+        atomic_store_explicit(&src->interest_changes, 0, memory_order_relaxed);
         atomic_store_explicit(&src->readiness, PZ__IO_READ | PZ__IO_WRITE | (watch ? PZ__IO_WATCH_WRITE : 0),
                               memory_order_relaxed);
 #ifdef PZ_TSAN

@@ -610,9 +610,10 @@ typedef struct pz__io_source {
      * that returns fewer bytes than asked has emptied it (src/io/io.c). */
     bool stream;
     /* Times the poller registration changed between read only and read
-     * and write (pz__driver_watch_write and its undoing), counted under
-     * lock.  Only the tests read it: a connection that never fills its
-     * send buffer must never change it. */
+     * and write (pz__driver_watch_write and its undoing) since the
+     * descriptor was registered, counted under lock.  Only the tests read
+     * it: a connection that never fills its send buffer must never change
+     * it. */
     _Atomic uint32_t interest_changes;
     pz__io_waiter *waiters;
 } pz__io_source;
