@@ -119,10 +119,16 @@ typedef struct pz__event {
     unsigned events;
 } pz__event;
 int pz__poller_create(void);
-/* Registers fd for read and write readiness, edge-triggered.  Returns 0,
- * -EPERM for a descriptor the poller cannot watch (a regular file), or
- * another negative errno. */
-int pz__poller_add(int poller, int fd, void *data);
+/* Registers fd, edge-triggered, for the readiness events asked
+ * (PZ__EV_READ: readable and the peer's end of stream; PZ__EV_WRITE:
+ * writable; hang-ups and errors are always reported).  Returns 0, -EPERM
+ * for a descriptor the poller cannot watch (a regular file), or another
+ * negative errno. */
+int pz__poller_add(int poller, int fd, void *data, unsigned events);
+/* Changes the events fd is registered for.  A readiness asked for that
+ * holds already is reported as an event (the kernel looks at the
+ * descriptor again), but src/runtime/driver.c does not rely on it. */
+int pz__poller_mod(int poller, int fd, void *data, unsigned events);
 int pz__poller_del(int poller, int fd);
 /* Waits until an event or the absolute deadline (ns; < 0: none; a past
  * deadline does not block).  Returns the number of events or -errno. */

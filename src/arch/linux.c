@@ -276,14 +276,30 @@ int pz__poller_create(void)
     return fd < 0 ? -errno : fd;
 }
 
-int pz__poller_add(int poller, int fd, void *data)
+static uint32_t poller_interest(unsigned events)
+{
+    uint32_t k = EPOLLET;
+    if (events & PZ__EV_READ)
+        k |= EPOLLIN | EPOLLRDHUP;
+    if (events & PZ__EV_WRITE)
+        k |= EPOLLOUT;
+    return k;
+}
+
+int pz__poller_add(int poller, int fd, void *data, unsigned events)
 {
     if (pz__fault(PZ__FAULT_POLLER))
         return -ENOMEM;
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = data};
+    struct epoll_event ev = {.events = poller_interest(events), .data.ptr = data};
     if (epoll_ctl(poller, EPOLL_CTL_ADD, fd, &ev) == 0)
         return 0;
     return -errno;
+}
+
+int pz__poller_mod(int poller, int fd, void *data, unsigned events)
+{
+    struct epoll_event ev = {.events = poller_interest(events), .data.ptr = data};
+    return epoll_ctl(poller, EPOLL_CTL_MOD, fd, &ev) == 0 ? 0 : -errno;
 }
 
 int pz__poller_del(int poller, int fd)

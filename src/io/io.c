@@ -5,8 +5,12 @@
  * Every call follows one loop: snapshot the source's readiness word, try
  * the non-blocking system call, and on EAGAIN clear the readiness bit if no
  * event came meanwhile, then park until the bit is set again, the deadline
- * passes or the task is cancelled.  Outside a task (or with no runtime) the
- * caller's thread waits in poll(2) instead.
+ * passes or the task is cancelled.  A write that finds the descriptor not
+ * writable while the poller does not watch writability first asks it to
+ * and tries again (src/runtime/driver.c: descriptors are registered for
+ * reading alone, so request/response traffic gets no writability edges).
+ * Outside a task (or with no runtime) the caller's thread waits in poll(2)
+ * instead.
  */
 #define _GNU_SOURCE
 #include "io_internal.h"
@@ -33,8 +37,12 @@ typedef ssize_t (*io_try_fn)(int fd, void *ctx);
 
 /* Where the caller will wait, or NULL: no runtime or not in a task, or
  * *err < 0: fd is no open descriptor (-EBADF), and nothing is recorded
- * for its number (a descriptor that gets the number later starts clean). */
-static pz__io_source *source_for_err(int fd, pz__runtime **rtp, int *err)
+ * for its number (a descriptor that gets the number later starts clean).
+ * A descriptor seen for the first time is registered with the poller for
+ * the events asked (PZ__EV_READ, and PZ__EV_WRITE for a connect, which
+ * waits for writability at once; others ask for it when a call finds the
+ * descriptor not writable: src/runtime/driver.c). */
+static pz__io_source *source_register(int fd, pz__runtime **rtp, int *err, unsigned events)
 {
     pz__runtime *rt = atomic_load_explicit(&pz__rt, memory_order_acquire);
     if (!rt || !rt->io_chunks || !pz__current_task())
@@ -53,14 +61,17 @@ static pz__io_source *source_for_err(int fd, pz__runtime **rtp, int *err)
          * kernel.  A clear bit means "someone found it not ready, and no
          * event came since", which pz_select trusts without a system call
          * (src/io/select.c). */
-        atomic_store_explicit(&src->readiness, PZ__IO_READ | PZ__IO_WRITE, memory_order_relaxed);
+        bool watch = events & PZ__EV_WRITE;
+        atomic_store_explicit(&src->interest_changes, 0, memory_order_relaxed);
+        atomic_store_explicit(&src->readiness, PZ__IO_READ | PZ__IO_WRITE | (watch ? PZ__IO_WATCH_WRITE : 0),
+                              memory_order_relaxed);
 #ifdef PZ_TSAN
         /* Pairs with the reactor's acquire: epoll carries this edge. */
         __tsan_release(src);
 #endif
         int r = pz__set_nonblocking(fd);
         if (r == 0)
-            r = pz__poller_add(rt->poller, fd, src);
+            r = pz__poller_add(rt->poller, fd, src, watch ? PZ__EV_READ | PZ__EV_WRITE : PZ__EV_READ);
         if (r < 0 && r != -EPERM) {
             /* Not open (-EBADF), or the poller is out of memory: nothing
              * is recorded, the call fails, a later call tries again. */
@@ -68,13 +79,20 @@ static pz__io_source *source_for_err(int fd, pz__runtime **rtp, int *err)
             *err = r;
             return NULL;
         }
-        if (r < 0)
+        if (r < 0) {
             kind = PZ__SRC_BLOCKING; /* a regular file: epoll says EPERM */
+            atomic_fetch_and_explicit(&src->readiness, ~(uint64_t)PZ__IO_WATCH_WRITE, memory_order_relaxed);
+        }
         src->stream = kind == PZ__SRC_POLLED && pz__fd_is_stream(fd);
         atomic_store_explicit(&src->kind, kind, memory_order_release);
     }
     pz__spin_unlock(&src->lock);
     return src;
+}
+
+static pz__io_source *source_for_err(int fd, pz__runtime **rtp, int *err)
+{
+    return source_register(fd, rtp, err, PZ__EV_READ);
 }
 
 static pz__io_source *source_for(int fd, pz__runtime **rtp)
@@ -186,6 +204,15 @@ static ssize_t io_loop(int fd, uint64_t bit, io_try_fn fn, void *ctx, int64_t de
             continue;
         if (!src) {
             int r = thread_wait(fd, bit == PZ__IO_READ ? POLLIN : POLLOUT, deadline);
+            if (r < 0)
+                return r;
+            continue;
+        }
+        /* The poller reports writability only once asked (the rule in
+         * src/runtime/driver.c): ask, then try the call again, which sees
+         * writability that came before the poller watched for it. */
+        if (bit == PZ__IO_WRITE && (seen & PZ__IO_WRITE) && !(seen & PZ__IO_WATCH_WRITE)) {
+            int r = pz__driver_watch_write(rt, src);
             if (r < 0)
                 return r;
             continue;
@@ -447,7 +474,13 @@ static int wait_either(int fd, int64_t deadline)
     ssize_t n = try_poll(fd, &both);
     if (n != -EAGAIN)
         return n == -EINTR ? 0 : (int)n;
-    /* poll said neither: the bits are stale unless an event came since. */
+    /* poll said neither: the bits are stale unless an event came since;
+     * WRITE is cleared only once the poller watches writability (then
+     * look again: src/runtime/driver.c). */
+    if ((seen & PZ__IO_WRITE) && !(seen & PZ__IO_WATCH_WRITE)) {
+        int r = pz__driver_watch_write(rt, src);
+        return r < 0 ? r : 0;
+    }
     if ((seen & (PZ__IO_READ | PZ__IO_WRITE)) &&
         !atomic_compare_exchange_strong_explicit(&src->readiness, &seen, seen & ~(uint64_t)(PZ__IO_READ | PZ__IO_WRITE),
                                                  memory_order_acq_rel, memory_order_acquire))
@@ -481,8 +514,10 @@ int pz_connect(int fd, const struct sockaddr *addr, socklen_t addrlen, int64_t d
     if (fd < 0)
         return -EBADF;
     pz__runtime *rt = NULL;
-    if (source_for(fd, &rt) == NULL)
-        pz__set_nonblocking(fd);
+    int bad = 0;
+    /* Registered watching writability: the connect waits for it. */
+    if (source_register(fd, &rt, &bad, PZ__EV_READ | PZ__EV_WRITE) == NULL)
+        pz__set_nonblocking(fd); /* a failed registration is tried again by the wait */
     if (connect(fd, addr, addrlen) == 0)
         return 0;
     if (errno != EINPROGRESS && errno != EINTR)

@@ -62,22 +62,15 @@ struct sel_case {
 
 /* ---- trying a case ---- */
 
-/* Returns true if case c went through (its result stored). */
-static bool try_case(pz_sel_t *c)
+/* try_case for a descriptor. */
+static bool try_fd(pz_sel_t *c)
 {
-    int r;
-    switch (c->kind) {
-    case PZ__SEL_RECV:
-        r = pz_chan_try_recv(c->obj, c->item);
-        break;
-    case PZ__SEL_SEND:
-        r = pz_chan_try_send(c->obj, c->item);
-        break;
-    case PZ__SEL_FD: {
-        pz__runtime *rt;
-        pz__io_source *src = pz__io_source_register(c->fd, &rt);
+    pz__runtime *rt;
+    pz__io_source *src = pz__io_source_register(c->fd, &rt);
+    uint64_t bits = ((c->events & PZ_READABLE) ? PZ__IO_READ : 0) | ((c->events & PZ_WRITABLE) ? PZ__IO_WRITE : 0);
+    for (;;) {
         uint64_t seen = src ? atomic_load_explicit(&src->readiness, memory_order_acquire) : 0;
-        uint64_t bits = ((c->events & PZ_READABLE) ? PZ__IO_READ : 0) | ((c->events & PZ_WRITABLE) ? PZ__IO_WRITE : 0);
+        bool polled = src && atomic_load_explicit(&src->kind, memory_order_acquire) == PZ__SRC_POLLED;
         /* Every bit asked is clear: someone found the descriptor not ready
          * that way (EAGAIN, this poll, or a read that emptied a stream) and
          * no event has come since; an event that comes now sets a bit
@@ -86,8 +79,7 @@ static bool try_case(pz_sel_t *c)
          * trusting the word loses no wake-up and saves a poll(2).  A
          * source registered just now has both bits set (io.c); after an
          * end of stream (ENDED) the kernel is asked every time. */
-        if (src && atomic_load_explicit(&src->kind, memory_order_acquire) == PZ__SRC_POLLED &&
-            !(seen & (bits | PZ__IO_CLOSED | PZ__IO_ENDED)))
+        if (polled && !(seen & (bits | PZ__IO_CLOSED | PZ__IO_ENDED)))
             return false;
         struct pollfd p = {.fd = c->fd, .events = (short)(((c->events & PZ_READABLE) ? POLLIN : 0) |
                                                           ((c->events & PZ_WRITABLE) ? POLLOUT : 0))};
@@ -110,6 +102,17 @@ static bool try_case(pz_sel_t *c)
             c->result = -EBADF;
             return true;
         }
+        /* Not writable and the poller does not watch writability yet: ask
+         * it to, then look again (src/runtime/driver.c: WRITE may be
+         * cleared only in a word with WATCH_WRITE set). */
+        if (polled && (bits & seen & PZ__IO_WRITE) && !(seen & PZ__IO_WATCH_WRITE)) {
+            int r = pz__driver_watch_write(rt, src);
+            if (r < 0) {
+                c->result = r;
+                return true;
+            }
+            continue;
+        }
         /* Not ready: clear the readiness bits the poller left, unless an
          * event came since the snapshot (as io.c's loop does), so that the
          * queued node sleeps until the next edge. */
@@ -118,6 +121,21 @@ static bool try_case(pz_sel_t *c)
                                                     memory_order_acquire);
         return false;
     }
+}
+
+/* Returns true if case c went through (its result stored). */
+static bool try_case(pz_sel_t *c)
+{
+    int r;
+    switch (c->kind) {
+    case PZ__SEL_RECV:
+        r = pz_chan_try_recv(c->obj, c->item);
+        break;
+    case PZ__SEL_SEND:
+        r = pz_chan_try_send(c->obj, c->item);
+        break;
+    case PZ__SEL_FD:
+        return try_fd(c);
     case PZ__SEL_NOTIFY: {
         pz_notify_t *n = c->obj;
         uint64_t st = atomic_load_explicit(&n->state, memory_order_acquire);

@@ -20,11 +20,38 @@
  *   bit 3 ENDED: the poller reported the peer's end of stream, a hang-up
  *         or an error; never cleared (no edge follows an end, so a clear
  *         READ bit no longer means "nothing to read": src/io/io.c);
+ *   bit 4 WATCH_WRITE: the poller registration asks for writability;
  *   bits 8-63: a tick, advanced by every event.
  *
  * A call snapshots the word, tries the system call, and on EAGAIN clears
  * its bit only if the tick is unchanged (CAS): an event between the call
  * and the clear is never lost, the call just tries again.
+ *
+ * Writability is watched only while a writer needs it.  A descriptor is
+ * registered for reading alone (pz_connect's for writing too), so a
+ * request/response connection, whose writes never fill the send buffer,
+ * gets no writability edges: a local socket or a pipe makes one at each
+ * read by the peer, and the edge of data a task has already read when the
+ * poller reports it comes out as writability alone; each brought the
+ * polling worker out of epoll for nothing.  A call that finds the
+ * descriptor not writable while WATCH_WRITE is clear asks for writability
+ * (pz__driver_watch_write: under the lock, the registration changes first
+ * and the bit is set after) and tries its call again before it may clear
+ * WRITE.  The rule that keeps every edge: WRITE is cleared only by a CAS
+ * from a word with WATCH_WRITE set, and WATCH_WRITE only by a CAS from a
+ * word with WRITE set; so while WRITE is clear (a writer may wait), the
+ * registration asks for writability.  Writability that came before the
+ * registration asked for it is seen by the call tried again (the CAS that
+ * clears WRITE needs a snapshot with WATCH_WRITE, so one taken after the
+ * change, and the call comes after the snapshot); writability that comes
+ * later is an edge, which moves the tick (the CAS fails) or wakes the
+ * waiter as below.  The poller stops asking when an event reports
+ * writability while no waiter of writing is in the list (the writer is
+ * done): WATCH_WRITE is cleared, then the registration goes back to
+ * reading alone, both under the lock, so asking and stopping never
+ * interleave.  A writer that blocks again asks again.  A connection thus
+ * pays two registration changes per stretch of blocked writes (none while
+ * a streaming writer keeps blocking), and none if it never blocks.
  *
  * Waiters: a task that waits links a node on its own stack into the
  * source's waiter list under the source's lock, after checking under that
@@ -60,7 +87,7 @@ int pz__driver_init(pz__runtime *rt)
         pz__close_fd(rt->poller);
         return rt->waker;
     }
-    int r = pz__poller_add(rt->poller, rt->waker, &rt->waker);
+    int r = pz__poller_add(rt->poller, rt->waker, &rt->waker, PZ__EV_READ);
     rt->io_chunks = calloc(PZ__IO_CHUNKS, sizeof(*rt->io_chunks));
     if (r < 0 || !rt->io_chunks) {
         pz__close_fd(rt->waker);
@@ -105,7 +132,9 @@ pz__io_source *pz__io_source_of(pz__runtime *rt, int fd)
     return &chunk[fd % PZ__IO_CHUNK];
 }
 
-void pz__io_source_signal(pz__io_source *src, unsigned events)
+/* pz__io_source_signal; returns whether a waiter of writing was in the
+ * list. */
+static bool signal_source(pz__io_source *src, unsigned events)
 {
     uint64_t add = 0;
     if (events & PZ__EV_READ)
@@ -125,9 +154,11 @@ void pz__io_source_signal(pz__io_source *src, unsigned events)
     /* The bit is set before the lock is taken: a waiter that checks under
      * the lock after us sees it, one that checked before is in the list. */
     pz__spin_lock(&src->lock);
+    bool writer = false;
     pz__io_waiter **pp = &src->waiters;
     while (*pp) {
         pz__io_waiter *wt = *pp;
+        writer = writer || (wt->bit & PZ__IO_WRITE);
         if (!(wt->bit & add)) {
             pp = &wt->next;
             continue;
@@ -145,6 +176,59 @@ void pz__io_source_signal(pz__io_source *src, unsigned events)
         /* wt may be gone once t runs: nothing reads it after the claim. */
         if (pz__task_claim(t, wt->gen, PZ__WAKE_UNPARK) == PZ__CLAIM_WON_READY)
             pz__task_ready(t, false);
+    }
+    pz__spin_unlock(&src->lock);
+    return writer;
+}
+
+void pz__io_source_signal(pz__io_source *src, unsigned events)
+{
+    (void)signal_source(src, events);
+}
+
+int pz__driver_watch_write(pz__runtime *rt, pz__io_source *src)
+{
+    int r = 0;
+    pz__spin_lock(&src->lock);
+    uint64_t s = atomic_load_explicit(&src->readiness, memory_order_acquire);
+    if (s & PZ__IO_CLOSED || atomic_load_explicit(&src->kind, memory_order_relaxed) != PZ__SRC_POLLED) {
+        r = -EBADF;
+    } else if (!(s & PZ__IO_WATCH_WRITE)) {
+        /* The registration first: once the bit is seen, edges come. */
+        r = pz__poller_mod(rt->poller, src->fd, src, PZ__EV_READ | PZ__EV_WRITE);
+        if (r == 0) {
+            atomic_fetch_add_explicit(&src->interest_changes, 1, memory_order_relaxed);
+            atomic_fetch_or_explicit(&src->readiness, PZ__IO_WATCH_WRITE, memory_order_acq_rel);
+        }
+    }
+    pz__spin_unlock(&src->lock);
+    return r;
+}
+
+/* An event reported src writable and nobody waited to write: stop asking
+ * for writability (the protocol at the top says why no edge is lost).
+ * Not after a hang-up or an error (the descriptor is on its way out, and
+ * they are reported whatever is asked). */
+static void unwatch_write(pz__runtime *rt, pz__io_source *src)
+{
+    if (!(atomic_load_explicit(&src->readiness, memory_order_relaxed) & PZ__IO_WATCH_WRITE))
+        return;
+    pz__spin_lock(&src->lock);
+    uint64_t s = atomic_load_explicit(&src->readiness, memory_order_acquire);
+    bool cleared = false;
+    while (atomic_load_explicit(&src->kind, memory_order_relaxed) == PZ__SRC_POLLED &&
+           (s & (PZ__IO_WATCH_WRITE | PZ__IO_WRITE | PZ__IO_CLOSED)) == (PZ__IO_WATCH_WRITE | PZ__IO_WRITE)) {
+        if (atomic_compare_exchange_weak_explicit(&src->readiness, &s, s & ~(uint64_t)PZ__IO_WATCH_WRITE,
+                                                  memory_order_acq_rel, memory_order_acquire)) {
+            cleared = true;
+            break;
+        }
+    }
+    if (cleared) {
+        /* A failure leaves writability asked for: more edges than needed,
+         * never fewer. */
+        if (pz__poller_mod(rt->poller, src->fd, src, PZ__EV_READ) == 0)
+            atomic_fetch_add_explicit(&src->interest_changes, 1, memory_order_relaxed);
     }
     pz__spin_unlock(&src->lock);
 }
@@ -230,7 +314,10 @@ int pz__driver_poll(pz__runtime *rt, int64_t deadline, int max_events)
         /* The kernel orders registration before the event; tell TSan. */
         __tsan_acquire(events[i].data);
 #endif
-        pz__io_source_signal(events[i].data, events[i].events);
+        unsigned ev = events[i].events;
+        bool writer = signal_source(events[i].data, ev);
+        if ((ev & PZ__EV_WRITE) && !(ev & (PZ__EV_HUP | PZ__EV_ERR)) && !writer)
+            unwatch_write(rt, events[i].data);
         handled++;
     }
     return handled;

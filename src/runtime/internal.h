@@ -581,6 +581,7 @@ void pz__altstack_teardown(pz__worker *w);
 #define PZ__IO_WRITE 2u
 #define PZ__IO_CLOSED 4u
 #define PZ__IO_ENDED 8u
+#define PZ__IO_WATCH_WRITE 16u
 #define PZ__IO_TICK 256u
 /* pz__io_source_signal: the descriptor was closed by pz_close. */
 #define PZ__SIG_CLOSED 0x100u
@@ -608,6 +609,12 @@ typedef struct pz__io_source {
     /* A byte stream (stream socket or pipe), set at registration: a read
      * that returns fewer bytes than asked has emptied it (src/io/io.c). */
     bool stream;
+    /* Times the poller registration changed between read only and read
+     * and write (pz__driver_watch_write and its undoing) since the
+     * descriptor was registered, counted under lock.  Only the tests read
+     * it: a connection that never fills its send buffer must never change
+     * it. */
+    _Atomic uint32_t interest_changes;
     pz__io_waiter *waiters;
 } pz__io_source;
 
@@ -629,6 +636,13 @@ int pz__driver_wait(pz__runtime *rt, pz__io_source *src, uint64_t bit, int64_t d
  * whether it did. */
 bool pz__driver_enqueue(pz__io_source *src, pz__io_waiter *wt);
 bool pz__driver_leave(pz__io_source *src, pz__io_waiter *wt);
+/* Makes the poller report src's writability (PZ__IO_WATCH_WRITE), which
+ * it does not until a call has found the descriptor not writable: 0 (set
+ * already, or set now), -EBADF if src is closed or no longer polled, or
+ * the poller's error.  A caller that saw WATCH_WRITE clear must try its
+ * call again afterwards before it clears PZ__IO_WRITE (driver.c says
+ * why); PZ__IO_WRITE may only be cleared in a word with WATCH_WRITE set. */
+int pz__driver_watch_write(pz__runtime *rt, pz__io_source *src);
 
 /* wait.c: wait reasons.  pz__wait_note announces the kind and object of
  * the caller's next wait (a task's next park, or a thread's next blocking
