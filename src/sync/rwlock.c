@@ -106,7 +106,10 @@
  * - Ordering.  The reader's second look is an acquire of the word (the
  *   release sequence of the last writer's unlock); its slot release pairs
  *   with the revoker's acquiring load or swap of that slot, or, for a hold
- *   moved into the count, its count release with the writer's entry.
+ *   moved into the count, its count release with the writer's entry.  A
+ *   revoker that gives WRITER up again (a failed try, a deadline) and the
+ *   end of a revocation release the word, so a writer after them that
+ *   finds the slots closed comes after the readers they saw leave.
  * - The recursive reader: while REVOKING, a count of zero does not mean
  *   that no reader is inside (its own earlier hold may still be on its
  *   way into the count), so REVOKING does not block it.
@@ -303,7 +306,8 @@ static void revoke_slots(pz_rwlock_t *rw)
                 atomic_fetch_sub_explicit(&rw->state, ONE_READER, memory_order_relaxed); /* it left meanwhile */
         }
     }
-    atomic_fetch_and_explicit(&rw->state, ~REVOKING, memory_order_relaxed);
+    /* Release, for the same reason as in undo_write. */
+    atomic_fetch_and_explicit(&rw->state, ~REVOKING, memory_order_release);
 }
 
 /* The word after claiming WRITER from s (writer, or upgrader after it has
@@ -410,9 +414,13 @@ static void undo_write(pz_rwlock_t *rw, uintptr_t restore)
 {
     uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
     uintptr_t n;
+    /* Release: a revocation acquired the sections of readers that left by
+     * their slots, which the word itself never saw; a writer that enters
+     * after this give-up, finding the slots closed, must come after them
+     * too (TSan caught the upgrader after a failed try_write that way). */
     do {
         n = (s & ~(WRITER | WRITER_PARKED)) + restore;
-    } while (!atomic_compare_exchange_weak_explicit(&rw->state, &s, n, memory_order_relaxed, memory_order_relaxed));
+    } while (!atomic_compare_exchange_weak_explicit(&rw->state, &s, n, memory_order_release, memory_order_relaxed));
     if (n & PARKED)
         wake_released(rw, restore & UPGRADABLE);
 }
