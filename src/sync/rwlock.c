@@ -211,10 +211,14 @@ static uintptr_t mode_token(int mode)
 static _Alignas(64) _Atomic uintptr_t slot_lines[SLOT_LINES][LINE_SLOTS];
 /* How many lines have been handed out (the scans stop there). */
 static _Atomic unsigned lines_given;
-/* The calling thread's line, or -1 before its first read through a slot.
- * A sync lock is never held across a task switch, so within one lock or
- * unlock the thread cannot change. */
-static __thread int my_line = -1;
+/* The calling thread's line, or -1 before its first read through a slot
+ * (initial-exec, as src/runtime/wait.c's: no __tls_get_addr call in the
+ * shared library).  A sync lock is never held across a task switch, and
+ * no lock or unlock call switches, so the thread read here is the one that
+ * runs the call; a read unlock on another thread than its lock (a task
+ * that suspended while holding it, which is reported) still finds its
+ * hold, in the count or in any line (pz__rwlock_read_unlock_slots). */
+static __thread int my_line __attribute__((tls_model("initial-exec"))) = -1;
 
 static _Atomic uintptr_t *line_mine(void)
 {
