@@ -76,7 +76,11 @@ static void *chan_sender(void *arg)
     while (!atomic_load(&stop)) {
         int v = 1;
         pz_sleep(300 * US);
-        CHECK(pz_chan_send_until(page_chan, &v, pz_now() + 10 * MS) == 0 || atomic_load(&stop));
+        /* The receiver is there every 200 us; a loaded machine may keep
+         * it off a CPU past the deadline, which is a wait that gave up
+         * too (the page shows both). */
+        int r = pz_chan_send_until(page_chan, &v, pz_now() + 10 * MS);
+        CHECK(r == 0 || r == -ETIMEDOUT);
     }
     return NULL;
 }

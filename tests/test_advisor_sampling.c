@@ -28,6 +28,11 @@
  *               its slot for another pair (its acquisitions move to the
  *               lock's record) and the figures must not change.
  *
+ *   owners      two threads take turns at a mutex: with every hold timed
+ *               the owner changes are counted exactly; with one hold in
+ *               16 timed, the sampled estimate is near the count; a lock
+ *               one thread takes has one change, its first acquisition.
+ *
  * After each, no hold is left timed (pz__observe_timed_now, the count the
  * observed unlocks test before they call out, is back to 0).
  *
@@ -315,8 +320,12 @@ static void check_contended_figures(void)
     CHECK_EQ(num(l, "acquisitions", NULL), WARM + 2 * CONTENDED_ROUNDS);
     CHECK_EQ(num(l, "contended", NULL), CONTENDED_ROUNDS);
     CHECK_EQ(num(l, "gave_up", NULL), 0);
-    /* The task's first acquisition, then the thread and the task in turn. */
-    CHECK_EQ(num(l, "owner_changes", NULL), 1 + 2 * CONTENDED_ROUNDS);
+    /* Owner changes are sampled with the timed holds (one in 65536 here
+     * after the first 64): an estimate, bounded by the exclusive
+     * acquisitions; test_owner_changes checks the counts themselves. */
+    CHECK(num(l, "owner_changes", NULL) >= 1);
+    CHECK(num(l, "owner_changes", NULL) <= WARM + 2 * CONTENDED_ROUNDS);
+    CHECK(num(l, "owner_probes", NULL) >= 64);
     CHECK(num(l, "blocked_worker_ns", NULL) > 0);
     CHECK(num(l, "wait_ns", "max") > 0);
     /* The waits are in the sites' counts too (the task's; a compiler may
@@ -410,12 +419,104 @@ static void test_contended_counts(void **state)
     CHECK(unsetenv("PLAZA_ADVISOR_SAMPLE") == 0);
 }
 
+/* ---- owner changes: exact while every hold is timed, else estimated ---- */
+
+/* Two plain threads take turns at own_m, RUN acquisitions per turn (a
+ * word says whose turn it is), TURNS turns in all: the owner changes
+ * TURNS times (the first acquisition counts as one). */
+#define OWN_RUN 8
+#define OWN_TURNS SCALED(4000)
+static pz_mutex_t own_locks[2], own_alone;
+static pz_mutex_t *own_m; /* a lock's record outlives it: each round has its own */
+static _Atomic int own_turn;
+static uint64_t own_counter;
+
+static void *own_taker(void *arg)
+{
+    int me = (int)(uintptr_t)arg;
+    for (int t = me; t < OWN_TURNS; t += 2) {
+        while (atomic_load(&own_turn) != t)
+            sched_yield();
+        for (int i = 0; i < OWN_RUN; i++) {
+            pz_mutex_lock(own_m);
+            own_counter++;
+            pz_mutex_unlock(own_m);
+        }
+        atomic_store(&own_turn, t + 1);
+    }
+    return NULL;
+}
+
+static void owner_round(int round, const char *sample, const char *name)
+{
+    CHECK(setenv("PLAZA_ADVISOR_SAMPLE", sample, 1) == 0);
+    CHECK(pz_advisor_enable("") == 0);
+    own_m = &own_locks[round];
+    CHECK(pz_lock_name(own_m, name) == 0);
+    atomic_store(&own_turn, 0);
+    own_counter = 0;
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        CHECK(pthread_create(&th[i], NULL, own_taker, (void *)(uintptr_t)i) == 0);
+    for (int i = 0; i < 2; i++)
+        CHECK(pthread_join(th[i], NULL) == 0);
+    CHECK_EQ(own_counter, (uint64_t)OWN_TURNS * OWN_RUN);
+}
+
+static void test_owner_changes(void **state)
+{
+    (void)state;
+    /* Every hold timed: every acquisition arms the probe and the next one
+     * reads it, so the count is exact. */
+    owner_round(0, "1", "own_exact");
+    json_t *root = report_json();
+    json_t *l = named(root, "locks", "own_exact");
+    CHECK_EQ(num(l, "acquisitions", NULL), (int64_t)OWN_TURNS * OWN_RUN);
+    CHECK_EQ(num(l, "owner_changes", NULL), (int64_t)OWN_TURNS);
+    CHECK_EQ(num(l, "owner_probes", NULL), (int64_t)OWN_TURNS * OWN_RUN);
+    json_decref(root);
+    pz_advisor_disable();
+
+    /* One hold in 16 timed: each probe stands for the gap before it, and
+     * the estimate is near the count (about OWN_TURNS * OWN_RUN / 16
+     * probes, an eighth of them finding a change: the bounds are several
+     * standard deviations wide). */
+    owner_round(1, "16", "own_sampled");
+    root = report_json();
+    l = named(root, "locks", "own_sampled");
+    int64_t est = num(l, "owner_changes", NULL), probes = num(l, "owner_probes", NULL);
+    fprintf(stderr, "owner changes %d, estimated %lld from %lld probes\n", OWN_TURNS, (long long)est,
+            (long long)probes);
+    CHECK(probes >= (int64_t)OWN_TURNS * OWN_RUN / 16 / 2);
+    CHECK(probes <= 64 + (int64_t)OWN_TURNS * OWN_RUN * 2 / 16);
+    CHECK(est >= OWN_TURNS / 2);
+    CHECK(est <= OWN_TURNS * 2);
+    json_decref(root);
+
+    /* One thread alone: the first acquisition is the only change, and no
+     * probe finds another. */
+    CHECK(pz_lock_name(&own_alone, "own_alone") == 0);
+    for (int i = 0; i < 20000; i++) {
+        pz_mutex_lock(&own_alone);
+        pz_mutex_unlock(&own_alone);
+    }
+    root = report_json();
+    l = named(root, "locks", "own_alone");
+    CHECK_EQ(num(l, "owner_changes", NULL), 1);
+    CHECK(num(l, "owner_probes", NULL) >= 64);
+    json_decref(root);
+    CHECK_EQ(atomic_load(&pz__observe_timed_now), 0);
+    pz_advisor_disable();
+    CHECK(unsetenv("PLAZA_ADVISOR_SAMPLE") == 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_counts),
         cmocka_unit_test(test_gave_up_inline),
         cmocka_unit_test(test_contended_counts),
+        cmocka_unit_test(test_owner_changes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -180,6 +180,7 @@ void pz__async_mutex_fences_failed(void);
  * (runtime.h).  site: the lock call's address (PZ__HERE), or NULL for
  * their own return address. */
 int pz__async_mutex_lock_observed(pz_async_mutex_t *m, uint64_t self, int64_t deadline, const void *site);
+int pz__async_mutex_taken_observed(pz_async_mutex_t *m, uint64_t self, const void *site);
 bool pz__async_mutex_trylock_observed(pz_async_mutex_t *m);
 void pz__async_mutex_released_observed(pz_async_mutex_t *m, uint64_t self);
 #define PZ__ASYNC_OBSERVED() __builtin_expect(atomic_load_explicit(&pz__advisor_on, memory_order_relaxed), 0)
@@ -198,21 +199,24 @@ static inline bool pz__async_mutex_take(pz_async_mutex_t *m, uint64_t self)
     return true;
 }
 
-/* The observed lock, inline while the thread's last slot is this (lock,
- * site)'s and the hold is not to be timed: the acquisition is counted
- * after the mutex is taken (a waiter may suspend and resume on another
- * thread, whose slots are not this one's), the owner checked; everything
- * else goes out of line (src/async/observe.c). */
+/* The observed lock: the mutex taken first, as off, then, inline while
+ * the thread's last slot is this (lock, site)'s and the hold is not to be
+ * timed, the acquisition counted and the owner probe read (after the
+ * take: a waiter may suspend and resume on another thread, whose slots
+ * are not this one's; and work before the take widens the gap between a
+ * task's unlock and its next lock, sync.h); everything else goes out of
+ * line (src/async/observe.c). */
 PZ__INLINE int pz__async_mutex_lock_observing(pz_async_mutex_t *m, uint64_t self, int64_t deadline,
                                                  const void *site)
 {
+    if (__builtin_expect(!pz__async_mutex_take(m, self), 0))
+        return pz__async_mutex_lock_observed(m, self, deadline, site);
     pz__observe_slot *sl = pz__observe_caller().last;
     uint64_t countdown;
-    if (__builtin_expect(!site || !pz__observe_hit(sl, m, site, &countdown) || pz__debug_holds(), 0) ||
-        __builtin_expect(!pz__async_mutex_take(m, self), 0))
-        return pz__async_mutex_lock_observed(m, self, deadline, site);
+    if (__builtin_expect(!site || !pz__observe_hit(sl, m, site, &countdown) || pz__debug_holds(), 0))
+        return pz__async_mutex_taken_observed(m, self, site);
     pz__observe_take(sl, countdown);
-    pz__observe_owner(sl, self);
+    pz__observe_owner_inline(sl, self);
     return 0;
 }
 

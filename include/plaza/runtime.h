@@ -406,7 +406,7 @@ typedef struct pz__observe_slot {
     const void *lock, *site;       /* the pair (NULL while it changes) */
     _Atomic uint64_t countdown;    /* acquisitions until the next timed hold; >= 1 between acquisitions */
     _Atomic uint64_t drawn;        /* the sum of the countdowns loaded */
-    _Atomic uint64_t *last_owner;  /* the lock's last exclusive holder (caller id) */
+    _Atomic uint64_t *probe;       /* the lock's owner probe (0: none armed; pz__observe_owner) */
     bool shared;                   /* the pair's acquisitions are shared holds */
 } pz__observe_slot;
 typedef struct pz__lock_hooks {
@@ -427,18 +427,19 @@ typedef struct pz__lock_hooks {
     /* The calling thread's slot for (lock, site), or NULL; then an
      * uncontended acquisition is counted in it (pz__observe_count). */
     pz__observe_slot *(*slot)(const void *lock, unsigned kind, const void *site, unsigned flags);
-    /* From the counting paths: the owner changed to self; the countdown
-     * reached 0 (this hold is to be timed, and the next countdown loaded). */
-    void (*owner_changed)(pz__observe_slot *slot, uint64_t self);
+    /* From the counting paths: an exclusive acquisition by self found the
+     * lock's owner probe armed, or is to arm it (pz__observe_owner); the countdown reached
+     * 0 (this hold is to be timed, and the next countdown loaded). */
+    void (*owner_probe)(pz__observe_slot *slot, uint64_t self, bool arm);
     void (*sample)(pz__observe_slot *slot, uint64_t self, unsigned flags);
 } pz__lock_hooks;
 extern _Atomic bool pz__advisor_on;
 extern const pz__lock_hooks *_Atomic pz__lock_hooks_table;
 /* Installs hooks (NULL: none) and turns the observation on or off. */
 void pz__lock_hooks_install(const pz__lock_hooks *hooks);
-/* The hooks' owner_changed and sample, for the inline paths (src/runtime/
+/* The hooks' owner_probe and sample, for the inline paths (src/runtime/
  * observe.c: out of line, as they are rare). */
-void pz__observe_owner_changed(pz__observe_slot *sl, uint64_t self);
+void pz__observe_owner_probed(pz__observe_slot *sl, uint64_t self, bool arm);
 void pz__observe_sample(pz__observe_slot *sl, uint64_t self, unsigned flags);
 
 /* What the inline observed paths need of the caller, read at once: its
@@ -478,12 +479,13 @@ extern _Atomic uint32_t pz__observe_timed_now;
 #define PZ__OBSERVE_TIMING() __builtin_expect(atomic_load_explicit(&pz__observe_timed_now, memory_order_relaxed) != 0, 0)
 
 /* The thread's last slot if it is (lock, site)'s and this acquisition is
- * not to be timed: then the caller counts it inline (pz__observe_take),
- * else it goes out of line. */
+ * neither to be timed nor to arm the owner probe (the countdown is above
+ * 2): then the caller counts it inline (pz__observe_take), else it goes
+ * out of line. */
 PZ__INLINE bool pz__observe_hit(const pz__observe_slot *sl, const void *lock, const void *site, uint64_t *countdown)
 {
     return sl && sl->lock == lock && sl->site == site &&
-           (*countdown = atomic_load_explicit(&sl->countdown, memory_order_relaxed)) > 1;
+           (*countdown = atomic_load_explicit(&sl->countdown, memory_order_relaxed)) > 2;
 }
 
 /* Counts an acquisition in a slot that pz__observe_hit accepted (the
@@ -499,11 +501,31 @@ PZ__INLINE void pz__observe_untake(pz__observe_slot *sl)
                           memory_order_relaxed);
 }
 
-/* An exclusive acquisition by self, counted: the owner check. */
-PZ__INLINE void pz__observe_owner(pz__observe_slot *sl, uint64_t self)
+/* An exclusive acquisition by self, counted (countdown: the slot's
+ * countdown as this acquisition found it): the owner probe.  Once per
+ * sampling gap an acquisition arms the lock's probe with its holder and
+ * the gap's length (the one whose countdown is 2, the acquisition before
+ * the timed one; with a gap of 1, the timed one); the next exclusive
+ * acquisition, whoever makes it, finds it armed, records whether the
+ * owner changed, and disarms it.  So owner changes are sampled with the
+ * holds (exact while every hold is timed), and an untimed acquisition
+ * only reads a word that is written twice per gap: writing the last owner
+ * at every change put a shared cache line inside every critical section
+ * that changed hands.  The arming acquisition is not the timed one: a
+ * timed hold lasts longer and calls out after its unlock, which makes the
+ * next acquisition change hands more often than an untimed one's. */
+PZ__INLINE void pz__observe_owner(pz__observe_slot *sl, uint64_t self, uint64_t countdown)
 {
-    if (__builtin_expect(atomic_load_explicit(sl->last_owner, memory_order_relaxed) != self, 0))
-        pz__observe_owner_changed(sl, self);
+    if (__builtin_expect((atomic_load_explicit(sl->probe, memory_order_relaxed) != 0) | (countdown == 2), 0))
+        pz__observe_owner_probed(sl, self, countdown == 2);
+}
+
+/* The same on the inline paths, whose countdown is above 2
+ * (pz__observe_hit): only the probe to read. */
+PZ__INLINE void pz__observe_owner_inline(pz__observe_slot *sl, uint64_t self)
+{
+    if (__builtin_expect(atomic_load_explicit(sl->probe, memory_order_relaxed) != 0, 0))
+        pz__observe_owner_probed(sl, self, false);
 }
 
 /* An acquisition just made by self, in any slot of its thread (the
@@ -511,12 +533,13 @@ PZ__INLINE void pz__observe_owner(pz__observe_slot *sl, uint64_t self)
  * countdown runs out. */
 PZ__INLINE void pz__observe_count(pz__observe_slot *sl, uint64_t self, unsigned flags)
 {
+    uint64_t countdown = atomic_load_explicit(&sl->countdown, memory_order_relaxed);
     if (!(flags & PZ__LOCK_SHARED))
-        pz__observe_owner(sl, self);
-    if (__builtin_expect(atomic_load_explicit(&sl->countdown, memory_order_relaxed) <= 1, 0))
+        pz__observe_owner(sl, self, countdown);
+    if (__builtin_expect(countdown <= 1, 0))
         pz__observe_sample(sl, self, flags);
     else
-        pz__observe_take(sl, atomic_load_explicit(&sl->countdown, memory_order_relaxed));
+        pz__observe_take(sl, countdown);
 }
 
 /* The out-of-line observed paths' slot for (lock, site), from the hooks h

@@ -77,8 +77,7 @@ void pz__mutex_unlock_slow(pz_mutex_t *m, bool fair);
  * site: the lock call's address (PZ__HERE), or NULL for their own return
  * address. */
 void pz__mutex_lock_observed(pz_mutex_t *m, int64_t deadline, int *result, const void *site);
-void pz__mutex_lock_observed_contended(pz_mutex_t *m, int64_t deadline, int *result, const void *site,
-                                       pz__holds *holds, pz__observe_slot *sl);
+void pz__mutex_taken_observed(pz_mutex_t *m, const void *site);
 bool pz__mutex_trylock_observed(pz_mutex_t *m);
 void pz__mutex_released_observed(pz_mutex_t *m);
 #define PZ__OBSERVED() __builtin_expect(atomic_load_explicit(&pz__advisor_on, memory_order_relaxed), 0)
@@ -90,32 +89,36 @@ void pz__mutex_released_observed(pz_mutex_t *m);
  * it saves one. */
 #define PZ__RELEASE_OBSERVED() PZ__OBSERVE_TIMING()
 
-/* The observed lock, inline while the thread's last slot is this (lock,
- * site)'s and the hold is not to be timed (nearly always): the held-lock
- * record pushed and the acquisition counted (the countdown) before the
- * CAS, so that inside the section there is only the owner check; every
- * other case (a new pair, a hold to time, contention, not x86-64) goes out
- * of line to src/sync/observe.c. */
+/* The observed lock: the lock's CAS first, as off, then, inline while
+ * the thread's last slot is this (lock, site)'s and the hold is not to be
+ * timed (nearly always), the acquisition counted (the countdown), the
+ * held-lock record pushed and the owner probe read, a few loads and stores
+ * to the thread's own lines.  They come after the CAS: before it, they
+ * widened the gap between a thread's unlock and its next lock, in which a
+ * spinning waiter on the other core takes the lock, and the lock changed
+ * cores more often (tasks_contended work=0, docs/advisor.md).  Every other
+ * case (a failed CAS, a new pair, a hold to time, not x86-64) goes out of
+ * line to src/sync/observe.c. */
 PZ__INLINE void pz__mutex_lock_observing(pz_mutex_t *m, int64_t deadline, int *result, const void *site)
 {
-    pz__observe_caller_t c = pz__observe_caller();
-    uint64_t countdown;
-    if (__builtin_expect(!c.holds || !pz__observe_hit(c.last, m, site, &countdown), 0)) {
-        pz__mutex_lock_observed(m, deadline, result, site);
-        return;
-    }
-    pz__observe_take(c.last, countdown);
-    pz__held_push(c.holds, m, "pz_mutex", site);
     uint8_t unlocked = 0;
     if (__builtin_expect(!atomic_compare_exchange_strong_explicit(&m->state, &unlocked, PZ__MUTEX_LOCKED,
                                                                   memory_order_acquire, memory_order_relaxed),
                          0)) {
-        pz__mutex_lock_observed_contended(m, deadline, result, site, c.holds, c.last);
+        pz__mutex_lock_observed(m, deadline, result, site);
         return;
     }
     if (result)
         *result = 0;
-    pz__observe_owner(c.last, c.holds->caller);
+    pz__observe_caller_t c = pz__observe_caller();
+    uint64_t countdown;
+    if (__builtin_expect(!c.holds || !pz__observe_hit(c.last, m, site, &countdown), 0)) {
+        pz__mutex_taken_observed(m, site);
+        return;
+    }
+    pz__observe_take(c.last, countdown);
+    pz__held_push(c.holds, m, "pz_mutex", site);
+    pz__observe_owner_inline(c.last, c.holds->caller);
 }
 
 PZ__INLINE bool pz_mutex_trylock(pz_mutex_t *m)
@@ -311,7 +314,7 @@ PZ__INLINE int pz__rwlock_lock_observing(pz_rwlock_t *rw, int mode, int64_t dead
     if (__builtin_expect(!taken, 0))
         return pz__rwlock_lock_observed_contended(rw, mode, deadline, site, c.holds, c.last);
     if (mode == PZ__RW_MODE_WRITE)
-        pz__observe_owner(c.last, c.holds->caller);
+        pz__observe_owner_inline(c.last, c.holds->caller);
     return 0;
 }
 

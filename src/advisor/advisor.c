@@ -19,23 +19,27 @@
  * no plaza lock: its own state is atomics and one spin flag for the
  * symbol resolver, so it never measures itself.
  *
- * Sampling: every acquisition, contended acquisition, owner change, wait
- * and wait that gave up is counted (a wait is timed whenever the first
- * attempt fails, which is exact); hold times are timed for the first
- * SAMPLE_FIRST holds of each lock and then about one acquisition in
- * N = sample_mask + 1: a per-(thread, lock, site) countdown reloaded with
- * a random gap, uniform over [1, 2N - 1] (mean N), so that the timed holds
- * are an unbiased sample of the holds even when hold lengths follow a
- * period (docs/advisor.md).  The same countdown counts the acquisitions:
- * a slot's are drawn - countdown (runtime.h).
+ * Sampling: every acquisition, contended acquisition, wait and wait that
+ * gave up is counted (a wait is timed whenever the first attempt fails,
+ * which is exact); hold times are timed for the first SAMPLE_FIRST holds
+ * of each lock and then about one acquisition in N = sample_mask + 1: a
+ * per-(thread, lock, site) countdown reloaded with a random gap, uniform
+ * over [1, 2N - 1] (mean N), so that the timed holds are an unbiased
+ * sample of the holds even when hold lengths follow a period
+ * (docs/advisor.md).  The same countdown counts the acquisitions: a
+ * slot's are drawn - countdown (runtime.h).  Owner changes are sampled
+ * once per gap by the owner probe (runtime.h, pz__observe_owner), each
+ * probe weighted by its gap: an estimate, exact while every hold is timed.
  *
  * Where the time goes, with the advisor on: an untimed acquisition of a
- * sync lock or an async mutex costs, inline, one read of the caller's
- * thread-local record, the check that the thread's last slot is this
- * (lock, site)'s, the countdown, and one load of the record's owner line
- * (written only when the owner changes); an untimed release costs one
- * load of the caller's timed-hold count.  No call, no clock read and no
- * shared write on either.
+ * sync lock or an async mutex costs, inline and after the lock is taken,
+ * one read of the caller's thread-local record, the check that the
+ * thread's last slot is this (lock, site)'s, the countdown, and one load
+ * of the record's probe line (written twice per sampling gap); a contended
+ * one adds two clock reads (one inside the critical section) and a few
+ * stores to its thread's slot (slot_wait); an untimed release costs one
+ * load of the count of timed holds.  No shared write inside a critical
+ * section but the probe's, once per gap, and a timed hold's.
  */
 #define _GNU_SOURCE
 #include "plaza/advisor.h"
@@ -61,6 +65,9 @@
 #define SAMPLE_FIRST 64u
 /* A hold this long may hide a blocking system call worth reporting. */
 #define LONG_HOLD_NS 20000
+/* The owner probe's value before the first acquisition (no caller id:
+ * task ids count up from 1, thread ids have one high bit). */
+#define PROBE_NOBODY UINT64_MAX
 
 static pz__advisor_lock *_Atomic table_rec[TABLE_SIZE];
 static _Atomic uintptr_t table_key[TABLE_SIZE];
@@ -90,6 +97,10 @@ static pz__advisor_lock *record_new(const void *lock, unsigned kind)
     memset(r, 0, size);
     r->lock = lock;
     atomic_store_explicit(&r->kind, kind, memory_order_relaxed);
+    /* The first exclusive acquisition finds the probe armed by nobody: the
+     * lock's first owner counts as a change, as every later one would. */
+    atomic_store_explicit(&r->probe, PROBE_NOBODY, memory_order_relaxed);
+    atomic_store_explicit(&r->probe_weight, 1, memory_order_relaxed);
     return r;
 }
 
@@ -216,6 +227,18 @@ typedef struct tslot {
     pz__observe_slot o; /* first: what the lock paths update (runtime.h); its pair */
     _Atomic(pz__advisor_lock *) rec; /* NULL while the slot changes hands */
     pz__advisor_site *s;
+    uint64_t gap; /* the countdown last loaded: the acquisitions the next sample stands for */
+    /* The pair's site and kind of hold as a report reads them (o.site and
+     * o.shared are the owner thread's plain fields, rewritten when the slot
+     * changes hands while a report may be reading). */
+    _Atomic(const void *) report_site;
+    _Atomic bool report_shared;
+    /* The pair's waits (slot_wait): written by the owner thread alone,
+     * inside the critical section that ended the wait; moved to the
+     * shared record when the slot changes hands; read by reports.  whist
+     * is allocated at the slot's first wait (it has HIST_BUCKETS). */
+    _Atomic uint64_t contended, wait_sum, wait_max, blocked_ns;
+    _Atomic(_Atomic uint32_t *) whist;
 } tslot;
 typedef struct tcache {
     struct tcache *next;
@@ -235,21 +258,80 @@ static uint64_t slot_count(const pz__observe_slot *o)
     return d > c ? d - c : 0;
 }
 
-pz__advisor_count_t pz__advisor_thread_counts(pz__advisor_lock *r, const void *site)
+static inline uint64_t ld64(const _Atomic uint64_t *p)
 {
-    pz__advisor_count_t c = {0, 0};
+    return atomic_load_explicit(p, memory_order_relaxed);
+}
+
+/* An addition or a new maximum by the slot's owner thread alone. */
+static inline void own_add(_Atomic uint64_t *p, uint64_t v)
+{
+    atomic_store_explicit(p, ld64(p) + v, memory_order_relaxed);
+}
+
+void pz__advisor_thread_counts(pz__advisor_lock *r, const void *site, pz__advisor_count_t *c, uint32_t *wait_hist)
+{
+    memset(c, 0, sizeof *c);
     for (tcache *t = atomic_load_explicit(&tcaches, memory_order_acquire); t; t = t->next) {
         for (unsigned i = 0; i < TCACHE_SLOTS; i++) {
             tslot *sl = &t->slot[i];
-            if (atomic_load_explicit(&sl->rec, memory_order_acquire) != r || (site && sl->o.site != site))
+            if (atomic_load_explicit(&sl->rec, memory_order_acquire) != r)
                 continue;
+            const void *at = atomic_load_explicit(&sl->report_site, memory_order_relaxed);
+            if (site && at != site)
+                continue;
+            bool shared = atomic_load_explicit(&sl->report_shared, memory_order_relaxed);
             uint64_t n = slot_count(&sl->o);
-            c.acquisitions += n;
-            if (sl->o.shared)
-                c.shared += n;
+            uint64_t contended = ld64(&sl->contended), wait_sum = ld64(&sl->wait_sum);
+            uint64_t wait_max = ld64(&sl->wait_max), blocked = ld64(&sl->blocked_ns);
+            _Atomic uint32_t *h = atomic_load_explicit(&sl->whist, memory_order_acquire);
+            /* The slot changed hands meanwhile (its figures went to the
+             * record, or are another pair's): skip it. */
+            if (atomic_load_explicit(&sl->rec, memory_order_acquire) != r)
+                continue;
+            c->acquisitions += n;
+            if (shared)
+                c->shared += n;
+            c->contended += contended;
+            c->wait_sum += wait_sum;
+            c->blocked_worker_ns += blocked;
+            if (wait_max > c->wait_max)
+                c->wait_max = wait_max;
+            if (h && wait_hist)
+                for (int b = 0; b < HIST_BUCKETS; b++)
+                    wait_hist[b] += atomic_load_explicit(&h[b], memory_order_relaxed);
         }
     }
-    return c;
+}
+
+/* The waits counted in sl go to the shared record old (and the site's
+ * figures), and the slot's are zeroed: the slot changes hands. */
+static void slot_move_waits(tslot *sl, pz__advisor_lock *old)
+{
+    uint64_t contended = ld64(&sl->contended);
+    if (!contended)
+        return;
+    uint64_t wait_sum = ld64(&sl->wait_sum);
+    atomic_fetch_add_explicit(&old->contended, contended, memory_order_relaxed);
+    atomic_fetch_add_explicit(&old->wait_sum, wait_sum, memory_order_relaxed);
+    atomic_fetch_add_explicit(&old->blocked_worker_ns, ld64(&sl->blocked_ns), memory_order_relaxed);
+    bump_max(&old->wait_max, ld64(&sl->wait_max));
+    if (sl->s) {
+        atomic_fetch_add_explicit(&sl->s->contended, contended, memory_order_relaxed);
+        atomic_fetch_add_explicit(&sl->s->wait_sum, wait_sum, memory_order_relaxed);
+    }
+    _Atomic uint32_t *h = atomic_load_explicit(&sl->whist, memory_order_relaxed);
+    for (int b = 0; h && b < HIST_BUCKETS; b++) {
+        uint32_t n = atomic_load_explicit(&h[b], memory_order_relaxed);
+        if (n) {
+            atomic_fetch_add_explicit(&old->wait_hist[b], n, memory_order_relaxed);
+            atomic_store_explicit(&h[b], 0, memory_order_relaxed);
+        }
+    }
+    atomic_store_explicit(&sl->contended, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->wait_sum, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->wait_max, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->blocked_ns, 0, memory_order_relaxed);
 }
 
 static uint64_t sample_gap(void);
@@ -272,6 +354,7 @@ static __attribute__((noinline, cold)) tslot *slot_refill(tslot *sl, const void 
             atomic_fetch_add_explicit(&old->shared, a, memory_order_relaxed);
         if (sl->s)
             atomic_fetch_add_explicit(&sl->s->acquisitions, a, memory_order_relaxed);
+        slot_move_waits(sl, old);
     }
     atomic_store_explicit(&sl->o.drawn, 0, memory_order_relaxed);
     atomic_store_explicit(&sl->o.countdown, 0, memory_order_relaxed);
@@ -286,11 +369,14 @@ static __attribute__((noinline, cold)) tslot *slot_refill(tslot *sl, const void 
     sl->o.lock = lock;
     sl->o.site = site;
     sl->o.shared = flags & PZ__LOCK_SHARED;
+    atomic_store_explicit(&sl->report_site, site, memory_order_relaxed);
+    atomic_store_explicit(&sl->report_shared, (flags & PZ__LOCK_SHARED) != 0, memory_order_relaxed);
     sl->s = site_of(r, site);
     uint64_t first = first_countdown(r);
+    sl->gap = first;
     atomic_store_explicit(&sl->o.drawn, first, memory_order_relaxed);
     atomic_store_explicit(&sl->o.countdown, first, memory_order_relaxed);
-    sl->o.last_owner = &r->last_owner;
+    sl->o.probe = &r->probe;
     atomic_store_explicit(&sl->rec, r, memory_order_release);
     return sl;
 }
@@ -341,7 +427,7 @@ static uint64_t sample_gap(void)
 
 /* A wait that took time: an acquisition's (contended) or one that gave up. */
 static __attribute__((noinline)) void record_wait(pz__advisor_lock *r, pz__advisor_site *s, unsigned kind, uint64_t w,
-                                                  bool gave_up, unsigned flags)
+                                                  bool gave_up, unsigned flags, bool on_worker)
 {
     if (kind == PZ__LOCK_CHAN)
         atomic_fetch_add_explicit(flags & PZ__LOCK_SEND ? &r->send_waits : &r->recv_waits, 1,
@@ -350,7 +436,7 @@ static __attribute__((noinline)) void record_wait(pz__advisor_lock *r, pz__advis
     atomic_fetch_add_explicit(gave_up ? &r->gave_up : &r->contended, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&r->wait_sum, w, memory_order_relaxed);
     bump_max(&r->wait_max, w);
-    if ((kind == PZ__LOCK_MUTEX || kind == PZ__LOCK_RWLOCK) && pz_worker_index() >= 0)
+    if ((kind == PZ__LOCK_MUTEX || kind == PZ__LOCK_RWLOCK) && on_worker)
         atomic_fetch_add_explicit(&r->blocked_worker_ns, w, memory_order_relaxed);
     if (s) {
         atomic_fetch_add_explicit(gave_up ? &s->gave_up : &s->contended, 1, memory_order_relaxed);
@@ -406,10 +492,30 @@ static __attribute__((noinline)) void hold_begin(pz__advisor_lock *r, pz__adviso
     e->t0 = pz_now();
 }
 
-static __attribute__((noinline)) void owner_changed(pz__advisor_lock *r, uint64_t self)
+/* An exclusive acquisition by self found r's probe armed (runtime.h,
+ * pz__observe_owner): it records whether the owner changed since the
+ * acquisition that armed it, with that sample's weight, and disarms it.
+ * Only holders of the lock touch the probe (it is armed and disarmed
+ * inside exclusive holds), so the lock orders these plain updates; the
+ * counts are atomic for the report. */
+static __attribute__((noinline)) void owner_probed(pz__advisor_lock *r, uint64_t self)
 {
-    atomic_store_explicit(&r->last_owner, self, memory_order_relaxed);
-    atomic_fetch_add_explicit(&r->owner_changes, 1, memory_order_relaxed);
+    uint64_t armed_by = atomic_load_explicit(&r->probe, memory_order_relaxed);
+    if (!armed_by)
+        return;
+    uint64_t weight = atomic_load_explicit(&r->probe_weight, memory_order_relaxed);
+    atomic_store_explicit(&r->probe, 0, memory_order_relaxed);
+    bump(&r->owner_probes, 1, true);
+    if (armed_by != self)
+        bump(&r->owner_changes, weight, true);
+}
+
+/* Arms r's probe for the acquisition after this one by self, standing
+ * for the weight acquisitions of its slot's sampling gap. */
+static void owner_arm(pz__advisor_lock *r, uint64_t self, uint64_t weight)
+{
+    atomic_store_explicit(&r->probe_weight, weight, memory_order_relaxed);
+    atomic_store_explicit(&r->probe, self, memory_order_relaxed);
 }
 
 /* The acquisition just made brought the countdown of sl to 0: the hold
@@ -425,19 +531,55 @@ static __attribute__((noinline)) void sample_point(tslot *sl, uint64_t self, boo
     uint64_t timed = atomic_load_explicit(&r->timed_holds, memory_order_relaxed);
     bool every = timed < SAMPLE_FIRST || atomic_load_explicit(&r->hold_sum, memory_order_relaxed) / timed >= LONG_HOLD_NS;
     uint64_t gap = every ? 1 : sample_gap();
+    /* A gap of 1 had no acquisition with a countdown of 2 to arm the
+     * owner probe (pz__observe_owner): this one does, with weight 1. */
+    if (!shared && sl->gap == 1)
+        owner_arm(r, self, 1);
+    sl->gap = gap;
     atomic_store_explicit(&sl->o.drawn, atomic_load_explicit(&sl->o.drawn, memory_order_relaxed) + gap,
                           memory_order_relaxed);
     atomic_store_explicit(&sl->o.countdown, gap, memory_order_relaxed);
     hold_begin(r, sl->s, self, shared);
 }
 
+/* The wait of an acquisition that just took the lock, counted inside its
+ * critical section in the thread's slot: a few stores to lines no other
+ * thread writes.  Recording it in the lock's shared record there (seven
+ * atomic additions on lines every waiter writes) made each contended
+ * section longer, so that the next acquisition contended too: the rows
+ * of bench/ whose sections are far apart (work=100) ran 2.7 times slower
+ * with the advisor on.  Reports add the slots' figures to the record's. */
+static void slot_wait(tslot *sl, pz__advisor_lock *r, unsigned kind, uint64_t w)
+{
+    _Atomic uint32_t *h = atomic_load_explicit(&sl->whist, memory_order_relaxed);
+    if (__builtin_expect(!h, 0)) {
+        h = calloc(HIST_BUCKETS, sizeof *h);
+        if (!h) {
+            record_wait(r, sl->s, kind, w, false, 0, pz_worker_index() >= 0);
+            return;
+        }
+        atomic_store_explicit(&sl->whist, h, memory_order_release);
+    }
+    _Atomic uint32_t *b = &h[hist_index(w)];
+    atomic_store_explicit(b, atomic_load_explicit(b, memory_order_relaxed) + 1, memory_order_relaxed);
+    own_add(&sl->wait_sum, w);
+    if (w > ld64(&sl->wait_max))
+        atomic_store_explicit(&sl->wait_max, w, memory_order_relaxed);
+    if ((kind == PZ__LOCK_MUTEX || kind == PZ__LOCK_RWLOCK) && pz_worker_index() >= 0)
+        own_add(&sl->blocked_ns, w);
+    own_add(&sl->contended, 1);
+}
+
 /* An acquisition by self counted in sl (the out-of-line paths; the inline
  * ones do the same in runtime.h). */
 static inline void slot_count_one(tslot *sl, pz__advisor_lock *r, uint64_t self, bool shared)
 {
-    if (__builtin_expect(!shared && atomic_load_explicit(&r->last_owner, memory_order_relaxed) != self, 0))
-        owner_changed(r, self);
     uint64_t c = atomic_load_explicit(&sl->o.countdown, memory_order_relaxed);
+    if (__builtin_expect(!shared && (atomic_load_explicit(&r->probe, memory_order_relaxed) != 0 || c == 2), 0)) {
+        owner_probed(r, self);
+        if (c == 2)
+            owner_arm(r, self, sl->gap);
+    }
     if (__builtin_expect(c > 1, 1))
         atomic_store_explicit(&sl->o.countdown, c - 1, memory_order_relaxed);
     else
@@ -457,12 +599,12 @@ static void on_acquired(const void *lock, unsigned kind, const void *site, int64
     pz__advisor_lock *r = atomic_load_explicit(&sl->rec, memory_order_relaxed);
     if (__builtin_expect(kind == PZ__LOCK_CHAN, 0)) {
         /* A channel's send or receive that waited: no hold, no count. */
-        record_wait(r, sl->s, kind, wait_ns > 0 ? (uint64_t)wait_ns : 0, false, flags);
+        record_wait(r, sl->s, kind, wait_ns > 0 ? (uint64_t)wait_ns : 0, false, flags, pz_worker_index() >= 0);
         return;
     }
     bool shared = flags & PZ__LOCK_SHARED;
     if (__builtin_expect(wait_ns >= 0, 0))
-        record_wait(r, sl->s, kind, (uint64_t)wait_ns, false, flags);
+        slot_wait(sl, r, kind, (uint64_t)wait_ns);
     /* Owner changes of exclusive holds only: readers writing the owner
      * line would fight over it. */
     slot_count_one(sl, r, self, shared);
@@ -478,10 +620,13 @@ static pz__observe_slot *on_slot(const void *lock, unsigned kind, const void *si
     return sl ? &sl->o : NULL;
 }
 
-static void on_owner_changed(pz__observe_slot *o, uint64_t self)
+static void on_owner_probe(pz__observe_slot *o, uint64_t self, bool arm)
 {
     tslot *sl = (tslot *)o;
-    owner_changed(atomic_load_explicit(&sl->rec, memory_order_relaxed), self);
+    pz__advisor_lock *r = atomic_load_explicit(&sl->rec, memory_order_relaxed);
+    owner_probed(r, self);
+    if (arm)
+        owner_arm(r, self, sl->gap);
 }
 
 static void on_sample(pz__observe_slot *o, uint64_t self, unsigned flags)
@@ -496,7 +641,7 @@ static void on_gave_up(const void *lock, unsigned kind, const void *site, int64_
     if (!sl)
         return;
     pz__advisor_lock *r = atomic_load_explicit(&sl->rec, memory_order_relaxed);
-    record_wait(r, sl->s, kind, wait_ns > 0 ? (uint64_t)wait_ns : 0, true, flags);
+    record_wait(r, sl->s, kind, wait_ns > 0 ? (uint64_t)wait_ns : 0, true, flags, pz_worker_index() >= 0);
 }
 
 static void on_released(const void *lock, unsigned kind, unsigned flags, uint64_t self)
@@ -573,8 +718,8 @@ static void on_released(const void *lock, unsigned kind, unsigned flags, uint64_
     }
 }
 
-static const pz__lock_hooks advisor_hooks = {on_acquired,  on_released,      on_gave_up, pz__advisor_runtime_started,
-                                             on_slot,      on_owner_changed, on_sample};
+static const pz__lock_hooks advisor_hooks = {on_acquired, on_released,    on_gave_up, pz__advisor_runtime_started,
+                                             on_slot,     on_owner_probe, on_sample};
 
 /* ---- calibration: what an uncontended acquisition costs here ---------- */
 

@@ -40,11 +40,16 @@ typedef struct pz__advisor_lock {
     _Atomic unsigned kind;
     _Atomic(char *) name;
     _Atomic(const void *) first_site;
-    /* Read by every exclusive acquisition and written only when the owner
-     * changes: a line of its own, so that the writes of the contended and
-     * timed paths below do not take it away from the readers. */
-    _Alignas(64) _Atomic uint64_t last_owner;
-    _Atomic uint64_t owner_changes;
+    /* The owner probe (runtime.h, pz__observe_owner): read by every
+     * exclusive acquisition, written when a timed hold arms it (probe: its
+     * holder; probe_weight: the acquisitions that sample stands for) and
+     * when the next exclusive acquisition disarms it.  A line of its own,
+     * so that the writes of the contended and timed paths below do not
+     * take it away from the readers.  owner_changes is the sum of the
+     * weights of the probes that found another owner (an estimate; exact
+     * while every hold is timed); owner_probes counts the probes. */
+    _Alignas(64) _Atomic uint64_t probe, probe_weight;
+    _Atomic uint64_t owner_changes, owner_probes;
     /* Acquisitions flushed from the threads' caches; contended waits and
      * waits that gave up (deadline, cancel); channel waits. */
     _Alignas(64) _Atomic uint64_t acquisitions, shared, contended, gave_up;
@@ -61,12 +66,13 @@ typedef struct pz__advisor_lock {
 } pz__advisor_lock;
 
 const char *pz__advisor_kind_name(unsigned kind);
-/* The acquisitions still counted in the threads' caches (advisor.c) for
- * lock r (and site, unless NULL). */
+/* The figures still counted in the threads' caches (advisor.c) for lock
+ * r (and site, unless NULL); the waits' histogram is added to wait_hist
+ * (HIST_BUCKETS counts) unless it is NULL. */
 typedef struct pz__advisor_count_t {
-    uint64_t acquisitions, shared;
+    uint64_t acquisitions, shared, contended, wait_sum, wait_max, blocked_worker_ns;
 } pz__advisor_count_t;
-pz__advisor_count_t pz__advisor_thread_counts(pz__advisor_lock *r, const void *site);
+void pz__advisor_thread_counts(pz__advisor_lock *r, const void *site, pz__advisor_count_t *c, uint32_t *wait_hist);
 pz__advisor_lock *pz__advisor_record_at(unsigned i);
 unsigned pz__advisor_table_size(void);
 /* Picoseconds per uncontended lock+unlock on this machine, measured when

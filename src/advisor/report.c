@@ -183,19 +183,20 @@ static uint64_t ld(_Atomic uint64_t *p)
     return atomic_load_explicit(p, memory_order_relaxed);
 }
 
-static uint64_t hist_total_atomic(_Atomic uint32_t *h)
+/* A histogram's counts, read from its atomic buckets. */
+static void hist_read(_Atomic uint32_t *h, uint32_t *into)
 {
-    uint64_t n = 0;
     for (int i = 0; i < HIST_BUCKETS; i++)
-        n += atomic_load_explicit(&h[i], memory_order_relaxed);
-    return n;
+        into[i] = atomic_load_explicit(&h[i], memory_order_relaxed);
 }
 
-/* The percentile rule of hist.h over an atomic histogram, capped by the
+/* The percentile rule of hist.h over a histogram's counts, capped by the
  * exact maximum (a bucket's midpoint may lie above it). */
-static uint64_t permille(_Atomic uint32_t *h, uint64_t pm, uint64_t max, uint64_t zeros)
+static uint64_t permille(const uint32_t *h, uint64_t pm, uint64_t max, uint64_t zeros)
 {
-    uint64_t n = hist_total_atomic(h) + zeros;
+    uint64_t n = zeros;
+    for (int i = 0; i < HIST_BUCKETS; i++)
+        n += h[i];
     if (n == 0)
         return 0;
     uint64_t rank = n * pm / 1000;
@@ -205,7 +206,7 @@ static uint64_t permille(_Atomic uint32_t *h, uint64_t pm, uint64_t max, uint64_
     if (seen > rank)
         return 0;
     for (int i = 0; i < HIST_BUCKETS; i++) {
-        seen += atomic_load_explicit(&h[i], memory_order_relaxed);
+        seen += h[i];
         if (seen > rank) {
             uint64_t v = (uint64_t)hist_value(i);
             return v > max ? max : v;
@@ -223,29 +224,37 @@ void pz__advisor_figures(pz__advisor_lock *r, pz__advisor_figures_t *f)
 {
     memset(f, 0, sizeof *f);
     f->kind = atomic_load_explicit(&r->kind, memory_order_relaxed);
-    pz__advisor_count_t c = pz__advisor_thread_counts(r, NULL);
+    /* The record's figures, then what the threads' slots still hold. */
+    hist_read(r->wait_hist, f->wait_hist);
+    pz__advisor_count_t c;
+    pz__advisor_thread_counts(r, NULL, &c, f->wait_hist);
     f->acquisitions = ld(&r->acquisitions) + c.acquisitions;
     f->shared = ld(&r->shared) + c.shared;
-    f->contended = ld(&r->contended);
+    f->contended = ld(&r->contended) + c.contended;
     if (f->kind != PZ__LOCK_CHAN && f->contended > f->acquisitions) /* counted while the report ran */
         f->contended = f->acquisitions;
     f->gave_up = ld(&r->gave_up);
     f->send_waits = ld(&r->send_waits);
     f->recv_waits = ld(&r->recv_waits);
     f->owner_changes = ld(&r->owner_changes);
-    f->blocked_worker_ns = ld(&r->blocked_worker_ns);
+    f->owner_probes = ld(&r->owner_probes);
+    f->blocked_worker_ns = ld(&r->blocked_worker_ns) + c.blocked_worker_ns;
     f->timed_holds = ld(&r->timed_holds);
     f->timed_shared = ld(&r->timed_shared);
     f->suspended_holds = ld(&r->suspended_holds);
     f->blocked_holds = ld(&r->blocked_holds);
     uint64_t hold_sum = ld(&r->hold_sum), waiting = ld(&r->waiting_sum);
     f->wait_max = ld(&r->wait_max);
+    if (c.wait_max > f->wait_max)
+        f->wait_max = c.wait_max;
     uint64_t uncontended = f->acquisitions > f->contended ? f->acquisitions - f->contended : 0;
-    f->wait_p50 = permille(r->wait_hist, 500, f->wait_max, uncontended);
-    f->wait_p99 = permille(r->wait_hist, 990, f->wait_max, uncontended);
+    f->wait_p50 = permille(f->wait_hist, 500, f->wait_max, uncontended);
+    f->wait_p99 = permille(f->wait_hist, 990, f->wait_max, uncontended);
     f->hold_max = ld(&r->hold_max);
-    f->hold_p50 = permille(r->hold_hist, 500, f->hold_max, 0);
-    f->hold_p99 = permille(r->hold_hist, 990, f->hold_max, 0);
+    static uint32_t holds[HIST_BUCKETS]; /* under report_lock, as f */
+    hist_read(r->hold_hist, holds);
+    f->hold_p50 = permille(holds, 500, f->hold_max, 0);
+    f->hold_p99 = permille(holds, 990, f->hold_max, 0);
     f->suspended_share = hold_sum ? (double)waiting / (double)hold_sum : 0;
     f->running_mean_ns = f->timed_holds ? (double)(hold_sum - waiting) / (double)f->timed_holds : 0;
     double waited = f->timed_holds ? (double)(f->suspended_holds + f->blocked_holds) / (double)f->timed_holds : 0;
@@ -363,10 +372,10 @@ static void text_lock(FILE *out, pz__advisor_lock *r, const pz__advisor_figures_
     }
     fprintf(out,
             "  acquisitions %" PRIu64 " (shared %" PRIu64 "), contended %" PRIu64 " (%.1f%%), gave up %" PRIu64
-            ", owner changes %" PRIu64 "\n",
+            ", owner changes %" PRIu64 " (from %" PRIu64 " probes)\n",
             f->acquisitions, f->shared, f->contended,
             f->acquisitions ? 100.0 * (double)f->contended / (double)f->acquisitions : 0.0, f->gave_up,
-            f->owner_changes);
+            f->owner_changes, f->owner_probes);
     fprintf(out, "  hold ns  p50 %" PRIu64 "  p99 %" PRIu64 "  max %" PRIu64 "  (%" PRIu64 " holds timed, %" PRIu64
                  " shared)\n",
             f->hold_p50, f->hold_p99, f->hold_max, f->timed_holds, f->timed_shared);
@@ -386,8 +395,10 @@ static void text_lock(FILE *out, pz__advisor_lock *r, const pz__advisor_figures_
         char where[256], func[128];
         pz__advisor_resolve(addr, where, sizeof where, func, sizeof func);
         uint64_t th = ld(&s->timed_holds);
+        pz__advisor_count_t c;
+        pz__advisor_thread_counts(r, addr, &c, NULL);
         fprintf(out, "  site %s (%s): %" PRIu64 " acquisitions, %" PRIu64 " contended, hold mean %.1f us\n", where,
-                func, ld(&s->acquisitions) + pz__advisor_thread_counts(r, addr).acquisitions, ld(&s->contended),
+                func, ld(&s->acquisitions) + c.acquisitions, ld(&s->contended) + c.contended,
                 th ? (double)ld(&s->hold_sum) / (double)th / 1e3 : 0.0);
     }
 }
@@ -403,13 +414,13 @@ static void json_lock(FILE *out, pz__advisor_lock *r, const pz__advisor_figures_
     fprintf(out,
             ", \"address\": \"%p\", \"acquisitions\": %" PRIu64 ", \"shared\": %" PRIu64 ", \"contended\": %" PRIu64
             ", \"gave_up\": %" PRIu64 ", \"send_waits\": %" PRIu64 ", \"recv_waits\": %" PRIu64
-            ", \"owner_changes\": %" PRIu64 ",\n     \"hold_ns\": {\"p50\": %" PRIu64 ", \"p99\": %" PRIu64
+            ", \"owner_changes\": %" PRIu64 ", \"owner_probes\": %" PRIu64 ",\n     \"hold_ns\": {\"p50\": %" PRIu64 ", \"p99\": %" PRIu64
             ", \"max\": %" PRIu64 "}, \"wait_ns\": {\"p50\": %" PRIu64 ", \"p99\": %" PRIu64 ", \"max\": %" PRIu64
             "},\n     \"timed_holds\": %" PRIu64 ", \"timed_shared\": %" PRIu64 ", \"suspended_holds\": %" PRIu64 ", \"blocked_holds\": %" PRIu64
             ", \"suspended_share\": %.4f, \"running_mean_ns\": %.0f, \"blocked_worker_ns\": %" PRIu64
             ",\n     \"verdict\": \"%s\", \"advice\": ",
             r->lock, f->acquisitions, f->shared, f->contended, f->gave_up, f->send_waits, f->recv_waits,
-            f->owner_changes, f->hold_p50,
+            f->owner_changes, f->owner_probes, f->hold_p50,
             f->hold_p99, f->hold_max, f->wait_p50, f->wait_p99, f->wait_max, f->timed_holds, f->timed_shared,
             f->suspended_holds,
             f->blocked_holds, f->suspended_share, f->running_mean_ns, f->blocked_worker_ns, f->verdict);
@@ -428,7 +439,7 @@ static void json_lock(FILE *out, pz__advisor_lock *r, const pz__advisor_figures_
     /* The same for the waits that took time (a channel's only figures). */
     any = false;
     for (int i = 0; i < HIST_BUCKETS; i++) {
-        uint32_t c = atomic_load_explicit(&r->wait_hist[i], memory_order_relaxed);
+        uint32_t c = f->wait_hist[i];
         if (c) {
             fprintf(out, "%s[%.0f, %" PRIu32 "]", any ? ", " : "", hist_value(i), c);
             any = true;
@@ -446,9 +457,11 @@ static void json_lock(FILE *out, pz__advisor_lock *r, const pz__advisor_figures_
         json_string(out, where);
         fprintf(out, ", \"function\": ");
         json_string(out, func);
+        pz__advisor_count_t c;
+        pz__advisor_thread_counts(r, addr, &c, NULL);
         fprintf(out, ", \"acquisitions\": %" PRIu64 ", \"contended\": %" PRIu64 ", \"timed_holds\": %" PRIu64
                      ", \"hold_sum_ns\": %" PRIu64 ", \"waiting_sum_ns\": %" PRIu64 "}",
-                ld(&s->acquisitions) + pz__advisor_thread_counts(r, addr).acquisitions, ld(&s->contended),
+                ld(&s->acquisitions) + c.acquisitions, ld(&s->contended) + c.contended,
                 ld(&s->timed_holds), ld(&s->hold_sum),
                 ld(&s->waiting_sum));
     }
@@ -486,7 +499,9 @@ int pz_advisor_report(FILE *out, int format)
                 continue;
             if ((atomic_load_explicit(&r->kind, memory_order_relaxed) == PZ__LOCK_CHAN) != (pass == 1))
                 continue;
-            pz__advisor_figures_t f;
+            /* Static (its histogram is 17 KiB, too much for a small task
+             * stack): report_lock serialises the reports. */
+            static pz__advisor_figures_t f;
             pz__advisor_figures(r, &f);
             if (format == PZ_ADVISOR_TEXT) {
                 if (pass == 1 && !any_chan)

@@ -46,24 +46,31 @@ static __attribute__((noinline)) int lock_contended(pz_async_mutex_t *m, uint64_
     return r;
 }
 
-/* An acquisition the inline half left to this one: the slot looked up
- * (and kept as the thread's last), the mutex taken and the acquisition
- * counted, the hold timed when the countdown runs out. */
+/* The inline half's take failed: the wait, timed (site NULL: this call's
+ * return address is the site). */
 __attribute__((noinline)) int pz__async_mutex_lock_observed(pz_async_mutex_t *m, uint64_t self, int64_t deadline,
                                                             const void *site)
 {
     if (!site)
         site = __builtin_return_address(0);
+    return lock_contended(m, self, deadline, site);
+}
+
+/* The inline half took the mutex and left the rest to this one: the slot
+ * looked up (and kept as the thread's last), the acquisition counted, the
+ * hold timed when the countdown runs out.  Nothing here suspends, so the
+ * thread's slots are the holder's. */
+__attribute__((noinline)) int pz__async_mutex_taken_observed(pz_async_mutex_t *m, uint64_t self, const void *site)
+{
+    if (!site)
+        site = __builtin_return_address(0);
     const pz__lock_hooks *h = hooks();
     pz__observe_slot *sl = pz__observe_slot_for(h, m, PZ__LOCK_ASYNC_MUTEX, site, 0);
-    if (__builtin_expect(pz__async_mutex_take(m, self), 1)) {
-        if (pz__debug_holds())
-            pz__held_acquired_at(m, "pz_async_mutex", site);
-        if (sl)
-            pz__observe_count(sl, self, 0);
-        return 0;
-    }
-    return lock_contended(m, self, deadline, site);
+    if (pz__debug_holds())
+        pz__held_acquired_at(m, "pz_async_mutex", site);
+    if (sl)
+        pz__observe_count(sl, self, 0);
+    return 0;
 }
 
 __attribute__((noinline)) bool pz__async_mutex_trylock_observed(pz_async_mutex_t *m)

@@ -34,11 +34,11 @@ void pz__lock_hooks_install(const pz__lock_hooks *hooks)
 
 /* The rare ends of an inline observed acquisition (runtime.h): the table
  * is there whenever a slot is (slots come from the hooks). */
-void pz__observe_owner_changed(pz__observe_slot *sl, uint64_t self)
+void pz__observe_owner_probed(pz__observe_slot *sl, uint64_t self, bool arm)
 {
     const pz__lock_hooks *h = atomic_load_explicit(&pz__lock_hooks_table, memory_order_acquire);
     if (h)
-        h->owner_changed(sl, self);
+        h->owner_probe(sl, self, arm);
 }
 
 void pz__observe_sample(pz__observe_slot *sl, uint64_t self, unsigned flags)

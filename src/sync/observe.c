@@ -116,41 +116,29 @@ static __attribute__((noinline)) void mutex_lock_contended(pz_mutex_t *m, int64_
     }
 }
 
-/* An acquisition the inline path left to this one: the slot looked up
- * (and kept as the thread's last), the lock taken, counted, and the hold
- * timed when the countdown runs out. */
+/* The inline path's CAS failed: the wait, timed (site NULL: this call's
+ * return address is the site, as for the others). */
 __attribute__((noinline)) void pz__mutex_lock_observed(pz_mutex_t *m, int64_t deadline, int *result,
                                                        const void *site)
+{
+    if (!site)
+        site = __builtin_return_address(0);
+    mutex_lock_contended(m, deadline, result, site);
+}
+
+/* The inline path took the lock but left the rest to this one: the slot
+ * looked up (and kept as the thread's last), the acquisition counted, and
+ * the hold timed when the countdown runs out. */
+__attribute__((noinline)) void pz__mutex_taken_observed(pz_mutex_t *m, const void *site)
 {
     if (!site)
         site = __builtin_return_address(0);
     const pz__lock_hooks *h = hooks();
     uint64_t self = caller_id(); /* first: a plain thread's id is then known inline */
     pz__observe_slot *sl = pz__observe_slot_for(h, m, PZ__LOCK_MUTEX, site, 0);
-    uint8_t unlocked = 0;
-    if (!atomic_compare_exchange_strong_explicit(&m->state, &unlocked, PZ__MUTEX_LOCKED, memory_order_acquire,
-                                                 memory_order_relaxed)) {
-        mutex_lock_contended(m, deadline, result, site);
-        return;
-    }
-    if (result)
-        *result = 0;
     held_take(m, "pz_mutex", site);
     if (sl)
         pz__observe_count(sl, self, 0);
-}
-
-/* The inline path's first attempt failed: the hold it recorded and the
- * acquisition it counted were that attempt's (the thread is the same: the
- * inline path does not suspend), and the contended half records its own. */
-__attribute__((noinline)) void pz__mutex_lock_observed_contended(pz_mutex_t *m, int64_t deadline, int *result,
-                                                                 const void *site, pz__holds *holds,
-                                                                 pz__observe_slot *sl)
-{
-    atomic_store_explicit(&holds->depth, atomic_load_explicit(&holds->depth, memory_order_relaxed) - 1,
-                          memory_order_relaxed);
-    pz__observe_untake(sl);
-    mutex_lock_contended(m, deadline, result, site);
 }
 
 __attribute__((noinline)) bool pz__mutex_trylock_observed(pz_mutex_t *m)
