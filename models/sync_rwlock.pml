@@ -19,6 +19,26 @@
  *   writer: the last reader out may be one passing through, and the
  *   writer stays parked.
  *
+ * BAD_NO_RECHECK: a reader that finds SLOTS trusts that first look and
+ *   holds by its slot without looking at the word again after writing
+ *   it: a writer's claim and scan fall between the look and the write.
+ * BAD_CLEAR_BEFORE_COUNT: the revoker empties a slot before it counts
+ *   the hold in the word: the reader leaving meanwhile finds neither.
+ *
+ * The read slots (src/sync/rwlock.c, "read slots"): each reader has one
+ * slot (its thread's line); a reader whose fetch-and-add finds another
+ * reader counted opens them (SLOTS); with SLOTS seen, a reader writes the
+ * lock into its slot and looks at the word again (the Dekker pair with a
+ * writer's claim, which clears SLOTS and sets REVOKING in one swap, then
+ * scans the slots, moving each hold into the count: count, then empty the
+ * slot, uncounting if the slot was emptied meanwhile).  A reader that
+ * finds SLOTS gone takes its slot back, or finds it moved and holds
+ * through the count.  A read unlock that sees SLOTS or REVOKING looks in
+ * its own slot, then takes a reader off the count; it asserts that one
+ * of the two had its hold (no misuse here, so the any-slot pass of the C
+ * code is never needed).  Checked with the rest: exclusion, no lost
+ * wake-up, the word ends at 0 but for SLOTS, and every slot ends empty.
+ *
  * Not modelled here: the main queue (readers and writers waiting to
  * acquire park on the lock's address; its protocol is unchanged, and a
  * waiter here waits for the word to let it in, which is what the lot's
@@ -32,7 +52,7 @@
  */
 
 #ifndef NR
-#define NR 2 /* plain readers */
+#define NR 1 /* plain readers (besides the recursive one) */
 #endif
 #ifndef RR
 #define RR 2 /* rounds of each reader */
@@ -44,13 +64,16 @@
 #define COUNT_TELLS_WRITING 0
 #endif
 
-#define WP 2       /* PZ__RW_WRITER_PARKED */
-#define WRITER 8   /* PZ__RW_WRITER */
-#define WRITING 16 /* PZ__RW_WRITING */
-#define ONE 32     /* PZ__RW_ONE_READER */
+#define WP 2        /* PZ__RW_WRITER_PARKED */
+#define WRITER 8    /* PZ__RW_WRITER */
+#define WRITING 16  /* PZ__RW_WRITING */
+#define SLOTS 32    /* PZ__RW_SLOTS */
+#define REVOKING 64 /* PZ__RW_REVOKING */
+#define ONE 128     /* PZ__RW_ONE_READER */
 #define COUNT(s) ((s) / ONE)
 
 int st;          /* rw->state (PARKED and UPGRADABLE left out) */
+bit slot[NR + 1]; /* reader k's slot holds the lock */
 bit blk;         /* the bucket lock of the address + 1 */
 bit wparked;     /* the writer is queued at the address + 1 */
 byte readers_in; /* readers inside their section */
@@ -60,7 +83,7 @@ byte done;
 #if COUNT_TELLS_WRITING
 #define REC_BLOCKED(s) (((s) & WRITER) && COUNT(s) == 0)
 #else
-#define REC_BLOCKED(s) (((s) & WRITER) && (((s) & WRITING) || COUNT(s) == 0))
+#define REC_BLOCKED(s) (((s) & WRITER) && (((s) & WRITING) || (COUNT(s) == 0 && !((s) & REVOKING))))
 #endif
 
 /* readers_left(n): the count has just become n; the last reader out
@@ -81,47 +104,116 @@ inline readers_left(n)
     fi
 }
 
-/* rec: 1 for pz_rwlock_read_recursive, 0 for pz_rwlock_read. */
-proctype reader(bit rec)
+/* rec: 1 for pz_rwlock_read_recursive, 0 for pz_rwlock_read; id: its slot. */
+proctype reader(bit rec; byte id)
 {
     byte i = 0;
+    byte via;  /* 1: holds by its slot, 0: not yet in, 2: in by the count */
+    bit left;
     int old, n;
     do
     :: i < RR ->
-        /* pz__rwlock_read_fast: one fetch-and-add. */
-        atomic { old = st; st = st + ONE };
+        /* pz__rwlock_read_fast: the look at the word; with SLOTS,
+         * pz__rwlock_read_slot. */
+        via = 0;
         if
-        :: !(old & WRITER) -> old = 0
-        :: else ->
-            old = 0;
-            /* pz__rwlock_read_back_out */
-#ifdef BAD_BACKOUT_NO_WAKE
-            st = st - ONE;
+        :: st & SLOTS ->
+            slot[id] = 1;
+#ifdef BAD_NO_RECHECK
+            via = 1
 #else
-            atomic { st = st - ONE; n = st };
-            readers_left(n);
-            n = 0;
-#endif
-            /* pz__rwlock_lock_slow: waits (spins or parks on the main
-             * queue) until the word lets it in, then its CAS adds a
-             * reader to the word it loaded. */
             if
-            :: rec -> atomic { !REC_BLOCKED(st) -> st = st + ONE }
-            :: else -> atomic { !(st & WRITER) -> st = st + ONE }
+            :: st & SLOTS -> via = 1
+            :: else ->
+                /* closed: take the slot back, or find it moved */
+                atomic {
+                    if
+                    :: slot[id] -> slot[id] = 0
+                    :: else -> via = 2
+                    fi
+                }
             fi
+#endif
+        :: else -> skip
+        fi;
+        if
+        :: via == 0 ->
+            /* one fetch-and-add */
+            atomic { old = st; st = st + ONE };
+            if
+            :: !(old & WRITER) ->
+                /* a reader counted already: pz__rwlock_open_slots */
+                if
+                :: COUNT(old) > 0 && !(old & SLOTS) ->
+                    atomic {
+                        if
+                        :: !(st & (WRITER | SLOTS | REVOKING)) -> st = st | SLOTS
+                        :: else -> skip
+                        fi
+                    }
+                :: else -> skip
+                fi;
+                old = 0
+            :: else ->
+                old = 0;
+                /* pz__rwlock_read_back_out */
+#ifdef BAD_BACKOUT_NO_WAKE
+                st = st - ONE;
+#else
+                atomic { st = st - ONE; n = st };
+                readers_left(n);
+                n = 0;
+#endif
+                /* pz__rwlock_lock_slow: waits (spins or parks on the main
+                 * queue) until the word lets it in, then its CAS adds a
+                 * reader to the word it loaded. */
+                if
+                :: rec -> atomic { !REC_BLOCKED(st) -> st = st + ONE }
+                :: else -> atomic { !(st & WRITER) -> st = st + ONE }
+                fi
+            fi
+        :: else -> skip
         fi;
         atomic { readers_in++; assert(!writer_in) };
         readers_in--;
-        /* pz_rwlock_read_unlock: one fetch-and-subtract; the slow path
-         * (pz__rwlock_read_unlocked_slow) when it was the last reader
-         * under WRITER_PARKED. */
-        atomic { old = st; st = st - ONE };
-        assert(COUNT(old) >= 1);
+        /* pz_rwlock_read_unlock: the look at the word. */
         if
-        :: COUNT(old) == 1 && (old & WP) -> readers_left(old - ONE)
-        :: else -> skip
+        :: st & (SLOTS | REVOKING) ->
+            /* pz__rwlock_read_unlock_slots: its slot, then the count. */
+            left = 0;
+            atomic {
+                if
+                :: slot[id] -> slot[id] = 0; left = 1
+                :: else -> skip
+                fi
+            };
+            if
+            :: !left ->
+                atomic {
+                    if
+                    :: COUNT(st) > 0 -> st = st - ONE; n = st; left = 1
+                    :: else -> skip
+                    fi
+                };
+                assert(left);
+                readers_left(n);
+                n = 0
+            :: else -> skip
+            fi;
+            left = 0
+        :: else ->
+            /* one fetch-and-subtract; the slow path
+             * (pz__rwlock_read_unlocked_slow) when it was the last reader
+             * under WRITER_PARKED. */
+            atomic { old = st; st = st - ONE };
+            assert(COUNT(old) >= 1);
+            if
+            :: COUNT(old) == 1 && (old & WP) -> readers_left(old - ONE)
+            :: else -> skip
+            fi;
+            old = 0
         fi;
-        old = 0;
+        via = 0;
         i++
     :: else -> break
     od;
@@ -131,6 +223,8 @@ proctype reader(bit rec)
 proctype writer()
 {
     byte i = 0;
+    byte k;
+    bit moved;
     int s;
     do
     :: i < WR ->
@@ -140,10 +234,53 @@ proctype writer()
         atomic {
             !(st & WRITER) ->
             if
-            :: COUNT(st) == 0 -> st = st + WRITER + WRITING
-            :: else -> st = st + WRITER
+            :: st & SLOTS -> st = ((st | WRITER) & ~SLOTS) | REVOKING
+            :: !(st & SLOTS) && COUNT(st) == 0 -> st = st + WRITER + WRITING
+            :: !(st & SLOTS) && COUNT(st) != 0 -> st = st + WRITER
             fi
         };
+        /* revoke_slots: each slot holding the lock moves into the count. */
+        if
+        :: st & REVOKING ->
+            k = 0;
+            do
+            :: k <= NR ->
+                if
+                :: slot[k] ->
+#ifdef BAD_CLEAR_BEFORE_COUNT
+                    atomic {
+                        if
+                        :: slot[k] -> slot[k] = 0; moved = 1
+                        :: else -> moved = 0
+                        fi
+                    };
+                    if
+                    :: moved -> st = st + ONE
+                    :: else -> skip
+                    fi;
+#else
+                    st = st + ONE;
+                    atomic {
+                        if
+                        :: slot[k] -> slot[k] = 0; moved = 1
+                        :: else -> moved = 0
+                        fi
+                    };
+                    if
+                    :: !moved -> st = st - ONE /* it left meanwhile */
+                    :: else -> skip
+                    fi;
+#endif
+                    moved = 0
+                :: else -> skip
+                fi;
+                k++
+            :: else -> break
+            od;
+            k = 0;
+            st = st & ~REVOKING
+        :: else -> skip
+        fi;
         /* wait_for_readers */
         do
         :: atomic { st & WRITING -> break }
@@ -191,12 +328,18 @@ init {
     atomic {
         byte k = 0;
         do
-        :: k < NR -> run reader(0); k++
+        :: k < NR -> run reader(0, k); k++
         :: else -> break
         od;
-        run reader(1);
+        run reader(1, NR);
         run writer()
     };
     done == NR + 2;
-    assert(st == 0)
+    /* SLOTS may stay open after the last writer */
+    assert((st & ~SLOTS) == 0);
+    byte m = 0;
+    do
+    :: m <= NR -> assert(!slot[m]); m++
+    :: else -> break
+    od
 }

@@ -146,6 +146,12 @@ run pass sync_rwlock good "" "$safety" "$deep"
 run pass sync_rwlock good-three-rounds "-DWR=3 -DRR=3" "$safety" "$deep"
 run fail sync_rwlock count-tells-writing "-DCOUNT_TELLS_WRITING=1" "$quick" "$deep"
 run fail sync_rwlock back-out-no-wake "-DBAD_BACKOUT_NO_WAKE" "$quick" "$deep"
+run fail sync_rwlock slot-no-recheck "-DBAD_NO_RECHECK" "$quick" "$deep"
+run fail sync_rwlock revoke-clear-before-count "-DBAD_CLEAR_BEFORE_COUNT" "$quick" "$deep"
+if [ "${PLAZA_MODELS_LONG:-0}" = 1 ]; then
+    # Two plain readers beside the recursive one: 31 million states, 1.3 GB.
+    run pass sync_rwlock good-two-readers "-DNR=2" "-O2 -DSAFETY -DCOLLAPSE -DMEMLIM=3072" "$deep"
+fi
 
 # pz_async_rwlock's waiting protocol in normal mode (models/rwlock.md).
 run pass rwlock good "" "$safety" "$deep"

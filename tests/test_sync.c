@@ -140,13 +140,13 @@ static void test_rwlock_modes(void **state)
     pz_rwlock_read_unlock(&rw);
     pz_rwlock_read_unlock(&rw);
     pz_rwlock_read_unlock(&rw);
-    CHECK_EQ(atomic_load(&rw.state), 0);
+    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_SLOTS, 0);
     pz_rwlock_write(&rw);
     CHECK(!pz_rwlock_try_read(&rw));
     pz_rwlock_write_unlock_fair(&rw);
     pz_rwlock_upgradable(&rw);
     pz_rwlock_upgradable_unlock(&rw);
-    CHECK_EQ(atomic_load(&rw.state), 0);
+    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_SLOTS, 0);
 }
 
 struct rw_waiter {
@@ -194,7 +194,7 @@ static void test_rwlock_writer_blocks_new_readers(void **state)
     pz_rwlock_read_unlock(&rw);
     pthread_join(t, NULL);
     CHECK_EQ(atomic_load(&w.state), 2);
-    CHECK_EQ(atomic_load(&rw.state), 0);
+    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_SLOTS, 0);
 }
 
 static void test_rwlock_timeouts(void **state)
@@ -221,7 +221,7 @@ static void test_rwlock_timeouts(void **state)
     CHECK_EQ(pz_rwlock_upgradable_until(&rw, pz_now() + 10 * MS), -ETIMEDOUT);
     CHECK_EQ(pz_rwlock_write_until(&rw, pz_now() + 10 * MS), -ETIMEDOUT);
     pz_rwlock_write_unlock(&rw);
-    CHECK_EQ(atomic_load(&rw.state), 0);
+    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_SLOTS, 0);
     /* A waiter that does not time out. */
     pz_rwlock_write(&rw);
     struct rw_waiter w = {&rw, 1, 0};
@@ -236,7 +236,7 @@ static void test_rwlock_timeouts(void **state)
     CHECK_EQ(atomic_load(&w.state), 2);
     CHECK_EQ(pz_rwlock_read_until(&rw, pz_now() + 10000 * MS), 0);
     pz_rwlock_read_unlock(&rw);
-    CHECK_EQ(atomic_load(&rw.state), 0);
+    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_SLOTS, 0);
 }
 
 /* A writer that records its thread id, then write-locks and unlocks. */
@@ -299,9 +299,9 @@ static void test_rwlock_readers_passing_through(void **state)
     capture_stderr_begin();
     pz_rwlock_write_unlock(&rw);
     CHECK_EQ(strlen(capture_stderr_end()), 0);
-    CHECK_EQ(atomic_load(&rw.state), PZ__RW_ONE_READER);
+    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_SLOTS, PZ__RW_ONE_READER);
     pz__rwlock_read_back_out(&rw);
-    CHECK_EQ(atomic_load(&rw.state), 0);
+    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_SLOTS, 0);
     /* The same for a downgrade. */
     pz_rwlock_write(&rw);
     atomic_fetch_add(&rw.state, PZ__RW_ONE_READER);
@@ -309,9 +309,9 @@ static void test_rwlock_readers_passing_through(void **state)
     pz_rwlock_downgrade(&rw);
     CHECK_EQ(strlen(capture_stderr_end()), 0);
     pz__rwlock_read_back_out(&rw);
-    CHECK_EQ(atomic_load(&rw.state), PZ__RW_ONE_READER);
+    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_SLOTS, PZ__RW_ONE_READER);
     pz_rwlock_read_unlock(&rw);
-    CHECK_EQ(atomic_load(&rw.state), 0);
+    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_SLOTS, 0);
     /* The last reader out is one passing through: it wakes the writer
      * parked for the readers to leave.  A reader is inside; a writer
      * claims and parks; a reader passes in; the first leaves (not the
@@ -329,6 +329,71 @@ static void test_rwlock_readers_passing_through(void **state)
     pz__rwlock_read_back_out(&rw);
     pthread_join(t, NULL); /* hangs if the back-out woke nobody */
     CHECK_EQ(atomic_load(&w.state), 2);
+    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_SLOTS, 0);
+}
+
+/* Read slots: once a reader finds another one counted, the slots open and
+ * a read lock goes through a slot of the thread's line, leaving the word's
+ * count alone.  A writer (or upgrader) claims WRITER, closing the slots,
+ * and moves their holds into the count before it waits for the readers;
+ * the readers whose holds moved then leave through the count.  Each step
+ * below is taken on one thread or waited for, so each interleaving is
+ * certain. */
+static void test_rwlock_read_slots(void **state)
+{
+    (void)state;
+    pz_rwlock_t rw = PZ_RWLOCK_INIT;
+    pz_rwlock_read(&rw);
+    pz_rwlock_read(&rw); /* finds a reader counted: opens the slots */
+    CHECK_EQ(atomic_load(&rw.state), PZ__RW_SLOTS | 2 * PZ__RW_ONE_READER);
+    pz_rwlock_read_unlock(&rw);
+    pz_rwlock_read_unlock(&rw);
+    CHECK_EQ(atomic_load(&rw.state), PZ__RW_SLOTS);
+    /* Through a slot: the word does not change. */
+    pz_rwlock_read(&rw);
+    CHECK_EQ(atomic_load(&rw.state), PZ__RW_SLOTS);
+    CHECK(pz_rwlock_try_read(&rw));
+    CHECK_EQ(atomic_load(&rw.state), PZ__RW_SLOTS);
+    pz_rwlock_read_unlock(&rw);
+    /* A try of the write lock revokes the slot, finds its reader, and
+     * gives WRITER up again: the hold is now counted in the word. */
+    CHECK(!pz_rwlock_try_write(&rw));
+    CHECK_EQ(atomic_load(&rw.state), PZ__RW_ONE_READER);
+    pz_rwlock_read_unlock(&rw);
+    CHECK_EQ(atomic_load(&rw.state), 0);
+    /* A writer that waits for a reader whose hold was in a slot. */
+    pz_rwlock_read(&rw);
+    pz_rwlock_read(&rw);
+    pz_rwlock_read_unlock(&rw);
+    pz_rwlock_read_unlock(&rw);
+    pz_rwlock_read(&rw);
+    CHECK_EQ(atomic_load(&rw.state), PZ__RW_SLOTS);
+    struct tid_writer w = {&rw, 0, 0};
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, NULL, tid_writer_main, &w), 0);
+    while (!(atomic_load(&rw.state) & PZ__RW_WRITER_PARKED))
+        sched_yield();
+    CHECK_EQ(atomic_load(&rw.state) & (PZ__RW_READERS | PZ__RW_SLOTS | PZ__RW_REVOKING | PZ__RW_WRITING),
+             PZ__RW_ONE_READER);
+    CHECK_EQ(atomic_load(&w.state), 0);
+    pz_rwlock_read_unlock(&rw); /* the last reader out wakes the writer */
+    pthread_join(t, NULL);
+    CHECK_EQ(atomic_load(&w.state), 2);
+    CHECK_EQ(atomic_load(&rw.state), 0);
+    /* An upgradable reader beside a reader in a slot: try_upgrade revokes
+     * the slot and fails; once that reader leaves it upgrades. */
+    pz_rwlock_read(&rw);
+    pz_rwlock_read(&rw);
+    pz_rwlock_read_unlock(&rw);
+    pz_rwlock_read_unlock(&rw);
+    pz_rwlock_read(&rw);
+    pz_rwlock_upgradable(&rw);
+    CHECK_EQ(atomic_load(&rw.state), PZ__RW_SLOTS | PZ__RW_ONE_READER | PZ__RW_UPGRADABLE);
+    CHECK(!pz_rwlock_try_upgrade(&rw));
+    CHECK_EQ(atomic_load(&rw.state), 2 * PZ__RW_ONE_READER | PZ__RW_UPGRADABLE);
+    pz_rwlock_read_unlock(&rw);
+    CHECK(pz_rwlock_try_upgrade(&rw));
+    pz_rwlock_write_unlock(&rw);
     CHECK_EQ(atomic_load(&rw.state), 0);
 }
 
@@ -346,9 +411,9 @@ static void test_rwlock_misuse_reported(void **state)
     CHECK(strstr(out, "plaza: pz_rwlock_read_unlock") != NULL);
     CHECK(strstr(out, "plaza: pz_rwlock_write_unlock") != NULL);
     CHECK(strstr(out, "plaza: pz_rwlock_upgradable_unlock") != NULL);
-    CHECK_EQ(atomic_load(&rw.state), PZ__RW_ONE_READER | PZ__RW_UPGRADABLE);
+    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_SLOTS, PZ__RW_ONE_READER | PZ__RW_UPGRADABLE);
     pz_rwlock_upgradable_unlock(&rw);
-    CHECK_EQ(atomic_load(&rw.state), 0);
+    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_SLOTS, 0);
 }
 
 static pz_rwlock_t suspend_rw;
@@ -522,6 +587,7 @@ int main(void)
         cmocka_unit_test(test_rwlock_writer_blocks_new_readers),
         cmocka_unit_test(test_rwlock_timeouts),
         cmocka_unit_test(test_rwlock_readers_passing_through),
+        cmocka_unit_test(test_rwlock_read_slots),
         cmocka_unit_test(test_rwlock_misuse_reported),
         cmocka_unit_test(test_rwlock_held_across_suspend_reported),
         cmocka_unit_test(test_condvar_wait_until_times_out),

@@ -162,6 +162,7 @@ struct rwx {
     long iters;
     _Atomic long upgrades;
     _Atomic long timeouts; /* reads and writes given up at a random deadline */
+    _Atomic long slot_reads; /* reads taken while the read slots were open */
 };
 
 static void check_read(struct rwx *x)
@@ -290,7 +291,7 @@ static void test_rwlock_exclusion(void **state)
     for (int k = 0; k < 4; k++)
         CHECK_EQ(x.data[k], x.writes_done);
     CHECK(atomic_load(&x.upgrades) > 0);
-    CHECK_EQ(atomic_load(&x.rw.state), 0);
+    CHECK_EQ(atomic_load(&x.rw.state) & ~PZ__RW_SLOTS, 0);
 }
 
 static void *rwx_task(void *arg)
@@ -318,7 +319,131 @@ static void test_rwlock_exclusion_tasks(void **state)
     run_in_runtime(0, rwx_tasks_main, &x);
     for (int k = 0; k < 4; k++)
         CHECK_EQ(x.data[k], x.writes_done);
-    CHECK_EQ(atomic_load(&x.rw.state), 0);
+    CHECK_EQ(atomic_load(&x.rw.state) & ~PZ__RW_SLOTS, 0);
+}
+
+/* Read-mostly, the shape the read slots are for: every thread nests a
+ * second read lock (plain or recursive) in a third of its reads, so a
+ * reader finds another counted and the slots open for certain, again
+ * after every write closes them; writers, timed writers, try-writers,
+ * upgraders and try-upgraders revoke the slots while readers enter, leave
+ * and give up at random deadlines.  Checked: no writer beside a reader or
+ * an upgradable reader, every write counted, the word back to no holder,
+ * and reads were taken while the slots were open. */
+static void *rw_slots_thread(void *arg)
+{
+    struct rwx *x = arg;
+    uint64_t seed = (uint64_t)(uintptr_t)&seed | 1;
+    for (long i = 0; i < x->iters; i++) {
+        unsigned pick = (unsigned)(test_rand(&seed) % 100);
+        int64_t deadline = pz_now() + (int64_t)(test_rand(&seed) % (50 * US));
+        if (pick < 94) {
+            int r = 0;
+            if (pick < 4)
+                r = pz_rwlock_read_until(&x->rw, deadline);
+            else if (pick < 6)
+                r = pz_rwlock_try_read(&x->rw) ? 0 : -ETIMEDOUT;
+            else
+                pz_rwlock_read(&x->rw);
+            if (r != 0) {
+                CHECK_EQ(r, -ETIMEDOUT);
+                atomic_fetch_add_explicit(&x->timeouts, 1, memory_order_relaxed);
+                continue;
+            }
+            if (atomic_load_explicit(&x->rw.state, memory_order_relaxed) & PZ__RW_SLOTS)
+                atomic_fetch_add_explicit(&x->slot_reads, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&x->readers, 1, memory_order_relaxed);
+            check_read(x);
+            if (pick % 3 == 0) {
+                /* Nested: a recursive read passes a waiting writer. */
+                pz_rwlock_read_recursive(&x->rw);
+                check_read(x);
+                pz_rwlock_read_unlock(&x->rw);
+            }
+            atomic_fetch_sub_explicit(&x->readers, 1, memory_order_relaxed);
+            pz_rwlock_read_unlock(&x->rw);
+        } else if (pick < 97) {
+            int r = 0;
+            if (pick == 94)
+                r = pz_rwlock_write_until(&x->rw, deadline);
+            else if (pick == 95)
+                r = pz_rwlock_try_write(&x->rw) ? 0 : -ETIMEDOUT;
+            else
+                pz_rwlock_write(&x->rw);
+            if (r != 0) {
+                CHECK_EQ(r, -ETIMEDOUT);
+                atomic_fetch_add_explicit(&x->timeouts, 1, memory_order_relaxed);
+                continue;
+            }
+            do_write(x);
+            pz_rwlock_write_unlock(&x->rw);
+        } else {
+            pz_rwlock_upgradable(&x->rw);
+            CHECK_EQ(atomic_fetch_add_explicit(&x->upgradables, 1, memory_order_relaxed), 0);
+            check_read(x);
+            int r;
+            if (pick == 97)
+                r = pz_rwlock_try_upgrade(&x->rw) ? 0 : -ETIMEDOUT;
+            else if (pick == 98)
+                r = pz_rwlock_upgrade_until(&x->rw, deadline);
+            else
+                r = (pz_rwlock_upgrade(&x->rw), 0);
+            atomic_fetch_sub_explicit(&x->upgradables, 1, memory_order_relaxed);
+            if (r == 0) {
+                do_write(x);
+                atomic_fetch_add_explicit(&x->upgrades, 1, memory_order_relaxed);
+                pz_rwlock_write_unlock(&x->rw);
+            } else {
+                CHECK_EQ(r, -ETIMEDOUT);
+                pz_rwlock_upgradable_unlock(&x->rw);
+            }
+        }
+    }
+    return NULL;
+}
+
+static void test_rwlock_read_slots_stress(void **state)
+{
+    (void)state;
+    enum { T = 8 };
+    static struct rwx x;
+    memset(&x, 0, sizeof x);
+    x.iters = SCALED(200000);
+    pthread_t t[T];
+    for (int i = 0; i < T; i++)
+        CHECK_EQ(pthread_create(&t[i], NULL, rw_slots_thread, &x), 0);
+    for (int i = 0; i < T; i++)
+        pthread_join(t[i], NULL);
+    for (int k = 0; k < 4; k++)
+        CHECK_EQ(x.data[k], x.writes_done);
+    CHECK(atomic_load(&x.upgrades) > 0);
+    CHECK(atomic_load(&x.slot_reads) > 0);
+    CHECK_EQ(atomic_load(&x.rw.state) & ~PZ__RW_SLOTS, 0);
+}
+
+static void *rw_slots_tasks_main(void *arg)
+{
+    enum { N = 16 };
+    pz_task_t *t[N];
+    for (int i = 0; i < N; i++)
+        t[i] = pz_spawn(rw_slots_thread, arg);
+    for (int i = 0; i < N; i++)
+        CHECK_EQ(pz_join(t[i], NULL), 0);
+    return NULL;
+}
+
+/* The same from tasks on every worker (each worker thread has its line). */
+static void test_rwlock_read_slots_tasks(void **state)
+{
+    (void)state;
+    static struct rwx x;
+    memset(&x, 0, sizeof x);
+    x.iters = SCALED(40000);
+    run_in_runtime(0, rw_slots_tasks_main, &x);
+    for (int k = 0; k < 4; k++)
+        CHECK_EQ(x.data[k], x.writes_done);
+    CHECK(atomic_load(&x.slot_reads) > 0);
+    CHECK_EQ(atomic_load(&x.rw.state) & ~PZ__RW_SLOTS, 0);
 }
 
 /* ---- pz_condvar ---- */
@@ -612,6 +737,8 @@ int main(void)
         cmocka_unit_test(test_mutex_fairness),
         cmocka_unit_test(test_rwlock_exclusion),
         cmocka_unit_test(test_rwlock_exclusion_tasks),
+        cmocka_unit_test(test_rwlock_read_slots_stress),
+        cmocka_unit_test(test_rwlock_read_slots_tasks),
         cmocka_unit_test(test_condvar_no_lost_wakeup),
         cmocka_unit_test(test_condvar_notify_all_requeue),
         cmocka_unit_test(test_condvar_timeouts_with_notifies),

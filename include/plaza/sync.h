@@ -214,12 +214,21 @@ static inline bool pz_mutex_is_locked(pz_mutex_t *m)
  *                               and waits for the readers to leave.
  *   bit 4 PZ__RW_WRITING        the writer holding WRITER is inside: no
  *                               reader was left when it entered.
- *   bits 5.. the readers inside (upgradable one included), plus readers
- *            passing through: a read lock adds ONE_READER with one
- *            fetch-and-add and, if WRITER was set, takes it away again
- *            before it waits (src/sync/rwlock.c).  So the count is never
- *            less than the readers inside, but may be more, and a writer
- *            inside is told by WRITING, never by a count of zero.
+ *   bit 5 PZ__RW_SLOTS          read slots are open: a plain reader may
+ *                               hold the lock through a slot of its
+ *                               thread's line instead of the count (never
+ *                               with WRITER; src/sync/rwlock.c, "read
+ *                               slots").
+ *   bit 6 PZ__RW_REVOKING       the thread that has just claimed WRITER
+ *                               (and cleared SLOTS) is moving the slots'
+ *                               read holds into the count.
+ *   bits 7.. the readers counted in the word (upgradable one included),
+ *            plus readers passing through: a read lock adds ONE_READER
+ *            with one fetch-and-add and, if WRITER was set, takes it away
+ *            again before it waits (src/sync/rwlock.c).  So while no slot
+ *            holds the lock the count is never less than the readers
+ *            inside, but may be more, and a writer inside is told by
+ *            WRITING, never by a count of zero.
  *
  * Writers do not starve: a writer sets WRITER as soon as no other writer
  * or upgradable reader holds the lock, even while readers hold it, and
@@ -253,8 +262,10 @@ typedef struct pz_rwlock {
 #define PZ__RW_UPGRADABLE ((uintptr_t)4)
 #define PZ__RW_WRITER ((uintptr_t)8)
 #define PZ__RW_WRITING ((uintptr_t)16)
-#define PZ__RW_ONE_READER ((uintptr_t)32)
-#define PZ__RW_READERS (~(uintptr_t)31)
+#define PZ__RW_SLOTS ((uintptr_t)32)
+#define PZ__RW_REVOKING ((uintptr_t)64)
+#define PZ__RW_ONE_READER ((uintptr_t)128)
+#define PZ__RW_READERS (~(uintptr_t)127)
 /* The word of a write lock taken at once, with nobody else about. */
 #define PZ__RW_WRITE_LOCKED (PZ__RW_WRITER | PZ__RW_WRITING)
 
@@ -266,6 +277,10 @@ typedef struct pz_rwlock {
 int pz__rwlock_lock_slow(pz_rwlock_t *rw, int mode, int64_t deadline);
 bool pz__rwlock_try_slow(pz_rwlock_t *rw, int mode);
 void pz__rwlock_read_back_out(pz_rwlock_t *rw);
+bool pz__rwlock_read_slot(pz_rwlock_t *rw);
+void pz__rwlock_open_slots(pz_rwlock_t *rw);
+void pz__rwlock_read_unlock_slots(pz_rwlock_t *rw);
+bool pz__rwlock_try_upgrade_slots(pz_rwlock_t *rw);
 void pz__rwlock_read_unlocked_slow(pz_rwlock_t *rw, uintptr_t before);
 void pz__rwlock_write_unlock_slow(pz_rwlock_t *rw, bool fair);
 void pz__rwlock_upgradable_unlock_slow(pz_rwlock_t *rw);
@@ -303,17 +318,27 @@ PZ__INLINE int pz__rwlock_lock_observing(pz_rwlock_t *rw, int mode, int64_t dead
     return 0;
 }
 
-/* A read lock in one fetch-and-add, which takes the word's cache line
- * once where a load and a compare-and-swap take it twice (and the swap
- * fails whenever another reader came or went in between).  A reader that
- * finds WRITER has added itself where it may not enter: it takes itself
- * away again, waking the writer if it was the last (as a read unlock
- * does), and returns false for the slow path to wait. */
+/* A read lock.  With the read slots open (readers were seen sharing the
+ * lock), through a slot of the thread's own cache line: the word is only
+ * read, so its line stays shared between the cores instead of moving at
+ * every lock and unlock.  Otherwise one fetch-and-add, which takes the
+ * word's line once where a load and a compare-and-swap take it twice (and
+ * the swap fails whenever another reader came or went in between); a
+ * reader that finds another one counted there opens the slots.  A reader
+ * that finds WRITER has added itself where it may not enter: it takes
+ * itself away again, waking the writer if it was the last (as a read
+ * unlock does), and returns false for the slow path to wait. */
 static inline bool pz__rwlock_read_fast(pz_rwlock_t *rw)
 {
-    uintptr_t s = atomic_fetch_add_explicit(&rw->state, PZ__RW_ONE_READER, memory_order_acquire);
-    if (__builtin_expect(!(s & PZ__RW_WRITER), 1))
+    if (__builtin_expect(atomic_load_explicit(&rw->state, memory_order_relaxed) & PZ__RW_SLOTS, 0) &&
+        pz__rwlock_read_slot(rw))
         return true;
+    uintptr_t s = atomic_fetch_add_explicit(&rw->state, PZ__RW_ONE_READER, memory_order_acquire);
+    if (__builtin_expect(!(s & PZ__RW_WRITER), 1)) {
+        if (__builtin_expect((s & PZ__RW_READERS) && !(s & PZ__RW_SLOTS), 0))
+            pz__rwlock_open_slots(rw);
+        return true;
+    }
     pz__rwlock_read_back_out(rw);
     return false;
 }
@@ -384,6 +409,12 @@ PZ__INLINE void pz_rwlock_read_unlock(pz_rwlock_t *rw)
         return;
     if (PZ__RELEASE_OBSERVED())
         pz__rwlock_released_observed(rw, PZ__RW_MODE_READ);
+    /* Read slots open, or being revoked: the hold may be in a slot. */
+    if (__builtin_expect(atomic_load_explicit(&rw->state, memory_order_relaxed) & (PZ__RW_SLOTS | PZ__RW_REVOKING),
+                         0)) {
+        pz__rwlock_read_unlock_slots(rw);
+        return;
+    }
     /* One fetch-and-subtract.  Done when another reader stays, or when we
      * were the last and no writer is parked waiting for us; otherwise the
      * slow path, given the word as it was, wakes that writer, or puts the
@@ -539,12 +570,16 @@ static inline int pz_rwlock_upgrade_until(pz_rwlock_t *rw, int64_t deadline)
 static inline bool pz_rwlock_try_upgrade(pz_rwlock_t *rw)
 {
     uintptr_t s = atomic_load_explicit(&rw->state, memory_order_relaxed);
-    while ((s & PZ__RW_UPGRADABLE) && (s & PZ__RW_READERS) == PZ__RW_ONE_READER) {
+    for (;;) {
+        /* Readers in slots are not in the count: revoke them first. */
+        if (s & PZ__RW_SLOTS)
+            return pz__rwlock_try_upgrade_slots(rw);
+        if (!(s & PZ__RW_UPGRADABLE) || (s & PZ__RW_READERS) != PZ__RW_ONE_READER)
+            return false;
         uintptr_t n = (s & ~(PZ__RW_READERS | PZ__RW_UPGRADABLE)) | PZ__RW_WRITE_LOCKED;
         if (atomic_compare_exchange_weak_explicit(&rw->state, &s, n, memory_order_acquire, memory_order_relaxed))
             return true;
     }
-    return false;
 }
 
 /* Upgradable read lock to plain read lock (another thread may then take

@@ -74,7 +74,7 @@
 
 /*
  * The mutex's spin: rounds of 4, 32 and 128 cpu_relax between looks at the
- * word (spin_wait.h's shared rounds, still the rwlock's, are 2, 4 and 8),
+ * word (spin_wait.h's shared rounds are 2, 4 and 8; the rwlock's are these),
  * then sched_yield rounds up to the same limit, then park.  Why longer
  * rounds: under contention the time goes into moving the word's cache line
  * between the cores (the lock's and the unlock's atomic operations took 75%
