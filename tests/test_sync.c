@@ -339,6 +339,18 @@ static void test_rwlock_readers_passing_through(void **state)
  * the readers whose holds moved then leave through the count.  Each step
  * below is taken on one thread or waited for, so each interleaving is
  * certain. */
+
+/* A nested read opens the slots (the second reader finds the first
+ * counted); the read after it holds the lock through a slot. */
+static void open_slots_and_read(pz_rwlock_t *rw)
+{
+    pz_rwlock_read(rw);
+    pz_rwlock_read(rw);
+    pz_rwlock_read_unlock(rw);
+    pz_rwlock_read_unlock(rw);
+    pz_rwlock_read(rw);
+}
+
 static void test_rwlock_read_slots(void **state)
 {
     (void)state;
@@ -362,11 +374,7 @@ static void test_rwlock_read_slots(void **state)
     pz_rwlock_read_unlock(&rw);
     CHECK_EQ(atomic_load(&rw.state), 0);
     /* A writer that waits for a reader whose hold was in a slot. */
-    pz_rwlock_read(&rw);
-    pz_rwlock_read(&rw);
-    pz_rwlock_read_unlock(&rw);
-    pz_rwlock_read_unlock(&rw);
-    pz_rwlock_read(&rw);
+    open_slots_and_read(&rw);
     CHECK_EQ(atomic_load(&rw.state), PZ__RW_SLOTS);
     struct tid_writer w = {&rw, 0, 0};
     pthread_t t;
@@ -382,11 +390,7 @@ static void test_rwlock_read_slots(void **state)
     CHECK_EQ(atomic_load(&rw.state), 0);
     /* An upgradable reader beside a reader in a slot: try_upgrade revokes
      * the slot and fails; once that reader leaves it upgrades. */
-    pz_rwlock_read(&rw);
-    pz_rwlock_read(&rw);
-    pz_rwlock_read_unlock(&rw);
-    pz_rwlock_read_unlock(&rw);
-    pz_rwlock_read(&rw);
+    open_slots_and_read(&rw);
     pz_rwlock_upgradable(&rw);
     CHECK_EQ(atomic_load(&rw.state), PZ__RW_SLOTS | PZ__RW_ONE_READER | PZ__RW_UPGRADABLE);
     CHECK(!pz_rwlock_try_upgrade(&rw));

@@ -163,6 +163,7 @@ struct rwx {
     _Atomic long upgrades;
     _Atomic long timeouts; /* reads and writes given up at a random deadline */
     _Atomic long slot_reads; /* reads taken while the read slots were open */
+    void *(*task_body)(void *); /* what rwx_tasks_main runs on each task */
 };
 
 static void check_read(struct rwx *x)
@@ -276,38 +277,48 @@ static void *rwx_thread(void *arg)
     return NULL;
 }
 
-static void test_rwlock_exclusion(void **state)
+/* Runs body on 8 plain threads sharing x. */
+static void rwx_on_threads(struct rwx *x, void *(*body)(void *))
 {
-    (void)state;
     enum { T = 8 };
-    static struct rwx x;
-    memset(&x, 0, sizeof x);
-    x.iters = SCALED(100000);
     pthread_t t[T];
     for (int i = 0; i < T; i++)
-        CHECK_EQ(pthread_create(&t[i], NULL, rwx_thread, &x), 0);
+        CHECK_EQ(pthread_create(&t[i], NULL, body, x), 0);
     for (int i = 0; i < T; i++)
         pthread_join(t[i], NULL);
-    for (int k = 0; k < 4; k++)
-        CHECK_EQ(x.data[k], x.writes_done);
-    CHECK(atomic_load(&x.upgrades) > 0);
-    CHECK_EQ(atomic_load(&x.rw.state) & ~PZ__RW_SLOTS, 0);
 }
 
-static void *rwx_task(void *arg)
-{
-    return rwx_thread(arg);
-}
-
+/* Runs x->task_body on 16 tasks on every worker. */
 static void *rwx_tasks_main(void *arg)
 {
     enum { N = 16 };
+    struct rwx *x = arg;
     pz_task_t *t[N];
     for (int i = 0; i < N; i++)
-        t[i] = pz_spawn(rwx_task, arg);
+        t[i] = pz_spawn(x->task_body, x);
     for (int i = 0; i < N; i++)
         CHECK_EQ(pz_join(t[i], NULL), 0);
     return NULL;
+}
+
+/* What every rwlock stress checks at its end: each write reached all four
+ * words, and the lock is free (SLOTS may stay set: readers shared it). */
+static void rwx_check(struct rwx *x)
+{
+    for (int k = 0; k < 4; k++)
+        CHECK_EQ(x->data[k], x->writes_done);
+    CHECK_EQ(atomic_load(&x->rw.state) & ~PZ__RW_SLOTS, 0);
+}
+
+static void test_rwlock_exclusion(void **state)
+{
+    (void)state;
+    static struct rwx x;
+    memset(&x, 0, sizeof x);
+    x.iters = SCALED(100000);
+    rwx_on_threads(&x, rwx_thread);
+    rwx_check(&x);
+    CHECK(atomic_load(&x.upgrades) > 0);
 }
 
 static void test_rwlock_exclusion_tasks(void **state)
@@ -316,10 +327,9 @@ static void test_rwlock_exclusion_tasks(void **state)
     static struct rwx x;
     memset(&x, 0, sizeof x);
     x.iters = SCALED(20000);
+    x.task_body = rwx_thread;
     run_in_runtime(0, rwx_tasks_main, &x);
-    for (int k = 0; k < 4; k++)
-        CHECK_EQ(x.data[k], x.writes_done);
-    CHECK_EQ(atomic_load(&x.rw.state) & ~PZ__RW_SLOTS, 0);
+    rwx_check(&x);
 }
 
 /* Read-mostly, the shape the read slots are for: every thread nests a
@@ -405,31 +415,13 @@ static void *rw_slots_thread(void *arg)
 static void test_rwlock_read_slots_stress(void **state)
 {
     (void)state;
-    enum { T = 8 };
     static struct rwx x;
     memset(&x, 0, sizeof x);
     x.iters = SCALED(200000);
-    pthread_t t[T];
-    for (int i = 0; i < T; i++)
-        CHECK_EQ(pthread_create(&t[i], NULL, rw_slots_thread, &x), 0);
-    for (int i = 0; i < T; i++)
-        pthread_join(t[i], NULL);
-    for (int k = 0; k < 4; k++)
-        CHECK_EQ(x.data[k], x.writes_done);
+    rwx_on_threads(&x, rw_slots_thread);
+    rwx_check(&x);
     CHECK(atomic_load(&x.upgrades) > 0);
     CHECK(atomic_load(&x.slot_reads) > 0);
-    CHECK_EQ(atomic_load(&x.rw.state) & ~PZ__RW_SLOTS, 0);
-}
-
-static void *rw_slots_tasks_main(void *arg)
-{
-    enum { N = 16 };
-    pz_task_t *t[N];
-    for (int i = 0; i < N; i++)
-        t[i] = pz_spawn(rw_slots_thread, arg);
-    for (int i = 0; i < N; i++)
-        CHECK_EQ(pz_join(t[i], NULL), 0);
-    return NULL;
 }
 
 /* The same from tasks on every worker (each worker thread has its line). */
@@ -439,11 +431,10 @@ static void test_rwlock_read_slots_tasks(void **state)
     static struct rwx x;
     memset(&x, 0, sizeof x);
     x.iters = SCALED(40000);
-    run_in_runtime(0, rw_slots_tasks_main, &x);
-    for (int k = 0; k < 4; k++)
-        CHECK_EQ(x.data[k], x.writes_done);
+    x.task_body = rw_slots_thread;
+    run_in_runtime(0, rwx_tasks_main, &x);
+    rwx_check(&x);
     CHECK(atomic_load(&x.slot_reads) > 0);
-    CHECK_EQ(atomic_load(&x.rw.state) & ~PZ__RW_SLOTS, 0);
 }
 
 /* ---- pz_condvar ---- */
