@@ -93,14 +93,20 @@ static void *blocker(void *arg)
     return NULL;
 }
 
-/* The report sink: lines collected into one buffer. */
-static char sink[1 << 16];
+/* The report sink: lines collected into one buffer.  The sink may be
+ * called from any thread (runtime.h): the monitor's reports (a stall, a
+ * spare worker) can come while a task dumps, so the buffer has a lock, and
+ * the checks read a copy (seen) taken under it: a report that took the
+ * sink just before it was switched off may still be writing. */
+static char sink[1 << 16], seen[1 << 16];
 static size_t sink_len;
-static int sink_lines;
+static int sink_lines, seen_lines;
+static pthread_mutex_t sink_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void collect(const char *line, void *arg)
 {
     (void)arg;
+    pthread_mutex_lock(&sink_lock);
     size_t n = strlen(line);
     if (sink_len + n + 2 < sizeof sink) {
         memcpy(sink + sink_len, line, n);
@@ -109,6 +115,25 @@ static void collect(const char *line, void *arg)
         sink[sink_len] = '\0';
     }
     sink_lines++;
+    pthread_mutex_unlock(&sink_lock);
+}
+
+static void sink_reset(void)
+{
+    pthread_mutex_lock(&sink_lock);
+    sink_len = 0;
+    sink_lines = 0;
+    sink[0] = '\0';
+    pthread_mutex_unlock(&sink_lock);
+}
+
+/* Copies the sink into seen, for the checks. */
+static void sink_take(void)
+{
+    pthread_mutex_lock(&sink_lock);
+    memcpy(seen, sink, sink_len + 1);
+    seen_lines = sink_lines;
+    pthread_mutex_unlock(&sink_lock);
 }
 
 /* The line of the dump that starts with "task <id> (<name>)". */
@@ -217,9 +242,10 @@ static void *dump_main(void *arg)
     pz_set_report(collect, NULL);
     pz_dump(NULL);
     pz_set_report(NULL, NULL);
-    CHECK(sink_lines > n);
-    CHECK(strstr(sink, "task ") && strstr(sink, "end of dump"));
-    CHECK(!strstr(sink, "plaza: ")); /* lines come without the prefix */
+    sink_take();
+    CHECK(seen_lines > n);
+    CHECK(strstr(seen, "task ") && strstr(seen, "end of dump"));
+    CHECK(!strstr(seen, "plaza: ")); /* lines come without the prefix */
 
     /* Let everyone go. */
     pz_async_mutex_unlock(&amutex);
@@ -263,19 +289,19 @@ static void *leaves_locked(void *arg)
 static void *leave_main(void *arg)
 {
     (void)arg;
+    sink_reset();
     pz_set_report(collect, NULL);
-    sink_len = 0;
-    sink[0] = '\0';
     pz_task_t *t = pz_spawn_with(leaves_locked, NULL, &(pz_spawn_opts_t){.name = "leaver"});
     char who[96];
     snprintf(who, sizeof who, "task %llu (leaver) ended while holding 2 plaza lock(s)", (unsigned long long)pz_task_id(t));
     CHECK_EQ(pz_join(t, NULL), 0);
     pz_set_report(NULL, NULL);
-    fprintf(stderr, "%s", sink);
-    CHECK(strstr(sink, who));
+    sink_take();
+    fprintf(stderr, "%s", seen);
+    CHECK(strstr(seen, who));
     char lock[96];
     snprintf(lock, sizeof lock, "pz_mutex %p, taken at " SITE("leaves_locked", "test_dump.c"), (void *)&left_sync);
-    CHECK(strstr(sink, lock));
+    CHECK(strstr(seen, lock));
     /* The line may be the inline header's: the compiler's scopes for two
      * nested inline functions do not always cover the call. */
 #ifdef PLAZA_TEST_HAVE_DW
@@ -283,7 +309,7 @@ static void *leave_main(void *arg)
 #else
     snprintf(lock, sizeof lock, "pz_async_mutex %p, taken at 0x", (void *)&left_async);
 #endif
-    CHECK(strstr(sink, lock));
+    CHECK(strstr(seen, lock));
     return NULL;
 }
 
@@ -312,9 +338,8 @@ static void *small_stack_task(void *arg)
 static void *small_stack_main(void *arg)
 {
     (void)arg;
+    sink_reset();
     pz_set_report(collect, NULL);
-    sink_len = 0;
-    sink[0] = '\0';
     char *dump = NULL;
     pz_task_t *t = pz_spawn_with(small_stack_task, &dump,
                                  &(pz_spawn_opts_t){.name = "small", .stack_size = 32 * 1024});
@@ -324,7 +349,8 @@ static void *small_stack_main(void *arg)
     snprintf(who, sizeof who, "task %llu (small) running", id);
     CHECK_EQ(pz_join(t, NULL), 0);
     pz_set_report(NULL, NULL);
-    fprintf(stderr, "%s", sink);
+    sink_take();
+    fprintf(stderr, "%s", seen);
     CHECK(dump != NULL);
     if (!strstr(dump, who))
         fprintf(stderr, "%s", dump);
@@ -332,12 +358,12 @@ static void *small_stack_main(void *arg)
     CHECK(strstr(dump, "spawned at " SITE("small_stack_main", "test_dump.c")));
     free(dump);
     snprintf(who, sizeof who, "task %llu (small) suspends while holding 1 sync lock(s)", id);
-    CHECK(strstr(sink, who));
+    CHECK(strstr(seen, who));
     char lock[96];
     snprintf(lock, sizeof lock, "the lock was taken at " SITE("small_stack_task", "test_dump.c"));
-    CHECK(strstr(sink, lock));
+    CHECK(strstr(seen, lock));
     snprintf(who, sizeof who, "task %llu (small) ended while holding 1 plaza lock(s)", id);
-    CHECK(strstr(sink, who));
+    CHECK(strstr(seen, who));
     return NULL;
 }
 
