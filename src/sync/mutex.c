@@ -73,9 +73,9 @@
 #include "spin_wait.h"
 
 /*
- * The mutex's spin: rounds of 4, 32 and 128 cpu_relax between looks at the
- * word (spin_wait.h's shared rounds are 2, 4 and 8; the rwlock's are these),
- * then sched_yield rounds up to the same limit, then park.  Why longer
+ * The mutex's spin (spin_wait.h, shared with the rwlock): rounds of 4, 32
+ * and 128 cpu_relax between looks at the word, then sched_yield rounds up
+ * to the same limit, then park.  The rounds were 2, 4 and 8.  Why longer
  * rounds: under contention the time goes into moving the word's cache line
  * between the cores (the lock's and the unlock's atomic operations took 75%
  * of the samples of contended threads=2 work=0), and the line moves for
@@ -94,12 +94,10 @@
  * yield lasts up to ~5 us there (less on processors with a shorter pause).
  * A waiter that finds PARKED set does not spin (the callers' rule).
  */
-static const unsigned short mutex_spin_rounds[] = {4, 32, 128};
-#define MUTEX_SPIN_ROUNDS ((int)(sizeof mutex_spin_rounds / sizeof mutex_spin_rounds[0]))
 
 static inline bool mutex_spin_wait(int *count)
 {
-    return pz__spin_wait_rounds(count, mutex_spin_rounds, MUTEX_SPIN_ROUNDS);
+    return pz__spin_wait(count);
 }
 
 #define TOKEN_NORMAL 0

@@ -134,17 +134,15 @@
 /* The spin before a yield: rounds of 4, 32 and 128 cpu_relax between
  * looks at the word, as pz_mutex's (src/sync/mutex.c says why: each look
  * takes the word's line from the core that holds the lock).  With the
- * shared rounds of 2, 4 and 8 a reader kept out by a writer's section of a
+ * earlier rounds of 2, 4 and 8 a reader kept out by a writer's section of a
  * few nanoseconds gave up spinning and yielded: rwlock_read_mostly
  * threads=8 write_pct=10 under chrt -f 10 made 28 000-32 000 sched_yield
  * calls a run (each a switch to another thread) and took 61 ns/op; with
  * these rounds 500-700 calls and 46-50 ns/op, write_pct=1 unchanged
  * (17-21 ns/op either way; 2-vCPU Xeon VM, 3 alternating runs each). */
-static const unsigned short rw_spin_rounds[] = {4, 32, 128};
-
 static inline bool rw_spin_wait(int *count)
 {
-    return pz__spin_wait_rounds(count, rw_spin_rounds, (int)(sizeof rw_spin_rounds / sizeof rw_spin_rounds[0]));
+    return pz__spin_wait(count);
 }
 
 #define PARKED PZ__RW_PARKED
