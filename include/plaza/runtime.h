@@ -488,17 +488,12 @@ PZ__INLINE bool pz__observe_hit(const pz__observe_slot *sl, const void *lock, co
            (*countdown = atomic_load_explicit(&sl->countdown, memory_order_relaxed)) > 2;
 }
 
-/* Counts an acquisition in a slot that pz__observe_hit accepted (the
- * countdown it read is above 1, so no hold is timed); pz__observe_untake
- * undoes it (an attempt that failed, on the same thread). */
+/* Counts an acquisition, already made, in a slot that pz__observe_hit
+ * accepted (the countdown it read is above 2: no hold to time, no probe to
+ * arm). */
 PZ__INLINE void pz__observe_take(pz__observe_slot *sl, uint64_t countdown)
 {
     atomic_store_explicit(&sl->countdown, countdown - 1, memory_order_relaxed);
-}
-PZ__INLINE void pz__observe_untake(pz__observe_slot *sl)
-{
-    atomic_store_explicit(&sl->countdown, atomic_load_explicit(&sl->countdown, memory_order_relaxed) + 1,
-                          memory_order_relaxed);
 }
 
 /* An exclusive acquisition by self, counted (countdown: the slot's

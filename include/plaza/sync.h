@@ -288,23 +288,17 @@ int pz__rwlock_upgrade_slow(pz_rwlock_t *rw, int64_t deadline);
 /* The observed forms (src/sync/observe.c), taken while the advisor is on
  * (site as for pz__mutex_lock_observed). */
 int pz__rwlock_lock_observed(pz_rwlock_t *rw, int mode, int64_t deadline, const void *site);
-int pz__rwlock_lock_observed_contended(pz_rwlock_t *rw, int mode, int64_t deadline, const void *site,
-                                       pz__holds *holds, pz__observe_slot *sl);
+int pz__rwlock_taken_observed(pz_rwlock_t *rw, int mode, const void *site);
 bool pz__rwlock_try_observed(pz_rwlock_t *rw, int mode);
 void pz__rwlock_released_observed(pz_rwlock_t *rw, int mode);
 static inline bool pz__rwlock_read_fast(pz_rwlock_t *rw);
 static inline bool pz__rwlock_upgradable_fast(pz_rwlock_t *rw);
 
 /* The observed lock in mode (a constant at each call), inline as
- * pz__mutex_lock_observing; shared holds have no owner to check. */
+ * pz__mutex_lock_observing: the take first, then the count; shared holds
+ * have no owner to check. */
 PZ__INLINE int pz__rwlock_lock_observing(pz_rwlock_t *rw, int mode, int64_t deadline, const void *site)
 {
-    pz__observe_caller_t c = pz__observe_caller();
-    uint64_t countdown;
-    if (__builtin_expect(!c.holds || !pz__observe_hit(c.last, rw, site, &countdown), 0))
-        return pz__rwlock_lock_observed(rw, mode, deadline, site);
-    pz__observe_take(c.last, countdown);
-    pz__held_push(c.holds, rw, "pz_rwlock", site);
     uintptr_t unlocked = 0;
     bool taken = mode == PZ__RW_MODE_WRITE
                      ? atomic_compare_exchange_strong_explicit(&rw->state, &unlocked, PZ__RW_WRITE_LOCKED,
@@ -312,7 +306,13 @@ PZ__INLINE int pz__rwlock_lock_observing(pz_rwlock_t *rw, int mode, int64_t dead
                  : mode == PZ__RW_MODE_UPGRADABLE ? pz__rwlock_upgradable_fast(rw)
                                                   : pz__rwlock_read_fast(rw);
     if (__builtin_expect(!taken, 0))
-        return pz__rwlock_lock_observed_contended(rw, mode, deadline, site, c.holds, c.last);
+        return pz__rwlock_lock_observed(rw, mode, deadline, site);
+    pz__observe_caller_t c = pz__observe_caller();
+    uint64_t countdown;
+    if (__builtin_expect(!c.holds || !pz__observe_hit(c.last, rw, site, &countdown), 0))
+        return pz__rwlock_taken_observed(rw, mode, site);
+    pz__observe_take(c.last, countdown);
+    pz__held_push(c.holds, rw, "pz_rwlock", site);
     if (mode == PZ__RW_MODE_WRITE)
         pz__observe_owner_inline(c.last, c.holds->caller);
     return 0;

@@ -263,12 +263,6 @@ static inline uint64_t ld64(const _Atomic uint64_t *p)
     return atomic_load_explicit(p, memory_order_relaxed);
 }
 
-/* An addition or a new maximum by the slot's owner thread alone. */
-static inline void own_add(_Atomic uint64_t *p, uint64_t v)
-{
-    atomic_store_explicit(p, ld64(p) + v, memory_order_relaxed);
-}
-
 void pz__advisor_thread_counts(pz__advisor_lock *r, const void *site, pz__advisor_count_t *c, uint32_t *wait_hist)
 {
     memset(c, 0, sizeof *c);
@@ -426,8 +420,14 @@ static uint64_t sample_gap(void)
 }
 
 /* A wait that took time: an acquisition's (contended) or one that gave up. */
+/* A wait for a sync lock on a worker thread blocked that worker. */
+static inline bool blocks_worker(unsigned kind)
+{
+    return (kind == PZ__LOCK_MUTEX || kind == PZ__LOCK_RWLOCK) && pz_worker_index() >= 0;
+}
+
 static __attribute__((noinline)) void record_wait(pz__advisor_lock *r, pz__advisor_site *s, unsigned kind, uint64_t w,
-                                                  bool gave_up, unsigned flags, bool on_worker)
+                                                  bool gave_up, unsigned flags)
 {
     if (kind == PZ__LOCK_CHAN)
         atomic_fetch_add_explicit(flags & PZ__LOCK_SEND ? &r->send_waits : &r->recv_waits, 1,
@@ -436,7 +436,7 @@ static __attribute__((noinline)) void record_wait(pz__advisor_lock *r, pz__advis
     atomic_fetch_add_explicit(gave_up ? &r->gave_up : &r->contended, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&r->wait_sum, w, memory_order_relaxed);
     bump_max(&r->wait_max, w);
-    if ((kind == PZ__LOCK_MUTEX || kind == PZ__LOCK_RWLOCK) && on_worker)
+    if (blocks_worker(kind))
         atomic_fetch_add_explicit(&r->blocked_worker_ns, w, memory_order_relaxed);
     if (s) {
         atomic_fetch_add_explicit(gave_up ? &s->gave_up : &s->contended, 1, memory_order_relaxed);
@@ -555,19 +555,19 @@ static void slot_wait(tslot *sl, pz__advisor_lock *r, unsigned kind, uint64_t w)
     if (__builtin_expect(!h, 0)) {
         h = calloc(HIST_BUCKETS, sizeof *h);
         if (!h) {
-            record_wait(r, sl->s, kind, w, false, 0, pz_worker_index() >= 0);
+            record_wait(r, sl->s, kind, w, false, 0);
             return;
         }
         atomic_store_explicit(&sl->whist, h, memory_order_release);
     }
-    _Atomic uint32_t *b = &h[hist_index(w)];
-    atomic_store_explicit(b, atomic_load_explicit(b, memory_order_relaxed) + 1, memory_order_relaxed);
-    own_add(&sl->wait_sum, w);
+    /* The slot's owner alone writes these: bump's exclusive form. */
+    hist_bump(h, w, true);
+    bump(&sl->wait_sum, w, true);
     if (w > ld64(&sl->wait_max))
         atomic_store_explicit(&sl->wait_max, w, memory_order_relaxed);
-    if ((kind == PZ__LOCK_MUTEX || kind == PZ__LOCK_RWLOCK) && pz_worker_index() >= 0)
-        own_add(&sl->blocked_ns, w);
-    own_add(&sl->contended, 1);
+    if (blocks_worker(kind))
+        bump(&sl->blocked_ns, w, true);
+    bump(&sl->contended, 1, true);
 }
 
 /* An acquisition by self counted in sl (the out-of-line paths; the inline
@@ -599,7 +599,7 @@ static void on_acquired(const void *lock, unsigned kind, const void *site, int64
     pz__advisor_lock *r = atomic_load_explicit(&sl->rec, memory_order_relaxed);
     if (__builtin_expect(kind == PZ__LOCK_CHAN, 0)) {
         /* A channel's send or receive that waited: no hold, no count. */
-        record_wait(r, sl->s, kind, wait_ns > 0 ? (uint64_t)wait_ns : 0, false, flags, pz_worker_index() >= 0);
+        record_wait(r, sl->s, kind, wait_ns > 0 ? (uint64_t)wait_ns : 0, false, flags);
         return;
     }
     bool shared = flags & PZ__LOCK_SHARED;
@@ -641,7 +641,7 @@ static void on_gave_up(const void *lock, unsigned kind, const void *site, int64_
     if (!sl)
         return;
     pz__advisor_lock *r = atomic_load_explicit(&sl->rec, memory_order_relaxed);
-    record_wait(r, sl->s, kind, wait_ns > 0 ? (uint64_t)wait_ns : 0, true, flags, pz_worker_index() >= 0);
+    record_wait(r, sl->s, kind, wait_ns > 0 ? (uint64_t)wait_ns : 0, true, flags);
 }
 
 static void on_released(const void *lock, unsigned kind, unsigned flags, uint64_t self)

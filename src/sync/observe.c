@@ -199,30 +199,27 @@ static __attribute__((noinline)) int rwlock_lock_contended(pz_rwlock_t *rw, int 
     return r;
 }
 
-/* As pz__mutex_lock_observed, for the rwlock in mode. */
+/* As pz__mutex_lock_observed and pz__mutex_taken_observed, for the rwlock
+ * in mode: the inline path's take failed (the wait), or it took the lock
+ * and left the count here. */
 __attribute__((noinline)) int pz__rwlock_lock_observed(pz_rwlock_t *rw, int mode, int64_t deadline, const void *site)
+{
+    if (!site)
+        site = __builtin_return_address(0);
+    return rwlock_lock_contended(rw, mode, deadline, site);
+}
+
+__attribute__((noinline)) int pz__rwlock_taken_observed(pz_rwlock_t *rw, int mode, const void *site)
 {
     if (!site)
         site = __builtin_return_address(0);
     const pz__lock_hooks *h = hooks();
     uint64_t self = caller_id();
     pz__observe_slot *sl = pz__observe_slot_for(h, rw, PZ__LOCK_RWLOCK, site, rw_flags(mode));
-    if (!rw_fast(rw, mode))
-        return rwlock_lock_contended(rw, mode, deadline, site);
     held_take(rw, "pz_rwlock", site);
     if (sl)
         pz__observe_count(sl, self, rw_flags(mode));
     return 0;
-}
-
-__attribute__((noinline)) int pz__rwlock_lock_observed_contended(pz_rwlock_t *rw, int mode, int64_t deadline,
-                                                                 const void *site, pz__holds *holds,
-                                                                 pz__observe_slot *sl)
-{
-    atomic_store_explicit(&holds->depth, atomic_load_explicit(&holds->depth, memory_order_relaxed) - 1,
-                          memory_order_relaxed);
-    pz__observe_untake(sl);
-    return rwlock_lock_contended(rw, mode, deadline, site);
 }
 
 __attribute__((noinline)) bool pz__rwlock_try_observed(pz_rwlock_t *rw, int mode)
