@@ -33,6 +33,12 @@
  *               16 timed, the sampled estimate is near the count; a lock
  *               one thread takes has one change, its first acquisition.
  *
+ *   spin waits  two threads at a mutex with a one-increment section: most
+ *               waits end in the spin and only a sample of them is timed,
+ *               each standing for PZ__WAIT_SAMPLE_GAP; the histogram holds
+ *               about as many waits as were contended (and the weights
+ *               themselves, through the hook: untimed, sampled, parked).
+ *
  * After each, no hold is left timed (pz__observe_timed_now, the count the
  * observed unlocks test before they call out, is back to 0).
  *
@@ -510,6 +516,110 @@ static void test_owner_changes(void **state)
     CHECK(unsetenv("PLAZA_ADVISOR_SAMPLE") == 0);
 }
 
+/* ---- waits that end in the spin, timed as a sample ---- */
+
+/* The sum of a lock's wait histogram ([value, count] pairs). */
+static int64_t wait_hist_total(json_t *l)
+{
+    json_t *h = json_object_get(l, "wait_hist");
+    CHECK(json_is_array(h));
+    int64_t n = 0;
+    size_t i;
+    json_t *b;
+    json_array_foreach(h, i, b)
+    {
+        CHECK(json_is_integer(json_array_get(b, 1)));
+        n += json_integer_value(json_array_get(b, 1));
+    }
+    return n;
+}
+
+static pz_mutex_t weights_m, spin_m;
+static uint64_t spin_counter;
+
+/* The weights, through the hook a lock path calls: an untimed wait is
+ * counted and nothing else, a sampled one counts PZ__WAIT_SAMPLE_GAP
+ * times in the histogram, a parked one once. */
+static void check_wait_weights(void)
+{
+    CHECK(pz_lock_name(&weights_m, "weights_m") == 0);
+    const pz__lock_hooks *h = atomic_load(&pz__lock_hooks_table);
+    CHECK(h && h->acquired);
+    static const char site;
+    uint64_t self = pz__caller_id();
+    /* Each followed by its release, as a lock's first holds are timed. */
+    h->acquired(&weights_m, PZ__LOCK_MUTEX, &site, 0, PZ__LOCK_WAIT_UNTIMED, self);
+    h->released(&weights_m, PZ__LOCK_MUTEX, 0, self);
+    h->acquired(&weights_m, PZ__LOCK_MUTEX, &site, 4000, PZ__LOCK_WAIT_SAMPLED, self);
+    h->released(&weights_m, PZ__LOCK_MUTEX, 0, self);
+    h->acquired(&weights_m, PZ__LOCK_MUTEX, &site, 2000000, 0, self);
+    h->released(&weights_m, PZ__LOCK_MUTEX, 0, self);
+    json_t *root = report_json();
+    json_t *l = named(root, "locks", "weights_m");
+    CHECK_EQ(num(l, "acquisitions", NULL), 3);
+    CHECK_EQ(num(l, "contended", NULL), 3);
+    CHECK_EQ(wait_hist_total(l), (int64_t)PZ__WAIT_SAMPLE_GAP + 1);
+    CHECK(num(l, "wait_ns", "max") >= 2000000);
+    /* 3 acquisitions, 9 weighted waits: p50 is the sampled one's bucket,
+     * not the untimed 0. */
+    CHECK(num(l, "wait_ns", "p50") >= 3000);
+    CHECK(num(l, "wait_ns", "p50") <= 5000);
+    json_decref(root);
+}
+
+static void *spin_taker(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < SCALED(200000); i++) {
+        pz_mutex_lock(&spin_m);
+        spin_counter++;
+        pz_mutex_unlock(&spin_m);
+    }
+    return NULL;
+}
+
+static void test_spin_waits_sampled(void **state)
+{
+    (void)state;
+    CHECK(setenv("PLAZA_ADVISOR_SAMPLE", "1024", 1) == 0);
+    CHECK(pz_advisor_enable("") == 0);
+    check_wait_weights();
+
+    /* Two threads at one mutex with a section of one increment: most
+     * contended acquisitions end in the spin, and one in
+     * PZ__WAIT_SAMPLE_GAP of those is timed, standing for that many; the
+     * parked ones count once.  So the histogram holds about as many waits
+     * as there were contended acquisitions (unweighted, a mostly-spinning
+     * lock's would hold about an eighth).  Rounds until a thousand waits
+     * make the comparison meaningful (the bounds are then many standard
+     * deviations wide). */
+    CHECK(pz_lock_name(&spin_m, "spin_m") == 0);
+    int64_t contended = 0, total = 0, acquisitions = 0;
+    for (int round = 0; round < 50 && contended < 1000; round++) {
+        pthread_t th[2];
+        for (int i = 0; i < 2; i++)
+            CHECK(pthread_create(&th[i], NULL, spin_taker, NULL) == 0);
+        for (int i = 0; i < 2; i++)
+            CHECK(pthread_join(th[i], NULL) == 0);
+        acquisitions += 2 * SCALED(200000);
+        json_t *root = report_json();
+        json_t *l = named(root, "locks", "spin_m");
+        CHECK_EQ(num(l, "acquisitions", NULL), acquisitions);
+        contended = num(l, "contended", NULL);
+        total = wait_hist_total(l);
+        json_decref(root);
+    }
+    fprintf(stderr, "spin_m: %lld contended, %lld waits in the histogram\n", (long long)contended,
+            (long long)total);
+    CHECK(contended >= 1000);
+    CHECK_EQ(spin_counter, (uint64_t)acquisitions);
+    CHECK(total >= contended * 6 / 10);
+    CHECK(total <= contended * 16 / 10);
+    CHECK_EQ(atomic_load(&pz__observe_timed_now), 0);
+    pz_advisor_disable();
+    CHECK(unsetenv("PLAZA_ADVISOR_SAMPLE") == 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -517,6 +627,7 @@ int main(void)
         cmocka_unit_test(test_gave_up_inline),
         cmocka_unit_test(test_contended_counts),
         cmocka_unit_test(test_owner_changes),
+        cmocka_unit_test(test_spin_waits_sampled),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

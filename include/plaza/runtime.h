@@ -388,6 +388,15 @@ static inline bool pz__debug_holds(void)
 #define PZ__LOCK_CHAN 5u
 #define PZ__LOCK_SHARED 1u /* a shared hold (a read lock, semaphore permits) */
 #define PZ__LOCK_SEND 2u   /* a channel wait: a send (else a receive) */
+/* A sync lock's wait that ended without parking is timed once in
+ * PZ__WAIT_SAMPLE_GAP, at random (src/sync/observe.c): such a wait is a
+ * spin of nanoseconds to microseconds, and its two clock reads, one of
+ * them inside the critical section, were most of what the advisor cost a
+ * contended data lock.  A wait that parked is always timed.  So a
+ * reported wait carries one of: */
+#define PZ__LOCK_WAIT_UNTIMED 4u /* it waited, untimed: count it, wait_ns is 0 */
+#define PZ__LOCK_WAIT_SAMPLED 8u /* wait_ns stands for PZ__WAIT_SAMPLE_GAP such waits */
+#define PZ__WAIT_SAMPLE_GAP 8u
 /* An observer's per-thread record of one (lock, call site) pair, which the
  * observed lock paths update themselves on an uncontended acquisition: the
  * observer finds it before the lock is taken, so that around the critical
@@ -412,7 +421,8 @@ typedef struct pz__observe_slot {
 typedef struct pz__lock_hooks {
     /* lock was acquired at site (an address in the caller of the public
      * call) by self (pz__caller_id()); wait_ns is the time the acquisition
-     * waited, -1 if it took the lock at the first attempt. */
+     * waited, -1 if it took the lock at the first attempt (flags may say
+     * the wait was untimed or a sample: PZ__LOCK_WAIT_UNTIMED, _SAMPLED). */
     void (*acquired)(const void *lock, unsigned kind, const void *site, int64_t wait_ns, unsigned flags,
                      uint64_t self);
     /* lock is about to be released by the caller self (which still holds

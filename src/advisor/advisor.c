@@ -182,6 +182,26 @@ static inline void hist_bump(_Atomic uint32_t *h, uint64_t v, bool exclusive)
         atomic_fetch_add_explicit(b, 1, memory_order_relaxed);
 }
 
+/* hist_bump for n samples of v at once. */
+static inline void hist_add_n(_Atomic uint32_t *h, uint64_t v, uint32_t n, bool exclusive)
+{
+    _Atomic uint32_t *b = &h[hist_index(v)];
+    if (exclusive)
+        atomic_store_explicit(b, atomic_load_explicit(b, memory_order_relaxed) + n, memory_order_relaxed);
+    else
+        atomic_fetch_add_explicit(b, n, memory_order_relaxed);
+}
+
+/* How many waits a reported wait stands for in the sums and histograms
+ * (runtime.h, PZ__LOCK_WAIT_*): 0 for an untimed one (counted only), the
+ * sampling gap for a timed sample of spin-ended waits, else 1. */
+static inline uint32_t wait_weight(unsigned flags)
+{
+    if (flags & PZ__LOCK_WAIT_UNTIMED)
+        return 0;
+    return (flags & PZ__LOCK_WAIT_SAMPLED) ? PZ__WAIT_SAMPLE_GAP : 1;
+}
+
 static pz__advisor_site *site_of(pz__advisor_lock *r, const void *site)
 {
     for (int i = 0; i < PZ__ADVISOR_SITES; i++) {
@@ -432,15 +452,18 @@ static __attribute__((noinline)) void record_wait(pz__advisor_lock *r, pz__advis
     if (kind == PZ__LOCK_CHAN)
         atomic_fetch_add_explicit(flags & PZ__LOCK_SEND ? &r->send_waits : &r->recv_waits, 1,
                                   memory_order_relaxed);
-    hist_bump(r->wait_hist, w, false);
+    uint32_t k = wait_weight(flags);
+    if (k) {
+        hist_add_n(r->wait_hist, w, k, false);
+        bump_max(&r->wait_max, w);
+    }
     atomic_fetch_add_explicit(gave_up ? &r->gave_up : &r->contended, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&r->wait_sum, w, memory_order_relaxed);
-    bump_max(&r->wait_max, w);
+    atomic_fetch_add_explicit(&r->wait_sum, w * k, memory_order_relaxed);
     if (blocks_worker(kind))
-        atomic_fetch_add_explicit(&r->blocked_worker_ns, w, memory_order_relaxed);
+        atomic_fetch_add_explicit(&r->blocked_worker_ns, w * k, memory_order_relaxed);
     if (s) {
         atomic_fetch_add_explicit(gave_up ? &s->gave_up : &s->contended, 1, memory_order_relaxed);
-        atomic_fetch_add_explicit(&s->wait_sum, w, memory_order_relaxed);
+        atomic_fetch_add_explicit(&s->wait_sum, w * k, memory_order_relaxed);
     }
 }
 
@@ -549,24 +572,27 @@ static __attribute__((noinline)) void sample_point(tslot *sl, uint64_t self, boo
  * section longer, so that the next acquisition contended too: the rows
  * of bench/ whose sections are far apart (work=100) ran 2.7 times slower
  * with the advisor on.  Reports add the slots' figures to the record's. */
-static void slot_wait(tslot *sl, pz__advisor_lock *r, unsigned kind, uint64_t w)
+static void slot_wait(tslot *sl, pz__advisor_lock *r, unsigned kind, uint64_t w, unsigned flags)
 {
-    _Atomic uint32_t *h = atomic_load_explicit(&sl->whist, memory_order_relaxed);
-    if (__builtin_expect(!h, 0)) {
-        h = calloc(HIST_BUCKETS, sizeof *h);
-        if (!h) {
-            record_wait(r, sl->s, kind, w, false, 0);
-            return;
+    uint32_t k = wait_weight(flags);
+    if (k) {
+        _Atomic uint32_t *h = atomic_load_explicit(&sl->whist, memory_order_relaxed);
+        if (__builtin_expect(!h, 0)) {
+            h = calloc(HIST_BUCKETS, sizeof *h);
+            if (!h) {
+                record_wait(r, sl->s, kind, w, false, flags);
+                return;
+            }
+            atomic_store_explicit(&sl->whist, h, memory_order_release);
         }
-        atomic_store_explicit(&sl->whist, h, memory_order_release);
+        /* The slot's owner alone writes these: bump's exclusive form. */
+        hist_add_n(h, w, k, true);
+        bump(&sl->wait_sum, w * k, true);
+        if (w > ld64(&sl->wait_max))
+            atomic_store_explicit(&sl->wait_max, w, memory_order_relaxed);
+        if (blocks_worker(kind))
+            bump(&sl->blocked_ns, w * k, true);
     }
-    /* The slot's owner alone writes these: bump's exclusive form. */
-    hist_bump(h, w, true);
-    bump(&sl->wait_sum, w, true);
-    if (w > ld64(&sl->wait_max))
-        atomic_store_explicit(&sl->wait_max, w, memory_order_relaxed);
-    if (blocks_worker(kind))
-        bump(&sl->blocked_ns, w, true);
     bump(&sl->contended, 1, true);
 }
 
@@ -604,7 +630,7 @@ static void on_acquired(const void *lock, unsigned kind, const void *site, int64
     }
     bool shared = flags & PZ__LOCK_SHARED;
     if (__builtin_expect(wait_ns >= 0, 0))
-        slot_wait(sl, r, kind, (uint64_t)wait_ns);
+        slot_wait(sl, r, kind, (uint64_t)wait_ns, flags);
     /* Owner changes of exclusive holds only: readers writing the owner
      * line would fight over it. */
     slot_count_one(sl, r, self, shared);
