@@ -416,6 +416,7 @@ typedef struct pz__observe_slot {
     _Atomic uint64_t countdown;    /* acquisitions until the next timed hold; >= 1 between acquisitions */
     _Atomic uint64_t drawn;        /* the sum of the countdowns loaded */
     _Atomic uint64_t *probe;       /* the lock's owner probe (0: none armed; pz__observe_owner) */
+    _Atomic uint64_t contended;    /* acquisitions at the pair that waited (the observer's figure) */
     bool shared;                   /* the pair's acquisitions are shared holds */
 } pz__observe_slot;
 typedef struct pz__lock_hooks {

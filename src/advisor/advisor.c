@@ -257,7 +257,7 @@ typedef struct tslot {
      * inside the critical section that ended the wait; moved to the
      * shared record when the slot changes hands; read by reports.  whist
      * is allocated at the slot's first wait (it has HIST_BUCKETS). */
-    _Atomic uint64_t contended, wait_sum, wait_max, blocked_ns;
+    _Atomic uint64_t wait_sum, wait_max, blocked_ns; /* and o.contended */
     _Atomic(_Atomic uint32_t *) whist;
 } tslot;
 typedef struct tcache {
@@ -296,7 +296,7 @@ void pz__advisor_thread_counts(pz__advisor_lock *r, const void *site, pz__adviso
                 continue;
             bool shared = atomic_load_explicit(&sl->report_shared, memory_order_relaxed);
             uint64_t n = slot_count(&sl->o);
-            uint64_t contended = ld64(&sl->contended), wait_sum = ld64(&sl->wait_sum);
+            uint64_t contended = ld64(&sl->o.contended), wait_sum = ld64(&sl->wait_sum);
             uint64_t wait_max = ld64(&sl->wait_max), blocked = ld64(&sl->blocked_ns);
             _Atomic uint32_t *h = atomic_load_explicit(&sl->whist, memory_order_acquire);
             /* The slot changed hands meanwhile (its figures went to the
@@ -322,7 +322,7 @@ void pz__advisor_thread_counts(pz__advisor_lock *r, const void *site, pz__adviso
  * figures), and the slot's are zeroed: the slot changes hands. */
 static void slot_move_waits(tslot *sl, pz__advisor_lock *old)
 {
-    uint64_t contended = ld64(&sl->contended);
+    uint64_t contended = ld64(&sl->o.contended);
     if (!contended)
         return;
     uint64_t wait_sum = ld64(&sl->wait_sum);
@@ -342,7 +342,7 @@ static void slot_move_waits(tslot *sl, pz__advisor_lock *old)
             atomic_store_explicit(&h[b], 0, memory_order_relaxed);
         }
     }
-    atomic_store_explicit(&sl->contended, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->o.contended, 0, memory_order_relaxed);
     atomic_store_explicit(&sl->wait_sum, 0, memory_order_relaxed);
     atomic_store_explicit(&sl->wait_max, 0, memory_order_relaxed);
     atomic_store_explicit(&sl->blocked_ns, 0, memory_order_relaxed);
@@ -593,7 +593,7 @@ static void slot_wait(tslot *sl, pz__advisor_lock *r, unsigned kind, uint64_t w,
         if (blocks_worker(kind))
             bump(&sl->blocked_ns, w * k, true);
     }
-    bump(&sl->contended, 1, true);
+    bump(&sl->o.contended, 1, true);
 }
 
 /* An acquisition by self counted in sl (the out-of-line paths; the inline
