@@ -118,7 +118,7 @@ PZ__INLINE void pz__mutex_lock_observing(pz_mutex_t *m, int64_t deadline, int *r
     }
     pz__observe_take(c.last, countdown);
     pz__held_push(c.holds, m, "pz_mutex", site);
-    pz__observe_owner_inline(c.last, c.holds->caller);
+    pz__observe_owner_inline_holds(c.last, c.holds);
 }
 
 PZ__INLINE bool pz_mutex_trylock(pz_mutex_t *m)
@@ -314,7 +314,7 @@ PZ__INLINE int pz__rwlock_lock_observing(pz_rwlock_t *rw, int mode, int64_t dead
     pz__observe_take(c.last, countdown);
     pz__held_push(c.holds, rw, "pz_rwlock", site);
     if (mode == PZ__RW_MODE_WRITE)
-        pz__observe_owner_inline(c.last, c.holds->caller);
+        pz__observe_owner_inline_holds(c.last, c.holds);
     return 0;
 }
 
