@@ -388,12 +388,12 @@ static inline bool pz__debug_holds(void)
 #define PZ__LOCK_CHAN 5u
 #define PZ__LOCK_SHARED 1u /* a shared hold (a read lock, semaphore permits) */
 #define PZ__LOCK_SEND 2u   /* a channel wait: a send (else a receive) */
-/* A sync lock's wait that ended without parking is timed once in
- * PZ__WAIT_SAMPLE_GAP, at random (src/sync/observe.c): such a wait is a
- * spin of nanoseconds to microseconds, and its two clock reads, one of
- * them inside the critical section, were most of what the advisor cost a
- * contended data lock.  A wait that parked is always timed.  So a
- * reported wait carries one of: */
+/* A sync lock's wait that ended in its pause-spin, before yielding or
+ * parking, is timed once in PZ__WAIT_SAMPLE_GAP, at random
+ * (src/sync/observe.c): such a wait lasts nanoseconds to microseconds, and
+ * its two clock reads, one of them inside the critical section, were most
+ * of what the advisor cost a contended data lock.  A wait that yielded or
+ * parked is always timed.  So a reported wait carries one of: */
 #define PZ__LOCK_WAIT_UNTIMED 4u /* it waited, untimed: count it, wait_ns is 0 */
 #define PZ__LOCK_WAIT_SAMPLED 8u /* wait_ns stands for PZ__WAIT_SAMPLE_GAP such waits */
 #define PZ__WAIT_SAMPLE_GAP 8u

@@ -20,8 +20,10 @@
  * symbol resolver, so it never measures itself.
  *
  * Sampling: every acquisition, contended acquisition, wait and wait that
- * gave up is counted (a wait is timed whenever the first attempt fails,
- * which is exact); hold times are timed for the first SAMPLE_FIRST holds
+ * gave up is counted; a wait is timed whenever the first attempt fails,
+ * but for a sync lock's wait that ends in the spin, timed once in
+ * PZ__WAIT_SAMPLE_GAP and weighted by it (wait_weight; src/sync/observe.c
+ * says why); hold times are timed for the first SAMPLE_FIRST holds
  * of each lock and then about one acquisition in N = sample_mask + 1: a
  * per-(thread, lock, site) countdown reloaded with a random gap, uniform
  * over [1, 2N - 1] (mean N), so that the timed holds are an unbiased
@@ -36,8 +38,9 @@
  * one read of the caller's thread-local record, the check that the
  * thread's last slot is this (lock, site)'s, the countdown, and one load
  * of the record's probe line (written twice per sampling gap); a contended
- * one adds two clock reads (one inside the critical section) and a few
- * stores to its thread's slot (slot_wait); an untimed release costs one
+ * one adds a count in its thread's slot, and if it is timed two clock
+ * reads (one inside the critical section) and a few stores to the slot
+ * (slot_wait); an untimed release costs one
  * load of the count of timed holds.  No shared write inside a critical
  * section but the probe's, once per gap, and a timed hold's.
  */

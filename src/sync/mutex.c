@@ -70,7 +70,7 @@
 #include <sched.h>
 
 #include "../runtime/internal.h"
-#include "park_note.h"
+#include "off_cpu_note.h"
 #include "spin_wait.h"
 
 /*
@@ -204,7 +204,7 @@ void pz__mutex_lock_slow(pz_mutex_t *m, int64_t deadline, int *result)
         parked = true;
         const pz_park_opts_t opts = {.validate = lw_validate, .timed_out = mutex_timed_out, .ctx = &w,
                                      .park_token = (uintptr_t)&w, .flags = PZ_PARK_THREAD};
-        pz__sync_note_park();
+        pz__sync_note_off_cpu();
         int r = pz_park(m, deadline, &opts, &token);
         if (r == 0 && token == TOKEN_HANDOFF)
             return; /* the unlocker left LOCKED set for us */

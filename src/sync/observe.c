@@ -14,8 +14,8 @@
  * advisor reports its line); NULL where it cannot, and then the return
  * address here is the site (the inline wrapper lives in the user's
  * function).  A wait is timed only when the first attempt fails (an
- * uncontended acquisition costs no clock read), and then only if it parks
- * or is one of the sampled spins (wait_begin below), and reported to the hook
+ * uncontended acquisition costs no clock read), and then only if it yields
+ * or parks or is one of the sampled spins (wait_begin below), and reported to the hook
  * table: acquired after a lock was taken, gave_up after a wait that ended
  * without it (deadline: the wait counts all the same).  The release hook
  * runs after a mutex is let go (before, for the rwlock), and only while
@@ -29,7 +29,7 @@
 #include <errno.h>
 
 #include "../runtime/internal.h"
-#include "park_note.h"
+#include "off_cpu_note.h"
 
 static inline const pz__lock_hooks *hooks(void)
 {
@@ -99,57 +99,66 @@ static void report_released(const void *lock, unsigned kind, unsigned flags)
         h->released(lock, kind, flags, caller_id());
 }
 
-__thread struct pz__sync_park_note pz__sync_park_note __attribute__((tls_model("initial-exec")));
+__thread struct pz__sync_off_cpu_note pz__sync_off_cpu_note __attribute__((tls_model("initial-exec")));
 
-/* Timing a wait: every wait that parks, and one in PZ__WAIT_SAMPLE_GAP of
- * those that end in the spin, chosen at random (runtime.h says why).  A
- * spin-ended wait lasts nanoseconds to microseconds, and its clock read at
- * the end comes inside the critical section: at 64 tasks taking one
- * pz_mutex with no work between (tasks_contended work=0, 2.4% of the
- * acquisitions contended), the two reads per contended acquisition were
- * about half of the advisor's cost, 9% on the row against 5% without
- * them.  The figures stay unbiased: a timed spin-ended wait counts
- * PZ__WAIT_SAMPLE_GAP times in the sums and the histogram, a parked one
- * once (a sampled wait that parks counts once too, so every parked wait
- * weighs the same), and the count of contended acquisitions is exact.  An
- * unsampled wait that parks is timed from its first park, missing its
- * spin (microseconds at most, against a park's tens of microseconds and
- * more).  The longest wait is then a parked one or a sampled spin, so a
- * spin-ended wait longer than every parked one can be missed: it is short
- * by construction. */
+/* Timing a wait: every wait that gives up its CPU (yields in the spin, or
+ * parks), and one in PZ__WAIT_SAMPLE_GAP of those that end in the
+ * pause-spin before that, chosen at random (runtime.h says why).  A
+ * pause-spin lasts nanoseconds to microseconds, and its clock read at the
+ * end comes inside the critical section: at 64 tasks taking one pz_mutex
+ * with no work between (tasks_contended work=0, 2.4% of the acquisitions
+ * contended), the two reads per contended acquisition were about half of
+ * the advisor's cost, 9% on the row against 5% without them.  The figures
+ * stay unbiased: a timed pause-spin wait counts PZ__WAIT_SAMPLE_GAP times
+ * in the sums and the histogram, one that left the CPU once (a sampled
+ * one too, so that each of those weighs the same), and the count of
+ * contended acquisitions is exact.  An unsampled wait that left the CPU is
+ * timed from its first yield or park (src/sync/off_cpu_note.h), missing
+ * its pause-spin, microseconds at most.  The longest wait is a wait that
+ * left the CPU or a sampled spin, so a pause-spin wait longer than every
+ * other can be missed: it is short by construction (the pause rounds come
+ * to a few microseconds, unless the kernel preempts the waiter in them). */
 struct wait_timer {
-    int64_t t0;   /* pz_now() at the failed first attempt, if sampled, else 0 */
-    bool sampled; /* this wait is timed even if it ends in the spin */
+    int64_t t0;  /* pz_now() at the failed first attempt if timed, else 0 */
+    bool timed;  /* timed from t0 even if it ends in the pause-spin */
+    bool drawn;  /* timed as one of PZ__WAIT_SAMPLE_GAP (else always timed) */
 };
 
 static __thread uint32_t wait_rng __attribute__((tls_model("initial-exec")));
 
-static inline struct wait_timer wait_begin(void)
+/* always: time this wait whatever it does, with weight 1 (a call with a
+ * deadline: its wait may end by giving up, in the spin or out of it, and
+ * such calls are not the short data sections the sampling is for). */
+static inline struct wait_timer wait_begin(bool always)
 {
-    uint32_t x = wait_rng;
-    if (__builtin_expect(x == 0, 0))
-        x = (uint32_t)(uintptr_t)&x | 1u; /* a seed that differs between threads */
-    x ^= x << 13;
-    x ^= x >> 17;
-    x ^= x << 5;
-    wait_rng = x;
-    struct wait_timer w = {0, (x & (PZ__WAIT_SAMPLE_GAP - 1)) == 0};
-    if (w.sampled)
+    struct wait_timer w = {0, true, false};
+    if (!always) {
+        uint32_t x = wait_rng;
+        if (__builtin_expect(x == 0, 0))
+            x = (uint32_t)(uintptr_t)&x | 1u; /* a seed that differs between threads */
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        wait_rng = x;
+        w.timed = w.drawn = (x & (PZ__WAIT_SAMPLE_GAP - 1)) == 0;
+    }
+    if (w.timed)
         w.t0 = pz_now();
-    pz__sync_park_note = (struct pz__sync_park_note){true, 0};
+    pz__sync_off_cpu_note = (struct pz__sync_off_cpu_note){true, 0};
     return w;
 }
 
 /* The wait's time for the report (0 if untimed) and the flag saying how
- * it counts. */
+ * it counts (none: once). */
 static inline int64_t wait_end(struct wait_timer w, unsigned *flags)
 {
-    int64_t parked_at = pz__sync_park_note.at;
-    pz__sync_park_note.want = false;
-    if (parked_at)
-        return pz_now() - (w.sampled ? w.t0 : parked_at);
-    if (w.sampled) {
-        *flags |= PZ__LOCK_WAIT_SAMPLED;
+    int64_t off_cpu_at = pz__sync_off_cpu_note.at;
+    pz__sync_off_cpu_note.want = false;
+    if (off_cpu_at)
+        return pz_now() - (w.timed ? w.t0 : off_cpu_at);
+    if (w.timed) {
+        if (w.drawn)
+            *flags |= PZ__LOCK_WAIT_SAMPLED;
         return pz_now() - w.t0;
     }
     *flags |= PZ__LOCK_WAIT_UNTIMED;
@@ -180,7 +189,7 @@ static void count_untimed_wait(const void *lock, unsigned kind, const char *what
 static __attribute__((noinline)) void mutex_lock_contended(pz_mutex_t *m, int64_t deadline, int *result,
                                                            const void *site)
 {
-    struct wait_timer w = wait_begin();
+    struct wait_timer w = wait_begin(deadline != PZ_FOREVER);
     int r = 0;
     pz__mutex_lock_slow(m, deadline, &r);
     unsigned flags = 0;
@@ -268,7 +277,7 @@ static unsigned rw_flags(int mode)
 static __attribute__((noinline)) int rwlock_lock_contended(pz_rwlock_t *rw, int mode, int64_t deadline,
                                                            const void *site)
 {
-    struct wait_timer w = wait_begin();
+    struct wait_timer w = wait_begin(deadline != PZ_FOREVER);
     int r = pz__rwlock_lock_slow(rw, mode, deadline);
     unsigned flags = rw_flags(mode);
     int64_t waited = wait_end(w, &flags);

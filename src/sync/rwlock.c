@@ -129,7 +129,7 @@
 #include <sched.h>
 
 #include "../runtime/internal.h"
-#include "park_note.h"
+#include "off_cpu_note.h"
 #include "spin_wait.h"
 
 /* The spin before a yield: rounds of 4, 32 and 128 cpu_relax between
@@ -463,7 +463,7 @@ static int wait_for_readers(pz_rwlock_t *rw, int64_t deadline, uintptr_t restore
         pz__wait_note_again(PZ__WAIT_RWLOCK, rw, parked);
         parked = true;
         const pz_park_opts_t opts = {.validate = validate_writer, .ctx = rw, .flags = PZ_PARK_THREAD};
-        pz__sync_note_park();
+        pz__sync_note_off_cpu();
         int r = pz_park(writer_addr(rw), deadline, &opts, NULL);
         if (r == -ETIMEDOUT) {
             undo_write(rw, restore);
@@ -506,7 +506,7 @@ int pz__rwlock_lock_slow(pz_rwlock_t *rw, int mode, int64_t deadline)
         parked = true;
         const pz_park_opts_t opts = {.validate = validate_main, .timed_out = main_timed_out, .ctx = &c,
                                      .park_token = add, .flags = PZ_PARK_THREAD};
-        pz__sync_note_park();
+        pz__sync_note_off_cpu();
         int r = pz_park(rw, deadline, &opts, &token);
         if (r == 0 && token == TOKEN_HANDOFF) {
             /* The waker added our token to the word.  Pair with its

@@ -15,6 +15,7 @@
 #include <stdbool.h>
 
 #include "../arch/arch.h"
+#include "off_cpu_note.h"
 
 #define PZ__SPIN_LIMIT 10
 
@@ -32,6 +33,7 @@ static inline bool pz__spin_wait(int *count)
         for (unsigned i = 0; i < rounds[*count - 1]; i++)
             pz__arch_cpu_relax();
     } else {
+        pz__sync_note_off_cpu();
         sched_yield();
     }
     return true;
