@@ -33,10 +33,11 @@
  *               16 timed, the sampled estimate is near the count; a lock
  *               one thread takes has one change, its first acquisition.
  *
- *   spin waits  two threads at a mutex with a one-increment section: most
- *               waits end in the spin and only a sample of them is timed,
- *               each standing for PZ__WAIT_SAMPLE_GAP; the histogram holds
- *               about as many waits as were contended (and the weights
+ *   spin waits  a thread whose lock call finds the mutex held for a few
+ *               microseconds more, in each of 1 000 rounds: most waits end
+ *               in the pause-spin and only a sample of them is timed, each
+ *               standing for PZ__WAIT_SAMPLE_GAP; the histogram holds about
+ *               as many waits as were contended (and the weights
  *               themselves, through the hook: untimed, sampled, parked).
  *
  * After each, no hold is left timed (pz__observe_timed_now, the count the
@@ -567,15 +568,73 @@ static void check_wait_weights(void)
     json_decref(root);
 }
 
-static void *spin_taker(void *arg)
+/* The waiter's side of a forced wait: in each round, once the holder has
+ * the mutex, it says it is about to lock (announce = 2 * round + 1) and
+ * takes the mutex, which the holder keeps until it has seen that and a few
+ * microseconds more, so the first
+ * attempt nearly always fails and the wait nearly always ends in the
+ * pause-spin on a machine with a core to spare (on one with none, in a
+ * yield or a park: timed, and counted once). */
+#define SPIN_ROUNDS 1000
+static _Atomic int spin_held, spin_announce, spin_round_done;
+
+/* Puts the calling thread on the k-th CPU it may use, if it may use two
+ * or more: the holder and the waiter on different CPUs, so that the
+ * waiter's spin overlaps the holder's few microseconds (the kernel may
+ * otherwise keep two threads that wake each other on one CPU; then every
+ * wait yields).  spin_mask_before: the CPUs the test may use, read
+ * before either is pinned (the waiter would inherit the holder's one);
+ * the holder's mask is restored after the rounds. */
+static cpu_set_t spin_mask_before;
+
+static void spin_pin(int k)
+{
+    cpu_set_t one;
+    if (CPU_COUNT(&spin_mask_before) < 2)
+        return;
+    CPU_ZERO(&one);
+    for (int c = 0, seen = 0; c < CPU_SETSIZE; c++)
+        if (CPU_ISSET(c, &spin_mask_before) && seen++ == k) {
+            CPU_SET(c, &one);
+            break;
+        }
+    CHECK(pthread_setaffinity_np(pthread_self(), sizeof one, &one) == 0);
+}
+
+static void *spin_waiter(void *arg)
 {
     (void)arg;
-    for (int i = 0; i < SCALED(200000); i++) {
+    spin_pin(1);
+    for (int i = 0; i < SPIN_ROUNDS; i++) {
+        while (atomic_load(&spin_held) != i + 1)
+            sched_yield();
+        atomic_store(&spin_announce, 2 * i + 1);
         pz_mutex_lock(&spin_m);
         spin_counter++;
         pz_mutex_unlock(&spin_m);
+        atomic_store(&spin_round_done, i + 1);
     }
     return NULL;
+}
+
+static void spin_holder(void)
+{
+    for (int i = 0; i < SPIN_ROUNDS; i++) {
+        pz_mutex_lock(&spin_m);
+        spin_counter++;
+        atomic_store(&spin_held, i + 1);
+        /* A short spin first: a yield returns after microseconds, longer
+         * than the waiter's pause-spin. */
+        for (int n = 0; atomic_load(&spin_announce) != 2 * i + 1; n++)
+            if (n > 2000)
+                sched_yield();
+        int64_t until = pz_now() + 300 + (i % 4) * 200; /* 0.3-0.9 us after the announcement */
+        while (pz_now() < until) {
+        }
+        pz_mutex_unlock(&spin_m);
+        while (atomic_load(&spin_round_done) != i + 1)
+            sched_yield();
+    }
 }
 
 static void test_spin_waits_sampled(void **state)
@@ -585,34 +644,35 @@ static void test_spin_waits_sampled(void **state)
     CHECK(pz_advisor_enable("") == 0);
     check_wait_weights();
 
-    /* Two threads at one mutex with a section of one increment: most
-     * contended acquisitions end in the spin, and one in
-     * PZ__WAIT_SAMPLE_GAP of those is timed, standing for that many; the
-     * parked ones count once.  So the histogram holds about as many waits
-     * as there were contended acquisitions (unweighted, a mostly-spinning
-     * lock's would hold about an eighth).  Rounds until a thousand waits
-     * make the comparison meaningful (the bounds are then many standard
-     * deviations wide). */
+    /* Rounds of a forced wait: a thousand or more contended acquisitions,
+     * most of whose waits end in the pause-spin; one in
+     * PZ__WAIT_SAMPLE_GAP of those is timed, standing for that many, and
+     * those that yield or park count once.  So the histogram holds about
+     * as many waits as there were contended acquisitions (unweighted, a
+     * mostly-spinning lock's would hold about an eighth); the bounds are
+     * five standard deviations wide or more. */
     CHECK(pz_lock_name(&spin_m, "spin_m") == 0);
-    int64_t contended = 0, total = 0, acquisitions = 0;
-    for (int round = 0; round < 50 && contended < 1000; round++) {
-        pthread_t th[2];
-        for (int i = 0; i < 2; i++)
-            CHECK(pthread_create(&th[i], NULL, spin_taker, NULL) == 0);
-        for (int i = 0; i < 2; i++)
-            CHECK(pthread_join(th[i], NULL) == 0);
-        acquisitions += 2 * SCALED(200000);
-        json_t *root = report_json();
-        json_t *l = named(root, "locks", "spin_m");
-        CHECK_EQ(num(l, "acquisitions", NULL), acquisitions);
-        contended = num(l, "contended", NULL);
-        total = wait_hist_total(l);
-        json_decref(root);
-    }
-    fprintf(stderr, "spin_m: %lld contended, %lld waits in the histogram\n", (long long)contended,
-            (long long)total);
-    CHECK(contended >= 1000);
-    CHECK_EQ(spin_counter, (uint64_t)acquisitions);
+    atomic_store(&spin_held, 0);
+    atomic_store(&spin_announce, 0);
+    atomic_store(&spin_round_done, 0);
+    int64_t spin_t0 = pz_now();
+    CHECK(pthread_getaffinity_np(pthread_self(), sizeof spin_mask_before, &spin_mask_before) == 0);
+    spin_pin(0);
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, spin_waiter, NULL) == 0);
+    spin_holder();
+    CHECK(pthread_join(th, NULL) == 0);
+    CHECK(pthread_setaffinity_np(pthread_self(), sizeof spin_mask_before, &spin_mask_before) == 0);
+    json_t *root = report_json();
+    json_t *l = named(root, "locks", "spin_m");
+    CHECK_EQ(num(l, "acquisitions", NULL), 2 * SPIN_ROUNDS);
+    int64_t contended = num(l, "contended", NULL), total = wait_hist_total(l);
+    json_decref(root);
+    fprintf(stderr, "spin_m: %lld contended of %d forced, %lld waits in the histogram, in %.1f ms\n", (long long)contended,
+            SPIN_ROUNDS, (long long)total, (double)(pz_now() - spin_t0) / 1e6);
+    CHECK_EQ(spin_counter, (uint64_t)2 * SPIN_ROUNDS);
+    CHECK(contended >= SPIN_ROUNDS / 4);
+    CHECK(contended <= SPIN_ROUNDS);
     CHECK(total >= contended * 6 / 10);
     CHECK(total <= contended * 16 / 10);
     CHECK_EQ(atomic_load(&pz__observe_timed_now), 0);
