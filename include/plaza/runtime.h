@@ -416,7 +416,6 @@ typedef struct pz__observe_slot {
     _Atomic uint64_t countdown;    /* acquisitions until the next timed hold; >= 1 between acquisitions */
     _Atomic uint64_t drawn;        /* the sum of the countdowns loaded */
     _Atomic uint64_t *probe;       /* the lock's owner probe (0: none armed; pz__observe_owner) */
-    _Atomic uint64_t contended;    /* acquisitions at the pair that waited (the observer's figure) */
     bool shared;                   /* the pair's acquisitions are shared holds */
 } pz__observe_slot;
 typedef struct pz__lock_hooks {
@@ -536,7 +535,8 @@ PZ__INLINE void pz__observe_owner_inline(pz__observe_slot *sl, uint64_t self)
 
 /* The same, with the caller's id read from its held-lock record only when
  * the probe is armed (the sync locks' inline paths: one load less on
- * every acquisition). */
+ * every acquisition).  The read is volatile so that the compiler cannot
+ * hoist it above the test, as it did with a plain one. */
 PZ__INLINE void pz__observe_owner_inline_holds(pz__observe_slot *sl, const pz__holds *h)
 {
     if (__builtin_expect(atomic_load_explicit(sl->probe, memory_order_relaxed) != 0, 0))

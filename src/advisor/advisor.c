@@ -176,17 +176,9 @@ static inline void bump_max(_Atomic uint64_t *p, uint64_t v)
     }
 }
 
-static inline void hist_bump(_Atomic uint32_t *h, uint64_t v, bool exclusive)
-{
-    _Atomic uint32_t *b = &h[hist_index(v)];
-    if (exclusive)
-        atomic_store_explicit(b, atomic_load_explicit(b, memory_order_relaxed) + 1, memory_order_relaxed);
-    else
-        atomic_fetch_add_explicit(b, 1, memory_order_relaxed);
-}
-
-/* hist_bump for n samples of v at once. */
-static inline void hist_add_n(_Atomic uint32_t *h, uint64_t v, uint32_t n, bool exclusive)
+/* n more of v in histogram h (exclusive: only the calling thread writes
+ * h, as bump's). */
+static inline void hist_bump(_Atomic uint32_t *h, uint64_t v, uint32_t n, bool exclusive)
 {
     _Atomic uint32_t *b = &h[hist_index(v)];
     if (exclusive)
@@ -260,7 +252,7 @@ typedef struct tslot {
      * inside the critical section that ended the wait; moved to the
      * shared record when the slot changes hands; read by reports.  whist
      * is allocated at the slot's first wait (it has HIST_BUCKETS). */
-    _Atomic uint64_t wait_sum, wait_max, blocked_ns; /* and o.contended */
+    _Atomic uint64_t contended, wait_sum, wait_max, blocked_ns;
     _Atomic(_Atomic uint32_t *) whist;
 } tslot;
 typedef struct tcache {
@@ -299,7 +291,7 @@ void pz__advisor_thread_counts(pz__advisor_lock *r, const void *site, pz__adviso
                 continue;
             bool shared = atomic_load_explicit(&sl->report_shared, memory_order_relaxed);
             uint64_t n = slot_count(&sl->o);
-            uint64_t contended = ld64(&sl->o.contended), wait_sum = ld64(&sl->wait_sum);
+            uint64_t contended = ld64(&sl->contended), wait_sum = ld64(&sl->wait_sum);
             uint64_t wait_max = ld64(&sl->wait_max), blocked = ld64(&sl->blocked_ns);
             _Atomic uint32_t *h = atomic_load_explicit(&sl->whist, memory_order_acquire);
             /* The slot changed hands meanwhile (its figures went to the
@@ -325,7 +317,7 @@ void pz__advisor_thread_counts(pz__advisor_lock *r, const void *site, pz__adviso
  * figures), and the slot's are zeroed: the slot changes hands. */
 static void slot_move_waits(tslot *sl, pz__advisor_lock *old)
 {
-    uint64_t contended = ld64(&sl->o.contended);
+    uint64_t contended = ld64(&sl->contended);
     if (!contended)
         return;
     uint64_t wait_sum = ld64(&sl->wait_sum);
@@ -345,7 +337,7 @@ static void slot_move_waits(tslot *sl, pz__advisor_lock *old)
             atomic_store_explicit(&h[b], 0, memory_order_relaxed);
         }
     }
-    atomic_store_explicit(&sl->o.contended, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->contended, 0, memory_order_relaxed);
     atomic_store_explicit(&sl->wait_sum, 0, memory_order_relaxed);
     atomic_store_explicit(&sl->wait_max, 0, memory_order_relaxed);
     atomic_store_explicit(&sl->blocked_ns, 0, memory_order_relaxed);
@@ -442,12 +434,13 @@ static uint64_t sample_gap(void)
     return 1 + (x >> 11) % (2 * n - 1);
 }
 
-/* A wait that took time: an acquisition's (contended) or one that gave up. */
 /* A wait for a sync lock on a worker thread blocked that worker. */
 static inline bool blocks_worker(unsigned kind)
 {
     return (kind == PZ__LOCK_MUTEX || kind == PZ__LOCK_RWLOCK) && pz_worker_index() >= 0;
 }
+
+/* A wait that took time: an acquisition's (contended) or one that gave up. */
 
 static __attribute__((noinline)) void record_wait(pz__advisor_lock *r, pz__advisor_site *s, unsigned kind, uint64_t w,
                                                   bool gave_up, unsigned flags)
@@ -457,7 +450,7 @@ static __attribute__((noinline)) void record_wait(pz__advisor_lock *r, pz__advis
                                   memory_order_relaxed);
     uint32_t k = wait_weight(flags);
     if (k) {
-        hist_add_n(r->wait_hist, w, k, false);
+        hist_bump(r->wait_hist, w, k, false);
         bump_max(&r->wait_max, w);
     }
     atomic_fetch_add_explicit(gave_up ? &r->gave_up : &r->contended, 1, memory_order_relaxed);
@@ -589,14 +582,14 @@ static void slot_wait(tslot *sl, pz__advisor_lock *r, unsigned kind, uint64_t w,
             atomic_store_explicit(&sl->whist, h, memory_order_release);
         }
         /* The slot's owner alone writes these: bump's exclusive form. */
-        hist_add_n(h, w, k, true);
+        hist_bump(h, w, k, true);
         bump(&sl->wait_sum, w * k, true);
         if (w > ld64(&sl->wait_max))
             atomic_store_explicit(&sl->wait_max, w, memory_order_relaxed);
         if (blocks_worker(kind))
             bump(&sl->blocked_ns, w * k, true);
     }
-    bump(&sl->o.contended, 1, true);
+    bump(&sl->contended, 1, true);
 }
 
 /* An acquisition by self counted in sl (the out-of-line paths; the inline
@@ -739,7 +732,7 @@ static void on_released(const void *lock, unsigned kind, unsigned flags, uint64_
         bump(&r->blocked_holds, 1, exclusive);
     bump_max(&r->hold_max, (uint64_t)hold);
     bump_max(&r->running_max, (uint64_t)hold - waiting);
-    hist_bump(r->hold_hist, (uint64_t)hold, exclusive);
+    hist_bump(r->hold_hist, (uint64_t)hold, 1, exclusive);
     if (s) {
         atomic_fetch_add_explicit(&s->timed_holds, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&s->hold_sum, (uint64_t)hold, memory_order_relaxed);

@@ -96,11 +96,6 @@
  * A waiter that finds PARKED set does not spin (the callers' rule).
  */
 
-static inline bool mutex_spin_wait(int *count)
-{
-    return pz__spin_wait(count);
-}
-
 #define TOKEN_NORMAL 0
 #define TOKEN_HANDOFF PZ__MUTEX_TOKEN_HANDOFF
 
@@ -171,7 +166,7 @@ void pz__mutex_lock_slow(pz_mutex_t *m, int64_t deadline, int *result)
              * long-waiting one parks: lw_validate takes the free word or
              * queues it. */
             if (!w.since) {
-                if (!mutex_spin_wait(&spins))
+                if (!pz__spin_wait(&spins))
                     w.since = pz__clock_coarse();
                 continue;
             }
@@ -186,7 +181,7 @@ void pz__mutex_lock_slow(pz_mutex_t *m, int64_t deadline, int *result)
         if (w.since && !w.long_waiting)
             w.long_waiting = waited_long(w.since, pz__clock_coarse());
         if (!w.long_waiting) {
-            if (!(s & PZ__MUTEX_PARKED) && mutex_spin_wait(&spins)) {
+            if (!(s & PZ__MUTEX_PARKED) && pz__spin_wait(&spins)) {
                 s = atomic_load_explicit(&m->state, memory_order_relaxed);
                 continue;
             }

@@ -165,22 +165,17 @@ static inline int64_t wait_end(struct wait_timer w, unsigned *flags)
     return 0;
 }
 
-/* A wait that ended in the spin and was not drawn: the acquisition is
- * counted as the inline path's out-of-line half counts one
- * (pz__mutex_taken_observed), and the slot's contended count goes up by
- * one, a store to the thread's own line; no hook call, no clock.  flags:
- * PZ__LOCK_SHARED or 0. */
-static void count_untimed_wait(const void *lock, unsigned kind, const char *what, const void *site,
-                               unsigned flags)
+/* The end of a contended acquisition's wait, r its result: the held-lock
+ * record and the report (flags: the lock's own, PZ__LOCK_SHARED or 0). */
+static void wait_done(const void *lock, unsigned kind, const char *what, const void *site, struct wait_timer w,
+                      unsigned flags, int r)
 {
-    const pz__lock_hooks *h = hooks();
-    uint64_t self = caller_id();
-    pz__observe_slot *sl = pz__observe_slot_for(h, lock, kind, site, flags);
-    held_take(lock, what, site);
-    if (sl) {
-        atomic_store_explicit(&sl->contended, atomic_load_explicit(&sl->contended, memory_order_relaxed) + 1,
-                              memory_order_relaxed);
-        pz__observe_count(sl, self, flags);
+    int64_t waited = wait_end(w, &flags);
+    if (r == 0) {
+        held_take(lock, what, site);
+        report_acquired(lock, kind, site, waited, flags);
+    } else {
+        report_gave_up(lock, kind, site, waited, flags, r);
     }
 }
 
@@ -192,18 +187,9 @@ static __attribute__((noinline)) void mutex_lock_contended(pz_mutex_t *m, int64_
     struct wait_timer w = wait_begin(deadline != PZ_FOREVER);
     int r = 0;
     pz__mutex_lock_slow(m, deadline, &r);
-    unsigned flags = 0;
-    int64_t waited = wait_end(w, &flags);
     if (result)
         *result = r;
-    if (r == 0 && (flags & PZ__LOCK_WAIT_UNTIMED)) {
-        count_untimed_wait(m, PZ__LOCK_MUTEX, "pz_mutex", site, 0);
-    } else if (r == 0) {
-        held_take(m, "pz_mutex", site);
-        report_acquired(m, PZ__LOCK_MUTEX, site, waited, flags);
-    } else {
-        report_gave_up(m, PZ__LOCK_MUTEX, site, waited, flags, r);
-    }
+    wait_done(m, PZ__LOCK_MUTEX, "pz_mutex", site, w, 0, r);
 }
 
 /* The inline path's CAS failed: the wait, timed (site NULL: this call's
@@ -279,16 +265,7 @@ static __attribute__((noinline)) int rwlock_lock_contended(pz_rwlock_t *rw, int 
 {
     struct wait_timer w = wait_begin(deadline != PZ_FOREVER);
     int r = pz__rwlock_lock_slow(rw, mode, deadline);
-    unsigned flags = rw_flags(mode);
-    int64_t waited = wait_end(w, &flags);
-    if (r == 0 && (flags & PZ__LOCK_WAIT_UNTIMED)) {
-        count_untimed_wait(rw, PZ__LOCK_RWLOCK, "pz_rwlock", site, rw_flags(mode));
-    } else if (r == 0) {
-        held_take(rw, "pz_rwlock", site);
-        report_acquired(rw, PZ__LOCK_RWLOCK, site, waited, flags);
-    } else {
-        report_gave_up(rw, PZ__LOCK_RWLOCK, site, waited, flags, r);
-    }
+    wait_done(rw, PZ__LOCK_RWLOCK, "pz_rwlock", site, w, rw_flags(mode), r);
     return r;
 }
 

@@ -132,7 +132,7 @@
 #include "off_cpu_note.h"
 #include "spin_wait.h"
 
-/* The spin before a yield: rounds of 4, 32 and 128 cpu_relax between
+/* The spin before a yield (pz__spin_wait): rounds of 4, 32 and 128 cpu_relax between
  * looks at the word, as pz_mutex's (src/sync/mutex.c says why: each look
  * takes the word's line from the core that holds the lock).  With the
  * earlier rounds of 2, 4 and 8 a reader kept out by a writer's section of a
@@ -141,10 +141,6 @@
  * calls a run (each a switch to another thread) and took 61 ns/op; with
  * these rounds 500-700 calls and 46-50 ns/op, write_pct=1 unchanged
  * (17-21 ns/op either way; 2-vCPU Xeon VM, 3 alternating runs each). */
-static inline bool rw_spin_wait(int *count)
-{
-    return pz__spin_wait(count);
-}
 
 #define PARKED PZ__RW_PARKED
 #define WRITER_PARKED PZ__RW_WRITER_PARKED
@@ -452,7 +448,7 @@ static int wait_for_readers(pz_rwlock_t *rw, int64_t deadline, uintptr_t restore
                 return 0;
             continue;
         }
-        if (!(s & WRITER_PARKED) && rw_spin_wait(&spins)) {
+        if (!(s & WRITER_PARKED) && pz__spin_wait(&spins)) {
             s = atomic_load_explicit(&rw->state, memory_order_acquire);
             continue;
         }
@@ -493,7 +489,7 @@ int pz__rwlock_lock_slow(pz_rwlock_t *rw, int mode, int64_t deadline)
                 revoke_slots(rw);
             return wait_for_readers(rw, deadline, 0);
         }
-        if (!(s & PARKED) && rw_spin_wait(&spins)) {
+        if (!(s & PARKED) && pz__spin_wait(&spins)) {
             s = atomic_load_explicit(&rw->state, memory_order_relaxed);
             continue;
         }
