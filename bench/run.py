@@ -124,14 +124,22 @@ class DbServer:
 
 
 def machine():
-    model = "unknown CPU"
+    """The machine as RESULTS.md heads its section: cores, the CPU's name and its family
+    and model numbers (a VM's name is often only "Intel(R) Xeon(R) Processor", shared by
+    CPU generations whose figures differ), and the kernel."""
+    model, ids = "unknown CPU", {}
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name" and model == "unknown CPU":
+                model = value.strip()
+            elif key in ("cpu family", "model") and key not in ids:
+                ids[key] = value.strip()
     except OSError:
         pass
+    if "cpu family" in ids and "model" in ids:
+        model += f" (family {ids['cpu family']}, model {ids['model']})"
     return f"{os.cpu_count()} cores, {model}, Linux {platform.release()}"
 
 
