@@ -21,7 +21,9 @@
 # over the socket; skipped with a message when postgresql-15 is not installed). Then:
 #   1. fixed rates: for each total rate of RATES, POST_SHARE of it POSTs of BATCH readings
 #      and the rest GETs of random cities, over CONNECTIONS connections for DURATION
-#      seconds: requests/s, p50/p99/p99.9/max per endpoint, errors;
+#      seconds, REPEATS times with the systems in rotating order: requests/s,
+#      p50/p99/p99.9/max per endpoint (medians of the runs; one run's p99 moves by 2x
+#      with a burst of other work), errors;
 #   2. the search: from SEARCH_FROM, the rate is multiplied by SEARCH_STEP while a system's
 #      p99 of both endpoints stays at or under P99_MS (no errors, at least 95% of the
 #      offered rate served) in one of SEARCH_TRIES runs (a burst of other work on a shared
@@ -35,14 +37,14 @@
 #
 # Environment (defaults): SYSTEMS="plaza rust go", BACKENDS="sqlite postgresql", PLAZA=build/apps/weather/plaza-weather,
 # RUST=bench/peers/bin/weather-rust, GO=bench/peers/bin/weather-go, RATES="1000 4000 8000",
-# POST_SHARE=0.2, BATCH=10, CONNECTIONS=32, DURATION=5, P99_MS=10, SEARCH_FROM=2000,
+# POST_SHARE=0.2, BATCH=10, CONNECTIONS=32, DURATION=5, REPEATS=3, P99_MS=10, SEARCH_FROM=2000,
 # SEARCH_STEP=1.5, SEARCH_MAX=64000, SEARCH_DURATION=4, SEARCH_TRIES=2, LOAD_WORKERS=1,
 # OUT=bench/results/weather-<time>.csv (one line per endpoint per run). SEARCH_MAX below
 # SEARCH_FROM skips the search.
-# With the defaults a run takes about 3-4 minutes per back end.
+# With the defaults a run takes about 4-5 minutes per back end.
 cd "$(dirname "$0")/.." || exit 2
 exec python3 - "$@" << 'EOF'
-import json, os, platform, re, resource, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
+import json, os, platform, statistics, re, resource, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
 
 env = os.environ.get
 SYSTEMS = env("SYSTEMS", "plaza rust go").split()
@@ -56,6 +58,7 @@ POST_SHARE = float(env("POST_SHARE", "0.2"))
 BATCH = int(env("BATCH", "10"))
 CONNECTIONS = int(env("CONNECTIONS", "32"))
 DURATION = float(env("DURATION", "5"))
+REPEATS = max(1, int(env("REPEATS", "3")))
 P99_MS = float(env("P99_MS", "10"))
 SEARCH_FROM = float(env("SEARCH_FROM", "2000"))
 SEARCH_STEP = float(env("SEARCH_STEP", "1.5"))
@@ -226,7 +229,11 @@ for s in SYSTEMS:
     if not os.access(BINARIES[s][0], os.X_OK):
         raise SystemExit(f"weather: {BINARIES[s][0]} missing (make build; make -C bench/peers weather)")
 
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+cpuinfo = open("/proc/cpuinfo").read()
+cpu = next(iter(re.findall(r"^model name\s*:\s*(.*)$", cpuinfo, re.M)), "?")
+cpu_ids = dict(re.findall(r"^(cpu family|model)\s*:\s*(.*)$", cpuinfo, re.M))
+if "cpu family" in cpu_ids and "model" in cpu_ids:
+    cpu += f" (family {cpu_ids['cpu family']}, model {cpu_ids['model']})"
 print(f"# weather services, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}: "
       f"{os.cpu_count()} x {cpu}, load average {os.getloadavg()[0]:.1f} at start")
 gen = "wrk (closed loop, bench/peers/weather.lua)" if LOAD == "wrk" else f"{LOAD} load (open loop, {LOAD_WORKERS} worker)"
@@ -278,20 +285,37 @@ def bench_backend(backend, tmp):
             csv.flush()
             return res, late
 
-        print(f"\n## Fixed rates, {name} (total offered requests/s; latencies in ms)\n")
+        print(f"\n## Fixed rates, {name} (total offered requests/s; latencies in ms; medians of {REPEATS} "
+              f"run(s) each, p99 with its min-max, errors and late sends summed)\n")
         print("| offered | system | endpoint | req/s | p50 | p99 | p99.9 | max | errors | late sends | server CPU % "
               "| server CPU µs/req | database CPU % | others' CPU % |")
         print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        # REPEATS runs of each (rate, system), the systems in an order that rotates from one
+        # round to the next, so that a noisy moment of the machine lands on each in turn; a
+        # cell is the median of its runs (p99: median (min-max)), errors and late sends the sum.
         for rate in RATES:
+            runs = {s: [] for s in SYSTEMS}
+            for rep in range(REPEATS):
+                order = SYSTEMS[rep % len(SYSTEMS):] + SYSTEMS[:rep % len(SYSTEMS)]
+                for s in order:
+                    say(f"weather: {name}: {s} at {rate:.0f}/s for {DURATION:g} s (run {rep + 1}/{REPEATS})")
+                    runs[s].append(run("fixed", s, rate, DURATION))
             for s in SYSTEMS:
-                say(f"weather: {name}: {s} at {rate:.0f}/s for {DURATION:g} s")
-                res, late = run("fixed", s, rate, DURATION)
+                lates = [late for _, late in runs[s]]
+                late_txt = "" if any(l is None for l in lates) else str(sum(lates))
                 for e in ENDPOINTS:
-                    r = res.get(e)
-                    if r:
-                        print(f"| {rate:.0f} | {s} | {e} | {r['rps']:.0f} | {r['p50_us'] / 1e3:.2f} | {r['p99_us'] / 1e3:.2f} "
-                              f"| {r['p999_us'] / 1e3:.2f} | {r['max_us'] / 1e3:.2f} | {r['errors']} | {'' if late is None else late} "
-                              f"| {r['server_cpu']:.0f} | {r['us_per_req']:.0f} | {r['db_cpu']:.0f} | {r['others_cpu']:.0f} |")
+                    rs = [res[e] for res, _ in runs[s] if e in res]
+                    if not rs:
+                        continue
+                    med = lambda k: statistics.median(r[k] for r in rs)
+                    p99s = [r["p99_us"] / 1e3 for r in rs]
+                    p99 = f"{statistics.median(p99s):.2f}"
+                    if len(rs) > 1:
+                        p99 += f" ({min(p99s):.2f}–{max(p99s):.2f})"
+                    print(f"| {rate:.0f} | {s} | {e} | {med('rps'):.0f} | {med('p50_us') / 1e3:.2f} | {p99} "
+                          f"| {med('p999_us') / 1e3:.2f} | {med('max_us') / 1e3:.2f} | {sum(r['errors'] for r in rs)} "
+                          f"| {late_txt} | {med('server_cpu'):.0f} | {med('us_per_req'):.0f} | {med('db_cpu'):.0f} "
+                          f"| {med('others_cpu'):.0f} |")
 
         if SEARCH_MAX < SEARCH_FROM:
             return  # the search is skipped
