@@ -25,20 +25,29 @@ static long iters_for(const bench_args *a, long total, long n)
     return arg_get(a, "iters", d > 0 ? d : 1);
 }
 
-/* Starts `threads` threads running fn(ctx, index), opens a barrier, and
- * returns the nanoseconds from the barrier to the last join. */
+/* Starts `threads` threads running fn(ctx, index) behind a barrier and
+ * returns the nanoseconds from the first thread's start to the last one's
+ * end, each read by the thread itself.  Not from the main thread's return
+ * from the barrier: with 64 threads on 2 cores the main thread is one of
+ * 65 runnable threads when the barrier opens and may run again only after
+ * the others have had their time slices, so a clock it starts then missed
+ * up to half of a contended row's work (and more of one whose waiters
+ * sleep, which leaves the main thread a core sooner). */
 struct thread_arg {
     pthread_barrier_t *barrier;
     long index;
     void *ctx;
     void (*fn)(void *, long);
+    int64_t start, end;
 };
 
 static void *thread_main(void *arg)
 {
     struct thread_arg *t = arg;
     pthread_barrier_wait(t->barrier);
+    t->start = pz_now();
     t->fn(t->ctx, t->index);
+    t->end = pz_now();
     return NULL;
 }
 
@@ -50,18 +59,20 @@ static int64_t timed_threads(long threads, void (*fn)(void *, long), void *ctx)
     struct thread_arg *args = calloc((size_t)threads, sizeof *args);
     bench_check(tids && args, "out of memory");
     for (long i = 0; i < threads; i++) {
-        args[i] = (struct thread_arg){&barrier, i, ctx, fn};
+        args[i] = (struct thread_arg){&barrier, i, ctx, fn, 0, 0};
         bench_check(pthread_create(&tids[i], NULL, thread_main, &args[i]) == 0, "pthread_create");
     }
     pthread_barrier_wait(&barrier);
-    int64_t t0 = pz_now();
-    for (long i = 0; i < threads; i++)
+    int64_t first = INT64_MAX, last = 0;
+    for (long i = 0; i < threads; i++) {
         pthread_join(tids[i], NULL);
-    int64_t d = pz_now() - t0;
+        first = args[i].start < first ? args[i].start : first;
+        last = args[i].end > last ? args[i].end : last;
+    }
     pthread_barrier_destroy(&barrier);
     free(tids);
     free(args);
-    return d;
+    return last - first;
 }
 
 /* ---- uncontended ---- */

@@ -478,7 +478,9 @@ fn lock_loop<L: Lock>(l: &L, iters: u64, work: u64, seed: u64) -> (u64, u64) {
 }
 
 /// Start `threads` OS threads that wait on a barrier and run `f(thread_index)`; the clock
-/// starts when the barrier opens and stops when the last thread is joined.
+/// runs from the first thread's start to the last one's end, each read by the thread itself
+/// (the main thread, one of threads + 1 runnable ones when the barrier opens, may run again
+/// only much later; bench/bench_sync.c measures the same way).
 fn timed_threads<F>(threads: u64, f: F) -> Duration
 where
     F: Fn(u64) + Send + Sync + 'static,
@@ -491,16 +493,17 @@ where
             let b = barrier.clone();
             std::thread::spawn(move || {
                 b.wait();
-                f(t)
+                let start = Instant::now();
+                f(t);
+                (start, Instant::now())
             })
         })
         .collect();
     barrier.wait();
-    let t0 = Instant::now();
-    for h in hs {
-        h.join().unwrap();
-    }
-    t0.elapsed()
+    let spans: Vec<(Instant, Instant)> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+    let first = spans.iter().map(|s| s.0).min().unwrap();
+    let last = spans.iter().map(|s| s.1).max().unwrap();
+    last.duration_since(first)
 }
 
 fn contended_one<L: Lock>(threads: u64, iters: u64, work: u64) {
