@@ -37,11 +37,11 @@
 #
 # Environment (defaults): SYSTEMS="plaza rust go", BACKENDS="sqlite postgresql", PLAZA=build/apps/weather/plaza-weather,
 # RUST=bench/peers/bin/weather-rust, GO=bench/peers/bin/weather-go, RATES="1000 4000 8000",
-# POST_SHARE=0.2, BATCH=10, CONNECTIONS=32, DURATION=5, REPEATS=3, P99_MS=10, SEARCH_FROM=2000,
+# POST_SHARE=0.2, BATCH=10, CONNECTIONS=32, DURATION=5, REPEATS=5, P99_MS=10, SEARCH_FROM=2000,
 # SEARCH_STEP=1.5, SEARCH_MAX=64000, SEARCH_DURATION=4, SEARCH_TRIES=2, LOAD_WORKERS=1,
 # OUT=bench/results/weather-<time>.csv (one line per endpoint per run). SEARCH_MAX below
 # SEARCH_FROM skips the search.
-# With the defaults a run takes about 4-5 minutes per back end.
+# With the defaults a run takes about 5-6 minutes per back end.
 cd "$(dirname "$0")/.." || exit 2
 exec python3 - "$@" << 'EOF'
 import json, os, platform, statistics, re, resource, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
@@ -58,7 +58,7 @@ POST_SHARE = float(env("POST_SHARE", "0.2"))
 BATCH = int(env("BATCH", "10"))
 CONNECTIONS = int(env("CONNECTIONS", "32"))
 DURATION = float(env("DURATION", "5"))
-REPEATS = max(1, int(env("REPEATS", "3")))
+REPEATS = max(1, int(env("REPEATS", "5")))
 P99_MS = float(env("P99_MS", "10"))
 SEARCH_FROM = float(env("SEARCH_FROM", "2000"))
 SEARCH_STEP = float(env("SEARCH_STEP", "1.5"))
