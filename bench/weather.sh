@@ -229,13 +229,11 @@ for s in SYSTEMS:
     if not os.access(BINARIES[s][0], os.X_OK):
         raise SystemExit(f"weather: {BINARIES[s][0]} missing (make build; make -C bench/peers weather)")
 
-cpuinfo = open("/proc/cpuinfo").read()
-cpu = next(iter(re.findall(r"^model name\s*:\s*(.*)$", cpuinfo, re.M)), "?")
-cpu_ids = dict(re.findall(r"^(cpu family|model)\s*:\s*(.*)$", cpuinfo, re.M))
-if "cpu family" in cpu_ids and "model" in cpu_ids:
-    cpu += f" (family {cpu_ids['cpu family']}, model {cpu_ids['model']})"
+# The machine as bench/run.py names it in RESULTS.md (cores, CPU name, family and model).
+sys.path.insert(0, "bench")
+from run import machine  # noqa: E402
 print(f"# weather services, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}: "
-      f"{os.cpu_count()} x {cpu}, load average {os.getloadavg()[0]:.1f} at start")
+      f"{machine()}, load average {os.getloadavg()[0]:.1f} at start")
 gen = "wrk (closed loop, bench/peers/weather.lua)" if LOAD == "wrk" else f"{LOAD} load (open loop, {LOAD_WORKERS} worker)"
 print(f"# load: {gen}; {CONNECTIONS} connections, {POST_SHARE:.0%} POSTs of {BATCH} readings, "
       f"the rest GET /weather/<random city>; servers on 2 workers each; the generator shares the cores")

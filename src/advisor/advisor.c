@@ -441,7 +441,6 @@ static inline bool blocks_worker(unsigned kind)
 }
 
 /* A wait that took time: an acquisition's (contended) or one that gave up. */
-
 static __attribute__((noinline)) void record_wait(pz__advisor_lock *r, pz__advisor_site *s, unsigned kind, uint64_t w,
                                                   bool gave_up, unsigned flags)
 {
