@@ -699,7 +699,7 @@ def run_weather(build_dir, quick):
             sys.stderr.write(f"bench: {p} missing (make -C bench/peers weather); weather peer skipped\n")
     env["SYSTEMS"] = " ".join(systems)
     if quick:
-        env.update(RATES="1000 4000", DURATION="2", SEARCH_MAX="0", REPEATS="1")
+        env.update(RATES="1000 4000", DURATION="2", SEARCH_MAX="0", REPEATS="1", WARMUP="1")
     sys.stderr.write(f"bench: bench/weather.sh ({' '.join(systems)}{', quick' if quick else ''}) ...\n")
     t0 = time.time()
     p = subprocess.run([os.path.join(HERE, "weather.sh"), os.path.relpath(plaza, ROOT)], stdout=subprocess.PIPE,

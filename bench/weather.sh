@@ -21,7 +21,8 @@
 # over the socket; skipped with a message when postgresql-15 is not installed). Then:
 #   1. fixed rates: for each total rate of RATES, POST_SHARE of it POSTs of BATCH readings
 #      and the rest GETs of random cities, over CONNECTIONS connections for DURATION
-#      seconds, REPEATS times with the systems in rotating order: requests/s,
+#      seconds, REPEATS times with the systems in rotating order (after a warm-up of
+#      WARMUP seconds per server at the highest rate, not measured): requests/s,
 #      p50/p99/p99.9/max per endpoint (medians of the runs; one run's p99 moves by 2x
 #      with a burst of other work), errors;
 #   2. the search: from SEARCH_FROM, the rate is multiplied by SEARCH_STEP while a system's
@@ -37,7 +38,7 @@
 #
 # Environment (defaults): SYSTEMS="plaza rust go", BACKENDS="sqlite postgresql", PLAZA=build/apps/weather/plaza-weather,
 # RUST=bench/peers/bin/weather-rust, GO=bench/peers/bin/weather-go, RATES="1000 4000 8000",
-# POST_SHARE=0.2, BATCH=10, CONNECTIONS=32, DURATION=5, REPEATS=5, P99_MS=10, SEARCH_FROM=2000,
+# POST_SHARE=0.2, BATCH=10, CONNECTIONS=32, DURATION=5, REPEATS=5, WARMUP=3, P99_MS=10, SEARCH_FROM=2000,
 # SEARCH_STEP=1.5, SEARCH_MAX=64000, SEARCH_DURATION=4, SEARCH_TRIES=2, LOAD_WORKERS=1,
 # OUT=bench/results/weather-<time>.csv (one line per endpoint per run). SEARCH_MAX below
 # SEARCH_FROM skips the search.
@@ -59,6 +60,7 @@ BATCH = int(env("BATCH", "10"))
 CONNECTIONS = int(env("CONNECTIONS", "32"))
 DURATION = float(env("DURATION", "5"))
 REPEATS = max(1, int(env("REPEATS", "5")))
+WARMUP = float(env("WARMUP", "3"))
 P99_MS = float(env("P99_MS", "10"))
 SEARCH_FROM = float(env("SEARCH_FROM", "2000"))
 SEARCH_STEP = float(env("SEARCH_STEP", "1.5"))
@@ -236,7 +238,8 @@ print(f"# weather services, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}
       f"{machine()}, load average {os.getloadavg()[0]:.1f} at start")
 gen = "wrk (closed loop, bench/peers/weather.lua)" if LOAD == "wrk" else f"{LOAD} load (open loop, {LOAD_WORKERS} worker)"
 print(f"# load: {gen}; {CONNECTIONS} connections, {POST_SHARE:.0%} POSTs of {BATCH} readings, "
-      f"the rest GET /weather/<random city>; servers on 2 workers each; the generator shares the cores")
+      f"the rest GET /weather/<random city>; servers on 2 workers each, each warmed up for {WARMUP:g} s at "
+      f"{max(RATES):.0f}/s before it is measured; the generator shares the cores")
 os.makedirs(os.path.dirname(OUT) or ".", exist_ok=True)
 csv = open(OUT, "w")
 csv.write("phase,backend,system,offered_rps,endpoint,rps,p50_us,p99_us,p999_us,max_us,errors,late_sends,"
@@ -282,6 +285,18 @@ def bench_backend(backend, tmp):
                               f"{server_pct:.0f},{others_pct:.0f},{us_per_req:.1f},{db_pct:.0f}\n")
             csv.flush()
             return res, late
+
+        # The warm-up: each server first serves WARMUP seconds at the highest fixed rate,
+        # unmeasured (its lines in the CSV say "warmup"), so that what a server does once
+        # (PostgreSQL connections opened on first need, each a new backend process; task
+        # stacks and buffers; a garbage-collected heap growing to its working size) lands
+        # there and not in the first measured run.  Without it, plaza's first run at
+        # 1000/s on PostgreSQL was its worst of five in each of three runs of this script
+        # (GET p99 0.68, 1.09, 0.76 ms against 0.30-0.64 for the rest).
+        if WARMUP > 0:
+            for s in SYSTEMS:
+                say(f"weather: {name}: {s}: warm-up at {max(RATES):.0f}/s for {WARMUP:g} s")
+                run("warmup", s, max(RATES), WARMUP)
 
         print(f"\n## Fixed rates, {name} (total offered requests/s; latencies in ms; medians of {REPEATS} "
               f"run(s) each, p99 with its min-max, errors and late sends summed)\n")
