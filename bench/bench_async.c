@@ -112,8 +112,11 @@ struct contended {
 static void contended_loop(void *ctx, long index)
 {
     struct contended *c = ctx;
+    /* Read once: they share the lock's cache line (bench_sync.c's
+     * contended_loop says why). */
+    const long iters = c->iters, work = c->work;
     uint64_t s = (uint64_t)index + 1, max_wait = 0;
-    for (long i = 0; i < c->iters; i++) {
+    for (long i = 0; i < iters; i++) {
         if ((i & 63) == 0) {
             int64_t t0 = pz_now();
             pz_async_mutex_lock(&c->m);
@@ -127,8 +130,8 @@ static void contended_loop(void *ctx, long index)
             c->counter++;
             pz_async_mutex_unlock(&c->m);
         }
-        if (c->work)
-            s ^= bench_work(s + (uint64_t)i, c->work);
+        if (work)
+            s ^= bench_work(s + (uint64_t)i, work);
     }
     atomic_max_u64(&c->max_wait, max_wait);
     atomic_fetch_add(&sink, s);
@@ -184,9 +187,10 @@ static unsigned lcg_pct(uint64_t *s)
 static void rw_loop(void *ctx, long index)
 {
     struct rw_ctx *c = ctx;
+    const long iters = c->iters, write_pct = c->write_pct; /* read once, as in contended_loop */
     uint64_t rng = (uint64_t)index + 1, nw = 0, s = 0;
-    for (long i = 0; i < c->iters; i++) {
-        if (lcg_pct(&rng) < (unsigned)c->write_pct) {
+    for (long i = 0; i < iters; i++) {
+        if (lcg_pct(&rng) < (unsigned)write_pct) {
             pz_async_rwlock_write(&c->l);
             c->q.a++;
             c->q.b++;

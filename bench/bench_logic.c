@@ -359,7 +359,8 @@ struct data_async {
 static void *data_async_task(void *arg)
 {
     struct data_async *d = arg;
-    for (long i = 0; i < d->iters; i++) {
+    const long iters = d->iters; /* read once: it shares the lock's cache line */
+    for (long i = 0; i < iters; i++) {
         bench_check(pz_async_mutex_lock(&d->m) == 0, "async lock");
         d->counter++;
         pz_async_mutex_unlock(&d->m);
