@@ -396,6 +396,10 @@ struct pz__runtime {
     int64_t watch_until;
     _Atomic int nsleeping;
     _Atomic int nsearching;
+    /* The configured idle spin (pz_config_t.idle_spin_us, in ns; 0: none)
+     * and the number of workers in it now (at most one: idle_spin). */
+    int64_t idle_spin_ns;
+    _Atomic int nidle_spinning;
 
     _Atomic bool shutdown;
     _Atomic uint32_t main_done;
@@ -712,6 +716,8 @@ void pz__dump_to(FILE *f, const char *why);
 
 /* monitor.c, checks.c: the monitor thread. */
 #define PZ__MONITOR_PERIOD_NS (100 * 1000000ll)
+/* The longest idle spin pz_config_t.idle_spin_us may ask for. */
+#define PZ__IDLE_SPIN_MAX_US 1000
 extern bool pz__debug;
 void pz__monitor_start(pz__runtime *rt, const pz_config_t *c);
 void pz__monitor_stop(void);
