@@ -394,9 +394,17 @@ static pz_task_t *steal(pz__worker *w)
     return NULL;
 }
 
+/* Whether this worker has something to run at hand: its own queue or LIFO
+ * slot, or the injection queue (inject_len counts the wake list too).
+ * Relaxed loads: its callers only choose whether to poll or spin on. */
+static inline bool work_at_hand(pz__worker *w)
+{
+    return pz__runq_len(&w->runq) > 0 || atomic_load_explicit(&w->lifo, memory_order_relaxed) ||
+           atomic_load_explicit(&w->rt->inject_len, memory_order_relaxed) > 0;
+}
+
 /* Whether the worker loop polls the poller without waiting before it
- * searches: when this worker has something else to run (its own queue or
- * LIFO slot, the injection queue; inject_len counts the wake list too), so
+ * searches: when this worker has something else to run (work_at_hand), so
  * that readiness that came meanwhile is not left behind that work; and
  * when some other worker is awake, i.e. under load, where a worker that
  * has run dry usually finds readiness at once, and waiting for it in the
@@ -412,10 +420,8 @@ static pz_task_t *steal(pz__worker *w)
 static inline bool poll_first(pz__worker *w)
 {
     pz__runtime *rt = w->rt;
-    return pz__runq_len(&w->runq) > 0 || atomic_load_explicit(&w->lifo, memory_order_relaxed) ||
-           atomic_load_explicit(&rt->inject_len, memory_order_relaxed) > 0 ||
-           atomic_load_explicit(&rt->nsleeping, memory_order_relaxed) + 1 <
-               atomic_load_explicit(&rt->nthreads, memory_order_relaxed);
+    return work_at_hand(w) || atomic_load_explicit(&rt->nsleeping, memory_order_relaxed) + 1 <
+                                  atomic_load_explicit(&rt->nthreads, memory_order_relaxed);
 }
 
 /* The worker loop's search.  It polls without waiting only as poll_first
@@ -580,17 +586,14 @@ static bool idle_spin(pz__worker *w)
     if (rt->idle_spin_ns <= 0 || w->index >= rt->nworkers || !io_waiting(rt))
         return false;
     int none = 0;
-    if (atomic_load_explicit(&rt->nidle_spinning, memory_order_relaxed) != 0 ||
-        !atomic_compare_exchange_strong_explicit(&rt->nidle_spinning, &none, 1, memory_order_relaxed,
+    if (!atomic_compare_exchange_strong_explicit(&rt->nidle_spinning, &none, 1, memory_order_relaxed,
                                                  memory_order_relaxed))
         return false;
     bool found = false;
     int64_t until = pz__clock_now() + rt->idle_spin_ns;
     do {
         poll_io(w);
-        if (pz__runq_len(&w->runq) > 0 || atomic_load_explicit(&w->lifo, memory_order_relaxed) ||
-            atomic_load_explicit(&rt->inject_len, memory_order_relaxed) > 0 ||
-            atomic_load_explicit(&rt->shutdown, memory_order_relaxed)) {
+        if (work_at_hand(w) || atomic_load_explicit(&rt->shutdown, memory_order_relaxed)) {
             found = true;
             break;
         }
