@@ -81,6 +81,15 @@ int pz_connect(int fd, const struct sockaddr *addr, socklen_t addrlen, int64_t d
  * asked; returns the ready ones, or -EINVAL if events asks for neither or
  * has another bit set. */
 int pz_wait_fd(int fd, int events, int64_t deadline);
+/* Waits until fd may have input, for a descriptor that other code reads
+ * (a library that makes its own recv calls, such as libpq): one look
+ * (poll) and, if nothing is there, the wait for the poller's next
+ * readability event, after which it returns without looking again, so a
+ * wait costs one system call where pz_wait_fd makes two.  The caller's
+ * own read then finds what came (an event can be spurious: that read says
+ * EAGAIN, and the caller waits again).  Returns 0, or -ETIMEDOUT,
+ * -ECANCELED, -EBADF. */
+int pz_wait_input(int fd, int64_t deadline);
 
 /* "host:port", "[v6addr]:port" or ":port" (all addresses); the port is a
  * decimal number from 0 to 65535 (else -EINVAL), 0 for one the kernel

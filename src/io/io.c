@@ -489,6 +489,33 @@ static int wait_either(int fd, int64_t deadline)
     return pz__driver_wait(rt, src, PZ__IO_READ | PZ__IO_WRITE, deadline);
 }
 
+/* pz_wait_input's look: poll(2) the first time io_loop asks (with the
+ * readiness snapshot taken before it, as try_poll); every later time "may
+ * have input" without a system call.  io_loop asks again only after the
+ * poller reported readability (wait_ready returned), or when an event came
+ * between its snapshot and the clearing of the bit: in both an event came
+ * after a look that found nothing, which is the answer the caller wants. */
+struct input_ctx {
+    bool looked;
+};
+
+static ssize_t try_input(int fd, void *ctx)
+{
+    struct input_ctx *c = ctx;
+    if (c->looked)
+        return 1;
+    c->looked = true;
+    struct poll_ctx readable = {PZ_READABLE};
+    return try_poll(fd, &readable);
+}
+
+int pz_wait_input(int fd, int64_t deadline)
+{
+    struct input_ctx c = {false};
+    ssize_t r = io_loop(fd, PZ__IO_READ, try_input, &c, deadline, NULL);
+    return r < 0 ? (int)r : 0;
+}
+
 int pz_wait_fd(int fd, int events, int64_t deadline)
 {
     if (fd < 0)

@@ -8,9 +8,10 @@
  * PQgetResult only when PQisBusy says it will not block, PQnotifies).  The
  * calls that block run on the blocking pool (pz_blocking): PQconnectStart,
  * which may resolve a host name, and PQcancel, which opens a connection of
- * its own.  A task waits for the socket through pz_recv(MSG_PEEK) for
- * readability (a real system call, so the reactor's edge-triggered
- * readiness cannot lose a wake-up) and pz_wait_fd for writability.
+ * its own.  A task waits for the socket through pz_wait_input for
+ * readability (a real look before it waits, so the reactor's edge-triggered
+ * readiness cannot lose a wake-up, and none after the event: libpq's read
+ * is the look) and pz_wait_fd for writability.
  *
  * Descriptors.  libpq owns its socket and closes it behind our back: when a
  * connection attempt moves to the next address, and when it finds the
@@ -138,11 +139,10 @@ int pz__pg_wait_readable(pz_pg_conn_t *c, int64_t deadline)
 {
     if (c->watch_fd < 0)
         return -ECONNRESET;
-    char b;
-    ssize_t r = pz_recv(c->watch_fd, &b, 1, MSG_PEEK, deadline);
+    int r = pz_wait_input(c->watch_fd, deadline);
     if (r == -ETIMEDOUT || r == -ECANCELED)
-        return (int)r;
-    return 0; /* data, end of file or a socket error: libpq reads it next */
+        return r;
+    return 0; /* data, end of file or a socket error (or a spurious event): libpq reads it next */
 }
 
 static int wait_writable(pz_pg_conn_t *c, int64_t deadline)
