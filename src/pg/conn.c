@@ -133,8 +133,10 @@ static int sync_fd(pz_pg_conn_t *c, bool check_inode)
     return c->watch_fd < 0 ? -errno : 0;
 }
 
-/* Waits until the socket has input (or an error or end of file, which
- * libpq will find). */
+/* Waits until the socket may have input (or an error or end of file,
+ * which libpq will find).  After the poller's event it does not look
+ * again (pz_wait_input): libpq's read is the look, and if the event was
+ * spurious PQisBusy stays true and the caller waits again. */
 int pz__pg_wait_readable(pz_pg_conn_t *c, int64_t deadline)
 {
     if (c->watch_fd < 0)

@@ -568,7 +568,8 @@ static int64_t sleep_deadline(pz__runtime *rt, pz__worker *w)
 /* The idle spin (pz_config_t.idle_spin_us; off unless configured): a
  * worker that has run out of tasks while tasks wait for I/O polls the
  * poller without waiting, for up to idle_spin_ns, before it goes to sleep;
- * true if that found work here (the worker loop then runs it).  What it
+ * true if that found work here or the runtime is shutting down (the worker
+ * loop then runs the work, or leaves).  What it
  * saves is the wake-up of a sleeping worker, which on a VM includes waking
  * a halted vCPU: a 64-byte echo with another process on the other core
  * went from about 70 to 8 us a round trip (docs/runtime.md).  What it
