@@ -40,7 +40,7 @@
  *               as many waits as were contended (and the weights
  *               themselves, through the hook: untimed, sampled, parked).
  *
- * After each, no hold is left timed (pz__observe_timed_now, the count the
+ * After each, no hold is left timed (pz__observe_sw.timed_now, the count the
  * observed unlocks test before they call out, is back to 0).
  *
  * The waits are forced (the holder keeps the lock until the waiter's
@@ -183,7 +183,7 @@ static void test_counts(void **state)
     json_decref(root);
     /* Every timed hold ended: the unlocks' filter is back to 0 (else every
      * later unlock would call out). */
-    CHECK_EQ(atomic_load(&pz__observe_timed_now), 0);
+    CHECK_EQ(atomic_load(&pz__observe_sw.timed_now), 0);
     pz_advisor_disable();
     CHECK(unsetenv("PLAZA_ADVISOR_SAMPLE") == 0);
 }
@@ -304,7 +304,7 @@ static void test_gave_up_inline(void **state)
         CHECK(num(l, "timed_holds", NULL) >= 64);
     }
     json_decref(root);
-    CHECK_EQ(atomic_load(&pz__observe_timed_now), 0);
+    CHECK_EQ(atomic_load(&pz__observe_sw.timed_now), 0);
     pz_advisor_disable();
     CHECK(unsetenv("PLAZA_ADVISOR_SAMPLE") == 0);
 }
@@ -421,7 +421,7 @@ static void test_contended_counts(void **state)
     CHECK(pthread_join(th, NULL) == 0);
 
     check_contended_figures();
-    CHECK_EQ(atomic_load(&pz__observe_timed_now), 0);
+    CHECK_EQ(atomic_load(&pz__observe_sw.timed_now), 0);
     pz_advisor_disable();
     CHECK(unsetenv("PLAZA_ADVISOR_SAMPLE") == 0);
 }
@@ -512,7 +512,7 @@ static void test_owner_changes(void **state)
     CHECK_EQ(num(l, "owner_changes", NULL), 1);
     CHECK(num(l, "owner_probes", NULL) >= 64);
     json_decref(root);
-    CHECK_EQ(atomic_load(&pz__observe_timed_now), 0);
+    CHECK_EQ(atomic_load(&pz__observe_sw.timed_now), 0);
     pz_advisor_disable();
     CHECK(unsetenv("PLAZA_ADVISOR_SAMPLE") == 0);
 }
@@ -544,7 +544,7 @@ static uint64_t spin_counter;
 static void check_wait_weights(void)
 {
     CHECK(pz_lock_name(&weights_m, "weights_m") == 0);
-    const pz__lock_hooks *h = atomic_load(&pz__lock_hooks_table);
+    const pz__lock_hooks *h = atomic_load(&pz__observe_sw.hooks);
     CHECK(h && h->acquired);
     static const char site;
     uint64_t self = pz__caller_id();
@@ -675,7 +675,7 @@ static void test_spin_waits_sampled(void **state)
     CHECK(contended <= SPIN_ROUNDS);
     CHECK(total >= contended * 6 / 10);
     CHECK(total <= contended * 16 / 10);
-    CHECK_EQ(atomic_load(&pz__observe_timed_now), 0);
+    CHECK_EQ(atomic_load(&pz__observe_sw.timed_now), 0);
     pz_advisor_disable();
     CHECK(unsetenv("PLAZA_ADVISOR_SAMPLE") == 0);
 }

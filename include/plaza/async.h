@@ -192,7 +192,7 @@ int pz__async_mutex_lock_observed(pz_async_mutex_t *m, uint64_t self, int64_t de
 int pz__async_mutex_taken_observed(pz_async_mutex_t *m, uint64_t self, const void *site);
 bool pz__async_mutex_trylock_observed(pz_async_mutex_t *m);
 void pz__async_mutex_released_observed(pz_async_mutex_t *m, uint64_t self);
-#define PZ__ASYNC_OBSERVED() __builtin_expect(atomic_load_explicit(&pz__advisor_on, memory_order_relaxed), 0)
+#define PZ__ASYNC_OBSERVED() __builtin_expect(atomic_load_explicit(&pz__observe_sw.on, memory_order_relaxed), 0)
 
 /* One attempt to take a free mutex.  The waiter word is read after the
  * CAS, when the line is ours: a load before it would fetch the line shared

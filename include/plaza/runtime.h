@@ -384,7 +384,7 @@ static inline bool pz__debug_holds(void)
 #define PZ__INLINE static inline __attribute__((always_inline))
 
 /* The lock observation hooks (docs/advisor.md).  Off by default: every
- * lock's fast path then costs one predictable branch on pz__advisor_on.
+ * lock's fast path then costs one predictable branch on pz__observe_sw.on.
  * The advisor (src/advisor, a layer above the locks) installs its hooks
  * with pz__lock_hooks_install and then sets the flag; the sync and async
  * layers call down into the table, never up into the advisor.  The hooks
@@ -453,8 +453,21 @@ typedef struct pz__lock_hooks {
     void (*owner_probe)(pz__observe_slot *slot, uint64_t self, bool arm);
     void (*sample)(pz__observe_slot *slot, uint64_t self, unsigned flags);
 } pz__lock_hooks;
-extern _Atomic bool pz__advisor_on;
-extern const pz__lock_hooks *_Atomic pz__lock_hooks_table;
+/* The observation's switches, read by every lock and unlock call, on a
+ * cache line of their own (the struct's alignment and size are the
+ * line's), so that no variable written for another reason can share it:
+ * - on: the advisor is on (the locks take their observed paths);
+ * - hooks: its table, set before on;
+ * - timed_now: the number of holds the observer is timing now, of every
+ *   caller (PZ__OBSERVE_TIMING below), written when a timed hold begins
+ *   or ends, so only while the advisor is on. */
+typedef struct pz__observe_switches {
+    _Alignas(64) _Atomic bool on;
+    const pz__lock_hooks *_Atomic hooks;
+    _Atomic uint32_t timed_now;
+} pz__observe_switches;
+_Static_assert(sizeof(pz__observe_switches) == 64, "the switches fill one line");
+extern pz__observe_switches pz__observe_sw;
 /* Installs hooks (NULL: none) and turns the observation on or off. */
 void pz__lock_hooks_install(const pz__lock_hooks *hooks);
 /* The hooks' owner_probe and sample, for the inline paths (src/runtime/
@@ -495,8 +508,7 @@ PZ__INLINE pz__observe_caller_t pz__observe_caller(void)
  * it is 0 no release needs reporting, so the unlocks test it (one load of
  * a line written only when a timed hold begins or ends) before they call
  * out to check the caller's own count (pz__observer_self). */
-extern _Atomic uint32_t pz__observe_timed_now;
-#define PZ__OBSERVE_TIMING() __builtin_expect(atomic_load_explicit(&pz__observe_timed_now, memory_order_relaxed) != 0, 0)
+#define PZ__OBSERVE_TIMING() __builtin_expect(atomic_load_explicit(&pz__observe_sw.timed_now, memory_order_relaxed) != 0, 0)
 
 /* The thread's last slot if it is (lock, site)'s and this acquisition is
  * neither to be timed nor to arm the owner probe (the countdown is above

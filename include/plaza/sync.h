@@ -80,7 +80,7 @@ void pz__mutex_lock_observed(pz_mutex_t *m, int64_t deadline, int *result, const
 void pz__mutex_taken_observed(pz_mutex_t *m, const void *site);
 bool pz__mutex_trylock_observed(pz_mutex_t *m);
 void pz__mutex_released_observed(pz_mutex_t *m);
-#define PZ__OBSERVED() __builtin_expect(atomic_load_explicit(&pz__advisor_on, memory_order_relaxed), 0)
+#define PZ__OBSERVED() __builtin_expect(atomic_load_explicit(&pz__observe_sw.on, memory_order_relaxed), 0)
 /* A release is reported only if the observer is timing some hold
  * (PZ__OBSERVE_TIMING, a count that is 0 while the advisor is off and
  * stays 0 unless a timed hold is in progress); the observed form checks

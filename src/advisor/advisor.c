@@ -499,7 +499,7 @@ static __attribute__((noinline)) void hold_begin(pz__advisor_lock *r, pz__adviso
     pz__observer *o = pz__observer_self();
     if (!again) {
         o->timed_holds++;
-        atomic_fetch_add_explicit(&pz__observe_timed_now, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&pz__observe_sw.timed_now, 1, memory_order_relaxed);
     }
     e->site = s;
     e->shared = shared;
@@ -690,7 +690,7 @@ static void on_released(const void *lock, unsigned kind, unsigned flags, uint64_
     int64_t susp = o->suspended_ns - e->susp0, blocked = 0;
     if (o->timed_holds) {
         o->timed_holds--;
-        atomic_fetch_sub_explicit(&pz__observe_timed_now, 1, memory_order_relaxed);
+        atomic_fetch_sub_explicit(&pz__observe_sw.timed_now, 1, memory_order_relaxed);
     }
     /* The release hook of the mutexes runs after the unlock (src/sync/
      * observe.c, src/async/observe.c): another holder's timed hold may be

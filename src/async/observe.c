@@ -14,7 +14,7 @@
  *
  * pz__async_observe_* are the same reports for the async locks whose calls
  * are out of line (rwlock.c, semaphore.c, chan.c): they call them with
- * their caller's address, each behind one test of pz__advisor_on.
+ * their caller's address, each behind one test of pz__observe_sw.on.
  */
 #include "plaza/async.h"
 #include "plaza/runtime.h"
@@ -23,7 +23,7 @@
 
 static inline const pz__lock_hooks *hooks(void)
 {
-    return atomic_load_explicit(&pz__lock_hooks_table, memory_order_acquire);
+    return atomic_load_explicit(&pz__observe_sw.hooks, memory_order_acquire);
 }
 
 /* The contended half, apart: its slot lookup is its own (the slow path

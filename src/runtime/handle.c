@@ -88,9 +88,9 @@ void pz__task_recycle(pz_task_t *t)
 {
     /* Timed holds the task never ended (a semaphore permit another task
      * released) end with it for the observed unlocks' filter
-     * (pz__observe_timed_now, runtime.h). */
+     * (pz__observe_sw.timed_now, runtime.h). */
     if (t->observer.timed_holds)
-        atomic_fetch_sub_explicit(&pz__observe_timed_now, t->observer.timed_holds, memory_order_relaxed);
+        atomic_fetch_sub_explicit(&pz__observe_sw.timed_now, t->observer.timed_holds, memory_order_relaxed);
     uint16_t gen = atomic_load_explicit(&t->handle_gen, memory_order_relaxed);
     gen = gen == UINT16_MAX ? 1 : (uint16_t)(gen + 1);
     atomic_store_explicit(&t->handle_gen, gen, memory_order_release);

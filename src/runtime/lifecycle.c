@@ -278,8 +278,8 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
     }
     rt->main_task = pz__task_peek(mt); /* the struct, as next_runnable compares it (mt is a tagged handle) */
     pz_detach(mt);
-    if (atomic_load_explicit(&pz__advisor_on, memory_order_acquire)) {
-        const pz__lock_hooks *h = atomic_load_explicit(&pz__lock_hooks_table, memory_order_acquire);
+    if (atomic_load_explicit(&pz__observe_sw.on, memory_order_acquire)) {
+        const pz__lock_hooks *h = atomic_load_explicit(&pz__observe_sw.hooks, memory_order_acquire);
         if (h && h->runtime_started)
             h->runtime_started();
     }

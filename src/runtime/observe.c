@@ -1,7 +1,7 @@
 /*
  * The lock observation switch and hook table (include/plaza/runtime.h).
  *
- * Contract: pz__advisor_on is false until hooks are installed, and the
+ * Contract: pz__observe_sw.on is false until hooks are installed, and the
  * table is published before the flag (release store, relaxed loads that
  * depend on the flag are ordered by the flag's own release/acquire pair on
  * the paths that read the table: they load the flag, then the table with
@@ -17,17 +17,14 @@
  */
 #include "internal.h"
 
-_Atomic bool pz__advisor_on;
-const pz__lock_hooks *_Atomic pz__lock_hooks_table;
-/* On a line of its own: written at each timed hold's start and end, read
- * by every observed unlock. */
-_Alignas(64) _Atomic uint32_t pz__observe_timed_now;
+/* Zero: off, no hooks, nothing timed. */
+pz__observe_switches pz__observe_sw;
 
 void pz__lock_hooks_install(const pz__lock_hooks *hooks)
 {
     if (hooks)
-        atomic_store_explicit(&pz__lock_hooks_table, hooks, memory_order_release);
-    atomic_store_explicit(&pz__advisor_on, hooks != NULL, memory_order_release);
+        atomic_store_explicit(&pz__observe_sw.hooks, hooks, memory_order_release);
+    atomic_store_explicit(&pz__observe_sw.on, hooks != NULL, memory_order_release);
 }
 
 /* pz__observer_self lives in current.c, beside the thread-local it reads. */
@@ -36,14 +33,14 @@ void pz__lock_hooks_install(const pz__lock_hooks *hooks)
  * is there whenever a slot is (slots come from the hooks). */
 void pz__observe_owner_probed(pz__observe_slot *sl, uint64_t self, bool arm)
 {
-    const pz__lock_hooks *h = atomic_load_explicit(&pz__lock_hooks_table, memory_order_acquire);
+    const pz__lock_hooks *h = atomic_load_explicit(&pz__observe_sw.hooks, memory_order_acquire);
     if (h)
         h->owner_probe(sl, self, arm);
 }
 
 void pz__observe_sample(pz__observe_slot *sl, uint64_t self, unsigned flags)
 {
-    const pz__lock_hooks *h = atomic_load_explicit(&pz__lock_hooks_table, memory_order_acquire);
+    const pz__lock_hooks *h = atomic_load_explicit(&pz__observe_sw.hooks, memory_order_acquire);
     if (h)
         h->sample(sl, self, flags);
 }

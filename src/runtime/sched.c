@@ -752,7 +752,7 @@ static inline void suspend_on(pz__worker *w, void (*after)(pz__worker *, void *)
      * than the critical section's own work, and counted as work it would
      * hide that the section mostly waits. */
     int64_t parked_at =
-        atomic_load_explicit(&pz__advisor_on, memory_order_relaxed) && self->observer.timed_holds ? pz__clock_now() : 0;
+        atomic_load_explicit(&pz__observe_sw.on, memory_order_relaxed) && self->observer.timed_holds ? pz__clock_now() : 0;
     if (atomic_load_explicit(&self->holds.depth, memory_order_relaxed))
         pz__held_at_suspend(self);
     self->saved_errno = errno;

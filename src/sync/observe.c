@@ -33,7 +33,7 @@
 
 static inline const pz__lock_hooks *hooks(void)
 {
-    return atomic_load_explicit(&pz__lock_hooks_table, memory_order_acquire);
+    return atomic_load_explicit(&pz__observe_sw.hooks, memory_order_acquire);
 }
 
 /* The running task, or NULL on a plain thread (or a worker's own loop).
