@@ -436,7 +436,7 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadli
      * this: the first waiter to park still runs it, as FENCED is clear. */
     if (!(atomic_load_explicit(&m->waiters, memory_order_relaxed) & CONTENDED))
         atomic_fetch_or_explicit(&m->waiters, CONTENDED, memory_order_relaxed);
-    const int spin_rounds = pz__async_spin_rounds();
+    const int spin_rounds = pz__async_spin_rounds(PZ__AMUTEX_SPIN_ROUNDS);
     int spins = 0;
     bool woken = false;        /* this caller owns WOKEN */
     int64_t since = 0;         /* when the wait began: the first announce */
@@ -471,7 +471,7 @@ int pz__async_mutex_lock_slow(pz_async_mutex_t *m, uint64_t self, int64_t deadli
                     continue;
                 woken = true;
             }
-            pz__async_backoff(++spins);
+            pz__async_mutex_spin(++spins);
             continue;
         }
         /* Park, giving up WOKEN.  The wait begins at the first announce

@@ -670,7 +670,7 @@ static bool worth_spinning(pz_async_rwlock_t *l, uintptr_t s, int spins)
 static int acquire_slow(pz_async_rwlock_t *l, int kind, int64_t deadline)
 {
     deadline = pz__async_deadline(deadline);
-    const int spin_rounds = pz__async_spin_rounds();
+    const int spin_rounds = pz__async_spin_rounds(PZ__ASYNC_SPIN_ROUNDS);
     bool counted = false, woken = false;
     int spins = 0;
     int64_t first_park = 0;
