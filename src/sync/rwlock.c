@@ -107,6 +107,10 @@
  *   release sequence of the last writer's unlock); its slot release pairs
  *   with the revoker's acquiring load or swap of that slot, or, for a hold
  *   moved into the count, its count release with the writer's entry.  A
+ *   reader that wants its slot back (its second look saw SLOTS gone) and
+ *   finds it moved enters on that revoker's swap, so the swap releases
+ *   too: the claim the reader saw may be an earlier writer's, whose scan
+ *   missed the slot and whose whole section has run since.  A
  *   revoker that gives WRITER up again (a failed try, a deadline) and the
  *   end of a revocation release the word, so a writer after them that
  *   finds the slots closed comes after the readers they saw leave.
@@ -251,7 +255,12 @@ bool pz__rwlock_read_slot(pz_rwlock_t *rw)
             return true;
         /* Closed meanwhile: take the slot back, unless the revoker has
          * already moved it into the count; then we hold the lock there, as
-         * a reader inside before the writer's claim (it waits for us). */
+         * a reader inside before the writer's claim (it waits for us).
+         * The failed swap's acquire is then our entry: it reads the
+         * revoker's releasing swap (revoke_slots).  The look at the word
+         * above is not enough: it may have read the claim of an earlier
+         * writer whose scan missed our slot and who has entered, written
+         * and left since, before a later revoker moved the slot. */
         v = (uintptr_t)rw;
         return !atomic_compare_exchange_strong_explicit(&line[i], &v, 0, memory_order_acquire, memory_order_acquire);
     }
@@ -301,7 +310,11 @@ static void revoke_slots(pz_rwlock_t *rw)
             /* Count first, so that the hold is always where its reader
              * looks when it leaves (the slot, or the word). */
             atomic_fetch_add_explicit(&rw->state, ONE_READER, memory_order_relaxed);
-            if (!atomic_compare_exchange_strong_explicit(slot, &v, 0, memory_order_acquire, memory_order_acquire))
+            /* Release too: a reader still in pz__rwlock_read_slot that
+             * finds its slot emptied enters on this swap alone (its look
+             * at the word may have read a claim older than the section of
+             * the writer before us, which our claim acquired). */
+            if (!atomic_compare_exchange_strong_explicit(slot, &v, 0, memory_order_acq_rel, memory_order_acquire))
                 atomic_fetch_sub_explicit(&rw->state, ONE_READER, memory_order_relaxed); /* it left meanwhile */
         }
     }
