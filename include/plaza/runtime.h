@@ -70,14 +70,12 @@ typedef struct pz_config {
                                * PLAZA_SPARE_WORKERS.  Needs the monitor. */
     int idle_spin_us;         /* how long a worker that runs out of tasks keeps
                                * polling for I/O before it sleeps (one worker at
-                               * a time, only while tasks wait for I/O); 0: not
-                               * at all (the default), at most 1000; also
-                               * PLAZA_IDLE_SPIN_US.  For a request/response
-                               * partner on another core it saves the wake-up of
-                               * a sleeping worker; it spends that CPU time at
-                               * every idle moment, taken from whatever else
-                               * shares the cores (docs/runtime.md, "Spinning
-                               * before sleeping"). */
+                               * a time, only while tasks wait for I/O, and only
+                               * while such spins find work: docs/runtime.md,
+                               * "Spinning before sleeping"); 0: 20 us, -1: no
+                               * spin, at most 1000; also PLAZA_IDLE_SPIN_US.
+                               * For a request/response partner on another core
+                               * it saves the wake-up of a sleeping worker. */
 } pz_config_t;
 
 /* Options of one spawn.  Zero fields take the runtime's defaults. */

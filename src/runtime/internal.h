@@ -293,6 +293,7 @@ struct pz__worker {
     _Atomic(pz_task_t *) lifo; /* the task woken last by this worker */
     unsigned lifo_streak;
     unsigned wake_streak;      /* tasks taken from the wake list in a row */
+    unsigned idle_spin_skips;  /* idle moments without a spin while spins do not pay */
     unsigned coop_spent;       /* pz__coop_tick calls since the switch-in */
     uint32_t tick;
     bool in_loop;              /* the worker loop is choosing (not a task) */
@@ -396,10 +397,13 @@ struct pz__runtime {
     int64_t watch_until;
     _Atomic int nsleeping;
     _Atomic int nsearching;
-    /* The configured idle spin (pz_config_t.idle_spin_us, in ns; 0: none)
-     * and the number of workers in it now (at most one: idle_spin). */
+    /* The configured idle spin (pz_config_t.idle_spin_us, in ns; 0: none),
+     * the number of workers in it now (at most one: idle_spin), and how
+     * often spins have found work lately, in 1/PZ__IDLE_SPIN_ONE (written
+     * by the spinner only; sched.c, idle_spin). */
     int64_t idle_spin_ns;
     _Atomic int nidle_spinning;
+    _Atomic int idle_spin_paid;
 
     _Atomic bool shutdown;
     _Atomic uint32_t main_done;
@@ -716,8 +720,16 @@ void pz__dump_to(FILE *f, const char *why);
 
 /* monitor.c, checks.c: the monitor thread. */
 #define PZ__MONITOR_PERIOD_NS (100 * 1000000ll)
-/* The longest idle spin pz_config_t.idle_spin_us may ask for. */
+/* The longest idle spin pz_config_t.idle_spin_us may ask for, and the
+ * one it gets by default (0). */
 #define PZ__IDLE_SPIN_MAX_US 1000
+#define PZ__IDLE_SPIN_DEFAULT_US 20
+/* The idle spin's gate (sched.c, idle_spin): the share of recent spins
+ * that found work, in 1/PZ__IDLE_SPIN_ONE, under which a worker spins only
+ * at one idle moment in PZ__IDLE_SPIN_PROBE. */
+#define PZ__IDLE_SPIN_ONE 1024
+#define PZ__IDLE_SPIN_GATE 512
+#define PZ__IDLE_SPIN_PROBE 16
 extern bool pz__debug;
 void pz__monitor_start(pz__runtime *rt, const pz_config_t *c);
 void pz__monitor_stop(void);

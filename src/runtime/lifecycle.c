@@ -192,7 +192,7 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
     /* Every field with a meaning for -1 (off) takes nothing lower. */
     if (c.workers < 0 || c.workers > 4096 || c.stack_size > PZ__MAX_STACK || c.blocking_threads_max < 0 ||
         c.spare_workers < -1 || c.spare_workers > 4096 || c.monitor < -1 || c.stall_ms < -1 || c.dump_signal < 0 ||
-        c.dump_signal >= NSIG || c.idle_spin_us < 0 || c.idle_spin_us > PZ__IDLE_SPIN_MAX_US) {
+        c.dump_signal >= NSIG || c.idle_spin_us < -1 || c.idle_spin_us > PZ__IDLE_SPIN_MAX_US) {
         pz__report("pz_run: invalid configuration (workers %d, stack_size %zu, blocking_threads_max %d, "
                    "spare_workers %d, monitor %d, stall_ms %d, dump_signal %d, idle_spin_us %d)",
                    c.workers, c.stack_size, c.blocking_threads_max, c.spare_workers, c.monitor, c.stall_ms,
@@ -204,9 +204,10 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
         if (env && *env) {
             char *end;
             long v = strtol(env, &end, 10);
-            if (*end || v < 0 || v > PZ__IDLE_SPIN_MAX_US)
-                pz__report("PLAZA_IDLE_SPIN_US=%s: not a number of microseconds from 0 to %d; no spin", env,
-                           PZ__IDLE_SPIN_MAX_US);
+            if (*end || v < -1 || v > PZ__IDLE_SPIN_MAX_US)
+                pz__report("PLAZA_IDLE_SPIN_US=%s: not -1 (no spin) or a number of microseconds up to %d; "
+                           "the default",
+                           env, PZ__IDLE_SPIN_MAX_US);
             else
                 c.idle_spin_us = (int)v;
         }
@@ -223,7 +224,9 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
     }
     size_t page = pz__page_size();
     rt->nworkers = c.workers ? c.workers : pz__cpu_count();
-    rt->idle_spin_ns = (int64_t)c.idle_spin_us * 1000;
+    rt->idle_spin_ns = c.idle_spin_us < 0 ? 0 : (int64_t)(c.idle_spin_us ? c.idle_spin_us : PZ__IDLE_SPIN_DEFAULT_US) * 1000;
+    /* Spins are taken to pay until some do not. */
+    atomic_init(&rt->idle_spin_paid, PZ__IDLE_SPIN_ONE);
     rt->spare_max = c.monitor < 0 ? 0 : pz__spare_configure(&c);
     atomic_init(&rt->nslots, rt->nworkers);
     atomic_init(&rt->nthreads, rt->nworkers);

@@ -309,7 +309,7 @@ static inline bool more_than_one_runnable(pz__worker *w)
  * worker loop: a task that is switching away may still hold a parking-lot
  * bucket lock (it lets go in its after-switch action), and waking I/O
  * waiters takes bucket locks. */
-static void poll_io(pz__worker *w)
+static bool poll_io(pz__worker *w)
 {
     pz__runtime *rt = w->rt;
     if (io_waiting(rt) && !atomic_load_explicit(&rt->driver_busy, memory_order_relaxed) &&
@@ -323,7 +323,9 @@ static void poll_io(pz__worker *w)
          * worker's poll asks more_than_one_runnable instead.) */
         if (n > 0)
             notify_work_local(rt);
+        return true;
     }
+    return false;
 }
 
 /* The next task: cheap, called on every switch.  The order and the bound
@@ -565,35 +567,56 @@ static int64_t sleep_deadline(pz__runtime *rt, pz__worker *w)
     return earliest;
 }
 
-/* The idle spin (pz_config_t.idle_spin_us; off unless configured): a
+/* The idle spin (pz_config_t.idle_spin_us; 20 us unless configured): a
  * worker that has run out of tasks while tasks wait for I/O polls the
  * poller without waiting, for up to idle_spin_ns, before it goes to sleep;
  * true if that found work here or the runtime is shutting down (the worker
- * loop then runs the work, or leaves).  What it
- * saves is the wake-up of a sleeping worker, which on a VM includes waking
- * a halted vCPU: a 64-byte echo with another process on the other core
- * went from about 70 to 8 us a round trip (docs/runtime.md).  What it
- * costs is the spin's CPU time at every idle moment, which a process
- * sharing the cores (a database server answering the worker's query) no
- * longer has: so it is opt-in.  One worker spins at a time, as Go lets at
- * most half its processors spin: a second spinner would only poll the
- * same poller.  A spare (standing in for a blocked worker) does not spin.
- * While it spins the worker is not a sleeper, so work made meanwhile may
- * wake another worker for it; the spinner sees it too (inject_len) and
- * takes it if it gets there first, which costs nothing but that wake-up. */
+ * loop then runs the work, or leaves).  What it saves is the wake-up of a
+ * sleeping worker, which on a VM includes waking a halted vCPU: a 64-byte
+ * echo with another process on the other core went from about 70 to 8 us
+ * a round trip (docs/runtime.md).  What it costs is the spin's CPU time,
+ * which a process sharing the cores (a database server that must run to
+ * answer the worker's query) no longer has.
+ *
+ * So the spin is gated by what it earns: idle_spin_paid is a moving
+ * average of the spins that found work (each spin moves it an eighth of
+ * the way to all or nothing).  While it is under half, a worker spins at
+ * one idle moment in PZ__IDLE_SPIN_PROBE only (its own count, no shared
+ * write), to notice when spins start to pay again.  A partner that answers
+ * within the spin keeps it on; one that cannot answer until the spinner
+ * lets go of the core, or that answers later than the spin lasts, turns it
+ * off after a few spins, and then it costs one spin in 16 idle moments (at
+ * 20 us, 1.25 us per idle moment on average).  The average is approximate:
+ * it is written only by the one worker in the spin (nidle_spinning), and
+ * read by the others without ordering, which only moves the gate by a
+ * spin.
+ *
+ * One worker spins at a time, as Go lets at most half its processors spin:
+ * a second spinner would only poll the same poller.  A spare (standing in
+ * for a blocked worker) does not spin.  While it spins the worker is not a
+ * sleeper, so work made meanwhile may wake another worker for it; the
+ * spinner sees it too (inject_len) and takes it if it gets there first,
+ * which costs nothing but that wake-up (and counts as a spin that did not
+ * pay, if the other worker got there first). */
 static bool idle_spin(pz__worker *w)
 {
     pz__runtime *rt = w->rt;
-    if (rt->idle_spin_ns <= 0 || w->index >= rt->nworkers || !io_waiting(rt))
+    /* A worker waiting in the poller takes the next event itself: a spin
+     * could not poll, and would only wait beside it. */
+    if (rt->idle_spin_ns <= 0 || w->index >= rt->nworkers || !io_waiting(rt) ||
+        atomic_load_explicit(&rt->driver_busy, memory_order_relaxed))
+        return false;
+    if (atomic_load_explicit(&rt->idle_spin_paid, memory_order_relaxed) < PZ__IDLE_SPIN_GATE &&
+        ++w->idle_spin_skips % PZ__IDLE_SPIN_PROBE != 0)
         return false;
     int none = 0;
     if (!atomic_compare_exchange_strong_explicit(&rt->nidle_spinning, &none, 1, memory_order_relaxed,
                                                  memory_order_relaxed))
         return false;
-    bool found = false;
+    bool found = false, polled = false;
     int64_t until = pz__clock_now() + rt->idle_spin_ns;
     do {
-        poll_io(w);
+        polled |= poll_io(w);
         if (work_at_hand(w) || atomic_load_explicit(&rt->shutdown, memory_order_relaxed)) {
             found = true;
             break;
@@ -601,6 +624,13 @@ static bool idle_spin(pz__worker *w)
         for (int i = 0; i < 8; i++)
             pz__arch_cpu_relax();
     } while (pz__clock_now() < until);
+    /* A spin that never got to poll (another worker went to wait in the
+     * poller meanwhile) says nothing of what spins earn. */
+    if (found || polled) {
+        int paid = atomic_load_explicit(&rt->idle_spin_paid, memory_order_relaxed);
+        paid += ((found ? PZ__IDLE_SPIN_ONE : 0) - paid) / 8;
+        atomic_store_explicit(&rt->idle_spin_paid, paid, memory_order_relaxed);
+    }
     atomic_store_explicit(&rt->nidle_spinning, 0, memory_order_relaxed);
     return found;
 }
