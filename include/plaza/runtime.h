@@ -506,7 +506,8 @@ PZ__INLINE pz__observe_caller_t pz__observe_caller(void)
  * it is 0 no release needs reporting, so the unlocks test it (one load of
  * a line written only when a timed hold begins or ends) before they call
  * out to check the caller's own count (pz__observer_self). */
-#define PZ__OBSERVE_TIMING() __builtin_expect(atomic_load_explicit(&pz__observe_sw.timed_now, memory_order_relaxed) != 0, 0)
+#define PZ__OBSERVE_TIMING()                                                                         \
+    __builtin_expect(atomic_load_explicit(&pz__observe_sw.timed_now, memory_order_relaxed) != 0, 0)
 
 /* The thread's last slot if it is (lock, site)'s and this acquisition is
  * neither to be timed nor to arm the owner probe (the countdown is above

@@ -224,7 +224,8 @@ int pz_run(const pz_config_t *cfg, pz_fn main, void *arg, void **result)
     }
     size_t page = pz__page_size();
     rt->nworkers = c.workers ? c.workers : pz__cpu_count();
-    rt->idle_spin_ns = c.idle_spin_us < 0 ? 0 : (int64_t)(c.idle_spin_us ? c.idle_spin_us : PZ__IDLE_SPIN_DEFAULT_US) * 1000;
+    int spin_us = c.idle_spin_us ? c.idle_spin_us : PZ__IDLE_SPIN_DEFAULT_US;
+    rt->idle_spin_ns = spin_us < 0 ? 0 : (int64_t)spin_us * 1000;
     /* Spins are taken to pay until some do not. */
     atomic_init(&rt->idle_spin_paid, PZ__IDLE_SPIN_ONE);
     rt->spare_max = c.monitor < 0 ? 0 : pz__spare_configure(&c);

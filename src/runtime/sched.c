@@ -573,7 +573,7 @@ static int64_t sleep_deadline(pz__runtime *rt, pz__worker *w)
  * true if that found work here or the runtime is shutting down (the worker
  * loop then runs the work, or leaves).  What it saves is the wake-up of a
  * sleeping worker, which on a VM includes waking a halted vCPU: a 64-byte
- * echo with another process on the other core went from about 70 to 8 us
+ * echo with another process on the other core went from about 80 to 8 us
  * a round trip (docs/runtime.md).  What it costs is the spin's CPU time,
  * which a process sharing the cores (a database server that must run to
  * answer the worker's query) no longer has.
