@@ -51,13 +51,9 @@ static void test_out_of_range_is_refused(void **state)
  * once. */
 #define PAUSE_US 5000
 
-struct partner {
-    int fd;
-};
-
 static void *echo_partner(void *arg)
 {
-    int fd = ((struct partner *)arg)->fd;
+    int fd = *(int *)arg;
     char b;
     while (read(fd, &b, 1) == 1) {
         if (b == 's')
@@ -98,12 +94,15 @@ static int64_t thread_cpu_ns(void)
            ((int64_t)u.ru_utime.tv_usec + u.ru_stime.tv_usec) * 1000;
 }
 
-static void trip(int fd, char b)
+/* n round trips of the byte b. */
+static void trips(int fd, char b, long n)
 {
-    CHECK_EQ(pz_write(fd, &b, 1, PZ_FOREVER), 1);
-    char got = 0;
-    CHECK_EQ(pz_read(fd, &got, 1, PZ_FOREVER), 1);
-    CHECK_EQ(got, b);
+    for (long i = 0; i < n; i++) {
+        CHECK_EQ(pz_write(fd, &b, 1, PZ_FOREVER), 1);
+        char got = 0;
+        CHECK_EQ(pz_read(fd, &got, 1, PZ_FOREVER), 1);
+        CHECK_EQ(got, b);
+    }
 }
 
 static void *trips_main(void *arg)
@@ -111,22 +110,17 @@ static void *trips_main(void *arg)
     struct trips *t = arg;
     /* A few trips first: the descriptor's registration and the partner's
      * first wake-up are not what is measured. */
-    for (int i = 0; i < 10; i++)
-        trip(t->fd, 'x');
+    trips(t->fd, 'x', 10);
     /* The first half of the slow trips takes the gate down (the spins are
      * taken to pay until some do not); the second half is measured. */
-    for (long i = 0; i < t->slow / 2; i++)
-        trip(t->fd, 's');
+    trips(t->fd, 's', t->slow / 2);
     int64_t cpu = thread_cpu_ns();
-    for (long i = t->slow / 2; i < t->slow; i++)
-        trip(t->fd, 's');
+    trips(t->fd, 's', t->slow - t->slow / 2);
     t->slow_cpu = thread_cpu_ns() - cpu;
     t->paid_slow = spin_paid();
-    for (long i = 0; i < t->fast / 2; i++)
-        trip(t->fd, 'x');
+    trips(t->fd, 'x', t->fast / 2);
     long before = voluntary_switches();
-    for (long i = t->fast / 2; i < t->fast; i++)
-        trip(t->fd, 'x');
+    trips(t->fd, 'x', t->fast - t->fast / 2);
     t->switches = voluntary_switches() - before;
     t->paid_fast = spin_paid();
     return NULL;
@@ -138,8 +132,7 @@ static struct trips run_trips(int spin_us, long slow, long fast)
     CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
     CHECK_EQ(fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK), 0);
     pthread_t partner;
-    struct partner p = {sv[1]};
-    CHECK_EQ(pthread_create(&partner, NULL, echo_partner, &p), 0);
+    CHECK_EQ(pthread_create(&partner, NULL, echo_partner, &sv[1]), 0);
     struct trips t = {.fd = sv[0], .slow = slow, .fast = fast, .switches = -1, .slow_cpu = -1};
     pz_config_t c = {.workers = 1, .idle_spin_us = spin_us};
     test_restore_fault_handlers();
@@ -175,11 +168,11 @@ static void test_spin_takes_answers_without_sleeping(void **state)
  * half is where the gate comes down) stays under a third of a spin each
  * trip (a spin takes 1 ms of CPU unless the machine takes the worker's
  * core meanwhile, which only lowers it).  Not scaled down for slow
- * builds: 200 slow trips take a second anywhere.  Then answers come at once, and the
- * worker sleeps as rarely as in the test above: the probes pay and the
- * spin is taken up again, unless the answers are there before the worker
- * gets to its spin at all (then the average, printed, stays where it was,
- * and nothing depends on it). */
+ * builds: 200 slow trips take a second anywhere.  Then answers come at
+ * once, and the worker sleeps as rarely as in the test above: the probes
+ * pay and the spin is taken up again, unless the answers are there before
+ * the worker gets to its spin at all (then the average, printed, stays
+ * where it was, and nothing depends on it). */
 static void test_spin_that_does_not_pay_is_given_up(void **state)
 {
     (void)state;
@@ -189,8 +182,8 @@ static void test_spin_that_does_not_pay_is_given_up(void **state)
     fprintf(stderr, "%ld trips answered after %d us: over the last %ld the worker used %.1f ms of CPU (%.1f ms if it "
             "spun 1 ms each trip), the gate's average %d/%d; then it slept %ld times in %ld trips answered at once, "
             "the average %d\n",
-            slow, PAUSE_US, slow / 2, (double)t.slow_cpu / 1e6, (double)spin_each_trip / 1e6, t.paid_slow, PZ__IDLE_SPIN_ONE,
-            t.switches, (long)TRIPS, t.paid_fast);
+            slow, PAUSE_US, slow / 2, (double)t.slow_cpu / 1e6, (double)spin_each_trip / 1e6, t.paid_slow,
+            PZ__IDLE_SPIN_ONE, t.switches, (long)TRIPS, t.paid_fast);
     CHECK(t.slow_cpu >= 0);
     CHECK(t.paid_slow < PZ__IDLE_SPIN_GATE);
     if (t.slow_cpu > spin_each_trip / 3)

@@ -62,14 +62,13 @@ static inline void pz__async_backoff(int round)
         pz__arch_cpu_relax();
 }
 
-/* Round `round` (from 1) of the mutex's spin. */
+/* Round `round` (from 1) of the mutex's spin: the back-off's rounds 2, 5,
+ * 7, 9, then 10 (PZ__ASYNC_SPIN_MAX_SHIFT) from the fifth on. */
 static inline void pz__async_mutex_spin(int round)
 {
-    static const unsigned char shift[] = {2, 5, 7, 9, 10};
-    enum { LAST = sizeof shift / sizeof shift[0] - 1 };
-    unsigned n = 1u << shift[round - 1 < LAST ? round - 1 : LAST];
-    for (unsigned i = 0; i < n; i++)
-        pz__arch_cpu_relax();
+    static const unsigned char shift[] = {2, 5, 7, 9};
+    enum { N = sizeof shift / sizeof shift[0] };
+    pz__async_backoff(round <= N ? shift[round - 1] : PZ__ASYNC_SPIN_MAX_SHIFT);
 }
 
 #endif
