@@ -24,6 +24,23 @@
 
 #define MSG 16
 
+/* The share of the data sections' hold time their holders spent waiting.
+ * It is weighted by time, so one long stall in a sampled hold moves it:
+ * ThreadSanitizer's runtime parks threads on its own mutexes (and stops
+ * them all when it resets its clocks), inside holds as anywhere, and the
+ * advisor rightly counts that as time off the CPU.  The verdict, which
+ * counts holds rather than time, is what a stall must not change. */
+#if defined(__SANITIZE_THREAD__)
+#define DATA_SHARE_MAX 0.25
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define DATA_SHARE_MAX 0.25
+#endif
+#endif
+#ifndef DATA_SHARE_MAX
+#define DATA_SHARE_MAX 0.05
+#endif
+
 static int server_fd;
 static int server_port;
 
@@ -225,7 +242,10 @@ static void test_four_cases(void **state)
     json_t *root = report_json();
     json_t *l = named(root, "locks", "data_sync");
     check_lock(l, "pz_mutex", "data", DATA_TASKS * SCALED(DATA_ITERS));
-    CHECK(json_number_value(json_object_get(l, "suspended_share")) < 0.05);
+    double data_share = json_number_value(json_object_get(l, "suspended_share"));
+    if (data_share >= DATA_SHARE_MAX)
+        fprintf(stderr, "data_sync: suspended_share %.4f (%s)\n", data_share, str(l, "advice"));
+    CHECK(data_share < DATA_SHARE_MAX);
 
     l = named(root, "locks", "logic_async");
     check_lock(l, "pz_async_mutex", "logic", LOGIC_TASKS * LOGIC_ITERS);
@@ -240,7 +260,10 @@ static void test_four_cases(void **state)
 
     l = named(root, "locks", "data_async");
     check_lock(l, "pz_async_mutex", "data_behind_async", DATA_TASKS * SCALED(DATA_ITERS));
-    CHECK(json_number_value(json_object_get(l, "suspended_share")) < 0.05);
+    data_share = json_number_value(json_object_get(l, "suspended_share"));
+    if (data_share >= DATA_SHARE_MAX)
+        fprintf(stderr, "data_async: suspended_share %.4f (%s)\n", data_share, str(l, "advice"));
+    CHECK(data_share < DATA_SHARE_MAX);
     /* The cost comparison is measured, so both figures are there. */
     CHECK(json_number_value(json_object_get(json_object_get(root, "cost_ns"), "pz_mutex")) > 0);
     CHECK(json_number_value(json_object_get(json_object_get(root, "cost_ns"), "pz_async_mutex")) > 0);
