@@ -15,6 +15,7 @@
 #define _GNU_SOURCE
 #include "io_internal.h"
 #include "kit_io.h"
+#include "../arch/sysio.h"
 
 #include <limits.h>
 #include <netdb.h>
@@ -192,7 +193,7 @@ static ssize_t io_loop(int fd, uint64_t bit, io_try_fn fn, void *ctx, int64_t de
          * a caller that only tries gets the kernel's own answer, which can be
          * ahead of the events the poller has seen. */
         ssize_t n;
-        if (src && !(seen & (bit | PZ__IO_ENDED)) && (deadline == PZ_FOREVER || deadline > pz__clock_now()))
+        if (src && !(seen & (bit | PZ__IO_ENDED)) && !pz__deadline_reached(deadline))
             n = -EAGAIN;
         else
             n = fn(fd, ctx);
@@ -248,20 +249,20 @@ static ssize_t try_read(int fd, void *ctx)
 {
     struct buf_ctx *c = ctx;
     c->asked = pz__fault_short(c->n);
-    return result_of(read(fd, c->buf, c->asked));
+    return pz__arch_read(fd, c->buf, c->asked);
 }
 
 static ssize_t try_recv(int fd, void *ctx)
 {
     struct buf_ctx *c = ctx;
     c->asked = pz__fault_short(c->n);
-    return result_of(recv(fd, c->buf, c->asked, c->flags));
+    return pz__arch_recv(fd, c->buf, c->asked, c->flags);
 }
 
 static ssize_t try_send(int fd, void *ctx)
 {
     struct buf_ctx *c = ctx;
-    return result_of(send(fd, c->buf, pz__fault_short(c->n), c->flags | MSG_NOSIGNAL));
+    return pz__arch_send(fd, c->buf, pz__fault_short(c->n), c->flags | MSG_NOSIGNAL);
 }
 
 struct iov_ctx {
@@ -273,7 +274,7 @@ struct iov_ctx {
 static ssize_t try_readv(int fd, void *ctx)
 {
     struct iov_ctx *c = ctx;
-    return result_of(readv(fd, c->iov, c->cnt));
+    return pz__arch_readv(fd, c->iov, c->cnt);
 }
 
 /* writev on a descriptor that is not a socket (a pipe, a FIFO, a tty)
@@ -321,10 +322,10 @@ static ssize_t try_writev(int fd, void *ctx)
         cnt = 1;
     }
     struct msghdr m = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)cnt};
-    ssize_t n = sendmsg(fd, &m, MSG_NOSIGNAL);
-    if (n < 0 && errno == ENOTSOCK)
-        n = writev_nosignal(fd, iov, cnt);
-    return result_of(n);
+    ssize_t n = pz__arch_sendmsg(fd, &m, MSG_NOSIGNAL);
+    if (n == -ENOTSOCK)
+        n = result_of(writev_nosignal(fd, iov, cnt));
+    return n;
 }
 
 /* A size over SSIZE_MAX (a negative ssize_t cast to size_t, usually) has

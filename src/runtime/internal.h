@@ -214,8 +214,7 @@ struct pz_task {
     _Atomic bool cancelled;
 
     /* Timer: valid while timer_index >= 0, guarded by the lock of the heap of
-     * worker timer_worker. */
-    int64_t timer_deadline;
+     * worker timer_worker (the deadline is in the heap's entry). */
     uint64_t timer_gen;
     int timer_index;
     int timer_worker;
@@ -266,10 +265,18 @@ typedef struct pz__runq {
     _Atomic(pz_task_t *) slots[PZ__RUNQ_CAP];
 } pz__runq;
 
+/* An entry of a timer heap: the deadline is kept beside the task, so that
+ * sifting compares entries of the array and touches a task only to record
+ * where it moved (its timer_index). */
+typedef struct pz__timer_entry {
+    int64_t deadline;
+    pz_task_t *task;
+} pz__timer_entry;
+
 /* A worker's timers: a binary min-heap of parked tasks by deadline. */
 typedef struct pz__timers {
     pz__spin lock;
-    pz_task_t **heap;
+    pz__timer_entry *heap;
     size_t len, cap;
     _Atomic int64_t next;      /* earliest deadline, PZ_FOREVER if none */
 } pz__timers;

@@ -108,7 +108,7 @@ static void drain(pz__runtime *rt)
     for (int i = 0; i < slots; i++) {
         pz__timers *tm = &rt->workers[i].timers;
         for (size_t k = 0; k < tm->len; k++) {
-            pz_task_t *t = tm->heap[k];
+            pz_task_t *t = tm->heap[k].task;
             t->timer_index = -1;
             uint64_t st = atomic_load_explicit(&t->park_state, memory_order_acquire);
             if (PZ__PS_STATE(st) != PZ__PS_WOKEN && !t->park_cb)

@@ -445,7 +445,7 @@ int pz__park_commit(pz__park_fn cb, void *arg, int64_t deadline)
     uint64_t gen = self->park_gen;
     uint64_t s = atomic_load_explicit(&self->park_state, memory_order_relaxed);
     if (deadline != PZ_FOREVER) {
-        if (deadline <= pz__clock_now()) {
+        if (pz__deadline_reached(deadline)) {
             pz__task_claim(self, gen, PZ__WAKE_TIMEOUT);
         } else {
             pz__timer_insert(w, self, deadline, gen);

@@ -36,64 +36,66 @@ void pz__timers_destroy(pz__timers *tm)
     tm->len = tm->cap = 0;
 }
 
-static inline void place(pz__timers *tm, size_t i, pz_task_t *t)
+static inline void place(pz__timers *tm, size_t i, pz__timer_entry e)
 {
-    tm->heap[i] = t;
-    t->timer_index = (int)i;
+    tm->heap[i] = e;
+    e.task->timer_index = (int)i;
 }
 
 static void sift_up(pz__timers *tm, size_t i)
 {
-    pz_task_t *t = tm->heap[i];
+    pz__timer_entry e = tm->heap[i];
     while (i > 0) {
         size_t parent = (i - 1) / 2;
-        if (tm->heap[parent]->timer_deadline <= t->timer_deadline)
+        if (tm->heap[parent].deadline <= e.deadline)
             break;
         place(tm, i, tm->heap[parent]);
         i = parent;
     }
-    place(tm, i, t);
+    place(tm, i, e);
 }
 
 static void sift_down(pz__timers *tm, size_t i)
 {
-    pz_task_t *t = tm->heap[i];
+    pz__timer_entry e = tm->heap[i];
     for (;;) {
         size_t child = 2 * i + 1;
         if (child >= tm->len)
             break;
-        if (child + 1 < tm->len && tm->heap[child + 1]->timer_deadline < tm->heap[child]->timer_deadline)
+        if (child + 1 < tm->len && tm->heap[child + 1].deadline < tm->heap[child].deadline)
             child++;
-        if (t->timer_deadline <= tm->heap[child]->timer_deadline)
+        if (e.deadline <= tm->heap[child].deadline)
             break;
         place(tm, i, tm->heap[child]);
         i = child;
     }
-    place(tm, i, t);
+    place(tm, i, e);
 }
 
 static void remove_at(pz__timers *tm, size_t i)
 {
-    pz_task_t *gone = tm->heap[i];
-    gone->timer_index = -1;
+    tm->heap[i].task->timer_index = -1;
     tm->len--;
     if (i < tm->len) {
-        place(tm, i, tm->heap[tm->len]);
-        /* The moved entry may belong above or below slot i. */
-        sift_down(tm, i);
-        sift_up(tm, i);
+        /* The last entry fills the hole, and may belong above or below it:
+         * one comparison with the parent says which way to sift. */
+        pz__timer_entry last = tm->heap[tm->len];
+        tm->heap[i] = last;
+        if (i > 0 && tm->heap[(i - 1) / 2].deadline > last.deadline)
+            sift_up(tm, i);
+        else
+            sift_down(tm, i);
     }
 }
 
 static void publish_next(pz__timers *tm)
 {
-    atomic_store_explicit(&tm->next, tm->len ? tm->heap[0]->timer_deadline : PZ_FOREVER, memory_order_release);
+    atomic_store_explicit(&tm->next, tm->len ? tm->heap[0].deadline : PZ_FOREVER, memory_order_release);
 }
 
 void pz__timer_insert(pz__worker *w, pz_task_t *t, int64_t deadline, uint64_t gen)
 {
     pz__timers *tm = &w->timers;
-    t->timer_deadline = deadline;
     t->timer_gen = gen;
     t->timer_worker = w->index;
     pz__spin_lock(&tm->lock);
@@ -101,7 +103,7 @@ void pz__timer_insert(pz__worker *w, pz_task_t *t, int64_t deadline, uint64_t ge
         /* Growth is the only allocation on a wait path, and amortised: the
          * heap doubles and never shrinks while the runtime runs. */
         size_t cap = tm->cap ? tm->cap * 2 : 256;
-        pz_task_t **heap = realloc(tm->heap, cap * sizeof *heap);
+        pz__timer_entry *heap = realloc(tm->heap, cap * sizeof *heap);
         if (!heap) {
             pz__spin_unlock(&tm->lock);
             pz__report("out of memory for a timer; task %llu wakes at once", (unsigned long long)t->id);
@@ -111,7 +113,7 @@ void pz__timer_insert(pz__worker *w, pz_task_t *t, int64_t deadline, uint64_t ge
         tm->heap = heap;
         tm->cap = cap;
     }
-    tm->heap[tm->len] = t;
+    tm->heap[tm->len] = (pz__timer_entry){deadline, t};
     sift_up(tm, tm->len++);
     publish_next(tm);
     pz__spin_unlock(&tm->lock);
@@ -143,8 +145,8 @@ int pz__timers_fire(pz__runtime *rt, pz__timers *tm, int64_t now, bool try_only)
      * list's tail): two timers that expire together run in that order. */
     pz_task_t *ready = NULL, *last = NULL;
     int n = 0;
-    while (tm->len && tm->heap[0]->timer_deadline <= now) {
-        pz_task_t *t = tm->heap[0];
+    while (tm->len && tm->heap[0].deadline <= now) {
+        pz_task_t *t = tm->heap[0].task;
         remove_at(tm, 0);
         if (pz__task_claim(t, t->timer_gen, PZ__WAKE_TIMEOUT) == PZ__CLAIM_WON_READY) {
             t->next = NULL;

@@ -205,8 +205,12 @@ void pz__wait_publish(pz_task_t *t)
 {
     int kind = t->note_kind ? t->note_kind : PZ__WAIT_PARK;
     count(kind, 1);
+    /* The coarse clock: the start of a wait is read by the dumps and the
+     * checks, which speak of milliseconds and seconds, and is written at
+     * every park, where the precise clock would cost more than the rest of
+     * this record. */
     if (!continues(t->note_again && t->note_kind, &t->wait, t->note_obj))
-        atomic_store_explicit(&t->wait.since, pz__clock_now(), memory_order_relaxed);
+        atomic_store_explicit(&t->wait.since, pz__clock_coarse(), memory_order_relaxed);
     atomic_store_explicit(&t->wait.obj, t->note_obj, memory_order_relaxed);
     atomic_store_explicit(&t->wait.kind, kind, memory_order_release);
     t->note_kind = 0;
