@@ -161,8 +161,8 @@ void pz__waker_signal(int fd);
 int pz__set_nonblocking(int fd);
 /* Whether fd is a byte stream whose read returns everything it has up to
  * the size asked: a stream socket or a pipe/FIFO (not a datagram socket,
- * not a terminal, not a file). */
-bool pz__fd_is_stream(int fd);
+ * not a terminal, not a file).  *socket says whether it is a socket. */
+bool pz__fd_is_stream(int fd, bool *socket);
 
 /* pthread_create, returning 0 or -errno (a fault site). */
 int pz__thread_create(pthread_t *th, const pthread_attr_t *attr, void *(*fn)(void *), void *arg);

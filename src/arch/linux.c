@@ -388,11 +388,12 @@ void pz__waker_signal(int fd)
     }
 }
 
-bool pz__fd_is_stream(int fd)
+bool pz__fd_is_stream(int fd, bool *socket)
 {
     int type = 0;
     socklen_t len = sizeof type;
-    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0)
+    *socket = getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0;
+    if (*socket)
         return type == SOCK_STREAM;
     struct stat st;
     return errno == ENOTSOCK && fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode);

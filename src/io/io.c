@@ -33,8 +33,12 @@
 #include <sanitizer/tsan_interface.h>
 #endif
 
-/* One system call attempt: returns >= 0 on success or -errno. */
-typedef ssize_t (*io_try_fn)(int fd, void *ctx);
+/* One system call attempt: returns >= 0 on success or -errno.  sock says
+ * that fd is known to be a socket: a read or a write of one buffer then
+ * goes through recvfrom or sendto, which take a shorter path through the
+ * kernel than read and sendmsg (no file-position lock, no message header
+ * to copy in). */
+typedef ssize_t (*io_try_fn)(int fd, void *ctx, bool sock);
 
 /* Where the caller will wait, or NULL: no runtime or not in a task, or
  * *err < 0: fd is no open descriptor (-EBADF), and nothing is recorded
@@ -84,7 +88,8 @@ static pz__io_source *source_register(int fd, pz__runtime **rtp, int *err, unsig
             kind = PZ__SRC_BLOCKING; /* a regular file: epoll says EPERM */
             atomic_fetch_and_explicit(&src->readiness, ~(uint64_t)PZ__IO_WATCH_WRITE, memory_order_relaxed);
         }
-        src->stream = kind == PZ__SRC_POLLED && pz__fd_is_stream(fd);
+        src->socket = false;
+        src->stream = kind == PZ__SRC_POLLED && pz__fd_is_stream(fd, &src->socket);
         atomic_store_explicit(&src->kind, kind, memory_order_release);
     }
     pz__spin_unlock(&src->lock);
@@ -138,7 +143,7 @@ struct blocking_call {
 static void *run_blocking(void *arg)
 {
     struct blocking_call *b = arg;
-    return (void *)(intptr_t)b->fn(b->fd, b->ctx);
+    return (void *)(intptr_t)b->fn(b->fd, b->ctx, false);
 }
 
 /* A read of a byte stream that returned fewer bytes than it asked for has
@@ -196,7 +201,7 @@ static ssize_t io_loop(int fd, uint64_t bit, io_try_fn fn, void *ctx, int64_t de
         if (src && !(seen & (bit | PZ__IO_ENDED)) && !pz__deadline_reached(deadline))
             n = -EAGAIN;
         else
-            n = fn(fd, ctx);
+            n = fn(fd, ctx, src && src->socket);
         if (n != -EAGAIN && n != -EWOULDBLOCK && n != -EINTR) {
             note_short_read(src, seen, n, asked);
             return n;
@@ -245,22 +250,24 @@ struct buf_ctx {
     size_t asked; /* what the last attempt asked for (note_short_read) */
 };
 
-static ssize_t try_read(int fd, void *ctx)
+static ssize_t try_read(int fd, void *ctx, bool sock)
 {
     struct buf_ctx *c = ctx;
     c->asked = pz__fault_short(c->n);
-    return pz__arch_read(fd, c->buf, c->asked);
+    return sock ? pz__arch_recv(fd, c->buf, c->asked, 0) : pz__arch_read(fd, c->buf, c->asked);
 }
 
-static ssize_t try_recv(int fd, void *ctx)
+static ssize_t try_recv(int fd, void *ctx, bool sock)
 {
+    (void)sock;
     struct buf_ctx *c = ctx;
     c->asked = pz__fault_short(c->n);
     return pz__arch_recv(fd, c->buf, c->asked, c->flags);
 }
 
-static ssize_t try_send(int fd, void *ctx)
+static ssize_t try_send(int fd, void *ctx, bool sock)
 {
+    (void)sock;
     struct buf_ctx *c = ctx;
     return pz__arch_send(fd, c->buf, pz__fault_short(c->n), c->flags | MSG_NOSIGNAL);
 }
@@ -271,8 +278,9 @@ struct iov_ctx {
     size_t asked; /* readv: the buffers' total size */
 };
 
-static ssize_t try_readv(int fd, void *ctx)
+static ssize_t try_readv(int fd, void *ctx, bool sock)
 {
+    (void)sock;
     struct iov_ctx *c = ctx;
     return pz__arch_readv(fd, c->iov, c->cnt);
 }
@@ -308,7 +316,7 @@ static ssize_t writev_nosignal(int fd, const struct iovec *iov, int cnt)
 /* Writes go through sendmsg with MSG_NOSIGNAL, so a closed peer is -EPIPE
  * rather than SIGPIPE; a descriptor that is not a socket gets writev with
  * SIGPIPE held off. */
-static ssize_t try_writev(int fd, void *ctx)
+static ssize_t try_writev(int fd, void *ctx, bool sock)
 {
     struct iov_ctx *c = ctx;
     struct iovec first;
@@ -321,6 +329,8 @@ static ssize_t try_writev(int fd, void *ctx)
         iov = &first;
         cnt = 1;
     }
+    if (sock && cnt == 1)
+        return pz__arch_send(fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
     struct msghdr m = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)cnt};
     ssize_t n = pz__arch_sendmsg(fd, &m, MSG_NOSIGNAL);
     if (n == -ENOTSOCK)
@@ -403,8 +413,9 @@ struct accept_ctx {
     socklen_t *len;
 };
 
-static ssize_t try_accept(int fd, void *ctx)
+static ssize_t try_accept(int fd, void *ctx, bool sock)
 {
+    (void)sock;
     struct accept_ctx *c = ctx;
     if (pz__fault(PZ__FAULT_ACCEPT))
         return -EMFILE;
@@ -428,8 +439,9 @@ struct poll_ctx {
     int events; /* PZ_READABLE | PZ_WRITABLE */
 };
 
-static ssize_t try_poll(int fd, void *ctx)
+static ssize_t try_poll(int fd, void *ctx, bool sock)
 {
+    (void)sock;
     struct poll_ctx *c = ctx;
     struct pollfd p = {.fd = fd, .events = (short)(((c->events & PZ_READABLE) ? POLLIN : 0) |
                                                    ((c->events & PZ_WRITABLE) ? POLLOUT : 0))};
@@ -463,7 +475,7 @@ static int wait_either(int fd, int64_t deadline)
     if (err < 0)
         return err;
     if (!src || atomic_load_explicit(&src->kind, memory_order_acquire) == PZ__SRC_BLOCKING) {
-        ssize_t n = try_poll(fd, &both);
+        ssize_t n = try_poll(fd, &both, false);
         if (n != -EAGAIN)
             return (int)n;
         int r = thread_wait(fd, POLLIN | POLLOUT, deadline);
@@ -472,7 +484,7 @@ static int wait_either(int fd, int64_t deadline)
     uint64_t seen = atomic_load_explicit(&src->readiness, memory_order_acquire);
     if (seen & PZ__IO_CLOSED)
         return -EBADF;
-    ssize_t n = try_poll(fd, &both);
+    ssize_t n = try_poll(fd, &both, false);
     if (n != -EAGAIN)
         return n == -EINTR ? 0 : (int)n;
     /* poll said neither: the bits are stale unless an event came since;
@@ -500,14 +512,15 @@ struct input_ctx {
     bool looked;
 };
 
-static ssize_t try_input(int fd, void *ctx)
+static ssize_t try_input(int fd, void *ctx, bool sock)
 {
+    (void)sock;
     struct input_ctx *c = ctx;
     if (c->looked)
         return 1;
     c->looked = true;
     struct poll_ctx readable = {PZ_READABLE};
-    return try_poll(fd, &readable);
+    return try_poll(fd, &readable, sock);
 }
 
 int pz_wait_input(int fd, int64_t deadline)

@@ -624,6 +624,8 @@ typedef struct pz__io_source {
     /* A byte stream (stream socket or pipe), set at registration: a read
      * that returns fewer bytes than asked has emptied it (src/io/io.c). */
     bool stream;
+    /* A socket (of any type), set at registration with stream. */
+    bool socket;
     /* Times the poller registration changed between read only and read
      * and write (pz__driver_watch_write and its undoing) since the
      * descriptor was registered, counted under lock.  Only the tests read
