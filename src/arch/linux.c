@@ -314,7 +314,9 @@ int pz__poller_wait(int poller, pz__event *events, int max, int64_t deadline)
         max = 64;
     struct timespec ts, *tsp = NULL;
     if (deadline >= 0) {
-        int64_t left = deadline - pz__clock_now();
+        /* 0 is a look without waiting (the scheduler's polls between
+         * tasks): no clock read for it. */
+        int64_t left = deadline > 0 ? deadline - pz__clock_now() : 0;
         if (left < 0)
             left = 0;
         ts.tv_sec = (time_t)(left / 1000000000);

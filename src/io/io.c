@@ -329,7 +329,8 @@ static ssize_t try_writev(int fd, void *ctx, bool sock)
         iov = &first;
         cnt = 1;
     }
-    if (sock && cnt == 1)
+    /* A NULL array stays the kernel's to refuse (-EFAULT), as below. */
+    if (sock && cnt == 1 && iov)
         return pz__arch_send(fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
     struct msghdr m = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)cnt};
     ssize_t n = pz__arch_sendmsg(fd, &m, MSG_NOSIGNAL);
