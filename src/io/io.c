@@ -238,11 +238,6 @@ static ssize_t io_loop(int fd, uint64_t bit, io_try_fn fn, void *ctx, int64_t de
     }
 }
 
-static inline ssize_t result_of(ssize_t n)
-{
-    return n < 0 ? -errno : n;
-}
-
 struct buf_ctx {
     void *buf;
     size_t n;
@@ -335,7 +330,7 @@ static ssize_t try_writev(int fd, void *ctx, bool sock)
     struct msghdr m = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)cnt};
     ssize_t n = pz__arch_sendmsg(fd, &m, MSG_NOSIGNAL);
     if (n == -ENOTSOCK)
-        n = result_of(writev_nosignal(fd, iov, cnt));
+        n = pz__sysio_result(writev_nosignal(fd, iov, cnt));
     return n;
 }
 
@@ -420,7 +415,7 @@ static ssize_t try_accept(int fd, void *ctx, bool sock)
     struct accept_ctx *c = ctx;
     if (pz__fault(PZ__FAULT_ACCEPT))
         return -EMFILE;
-    return result_of(accept4(fd, c->addr, c->len, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    return pz__sysio_result(accept4(fd, c->addr, c->len, SOCK_NONBLOCK | SOCK_CLOEXEC));
 }
 
 int pz_accept(int fd, struct sockaddr *addr, socklen_t *addrlen, int64_t deadline)

@@ -231,11 +231,11 @@ static void fire_timers(pz__worker *w, pz__timers *tm, int64_t now, bool try_onl
 
 /* This worker's expired timers: on every decision, so cheap while none is
  * armed (one load) and while the earliest is far off (a read of the coarse
- * clock, pz__deadline_reached). */
+ * clock, pz__deadline_near). */
 static inline void fire_own_timers(pz__worker *w)
 {
     int64_t next = atomic_load_explicit(&w->timers.next, memory_order_relaxed);
-    if (next == PZ_FOREVER || next - PZ__CLOCK_COARSE_SLACK_NS > pz__clock_coarse())
+    if (!pz__deadline_near(next))
         return;
     int64_t now = pz__clock_now();
     if (next <= now)
