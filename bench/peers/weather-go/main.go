@@ -26,6 +26,9 @@
 //     readings; with --batch-linger-ms it waits that long after taking the first for
 //     more, as plaza's service does) and answers every done channel of the batch after
 //     the commit, so a 200 to a POST means its readings are in the database file.
+//   - No connection checkpoints inside a commit (wal_autocheckpoint=0, set on each by the
+//     driver's connect hook); a checkpointer goroutine does, every 100 ms when something
+//     was committed since its last run (PROTOCOL.md, Checkpoints), as plaza's service does.
 //
 // Shutdown on SIGTERM or SIGINT: http.Server.Shutdown stops accepting, closes idle
 // connections and waits for the requests in flight; then the writer's channel is closed,
@@ -53,8 +56,18 @@ import (
 	"syscall"
 	"time"
 
-	_ "github.com/mattn/go-sqlite3"
+	sqlite3 "github.com/mattn/go-sqlite3"
 )
+
+// The driver the service opens its SQLite database with: go-sqlite3 with a connect hook
+// that turns off the checkpoint inside commits on every connection (the DSN has no
+// parameter for it) and bounds the WAL file kept after it starts over.
+func init() {
+	sql.Register("sqlite3_weather", &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
+		_, err := c.Exec("PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=67108864;", nil)
+		return err
+	}})
+}
 
 const (
 	numCities      = 64
@@ -65,6 +78,11 @@ const (
 	maxBody        = 1 << 20
 	requestTimeout = 10 * time.Second
 	writerQueue    = 1024 // requests, not readings
+
+	// The checkpointer's period, and the WAL size in pages past which it makes the WAL
+	// start over with a RESTART checkpoint (PROTOCOL.md, Checkpoints).
+	checkpointEvery  = 100 * time.Millisecond
+	walRestartFrames = 16384
 
 	// net/http lets a header block reach MaxHeaderBytes plus 4096 bytes of slack before it
 	// answers 431; 4096 + 4096 is the protocol's 8 KiB.
@@ -131,6 +149,7 @@ type app struct {
 	ttlMs   int64
 	readOK  atomic.Bool // outcome of the latest read and the latest commit: /healthz
 	writeOK atomic.Bool
+	commits atomic.Uint64 // SQLite batches committed, for the checkpointer
 	metrics metrics
 }
 
@@ -248,7 +267,7 @@ func openDB(path string) (*sql.DB, error) {
 	// go-sqlite3 runs these PRAGMAs on every connection it opens; _txlock=immediate makes
 	// the writer's BEGIN take the write lock at once.
 	dsn := "file:" + path + "?_journal_mode=WAL&_synchronous=NORMAL&_busy_timeout=5000&_txlock=immediate"
-	db, err := sql.Open("sqlite3", dsn)
+	db, err := sql.Open("sqlite3_weather", dsn)
 	if err != nil {
 		return nil, err
 	}
@@ -515,8 +534,55 @@ func (a *app) writer(stopped chan<- struct{}) {
 			log.Printf("commit of %d readings failed: %v", readings, err)
 		}
 		a.writeOK.Store(err == nil)
+		if err == nil {
+			a.commits.Add(1)
+		}
 		for _, j := range batch {
 			j.done <- err
+		}
+	}
+}
+
+// checkpoint is one round of the checkpointer: a PASSIVE checkpoint (copies what it can
+// without taking a lock the writer or a reader waits for), then a RESTART one if the WAL has
+// grown past walRestartFrames (commits made during each PASSIVE one keep it from starting
+// over).
+func (a *app) checkpoint() error {
+	var busy, frames, copied int64
+	if err := a.db.QueryRow("PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &frames, &copied); err != nil {
+		return err
+	}
+	if busy == 0 && frames >= walRestartFrames {
+		return a.db.QueryRow("PRAGMA wal_checkpoint(RESTART)").Scan(&busy, &frames, &copied)
+	}
+	return nil
+}
+
+// checkpointer (SQLite only) runs checkpoint every checkpointEvery if the writer committed
+// since its last round, until ctx is done.
+func (a *app) checkpointer(ctx context.Context) {
+	tick := time.NewTicker(checkpointEvery)
+	defer tick.Stop()
+	var seen uint64
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		n := a.commits.Load()
+		if n == seen {
+			continue
+		}
+		seen = n
+		if err := a.checkpoint(); err != nil {
+			if !failing {
+				log.Printf("checkpoint failed (the WAL grows until one succeeds): %v", err)
+			}
+			failing = true
+		} else {
+			failing = false
 		}
 	}
 }
@@ -815,6 +881,13 @@ func main() {
 	ctx, stopRefresher := context.WithCancel(context.Background())
 	refresherStopped := make(chan struct{})
 	go func() { a.refresher(ctx, time.Duration(*refreshMs)*time.Millisecond); close(refresherStopped) }()
+	checkpointerStopped := make(chan struct{})
+	go func() {
+		if a.db != nil {
+			a.checkpointer(ctx)
+		}
+		close(checkpointerStopped)
+	}()
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
@@ -832,6 +905,7 @@ func main() {
 	}
 	stopRefresher()
 	<-refresherStopped
+	<-checkpointerStopped
 	close(a.writes) // every handler has returned: nobody sends any more
 	<-writerStopped
 	if a.pg != nil {

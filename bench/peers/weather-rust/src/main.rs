@@ -27,6 +27,9 @@
 //!   after taking the first for more, as plaza's service does) and acknowledges every
 //!   request of the batch after the commit, so a 200 to a POST means its readings are in
 //!   the database file.
+//! - The writer's connection does not checkpoint (wal_autocheckpoint=0); a checkpointer task
+//!   does, on a connection of its own, on the blocking pool, every 100 ms when something was
+//!   committed since its last run (PROTOCOL.md, Checkpoints), as plaza's service does.
 //!
 //! A header block not complete within 10 s gets 408 and the connection is closed. hyper
 //! 0.14.19 (Debian's) has `http1_header_read_timeout`, but it never fires (the flag that
@@ -76,7 +79,12 @@ const WRITER_QUEUE: usize = 1024; // requests, not readings
 /// lock (plaza's --lock-timeout-ms default).
 const LOCK_TIMEOUT: Duration = Duration::from_millis(1000);
 
-const PRAGMAS: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;";
+const PRAGMAS: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; \
+                       PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=67108864;";
+/// The checkpointer's period, and the WAL size in pages past which it makes the WAL start
+/// over with a RESTART checkpoint (PROTOCOL.md, Checkpoints).
+const CHECKPOINT_MS: u64 = 100;
+const WAL_RESTART_FRAMES: i64 = 16384;
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS cities(name TEXT PRIMARY KEY, base REAL NOT NULL);
     CREATE TABLE IF NOT EXISTS readings(id INTEGER PRIMARY KEY, city TEXT NOT NULL,
         temperature REAL NOT NULL, time INTEGER NOT NULL);
@@ -261,6 +269,8 @@ struct App {
     /// Outcome of the latest read and of the latest commit: /healthz reports both.
     read_ok: AtomicBool,
     write_ok: AtomicBool,
+    /// SQLite batches committed, for the checkpointer.
+    commits: AtomicU64,
     ttl_ms: i64,
     metrics: Metrics,
 }
@@ -669,8 +679,65 @@ async fn writer(app: Arc<App>, mut sink: Sink, mut rx: mpsc::Receiver<WriterMsg>
             eprintln!("weather-rust: commit of {readings} readings failed: {e}");
         }
         app.write_ok.store(outcome.is_ok(), Ordering::Relaxed);
+        if outcome.is_ok() {
+            app.commits.fetch_add(1, Ordering::Relaxed);
+        }
         for job in jobs {
             let _ = job.ack.send(outcome.is_ok());
+        }
+    }
+}
+
+/// One round of the checkpointer: a PASSIVE checkpoint (copies what it can without taking a
+/// lock the writer or a reader waits for), then a RESTART one if the WAL has grown past
+/// WAL_RESTART_FRAMES (commits made during each PASSIVE one keep it from starting over).
+fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
+    let row = |mode: &str| -> rusqlite::Result<(i64, i64)> {
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| Ok((r.get(0)?, r.get(1)?)))
+    };
+    let (busy, frames) = row("PASSIVE")?;
+    if busy == 0 && frames >= WAL_RESTART_FRAMES {
+        row("RESTART")?;
+    }
+    Ok(())
+}
+
+/// The checkpointer task (SQLite only): every CHECKPOINT_MS, if the writer committed since its
+/// last round, runs `checkpoint` on its own connection on the blocking pool.
+async fn checkpointer(app: Arc<App>) {
+    let mut slot = match open_db(&app.db_path) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("weather-rust: checkpointer: opening {}: {e}", app.db_path);
+            return;
+        }
+    };
+    let mut seen = 0;
+    let mut failing = false;
+    let mut tick = tokio::time::interval(Duration::from_millis(CHECKPOINT_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let commits = app.commits.load(Ordering::Relaxed);
+        if commits == seen {
+            continue;
+        }
+        seen = commits;
+        let conn = slot.take().expect("the checkpointer's connection is back after each round");
+        let (conn, outcome) = tokio::task::spawn_blocking(move || {
+            let outcome = checkpoint(&conn);
+            (conn, outcome)
+        })
+        .await
+        .expect("the checkpoint does not panic");
+        slot = Some(conn);
+        match outcome {
+            Err(e) if !failing => {
+                eprintln!("weather-rust: checkpoint failed (the WAL grows until one succeeds): {e}");
+                failing = true;
+            }
+            Ok(()) => failing = false,
+            Err(_) => {}
         }
     }
 }
@@ -1089,6 +1156,7 @@ fn main() {
             writer: tx,
             read_ok: AtomicBool::new(true),
             write_ok: AtomicBool::new(true),
+            commits: AtomicU64::new(0),
             ttl_ms: cfg.ttl_ms,
             metrics: Metrics {
                 endpoints: [Hist::new(), Hist::new(), Hist::new(), Hist::new()],
@@ -1097,6 +1165,7 @@ fn main() {
         });
         let writer_task = tokio::spawn(writer(app.clone(), sink, rx, cfg.linger));
         let refresher_task = tokio::spawn(refresher(app.clone(), Duration::from_millis(cfg.refresh_ms)));
+        let checkpointer_task = app.pg.is_none().then(|| tokio::spawn(checkpointer(app.clone())));
 
         let listener = TcpListener::bind(cfg.listen)
             .await
@@ -1138,6 +1207,9 @@ fn main() {
             eprintln!("weather-rust: server: {e}");
         }
         refresher_task.abort();
+        if let Some(t) = checkpointer_task {
+            t.abort();
+        }
         let _ = app.writer.send(WriterMsg::Stop).await;
         let _ = writer_task.await;
         eprintln!("weather-rust: stopped");
