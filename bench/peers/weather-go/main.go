@@ -79,10 +79,11 @@ const (
 	requestTimeout = 10 * time.Second
 	writerQueue    = 1024 // requests, not readings
 
-	// The checkpointer's period, and the WAL size in pages past which it makes the WAL
-	// start over with a RESTART checkpoint (PROTOCOL.md, Checkpoints).
+	// The checkpointer's period, the WAL size in pages from which it tries to make the
+	// WAL start over, and the size from which it waits to (PROTOCOL.md, Checkpoints).
 	checkpointEvery  = 100 * time.Millisecond
-	walRestartFrames = 16384
+	walRestartFrames = 4096
+	walForceFrames   = 65536
 
 	// net/http lets a header block reach MaxHeaderBytes plus 4096 bytes of slack before it
 	// answers 431; 4096 + 4096 is the protocol's 8 KiB.
@@ -543,24 +544,51 @@ func (a *app) writer(stopped chan<- struct{}) {
 	}
 }
 
-// checkpoint is one round of the checkpointer: a PASSIVE checkpoint (copies what it can
-// without taking a lock the writer or a reader waits for), then a RESTART one if the WAL has
-// grown past walRestartFrames (commits made during each PASSIVE one keep it from starting
-// over).
-func (a *app) checkpoint() error {
+// checkpoint is one round of the checkpointer (PROTOCOL.md, Checkpoints) on its own
+// connection c, whose busy timeout is 0: a PASSIVE checkpoint (copies what it can without
+// taking a lock the writer or a reader waits for); from walRestartFrames on, a second one
+// (what came in during the first) and a RESTART one that does not wait unless the WAL has
+// reached walForceFrames.
+func checkpoint(ctx context.Context, c *sql.Conn) error {
 	var busy, frames, copied int64
-	if err := a.db.QueryRow("PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &frames, &copied); err != nil {
+	run := func(mode string) error {
+		return c.QueryRowContext(ctx, "PRAGMA wal_checkpoint("+mode+")").Scan(&busy, &frames, &copied)
+	}
+	if err := run("PASSIVE"); err != nil || busy != 0 || frames < walRestartFrames {
 		return err
 	}
-	if busy == 0 && frames >= walRestartFrames {
-		return a.db.QueryRow("PRAGMA wal_checkpoint(RESTART)").Scan(&busy, &frames, &copied)
+	if err := run("PASSIVE"); err != nil || busy != 0 {
+		return err
 	}
-	return nil
+	if frames < walForceFrames {
+		return run("RESTART")
+	}
+	if _, err := c.ExecContext(ctx, "PRAGMA busy_timeout=5000"); err != nil {
+		return err
+	}
+	err := run("RESTART")
+	if _, e := c.ExecContext(ctx, "PRAGMA busy_timeout=0"); err == nil {
+		err = e
+	}
+	return err
 }
 
-// checkpointer (SQLite only) runs checkpoint every checkpointEvery if the writer committed
-// since its last round, until ctx is done.
+// checkpointer (SQLite only) runs checkpoint every checkpointEvery, on a connection of its
+// own, if the writer committed since its last round, until ctx is done.
 func (a *app) checkpointer(ctx context.Context) {
+	c, err := a.db.Conn(ctx)
+	if err == nil {
+		_, err = c.ExecContext(ctx, "PRAGMA busy_timeout=0")
+	}
+	if err != nil {
+		log.Printf("checkpointer: %v", err)
+		return
+	}
+	defer func() {
+		// Back to the pool as the others are.
+		c.ExecContext(context.Background(), "PRAGMA busy_timeout=5000")
+		c.Close()
+	}()
 	tick := time.NewTicker(checkpointEvery)
 	defer tick.Stop()
 	var seen uint64
@@ -576,7 +604,7 @@ func (a *app) checkpointer(ctx context.Context) {
 			continue
 		}
 		seen = n
-		if err := a.checkpoint(); err != nil {
+		if err := checkpoint(ctx, c); err != nil && ctx.Err() == nil {
 			if !failing {
 				log.Printf("checkpoint failed (the WAL grows until one succeeds): %v", err)
 			}

@@ -81,10 +81,11 @@ const LOCK_TIMEOUT: Duration = Duration::from_millis(1000);
 
 const PRAGMAS: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; \
                        PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=67108864;";
-/// The checkpointer's period, and the WAL size in pages past which it makes the WAL start
-/// over with a RESTART checkpoint (PROTOCOL.md, Checkpoints).
+/// The checkpointer's period, the WAL size in pages from which it tries to make the WAL
+/// start over, and the size from which it waits to (PROTOCOL.md, Checkpoints).
 const CHECKPOINT_MS: u64 = 100;
-const WAL_RESTART_FRAMES: i64 = 16384;
+const WAL_RESTART_FRAMES: i64 = 4096;
+const WAL_FORCE_FRAMES: i64 = 65536;
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS cities(name TEXT PRIMARY KEY, base REAL NOT NULL);
     CREATE TABLE IF NOT EXISTS readings(id INTEGER PRIMARY KEY, city TEXT NOT NULL,
         temperature REAL NOT NULL, time INTEGER NOT NULL);
@@ -688,16 +689,28 @@ async fn writer(app: Arc<App>, mut sink: Sink, mut rx: mpsc::Receiver<WriterMsg>
     }
 }
 
-/// One round of the checkpointer: a PASSIVE checkpoint (copies what it can without taking a
-/// lock the writer or a reader waits for), then a RESTART one if the WAL has grown past
-/// WAL_RESTART_FRAMES (commits made during each PASSIVE one keep it from starting over).
+/// One round of the checkpointer (PROTOCOL.md, Checkpoints): a PASSIVE checkpoint (copies what
+/// it can without taking a lock the writer or a reader waits for); from WAL_RESTART_FRAMES on,
+/// a second one (what came in during the first) and a RESTART one that does not wait (the
+/// connection's busy timeout is 0) unless the WAL has reached WAL_FORCE_FRAMES.
 fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
     let row = |mode: &str| -> rusqlite::Result<(i64, i64)> {
         conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| Ok((r.get(0)?, r.get(1)?)))
     };
     let (busy, frames) = row("PASSIVE")?;
     if busy == 0 && frames >= WAL_RESTART_FRAMES {
-        row("RESTART")?;
+        let (busy, frames) = row("PASSIVE")?;
+        if busy == 0 {
+            let force = frames >= WAL_FORCE_FRAMES;
+            if force {
+                conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
+            }
+            let restarted = row("RESTART");
+            if force {
+                conn.busy_timeout(Duration::ZERO)?;
+            }
+            restarted?;
+        }
     }
     Ok(())
 }
@@ -705,7 +718,7 @@ fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
 /// The checkpointer task (SQLite only): every CHECKPOINT_MS, if the writer committed since its
 /// last round, runs `checkpoint` on its own connection on the blocking pool.
 async fn checkpointer(app: Arc<App>) {
-    let mut slot = match open_db(&app.db_path) {
+    let mut slot = match open_db(&app.db_path).and_then(|c| c.busy_timeout(Duration::ZERO).map(|_| c)) {
         Ok(c) => Some(c),
         Err(e) => {
             eprintln!("weather-rust: checkpointer: opening {}: {e}", app.db_path);
