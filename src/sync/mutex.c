@@ -25,9 +25,16 @@
  *
  * Progress (models/sync_mutex.pml checks it): every waiter gets the lock,
  * whatever the other threads do.  A waiter begins to wait when its first
- * spin is over (since, kept across the re-parks of one lock call; the
- * lot's own clock, pz__clock_coarse), and is long-waiting once
- * PZ__MUTEX_FAIR_NS have passed since.  Then:
+ * spin is over (since, kept across the re-parks of one lock call), and is
+ * long-waiting once PZ__MUTEX_FAIR_NS have passed since.  Both are read
+ * from the precise clock, not the lot's coarse one: with a clock that
+ * moves in ticks the 1 ms became a tick (4 ms at HZ=250), and
+ * `contended threads=2 work=0` in bench/ had a longest wait of 4-8 ms in
+ * most runs where it now stays under 0.2 ms (6 alternating runs each on
+ * the Xeon model 167 VM: 40-8 106 us against 11-200 us, ns per lock the
+ * same within the noise, 18.5-24.9 against 13.6-23.9).  Each read comes
+ * before a sched_yield, a park or a wake-up, which cost far more.
+ * Then:
  *   1. An unlock that takes it from the queue hands it the lock
  *      (unlock_filter reads since through its park token, the address of
  *      its struct waiter).  Counting from its current park instead let it
@@ -57,8 +64,8 @@
  * the word once more), other threads take the lock at most once for each
  * waiter queued ahead of it (tests/test_sync_progress_stress.c forces
  * this with bargers hammering the lock).  The cost is in the slow paths
- * only: a coarse clock read when a waiter's spin ends, per look of a
- * waiter whose spin is over, and per unlock that wakes somebody.
+ * only: a clock read when a waiter's spin ends, per look of a waiter
+ * whose spin is over, and per unlock that wakes somebody.
  * Waiters moved here from a condition variable (park token 0) keep the
  * lot's rule (be_fair: 1 ms in their current park, or the random
  * interval), and once woken lock the mutex afresh under this one.
@@ -105,7 +112,7 @@
  * lock). */
 struct waiter {
     pz_mutex_t *m;
-    int64_t since;     /* pz__clock_coarse() when its first spin ended */
+    int64_t since;     /* pz__clock_now() when its first spin ended */
     bool long_waiting; /* since was PZ__MUTEX_FAIR_NS ago at its last look */
     bool took;         /* lw_validate took the free word for it */
 };
@@ -167,11 +174,11 @@ void pz__mutex_lock_slow(pz_mutex_t *m, int64_t deadline, int *result)
              * queues it. */
             if (!w.since) {
                 if (!pz__spin_wait(&spins))
-                    w.since = pz__clock_coarse();
+                    w.since = pz__clock_now();
                 continue;
             }
             if (!w.long_waiting)
-                w.long_waiting = waited_long(w.since, pz__clock_coarse());
+                w.long_waiting = waited_long(w.since, pz__clock_now());
             if (!w.long_waiting)
                 continue;
         }
@@ -179,7 +186,7 @@ void pz__mutex_lock_slow(pz_mutex_t *m, int64_t deadline, int *result)
          * long at each look at a held word (a clock read; one still in its
          * first spin pays nothing). */
         if (w.since && !w.long_waiting)
-            w.long_waiting = waited_long(w.since, pz__clock_coarse());
+            w.long_waiting = waited_long(w.since, pz__clock_now());
         if (!w.long_waiting) {
             if (!(s & PZ__MUTEX_PARKED) && pz__spin_wait(&spins)) {
                 s = atomic_load_explicit(&m->state, memory_order_relaxed);
@@ -187,7 +194,7 @@ void pz__mutex_lock_slow(pz_mutex_t *m, int64_t deadline, int *result)
             }
             /* The spin is over: from here on it waits. */
             if (!w.since)
-                w.since = pz__clock_coarse();
+                w.since = pz__clock_now();
             if (!(s & PZ__MUTEX_PARKED)) {
                 if (!atomic_compare_exchange_weak_explicit(&m->state, &s, (uint8_t)(s | PZ__MUTEX_PARKED),
                                                            memory_order_relaxed, memory_order_relaxed))
@@ -240,7 +247,7 @@ static uintptr_t unlock_decide(pz_unpark_result_t r, void *arg)
      * its deadline between our look and this lock). */
     PZ__ASSERT(atomic_load_explicit(&c->m->state, memory_order_relaxed) & PZ__MUTEX_LOCKED);
     if (r.unparked && (c->force_fair || r.be_fair ||
-                       (c->head_since && waited_long(c->head_since, pz__clock_coarse())))) {
+                       (c->head_since && waited_long(c->head_since, pz__clock_now())))) {
         if (!r.have_more)
             atomic_store_explicit(&c->m->state, PZ__MUTEX_LOCKED, memory_order_relaxed);
         return TOKEN_HANDOFF;
