@@ -206,11 +206,23 @@ void pz__task_ready(pz_task_t *t, bool lifo)
 
 void pz__task_ready_woken(pz_task_t *first, pz_task_t *last, size_t n)
 {
-    pz__runtime *rt = atomic_load_explicit(&pz__rt, memory_order_acquire);
+    /* From a plain thread (one of the blocking pool, or any thread that
+     * unlocks an async lock) the runtime can end as soon as the tasks are
+     * on the wake list: a worker runs them, the main task returns, and
+     * pz_run frees the runtime while this thread still reads it in
+     * pz__notify_work (ThreadSanitizer caught that read in
+     * test_runtime_pinned_while_walked).  The pin keeps the runtime until
+     * this thread is done with it (pz__rt_pin; on a worker it is free).  No
+     * runtime any more: the tasks were abandoned with it, as pz_run says
+     * of tasks still running when main returns. */
+    pz__runtime *rt = pz__rt_pin();
+    if (!rt)
+        return;
     pz__wake_push(rt, first, last, n);
     /* A sleeping worker will not look at the wake list unless woken, so
      * this side pays for the fence. */
     pz__notify_work(rt);
+    pz__rt_unpin(rt);
 }
 
 /* ---- finding work ---- */
