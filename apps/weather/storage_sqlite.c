@@ -277,8 +277,7 @@ static void *insert_blocking(void *arg)
 
 static void *checkpoint_blocking(void *arg)
 {
-    call *c = arg;
-    sq_store *s = c->s;
+    sq_store *s = arg;
     int frames = 0, copied = 0;
     int rc = sqlite3_wal_checkpoint_v2(s->checkpointer, NULL, SQLITE_CHECKPOINT_PASSIVE, &frames, &copied);
     if (rc == SQLITE_OK && frames >= WX_SQLITE_WAL_RESTART_FRAMES) {
@@ -303,7 +302,6 @@ static void *checkpoint_blocking(void *arg)
         fprintf(stderr, "plaza-weather: storage: checkpoints succeed again\n");
         s->checkpoint_failing = false;
     }
-    c->result = rc == SQLITE_OK ? 0 : errno_of(rc);
     return NULL;
 }
 
@@ -325,8 +323,7 @@ static void *checkpointer_task(void *arg)
         if (commits == seen)
             continue;
         seen = commits;
-        call c = {.s = s};
-        if (pz_blocking(checkpoint_blocking, &c, NULL) < 0)
+        if (pz_blocking(checkpoint_blocking, s, NULL) < 0)
             break;
     }
     return NULL;
