@@ -109,7 +109,8 @@ class Server:
         if "listening on" not in line:
             self.p.kill()
             raise SystemExit("the service did not start: %r (log: %s)" % (line, self.log_text()))
-        servers.append(self.p)
+        servers.append(self)
+        self.killed = False  # set once the test stops or kills it on purpose
         self.addr = line.split("listening on ")[1].split()[0]
         host, port = self.addr.rsplit(":", 1)
         self.host, self.port = host, int(port)
@@ -120,6 +121,7 @@ class Server:
         return self.log.read()
 
     def stop(self, sig=signal.SIGTERM, timeout=60):
+        self.killed = True  # its exit status is the caller's to check
         self.p.send_signal(sig)
         try:
             status = self.p.wait(timeout)
@@ -595,6 +597,7 @@ def case_kill9(tmp):
         if m["writer"]["acked_readings"] >= 1000:
             break
         time.sleep(0.05)
+    srv.killed = True
     srv.p.kill()
     srv.p.wait()
     finish_load(load)
@@ -751,6 +754,7 @@ def case_replicas(tmp):
     vc.send(b"GET /weather/city00 HTTP/1.1\r\nHost: t\r\n\r\n")
     held = wait_hold(log, lambda h: h["pid"] == victim.p.pid and h["city"] == "city00", "the victim's hold")
     t_kill = time.time_ns()  # before the kill: whatever happens after it happens after this
+    victim.killed = True
     victim.p.kill()
     victim.p.wait()
     c0 = Conn(reps[0])
@@ -860,7 +864,15 @@ if __name__ == "__main__":
         try:
             CASES[CASE](tmp)
         finally:
-            for p in servers:
+            for srv in servers:
+                p = srv.p
+                # A service that died of a signal while the test was not
+                # stopping it (a crash, a sanitizer's abort) is the likeliest cause of whatever failed: its log
+                # says why, and the temporary directory goes with the test.
+                if p.poll() is not None and p.returncode < 0 and not srv.killed:
+                    failures.append("a service exited with %d" % p.returncode)
+                    print("FAIL: a service (pid %d) exited with %d; its log:\n%s" %
+                          (p.pid, p.returncode, srv.log_text()[-6000:]), flush=True)
                 if p.poll() is None:
                     if p.returncode is None:
                         try:
