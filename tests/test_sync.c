@@ -140,13 +140,13 @@ static void test_rwlock_modes(void **state)
     pz_rwlock_read_unlock(&rw);
     pz_rwlock_read_unlock(&rw);
     pz_rwlock_read_unlock(&rw);
-    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_SLOTS, 0);
+    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_HINTS, 0);
     pz_rwlock_write(&rw);
     CHECK(!pz_rwlock_try_read(&rw));
     pz_rwlock_write_unlock_fair(&rw);
     pz_rwlock_upgradable(&rw);
     pz_rwlock_upgradable_unlock(&rw);
-    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_SLOTS, 0);
+    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_HINTS, 0);
 }
 
 struct rw_waiter {
@@ -194,7 +194,7 @@ static void test_rwlock_writer_blocks_new_readers(void **state)
     pz_rwlock_read_unlock(&rw);
     pthread_join(t, NULL);
     CHECK_EQ(atomic_load(&w.state), 2);
-    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_SLOTS, 0);
+    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_HINTS, 0);
 }
 
 static void test_rwlock_timeouts(void **state)
@@ -221,7 +221,7 @@ static void test_rwlock_timeouts(void **state)
     CHECK_EQ(pz_rwlock_upgradable_until(&rw, pz_now() + 10 * MS), -ETIMEDOUT);
     CHECK_EQ(pz_rwlock_write_until(&rw, pz_now() + 10 * MS), -ETIMEDOUT);
     pz_rwlock_write_unlock(&rw);
-    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_SLOTS, 0);
+    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_HINTS, 0);
     /* A waiter that does not time out. */
     pz_rwlock_write(&rw);
     struct rw_waiter w = {&rw, 1, 0};
@@ -236,7 +236,7 @@ static void test_rwlock_timeouts(void **state)
     CHECK_EQ(atomic_load(&w.state), 2);
     CHECK_EQ(pz_rwlock_read_until(&rw, pz_now() + 10000 * MS), 0);
     pz_rwlock_read_unlock(&rw);
-    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_SLOTS, 0);
+    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_HINTS, 0);
 }
 
 /* A writer that records its thread id, then write-locks and unlocks. */
@@ -299,9 +299,9 @@ static void test_rwlock_readers_passing_through(void **state)
     capture_stderr_begin();
     pz_rwlock_write_unlock(&rw);
     CHECK_EQ(strlen(capture_stderr_end()), 0);
-    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_SLOTS, PZ__RW_ONE_READER);
+    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_HINTS, PZ__RW_ONE_READER);
     pz__rwlock_read_back_out(&rw);
-    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_SLOTS, 0);
+    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_HINTS, 0);
     /* The same for a downgrade. */
     pz_rwlock_write(&rw);
     atomic_fetch_add(&rw.state, PZ__RW_ONE_READER);
@@ -309,9 +309,9 @@ static void test_rwlock_readers_passing_through(void **state)
     pz_rwlock_downgrade(&rw);
     CHECK_EQ(strlen(capture_stderr_end()), 0);
     pz__rwlock_read_back_out(&rw);
-    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_SLOTS, PZ__RW_ONE_READER);
+    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_HINTS, PZ__RW_ONE_READER);
     pz_rwlock_read_unlock(&rw);
-    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_SLOTS, 0);
+    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_HINTS, 0);
     /* The last reader out is one passing through: it wakes the writer
      * parked for the readers to leave.  A reader is inside; a writer
      * claims and parks; a reader passes in; the first leaves (not the
@@ -329,19 +329,21 @@ static void test_rwlock_readers_passing_through(void **state)
     pz__rwlock_read_back_out(&rw);
     pthread_join(t, NULL); /* hangs if the back-out woke nobody */
     CHECK_EQ(atomic_load(&w.state), 2);
-    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_SLOTS, 0);
+    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_HINTS, 0);
 }
 
-/* Read slots: once a reader finds another one counted, the slots open and
- * a read lock goes through a slot of the thread's line, leaving the word's
- * count alone.  A writer (or upgrader) claims WRITER, closing the slots,
+/* Read slots: once a reader finds another one counted (or, after that,
+ * while the sharing score it set is above 0), the slots open and a read
+ * lock goes through a slot of the thread's line, leaving the word's count
+ * alone.  A writer (or upgrader) claims WRITER, closing the slots,
  * and moves their holds into the count before it waits for the readers;
  * the readers whose holds moved then leave through the count.  Each step
  * below is taken on one thread or waited for, so each interleaving is
  * certain. */
 
 /* A nested read opens the slots (the second reader finds the first
- * counted); the read after it holds the lock through a slot. */
+ * counted, or the first finds the sharing score above 0); the read after
+ * it holds the lock through a slot. */
 static void open_slots_and_read(pz_rwlock_t *rw)
 {
     pz_rwlock_read(rw);
@@ -354,28 +356,31 @@ static void open_slots_and_read(pz_rwlock_t *rw)
 static void test_rwlock_read_slots(void **state)
 {
     (void)state;
+    const uintptr_t full = PZ__RW_SHARE_MASK; /* the sharing score at 7 */
     pz_rwlock_t rw = PZ_RWLOCK_INIT;
     pz_rwlock_read(&rw);
-    pz_rwlock_read(&rw); /* finds a reader counted: opens the slots */
-    CHECK_EQ(atomic_load(&rw.state), PZ__RW_SLOTS | 2 * PZ__RW_ONE_READER);
+    CHECK_EQ(atomic_load(&rw.state), PZ__RW_ONE_READER); /* alone, no score: the count */
+    pz_rwlock_read(&rw); /* finds a reader counted: opens the slots, the score full */
+    CHECK_EQ(atomic_load(&rw.state), PZ__RW_SLOTS | full | 2 * PZ__RW_ONE_READER);
     pz_rwlock_read_unlock(&rw);
     pz_rwlock_read_unlock(&rw);
-    CHECK_EQ(atomic_load(&rw.state), PZ__RW_SLOTS);
+    CHECK_EQ(atomic_load(&rw.state), PZ__RW_SLOTS | full);
     /* Through a slot: the word does not change. */
     pz_rwlock_read(&rw);
-    CHECK_EQ(atomic_load(&rw.state), PZ__RW_SLOTS);
+    CHECK_EQ(atomic_load(&rw.state), PZ__RW_SLOTS | full);
     CHECK(pz_rwlock_try_read(&rw));
-    CHECK_EQ(atomic_load(&rw.state), PZ__RW_SLOTS);
+    CHECK_EQ(atomic_load(&rw.state), PZ__RW_SLOTS | full);
     pz_rwlock_read_unlock(&rw);
     /* A try of the write lock revokes the slot, finds its reader, and
      * gives WRITER up again: the hold is now counted in the word. */
     CHECK(!pz_rwlock_try_write(&rw));
-    CHECK_EQ(atomic_load(&rw.state), PZ__RW_ONE_READER);
+    CHECK_EQ(atomic_load(&rw.state), full | PZ__RW_ONE_READER);
     pz_rwlock_read_unlock(&rw);
-    CHECK_EQ(atomic_load(&rw.state), 0);
-    /* A writer that waits for a reader whose hold was in a slot. */
+    CHECK_EQ(atomic_load(&rw.state), full);
+    /* A writer that waits for a reader whose hold was in a slot.  With the
+     * score above 0 the first reader alone opens the slots again. */
     open_slots_and_read(&rw);
-    CHECK_EQ(atomic_load(&rw.state), PZ__RW_SLOTS);
+    CHECK_EQ(atomic_load(&rw.state), PZ__RW_SLOTS | full);
     struct tid_writer w = {&rw, 0, 0};
     pthread_t t;
     CHECK_EQ(pthread_create(&t, NULL, tid_writer_main, &w), 0);
@@ -387,17 +392,34 @@ static void test_rwlock_read_slots(void **state)
     pz_rwlock_read_unlock(&rw); /* the last reader out wakes the writer */
     pthread_join(t, NULL);
     CHECK_EQ(atomic_load(&w.state), 2);
-    CHECK_EQ(atomic_load(&rw.state), 0);
+    CHECK_EQ(atomic_load(&rw.state), full); /* the write unlock keeps the score */
     /* An upgradable reader beside a reader in a slot: try_upgrade revokes
      * the slot and fails; once that reader leaves it upgrades. */
     open_slots_and_read(&rw);
     pz_rwlock_upgradable(&rw);
-    CHECK_EQ(atomic_load(&rw.state), PZ__RW_SLOTS | PZ__RW_ONE_READER | PZ__RW_UPGRADABLE);
+    CHECK_EQ(atomic_load(&rw.state), PZ__RW_SLOTS | full | PZ__RW_ONE_READER | PZ__RW_UPGRADABLE);
     CHECK(!pz_rwlock_try_upgrade(&rw));
-    CHECK_EQ(atomic_load(&rw.state), 2 * PZ__RW_ONE_READER | PZ__RW_UPGRADABLE);
+    CHECK_EQ(atomic_load(&rw.state), full | 2 * PZ__RW_ONE_READER | PZ__RW_UPGRADABLE);
     pz_rwlock_read_unlock(&rw);
     CHECK(pz_rwlock_try_upgrade(&rw));
     pz_rwlock_write_unlock(&rw);
+    CHECK_EQ(atomic_load(&rw.state), full);
+    /* The score falls by one at each revocation that finds the slots
+     * empty: a lone reader opens them while it is above 0 (each round's
+     * read), and at 0 it no longer does; the lock is then all zero. */
+    for (uintptr_t left = 7; left > 0; left--) {
+        CHECK_EQ(atomic_load(&rw.state), left * PZ__RW_SHARE_ONE);
+        pz_rwlock_read(&rw);
+        CHECK_EQ(atomic_load(&rw.state), PZ__RW_SLOTS | left * PZ__RW_SHARE_ONE | PZ__RW_ONE_READER);
+        pz_rwlock_read_unlock(&rw);
+        pz_rwlock_write(&rw); /* claims from a word with SLOTS: revokes, finds nothing */
+        CHECK_EQ(atomic_load(&rw.state), PZ__RW_WRITE_LOCKED | (left - 1) * PZ__RW_SHARE_ONE);
+        pz_rwlock_write_unlock(&rw);
+    }
+    CHECK_EQ(atomic_load(&rw.state), 0);
+    pz_rwlock_read(&rw);
+    CHECK_EQ(atomic_load(&rw.state), PZ__RW_ONE_READER);
+    pz_rwlock_read_unlock(&rw);
     CHECK_EQ(atomic_load(&rw.state), 0);
 }
 
@@ -415,9 +437,9 @@ static void test_rwlock_misuse_reported(void **state)
     CHECK(strstr(out, "plaza: pz_rwlock_read_unlock") != NULL);
     CHECK(strstr(out, "plaza: pz_rwlock_write_unlock") != NULL);
     CHECK(strstr(out, "plaza: pz_rwlock_upgradable_unlock") != NULL);
-    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_SLOTS, PZ__RW_ONE_READER | PZ__RW_UPGRADABLE);
+    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_HINTS, PZ__RW_ONE_READER | PZ__RW_UPGRADABLE);
     pz_rwlock_upgradable_unlock(&rw);
-    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_SLOTS, 0);
+    CHECK_EQ(atomic_load(&rw.state) & ~PZ__RW_HINTS, 0);
 }
 
 static pz_rwlock_t suspend_rw;

@@ -307,7 +307,7 @@ static void rwx_check(struct rwx *x)
 {
     for (int k = 0; k < 4; k++)
         CHECK_EQ(x->data[k], x->writes_done);
-    CHECK_EQ(atomic_load(&x->rw.state) & ~PZ__RW_SLOTS, 0);
+    CHECK_EQ(atomic_load(&x->rw.state) & ~PZ__RW_HINTS, 0);
 }
 
 static void test_rwlock_exclusion(void **state)

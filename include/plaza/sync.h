@@ -221,7 +221,15 @@ static inline bool pz_mutex_is_locked(pz_mutex_t *m)
  *   bit 6 PZ__RW_REVOKING       the thread that has just claimed WRITER
  *                               (and cleared SLOTS) is moving the slots'
  *                               read holds into the count.
- *   bits 7.. the readers counted in the word (upgradable one included),
+ *   bits 7-9 the sharing score (PZ__RW_SHARE_MASK): 7 when readers were
+ *            last seen sharing the lock (two counted at once, or a hold
+ *            found in a slot by a revocation), one less at each
+ *            revocation that found the slots empty.  While it is above 0
+ *            a reader entering by the count opens the slots even alone,
+ *            so that the slots a writer closed open again at the first
+ *            read after it, not only when two readers next meet in the
+ *            count (src/sync/rwlock.c, "The sharing score").
+ *   bits 10.. the readers counted in the word (upgradable one included),
  *            plus readers passing through: a read lock adds ONE_READER
  *            with one fetch-and-add and, if WRITER was set, takes it away
  *            again before it waits (src/sync/rwlock.c).  So while no slot
@@ -263,8 +271,13 @@ typedef struct pz_rwlock {
 #define PZ__RW_WRITING ((uintptr_t)16)
 #define PZ__RW_SLOTS ((uintptr_t)32)
 #define PZ__RW_REVOKING ((uintptr_t)64)
-#define PZ__RW_ONE_READER ((uintptr_t)128)
-#define PZ__RW_READERS (~(uintptr_t)127)
+#define PZ__RW_SHARE_SHIFT 7
+#define PZ__RW_SHARE_ONE ((uintptr_t)1 << PZ__RW_SHARE_SHIFT)
+#define PZ__RW_SHARE_MASK ((uintptr_t)7 << PZ__RW_SHARE_SHIFT)
+#define PZ__RW_ONE_READER ((uintptr_t)1024)
+#define PZ__RW_READERS (~(uintptr_t)1023)
+/* The bits an unlocked lock may keep: hints for the next readers. */
+#define PZ__RW_HINTS (PZ__RW_SLOTS | PZ__RW_SHARE_MASK)
 /* The word of a write lock taken at once, with nobody else about. */
 #define PZ__RW_WRITE_LOCKED (PZ__RW_WRITER | PZ__RW_WRITING)
 
@@ -323,7 +336,8 @@ PZ__INLINE int pz__rwlock_lock_observing(pz_rwlock_t *rw, int mode, int64_t dead
  * every lock and unlock.  Otherwise one fetch-and-add, which takes the
  * word's line once where a load and a compare-and-swap take it twice (and
  * the swap fails whenever another reader came or went in between); a
- * reader that finds another one counted there opens the slots.  A reader
+ * reader that finds another one counted there, or the sharing score above
+ * 0, opens the slots.  A reader
  * that finds WRITER has added itself where it may not enter: it takes
  * itself away again, waking the writer if it was the last (as a read
  * unlock does), and returns false for the slow path to wait. */
@@ -334,7 +348,7 @@ static inline bool pz__rwlock_read_fast(pz_rwlock_t *rw)
         return true;
     uintptr_t s = atomic_fetch_add_explicit(&rw->state, PZ__RW_ONE_READER, memory_order_acquire);
     if (__builtin_expect(!(s & PZ__RW_WRITER), 1)) {
-        if (__builtin_expect((s & PZ__RW_READERS) && !(s & PZ__RW_SLOTS), 0))
+        if (__builtin_expect((s & (PZ__RW_READERS | PZ__RW_SHARE_MASK)) && !(s & PZ__RW_SLOTS), 0))
             pz__rwlock_open_slots(rw);
         return true;
     }
