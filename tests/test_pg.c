@@ -498,6 +498,15 @@ static void *storm_task(void *arg)
             atomic_fetch_add(&S->ok, 1);
         } else if (r == -ETIMEDOUT) {
             atomic_fetch_add(&S->timed_out, 1);
+            /* The command is being finished by a drain task on another
+             * worker now, with libpq calls on this connection: the message
+             * must be a copy, never libpq's own buffer, which the drain
+             * rewrites and may move (ThreadSanitizer cannot see that race:
+             * libpq is not instrumented).  The pointer compared is only
+             * read, not followed. */
+            const char *m = pz_pg_error_message(c);
+            CHECK(m != NULL && strlen(m) < 256);
+            CHECK(m != PQerrorMessage(pz_pg_raw(c)));
         } else {
             CHECK_EQ(r, -ECANCELED);
             atomic_fetch_add(&S->cancelled, 1);

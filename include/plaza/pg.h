@@ -77,7 +77,9 @@ bool pz_pg_conn_ok(pz_pg_conn_t *c);
  * pg_terminate_backend and logs), 0 if broken. */
 int pz_pg_backend_pid(pz_pg_conn_t *c);
 
-/* libpq's last error message for c (valid until the next call on c). */
+/* libpq's last error message for c: a copy, valid until the next call of
+ * this on c.  While a command that gave up is being finished on c (see
+ * pz_pg_query), a note saying so instead. */
 const char *pz_pg_error_message(pz_pg_conn_t *c);
 
 /* The libpq connection, for what this API does not cover.  Do not call

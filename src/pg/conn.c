@@ -289,9 +289,21 @@ int pz_pg_backend_pid(pz_pg_conn_t *c)
     return pz_pg_conn_ok(c) ? PQbackendPID(c->pg) : 0;
 }
 
+/* libpq's message lives in the connection and changes with every libpq
+ * call on it, and after a command gave up at its deadline a drain task
+ * (pz__pg_abandon) makes such calls on another worker while the caller,
+ * back from the failed call, asks for the message.  So it is copied under
+ * the turn, taken without waiting: a drain that holds it will have
+ * replaced the message by the time it is done anyway. */
 const char *pz_pg_error_message(pz_pg_conn_t *c)
 {
-    return c && c->pg ? PQerrorMessage(c->pg) : "";
+    if (!c || !c->pg)
+        return "";
+    if (pz_semaphore_try_acquire(&c->use, 1) != 0)
+        return "(the connection is finishing a command given up; its message is not available)";
+    snprintf(c->error, sizeof c->error, "%s", PQerrorMessage(c->pg));
+    pz_semaphore_release(&c->use, 1);
+    return c->error;
 }
 
 struct pg_conn *pz_pg_raw(pz_pg_conn_t *c)

@@ -361,7 +361,14 @@ int pz_pg_lock_wait_lost(pz_pg_lock_t *l, int64_t deadline)
         if (n == 0 || n == -EBADF)
             return -ENOLCK;
         if (n < 0) {
-            pz__pg_lost(c);
+            /* The socket failed: the session is lost.  Marked under the
+             * turn, as every change to the connection is (a query of the
+             * holder's may be using it); if the turn says it is broken
+             * already, so much the better. */
+            if (pz__pg_enter(c, deadline) == 0) {
+                pz__pg_lost(c);
+                pz__pg_leave(c);
+            }
             return -ENOLCK;
         }
         pz_yield();

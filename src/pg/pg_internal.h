@@ -20,6 +20,7 @@ struct pz_pg_conn {
     int pending_syncs;  /* pipeline syncs sent and not yet read back */
     const char *drain_sql; /* the command in flight's undo, run by its drain; under the turn */
     int64_t idle_since; /* for the pool: when it was last released */
+    char error[256];    /* pz_pg_error_message's copy, written under the turn */
     struct pz_pg_conn *next_idle;
 };
 
