@@ -151,10 +151,13 @@ int wx_replicas_refresh(wx_replicas *s, const char *city, double base, uint64_t 
         atomic_fetch_add(&s->timeouts, 1);
         return r == -ECANCELED ? r : -ETIMEDOUT;
     }
-    /* Nobody else has this session: it is idle in the channel or ours. */
-    pz_pg_lock_set_key(l, city_key(city));
+    /* Nobody else has this session: it is idle in the channel or ours, so
+     * the key cannot be refused (-EBUSY is for a session held or waited
+     * for); if it were, the lock would be taken on another city's key. */
     uint64_t token = 0;
-    r = pz_pg_lock_lock_until(l, deadline, &token);
+    r = pz_pg_lock_set_key(l, city_key(city));
+    if (r == 0)
+        r = pz_pg_lock_lock_until(l, deadline, &token);
     if (r < 0) {
         pz_chan_send(s->sessions, &l); /* never full: it holds each session once */
         if (r == -ETIMEDOUT)

@@ -142,9 +142,12 @@ int pz__pg_wait_readable(pz_pg_conn_t *c, int64_t deadline)
     if (c->watch_fd < 0)
         return -ECONNRESET;
     int r = pz_wait_input(c->watch_fd, deadline);
-    if (r == -ETIMEDOUT || r == -ECANCELED)
-        return r;
-    return 0; /* data, end of file or a socket error (or a spurious event): libpq reads it next */
+    if (r == 0 || r == -ETIMEDOUT || r == -ECANCELED)
+        return r; /* 0: data, end of file or a socket error (or a spurious event): libpq reads it next */
+    /* The wait itself failed (our descriptor closed under it, or the poller
+     * could not take it): another wait would fail at once the same way, and
+     * the caller's loop would spin on a busy libpq without suspending. */
+    return -ECONNRESET;
 }
 
 static int wait_writable(pz_pg_conn_t *c, int64_t deadline)
