@@ -108,8 +108,8 @@ static void *stream_main(void *arg)
     CHECK_EQ(pz_reader_line(&r, &line, 256, pz_now() + 30 * SEC), 0); /* clean end */
     CHECK_EQ(pz_join(t, NULL), 0);
     free(rbuf);
-    close(sv[0]);
-    close(sv[1]);
+    pz_close(sv[0]);
+    pz_close(sv[1]);
     return NULL;
 }
 
@@ -165,8 +165,8 @@ static void *limits_main(void *arg)
     CHECK_EQ(pz_reader_buffered(&r), 4);
     CHECK_EQ(pz_reader_peek(&r, &p, 65, pz_now() + SEC), -EMSGSIZE);
     free(buf);
-    close(sv[0]);
-    close(sv[1]);
+    pz_close(sv[0]);
+    pz_close(sv[1]);
     return NULL;
 }
 
@@ -215,24 +215,24 @@ static void *deadline_main(void *arg)
     CHECK(memcmp(line, "tail", 4) == 0);
     CHECK_EQ(pz_reader_line(&r, &line, 128, pz_now() + SEC), 0);
     CHECK_EQ(pz_reader_exact(&r, four, 4, pz_now() + SEC), 0);
-    close(sv[0]);
-    close(sv[1]);
+    pz_close(sv[0]);
+    pz_close(sv[1]);
 
     pair(sv);
     pz_reader_init(&r, sv[0], buf, sizeof buf);
     CHECK_EQ(write(sv[1], "ab", 2), 2);
     shutdown(sv[1], SHUT_WR);
     CHECK_EQ(pz_reader_exact(&r, four, 4, pz_now() + SEC), -EPROTO);
-    close(sv[0]);
-    close(sv[1]);
+    pz_close(sv[0]);
+    pz_close(sv[1]);
 
     pair(sv);
     pz_reader_init(&r, sv[0], buf, sizeof buf);
     CHECK_EQ(write(sv[1], fr, 5), 5);
     shutdown(sv[1], SHUT_WR);
     CHECK_EQ(pz_reader_frame(&r, &p, &n, 100, pz_now() + SEC), -EPROTO);
-    close(sv[0]);
-    close(sv[1]);
+    pz_close(sv[0]);
+    pz_close(sv[1]);
     return NULL;
 }
 
@@ -267,12 +267,12 @@ static void *writer_main(void *arg)
     memset(huge, 'h', sizeof huge - 1);
     huge[99] = 0;
     CHECK_EQ(pz_writer_printf(&w, pz_now() + SEC, "%s", huge), -EMSGSIZE);
-    close(sv[0]); /* the peer goes */
+    pz_close(sv[0]); /* the peer goes */
     int r = pz_writer_flush(&w, pz_now() + SEC);
     CHECK(r == -EPIPE || r == -ECONNRESET);
     CHECK_EQ(pz_writer_write(&w, "x", 1, pz_now() + SEC), r); /* sticky */
     CHECK_EQ(pz_writer_flush(&w, pz_now() + SEC), r);
-    close(sv[1]);
+    pz_close(sv[1]);
     return NULL;
 }
 
