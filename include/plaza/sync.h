@@ -42,7 +42,8 @@ extern "C" {
  * first parked), or when a random interval of up to 1 ms
  * has run out since the parking lot's last such hand-off.  That bounds one
  * waiter's wait, whatever the other threads do: once it has waited 1 ms
- * it is not refused a free lock and not woken without the
+ * (measured with the kernel's coarse clock, so up to one clock tick more:
+ * 4 ms at HZ=250) it is not refused a free lock and not woken without the
  * lock: from then on (if it was parked) or from its next look at the lock
  * (if it was running), other threads take the lock at most once for each
  * waiter queued ahead of it.  The bound is in turns: each turn lasts as

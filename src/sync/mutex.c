@@ -25,15 +25,17 @@
  *
  * Progress (models/sync_mutex.pml checks it): every waiter gets the lock,
  * whatever the other threads do.  A waiter begins to wait when its first
- * spin is over (since, kept across the re-parks of one lock call), and is
- * long-waiting once PZ__MUTEX_FAIR_NS have passed since.  Both are read
- * from the precise clock, not the lot's coarse one: with a clock that
- * moves in ticks the 1 ms became a tick (4 ms at HZ=250), and
- * `contended threads=2 work=0` in bench/ had a longest wait of 4-8 ms in
- * most runs where it now stays under 0.2 ms (6 alternating runs each on
- * the Xeon model 167 VM: 40-8 106 us against 11-200 us, ns per lock the
- * same within the noise, 18.5-24.9 against 13.6-23.9).  Each read comes
- * before a sched_yield, a park or a wake-up, which cost far more.
+ * spin is over (since, kept across the re-parks of one lock call; the
+ * lot's own clock, pz__clock_coarse), and is long-waiting once
+ * PZ__MUTEX_FAIR_NS have passed since.  The coarse clock makes the 1 ms
+ * up to a tick more (4 ms at HZ=250), and that is kept on purpose: read
+ * from the precise clock, the 1 ms made nearly every unlock a hand-off
+ * once waiters queue for longer than that, as 64 threads on two cores
+ * always do, and `contended threads=64 work=100` in bench/ went from 153
+ * to 210 ns per lock (7 alternating runs, Xeon model 167 VM), though the
+ * longest wait of `threads=2 work=0` fell from 4-8 ms to under 0.2 ms.
+ * A bound in turns that does not hand off at every unlock (parking_lot
+ * hands off at most about every 0.5 ms per bucket) would keep both.
  * Then:
  *   1. An unlock that takes it from the queue hands it the lock
  *      (unlock_filter reads since through its park token, the address of
@@ -64,8 +66,8 @@
  * the word once more), other threads take the lock at most once for each
  * waiter queued ahead of it (tests/test_sync_progress_stress.c forces
  * this with bargers hammering the lock).  The cost is in the slow paths
- * only: a clock read when a waiter's spin ends, per look of a waiter
- * whose spin is over, and per unlock that wakes somebody.
+ * only: a coarse clock read when a waiter's spin ends, per look of a
+ * waiter whose spin is over, and per unlock that wakes somebody.
  * Waiters moved here from a condition variable (park token 0) keep the
  * lot's rule (be_fair: 1 ms in their current park, or the random
  * interval), and once woken lock the mutex afresh under this one.
@@ -112,7 +114,7 @@
  * lock). */
 struct waiter {
     pz_mutex_t *m;
-    int64_t since;     /* pz__clock_now() when its first spin ended */
+    int64_t since;     /* pz__clock_coarse() when its first spin ended */
     bool long_waiting; /* since was PZ__MUTEX_FAIR_NS ago at its last look */
     bool took;         /* lw_validate took the free word for it */
 };
@@ -174,11 +176,11 @@ void pz__mutex_lock_slow(pz_mutex_t *m, int64_t deadline, int *result)
              * queues it. */
             if (!w.since) {
                 if (!pz__spin_wait(&spins))
-                    w.since = pz__clock_now();
+                    w.since = pz__clock_coarse();
                 continue;
             }
             if (!w.long_waiting)
-                w.long_waiting = waited_long(w.since, pz__clock_now());
+                w.long_waiting = waited_long(w.since, pz__clock_coarse());
             if (!w.long_waiting)
                 continue;
         }
@@ -186,7 +188,7 @@ void pz__mutex_lock_slow(pz_mutex_t *m, int64_t deadline, int *result)
          * long at each look at a held word (a clock read; one still in its
          * first spin pays nothing). */
         if (w.since && !w.long_waiting)
-            w.long_waiting = waited_long(w.since, pz__clock_now());
+            w.long_waiting = waited_long(w.since, pz__clock_coarse());
         if (!w.long_waiting) {
             if (!(s & PZ__MUTEX_PARKED) && pz__spin_wait(&spins)) {
                 s = atomic_load_explicit(&m->state, memory_order_relaxed);
@@ -194,7 +196,7 @@ void pz__mutex_lock_slow(pz_mutex_t *m, int64_t deadline, int *result)
             }
             /* The spin is over: from here on it waits. */
             if (!w.since)
-                w.since = pz__clock_now();
+                w.since = pz__clock_coarse();
             if (!(s & PZ__MUTEX_PARKED)) {
                 if (!atomic_compare_exchange_weak_explicit(&m->state, &s, (uint8_t)(s | PZ__MUTEX_PARKED),
                                                            memory_order_relaxed, memory_order_relaxed))
@@ -247,7 +249,7 @@ static uintptr_t unlock_decide(pz_unpark_result_t r, void *arg)
      * its deadline between our look and this lock). */
     PZ__ASSERT(atomic_load_explicit(&c->m->state, memory_order_relaxed) & PZ__MUTEX_LOCKED);
     if (r.unparked && (c->force_fair || r.be_fair ||
-                       (c->head_since && waited_long(c->head_since, pz__clock_now())))) {
+                       (c->head_since && waited_long(c->head_since, pz__clock_coarse())))) {
         if (!r.have_more)
             atomic_store_explicit(&c->m->state, PZ__MUTEX_LOCKED, memory_order_relaxed);
         return TOKEN_HANDOFF;
