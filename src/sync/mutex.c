@@ -32,7 +32,9 @@
  * from the precise clock, the 1 ms made nearly every unlock a hand-off
  * once waiters queue for longer than that, as 64 threads on two cores
  * always do, and `contended threads=64 work=100` in bench/ went from 153
- * to 210 ns per lock (7 alternating runs, Xeon model 167 VM), though the
+ * to 210 ns per lock (`bench-plaza contended threads=64 work=100`, the
+ * builds before and with it in 7 alternating runs, medians, Xeon model 167
+ * VM), though the
  * longest wait of `threads=2 work=0` fell from 4-8 ms to under 0.2 ms.
  * A bound in turns that does not hand off at every unlock (parking_lot
  * hands off at most about every 0.5 ms per bucket) would keep both.

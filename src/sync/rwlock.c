@@ -134,8 +134,8 @@
  * that moved a hold out of a slot (both prove readers overlap); one less
  * at a revocation that found every slot empty.  A reader entering by the
  * count opens the slots whenever the score is above 0, alone or not; the
- * row above went from 22.9 to 19.7 ns per operation (medians of 15
- * alternating runs).  The score bounds what the slots cost where readers
+ * row above went from 22.5 to 20.5 ns per operation (docs/sync.md, "The
+ * sharing score", gives the runs and their commands).  The score bounds what the slots cost where readers
  * do not overlap: seven revocations for nothing and it is 0, and only a
  * meeting in the count opens the slots again.  It changes only by
  * read-modify-writes of the word, like every other bit, and never decides
@@ -399,8 +399,9 @@ static pz_filter_op_t wake_filter(uintptr_t token, void *arg)
  * PARKED, and nobody else can change those bits now (every acquisition is
  * blocked by WRITER, and PARKED changes only under the bucket lock we
  * hold); only readers passing through change the count, so the new word
- * keeps it, and the sharing score too.  PARKED may be gone although the unlock saw it: the last
- * waiter can time out and clear it between that look and this bucket lock
+ * keeps it, and the sharing score too.  PARKED may be gone although the
+ * unlock saw it: the last waiter can time out and clear it between that
+ * look and this bucket lock
  * (test_rwlock_exclusion's random deadlines hit that window once in a few
  * runs under TSan); the new word's PARKED comes from the queue anyway. */
 static uintptr_t write_unlock_decide(pz_unpark_result_t r, void *arg)

@@ -867,8 +867,9 @@ if __name__ == "__main__":
             for srv in servers:
                 p = srv.p
                 # A service that died of a signal while the test was not
-                # stopping it (a crash, a sanitizer's abort) is the likeliest cause of whatever failed: its log
-                # says why, and the temporary directory goes with the test.
+                # stopping it (a crash, a sanitizer's abort) is the likeliest
+                # cause of whatever failed: its log says why, and the
+                # temporary directory goes with the test.
                 if p.poll() is not None and p.returncode < 0 and not srv.killed:
                     failures.append("a service exited with %d" % p.returncode)
                     print("FAIL: a service (pid %d) exited with %d; its log:\n%s" %
