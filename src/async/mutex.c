@@ -642,6 +642,14 @@ int pz__async_mutex_wake_released(pz_async_mutex_t *m)
     return 0;
 }
 
+void pz__async_mutex_released_look(pz_async_mutex_t *m, uint32_t f)
+{
+    if (should_serve(m, f)) {
+        struct serve c = {.m = m, .released = true, .woken_seen = (f & WOKEN) != 0};
+        pz_unpark_filter(m, serve_filter, serve_decide, &c);
+    }
+}
+
 static int unlock_misuse(pz_async_mutex_t *m, uint64_t s, uint64_t self)
 {
     char who[48], holder[48];
@@ -686,10 +694,7 @@ int pz__async_mutex_unlock_slow(pz_async_mutex_t *m, uint64_t self)
          * that holder's unlock serves it. */
         atomic_exchange_explicit(&m->state, 0, memory_order_seq_cst);
         f = atomic_load_explicit(&m->waiters, memory_order_seq_cst);
-        if (should_serve(m, f)) {
-            struct serve c = {.m = m, .released = true, .woken_seen = (f & WOKEN) != 0};
-            pz_unpark_filter(m, serve_filter, serve_decide, &c);
-        }
+        pz__async_mutex_released_look(m, f);
     }
     /* Every release of a contended mutex (this path) counts against the
      * cooperative budget.  A task that keeps taking the lock by the fast
@@ -700,6 +705,6 @@ int pz__async_mutex_unlock_slow(pz_async_mutex_t *m, uint64_t self)
      * 0.3-0.5 ms with this (and 27-28 ns/op against 19-28, once the step
      * was one call: pz__coop_tick_release skips sync sections itself). */
     if (f)
-        pz__coop_tick_release();
+        pz__coop_release_step();
     return 0;
 }

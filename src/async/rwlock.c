@@ -999,12 +999,12 @@ int pz_async_rwlock_read_unlock(pz_async_rwlock_t *l)
      * between, nobody holds it: misuse. */
     _Atomic uintptr_t *w = pz__slots_mine();
     if (w && slot_leave(w, l)) {
-        pz__coop_tick_release();
+        pz__coop_release_step();
         return 0;
     }
     for (int pass = 0; pass < READ_UNLOCK_PASSES; pass++) {
         if (leave_counted(l) || slot_leave_anywhere(l)) {
-            pz__coop_tick_release();
+            pz__coop_release_step();
             return 0;
         }
         for (int i = 0; i < (1 << (pass < 10 ? pass : 10)); i++)
@@ -1029,7 +1029,7 @@ static int change_mode(pz_async_rwlock_t *l, uintptr_t need, uintptr_t sub, uint
             break;
     }
     released(l, s - sub + add);
-    pz__coop_tick_release();
+    pz__coop_release_step();
     return 0;
 }
 

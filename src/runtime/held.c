@@ -60,6 +60,7 @@ void pz__sync_check_set(int on)
 const pz__self_layout_t pz__self_layout = {
     .worker_current = offsetof(pz__worker, current),
     .task_holds = offsetof(struct pz_task, holds),
+    .worker_coop_spent = offsetof(pz__worker, coop_spent),
 };
 
 static pz__holds *holds_of_caller(void)

@@ -550,12 +550,10 @@ void pz__task_unregister(pz_task_t *t);
 pz_task_t *pz__current_task(void);
 
 /* sched.c: counts one step of the running task's cooperative budget and
- * yields when it is spent (see sched.c). */
-#define PZ__COOP_BUDGET 128
+ * yields when it is spent (see sched.c; PZ__COOP_BUDGET and the step at the
+ * release of a contended lock, pz__coop_tick_release, are in
+ * plaza/runtime.h). */
 void pz__coop_tick(void);
-/* The same at the release of a contended lock; never inside a
- * thread-blocking section (a yield there would suspend its holder). */
-void pz__coop_tick_release(void);
 /* Counts one step of the running task's budget without yielding: for a
  * wait that should not itself be lengthened by a yield (a lock call that
  * may well find its lock free); the task's next tick yields if the budget

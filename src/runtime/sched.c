@@ -903,6 +903,15 @@ void pz__coop_tick_release(void)
         coop_step(w);
 }
 
+void pz__coop_yield_spent(void)
+{
+    pz__worker *w = pz__current_worker();
+    if (w && w->current) {
+        w->coop_spent = 0;
+        pz_yield();
+    }
+}
+
 bool pz__task_id_running(uint64_t id)
 {
     pz__runtime *rt = pz__rt_pin();
