@@ -15,7 +15,7 @@
 __thread pz__self_tls_t pz__self_tls __attribute__((tls_model("initial-exec")));
 #define current_worker ((pz__worker *)pz__self_tls.worker)
 
-pz__worker *pz__current_worker(void)
+pz__worker *pz__current_worker_call(void)
 {
     return current_worker;
 }

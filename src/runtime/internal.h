@@ -7,7 +7,7 @@
  * - A task runs on one worker at a time and may move between workers each
  *   time it is suspended.  Code that runs in a task must therefore never keep
  *   a pointer to the worker (or to any thread-local) across a suspension:
- *   pz__current_worker() is an out-of-line call the compiler cannot cache.
+ *   pz__current_worker() is a read the compiler cannot cache (below).
  */
 #ifndef PZ_RUNTIME_INTERNAL_H
 #define PZ_RUNTIME_INTERNAL_H
@@ -460,7 +460,26 @@ pz__runtime *pz__rt_pin(void);
 void pz__rt_unpin(pz__runtime *rt);
 
 /* current.c */
-pz__worker *pz__current_worker(void);
+pz__worker *pz__current_worker_call(void);
+/* The calling thread's worker, or NULL.  Read afresh at every call, never
+ * cached across a suspension: out of line elsewhere, and on x86-64 the
+ * volatile thread-local read of plaza/runtime.h's inline paths (no call,
+ * same guarantee: the compiler can neither merge two of them nor move one
+ * across a call). */
+static inline pz__worker *pz__current_worker(void)
+{
+#if defined(__x86_64__)
+    char *w;
+    __asm__ volatile("movq pz__self_tls@gottpoff(%%rip), %0\n\t"
+                     "movq %%fs:(%0), %0"
+                     : "=r"(w)
+                     :
+                     : "memory");
+    return (pz__worker *)w;
+#else
+    return pz__current_worker_call();
+#endif
+}
 void pz__set_current_worker(pz__worker *w);
 /* A plain thread's caller id (0 until pz__caller_id gives it one;
  * current.c), for library paths that do not suspend and so may read the
