@@ -113,11 +113,11 @@ extern "C" {
  * mutex held sets CONTENDED; the first waiter to park runs an asymmetric
  * fence (membarrier) before it checks the lock word under the bucket
  * lock, so either that check sees the store of 0 or the unlock's second
- * load sees the waiter and wakes someone: no wake-up is lost.  From then on the waiter word is never 0, so unlocks
- * release by exchange (an ordinary Dekker pair with the waiters' CAS;
- * inline while nobody is parked, else the slow path) and no waiter fences
- * again: a fence interrupts every other
- * core of the process, and fencing at every park made the cores slower to
+ * load sees the waiter and wakes someone: no wake-up is lost.  From then
+ * on the waiter word is never 0, so unlocks release by exchange (an
+ * ordinary Dekker pair with the waiters' CAS; inline while nobody is
+ * parked, else the slow path) and no waiter fences again: a fence
+ * interrupts every other core of the process, and fencing at every park made the cores slower to
  * release, so more tasks parked (300 000 parks where 1 800 sufficed, in
  * the fairness test).  Where the kernel has no membarrier,
  * pz__async_unlock_by_store stays false and unlock is always the slow
@@ -299,11 +299,11 @@ PZ__INLINE int pz__async_mutex_unlock_plain(pz_async_mutex_t *m, uint64_t self)
      * this way nearly every time: `bench-plaza async_contended workers=2
      * work=0` with tasks=2, 64 and 1024 went from 11.6, 19.8 and 15.2 to
      * 7.8, 11.1 and 10.5 ns, medians of 9-11 alternating runs on a 2-vCPU
-     * AMD EPYC VM, when this and the budget's step came inline).  Ours if the word holds our id
-     * (nobody else changes a held word; the holder word is 0 when the
-     * waiter word was not at our take, else the slow path clears it).
-     * Released by exchange, then the waiter word looked at again: the
-     * Dekker pair of the slow path's release. */
+     * AMD EPYC VM, when this and the budget's step came inline).  Ours if
+     * the word holds our id (nobody else changes a held word; the holder
+     * word is 0 when the waiter word was not at our take, else the slow
+     * path clears it).  Released by exchange, then the waiter word looked
+     * at again: the Dekker pair of the slow path's release. */
     if (!(f & PZ__AMUTEX_PARKED) && holder == 0 &&
         atomic_load_explicit(&m->state, memory_order_relaxed) == (self | PZ__AMUTEX_LOCKED)) {
         atomic_exchange_explicit(&m->state, 0, memory_order_seq_cst);
