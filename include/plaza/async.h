@@ -117,11 +117,11 @@ extern "C" {
  * on the waiter word is never 0, so unlocks release by exchange (an
  * ordinary Dekker pair with the waiters' CAS; inline while nobody is
  * parked, else the slow path) and no waiter fences again: a fence
- * interrupts every other core of the process, and fencing at every park made the cores slower to
- * release, so more tasks parked (300 000 parks where 1 800 sufficed, in
- * the fairness test).  Where the kernel has no membarrier,
- * pz__async_unlock_by_store stays false and unlock is always the slow
- * path.
+ * interrupts every other core of the process, and fencing at every park
+ * made the cores slower to release, so more tasks parked (300 000 parks
+ * where 1 800 sufficed, in the fairness test).  Where the kernel has no
+ * membarrier, pz__async_unlock_by_store stays false and unlock is always
+ * an exchange.
  *
  * Fairness: running tasks barge (and spin briefly while the holder runs on
  * another worker) ahead of parked waiters, which is what makes the lock
