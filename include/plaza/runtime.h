@@ -305,6 +305,23 @@ static inline pz__holds *pz__holds_self(void)
 #endif
 }
 
+#if defined(__x86_64__)
+/* The calling thread's worker (pz__self_tls.worker; NULL on a plain
+ * thread), by the same volatile read as pz__holds_self: read afresh at
+ * every call, never merged with another read or moved across a call, so
+ * never the worker of a thread the task ran on before a switch. */
+static inline void *pz__self_worker(void)
+{
+    char *w;
+    __asm__ volatile("movq pz__self_tls@gottpoff(%%rip), %0\n\t"
+                     "movq %%fs:(%0), %0"
+                     : "=r"(w)
+                     :
+                     : "memory");
+    return w;
+}
+#endif
+
 /* The cooperative budget (src/runtime/sched.c): a task yields after this
  * many steps since it was switched in.  Each release of a contended async
  * lock is a step, so that a task that keeps retaking the lock by its fast
@@ -325,12 +342,7 @@ void pz__coop_yield_spent(void);
 static inline void pz__coop_release_step(void)
 {
 #if defined(__x86_64__)
-    char *w;
-    __asm__ volatile("movq pz__self_tls@gottpoff(%%rip), %0\n\t"
-                     "movq %%fs:(%0), %0"
-                     : "=r"(w)
-                     :
-                     : "memory");
+    char *w = (char *)pz__self_worker();
     if (!w)
         return;
     char *t = *(char **)(w + pz__self_layout.worker_current);

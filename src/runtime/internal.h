@@ -462,20 +462,12 @@ void pz__rt_unpin(pz__runtime *rt);
 /* current.c */
 pz__worker *pz__current_worker_call(void);
 /* The calling thread's worker, or NULL.  Read afresh at every call, never
- * cached across a suspension: out of line elsewhere, and on x86-64 the
- * volatile thread-local read of plaza/runtime.h's inline paths (no call,
- * same guarantee: the compiler can neither merge two of them nor move one
- * across a call). */
+ * cached across a suspension: on x86-64 plaza/runtime.h's volatile read
+ * (pz__self_worker), elsewhere out of line. */
 static inline pz__worker *pz__current_worker(void)
 {
 #if defined(__x86_64__)
-    char *w;
-    __asm__ volatile("movq pz__self_tls@gottpoff(%%rip), %0\n\t"
-                     "movq %%fs:(%0), %0"
-                     : "=r"(w)
-                     :
-                     : "memory");
-    return (pz__worker *)w;
+    return (pz__worker *)pz__self_worker();
 #else
     return pz__current_worker_call();
 #endif
