@@ -562,7 +562,7 @@ pz_task_t *pz__current_task(void);
 
 /* sched.c: counts one step of the running task's cooperative budget and
  * yields when it is spent (see sched.c; PZ__COOP_BUDGET and the step at the
- * release of a contended lock, pz__coop_tick_release, are in
+ * release of a contended lock, pz__coop_release_step, are in
  * plaza/runtime.h). */
 void pz__coop_tick(void);
 /* Counts one step of the running task's budget without yielding: for a

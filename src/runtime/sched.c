@@ -883,12 +883,17 @@ void pz_yield(void)
  * switched in, it yields (which returns at once if nothing else is
  * runnable here). */
 
-static void coop_step(pz__worker *w)
+/* The running task's budget is spent: a fresh one, and the yield. */
+static void coop_yield(pz__worker *w)
 {
-    if (!w || !w->current || ++w->coop_spent < PZ__COOP_BUDGET)
-        return;
     w->coop_spent = 0;
     pz_yield();
+}
+
+static void coop_step(pz__worker *w)
+{
+    if (w && w->current && ++w->coop_spent >= PZ__COOP_BUDGET)
+        coop_yield(w);
 }
 
 void pz__coop_tick(void)
@@ -906,10 +911,8 @@ void pz__coop_tick_release(void)
 void pz__coop_yield_spent(void)
 {
     pz__worker *w = pz__current_worker();
-    if (w && w->current) {
-        w->coop_spent = 0;
-        pz_yield();
-    }
+    if (w && w->current)
+        coop_yield(w);
 }
 
 bool pz__task_id_running(uint64_t id)

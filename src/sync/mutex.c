@@ -34,8 +34,8 @@
  * always do, and `contended threads=64 work=100` in bench/ went from 153
  * to 210 ns per lock (`bench-plaza contended threads=64 work=100`, the
  * builds before and with it in 7 alternating runs, medians, Xeon model 167
- * VM), though the
- * longest wait of `threads=2 work=0` fell from 4-8 ms to under 0.2 ms.
+ * VM), though the longest wait of `threads=2 work=0` fell from 4-8 ms to
+ * under 0.2 ms.
  * A bound in turns that does not hand off at every unlock (parking_lot
  * hands off at most about every 0.5 ms per bucket) would keep both.
  * Then:

@@ -135,8 +135,8 @@
  * at a revocation that found every slot empty.  A reader entering by the
  * count opens the slots whenever the score is above 0, alone or not; the
  * row above went from 22.5 to 20.5 ns per operation (docs/sync.md, "The
- * sharing score", gives the runs and their commands).  The score bounds what the slots cost where readers
- * do not overlap: seven revocations for nothing and it is 0, and only a
+ * sharing score", gives the runs and their commands).  The score bounds
+ * what the slots cost where readers do not overlap: seven revocations for nothing and it is 0, and only a
  * meeting in the count opens the slots again.  It changes only by
  * read-modify-writes of the word, like every other bit, and never decides
  * who may enter: SLOTS is still set only in a word without WRITER or
@@ -401,9 +401,9 @@ static pz_filter_op_t wake_filter(uintptr_t token, void *arg)
  * hold); only readers passing through change the count, so the new word
  * keeps it, and the sharing score too.  PARKED may be gone although the
  * unlock saw it: the last waiter can time out and clear it between that
- * look and this bucket lock
- * (test_rwlock_exclusion's random deadlines hit that window once in a few
- * runs under TSan); the new word's PARKED comes from the queue anyway. */
+ * look and this bucket lock (test_rwlock_exclusion's random deadlines hit
+ * that window once in a few runs under TSan); the new word's PARKED comes
+ * from the queue anyway. */
 static uintptr_t write_unlock_decide(pz_unpark_result_t r, void *arg)
 {
     struct wake_ctx *c = arg;
